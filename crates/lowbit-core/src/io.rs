@@ -1,0 +1,389 @@
+//! safetensors serialization of [`QTensor`]s (layout in `docs/format.md`).
+//!
+//! A tensor `NAME` becomes `NAME.qweight` (packed codes), `NAME.scales`, `NAME.zeros`
+//! (asymmetric only) and `NAME.absmax_q` (double quantization only), with its scheme in the
+//! header metadata under `lowbit.NAME`. Files are written atomically (temp file + rename).
+
+use crate::codebook::Absmax;
+use crate::{
+    Bits, ClipSearch, Codebook, CodebookScheme, CoreError, Granularity, IntScheme, QParams, QTensor, Result,
+    ScaleDtype, Scales, Scheme,
+};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Version written to `lowbit.format_version`; readers reject others.
+pub const FORMAT_VERSION: &str = "1";
+const VERSION_KEY: &str = "lowbit.format_version";
+const META_PREFIX: &str = "lowbit.";
+
+/// The scheme as stored in the header.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct TensorMeta {
+    format: String,
+    bits: u32,
+    shape: Vec<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    granularity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    symmetric: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scale_dtype: Option<ScaleDtype>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    block_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    double_quant: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dq_offset: Option<f32>,
+}
+
+fn meta_of(qt: &QTensor) -> TensorMeta {
+    let shape = qt.shape().to_vec();
+    match (qt.scheme(), qt.params()) {
+        (Scheme::Int(s), _) => {
+            let (granularity, group_size) = match s.granularity {
+                Granularity::PerTensor => ("tensor", None),
+                Granularity::PerChannel => ("channel", None),
+                Granularity::Group(g) => ("group", Some(g)),
+            };
+            TensorMeta {
+                format: "int".into(),
+                bits: s.bits.get(),
+                shape,
+                granularity: Some(granularity.into()),
+                group_size,
+                symmetric: Some(s.symmetric),
+                scale_dtype: Some(s.scale_dtype),
+                block_size: None,
+                double_quant: None,
+                dq_offset: None,
+            }
+        }
+        (Scheme::Codebook(s), params) => TensorMeta {
+            format: match s.codebook {
+                Codebook::Nf4 => "nf4",
+                Codebook::Fp4 => "fp4",
+            }
+            .into(),
+            bits: 4,
+            shape,
+            granularity: None,
+            group_size: None,
+            symmetric: None,
+            scale_dtype: None,
+            block_size: Some(s.block_size),
+            double_quant: Some(s.double_quant),
+            dq_offset: match params {
+                QParams::Codebook { absmax: Absmax::Double { offset, .. } } => Some(*offset),
+                _ => None,
+            },
+        },
+    }
+}
+
+fn scheme_of(meta: &TensorMeta, name: &str) -> Result<Scheme> {
+    let corrupt = |what: &str| CoreError::Corrupt(format!("tensor {name}: {what}"));
+    match meta.format.as_str() {
+        "int" => {
+            let bits = Bits::try_from(meta.bits)?;
+            let granularity = match (meta.granularity.as_deref(), meta.group_size) {
+                (Some("tensor"), None) => Granularity::PerTensor,
+                (Some("channel"), None) => Granularity::PerChannel,
+                (Some("group"), Some(g)) => Granularity::Group(g),
+                _ => return Err(corrupt("bad granularity metadata")),
+            };
+            Ok(Scheme::Int(IntScheme {
+                bits,
+                symmetric: meta.symmetric.ok_or_else(|| corrupt("missing `symmetric`"))?,
+                granularity,
+                scale_dtype: meta.scale_dtype.ok_or_else(|| corrupt("missing `scale_dtype`"))?,
+                clip: ClipSearch::MinMax,
+            }))
+        }
+        "nf4" | "fp4" => Ok(Scheme::Codebook(CodebookScheme {
+            codebook: if meta.format == "nf4" { Codebook::Nf4 } else { Codebook::Fp4 },
+            block_size: meta.block_size.ok_or_else(|| corrupt("missing `block_size`"))?,
+            double_quant: meta.double_quant.ok_or_else(|| corrupt("missing `double_quant`"))?,
+        })),
+        other => Err(corrupt(&format!("unknown format {other:?}"))),
+    }
+}
+
+/// The raw buffers of one stored QTensor, ready for a safetensors writer.
+struct Parts {
+    tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+    meta: (String, String),
+}
+
+fn parts_of(name: &str, qt: &QTensor) -> Parts {
+    let mut tensors = vec![(format!("{name}.qweight"), Dtype::U8, vec![qt.codes().len()], qt.codes().to_vec())];
+    let scale_shape = qt.scale_shape();
+    match qt.params() {
+        QParams::Int { scales, zeros } => {
+            let (dtype, bytes) = match scales {
+                Scales::F16(v) => (Dtype::F16, bytemuck::cast_slice(v).to_vec()),
+                Scales::F32(v) => (Dtype::F32, bytemuck::cast_slice(v).to_vec()),
+            };
+            tensors.push((format!("{name}.scales"), dtype, scale_shape.clone(), bytes));
+            if let Some(z) = zeros {
+                tensors.push((format!("{name}.zeros"), Dtype::U8, scale_shape, z.clone()));
+            }
+        }
+        QParams::Codebook { absmax } => match absmax {
+            Absmax::F32(v) => {
+                tensors.push((format!("{name}.scales"), Dtype::F32, scale_shape, bytemuck::cast_slice(v).to_vec()))
+            }
+            Absmax::Double { codes, scales, .. } => {
+                tensors.push((
+                    format!("{name}.absmax_q"),
+                    Dtype::I8,
+                    scale_shape,
+                    bytemuck::cast_slice(codes).to_vec(),
+                ));
+                tensors.push((
+                    format!("{name}.scales"),
+                    Dtype::F32,
+                    vec![scales.len()],
+                    bytemuck::cast_slice(scales).to_vec(),
+                ));
+            }
+        },
+    }
+    let meta = serde_json::to_string(&meta_of(qt)).expect("metadata serializes");
+    Parts { tensors, meta: (format!("{META_PREFIX}{name}"), meta) }
+}
+
+/// Serializes named tensors to safetensors bytes; `extra` metadata is stored alongside.
+pub fn to_bytes<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a QTensor)>,
+    extra: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut metadata: HashMap<String, String> = extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    metadata.insert(VERSION_KEY.into(), FORMAT_VERSION.into());
+    let mut buffers = Vec::new();
+    for (name, qt) in tensors {
+        let parts = parts_of(name, qt);
+        if metadata.insert(parts.meta.0.clone(), parts.meta.1).is_some() {
+            return Err(CoreError::shape("save", "unique tensor names", name));
+        }
+        buffers.extend(parts.tensors);
+    }
+    let views: Vec<(String, TensorView<'_>)> = buffers
+        .iter()
+        .map(|(n, dtype, shape, data)| {
+            let view = TensorView::new(*dtype, shape.clone(), data).map_err(|e| CoreError::Corrupt(e.to_string()))?;
+            Ok((n.clone(), view))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize(views, Some(metadata)).map_err(|e| CoreError::Corrupt(e.to_string()))
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory, then a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io_err = |source| CoreError::Io { path: path.display().to_string(), source };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path.file_name().ok_or_else(|| io_err(std::io::Error::other("path has no file name")))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io_err)
+}
+
+/// Saves named tensors to a safetensors file, atomically.
+pub fn save<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a QTensor)>,
+    extra: &BTreeMap<String, String>,
+) -> Result<()> {
+    write_atomic(path, &to_bytes(tensors, extra)?)
+}
+
+/// Everything a lowbit file holds: its quantized tensors and the other metadata.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Loaded {
+    /// Quantized tensors by name.
+    pub tensors: BTreeMap<String, QTensor>,
+    /// Metadata that is not lowbit's own.
+    pub extra: BTreeMap<String, String>,
+}
+
+fn bytes_of<'a>(st: &'a SafeTensors<'a>, name: &str, dtype: Dtype, shape: Option<&[usize]>) -> Result<&'a [u8]> {
+    let view = st.tensor(name).map_err(|_| CoreError::Corrupt(format!("missing tensor {name}")))?;
+    if view.dtype() != dtype {
+        return Err(CoreError::Corrupt(format!("tensor {name} has dtype {:?}, expected {dtype:?}", view.dtype())));
+    }
+    if let Some(shape) = shape {
+        if view.shape() != shape {
+            return Err(CoreError::Corrupt(format!("tensor {name} has shape {:?}, expected {shape:?}", view.shape())));
+        }
+    }
+    Ok(view.data())
+}
+
+fn read_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn read_one(st: &SafeTensors<'_>, name: &str, meta: &TensorMeta) -> Result<QTensor> {
+    let scheme = scheme_of(meta, name)?;
+    let codes = bytes_of(st, &format!("{name}.qweight"), Dtype::U8, None)?.to_vec();
+    let params = match scheme {
+        Scheme::Int(s) => {
+            let scales_name = format!("{name}.scales");
+            let scales = match s.scale_dtype {
+                ScaleDtype::F16 => Scales::F16(
+                    bytes_of(st, &scales_name, Dtype::F16, None)?
+                        .chunks_exact(2)
+                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                        .collect(),
+                ),
+                ScaleDtype::F32 => Scales::F32(read_f32(bytes_of(st, &scales_name, Dtype::F32, None)?)),
+            };
+            let zeros = if s.symmetric {
+                None
+            } else {
+                Some(bytes_of(st, &format!("{name}.zeros"), Dtype::U8, None)?.to_vec())
+            };
+            QParams::Int { scales, zeros }
+        }
+        Scheme::Codebook(s) => {
+            let scales = read_f32(bytes_of(st, &format!("{name}.scales"), Dtype::F32, None)?);
+            let absmax = if s.double_quant {
+                let codes =
+                    bytes_of(st, &format!("{name}.absmax_q"), Dtype::I8, None)?.iter().map(|&b| b as i8).collect();
+                let offset =
+                    meta.dq_offset.ok_or_else(|| CoreError::Corrupt(format!("tensor {name}: missing dq_offset")))?;
+                Absmax::Double { codes, scales, offset }
+            } else {
+                Absmax::F32(scales)
+            };
+            QParams::Codebook { absmax }
+        }
+    };
+    let qt = QTensor::from_parts(meta.shape.clone(), scheme, codes, params)
+        .map_err(|e| CoreError::Corrupt(format!("tensor {name}: {e}")))?;
+    // The scale arrays must also have the documented shape, not only the right length.
+    bytes_of(st, &format!("{name}.qweight"), Dtype::U8, Some(&[qt.codes().len()]))?;
+    Ok(qt)
+}
+
+/// Parses safetensors bytes written by [`to_bytes`].
+pub fn from_bytes(bytes: &[u8]) -> Result<Loaded> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| CoreError::Corrupt(e.to_string()))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| CoreError::Corrupt(e.to_string()))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    match metadata.get(VERSION_KEY).map(String::as_str) {
+        Some(FORMAT_VERSION) => {}
+        Some(v) => {
+            return Err(CoreError::Corrupt(format!(
+                "unsupported lowbit format version {v:?} (this build reads {FORMAT_VERSION:?})"
+            )))
+        }
+        None => {
+            return Err(CoreError::Corrupt(format!("not a lowbit file: no `{VERSION_KEY}` in the header metadata")))
+        }
+    }
+    let mut loaded = Loaded::default();
+    for (key, value) in metadata {
+        if key == VERSION_KEY {
+            continue;
+        }
+        match key.strip_prefix(META_PREFIX) {
+            Some(name) => {
+                let meta: TensorMeta = serde_json::from_str(&value)
+                    .map_err(|e| CoreError::Corrupt(format!("tensor {name}: bad metadata: {e}")))?;
+                loaded.tensors.insert(name.to_string(), read_one(&st, name, &meta)?);
+            }
+            None => {
+                loaded.extra.insert(key, value);
+            }
+        }
+    }
+    Ok(loaded)
+}
+
+/// Loads a file written by [`save`].
+pub fn load(path: &Path) -> Result<Loaded> {
+    let bytes = std::fs::read(path).map_err(|source| CoreError::Io { path: path.display().to_string(), source })?;
+    from_bytes(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{codebook, rtn};
+
+    fn samples() -> Vec<(String, QTensor)> {
+        let w: Vec<f32> = (0..4 * 64).map(|i| ((i * 7919) % 113) as f32 / 17.0 - 3.0).collect();
+        let mut out = vec![];
+        for bits in [Bits::B2, Bits::B3, Bits::B4, Bits::B8] {
+            for (symmetric, dtype) in [(false, ScaleDtype::F16), (true, ScaleDtype::F32)] {
+                for granularity in [Granularity::PerTensor, Granularity::PerChannel, Granularity::Group(32)] {
+                    let s = IntScheme { bits, symmetric, granularity, scale_dtype: dtype, clip: ClipSearch::MinMax };
+                    out.push((
+                        format!("int{}_{symmetric}_{granularity:?}", bits.get()),
+                        rtn::quantize(&w, &[4, 64], s).unwrap(),
+                    ));
+                }
+            }
+        }
+        for codebook in [Codebook::Nf4, Codebook::Fp4] {
+            for double_quant in [false, true] {
+                let s = CodebookScheme { codebook, block_size: 64, double_quant };
+                out.push((format!("{codebook:?}_{double_quant}"), codebook::quantize(&w, &[4, 64], s).unwrap()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn round_trip_every_scheme() {
+        let tensors = samples();
+        let extra = BTreeMap::from([("note".to_string(), "hello".to_string())]);
+        let bytes = to_bytes(tensors.iter().map(|(n, t)| (n.as_str(), t)), &extra).unwrap();
+        let loaded = from_bytes(&bytes).unwrap();
+        assert_eq!(loaded.extra, extra);
+        assert_eq!(loaded.tensors.len(), tensors.len());
+        for (name, t) in &tensors {
+            assert_eq!(&loaded.tensors[name], t, "{name}");
+        }
+    }
+
+    #[test]
+    fn truncated_or_corrupted_bytes_are_errors() {
+        let tensors = samples();
+        let bytes = to_bytes(tensors.iter().map(|(n, t)| (n.as_str(), t)), &BTreeMap::new()).unwrap();
+        for cut in [0, 7, 8, 100, bytes.len() / 2, bytes.len() - 1] {
+            assert!(from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut garbage = bytes.clone();
+        garbage[9] ^= 0x55;
+        assert!(from_bytes(&garbage).is_err());
+    }
+
+    #[test]
+    fn atomic_save_and_load() {
+        let dir = std::env::temp_dir().join(format!("lowbit-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.safetensors");
+        let tensors = samples();
+        save(&path, tensors.iter().map(|(n, t)| (n.as_str(), t)), &BTreeMap::new()).unwrap();
+        assert_eq!(load(&path).unwrap().tensors.len(), tensors.len());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temp files left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,255 @@
+//! `QTensor`: a quantized tensor (shape, scheme, packed codes, scales, zeros).
+
+use crate::codebook::{self, Absmax};
+use crate::pack::{packed_len, unpack_into};
+use crate::par::for_each_chunk;
+use crate::rtn::{matrix_dims, GroupParams};
+use crate::{CoreError, Granularity, Result, ScaleDtype, Scheme};
+use half::f16;
+
+/// Scales in their storage dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scales {
+    /// Half precision.
+    F16(Vec<f16>),
+    /// Single precision.
+    F32(Vec<f32>),
+}
+
+impl Scales {
+    /// Converts f32 scales to `dtype` storage.
+    pub fn from_f32(values: impl Iterator<Item = f32>, dtype: ScaleDtype) -> Self {
+        match dtype {
+            ScaleDtype::F16 => Scales::F16(values.map(f16::from_f32).collect()),
+            ScaleDtype::F32 => Scales::F32(values.collect()),
+        }
+    }
+    /// Scale `i` as f32.
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Scales::F16(v) => v[i].to_f32(),
+            Scales::F32(v) => v[i],
+        }
+    }
+    /// Number of scales.
+    pub fn len(&self) -> usize {
+        match self {
+            Scales::F16(v) => v.len(),
+            Scales::F32(v) => v.len(),
+        }
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Storage dtype.
+    pub fn dtype(&self) -> ScaleDtype {
+        match self {
+            Scales::F16(_) => ScaleDtype::F16,
+            Scales::F32(_) => ScaleDtype::F32,
+        }
+    }
+    /// Bytes of storage.
+    pub fn nbytes(&self) -> usize {
+        self.len() * self.dtype().size()
+    }
+}
+
+/// The per-group parameters of a `QTensor`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QParams {
+    /// Integer schemes.
+    Int {
+        /// One scale per group.
+        scales: Scales,
+        /// One zero point per group (asymmetric only).
+        zeros: Option<Vec<u8>>,
+    },
+    /// Codebook schemes.
+    Codebook {
+        /// One absmax per block.
+        absmax: Absmax,
+    },
+}
+
+/// A quantized tensor. Construct it with [`crate::rtn::quantize`], [`crate::codebook::quantize`],
+/// [`QTensor::from_parts`] (validated) or load it with [`crate::io`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct QTensor {
+    shape: Vec<usize>,
+    scheme: Scheme,
+    codes: Vec<u8>,
+    params: QParams,
+}
+
+impl QTensor {
+    pub(crate) fn from_parts_unchecked(shape: Vec<usize>, scheme: Scheme, codes: Vec<u8>, params: QParams) -> Self {
+        QTensor { shape, scheme, codes, params }
+    }
+
+    /// Builds a tensor from its parts, checking that every size agrees with the scheme.
+    pub fn from_parts(shape: Vec<usize>, scheme: Scheme, codes: Vec<u8>, params: QParams) -> Result<Self> {
+        let (rows, cols) = matrix_dims(&shape)?;
+        let numel = rows * cols;
+        let bits = scheme.code_bits();
+        let want = packed_len(numel, bits);
+        if codes.len() != want {
+            return Err(CoreError::shape("QTensor codes", format!("{want} bytes"), codes.len()));
+        }
+        match (&scheme, &params) {
+            (Scheme::Int(s), QParams::Int { scales, zeros }) => {
+                s.granularity.validate(cols, s.bits)?;
+                let groups = group_count(s.granularity, rows, cols);
+                if scales.len() != groups {
+                    return Err(CoreError::shape("QTensor scales", groups, scales.len()));
+                }
+                if scales.dtype() != s.scale_dtype {
+                    return Err(CoreError::shape(
+                        "QTensor scales dtype",
+                        format!("{:?}", s.scale_dtype),
+                        format!("{:?}", scales.dtype()),
+                    ));
+                }
+                match (s.symmetric, zeros) {
+                    (true, None) => {}
+                    (false, Some(z)) if z.len() == groups => {
+                        if let Some(bad) = z.iter().find(|&&z| z > s.bits.maxq()) {
+                            return Err(CoreError::shape("QTensor zeros", format!("<= {}", s.bits.maxq()), bad));
+                        }
+                    }
+                    (sym, z) => {
+                        let want = if sym { "none (symmetric)".to_string() } else { groups.to_string() };
+                        return Err(CoreError::shape(
+                            "QTensor zeros",
+                            want,
+                            z.as_ref().map_or("none".into(), |z| z.len().to_string()),
+                        ));
+                    }
+                }
+                if (0..scales.len()).any(|i| !scales.get(i).is_finite()) {
+                    return Err(CoreError::Corrupt("non-finite scale".into()));
+                }
+            }
+            (Scheme::Codebook(s), QParams::Codebook { absmax }) => {
+                if s.block_size == 0 {
+                    return Err(CoreError::BlockSize(0));
+                }
+                absmax.validate(numel.div_ceil(s.block_size), s.double_quant)?;
+            }
+            _ => return Err(CoreError::shape("QTensor params", "params matching the scheme", "the other kind")),
+        }
+        Ok(QTensor { shape, scheme, codes, params })
+    }
+
+    /// Logical shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// The scheme.
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+    /// Packed codes (see `docs/format.md`).
+    pub fn codes(&self) -> &[u8] {
+        &self.codes
+    }
+    /// Scales, zeros or absmax values.
+    pub fn params(&self) -> &QParams {
+        &self.params
+    }
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// `(rows, cols)` of the matrix view (last dimension = columns).
+    pub fn matrix_dims(&self) -> (usize, usize) {
+        matrix_dims(&self.shape).expect("validated at construction")
+    }
+    /// Shape of the scales (and zeros) array.
+    pub fn scale_shape(&self) -> Vec<usize> {
+        let (rows, cols) = self.matrix_dims();
+        match &self.scheme {
+            Scheme::Int(s) => match s.granularity {
+                Granularity::PerTensor => vec![1],
+                Granularity::PerChannel => vec![rows],
+                Granularity::Group(g) => vec![rows, cols / g],
+            },
+            Scheme::Codebook(s) => vec![self.numel().div_ceil(s.block_size)],
+        }
+    }
+    /// Bytes of storage: codes plus scales, zeros and absmax values.
+    pub fn nbytes(&self) -> usize {
+        self.codes.len()
+            + match &self.params {
+                QParams::Int { scales, zeros } => scales.nbytes() + zeros.as_ref().map_or(0, Vec::len),
+                QParams::Codebook { absmax } => absmax.nbytes(),
+            }
+    }
+    /// Storage bits per weight, everything included.
+    pub fn bits_per_weight(&self) -> f64 {
+        self.nbytes() as f64 * 8.0 / self.numel() as f64
+    }
+    /// Group parameters of an integer tensor (scale, zero), row-major; `None` for codebooks.
+    pub fn group_params(&self) -> Option<Vec<GroupParams>> {
+        let (Scheme::Int(s), QParams::Int { scales, zeros }) = (&self.scheme, &self.params) else {
+            return None;
+        };
+        Some(
+            (0..scales.len())
+                .map(|i| GroupParams {
+                    scale: scales.get(i),
+                    zero: zeros.as_ref().map_or(s.bits.symmetric_zero(), |z| z[i]),
+                })
+                .collect(),
+        )
+    }
+
+    /// Dequantizes to a new f32 buffer.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.numel()];
+        self.dequantize_into(&mut out).expect("buffer sized from the tensor");
+        out
+    }
+
+    /// Dequantizes into `out`, which must hold `numel` elements.
+    pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
+        let numel = self.numel();
+        if out.len() != numel {
+            return Err(CoreError::shape("dequantize_into", numel, out.len()));
+        }
+        match (&self.scheme, &self.params) {
+            (Scheme::Int(s), QParams::Int { .. }) => {
+                let params = self.group_params().expect("integer tensor");
+                let (_, cols) = self.matrix_dims();
+                let g = s.granularity.group_len(cols, numel);
+                let bits = s.bits;
+                let row_bits = cols * bits.get() as usize;
+                let chunk = if row_bits % 8 == 0 { cols } else { numel };
+                let codes = &self.codes;
+                for_each_chunk(out, chunk, numel, |r, row| {
+                    let start = r * chunk;
+                    let mut q = vec![0u8; row.len()];
+                    unpack_into(&codes[start * bits.get() as usize / 8..], bits, &mut q);
+                    for (j, (o, &c)) in row.iter_mut().zip(&q).enumerate() {
+                        let p = if params.len() == 1 { params[0] } else { params[(start + j) / g] };
+                        *o = p.dequantize(c);
+                    }
+                });
+            }
+            (Scheme::Codebook(s), QParams::Codebook { absmax }) => {
+                codebook::dequantize_into(s, &self.codes, absmax, out);
+            }
+            _ => unreachable!("from_parts pairs schemes with their params"),
+        }
+        Ok(())
+    }
+}
+
+fn group_count(granularity: Granularity, rows: usize, cols: usize) -> usize {
+    match granularity {
+        Granularity::PerTensor => 1,
+        Granularity::PerChannel => rows,
+        Granularity::Group(g) => rows * cols / g,
+    }
+}

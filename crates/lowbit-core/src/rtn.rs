@@ -1,0 +1,279 @@
+//! Round-to-nearest quantization of integer schemes.
+//!
+//! `q = clamp(round(w / scale) + zero, 0, maxq)`, `w ~ (q - zero) * scale`, with `round` half to
+//! even. Scales are rounded to their storage dtype *before* zero points and codes are computed,
+//! so stored parameters reproduce exactly the codes chosen here.
+
+use crate::pack::{pack_into, packed_len};
+use crate::par::for_each_chunk;
+use crate::{
+    check_finite, Bits, ClipSearch, CoreError, Granularity, IntScheme, QParams, QTensor, Result, ScaleDtype, Scales,
+    Scheme,
+};
+
+/// Scale and zero point of one group, as stored.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupParams {
+    /// Step between codes, already rounded to the storage dtype.
+    pub scale: f32,
+    /// Integer zero point (`2^(bits-1)` for symmetric schemes).
+    pub zero: u8,
+}
+
+impl GroupParams {
+    /// The code of `w`.
+    #[inline]
+    pub fn quantize(self, w: f32, maxq: u8) -> u8 {
+        ((w / self.scale).round_ties_even() + f32::from(self.zero)).clamp(0.0, f32::from(maxq)) as u8
+    }
+    /// The value of code `q`.
+    #[inline]
+    pub fn dequantize(self, q: u8) -> f32 {
+        (f32::from(q) - f32::from(self.zero)) * self.scale
+    }
+}
+
+/// Parameters for the range `[lo, hi]` (which must contain 0 for asymmetric schemes).
+fn params_for_range(lo: f32, hi: f32, bits: Bits, symmetric: bool, scale_dtype: ScaleDtype) -> Result<GroupParams> {
+    let maxq = bits.maxq();
+    let (raw, absmax) = if symmetric {
+        let absmax = lo.abs().max(hi.abs());
+        (absmax / f32::from(bits.symmetric_zero() - 1), absmax)
+    } else {
+        ((hi - lo) / f32::from(maxq), lo.abs().max(hi.abs()))
+    };
+    let scale = if raw == 0.0 {
+        1.0
+    } else {
+        let s = scale_dtype.round(raw);
+        if !s.is_finite() {
+            return Err(CoreError::ScaleOverflow { scale: raw, absmax });
+        }
+        // A scale that underflows f16 becomes its smallest positive value, never 0.
+        if s == 0.0 {
+            half::f16::from_bits(1).to_f32()
+        } else {
+            s
+        }
+    };
+    let zero = if symmetric {
+        bits.symmetric_zero()
+    } else {
+        (-lo / scale).round_ties_even().clamp(0.0, f32::from(maxq)) as u8
+    };
+    Ok(GroupParams { scale, zero })
+}
+
+fn squared_error(values: &[f32], p: GroupParams, maxq: u8) -> f32 {
+    values
+        .iter()
+        .map(|&w| {
+            let d = w - p.dequantize(p.quantize(w, maxq));
+            d * d
+        })
+        .sum()
+}
+
+/// Chooses the scale and zero point of one group (min-max, or the clipping search).
+pub fn group_params(
+    values: &[f32],
+    bits: Bits,
+    symmetric: bool,
+    scale_dtype: ScaleDtype,
+    clip: ClipSearch,
+) -> Result<GroupParams> {
+    let (mut lo, mut hi) = values.iter().fold((0.0f32, 0.0f32), |(lo, hi), &w| (lo.min(w), hi.max(w)));
+    if symmetric {
+        hi = hi.max(-lo);
+        lo = -hi;
+    }
+    let factors = clip.factors();
+    if factors.len() == 1 {
+        return params_for_range(lo * factors[0], hi * factors[0], bits, symmetric, scale_dtype);
+    }
+    let maxq = bits.maxq();
+    let mut best = params_for_range(lo, hi, bits, symmetric, scale_dtype)?;
+    let mut best_err = squared_error(values, best, maxq);
+    for p in factors.into_iter().skip(1) {
+        let cand = params_for_range(lo * p, hi * p, bits, symmetric, scale_dtype)?;
+        let err = squared_error(values, cand, maxq);
+        if err < best_err {
+            best = cand;
+            best_err = err;
+        }
+    }
+    Ok(best)
+}
+
+/// `(rows, cols)` of a tensor quantized as a matrix over its last dimension.
+pub fn matrix_dims(shape: &[usize]) -> Result<(usize, usize)> {
+    let numel: usize = shape.iter().product();
+    if shape.is_empty() || numel == 0 {
+        return Err(CoreError::Empty { shape: shape.to_vec() });
+    }
+    let cols = *shape.last().expect("non-empty shape");
+    Ok((numel / cols, cols))
+}
+
+/// Quantizes `weights` (row-major, `shape`) with round-to-nearest under `scheme`.
+pub fn quantize(weights: &[f32], shape: &[usize], scheme: IntScheme) -> Result<QTensor> {
+    let (rows, cols) = matrix_dims(shape)?;
+    if weights.len() != rows * cols {
+        return Err(CoreError::shape(
+            "quantize",
+            format!("{} elements for shape {shape:?}", rows * cols),
+            weights.len(),
+        ));
+    }
+    scheme.granularity.validate(cols, scheme.bits)?;
+    check_finite(weights)?;
+    let params = choose_params(weights, rows, cols, scheme)?;
+    let codes = encode(weights, cols, scheme, &params);
+    Ok(QTensor::from_int_parts(shape.to_vec(), scheme, codes, &params))
+}
+
+/// Parameters of every group, row-major `[rows, groups_per_row]` (a single entry per tensor).
+pub fn choose_params(weights: &[f32], rows: usize, cols: usize, scheme: IntScheme) -> Result<Vec<GroupParams>> {
+    let IntScheme { bits, symmetric, scale_dtype, clip, .. } = scheme;
+    if scheme.granularity == Granularity::PerTensor {
+        return Ok(vec![group_params(weights, bits, symmetric, scale_dtype, clip)?]);
+    }
+    let g = scheme.granularity.group_len(cols, rows * cols);
+    let mut out: Vec<Result<GroupParams>> =
+        (0..rows * cols / g).map(|_| Ok(GroupParams { scale: 1.0, zero: 0 })).collect();
+    for_each_chunk(&mut out, cols / g, weights.len(), |r, row_params| {
+        let row = &weights[r * cols..(r + 1) * cols];
+        for (p, group) in row_params.iter_mut().zip(row.chunks(g)) {
+            *p = group_params(group, bits, symmetric, scale_dtype, clip);
+        }
+    });
+    out.into_iter().collect()
+}
+
+/// Encodes weights with known group parameters into packed codes.
+pub fn encode(weights: &[f32], cols: usize, scheme: IntScheme, params: &[GroupParams]) -> Vec<u8> {
+    let bits = scheme.bits;
+    let maxq = bits.maxq();
+    let numel = weights.len();
+    let g = scheme.granularity.group_len(cols, numel);
+    let param_of = |i: usize| {
+        if params.len() == 1 {
+            params[0]
+        } else {
+            params[i / g]
+        }
+    };
+    let mut packed = vec![0u8; packed_len(numel, bits)];
+    let row_bits = cols * bits.get() as usize;
+    if row_bits % 8 == 0 {
+        // Rows start on byte boundaries: encode and pack each row independently.
+        let row_bytes = row_bits / 8;
+        for_each_chunk(&mut packed, row_bytes, numel, |r, out| {
+            let codes: Vec<u8> = (r * cols..(r + 1) * cols).map(|i| param_of(i).quantize(weights[i], maxq)).collect();
+            pack_into(&codes, bits, out);
+        });
+    } else {
+        let codes: Vec<u8> = (0..numel).map(|i| param_of(i).quantize(weights[i], maxq)).collect();
+        pack_into(&codes, bits, &mut packed);
+    }
+    packed
+}
+
+/// Stores group parameters as the scheme's scales and (asymmetric only) zeros.
+pub(crate) fn store_params(scheme: IntScheme, params: &[GroupParams]) -> QParams {
+    let scales = Scales::from_f32(params.iter().map(|p| p.scale), scheme.scale_dtype);
+    let zeros = (!scheme.symmetric).then(|| params.iter().map(|p| p.zero).collect());
+    QParams::Int { scales, zeros }
+}
+
+impl QTensor {
+    fn from_int_parts(shape: Vec<usize>, scheme: IntScheme, codes: Vec<u8>, params: &[GroupParams]) -> QTensor {
+        QTensor::from_parts_unchecked(shape, Scheme::Int(scheme), codes, store_params(scheme, params))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scheme(bits: Bits, symmetric: bool, granularity: Granularity, scale_dtype: ScaleDtype) -> IntScheme {
+        IntScheme { bits, symmetric, granularity, scale_dtype, clip: ClipSearch::MinMax }
+    }
+
+    fn any_bits() -> impl Strategy<Value = Bits> {
+        prop_oneof![Just(Bits::B2), Just(Bits::B3), Just(Bits::B4), Just(Bits::B8)]
+    }
+
+    proptest! {
+        #[test]
+        fn rtn_error_is_at_most_half_a_step(
+            bits in any_bits(), symmetric in any::<bool>(), f32_scales in any::<bool>(),
+            rows in 1usize..6, groups in 1usize..4, gsel in 0usize..3,
+            seed in proptest::collection::vec(-100.0f32..100.0, 1..2000),
+        ) {
+            let g = [8usize, 16, 32][gsel];
+            let cols = g * groups;
+            let w: Vec<f32> = (0..rows * cols).map(|i| seed[i % seed.len()] * (1.0 + (i % 7) as f32 * 0.1)).collect();
+            let dtype = if f32_scales { ScaleDtype::F32 } else { ScaleDtype::F16 };
+            let s = scheme(bits, symmetric, Granularity::Group(g), dtype);
+            let qt = quantize(&w, &[rows, cols], s).unwrap();
+            let dq = qt.dequantize();
+            let params = choose_params(&w, rows, cols, s).unwrap();
+            let maxq = f32::from(bits.maxq());
+            for (i, (&x, &y)) in w.iter().zip(&dq).enumerate() {
+                let p = params[i / g];
+                let lo_rep = -f32::from(p.zero) * p.scale;
+                let hi_rep = (maxq - f32::from(p.zero)) * p.scale;
+                // f32 arithmetic slack on top of the half-step bound
+                let slack = 1e-5 * x.abs().max(p.scale);
+                if x >= lo_rep && x <= hi_rep {
+                    prop_assert!((x - y).abs() <= p.scale / 2.0 + slack, "w={x} dq={y} scale={}", p.scale);
+                }
+                if symmetric && x == 0.0 {
+                    prop_assert_eq!(y, 0.0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn constant_and_zero_groups_do_not_divide_by_zero() {
+        for symmetric in [false, true] {
+            for value in [0.0f32, 3.5, -2.0] {
+                let w = vec![value; 64];
+                let qt = quantize(&w, &[2, 32], scheme(Bits::B4, symmetric, Granularity::Group(32), ScaleDtype::F16))
+                    .unwrap();
+                let dq = qt.dequantize();
+                for &y in &dq {
+                    assert!(y.is_finite());
+                    assert!((y - value).abs() <= value.abs() / 7.0 + 1e-6, "{value} -> {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mse_clip_is_never_worse_than_min_max() {
+        let w: Vec<f32> =
+            (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) * if i % 50 == 0 { 8.0 } else { 1.0 }).collect();
+        let base = scheme(Bits::B3, false, Granularity::Group(64), ScaleDtype::F32);
+        let err = |s: IntScheme| {
+            let dq = quantize(&w, &[4, 64], s).unwrap().dequantize();
+            w.iter().zip(dq).map(|(a, b)| (a - b) * (a - b)).sum::<f32>()
+        };
+        let mse = IntScheme { clip: ClipSearch::MSE_DEFAULT, ..base };
+        assert!(err(mse) < err(base));
+    }
+
+    #[test]
+    fn bad_inputs_are_named_errors() {
+        let s = scheme(Bits::B4, false, Granularity::Group(32), ScaleDtype::F16);
+        assert!(matches!(quantize(&[f32::NAN; 32], &[1, 32], s), Err(CoreError::NonFinite { index: 0, .. })));
+        assert!(matches!(quantize(&[0.0; 48], &[1, 48], s), Err(CoreError::GroupSize { .. })));
+        assert!(matches!(quantize(&[], &[0, 32], s), Err(CoreError::Empty { .. })));
+        assert!(matches!(quantize(&[0.0; 3], &[1, 32], s), Err(CoreError::Shape { .. })));
+        assert!(matches!(Bits::try_from(5), Err(CoreError::UnsupportedBits { bits: 5 })));
+        assert!(matches!(quantize(&[1e9; 32], &[1, 32], s), Err(CoreError::ScaleOverflow { .. })));
+    }
+}

@@ -1,0 +1,224 @@
+//! Quantization schemes: what a user asks for, validated once.
+
+use crate::{CoreError, Result};
+use serde::{Deserialize, Serialize};
+
+/// Bit width of an integer code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub enum Bits {
+    /// 2-bit codes, 4 per byte.
+    B2,
+    /// 3-bit codes, 8 per 3 bytes.
+    B3,
+    /// 4-bit codes, 2 per byte.
+    B4,
+    /// 8-bit codes, 1 per byte.
+    B8,
+}
+
+impl Bits {
+    /// The number of bits.
+    pub const fn get(self) -> u32 {
+        match self {
+            Bits::B2 => 2,
+            Bits::B3 => 3,
+            Bits::B4 => 4,
+            Bits::B8 => 8,
+        }
+    }
+    /// Largest code, `2^bits - 1`.
+    pub const fn maxq(self) -> u8 {
+        ((1u32 << self.get()) - 1) as u8
+    }
+    /// Implied zero point of symmetric schemes, `2^(bits-1)`.
+    pub const fn symmetric_zero(self) -> u8 {
+        1u8 << (self.get() - 1)
+    }
+}
+
+impl TryFrom<u32> for Bits {
+    type Error = CoreError;
+    fn try_from(bits: u32) -> Result<Self> {
+        match bits {
+            2 => Ok(Bits::B2),
+            3 => Ok(Bits::B3),
+            4 => Ok(Bits::B4),
+            8 => Ok(Bits::B8),
+            _ => Err(CoreError::UnsupportedBits { bits }),
+        }
+    }
+}
+
+impl From<Bits> for u32 {
+    fn from(b: Bits) -> u32 {
+        b.get()
+    }
+}
+
+/// Which elements share one scale (and zero point).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Granularity {
+    /// One scale for the whole tensor.
+    PerTensor,
+    /// One scale per output row.
+    PerChannel,
+    /// One scale per `g` consecutive elements of a row; `g` divides the row length.
+    Group(usize),
+}
+
+impl Granularity {
+    /// Elements per group for rows of `cols` elements in a tensor of `numel` elements.
+    pub fn group_len(self, cols: usize, numel: usize) -> usize {
+        match self {
+            Granularity::PerTensor => numel,
+            Granularity::PerChannel => cols,
+            Granularity::Group(g) => g,
+        }
+    }
+
+    /// Checks the granularity against a row length and bit width.
+    pub fn validate(self, cols: usize, bits: Bits) -> Result<()> {
+        if let Granularity::Group(g) = self {
+            let err = |reason| CoreError::GroupSize { group_size: g, cols, reason };
+            if g == 0 {
+                return Err(err("it must be at least 1"));
+            }
+            if cols % g != 0 {
+                return Err(err("it must divide the row length"));
+            }
+            if bits == Bits::B3 && g % 8 != 0 && g != cols {
+                return Err(err("3-bit groups must be a multiple of 8 so groups start on byte boundaries"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Storage dtype of scales.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleDtype {
+    /// IEEE half precision (default).
+    #[default]
+    F16,
+    /// IEEE single precision.
+    F32,
+}
+
+impl ScaleDtype {
+    /// Rounds a scale to what storage will hold.
+    pub fn round(self, scale: f32) -> f32 {
+        match self {
+            ScaleDtype::F16 => half::f16::from_f32(scale).to_f32(),
+            ScaleDtype::F32 => scale,
+        }
+    }
+    /// Bytes per stored scale.
+    pub const fn size(self) -> usize {
+        match self {
+            ScaleDtype::F16 => 2,
+            ScaleDtype::F32 => 4,
+        }
+    }
+}
+
+/// How RTN chooses a group's range.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum ClipSearch {
+    /// The group's full min-max range.
+    #[default]
+    MinMax,
+    /// Try the shrink factors `1 - i / grid` for `i < grid * max_shrink` of the range and keep the
+    /// one with the least squared reconstruction error (the GPTQ reference's `mse` search).
+    Mse {
+        /// Grid resolution (100 in the GPTQ reference).
+        grid: u32,
+        /// Largest fraction of the range removed (0.8 in the GPTQ reference).
+        max_shrink: f32,
+    },
+}
+
+impl ClipSearch {
+    /// The GPTQ reference's defaults: grid 100, shrink up to 0.8.
+    pub const MSE_DEFAULT: ClipSearch = ClipSearch::Mse { grid: 100, max_shrink: 0.8 };
+
+    /// The shrink factors to try, largest first.
+    pub fn factors(self) -> Vec<f32> {
+        match self {
+            ClipSearch::MinMax => vec![1.0],
+            ClipSearch::Mse { grid, max_shrink } => {
+                let steps = ((grid as f32 * max_shrink) as u32).max(1);
+                (0..steps).map(|i| 1.0 - i as f32 / grid as f32).collect()
+            }
+        }
+    }
+}
+
+/// An integer quantization scheme.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IntScheme {
+    /// Code width.
+    pub bits: Bits,
+    /// No stored zero point (implied `2^(bits-1)`).
+    pub symmetric: bool,
+    /// Which elements share a scale.
+    pub granularity: Granularity,
+    /// Storage of scales.
+    pub scale_dtype: ScaleDtype,
+    /// Range selection.
+    pub clip: ClipSearch,
+}
+
+impl IntScheme {
+    /// Group-wise asymmetric `bits`-bit with f16 scales, min-max ranges.
+    pub fn group(bits: Bits, group_size: usize) -> Self {
+        IntScheme {
+            bits,
+            symmetric: false,
+            granularity: Granularity::Group(group_size),
+            scale_dtype: ScaleDtype::F16,
+            clip: ClipSearch::MinMax,
+        }
+    }
+}
+
+/// The 4-bit codebooks of QLoRA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codebook {
+    /// 4-bit NormalFloat.
+    Nf4,
+    /// 4-bit float, E2M1.
+    Fp4,
+}
+
+/// A codebook scheme: block-wise absmax scaling of the flattened tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CodebookScheme {
+    /// Which table.
+    pub codebook: Codebook,
+    /// Elements per absmax block (64 in QLoRA).
+    pub block_size: usize,
+    /// Quantize the absmax values to 8 bits in blocks of 256.
+    pub double_quant: bool,
+}
+
+/// Any lowbit quantization scheme.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scheme {
+    /// Integer codes with scales (and zero points).
+    Int(IntScheme),
+    /// NF4 / FP4 codebooks.
+    Codebook(CodebookScheme),
+}
+
+impl Scheme {
+    /// Bits per code.
+    pub fn code_bits(&self) -> Bits {
+        match self {
+            Scheme::Int(s) => s.bits,
+            Scheme::Codebook(_) => Bits::B4,
+        }
+    }
+}
