@@ -9,10 +9,10 @@ use crate::{
     Bits, ClipSearch, Codebook, CodebookScheme, CoreError, Granularity, IntScheme, QParams, QTensor, Result,
     ScaleDtype, Scales, Scheme,
 };
-use safetensors::tensor::{Dtype, TensorView};
+pub use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Version written to `lowbit.format_version`; readers reject others.
@@ -117,7 +117,7 @@ fn scheme_of(meta: &TensorMeta, name: &str) -> Result<Scheme> {
 
 /// The raw buffers of one stored QTensor, ready for a safetensors writer.
 struct Parts {
-    tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+    tensors: Vec<RawTensor>,
     meta: (String, String),
 }
 
@@ -159,12 +159,53 @@ fn parts_of(name: &str, qt: &QTensor) -> Parts {
     Parts { tensors, meta: (format!("{META_PREFIX}{name}"), meta) }
 }
 
+/// A raw tensor for [`serialize`]: name, dtype, shape, little-endian bytes.
+pub type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Serializes raw tensors into safetensors bytes with a deterministic header: tensors in name
+/// order, JSON keys sorted, so the same tensors always give the same bytes (the `safetensors`
+/// crate's own writer orders metadata by hash and is not reproducible).
+pub fn serialize(tensors: &[RawTensor], metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let mut order: Vec<&RawTensor> = tensors.iter().collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings serialize"));
+    }
+    let mut offset = 0usize;
+    for (name, dtype, shape, data) in &order {
+        let numel: usize = shape.iter().product();
+        if numel * dtype.bitsize() / 8 != data.len() {
+            return Err(CoreError::shape(
+                "serialize",
+                format!("{} bytes for {name} {shape:?}", numel * dtype.bitsize() / 8),
+                data.len(),
+            ));
+        }
+        let entry = serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]});
+        if header.insert(name.clone(), entry).is_some() || name == "__metadata__" {
+            return Err(CoreError::shape("serialize", "unique tensor names", name));
+        }
+        offset += data.len();
+    }
+    // Deterministic either way: sorted keys, or (with serde_json's `preserve_order`) insertion order.
+    let mut json = serde_json::to_vec(&header).expect("header serializes");
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for (_, _, _, data) in order {
+        out.extend_from_slice(data);
+    }
+    Ok(out)
+}
+
 /// Serializes named tensors to safetensors bytes; `extra` metadata is stored alongside.
 pub fn to_bytes<'a>(
     tensors: impl IntoIterator<Item = (&'a str, &'a QTensor)>,
     extra: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let mut metadata: HashMap<String, String> = extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut metadata = extra.clone();
     metadata.insert(VERSION_KEY.into(), FORMAT_VERSION.into());
     let mut buffers = Vec::new();
     for (name, qt) in tensors {
@@ -174,14 +215,7 @@ pub fn to_bytes<'a>(
         }
         buffers.extend(parts.tensors);
     }
-    let views: Vec<(String, TensorView<'_>)> = buffers
-        .iter()
-        .map(|(n, dtype, shape, data)| {
-            let view = TensorView::new(*dtype, shape.clone(), data).map_err(|e| CoreError::Corrupt(e.to_string()))?;
-            Ok((n.clone(), view))
-        })
-        .collect::<Result<_>>()?;
-    safetensors::serialize(views, Some(metadata)).map_err(|e| CoreError::Corrupt(e.to_string()))
+    serialize(&buffers, &metadata)
 }
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, then a rename.

@@ -170,11 +170,7 @@ impl QTensor {
     pub fn scale_shape(&self) -> Vec<usize> {
         let (rows, cols) = self.matrix_dims();
         match &self.scheme {
-            Scheme::Int(s) => match s.granularity {
-                Granularity::PerTensor => vec![1],
-                Granularity::PerChannel => vec![rows],
-                Granularity::Group(g) => vec![rows, cols / g],
-            },
+            Scheme::Int(s) => s.granularity.scale_shape(rows, cols),
             Scheme::Codebook(s) => vec![self.numel().div_ceil(s.block_size)],
         }
     }
@@ -222,7 +218,7 @@ impl QTensor {
             (Scheme::Int(s), QParams::Int { .. }) => {
                 let params = self.group_params().expect("integer tensor");
                 let (_, cols) = self.matrix_dims();
-                let g = s.granularity.group_len(cols, numel);
+                let granularity = s.granularity;
                 let bits = s.bits;
                 let row_bits = cols * bits.get() as usize;
                 let chunk = if row_bits % 8 == 0 { cols } else { numel };
@@ -232,7 +228,7 @@ impl QTensor {
                     let mut q = vec![0u8; row.len()];
                     unpack_into(&codes[start * bits.get() as usize / 8..], bits, &mut q);
                     for (j, (o, &c)) in row.iter_mut().zip(&q).enumerate() {
-                        let p = if params.len() == 1 { params[0] } else { params[(start + j) / g] };
+                        let p = params[granularity.param_index(cols, start + j)];
                         *o = p.dequantize(c);
                     }
                 });
@@ -247,9 +243,5 @@ impl QTensor {
 }
 
 fn group_count(granularity: Granularity, rows: usize, cols: usize) -> usize {
-    match granularity {
-        Granularity::PerTensor => 1,
-        Granularity::PerChannel => rows,
-        Granularity::Group(g) => rows * cols / g,
-    }
+    granularity.scale_shape(rows, cols).iter().product()
 }

@@ -138,10 +138,14 @@ pub fn choose_params(weights: &[f32], rows: usize, cols: usize, scheme: IntSchem
     if scheme.granularity == Granularity::PerTensor {
         return Ok(vec![group_params(weights, bits, symmetric, scale_dtype, clip)?]);
     }
-    let g = scheme.granularity.group_len(cols, rows * cols);
+    let g = match scheme.granularity {
+        Granularity::Group(g) => g.min(cols),
+        _ => cols,
+    };
+    let per_row = cols.div_ceil(g);
     let mut out: Vec<Result<GroupParams>> =
-        (0..rows * cols / g).map(|_| Ok(GroupParams { scale: 1.0, zero: 0 })).collect();
-    for_each_chunk(&mut out, cols / g, weights.len(), |r, row_params| {
+        (0..rows * per_row).map(|_| Ok(GroupParams { scale: 1.0, zero: 0 })).collect();
+    for_each_chunk(&mut out, per_row, weights.len(), |r, row_params| {
         let row = &weights[r * cols..(r + 1) * cols];
         for (p, group) in row_params.iter_mut().zip(row.chunks(g)) {
             *p = group_params(group, bits, symmetric, scale_dtype, clip);
@@ -155,14 +159,7 @@ pub fn encode(weights: &[f32], cols: usize, scheme: IntScheme, params: &[GroupPa
     let bits = scheme.bits;
     let maxq = bits.maxq();
     let numel = weights.len();
-    let g = scheme.granularity.group_len(cols, numel);
-    let param_of = |i: usize| {
-        if params.len() == 1 {
-            params[0]
-        } else {
-            params[i / g]
-        }
-    };
+    let param_of = |i: usize| params[scheme.granularity.param_index(cols, i)];
     let mut packed = vec![0u8; packed_len(numel, bits)];
     let row_bits = cols * bits.get() as usize;
     if row_bits % 8 == 0 {
@@ -209,11 +206,12 @@ mod tests {
         #[test]
         fn rtn_error_is_at_most_half_a_step(
             bits in any_bits(), symmetric in any::<bool>(), f32_scales in any::<bool>(),
-            rows in 1usize..6, groups in 1usize..4, gsel in 0usize..3,
+            rows in 1usize..6, groups in 1usize..4, gsel in 0usize..3, ragged in any::<bool>(),
             seed in proptest::collection::vec(-100.0f32..100.0, 1..2000),
         ) {
             let g = [8usize, 16, 32][gsel];
-            let cols = g * groups;
+            // a ragged row ends in a half group, as 576-wide layers do at group 128
+            let cols = g * groups + if ragged { g / 2 } else { 0 };
             let w: Vec<f32> = (0..rows * cols).map(|i| seed[i % seed.len()] * (1.0 + (i % 7) as f32 * 0.1)).collect();
             let dtype = if f32_scales { ScaleDtype::F32 } else { ScaleDtype::F16 };
             let s = scheme(bits, symmetric, Granularity::Group(g), dtype);
@@ -222,7 +220,7 @@ mod tests {
             let params = choose_params(&w, rows, cols, s).unwrap();
             let maxq = f32::from(bits.maxq());
             for (i, (&x, &y)) in w.iter().zip(&dq).enumerate() {
-                let p = params[i / g];
+                let p = params[s.granularity.param_index(cols, i)];
                 let lo_rep = -f32::from(p.zero) * p.scale;
                 let hi_rep = (maxq - f32::from(p.zero)) * p.scale;
                 // f32 arithmetic slack on top of the half-step bound
@@ -270,7 +268,11 @@ mod tests {
     fn bad_inputs_are_named_errors() {
         let s = scheme(Bits::B4, false, Granularity::Group(32), ScaleDtype::F16);
         assert!(matches!(quantize(&[f32::NAN; 32], &[1, 32], s), Err(CoreError::NonFinite { index: 0, .. })));
-        assert!(matches!(quantize(&[0.0; 48], &[1, 48], s), Err(CoreError::GroupSize { .. })));
+        assert!(matches!(Granularity::Group(32).require_dividing(48), Err(CoreError::GroupSize { .. })));
+        assert!(matches!(
+            quantize(&[0.0; 48], &[1, 48], IntScheme { granularity: Granularity::Group(0), ..s }),
+            Err(CoreError::GroupSize { .. })
+        ));
         assert!(matches!(quantize(&[], &[0, 32], s), Err(CoreError::Empty { .. })));
         assert!(matches!(quantize(&[0.0; 3], &[1, 32], s), Err(CoreError::Shape { .. })));
         assert!(matches!(Bits::try_from(5), Err(CoreError::UnsupportedBits { bits: 5 })));

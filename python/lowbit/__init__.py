@@ -1,0 +1,37 @@
+"""lowbit: make large language models small and fast.
+
+Quantize weights to INT8/INT4/INT3/INT2 or NF4/FP4 with Rust kernels, store them in documented
+bit-packed formats (see ``docs/format.md``), and load them back from Python or Rust.
+
+>>> import numpy as np, lowbit
+>>> w = np.random.default_rng(0).standard_normal((256, 512), dtype=np.float32)
+>>> q = lowbit.quantize(w, bits=4, group_size=128)
+>>> q.bits_per_weight  # 4-bit codes + f16 scale + u8 zero per 128 weights
+4.1875
+"""
+
+from __future__ import annotations
+
+from ._api import load, quantize, save
+from ._lowbit import (
+    CorruptFileError,
+    LowbitError,
+    NonFiniteError,
+    QTensor,
+    ShapeError,
+    UnsupportedError,
+    __version__,
+)
+
+__all__ = [
+    "CorruptFileError",
+    "LowbitError",
+    "NonFiniteError",
+    "QTensor",
+    "ShapeError",
+    "UnsupportedError",
+    "__version__",
+    "load",
+    "quantize",
+    "save",
+]
