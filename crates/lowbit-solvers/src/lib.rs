@@ -1,1 +1,47 @@
-//! lowbit-solvers
+//! lowbit-solvers: calibrated post-training quantization of linear layers, in the papers'
+//! notation (`W[rows = out, cols = in]`, activations `X[cols, N]`, `H = 2/N X X^T`, `H^-1`, `Q`,
+//! `err`).
+//!
+//! * [`hessian`]: GPTQ's Hessian, accumulated batch by batch (symmetric rank-k updates, f64).
+//! * [`linalg`]: the damped Cholesky factor of `H^-1`, with automatic damping escalation.
+//! * [`gptq`]: GPTQ (Frantar et al. 2022) with lazy batches, groups, act-order, static groups.
+//! * [`awq`]: AWQ's activation-aware scale search and clipping search (Lin et al. 2023).
+//! * [`smoothquant`]: SmoothQuant's smoothing factors and W8A8 reference (Xiao et al. 2022).
+//! * [`rtn`]: round-to-nearest behind the same report.
+//!
+//! Every solver returns a [`LayerReport`]; none prints. Outputs are plain lowbit
+//! [`lowbit_core::QTensor`]s in the original column order.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod awq;
+mod error;
+pub mod gptq;
+pub mod hessian;
+pub mod linalg;
+mod par;
+pub mod report;
+pub mod rtn;
+pub mod smoothquant;
+
+pub use error::{Result, SolverError};
+pub use gptq::{gptq_quantize, GptqConfig, GptqOutput};
+pub use hessian::{Hessian, HessianPrecision};
+pub use linalg::{Damping, DampingConfig};
+pub use report::{LayerReport, Method};
+pub use rtn::{rtn_quantize, RtnOutput};
+
+/// `tr((W - Q) H (W - Q)^T)`: the GPTQ objective `(2/N) ||W X - Q X||_F^2` of a quantized
+/// layer, for any method (`w`, `q` row-major `[rows, cols]`, e.g. `q` a dequantized tensor).
+pub fn output_error(w: &[f32], q: &[f32], rows: usize, cols: usize, h: &Hessian) -> Result<f64> {
+    if w.len() != rows * cols || q.len() != rows * cols || h.cols() != cols {
+        return Err(SolverError::shape(
+            "output_error",
+            format!("{rows}x{cols} weights and a {cols}-channel Hessian"),
+            format!("{} and {} weights, {} channels", w.len(), q.len(), h.cols()),
+        ));
+    }
+    let delta = faer::Mat::<f64>::from_fn(cols, rows, |c, r| f64::from(w[r * cols + c]) - f64::from(q[r * cols + c]));
+    let hd = h.matrix() * &delta;
+    Ok((0..rows).map(|r| delta.col(r).iter().zip(hd.col(r).iter()).map(|(a, b)| a * b).sum::<f64>()).sum())
+}

@@ -1,0 +1,281 @@
+//! GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative
+//! Pre-trained Transformers", Algorithm 1) for one linear layer `W[rows = out, cols = in]`.
+//!
+//! The sweep quantizes one column `c` at a time (in order, or by descending `H_cc` with
+//! act-order), and spreads its error over the columns not yet quantized through the upper
+//! Cholesky factor `U` of `H^-1` (`err = (w - q) / U_kk`, `W[:, later] -= err * U[k, later]`).
+//! Updates to columns outside the current block of [`GptqConfig::block_size`] columns are
+//! deferred and applied as one GEMM per block ("lazy batch updates", Section 4). Everything
+//! after the Hessian runs in f64; codes are chosen with lowbit-core's f32 rule
+//! ([`GroupParams::quantize`]) so the output is an ordinary lowbit [`QTensor`].
+//!
+//! **Group parameters.** Groups are always groups of consecutive *original* columns (the
+//! lowbit layout, so kernels run the result directly).
+//! * Without static groups, a group's scale and zero are chosen with
+//!   [`lowbit_core::rtn::group_params`] (the same rule as RTN, f16 scale rounding included) on the
+//!   current, error-updated weights of all its columns at the moment the sweep first reaches one
+//!   of them; deferred (lazy) updates of those columns are applied first, so the result does not
+//!   depend on the block size. Without act-order this is exactly the GPTQ reference
+//!   (`find_params(W[:, i:i+groupsize])` at `i % groupsize == 0`) when the group size is a
+//!   multiple of the block size or vice versa with aligned starts; where a group starts inside
+//!   a block, the reference reads stale (not yet updated) weights, lowbit reads the updated ones.
+//!   With act-order the reference forms groups of consecutive *permuted* columns and needs a
+//!   `g_idx` table; lowbit keeps original-order groups instead.
+//! * With static groups (the reference's `static_groups`), every group's parameters are chosen
+//!   before the sweep from the original weights: the same parameters as RTN.
+//! * Per-channel is one group per row, chosen before any update.
+//!
+//! Dead inputs (`H_ii == 0`) get `H_ii = 1` and a zero weight column, as in the reference.
+
+use crate::hessian::Hessian;
+use crate::linalg::{fix_dead_inputs, inverse_cholesky_upper, Damping, DampingConfig};
+use crate::par::faer_par;
+use crate::report::{LayerReport, Method};
+use crate::{Result, SolverError};
+use faer::{Accum, Mat, MatMut, MatRef};
+use lowbit_core::pack::pack;
+use lowbit_core::rtn::{choose_params, GroupParams};
+use lowbit_core::{check_finite, Granularity, IntScheme, QParams, QTensor, Scales, Scheme};
+use std::time::Instant;
+
+/// GPTQ's lazy-batch block size (128 in the reference).
+pub const DEFAULT_BLOCK_SIZE: usize = 128;
+
+/// GPTQ settings for one layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GptqConfig {
+    /// Output format: bits, symmetric or not, per-channel or groups, scale dtype, range search.
+    pub scheme: IntScheme,
+    /// Quantize columns by descending `H_cc` ("act-order", `--act-order` in the reference).
+    pub act_order: bool,
+    /// Choose every group's parameters from the original weights before the sweep.
+    pub static_groups: bool,
+    /// Columns per lazy-update block.
+    pub block_size: usize,
+    /// Dampening of `H`.
+    pub damping: DampingConfig,
+}
+
+impl GptqConfig {
+    /// The reference defaults for a scheme: no act-order, block 128, percdamp 0.01.
+    pub fn new(scheme: IntScheme) -> Self {
+        GptqConfig {
+            scheme,
+            act_order: false,
+            static_groups: false,
+            block_size: DEFAULT_BLOCK_SIZE,
+            damping: DampingConfig::default(),
+        }
+    }
+}
+
+/// A GPTQ-quantized layer.
+#[derive(Clone, Debug)]
+pub struct GptqOutput {
+    /// Codes in the original column order with their scales and zeros.
+    pub qtensor: QTensor,
+    /// Loss, damping, dead inputs, time.
+    pub report: LayerReport,
+}
+
+/// Everything GPTQ needs before the sweep: permutation, `U`, dead columns zeroed.
+pub(crate) struct Prepared {
+    /// Position -> original column.
+    pub perm: Vec<usize>,
+    /// Upper Cholesky factor of the damped, permuted `H^-1`.
+    pub u: Mat<f64>,
+    /// Weights with dead columns zeroed, row-major f32 (original order).
+    pub w: Vec<f32>,
+    pub damping: Damping,
+    pub dead: usize,
+}
+
+/// Validates, applies the dead-input rule, permutes and factors (shared with tests).
+pub(crate) fn prepare(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &GptqConfig) -> Result<Prepared> {
+    if rows == 0 || cols == 0 {
+        return Err(SolverError::shape("gptq", "a non-empty weight", format!("{rows}x{cols}")));
+    }
+    if w.len() != rows * cols {
+        return Err(SolverError::shape("gptq weight", format!("{rows}x{cols} = {}", rows * cols), w.len()));
+    }
+    if h.cols() != cols {
+        return Err(SolverError::shape("gptq Hessian", format!("{cols} input channels"), h.cols()));
+    }
+    if h.tokens() == 0 {
+        return Err(SolverError::NoCalibrationData { op: "gptq" });
+    }
+    if cfg.block_size == 0 {
+        return Err(SolverError::param("block_size", 0, "it must be at least 1"));
+    }
+    if cfg.scheme.granularity == Granularity::PerTensor {
+        return Err(SolverError::param("granularity", "per-tensor", "GPTQ supports per-channel or group scales"));
+    }
+    cfg.scheme.granularity.validate(cols, cfg.scheme.bits)?;
+    check_finite(w)?;
+
+    let mut hm = h.matrix();
+    let dead_cols = fix_dead_inputs(&mut hm);
+    let mut w = w.to_vec();
+    for &c in &dead_cols {
+        for r in 0..rows {
+            w[r * cols + c] = 0.0;
+        }
+    }
+    let mut perm: Vec<usize> = (0..cols).collect();
+    if cfg.act_order {
+        // Descending diag H; ties keep the original order (stable sort).
+        perm.sort_by(|&a, &b| hm[(b, b)].total_cmp(&hm[(a, a)]));
+    }
+    let hp = Mat::from_fn(cols, cols, |i, j| hm[(perm[i], perm[j])]);
+    let (u, damping) = inverse_cholesky_upper(&hp, &cfg.damping)?;
+    Ok(Prepared { perm, u, w, damping, dead: dead_cols.len() })
+}
+
+/// Quantizes `w` (row-major `[rows, cols]`) with GPTQ against the Hessian of its input.
+pub fn gptq_quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &GptqConfig) -> Result<GptqOutput> {
+    let start = Instant::now();
+    let prep = prepare(w, rows, cols, h, cfg)?;
+    let scheme = cfg.scheme;
+    let (g, groups) = group_layout(scheme.granularity, cols);
+    let maxq = scheme.bits.maxq();
+    let Prepared { perm, u, w, damping, dead } = prep;
+    let mut invperm = vec![0usize; cols];
+    for (k, &c) in perm.iter().enumerate() {
+        invperm[c] = k;
+    }
+
+    // params[r * groups + G]; `ready[G]` once group G's parameters are chosen.
+    let mut params = vec![GroupParams { scale: 1.0, zero: 0 }; rows * groups];
+    let mut ready = vec![false; groups];
+    if cfg.static_groups || scheme.granularity == Granularity::PerChannel {
+        params = choose_params(&w, rows, cols, scheme)?;
+        ready.fill(true);
+    }
+
+    // Working weights in f64, column-major in permuted order: column k = original perm[k].
+    let mut wp = vec![0.0f64; rows * cols];
+    for (k, &c) in perm.iter().enumerate() {
+        for r in 0..rows {
+            wp[k * rows + r] = f64::from(w[r * cols + c]);
+        }
+    }
+    let mut codes = vec![0u8; rows * cols];
+    let mut loss = 0.0f64;
+    let bs = cfg.block_size;
+    let mut err1 = vec![0.0f64; rows * bs.min(cols)];
+    let mut group_buf = vec![0.0f32; rows * g];
+
+    for i1 in (0..cols).step_by(bs) {
+        let i2 = (i1 + bs).min(cols);
+        let count = i2 - i1;
+        for i in 0..count {
+            let k = i1 + i;
+            let c = perm[k];
+            let grp = c / g;
+            if !ready[grp] {
+                // The group's current weights, deferred updates of later blocks included.
+                let (gstart, gend) = (grp * g, (grp * g + g).min(cols));
+                let glen = gend - gstart;
+                for (jj, cc) in (gstart..gend).enumerate() {
+                    let p = invperm[cc];
+                    let col = &wp[p * rows..(p + 1) * rows];
+                    for r in 0..rows {
+                        let mut v = col[r];
+                        if p >= i2 {
+                            for t in 0..i {
+                                v -= err1[t * rows + r] * u[(i1 + t, p)];
+                            }
+                        }
+                        group_buf[r * glen + jj] = v as f32;
+                    }
+                }
+                let gs = IntScheme { granularity: Granularity::PerChannel, ..scheme };
+                let gp = choose_params(&group_buf[..rows * glen], rows, glen, gs)?;
+                for (r, p) in gp.into_iter().enumerate() {
+                    params[r * groups + grp] = p;
+                }
+                ready[grp] = true;
+            }
+            let d = u[(k, k)];
+            let (done, rest) = wp.split_at_mut((k + 1) * rows);
+            let wcol = &done[k * rows..];
+            let ecol = &mut err1[i * rows..(i + 1) * rows];
+            for r in 0..rows {
+                let p = params[r * groups + grp];
+                let x = wcol[r];
+                let q = p.quantize(x as f32, maxq);
+                codes[r * cols + c] = q;
+                let e = (x - f64::from(p.dequantize(q))) / d;
+                loss += e * e / 2.0;
+                ecol[r] = e;
+            }
+            // Rank-1 update of the rest of the block.
+            let ecol = &err1[i * rows..(i + 1) * rows];
+            let block_rest = &mut rest[..(i2 - k - 1) * rows];
+            update_block_columns(block_rest, rows, ecol, |j| u[(k, k + 1 + j)]);
+        }
+        // Lazy batch update: W[:, i2:] -= Err1 * U[i1:i2, i2:].
+        if i2 < cols {
+            let right = MatMut::from_column_major_slice_mut(&mut wp[i2 * rows..], rows, cols - i2);
+            let e = MatRef::from_column_major_slice(&err1[..count * rows], rows, count);
+            faer::linalg::matmul::matmul(
+                right,
+                Accum::Add,
+                e,
+                u.as_ref().submatrix(i1, i2, count, cols - i2),
+                -1.0,
+                faer_par(),
+            );
+        }
+    }
+
+    let qtensor = assemble(rows, cols, scheme, &codes, &params)?;
+    let report = LayerReport {
+        method: Method::Gptq,
+        loss,
+        damping: Some(damping),
+        dead_inputs: dead,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok(GptqOutput { qtensor, report })
+}
+
+/// `(g, groups)`: columns per group (the last one may be shorter, the GPTQ convention) and groups
+/// per row.
+pub(crate) fn group_layout(granularity: Granularity, cols: usize) -> (usize, usize) {
+    match granularity {
+        Granularity::Group(g) => (g.min(cols), cols.div_ceil(g.min(cols))),
+        Granularity::PerChannel | Granularity::PerTensor => (cols, 1),
+    }
+}
+
+/// `cols_block[:, j] -= e * coef(j)` for each column `j` of a column-major block.
+fn update_block_columns(cols_block: &mut [f64], rows: usize, e: &[f64], coef: impl Fn(usize) -> f64 + Sync) {
+    let body = |j: usize, col: &mut [f64]| {
+        let a = coef(j);
+        for (v, &x) in col.iter_mut().zip(e) {
+            *v -= x * a;
+        }
+    };
+    #[cfg(feature = "parallel")]
+    if cols_block.len() >= 1 << 16 {
+        use rayon::prelude::*;
+        cols_block.par_chunks_mut(rows).enumerate().for_each(|(j, col)| body(j, col));
+        return;
+    }
+    cols_block.chunks_mut(rows).enumerate().for_each(|(j, col)| body(j, col));
+}
+
+/// Packs row-major codes and group parameters into a validated lowbit [`QTensor`].
+pub(crate) fn assemble(
+    rows: usize,
+    cols: usize,
+    scheme: IntScheme,
+    codes: &[u8],
+    params: &[GroupParams],
+) -> Result<QTensor> {
+    let packed = pack(codes, scheme.bits)?;
+    let scales = Scales::from_f32(params.iter().map(|p| p.scale), scheme.scale_dtype);
+    let zeros = (!scheme.symmetric).then(|| params.iter().map(|p| p.zero).collect());
+    Ok(QTensor::from_parts(vec![rows, cols], Scheme::Int(scheme), packed, QParams::Int { scales, zeros })?)
+}

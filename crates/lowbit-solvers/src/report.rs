@@ -1,0 +1,36 @@
+//! What a solver reports about each layer (it never prints).
+
+use crate::linalg::Damping;
+
+/// Which method quantized a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Round-to-nearest (no calibration data).
+    Rtn,
+    /// GPTQ (Frantar et al. 2022).
+    Gptq,
+    /// AWQ (Lin et al. 2023).
+    Awq,
+    /// SmoothQuant W8A8 (Xiao et al. 2022).
+    SmoothQuant,
+}
+
+/// The outcome of quantizing one layer (or one group of layers sharing an input).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerReport {
+    /// The method.
+    pub method: Method,
+    /// The method's own loss:
+    /// GPTQ: `sum_rows sum_cols (w - q)^2 / [H^-1]_cc^2 / 2` over the Cholesky factor's diagonal,
+    /// exactly what the GPTQ reference prints as `error`;
+    /// RTN: `sum (w - q)^2`;
+    /// AWQ: mean squared output error of the chosen scales;
+    /// SmoothQuant: mean squared output error of the int8 weights at the smoothed activations.
+    pub loss: f64,
+    /// The damping used (GPTQ only).
+    pub damping: Option<Damping>,
+    /// Inputs whose Hessian diagonal was 0 (their weight columns were zeroed, as GPTQ does).
+    pub dead_inputs: usize,
+    /// Wall time of the solve, seconds (Hessian accumulation excluded).
+    pub seconds: f64,
+}

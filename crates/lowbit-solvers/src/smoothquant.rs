@@ -1,0 +1,1 @@
+//! SmoothQuant (in progress).

@@ -1,0 +1,260 @@
+//! GPTQ at the layer level: against RTN, against a textbook (unblocked, one column at a time)
+//! GPTQ, and on degenerate Hessians.
+
+mod common;
+
+use common::{correlated_activations, hessian_of, layer_error, Rng};
+use lowbit_core::pack::unpack;
+use lowbit_core::rtn::{choose_params, group_params, GroupParams};
+use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
+use lowbit_solvers::linalg::{fix_dead_inputs, inverse_cholesky_upper};
+use lowbit_solvers::{gptq_quantize, output_error, rtn_quantize, GptqConfig, Hessian, SolverError};
+
+fn scheme(bits: Bits, symmetric: bool, granularity: Granularity) -> IntScheme {
+    IntScheme { bits, symmetric, granularity, scale_dtype: ScaleDtype::F16, clip: ClipSearch::MinMax }
+}
+
+fn codes_of(out: &lowbit_solvers::GptqOutput) -> Vec<u8> {
+    let s = match out.qtensor.scheme() {
+        lowbit_core::Scheme::Int(s) => *s,
+        _ => unreachable!(),
+    };
+    unpack(out.qtensor.codes(), s.bits, out.qtensor.numel()).unwrap()
+}
+
+/// Textbook GPTQ: one column at a time, every update applied immediately to all later columns,
+/// no blocks. Same rules as the library (order, damping, dead inputs, group parameters).
+fn textbook_gptq(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &GptqConfig) -> (Vec<u8>, Vec<GroupParams>) {
+    let s = cfg.scheme;
+    let g = match s.granularity {
+        Granularity::Group(g) => g.min(cols),
+        _ => cols,
+    };
+    let groups = cols.div_ceil(g);
+    let maxq = s.bits.maxq();
+    let mut hm = h.matrix();
+    let dead = fix_dead_inputs(&mut hm);
+    let mut w = w.to_vec();
+    for &c in &dead {
+        for r in 0..rows {
+            w[r * cols + c] = 0.0;
+        }
+    }
+    let mut perm: Vec<usize> = (0..cols).collect();
+    if cfg.act_order {
+        perm.sort_by(|&a, &b| hm[(b, b)].total_cmp(&hm[(a, a)]));
+    }
+    let hp = faer::Mat::from_fn(cols, cols, |i, j| hm[(perm[i], perm[j])]);
+    let (u, _) = inverse_cholesky_upper(&hp, &cfg.damping).unwrap();
+    let mut params: Vec<Option<GroupParams>> = vec![None; rows * groups];
+    if cfg.static_groups || s.granularity == Granularity::PerChannel {
+        for (i, p) in choose_params(&w, rows, cols, s).unwrap().into_iter().enumerate() {
+            params[i] = Some(p);
+        }
+    }
+    // Row-major f64 working copy in original column order.
+    let mut wf: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
+    let mut codes = vec![0u8; rows * cols];
+    for k in 0..cols {
+        let c = perm[k];
+        let grp = c / g;
+        for r in 0..rows {
+            let p = match params[r * groups + grp] {
+                Some(p) => p,
+                None => {
+                    let vals: Vec<f32> =
+                        (grp * g..(grp * g + g).min(cols)).map(|cc| wf[r * cols + cc] as f32).collect();
+                    let p = group_params(&vals, s.bits, s.symmetric, s.scale_dtype, s.clip).unwrap();
+                    params[r * groups + grp] = Some(p);
+                    p
+                }
+            };
+            let x = wf[r * cols + c];
+            let q = p.quantize(x as f32, maxq);
+            codes[r * cols + c] = q;
+            let e = (x - f64::from(p.dequantize(q))) / u[(k, k)];
+            for j in k + 1..cols {
+                wf[r * cols + perm[j]] -= e * u[(k, j)];
+            }
+        }
+    }
+    (codes, params.into_iter().map(Option::unwrap).collect())
+}
+
+fn configs() -> Vec<(Bits, bool, Granularity, bool, bool)> {
+    let mut v = Vec::new();
+    for bits in [Bits::B2, Bits::B3, Bits::B4, Bits::B8] {
+        for symmetric in [false, true] {
+            for gran in
+                [Granularity::PerChannel, Granularity::Group(16), Granularity::Group(48), Granularity::Group(40)]
+            {
+                for (act, stat) in [(false, false), (true, false), (true, true), (false, true)] {
+                    v.push((bits, symmetric, gran, act, stat));
+                }
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn lazy_blocks_match_textbook_gptq_code_for_code() {
+    // Awkward sizes: 96 columns, blocks of 40 (groups start inside blocks and span two),
+    // groups of 16 and 48, per-channel.
+    let (rows, cols, tokens) = (24, 96, 400);
+    let mut total = 0usize;
+    let mut mismatched = 0usize;
+    for (seed, (bits, symmetric, gran, act_order, static_groups)) in configs().into_iter().enumerate() {
+        let mut rng = Rng::new(seed as u64);
+        let x = correlated_activations(&mut rng, tokens, cols);
+        let w = rng.normals(rows * cols, 0.05);
+        let h = hessian_of(&x, cols);
+        let cfg =
+            GptqConfig { act_order, static_groups, block_size: 40, ..GptqConfig::new(scheme(bits, symmetric, gran)) };
+        let out = gptq_quantize(&w, rows, cols, &h, &cfg).unwrap();
+        let (want_codes, want_params) = textbook_gptq(&w, rows, cols, &h, &cfg);
+        let got = codes_of(&out);
+        let got_params = out.qtensor.group_params().unwrap();
+        let diff = got.iter().zip(&want_codes).filter(|(a, b)| a != b).count();
+        total += got.len();
+        mismatched += diff;
+        // f64 sweep: a code can only flip where w/scale lands within ~1e-12 of a rounding tie.
+        assert!(
+            diff <= 1,
+            "{bits:?} sym={symmetric} {gran:?} act={act_order} static={static_groups}: {diff} codes differ"
+        );
+        if diff == 0 {
+            assert_eq!(got_params, want_params);
+        }
+    }
+    assert!(mismatched * 100_000 <= total, "{mismatched} of {total} codes differ");
+}
+
+#[test]
+fn gptq_beats_rtn_on_correlated_activations() {
+    // GPTQ minimises a greedy, damped proxy of ||WX - QX||^2, so a single problem may in
+    // principle lose to RTN (greedy order, damping, group parameters fixed from updated
+    // weights). On realistic correlated activations it wins by a wide margin: with these seeds
+    // it wins all 6 x 128 cases, which we assert, plus the sum over seeds below 0.9x RTN's. A
+    // future change of seeds that trips the per-seed check on one rare case may relax it to the
+    // sum; the sum is the property that matters.
+    let (rows, cols, tokens) = (32, 96, 512);
+    for (bits, symmetric, gran, act_order, static_groups) in configs() {
+        let (mut sum_gptq, mut sum_rtn, mut wins) = (0.0, 0.0, 0);
+        let seeds = 6;
+        for seed in 0..seeds {
+            let mut rng = Rng::new(1000 + seed);
+            let x = correlated_activations(&mut rng, tokens, cols);
+            let w = rng.normals(rows * cols, 0.05);
+            let h = hessian_of(&x, cols);
+            let s = scheme(bits, symmetric, gran);
+            let cfg = GptqConfig { act_order, static_groups, ..GptqConfig::new(s) };
+            let gq = gptq_quantize(&w, rows, cols, &h, &cfg).unwrap().qtensor.dequantize();
+            let rq = rtn_quantize(&w, rows, cols, s).unwrap().qtensor.dequantize();
+            let (eg, er) = (layer_error(&w, &gq, rows, cols, &x), layer_error(&w, &rq, rows, cols, &x));
+            // The Hessian form of the same error agrees with the direct one.
+            let via_h = output_error(&w, &gq, rows, cols, &h).unwrap() * tokens as f64 / 2.0;
+            assert!((via_h - eg).abs() <= 1e-6 * eg.max(1e-12), "{via_h} vs {eg}");
+            wins += usize::from(eg <= er);
+            sum_gptq += eg;
+            sum_rtn += er;
+        }
+        assert_eq!(wins, seeds as usize, "{bits:?} sym={symmetric} {gran:?} act={act_order}: {wins} wins");
+        assert!(sum_gptq < 0.9 * sum_rtn, "{bits:?} sym={symmetric} {gran:?} act={act_order}: {sum_gptq} vs {sum_rtn}");
+    }
+}
+
+#[test]
+fn damping_is_raised_until_cholesky_succeeds() {
+    let cols = 16;
+    let mut rng = Rng::new(7);
+    // Rank-4 Hessian minus a negative direction: indefinite, so percdamp 0.01 fails.
+    let x = correlated_activations(&mut rng, 4, cols);
+    let h0 = hessian_of(&x, cols);
+    let mut m = h0.to_vec();
+    let mean = h0.diag().iter().sum::<f64>() / cols as f64;
+    for i in 0..cols {
+        for j in 0..cols {
+            m[i * cols + j] -= 0.5 * mean / cols as f64; // eigenvalue -0.5 * mean along (1,..,1)
+        }
+    }
+    let h = Hessian::from_matrix(cols, &m, 4).unwrap();
+    let w = rng.normals(8 * cols, 0.1);
+    let out = gptq_quantize(&w, 8, cols, &h, &GptqConfig::new(IntScheme::group(Bits::B4, 16))).unwrap();
+    let d = out.report.damping.unwrap();
+    assert!(d.raises >= 2, "{d:?}");
+    assert!(d.relative > 0.5 && d.relative <= 10.0, "{d:?}");
+
+    // Singular, percdamp 0: the first attempt fails, escalation fixes it.
+    let cfg = GptqConfig {
+        damping: lowbit_solvers::DampingConfig { percdamp: 0.0, ..Default::default() },
+        ..GptqConfig::new(IntScheme::group(Bits::B4, 16))
+    };
+    let out = gptq_quantize(&w, 8, cols, &h0, &cfg).unwrap();
+    assert!(out.report.damping.unwrap().raises >= 1);
+
+    // Strongly indefinite (eigenvalue about -1e6 * mean diag): stays singular, a clear error.
+    let mut m = h0.to_vec();
+    m[cols] += 1e6 * mean;
+    m[1] += 1e6 * mean;
+    let h = Hessian::from_matrix(cols, &m, 4).unwrap();
+    let err = gptq_quantize(&w, 8, cols, &h, &GptqConfig::new(IntScheme::group(Bits::B4, 16))).unwrap_err();
+    assert!(matches!(err, SolverError::SingularHessian { attempts: 7, .. }), "{err}");
+    assert!(err.to_string().contains("singular"));
+
+    let mut nan = h0.to_vec();
+    nan[3 * cols] = f64::NAN; // lower triangle: from_matrix reads only that half
+    let h = Hessian::from_matrix(cols, &nan, 4).unwrap();
+    assert!(matches!(
+        gptq_quantize(&w, 8, cols, &h, &GptqConfig::new(IntScheme::group(Bits::B4, 16))),
+        Err(SolverError::SingularHessian { .. })
+    ));
+}
+
+#[test]
+fn dead_inputs_are_zeroed_and_reported() {
+    let (rows, cols) = (8, 32);
+    let mut rng = Rng::new(3);
+    let mut x = correlated_activations(&mut rng, 200, cols);
+    for t in 0..200 {
+        x[t * cols + 5] = 0.0;
+        x[t * cols + 17] = 0.0;
+    }
+    let h = hessian_of(&x, cols);
+    let w = rng.normals(rows * cols, 0.1);
+    for symmetric in [false, true] {
+        for act_order in [false, true] {
+            let s = scheme(Bits::B3, symmetric, Granularity::Group(16));
+            let cfg = GptqConfig { act_order, ..GptqConfig::new(s) };
+            let out = gptq_quantize(&w, rows, cols, &h, &cfg).unwrap();
+            assert_eq!(out.report.dead_inputs, 2);
+            let dq = out.qtensor.dequantize();
+            for r in 0..rows {
+                assert_eq!(dq[r * cols + 5], 0.0);
+                assert_eq!(dq[r * cols + 17], 0.0);
+            }
+            assert!(out.report.loss.is_finite());
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let cols = 16;
+    let h = Hessian::new(cols);
+    let w = vec![0.1f32; 4 * cols];
+    let cfg = GptqConfig::new(IntScheme::group(Bits::B4, 16));
+    assert!(matches!(gptq_quantize(&w, 4, cols, &h, &cfg), Err(SolverError::NoCalibrationData { .. })));
+    let mut h = Hessian::new(cols);
+    let mut x = vec![1.0f32; 3 * cols];
+    x[2 * cols + 4] = f32::INFINITY;
+    let err = h.add_batch(&x, 3).unwrap_err();
+    assert!(matches!(err, SolverError::NonFiniteActivation { token: 2, channel: 4, .. }), "{err}");
+    h.add_batch(&x[..2 * cols], 2).unwrap();
+    assert!(matches!(gptq_quantize(&w[..3], 4, cols, &h, &cfg), Err(SolverError::Shape { .. })));
+    let bad_group = GptqConfig::new(IntScheme::group(Bits::B3, 5));
+    assert!(matches!(gptq_quantize(&w, 4, cols, &h, &bad_group), Err(SolverError::Core(_))));
+    let mut nanw = w.clone();
+    nanw[7] = f32::NAN;
+    assert!(matches!(gptq_quantize(&nanw, 4, cols, &h, &cfg), Err(SolverError::Core(_))));
+}
