@@ -27,8 +27,12 @@ pub fn pack_into(codes: &[u8], bits: Bits, out: &mut [u8]) {
     match bits {
         Bits::B8 => out[..codes.len()].copy_from_slice(codes),
         Bits::B4 => {
-            for (o, pair) in out.iter_mut().zip(codes.chunks(2)) {
-                *o = pair[0] | pair.get(1).map_or(0, |&c| c << 4);
+            let pairs = codes.chunks_exact(2);
+            if let [last] = pairs.remainder() {
+                out[codes.len() / 2] = *last;
+            }
+            for (o, pair) in out.iter_mut().zip(pairs) {
+                *o = pair[0] | (pair[1] << 4);
             }
         }
         Bits::B2 => {
@@ -66,11 +70,14 @@ pub fn unpack_into(packed: &[u8], bits: Bits, out: &mut [u8]) {
     match bits {
         Bits::B8 => out.copy_from_slice(&packed[..out.len()]),
         Bits::B4 => {
-            for (pair, &b) in out.chunks_mut(2).zip(packed) {
+            let n = out.len();
+            let mut pairs = out.chunks_exact_mut(2);
+            for (pair, &b) in (&mut pairs).zip(packed) {
                 pair[0] = b & 0xF;
-                if let Some(hi) = pair.get_mut(1) {
-                    *hi = b >> 4;
-                }
+                pair[1] = b >> 4;
+            }
+            if let [last] = pairs.into_remainder() {
+                *last = packed[n / 2] & 0xF;
             }
         }
         Bits::B2 => {

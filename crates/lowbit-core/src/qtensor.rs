@@ -3,7 +3,7 @@
 use crate::codebook::{self, Absmax};
 use crate::pack::{packed_len, unpack_into};
 use crate::par::for_each_chunk;
-use crate::rtn::{matrix_dims, GroupParams};
+use crate::rtn::{decode_row, matrix_dims, GroupParams};
 use crate::{CoreError, Granularity, Result, ScaleDtype, Scheme};
 use half::f16;
 
@@ -217,21 +217,24 @@ impl QTensor {
         match (&self.scheme, &self.params) {
             (Scheme::Int(s), QParams::Int { .. }) => {
                 let params = self.group_params().expect("integer tensor");
-                let (_, cols) = self.matrix_dims();
-                let granularity = s.granularity;
+                let (rows, cols) = self.matrix_dims();
                 let bits = s.bits;
-                let row_bits = cols * bits.get() as usize;
-                let chunk = if row_bits % 8 == 0 { cols } else { numel };
-                let codes = &self.codes;
-                for_each_chunk(out, chunk, numel, |r, row| {
-                    let start = r * chunk;
-                    let mut q = vec![0u8; row.len()];
-                    unpack_into(&codes[start * bits.get() as usize / 8..], bits, &mut q);
-                    for (j, (o, &c)) in row.iter_mut().zip(&q).enumerate() {
-                        let p = params[granularity.param_index(cols, start + j)];
-                        *o = p.dequantize(c);
+                if (cols * bits.get() as usize) % 8 == 0 {
+                    let row_bytes = cols * bits.get() as usize / 8;
+                    let codes = &self.codes;
+                    for_each_chunk(out, cols, numel, |r, row| {
+                        let mut q = vec![0u8; cols];
+                        unpack_into(&codes[r * row_bytes..], bits, &mut q);
+                        decode_row(&q, r, s.granularity, &params, row);
+                    });
+                } else {
+                    let mut q = vec![0u8; numel];
+                    unpack_into(&self.codes, bits, &mut q);
+                    for r in 0..rows {
+                        let span = r * cols..(r + 1) * cols;
+                        decode_row(&q[span.clone()], r, s.granularity, &params, &mut out[span]);
                     }
-                });
+                }
             }
             (Scheme::Codebook(s), QParams::Codebook { absmax }) => {
                 codebook::dequantize_into(s, &self.codes, absmax, out);
