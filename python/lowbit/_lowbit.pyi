@@ -1,9 +1,24 @@
 """Type stubs of the native module (checked by mypy.stubtest)."""
 
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "CorruptFileError",
+    "LowbitError",
+    "NonFiniteError",
+    "QTensor",
+    "ShapeError",
+    "UnsupportedError",
+    "__version__",
+    "codebook_table",
+    "double_quantize_absmax",
+    "load_tensors",
+    "quantize",
+    "save_tensors",
+]
 
 __version__: str
 
@@ -13,6 +28,7 @@ class ShapeError(LowbitError): ...
 class UnsupportedError(LowbitError): ...
 class CorruptFileError(LowbitError): ...
 
+@final
 class QTensor:
     @property
     def shape(self) -> tuple[int, ...]: ...
@@ -42,7 +58,7 @@ class QTensor:
     def zeros(self) -> npt.NDArray[np.uint8] | None: ...
     def codes(self) -> npt.NDArray[np.uint8]: ...
     def dequantize(self) -> npt.NDArray[np.float32]: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
 def quantize(
     weights: Any,
