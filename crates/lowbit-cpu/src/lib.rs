@@ -5,10 +5,16 @@
 //! reference every SIMD path is tested against; [`dispatch`] picks the fastest path the running
 //! CPU supports (override with `LOWBIT_KERNELS=scalar|avx2|avx512`).
 
+#![deny(missing_docs)]
+
 mod dispatch;
+mod driver;
 mod error;
+mod isa;
 mod linear;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use dispatch::{kernel_level, KernelLevel};
 pub use error::{CpuError, Result};

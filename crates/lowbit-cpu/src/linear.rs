@@ -1,8 +1,8 @@
 //! `Linear`: a weight matrix in kernel-ready layout and its product with activations.
 
-use crate::{scalar, CpuError, Result};
+use crate::{driver, scalar, CpuError, KernelLevel, Result};
 use half::{bf16, f16};
-use lowbit_core::QTensor;
+use lowbit_core::{QParams, QTensor};
 
 /// What a `Linear` stores.
 #[derive(Clone, Debug)]
@@ -18,11 +18,16 @@ pub enum WeightKind {
 }
 
 /// A weight matrix `W[rows, cols]` ready for `Y = X · Wᵀ`.
+///
+/// The weight is kept exactly as given ([`Linear::weight`] returns it); the kernels read the packed
+/// codes, scales and zeros in place. The only derived data is, for NF4/FP4, the per-block absmax
+/// decoded to f32 once (double quantization is undone at construction, 4 bytes per block).
 #[derive(Clone, Debug)]
 pub struct Linear {
     rows: usize,
     cols: usize,
     weight: WeightKind,
+    absmax: Vec<f32>,
 }
 
 impl Linear {
@@ -42,7 +47,16 @@ impl Linear {
         if len != rows * cols || rows == 0 || cols == 0 {
             return Err(CpuError::shape("Linear", format!("{} weights for [{rows}, {cols}]", rows * cols), len));
         }
-        Ok(Linear { rows, cols, weight })
+        let absmax = match &weight {
+            WeightKind::Quant(q) => match q.params() {
+                QParams::Codebook { absmax } => {
+                    (0..q.numel().div_ceil(codebook_block(q))).map(|i| absmax.get(i)).collect()
+                }
+                QParams::Int { .. } => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        Ok(Linear { rows, cols, weight, absmax })
     }
 
     /// Output features.
@@ -57,30 +71,69 @@ impl Linear {
     pub fn weight(&self) -> &WeightKind {
         &self.weight
     }
-    /// Bytes of weight storage a forward pass reads.
+    /// Bytes of weight storage a forward pass reads: codes, scales and zeros as stored; for
+    /// NF4/FP4 the f32 absmax the kernels read (4 bytes per block, also with double quantization).
     pub fn nbytes(&self) -> usize {
         match &self.weight {
             WeightKind::F32(v) => 4 * v.len(),
             WeightKind::F16(v) => 2 * v.len(),
             WeightKind::Bf16(v) => 2 * v.len(),
-            WeightKind::Quant(q) => q.nbytes(),
+            WeightKind::Quant(q) => match q.params() {
+                QParams::Int { .. } => q.nbytes(),
+                QParams::Codebook { .. } => q.codes().len() + 4 * self.absmax.len(),
+            },
         }
     }
 
-    /// `out[m, rows] = x[m, cols] · Wᵀ`.
+    /// The absmax of every NF4/FP4 block as f32 (empty for other weights).
+    pub(crate) fn absmax_f32(&self) -> &[f32] {
+        &self.absmax
+    }
+
+    /// `out[m, rows] = x[m, cols] · Wᵀ` with the kernels of [`crate::kernel_level`].
     pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+        self.forward_with(crate::kernel_level(), x, m, out)
+    }
+
+    /// `out[m, rows] = x[m, cols] · Wᵀ` with the kernels of `level` (for tests and benchmarks);
+    /// a level this CPU lacks is an error.
+    pub fn forward_with(&self, level: KernelLevel, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
         if x.len() != m * self.cols {
             return Err(CpuError::shape("Linear::forward input", m * self.cols, x.len()));
         }
         if out.len() != m * self.rows {
             return Err(CpuError::shape("Linear::forward output", m * self.rows, out.len()));
         }
-        self.forward_scalar(x, m, out);
+        if m == 0 {
+            return Ok(());
+        }
+        match level {
+            KernelLevel::Scalar => driver::forward(crate::isa::Portable, self, x, m, out),
+            #[cfg(target_arch = "x86_64")]
+            KernelLevel::Avx2 => match crate::x86::avx2::Avx2::new() {
+                Some(isa) => driver::forward(isa, self, x, m, out),
+                None => return Err(CpuError::KernelLevel(level.name().into())),
+            },
+            #[cfg(target_arch = "x86_64")]
+            KernelLevel::Avx512 => match crate::x86::avx512::Avx512::new() {
+                Some(isa) => driver::forward(isa, self, x, m, out),
+                None => return Err(CpuError::KernelLevel(level.name().into())),
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => return Err(CpuError::KernelLevel(level.name().into())),
+        }
         Ok(())
     }
 
-    /// The scalar reference product.
+    /// The scalar reference product, the definition every kernel is tested against: the weight
+    /// dequantized by lowbit-core (`w = (q - zero) * scale`, `table[q] * absmax`), then for each
+    /// output a left-to-right f32 sum of `x * w`. Slow, and it allocates the whole f32 matrix.
+    ///
+    /// # Panics
+    /// If `x` or `out` do not hold `m * cols` and `m * rows` values.
     pub fn forward_scalar(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), m * self.cols, "forward_scalar input");
+        assert_eq!(out.len(), m * self.rows, "forward_scalar output");
         let (rows, cols) = (self.rows, self.cols);
         let dense;
         let row_dot = |r: usize, xi: &[f32]| -> f32 {
@@ -108,5 +161,12 @@ impl Linear {
                 out[i * rows + r] = row_dot(r, xi);
             }
         }
+    }
+}
+
+fn codebook_block(q: &QTensor) -> usize {
+    match q.scheme() {
+        lowbit_core::Scheme::Codebook(s) => s.block_size,
+        lowbit_core::Scheme::Int(_) => unreachable!("called for codebook tensors only"),
     }
 }

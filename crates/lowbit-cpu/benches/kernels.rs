@@ -1,0 +1,73 @@
+//! Criterion benchmarks of `Linear::forward` per weight format and kernel level: matrix-vector
+//! throughput in bytes of weights (decode) and matrix-matrix throughput in multiply-adds x 2
+//! (prefill, m = 512). The README table comes from `examples/kernel_table.rs`, which also
+//! measures DRAM-bound GEMV by rotating copies and the machine's triad bandwidth.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use lowbit_core::{codebook, rtn, Bits, Codebook, CodebookScheme, Granularity, IntScheme};
+use lowbit_cpu::{KernelLevel, Linear, WeightKind};
+use std::time::Duration;
+
+fn weights(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i as f32 * 0.618).fract() - 0.5) * 0.1).collect()
+}
+
+fn formats(rows: usize, cols: usize) -> Vec<(&'static str, Linear)> {
+    let w = weights(rows * cols);
+    let int = |bits, granularity, symmetric| {
+        let scheme = IntScheme { symmetric, granularity, ..IntScheme::group(bits, 128) };
+        WeightKind::Quant(rtn::quantize(&w, &[rows, cols], scheme).unwrap())
+    };
+    let nf4 = CodebookScheme { codebook: Codebook::Nf4, block_size: 64, double_quant: false };
+    let lin = |k| Linear::new(rows, cols, k).unwrap();
+    vec![
+        ("int4_g128_asym", lin(int(Bits::B4, Granularity::Group(128), false))),
+        ("int4_g128_sym", lin(int(Bits::B4, Granularity::Group(128), true))),
+        ("int8_per_channel", lin(int(Bits::B8, Granularity::PerChannel, true))),
+        ("f16", lin(WeightKind::F16(w.iter().map(|&v| half::f16::from_f32(v)).collect()))),
+        ("f32", lin(WeightKind::F32(w.clone()))),
+        ("nf4_b64", lin(WeightKind::Quant(codebook::quantize(&w, &[rows, cols], nf4).unwrap()))),
+    ]
+}
+
+fn levels() -> Vec<KernelLevel> {
+    [KernelLevel::Avx2, KernelLevel::Avx512].into_iter().filter(|&l| l <= KernelLevel::detect()).collect()
+}
+
+fn gemv(c: &mut Criterion) {
+    for (rows, cols) in [(4096, 4096), (1536, 576)] {
+        let mut g = c.benchmark_group(format!("gemv_{rows}x{cols}"));
+        g.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).sample_size(20);
+        let x = weights(cols);
+        let mut out = vec![0.0; rows];
+        for (name, lin) in formats(rows, cols) {
+            g.throughput(Throughput::Bytes(lin.nbytes() as u64));
+            for level in levels() {
+                g.bench_function(BenchmarkId::new(name, level.name()), |b| {
+                    b.iter(|| lin.forward_with(level, &x, 1, &mut out).unwrap())
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+fn gemm(c: &mut Criterion) {
+    let (rows, cols, m) = (1536, 576, 512);
+    let mut g = c.benchmark_group(format!("gemm_{rows}x{cols}_m{m}"));
+    g.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).sample_size(10);
+    g.throughput(Throughput::Elements(2 * (m * rows * cols) as u64));
+    let x = weights(m * cols);
+    let mut out = vec![0.0; m * rows];
+    for (name, lin) in formats(rows, cols) {
+        for level in levels() {
+            g.bench_function(BenchmarkId::new(name, level.name()), |b| {
+                b.iter(|| lin.forward_with(level, &x, m, &mut out).unwrap())
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, gemv, gemm);
+criterion_main!(benches);

@@ -1,0 +1,160 @@
+//! Prints the kernel throughput table of `benches/README.md`: matrix-vector GB/s of weight bytes
+//! (with enough copies of each matrix rotated that every call reads from DRAM, like a model's
+//! decode step) against the triad bandwidth measured in the same run, and matrix-matrix GFLOP/s at
+//! m = 512. `cargo run --release --example kernel_table [-- quick]`. Run with RAYON_NUM_THREADS=2.
+
+#[path = "bandwidth.rs"]
+mod bandwidth;
+
+use lowbit_core::{codebook, rtn, Bits, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype};
+use lowbit_cpu::{KernelLevel, Linear, WeightKind};
+use std::time::Instant;
+
+/// Bytes of weights rotated through per measurement (beyond the 32 MiB L3).
+const ROTATE_BYTES: usize = 256 << 20;
+
+#[derive(Clone, Copy)]
+enum Fmt {
+    F32,
+    F16,
+    Bf16,
+    Int(Bits, Granularity, bool),
+    Nf4,
+}
+
+impl Fmt {
+    fn name(self) -> String {
+        match self {
+            Fmt::F32 => "f32".into(),
+            Fmt::F16 => "f16".into(),
+            Fmt::Bf16 => "bf16".into(),
+            Fmt::Int(b, g, sym) => {
+                let g = match g {
+                    Granularity::Group(g) => format!("g{g}"),
+                    Granularity::PerChannel => "per-channel".into(),
+                    Granularity::PerTensor => "per-tensor".into(),
+                };
+                format!("int{} {g} {}", b.get(), if sym { "sym" } else { "asym" })
+            }
+            Fmt::Nf4 => "nf4 b64".into(),
+        }
+    }
+
+    fn build(self, rows: usize, cols: usize, seed: u64) -> Linear {
+        let mut s = seed;
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+            })
+            .collect();
+        let kind = match self {
+            Fmt::F32 => WeightKind::F32(w),
+            Fmt::F16 => WeightKind::F16(w.iter().map(|&v| half::f16::from_f32(v)).collect()),
+            Fmt::Bf16 => WeightKind::Bf16(w.iter().map(|&v| half::bf16::from_f32(v)).collect()),
+            Fmt::Int(bits, granularity, symmetric) => {
+                let scheme =
+                    IntScheme { bits, symmetric, granularity, scale_dtype: ScaleDtype::F16, clip: Default::default() };
+                WeightKind::Quant(rtn::quantize(&w, &[rows, cols], scheme).unwrap())
+            }
+            Fmt::Nf4 => {
+                let scheme = CodebookScheme { codebook: Codebook::Nf4, block_size: 64, double_quant: false };
+                WeightKind::Quant(codebook::quantize(&w, &[rows, cols], scheme).unwrap())
+            }
+        };
+        Linear::new(rows, cols, kind).unwrap()
+    }
+}
+
+/// Median seconds per call of `f` over `reps` calls after one warm-up.
+fn time(reps: usize, mut f: impl FnMut(usize)) -> f64 {
+    f(0);
+    let mut t: Vec<f64> = (0..reps)
+        .map(|i| {
+            let s = Instant::now();
+            f(i);
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let bw = bandwidth::triad_gbs(2);
+    println!("threads: {}, triad bandwidth (2 threads): {bw:.1} GB/s", rayon_threads());
+    let levels: Vec<KernelLevel> = [KernelLevel::Scalar, KernelLevel::Avx2, KernelLevel::Avx512]
+        .into_iter()
+        .filter(|&l| l <= KernelLevel::detect())
+        .collect();
+    let g128 = Granularity::Group(128);
+    let mut fmts = vec![
+        Fmt::Int(Bits::B4, g128, false),
+        Fmt::Int(Bits::B4, g128, true),
+        Fmt::Int(Bits::B8, Granularity::PerChannel, true),
+        Fmt::F16,
+        Fmt::F32,
+        Fmt::Bf16,
+        Fmt::Int(Bits::B3, g128, false),
+        Fmt::Int(Bits::B2, g128, false),
+        Fmt::Nf4,
+    ];
+    let mut shapes = vec![(4096, 4096), (4096, 11008), (576, 576), (1536, 576), (576, 1536), (49152, 576)];
+    if quick {
+        fmts.truncate(3);
+        shapes.truncate(3);
+    }
+    println!("\n| format | level | shape (rows x cols) | MB | GEMV µs | GB/s | % of triad |");
+    println!("|---|---|---|---|---|---|---|");
+    for &fmt in &fmts {
+        for &(rows, cols) in &shapes {
+            let one = fmt.build(rows, cols, 1);
+            let copies = ROTATE_BYTES.div_ceil(one.nbytes()).clamp(1, 64);
+            let lins: Vec<Linear> =
+                std::iter::once(one).chain((1..copies).map(|i| fmt.build(rows, cols, i as u64 + 1))).collect();
+            let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut out = vec![0.0; rows];
+            for &level in &levels {
+                if level == KernelLevel::Scalar && rows * cols > 4096 * 4096 {
+                    continue;
+                }
+                let s = time(3 * copies.max(5), |i| lins[i % copies].forward_with(level, &x, 1, &mut out).unwrap());
+                let gbs = lins[0].nbytes() as f64 / s / 1e9;
+                println!(
+                    "| {} | {} | {rows}x{cols} | {:.2} | {:.1} | {gbs:.1} | {:.0}% |",
+                    fmt.name(),
+                    level.name(),
+                    lins[0].nbytes() as f64 / 1e6,
+                    s * 1e6,
+                    100.0 * gbs / bw
+                );
+            }
+        }
+    }
+    let m = 512;
+    println!("\n| format | level | shape (rows x cols) | m | GEMM ms | GFLOP/s |");
+    println!("|---|---|---|---|---|---|");
+    let gemm_shapes = if quick { vec![(576, 576)] } else { vec![(576, 576), (1536, 576), (576, 1536), (4096, 4096)] };
+    for &fmt in &fmts[..fmts.len().min(6)] {
+        for &(rows, cols) in &gemm_shapes {
+            let lin = fmt.build(rows, cols, 1);
+            let x: Vec<f32> = (0..m * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut out = vec![0.0; m * rows];
+            for &level in levels.iter().filter(|&&l| l != KernelLevel::Scalar) {
+                let s = time(5, |_| lin.forward_with(level, &x, m, &mut out).unwrap());
+                println!(
+                    "| {} | {} | {rows}x{cols} | {m} | {:.2} | {:.0} |",
+                    fmt.name(),
+                    level.name(),
+                    s * 1e3,
+                    2.0 * (m * rows * cols) as f64 / s / 1e9
+                );
+            }
+        }
+    }
+}
+
+fn rayon_threads() -> String {
+    std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "rayon default".into())
+}

@@ -1,0 +1,400 @@
+//! The blocking and threading of `Y = X · Wᵀ`, written once for every [`Isa`] level.
+//!
+//! * **Matrix-vector** (`m < GEMM_MIN_M`, decode): memory bound. Output rows are split into
+//!   equal chunks over the threads; each kernel call streams its rows' codes once and keeps the
+//!   (interleaved) activation row in L1.
+//! * **Matrix-matrix** (prefill): compute bound. A panel of `NB` weight rows by `KC` columns is
+//!   dequantized once into f32 (L2 sized) and reused by every row of x through a 4x4 register tile
+//!   ([`Isa::tile`]). Large `m` is split over threads by rows of x (each thread dequantizes the
+//!   panels it needs, which costs `1/m` of the arithmetic); small `m` by panels of W.
+//!
+//! Formats or shapes without a fast kernel at the level (3-bit codes, groups that are not a
+//! multiple of the kernel chunk, per-tensor/per-channel rows of odd length) take the generic path:
+//! each row is dequantized in natural order by portable code into an L1 buffer, then the level's
+//! f32 dot product or tile runs on it.
+
+use crate::isa::{interleave, CbBlock, IntBlock, Isa, Tile, Zeros, TILE};
+use crate::linear::{Linear, WeightKind};
+use half::{bf16, f16};
+use lowbit_core::pack::{code_at, unpack_into};
+use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme};
+
+/// Smallest `m` that takes the matrix-matrix path.
+pub(crate) const GEMM_MIN_M: usize = 4;
+/// Weight rows per dequantized panel.
+const NB: usize = 32;
+/// Longest panel row (f32 elements); rows longer than this are blocked over `k`.
+const KC_MAX: usize = 2048;
+/// Column block for long rows (a multiple of every kernel chunk).
+const KC_BLOCK: usize = 1024;
+/// Elements per generic dequantization step (an L1-resident buffer).
+const GENERIC_STEP: usize = 256;
+/// Weights below which a product runs on one thread (rayon's fork/join costs a few µs).
+#[cfg(feature = "parallel")]
+const PARALLEL_MIN_WEIGHTS: usize = 1 << 17;
+
+/// The weight as the driver sees it.
+enum Src<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+    Int(IntSrc<'a>),
+    Cb(CbSrc<'a>),
+}
+
+struct IntSrc<'a> {
+    q: &'a QTensor,
+    bits: Bits,
+    /// Elements per group within a row (`cols` for per-channel and per-tensor).
+    group: usize,
+    per_tensor: bool,
+    sym_zero: u8,
+    fast: bool,
+}
+
+struct CbSrc<'a> {
+    q: &'a QTensor,
+    absmax: &'a [f32],
+    table: &'static [f32; 16],
+    block: usize,
+    fast: bool,
+}
+
+impl<'a> Src<'a> {
+    fn new<I: Isa>(lin: &'a Linear) -> Self {
+        let cols = lin.cols();
+        match lin.weight() {
+            WeightKind::F32(w) => Src::F32(w),
+            WeightKind::F16(w) => Src::F16(w),
+            WeightKind::Bf16(w) => Src::Bf16(w),
+            WeightKind::Quant(q) => match q.scheme() {
+                Scheme::Int(s) => {
+                    let group = match s.granularity {
+                        Granularity::Group(g) => g,
+                        Granularity::PerChannel | Granularity::PerTensor => cols,
+                    };
+                    let per_byte = 8 / s.bits.get() as usize;
+                    let chunk = I::LANES * per_byte;
+                    let fast = I::LANES > 0 && s.bits != Bits::B3 && group % chunk == 0;
+                    Src::Int(IntSrc {
+                        q,
+                        bits: s.bits,
+                        group,
+                        per_tensor: s.granularity == Granularity::PerTensor,
+                        sym_zero: s.bits.symmetric_zero(),
+                        fast,
+                    })
+                }
+                Scheme::Codebook(s) => {
+                    let chunk = I::LANES * 2;
+                    let fast = I::LANES > 0 && cols.is_multiple_of(chunk) && s.block_size % chunk == 0;
+                    Src::Cb(CbSrc { q, absmax: lin.absmax_f32(), table: s.codebook.table(), block: s.block_size, fast })
+                }
+            },
+        }
+    }
+
+    /// Codes per byte of the interleaved order the fast kernels expect, if they run.
+    fn interleave_per_byte(&self) -> Option<usize> {
+        match self {
+            Src::Int(s) if s.fast => Some(8 / s.bits.get() as usize),
+            Src::Cb(s) if s.fast => Some(2),
+            _ => None,
+        }
+    }
+}
+
+/// Scales (f32) and zeros of rows `r0..r1` of an integer tensor, in the layout of [`IntBlock`].
+fn int_block<'a, I: Isa>(
+    isa: I,
+    s: &IntSrc<'a>,
+    cols: usize,
+    r0: usize,
+    r1: usize,
+    scratch: &'a mut Vec<f32>,
+) -> IntBlock<'a> {
+    let QParams::Int { scales, zeros } = s.q.params() else { unreachable!("integer scheme has integer params") };
+    let gpr = cols / s.group;
+    let n = (r1 - r0) * gpr;
+    scratch.clear();
+    scratch.resize(n, 0.0);
+    if s.per_tensor {
+        scratch.fill(scales.get(0));
+    } else {
+        match scales {
+            Scales::F16(v) => isa.widen_f16(&v[r0 * gpr..r1 * gpr], scratch),
+            Scales::F32(v) => scratch.copy_from_slice(&v[r0 * gpr..r1 * gpr]),
+        }
+    }
+    let zeros = match zeros {
+        None => Zeros::Const(s.sym_zero),
+        Some(z) if s.per_tensor => Zeros::Const(z[0]),
+        Some(z) => Zeros::PerGroup(&z[r0 * gpr..r1 * gpr]),
+    };
+    let row_bytes = cols * s.bits.get() as usize / 8;
+    IntBlock {
+        bits: s.bits.get(),
+        codes: &s.q.codes()[r0 * row_bytes..r1 * row_bytes],
+        row_bytes,
+        cols,
+        group: s.group,
+        scales: scratch,
+        zeros,
+    }
+}
+
+fn cb_block<'a>(s: &CbSrc<'a>, cols: usize, r0: usize, r1: usize) -> CbBlock<'a> {
+    CbBlock {
+        codes: &s.q.codes()[r0 * cols / 2..r1 * cols / 2],
+        cols,
+        first: r0 * cols,
+        block: s.block,
+        absmax: s.absmax,
+        table: s.table,
+    }
+}
+
+/// Dequantizes elements `k0..k0 + dst.len()` of row `r` in natural order (portable code).
+fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32]) {
+    let mut codes = [0u8; GENERIC_STEP];
+    let first = r * cols + k0;
+    match src {
+        Src::F32(w) => dst.copy_from_slice(&w[first..first + dst.len()]),
+        Src::F16(w) => dst.iter_mut().zip(&w[first..]).for_each(|(d, s)| *d = s.to_f32()),
+        Src::Bf16(w) => dst.iter_mut().zip(&w[first..]).for_each(|(d, s)| *d = s.to_f32()),
+        Src::Int(s) => {
+            let QParams::Int { scales, zeros } = s.q.params() else { unreachable!() };
+            let bits = s.bits;
+            for (step, d) in dst.chunks_mut(GENERIC_STEP).enumerate() {
+                let start = first + step * GENERIC_STEP;
+                read_codes(s.q.codes(), bits, start, &mut codes[..d.len()]);
+                for (j, (o, &c)) in d.iter_mut().zip(&codes).enumerate() {
+                    let p = if s.per_tensor { 0 } else { (start + j) / s.group };
+                    let z = zeros.as_ref().map_or(s.sym_zero, |z| z[p]);
+                    *o = (f32::from(c) - f32::from(z)) * scales.get(p);
+                }
+            }
+        }
+        Src::Cb(s) => {
+            for (step, d) in dst.chunks_mut(GENERIC_STEP).enumerate() {
+                let start = first + step * GENERIC_STEP;
+                read_codes(s.q.codes(), Bits::B4, start, &mut codes[..d.len()]);
+                for (j, (o, &c)) in d.iter_mut().zip(&codes).enumerate() {
+                    *o = s.table[c as usize] * s.absmax[(start + j) / s.block];
+                }
+            }
+        }
+    }
+}
+
+/// Codes of flat elements `start..start + out.len()`.
+fn read_codes(packed: &[u8], bits: Bits, start: usize, out: &mut [u8]) {
+    let bit = start * bits.get() as usize;
+    if bit.is_multiple_of(8) && (out.len() * bits.get() as usize).is_multiple_of(8) {
+        unpack_into(&packed[bit / 8..], bits, out);
+    } else {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = code_at(packed, bits, start + j);
+        }
+    }
+}
+
+/// `out[r - r0] = x · W[r]` for `r` in `r0..r0 + out.len()`; `x` is interleaved when the source
+/// runs fast kernels.
+fn gemv_rows<I: Isa>(isa: I, src: &Src, cols: usize, x: &[f32], r0: usize, out: &mut [f32]) {
+    let r1 = r0 + out.len();
+    match src {
+        Src::F32(w) => isa.gemv_f32(x, &w[r0 * cols..r1 * cols], out),
+        Src::F16(w) => isa.gemv_f16(x, &w[r0 * cols..r1 * cols], out),
+        Src::Bf16(w) => isa.gemv_bf16(x, &w[r0 * cols..r1 * cols], out),
+        Src::Int(s) if s.fast => {
+            let mut scratch = Vec::new();
+            let b = int_block(isa, s, cols, r0, r1, &mut scratch);
+            isa.gemv_int(&b, x, out);
+        }
+        Src::Cb(s) if s.fast => isa.gemv_cb(&cb_block(s, cols, r0, r1), x, out),
+        _ => {
+            let mut buf = [0f32; GENERIC_STEP];
+            for (i, o) in out.iter_mut().enumerate() {
+                let mut sum = 0.0;
+                for k0 in (0..cols).step_by(GENERIC_STEP) {
+                    let len = GENERIC_STEP.min(cols - k0);
+                    dequant_generic(src, cols, r0 + i, k0, &mut buf[..len]);
+                    sum += isa.dot(&x[k0..k0 + len], &buf[..len]);
+                }
+                *o = sum;
+            }
+        }
+    }
+}
+
+/// Rows `r0..r0 + nr`, columns `k0..k0 + kc` of W as f32 (interleaved for fast sources): either
+/// borrowed (dense f32) with its row stride, or dequantized into `buf` with stride `kc`.
+#[allow(clippy::too_many_arguments)]
+fn panel<'p, I: Isa>(
+    isa: I,
+    src: &'p Src,
+    cols: usize,
+    r0: usize,
+    nr: usize,
+    k0: usize,
+    kc: usize,
+    buf: &'p mut Vec<f32>,
+    scratch: &mut Vec<f32>,
+) -> (&'p [f32], usize) {
+    if let Src::F32(w) = src {
+        return (&w[r0 * cols + k0..], cols);
+    }
+    buf.clear();
+    buf.resize(nr * kc, 0.0);
+    match src {
+        Src::F16(w) => {
+            for (r, d) in buf.chunks_exact_mut(kc).enumerate() {
+                let s = (r0 + r) * cols + k0;
+                isa.widen_f16(&w[s..s + kc], d);
+            }
+        }
+        Src::Bf16(w) => {
+            for (r, d) in buf.chunks_exact_mut(kc).enumerate() {
+                let s = (r0 + r) * cols + k0;
+                isa.widen_bf16(&w[s..s + kc], d);
+            }
+        }
+        Src::Int(s) if s.fast => {
+            let mut owned = std::mem::take(scratch);
+            {
+                let b = int_block(isa, s, cols, r0, r0 + nr, &mut owned);
+                for (r, d) in buf.chunks_exact_mut(kc).enumerate() {
+                    isa.dequant_int(&b, r, k0, d);
+                }
+            }
+            *scratch = owned;
+        }
+        Src::Cb(s) if s.fast => {
+            let b = cb_block(s, cols, r0, r0 + nr);
+            for (r, d) in buf.chunks_exact_mut(kc).enumerate() {
+                isa.dequant_cb(&b, r, k0, d);
+            }
+        }
+        _ => {
+            for (r, d) in buf.chunks_exact_mut(kc).enumerate() {
+                dequant_generic(src, cols, r0 + r, k0, d);
+            }
+        }
+    }
+    (buf.as_slice(), kc)
+}
+
+/// `out[i * ostride + (r - col_base)] = x[i] · W[r]` for `i < mi`, `r` in `r0..r1`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_block<I: Isa>(
+    isa: I,
+    src: &Src,
+    cols: usize,
+    x: &[f32],
+    mi: usize,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+    ostride: usize,
+    col_base: usize,
+) {
+    let kc_full = if cols <= KC_MAX { cols } else { KC_BLOCK };
+    let mut buf = Vec::new();
+    let mut scratch = Vec::new();
+    for rb in (r0..r1).step_by(NB) {
+        let nb = NB.min(r1 - rb);
+        for k0 in (0..cols).step_by(kc_full) {
+            let kc = kc_full.min(cols - k0);
+            let (p, ps) = panel(isa, src, cols, rb, nb, k0, kc, &mut buf, &mut scratch);
+            for i in (0..mi).step_by(TILE) {
+                let mr = TILE.min(mi - i);
+                for j in (0..nb).step_by(TILE) {
+                    let nr = TILE.min(nb - j);
+                    let mut acc: Tile = [[0.0; TILE]; TILE];
+                    isa.tile(&x[i * cols + k0..], cols, mr, &p[j * ps..], ps, nr, kc, &mut acc);
+                    for (ii, a) in acc.iter().enumerate().take(mr) {
+                        let o = &mut out[(i + ii) * ostride + rb + j - col_base..][..nr];
+                        if k0 == 0 {
+                            o.copy_from_slice(&a[..nr]);
+                        } else {
+                            o.iter_mut().zip(a).for_each(|(o, a)| *o += a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn threads(weights: usize) -> usize {
+    #[cfg(feature = "parallel")]
+    if weights >= PARALLEL_MIN_WEIGHTS {
+        return rayon::current_num_threads();
+    }
+    let _ = weights;
+    1
+}
+
+/// Runs `f(index, chunk)` over `chunk`-sized pieces of `out`, on the rayon pool when `par`.
+fn for_chunks(out: &mut [f32], chunk: usize, par: bool, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    #[cfg(feature = "parallel")]
+    if par {
+        use rayon::prelude::*;
+        out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+        return;
+    }
+    let _ = par;
+    out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+}
+
+/// `out[m, rows] = x[m, cols] · Wᵀ` at level `isa`. Shapes are checked by the caller.
+pub(crate) fn forward<I: Isa>(isa: I, lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) {
+    let (rows, cols) = (lin.rows(), lin.cols());
+    let src = Src::new::<I>(lin);
+    let permuted;
+    let x = match src.interleave_per_byte() {
+        Some(per_byte) => {
+            let mut p = vec![0.0; x.len()];
+            for (s, d) in x.chunks_exact(cols).zip(p.chunks_exact_mut(cols)) {
+                interleave(s, I::LANES, per_byte, d);
+            }
+            permuted = p;
+            &permuted[..]
+        }
+        None => x,
+    };
+    let nthreads = threads(rows * cols);
+    let par = nthreads > 1;
+    if m < GEMM_MIN_M {
+        // Equal chunks, a multiple of 4 rows, a few per thread so a slow thread is not the tail.
+        let per = if par { rows.div_ceil(nthreads * 4).next_multiple_of(4) } else { rows };
+        for (xi, oi) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
+            for_chunks(oi, per, par, |c, o| gemv_rows(isa, &src, cols, xi, c * per, o));
+        }
+    } else if !par || m >= 8 * TILE * nthreads {
+        // Split by rows of x: out rows are contiguous, every thread sweeps all of W.
+        let per = if par { m.div_ceil(nthreads).next_multiple_of(TILE) } else { m };
+        for_chunks(out, per * rows, par, |c, o| {
+            let mi = o.len() / rows;
+            gemm_block(isa, &src, cols, &x[c * per * cols..], mi, 0, rows, o, rows, 0);
+        });
+    } else {
+        // Few rows of x: split by panels of W into per-panel outputs, then scatter.
+        let per = NB;
+        let mut parts = vec![0.0; m * rows.next_multiple_of(per)];
+        for_chunks(&mut parts, m * per, par, |c, o| {
+            let r0 = c * per;
+            if r0 < rows {
+                gemm_block(isa, &src, cols, x, m, r0, (r0 + per).min(rows), o, per, r0);
+            }
+        });
+        for (c, part) in parts.chunks_exact(m * per).enumerate() {
+            let r0 = c * per;
+            let n = per.min(rows.saturating_sub(r0));
+            for i in 0..m {
+                out[i * rows + r0..][..n].copy_from_slice(&part[i * per..][..n]);
+            }
+        }
+    }
+}

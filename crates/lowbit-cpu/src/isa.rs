@@ -1,0 +1,217 @@
+//! The kernel table every instruction-set level implements, and the portable (scalar) level.
+//!
+//! A level is a zero-sized value that can only be obtained on a CPU that runs it, so its methods
+//! are safe to call. The driver in [`crate::driver`] is generic over [`Isa`]: blocking, threading
+//! and the choice between the fast and the generic path are written once.
+//!
+//! **Interleaved activation order.** The fast integer and codebook kernels unpack codes with one
+//! widening load of `LANES` bytes: lane `j` holds byte `j`, and shifting by `bits * t` gives the
+//! codes of elements `c * j + t` (`c = 8 / bits` codes per byte). Instead of shuffling the codes
+//! back into order, the activations are permuted once per call into the same order
+//! ([`interleave`]): within each chunk of `LANES * c` elements, position `t * LANES + j` holds
+//! element `c * j + t`. A dot product does not care about the order of its terms, so kernels and
+//! dequantized panels both work in this order.
+
+use half::{bf16, f16};
+
+/// Accumulator tile of the matrix-matrix micro-kernel: `acc[i][j]` for x row `i`, weight row `j`.
+pub(crate) type Tile = [[f32; TILE]; TILE];
+/// Rows of x and of W in one micro-kernel tile.
+pub(crate) const TILE: usize = 4;
+
+/// Zero points of a block of integer groups.
+// Read only by the SIMD levels, which exist on x86-64 only for now.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Zeros<'a> {
+    /// One per group, `rows * groups_per_row` in the block.
+    PerGroup(&'a [u8]),
+    /// The same for every group (symmetric schemes, per-tensor asymmetric).
+    Const(u8),
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl Zeros<'_> {
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> u8 {
+        match self {
+            Zeros::PerGroup(z) => z[i],
+            Zeros::Const(z) => *z,
+        }
+    }
+}
+
+/// A block of consecutive rows of a group-wise integer matrix, as the fast kernels see it.
+// Read only by the SIMD levels, which exist on x86-64 only for now.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IntBlock<'a> {
+    /// Bits per code: 2, 4 or 8 on the fast path.
+    pub bits: u32,
+    /// Packed codes of the block's rows; row `r` starts at `r * row_bytes`.
+    pub codes: &'a [u8],
+    /// Bytes per row.
+    pub row_bytes: usize,
+    /// Elements per row.
+    pub cols: usize,
+    /// Elements per group (divides `cols`; a multiple of the kernel's chunk).
+    pub group: usize,
+    /// `rows * cols / group` scales, f32.
+    pub scales: &'a [f32],
+    /// Zero points, same indexing as `scales`.
+    pub zeros: Zeros<'a>,
+}
+
+/// A block of consecutive rows of an NF4/FP4 matrix.
+// Read only by the SIMD levels, which exist on x86-64 only for now.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CbBlock<'a> {
+    /// Packed 4-bit codes of the block's rows (row `r` at `r * cols / 2`).
+    pub codes: &'a [u8],
+    /// Elements per row.
+    pub cols: usize,
+    /// Flat index of the block's first element.
+    pub first: usize,
+    /// Elements per absmax block (a multiple of the kernel's chunk).
+    pub block: usize,
+    /// Absmax of every block of the whole tensor, f32.
+    pub absmax: &'a [f32],
+    /// The 16 table values.
+    pub table: &'a [f32; 16],
+}
+
+/// One instruction-set level's kernels.
+pub(crate) trait Isa: Copy + Send + Sync {
+    /// f32 lanes of the vectors the fast code kernels unpack into (0: no fast code kernels).
+    const LANES: usize;
+
+    /// `Σ x[k] * w[k]`.
+    fn dot(self, x: &[f32], w: &[f32]) -> f32;
+    /// `out[r] = x · w[r*cols..]` with `cols = x.len()`, dense f32 rows.
+    fn gemv_f32(self, x: &[f32], w: &[f32], out: &mut [f32]);
+    /// Same with f16 rows.
+    fn gemv_f16(self, x: &[f32], w: &[f16], out: &mut [f32]);
+    /// Same with bf16 rows.
+    fn gemv_bf16(self, x: &[f32], w: &[bf16], out: &mut [f32]);
+    /// Widens f16 to f32.
+    fn widen_f16(self, src: &[f16], dst: &mut [f32]);
+    /// Widens bf16 to f32.
+    fn widen_bf16(self, src: &[bf16], dst: &mut [f32]);
+    /// `acc[i][j] += Σ_{k<len} x[i*xs + k] * w[j*ws + k]` for `i < mr`, `j < nr` (both ≤ 4).
+    #[allow(clippy::too_many_arguments)]
+    fn tile(self, x: &[f32], xs: usize, mr: usize, w: &[f32], ws: usize, nr: usize, len: usize, acc: &mut Tile);
+    /// `out[r] = x · row r` of an integer block (`out.len()` rows), x interleaved.
+    fn gemv_int(self, b: &IntBlock, x: &[f32], out: &mut [f32]);
+    /// Row `r` of an integer block, elements `k0..k0 + dst.len()` (chunk aligned), dequantized in
+    /// interleaved order.
+    fn dequant_int(self, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]);
+    /// `out[r] = x · row r` of a codebook block, x interleaved.
+    fn gemv_cb(self, b: &CbBlock, x: &[f32], out: &mut [f32]);
+    /// Row `r` of a codebook block, elements `k0..k0 + dst.len()`, dequantized, interleaved.
+    fn dequant_cb(self, b: &CbBlock, r: usize, k0: usize, dst: &mut [f32]);
+}
+
+/// Permutes `x` (a multiple of `lanes * per_byte` long) into the interleaved order of the fast
+/// kernels (see the module docs).
+pub(crate) fn interleave(x: &[f32], lanes: usize, per_byte: usize, out: &mut [f32]) {
+    let chunk = lanes * per_byte;
+    for (src, dst) in x.chunks_exact(chunk).zip(out.chunks_exact_mut(chunk)) {
+        for j in 0..lanes {
+            for t in 0..per_byte {
+                dst[t * lanes + j] = src[per_byte * j + t];
+            }
+        }
+    }
+}
+
+/// The portable level: plain Rust written so the compiler can vectorize the f32 dot products
+/// (eight independent partial sums). It has no fast code kernels; quantized weights go through
+/// the generic dequantize-then-dot path.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Portable;
+
+const ACC: usize = 8;
+
+#[inline]
+fn dot_by<T: Copy>(x: &[f32], w: &[T], f: impl Fn(T) -> f32) -> f32 {
+    let mut acc = [0f32; ACC];
+    let mut xc = x.chunks_exact(ACC);
+    let mut wc = w.chunks_exact(ACC);
+    for (a, b) in (&mut xc).zip(&mut wc) {
+        for l in 0..ACC {
+            acc[l] += a[l] * f(b[l]);
+        }
+    }
+    let mut tail = 0f32;
+    for (a, &b) in xc.remainder().iter().zip(wc.remainder()) {
+        tail += a * f(b);
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+impl Isa for Portable {
+    const LANES: usize = 0;
+
+    fn dot(self, x: &[f32], w: &[f32]) -> f32 {
+        dot_by(x, w, |v| v)
+    }
+    fn gemv_f32(self, x: &[f32], w: &[f32], out: &mut [f32]) {
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
+            *o = dot_by(x, row, |v| v);
+        }
+    }
+    fn gemv_f16(self, x: &[f32], w: &[f16], out: &mut [f32]) {
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
+            *o = dot_by(x, row, f16::to_f32);
+        }
+    }
+    fn gemv_bf16(self, x: &[f32], w: &[bf16], out: &mut [f32]) {
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
+            *o = dot_by(x, row, bf16::to_f32);
+        }
+    }
+    fn widen_f16(self, src: &[f16], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
+    fn widen_bf16(self, src: &[bf16], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
+    fn tile(self, x: &[f32], xs: usize, mr: usize, w: &[f32], ws: usize, nr: usize, len: usize, acc: &mut Tile) {
+        for i in 0..mr {
+            for j in 0..nr {
+                acc[i][j] += dot_by(&x[i * xs..i * xs + len], &w[j * ws..j * ws + len], |v| v);
+            }
+        }
+    }
+    fn gemv_int(self, _: &IntBlock, _: &[f32], _: &mut [f32]) {
+        unreachable!("the portable level has no fast code kernels (LANES = 0)")
+    }
+    fn dequant_int(self, _: &IntBlock, _: usize, _: usize, _: &mut [f32]) {
+        unreachable!("the portable level has no fast code kernels (LANES = 0)")
+    }
+    fn gemv_cb(self, _: &CbBlock, _: &[f32], _: &mut [f32]) {
+        unreachable!("the portable level has no fast code kernels (LANES = 0)")
+    }
+    fn dequant_cb(self, _: &CbBlock, _: usize, _: usize, _: &mut [f32]) {
+        unreachable!("the portable level has no fast code kernels (LANES = 0)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleave_puts_codes_of_one_byte_lane_together() {
+        let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
+        let mut out = vec![0.0; 32];
+        interleave(&x, 16, 2, &mut out);
+        assert_eq!(&out[..4], &[0.0, 2.0, 4.0, 6.0]);
+        assert_eq!(&out[16..18], &[1.0, 3.0]);
+    }
+}

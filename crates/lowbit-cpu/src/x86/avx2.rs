@@ -1,0 +1,440 @@
+//! AVX2 + FMA + F16C kernels (8 f32 lanes, 16 registers).
+//!
+//! Integer codes: 8 code bytes are widened to 8 u32 lanes (`vpmovzxbd`); lane `j` shifted right
+//! by `bits * t` and masked gives element `c * j + t` (the interleaved order of [`crate::isa`]).
+//! The zero point is subtracted as an integer, the difference converted to f32, multiplied by x and
+//! summed; the group's scale multiplies the sum once. NF4/FP4 codes index a 16-entry table held in
+//! two registers (`vpermps` on the low 3 bits, a blend on bit 3).
+
+use crate::isa::{CbBlock, IntBlock, Isa, Tile};
+use half::{bf16, f16};
+use std::arch::x86_64::*;
+
+/// The AVX2 level; a value exists only on CPUs that run it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2(());
+
+impl Avx2 {
+    /// The level, if this CPU supports it.
+    pub(crate) fn new() -> Option<Self> {
+        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
+            .then_some(Avx2(()))
+    }
+}
+
+/// Lanes per vector.
+const L: usize = 8;
+
+#[inline(always)]
+fn hsum(v: __m256) -> f32 {
+    // SAFETY: only called from functions compiled with AVX2 enabled (inlined into them).
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+#[inline(always)]
+unsafe fn load_f32(p: *const f32) -> __m256 {
+    // SAFETY: the caller guarantees 8 readable f32 at `p`.
+    unsafe { _mm256_loadu_ps(p) }
+}
+#[inline(always)]
+unsafe fn load_f16(p: *const f16) -> __m256 {
+    // SAFETY: the caller guarantees 8 readable f16 at `p`.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+}
+#[inline(always)]
+unsafe fn load_bf16(p: *const bf16) -> __m256 {
+    // SAFETY: the caller guarantees 8 readable bf16 at `p`; bf16 is the top half of an f32.
+    unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))) }
+}
+
+macro_rules! dense_kernels {
+    ($gemv:ident, $dot1:ident, $t:ty, $load:ident, $conv:expr) => {
+        /// `out[r] = x · w[r]` for dense rows, four rows per pass sharing the x loads.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $gemv(x: &[f32], w: &[$t], out: &mut [f32]) {
+            let cols = x.len();
+            assert!(w.len() >= out.len() * cols);
+            let xp = x.as_ptr();
+            let full = cols / L * L;
+            let mut r = 0;
+            while r + 4 <= out.len() {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                // SAFETY: rows r..r+4 lie in `w` (asserted); vector loads stop at `full`.
+                unsafe {
+                    let wp = w.as_ptr().add(r * cols);
+                    let mut k = 0;
+                    while k < full {
+                        let xv = _mm256_loadu_ps(xp.add(k));
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            *a = _mm256_fmadd_ps(xv, $load(wp.add(j * cols + k)), *a);
+                        }
+                        k += L;
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    let row = &w[(r + j) * cols..(r + j + 1) * cols];
+                    let tail: f32 = x[full..].iter().zip(&row[full..]).map(|(a, &b)| a * $conv(b)).sum();
+                    out[r + j] = hsum(*a) + tail;
+                }
+                r += 4;
+            }
+            while r < out.len() {
+                // SAFETY: row r lies in `w`.
+                out[r] = unsafe { $dot1(x, &w[r * cols..(r + 1) * cols]) };
+                r += 1;
+            }
+        }
+
+        /// `x · w` for one dense row.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $dot1(x: &[f32], w: &[$t]) -> f32 {
+            let n = x.len().min(w.len());
+            let (xp, wp) = (x.as_ptr(), w.as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut k = 0;
+            // SAFETY: every vector load reads elements below `n`.
+            unsafe {
+                while k + 4 * L <= n {
+                    for (u, a) in acc.iter_mut().enumerate() {
+                        let o = k + u * L;
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(o)), $load(wp.add(o)), *a);
+                    }
+                    k += 4 * L;
+                }
+                while k + L <= n {
+                    acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(k)), $load(wp.add(k)), acc[0]);
+                    k += L;
+                }
+            }
+            let tail: f32 = x[k..n].iter().zip(&w[k..n]).map(|(a, &b)| a * $conv(b)).sum();
+            hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) + tail
+        }
+    };
+}
+
+dense_kernels!(gemv_f32, dot_f32, f32, load_f32, |v: f32| v);
+dense_kernels!(gemv_f16, dot_f16, f16, load_f16, f16::to_f32);
+dense_kernels!(gemv_bf16, dot_bf16, bf16, load_bf16, bf16::to_f32);
+
+/// `acc[i][j] += Σ_k x[i*xs + k] * w[j*ws + k]` for an MR x NR tile (MR ≤ 2 keeps it in registers).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_mn<const MR: usize, const NR: usize>(
+    x: &[f32],
+    xs: usize,
+    w: &[f32],
+    ws: usize,
+    len: usize,
+    acc: &mut [[f32; 4]],
+) {
+    assert!(MR >= 1 && NR >= 1 && acc.len() >= MR);
+    assert!(x.len() >= (MR - 1) * xs + len && w.len() >= (NR - 1) * ws + len);
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    let mut a = [[_mm256_setzero_ps(); NR]; MR];
+    let full = len / L * L;
+    // SAFETY: rows i < MR of x and j < NR of w hold `len` elements (asserted); loads stop at `full`.
+    unsafe {
+        let mut k = 0;
+        while k < full {
+            let mut wv = [_mm256_setzero_ps(); NR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(wp.add(j * ws + k));
+            }
+            for (i, ai) in a.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(xp.add(i * xs + k));
+                for (aij, v) in ai.iter_mut().zip(&wv) {
+                    *aij = _mm256_fmadd_ps(xv, *v, *aij);
+                }
+            }
+            k += L;
+        }
+    }
+    for (i, ai) in a.iter().enumerate() {
+        for (j, aij) in ai.iter().enumerate() {
+            let tail: f32 =
+                x[i * xs + full..i * xs + len].iter().zip(&w[j * ws + full..j * ws + len]).map(|(a, b)| a * b).sum();
+            acc[i][j] += hsum(*aij) + tail;
+        }
+    }
+}
+
+/// Widens 8 code bytes at `p` to 8 u32 lanes.
+#[inline(always)]
+unsafe fn widen8(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 8 readable bytes at `p`.
+    unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast())) }
+}
+
+/// `out[r] = x · row r` for 2-, 4- and 8-bit codes, R rows per pass.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_int_rows<const BITS: i32, const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
+    let per_byte = (8 / BITS) as usize;
+    let chunk = L * per_byte;
+    let gpr = b.cols / b.group;
+    assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
+    assert!(b.group.is_multiple_of(chunk) && out.len() >= r0 + R);
+    let mask = _mm256_set1_epi32((1 << BITS) - 1);
+    let xp = x.as_ptr();
+    let mut tot = [_mm256_setzero_ps(); R];
+    for gi in 0..gpr {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut z = [_mm256_setzero_si256(); R];
+        for (r, z) in z.iter_mut().enumerate() {
+            *z = _mm256_set1_epi32(i32::from(b.zeros.get((r0 + r) * gpr + gi)));
+        }
+        let mut k = gi * b.group;
+        let end = k + b.group;
+        while k < end {
+            // SAFETY: k + chunk <= cols: x and 8 code bytes per row at byte k / per_byte are in
+            // bounds (asserted).
+            unsafe {
+                let mut v = [_mm256_setzero_si256(); R];
+                for (r, v) in v.iter_mut().enumerate() {
+                    *v = widen8(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k / per_byte));
+                }
+                for t in 0..per_byte {
+                    let xv = _mm256_loadu_ps(xp.add(k + t * L));
+                    for r in 0..R {
+                        let q = if BITS == 8 { v[r] } else { _mm256_and_si256(v[r], mask) };
+                        let wv = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, z[r]));
+                        acc[r] = _mm256_fmadd_ps(wv, xv, acc[r]);
+                        if BITS < 8 {
+                            v[r] = _mm256_srli_epi32::<BITS>(v[r]);
+                        }
+                    }
+                }
+            }
+            k += chunk;
+        }
+        for r in 0..R {
+            tot[r] = _mm256_fmadd_ps(acc[r], _mm256_set1_ps(b.scales[(r0 + r) * gpr + gi]), tot[r]);
+        }
+    }
+    for (r, t) in tot.iter().enumerate() {
+        out[r0 + r] = hsum(*t);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_int(b: &IntBlock, x: &[f32], out: &mut [f32]) {
+    let rows = out.len();
+    let mut r = 0;
+    // SAFETY: each call covers rows r..r+R < rows of the block, which the kernels assert.
+    unsafe {
+        macro_rules! run {
+            ($bits:literal) => {{
+                while r + 2 <= rows {
+                    gemv_int_rows::<$bits, 2>(b, x, r, out);
+                    r += 2;
+                }
+                while r < rows {
+                    gemv_int_rows::<$bits, 1>(b, x, r, out);
+                    r += 1;
+                }
+            }};
+        }
+        match b.bits {
+            4 => run!(4),
+            2 => run!(2),
+            8 => run!(8),
+            _ => unreachable!("3-bit codes take the generic path"),
+        }
+    }
+}
+
+/// Row `r`, elements `k0..k0 + dst.len()` (chunk aligned) of an integer block, interleaved.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
+    let bits = b.bits as usize;
+    let per_byte = 8 / bits;
+    let chunk = L * per_byte;
+    let gpr = b.cols / b.group;
+    assert!(k0.is_multiple_of(chunk) && dst.len().is_multiple_of(chunk) && k0 + dst.len() <= b.cols);
+    assert!(b.codes.len() >= (r + 1) * b.row_bytes && b.scales.len() >= (r + 1) * gpr);
+    let mask = _mm256_set1_epi32(((1u32 << bits) - 1) as i32);
+    let shift = _mm_cvtsi32_si128(bits as i32);
+    let dp = dst.as_mut_ptr();
+    for c in (0..dst.len()).step_by(chunk) {
+        let k = k0 + c;
+        let p = r * gpr + k / b.group;
+        let z = _mm256_set1_epi32(i32::from(b.zeros.get(p)));
+        let s = _mm256_set1_ps(b.scales[p]);
+        // SAFETY: 8 code bytes of row r at k / per_byte and `chunk` f32 at dst[c..] are in bounds.
+        unsafe {
+            let mut v = widen8(b.codes.as_ptr().add(r * b.row_bytes + k / per_byte));
+            for t in 0..per_byte {
+                let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v, mask), z));
+                _mm256_storeu_ps(dp.add(c + t * L), _mm256_mul_ps(q, s));
+                v = _mm256_srl_epi32(v, shift);
+            }
+        }
+    }
+}
+
+/// Looks up 8 4-bit codes (low 4 bits of each lane) in the table `(lo, hi)`.
+#[inline(always)]
+fn lookup16(v: __m256i, lo: __m256, hi: __m256) -> __m256 {
+    // SAFETY: only called from functions compiled with AVX2 enabled (inlined into them).
+    unsafe {
+        let a = _mm256_permutevar8x32_ps(lo, v);
+        let b = _mm256_permutevar8x32_ps(hi, v);
+        _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(v)))
+    }
+}
+
+/// `out[r] = x · row r` for NF4/FP4 codes: one table per absmax block.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_cb(b: &CbBlock, x: &[f32], out: &mut [f32]) {
+    let chunk = 2 * L;
+    assert!(x.len() >= b.cols && b.codes.len() >= out.len() * b.cols / 2 && b.cols.is_multiple_of(chunk));
+    assert!(b.block.is_multiple_of(chunk) && b.absmax.len() >= (b.first + out.len() * b.cols).div_ceil(b.block));
+    // SAFETY: the table holds 16 f32.
+    let (tlo, thi) = unsafe { (_mm256_loadu_ps(b.table.as_ptr()), _mm256_loadu_ps(b.table.as_ptr().add(8))) };
+    let xp = x.as_ptr();
+    for (r, o) in out.iter_mut().enumerate() {
+        let flat = b.first + r * b.cols;
+        let mut tot = [_mm256_setzero_ps(); 2];
+        let mut k = 0;
+        while k < b.cols {
+            let blk = (flat + k) / b.block;
+            let end = ((blk + 1) * b.block - flat).min(b.cols);
+            let s = _mm256_set1_ps(b.absmax[blk]);
+            let (lo, hi) = (_mm256_mul_ps(tlo, s), _mm256_mul_ps(thi, s));
+            while k < end {
+                // SAFETY: k + 16 <= cols: 8 code bytes of row r and 16 x values are in bounds.
+                unsafe {
+                    let v = widen8(b.codes.as_ptr().add(r * b.cols / 2 + k / 2));
+                    tot[0] = _mm256_fmadd_ps(lookup16(v, lo, hi), _mm256_loadu_ps(xp.add(k)), tot[0]);
+                    let h = _mm256_srli_epi32::<4>(v);
+                    tot[1] = _mm256_fmadd_ps(lookup16(h, lo, hi), _mm256_loadu_ps(xp.add(k + L)), tot[1]);
+                }
+                k += chunk;
+            }
+        }
+        *o = hsum(_mm256_add_ps(tot[0], tot[1]));
+    }
+}
+
+/// Row `r`, elements `k0..k0 + dst.len()` of a codebook block, interleaved.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequant_cb(b: &CbBlock, r: usize, k0: usize, dst: &mut [f32]) {
+    let chunk = 2 * L;
+    assert!(k0.is_multiple_of(chunk) && dst.len().is_multiple_of(chunk) && k0 + dst.len() <= b.cols);
+    assert!(b.codes.len() >= (r + 1) * b.cols / 2 && b.block.is_multiple_of(chunk));
+    // SAFETY: the table holds 16 f32.
+    let (tlo, thi) = unsafe { (_mm256_loadu_ps(b.table.as_ptr()), _mm256_loadu_ps(b.table.as_ptr().add(8))) };
+    let flat = b.first + r * b.cols;
+    let dp = dst.as_mut_ptr();
+    for c in (0..dst.len()).step_by(chunk) {
+        let k = k0 + c;
+        let s = _mm256_set1_ps(b.absmax[(flat + k) / b.block]);
+        let (lo, hi) = (_mm256_mul_ps(tlo, s), _mm256_mul_ps(thi, s));
+        // SAFETY: 8 code bytes of row r at k / 2 and 16 f32 at dst[c..] are in bounds.
+        unsafe {
+            let v = widen8(b.codes.as_ptr().add(r * b.cols / 2 + k / 2));
+            _mm256_storeu_ps(dp.add(c), lookup16(v, lo, hi));
+            _mm256_storeu_ps(dp.add(c + L), lookup16(_mm256_srli_epi32::<4>(v), lo, hi));
+        }
+    }
+}
+
+/// Widens 8 halves per step (F16C).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_f16(src: &[f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut k = 0;
+    // SAFETY: vector loads and stores stay below n.
+    unsafe {
+        while k + L <= n {
+            _mm256_storeu_ps(dst.as_mut_ptr().add(k), load_f16(src.as_ptr().add(k)));
+            k += L;
+        }
+    }
+    for (d, s) in dst[k..n].iter_mut().zip(&src[k..n]) {
+        *d = s.to_f32();
+    }
+}
+
+/// Widens bf16 (a shift into the top half of an f32).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_bf16(src: &[bf16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut k = 0;
+    // SAFETY: vector loads and stores stay below n.
+    unsafe {
+        while k + L <= n {
+            _mm256_storeu_ps(dst.as_mut_ptr().add(k), load_bf16(src.as_ptr().add(k)));
+            k += L;
+        }
+    }
+    for (d, s) in dst[k..n].iter_mut().zip(&src[k..n]) {
+        *d = s.to_f32();
+    }
+}
+
+impl Isa for Avx2 {
+    const LANES: usize = L;
+
+    // SAFETY (every method below): `self` proves the CPU has AVX2, FMA and F16C; the kernels
+    // check their slice bounds themselves.
+    fn dot(self, x: &[f32], w: &[f32]) -> f32 {
+        // SAFETY: see above.
+        unsafe { dot_f32(x, w) }
+    }
+    fn gemv_f32(self, x: &[f32], w: &[f32], out: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { gemv_f32(x, w, out) }
+    }
+    fn gemv_f16(self, x: &[f32], w: &[f16], out: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { gemv_f16(x, w, out) }
+    }
+    fn gemv_bf16(self, x: &[f32], w: &[bf16], out: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { gemv_bf16(x, w, out) }
+    }
+    fn widen_f16(self, src: &[f16], dst: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { widen_f16(src, dst) }
+    }
+    fn widen_bf16(self, src: &[bf16], dst: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { widen_bf16(src, dst) }
+    }
+    fn tile(self, x: &[f32], xs: usize, mr: usize, w: &[f32], ws: usize, nr: usize, len: usize, acc: &mut Tile) {
+        // Two x rows at a time: 2 x 4 accumulators + 4 weights + 1 x fit the 16 registers.
+        for i in (0..mr).step_by(2) {
+            let (xi, ai) = (&x[i * xs..], &mut acc[i..]);
+            macro_rules! go {
+                ($($m:literal $n:literal),*) => {
+                    match (2.min(mr - i), nr) {
+                        // SAFETY: see above.
+                        $(($m, $n) => unsafe { tile_mn::<$m, $n>(xi, xs, w, ws, len, ai) },)*
+                        _ => unreachable!("tiles are at most 4x4"),
+                    }
+                };
+            }
+            go!(1 1, 1 2, 1 3, 1 4, 2 1, 2 2, 2 3, 2 4)
+        }
+    }
+    fn gemv_int(self, b: &IntBlock, x: &[f32], out: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { gemv_int(b, x, out) }
+    }
+    fn dequant_int(self, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { dequant_int(b, r, k0, dst) }
+    }
+    fn gemv_cb(self, b: &CbBlock, x: &[f32], out: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { gemv_cb(b, x, out) }
+    }
+    fn dequant_cb(self, b: &CbBlock, r: usize, k0: usize, dst: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { dequant_cb(b, r, k0, dst) }
+    }
+}

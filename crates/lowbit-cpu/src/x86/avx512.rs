@@ -1,0 +1,517 @@
+//! AVX-512 (F, BW, VL) kernels, with FMA and F16C.
+//!
+//! 4-bit and 2-bit codes are decoded with a 16-entry f32 lookup table in one register
+//! (`vpermps` reads the low 4 bits of each lane): per group the table holds `(i - zero) * scale`
+//! (integers) or `table[i] * absmax` (NF4/FP4), so each code becomes its exact dequantized value
+//! in one instruction, the same f32 the scalar reference computes, and no mask or zero-point
+//! subtraction is needed. 16 code bytes are widened to 16 lanes with `vpmovzxbd`; lane `j`
+//! shifted right by `bits * t` decodes element `c * j + t` (the interleaved order of
+//! [`crate::isa`]). 8-bit codes are widened, have the zero subtracted as integers, are converted
+//! and scaled once per group.
+
+use crate::isa::{CbBlock, IntBlock, Isa, Tile};
+use half::{bf16, f16};
+use std::arch::x86_64::*;
+
+const FEATURES_OK: fn() -> bool = || {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+};
+
+/// The AVX-512 level; a value exists only on CPUs that run it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512(());
+
+impl Avx512 {
+    /// The level, if this CPU supports it.
+    pub(crate) fn new() -> Option<Self> {
+        FEATURES_OK().then_some(Avx512(()))
+    }
+}
+
+/// Lanes per vector.
+const L: usize = 16;
+
+#[inline(always)]
+fn tail_mask(n: usize) -> __mmask16 {
+    ((1u32 << n) - 1) as __mmask16
+}
+
+macro_rules! dense_kernels {
+    ($gemv:ident, $dot1:ident, $t:ty, $load:ident, $loadm:ident) => {
+        /// `out[r] = x · w[r]` for dense rows, four rows per pass sharing the x loads.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        unsafe fn $gemv(x: &[f32], w: &[$t], out: &mut [f32]) {
+            let cols = x.len();
+            assert!(w.len() >= out.len() * cols);
+            let xp = x.as_ptr();
+            let full = cols / L * L;
+            let mask = tail_mask(cols - full);
+            let mut r = 0;
+            while r + 4 <= out.len() {
+                // SAFETY: rows r..r+4 lie in `w` (asserted above); loads stop at `full` and the
+                // masked tail reads only the `cols - full` remaining elements of each row.
+                unsafe {
+                    let wp = w.as_ptr().add(r * cols);
+                    let mut acc = [_mm512_setzero_ps(); 4];
+                    let mut k = 0;
+                    while k < full {
+                        let xv = _mm512_loadu_ps(xp.add(k));
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(xv, $load(wp.add(j * cols + k)), *a);
+                        }
+                        k += L;
+                    }
+                    if k < cols {
+                        let xv = _mm512_maskz_loadu_ps(mask, xp.add(k));
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(xv, $loadm(mask, wp.add(j * cols + k)), *a);
+                        }
+                    }
+                    for (j, a) in acc.iter().enumerate() {
+                        out[r + j] = _mm512_reduce_add_ps(*a);
+                    }
+                }
+                r += 4;
+            }
+            while r < out.len() {
+                // SAFETY: row r lies in `w`.
+                out[r] = unsafe { $dot1(x, &w[r * cols..(r + 1) * cols]) };
+                r += 1;
+            }
+        }
+
+        /// `x · w` for one dense row.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        unsafe fn $dot1(x: &[f32], w: &[$t]) -> f32 {
+            let n = x.len().min(w.len());
+            let (xp, wp) = (x.as_ptr(), w.as_ptr());
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut k = 0;
+            // SAFETY: every load reads elements below `n` (masked in the tail).
+            unsafe {
+                while k + 4 * L <= n {
+                    for (u, a) in acc.iter_mut().enumerate() {
+                        let o = k + u * L;
+                        *a = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(o)), $load(wp.add(o)), *a);
+                    }
+                    k += 4 * L;
+                }
+                while k + L <= n {
+                    acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(k)), $load(wp.add(k)), acc[0]);
+                    k += L;
+                }
+                if k < n {
+                    let m = tail_mask(n - k);
+                    acc[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, xp.add(k)), $loadm(m, wp.add(k)), acc[1]);
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+            }
+        }
+    };
+}
+
+#[inline(always)]
+unsafe fn load_f32(p: *const f32) -> __m512 {
+    // SAFETY: the caller guarantees 16 readable f32 at `p`.
+    unsafe { _mm512_loadu_ps(p) }
+}
+#[inline(always)]
+unsafe fn loadm_f32(m: __mmask16, p: *const f32) -> __m512 {
+    // SAFETY: the caller guarantees the masked lanes are readable.
+    unsafe { _mm512_maskz_loadu_ps(m, p) }
+}
+#[inline(always)]
+unsafe fn load_f16(p: *const f16) -> __m512 {
+    // SAFETY: the caller guarantees 16 readable f16 at `p`.
+    unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+}
+#[inline(always)]
+unsafe fn loadm_f16(m: __mmask16, p: *const f16) -> __m512 {
+    // SAFETY: the caller guarantees the masked lanes are readable (masked lanes do not fault).
+    unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.cast())) }
+}
+#[inline(always)]
+unsafe fn load_bf16(p: *const bf16) -> __m512 {
+    // SAFETY: the caller guarantees 16 readable bf16 at `p`; bf16 is the top half of an f32.
+    unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())))) }
+}
+#[inline(always)]
+unsafe fn loadm_bf16(m: __mmask16, p: *const bf16) -> __m512 {
+    // SAFETY: the caller guarantees the masked lanes are readable.
+    unsafe {
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p.cast()))))
+    }
+}
+
+dense_kernels!(gemv_f32, dot_f32, f32, load_f32, loadm_f32);
+dense_kernels!(gemv_f16, dot_f16, f16, load_f16, loadm_f16);
+dense_kernels!(gemv_bf16, dot_bf16, bf16, load_bf16, loadm_bf16);
+
+/// `acc[i][j] += Σ_k x[i*xs + k] * w[j*ws + k]`: an MR x NR tile of dot products, one register
+/// per pair, reduced once at the end.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn tile_mn<const MR: usize, const NR: usize>(
+    x: &[f32],
+    xs: usize,
+    w: &[f32],
+    ws: usize,
+    len: usize,
+    acc: &mut Tile,
+) {
+    assert!(MR >= 1 && NR >= 1);
+    assert!(x.len() >= (MR - 1) * xs + len && w.len() >= (NR - 1) * ws + len);
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    let mut a = [[_mm512_setzero_ps(); NR]; MR];
+    let full = len / L * L;
+    // SAFETY: rows i < MR of x and j < NR of w hold `len` elements from their starts (asserted);
+    // loads stop at `full`, the tail is masked to `len - full` lanes.
+    unsafe {
+        let mut k = 0;
+        while k < full {
+            let mut wv = [_mm512_setzero_ps(); NR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(wp.add(j * ws + k));
+            }
+            for (i, ai) in a.iter_mut().enumerate() {
+                let xv = _mm512_loadu_ps(xp.add(i * xs + k));
+                for (aij, v) in ai.iter_mut().zip(&wv) {
+                    *aij = _mm512_fmadd_ps(xv, *v, *aij);
+                }
+            }
+            k += L;
+        }
+        if k < len {
+            let m = tail_mask(len - k);
+            let mut wv = [_mm512_setzero_ps(); NR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_maskz_loadu_ps(m, wp.add(j * ws + k));
+            }
+            for (i, ai) in a.iter_mut().enumerate() {
+                let xv = _mm512_maskz_loadu_ps(m, xp.add(i * xs + k));
+                for (aij, v) in ai.iter_mut().zip(&wv) {
+                    *aij = _mm512_fmadd_ps(xv, *v, *aij);
+                }
+            }
+        }
+    }
+    for (i, ai) in a.iter().enumerate() {
+        for (j, aij) in ai.iter().enumerate() {
+            acc[i][j] += _mm512_reduce_add_ps(*aij);
+        }
+    }
+}
+
+/// 16-entry lookup table `(i mod 2^bits - zero) * scale` for integer codes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn int_lut<const BITS: u32>(zero: u8, scale: f32) -> __m512 {
+    let mask = _mm512_set1_epi32((1 << BITS) - 1);
+    let iota = _mm512_and_si512(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), mask);
+    let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(iota, _mm512_set1_epi32(i32::from(zero))));
+    _mm512_mul_ps(q, _mm512_set1_ps(scale))
+}
+
+/// Widens 16 code bytes at `p` to 16 u32 lanes.
+#[inline(always)]
+unsafe fn widen16(p: *const u8) -> __m512i {
+    // SAFETY: the caller guarantees 16 readable bytes at `p`.
+    unsafe { _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast())) }
+}
+
+/// `out[r] = x · row r` for 2- and 4-bit integer codes (table decode), R rows per pass.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn gemv_lut_rows<const BITS: u32, const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
+    let per_byte = (8 / BITS) as usize;
+    let chunk = L * per_byte;
+    let gpr = b.cols / b.group;
+    assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
+    assert!(b.group.is_multiple_of(chunk) && out.len() >= r0 + R);
+    let xp = x.as_ptr();
+    let mut tot = [_mm512_setzero_ps(); R];
+    for gi in 0..gpr {
+        let mut lut = [_mm512_setzero_ps(); R];
+        for (r, l) in lut.iter_mut().enumerate() {
+            let p = (r0 + r) * gpr + gi;
+            *l = int_lut::<BITS>(b.zeros.get(p), b.scales[p]);
+        }
+        let mut k = gi * b.group;
+        let end = k + b.group;
+        while k < end {
+            // SAFETY: k + chunk <= cols, so the x loads and the 16 code bytes of each row at
+            // byte k / per_byte lie inside the asserted bounds.
+            unsafe {
+                let mut v = [_mm512_setzero_si512(); R];
+                for (r, v) in v.iter_mut().enumerate() {
+                    *v = widen16(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k / per_byte));
+                }
+                for t in 0..per_byte {
+                    let xv = _mm512_loadu_ps(xp.add(k + t * L));
+                    for r in 0..R {
+                        let wv = _mm512_permutexvar_ps(v[r], lut[r]);
+                        tot[r] = _mm512_fmadd_ps(wv, xv, tot[r]);
+                        v[r] = _mm512_srli_epi32::<BITS>(v[r]);
+                    }
+                }
+            }
+            k += chunk;
+        }
+    }
+    for (r, t) in tot.iter().enumerate() {
+        out[r0 + r] = _mm512_reduce_add_ps(*t);
+    }
+}
+
+/// `out[r] = x · row r` for 8-bit codes: integer zero subtraction, one scale per group.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn gemv_q8_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
+    let gpr = b.cols / b.group;
+    assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
+    assert!(b.group.is_multiple_of(L) && out.len() >= r0 + R);
+    let xp = x.as_ptr();
+    let mut tot = [_mm512_setzero_ps(); R];
+    for gi in 0..gpr {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut z = [_mm512_setzero_si512(); R];
+        for (r, z) in z.iter_mut().enumerate() {
+            *z = _mm512_set1_epi32(i32::from(b.zeros.get((r0 + r) * gpr + gi)));
+        }
+        let mut k = gi * b.group;
+        let end = k + b.group;
+        while k < end {
+            // SAFETY: k + 16 <= cols; x and 16 code bytes per row are in bounds (asserted).
+            unsafe {
+                let xv = _mm512_loadu_ps(xp.add(k));
+                for r in 0..R {
+                    let q = widen16(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k));
+                    let wv = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, z[r]));
+                    acc[r] = _mm512_fmadd_ps(wv, xv, acc[r]);
+                }
+            }
+            k += L;
+        }
+        for r in 0..R {
+            tot[r] = _mm512_fmadd_ps(acc[r], _mm512_set1_ps(b.scales[(r0 + r) * gpr + gi]), tot[r]);
+        }
+    }
+    for (r, t) in tot.iter().enumerate() {
+        out[r0 + r] = _mm512_reduce_add_ps(*t);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn gemv_int(b: &IntBlock, x: &[f32], out: &mut [f32]) {
+    let rows = out.len();
+    let mut r = 0;
+    // SAFETY: each call covers rows r..r+R < rows of the block, which the kernels assert.
+    unsafe {
+        macro_rules! run {
+            ($k:ident $(::<$b:literal>)?) => {{
+                while r + 4 <= rows {
+                    $k::<$($b,)? 4>(b, x, r, out);
+                    r += 4;
+                }
+                while r < rows {
+                    $k::<$($b,)? 1>(b, x, r, out);
+                    r += 1;
+                }
+            }};
+        }
+        match b.bits {
+            4 => run!(gemv_lut_rows::<4>),
+            2 => run!(gemv_lut_rows::<2>),
+            8 => run!(gemv_q8_rows),
+            _ => unreachable!("3-bit codes take the generic path"),
+        }
+    }
+}
+
+/// Row `r`, elements `k0..k0 + dst.len()` (chunk aligned) of an integer block, interleaved.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
+    let bits = b.bits as usize;
+    let per_byte = 8 / bits;
+    let chunk = L * per_byte;
+    let gpr = b.cols / b.group;
+    assert!(k0.is_multiple_of(chunk) && dst.len().is_multiple_of(chunk) && k0 + dst.len() <= b.cols);
+    assert!(b.codes.len() >= (r + 1) * b.row_bytes && b.scales.len() >= (r + 1) * gpr);
+    let row = b.codes.as_ptr();
+    let dp = dst.as_mut_ptr();
+    for c in (0..dst.len()).step_by(chunk) {
+        let k = k0 + c;
+        let p = r * gpr + k / b.group;
+        let (zero, scale) = (b.zeros.get(p), b.scales[p]);
+        // SAFETY: 16 code bytes at byte k / per_byte of row r and `chunk` f32 at dst[c..] are in
+        // bounds (asserted: k + chunk <= cols, c + chunk <= dst.len()).
+        unsafe {
+            let mut v = widen16(row.add(r * b.row_bytes + k / per_byte));
+            match b.bits {
+                8 => {
+                    let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(i32::from(zero))));
+                    _mm512_storeu_ps(dp.add(c), _mm512_mul_ps(q, _mm512_set1_ps(scale)));
+                }
+                4 | 2 => {
+                    let lut = if bits == 4 { int_lut::<4>(zero, scale) } else { int_lut::<2>(zero, scale) };
+                    for t in 0..per_byte {
+                        _mm512_storeu_ps(dp.add(c + t * L), _mm512_permutexvar_ps(v, lut));
+                        v = _mm512_srl_epi32(v, _mm_cvtsi32_si128(bits as i32));
+                    }
+                }
+                _ => unreachable!("3-bit codes take the generic path"),
+            }
+        }
+    }
+}
+
+/// `out[r] = x · row r` for NF4/FP4 codes: one table per absmax block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn gemv_cb(b: &CbBlock, x: &[f32], out: &mut [f32]) {
+    let chunk = 2 * L;
+    // SAFETY: the table holds 16 f32.
+    let table = unsafe { _mm512_loadu_ps(b.table.as_ptr()) };
+    assert!(x.len() >= b.cols && b.codes.len() >= out.len() * b.cols / 2 && b.cols.is_multiple_of(chunk));
+    assert!(b.block.is_multiple_of(chunk) && b.absmax.len() >= (b.first + out.len() * b.cols).div_ceil(b.block));
+    let xp = x.as_ptr();
+    for (r, o) in out.iter_mut().enumerate() {
+        let flat = b.first + r * b.cols;
+        let mut tot = _mm512_setzero_ps();
+        let mut k = 0;
+        while k < b.cols {
+            let blk = (flat + k) / b.block;
+            let end = ((blk + 1) * b.block - flat).min(b.cols);
+            let lut = _mm512_mul_ps(table, _mm512_set1_ps(b.absmax[blk]));
+            while k < end {
+                // SAFETY: k + 32 <= cols: 16 code bytes of row r and 32 x values are in bounds.
+                unsafe {
+                    let v = widen16(b.codes.as_ptr().add(r * b.cols / 2 + k / 2));
+                    let lo = _mm512_permutexvar_ps(v, lut);
+                    let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), lut);
+                    tot = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xp.add(k)), tot);
+                    tot = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xp.add(k + L)), tot);
+                }
+                k += chunk;
+            }
+        }
+        *o = _mm512_reduce_add_ps(tot);
+    }
+}
+
+/// Row `r`, elements `k0..k0 + dst.len()` of a codebook block, interleaved.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn dequant_cb(b: &CbBlock, r: usize, k0: usize, dst: &mut [f32]) {
+    let chunk = 2 * L;
+    // SAFETY: the table holds 16 f32.
+    let table = unsafe { _mm512_loadu_ps(b.table.as_ptr()) };
+    assert!(k0.is_multiple_of(chunk) && dst.len().is_multiple_of(chunk) && k0 + dst.len() <= b.cols);
+    assert!(b.codes.len() >= (r + 1) * b.cols / 2 && b.block.is_multiple_of(chunk));
+    let flat = b.first + r * b.cols;
+    let dp = dst.as_mut_ptr();
+    for c in (0..dst.len()).step_by(chunk) {
+        let k = k0 + c;
+        let lut = _mm512_mul_ps(table, _mm512_set1_ps(b.absmax[(flat + k) / b.block]));
+        // SAFETY: 16 code bytes of row r at k / 2 and 32 f32 at dst[c..] are in bounds.
+        unsafe {
+            let v = widen16(b.codes.as_ptr().add(r * b.cols / 2 + k / 2));
+            _mm512_storeu_ps(dp.add(c), _mm512_permutexvar_ps(v, lut));
+            _mm512_storeu_ps(dp.add(c + L), _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), lut));
+        }
+    }
+}
+
+/// Widens 16 halves per step (F16C through AVX-512).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn widen_f16(src: &[f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut k = 0;
+    // SAFETY: loads and stores stay below n (masked tail).
+    unsafe {
+        while k + L <= n {
+            _mm512_storeu_ps(dst.as_mut_ptr().add(k), load_f16(src.as_ptr().add(k)));
+            k += L;
+        }
+        if k < n {
+            let m = tail_mask(n - k);
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(k), m, loadm_f16(m, src.as_ptr().add(k)));
+        }
+    }
+}
+
+/// Widens bf16 (a shift into the top half of an f32).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn widen_bf16(src: &[bf16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut k = 0;
+    // SAFETY: loads and stores stay below n (masked tail).
+    unsafe {
+        while k + L <= n {
+            _mm512_storeu_ps(dst.as_mut_ptr().add(k), load_bf16(src.as_ptr().add(k)));
+            k += L;
+        }
+        if k < n {
+            let m = tail_mask(n - k);
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(k), m, loadm_bf16(m, src.as_ptr().add(k)));
+        }
+    }
+}
+
+impl Isa for Avx512 {
+    const LANES: usize = L;
+
+    // SAFETY (every method below): `self` proves the CPU has the features the kernels enable;
+    // the kernels check their slice bounds themselves.
+    fn dot(self, x: &[f32], w: &[f32]) -> f32 {
+        // SAFETY: see above.
+        unsafe { dot_f32(x, w) }
+    }
+    fn gemv_f32(self, x: &[f32], w: &[f32], out: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { gemv_f32(x, w, out) }
+    }
+    fn gemv_f16(self, x: &[f32], w: &[f16], out: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { gemv_f16(x, w, out) }
+    }
+    fn gemv_bf16(self, x: &[f32], w: &[bf16], out: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { gemv_bf16(x, w, out) }
+    }
+    fn widen_f16(self, src: &[f16], dst: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { widen_f16(src, dst) }
+    }
+    fn widen_bf16(self, src: &[bf16], dst: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { widen_bf16(src, dst) }
+    }
+    fn tile(self, x: &[f32], xs: usize, mr: usize, w: &[f32], ws: usize, nr: usize, len: usize, acc: &mut Tile) {
+        macro_rules! go {
+            ($($m:literal $n:literal),*) => {
+                match (mr, nr) {
+                    // SAFETY: see above.
+                    $(($m, $n) => unsafe { tile_mn::<$m, $n>(x, xs, w, ws, len, acc) },)*
+                    _ => unreachable!("tiles are at most 4x4"),
+                }
+            };
+        }
+        go!(1 1, 1 2, 1 3, 1 4, 2 1, 2 2, 2 3, 2 4, 3 1, 3 2, 3 3, 3 4, 4 1, 4 2, 4 3, 4 4)
+    }
+    fn gemv_int(self, b: &IntBlock, x: &[f32], out: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { gemv_int(b, x, out) }
+    }
+    fn dequant_int(self, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { dequant_int(b, r, k0, dst) }
+    }
+    fn gemv_cb(self, b: &CbBlock, x: &[f32], out: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { gemv_cb(b, x, out) }
+    }
+    fn dequant_cb(self, b: &CbBlock, r: usize, k0: usize, dst: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { dequant_cb(b, r, k0, dst) }
+    }
+}

@@ -1,0 +1,183 @@
+//! Every kernel at every level this CPU runs, against the scalar reference `forward_scalar`.
+//!
+//! Float sums may differ from the reference only by reassociation: the error allowed for each
+//! output is a named multiple of `Σ|x·w|` (the dequantized weights' magnitudes times the
+//! activations'), the natural scale of f32 rounding error in a dot product.
+
+use half::{bf16, f16};
+use lowbit_core::{codebook, rtn, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype};
+use lowbit_cpu::{KernelLevel, Linear, WeightKind};
+
+/// Allowed |fast - reference| / Σ|x·w| for f32 accumulation in another order. Both sides round
+/// every term and partial sum to f32 (2^-24 each); a few thousand terms stay far below 1e-5.
+const F32_SUM_TOL: f32 = 1e-5;
+
+const ROWS: [usize; 5] = [1, 3, 17, 33, 100];
+const MS: [usize; 4] = [1, 2, 5, 17];
+
+/// SplitMix64: a seeded generator with no dependencies.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn f(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+}
+
+fn levels() -> Vec<KernelLevel> {
+    [KernelLevel::Scalar, KernelLevel::Avx2, KernelLevel::Avx512]
+        .into_iter()
+        .filter(|&l| l <= KernelLevel::detect())
+        .collect()
+}
+
+/// Checks `lin` at every level and every m against the reference; `dense` is the f32 weight.
+fn check(lin: &Linear, dense: &[f32], rng: &mut Rng, what: &str) {
+    let (rows, cols) = (lin.rows(), lin.cols());
+    for m in MS {
+        let x = rng.vec(m * cols);
+        let mut want = vec![0.0; m * rows];
+        lin.forward_scalar(&x, m, &mut want);
+        for level in levels() {
+            let mut got = vec![f32::NAN; m * rows];
+            lin.forward_with(level, &x, m, &mut got).unwrap();
+            for i in 0..m {
+                for r in 0..rows {
+                    let mag: f32 =
+                        x[i * cols..][..cols].iter().zip(&dense[r * cols..][..cols]).map(|(a, b)| (a * b).abs()).sum();
+                    let (g, w) = (got[i * rows + r], want[i * rows + r]);
+                    assert!(
+                        (g - w).abs() <= F32_SUM_TOL * mag + f32::MIN_POSITIVE,
+                        "{what} level {} [{rows}x{cols}] m={m} out[{i},{r}]: got {g}, want {w} (Σ|xw| {mag})",
+                        level.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dense_f32_f16_bf16() {
+    let mut rng = Rng(1);
+    for rows in ROWS {
+        for cols in [1, 7, 16, 33, 100, 577] {
+            let w = rng.vec(rows * cols);
+            let lin = Linear::new(rows, cols, WeightKind::F32(w.clone())).unwrap();
+            check(&lin, &w, &mut rng, "f32");
+            let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let hd: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+            check(&Linear::new(rows, cols, WeightKind::F16(h)).unwrap(), &hd, &mut rng, "f16");
+            let b: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let bd: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
+            check(&Linear::new(rows, cols, WeightKind::Bf16(b)).unwrap(), &bd, &mut rng, "bf16");
+        }
+    }
+}
+
+fn int_case(
+    rng: &mut Rng,
+    rows: usize,
+    cols: usize,
+    bits: Bits,
+    symmetric: bool,
+    granularity: Granularity,
+    scale_dtype: ScaleDtype,
+) {
+    let w = rng.vec(rows * cols);
+    let scheme = IntScheme { bits, symmetric, granularity, scale_dtype, clip: ClipSearch::MinMax };
+    let q = rtn::quantize(&w, &[rows, cols], scheme).unwrap();
+    let dense = q.dequantize();
+    let lin = Linear::new(rows, cols, WeightKind::Quant(q)).unwrap();
+    check(&lin, &dense, rng, &format!("int{} sym={symmetric} {granularity:?} {scale_dtype:?}", bits.get()));
+}
+
+#[test]
+fn int_group_wise_all_bits() {
+    let mut rng = Rng(2);
+    for bits in [Bits::B2, Bits::B3, Bits::B4, Bits::B8] {
+        for symmetric in [false, true] {
+            for g in [32, 64, 128] {
+                for (i, rows) in ROWS.into_iter().enumerate() {
+                    let cols = g * [1, 2, 3, 5, 9][i];
+                    let dt = if i % 2 == 0 { ScaleDtype::F16 } else { ScaleDtype::F32 };
+                    int_case(&mut rng, rows, cols, bits, symmetric, Granularity::Group(g), dt);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int_per_channel_per_tensor_and_odd_groups() {
+    let mut rng = Rng(3);
+    for bits in [Bits::B2, Bits::B3, Bits::B4, Bits::B8] {
+        for symmetric in [false, true] {
+            for (rows, cols) in [(1, 8), (3, 96), (17, 100), (33, 256), (100, 40)] {
+                for dt in [ScaleDtype::F16, ScaleDtype::F32] {
+                    int_case(&mut rng, rows, cols, bits, symmetric, Granularity::PerChannel, dt);
+                    int_case(&mut rng, rows, cols, bits, symmetric, Granularity::PerTensor, dt);
+                }
+            }
+            // group sizes that are not a multiple of 32, and a 3-bit row that is not byte aligned
+            int_case(&mut rng, 17, 48, bits, symmetric, Granularity::Group(16), ScaleDtype::F16);
+            int_case(&mut rng, 5, 120, bits, symmetric, Granularity::Group(24), ScaleDtype::F32);
+        }
+    }
+    int_case(&mut rng, 3, 7, Bits::B3, false, Granularity::PerChannel, ScaleDtype::F16);
+}
+
+#[test]
+fn nf4_fp4_with_and_without_double_quant() {
+    let mut rng = Rng(4);
+    for codebook in [Codebook::Nf4, Codebook::Fp4] {
+        for double_quant in [false, true] {
+            for (rows, cols, block_size) in
+                [(1, 64, 64), (3, 96, 64), (17, 128, 64), (33, 192, 128), (100, 64, 32), (5, 50, 64), (7, 64, 48)]
+            {
+                let w = rng.vec(rows * cols);
+                let scheme = CodebookScheme { codebook, block_size, double_quant };
+                let q = codebook::quantize(&w, &[rows, cols], scheme).unwrap();
+                let dense = q.dequantize();
+                let lin = Linear::new(rows, cols, WeightKind::Quant(q)).unwrap();
+                check(&lin, &dense, &mut rng, &format!("{codebook:?} dq={double_quant} block {block_size}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn large_blocked_shapes() {
+    // long rows are blocked over k (> 2048 columns) and many rows split over threads
+    let mut rng = Rng(5);
+    int_case(&mut rng, 70, 4096 + 128, Bits::B4, false, Granularity::Group(128), ScaleDtype::F16);
+    int_case(&mut rng, 40, 2560, Bits::B8, true, Granularity::PerChannel, ScaleDtype::F32);
+    let w = rng.vec(300 * 640);
+    let lin = Linear::new(300, 640, WeightKind::F32(w.clone())).unwrap();
+    check(&lin, &w, &mut rng, "f32 large");
+}
+
+#[test]
+fn shape_errors_and_levels() {
+    let lin = Linear::new(2, 3, WeightKind::F32(vec![0.0; 6])).unwrap();
+    let mut out = vec![0.0; 2];
+    assert!(lin.forward(&[0.0; 2], 1, &mut out).is_err());
+    assert!(lin.forward(&[0.0; 3], 1, &mut out[..1]).is_err());
+    assert!(Linear::new(2, 3, WeightKind::F32(vec![0.0; 5])).is_err());
+    for level in levels() {
+        lin.forward_with(level, &[1.0; 3], 1, &mut out).unwrap();
+    }
+    if KernelLevel::detect() < KernelLevel::Avx512 {
+        assert!(lin.forward_with(KernelLevel::Avx512, &[1.0; 3], 1, &mut out).is_err());
+    }
+}
