@@ -21,10 +21,13 @@ pub struct GroupParams {
 }
 
 impl GroupParams {
-    /// The code of `w`.
+    /// The code of `w`: `clamp(round(w / scale) + zero, 0, maxq)`.
     #[inline]
     pub fn quantize(self, w: f32, maxq: u8) -> u8 {
-        (round_ties_even_small(w / self.scale) + f32::from(self.zero)).clamp(0.0, f32::from(maxq)) as u8
+        // Integer arithmetic on the rounded value's bits (see `round_ties_even_small`) avoids a
+        // saturating float-to-int conversion per element, so the loop vectorizes.
+        let rounded = (round_ties_even_small(w / self.scale) + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32;
+        (rounded + i32::from(self.zero)).clamp(0, i32::from(maxq)) as u8
     }
 
     /// Codes of a run of weights that share these parameters.
@@ -54,9 +57,12 @@ impl GroupParams {
 /// 1.5 * 2^23 rounds half to even in the default rounding mode.
 #[inline]
 pub fn round_ties_even_small(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
     (x.clamp(-512.0, 512.0) + MAGIC) - MAGIC
 }
+
+/// 1.5 * 2^23: adding it leaves a value below 2^22 in magnitude rounded to an integer that sits
+/// in the low mantissa bits.
+const MAGIC: f32 = 12_582_912.0;
 
 /// Parameters for the range `[lo, hi]` (which must contain 0 for asymmetric schemes).
 fn params_for_range(lo: f32, hi: f32, bits: Bits, symmetric: bool, scale_dtype: ScaleDtype) -> Result<GroupParams> {
@@ -301,6 +307,15 @@ mod tests {
             prop_assert_eq!(round_ties_even_small(x), clamp(x).round_ties_even());
             let tie = half as f32 + 0.5;
             prop_assert_eq!(round_ties_even_small(tie), tie.round_ties_even());
+        }
+
+        #[test]
+        fn code_is_the_spec_formula(w in -1e4f32..1e4, scale in 1e-3f32..10.0, zero in 0u8..=255, b in 0usize..4) {
+            let maxq = [3u8, 7, 15, 255][b];
+            let zero = zero.min(maxq);
+            let p = GroupParams { scale, zero };
+            let spec = ((w / scale).round_ties_even() + f32::from(zero)).clamp(0.0, f32::from(maxq)) as u8;
+            prop_assert_eq!(p.quantize(w, maxq), spec);
         }
     }
 
