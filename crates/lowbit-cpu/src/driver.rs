@@ -45,7 +45,8 @@ enum Src<'a> {
 struct IntSrc<'a> {
     q: &'a QTensor,
     bits: Bits,
-    /// Elements per group within a row (`cols` for per-channel and per-tensor).
+    /// Elements per group within a row (`cols` for per-channel and per-tensor); the last group of
+    /// a row is shorter when it does not divide `cols`.
     group: usize,
     per_tensor: bool,
     sym_zero: u8,
@@ -75,7 +76,12 @@ impl<'a> Src<'a> {
                     };
                     let per_byte = 8 / s.bits.get() as usize;
                     let chunk = I::LANES * per_byte;
-                    let fast = I::LANES > 0 && s.bits != Bits::B3 && group % chunk == 0;
+                    // Groups may end short at the row's end (docs/format.md): the fast kernels need
+                    // every group, the last included, to be whole chunks.
+                    let fast = I::LANES > 0
+                        && s.bits != Bits::B3
+                        && group.is_multiple_of(chunk)
+                        && cols.is_multiple_of(chunk);
                     Src::Int(IntSrc {
                         q,
                         bits: s.bits,
@@ -114,7 +120,7 @@ fn int_block<'a, I: Isa>(
     scratch: &'a mut Vec<f32>,
 ) -> IntBlock<'a> {
     let QParams::Int { scales, zeros } = s.q.params() else { unreachable!("integer scheme has integer params") };
-    let gpr = cols / s.group;
+    let gpr = cols.div_ceil(s.group);
     let n = (r1 - r0) * gpr;
     scratch.clear();
     scratch.resize(n, 0.0);
@@ -165,11 +171,13 @@ fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32])
         Src::Int(s) => {
             let QParams::Int { scales, zeros } = s.q.params() else { unreachable!() };
             let bits = s.bits;
+            let gpr = cols.div_ceil(s.group);
             for (step, d) in dst.chunks_mut(GENERIC_STEP).enumerate() {
                 let start = first + step * GENERIC_STEP;
+                let col = k0 + step * GENERIC_STEP;
                 read_codes(s.q.codes(), bits, start, &mut codes[..d.len()]);
                 for (j, (o, &c)) in d.iter_mut().zip(&codes).enumerate() {
-                    let p = if s.per_tensor { 0 } else { (start + j) / s.group };
+                    let p = if s.per_tensor { 0 } else { r * gpr + (col + j) / s.group };
                     let z = zeros.as_ref().map_or(s.sym_zero, |z| z[p]);
                     *o = (f32::from(c) - f32::from(z)) * scales.get(p);
                 }

@@ -54,9 +54,10 @@ pub(crate) struct IntBlock<'a> {
     pub row_bytes: usize,
     /// Elements per row.
     pub cols: usize,
-    /// Elements per group (divides `cols`; a multiple of the kernel's chunk).
+    /// Elements per group (a multiple of the kernel's chunk, as is `cols`); the last group of a
+    /// row ends at `cols` and may be shorter.
     pub group: usize,
-    /// `rows * cols / group` scales, f32.
+    /// `rows * ceil(cols / group)` scales, f32.
     pub scales: &'a [f32],
     /// Zero points, same indexing as `scales`.
     pub zeros: Zeros<'a>,

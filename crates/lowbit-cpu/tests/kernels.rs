@@ -119,6 +119,21 @@ fn int_group_wise_all_bits() {
 }
 
 #[test]
+fn int_partial_last_group() {
+    // docs/format.md: a group size that does not divide the row leaves a short last group
+    // (SmolLM2's 576-wide rows at g = 128: 4 x 128 + 64).
+    let mut rng = Rng(6);
+    for bits in [Bits::B2, Bits::B3, Bits::B4, Bits::B8] {
+        for symmetric in [false, true] {
+            for (rows, cols, g) in [(3, 576, 128), (17, 96, 64), (33, 160, 128), (1, 32, 64), (100, 224, 96)] {
+                let dt = if rows % 2 == 0 { ScaleDtype::F32 } else { ScaleDtype::F16 };
+                int_case(&mut rng, rows, cols, bits, symmetric, Granularity::Group(g), dt);
+            }
+        }
+    }
+}
+
+#[test]
 fn int_per_channel_per_tensor_and_odd_groups() {
     let mut rng = Rng(3);
     for bits in [Bits::B2, Bits::B3, Bits::B4, Bits::B8] {

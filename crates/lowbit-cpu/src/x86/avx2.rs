@@ -174,9 +174,9 @@ unsafe fn widen8(p: *const u8) -> __m256i {
 unsafe fn gemv_int_rows<const BITS: i32, const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
     let per_byte = (8 / BITS) as usize;
     let chunk = L * per_byte;
-    let gpr = b.cols / b.group;
+    let gpr = b.cols.div_ceil(b.group);
     assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
-    assert!(b.group.is_multiple_of(chunk) && out.len() >= r0 + R);
+    assert!(b.group.is_multiple_of(chunk) && b.cols.is_multiple_of(chunk) && out.len() >= r0 + R);
     let mask = _mm256_set1_epi32((1 << BITS) - 1);
     let xp = x.as_ptr();
     let mut tot = [_mm256_setzero_ps(); R];
@@ -187,7 +187,7 @@ unsafe fn gemv_int_rows<const BITS: i32, const R: usize>(b: &IntBlock, x: &[f32]
             *z = _mm256_set1_epi32(i32::from(b.zeros.get((r0 + r) * gpr + gi)));
         }
         let mut k = gi * b.group;
-        let end = k + b.group;
+        let end = (k + b.group).min(b.cols);
         while k < end {
             // SAFETY: k + chunk <= cols: x and 8 code bytes per row at byte k / per_byte are in
             // bounds (asserted).
@@ -252,7 +252,7 @@ unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
     let bits = b.bits as usize;
     let per_byte = 8 / bits;
     let chunk = L * per_byte;
-    let gpr = b.cols / b.group;
+    let gpr = b.cols.div_ceil(b.group);
     assert!(k0.is_multiple_of(chunk) && dst.len().is_multiple_of(chunk) && k0 + dst.len() <= b.cols);
     assert!(b.codes.len() >= (r + 1) * b.row_bytes && b.scales.len() >= (r + 1) * gpr);
     let mask = _mm256_set1_epi32(((1u32 << bits) - 1) as i32);

@@ -227,9 +227,9 @@ unsafe fn widen16(p: *const u8) -> __m512i {
 unsafe fn gemv_lut_rows<const BITS: u32, const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
     let per_byte = (8 / BITS) as usize;
     let chunk = L * per_byte;
-    let gpr = b.cols / b.group;
+    let gpr = b.cols.div_ceil(b.group);
     assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
-    assert!(b.group.is_multiple_of(chunk) && out.len() >= r0 + R);
+    assert!(b.group.is_multiple_of(chunk) && b.cols.is_multiple_of(chunk) && out.len() >= r0 + R);
     let xp = x.as_ptr();
     let mut tot = [_mm512_setzero_ps(); R];
     for gi in 0..gpr {
@@ -239,7 +239,7 @@ unsafe fn gemv_lut_rows<const BITS: u32, const R: usize>(b: &IntBlock, x: &[f32]
             *l = int_lut::<BITS>(b.zeros.get(p), b.scales[p]);
         }
         let mut k = gi * b.group;
-        let end = k + b.group;
+        let end = (k + b.group).min(b.cols);
         while k < end {
             // SAFETY: k + chunk <= cols, so the x loads and the 16 code bytes of each row at
             // byte k / per_byte lie inside the asserted bounds.
@@ -268,9 +268,9 @@ unsafe fn gemv_lut_rows<const BITS: u32, const R: usize>(b: &IntBlock, x: &[f32]
 /// `out[r] = x · row r` for 8-bit codes: integer zero subtraction, one scale per group.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn gemv_q8_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
-    let gpr = b.cols / b.group;
+    let gpr = b.cols.div_ceil(b.group);
     assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
-    assert!(b.group.is_multiple_of(L) && out.len() >= r0 + R);
+    assert!(b.group.is_multiple_of(L) && b.cols.is_multiple_of(L) && out.len() >= r0 + R);
     let xp = x.as_ptr();
     let mut tot = [_mm512_setzero_ps(); R];
     for gi in 0..gpr {
@@ -280,7 +280,7 @@ unsafe fn gemv_q8_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: 
             *z = _mm512_set1_epi32(i32::from(b.zeros.get((r0 + r) * gpr + gi)));
         }
         let mut k = gi * b.group;
-        let end = k + b.group;
+        let end = (k + b.group).min(b.cols);
         while k < end {
             // SAFETY: k + 16 <= cols; x and 16 code bytes per row are in bounds (asserted).
             unsafe {
@@ -335,7 +335,7 @@ unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
     let bits = b.bits as usize;
     let per_byte = 8 / bits;
     let chunk = L * per_byte;
-    let gpr = b.cols / b.group;
+    let gpr = b.cols.div_ceil(b.group);
     assert!(k0.is_multiple_of(chunk) && dst.len().is_multiple_of(chunk) && k0 + dst.len() <= b.cols);
     assert!(b.codes.len() >= (r + 1) * b.row_bytes && b.scales.len() >= (r + 1) * gpr);
     let row = b.codes.as_ptr();
