@@ -1,0 +1,101 @@
+//! AWQ: the scale search against an exhaustive scalar evaluation, and its effect on the error.
+
+mod common;
+
+use common::{correlated_activations, Rng};
+use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
+use lowbit_solvers::awq::{awq_quantize, brute_force_alpha, scale_loss, search_scales, AwqConfig, AwqLayer};
+use lowbit_solvers::SolverError;
+
+fn scheme(bits: Bits, symmetric: bool, granularity: Granularity) -> IntScheme {
+    IntScheme { bits, symmetric, granularity, scale_dtype: ScaleDtype::F16, clip: ClipSearch::MinMax }
+}
+
+/// Weights whose salient input channels (large activations) matter, as in LLMs.
+fn problem(seed: u64, tokens: usize, cols: usize, rows: &[usize]) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let mut rng = Rng::new(seed);
+    let x = correlated_activations(&mut rng, tokens, cols);
+    let ws = rows.iter().map(|&r| rng.normals(r * cols, 0.05)).collect();
+    (x, ws)
+}
+
+#[test]
+fn chosen_alpha_equals_brute_force() {
+    let (tokens, cols) = (128, 64);
+    let mut nontrivial = 0;
+    for seed in 0..12u64 {
+        let (bits, symmetric, gran) = [
+            (Bits::B4, false, Granularity::Group(32)),
+            (Bits::B3, false, Granularity::Group(16)),
+            (Bits::B4, true, Granularity::PerChannel),
+            (Bits::B2, false, Granularity::Group(32)),
+        ][seed as usize % 4];
+        let (x, ws) = problem(seed, tokens, cols, &[24, 40]);
+        let layers: Vec<AwqLayer> = ws.iter().zip([24, 40]).map(|(w, rows)| AwqLayer { w, rows }).collect();
+        let s = scheme(bits, symmetric, gran);
+        let (alpha, scales, losses) = search_scales(&x, tokens, cols, &layers, s, 20).unwrap();
+        let (want_alpha, want_losses) = brute_force_alpha(&x, tokens, cols, &layers, s, 20).unwrap();
+        assert_eq!(alpha, want_alpha, "seed {seed}: {losses:?} vs {want_losses:?}");
+        for (a, b) in losses.iter().zip(&want_losses) {
+            assert!((a - b).abs() <= 1e-4 * b, "seed {seed}: {a} vs {b}");
+        }
+        // The returned scales are the ones scored for that alpha.
+        let again = scale_loss(&x, tokens, cols, &layers, s, &scales).unwrap();
+        assert_eq!(again, losses[(alpha * 20.0).round() as usize]);
+        nontrivial += usize::from(alpha > 0.0);
+    }
+    assert!(nontrivial >= 6, "the search should usually move away from alpha = 0: {nontrivial}");
+}
+
+#[test]
+fn awq_is_never_worse_than_rtn_and_clipping_is_bounded() {
+    let (tokens, cols) = (1024, 128);
+    for (seed, (bits, symmetric, gran)) in [
+        (Bits::B4, false, Granularity::Group(32)),
+        (Bits::B3, false, Granularity::Group(64)),
+        (Bits::B4, true, Granularity::PerChannel),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (x, ws) = problem(100 + seed as u64, tokens, cols, &[64, 32]);
+        let layers: Vec<AwqLayer> = ws.iter().zip([64, 32]).map(|(w, rows)| AwqLayer { w, rows }).collect();
+        let s = scheme(bits, symmetric, gran);
+        let out = awq_quantize(&x, tokens, cols, &layers, &AwqConfig::new(s)).unwrap();
+        // alpha = 0 gives s = 1, i.e. plain RTN: the search can only improve on it.
+        let rtn = out.grid_losses[0];
+        assert!(out.grid_losses.iter().all(|&l| l >= out.grid_losses[(out.alpha * 20.0).round() as usize]));
+        assert!(out.report.loss <= rtn, "{bits:?}: awq {} rtn {rtn}", out.report.loss);
+        for (l, bounds) in layers.iter().zip(&out.clip) {
+            let g = match gran {
+                Granularity::Group(g) => g,
+                _ => cols,
+            };
+            for (k, &b) in bounds.iter().enumerate() {
+                let (r, grp) = (k / (cols / g), k % (cols / g));
+                let absmax =
+                    (grp * g..grp * g + g).map(|c| (l.w[r * cols + c] * out.scales[c]).abs()).fold(0.0f32, f32::max);
+                assert!(b <= absmax && b >= 0.5 * absmax * 0.999, "{b} vs {absmax}");
+            }
+        }
+        assert_eq!(out.qtensors.len(), 2);
+        assert_eq!(out.qtensors[0].shape(), &[64, cols]);
+        let no_clip = awq_quantize(&x, tokens, cols, &layers, &AwqConfig { clip: false, ..AwqConfig::new(s) }).unwrap();
+        assert_eq!(no_clip.alpha, out.alpha);
+    }
+}
+
+#[test]
+fn awq_rejects_bad_input() {
+    let w = vec![0.1f32; 8 * 16];
+    let layers = [AwqLayer { w: &w, rows: 8 }];
+    let cfg = AwqConfig::new(IntScheme::group(Bits::B4, 16));
+    let mut x = vec![1.0f32; 4 * 16];
+    x[20] = f32::NAN;
+    assert!(matches!(
+        awq_quantize(&x, 4, 16, &layers, &cfg),
+        Err(SolverError::NonFiniteActivation { token: 1, channel: 4, .. })
+    ));
+    assert!(matches!(awq_quantize(&[], 0, 16, &layers, &cfg), Err(SolverError::NoCalibrationData { .. })));
+    assert!(matches!(awq_quantize(&x[..8], 1, 16, &layers, &cfg), Err(SolverError::Shape { .. })));
+}
