@@ -1,1 +1,38 @@
-//! lowbit-model
+//! lowbit-model: the Llama-family CPU runtime.
+//!
+//! * [`ModelConfig`]: Hugging Face `config.json` for Llama, Mistral, Qwen2 and Qwen3.
+//! * [`Model::load`]: a Hugging Face directory (safetensors, single or sharded, f32/f16/bf16 and
+//!   lowbit-quantized tensors, memory-mapped) or a `.gguf` file; [`import_gguf`] converts a GGUF
+//!   to a directory.
+//! * [`Model::forward`] / [`Model::forward_batch`]: prefill and decode with a [`KvCache`]; every
+//!   weight product goes through `lowbit_cpu::Linear`, so quantized weights run packed.
+//! * [`Model::generate`]: greedy or sampled decoding with streaming; [`Tokenizer`] with its
+//!   chat template.
+//! * [`Model::perplexity`]: the project's evaluation protocol.
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+mod device;
+mod error;
+pub mod generate;
+pub mod gguf;
+mod load;
+mod model;
+mod ops;
+mod par;
+pub mod perplexity;
+mod safetensors_source;
+mod tensors;
+pub mod tokenizer;
+
+pub use config::{Architecture, Llama3RopeScaling, ModelConfig};
+pub use device::Device;
+pub use error::{ModelError, Result};
+pub use generate::{GenerateOptions, Generation, Rng, StopReason, TokenEvent};
+pub use gguf::{import_gguf, GgufFile};
+pub use load::LoadOptions;
+pub use model::{KvCache, Layer, Logits, LogitsMode, Model, LINEAR_NAMES};
+pub use perplexity::{PerplexityOptions, PerplexityProgress, PerplexityResult};
+pub use tensors::{Tensor, TensorData};
+pub use tokenizer::{ChatMessage, Tokenizer};

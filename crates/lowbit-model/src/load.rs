@@ -1,0 +1,221 @@
+//! Loading a model from a path: a Hugging Face directory, a lowbit quantized directory, or a
+//! `.gguf` file; and saving one (dense tensors plus lowbit quantized ones).
+
+use crate::config::ModelConfig;
+use crate::device::Device;
+use crate::gguf::{tokenizer_from_gguf, GgufFile, GgufSource};
+use crate::model::Model;
+use crate::safetensors_source::{checkpoint_files, SafetensorsSource};
+use crate::tokenizer::Tokenizer;
+use crate::{ModelError, Result};
+use lowbit_core::QTensor;
+use lowbit_cpu::{Linear, WeightKind};
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Options for [`Model::load_with`].
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Where to run.
+    pub device: Device,
+    /// Skip the tokenizer even when the checkpoint has one.
+    pub skip_tokenizer: bool,
+}
+
+impl Model {
+    /// Loads a model from a Hugging Face-style directory or a `.gguf` file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        Self::load_with(path, &LoadOptions::default())
+    }
+
+    /// [`Model::load`] with options.
+    pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model> {
+        let path = path.as_ref();
+        opts.device.check_available()?;
+        if path.is_dir() {
+            Self::from_hf_dir(path, opts)
+        } else if path.is_file() {
+            Self::from_gguf(path, opts)
+        } else {
+            Err(ModelError::MissingFile {
+                path: path.display().to_string(),
+                what: "a model directory or .gguf file".into(),
+            })
+        }
+    }
+
+    /// Loads a Hugging Face directory: `config.json`, `model.safetensors` (or shards with their
+    /// index; dense and lowbit-quantized tensors), and `tokenizer.json` when present.
+    pub fn from_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
+        let cfg_path = dir.join("config.json");
+        if !cfg_path.is_file() {
+            return Err(ModelError::MissingFile {
+                path: cfg_path.display().to_string(),
+                what: "the model config".into(),
+            });
+        }
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+        let config = ModelConfig::from_json_str(&text)?;
+        let files = checkpoint_files(dir)?;
+        let mut src = SafetensorsSource::open(&files)?;
+        let tokenizer = if !opts.skip_tokenizer && dir.join("tokenizer.json").is_file() {
+            Some(Tokenizer::from_dir(dir)?)
+        } else {
+            None
+        };
+        Model::build(config, &mut src, tokenizer, opts.device)
+    }
+
+    /// Loads a GGUF file (llama architecture), dequantizing its tensors to f32 (F16/BF16 kept).
+    pub fn from_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
+        let file = GgufFile::open(path)?;
+        let config = file.config()?;
+        let tokenizer = if opts.skip_tokenizer { None } else { Some(tokenizer_from_gguf(&file)?) };
+        let mut src = GgufSource::new(&file, &config);
+        Model::build(config, &mut src, tokenizer, opts.device)
+    }
+
+    /// Saves the model as a Hugging Face-style directory that [`Model::load`] reads back:
+    /// `config.json`, dense tensors in `model-00001-of-00002.safetensors`, lowbit quantized
+    /// linear layers in `model-00002-of-00002.safetensors` (the `lowbit_core::io` layout), the
+    /// index, and the tokenizer files when the model has a tokenizer. Written into a temporary
+    /// directory, then renamed to `dir` (which must not exist or be empty).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        self.save_into(dir)
+    }
+
+    fn save_into<'m>(&'m self, dir: &Path) -> Result<()> {
+        write_dir_atomically(dir, |tmp| {
+            let mut dense: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![];
+            let mut quant: Vec<(String, &QTensor)> = vec![];
+            let mut put = |name: String, lin: &'m Linear| match lin.weight() {
+                WeightKind::Quant(q) => quant.push((name, q)),
+                w => dense.push(dense_entry(name, vec![lin.rows(), lin.cols()], w)),
+            };
+            put("model.embed_tokens.weight".into(), self.embedding());
+            if !self.config().tie_word_embeddings {
+                put("lm_head.weight".into(), self.lm_head());
+            }
+            for (i, l) in self.layers().iter().enumerate() {
+                for (suffix, lin) in l.linears() {
+                    put(format!("model.layers.{i}.{suffix}.weight"), lin);
+                }
+            }
+            let mut vecs: Vec<(String, &[f32])> = vec![("model.norm.weight".into(), self.final_norm())];
+            for (i, l) in self.layers().iter().enumerate() {
+                let p = format!("model.layers.{i}.");
+                vecs.push((format!("{p}input_layernorm.weight"), &l.input_norm));
+                vecs.push((format!("{p}post_attention_layernorm.weight"), &l.post_attention_norm));
+                for (n, v) in [
+                    ("self_attn.q_proj.bias", &l.q_bias),
+                    ("self_attn.k_proj.bias", &l.k_bias),
+                    ("self_attn.v_proj.bias", &l.v_bias),
+                    ("self_attn.q_norm.weight", &l.q_norm),
+                    ("self_attn.k_norm.weight", &l.k_norm),
+                ] {
+                    if let Some(v) = v {
+                        vecs.push((format!("{p}{n}"), v));
+                    }
+                }
+            }
+            for (name, v) in vecs {
+                dense.push((name, Dtype::F32, vec![v.len()], bytemuck::cast_slice(v).to_vec()));
+            }
+            let mut weight_map = serde_json::Map::new();
+            let shards = if quant.is_empty() { 1 } else { 2 };
+            let dense_file = format!("model-00001-of-0000{shards}.safetensors");
+            let views = dense
+                .iter()
+                .map(|(n, dt, shape, data)| {
+                    weight_map.insert(n.clone(), dense_file.clone().into());
+                    TensorView::new(*dt, shape.clone(), data).map(|v| (n.clone(), v))
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| ModelError::Safetensors { path: dense_file.clone(), reason: e.to_string() })?;
+            let bytes = safetensors::serialize(views, None)
+                .map_err(|e| ModelError::Safetensors { path: dense_file.clone(), reason: e.to_string() })?;
+            write(&tmp.join(&dense_file), &bytes)?;
+            if !quant.is_empty() {
+                let qfile = "model-00002-of-00002.safetensors".to_string();
+                for (n, _) in &quant {
+                    weight_map.insert(n.clone(), qfile.clone().into());
+                }
+                let bytes = lowbit_core::io::to_bytes(quant.iter().map(|(n, q)| (n.as_str(), *q)), &BTreeMap::new())?;
+                write(&tmp.join(&qfile), &bytes)?;
+            }
+            let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+            write(&tmp.join("model.safetensors.index.json"), index.to_string().as_bytes())?;
+            write(
+                &tmp.join("config.json"),
+                serde_json::to_string_pretty(&self.config().to_hf_json()).unwrap_or_default().as_bytes(),
+            )?;
+            if let Some(t) = self.tokenizer() {
+                write_tokenizer_files(tmp, t)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn dense_entry(name: String, shape: Vec<usize>, w: &WeightKind) -> (String, Dtype, Vec<usize>, Vec<u8>) {
+    match w {
+        WeightKind::F32(v) => (name, Dtype::F32, shape, bytemuck::cast_slice(v).to_vec()),
+        WeightKind::F16(v) => (name, Dtype::F16, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        WeightKind::Bf16(v) => (name, Dtype::BF16, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        WeightKind::Quant(q) => (name, Dtype::F32, shape, bytemuck::cast_slice(&q.dequantize()).to_vec()),
+    }
+}
+
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| ModelError::io(path, e))
+}
+
+/// `tokenizer.json` and a `tokenizer_config.json` with the special tokens and chat template.
+pub(crate) fn write_tokenizer_files(dir: &Path, t: &Tokenizer) -> Result<()> {
+    write(&dir.join("tokenizer.json"), t.to_json_string().as_bytes())?;
+    let mut cfg = serde_json::json!({"add_bos_token": false, "clean_up_tokenization_spaces": false});
+    if let Some(b) = t.bos_token() {
+        cfg["bos_token"] = b.into();
+    }
+    if let Some(e) = t.eos_token() {
+        cfg["eos_token"] = e.into();
+    }
+    if let Some(c) = t.chat_template() {
+        cfg["chat_template"] = c.into();
+    }
+    write(&dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&cfg).unwrap_or_default().as_bytes())
+}
+
+/// Fills a fresh temporary sibling of `dir` with `fill`, then renames it to `dir`. `dir` must not
+/// exist or be an empty directory; on failure the temporary directory is removed.
+pub(crate) fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))?.next().is_none();
+        if !empty {
+            return Err(ModelError::Io {
+                path: dir.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "output directory exists and is not empty",
+                ),
+            });
+        }
+    }
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+    let result = fill(&tmp).and_then(|()| {
+        if dir.exists() {
+            std::fs::remove_dir(dir).map_err(|e| ModelError::io(dir, e))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| ModelError::io(dir, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}

@@ -1,0 +1,479 @@
+//! The Llama-family decoder: weights, KV cache and the forward pass (prefill and decode, batched).
+
+use crate::config::{Architecture, ModelConfig};
+use crate::device::Device;
+use crate::ops;
+use crate::par;
+use crate::tensors::{Tensor, TensorData, TensorSource};
+use crate::tokenizer::Tokenizer;
+use crate::{ModelError, Result};
+use lowbit_cpu::{Linear, WeightKind};
+
+/// One decoder layer's weights.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// RMSNorm before attention.
+    pub input_norm: Vec<f32>,
+    /// RMSNorm before the MLP.
+    pub post_attention_norm: Vec<f32>,
+    /// Query projection `[q_dim, hidden]`.
+    pub q_proj: Linear,
+    /// Key projection `[kv_dim, hidden]`.
+    pub k_proj: Linear,
+    /// Value projection `[kv_dim, hidden]`.
+    pub v_proj: Linear,
+    /// Output projection `[hidden, q_dim]`.
+    pub o_proj: Linear,
+    /// Query bias (Qwen2).
+    pub q_bias: Option<Vec<f32>>,
+    /// Key bias (Qwen2).
+    pub k_bias: Option<Vec<f32>>,
+    /// Value bias (Qwen2).
+    pub v_bias: Option<Vec<f32>>,
+    /// Per-head RMSNorm of queries (Qwen3).
+    pub q_norm: Option<Vec<f32>>,
+    /// Per-head RMSNorm of keys (Qwen3).
+    pub k_norm: Option<Vec<f32>>,
+    /// MLP gate `[intermediate, hidden]`.
+    pub gate_proj: Linear,
+    /// MLP up `[intermediate, hidden]`.
+    pub up_proj: Linear,
+    /// MLP down `[hidden, intermediate]`.
+    pub down_proj: Linear,
+}
+
+/// The seven linear layers of a block, by their Hugging Face suffix.
+pub const LINEAR_NAMES: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+impl Layer {
+    /// The linear layers with their Hugging Face suffixes (see [`LINEAR_NAMES`]).
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        [
+            (LINEAR_NAMES[0], &mut self.q_proj),
+            (LINEAR_NAMES[1], &mut self.k_proj),
+            (LINEAR_NAMES[2], &mut self.v_proj),
+            (LINEAR_NAMES[3], &mut self.o_proj),
+            (LINEAR_NAMES[4], &mut self.gate_proj),
+            (LINEAR_NAMES[5], &mut self.up_proj),
+            (LINEAR_NAMES[6], &mut self.down_proj),
+        ]
+    }
+    /// The linear layers with their Hugging Face suffixes.
+    pub fn linears(&self) -> [(&'static str, &Linear); 7] {
+        [
+            (LINEAR_NAMES[0], &self.q_proj),
+            (LINEAR_NAMES[1], &self.k_proj),
+            (LINEAR_NAMES[2], &self.v_proj),
+            (LINEAR_NAMES[3], &self.o_proj),
+            (LINEAR_NAMES[4], &self.gate_proj),
+            (LINEAR_NAMES[5], &self.up_proj),
+            (LINEAR_NAMES[6], &self.down_proj),
+        ]
+    }
+}
+
+/// Keys and values of the positions seen so far, per layer, `[position][kv_dim]`.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// No position cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Forgets everything (keeps the allocation).
+    pub fn clear(&mut self) {
+        self.k.iter_mut().chain(self.v.iter_mut()).for_each(Vec::clear);
+        self.len = 0;
+    }
+    /// Drops positions from `len` on (to rewind after speculative steps).
+    pub fn truncate(&mut self, len: usize, kv_dim: usize) {
+        if len < self.len {
+            self.k.iter_mut().chain(self.v.iter_mut()).for_each(|c| c.truncate(len * kv_dim));
+            self.len = len;
+        }
+    }
+}
+
+/// Which rows of logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsMode {
+    /// One row per input token.
+    All,
+    /// Only the last input token's row (what generation needs).
+    Last,
+    /// No logits (fills the cache only).
+    None,
+}
+
+/// Logits `[rows, vocab]`, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logits {
+    /// Number of rows.
+    pub rows: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// `rows * vocab` values.
+    pub data: Vec<f32>,
+}
+
+impl Logits {
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+}
+
+/// A loaded model: config, weights, and (when the checkpoint has one) its tokenizer.
+#[derive(Clone, Debug)]
+pub struct Model {
+    config: ModelConfig,
+    /// Token embedding `[vocab, hidden]` (also the LM head when tied).
+    embed: Linear,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    lm_head: Option<Linear>,
+    inv_freq: Vec<f32>,
+    tokenizer: Option<Tokenizer>,
+    device: Device,
+}
+
+fn check_shape(name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
+    if t.shape != expected {
+        return Err(ModelError::TensorShape { name: name.into(), expected: expected.to_vec(), got: t.shape.clone() });
+    }
+    Ok(())
+}
+
+fn take(src: &mut dyn TensorSource, name: &str, expected: &[usize]) -> Result<Tensor> {
+    let t = src.take(name)?.ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
+    check_shape(name, &t, expected)?;
+    Ok(t)
+}
+
+fn take_vec(src: &mut dyn TensorSource, name: &str, len: usize) -> Result<Vec<f32>> {
+    Ok(take(src, name, &[len])?.to_f32())
+}
+
+fn take_linear(src: &mut dyn TensorSource, name: &str, rows: usize, cols: usize) -> Result<Linear> {
+    let t = take(src, name, &[rows, cols])?;
+    Ok(Linear::new(rows, cols, t.into_weight())?)
+}
+
+fn embedding_row(w: &WeightKind, cols: usize, row: usize, out: &mut [f32]) {
+    let span = row * cols..(row + 1) * cols;
+    match w {
+        WeightKind::F32(v) => out.copy_from_slice(&v[span]),
+        WeightKind::F16(v) => out.iter_mut().zip(&v[span]).for_each(|(o, x)| *o = x.to_f32()),
+        WeightKind::Bf16(v) => out.iter_mut().zip(&v[span]).for_each(|(o, x)| *o = x.to_f32()),
+        // Quantized embeddings are dequantized at load time (see `Model::build`).
+        WeightKind::Quant(_) => unreachable!("embedding is dense"),
+    }
+}
+
+impl Model {
+    /// Builds the model from tensors under Hugging Face names, checking every shape against the
+    /// config.
+    pub(crate) fn build(
+        config: ModelConfig,
+        src: &mut dyn TensorSource,
+        tokenizer: Option<Tokenizer>,
+        device: Device,
+    ) -> Result<Self> {
+        device.check_available()?;
+        config.validate()?;
+        let c = &config;
+        let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let mut embed_t = take(src, "model.embed_tokens.weight", &[c.vocab_size, h])?;
+        if let TensorData::Quant(q) = &embed_t.data {
+            embed_t = Tensor::f32(embed_t.shape.clone(), q.dequantize());
+        }
+        let embed = Linear::new(c.vocab_size, h, embed_t.into_weight())?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}.");
+            let bias = |src: &mut dyn TensorSource, n: &str, len| -> Result<Option<Vec<f32>>> {
+                if c.attention_bias {
+                    Ok(Some(take_vec(src, &format!("{p}self_attn.{n}.bias"), len)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            let qk_norm = c.arch == Architecture::Qwen3;
+            let layer = Layer {
+                input_norm: take_vec(src, &format!("{p}input_layernorm.weight"), h)?,
+                post_attention_norm: take_vec(src, &format!("{p}post_attention_layernorm.weight"), h)?,
+                q_proj: take_linear(src, &format!("{p}self_attn.q_proj.weight"), qd, h)?,
+                k_proj: take_linear(src, &format!("{p}self_attn.k_proj.weight"), kvd, h)?,
+                v_proj: take_linear(src, &format!("{p}self_attn.v_proj.weight"), kvd, h)?,
+                o_proj: take_linear(src, &format!("{p}self_attn.o_proj.weight"), h, qd)?,
+                q_bias: bias(src, "q_proj", qd)?,
+                k_bias: bias(src, "k_proj", kvd)?,
+                v_bias: bias(src, "v_proj", kvd)?,
+                q_norm: if qk_norm {
+                    Some(take_vec(src, &format!("{p}self_attn.q_norm.weight"), c.head_dim)?)
+                } else {
+                    None
+                },
+                k_norm: if qk_norm {
+                    Some(take_vec(src, &format!("{p}self_attn.k_norm.weight"), c.head_dim)?)
+                } else {
+                    None
+                },
+                gate_proj: take_linear(src, &format!("{p}mlp.gate_proj.weight"), ff, h)?,
+                up_proj: take_linear(src, &format!("{p}mlp.up_proj.weight"), ff, h)?,
+                down_proj: take_linear(src, &format!("{p}mlp.down_proj.weight"), h, ff)?,
+            };
+            layers.push(layer);
+        }
+        let norm = take_vec(src, "model.norm.weight", h)?;
+        let lm_head =
+            if c.tie_word_embeddings { None } else { Some(take_linear(src, "lm_head.weight", c.vocab_size, h)?) };
+        Ok(Model { inv_freq: config.rope_inv_freq(), config, embed, layers, norm, lm_head, tokenizer, device })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    /// The tokenizer, if the checkpoint had one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+    /// Sets or replaces the tokenizer.
+    pub fn set_tokenizer(&mut self, tokenizer: Option<Tokenizer>) {
+        self.tokenizer = tokenizer;
+    }
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    /// The decoder layers.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+    /// The decoder layers, mutable (to swap weights for quantized ones).
+    pub fn layers_mut(&mut self) -> &mut [Layer] {
+        &mut self.layers
+    }
+    /// The token embedding.
+    pub fn embedding(&self) -> &Linear {
+        &self.embed
+    }
+    /// The final RMSNorm weight.
+    pub fn final_norm(&self) -> &[f32] {
+        &self.norm
+    }
+    /// The LM head (the embedding when tied).
+    pub fn lm_head(&self) -> &Linear {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+    /// Bytes of weight storage read per token by the linear layers and the LM head.
+    pub fn weight_bytes(&self) -> usize {
+        self.layers.iter().flat_map(|l| l.linears().map(|(_, x)| x.nbytes())).sum::<usize>() + self.lm_head().nbytes()
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        let n = self.config.num_hidden_layers;
+        KvCache { k: vec![Vec::new(); n], v: vec![Vec::new(); n], len: 0 }
+    }
+
+    /// Runs `tokens` (appended after what `cache` holds) and returns their logits.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, mode: LogitsMode) -> Result<Logits> {
+        let mut out = self.forward_batch(&mut [(tokens, cache)], mode)?;
+        Ok(out.pop().unwrap_or(Logits { rows: 0, vocab: self.config.vocab_size, data: vec![] }))
+    }
+
+    /// Runs several sequences at once, each with its own cache. Weight products see all tokens
+    /// of all sequences as one matrix; attention stays within each sequence.
+    pub fn forward_batch(&self, batch: &mut [(&[u32], &mut KvCache)], mode: LogitsMode) -> Result<Vec<Logits>> {
+        let c = &self.config;
+        let (h, qd, kvd, hd) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.head_dim);
+        let mut starts = Vec::with_capacity(batch.len());
+        let mut m = 0;
+        for (tokens, cache) in batch.iter_mut() {
+            if tokens.is_empty() {
+                return Err(ModelError::input("forward", "a sequence has no tokens"));
+            }
+            if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(ModelError::input(
+                    "forward",
+                    format!("token id {bad} is outside the vocabulary of {}", c.vocab_size),
+                ));
+            }
+            if cache.k.len() != c.num_hidden_layers || cache.len * kvd != cache.k.first().map_or(0, Vec::len) {
+                return Err(ModelError::input("forward", "the KV cache does not belong to this model"));
+            }
+            starts.push(m);
+            m += tokens.len();
+        }
+
+        // Embeddings.
+        let mut x = vec![0f32; m * h];
+        let mut row = 0;
+        for (tokens, _) in batch.iter() {
+            for &t in tokens.iter() {
+                embedding_row(self.embed.weight(), h, t as usize, &mut x[row * h..(row + 1) * h]);
+                row += 1;
+            }
+        }
+        // RoPE angles per token.
+        let half = hd / 2;
+        let mut cos = vec![0f32; m * half];
+        let mut sin = vec![0f32; m * half];
+        let mut row = 0;
+        for (tokens, cache) in batch.iter() {
+            for p in cache.len..cache.len + tokens.len() {
+                for (i, &f) in self.inv_freq.iter().enumerate() {
+                    let angle = (p as f32 * f) as f64;
+                    cos[row * half + i] = angle.cos() as f32;
+                    sin[row * half + i] = angle.sin() as f32;
+                }
+                row += 1;
+            }
+        }
+
+        let mut xn = vec![0f32; m * h];
+        let mut q = vec![0f32; m * qd];
+        let mut k = vec![0f32; m * kvd];
+        let mut v = vec![0f32; m * kvd];
+        let mut attn = vec![0f32; m * qd];
+        let mut o = vec![0f32; m * h];
+        let mut g = vec![0f32; m * c.intermediate_size];
+        let mut u = vec![0f32; m * c.intermediate_size];
+        for (li, layer) in self.layers.iter().enumerate() {
+            ops::rms_norm(&x, &layer.input_norm, c.rms_norm_eps, &mut xn);
+            linear(&layer.q_proj, &xn, m, &mut q)?;
+            linear(&layer.k_proj, &xn, m, &mut k)?;
+            linear(&layer.v_proj, &xn, m, &mut v)?;
+            if let (Some(qb), Some(kb), Some(vb)) = (&layer.q_bias, &layer.k_bias, &layer.v_bias) {
+                ops::add_bias(&mut q, qb);
+                ops::add_bias(&mut k, kb);
+                ops::add_bias(&mut v, vb);
+            }
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                ops::rms_norm_inplace(&mut q, qn, c.rms_norm_eps);
+                ops::rms_norm_inplace(&mut k, kn, c.rms_norm_eps);
+            }
+            for t in 0..m {
+                let (cs, sn) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+                q[t * qd..(t + 1) * qd].chunks_exact_mut(hd).for_each(|hq| ops::rope_head(hq, cs, sn));
+                k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd).for_each(|hk| ops::rope_head(hk, cs, sn));
+            }
+            for (bi, (tokens, cache)) in batch.iter_mut().enumerate() {
+                let (s, n) = (starts[bi], tokens.len());
+                cache.k[li].extend_from_slice(&k[s * kvd..(s + n) * kvd]);
+                cache.v[li].extend_from_slice(&v[s * kvd..(s + n) * kvd]);
+                self.attention(
+                    &q[s * qd..(s + n) * qd],
+                    &cache.k[li],
+                    &cache.v[li],
+                    cache.len,
+                    &mut attn[s * qd..(s + n) * qd],
+                );
+            }
+            linear(&layer.o_proj, &attn, m, &mut o)?;
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            ops::rms_norm(&x, &layer.post_attention_norm, c.rms_norm_eps, &mut xn);
+            linear(&layer.gate_proj, &xn, m, &mut g)?;
+            linear(&layer.up_proj, &xn, m, &mut u)?;
+            ops::swiglu(&mut g, &u);
+            linear(&layer.down_proj, &g, m, &mut o)?;
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+        for (tokens, cache) in batch.iter_mut() {
+            cache.len += tokens.len();
+        }
+
+        // Final norm and LM head on the rows asked for.
+        let mut outs = Vec::with_capacity(batch.len());
+        for (bi, (tokens, _)) in batch.iter().enumerate() {
+            let (s, n) = (starts[bi], tokens.len());
+            let rows = match mode {
+                LogitsMode::All => s..s + n,
+                LogitsMode::Last => s + n - 1..s + n,
+                LogitsMode::None => s..s,
+            };
+            let r = rows.len();
+            let mut hidden = vec![0f32; r * h];
+            if r > 0 {
+                ops::rms_norm(&x[rows.start * h..rows.end * h], &self.norm, c.rms_norm_eps, &mut hidden);
+            }
+            let mut data = vec![0f32; r * c.vocab_size];
+            if r > 0 {
+                linear(self.lm_head(), &hidden, r, &mut data)?;
+            }
+            outs.push(Logits { rows: r, vocab: c.vocab_size, data });
+        }
+        Ok(outs)
+    }
+
+    /// Causal GQA attention of `n` new queries (at positions `past..past + n`) over the cache.
+    fn attention(&self, q: &[f32], kc: &[f32], vc: &[f32], past: usize, out: &mut [f32]) {
+        let c = &self.config;
+        let (nh, hd, kvd) = (c.num_attention_heads, c.head_dim, c.kv_dim());
+        let group = nh / c.num_key_value_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let window = c.sliding_window;
+        par::for_each_chunk(out, hd, |idx, o| {
+            let (t, head) = (idx / nh, idx % nh);
+            let pos = past + t;
+            let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let kvh = head / group;
+            let qh = &q[t * nh * hd + head * hd..t * nh * hd + (head + 1) * hd];
+            let mut scores: Vec<f32> = (first..=pos)
+                .map(|j| ops::dot(qh, &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]) * scale)
+                .collect();
+            let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            o.fill(0.0);
+            for (j, &p) in (first..=pos).zip(&scores) {
+                ops::axpy(p / sum, &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd], o);
+            }
+        });
+    }
+}
+
+/// `out = x · Wᵀ` through `Linear`, splitting the rows of `x` over threads for large `m`.
+fn linear(lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+    let threads = par::threads();
+    if threads <= 1 || m < 4 * threads {
+        lin.forward(x, m, out)?;
+        return Ok(());
+    }
+    let per = m.div_ceil(threads);
+    let (rows, cols) = (lin.rows(), lin.cols());
+    let failed = std::sync::Mutex::new(None);
+    par::for_each_chunk(out, per * rows, |i, oc| {
+        let mi = oc.len() / rows;
+        if let Err(e) = lin.forward(&x[i * per * cols..(i * per + mi) * cols], mi, oc) {
+            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,116 @@
+//! Perplexity under the project protocol (`shared/PROTOCOL.md`): consecutive windows of the
+//! token stream, each scored from an empty context without BOS.
+
+use crate::model::{LogitsMode, Model};
+use crate::ops;
+use crate::{ModelError, Result};
+
+/// Window length of the protocol.
+pub const PROTOCOL_WINDOW: usize = 2048;
+/// Windows scored by default.
+pub const PROTOCOL_WINDOWS: usize = 32;
+
+/// Reads a text file the way Python's `open(path).read()` does (universal newlines: `\r\n`
+/// and lone `\r` become `\n`). The protocol's token count (304,978 for WikiText-2 test) is for
+/// text read this way; the shared `test.txt` has CRLF line endings.
+pub fn read_text_file(path: &std::path::Path) -> Result<String> {
+    let raw = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    Ok(normalize_newlines(&raw))
+}
+
+/// `\r\n` and lone `\r` to `\n`, as Python's text mode reads files.
+pub fn normalize_newlines(text: &str) -> String {
+    if !text.contains('\r') {
+        return text.to_string();
+    }
+    text.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+/// Which windows to score.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PerplexityOptions {
+    /// Tokens per window.
+    pub window: usize,
+    /// Score at most this many windows (`None` = every full window).
+    pub max_windows: Option<usize>,
+}
+
+impl Default for PerplexityOptions {
+    fn default() -> Self {
+        PerplexityOptions { window: PROTOCOL_WINDOW, max_windows: Some(PROTOCOL_WINDOWS) }
+    }
+}
+
+/// Outcome of [`Model::perplexity`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PerplexityResult {
+    /// `exp(nll / tokens)`.
+    pub ppl: f64,
+    /// Total negative log-likelihood (nats).
+    pub nll: f64,
+    /// Predictions scored (`windows * (window - 1)`).
+    pub tokens: usize,
+    /// Windows scored.
+    pub windows: usize,
+    /// Wall time.
+    pub seconds: f64,
+    /// Negative log-likelihood of each window.
+    pub window_nll: Vec<f64>,
+}
+
+/// Progress of a perplexity run, reported after each window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PerplexityProgress {
+    /// Windows done.
+    pub done: usize,
+    /// Windows in all.
+    pub total: usize,
+    /// Perplexity over the windows done.
+    pub ppl_so_far: f64,
+}
+
+impl Model {
+    /// Perplexity of `ids` in windows `ids[i*w..(i+1)*w]`: the NLL of the `w - 1` next-token
+    /// predictions of each window, summed; `ppl = exp(total / (windows * (w - 1)))`.
+    pub fn perplexity(
+        &self,
+        ids: &[u32],
+        opts: &PerplexityOptions,
+        progress: &mut dyn FnMut(PerplexityProgress),
+    ) -> Result<PerplexityResult> {
+        let w = opts.window;
+        if w < 2 {
+            return Err(ModelError::input("perplexity", format!("window must be at least 2 tokens, got {w}")));
+        }
+        let available = ids.len() / w;
+        let windows = opts.max_windows.map_or(available, |m| m.min(available));
+        if windows == 0 {
+            return Err(ModelError::input("perplexity", format!("{} tokens do not fill one window of {w}", ids.len())));
+        }
+        let start = std::time::Instant::now();
+        let mut total = 0f64;
+        let mut window_nll = Vec::with_capacity(windows);
+        for i in 0..windows {
+            let chunk = &ids[i * w..(i + 1) * w];
+            let mut cache = self.new_cache();
+            let logits = self.forward(chunk, &mut cache, LogitsMode::All)?;
+            let nll: f64 = (0..w - 1).map(|t| ops::nll(logits.row(t), chunk[t + 1] as usize)).sum();
+            total += nll;
+            window_nll.push(nll);
+            progress(PerplexityProgress {
+                done: i + 1,
+                total: windows,
+                ppl_so_far: (total / ((i + 1) * (w - 1)) as f64).exp(),
+            });
+        }
+        let tokens = windows * (w - 1);
+        Ok(PerplexityResult {
+            ppl: (total / tokens as f64).exp(),
+            nll: total,
+            tokens,
+            windows,
+            seconds: start.elapsed().as_secs_f64(),
+            window_nll,
+        })
+    }
+}
