@@ -81,7 +81,9 @@ fn time(reps: usize, mut f: impl FnMut(usize)) -> f64 {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "quick");
+    let only = |part: &str| !args.iter().any(|a| a == "gemv" || a == "gemm") || args.iter().any(|a| a == part);
     let bw = bandwidth::triad_gbs(2);
     println!("threads: {}, triad bandwidth (2 threads): {bw:.1} GB/s", rayon_threads());
     let levels: Vec<KernelLevel> = [KernelLevel::Scalar, KernelLevel::Avx2, KernelLevel::Avx512]
@@ -105,17 +107,26 @@ fn main() {
         fmts.truncate(3);
         shapes.truncate(3);
     }
+    if only("gemv") {
+        gemv_table(&fmts, &shapes, &levels, bw);
+    }
+    if only("gemm") {
+        gemm_table(&fmts, quick, &levels);
+    }
+}
+
+fn gemv_table(fmts: &[Fmt], shapes: &[(usize, usize)], levels: &[KernelLevel], bw: f64) {
     println!("\n| format | level | shape (rows x cols) | MB | GEMV µs | GB/s | % of triad |");
     println!("|---|---|---|---|---|---|---|");
-    for &fmt in &fmts {
-        for &(rows, cols) in &shapes {
+    for &fmt in fmts {
+        for &(rows, cols) in shapes {
             let one = fmt.build(rows, cols, 1);
             let copies = ROTATE_BYTES.div_ceil(one.nbytes()).clamp(1, 64);
             let lins: Vec<Linear> =
                 std::iter::once(one).chain((1..copies).map(|i| fmt.build(rows, cols, i as u64 + 1))).collect();
             let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
             let mut out = vec![0.0; rows];
-            for &level in &levels {
+            for &level in levels {
                 if level == KernelLevel::Scalar && rows * cols > 4096 * 4096 {
                     continue;
                 }
@@ -132,6 +143,9 @@ fn main() {
             }
         }
     }
+}
+
+fn gemm_table(fmts: &[Fmt], quick: bool, levels: &[KernelLevel]) {
     let m = 512;
     println!("\n| format | level | shape (rows x cols) | m | GEMM ms | GFLOP/s |");
     println!("|---|---|---|---|---|---|");

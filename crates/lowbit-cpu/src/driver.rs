@@ -3,9 +3,9 @@
 //! * **Matrix-vector** (`m < GEMM_MIN_M`, decode): memory bound. Output rows are split into
 //!   equal chunks over the threads; each kernel call streams its rows' codes once and keeps the
 //!   (interleaved) activation row in L1.
-//! * **Matrix-matrix** (prefill): compute bound. A panel of `NB` weight rows by `KC` columns is
-//!   dequantized once into f32 (L2 sized) and reused by every row of x through a 4x4 register tile
-//!   ([`Isa::tile`]). Large `m` is split over threads by rows of x (each thread dequantizes the
+//! * **Matrix-matrix** (prefill): compute bound. A panel of `PANEL` weight rows by `KC` columns is
+//!   dequantized once into f32, transposed (L2 sized) and reused by every row of x through a
+//!   register-blocked micro-kernel ([`Isa::kernel`]: `MR` rows of x times `PANEL` outputs). Large `m` is split over threads by rows of x (each thread dequantizes the
 //!   panels it needs, which costs `1/m` of the arithmetic); small `m` by panels of W.
 //!
 //! Formats or shapes without a fast kernel at the level (3-bit codes, groups that are not a
@@ -13,7 +13,7 @@
 //! each row is dequantized in natural order by portable code into an L1 buffer, then the level's
 //! f32 dot product or tile runs on it.
 
-use crate::isa::{interleave, CbBlock, IntBlock, Isa, Tile, Zeros, TILE};
+use crate::isa::{interleave, CbBlock, IntBlock, Isa, Zeros};
 use crate::linear::{Linear, WeightKind};
 use half::{bf16, f16};
 use lowbit_core::pack::{code_at, unpack_into};
@@ -21,7 +21,7 @@ use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme};
 
 /// Smallest `m` that takes the matrix-matrix path.
 pub(crate) const GEMM_MIN_M: usize = 4;
-/// Weight rows per dequantized panel.
+/// Weight rows per task when small `m` is split over panels of W (a multiple of every `PANEL`).
 const NB: usize = 32;
 /// Longest panel row (f32 elements); rows longer than this are blocked over `k`.
 const KC_MAX: usize = 2048;
@@ -78,10 +78,8 @@ impl<'a> Src<'a> {
                     let chunk = I::LANES * per_byte;
                     // Groups may end short at the row's end (docs/format.md): the fast kernels need
                     // every group, the last included, to be whole chunks.
-                    let fast = I::LANES > 0
-                        && s.bits != Bits::B3
-                        && group.is_multiple_of(chunk)
-                        && cols.is_multiple_of(chunk);
+                    let fast =
+                        I::LANES > 0 && s.bits != Bits::B3 && group.is_multiple_of(chunk) && cols.is_multiple_of(chunk);
                     Src::Int(IntSrc {
                         q,
                         bits: s.bits,
@@ -294,6 +292,10 @@ fn panel<'p, I: Isa>(
 }
 
 /// `out[i * ostride + (r - col_base)] = x[i] · W[r]` for `i < mi`, `r` in `r0..r1`.
+///
+/// For each panel of `PANEL` weight rows and `KC` columns: dequantize row by row (the same
+/// kernels as the matrix-vector path), transpose into `[KC][PANEL]`, then run the micro-kernel
+/// over all rows of x.
 #[allow(clippy::too_many_arguments)]
 fn gemm_block<I: Isa>(
     isa: I,
@@ -307,29 +309,29 @@ fn gemm_block<I: Isa>(
     ostride: usize,
     col_base: usize,
 ) {
+    let np = I::PANEL;
     let kc_full = if cols <= KC_MAX { cols } else { KC_BLOCK };
     let mut buf = Vec::new();
     let mut scratch = Vec::new();
-    for rb in (r0..r1).step_by(NB) {
-        let nb = NB.min(r1 - rb);
+    let mut pt = vec![0f32; kc_full * np];
+    for rb in (r0..r1).step_by(np) {
+        let nb = np.min(r1 - rb);
         for k0 in (0..cols).step_by(kc_full) {
             let kc = kc_full.min(cols - k0);
             let (p, ps) = panel(isa, src, cols, rb, nb, k0, kc, &mut buf, &mut scratch);
-            for i in (0..mi).step_by(TILE) {
-                let mr = TILE.min(mi - i);
-                for j in (0..nb).step_by(TILE) {
-                    let nr = TILE.min(nb - j);
-                    let mut acc: Tile = [[0.0; TILE]; TILE];
-                    isa.tile(&x[i * cols + k0..], cols, mr, &p[j * ps..], ps, nr, kc, &mut acc);
-                    for (ii, a) in acc.iter().enumerate().take(mr) {
-                        let o = &mut out[(i + ii) * ostride + rb + j - col_base..][..nr];
-                        if k0 == 0 {
-                            o.copy_from_slice(&a[..nr]);
-                        } else {
-                            o.iter_mut().zip(a).for_each(|(o, a)| *o += a);
-                        }
-                    }
+            let pt = &mut pt[..kc * np];
+            if nb < np {
+                pt.fill(0.0);
+            }
+            for (j, row) in p.chunks(ps).take(nb).enumerate() {
+                for (k, &v) in row[..kc].iter().enumerate() {
+                    pt[k * np + j] = v;
                 }
+            }
+            for i in (0..mi).step_by(I::MR) {
+                let mr = I::MR.min(mi - i);
+                let o = &mut out[i * ostride + rb - col_base..];
+                isa.kernel(&x[i * cols + k0..], cols, mr, pt, kc, o, ostride, nb, k0 > 0);
             }
         }
     }
@@ -380,9 +382,9 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Linear, x: &[f32], m: usize, out: &m
         for (xi, oi) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
             for_chunks(oi, per, par, |c, o| gemv_rows(isa, &src, cols, xi, c * per, o));
         }
-    } else if !par || m >= 8 * TILE * nthreads {
+    } else if !par || m >= 4 * I::MR * nthreads {
         // Split by rows of x: out rows are contiguous, every thread sweeps all of W.
-        let per = if par { m.div_ceil(nthreads).next_multiple_of(TILE) } else { m };
+        let per = if par { m.div_ceil(nthreads) } else { m };
         for_chunks(out, per * rows, par, |c, o| {
             let mi = o.len() / rows;
             gemm_block(isa, &src, cols, &x[c * per * cols..], mi, 0, rows, o, rows, 0);

@@ -14,11 +14,6 @@
 
 use half::{bf16, f16};
 
-/// Accumulator tile of the matrix-matrix micro-kernel: `acc[i][j]` for x row `i`, weight row `j`.
-pub(crate) type Tile = [[f32; TILE]; TILE];
-/// Rows of x and of W in one micro-kernel tile.
-pub(crate) const TILE: usize = 4;
-
 /// Zero points of a block of integer groups.
 // Read only by the SIMD levels, which exist on x86-64 only for now.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -99,9 +94,27 @@ pub(crate) trait Isa: Copy + Send + Sync {
     fn widen_f16(self, src: &[f16], dst: &mut [f32]);
     /// Widens bf16 to f32.
     fn widen_bf16(self, src: &[bf16], dst: &mut [f32]);
-    /// `acc[i][j] += Σ_{k<len} x[i*xs + k] * w[j*ws + k]` for `i < mr`, `j < nr` (both ≤ 4).
+    /// Weight rows in one transposed panel (the micro-kernel's register width).
+    const PANEL: usize;
+    /// Rows of x per micro-kernel call.
+    const MR: usize;
+    /// The matrix-matrix micro-kernel: `out[i*os + j] (+)= Σ_{k<kc} x[i*xs + k] * p[k*PANEL + j]`
+    /// for `i < mr ≤ MR`, `j < nr ≤ PANEL`; adds to `out` when `accumulate`, else overwrites.
+    /// `p` is a panel of `kc` rows of `PANEL` weights (W transposed); each weight is loaded
+    /// once per `MR` rows of x, each x value broadcast once per `PANEL` weights.
     #[allow(clippy::too_many_arguments)]
-    fn tile(self, x: &[f32], xs: usize, mr: usize, w: &[f32], ws: usize, nr: usize, len: usize, acc: &mut Tile);
+    fn kernel(
+        self,
+        x: &[f32],
+        xs: usize,
+        mr: usize,
+        p: &[f32],
+        kc: usize,
+        out: &mut [f32],
+        os: usize,
+        nr: usize,
+        accumulate: bool,
+    );
     /// `out[r] = x · row r` of an integer block (`out.len()` rows), x interleaved.
     fn gemv_int(self, b: &IntBlock, x: &[f32], out: &mut [f32]);
     /// Row `r` of an integer block, elements `k0..k0 + dst.len()` (chunk aligned), dequantized in
@@ -182,10 +195,32 @@ impl Isa for Portable {
             *d = s.to_f32();
         }
     }
-    fn tile(self, x: &[f32], xs: usize, mr: usize, w: &[f32], ws: usize, nr: usize, len: usize, acc: &mut Tile) {
+    const PANEL: usize = 8;
+    const MR: usize = 4;
+    fn kernel(
+        self,
+        x: &[f32],
+        xs: usize,
+        mr: usize,
+        p: &[f32],
+        kc: usize,
+        out: &mut [f32],
+        os: usize,
+        nr: usize,
+        accumulate: bool,
+    ) {
         for i in 0..mr {
-            for j in 0..nr {
-                acc[i][j] += dot_by(&x[i * xs..i * xs + len], &w[j * ws..j * ws + len], |v| v);
+            let mut acc = [0f32; 8];
+            for (k, &xv) in x[i * xs..i * xs + kc].iter().enumerate() {
+                for (a, &w) in acc.iter_mut().zip(&p[k * 8..k * 8 + 8]) {
+                    *a += xv * w;
+                }
+            }
+            let o = &mut out[i * os..i * os + nr];
+            if accumulate {
+                o.iter_mut().zip(&acc).for_each(|(o, a)| *o += a);
+            } else {
+                o.copy_from_slice(&acc[..nr]);
             }
         }
     }

@@ -6,7 +6,7 @@
 //! summed; the group's scale multiplies the sum once. NF4/FP4 codes index a 16-entry table held in
 //! two registers (`vpermps` on the low 3 bits, a blend on bit 3).
 
-use crate::isa::{CbBlock, IntBlock, Isa, Tile};
+use crate::isa::{CbBlock, IntBlock, Isa};
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 
@@ -121,43 +121,47 @@ dense_kernels!(gemv_f32, dot_f32, f32, load_f32, |v: f32| v);
 dense_kernels!(gemv_f16, dot_f16, f16, load_f16, f16::to_f32);
 dense_kernels!(gemv_bf16, dot_bf16, bf16, load_bf16, bf16::to_f32);
 
-/// `acc[i][j] += Σ_k x[i*xs + k] * w[j*ws + k]` for an MR x NR tile (MR ≤ 2 keeps it in registers).
+/// The micro-kernel: `MR` rows of x times a 16-wide transposed panel, `2 * MR` accumulators.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_mn<const MR: usize, const NR: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_m<const MR: usize>(
     x: &[f32],
     xs: usize,
-    w: &[f32],
-    ws: usize,
-    len: usize,
-    acc: &mut [[f32; 4]],
+    p: &[f32],
+    kc: usize,
+    out: &mut [f32],
+    os: usize,
+    nr: usize,
+    accumulate: bool,
 ) {
-    assert!(MR >= 1 && NR >= 1 && acc.len() >= MR);
-    assert!(x.len() >= (MR - 1) * xs + len && w.len() >= (NR - 1) * ws + len);
-    let (xp, wp) = (x.as_ptr(), w.as_ptr());
-    let mut a = [[_mm256_setzero_ps(); NR]; MR];
-    let full = len / L * L;
-    // SAFETY: rows i < MR of x and j < NR of w hold `len` elements (asserted); loads stop at `full`.
+    assert!(MR >= 1 && nr <= 2 * L);
+    assert!(x.len() >= (MR - 1) * xs + kc && p.len() >= kc * 2 * L && out.len() >= (MR - 1) * os + nr);
+    let (xp, pp) = (x.as_ptr(), p.as_ptr());
+    let mut c = [[_mm256_setzero_ps(); 2]; MR];
+    // SAFETY: k < kc, so panel row k (16 f32) and x[i*xs + k] for i < MR are in bounds (asserted).
     unsafe {
-        let mut k = 0;
-        while k < full {
-            let mut wv = [_mm256_setzero_ps(); NR];
-            for (j, v) in wv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(wp.add(j * ws + k));
+        for k in 0..kc {
+            let b0 = _mm256_loadu_ps(pp.add(k * 2 * L));
+            let b1 = _mm256_loadu_ps(pp.add(k * 2 * L + L));
+            for (i, ci) in c.iter_mut().enumerate() {
+                let a = _mm256_set1_ps(*xp.add(i * xs + k));
+                ci[0] = _mm256_fmadd_ps(a, b0, ci[0]);
+                ci[1] = _mm256_fmadd_ps(a, b1, ci[1]);
             }
-            for (i, ai) in a.iter_mut().enumerate() {
-                let xv = _mm256_loadu_ps(xp.add(i * xs + k));
-                for (aij, v) in ai.iter_mut().zip(&wv) {
-                    *aij = _mm256_fmadd_ps(xv, *v, *aij);
-                }
-            }
-            k += L;
         }
     }
-    for (i, ai) in a.iter().enumerate() {
-        for (j, aij) in ai.iter().enumerate() {
-            let tail: f32 =
-                x[i * xs + full..i * xs + len].iter().zip(&w[j * ws + full..j * ws + len]).map(|(a, b)| a * b).sum();
-            acc[i][j] += hsum(*aij) + tail;
+    let mut tmp = [0f32; 2 * L];
+    for (i, ci) in c.iter().enumerate() {
+        // SAFETY: tmp holds 16 f32.
+        unsafe {
+            _mm256_storeu_ps(tmp.as_mut_ptr(), ci[0]);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(L), ci[1]);
+        }
+        let o = &mut out[i * os..i * os + nr];
+        if accumulate {
+            o.iter_mut().zip(&tmp).for_each(|(o, t)| *o += t);
+        } else {
+            o.copy_from_slice(&tmp[..nr]);
         }
     }
 }
@@ -405,21 +409,30 @@ impl Isa for Avx2 {
         // SAFETY: see above.
         unsafe { widen_bf16(src, dst) }
     }
-    fn tile(self, x: &[f32], xs: usize, mr: usize, w: &[f32], ws: usize, nr: usize, len: usize, acc: &mut Tile) {
-        // Two x rows at a time: 2 x 4 accumulators + 4 weights + 1 x fit the 16 registers.
-        for i in (0..mr).step_by(2) {
-            let (xi, ai) = (&x[i * xs..], &mut acc[i..]);
-            macro_rules! go {
-                ($($m:literal $n:literal),*) => {
-                    match (2.min(mr - i), nr) {
-                        // SAFETY: see above.
-                        $(($m, $n) => unsafe { tile_mn::<$m, $n>(xi, xs, w, ws, len, ai) },)*
-                        _ => unreachable!("tiles are at most 4x4"),
-                    }
-                };
-            }
-            go!(1 1, 1 2, 1 3, 1 4, 2 1, 2 2, 2 3, 2 4)
+    const PANEL: usize = 2 * L;
+    const MR: usize = 6;
+    fn kernel(
+        self,
+        x: &[f32],
+        xs: usize,
+        mr: usize,
+        p: &[f32],
+        kc: usize,
+        out: &mut [f32],
+        os: usize,
+        nr: usize,
+        accumulate: bool,
+    ) {
+        macro_rules! go {
+            ($($m:literal),*) => {
+                match mr {
+                    // SAFETY: see above.
+                    $($m => unsafe { kernel_m::<$m>(x, xs, p, kc, out, os, nr, accumulate) },)*
+                    _ => unreachable!("at most MR rows"),
+                }
+            };
         }
+        go!(1, 2, 3, 4, 5, 6)
     }
     fn gemv_int(self, b: &IntBlock, x: &[f32], out: &mut [f32]) {
         // SAFETY: see above.

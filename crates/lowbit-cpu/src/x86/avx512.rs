@@ -9,7 +9,7 @@
 //! [`crate::isa`]). 8-bit codes are widened, have the zero subtracted as integers, are converted
 //! and scaled once per group.
 
-use crate::isa::{CbBlock, IntBlock, Isa, Tile};
+use crate::isa::{CbBlock, IntBlock, Isa};
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 
@@ -152,56 +152,49 @@ dense_kernels!(gemv_f32, dot_f32, f32, load_f32, loadm_f32);
 dense_kernels!(gemv_f16, dot_f16, f16, load_f16, loadm_f16);
 dense_kernels!(gemv_bf16, dot_bf16, bf16, load_bf16, loadm_bf16);
 
-/// `acc[i][j] += Σ_k x[i*xs + k] * w[j*ws + k]`: an MR x NR tile of dot products, one register
-/// per pair, reduced once at the end.
+/// The micro-kernel: `MR` rows of x times a 32-wide transposed panel, `2 * MR` accumulators;
+/// per `k` two panel loads and `MR` broadcast x values (folded into the FMAs).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn tile_mn<const MR: usize, const NR: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_m<const MR: usize>(
     x: &[f32],
     xs: usize,
-    w: &[f32],
-    ws: usize,
-    len: usize,
-    acc: &mut Tile,
+    p: &[f32],
+    kc: usize,
+    out: &mut [f32],
+    os: usize,
+    nr: usize,
+    accumulate: bool,
 ) {
-    assert!(MR >= 1 && NR >= 1);
-    assert!(x.len() >= (MR - 1) * xs + len && w.len() >= (NR - 1) * ws + len);
-    let (xp, wp) = (x.as_ptr(), w.as_ptr());
-    let mut a = [[_mm512_setzero_ps(); NR]; MR];
-    let full = len / L * L;
-    // SAFETY: rows i < MR of x and j < NR of w hold `len` elements from their starts (asserted);
-    // loads stop at `full`, the tail is masked to `len - full` lanes.
+    assert!(MR >= 1 && nr <= 2 * L);
+    assert!(x.len() >= (MR - 1) * xs + kc && p.len() >= kc * 2 * L && out.len() >= (MR - 1) * os + nr);
+    let (xp, pp, op) = (x.as_ptr(), p.as_ptr(), out.as_mut_ptr());
+    let mut c = [[_mm512_setzero_ps(); 2]; MR];
+    // SAFETY: k < kc, so panel row k (32 f32) and x[i*xs + k] for i < MR are in bounds (asserted).
     unsafe {
-        let mut k = 0;
-        while k < full {
-            let mut wv = [_mm512_setzero_ps(); NR];
-            for (j, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(wp.add(j * ws + k));
-            }
-            for (i, ai) in a.iter_mut().enumerate() {
-                let xv = _mm512_loadu_ps(xp.add(i * xs + k));
-                for (aij, v) in ai.iter_mut().zip(&wv) {
-                    *aij = _mm512_fmadd_ps(xv, *v, *aij);
-                }
-            }
-            k += L;
-        }
-        if k < len {
-            let m = tail_mask(len - k);
-            let mut wv = [_mm512_setzero_ps(); NR];
-            for (j, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_maskz_loadu_ps(m, wp.add(j * ws + k));
-            }
-            for (i, ai) in a.iter_mut().enumerate() {
-                let xv = _mm512_maskz_loadu_ps(m, xp.add(i * xs + k));
-                for (aij, v) in ai.iter_mut().zip(&wv) {
-                    *aij = _mm512_fmadd_ps(xv, *v, *aij);
-                }
+        for k in 0..kc {
+            let b0 = _mm512_loadu_ps(pp.add(k * 2 * L));
+            let b1 = _mm512_loadu_ps(pp.add(k * 2 * L + L));
+            for (i, ci) in c.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*xp.add(i * xs + k));
+                ci[0] = _mm512_fmadd_ps(a, b0, ci[0]);
+                ci[1] = _mm512_fmadd_ps(a, b1, ci[1]);
             }
         }
     }
-    for (i, ai) in a.iter().enumerate() {
-        for (j, aij) in ai.iter().enumerate() {
-            acc[i][j] += _mm512_reduce_add_ps(*aij);
+    let m0 = tail_mask(nr.min(L));
+    let m1 = tail_mask(nr.saturating_sub(L));
+    // SAFETY: the masks limit each row's stores (and loads) to its first nr elements, in bounds.
+    unsafe {
+        for (i, ci) in c.iter().enumerate() {
+            let o = op.add(i * os);
+            let (mut v0, mut v1) = (ci[0], ci[1]);
+            if accumulate {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, o));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, o.add(L)));
+            }
+            _mm512_mask_storeu_ps(o, m0, v0);
+            _mm512_mask_storeu_ps(o.add(L), m1, v1);
         }
     }
 }
@@ -486,17 +479,30 @@ impl Isa for Avx512 {
         // SAFETY: see above.
         unsafe { widen_bf16(src, dst) }
     }
-    fn tile(self, x: &[f32], xs: usize, mr: usize, w: &[f32], ws: usize, nr: usize, len: usize, acc: &mut Tile) {
+    const PANEL: usize = 2 * L;
+    const MR: usize = 12;
+    fn kernel(
+        self,
+        x: &[f32],
+        xs: usize,
+        mr: usize,
+        p: &[f32],
+        kc: usize,
+        out: &mut [f32],
+        os: usize,
+        nr: usize,
+        accumulate: bool,
+    ) {
         macro_rules! go {
-            ($($m:literal $n:literal),*) => {
-                match (mr, nr) {
+            ($($m:literal),*) => {
+                match mr {
                     // SAFETY: see above.
-                    $(($m, $n) => unsafe { tile_mn::<$m, $n>(x, xs, w, ws, len, acc) },)*
-                    _ => unreachable!("tiles are at most 4x4"),
+                    $($m => unsafe { kernel_m::<$m>(x, xs, p, kc, out, os, nr, accumulate) },)*
+                    _ => unreachable!("at most MR rows"),
                 }
             };
         }
-        go!(1 1, 1 2, 1 3, 1 4, 2 1, 2 2, 2 3, 2 4, 3 1, 3 2, 3 3, 3 4, 4 1, 4 2, 4 3, 4 4)
+        go!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
     }
     fn gemv_int(self, b: &IntBlock, x: &[f32], out: &mut [f32]) {
         // SAFETY: see above.
