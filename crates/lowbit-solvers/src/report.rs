@@ -25,7 +25,7 @@ pub struct LayerReport {
     /// exactly what the GPTQ reference prints as `error`;
     /// RTN: `sum (w - q)^2`;
     /// AWQ: mean squared output error of the chosen scales;
-    /// SmoothQuant: mean squared output error of the int8 weights at the smoothed activations.
+    /// SmoothQuant: `sum (W - Q(W diag(s)) diag(s)^-1)^2`, the int8 weight error in original units.
     pub loss: f64,
     /// The damping used (GPTQ only).
     pub damping: Option<Damping>,
