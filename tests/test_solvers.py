@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reference import gptq_ref
+from reference import awq_ref, gptq_ref
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,3 +148,22 @@ def test_numpy_reference_damping_escalates() -> None:
     assert raises == 2
     with pytest.raises(gptq_ref.SingularHessianError):
         gptq_ref.inverse_cholesky_upper(np.array([[1.0, 1e9], [1e9, 1.0]]))
+
+
+def test_awq_matches_numpy_reference() -> None:
+    awq_search = _binding("awq_search")
+    if awq_search is None:
+        pytest.skip("lowbit._lowbit has no awq_search")
+    rng = np.random.default_rng(5)
+    _, _, x = correlated_problem(rng, 1, 64, 256, 0)
+    weights = [(rng.standard_normal((r, 64)) * 0.05).astype(np.float32) for r in (24, 40)]
+    for bits, group, sym in [(4, 32, False), (3, 16, False), (4, -1, True)]:
+        got = awq_search(x, weights, bits, group, sym)
+        alpha, s, losses = awq_ref.search_scales(x, weights, bits, group, sym)
+        assert got["alpha"] == pytest.approx(alpha)
+        np.testing.assert_allclose(got["scales"], s, rtol=1e-6)
+        np.testing.assert_allclose(got["grid_losses"], losses, rtol=1e-4)
+        xs = x / s
+        for w, clip in zip(weights, got["clip"]):
+            want = awq_ref.search_clip(w * s, xs, bits, group, sym)
+            assert np.mean(np.isclose(np.asarray(clip), want, rtol=1e-6)) >= 0.98
