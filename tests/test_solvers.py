@@ -1,9 +1,9 @@
 """lowbit-solvers against independent numpy references (tests/reference/gptq_ref.py, awq_ref.py).
 
 The Rust solvers are reached through ``lowbit._lowbit.gptq_quantize`` / ``awq_search`` when the
-bindings expose them; for GPTQ, the crate's example ``gptq_files`` (built with ``cargo build -p
-lowbit-solvers --release --examples``, path overridable with ``LOWBIT_GPTQ_FILES``) is used
-otherwise; with neither, the tests skip with the reason.
+bindings expose them; otherwise through the crate's examples ``gptq_files`` / ``awq_files`` (built
+with ``cargo build -p lowbit-solvers --release --examples``; paths overridable with
+``LOWBIT_GPTQ_FILES`` / ``LOWBIT_AWQ_FILES``); with neither, the tests skip with the reason.
 
 Agreement criterion (GPTQ): both sides run the sweep in float64 and choose codes with the same
 float32 rule, so codes agree exactly except where ``w / scale`` falls within float64 noise of a
@@ -150,10 +150,32 @@ def test_numpy_reference_damping_escalates() -> None:
         gptq_ref.inverse_cholesky_upper(np.array([[1.0, 1e9], [1e9, 1.0]]))
 
 
+def _files_awq(example: Path) -> Callable[..., Any]:
+    def run(x, weights, bits, group_size, symmetric):
+        tokens, cols = x.shape
+        with tempfile.TemporaryDirectory() as d:
+            np.ascontiguousarray(x, dtype="<f4").tofile(os.path.join(d, "x.f32"))
+            for i, w in enumerate(weights):
+                np.ascontiguousarray(w, dtype="<f4").tofile(os.path.join(d, f"w{i}.f32"))
+            args = [tokens, cols, bits, group_size, int(symmetric), *(w.shape[0] for w in weights)]
+            subprocess.run([str(example), d, *map(str, args)], check=True, capture_output=True)
+            return {
+                "alpha": float(Path(d, "alpha.txt").read_text()),
+                "scales": np.fromfile(os.path.join(d, "scales.f32"), dtype="<f4"),
+                "grid_losses": np.fromfile(os.path.join(d, "losses.f64"), dtype="<f8"),
+                "clip": [np.fromfile(Path(d, f"clip{i}.f32"), dtype="<f4") for i in range(len(weights))],
+            }
+
+    return run
+
+
 def test_awq_matches_numpy_reference() -> None:
     awq_search = _binding("awq_search")
     if awq_search is None:
-        pytest.skip("lowbit._lowbit has no awq_search")
+        example = Path(os.environ.get("LOWBIT_AWQ_FILES", ROOT / "target/solvers/release/examples/awq_files"))
+        if not example.exists():
+            pytest.skip("lowbit._lowbit has no awq_search and the awq_files example is not built")
+        awq_search = _files_awq(example)
     rng = np.random.default_rng(5)
     _, _, x = correlated_problem(rng, 1, 64, 256, 0)
     weights = [(rng.standard_normal((r, 64)) * 0.05).astype(np.float32) for r in (24, 40)]
@@ -166,4 +188,4 @@ def test_awq_matches_numpy_reference() -> None:
         xs = x / s
         for w, clip in zip(weights, got["clip"]):
             want = awq_ref.search_clip(w * s, xs, bits, group, sym)
-            assert np.mean(np.isclose(np.asarray(clip), want, rtol=1e-6)) >= 0.98
+            assert np.mean(np.isclose(np.asarray(clip).reshape(want.shape), want, rtol=1e-6)) >= 0.98
