@@ -1,0 +1,231 @@
+//! Tiny random models of every architecture against the numpy reference
+//! (`tests/reference/model_ref.py`), plus KV-cache, batching and quantized-checkpoint checks.
+
+mod common;
+
+use common::*;
+use lowbit_core::{rtn, Bits, IntScheme};
+use lowbit_cpu::{Linear, WeightKind};
+use lowbit_model::{LogitsMode, Model};
+use serde_json::json;
+use std::process::Command;
+
+/// Largest |rust - numpy| allowed on tiny-model logits, relative to the largest |logit|
+/// (f32 activations against a float64 reference).
+const TINY_MODEL_LOGIT_TOL: f32 = 1e-4;
+/// Largest difference between one full-sequence pass and prefill + one-token decode steps.
+const CACHE_CONSISTENCY_TOL: f32 = 1e-4;
+
+const PROMPTS: [&[u32]; 2] = [&[3, 17, 5, 60, 0, 9, 9, 41, 22, 7, 13], &[1, 2, 58, 33, 4, 4, 31]];
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn all_logits(model: &Model) -> Vec<f32> {
+    let mut out = vec![];
+    for p in PROMPTS {
+        let mut cache = model.new_cache();
+        out.extend(model.forward(p, &mut cache, LogitsMode::All).unwrap().data);
+    }
+    out
+}
+
+fn numpy_logits(dir: &std::path::Path) -> Option<Vec<f32>> {
+    if !python_with("numpy") {
+        println!("SKIP numpy comparison: python3 with numpy is not available");
+        return None;
+    }
+    std::fs::write(dir.join("prompt.json"), json!({"tokens": PROMPTS}).to_string()).unwrap();
+    let script = repo_root().join("tests/reference/model_ref.py");
+    let out = Command::new("python3").arg(&script).arg(dir).output().unwrap();
+    assert!(out.status.success(), "model_ref.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(dir.join("ref_logits.f32")).unwrap();
+    Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+fn check_arch(arch: &str, tied: bool, store: Store) {
+    let dir = temp_dir(&format!("{arch}-{tied}"));
+    let cfg = tiny_config(arch, tied);
+    write_tiny_model(&dir, &cfg, 42, store);
+    let model = Model::load(&dir).unwrap();
+    let ours = all_logits(&model);
+
+    // Prefill of a prefix then one-token decode steps give the same logits as one pass.
+    let p = PROMPTS[0];
+    let mut cache = model.new_cache();
+    let mut stepwise = model.forward(&p[..4], &mut cache, LogitsMode::All).unwrap().data;
+    for &t in &p[4..] {
+        stepwise.extend(model.forward(&[t], &mut cache, LogitsMode::All).unwrap().data);
+    }
+    let d = max_rel_diff(&stepwise, &ours[..stepwise.len()]);
+    assert!(d < CACHE_CONSISTENCY_TOL, "{arch}: decode vs prefill differ by {d}");
+
+    // A batch of both sequences gives each its own logits.
+    let (mut c0, mut c1) = (model.new_cache(), model.new_cache());
+    let batch = model.forward_batch(&mut [(PROMPTS[0], &mut c0), (PROMPTS[1], &mut c1)], LogitsMode::All).unwrap();
+    let batched: Vec<f32> = batch.into_iter().flat_map(|l| l.data).collect();
+    let d = max_rel_diff(&batched, &ours);
+    assert!(d < CACHE_CONSISTENCY_TOL, "{arch}: batched vs single differ by {d}");
+
+    if let Some(reference) = numpy_logits(&dir) {
+        let d = max_rel_diff(&ours, &reference);
+        println!("{arch} tied={tied} {store:?}: max relative logit difference to numpy {d:.2e}");
+        assert!(d < TINY_MODEL_LOGIT_TOL, "{arch}: logits differ from numpy by {d}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn llama_tied_matches_numpy() {
+    check_arch("LlamaForCausalLM", true, Store::F32);
+}
+
+#[test]
+fn llama_untied_llama3_rope_matches_numpy() {
+    check_arch("LlamaForCausalLM", false, Store::F32);
+}
+
+#[test]
+fn mistral_sliding_window_matches_numpy() {
+    check_arch("MistralForCausalLM", false, Store::F32);
+}
+
+#[test]
+fn qwen2_biases_match_numpy() {
+    check_arch("Qwen2ForCausalLM", true, Store::F32);
+}
+
+#[test]
+fn qwen3_qk_norm_matches_numpy() {
+    check_arch("Qwen3ForCausalLM", false, Store::F32);
+}
+
+#[test]
+fn f16_and_bf16_checkpoints_match_numpy() {
+    check_arch("LlamaForCausalLM", true, Store::F16);
+    check_arch("Qwen2ForCausalLM", false, Store::Bf16);
+}
+
+#[test]
+fn sharded_checkpoint_loads() {
+    let dir = temp_dir("sharded");
+    let cfg = tiny_config("LlamaForCausalLM", true);
+    let w = tiny_weights(&cfg, 3);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let (a, b) = w.split_at(w.len() / 2);
+    write_safetensors(&dir.join("model-00001-of-00002.safetensors"), a, Store::F32);
+    write_safetensors(&dir.join("model-00002-of-00002.safetensors"), b, Store::F32);
+    let mut map = serde_json::Map::new();
+    for (n, _, _) in a {
+        map.insert(n.clone(), "model-00001-of-00002.safetensors".into());
+    }
+    for (n, _, _) in b {
+        map.insert(n.clone(), "model-00002-of-00002.safetensors".into());
+    }
+    std::fs::write(dir.join("model.safetensors.index.json"), json!({"weight_map": map}).to_string()).unwrap();
+    let sharded = all_logits(&Model::load(&dir).unwrap());
+    let single_dir = temp_dir("single");
+    std::fs::write(single_dir.join("config.json"), cfg.to_string()).unwrap();
+    write_safetensors(&single_dir.join("model.safetensors"), &w, Store::F32);
+    assert_eq!(sharded, all_logits(&Model::load(&single_dir).unwrap()));
+
+    // A shard that the index names but that is gone.
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = Model::load(&dir).unwrap_err();
+    assert!(e.to_string().contains("model-00002-of-00002.safetensors"), "{e}");
+}
+
+/// Quantizes every block linear with RTN, saves a lowbit checkpoint, reloads it: the linears are
+/// packed `WeightKind::Quant`, and the logits equal the same weights dequantized to f32.
+#[test]
+fn quantized_checkpoint_runs_packed() {
+    let dir = temp_dir("quant-src");
+    let cfg = tiny_config("Qwen2ForCausalLM", false);
+    write_tiny_model(&dir, &cfg, 9, Store::F32);
+    let mut packed = Model::load(&dir).unwrap();
+    let mut dequant = packed.clone();
+    for (lp, ld) in packed.layers_mut().iter_mut().zip(dequant.layers_mut().iter_mut()) {
+        for ((_, a), (_, b)) in lp.linears_mut().into_iter().zip(ld.linears_mut()) {
+            let (rows, cols) = (a.rows(), a.cols());
+            let WeightKind::F32(w) = a.weight() else { panic!("f32 expected") };
+            let q = rtn::quantize(w, &[rows, cols], IntScheme::group(Bits::B4, 16)).unwrap();
+            *b = Linear::new(rows, cols, WeightKind::F32(q.dequantize())).unwrap();
+            *a = Linear::new(rows, cols, WeightKind::Quant(q)).unwrap();
+        }
+    }
+    let out = temp_dir("quant-out").join("ckpt");
+    packed.save(&out).unwrap();
+    let loaded = Model::load(&out).unwrap();
+    for l in loaded.layers() {
+        for (name, lin) in l.linears() {
+            assert!(matches!(lin.weight(), WeightKind::Quant(_)), "{name} was not loaded packed");
+        }
+    }
+    let (a, b) = (all_logits(&loaded), all_logits(&dequant));
+    let d = max_rel_diff(&a, &b);
+    assert!(d < 1e-5, "packed vs dequantized logits differ by {d}");
+    assert_eq!(a, all_logits(&packed));
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let dir = temp_dir("bad");
+    // Missing config.
+    let e = Model::load(&dir).unwrap_err();
+    assert!(e.to_string().contains("config.json"), "{e}");
+    // Missing weights.
+    let cfg = tiny_config("LlamaForCausalLM", true);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let e = Model::load(&dir).unwrap_err();
+    assert!(e.to_string().contains("model.safetensors"), "{e}");
+    // Missing path altogether.
+    assert!(Model::load(dir.join("nope")).unwrap_err().to_string().contains("nope"));
+    // Unknown architecture.
+    let mut other = cfg.clone();
+    other["architectures"] = json!(["GPT2LMHeadModel"]);
+    std::fs::write(dir.join("config.json"), other.to_string()).unwrap();
+    let e = Model::load(&dir).unwrap_err();
+    assert!(e.to_string().contains("GPT2LMHeadModel"), "{e}");
+    // Mismatched shape: the config says 3 layers of width 32 but q_proj is [16, 32].
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let mut w = tiny_weights(&cfg, 1);
+    let q = w.iter_mut().find(|t| t.0 == "model.layers.1.self_attn.q_proj.weight").unwrap();
+    q.1 = vec![16, 32];
+    q.2.truncate(16 * 32);
+    write_safetensors(&dir.join("model.safetensors"), &w, Store::F32);
+    let e = Model::load(&dir).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("q_proj") && msg.contains("[16, 32]") && msg.contains("[32, 32]"), "{msg}");
+    // Missing tensor.
+    let w: Vec<_> = tiny_weights(&cfg, 1).into_iter().filter(|t| t.0 != "model.norm.weight").collect();
+    write_safetensors(&dir.join("model.safetensors"), &w, Store::F32);
+    assert!(Model::load(&dir).unwrap_err().to_string().contains("model.norm.weight"));
+    // Truncated and corrupt safetensors.
+    write_safetensors(&dir.join("model.safetensors"), &tiny_weights(&cfg, 1), Store::F32);
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    for cut in [0, 5, 100, bytes.len() / 2, bytes.len() - 1] {
+        std::fs::write(dir.join("model.safetensors"), &bytes[..cut]).unwrap();
+        let e = Model::load(&dir).unwrap_err();
+        assert!(e.to_string().contains("safetensors"), "cut at {cut}: {e}");
+    }
+    let mut garbled = bytes.clone();
+    garbled[8] = b'x'; // the header JSON no longer parses
+    std::fs::write(dir.join("model.safetensors"), &garbled).unwrap();
+    let e = Model::load(&dir).unwrap_err();
+    assert!(e.to_string().contains("corrupt"), "{e}");
+    // Token ids outside the vocabulary.
+    write_safetensors(&dir.join("model.safetensors"), &tiny_weights(&cfg, 1), Store::F32);
+    let model = Model::load(&dir).unwrap();
+    let e = model.forward(&[1000], &mut model.new_cache(), LogitsMode::Last).unwrap_err();
+    assert!(e.to_string().contains("1000"), "{e}");
+    // A CUDA device in a CPU-only build.
+    let e = Model::load_with(
+        &dir,
+        &lowbit_model::LoadOptions { device: lowbit_model::Device::Cuda(0), ..Default::default() },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("cuda"), "{e}");
+}
