@@ -150,3 +150,42 @@ fn protocol_perplexity_within_half_a_percent() {
     assert_eq!((r.windows, r.tokens), (32, 32 * 2047));
     assert!((r.ppl - FP32_PPL).abs() / FP32_PPL < FP32_PPL_REL_TOL, "ppl {}", r.ppl);
 }
+
+#[test]
+fn stop_strings_and_seeded_sampling() {
+    let Some(model) = model() else { return };
+    let opts = GenerateOptions { max_new_tokens: 16, stop_strings: vec!["Nova".into()], ..GenerateOptions::default() };
+    let mut streamed = String::new();
+    let g = model
+        .generate("Once upon a time", &opts, &mut |ev| {
+            streamed.push_str(ev.text);
+            true
+        })
+        .unwrap();
+    assert_eq!(g.stop_reason, lowbit_model::StopReason::StopString);
+    assert_eq!(g.text, ", the city of ");
+    assert_eq!(streamed, g.text);
+
+    let sampled = GenerateOptions {
+        max_new_tokens: 12,
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.9,
+        repetition_penalty: 1.1,
+        seed: 1234,
+        ..GenerateOptions::default()
+    };
+    let a = model.generate("Once upon a time", &sampled, &mut |_| true).unwrap();
+    let b = model.generate("Once upon a time", &sampled, &mut |_| true).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    assert!(!a.tokens.is_empty());
+    // The callback can stop generation.
+    let mut n = 0;
+    let c = model
+        .generate("Once upon a time", &sampled, &mut |_| {
+            n += 1;
+            n < 3
+        })
+        .unwrap();
+    assert_eq!((c.tokens.len(), c.stop_reason), (3, lowbit_model::StopReason::Callback));
+}
