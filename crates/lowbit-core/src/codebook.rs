@@ -10,6 +10,8 @@ use crate::par::for_each_chunk;
 use crate::{check_finite, Bits, Codebook, CodebookScheme, CoreError, QParams, QTensor, Result, Scheme};
 
 /// NF4: the 16 quantiles of N(0, 1) normalised to [-1, 1], as published with QLoRA (bitsandbytes).
+// The digits are the published ones (f32 values printed in full); the compiler rounds them.
+#[allow(clippy::excessive_precision)]
 pub const NF4: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,
