@@ -8,8 +8,8 @@
 //!   register-blocked micro-kernel ([`Isa::kernel`]: `MR` rows of x times `PANEL` outputs). Large `m` is split over threads by rows of x (each thread dequantizes the
 //!   panels it needs, which costs `1/m` of the arithmetic); small `m` by panels of W.
 //!
-//! Formats or shapes without a fast kernel at the level (3-bit codes, groups that are not a
-//! multiple of the kernel chunk, per-tensor/per-channel rows of odd length) take the generic path:
+//! Formats or shapes without a fast kernel at the level (groups that are not a multiple of the
+//! kernel chunk, per-tensor/per-channel rows of odd length) take the generic path:
 //! each row is dequantized in natural order by portable code into an L1 buffer, then the level's
 //! f32 dot product or tile runs on it.
 
@@ -74,12 +74,11 @@ impl<'a> Src<'a> {
                         Granularity::Group(g) => g,
                         Granularity::PerChannel | Granularity::PerTensor => cols,
                     };
-                    let per_byte = 8 / s.bits.get() as usize;
-                    let chunk = I::LANES * per_byte;
+                    let (lanes, per_lane) = int_interleave::<I>(s.bits);
+                    let chunk = lanes * per_lane;
                     // Groups may end short at the row's end (docs/format.md): the fast kernels need
                     // every group, the last included, to be whole chunks.
-                    let fast =
-                        I::LANES > 0 && s.bits != Bits::B3 && group.is_multiple_of(chunk) && cols.is_multiple_of(chunk);
+                    let fast = I::LANES > 0 && group.is_multiple_of(chunk) && cols.is_multiple_of(chunk);
                     Src::Int(IntSrc {
                         q,
                         bits: s.bits,
@@ -98,13 +97,22 @@ impl<'a> Src<'a> {
         }
     }
 
-    /// Codes per byte of the interleaved order the fast kernels expect, if they run.
-    fn interleave_per_byte(&self) -> Option<usize> {
+    /// `(lanes, codes per lane)` of the interleaved order the fast kernels expect, if they run.
+    fn interleave<I: Isa>(&self) -> Option<(usize, usize)> {
         match self {
-            Src::Int(s) if s.fast => Some(8 / s.bits.get() as usize),
-            Src::Cb(s) if s.fast => Some(2),
+            Src::Int(s) if s.fast => Some(int_interleave::<I>(s.bits)),
+            Src::Cb(s) if s.fast => Some((I::LANES, 2)),
             _ => None,
         }
+    }
+}
+
+/// `(lanes, codes per lane)` of the integer fast kernels: one byte per lane for 2, 4 and 8 bits;
+/// for 3 bits eight lanes of 24 bits (8 codes) whatever the level.
+fn int_interleave<I: Isa>(bits: Bits) -> (usize, usize) {
+    match bits {
+        Bits::B3 => (8, 8),
+        b => (I::LANES, 8 / b.get() as usize),
     }
 }
 
@@ -174,10 +182,18 @@ fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32])
                 let start = first + step * GENERIC_STEP;
                 let col = k0 + step * GENERIC_STEP;
                 read_codes(s.q.codes(), bits, start, &mut codes[..d.len()]);
-                for (j, (o, &c)) in d.iter_mut().zip(&codes).enumerate() {
-                    let p = if s.per_tensor { 0 } else { r * gpr + (col + j) / s.group };
-                    let z = zeros.as_ref().map_or(s.sym_zero, |z| z[p]);
-                    *o = (f32::from(c) - f32::from(z)) * scales.get(p);
+                // one scale and zero per run of the same group
+                let mut j = 0;
+                while j < d.len() {
+                    let c = col + j;
+                    let run = (s.group - c % s.group).min(d.len() - j);
+                    let p = if s.per_tensor { 0 } else { r * gpr + c / s.group };
+                    let z = f32::from(zeros.as_ref().map_or(s.sym_zero, |z| z[p]));
+                    let scale = scales.get(p);
+                    for (o, &q) in d[j..j + run].iter_mut().zip(&codes[j..j + run]) {
+                        *o = (f32::from(q) - z) * scale;
+                    }
+                    j += run;
                 }
             }
         }
@@ -363,11 +379,11 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Linear, x: &[f32], m: usize, out: &m
     let (rows, cols) = (lin.rows(), lin.cols());
     let src = Src::new::<I>(lin);
     let permuted;
-    let x = match src.interleave_per_byte() {
-        Some(per_byte) => {
+    let x = match src.interleave::<I>() {
+        Some((lanes, per_lane)) => {
             let mut p = vec![0.0; x.len()];
             for (s, d) in x.chunks_exact(cols).zip(p.chunks_exact_mut(cols)) {
-                interleave(s, I::LANES, per_byte, d);
+                interleave(s, lanes, per_lane, d);
             }
             permuted = p;
             &permuted[..]

@@ -4,7 +4,9 @@
 //! by `bits * t` and masked gives element `c * j + t` (the interleaved order of [`crate::isa`]).
 //! The zero point is subtracted as an integer, the difference converted to f32, multiplied by x and
 //! summed; the group's scale multiplies the sum once. NF4/FP4 codes index a 16-entry table held in
-//! two registers (`vpermps` on the low 3 bits, a blend on bit 3).
+//! two registers (`vpermps` on the low 3 bits, a blend on bit 3). 3-bit codes: 24 bytes hold 8
+//! lanes of 8 codes; a dword permute and variable shifts put each lane's 24 bits in place and an
+//! 8-entry `(i - zero) * scale` table decodes them (this part serves the AVX-512 level too).
 
 use crate::isa::{CbBlock, IntBlock, Isa};
 use half::{bf16, f16};
@@ -245,7 +247,8 @@ unsafe fn gemv_int(b: &IntBlock, x: &[f32], out: &mut [f32]) {
             4 => run!(4),
             2 => run!(2),
             8 => run!(8),
-            _ => unreachable!("3-bit codes take the generic path"),
+            3 => gemv_q3(b, x, out),
+            _ => unreachable!("codes are 2, 3, 4 or 8 bits"),
         }
     }
 }
@@ -253,6 +256,10 @@ unsafe fn gemv_int(b: &IntBlock, x: &[f32], out: &mut [f32]) {
 /// Row `r`, elements `k0..k0 + dst.len()` (chunk aligned) of an integer block, interleaved.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
+    if b.bits == 3 {
+        // SAFETY: same contract.
+        return unsafe { dequant_q3(b, r, k0, dst) };
+    }
     let bits = b.bits as usize;
     let per_byte = 8 / bits;
     let chunk = L * per_byte;
@@ -274,6 +281,116 @@ unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
                 let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v, mask), z));
                 _mm256_storeu_ps(dp.add(c + t * L), _mm256_mul_ps(q, s));
                 v = _mm256_srl_epi32(v, shift);
+            }
+        }
+    }
+}
+
+/// Gathers 8 triples of 3-bit codes (24 bytes at `p`) into 8 u32 lanes: lane `j` holds bits
+/// `24j..24j + 24` of the chunk, i.e. codes `8j..8j + 8` (higher bits of a lane are garbage, and
+/// the 8-entry table lookup reads only the low 3 bits).
+#[inline(always)]
+unsafe fn gather3(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 24 readable bytes at `p`; the masked load reads 6 dwords.
+    unsafe {
+        let d = _mm256_maskload_epi32(p.cast(), _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0));
+        let idx = _mm256_setr_epi32(0, 0, 1, 2, 3, 3, 4, 5);
+        let off = _mm256_setr_epi32(0, 24, 16, 8, 0, 24, 16, 8);
+        let lo = _mm256_permutevar8x32_epi32(d, idx);
+        let hi = _mm256_permutevar8x32_epi32(d, _mm256_add_epi32(idx, _mm256_set1_epi32(1)));
+        // A variable shift by 32 gives 0, so lanes that start on a dword boundary take no high part.
+        _mm256_or_si256(_mm256_srlv_epi32(lo, off), _mm256_sllv_epi32(hi, _mm256_sub_epi32(_mm256_set1_epi32(32), off)))
+    }
+}
+
+/// 8-entry table `(i - zero) * scale` for 3-bit codes.
+#[inline(always)]
+fn q3_lut(zero: u8, scale: f32) -> __m256 {
+    // SAFETY: only called from functions compiled with AVX2 enabled (inlined into them).
+    unsafe {
+        let q = _mm256_sub_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(i32::from(zero)));
+        _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(scale))
+    }
+}
+
+/// `out[r] = x · row r` for 3-bit codes in chunks of 64 (24 bytes): gather, then 8 table lookups
+/// (`vpermps` on the low 3 bits) per lane. Used by the AVX2 and AVX-512 levels alike.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_q3_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
+    const CHUNK: usize = 64;
+    let gpr = b.cols.div_ceil(b.group);
+    assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
+    assert!(b.group.is_multiple_of(CHUNK) && b.cols.is_multiple_of(CHUNK) && out.len() >= r0 + R);
+    let xp = x.as_ptr();
+    let mut tot = [_mm256_setzero_ps(); R];
+    for gi in 0..gpr {
+        let mut lut = [_mm256_setzero_ps(); R];
+        for (r, l) in lut.iter_mut().enumerate() {
+            let p = (r0 + r) * gpr + gi;
+            *l = q3_lut(b.zeros.get(p), b.scales[p]);
+        }
+        let mut k = gi * b.group;
+        let end = (k + b.group).min(b.cols);
+        while k < end {
+            // SAFETY: k + 64 <= cols: x[k..k + 64] and the 24 code bytes at k * 3 / 8 of each row
+            // are in bounds (asserted).
+            unsafe {
+                let mut v = [_mm256_setzero_si256(); R];
+                for (r, v) in v.iter_mut().enumerate() {
+                    *v = gather3(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k * 3 / 8));
+                }
+                for t in 0..8 {
+                    let xv = _mm256_loadu_ps(xp.add(k + t * L));
+                    for r in 0..R {
+                        tot[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(lut[r], v[r]), xv, tot[r]);
+                        v[r] = _mm256_srli_epi32::<3>(v[r]);
+                    }
+                }
+            }
+            k += CHUNK;
+        }
+    }
+    for (r, t) in tot.iter().enumerate() {
+        out[r0 + r] = hsum(*t);
+    }
+}
+
+/// 3-bit matrix-vector product over all rows of the block (see [`gemv_q3_rows`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn gemv_q3(b: &IntBlock, x: &[f32], out: &mut [f32]) {
+    let rows = out.len();
+    let mut r = 0;
+    // SAFETY: each call covers rows r..r+R < rows of the block, which the kernel asserts.
+    unsafe {
+        while r + 2 <= rows {
+            gemv_q3_rows::<2>(b, x, r, out);
+            r += 2;
+        }
+        while r < rows {
+            gemv_q3_rows::<1>(b, x, r, out);
+            r += 1;
+        }
+    }
+}
+
+/// Row `r`, elements `k0..k0 + dst.len()` (64-aligned) of a 3-bit block, interleaved.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dequant_q3(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
+    const CHUNK: usize = 64;
+    let gpr = b.cols.div_ceil(b.group);
+    assert!(k0.is_multiple_of(CHUNK) && dst.len().is_multiple_of(CHUNK) && k0 + dst.len() <= b.cols);
+    assert!(b.codes.len() >= (r + 1) * b.row_bytes && b.scales.len() >= (r + 1) * gpr);
+    let dp = dst.as_mut_ptr();
+    for c in (0..dst.len()).step_by(CHUNK) {
+        let k = k0 + c;
+        let p = r * gpr + k / b.group;
+        let lut = q3_lut(b.zeros.get(p), b.scales[p]);
+        // SAFETY: 24 code bytes of row r at k * 3 / 8 and 64 f32 at dst[c..] are in bounds.
+        unsafe {
+            let mut v = gather3(b.codes.as_ptr().add(r * b.row_bytes + k * 3 / 8));
+            for t in 0..8 {
+                _mm256_storeu_ps(dp.add(c + t * L), _mm256_permutevar8x32_ps(lut, v));
+                v = _mm256_srli_epi32::<3>(v);
             }
         }
     }

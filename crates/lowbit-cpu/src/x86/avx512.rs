@@ -317,7 +317,8 @@ unsafe fn gemv_int(b: &IntBlock, x: &[f32], out: &mut [f32]) {
             4 => run!(gemv_lut_rows::<4>),
             2 => run!(gemv_lut_rows::<2>),
             8 => run!(gemv_q8_rows),
-            _ => unreachable!("3-bit codes take the generic path"),
+            3 => super::avx2::gemv_q3(b, x, out),
+            _ => unreachable!("codes are 2, 3, 4 or 8 bits"),
         }
     }
 }
@@ -325,6 +326,10 @@ unsafe fn gemv_int(b: &IntBlock, x: &[f32], out: &mut [f32]) {
 /// Row `r`, elements `k0..k0 + dst.len()` (chunk aligned) of an integer block, interleaved.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
+    if b.bits == 3 {
+        // SAFETY: same contract; AVX-512 implies the AVX2 the 3-bit kernels use.
+        return unsafe { super::avx2::dequant_q3(b, r, k0, dst) };
+    }
     let bits = b.bits as usize;
     let per_byte = 8 / bits;
     let chunk = L * per_byte;
