@@ -66,18 +66,28 @@ impl Fmt {
     }
 }
 
-/// Median seconds per call of `f` over `reps` calls after one warm-up.
-fn time(reps: usize, mut f: impl FnMut(usize)) -> f64 {
+/// Process CPU time (user + system) in seconds, from `/proc/self/stat` (10 ms ticks).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Median seconds per call of `f` (after one warm-up) over at least `min_reps` calls and 0.3 s,
+/// and the share of 2 cores the process got meanwhile (other work on the machine lowers it).
+fn time(min_reps: usize, mut f: impl FnMut(usize)) -> (f64, f64) {
     f(0);
-    let mut t: Vec<f64> = (0..reps)
-        .map(|i| {
-            let s = Instant::now();
-            f(i);
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
+    let (c0, t0) = (cpu_seconds(), Instant::now());
+    let mut t = Vec::new();
+    while t.len() < min_reps || t0.elapsed().as_secs_f64() < 0.3 {
+        let s = Instant::now();
+        f(t.len());
+        t.push(s.elapsed().as_secs_f64());
+    }
+    let share = (cpu_seconds() - c0) / t0.elapsed().as_secs_f64() / 2.0;
     t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+    (t[t.len() / 2], share)
 }
 
 fn main() {
@@ -116,8 +126,8 @@ fn main() {
 }
 
 fn gemv_table(fmts: &[Fmt], shapes: &[(usize, usize)], levels: &[KernelLevel], bw: f64) {
-    println!("\n| format | level | shape (rows x cols) | MB | GEMV µs | GB/s | % of triad |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("\n| format | level | shape (rows x cols) | MB | GEMV µs | GB/s | % of triad | CPU share |");
+    println!("|---|---|---|---|---|---|---|---|");
     for &fmt in fmts {
         for &(rows, cols) in shapes {
             let one = fmt.build(rows, cols, 1);
@@ -130,15 +140,17 @@ fn gemv_table(fmts: &[Fmt], shapes: &[(usize, usize)], levels: &[KernelLevel], b
                 if level == KernelLevel::Scalar && rows * cols > 4096 * 4096 {
                     continue;
                 }
-                let s = time(3 * copies.max(5), |i| lins[i % copies].forward_with(level, &x, 1, &mut out).unwrap());
+                let (s, share) =
+                    time(3 * copies.max(5), |i| lins[i % copies].forward_with(level, &x, 1, &mut out).unwrap());
                 let gbs = lins[0].nbytes() as f64 / s / 1e9;
                 println!(
-                    "| {} | {} | {rows}x{cols} | {:.2} | {:.1} | {gbs:.1} | {:.0}% |",
+                    "| {} | {} | {rows}x{cols} | {:.2} | {:.1} | {gbs:.1} | {:.0}% | {:.0}% |",
                     fmt.name(),
                     level.name(),
                     lins[0].nbytes() as f64 / 1e6,
                     s * 1e6,
-                    100.0 * gbs / bw
+                    100.0 * gbs / bw,
+                    100.0 * share
                 );
             }
         }
@@ -147,22 +159,23 @@ fn gemv_table(fmts: &[Fmt], shapes: &[(usize, usize)], levels: &[KernelLevel], b
 
 fn gemm_table(fmts: &[Fmt], quick: bool, levels: &[KernelLevel]) {
     let m = 512;
-    println!("\n| format | level | shape (rows x cols) | m | GEMM ms | GFLOP/s |");
-    println!("|---|---|---|---|---|---|");
+    println!("\n| format | level | shape (rows x cols) | m | GEMM ms | GFLOP/s | CPU share |");
+    println!("|---|---|---|---|---|---|---|");
     let gemm_shapes = if quick { vec![(576, 576)] } else { vec![(576, 576), (1536, 576), (576, 1536), (4096, 4096)] };
-    for &fmt in &fmts[..fmts.len().min(6)] {
+    for &fmt in fmts.iter().filter(|f| !matches!(f, Fmt::Bf16)) {
         for &(rows, cols) in &gemm_shapes {
             let lin = fmt.build(rows, cols, 1);
             let x: Vec<f32> = (0..m * cols).map(|i| (i as f32 * 0.37).sin()).collect();
             let mut out = vec![0.0; m * rows];
             for &level in levels.iter().filter(|&&l| l != KernelLevel::Scalar) {
-                let s = time(5, |_| lin.forward_with(level, &x, m, &mut out).unwrap());
+                let (s, share) = time(5, |_| lin.forward_with(level, &x, m, &mut out).unwrap());
                 println!(
-                    "| {} | {} | {rows}x{cols} | {m} | {:.2} | {:.0} |",
+                    "| {} | {} | {rows}x{cols} | {m} | {:.2} | {:.0} | {:.0}% |",
                     fmt.name(),
                     level.name(),
                     s * 1e3,
-                    2.0 * (m * rows * cols) as f64 / s / 1e9
+                    2.0 * (m * rows * cols) as f64 / s / 1e9,
+                    100.0 * share
                 );
             }
         }

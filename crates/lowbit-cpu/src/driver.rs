@@ -29,9 +29,14 @@ const KC_MAX: usize = 2048;
 const KC_BLOCK: usize = 1024;
 /// Elements per generic dequantization step (an L1-resident buffer).
 const GENERIC_STEP: usize = 256;
-/// Weights below which a product runs on one thread (rayon's fork/join costs a few µs).
+/// Weight bytes below which a matrix-vector product runs on the calling thread: one core streams
+/// 512 KiB of codes in ~20 µs, and waking rayon's workers costs several µs (far more when the
+/// other core is busy), which measured slower for SmolLM2's 576x576 and 1536x576 INT4 matrices.
 #[cfg(feature = "parallel")]
-const PARALLEL_MIN_WEIGHTS: usize = 1 << 17;
+const PARALLEL_MIN_GEMV_BYTES: usize = 512 << 10;
+/// Multiply-adds below which a matrix-matrix product runs on the calling thread.
+#[cfg(feature = "parallel")]
+const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// The weight as the driver sees it.
 enum Src<'a> {
@@ -353,12 +358,20 @@ fn gemm_block<I: Isa>(
     }
 }
 
-fn threads(weights: usize) -> usize {
+/// Threads for a product: the rayon pool when the work pays for waking it, else 1.
+fn threads(lin: &Linear, m: usize) -> usize {
     #[cfg(feature = "parallel")]
-    if weights >= PARALLEL_MIN_WEIGHTS {
-        return rayon::current_num_threads();
+    {
+        let big = if m < GEMM_MIN_M {
+            lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
+        } else {
+            m * lin.rows() * lin.cols() >= PARALLEL_MIN_MACS
+        };
+        if big {
+            return rayon::current_num_threads();
+        }
     }
-    let _ = weights;
+    let _ = (lin, m);
     1
 }
 
@@ -390,7 +403,7 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Linear, x: &[f32], m: usize, out: &m
         }
         None => x,
     };
-    let nthreads = threads(rows * cols);
+    let nthreads = threads(lin, m);
     let par = nthreads > 1;
     if m < GEMM_MIN_M {
         // Equal chunks, a multiple of 4 rows, a few per thread so a slow thread is not the tail.
