@@ -12,7 +12,7 @@ bit-packed formats (see ``docs/format.md``), and load them back from Python or R
 
 from __future__ import annotations
 
-from ._api import load, quantize, save
+from ._api import load, load_tensors, quantize, save
 from ._lowbit import (
     CorruptFileError,
     LowbitError,
@@ -22,16 +22,23 @@ from ._lowbit import (
     UnsupportedError,
     __version__,
 )
+from .model import Generation, Model, PerplexityResult, import_gguf, smollm2_gguf
 
 __all__ = [
     "CorruptFileError",
+    "Generation",
     "LowbitError",
+    "Model",
     "NonFiniteError",
+    "PerplexityResult",
     "QTensor",
     "ShapeError",
     "UnsupportedError",
     "__version__",
+    "import_gguf",
     "load",
+    "load_tensors",
     "quantize",
     "save",
+    "smollm2_gguf",
 ]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal, Union
+from pathlib import Path
+from typing import Literal, Union, overload
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _lowbit
 from ._lowbit import QTensor
+from .model import Model
 
 GroupSize = Union[int, Literal["channel", "tensor"]]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -85,7 +87,7 @@ def save(
     _lowbit.save_tensors(os.fspath(path), named, dict(metadata) if metadata else None)
 
 
-def load(path: PathLike) -> dict[str, QTensor]:
+def load_tensors(path: PathLike) -> dict[str, QTensor]:
     """Read every QTensor of a file written by :func:`save`, by name.
 
     Raises:
@@ -94,6 +96,27 @@ def load(path: PathLike) -> dict[str, QTensor]:
     """
     tensors, _metadata = _lowbit.load_tensors(os.fspath(path))
     return tensors
+
+
+@overload
+def load(path: PathLike, *, kind: Literal["tensors"]) -> dict[str, QTensor]: ...
+@overload
+def load(path: PathLike, *, kind: Literal["model"]) -> Model: ...
+@overload
+def load(path: PathLike, *, kind: None = None) -> dict[str, QTensor] | Model: ...
+def load(path: PathLike, *, kind: Literal["tensors", "model"] | None = None) -> dict[str, QTensor] | Model:
+    """Load a model or a tensor file.
+
+    A directory (Hugging Face layout or a lowbit checkpoint) or a ``.gguf`` file gives a
+    :class:`~lowbit.Model`; any other file is read as a lowbit tensor file (see :func:`save`)
+    and gives its QTensors by name. ``kind`` forces one reading.
+    """
+    p = Path(os.fspath(path))
+    if kind is None:
+        kind = "model" if p.is_dir() or p.suffix.lower() == ".gguf" else "tensors"
+    if kind == "model":
+        return Model.load(p)
+    return load_tensors(p)
 
 
 def load_metadata(path: PathLike) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Type stubs of the native module (checked by mypy.stubtest)."""
 
+from collections.abc import Callable
 from typing import Any, final
 
 import numpy as np
@@ -8,13 +9,18 @@ import numpy.typing as npt
 __all__ = [
     "CorruptFileError",
     "LowbitError",
+    "Model",
     "NonFiniteError",
     "QTensor",
     "ShapeError",
     "UnsupportedError",
     "__version__",
+    "awq_search",
     "codebook_table",
     "double_quantize_absmax",
+    "gptq_quantize",
+    "import_gguf",
+    "load_model",
     "load_tensors",
     "quantize",
     "save_tensors",
@@ -77,3 +83,70 @@ def save_tensors(path: str, tensors: dict[str, QTensor], metadata: dict[str, str
 def load_tensors(path: str) -> tuple[dict[str, QTensor], dict[str, str]]: ...
 def codebook_table(name: str) -> list[float]: ...
 def double_quantize_absmax(absmax: list[float]) -> tuple[list[float], list[float]]: ...
+
+@final
+class Model:
+    @property
+    def config(self) -> dict[str, Any]: ...
+    @property
+    def weight_bytes(self) -> int: ...
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def has_tokenizer(self) -> bool: ...
+    @property
+    def chat_template(self) -> str | None: ...
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str: ...
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str: ...
+    def generate(
+        self,
+        prompt: str | list[int],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: list[str] = ...,
+        stop_on_eos: bool = True,
+        on_token: Callable[[int, str], object] | None = None,
+    ) -> dict[str, Any]: ...
+    def perplexity_ids(
+        self,
+        ids: list[int],
+        *,
+        window: int = 2048,
+        max_windows: int | None = ...,
+        progress: Callable[[int, int, float], object] | None = None,
+    ) -> dict[str, Any]: ...
+    def save(self, out_dir: str) -> None: ...
+
+def load_model(path: str) -> Model: ...
+def import_gguf(file: str, out_dir: str) -> None: ...
+def gptq_quantize(
+    weight: npt.NDArray[np.float32],
+    hessian: npt.NDArray[np.float64] | npt.NDArray[np.float32],
+    bits: int,
+    group_size: int,
+    symmetric: bool,
+    act_order: bool = False,
+    static_groups: bool = False,
+    percdamp: float = 0.01,
+    block_size: int = 128,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.uint8], float]: ...
+def awq_search(
+    x: npt.NDArray[np.float32],
+    weights: list[npt.NDArray[np.float32]],
+    bits: int,
+    group_size: int,
+    symmetric: bool,
+    n_grid: int = 20,
+    clip: bool = True,
+    max_shrink: float = 0.5,
+    clip_grid: int = 20,
+    clip_tokens: int = 512,
+) -> dict[str, Any]: ...

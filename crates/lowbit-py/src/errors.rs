@@ -1,6 +1,9 @@
 //! The one place Rust errors become Python exceptions.
 
 use lowbit_core::CoreError;
+use lowbit_cpu::CpuError;
+use lowbit_model::ModelError;
+use lowbit_solvers::SolverError;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -46,6 +49,43 @@ impl From<CoreError> for PyLowbitError {
                 PyFileNotFoundError::new_err(msg)
             }
             CoreError::Io { .. } => PyOSError::new_err(msg),
+        })
+    }
+}
+
+impl From<ModelError> for PyLowbitError {
+    fn from(e: ModelError) -> Self {
+        let msg = e.to_string();
+        PyLowbitError(match e {
+            ModelError::Core(core) => return core.into(),
+            ModelError::Cpu(CpuError::Core(core)) => return core.into(),
+            ModelError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                PyFileNotFoundError::new_err(msg)
+            }
+            ModelError::Io { .. } => PyOSError::new_err(msg),
+            ModelError::MissingFile { .. } => PyFileNotFoundError::new_err(msg),
+            ModelError::UnsupportedArchitecture { .. }
+            | ModelError::UnsupportedDtype { .. }
+            | ModelError::GgufUnsupported { .. }
+            | ModelError::DeviceUnavailable { .. } => UnsupportedError::new_err(msg),
+            ModelError::TensorShape { .. } | ModelError::Cpu(_) => ShapeError::new_err(msg),
+            ModelError::Config { .. }
+            | ModelError::MissingTensor { .. }
+            | ModelError::Safetensors { .. }
+            | ModelError::Gguf { .. } => CorruptFileError::new_err(msg),
+            _ => LowbitError::new_err(msg),
+        })
+    }
+}
+
+impl From<SolverError> for PyLowbitError {
+    fn from(e: SolverError) -> Self {
+        let msg = e.to_string();
+        PyLowbitError(match e {
+            SolverError::Core(core) => return core.into(),
+            SolverError::NonFiniteActivation { .. } => NonFiniteError::new_err(msg),
+            SolverError::Shape { .. } => ShapeError::new_err(msg),
+            _ => LowbitError::new_err(msg),
         })
     }
 }

@@ -6,7 +6,9 @@
 
 mod arrays;
 mod errors;
+mod model;
 mod qtensor;
+mod solvers;
 
 use pyo3::prelude::*;
 
@@ -15,5 +17,7 @@ fn _lowbit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     qtensor::register(m)?;
+    model::register(m)?;
+    solvers::register(m)?;
     Ok(())
 }

