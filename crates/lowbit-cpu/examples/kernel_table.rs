@@ -123,6 +123,56 @@ fn main() {
     if only("gemm") {
         gemm_table(&fmts, quick, &levels);
     }
+    if only("smollm2") {
+        smollm2(&fmts[..3], &levels);
+    }
+}
+
+/// Matmul-only throughput of SmolLM2-135M's linear layers (30 blocks of q, k, v, o, gate, up,
+/// down, plus the 49152x576 head, all in one format): decode (m = 1, weights rotated through
+/// DRAM as in a real decode step, since the model is larger than L3) and prefill (m = 512).
+fn smollm2(fmts: &[Fmt], levels: &[KernelLevel]) {
+    const LAYERS: usize = 30;
+    let block = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)];
+    let head = (49152, 576);
+    let macs: usize = LAYERS * block.iter().map(|(r, c)| r * c).sum::<usize>() + head.0 * head.1;
+    println!("\nSmolLM2-135M linear layers: {:.1} M multiply-adds per token", macs as f64 / 1e6);
+    println!("\n| format (blocks and head) | level | MB | decode tok/s (matmul only) | prefill 512 tok/s (matmul only) | prefill GFLOP/s | CPU share |");
+    println!("|---|---|---|---|---|---|---|");
+    for &fmt in fmts {
+        let mut seed = 0;
+        let mut mk = |(r, c): (usize, usize)| {
+            seed += 1;
+            fmt.build(r, c, seed)
+        };
+        let layers: Vec<Vec<Linear>> = (0..LAYERS).map(|_| block.iter().map(|&s| mk(s)).collect()).collect();
+        let head_lin = mk(head);
+        let mb = (layers.iter().flatten().map(Linear::nbytes).sum::<usize>() + head_lin.nbytes()) as f64 / 1e6;
+        for &level in levels.iter().filter(|&&l| l != KernelLevel::Scalar) {
+            let run = |m: usize| {
+                let mut outs = 0.0;
+                for lin in layers.iter().flatten().chain(std::iter::once(&head_lin)) {
+                    let x = vec![0.5f32; m * lin.cols()];
+                    let mut out = vec![0.0; m * lin.rows()];
+                    lin.forward_with(level, &x, m, &mut out).unwrap();
+                    outs += out[0];
+                }
+                std::hint::black_box(outs);
+            };
+            let (dec, share1) = time(5, |_| run(1));
+            let (pre, share2) = time(2, |_| run(512));
+            println!(
+                "| {} | {} | {mb:.1} | {:.0} | {:.0} | {:.0} | {:.0}% / {:.0}% |",
+                fmt.name(),
+                level.name(),
+                1.0 / dec,
+                512.0 / pre,
+                2.0 * (512 * macs) as f64 / pre / 1e9,
+                100.0 * share1,
+                100.0 * share2
+            );
+        }
+    }
 }
 
 fn gemv_table(fmts: &[Fmt], shapes: &[(usize, usize)], levels: &[KernelLevel], bw: f64) {

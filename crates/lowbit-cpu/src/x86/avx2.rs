@@ -290,10 +290,17 @@ unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
 /// `24j..24j + 24` of the chunk, i.e. codes `8j..8j + 8` (higher bits of a lane are garbage, and
 /// the 8-entry table lookup reads only the low 3 bits).
 #[inline(always)]
-unsafe fn gather3(p: *const u8) -> __m256i {
-    // SAFETY: the caller guarantees 24 readable bytes at `p`; the masked load reads 6 dwords.
+unsafe fn gather3(p: *const u8, end: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 24 readable bytes at `p` and that `end` is the end of the
+    // buffer: a full 32-byte load is used only when it stays inside, else a 24-byte copy.
     unsafe {
-        let d = _mm256_maskload_epi32(p.cast(), _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0));
+        let d = if end.offset_from(p) >= 32 {
+            _mm256_loadu_si256(p.cast())
+        } else {
+            let mut tail = [0u8; 32];
+            std::ptr::copy_nonoverlapping(p, tail.as_mut_ptr(), 24);
+            _mm256_loadu_si256(tail.as_ptr().cast())
+        };
         let idx = _mm256_setr_epi32(0, 0, 1, 2, 3, 3, 4, 5);
         let off = _mm256_setr_epi32(0, 24, 16, 8, 0, 24, 16, 8);
         let lo = _mm256_permutevar8x32_epi32(d, idx);
@@ -322,6 +329,7 @@ unsafe fn gemv_q3_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: 
     assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
     assert!(b.group.is_multiple_of(CHUNK) && b.cols.is_multiple_of(CHUNK) && out.len() >= r0 + R);
     let xp = x.as_ptr();
+    let end_ptr = b.codes.as_ptr_range().end;
     let mut tot = [_mm256_setzero_ps(); R];
     for gi in 0..gpr {
         let mut lut = [_mm256_setzero_ps(); R];
@@ -337,7 +345,7 @@ unsafe fn gemv_q3_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: 
             unsafe {
                 let mut v = [_mm256_setzero_si256(); R];
                 for (r, v) in v.iter_mut().enumerate() {
-                    *v = gather3(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k * 3 / 8));
+                    *v = gather3(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k * 3 / 8), end_ptr);
                 }
                 for t in 0..8 {
                     let xv = _mm256_loadu_ps(xp.add(k + t * L));
@@ -381,13 +389,14 @@ pub(super) unsafe fn dequant_q3(b: &IntBlock, r: usize, k0: usize, dst: &mut [f3
     assert!(k0.is_multiple_of(CHUNK) && dst.len().is_multiple_of(CHUNK) && k0 + dst.len() <= b.cols);
     assert!(b.codes.len() >= (r + 1) * b.row_bytes && b.scales.len() >= (r + 1) * gpr);
     let dp = dst.as_mut_ptr();
+    let end_ptr = b.codes.as_ptr_range().end;
     for c in (0..dst.len()).step_by(CHUNK) {
         let k = k0 + c;
         let p = r * gpr + k / b.group;
         let lut = q3_lut(b.zeros.get(p), b.scales[p]);
         // SAFETY: 24 code bytes of row r at k * 3 / 8 and 64 f32 at dst[c..] are in bounds.
         unsafe {
-            let mut v = gather3(b.codes.as_ptr().add(r * b.row_bytes + k * 3 / 8));
+            let mut v = gather3(b.codes.as_ptr().add(r * b.row_bytes + k * 3 / 8), end_ptr);
             for t in 0..8 {
                 _mm256_storeu_ps(dp.add(c + t * L), _mm256_permutevar8x32_ps(lut, v));
                 v = _mm256_srli_epi32::<3>(v);
