@@ -1,7 +1,10 @@
 //! Prints the kernel throughput table of `benches/README.md`: matrix-vector GB/s of weight bytes
 //! (with enough copies of each matrix rotated that every call reads from DRAM, like a model's
 //! decode step) against the triad bandwidth measured in the same run, and matrix-matrix GFLOP/s at
-//! m = 512. `cargo run --release --example kernel_table [-- quick]`. Run with RAYON_NUM_THREADS=2.
+//! m = 512, and SmolLM2-135M's linear layers end to end (matmul only).
+//! `cargo run --release --example kernel_table [-- quick] [gemv] [gemm] [smollm2]`, with
+//! `RAYON_NUM_THREADS=2`. The "CPU share" column is the process's CPU time over 2 cores x wall
+//! time: below 100% (50% for single-threaded calls) other work on the machine took the cores.
 
 #[path = "bandwidth.rs"]
 mod bandwidth;
@@ -93,7 +96,8 @@ fn time(min_reps: usize, mut f: impl FnMut(usize)) -> (f64, f64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "quick");
-    let only = |part: &str| !args.iter().any(|a| a == "gemv" || a == "gemm") || args.iter().any(|a| a == part);
+    let parts = ["gemv", "gemm", "smollm2"];
+    let only = |part: &str| !args.iter().any(|a| parts.contains(&a.as_str())) || args.iter().any(|a| a == part);
     let bw = bandwidth::triad_gbs(2);
     println!("threads: {}, triad bandwidth (2 threads): {bw:.1} GB/s", rayon_threads());
     let levels: Vec<KernelLevel> = [KernelLevel::Scalar, KernelLevel::Avx2, KernelLevel::Avx512]
