@@ -290,7 +290,7 @@ unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
 /// `24j..24j + 24` of the chunk, i.e. codes `8j..8j + 8` (higher bits of a lane are garbage, and
 /// the 8-entry table lookup reads only the low 3 bits).
 #[inline(always)]
-unsafe fn gather3(p: *const u8, end: *const u8) -> __m256i {
+pub(super) unsafe fn gather3(p: *const u8, end: *const u8) -> __m256i {
     // SAFETY: the caller guarantees 24 readable bytes at `p` and that `end` is the end of the
     // buffer: a full 32-byte load is used only when it stays inside, else a 24-byte copy.
     unsafe {

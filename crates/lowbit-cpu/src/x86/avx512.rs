@@ -8,8 +8,9 @@
 //! are widened to 16 lanes with `vpmovzxbd`; lane `j` shifted right by `bits * t` decodes element
 //! `c * j + t` (the interleaved order of [`crate::isa`]). (A mask/shift/integer-subtract decode
 //! measured 20% slower than the table.) 8-bit codes are widened, have the zero subtracted as
-//! integers, are converted
-//! and scaled once per group.
+//! integers, are converted and scaled once per group. 3-bit codes: 48 bytes (two 64-code chunks
+//! of the AVX2 layout) are gathered into 16 lanes of 8 codes with dword permutes and variable
+//! shifts, then decoded with the same table (entries repeat every 8).
 
 use crate::isa::{CbBlock, IntBlock, Isa};
 use half::{bf16, f16};
@@ -276,6 +277,102 @@ unsafe fn gemv_lut_rows<const BITS: u32, const R: usize>(
     }
 }
 
+/// Gathers two 24-byte chunks of 3-bit codes (48 bytes at `p`) into 16 u32 lanes: lanes 0..8
+/// hold the 8-code triples of the first chunk, lanes 8..16 those of the second (the layout of
+/// `avx2::gather3`, twice).
+#[inline(always)]
+unsafe fn gather3x2(p: *const u8, end: *const u8) -> __m512i {
+    // SAFETY: the caller guarantees 48 readable bytes at `p` and that `end` ends the buffer: a
+    // 64-byte load is used only when it stays inside, else a 48-byte copy.
+    unsafe {
+        let d = if end.offset_from(p) >= 64 {
+            _mm512_loadu_si512(p.cast())
+        } else {
+            let mut tail = [0u8; 64];
+            std::ptr::copy_nonoverlapping(p, tail.as_mut_ptr(), 48);
+            _mm512_loadu_si512(tail.as_ptr().cast())
+        };
+        let idx = _mm512_setr_epi32(0, 0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9, 10, 11);
+        let off = _mm512_setr_epi32(0, 24, 16, 8, 0, 24, 16, 8, 0, 24, 16, 8, 0, 24, 16, 8);
+        let lo = _mm512_permutexvar_epi32(idx, d);
+        let hi = _mm512_permutexvar_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(1)), d);
+        // A variable shift by 32 gives 0: lanes starting on a dword boundary take no high part.
+        _mm512_or_si512(_mm512_srlv_epi32(lo, off), _mm512_sllv_epi32(hi, _mm512_sub_epi32(_mm512_set1_epi32(32), off)))
+    }
+}
+
+/// `out[r] = x · row r` for 3-bit codes: 128 codes (two 64-code chunks) per step on 16 lanes; a
+/// group ending on an odd 64-chunk finishes with one step on the low 8 lanes (the high lanes decode
+/// zero bytes and meet zeroed x).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn gemv_q3_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32], zero_luts: &[__m512; 16]) {
+    const CHUNK: usize = 64;
+    let gpr = b.cols.div_ceil(b.group);
+    assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
+    assert!(b.group.is_multiple_of(CHUNK) && b.cols.is_multiple_of(CHUNK) && out.len() >= r0 + R);
+    let xp = x.as_ptr();
+    let end_ptr = b.codes.as_ptr_range().end;
+    let mut tot = [_mm512_setzero_ps(); R];
+    for gi in 0..gpr {
+        let mut lut = [_mm512_setzero_ps(); R];
+        for (r, l) in lut.iter_mut().enumerate() {
+            *l = zero_luts[usize::from(b.zeros.get((r0 + r) * gpr + gi) & 7)];
+        }
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut k = gi * b.group;
+        let end = (k + b.group).min(b.cols);
+        // SAFETY (both loops): k + 128 (resp. 64) <= end <= cols, so x[k..] over the step and the
+        // 48 (24) code bytes of each row at k * 3 / 8 are in bounds (asserted).
+        while k + 2 * CHUNK <= end {
+            unsafe {
+                let mut v = [_mm512_setzero_si512(); R];
+                for (r, v) in v.iter_mut().enumerate() {
+                    *v = gather3x2(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k * 3 / 8), end_ptr);
+                }
+                for t in 0..8 {
+                    let xa = _mm256_loadu_ps(xp.add(k + t * 8));
+                    let xb = _mm256_loadu_ps(xp.add(k + CHUNK + t * 8));
+                    // (insertf64x4 is AVX-512F; the f32x8 form would need DQ)
+                    let xv = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                        _mm512_castps_pd(_mm512_castps256_ps512(xa)),
+                        _mm256_castps_pd(xb),
+                    ));
+                    for r in 0..R {
+                        acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(v[r], lut[r]), xv, acc[r]);
+                        v[r] = _mm512_srli_epi32::<3>(v[r]);
+                    }
+                }
+            }
+            k += 2 * CHUNK;
+        }
+        if k < end {
+            unsafe {
+                let mut v = [_mm512_setzero_si512(); R];
+                for (r, v) in v.iter_mut().enumerate() {
+                    *v = _mm512_zextsi256_si512(super::avx2::gather3(
+                        b.codes.as_ptr().add((r0 + r) * b.row_bytes + k * 3 / 8),
+                        end_ptr,
+                    ));
+                }
+                for t in 0..8 {
+                    let xv = _mm512_castps256_ps512(_mm256_loadu_ps(xp.add(k + t * 8)));
+                    let xv = _mm512_maskz_mov_ps(0x00FF, xv);
+                    for r in 0..R {
+                        acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(v[r], lut[r]), xv, acc[r]);
+                        v[r] = _mm512_srli_epi32::<3>(v[r]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            tot[r] = _mm512_fmadd_ps(acc[r], _mm512_set1_ps(b.scales[(r0 + r) * gpr + gi]), tot[r]);
+        }
+    }
+    for (r, t) in tot.iter().enumerate() {
+        out[r0 + r] = _mm512_reduce_add_ps(*t);
+    }
+}
+
 /// `out[r] = x · row r` for 8-bit codes: integer zero subtraction, one scale per group.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn gemv_q8_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
@@ -335,7 +432,7 @@ unsafe fn gemv_int(b: &IntBlock, x: &[f32], out: &mut [f32]) {
             4 => run!(gemv_lut_rows::<4>, &zero_luts::<4>()),
             2 => run!(gemv_lut_rows::<2>, &zero_luts::<2>()),
             8 => run!(gemv_q8_rows),
-            3 => super::avx2::gemv_q3(b, x, out),
+            3 => run!(gemv_q3_rows, &zero_luts::<3>()),
             _ => unreachable!("codes are 2, 3, 4 or 8 bits"),
         }
     }
