@@ -1,9 +1,6 @@
 """lowbit-solvers against independent numpy references (tests/reference/gptq_ref.py, awq_ref.py).
 
-The Rust solvers are reached through ``lowbit._lowbit.gptq_quantize`` / ``awq_search`` when the
-bindings expose them; otherwise through the crate's examples ``gptq_files`` / ``awq_files`` (built
-with ``cargo build -p lowbit-solvers --release --examples``; paths overridable with
-``LOWBIT_GPTQ_FILES`` / ``LOWBIT_AWQ_FILES``); with neither, the tests skip with the reason.
+The Rust solvers are reached through the bindings ``lowbit._lowbit.gptq_quantize`` / ``awq_search``.
 
 Agreement criterion (GPTQ): both sides run the sweep in float64 and choose codes with the same
 float32 rule, so codes agree exactly except where ``w / scale`` falls within float64 noise of a
@@ -13,10 +10,6 @@ rounding tie (or a float16 scale-rounding tie); we allow at most one differing c
 
 from __future__ import annotations
 
-import os
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -24,46 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lowbit import _lowbit
 from reference import awq_ref, gptq_ref
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _binding(name: str) -> Callable[..., Any] | None:
-    try:
-        from lowbit import _lowbit
-    except ImportError:
-        return None
-    return getattr(_lowbit, name, None)
-
-
-def _files_gptq(example: Path) -> Callable[..., Any]:
-    def run(w, h, bits, group_size, symmetric, act_order, static_groups, percdamp, block_size):
-        rows, cols = w.shape
-        with tempfile.TemporaryDirectory() as d:
-            np.ascontiguousarray(w, dtype="<f4").tofile(os.path.join(d, "w.f32"))
-            np.ascontiguousarray(h, dtype="<f8").tofile(os.path.join(d, "h.f64"))
-            args = [rows, cols, bits, group_size, int(symmetric), int(act_order), int(static_groups)]
-            cmd = [str(example), d, *map(str, args), repr(percdamp), str(block_size)]
-            subprocess.run(cmd, check=True, capture_output=True)
-            groups = 1 if group_size <= 0 else -(-cols // min(group_size, cols))
-            codes = np.fromfile(os.path.join(d, "codes.u8"), dtype=np.uint8).reshape(rows, cols)
-            scales = np.fromfile(os.path.join(d, "scales.f32"), dtype="<f4").reshape(rows, groups)
-            zeros = np.fromfile(os.path.join(d, "zeros.u8"), dtype=np.uint8).reshape(rows, groups)
-            loss = float(Path(d, "loss.txt").read_text())
-        return codes, scales, zeros, loss
-
-    return run
 
 
 def rust_gptq() -> Callable[..., Any]:
-    fn = _binding("gptq_quantize")
-    if fn is not None:
-        return fn
-    example = Path(os.environ.get("LOWBIT_GPTQ_FILES", ROOT / "target/solvers/release/examples/gptq_files"))
-    if example.exists():
-        return _files_gptq(example)
-    pytest.skip("lowbit._lowbit has no gptq_quantize and the gptq_files example is not built")
+    return _lowbit.gptq_quantize
 
 
 def correlated_problem(rng: np.random.Generator, rows: int, cols: int, tokens: int, dead: int):
@@ -150,32 +109,8 @@ def test_numpy_reference_damping_escalates() -> None:
         gptq_ref.inverse_cholesky_upper(np.array([[1.0, 1e9], [1e9, 1.0]]))
 
 
-def _files_awq(example: Path) -> Callable[..., Any]:
-    def run(x, weights, bits, group_size, symmetric):
-        tokens, cols = x.shape
-        with tempfile.TemporaryDirectory() as d:
-            np.ascontiguousarray(x, dtype="<f4").tofile(os.path.join(d, "x.f32"))
-            for i, w in enumerate(weights):
-                np.ascontiguousarray(w, dtype="<f4").tofile(os.path.join(d, f"w{i}.f32"))
-            args = [tokens, cols, bits, group_size, int(symmetric), *(w.shape[0] for w in weights)]
-            subprocess.run([str(example), d, *map(str, args)], check=True, capture_output=True)
-            return {
-                "alpha": float(Path(d, "alpha.txt").read_text()),
-                "scales": np.fromfile(os.path.join(d, "scales.f32"), dtype="<f4"),
-                "grid_losses": np.fromfile(os.path.join(d, "losses.f64"), dtype="<f8"),
-                "clip": [np.fromfile(Path(d, f"clip{i}.f32"), dtype="<f4") for i in range(len(weights))],
-            }
-
-    return run
-
-
 def test_awq_matches_numpy_reference() -> None:
-    awq_search = _binding("awq_search")
-    if awq_search is None:
-        example = Path(os.environ.get("LOWBIT_AWQ_FILES", ROOT / "target/solvers/release/examples/awq_files"))
-        if not example.exists():
-            pytest.skip("lowbit._lowbit has no awq_search and the awq_files example is not built")
-        awq_search = _files_awq(example)
+    awq_search = _lowbit.awq_search
     rng = np.random.default_rng(5)
     _, _, x = correlated_problem(rng, 1, 64, 256, 0)
     weights = [(rng.standard_normal((r, 64)) * 0.05).astype(np.float32) for r in (24, 40)]

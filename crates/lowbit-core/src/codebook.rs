@@ -7,7 +7,7 @@
 
 use crate::pack::{pack_into, packed_len};
 use crate::par::for_each_chunk;
-use crate::{check_finite, Bits, Codebook, CodebookScheme, CoreError, QParams, QTensor, Result, Scheme};
+use crate::{check_finite, Bits, Codebook, CodebookScheme, CoreError, Element, QParams, QTensor, Result, Scheme};
 
 /// NF4: the 16 quantiles of N(0, 1) normalised to [-1, 1], as published with QLoRA (bitsandbytes).
 // The digits are the published ones (f32 values printed in full); the compiler rounds them.
@@ -150,7 +150,7 @@ impl Absmax {
 }
 
 /// Quantizes `weights` of `shape` to a codebook scheme.
-pub fn quantize(weights: &[f32], shape: &[usize], scheme: CodebookScheme) -> Result<QTensor> {
+pub fn quantize<T: Element>(weights: &[T], shape: &[usize], scheme: CodebookScheme) -> Result<QTensor> {
     let numel: usize = shape.iter().product();
     if shape.is_empty() || numel == 0 {
         return Err(CoreError::Empty { shape: shape.to_vec() });
@@ -163,7 +163,7 @@ pub fn quantize(weights: &[f32], shape: &[usize], scheme: CodebookScheme) -> Res
     }
     check_finite(weights)?;
     let bs = scheme.block_size;
-    let absmax: Vec<f32> = weights.chunks(bs).map(|b| b.iter().fold(0.0f32, |m, w| m.max(w.abs()))).collect();
+    let absmax: Vec<f32> = weights.chunks(bs).map(|b| b.iter().fold(0.0f32, |m, w| m.max(w.to_f32().abs()))).collect();
     let absmax = if scheme.double_quant { Absmax::double_quantize(&absmax) } else { Absmax::F32(absmax) };
     let mut codes = vec![0u8; packed_len(numel, Bits::B4)];
     // Chunks of an even number of blocks keep every chunk byte-aligned in the 4-bit stream.
@@ -175,7 +175,7 @@ pub fn quantize(weights: &[f32], shape: &[usize], scheme: CodebookScheme) -> Res
         let q: Vec<u8> = (start..end)
             .map(|i| {
                 let c = absmax.get(i / bs);
-                book.nearest(if c == 0.0 { 0.0 } else { weights[i] / c })
+                book.nearest(if c == 0.0 { 0.0 } else { weights[i].to_f32() / c })
             })
             .collect();
         pack_into(&q, Bits::B4, out);

@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod codebook;
+mod element;
 mod error;
 pub mod io;
 pub mod pack;
@@ -23,14 +24,15 @@ pub mod rtn;
 pub mod scheme;
 
 pub use codebook::Absmax;
+pub use element::{check_finite, Element};
 pub use error::{CoreError, Result};
 pub use qtensor::{QParams, QTensor, Scales};
 pub use scheme::{Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype, Scheme};
 
-/// Checks that every weight is finite, naming the first offender.
-pub fn check_finite(weights: &[f32]) -> Result<()> {
-    match weights.iter().position(|w| !w.is_finite()) {
-        Some(index) => Err(CoreError::NonFinite { index, value: weights[index] }),
-        None => Ok(()),
+/// Quantizes `weights` (row-major `shape`; f32, f16 or bf16) with any scheme, round to nearest.
+pub fn quantize<T: Element>(weights: &[T], shape: &[usize], scheme: Scheme) -> Result<QTensor> {
+    match scheme {
+        Scheme::Int(s) => rtn::quantize(weights, shape, s),
+        Scheme::Codebook(s) => codebook::quantize(weights, shape, s),
     }
 }

@@ -24,3 +24,32 @@ pub(crate) fn for_each_chunk<T: Send>(
     }
     out.chunks_mut(chunk_len).enumerate().for_each(|(i, c)| f(i, c));
 }
+
+/// Calls `f(row, a_chunk, b_chunk)` for each row, where row `r` owns `a[r*a_len..]` and
+/// `b[r*b_len..]` (chunks of those lengths), in parallel where it pays; returns the first
+/// error in row order.
+pub(crate) fn try_for_each_row<A: Send, B: Send, E: Send>(
+    a: &mut [A],
+    a_len: usize,
+    b: &mut [B],
+    b_len: usize,
+    work_elems: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) -> Result<(), E> + Sync + Send,
+) -> Result<(), E> {
+    #[cfg(not(feature = "parallel"))]
+    let _ = work_elems;
+    #[cfg(feature = "parallel")]
+    {
+        if work_elems >= 1 << 16 {
+            use rayon::prelude::*;
+            let results: Vec<Result<(), E>> = a
+                .par_chunks_mut(a_len)
+                .zip(b.par_chunks_mut(b_len))
+                .enumerate()
+                .map(|(r, (x, y))| f(r, x, y))
+                .collect();
+            return results.into_iter().collect();
+        }
+    }
+    a.chunks_mut(a_len).zip(b.chunks_mut(b_len)).enumerate().try_for_each(|(r, (x, y))| f(r, x, y))
+}

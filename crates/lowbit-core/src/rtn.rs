@@ -5,7 +5,8 @@
 //! so stored parameters reproduce exactly the codes chosen here.
 
 use crate::pack::{pack_into, packed_len};
-use crate::par::for_each_chunk;
+use crate::par::{for_each_chunk, try_for_each_row};
+use crate::Element;
 use crate::{
     check_finite, Bits, ClipSearch, CoreError, Granularity, IntScheme, QParams, QTensor, Result, ScaleDtype, Scales,
     Scheme,
@@ -146,21 +147,67 @@ pub fn matrix_dims(shape: &[usize]) -> Result<(usize, usize)> {
     Ok((numel / cols, cols))
 }
 
-/// Quantizes `weights` (row-major, `shape`) with round-to-nearest under `scheme`.
-pub fn quantize(weights: &[f32], shape: &[usize], scheme: IntScheme) -> Result<QTensor> {
+/// Quantizes `weights` (row-major, `shape`; f32, f16 or bf16) with round-to-nearest under
+/// `scheme`. Each row is widened, given its parameters and encoded in one pass while it is in
+/// cache; only a per-tensor scheme widens the whole tensor (to find its one range).
+pub fn quantize<T: Element>(weights: &[T], shape: &[usize], scheme: IntScheme) -> Result<QTensor> {
     let (rows, cols) = matrix_dims(shape)?;
-    if weights.len() != rows * cols {
-        return Err(CoreError::shape(
-            "quantize",
-            format!("{} elements for shape {shape:?}", rows * cols),
-            weights.len(),
-        ));
+    let numel = rows * cols;
+    if weights.len() != numel {
+        return Err(CoreError::shape("quantize", format!("{numel} elements for shape {shape:?}"), weights.len()));
     }
     scheme.granularity.validate(cols, scheme.bits)?;
     check_finite(weights)?;
-    let params = choose_params(weights, rows, cols, scheme)?;
-    let codes = encode(weights, cols, scheme, &params);
-    Ok(QTensor::from_int_parts(shape.to_vec(), scheme, codes, &params))
+    let IntScheme { bits, symmetric, scale_dtype, clip, granularity } = scheme;
+    let per_tensor = match granularity {
+        Granularity::PerTensor => {
+            let mut buf = Vec::new();
+            Some(group_params(T::as_f32(weights, &mut buf), bits, symmetric, scale_dtype, clip)?)
+        }
+        _ => None,
+    };
+    let per_row = granularity.groups_per_row(cols);
+    let mut params = vec![GroupParams { scale: 1.0, zero: 0 }; rows * per_row];
+    let seg = segment_len(granularity, cols);
+    let row_bits = cols * bits.get() as usize;
+    // Byte-aligned rows are packed as they are encoded; otherwise codes are packed at the end.
+    let aligned = row_bits % 8 == 0;
+    let (out_len, row_out) = if aligned { (packed_len(numel, bits), row_bits / 8) } else { (numel, cols) };
+    let mut out = vec![0u8; out_len];
+    try_for_each_row(&mut params, per_row, &mut out, row_out, numel, |r, row_params, out_row| {
+        let mut buf = Vec::new();
+        let row = T::as_f32(&weights[r * cols..(r + 1) * cols], &mut buf);
+        if per_tensor.is_none() {
+            for (p, group) in row_params.iter_mut().zip(row.chunks(seg)) {
+                *p = group_params(group, bits, symmetric, scale_dtype, clip)?;
+            }
+        }
+        let param = |k: usize| per_tensor.unwrap_or(row_params[k]);
+        if aligned {
+            let mut codes = vec![0u8; cols];
+            encode_segments(row, seg, bits.maxq(), param, &mut codes);
+            pack_into(&codes, bits, out_row);
+        } else {
+            encode_segments(row, seg, bits.maxq(), param, out_row);
+        }
+        Ok(())
+    })?;
+    let packed = if aligned {
+        out
+    } else {
+        let mut packed = vec![0u8; packed_len(numel, bits)];
+        pack_into(&out, bits, &mut packed);
+        packed
+    };
+    let params = per_tensor.map_or(params, |p| vec![p]);
+    Ok(QTensor::from_int_parts(shape.to_vec(), scheme, packed, &params))
+}
+
+/// Codes of one row whose `k`-th run of `seg` elements uses `param(k)`.
+fn encode_segments(row: &[f32], seg: usize, maxq: u8, param: impl Fn(usize) -> GroupParams, codes: &mut [u8]) {
+    for (k, (group, out)) in row.chunks(seg).zip(codes.chunks_mut(seg)).enumerate() {
+        param(k).quantize_slice(group, maxq, out);
+    }
 }
 
 /// Parameters of every group, row-major `[rows, groups_per_row]` (a single entry per tensor).
@@ -169,20 +216,18 @@ pub fn choose_params(weights: &[f32], rows: usize, cols: usize, scheme: IntSchem
     if scheme.granularity == Granularity::PerTensor {
         return Ok(vec![group_params(weights, bits, symmetric, scale_dtype, clip)?]);
     }
-    let g = match scheme.granularity {
-        Granularity::Group(g) => g.min(cols),
-        _ => cols,
-    };
-    let per_row = cols.div_ceil(g);
-    let mut out: Vec<Result<GroupParams>> =
-        (0..rows * per_row).map(|_| Ok(GroupParams { scale: 1.0, zero: 0 })).collect();
-    for_each_chunk(&mut out, per_row, weights.len(), |r, row_params| {
+    let seg = segment_len(scheme.granularity, cols);
+    let per_row = scheme.granularity.groups_per_row(cols);
+    let mut out = vec![GroupParams { scale: 1.0, zero: 0 }; rows * per_row];
+    let mut unused = vec![(); rows];
+    try_for_each_row(&mut out, per_row, &mut unused, 1, weights.len(), |r, row_params, _| {
         let row = &weights[r * cols..(r + 1) * cols];
-        for (p, group) in row_params.iter_mut().zip(row.chunks(g)) {
-            *p = group_params(group, bits, symmetric, scale_dtype, clip);
+        for (p, group) in row_params.iter_mut().zip(row.chunks(seg)) {
+            *p = group_params(group, bits, symmetric, scale_dtype, clip)?;
         }
-    });
-    out.into_iter().collect()
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Elements that share one parameter entry within a row (the whole row unless grouped).
@@ -206,10 +251,11 @@ fn for_each_segment(granularity: Granularity, cols: usize, r: usize, mut f: impl
 
 /// Codes of row `r` (unpacked) into `codes`.
 fn encode_row(row: &[f32], r: usize, scheme: IntScheme, params: &[GroupParams], codes: &mut [u8]) {
-    let maxq = scheme.bits.maxq();
-    for_each_segment(scheme.granularity, row.len(), r, |p, a, b| {
-        params[p].quantize_slice(&row[a..b], maxq, &mut codes[a..b])
-    });
+    let cols = row.len();
+    let seg = segment_len(scheme.granularity, cols);
+    let first = scheme.granularity.param_index(cols, r * cols);
+    let per_tensor = scheme.granularity == Granularity::PerTensor;
+    encode_segments(row, seg, scheme.bits.maxq(), |k| params[if per_tensor { 0 } else { first + k }], codes);
 }
 
 /// Values of row `r` from its unpacked codes.
@@ -357,7 +403,7 @@ mod tests {
             quantize(&[0.0; 48], &[1, 48], IntScheme { granularity: Granularity::Group(0), ..s }),
             Err(CoreError::GroupSize { .. })
         ));
-        assert!(matches!(quantize(&[], &[0, 32], s), Err(CoreError::Empty { .. })));
+        assert!(matches!(quantize::<f32>(&[], &[0, 32], s), Err(CoreError::Empty { .. })));
         assert!(matches!(quantize(&[0.0; 3], &[1, 32], s), Err(CoreError::Shape { .. })));
         assert!(matches!(Bits::try_from(5), Err(CoreError::UnsupportedBits { bits: 5 })));
         assert!(matches!(quantize(&[1e9; 32], &[1, 32], s), Err(CoreError::ScaleOverflow { .. })));

@@ -1,29 +1,33 @@
-//! Borrowing numpy arrays: contiguous f32 arrays are read in place; f16 arrays are widened to
-//! f32 (one copy, the cost of the format); anything else is refused with a clear message.
+//! Borrowing numpy arrays: C-contiguous float32 and float16 arrays are read in place; anything
+//! else is refused with a clear message. Code that needs f32 from a float16 array widens it
+//! (one copy, stated where it happens).
 
 use crate::errors::{ShapeError, UnsupportedError};
 use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-/// The elements of an input array as f32.
-pub(crate) enum F32Data<'py> {
-    /// A C-contiguous float32 array, borrowed without copying.
-    Borrowed(PyReadonlyArrayDyn<'py, f32>),
-    /// A float16 array widened to f32.
-    Widened(Vec<f32>),
+/// A borrowed C-contiguous float array.
+pub(crate) enum FloatArray<'py> {
+    /// float32.
+    F32(PyReadonlyArrayDyn<'py, f32>),
+    /// float16.
+    F16(PyReadonlyArrayDyn<'py, half::f16>),
 }
 
-/// An f32 view of a numpy array and its shape.
+/// A float32 or float16 numpy array, borrowed, and its shape.
 pub(crate) struct F32Input<'py> {
-    data: F32Data<'py>,
+    pub array: FloatArray<'py>,
     pub shape: Vec<usize>,
+    widened: Option<Vec<f32>>,
 }
 
 impl F32Input<'_> {
+    /// The elements as f32: the array itself for float32, a widened copy for float16.
     pub fn data(&self) -> &[f32] {
-        match &self.data {
-            F32Data::Borrowed(a) => a.as_slice().expect("contiguity checked in f32_input"),
-            F32Data::Widened(v) => v,
+        match (&self.array, &self.widened) {
+            (FloatArray::F32(a), _) => a.as_slice().expect("contiguity checked in f32_input"),
+            (FloatArray::F16(_), Some(w)) => w,
+            (FloatArray::F16(_), None) => unreachable!("float16 inputs are widened when f32 is asked for"),
         }
     }
 }
@@ -32,8 +36,17 @@ fn not_contiguous() -> PyErr {
     ShapeError::new_err("array must be C-contiguous; pass numpy.ascontiguousarray(a)")
 }
 
-/// Borrows an f32 array (no copy) or widens an f16 one.
+/// Borrows a float32 array; a float16 one is widened to f32 (one copy).
 pub(crate) fn f32_input<'py>(obj: &Bound<'py, PyAny>) -> PyResult<F32Input<'py>> {
+    let mut input = float_input(obj)?;
+    if let FloatArray::F16(a) = &input.array {
+        input.widened = Some(a.as_slice().expect("contiguity checked").iter().map(|h| h.to_f32()).collect());
+    }
+    Ok(input)
+}
+
+/// Borrows a float32 or float16 array without copying.
+pub(crate) fn float_input<'py>(obj: &Bound<'py, PyAny>) -> PyResult<F32Input<'py>> {
     let Ok(untyped) = obj.cast::<PyUntypedArray>() else {
         let got = obj.get_type().name()?;
         return Err(UnsupportedError::new_err(format!("expected a numpy array, got {got}")));
@@ -49,12 +62,12 @@ pub(crate) fn f32_input<'py>(obj: &Bound<'py, PyAny>) -> PyResult<F32Input<'py>>
     if let Ok(a) = obj.cast::<PyArrayDyn<f32>>() {
         let ro = a.try_readonly()?;
         ro.as_slice().map_err(|_| not_contiguous())?;
-        return Ok(F32Input { data: F32Data::Borrowed(ro), shape });
+        return Ok(F32Input { array: FloatArray::F32(ro), shape, widened: None });
     }
     if let Ok(a) = obj.cast::<PyArrayDyn<half::f16>>() {
         let ro = a.try_readonly()?;
-        let data = ro.as_slice().map_err(|_| not_contiguous())?.iter().map(|h| h.to_f32()).collect();
-        return Ok(F32Input { data: F32Data::Widened(data), shape });
+        ro.as_slice().map_err(|_| not_contiguous())?;
+        return Ok(F32Input { array: FloatArray::F16(ro), shape, widened: None });
     }
     let dtype = untyped.dtype().str()?.to_string();
     Err(UnsupportedError::new_err(format!(

@@ -1,10 +1,10 @@
 //! `QTensor` and the quantize / save / load functions.
 
-use crate::arrays::f32_input;
+use crate::arrays::{float_input, FloatArray};
 use crate::errors::{PyLowbitResult, UnsupportedError};
 use lowbit_core::{
-    codebook, io, pack, rtn, Absmax, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, QParams,
-    QTensor, ScaleDtype, Scales, Scheme,
+    codebook, io, pack, Absmax, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, QParams, QTensor,
+    ScaleDtype, Scales, Scheme,
 };
 use numpy::{IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods};
 use pyo3::prelude::*;
@@ -199,9 +199,9 @@ fn quantize(
     double_quant: bool,
     allow_partial_group: bool,
 ) -> PyResult<PyQTensor> {
-    let input = f32_input(weights)?;
+    let input = float_input(weights)?;
     let shape = input.shape.clone();
-    let result = match format {
+    let scheme = match format {
         "int" => {
             let scheme = IntScheme {
                 bits: Bits::try_from(bits).map_err(crate::errors::PyLowbitError::from)?,
@@ -214,19 +214,27 @@ fn quantize(
                 let cols = *shape.last().expect("rank checked");
                 scheme.granularity.require_dividing(cols).map_err(crate::errors::PyLowbitError::from)?;
             }
-            let data = input.data();
-            py.detach(|| rtn::quantize(data, &shape, scheme))
+            Scheme::Int(scheme)
         }
         "nf4" | "fp4" => {
             if bits != 4 {
                 return Err(UnsupportedError::new_err(format!("{format} is a 4-bit format, got bits={bits}")));
             }
             let codebook = if format == "nf4" { Codebook::Nf4 } else { Codebook::Fp4 };
-            let scheme = CodebookScheme { codebook, block_size, double_quant };
-            let data = input.data();
-            py.detach(|| codebook::quantize(data, &shape, scheme))
+            Scheme::Codebook(CodebookScheme { codebook, block_size, double_quant })
         }
         other => return Err(UnsupportedError::new_err(format!("format must be 'int', 'nf4' or 'fp4', got {other:?}"))),
+    };
+    // Both dtypes are read in place; float16 rows are widened one at a time inside the quantizer.
+    let result = match &input.array {
+        FloatArray::F32(a) => {
+            let data = a.as_slice()?;
+            py.detach(|| lowbit_core::quantize(data, &shape, scheme))
+        }
+        FloatArray::F16(a) => {
+            let data = a.as_slice()?;
+            py.detach(|| lowbit_core::quantize(data, &shape, scheme))
+        }
     };
     let inner: PyLowbitResult<QTensor> = result.map_err(Into::into);
     Ok(PyQTensor { inner: inner? })
@@ -253,12 +261,12 @@ fn save_tensors(
     Ok(result?)
 }
 
+/// Tensors by name and the file's other metadata.
+type LoadedTensors = (BTreeMap<String, Py<PyQTensor>>, BTreeMap<String, String>);
+
 /// Reads a file written by `save_tensors`: returns `(tensors, metadata)`.
 #[pyfunction]
-fn load_tensors(
-    py: Python<'_>,
-    path: PathBuf,
-) -> PyResult<(BTreeMap<String, Py<PyQTensor>>, BTreeMap<String, String>)> {
+fn load_tensors(py: Python<'_>, path: PathBuf) -> PyResult<LoadedTensors> {
     let loaded: PyLowbitResult<io::Loaded> = py.detach(|| io::load(&path)).map_err(Into::into);
     let loaded = loaded?;
     let tensors = loaded

@@ -17,7 +17,12 @@ fn scheme(bits: u32, group_size: i64, symmetric: bool) -> PyResult<IntScheme> {
 }
 
 /// (codes u8 [rows, cols], scales f32 [rows, groups], zeros u8 [rows, groups]) of an int QTensor.
-fn unpacked<'py>(py: Python<'py>, qt: &QTensor) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+/// Codes, scales and zeros as numpy arrays.
+type Unpacked<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>);
+/// `(codes, scales, zeros, loss)`.
+type GptqResult<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>, f64);
+
+fn unpacked<'py>(py: Python<'py>, qt: &QTensor) -> PyResult<Unpacked<'py>> {
     let (rows, cols) = qt.matrix_dims();
     let lowbit_core::Scheme::Int(s) = *qt.scheme() else { unreachable!("solvers return integer tensors") };
     let codes = unpack(qt.codes(), s.bits, rows * cols).map_err(PyLowbitError::from)?;
@@ -51,7 +56,7 @@ fn gptq_quantize_py<'py>(
     static_groups: bool,
     percdamp: f64,
     block_size: usize,
-) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>, f64)> {
+) -> PyResult<GptqResult<'py>> {
     let w = f32_input(weight)?;
     let [rows, cols] = w.shape[..] else { return Err(ShapeError::new_err("weight must be 2-D [rows, cols]")) };
     // f64 Hessian (a float32 one is widened: one copy).
