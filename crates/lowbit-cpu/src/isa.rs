@@ -94,6 +94,11 @@ pub(crate) trait Isa: Copy + Send + Sync {
     fn widen_f16(self, src: &[f16], dst: &mut [f32]);
     /// Widens bf16 to f32.
     fn widen_bf16(self, src: &[bf16], dst: &mut [f32]);
+    /// `pt[k * PANEL + j] = p[j * ps + k]` for `j < nb ≤ PANEL`, `k < kc`: a dequantized panel
+    /// transposed for the micro-kernel (columns `nb..PANEL` are left as they are).
+    fn transpose(self, p: &[f32], ps: usize, nb: usize, kc: usize, pt: &mut [f32]) {
+        transpose_portable(p, ps, nb, kc, pt, Self::PANEL);
+    }
     /// Weight rows in one transposed panel (the micro-kernel's register width).
     const PANEL: usize;
     /// Rows of x per micro-kernel call.
@@ -135,6 +140,15 @@ pub(crate) fn interleave(x: &[f32], lanes: usize, per_byte: usize, out: &mut [f3
             for t in 0..per_byte {
                 dst[t * lanes + j] = src[per_byte * j + t];
             }
+        }
+    }
+}
+
+/// `pt[k * np + j] = p[j * ps + k]`, written row by row of `pt` so stores are contiguous.
+pub(crate) fn transpose_portable(p: &[f32], ps: usize, nb: usize, kc: usize, pt: &mut [f32], np: usize) {
+    for (k, dst) in pt.chunks_exact_mut(np).take(kc).enumerate() {
+        for (j, d) in dst[..nb].iter_mut().enumerate() {
+            *d = p[j * ps + k];
         }
     }
 }

@@ -13,7 +13,7 @@ use lowbit_cpu::{KernelLevel, Linear, WeightKind};
 const F32_SUM_TOL: f32 = 1e-5;
 
 const ROWS: [usize; 5] = [1, 3, 17, 33, 100];
-const MS: [usize; 4] = [1, 2, 5, 17];
+const MS: [usize; 5] = [1, 2, 5, 12, 17];
 
 /// SplitMix64: a seeded generator with no dependencies.
 struct Rng(u64);
@@ -43,8 +43,12 @@ fn levels() -> Vec<KernelLevel> {
 
 /// Checks `lin` at every level and every m against the reference; `dense` is the f32 weight.
 fn check(lin: &Linear, dense: &[f32], rng: &mut Rng, what: &str) {
+    check_ms(lin, dense, rng, what, &MS);
+}
+
+fn check_ms(lin: &Linear, dense: &[f32], rng: &mut Rng, what: &str, ms: &[usize]) {
     let (rows, cols) = (lin.rows(), lin.cols());
-    for m in MS {
+    for &m in ms {
         let x = rng.vec(m * cols);
         let mut want = vec![0.0; m * rows];
         lin.forward_scalar(&x, m, &mut want);
@@ -180,6 +184,13 @@ fn large_blocked_shapes() {
     let w = rng.vec(300 * 640);
     let lin = Linear::new(300, 640, WeightKind::F32(w.clone())).unwrap();
     check(&lin, &w, &mut rng, "f32 large");
+    // large m: split over rows of x between threads (when there are several)
+    let scheme = IntScheme::group(Bits::B4, 128);
+    let w = rng.vec(200 * 576);
+    let q = rtn::quantize(&w, &[200, 576], scheme).unwrap();
+    let dense = q.dequantize();
+    let lin = Linear::new(200, 576, WeightKind::Quant(q)).unwrap();
+    check_ms(&lin, &dense, &mut rng, "int4 g128 large m", &[100, 131]);
 }
 
 #[test]

@@ -445,36 +445,52 @@ unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
         // SAFETY: same contract; AVX-512 implies the AVX2 the 3-bit kernels use.
         return unsafe { super::avx2::dequant_q3(b, r, k0, dst) };
     }
-    let bits = b.bits as usize;
-    let per_byte = 8 / bits;
+    // SAFETY: same contract.
+    unsafe {
+        match b.bits {
+            8 => dequant_rows::<8>(b, r, k0, dst),
+            4 => dequant_rows::<4>(b, r, k0, dst),
+            2 => dequant_rows::<2>(b, r, k0, dst),
+            _ => unreachable!("codes are 2, 3, 4 or 8 bits"),
+        }
+    }
+}
+
+/// [`dequant_int`] for 2, 4 and 8 bits: one table (or zero and scale) per group, not per chunk.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn dequant_rows<const BITS: u32>(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
+    let per_byte = (8 / BITS) as usize;
     let chunk = L * per_byte;
     let gpr = b.cols.div_ceil(b.group);
     assert!(k0.is_multiple_of(chunk) && dst.len().is_multiple_of(chunk) && k0 + dst.len() <= b.cols);
     assert!(b.codes.len() >= (r + 1) * b.row_bytes && b.scales.len() >= (r + 1) * gpr);
     let row = b.codes.as_ptr();
     let dp = dst.as_mut_ptr();
-    for c in (0..dst.len()).step_by(chunk) {
-        let k = k0 + c;
-        let p = r * gpr + k / b.group;
+    let mut c = 0;
+    while c < dst.len() {
+        let gi = (k0 + c) / b.group;
+        let gend = ((gi + 1) * b.group).min(k0 + dst.len()) - k0;
+        let p = r * gpr + gi;
         let (zero, scale) = (b.zeros.get(p), b.scales[p]);
-        // SAFETY: 16 code bytes at byte k / per_byte of row r and `chunk` f32 at dst[c..] are in
-        // bounds (asserted: k + chunk <= cols, c + chunk <= dst.len()).
-        unsafe {
-            let mut v = widen16(row.add(r * b.row_bytes + k / per_byte));
-            match b.bits {
-                8 => {
-                    let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(i32::from(zero))));
-                    _mm512_storeu_ps(dp.add(c), _mm512_mul_ps(q, _mm512_set1_ps(scale)));
-                }
-                4 | 2 => {
-                    let lut = if bits == 4 { int_lut::<4>(zero, scale) } else { int_lut::<2>(zero, scale) };
+        let lut = int_lut::<BITS>(zero, scale);
+        let (zv, sv) = (_mm512_set1_epi32(i32::from(zero)), _mm512_set1_ps(scale));
+        while c < gend {
+            let k = k0 + c;
+            // SAFETY: 16 code bytes at byte k / per_byte of row r and `chunk` f32 at dst[c..] are
+            // in bounds (asserted: k + chunk <= cols, c + chunk <= dst.len()).
+            unsafe {
+                let mut v = widen16(row.add(r * b.row_bytes + k / per_byte));
+                if BITS == 8 {
+                    let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, zv));
+                    _mm512_storeu_ps(dp.add(c), _mm512_mul_ps(q, sv));
+                } else {
                     for t in 0..per_byte {
                         _mm512_storeu_ps(dp.add(c + t * L), _mm512_permutexvar_ps(v, lut));
-                        v = _mm512_srl_epi32(v, _mm_cvtsi32_si128(bits as i32));
+                        v = _mm512_srli_epi32::<BITS>(v);
                     }
                 }
-                _ => unreachable!("3-bit codes take the generic path"),
             }
+            c += chunk;
         }
     }
 }
@@ -530,6 +546,77 @@ unsafe fn dequant_cb(b: &CbBlock, r: usize, k0: usize, dst: &mut [f32]) {
             let v = widen16(b.codes.as_ptr().add(r * b.cols / 2 + k / 2));
             _mm512_storeu_ps(dp.add(c), _mm512_permutexvar_ps(v, lut));
             _mm512_storeu_ps(dp.add(c + L), _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), lut));
+        }
+    }
+}
+
+/// Transposes 16 rows of 16 f32 (`r[i]` = row i) into 16 columns.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // 1: pairs of rows interleaved within 128-bit lanes
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // 2: u[4g + c] holds, in lane L, column 4L + c of rows 4g..4g + 4
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let (g, c) = (i / 4, i % 4);
+        let (a, b) = (t[4 * g + c / 2], t[4 * g + c / 2 + 2]);
+        if c % 2 == 0 {
+            _mm512_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm512_shuffle_ps::<0xEE>(a, b)
+        }
+    });
+    // 3: gather lane L of the four row groups for columns 4L + c
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        let x0 = _mm512_shuffle_f32x4::<0x44>(u[c], u[4 + c]);
+        let x1 = _mm512_shuffle_f32x4::<0xEE>(u[c], u[4 + c]);
+        let y0 = _mm512_shuffle_f32x4::<0x44>(u[8 + c], u[12 + c]);
+        let y1 = _mm512_shuffle_f32x4::<0xEE>(u[8 + c], u[12 + c]);
+        out[c] = _mm512_shuffle_f32x4::<0x88>(x0, y0);
+        out[4 + c] = _mm512_shuffle_f32x4::<0xDD>(x0, y0);
+        out[8 + c] = _mm512_shuffle_f32x4::<0x88>(x1, y1);
+        out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(x1, y1);
+    }
+    out
+}
+
+/// `pt[k * 32 + j] = p[j * ps + k]`: 16 x 16 blocks through registers, edges element by element.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn transpose_panel(p: &[f32], ps: usize, nb: usize, kc: usize, pt: &mut [f32]) {
+    const NP: usize = 2 * L;
+    assert!(nb <= NP && pt.len() >= kc * NP && (nb == 0 || p.len() >= (nb - 1) * ps + kc));
+    let full_k = kc / L * L;
+    for j0 in (0..nb).step_by(L) {
+        if j0 + L > nb {
+            // a partial block of rows
+            for k in 0..kc {
+                for j in j0..nb {
+                    pt[k * NP + j] = p[j * ps + k];
+                }
+            }
+            continue;
+        }
+        for k0 in (0..full_k).step_by(L) {
+            // SAFETY: rows j0..j0+16 < nb hold columns k0..k0+16 <= kc (asserted); the stores
+            // write pt[(k0 + n) * 32 + j0..+16] with k0 + n < kc.
+            unsafe {
+                let rows: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(p.as_ptr().add((j0 + i) * ps + k0)));
+                for (n, col) in transpose16(rows).iter().enumerate() {
+                    _mm512_storeu_ps(pt.as_mut_ptr().add((k0 + n) * NP + j0), *col);
+                }
+            }
+        }
+        for k in full_k..kc {
+            for j in j0..j0 + L {
+                pt[k * NP + j] = p[j * ps + k];
+            }
         }
     }
 }
@@ -601,6 +688,10 @@ impl Isa for Avx512 {
     }
     const PANEL: usize = 2 * L;
     const MR: usize = 12;
+    fn transpose(self, p: &[f32], ps: usize, nb: usize, kc: usize, pt: &mut [f32]) {
+        // SAFETY: see above.
+        unsafe { transpose_panel(p, ps, nb, kc, pt) }
+    }
     fn kernel(
         self,
         x: &[f32],
