@@ -33,8 +33,9 @@ lint-python: develop
 
 lint: lint-rust lint-python
 
-test-rust:
-	cargo test --workspace --release
+# The venv's python3 (numpy, gguf, the SmolLM2 package) serves the Rust tests' reference checks.
+test-rust: venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo test --workspace --release
 
 # pytest's exit status 5 (no tests collected) fails here like any other failure.
 test-python: develop
