@@ -11,29 +11,10 @@ import lowbit
 from lowbit import _lowbit
 from reference import rtn_ref
 
-# bitsandbytes `create_normal_map()` / QLoRA appendix E, as float32
-PUBLISHED_NF4 = [
-    -1.0,
-    -0.6961928009986877,
-    -0.5250730514526367,
-    -0.39491748809814453,
-    -0.28444138169288635,
-    -0.18477343022823334,
-    -0.09105003625154495,
-    0.0,
-    0.07958029955625534,
-    0.16093020141124725,
-    0.24611230194568634,
-    0.33791524171829224,
-    0.44070982933044434,
-    0.5626170039176941,
-    0.7229568362236023,
-    1.0,
-]
-
 
 def test_nf4_table_is_the_published_one() -> None:
-    np.testing.assert_array_equal(np.float32(_lowbit.codebook_table("nf4")), np.float32(PUBLISHED_NF4))
+    # reference.rtn_ref.NF4 holds the values published with QLoRA (bitsandbytes `create_normal_map()`)
+    np.testing.assert_array_equal(np.float32(_lowbit.codebook_table("nf4")), rtn_ref.NF4)
 
 
 def test_fp4_table_is_e2m1() -> None:

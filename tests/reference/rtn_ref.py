@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+# The 16 NF4 values published with QLoRA (bitsandbytes `create_normal_map()`), as float32.
 NF4 = np.array(
     [
         -1.0,
