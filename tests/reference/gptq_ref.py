@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import rtn_ref
+
 
 class SingularHessianError(ValueError):
     """The damped Hessian stays singular."""
@@ -31,27 +33,11 @@ class SingularHessianError(ValueError):
 def group_params(
     vals: np.ndarray, bits: int, symmetric: bool, scale_dtype: str = "f16"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row scale and zero (float32) of ``vals[rows, n]``."""
-    vals = vals.astype(np.float32)
-    maxq = np.float32(2**bits - 1)
-    lo = np.minimum(vals.min(axis=1), np.float32(0))
-    hi = np.maximum(vals.max(axis=1), np.float32(0))
-    if symmetric:
-        hi = np.maximum(hi, -lo)
-        lo = -hi
-        raw = np.maximum(np.abs(lo), np.abs(hi)) / np.float32(2 ** (bits - 1) - 1)
-    else:
-        raw = (hi - lo) / maxq
-    raw = raw.astype(np.float32)
-    scale = raw.astype(np.float16).astype(np.float32) if scale_dtype == "f16" else raw
+    """Per-row scale and zero (float32) of ``vals[rows, n]``: lowbit's RTN rule (rtn_ref)."""
+    with np.errstate(over="ignore"):
+        scale, zero = rtn_ref.group_params(vals, bits, symmetric, scale_dtype)
     if not np.all(np.isfinite(scale)):
         raise OverflowError("scale does not fit float16")
-    scale = np.where(scale == 0, np.float32(2.0**-24), scale)
-    scale = np.where(raw == 0, np.float32(1.0), scale).astype(np.float32)
-    if symmetric:
-        zero = np.full(scale.shape, 2 ** (bits - 1), dtype=np.float32)
-    else:
-        zero = np.clip(np.rint(-lo / scale), 0, maxq).astype(np.float32)
     return scale, zero
 
 

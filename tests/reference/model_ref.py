@@ -128,9 +128,11 @@ def forward(cfg, w, tokens):
 
 def main():
     d = sys.argv[1]
-    cfg = json.load(open(f"{d}/config.json"))
+    with open(f"{d}/config.json") as f:
+        cfg = json.load(f)
     w = read_safetensors(f"{d}/model.safetensors")
-    seqs = json.load(open(f"{d}/prompt.json"))["tokens"]
+    with open(f"{d}/prompt.json") as f:
+        seqs = json.load(f)["tokens"]
     logits = np.concatenate([forward(cfg, w, np.array(s)) for s in seqs], axis=0)
     logits.astype("<f4").tofile(f"{d}/ref_logits.f32")
 
