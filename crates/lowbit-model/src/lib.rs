@@ -9,6 +9,7 @@
 //! * [`Model::generate`]: greedy or sampled decoding with streaming; [`Tokenizer`] with its
 //!   chat template.
 //! * [`Model::perplexity`]: the project's evaluation protocol.
+//! * [`quantize::quantize_model`]: the layer-by-layer GPTQ/AWQ/SmoothQuant/RTN pipeline.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -22,6 +23,7 @@ mod model;
 mod ops;
 mod par;
 pub mod perplexity;
+pub mod quantize;
 mod safetensors_source;
 mod tensors;
 pub mod tokenizer;

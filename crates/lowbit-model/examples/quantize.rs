@@ -1,0 +1,52 @@
+//! Quantize a model with the pipeline and optionally evaluate it (protocol perplexity).
+//!
+//! `cargo run --release -p lowbit-model --example quantize -- MODEL OUT METHOD BITS GROUP|0
+//!  [--sym] [--act-order] [--calib FILE] [--nsamples N] [--awq-samples N] [--eval FILE] [--eval-base]`
+use lowbit_model::quantize::{quantize_model, CalibSource, QuantMethod, QuantizeOptions};
+use lowbit_model::{perplexity::read_text_file, Model, PerplexityOptions};
+use std::path::Path;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a: Vec<String> = std::env::args().collect();
+    let flag = |f: &str| a.iter().any(|x| x == f);
+    let val = |f: &str| a.iter().position(|x| x == f).map(|i| a[i + 1].clone());
+    let group: usize = a[5].parse()?;
+    let opts = QuantizeOptions {
+        method: a[3].parse::<QuantMethod>()?,
+        bits: a[4].parse()?,
+        group_size: (group > 0).then_some(group),
+        sym: flag("--sym"),
+        act_order: flag("--act-order"),
+        calib: Some(CalibSource::from_path(val("--calib").unwrap_or("/work/shared/data/wikitext2/valid.txt".into()))),
+        nsamples: val("--nsamples").map_or(Ok(128), |v| v.parse())?,
+        awq_samples: val("--awq-samples").map_or(Ok(32), |v| v.parse())?,
+        ..QuantizeOptions::default()
+    };
+    let t = std::time::Instant::now();
+    let rep = quantize_model(Path::new(&a[1]), Path::new(&a[2]), &opts, &mut |p| {
+        eprintln!("{:?} {}/{} loss {:.4} elapsed {:.1}s eta {:.1}s", p.stage, p.done, p.total, p.loss, p.elapsed, p.eta)
+    })?;
+    println!(
+        "quantize wall {:.1}s (calib {:.1}s, blocks {:.1}s), peak RSS {:.0} MiB, bits/weight {:.3}, mean loss {:.4}",
+        t.elapsed().as_secs_f64(),
+        rep.calib_seconds,
+        rep.quantize_seconds,
+        rep.peak_rss_bytes.unwrap_or(0) as f64 / 1048576.0,
+        rep.bits_per_weight,
+        rep.mean_loss()
+    );
+    for n in &rep.notes {
+        println!("note: {n}");
+    }
+    if let Some(eval) = val("--eval") {
+        let text = read_text_file(Path::new(&eval))?;
+        let paths: Vec<&str> = if flag("--eval-base") { vec![&a[1], &a[2]] } else { vec![&a[2]] };
+        for p in paths {
+            let m = Model::load(p)?;
+            let ids = m.tokenizer().ok_or("no tokenizer")?.encode(&text, false)?;
+            let r = m.perplexity(&ids, &PerplexityOptions::default(), &mut |_| {})?;
+            println!("ppl {p}: {:.4} ({} tokens, {:.1}s)", r.ppl, r.tokens, r.seconds);
+        }
+    }
+    Ok(())
+}

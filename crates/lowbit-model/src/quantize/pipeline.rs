@@ -1,0 +1,613 @@
+//! The layer-by-layer pipeline (GPTQ's scheme, made true-sequential and single-pass).
+//!
+//! Block 0's inputs are computed for all calibration windows (`x`, `[nsamples * seqlen, hidden]`).
+//! Then, per block and per group of linear layers that share an input, in execution order:
+//!
+//! 1. q/k/v: statistics of `input_layernorm(x)`; solve; q, k, v become quantized.
+//! 2. o: run attention **with the quantized q/k/v**; statistics of the heads' output; solve.
+//! 3. gate/up: `x += o(attn)` with the quantized o; statistics of `post_attention_layernorm(x)`.
+//! 4. down: `silu(gate) * up` with the quantized gate/up; statistics; solve; `x += down(act)`.
+//!
+//! So one pass over the calibration data per block yields both the statistics of every layer
+//! (on activations that already carry the upstream quantization error) and the block's output,
+//! which is the next block's input. The reference GPTQ runs every block twice and builds a
+//! Hessian per linear layer; here one Hessian per distinct input (4 per block), built with f32
+//! rank-k updates summed in f64 (`HessianPrecision::F32Chunks`).
+//!
+//! Memory: the model as loaded (each block's linears shrink to their packed form once solved),
+//! `x`, and one block's intermediate activations (the attention output, later the MLP
+//! activation, at most `tokens * intermediate_size` floats), plus the Hessians.
+
+use super::block::{self, Rope};
+use super::calib::calibration_windows;
+use super::checkpoint::{Checkpoint, CheckpointState};
+use super::options::{peak_rss_bytes, LayerStat, Progress, QuantMethod, QuantizeOptions, QuantizeReport, Stage};
+use super::output::write_output;
+use super::sha256::sha256_hex;
+use crate::model::{Layer, Model};
+use crate::{ModelError, Result};
+use lowbit_core::{rtn, IntScheme, QParams, QTensor, Scales};
+use lowbit_cpu::{Linear, WeightKind};
+use lowbit_solvers::awq::{self, AwqConfig, AwqLayer};
+use lowbit_solvers::smoothquant::{self, SmoothLayer, SmoothQuantConfig};
+use lowbit_solvers::{gptq_quantize, rtn_quantize, DampingConfig, GptqConfig, Hessian, HessianPrecision, LayerReport};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Quantizes every linear layer inside the transformer blocks of the model at `model_path` (an HF
+/// directory or a `.gguf`) and writes a lowbit checkpoint directory to `out` (atomically: on any
+/// error no `out` appears). Embeddings, norms and the LM head stay as loaded.
+pub fn quantize_model(
+    model_path: &Path,
+    out: &Path,
+    opts: &QuantizeOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<QuantizeReport> {
+    opts.validate()?;
+    if out.exists() && std::fs::read_dir(out).map_err(|e| ModelError::io(out, e))?.next().is_some() {
+        return Err(ModelError::Io {
+            path: out.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "output directory exists and is not empty"),
+        });
+    }
+    let model = Model::load(model_path)?;
+    let ckpt = Checkpoint::new(partial_dir(out));
+    let mut stopped = false;
+    let result = run(model, model_path, out, opts, &ckpt, progress, &mut stopped);
+    match &result {
+        Ok(_) => ckpt.remove(),
+        Err(_) if stopped => {}
+        Err(_) => ckpt.remove(),
+    }
+    result
+}
+
+/// Where the per-block checkpoint of a run writing `out` lives: `<out>.partial`.
+pub fn partial_dir(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+struct Ctx<'a> {
+    opts: &'a QuantizeOptions,
+    scheme: IntScheme,
+    cfg: crate::ModelConfig,
+    seqlen: usize,
+    notes: Vec<String>,
+}
+
+fn run(
+    mut model: Model,
+    model_path: &Path,
+    out: &Path,
+    opts: &QuantizeOptions,
+    ckpt: &Checkpoint,
+    progress: &mut dyn FnMut(Progress),
+    stopped: &mut bool,
+) -> Result<QuantizeReport> {
+    let start = Instant::now();
+    let scheme = opts.scheme()?;
+    let cfg = model.config().clone();
+    for (what, cols) in
+        [("hidden_size", cfg.hidden_size), ("q_dim", cfg.q_dim()), ("intermediate_size", cfg.intermediate_size)]
+    {
+        scheme.granularity.validate(cols, scheme.bits).map_err(|e| {
+            ModelError::input("quantize", format!("group size does not fit the model's {what} of {cols}: {e}"))
+        })?;
+    }
+    let nblocks = cfg.num_hidden_layers;
+    let (before, _) = linear_bytes(&model);
+    let params = opts.params_json();
+    let mut ctx = Ctx { opts, scheme, cfg: cfg.clone(), seqlen: opts.seqlen, notes: vec![] };
+
+    // Calibration.
+    let calib_start = Instant::now();
+    let (windows, calib_sha) = if opts.method == QuantMethod::Rtn {
+        (Vec::new(), None)
+    } else {
+        progress(Progress { stage: Stage::Calibrating, done: 0, total: nblocks, loss: 0.0, elapsed: 0.0, eta: 0.0 });
+        let src = opts.calib.as_ref().ok_or_else(|| ModelError::input("quantize", "no calibration data"))?;
+        let w = calibration_windows(&model, src, opts.nsamples, opts.seqlen, opts.seed)?;
+        let sha = sha256_hex(&w.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
+        (w, Some(sha))
+    };
+    let calib_seconds = calib_start.elapsed().as_secs_f64();
+
+    // Resume or start.
+    let fingerprint = sha256_hex(
+        serde_json::json!({
+            "params": params, "calib": calib_sha, "model": model_path.display().to_string(),
+            "config": cfg.to_hf_json(),
+        })
+        .to_string()
+        .as_bytes(),
+    );
+    let h = cfg.hidden_size;
+    let mut layers_stats: Vec<LayerStat> = vec![];
+    let mut first = 0;
+    let mut x: Vec<f32> = vec![];
+    let calibrated = opts.method != QuantMethod::Rtn;
+    if opts.method == QuantMethod::SmoothQuant {
+        ctx.notes.push(
+            "SmoothQuant: smoothing folded into the RMSNorms before q/k/v and gate/up; weights int8 per channel. \
+             The saved model runs through the runtime's int8-weight kernel with f32 activations; the per-token int8 \
+             activation path exists only as lowbit-solvers' scalar W8A8 reference (no int8 x int8 kernel in lowbit-cpu yet)"
+                .into(),
+        );
+    }
+    if calibrated {
+        let resumed = if opts.resume { ckpt.load(&fingerprint, &mut model)? } else { None };
+        match resumed {
+            Some(state) => {
+                first = state.next_block;
+                layers_stats = state.layers;
+                ctx.notes = state.notes;
+                x = state.x;
+            }
+            None => {
+                ckpt.remove();
+                x = vec![0f32; windows.len() * h];
+                block::embed(&model, &windows, &mut x);
+            }
+        }
+    }
+
+    let rope = Rope::new(&cfg, opts.seqlen.max(1));
+    let blocks_start = Instant::now();
+    for b in first..nblocks {
+        let layer = &mut model.layers_mut()[b];
+        let stats = if calibrated {
+            quantize_block_calibrated(&mut ctx, b, layer, &rope, &mut x)?
+        } else {
+            quantize_block_rtn(&ctx, b, layer)?
+        };
+        let loss = stats.iter().map(|s| s.loss).sum::<f64>() / stats.len().max(1) as f64;
+        layers_stats.extend(stats);
+        if calibrated {
+            if let Some((t, c)) = first_non_finite(&x, h) {
+                return Err(ModelError::input(
+                    "quantize",
+                    format!("non-finite activation after block {b} (token {t}, channel {c}): the model or calibration data overflows"),
+                ));
+            }
+            ckpt.save(
+                &CheckpointState {
+                    fingerprint: fingerprint.clone(),
+                    next_block: b + 1,
+                    layers: layers_stats.clone(),
+                    notes: ctx.notes.clone(),
+                    x: std::mem::take(&mut x),
+                },
+                &model.layers()[b],
+                b,
+            )
+            .map(|xs| x = xs)?;
+        }
+        let done = b + 1 - first;
+        let per = blocks_start.elapsed().as_secs_f64() / done as f64;
+        progress(Progress {
+            stage: Stage::Block,
+            done: b + 1,
+            total: nblocks,
+            loss,
+            elapsed: start.elapsed().as_secs_f64(),
+            eta: per * (nblocks - b - 1) as f64,
+        });
+        if opts.stop_after_block == Some(b) && b + 1 < nblocks {
+            *stopped = true;
+            return Err(ModelError::input(
+                "quantize",
+                format!("stopped after block {b} as asked (stop_after_block); run again with resume to continue"),
+            ));
+        }
+    }
+    drop(x);
+    let quantize_seconds = blocks_start.elapsed().as_secs_f64();
+
+    progress(Progress {
+        stage: Stage::Writing,
+        done: nblocks,
+        total: nblocks,
+        loss: 0.0,
+        elapsed: start.elapsed().as_secs_f64(),
+        eta: 0.0,
+    });
+    let (_, after) = linear_bytes(&model);
+    let numel: usize = model.layers().iter().flat_map(|l| l.linears().map(|(_, x)| x.rows() * x.cols())).sum();
+    let mut report = QuantizeReport {
+        out: out.display().to_string(),
+        params,
+        layers: layers_stats,
+        calib_sha256: calib_sha,
+        calib_tokens: windows.len(),
+        calib_seconds,
+        quantize_seconds,
+        wall_seconds: 0.0,
+        peak_rss_bytes: None,
+        linear_bytes_before: before,
+        linear_bytes_after: after,
+        bits_per_weight: after as f64 * 8.0 / numel.max(1) as f64,
+        out_bytes: 0,
+        resumed_from_block: first,
+        notes: ctx.notes,
+    };
+    report.wall_seconds = start.elapsed().as_secs_f64();
+    report.peak_rss_bytes = peak_rss_bytes();
+    report.out_bytes = write_output(&model, out, &report)?;
+    report.wall_seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn first_non_finite(x: &[f32], cols: usize) -> Option<(usize, usize)> {
+    x.iter().position(|v| !v.is_finite()).map(|i| (i / cols, i % cols))
+}
+
+/// `(f32 bytes of the block linears, their bytes as stored now)`.
+fn linear_bytes(model: &Model) -> (usize, usize) {
+    let lins = model.layers().iter().flat_map(|l| l.linears().map(|(_, x)| (x.rows() * x.cols() * 4, x.nbytes())));
+    lins.fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
+}
+
+/// A linear layer's weights as f32 (dequantizing a quantized one).
+fn dense(lin: &Linear) -> Vec<f32> {
+    match lin.weight() {
+        WeightKind::F32(v) => v.clone(),
+        WeightKind::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        WeightKind::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        WeightKind::Quant(q) => q.dequantize(),
+    }
+}
+
+fn set_quant(lin: &mut Linear, qt: QTensor) -> Result<()> {
+    *lin = Linear::new(lin.rows(), lin.cols(), WeightKind::Quant(qt))?;
+    Ok(())
+}
+
+fn solver_err(block: usize, what: &str, e: lowbit_solvers::SolverError) -> ModelError {
+    ModelError::input("quantize", format!("block {block} {what}: {e}"))
+}
+
+fn stat(block: usize, name: &str, r: &LayerReport, alpha: Option<f32>) -> LayerStat {
+    LayerStat {
+        block,
+        name: name.to_string(),
+        loss: r.loss,
+        damping: r.damping.map(|d| d.relative),
+        damping_raises: r.damping.map_or(0, |d| d.raises),
+        dead_inputs: r.dead_inputs,
+        alpha,
+        seconds: r.seconds,
+    }
+}
+
+fn quantize_block_rtn(ctx: &Ctx, b: usize, layer: &mut Layer) -> Result<Vec<LayerStat>> {
+    let mut stats = vec![];
+    for (name, lin) in layer.linears_mut() {
+        let w = dense(lin);
+        let out = rtn_quantize(&w, lin.rows(), lin.cols(), ctx.scheme).map_err(|e| solver_err(b, name, e))?;
+        stats.push(stat(b, name, &out.report, None));
+        set_quant(lin, out.qtensor)?;
+    }
+    Ok(stats)
+}
+
+/// What a group of layers sharing an input needs from the calibration activations.
+struct Stats {
+    cols: usize,
+    hessian: Option<Hessian>,
+    /// The first `keep_rows` rows (AWQ's activations).
+    kept: Vec<f32>,
+    keep_rows: usize,
+    /// Per-channel absolute maximum (SmoothQuant).
+    absmax: Option<Vec<f32>>,
+}
+
+impl Stats {
+    fn new(ctx: &Ctx, cols: usize) -> Self {
+        let m = ctx.opts.method;
+        Stats {
+            cols,
+            hessian: (m == QuantMethod::Gptq).then(|| Hessian::with_precision(cols, HessianPrecision::F32Chunks)),
+            kept: vec![],
+            keep_rows: if m == QuantMethod::Awq { ctx.opts.awq_samples.min(ctx.opts.nsamples) * ctx.seqlen } else { 0 },
+            absmax: (m == QuantMethod::SmoothQuant).then(|| vec![0f32; cols]),
+        }
+    }
+
+    fn add(&mut self, x: &[f32], block: usize, what: &str) -> Result<()> {
+        let rows = x.len() / self.cols;
+        if let Some(h) = &mut self.hessian {
+            h.add_batch(x, rows).map_err(|e| solver_err(block, what, e))?;
+        } else if let Some((t, c)) = first_non_finite(x, self.cols) {
+            return Err(ModelError::input(
+                "quantize",
+                format!("block {block} {what}: non-finite activation (token {t}, channel {c})"),
+            ));
+        }
+        let have = self.kept.len() / self.cols;
+        if have < self.keep_rows {
+            let take = (self.keep_rows - have).min(rows);
+            self.kept.extend_from_slice(&x[..take * self.cols]);
+        }
+        if let Some(a) = &mut self.absmax {
+            for row in x.chunks_exact(self.cols) {
+                for (m, v) in a.iter_mut().zip(row) {
+                    *m = m.max(v.abs());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a group's AWQ/SmoothQuant scales are folded: `x / s` must come out of that op.
+enum Fold<'a> {
+    /// The RMSNorm weight before the group.
+    Norm(&'a mut Vec<f32>),
+    /// The (already quantized) linear whose output rows feed the group: its per-row scales.
+    Rows(&'a mut Linear),
+    /// Nowhere (shapes do not allow it): the group gets no scales.
+    None,
+}
+
+/// Divides `prev`'s output row `r` by `s[r]`: for a quantized layer, its group scales of row r.
+fn fold_into_rows(lin: &mut Linear, s: &[f32]) -> Result<()> {
+    let (rows, cols) = (lin.rows(), lin.cols());
+    match lin.weight() {
+        WeightKind::Quant(q) => {
+            let (scales, zeros) = match q.params() {
+                QParams::Int { scales, zeros } => (scales, zeros.clone()),
+                QParams::Codebook { .. } => {
+                    return Err(ModelError::input("quantize", "cannot fold into a codebook layer"))
+                }
+            };
+            let per_row = scales.len() / rows;
+            let new = Scales::from_f32((0..scales.len()).map(|i| scales.get(i) / s[i / per_row]), scales.dtype());
+            let qt = QTensor::from_parts(
+                q.shape().to_vec(),
+                *q.scheme(),
+                q.codes().to_vec(),
+                QParams::Int { scales: new, zeros },
+            )?;
+            set_quant(lin, qt)
+        }
+        _ => {
+            let mut w = dense(lin);
+            for (r, row) in w.chunks_exact_mut(cols).enumerate() {
+                row.iter_mut().for_each(|v| *v /= s[r]);
+            }
+            *lin = Linear::new(rows, cols, WeightKind::F32(w))?;
+            Ok(())
+        }
+    }
+}
+
+/// Solves one group of layers sharing an input and installs the results.
+fn solve_group(
+    ctx: &mut Ctx,
+    b: usize,
+    names: &[&str],
+    lins: Vec<&mut Linear>,
+    fold: Fold,
+    st: &Stats,
+) -> Result<Vec<LayerStat>> {
+    let opts = ctx.opts;
+    let cols = st.cols;
+    let mut stats = vec![];
+    match opts.method {
+        QuantMethod::Rtn => unreachable!("RTN has its own path"),
+        QuantMethod::Gptq => {
+            let h = st.hessian.as_ref().ok_or_else(|| ModelError::input("quantize", "no Hessian"))?;
+            let cfg = GptqConfig {
+                scheme: ctx.scheme,
+                act_order: opts.act_order,
+                static_groups: opts.static_groups(),
+                block_size: opts.block_size,
+                damping: DampingConfig { percdamp: opts.percdamp, ..DampingConfig::default() },
+            };
+            for (name, lin) in names.iter().zip(lins) {
+                let w = dense(lin);
+                let out = gptq_quantize(&w, lin.rows(), cols, h, &cfg).map_err(|e| solver_err(b, name, e))?;
+                stats.push(stat(b, name, &out.report, None));
+                set_quant(lin, out.qtensor)?;
+            }
+        }
+        QuantMethod::Awq => {
+            let tokens = st.kept.len() / cols;
+            let ws: Vec<Vec<f32>> = lins.iter().map(|l| dense(l)).collect();
+            let awq_layers: Vec<AwqLayer> = ws.iter().zip(&lins).map(|(w, l)| AwqLayer { w, rows: l.rows() }).collect();
+            let mut acfg = AwqConfig::new(ctx.scheme);
+            acfg.clip = false;
+            let can_scale = !matches!(fold, Fold::None);
+            if !can_scale {
+                acfg.n_grid = 1; // alpha = 0 only: s = 1, i.e. clip + RTN without scales
+                let note = format!(
+                    "AWQ scales for {} skipped: its input comes from v_proj, whose {} output rows differ from its {cols} inputs (GQA); clip + RTN only",
+                    names.join("/"),
+                    ctx.cfg.kv_dim()
+                );
+                if !ctx.notes.contains(&note) {
+                    ctx.notes.push(note);
+                }
+            }
+            let out = awq::awq_quantize(&st.kept, tokens, cols, &awq_layers, &acfg)
+                .map_err(|e| solver_err(b, names[0], e))?;
+            let s = out.scales.clone();
+            let xs: Vec<f32> = st.kept.iter().enumerate().map(|(i, &v)| v / s[i % cols]).collect();
+            let ccfg = AwqConfig::new(ctx.scheme);
+            let start = Instant::now();
+            let mut qts = out.qtensors;
+            for (i, name) in names.iter().enumerate() {
+                // llm-awq clips every layer but q and k (attention scores are too sensitive).
+                if name.ends_with("q_proj") || name.ends_with("k_proj") {
+                    continue;
+                }
+                let wsc: Vec<f32> = ws[i].iter().enumerate().map(|(j, &w)| w * s[j % cols]).collect();
+                let rows = awq_layers[i].rows;
+                let bounds =
+                    awq::search_clip(&wsc, rows, &xs, tokens, cols, &ccfg).map_err(|e| solver_err(b, name, e))?;
+                let (g, groups) = group_layout(ctx.scheme, cols);
+                let clamped: Vec<f32> = wsc
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &w)| {
+                        let m = bounds[(j / cols) * groups + (j % cols) / g];
+                        w.clamp(-m, m)
+                    })
+                    .collect();
+                qts[i] = rtn::quantize(&clamped, &[rows, cols], ctx.scheme)?;
+            }
+            let mut report = out.report.clone();
+            report.seconds += start.elapsed().as_secs_f64();
+            let alpha = can_scale.then_some(out.alpha);
+            for ((name, lin), qt) in names.iter().zip(lins).zip(qts) {
+                stats.push(stat(b, name, &report, alpha));
+                set_quant(lin, qt)?;
+            }
+            apply_fold(fold, &s)?;
+        }
+        QuantMethod::SmoothQuant => {
+            let absmax = st.absmax.as_ref().ok_or_else(|| ModelError::input("quantize", "no activation statistics"))?;
+            let ws: Vec<Vec<f32>> = lins.iter().map(|l| dense(l)).collect();
+            let sl: Vec<SmoothLayer> = ws.iter().zip(&lins).map(|(w, l)| SmoothLayer { w, rows: l.rows() }).collect();
+            let can_scale = !matches!(fold, Fold::None);
+            let alpha = if can_scale { opts.sq_alpha } else { 0.0 };
+            let out = if can_scale {
+                smoothquant::smoothquant(absmax, &sl, &SmoothQuantConfig { alpha, ..Default::default() })
+                    .map_err(|e| solver_err(b, names[0], e))?
+            } else {
+                // No place to fold: factors of 1 (plain int8 per-channel weights).
+                smoothquant::smoothquant(&vec![1.0; cols], &sl, &SmoothQuantConfig { alpha: 0.0, ..Default::default() })
+                    .map_err(|e| solver_err(b, names[0], e))?
+            };
+            let s = if can_scale { out.factors.clone() } else { vec![1.0; cols] };
+            for ((name, lin), qt) in names.iter().zip(lins).zip(out.qtensors) {
+                stats.push(stat(b, name, &out.report, Some(alpha)));
+                set_quant(lin, qt)?;
+            }
+            apply_fold(fold, &s)?;
+        }
+    }
+    Ok(stats)
+}
+
+fn apply_fold(fold: Fold, s: &[f32]) -> Result<()> {
+    match fold {
+        Fold::Norm(w) => w.iter_mut().zip(s).for_each(|(w, s)| *w /= s),
+        Fold::Rows(lin) => fold_into_rows(lin, s)?,
+        Fold::None => {}
+    }
+    Ok(())
+}
+
+fn group_layout(scheme: IntScheme, cols: usize) -> (usize, usize) {
+    let g = match scheme.granularity {
+        lowbit_core::Granularity::Group(g) => g.min(cols),
+        _ => cols,
+    };
+    (g, cols.div_ceil(g))
+}
+
+/// One block, true-sequential (see the module docs). `x` holds the block's input and becomes
+/// its output.
+fn quantize_block_calibrated(
+    ctx: &mut Ctx,
+    b: usize,
+    layer: &mut Layer,
+    rope: &Rope,
+    x: &mut [f32],
+) -> Result<Vec<LayerStat>> {
+    let cfg = ctx.cfg.clone();
+    let (h, qd, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size);
+    let m = x.len() / h;
+    let seqs_per_batch = (ctx.opts.batch_tokens / ctx.seqlen).max(1);
+    let rows_per_batch = seqs_per_batch * ctx.seqlen;
+    let batches: Vec<(usize, usize)> =
+        (0..m).step_by(rows_per_batch).map(|s| (s, (s + rows_per_batch).min(m))).collect();
+    let mut stats = vec![];
+    let sq = ctx.opts.method == QuantMethod::SmoothQuant;
+
+    // 1. q/k/v on input_layernorm(x).
+    let mut st = Stats::new(ctx, h);
+    let mut xn = vec![0f32; rows_per_batch.min(m) * h];
+    for &(s, e) in &batches {
+        let xn = &mut xn[..(e - s) * h];
+        block::attn_input(&cfg, layer, &x[s * h..e * h], xn);
+        st.add(xn, b, "q/k/v input")?;
+    }
+    {
+        let Layer { input_norm, q_proj, k_proj, v_proj, .. } = layer;
+        let lins = vec![q_proj, k_proj, v_proj];
+        stats.extend(solve_group(
+            ctx,
+            b,
+            &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            lins,
+            Fold::Norm(input_norm),
+            &st,
+        )?);
+    }
+    drop(st);
+
+    // 2. o on the attention output computed with the quantized q/k/v.
+    let mut attn = vec![0f32; m * qd];
+    let mut st = Stats::new(ctx, qd);
+    for &(s, e) in &batches {
+        let xn = &mut xn[..(e - s) * h];
+        block::attn_input(&cfg, layer, &x[s * h..e * h], xn);
+        block::attention(&cfg, layer, rope, xn, ctx.seqlen, &mut attn[s * qd..e * qd])?;
+        st.add(&attn[s * qd..e * qd], b, "o_proj input")?;
+    }
+    {
+        // AWQ folds o's scales into v's output rows (possible only when they match o's input,
+        // i.e. without GQA); SmoothQuant, like the paper, does not smooth o.
+        let foldable = cfg.kv_dim() == qd && !sq;
+        let Layer { v_proj, o_proj, .. } = layer;
+        let fold = if foldable { Fold::Rows(v_proj) } else { Fold::None };
+        stats.extend(solve_group(ctx, b, &["self_attn.o_proj"], vec![o_proj], fold, &st)?);
+    }
+    drop(st);
+
+    // 3. residual, then gate/up on post_attention_layernorm(x).
+    let mut st = Stats::new(ctx, h);
+    for &(s, e) in &batches {
+        block::add_linear(&layer.o_proj, &attn[s * qd..e * qd], &mut x[s * h..e * h])?;
+        let xn = &mut xn[..(e - s) * h];
+        block::mlp_input(&cfg, layer, &x[s * h..e * h], xn);
+        st.add(xn, b, "gate/up input")?;
+    }
+    drop(attn);
+    {
+        let Layer { post_attention_norm, gate_proj, up_proj, .. } = layer;
+        stats.extend(solve_group(
+            ctx,
+            b,
+            &["mlp.gate_proj", "mlp.up_proj"],
+            vec![gate_proj, up_proj],
+            Fold::Norm(post_attention_norm),
+            &st,
+        )?);
+    }
+    drop(st);
+
+    // 4. down on silu(gate) * up computed with the quantized gate/up; then the residual.
+    let mut act = vec![0f32; m * ff];
+    let mut st = Stats::new(ctx, ff);
+    for &(s, e) in &batches {
+        let xn = &mut xn[..(e - s) * h];
+        block::mlp_input(&cfg, layer, &x[s * h..e * h], xn);
+        block::mlp_act(layer, xn, &mut act[s * ff..e * ff])?;
+        st.add(&act[s * ff..e * ff], b, "down_proj input")?;
+    }
+    {
+        let Layer { up_proj, down_proj, .. } = layer;
+        let fold = if sq { Fold::None } else { Fold::Rows(up_proj) };
+        stats.extend(solve_group(ctx, b, &["mlp.down_proj"], vec![down_proj], fold, &st)?);
+    }
+    drop(st);
+    for &(s, e) in &batches {
+        block::add_linear(&layer.down_proj, &act[s * ff..e * ff], &mut x[s * h..e * h])?;
+    }
+    Ok(stats)
+}

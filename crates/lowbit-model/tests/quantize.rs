@@ -1,0 +1,304 @@
+//! The quantization pipeline on tiny random models: staged forward, RTN equivalence, GPTQ/AWQ
+//! runs that load back packed, resume, thread-count determinism, bad input.
+
+mod common;
+
+use common::*;
+use lowbit_core::{rtn, Bits, Granularity, IntScheme};
+use lowbit_cpu::WeightKind;
+use lowbit_model::quantize::{partial_dir, quantize_model, staged_logits, CalibSource, QuantMethod, QuantizeOptions};
+use lowbit_model::{LogitsMode, Model};
+use std::path::{Path, PathBuf};
+
+/// Largest |staged - forward| relative to the largest |logit| (same f32 arithmetic, only the
+/// batching of the weight products differs).
+const STAGED_FORWARD_TOL: f32 = 1e-5;
+
+/// Named tensors of a tiny checkpoint.
+type Weights = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+fn tiny(tag: &str, kv_heads: usize) -> (PathBuf, Weights) {
+    let dir = temp_dir(tag);
+    let mut cfg = tiny_config("LlamaForCausalLM", true);
+    cfg["num_key_value_heads"] = kv_heads.into();
+    let w = write_tiny_model(&dir, &cfg, 7, Store::F32);
+    (dir, w)
+}
+
+fn tokens(n: usize, seed: u64) -> Vec<u32> {
+    let mut rng = lowbit_model::Rng::new(seed);
+    (0..n).map(|_| (rng.next_u64() % 61) as u32).collect()
+}
+
+fn opts(method: QuantMethod) -> QuantizeOptions {
+    QuantizeOptions {
+        method,
+        bits: 4,
+        group_size: Some(16),
+        calib: Some(CalibSource::Tokens(tokens(400, 1))),
+        nsamples: 6,
+        seqlen: 8,
+        awq_samples: 4,
+        batch_tokens: 16,
+        ..QuantizeOptions::default()
+    }
+}
+
+fn run(model: &Path, out: &Path, o: &QuantizeOptions) -> lowbit_model::Result<lowbit_model::quantize::QuantizeReport> {
+    quantize_model(model, out, o, &mut |_| {})
+}
+
+fn model_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lowbit_manifest.json")
+        .map(|n| (n.clone(), std::fs::read(dir.join(&n)).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The manifest without its timing fields (the only non-deterministic ones).
+fn manifest_sans_timings(dir: &Path) -> serde_json::Value {
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("lowbit_manifest.json")).unwrap()).unwrap();
+    m.as_object_mut().unwrap().remove("timings");
+    m.as_object_mut().unwrap().remove("peak_rss_bytes");
+    for l in m["layers"].as_array_mut().unwrap() {
+        l.as_object_mut().unwrap().remove("seconds");
+    }
+    m
+}
+
+#[test]
+fn staged_forward_equals_model_forward() {
+    for kv in [2, 4] {
+        let (dir, _) = tiny(&format!("staged-{kv}"), kv);
+        let model = Model::load(&dir).unwrap();
+        let seqlen = 9;
+        let toks = tokens(3 * seqlen, 5);
+        let staged = staged_logits(&model, &toks, seqlen).unwrap();
+        let mut want = vec![];
+        for s in toks.chunks(seqlen) {
+            want.extend(model.forward(s, &mut model.new_cache(), LogitsMode::All).unwrap().data);
+        }
+        let scale = want.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+        let diff = staged.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        assert!(diff <= STAGED_FORWARD_TOL, "kv {kv}: staged vs forward {diff}");
+    }
+}
+
+#[test]
+fn pipeline_rtn_equals_direct_rtn_and_loads_packed() {
+    let (dir, weights) = tiny("rtn", 2);
+    let out = dir.join("out-rtn");
+    let rep = run(&dir, &out, &QuantizeOptions { calib: None, ..opts(QuantMethod::Rtn) }).unwrap();
+    assert_eq!(rep.layers.len(), 2 * 7);
+    let scheme = IntScheme::group(Bits::B4, 16);
+    let q = Model::load(&out).unwrap();
+    for (b, layer) in q.layers().iter().enumerate() {
+        for (name, lin) in layer.linears() {
+            let (_, shape, w) =
+                weights.iter().find(|(n, _, _)| *n == format!("model.layers.{b}.{name}.weight")).unwrap();
+            let want = rtn::quantize(w.as_slice(), shape, scheme).unwrap();
+            match lin.weight() {
+                WeightKind::Quant(got) => assert_eq!(got, &want, "block {b} {name}"),
+                _ => panic!("block {b} {name} did not load packed"),
+            }
+        }
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["quantization_config"]["method"], "rtn");
+    assert_eq!(cfg["quantization_config"]["group_size"], 16);
+    assert!(!partial_dir(&out).exists());
+}
+
+#[test]
+fn gptq_and_awq_run_and_load_packed() {
+    for (kv, method, act_order) in [
+        (2, QuantMethod::Gptq, false),
+        (2, QuantMethod::Gptq, true),
+        (2, QuantMethod::Awq, false),
+        (4, QuantMethod::Awq, false),
+    ] {
+        let (dir, _) = tiny(&format!("{method:?}-{kv}-{act_order}"), kv);
+        let out = dir.join("out");
+        let rep = run(&dir, &out, &QuantizeOptions { act_order, ..opts(method) }).unwrap();
+        assert_eq!(rep.layers.len(), 14);
+        assert!(rep.layers.iter().all(|l| l.loss.is_finite()));
+        assert_eq!(rep.calib_tokens, 48);
+        assert_eq!(rep.calib_sha256.as_ref().map(String::len), Some(64));
+        if method == QuantMethod::Gptq {
+            assert!(rep.layers.iter().all(|l| l.damping == Some(0.01)));
+        } else {
+            // o_proj gets scales only without GQA.
+            assert_eq!(rep.notes.iter().any(|n| n.contains("GQA")), kv == 2, "{:?}", rep.notes);
+        }
+        let q = Model::load(&out).unwrap();
+        assert!(q.layers().iter().all(|l| l.linears().iter().all(|(_, x)| matches!(x.weight(), WeightKind::Quant(_)))));
+        let logits = q.forward(&[1, 2, 3], &mut q.new_cache(), LogitsMode::All).unwrap();
+        assert!(logits.data.iter().all(|v| v.is_finite()));
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("lowbit_manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["layers"].as_array().unwrap().len(), 14);
+        assert!(manifest["peak_rss_bytes"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn awq_quantized_model_tracks_the_original() {
+    // AWQ's folds (norms, v rows, up rows) must keep the function: the quantized model's logits
+    // stay close to the original's, as close as RTN's at least on average.
+    let (dir, _) = tiny("awq-close", 4);
+    let toks = tokens(4 * 8, 9);
+    let base = staged_logits(&Model::load(&dir).unwrap(), &toks, 8).unwrap();
+    let err = |out: &Path| {
+        let l = staged_logits(&Model::load(out).unwrap(), &toks, 8).unwrap();
+        l.iter().zip(&base).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>()
+    };
+    let o = QuantizeOptions { calib: Some(CalibSource::Tokens(toks.repeat(20))), bits: 3, ..opts(QuantMethod::Awq) };
+    run(&dir, &dir.join("awq"), &o).unwrap();
+    run(&dir, &dir.join("rtn"), &QuantizeOptions { method: QuantMethod::Rtn, ..o.clone() }).unwrap();
+    let (e_awq, e_rtn) = (err(&dir.join("awq")), err(&dir.join("rtn")));
+    assert!(e_awq < e_rtn * 1.5, "awq {e_awq} rtn {e_rtn}");
+}
+
+#[test]
+fn resume_gives_the_same_bytes() {
+    for method in [QuantMethod::Gptq, QuantMethod::Awq] {
+        let (dir, _) = tiny(&format!("resume-{method:?}"), 4);
+        let whole = dir.join("whole");
+        run(&dir, &whole, &opts(method)).unwrap();
+        let out = dir.join("resumed");
+        let err = run(&dir, &out, &QuantizeOptions { stop_after_block: Some(0), ..opts(method) }).unwrap_err();
+        assert!(err.to_string().contains("stopped after block 0"), "{err}");
+        assert!(!out.exists());
+        assert!(partial_dir(&out).join("state.json").is_file());
+        let rep = run(&dir, &out, &QuantizeOptions { resume: true, ..opts(method) }).unwrap();
+        assert_eq!(rep.resumed_from_block, 1);
+        assert!(!partial_dir(&out).exists());
+        assert_eq!(model_files(&whole), model_files(&out), "{method:?}");
+        assert_eq!(manifest_sans_timings(&whole), manifest_sans_timings(&out));
+        // A checkpoint of different options is refused.
+        run(&dir, &dir.join("x"), &QuantizeOptions { stop_after_block: Some(0), ..opts(method) }).unwrap_err();
+        let e = run(&dir, &dir.join("x"), &QuantizeOptions { resume: true, bits: 3, ..opts(method) }).unwrap_err();
+        assert!(e.to_string().contains("different"), "{e}");
+    }
+}
+
+#[test]
+fn output_is_identical_whatever_the_thread_count() {
+    for method in [QuantMethod::Gptq, QuantMethod::Awq, QuantMethod::Rtn] {
+        let (dir, _) = tiny(&format!("threads-{method:?}"), 2);
+        let mut files = vec![];
+        for threads in [1, 2, 3] {
+            let out = dir.join(format!("t{threads}"));
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| run(&dir, &out, &QuantizeOptions { batch_tokens: 64, ..opts(method) })).unwrap();
+            files.push((model_files(&out), manifest_sans_timings(&out)));
+        }
+        assert_eq!(files[0], files[1], "{method:?} 1 vs 2 threads");
+        assert_eq!(files[0], files[2], "{method:?} 1 vs 3 threads");
+    }
+}
+
+#[test]
+fn bad_input_is_an_error_and_leaves_no_output() {
+    let (dir, _) = tiny("bad", 2);
+    let check = |tag: &str, o: QuantizeOptions, want: &str| {
+        let out = dir.join(tag);
+        let e = run(&dir, &out, &o).unwrap_err().to_string();
+        assert!(e.contains(want), "{tag}: {e}");
+        assert!(!out.exists(), "{tag}: output left behind");
+        assert!(!partial_dir(&out).exists(), "{tag}: checkpoint left behind");
+    };
+    check(
+        "empty",
+        QuantizeOptions { calib: Some(CalibSource::Tokens(vec![])), ..opts(QuantMethod::Gptq) },
+        "no tokens",
+    );
+    check(
+        "short",
+        QuantizeOptions { calib: Some(CalibSource::Tokens(tokens(8, 1))), ..opts(QuantMethod::Gptq) },
+        "too few",
+    );
+    check("ctx", QuantizeOptions { seqlen: 129, ..opts(QuantMethod::Gptq) }, "beyond the model's context");
+    check("nocalib", QuantizeOptions { calib: None, ..opts(QuantMethod::Awq) }, "needs calibration data");
+    check("group", QuantizeOptions { group_size: Some(12), bits: 3, ..opts(QuantMethod::Gptq) }, "group size");
+    let txt = dir.join("empty.txt");
+    std::fs::write(&txt, "\u{feff}\n \n").unwrap();
+    check("emptytext", QuantizeOptions { calib: Some(CalibSource::Text(txt)), ..opts(QuantMethod::Gptq) }, "empty");
+    check(
+        "vocab",
+        QuantizeOptions { calib: Some(CalibSource::Tokens(vec![99; 100])), ..opts(QuantMethod::Gptq) },
+        "outside the vocabulary",
+    );
+    let ids = dir.join("ids.json");
+    std::fs::write(&ids, "[[1,2,3],[4,5,6]]").unwrap();
+    check(
+        "windows",
+        QuantizeOptions { calib: Some(CalibSource::TokenFile(ids)), ..opts(QuantMethod::Gptq) },
+        "window array",
+    );
+
+    // NaN activations: a token whose embedding is NaN.
+    let nan_dir = temp_dir("nan");
+    let cfg = tiny_config("LlamaForCausalLM", true);
+    let mut w = tiny_weights(&cfg, 7);
+    w[0].2[5 * 32..6 * 32].fill(f32::NAN);
+    std::fs::write(nan_dir.join("config.json"), cfg.to_string()).unwrap();
+    write_safetensors(&nan_dir.join("model.safetensors"), &w, Store::F32);
+    for m in [QuantMethod::Gptq, QuantMethod::Awq] {
+        let out = nan_dir.join(format!("out-{m:?}"));
+        let e = run(&nan_dir, &out, &QuantizeOptions { calib: Some(CalibSource::Tokens(vec![5; 200])), ..opts(m) })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("on-finite") || e.contains("NaN"), "{e}");
+        assert!(!out.exists() && !partial_dir(&out).exists());
+    }
+
+    // An existing non-empty output directory is refused before any work.
+    let busy = dir.join("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("f"), "x").unwrap();
+    assert!(run(&dir, &busy, &opts(QuantMethod::Rtn)).is_err());
+    assert!(busy.join("f").is_file());
+}
+
+#[test]
+fn token_files_and_data_free_calibrate() {
+    let (dir, _) = tiny("sources", 2);
+    let ids = dir.join("ids.json");
+    std::fs::write(&ids, serde_json::to_string(&tokens(300, 3)).unwrap()).unwrap();
+    let rep = run(
+        &dir,
+        &dir.join("o1"),
+        &QuantizeOptions { calib: Some(CalibSource::from_path(&ids)), ..opts(QuantMethod::Gptq) },
+    )
+    .unwrap();
+    let rep2 = run(
+        &dir,
+        &dir.join("o2"),
+        &QuantizeOptions { calib: Some(CalibSource::Tokens(tokens(300, 3))), ..opts(QuantMethod::Gptq) },
+    )
+    .unwrap();
+    assert_eq!(rep.calib_sha256, rep2.calib_sha256);
+    let a =
+        run(&dir, &dir.join("df1"), &QuantizeOptions { calib: Some(CalibSource::DataFree), ..opts(QuantMethod::Gptq) })
+            .unwrap();
+    let b =
+        run(&dir, &dir.join("df2"), &QuantizeOptions { calib: Some(CalibSource::DataFree), ..opts(QuantMethod::Gptq) })
+            .unwrap();
+    assert_eq!(a.calib_sha256, b.calib_sha256, "data-free sampling is seeded");
+    let c = run(
+        &dir,
+        &dir.join("df3"),
+        &QuantizeOptions { calib: Some(CalibSource::DataFree), seed: 1, ..opts(QuantMethod::Gptq) },
+    )
+    .unwrap();
+    assert_ne!(a.calib_sha256, c.calib_sha256);
+    let _ = Granularity::PerChannel;
+}
