@@ -23,22 +23,27 @@ from ._lowbit import (
     __version__,
 )
 from .model import Generation, Model, PerplexityResult, import_gguf, smollm2_gguf
+from .pipeline import LayerResult, QuantizeReport, calibration_windows, quantize_model
 
 __all__ = [
     "CorruptFileError",
     "Generation",
+    "LayerResult",
     "LowbitError",
     "Model",
     "NonFiniteError",
     "PerplexityResult",
     "QTensor",
+    "QuantizeReport",
     "ShapeError",
     "UnsupportedError",
     "__version__",
+    "calibration_windows",
     "import_gguf",
     "load",
     "load_tensors",
     "quantize",
+    "quantize_model",
     "save",
     "smollm2_gguf",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "UnsupportedError",
     "__version__",
     "awq_search",
+    "calibration_windows",
     "codebook_table",
     "double_quantize_absmax",
     "gptq_quantize",
@@ -23,6 +24,7 @@ __all__ = [
     "load_model",
     "load_tensors",
     "quantize",
+    "quantize_model",
     "save_tensors",
 ]
 
@@ -150,3 +152,29 @@ def awq_search(
     clip_grid: int = 20,
     clip_tokens: int = 512,
 ) -> dict[str, Any]: ...
+def quantize_model(
+    model: str,
+    out: str,
+    *,
+    method: str = "gptq",
+    bits: int = 4,
+    group_size: int | None = ...,
+    sym: bool = False,
+    act_order: bool = False,
+    static_groups: bool | None = None,
+    calib: str | None = None,
+    calib_ids: list[int] | None = None,
+    data_free: bool = False,
+    nsamples: int = 128,
+    seqlen: int = 512,
+    seed: int = 0,
+    percdamp: float = 0.01,
+    awq_samples: int = 32,
+    sq_alpha: float = 0.5,
+    resume: bool = False,
+    stop_after_block: int | None = None,
+    progress: Callable[[str, int, int, float, float, float], object] | None = None,
+) -> str: ...
+def calibration_windows(
+    ids: list[int], nsamples: int = 128, seqlen: int = 512, seed: int = 0
+) -> list[int]: ...

@@ -191,6 +191,107 @@ def cmd_import_gguf(args: argparse.Namespace) -> int:
     return 0
 
 
+class QuantizeProgress:
+    """The per-block bar of ``lowbit quantize``: blocks done, the last block's mean loss, ETA."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+
+    def __call__(self, stage: str, done: int, total: int, loss: float, elapsed: float, eta: float) -> None:
+        if not self.enabled:
+            return
+        if stage == "calibrating":
+            sys.stderr.write("quantize: building calibration windows...\n")
+        elif stage == "block":
+            filled = int(30 * done / total)
+            bar = "#" * filled + "-" * (30 - filled)
+            sys.stderr.write(
+                f"\rquantize [{bar}] {done}/{total}  loss {loss:.4g}  {elapsed:5.0f}s  ETA {eta:5.0f}s "
+            )
+            if done == total:
+                sys.stderr.write("\n")
+        elif stage == "writing":
+            sys.stderr.write("quantize: writing the checkpoint...\n")
+        sys.stderr.flush()
+
+
+def _mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import json
+
+    from .pipeline import protocol_calibration_file, quantize_model
+
+    model_path = resolve_model(args.model)
+    group = None if args.group_size in ("0", "channel") else int(args.group_size)
+    calib = args.calib
+    if calib is None and not args.data_free and args.method != "rtn":
+        found = protocol_calibration_file()
+        if found is None:
+            print(
+                "lowbit: error: no --calib given and the protocol's valid.txt was not found", file=sys.stderr
+            )
+            return 2
+        calib = str(found)
+    before = None
+    if args.eval:
+        before = Model.load(model_path).perplexity(
+            path=args.eval, progress=ProgressBar("ppl before", enabled=False if args.quiet else None)
+        )
+    report = quantize_model(
+        model_path,
+        args.out,
+        method=args.method,
+        bits=args.bits,
+        group_size=group,
+        sym=args.sym,
+        act_order=args.act_order,
+        calib=calib,
+        data_free=args.data_free,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        seed=args.seed,
+        resume=args.resume,
+        progress=QuantizeProgress(enabled=False if args.quiet else None),
+    )
+    after = None
+    if args.eval:
+        after = Model.load(args.out).perplexity(
+            path=args.eval, progress=ProgressBar("ppl after", enabled=False if args.quiet else None)
+        )
+    worst = report.worst_layer
+    rows: list[tuple[str, str]] = [
+        ("method", json.dumps(report.params)),
+        ("block linears before", _mib(report.linear_bytes_before)),
+        ("block linears after", _mib(report.linear_bytes_after)),
+        ("bits per weight", f"{report.bits_per_weight:.3f}"),
+        ("checkpoint on disk", _mib(report.out_bytes)),
+        ("wall time", f"{report.wall_seconds:.1f} s (calibration {report.calib_seconds:.1f} s)"),
+        ("peak RAM", _mib(report.peak_rss_bytes)),
+        ("mean layer loss", f"{report.mean_loss:.5g}"),
+        ("worst layer loss", f"{worst.loss:.5g} (block {worst.block} {worst.name})" if worst else "-"),
+    ]
+    if before is not None and after is not None:
+        rows.append(("perplexity before", f"{before.perplexity:.4f}"))
+        rows.append(("perplexity after", f"{after.perplexity:.4f}"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    for note in report.notes:
+        print(f"note: {note}")
+    if args.json:
+        from ._api import write_text_atomic
+
+        out = report.to_dict()
+        if before is not None and after is not None:
+            out["perplexity_before"] = before.perplexity
+            out["perplexity_after"] = after.perplexity
+        write_text_atomic(args.json, json.dumps(out, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowbit", description="Make large language models small and fast.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -232,6 +333,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="also write the result (with per-window NLL) to this file")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
+
+    qz = sub.add_parser("quantize", help="quantize a model layer by layer (RTN, GPTQ, AWQ, SmoothQuant)")
+    qz.add_argument("model", help=model_help)
+    qz.add_argument("-o", "--out", required=True, help="output directory (must not exist or be empty)")
+    qz.add_argument("--method", choices=["rtn", "gptq", "awq", "smoothquant"], default="gptq")
+    qz.add_argument("--bits", type=int, default=4, choices=[2, 3, 4, 8])
+    qz.add_argument("--group-size", default="128", help="group size, or 0 / 'channel' for per-channel scales")
+    qz.add_argument("--sym", action="store_true", help="symmetric codes (no zero point)")
+    qz.add_argument(
+        "--act-order", action="store_true", help="GPTQ: descending Hessian diagonal, static groups"
+    )
+    src = qz.add_mutually_exclusive_group()
+    src.add_argument(
+        "--calib",
+        help="text, .jsonl (field 'text'), .npy/.json token ids (default: the protocol's valid.txt)",
+    )
+    src.add_argument(
+        "--data-free", action="store_true", help="sample calibration sequences from the model itself"
+    )
+    qz.add_argument("--nsamples", type=int, default=128)
+    qz.add_argument("--seqlen", type=int, default=512)
+    qz.add_argument("--seed", type=int, default=0)
+    qz.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.partial")
+    qz.add_argument("--eval", help="text file: protocol perplexity before and after")
+    qz.add_argument("--json", help="also write the report to this file")
+    qz.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    qz.set_defaults(func=cmd_quantize)
 
     imp = sub.add_parser("import-gguf", help="convert a llama GGUF file to a Hugging Face-style directory")
     imp.add_argument("file")

@@ -7,6 +7,7 @@
 mod arrays;
 mod errors;
 mod model;
+mod pipeline;
 mod qtensor;
 mod solvers;
 
@@ -19,5 +20,6 @@ fn _lowbit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     qtensor::register(m)?;
     model::register(m)?;
     solvers::register(m)?;
+    pipeline::register(m)?;
     Ok(())
 }
