@@ -302,3 +302,19 @@ fn token_files_and_data_free_calibrate() {
     assert_ne!(a.calib_sha256, c.calib_sha256);
     let _ = Granularity::PerChannel;
 }
+
+#[test]
+fn smoothquant_folds_and_tracks_the_original() {
+    let (dir, _) = tiny("sq", 2);
+    let out = dir.join("sq");
+    let o = QuantizeOptions { bits: 8, group_size: None, sym: true, ..opts(QuantMethod::SmoothQuant) };
+    let rep = run(&dir, &out, &o).unwrap();
+    assert!(rep.notes.iter().any(|n| n.contains("int8 x int8")), "{:?}", rep.notes);
+    assert!(run(&dir, &dir.join("sq4"), &opts(QuantMethod::SmoothQuant)).is_err(), "W4 SmoothQuant is refused");
+    let toks = tokens(16, 3);
+    let base = staged_logits(&Model::load(&dir).unwrap(), &toks, 8).unwrap();
+    let q = staged_logits(&Model::load(&out).unwrap(), &toks, 8).unwrap();
+    let scale = base.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = q.iter().zip(&base).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff < 0.05 * scale, "int8 weights with folded smoothing drift by {diff} (scale {scale})");
+}

@@ -471,17 +471,20 @@ fn solve_group(
             let absmax = st.absmax.as_ref().ok_or_else(|| ModelError::input("quantize", "no activation statistics"))?;
             let ws: Vec<Vec<f32>> = lins.iter().map(|l| dense(l)).collect();
             let sl: Vec<SmoothLayer> = ws.iter().zip(&lins).map(|(w, l)| SmoothLayer { w, rows: l.rows() }).collect();
-            let can_scale = !matches!(fold, Fold::None);
-            let alpha = if can_scale { opts.sq_alpha } else { 0.0 };
-            let out = if can_scale {
-                smoothquant::smoothquant(absmax, &sl, &SmoothQuantConfig { alpha, ..Default::default() })
-                    .map_err(|e| solver_err(b, names[0], e))?
-            } else {
-                // No place to fold: factors of 1 (plain int8 per-channel weights).
-                smoothquant::smoothquant(&vec![1.0; cols], &sl, &SmoothQuantConfig { alpha: 0.0, ..Default::default() })
-                    .map_err(|e| solver_err(b, names[0], e))?
-            };
-            let s = if can_scale { out.factors.clone() } else { vec![1.0; cols] };
+            if matches!(fold, Fold::None) {
+                // Nowhere to fold (o, down, as in the paper): plain int8 per-channel weights.
+                let scheme = SmoothQuantConfig::default().weight_scheme();
+                for ((name, lin), w) in names.iter().zip(lins).zip(&ws) {
+                    let out = rtn_quantize(w, lin.rows(), cols, scheme).map_err(|e| solver_err(b, name, e))?;
+                    stats.push(stat(b, name, &out.report, None));
+                    set_quant(lin, out.qtensor)?;
+                }
+                return Ok(stats);
+            }
+            let alpha = opts.sq_alpha;
+            let out = smoothquant::smoothquant(absmax, &sl, &SmoothQuantConfig { alpha, ..Default::default() })
+                .map_err(|e| solver_err(b, names[0], e))?;
+            let s = out.factors.clone();
             for ((name, lin), qt) in names.iter().zip(lins).zip(out.qtensors) {
                 stats.push(stat(b, name, &out.report, Some(alpha)));
                 set_quant(lin, qt)?;
