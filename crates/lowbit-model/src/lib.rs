@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod attention;
 pub mod config;
 mod device;
 mod error;

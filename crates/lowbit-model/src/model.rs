@@ -1,5 +1,6 @@
 //! The Llama-family decoder: weights, KV cache and the forward pass (prefill and decode, batched).
 
+use crate::attention::{self, AttnShape};
 use crate::config::{Architecture, ModelConfig};
 use crate::device::Device;
 use crate::ops;
@@ -149,9 +150,54 @@ pub struct Model {
     layers: Vec<Layer>,
     norm: Vec<f32>,
     lm_head: Option<Linear>,
-    inv_freq: Vec<f32>,
+    rope: RopeTable,
     tokenizer: Option<Tokenizer>,
     device: Device,
+}
+
+/// RoPE `cos`/`sin` per position, `[position][head_dim / 2]`, for the first
+/// [`RopeTable::CACHED`] positions; later positions are computed when needed. Same values as
+/// computing them per call (the angle rounded to f32, then cos/sin in f64).
+#[derive(Clone, Debug)]
+struct RopeTable {
+    inv_freq: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    /// Positions tabulated at load (256 KiB per table for head_dim 64).
+    const CACHED: usize = 4096;
+
+    fn new(inv_freq: Vec<f32>) -> Self {
+        let half = inv_freq.len();
+        let mut t = RopeTable { inv_freq, cos: vec![0.0; Self::CACHED * half], sin: vec![0.0; Self::CACHED * half] };
+        let (mut cos, mut sin) = (std::mem::take(&mut t.cos), std::mem::take(&mut t.sin));
+        for p in 0..Self::CACHED {
+            t.compute(p, &mut cos[p * half..(p + 1) * half], &mut sin[p * half..(p + 1) * half]);
+        }
+        (t.cos, t.sin) = (cos, sin);
+        t
+    }
+
+    fn compute(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(&self.inv_freq) {
+            let angle = (pos as f32 * f) as f64;
+            *c = angle.cos() as f32;
+            *s = angle.sin() as f32;
+        }
+    }
+
+    /// Fills `cos`/`sin` (`head_dim / 2` each) for `pos`.
+    fn fill(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        let half = self.inv_freq.len();
+        if pos < Self::CACHED {
+            cos.copy_from_slice(&self.cos[pos * half..(pos + 1) * half]);
+            sin.copy_from_slice(&self.sin[pos * half..(pos + 1) * half]);
+        } else {
+            self.compute(pos, cos, sin);
+        }
+    }
 }
 
 fn check_shape(name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
@@ -245,7 +291,16 @@ impl Model {
         let norm = take_vec(src, "model.norm.weight", h)?;
         let lm_head =
             if c.tie_word_embeddings { None } else { Some(take_linear(src, "lm_head.weight", c.vocab_size, h)?) };
-        Ok(Model { inv_freq: config.rope_inv_freq(), config, embed, layers, norm, lm_head, tokenizer, device })
+        Ok(Model {
+            rope: RopeTable::new(config.rope_inv_freq()),
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            tokenizer,
+            device,
+        })
     }
 
     /// The config.
@@ -305,6 +360,58 @@ impl Model {
     /// of all sequences as one matrix; attention stays within each sequence.
     pub fn forward_batch(&self, batch: &mut [(&[u32], &mut KvCache)], mode: LogitsMode) -> Result<Vec<Logits>> {
         let c = &self.config;
+        let h = c.hidden_size;
+        let (x, starts) = self.hidden_batch(batch)?;
+        // Final norm and LM head on the rows asked for.
+        let mut outs = Vec::with_capacity(batch.len());
+        for (bi, (tokens, _)) in batch.iter().enumerate() {
+            let (s, n) = (starts[bi], tokens.len());
+            let rows = match mode {
+                LogitsMode::All => s..s + n,
+                LogitsMode::Last => s + n - 1..s + n,
+                LogitsMode::None => s..s,
+            };
+            let r = rows.len();
+            let mut data = vec![0f32; r * c.vocab_size];
+            if r > 0 {
+                let mut hidden = vec![0f32; r * h];
+                ops::rms_norm(&x[rows.start * h..rows.end * h], &self.norm, c.rms_norm_eps, &mut hidden);
+                linear(self.lm_head(), &hidden, r, &mut data)?;
+            }
+            outs.push(Logits { rows: r, vocab: c.vocab_size, data });
+        }
+        Ok(outs)
+    }
+
+    /// Runs `tokens` after what `cache` holds and returns the final-normed hidden states
+    /// `[tokens][hidden]`, the LM head's input: callers that only reduce the logits (perplexity)
+    /// apply the head a few rows at a time with [`Model::lm_head_rows`] instead of holding
+    /// `tokens x vocab` floats.
+    pub fn hidden_states(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let (x, _) = self.hidden_batch(&mut [(tokens, cache)])?;
+        let mut hidden = vec![0f32; x.len()];
+        ops::rms_norm(&x, &self.norm, c.rms_norm_eps, &mut hidden);
+        Ok(hidden)
+    }
+
+    /// Logits `[rows][vocab]` of `rows` final-normed hidden states (see
+    /// [`Model::hidden_states`]) into `out`.
+    pub fn lm_head_rows(&self, hidden: &[f32], rows: usize, out: &mut [f32]) -> Result<()> {
+        let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        if hidden.len() != rows * h || out.len() != rows * vocab {
+            return Err(ModelError::input(
+                "lm_head_rows",
+                format!("{rows} rows need {} hidden and {} output values", rows * h, rows * vocab),
+            ));
+        }
+        linear(self.lm_head(), hidden, rows, out)
+    }
+
+    /// The decoder stack over a batch: the residual stream after the last layer (before the
+    /// final norm), all sequences' rows stacked, and where each sequence starts.
+    fn hidden_batch(&self, batch: &mut [(&[u32], &mut KvCache)]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let c = &self.config;
         let (h, qd, kvd, hd) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.head_dim);
         let mut starts = Vec::with_capacity(batch.len());
         let mut m = 0;
@@ -341,14 +448,17 @@ impl Model {
         let mut row = 0;
         for (tokens, cache) in batch.iter() {
             for p in cache.len..cache.len + tokens.len() {
-                for (i, &f) in self.inv_freq.iter().enumerate() {
-                    let angle = (p as f32 * f) as f64;
-                    cos[row * half + i] = angle.cos() as f32;
-                    sin[row * half + i] = angle.sin() as f32;
-                }
+                let span = row * half..(row + 1) * half;
+                self.rope.fill(p, &mut cos[span.clone()], &mut sin[span]);
                 row += 1;
             }
         }
+        let shape = AttnShape {
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: hd,
+            window: c.sliding_window,
+        };
 
         let mut xn = vec![0f32; m * h];
         let mut q = vec![0f32; m * qd];
@@ -381,7 +491,8 @@ impl Model {
                 let (s, n) = (starts[bi], tokens.len());
                 cache.k[li].extend_from_slice(&k[s * kvd..(s + n) * kvd]);
                 cache.v[li].extend_from_slice(&v[s * kvd..(s + n) * kvd]);
-                self.attention(
+                attention::attention(
+                    &shape,
                     &q[s * qd..(s + n) * qd],
                     &cache.k[li],
                     &cache.v[li],
@@ -402,57 +513,7 @@ impl Model {
         for (tokens, cache) in batch.iter_mut() {
             cache.len += tokens.len();
         }
-
-        // Final norm and LM head on the rows asked for.
-        let mut outs = Vec::with_capacity(batch.len());
-        for (bi, (tokens, _)) in batch.iter().enumerate() {
-            let (s, n) = (starts[bi], tokens.len());
-            let rows = match mode {
-                LogitsMode::All => s..s + n,
-                LogitsMode::Last => s + n - 1..s + n,
-                LogitsMode::None => s..s,
-            };
-            let r = rows.len();
-            let mut hidden = vec![0f32; r * h];
-            if r > 0 {
-                ops::rms_norm(&x[rows.start * h..rows.end * h], &self.norm, c.rms_norm_eps, &mut hidden);
-            }
-            let mut data = vec![0f32; r * c.vocab_size];
-            if r > 0 {
-                linear(self.lm_head(), &hidden, r, &mut data)?;
-            }
-            outs.push(Logits { rows: r, vocab: c.vocab_size, data });
-        }
-        Ok(outs)
-    }
-
-    /// Causal GQA attention of `n` new queries (at positions `past..past + n`) over the cache.
-    fn attention(&self, q: &[f32], kc: &[f32], vc: &[f32], past: usize, out: &mut [f32]) {
-        let c = &self.config;
-        let (nh, hd, kvd) = (c.num_attention_heads, c.head_dim, c.kv_dim());
-        let group = nh / c.num_key_value_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let window = c.sliding_window;
-        par::for_each_chunk(out, hd, |idx, o| {
-            let (t, head) = (idx / nh, idx % nh);
-            let pos = past + t;
-            let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let kvh = head / group;
-            let qh = &q[t * nh * hd + head * hd..t * nh * hd + (head + 1) * hd];
-            let mut scores: Vec<f32> = (first..=pos)
-                .map(|j| ops::dot(qh, &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]) * scale)
-                .collect();
-            let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            o.fill(0.0);
-            for (j, &p) in (first..=pos).zip(&scores) {
-                ops::axpy(p / sum, &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd], o);
-            }
-        });
+        Ok((x, starts))
     }
 }
 
