@@ -339,6 +339,20 @@ impl Model {
     pub fn lm_head(&self) -> &Linear {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
+    /// Replaces the LM head (unties it from the embedding when tied), e.g. with a quantized
+    /// copy; token lookups keep using the dense embedding.
+    pub fn set_lm_head(&mut self, head: Linear) -> Result<()> {
+        let (vocab, h) = (self.config.vocab_size, self.config.hidden_size);
+        if head.rows() != vocab || head.cols() != h {
+            return Err(ModelError::TensorShape {
+                name: "lm_head.weight".into(),
+                expected: vec![vocab, h],
+                got: vec![head.rows(), head.cols()],
+            });
+        }
+        self.lm_head = Some(head);
+        Ok(())
+    }
     /// Bytes of weight storage read per token by the linear layers and the LM head.
     pub fn weight_bytes(&self) -> usize {
         self.layers.iter().flat_map(|l| l.linears().map(|(_, x)| x.nbytes())).sum::<usize>() + self.lm_head().nbytes()
@@ -470,9 +484,13 @@ impl Model {
         let mut u = vec![0f32; m * c.intermediate_size];
         for (li, layer) in self.layers.iter().enumerate() {
             ops::rms_norm(&x, &layer.input_norm, c.rms_norm_eps, &mut xn);
-            linear(&layer.q_proj, &xn, m, &mut q)?;
-            linear(&layer.k_proj, &xn, m, &mut k)?;
-            linear(&layer.v_proj, &xn, m, &mut v)?;
+            // Independent products run side by side: at decode most of these matrices are under
+            // lowbit-cpu's threshold for splitting one product over threads.
+            let (rq, (rk, rv)) = join(
+                || linear(&layer.q_proj, &xn, m, &mut q),
+                || join(|| linear(&layer.k_proj, &xn, m, &mut k), || linear(&layer.v_proj, &xn, m, &mut v)),
+            );
+            rq.and(rk).and(rv)?;
             if let (Some(qb), Some(kb), Some(vb)) = (&layer.q_bias, &layer.k_bias, &layer.v_bias) {
                 ops::add_bias(&mut q, qb);
                 ops::add_bias(&mut k, kb);
@@ -504,8 +522,8 @@ impl Model {
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
 
             ops::rms_norm(&x, &layer.post_attention_norm, c.rms_norm_eps, &mut xn);
-            linear(&layer.gate_proj, &xn, m, &mut g)?;
-            linear(&layer.up_proj, &xn, m, &mut u)?;
+            let (rg, ru) = join(|| linear(&layer.gate_proj, &xn, m, &mut g), || linear(&layer.up_proj, &xn, m, &mut u));
+            rg.and(ru)?;
             ops::swiglu(&mut g, &u);
             linear(&layer.down_proj, &g, m, &mut o)?;
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
@@ -514,6 +532,24 @@ impl Model {
             cache.len += tokens.len();
         }
         Ok((x, starts))
+    }
+}
+
+/// `(a(), b())`, side by side on the rayon pool when the `parallel` feature is on.
+fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA + Send,
+    B: FnOnce() -> RB + Send,
+    RA: Send,
+    RB: Send,
+{
+    #[cfg(feature = "parallel")]
+    {
+        rayon::join(a, b)
+    }
+    #[cfg(not(feature = "parallel"))]
+    {
+        (a(), b())
     }
 }
 
