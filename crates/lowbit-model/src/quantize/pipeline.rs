@@ -383,18 +383,27 @@ fn fold_into_rows(lin: &mut Linear, s: &[f32]) -> Result<()> {
     }
 }
 
+/// What solving a group did.
+struct Solved {
+    stats: Vec<LayerStat>,
+    /// The per-input-channel scales folded into the preceding op (AWQ, SmoothQuant): from now on
+    /// that op emits `x / s`, so activations computed before the fold must be divided too.
+    folded: Option<Vec<f32>>,
+}
+
+/// Divides column `c` of the row-major `x[.., s.len()]` by `s[c]`.
+fn divide_columns(x: &mut [f32], s: &[f32]) {
+    for row in x.chunks_exact_mut(s.len()) {
+        row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
+    }
+}
+
 /// Solves one group of layers sharing an input and installs the results.
-fn solve_group(
-    ctx: &mut Ctx,
-    b: usize,
-    names: &[&str],
-    lins: Vec<&mut Linear>,
-    fold: Fold,
-    st: &Stats,
-) -> Result<Vec<LayerStat>> {
+fn solve_group(ctx: &mut Ctx, b: usize, names: &[&str], lins: Vec<&mut Linear>, fold: Fold, st: &Stats) -> Result<Solved> {
     let opts = ctx.opts;
     let cols = st.cols;
     let mut stats = vec![];
+    let mut folded = None;
     match opts.method {
         QuantMethod::Rtn => unreachable!("RTN has its own path"),
         QuantMethod::Gptq => {
@@ -465,7 +474,7 @@ fn solve_group(
                 stats.push(stat(b, name, &report, alpha));
                 set_quant(lin, qt)?;
             }
-            apply_fold(fold, &s)?;
+            folded = apply_fold(fold, s)?;
         }
         QuantMethod::SmoothQuant => {
             let absmax = st.absmax.as_ref().ok_or_else(|| ModelError::input("quantize", "no activation statistics"))?;
@@ -479,7 +488,7 @@ fn solve_group(
                     stats.push(stat(b, name, &out.report, None));
                     set_quant(lin, out.qtensor)?;
                 }
-                return Ok(stats);
+                return Ok(Solved { stats, folded: None });
             }
             let alpha = opts.sq_alpha;
             let out = smoothquant::smoothquant(absmax, &sl, &SmoothQuantConfig { alpha, ..Default::default() })
@@ -489,19 +498,20 @@ fn solve_group(
                 stats.push(stat(b, name, &out.report, Some(alpha)));
                 set_quant(lin, qt)?;
             }
-            apply_fold(fold, &s)?;
+            folded = apply_fold(fold, s)?;
         }
     }
-    Ok(stats)
+    Ok(Solved { stats, folded })
 }
 
-fn apply_fold(fold: Fold, s: &[f32]) -> Result<()> {
+/// Folds `1 / s` into `fold`'s target; returns `s` when it was folded somewhere.
+fn apply_fold(fold: Fold, s: Vec<f32>) -> Result<Option<Vec<f32>>> {
     match fold {
-        Fold::Norm(w) => w.iter_mut().zip(s).for_each(|(w, s)| *w /= s),
-        Fold::Rows(lin) => fold_into_rows(lin, s)?,
-        Fold::None => {}
+        Fold::Norm(w) => w.iter_mut().zip(&s).for_each(|(w, s)| *w /= s),
+        Fold::Rows(lin) => fold_into_rows(lin, &s)?,
+        Fold::None => return Ok(None),
     }
-    Ok(())
+    Ok(Some(s))
 }
 
 fn group_layout(scheme: IntScheme, cols: usize) -> (usize, usize) {
@@ -542,14 +552,18 @@ fn quantize_block_calibrated(
     {
         let Layer { input_norm, q_proj, k_proj, v_proj, .. } = layer;
         let lins = vec![q_proj, k_proj, v_proj];
-        stats.extend(solve_group(
-            ctx,
-            b,
-            &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-            lins,
-            Fold::Norm(input_norm),
-            &st,
-        )?);
+        // The norm's fold reaches the next stage, which recomputes attn_input.
+        stats.extend(
+            solve_group(
+                ctx,
+                b,
+                &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                lins,
+                Fold::Norm(input_norm),
+                &st,
+            )?
+            .stats,
+        );
     }
     drop(st);
 
@@ -568,7 +582,12 @@ fn quantize_block_calibrated(
         let foldable = cfg.kv_dim() == qd && !sq;
         let Layer { v_proj, o_proj, .. } = layer;
         let fold = if foldable { Fold::Rows(v_proj) } else { Fold::None };
-        stats.extend(solve_group(ctx, b, &["self_attn.o_proj"], vec![o_proj], fold, &st)?);
+        let solved = solve_group(ctx, b, &["self_attn.o_proj"], vec![o_proj], fold, &st)?;
+        // v now emits attn / s: the residual below must see what the folded model computes.
+        if let Some(s) = &solved.folded {
+            divide_columns(&mut attn, s);
+        }
+        stats.extend(solved.stats);
     }
     drop(st);
 
@@ -583,14 +602,17 @@ fn quantize_block_calibrated(
     drop(attn);
     {
         let Layer { post_attention_norm, gate_proj, up_proj, .. } = layer;
-        stats.extend(solve_group(
-            ctx,
-            b,
-            &["mlp.gate_proj", "mlp.up_proj"],
-            vec![gate_proj, up_proj],
-            Fold::Norm(post_attention_norm),
-            &st,
-        )?);
+        stats.extend(
+            solve_group(
+                ctx,
+                b,
+                &["mlp.gate_proj", "mlp.up_proj"],
+                vec![gate_proj, up_proj],
+                Fold::Norm(post_attention_norm),
+                &st,
+            )?
+            .stats,
+        );
     }
     drop(st);
 
@@ -606,7 +628,12 @@ fn quantize_block_calibrated(
     {
         let Layer { up_proj, down_proj, .. } = layer;
         let fold = if sq { Fold::None } else { Fold::Rows(up_proj) };
-        stats.extend(solve_group(ctx, b, &["mlp.down_proj"], vec![down_proj], fold, &st)?);
+        let solved = solve_group(ctx, b, &["mlp.down_proj"], vec![down_proj], fold, &st)?;
+        // up now emits act / s: the residual below must see what the folded model computes.
+        if let Some(s) = &solved.folded {
+            divide_columns(&mut act, s);
+        }
+        stats.extend(solved.stats);
     }
     drop(st);
     for &(s, e) in &batches {
