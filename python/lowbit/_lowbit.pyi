@@ -150,7 +150,6 @@ def awq_search(
     clip: bool = True,
     max_shrink: float = 0.5,
     clip_grid: int = 20,
-    clip_tokens: int = 512,
 ) -> dict[str, Any]: ...
 def quantize_model(
     model: str,
@@ -169,7 +168,7 @@ def quantize_model(
     seqlen: int = 512,
     seed: int = 0,
     percdamp: float = 0.01,
-    awq_samples: int = 32,
+    awq_samples: int = 128,
     sq_alpha: float = 0.5,
     resume: bool = False,
     stop_after_block: int | None = None,

@@ -104,7 +104,7 @@ def quantize_model(
     seqlen: int = PROTOCOL_SEQLEN,
     seed: int = 0,
     percdamp: float = 0.01,
-    awq_samples: int = 32,
+    awq_samples: int = 128,
     sq_alpha: float = 0.5,
     resume: bool = False,
     progress: ProgressCallback | None = None,

@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         act_order: flag("--act-order"),
         calib: Some(CalibSource::from_path(val("--calib").unwrap_or("/work/shared/data/wikitext2/valid.txt".into()))),
         nsamples: val("--nsamples").map_or(Ok(128), |v| v.parse())?,
-        awq_samples: val("--awq-samples").map_or(Ok(32), |v| v.parse())?,
+        awq_samples: val("--awq-samples").map_or(Ok(128), |v| v.parse())?,
         ..QuantizeOptions::default()
     };
     let t = std::time::Instant::now();

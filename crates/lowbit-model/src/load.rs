@@ -6,6 +6,7 @@ use crate::device::Device;
 use crate::gguf::{tokenizer_from_gguf, GgufFile, GgufSource};
 use crate::model::Model;
 use crate::safetensors_source::{checkpoint_files, SafetensorsSource};
+use crate::tensors::TensorSource;
 use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
 use lowbit_core::QTensor;
@@ -31,51 +32,76 @@ impl Model {
 
     /// [`Model::load`] with options.
     pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model> {
-        let path = path.as_ref();
-        opts.device.check_available()?;
-        if path.is_dir() {
-            Self::from_hf_dir(path, opts)
-        } else if path.is_file() {
-            Self::from_gguf(path, opts)
-        } else {
-            Err(ModelError::MissingFile {
-                path: path.display().to_string(),
-                what: "a model directory or .gguf file".into(),
-            })
-        }
+        with_source(path.as_ref(), opts, |config, src, tokenizer| Model::build(config, src, tokenizer, opts.device))
     }
 
     /// Loads a Hugging Face directory: `config.json`, `model.safetensors` (or shards with their
     /// index; dense and lowbit-quantized tensors), and `tokenizer.json` when present.
     pub fn from_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
-        let cfg_path = dir.join("config.json");
-        if !cfg_path.is_file() {
-            return Err(ModelError::MissingFile {
-                path: cfg_path.display().to_string(),
-                what: "the model config".into(),
-            });
-        }
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
-        let config = ModelConfig::from_json_str(&text)?;
-        let files = checkpoint_files(dir)?;
-        let mut src = SafetensorsSource::open(&files)?;
-        let tokenizer = if !opts.skip_tokenizer && dir.join("tokenizer.json").is_file() {
-            Some(Tokenizer::from_dir(dir)?)
-        } else {
-            None
-        };
-        Model::build(config, &mut src, tokenizer, opts.device)
+        hf_dir_source(dir, opts, |config, src, tokenizer| Model::build(config, src, tokenizer, opts.device))
     }
 
     /// Loads a GGUF file (llama architecture), dequantizing its tensors to f32 (F16/BF16 kept).
     pub fn from_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
-        let file = GgufFile::open(path)?;
-        let config = file.config()?;
-        let tokenizer = if opts.skip_tokenizer { None } else { Some(tokenizer_from_gguf(&file)?) };
-        let mut src = GgufSource::new(&file, &config);
-        Model::build(config, &mut src, tokenizer, opts.device)
+        gguf_source(path, opts, |config, src, tokenizer| Model::build(config, src, tokenizer, opts.device))
     }
+}
 
+/// Opens the model at `path` (a directory or a `.gguf` file) as a tensor source and hands it to
+/// `f` with the config and tokenizer: [`Model::load`] takes every tensor at once, the
+/// quantization pipeline one block at a time from the memory-mapped file.
+pub(crate) fn with_source<R>(
+    path: &Path,
+    opts: &LoadOptions,
+    f: impl FnOnce(ModelConfig, &mut dyn TensorSource, Option<Tokenizer>) -> Result<R>,
+) -> Result<R> {
+    opts.device.check_available()?;
+    if path.is_dir() {
+        hf_dir_source(path, opts, f)
+    } else if path.is_file() {
+        gguf_source(path, opts, f)
+    } else {
+        Err(ModelError::MissingFile {
+            path: path.display().to_string(),
+            what: "a model directory or .gguf file".into(),
+        })
+    }
+}
+
+fn hf_dir_source<R>(
+    dir: &Path,
+    opts: &LoadOptions,
+    f: impl FnOnce(ModelConfig, &mut dyn TensorSource, Option<Tokenizer>) -> Result<R>,
+) -> Result<R> {
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.is_file() {
+        return Err(ModelError::MissingFile { path: cfg_path.display().to_string(), what: "the model config".into() });
+    }
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+    let config = ModelConfig::from_json_str(&text)?;
+    let files = checkpoint_files(dir)?;
+    let mut src = SafetensorsSource::open(&files)?;
+    let tokenizer = if !opts.skip_tokenizer && dir.join("tokenizer.json").is_file() {
+        Some(Tokenizer::from_dir(dir)?)
+    } else {
+        None
+    };
+    f(config, &mut src, tokenizer)
+}
+
+fn gguf_source<R>(
+    path: &Path,
+    opts: &LoadOptions,
+    f: impl FnOnce(ModelConfig, &mut dyn TensorSource, Option<Tokenizer>) -> Result<R>,
+) -> Result<R> {
+    let file = GgufFile::open(path)?;
+    let config = file.config()?;
+    let tokenizer = if opts.skip_tokenizer { None } else { Some(tokenizer_from_gguf(&file)?) };
+    let mut src = GgufSource::new(&file, &config);
+    f(config, &mut src, tokenizer)
+}
+
+impl Model {
     /// Saves the model as a Hugging Face-style directory that [`Model::load`] reads back:
     /// `config.json`, dense tensors in `model-00001-of-00002.safetensors`, lowbit quantized
     /// linear layers in `model-00002-of-00002.safetensors` (the `lowbit_core::io` layout), the

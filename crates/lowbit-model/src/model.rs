@@ -222,6 +222,36 @@ fn take_linear(src: &mut dyn TensorSource, name: &str, rows: usize, cols: usize)
     Ok(Linear::new(rows, cols, t.into_weight())?)
 }
 
+/// The tensors of block `i`, shapes checked against the config.
+pub(crate) fn take_layer(src: &mut dyn TensorSource, c: &ModelConfig, i: usize) -> Result<Layer> {
+    let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+    let p = format!("model.layers.{i}.");
+    let bias = |src: &mut dyn TensorSource, n: &str, len| -> Result<Option<Vec<f32>>> {
+        if c.attention_bias {
+            Ok(Some(take_vec(src, &format!("{p}self_attn.{n}.bias"), len)?))
+        } else {
+            Ok(None)
+        }
+    };
+    let qk_norm = c.arch == Architecture::Qwen3;
+    Ok(Layer {
+        input_norm: take_vec(src, &format!("{p}input_layernorm.weight"), h)?,
+        post_attention_norm: take_vec(src, &format!("{p}post_attention_layernorm.weight"), h)?,
+        q_proj: take_linear(src, &format!("{p}self_attn.q_proj.weight"), qd, h)?,
+        k_proj: take_linear(src, &format!("{p}self_attn.k_proj.weight"), kvd, h)?,
+        v_proj: take_linear(src, &format!("{p}self_attn.v_proj.weight"), kvd, h)?,
+        o_proj: take_linear(src, &format!("{p}self_attn.o_proj.weight"), h, qd)?,
+        q_bias: bias(src, "q_proj", qd)?,
+        k_bias: bias(src, "k_proj", kvd)?,
+        v_bias: bias(src, "v_proj", kvd)?,
+        q_norm: if qk_norm { Some(take_vec(src, &format!("{p}self_attn.q_norm.weight"), c.head_dim)?) } else { None },
+        k_norm: if qk_norm { Some(take_vec(src, &format!("{p}self_attn.k_norm.weight"), c.head_dim)?) } else { None },
+        gate_proj: take_linear(src, &format!("{p}mlp.gate_proj.weight"), ff, h)?,
+        up_proj: take_linear(src, &format!("{p}mlp.up_proj.weight"), ff, h)?,
+        down_proj: take_linear(src, &format!("{p}mlp.down_proj.weight"), h, ff)?,
+    })
+}
+
 fn embedding_row(w: &WeightKind, cols: usize, row: usize, out: &mut [f32]) {
     let span = row * cols..(row + 1) * cols;
     match w {
@@ -242,55 +272,36 @@ impl Model {
         tokenizer: Option<Tokenizer>,
         device: Device,
     ) -> Result<Self> {
+        let mut model = Self::build_without_layers(config, src, tokenizer, device)?;
+        for i in 0..model.config.num_hidden_layers {
+            let layer = take_layer(src, &model.config, i)?;
+            model.layers.push(layer);
+        }
+        Ok(model)
+    }
+
+    /// The model without its blocks (embedding, final norm, LM head): the quantization pipeline
+    /// streams the blocks in one at a time ([`take_layer`], [`Model::push_layer`]). Only the
+    /// pipeline sees such a model before its blocks are complete.
+    pub(crate) fn build_without_layers(
+        config: ModelConfig,
+        src: &mut dyn TensorSource,
+        tokenizer: Option<Tokenizer>,
+        device: Device,
+    ) -> Result<Self> {
         device.check_available()?;
         config.validate()?;
         let c = &config;
-        let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let h = c.hidden_size;
         let mut embed_t = take(src, "model.embed_tokens.weight", &[c.vocab_size, h])?;
         if let TensorData::Quant(q) = &embed_t.data {
             embed_t = Tensor::f32(embed_t.shape.clone(), q.dequantize());
         }
         let embed = Linear::new(c.vocab_size, h, embed_t.into_weight())?;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}.");
-            let bias = |src: &mut dyn TensorSource, n: &str, len| -> Result<Option<Vec<f32>>> {
-                if c.attention_bias {
-                    Ok(Some(take_vec(src, &format!("{p}self_attn.{n}.bias"), len)?))
-                } else {
-                    Ok(None)
-                }
-            };
-            let qk_norm = c.arch == Architecture::Qwen3;
-            let layer = Layer {
-                input_norm: take_vec(src, &format!("{p}input_layernorm.weight"), h)?,
-                post_attention_norm: take_vec(src, &format!("{p}post_attention_layernorm.weight"), h)?,
-                q_proj: take_linear(src, &format!("{p}self_attn.q_proj.weight"), qd, h)?,
-                k_proj: take_linear(src, &format!("{p}self_attn.k_proj.weight"), kvd, h)?,
-                v_proj: take_linear(src, &format!("{p}self_attn.v_proj.weight"), kvd, h)?,
-                o_proj: take_linear(src, &format!("{p}self_attn.o_proj.weight"), h, qd)?,
-                q_bias: bias(src, "q_proj", qd)?,
-                k_bias: bias(src, "k_proj", kvd)?,
-                v_bias: bias(src, "v_proj", kvd)?,
-                q_norm: if qk_norm {
-                    Some(take_vec(src, &format!("{p}self_attn.q_norm.weight"), c.head_dim)?)
-                } else {
-                    None
-                },
-                k_norm: if qk_norm {
-                    Some(take_vec(src, &format!("{p}self_attn.k_norm.weight"), c.head_dim)?)
-                } else {
-                    None
-                },
-                gate_proj: take_linear(src, &format!("{p}mlp.gate_proj.weight"), ff, h)?,
-                up_proj: take_linear(src, &format!("{p}mlp.up_proj.weight"), ff, h)?,
-                down_proj: take_linear(src, &format!("{p}mlp.down_proj.weight"), h, ff)?,
-            };
-            layers.push(layer);
-        }
         let norm = take_vec(src, "model.norm.weight", h)?;
         let lm_head =
             if c.tie_word_embeddings { None } else { Some(take_linear(src, "lm_head.weight", c.vocab_size, h)?) };
+        let layers = Vec::with_capacity(c.num_hidden_layers);
         Ok(Model {
             rope: RopeTable::new(config.rope_inv_freq()),
             config,
@@ -301,6 +312,12 @@ impl Model {
             tokenizer,
             device,
         })
+    }
+
+    /// Appends the next block (see [`Model::build_without_layers`]).
+    pub(crate) fn push_layer(&mut self, layer: Layer) {
+        debug_assert!(self.layers.len() < self.config.num_hidden_layers);
+        self.layers.push(layer);
     }
 
     /// The config.

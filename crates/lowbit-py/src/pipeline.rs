@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[pyfunction]
 #[pyo3(signature = (model, out, *, method="gptq", bits=4, group_size=Some(128), sym=false, act_order=false,
     static_groups=None, calib=None, calib_ids=None, data_free=false, nsamples=128, seqlen=512, seed=0,
-    percdamp=0.01, awq_samples=32, sq_alpha=0.5, resume=false, stop_after_block=None, progress=None))]
+    percdamp=0.01, awq_samples=128, sq_alpha=0.5, resume=false, stop_after_block=None, progress=None))]
 #[allow(clippy::too_many_arguments)]
 fn quantize_model(
     py: Python<'_>,

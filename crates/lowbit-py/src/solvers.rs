@@ -4,7 +4,7 @@ use crate::arrays::f32_input;
 use crate::errors::{PyLowbitError, ShapeError};
 use lowbit_core::pack::unpack;
 use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, QTensor, ScaleDtype};
-use lowbit_solvers::awq::{awq_quantize, AwqConfig, AwqLayer};
+use lowbit_solvers::awq::{awq_quantize, AwqConfig, AwqLayer, AwqStats};
 use lowbit_solvers::{gptq_quantize, DampingConfig, GptqConfig, Hessian};
 use numpy::{IntoPyArray, PyArrayMethods, PyReadonlyArray2};
 use pyo3::prelude::*;
@@ -84,13 +84,13 @@ fn gptq_quantize_py<'py>(
 }
 
 /// awq_search(x, weights, bits, group_size, symmetric, n_grid=20, clip=True, max_shrink=0.5,
-///            clip_grid=20, clip_tokens=512) -> dict
+///            clip_grid=20) -> dict
 ///
 /// x: float32 [tokens, cols]; weights: list of float32 [rows_i, cols]. Returns
 /// {"alpha", "scales" f32 [cols], "grid_losses" list[float], "clip" list of f32 [rows_i, groups],
 ///  "codes"/"qscales"/"zeros" lists of per-layer arrays as in gptq_quantize, "loss"}.
 #[pyfunction]
-#[pyo3(name = "awq_search", signature = (x, weights, bits, group_size, symmetric, n_grid=20, clip=true, max_shrink=0.5, clip_grid=20, clip_tokens=512))]
+#[pyo3(name = "awq_search", signature = (x, weights, bits, group_size, symmetric, n_grid=20, clip=true, max_shrink=0.5, clip_grid=20))]
 #[allow(clippy::too_many_arguments)]
 fn awq_search_py<'py>(
     py: Python<'py>,
@@ -103,7 +103,6 @@ fn awq_search_py<'py>(
     clip: bool,
     max_shrink: f32,
     clip_grid: usize,
-    clip_tokens: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
     let xi = f32_input(x)?;
     let [tokens, cols] = xi.shape[..] else { return Err(ShapeError::new_err("x must be 2-D [tokens, cols]")) };
@@ -116,10 +115,11 @@ fn awq_search_py<'py>(
         }
         layers.push(AwqLayer { w: w.data(), rows });
     }
-    let cfg =
-        AwqConfig { scheme: scheme(bits, group_size, symmetric)?, n_grid, clip, clip_grid, max_shrink, clip_tokens };
+    let cfg = AwqConfig { scheme: scheme(bits, group_size, symmetric)?, n_grid, clip, clip_grid, max_shrink };
     let xd = xi.data();
-    let out = py.detach(|| awq_quantize(xd, tokens, cols, &layers, &cfg)).map_err(PyLowbitError::from)?;
+    let out = py
+        .detach(|| AwqStats::from_activations(xd, tokens, cols).and_then(|st| awq_quantize(&st, &layers, &cfg)))
+        .map_err(PyLowbitError::from)?;
     let d = PyDict::new(py);
     d.set_item("alpha", out.alpha)?;
     d.set_item("scales", out.scales.clone().into_pyarray(py))?;

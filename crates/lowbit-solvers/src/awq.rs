@@ -8,18 +8,23 @@
 //!    squared output error `||X W^T - (X / s) Q(W s)^T||^2 / (tokens * sum rows)` over the group's
 //!    layers. The alpha with the least loss wins (first on ties).
 //! 2. Clipping search (llm-awq `auto_clip_layer`), per layer on the scaled weights `W s` and
-//!    activations `X / s`, over a subsample of tokens (every `tokens / clip_tokens`-th): for each
-//!    row and quantization group, `max_val = absmax * (1 - i / clip_grid)` for
-//!    `i < max_shrink * clip_grid`; the weights are clamped to `[-max_val, max_val]` and quantized,
-//!    and the `max_val` with the least mean squared partial output of that group wins.
+//!    activations `X / s`: for each row and quantization group,
+//!    `max_val = absmax * (1 - i / clip_grid)` for `i < max_shrink * clip_grid`; the weights are
+//!    clamped to `[-max_val, max_val]` and quantized, and the `max_val` with the least mean
+//!    squared partial output of that group wins.
 //! 3. The result: `Q(clamp(W s, +-max_val))` per layer, and `s`, which the pipeline folds into the
 //!    preceding operation (divide the RMSNorm weight, or the previous linear's output rows, by `s`).
 //!
-//! The output error is evaluated as one GEMM `X (W - Q(W s) / s)^T` per layer and grid point,
-//! which equals `X W^T - (X / s) Q(W s)^T` and avoids cancelling two large products.
+//! Both searches only ever need `s_x` and the second moment `M = X^T X / tokens`: with
+//! `D = W - Q(W s) / s`, the output error is `||X D^T||^2 / tokens = tr(D M D^T)`, and a group's
+//! partial output error under `X / s` is the group's diagonal block of `diag(1/s) M diag(1/s)`.
+//! So [`AwqStats`] accumulates them once, batch by batch (a symmetric rank-k update, as GPTQ's
+//! Hessian), and every grid point costs `rows * cols^2` flops instead of `tokens * rows * cols`:
+//! the searches see every calibration token (llm-awq subsamples 512 for clipping) at a fraction
+//! of the cost, and no activations are kept.
 
 use crate::gptq::group_layout;
-use crate::hessian::check_finite_activations;
+use crate::hessian::{check_finite_activations, Hessian, HessianPrecision};
 use crate::par::faer_par;
 use crate::report::{LayerReport, Method};
 use crate::{Result, SolverError};
@@ -40,14 +45,12 @@ pub struct AwqConfig {
     pub clip_grid: usize,
     /// Largest fraction of the range removed by clipping (0.5).
     pub max_shrink: f32,
-    /// Tokens sampled for the clipping search (512).
-    pub clip_tokens: usize,
 }
 
 impl AwqConfig {
     /// llm-awq's defaults for a scheme.
     pub fn new(scheme: IntScheme) -> Self {
-        AwqConfig { scheme, n_grid: 20, clip: true, clip_grid: 20, max_shrink: 0.5, clip_tokens: 512 }
+        AwqConfig { scheme, n_grid: 20, clip: true, clip_grid: 20, max_shrink: 0.5 }
     }
 }
 
@@ -78,13 +81,73 @@ pub struct AwqOutput {
     pub report: LayerReport,
 }
 
-fn validate(x: &[f32], tokens: usize, cols: usize, layers: &[AwqLayer], scheme: IntScheme) -> Result<()> {
-    if tokens == 0 {
+/// What AWQ needs from a group's input activations: per channel `sum_t |x_tc|` and the second
+/// moment `X^T X`, accumulated batch by batch.
+#[derive(Clone, Debug)]
+pub struct AwqStats {
+    abs_sum: Vec<f64>,
+    /// `2/N X^T X` (GPTQ's Hessian of the same input).
+    hessian: Hessian,
+}
+
+impl AwqStats {
+    /// Empty statistics for inputs of `cols` channels.
+    pub fn new(cols: usize) -> Self {
+        AwqStats { abs_sum: vec![0.0; cols], hessian: Hessian::with_precision(cols, HessianPrecision::F32Chunks) }
+    }
+
+    /// Statistics of one row-major batch `x[tokens, cols]`, second moment in f64.
+    pub fn from_activations(x: &[f32], tokens: usize, cols: usize) -> Result<Self> {
+        let mut st = AwqStats { abs_sum: vec![0.0; cols], hessian: Hessian::new(cols) };
+        st.add_batch(x, tokens)?;
+        Ok(st)
+    }
+
+    /// Adds a row-major batch `x[tokens, cols]`; rejects NaN/Inf (naming the first).
+    pub fn add_batch(&mut self, x: &[f32], tokens: usize) -> Result<()> {
+        let cols = self.cols();
+        if cols == 0 || x.len() != tokens * cols {
+            return Err(SolverError::shape("awq activations", format!("{tokens} x {cols}"), x.len()));
+        }
+        check_finite_activations("awq", x, cols)?;
+        self.hessian.add_batch(x, tokens)?;
+        for row in x.chunks_exact(cols) {
+            self.abs_sum.iter_mut().zip(row).for_each(|(a, &v)| *a += f64::from(v.abs()));
+        }
+        Ok(())
+    }
+
+    /// Input channels.
+    pub fn cols(&self) -> usize {
+        self.abs_sum.len()
+    }
+
+    /// Tokens seen.
+    pub fn tokens(&self) -> u64 {
+        self.hessian.tokens()
+    }
+
+    /// `s_x`: mean absolute activation per input channel.
+    pub fn activation_scale(&self) -> Vec<f32> {
+        let n = self.tokens().max(1) as f64;
+        self.abs_sum.iter().map(|a| (a / n) as f32).collect()
+    }
+
+    /// `X^T X / tokens`, full and symmetric, f32.
+    fn second_moment(&self) -> Mat<f32> {
+        let h = self.hessian.matrix();
+        Mat::from_fn(h.nrows(), h.ncols(), |i, j| (h[(i, j)] * 0.5) as f32)
+    }
+}
+
+fn validate(stats: &AwqStats, layers: &[AwqLayer], scheme: IntScheme) -> Result<()> {
+    if stats.tokens() == 0 {
         return Err(SolverError::NoCalibrationData { op: "awq" });
     }
-    if cols == 0 || x.len() != tokens * cols {
-        return Err(SolverError::shape("awq activations", format!("{tokens} x {cols}"), x.len()));
-    }
+    validate_layers(stats.cols(), layers, scheme)
+}
+
+fn validate_layers(cols: usize, layers: &[AwqLayer], scheme: IntScheme) -> Result<()> {
     if layers.is_empty() {
         return Err(SolverError::shape("awq layers", "at least one layer", 0));
     }
@@ -95,6 +158,17 @@ fn validate(x: &[f32], tokens: usize, cols: usize, layers: &[AwqLayer], scheme: 
         check_finite(l.w)?;
     }
     scheme.granularity.validate(cols, scheme.bits)?;
+    Ok(())
+}
+
+/// Validates raw activations for the oracle.
+fn validate_activations(x: &[f32], tokens: usize, cols: usize) -> Result<()> {
+    if tokens == 0 {
+        return Err(SolverError::NoCalibrationData { op: "awq" });
+    }
+    if cols == 0 || x.len() != tokens * cols {
+        return Err(SolverError::shape("awq activations", format!("{tokens} x {cols}"), x.len()));
+    }
     check_finite_activations("awq", x, cols)
 }
 
@@ -123,42 +197,44 @@ fn scale_columns(w: &[f32], s: &[f32]) -> Vec<f32> {
     w.chunks_exact(s.len()).flat_map(|row| row.iter().zip(s).map(|(a, b)| a * b)).collect()
 }
 
-/// `sum_t sum_r (X (W - Weff)^T)_tr^2` with `delta = W - Weff` row-major `[rows, cols]`.
-fn output_sq_error(x: MatRef<'_, f32>, delta: &[f32], rows: usize) -> f64 {
-    let cols = x.ncols();
+/// `sum_r d_r^T M d_r` for the rows `d_r` of the row-major `delta[rows, cols]`: the squared
+/// output error per token, `||X D^T||^2 / tokens`, when `m = X^T X / tokens`.
+fn output_sq_error(m: MatRef<'_, f32>, delta: &[f32], rows: usize) -> f64 {
+    let cols = m.ncols();
     let d = MatRef::from_row_major_slice(delta, rows, cols);
-    let mut out = Mat::<f32>::zeros(x.nrows(), rows);
-    faer::linalg::matmul::matmul(out.as_mut(), Accum::Replace, x, d.transpose(), 1.0f32, faer_par());
-    out.col_iter().map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>()).sum()
+    let mut dm = Mat::<f32>::zeros(rows, cols);
+    faer::linalg::matmul::matmul(dm.as_mut(), Accum::Replace, d, m, 1.0f32, faer_par());
+    (0..cols)
+        .map(|c| dm.col(c).iter().zip(d.col(c).iter()).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>())
+        .sum()
+}
+
+/// `W - Q(W diag(s)) / s`, given the dequantized `Q(W diag(s))`.
+fn scaled_delta(w: &[f32], q: &[f32], s: &[f32]) -> Vec<f32> {
+    let cols = s.len();
+    w.iter().zip(q).enumerate().map(|(i, (&w, &qv))| w - qv / s[i % cols]).collect()
 }
 
 /// Mean squared output error of the group when each layer is replaced by `Q(W diag(s)) / s`.
-pub fn scale_loss(
-    x: &[f32],
-    tokens: usize,
-    cols: usize,
-    layers: &[AwqLayer],
-    scheme: IntScheme,
-    s: &[f32],
-) -> Result<f64> {
-    validate(x, tokens, cols, layers, scheme)?;
-    let xm = MatRef::from_row_major_slice(x, tokens, cols);
-    let mut total = 0.0;
-    let mut count = 0usize;
+pub fn scale_loss(stats: &AwqStats, layers: &[AwqLayer], scheme: IntScheme, s: &[f32]) -> Result<f64> {
+    validate(stats, layers, scheme)?;
+    loss_with(stats.second_moment().as_ref(), layers, scheme, s)
+}
+
+fn loss_with(m: MatRef<'_, f32>, layers: &[AwqLayer], scheme: IntScheme, s: &[f32]) -> Result<f64> {
+    let cols = s.len();
+    let (mut total, mut count) = (0.0, 0usize);
     for l in layers {
         let q = rtn::quantize(&scale_columns(l.w, s), &[l.rows, cols], scheme)?.dequantize();
-        let delta: Vec<f32> = l.w.iter().zip(&q).enumerate().map(|(i, (&w, &qv))| w - qv / s[i % cols]).collect();
-        total += output_sq_error(xm, &delta, l.rows);
-        count += tokens * l.rows;
+        total += output_sq_error(m, &scaled_delta(l.w, &q, s), l.rows);
+        count += l.rows;
     }
     Ok(total / count as f64)
 }
 
 /// The scale search alone: `(alpha, s, grid losses)`.
 pub fn search_scales(
-    x: &[f32],
-    tokens: usize,
-    cols: usize,
+    stats: &AwqStats,
     layers: &[AwqLayer],
     scheme: IntScheme,
     n_grid: usize,
@@ -166,14 +242,15 @@ pub fn search_scales(
     if n_grid == 0 {
         return Err(SolverError::param("n_grid", 0, "it must be at least 1"));
     }
-    validate(x, tokens, cols, layers, scheme)?;
-    let s_x = activation_scale(x, cols);
-    let mut best = (f64::INFINITY, 0.0f32, vec![1.0f32; cols]);
+    validate(stats, layers, scheme)?;
+    let m = stats.second_moment();
+    let s_x = stats.activation_scale();
+    let mut best = (f64::INFINITY, 0.0f32, vec![1.0f32; stats.cols()]);
     let mut losses = Vec::with_capacity(n_grid);
     for i in 0..n_grid {
         let alpha = i as f32 / n_grid as f32;
         let s = scales_for_alpha(&s_x, alpha);
-        let loss = scale_loss(x, tokens, cols, layers, scheme, &s)?;
+        let loss = loss_with(m.as_ref(), layers, scheme, &s)?;
         losses.push(loss);
         if loss < best.0 {
             best = (loss, alpha, s);
@@ -182,28 +259,34 @@ pub fn search_scales(
     Ok((best.1, best.2, losses))
 }
 
-/// llm-awq's `auto_clip_layer` on scaled weights `w[rows, cols]` and scaled activations:
-/// the best clipping bound per `[row, group]`.
-pub fn search_clip(
-    ws: &[f32],
-    rows: usize,
-    xs: &[f32],
-    tokens: usize,
-    cols: usize,
-    cfg: &AwqConfig,
-) -> Result<Vec<f32>> {
-    let scheme = cfg.scheme;
+/// Per `[row, group]` absolute maximum of `w[rows, cols]`.
+fn group_absmax(w: &[f32], rows: usize, cols: usize, scheme: IntScheme) -> Vec<f32> {
     let (g, groups) = group_layout(scheme.granularity, cols);
-    let step = (tokens / cfg.clip_tokens.max(1)).max(1);
-    let sub: Vec<f32> = xs.chunks_exact(cols).step_by(step).flatten().copied().collect();
-    let t = sub.len() / cols;
-    let xm = MatRef::from_row_major_slice(&sub, t, cols);
-    let absmax: Vec<f32> = (0..rows * groups)
+    (0..rows * groups)
         .map(|k| {
             let (r, grp) = (k / groups, k % groups);
-            ws[r * cols + grp * g..r * cols + ((grp + 1) * g).min(cols)].iter().fold(0.0f32, |m, v| m.max(v.abs()))
+            w[r * cols + grp * g..r * cols + ((grp + 1) * g).min(cols)].iter().fold(0.0f32, |m, v| m.max(v.abs()))
         })
-        .collect();
+        .collect()
+}
+
+/// `w` with each `[row, group]` clamped to `+-bound`.
+fn clamp_groups(w: &[f32], cols: usize, scheme: IntScheme, bounds: &[f32]) -> Vec<f32> {
+    let (g, groups) = group_layout(scheme.granularity, cols);
+    w.iter().enumerate().map(|(i, &v)| v.clamp(-bounds[(i / cols) * groups + (i % cols) / g], bounds[(i / cols) * groups + (i % cols) / g])).collect()
+}
+
+/// llm-awq's `auto_clip_layer` on the scaled weights `ws = W diag(s)` of one layer, for the
+/// scaled inputs `X / s`: the best clipping bound per `[row, group]`.
+pub fn search_clip(ws: &[f32], rows: usize, stats: &AwqStats, s: &[f32], cfg: &AwqConfig) -> Result<Vec<f32>> {
+    let scheme = cfg.scheme;
+    let cols = stats.cols();
+    if ws.len() != rows * cols || s.len() != cols {
+        return Err(SolverError::shape("awq clip", format!("{rows} x {cols} weights, {cols} scales"), ws.len()));
+    }
+    let (g, groups) = group_layout(scheme.granularity, cols);
+    let m = stats.second_moment();
+    let absmax = group_absmax(ws, rows, cols, scheme);
     let mut best = absmax.clone();
     let mut best_err = vec![f64::INFINITY; rows * groups];
     let steps = (cfg.max_shrink * cfg.clip_grid as f32) as usize;
@@ -211,26 +294,20 @@ pub fn search_clip(
     for i_s in 0..steps.max(1) {
         let shrink = 1.0 - i_s as f32 / cfg.clip_grid as f32;
         let max_val: Vec<f32> = absmax.iter().map(|m| m * shrink).collect();
-        let clamped: Vec<f32> = ws
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let m = max_val[(i / cols) * groups + (i % cols) / g];
-                w.clamp(-m, m)
-            })
-            .collect();
-        let q = rtn::quantize(&clamped, &[rows, cols], scheme)?.dequantize();
+        let q = rtn::quantize(&clamp_groups(ws, cols, scheme, &max_val), &[rows, cols], scheme)?.dequantize();
         for (d, (&w, &qv)) in delta.iter_mut().zip(ws.iter().zip(&q)) {
             *d = w - qv;
         }
         for grp in 0..groups {
             let (a, b) = (grp * g, ((grp + 1) * g).min(cols));
-            let xg = xm.subcols(a, b - a);
+            // The group's block of diag(1/s) M diag(1/s): the second moment of X / s.
+            let mg = Mat::<f32>::from_fn(b - a, b - a, |i, j| m[(a + i, a + j)] / (s[a + i] * s[a + j]));
             let dg = MatRef::from_row_major_slice(&delta, rows, cols).subcols(a, b - a);
-            let mut out = Mat::<f32>::zeros(t, rows);
-            faer::linalg::matmul::matmul(out.as_mut(), Accum::Replace, xg, dg.transpose(), 1.0f32, faer_par());
+            let mut dm = Mat::<f32>::zeros(rows, b - a);
+            faer::linalg::matmul::matmul(dm.as_mut(), Accum::Replace, dg, mg.as_ref(), 1.0f32, faer_par());
             for r in 0..rows {
-                let err = out.col(r).iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / t as f64;
+                let err: f64 =
+                    dm.row(r).iter().zip(dg.row(r).iter()).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
                 let k = r * groups + grp;
                 if err < best_err[k] {
                     best_err[k] = err;
@@ -242,8 +319,8 @@ pub fn search_clip(
     Ok(best)
 }
 
-/// AWQ on one group of layers sharing the input `x[tokens, cols]` (row-major).
-pub fn awq_quantize(x: &[f32], tokens: usize, cols: usize, layers: &[AwqLayer], cfg: &AwqConfig) -> Result<AwqOutput> {
+/// AWQ on one group of layers sharing an input, from that input's statistics.
+pub fn awq_quantize(stats: &AwqStats, layers: &[AwqLayer], cfg: &AwqConfig) -> Result<AwqOutput> {
     let start = Instant::now();
     if cfg.clip && (cfg.clip_grid == 0 || !(cfg.max_shrink >= 0.0 && cfg.max_shrink < 1.0)) {
         return Err(SolverError::param(
@@ -253,40 +330,19 @@ pub fn awq_quantize(x: &[f32], tokens: usize, cols: usize, layers: &[AwqLayer], 
         ));
     }
     let scheme = cfg.scheme;
-    let (alpha, s, grid_losses) = search_scales(x, tokens, cols, layers, scheme, cfg.n_grid)?;
-    let (g, groups) = group_layout(scheme.granularity, cols);
-    let xs: Vec<f32> = x.iter().enumerate().map(|(i, &v)| v / s[i % cols]).collect();
-    let xm = MatRef::from_row_major_slice(x, tokens, cols);
+    let cols = stats.cols();
+    let (alpha, s, grid_losses) = search_scales(stats, layers, scheme, cfg.n_grid)?;
+    let m = stats.second_moment();
     let mut clip = Vec::with_capacity(layers.len());
     let mut qtensors = Vec::with_capacity(layers.len());
     let (mut total, mut count) = (0.0f64, 0usize);
     for l in layers {
         let ws = scale_columns(l.w, &s);
-        let bounds = if cfg.clip {
-            search_clip(&ws, l.rows, &xs, tokens, cols, cfg)?
-        } else {
-            (0..l.rows * groups)
-                .map(|k| {
-                    let (r, grp) = (k / groups, k % groups);
-                    ws[r * cols + grp * g..r * cols + ((grp + 1) * g).min(cols)]
-                        .iter()
-                        .fold(0.0f32, |m, v| m.max(v.abs()))
-                })
-                .collect()
-        };
-        let clamped: Vec<f32> = ws
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let m = bounds[(i / cols) * groups + (i % cols) / g];
-                w.clamp(-m, m)
-            })
-            .collect();
-        let qt = rtn::quantize(&clamped, &[l.rows, cols], scheme)?;
-        let q = qt.dequantize();
-        let delta: Vec<f32> = l.w.iter().zip(&q).enumerate().map(|(i, (&w, &qv))| w - qv / s[i % cols]).collect();
-        total += output_sq_error(xm, &delta, l.rows);
-        count += tokens * l.rows;
+        let bounds =
+            if cfg.clip { search_clip(&ws, l.rows, stats, &s, cfg)? } else { group_absmax(&ws, l.rows, cols, scheme) };
+        let qt = rtn::quantize(&clamp_groups(&ws, cols, scheme, &bounds), &[l.rows, cols], scheme)?;
+        total += output_sq_error(m.as_ref(), &scaled_delta(l.w, &qt.dequantize(), &s), l.rows);
+        count += l.rows;
         clip.push(bounds);
         qtensors.push(qt);
     }
@@ -311,7 +367,8 @@ pub fn brute_force_alpha(
     scheme: IntScheme,
     n_grid: usize,
 ) -> Result<(f32, Vec<f64>)> {
-    validate(x, tokens, cols, layers, scheme)?;
+    validate_activations(x, tokens, cols)?;
+    validate_layers(cols, layers, scheme)?;
     let s_x = activation_scale(x, cols);
     let mut losses = Vec::new();
     let (mut best, mut best_alpha) = (f64::INFINITY, 0.0f32);

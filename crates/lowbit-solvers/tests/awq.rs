@@ -4,7 +4,7 @@ mod common;
 
 use common::{correlated_activations, Rng};
 use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
-use lowbit_solvers::awq::{awq_quantize, brute_force_alpha, scale_loss, search_scales, AwqConfig, AwqLayer};
+use lowbit_solvers::awq::{awq_quantize, brute_force_alpha, scale_loss, search_scales, AwqConfig, AwqLayer, AwqStats};
 use lowbit_solvers::SolverError;
 
 fn scheme(bits: Bits, symmetric: bool, granularity: Granularity) -> IntScheme {
@@ -33,14 +33,16 @@ fn chosen_alpha_equals_brute_force() {
         let (x, ws) = problem(seed, tokens, cols, &[24, 40]);
         let layers: Vec<AwqLayer> = ws.iter().zip([24, 40]).map(|(w, rows)| AwqLayer { w, rows }).collect();
         let s = scheme(bits, symmetric, gran);
-        let (alpha, scales, losses) = search_scales(&x, tokens, cols, &layers, s, 20).unwrap();
+        // The search works from the statistics (second moment), the oracle from the activations.
+        let stats = AwqStats::from_activations(&x, tokens, cols).unwrap();
+        let (alpha, scales, losses) = search_scales(&stats, &layers, s, 20).unwrap();
         let (want_alpha, want_losses) = brute_force_alpha(&x, tokens, cols, &layers, s, 20).unwrap();
         assert_eq!(alpha, want_alpha, "seed {seed}: {losses:?} vs {want_losses:?}");
         for (a, b) in losses.iter().zip(&want_losses) {
             assert!((a - b).abs() <= 1e-4 * b, "seed {seed}: {a} vs {b}");
         }
         // The returned scales are the ones scored for that alpha.
-        let again = scale_loss(&x, tokens, cols, &layers, s, &scales).unwrap();
+        let again = scale_loss(&stats, &layers, s, &scales).unwrap();
         assert_eq!(again, losses[(alpha * 20.0).round() as usize]);
         nontrivial += usize::from(alpha > 0.0);
     }
@@ -61,7 +63,8 @@ fn awq_is_never_worse_than_rtn_and_clipping_is_bounded() {
         let (x, ws) = problem(100 + seed as u64, tokens, cols, &[64, 32]);
         let layers: Vec<AwqLayer> = ws.iter().zip([64, 32]).map(|(w, rows)| AwqLayer { w, rows }).collect();
         let s = scheme(bits, symmetric, gran);
-        let out = awq_quantize(&x, tokens, cols, &layers, &AwqConfig::new(s)).unwrap();
+        let stats = AwqStats::from_activations(&x, tokens, cols).unwrap();
+        let out = awq_quantize(&stats, &layers, &AwqConfig::new(s)).unwrap();
         // alpha = 0 gives s = 1, i.e. plain RTN: the search can only improve on it.
         let rtn = out.grid_losses[0];
         assert!(out.grid_losses.iter().all(|&l| l >= out.grid_losses[(out.alpha * 20.0).round() as usize]));
@@ -80,7 +83,7 @@ fn awq_is_never_worse_than_rtn_and_clipping_is_bounded() {
         }
         assert_eq!(out.qtensors.len(), 2);
         assert_eq!(out.qtensors[0].shape(), &[64, cols]);
-        let no_clip = awq_quantize(&x, tokens, cols, &layers, &AwqConfig { clip: false, ..AwqConfig::new(s) }).unwrap();
+        let no_clip = awq_quantize(&stats, &layers, &AwqConfig { clip: false, ..AwqConfig::new(s) }).unwrap();
         assert_eq!(no_clip.alpha, out.alpha);
     }
 }
@@ -93,9 +96,11 @@ fn awq_rejects_bad_input() {
     let mut x = vec![1.0f32; 4 * 16];
     x[20] = f32::NAN;
     assert!(matches!(
-        awq_quantize(&x, 4, 16, &layers, &cfg),
+        AwqStats::from_activations(&x, 4, 16),
         Err(SolverError::NonFiniteActivation { token: 1, channel: 4, .. })
     ));
-    assert!(matches!(awq_quantize(&[], 0, 16, &layers, &cfg), Err(SolverError::NoCalibrationData { .. })));
-    assert!(matches!(awq_quantize(&x[..8], 1, 16, &layers, &cfg), Err(SolverError::Shape { .. })));
+    assert!(matches!(awq_quantize(&AwqStats::new(16), &layers, &cfg), Err(SolverError::NoCalibrationData { .. })));
+    assert!(matches!(AwqStats::from_activations(&x[..8], 1, 16), Err(SolverError::Shape { .. })));
+    let stats = AwqStats::from_activations(&[1.0; 8], 1, 8).unwrap();
+    assert!(matches!(awq_quantize(&stats, &layers, &cfg), Err(SolverError::Shape { .. })));
 }

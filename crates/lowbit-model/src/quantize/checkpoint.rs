@@ -75,8 +75,15 @@ impl Checkpoint {
         Ok(state.x.clone())
     }
 
-    /// Loads the checkpoint into `model` when there is one; refuses one from a different run.
-    pub(crate) fn load(&self, fingerprint: &str, model: &mut Model) -> Result<Option<CheckpointState>> {
+    /// Loads the checkpoint when there is one, appending its blocks to `model` (which has none
+    /// yet; `original(b)` gives block `b` as loaded, whose linears and norms the checkpoint
+    /// replaces); refuses a checkpoint of a different run.
+    pub(crate) fn load(
+        &self,
+        fingerprint: &str,
+        model: &mut Model,
+        mut original: impl FnMut(usize) -> Result<Layer>,
+    ) -> Result<Option<CheckpointState>> {
         let state_path = self.dir.join("state.json");
         if !state_path.is_file() {
             return Ok(None);
@@ -96,12 +103,12 @@ impl Checkpoint {
         let layers: Vec<LayerStat> = serde_json::from_value(v["layers"].clone()).map_err(|e| corrupt(&self.dir, e))?;
         let notes: Vec<String> = serde_json::from_value(v["notes"].clone()).map_err(|e| corrupt(&self.dir, e))?;
         let x_len = v["x_len"].as_u64().ok_or_else(|| corrupt(&self.dir, "no x_len"))? as usize;
-        if next_block > model.layers().len() {
+        if next_block > model.config().num_hidden_layers {
             return Err(corrupt(&self.dir, "more blocks than the model has"));
         }
         for b in 0..next_block {
             let loaded = io::load(&self.dir.join(format!("block-{b}.safetensors")))?;
-            let layer = &mut model.layers_mut()[b];
+            let mut layer = original(b)?;
             for (name, lin) in layer.linears_mut() {
                 let q =
                     loaded.tensors.get(name).ok_or_else(|| corrupt(&self.dir, format!("block {b} lacks {name}")))?;
@@ -121,6 +128,7 @@ impl Checkpoint {
                 }
                 *dst = vals;
             }
+            model.push_layer(layer);
         }
         let xp = self.dir.join("x.bin");
         let bytes = std::fs::read(&xp).map_err(|e| ModelError::io(&xp, e))?;

@@ -74,8 +74,8 @@ pub struct QuantizeOptions {
     pub seqlen: usize,
     /// Seed of the window offsets (and of data-free sampling); 0 is the protocol.
     pub seed: u64,
-    /// AWQ: windows (the first ones) whose activations the scale and clip searches see (32, as
-    /// the reference AWQ).
+    /// AWQ: windows (the first ones) whose statistics the scale and clip searches see (all 128
+    /// by default; the reference AWQ used 32, its cost growing with the tokens, lowbit's does not).
     pub awq_samples: usize,
     /// SmoothQuant: migration strength alpha (0.5).
     pub sq_alpha: f32,
@@ -103,7 +103,7 @@ impl Default for QuantizeOptions {
             nsamples: 128,
             seqlen: 512,
             seed: 0,
-            awq_samples: 32,
+            awq_samples: 128,
             sq_alpha: 0.5,
             batch_tokens: 4096,
             resume: false,

@@ -19,16 +19,19 @@
 //! activation, at most `tokens * intermediate_size` floats), plus the Hessians.
 
 use super::block::{self, Rope};
-use super::calib::calibration_windows;
+use super::calib::{calibration_windows, CalibSource};
 use super::checkpoint::{Checkpoint, CheckpointState};
 use super::options::{peak_rss_bytes, LayerStat, Progress, QuantMethod, QuantizeOptions, QuantizeReport, Stage};
 use super::output::write_output;
 use super::sha256::sha256_hex;
-use crate::model::{Layer, Model};
+use crate::load::with_source;
+use crate::model::{take_layer, Layer, Model};
+use crate::tensors::TensorSource;
+use crate::{Device, LoadOptions};
 use crate::{ModelError, Result};
 use lowbit_core::{rtn, IntScheme, QParams, QTensor, Scales};
 use lowbit_cpu::{Linear, WeightKind};
-use lowbit_solvers::awq::{self, AwqConfig, AwqLayer};
+use lowbit_solvers::awq::{self, AwqConfig, AwqLayer, AwqStats};
 use lowbit_solvers::smoothquant::{self, SmoothLayer, SmoothQuantConfig};
 use lowbit_solvers::{gptq_quantize, rtn_quantize, DampingConfig, GptqConfig, Hessian, HessianPrecision, LayerReport};
 use std::path::{Path, PathBuf};
@@ -50,10 +53,13 @@ pub fn quantize_model(
             source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "output directory exists and is not empty"),
         });
     }
-    let model = Model::load(model_path)?;
     let ckpt = Checkpoint::new(partial_dir(out));
     let mut stopped = false;
-    let result = run(model, model_path, out, opts, &ckpt, progress, &mut stopped);
+    // The blocks stream in one at a time from the (memory-mapped) checkpoint.
+    let result = with_source(model_path, &LoadOptions::default(), |config, src, tokenizer| {
+        let model = Model::build_without_layers(config, src, tokenizer, Device::Cpu)?;
+        run(model, src, model_path, out, opts, &ckpt, progress, &mut stopped)
+    });
     match &result {
         Ok(_) => ckpt.remove(),
         Err(_) if stopped => {}
@@ -77,8 +83,10 @@ struct Ctx<'a> {
     notes: Vec<String>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     mut model: Model,
+    src: &mut dyn TensorSource,
     model_path: &Path,
     out: &Path,
     opts: &QuantizeOptions,
@@ -97,7 +105,7 @@ fn run(
         })?;
     }
     let nblocks = cfg.num_hidden_layers;
-    let (before, _) = linear_bytes(&model);
+    let before = nblocks * f32_block_linear_bytes(&cfg);
     let params = opts.params_json();
     let mut ctx = Ctx { opts, scheme, cfg: cfg.clone(), seqlen: opts.seqlen, notes: vec![] };
 
@@ -107,8 +115,13 @@ fn run(
         (Vec::new(), None)
     } else {
         progress(Progress { stage: Stage::Calibrating, done: 0, total: nblocks, loss: 0.0, elapsed: 0.0, eta: 0.0 });
-        let src = opts.calib.as_ref().ok_or_else(|| ModelError::input("quantize", "no calibration data"))?;
-        let w = calibration_windows(&model, src, opts.nsamples, opts.seqlen, opts.seed)?;
+        let calib = opts.calib.as_ref().ok_or_else(|| ModelError::input("quantize", "no calibration data"))?;
+        let w = if matches!(calib, CalibSource::DataFree) {
+            // Sampling runs every block: it gets the whole model, dropped before the blocks stream in.
+            calibration_windows(&Model::load(model_path)?, calib, opts.nsamples, opts.seqlen, opts.seed)?
+        } else {
+            calibration_windows(&model, calib, opts.nsamples, opts.seqlen, opts.seed)?
+        };
         let sha = sha256_hex(&w.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
         (w, Some(sha))
     };
@@ -137,7 +150,7 @@ fn run(
         );
     }
     if calibrated {
-        let resumed = if opts.resume { ckpt.load(&fingerprint, &mut model)? } else { None };
+        let resumed = if opts.resume { ckpt.load(&fingerprint, &mut model, |b| take_layer(src, &cfg, b))? } else { None };
         match resumed {
             Some(state) => {
                 first = state.next_block;
@@ -156,11 +169,11 @@ fn run(
     let rope = Rope::new(&cfg, opts.seqlen.max(1));
     let blocks_start = Instant::now();
     for b in first..nblocks {
-        let layer = &mut model.layers_mut()[b];
+        let mut layer = take_layer(src, &cfg, b)?;
         let stats = if calibrated {
-            quantize_block_calibrated(&mut ctx, b, layer, &rope, &mut x)?
+            quantize_block_calibrated(&mut ctx, b, &mut layer, &rope, &mut x)?
         } else {
-            quantize_block_rtn(&ctx, b, layer)?
+            quantize_block_rtn(&ctx, b, &mut layer)?
         };
         let loss = stats.iter().map(|s| s.loss).sum::<f64>() / stats.len().max(1) as f64;
         layers_stats.extend(stats);
@@ -179,11 +192,12 @@ fn run(
                     notes: ctx.notes.clone(),
                     x: std::mem::take(&mut x),
                 },
-                &model.layers()[b],
+                &layer,
                 b,
             )
             .map(|xs| x = xs)?;
         }
+        model.push_layer(layer);
         let done = b + 1 - first;
         let per = blocks_start.elapsed().as_secs_f64() / done as f64;
         progress(Progress {
@@ -213,7 +227,7 @@ fn run(
         elapsed: start.elapsed().as_secs_f64(),
         eta: 0.0,
     });
-    let (_, after) = linear_bytes(&model);
+    let after: usize = model.layers().iter().flat_map(|l| l.linears().map(|(_, x)| x.nbytes())).sum();
     let numel: usize = model.layers().iter().flat_map(|l| l.linears().map(|(_, x)| x.rows() * x.cols())).sum();
     let mut report = QuantizeReport {
         out: out.display().to_string(),
@@ -243,10 +257,10 @@ fn first_non_finite(x: &[f32], cols: usize) -> Option<(usize, usize)> {
     x.iter().position(|v| !v.is_finite()).map(|i| (i / cols, i % cols))
 }
 
-/// `(f32 bytes of the block linears, their bytes as stored now)`.
-fn linear_bytes(model: &Model) -> (usize, usize) {
-    let lins = model.layers().iter().flat_map(|l| l.linears().map(|(_, x)| (x.rows() * x.cols() * 4, x.nbytes())));
-    lins.fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
+/// Bytes of one block's seven linear layers in f32.
+fn f32_block_linear_bytes(cfg: &crate::ModelConfig) -> usize {
+    let (h, qd, kvd, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+    4 * (2 * qd * h + 2 * kvd * h + 3 * ff * h)
 }
 
 /// A linear layer's weights as f32 (dequantizing a quantized one).
@@ -296,9 +310,9 @@ fn quantize_block_rtn(ctx: &Ctx, b: usize, layer: &mut Layer) -> Result<Vec<Laye
 struct Stats {
     cols: usize,
     hessian: Option<Hessian>,
-    /// The first `keep_rows` rows (AWQ's activations).
-    kept: Vec<f32>,
-    keep_rows: usize,
+    /// AWQ's statistics of the first `awq_rows` rows.
+    awq: Option<AwqStats>,
+    awq_rows: usize,
     /// Per-channel absolute maximum (SmoothQuant).
     absmax: Option<Vec<f32>>,
 }
@@ -309,8 +323,8 @@ impl Stats {
         Stats {
             cols,
             hessian: (m == QuantMethod::Gptq).then(|| Hessian::with_precision(cols, HessianPrecision::F32Chunks)),
-            kept: vec![],
-            keep_rows: if m == QuantMethod::Awq { ctx.opts.awq_samples.min(ctx.opts.nsamples) * ctx.seqlen } else { 0 },
+            awq: (m == QuantMethod::Awq).then(|| AwqStats::new(cols)),
+            awq_rows: ctx.opts.awq_samples.min(ctx.opts.nsamples) * ctx.seqlen,
             absmax: (m == QuantMethod::SmoothQuant).then(|| vec![0f32; cols]),
         }
     }
@@ -325,10 +339,9 @@ impl Stats {
                 format!("block {block} {what}: non-finite activation (token {t}, channel {c})"),
             ));
         }
-        let have = self.kept.len() / self.cols;
-        if have < self.keep_rows {
-            let take = (self.keep_rows - have).min(rows);
-            self.kept.extend_from_slice(&x[..take * self.cols]);
+        if let Some(st) = &mut self.awq {
+            let take = self.awq_rows.saturating_sub(st.tokens() as usize).min(rows);
+            st.add_batch(&x[..take * self.cols], take).map_err(|e| solver_err(block, what, e))?;
         }
         if let Some(a) = &mut self.absmax {
             for row in x.chunks_exact(self.cols) {
@@ -399,7 +412,14 @@ fn divide_columns(x: &mut [f32], s: &[f32]) {
 }
 
 /// Solves one group of layers sharing an input and installs the results.
-fn solve_group(ctx: &mut Ctx, b: usize, names: &[&str], lins: Vec<&mut Linear>, fold: Fold, st: &Stats) -> Result<Solved> {
+fn solve_group(
+    ctx: &mut Ctx,
+    b: usize,
+    names: &[&str],
+    lins: Vec<&mut Linear>,
+    fold: Fold,
+    st: &Stats,
+) -> Result<Solved> {
     let opts = ctx.opts;
     let cols = st.cols;
     let mut stats = vec![];
@@ -423,7 +443,7 @@ fn solve_group(ctx: &mut Ctx, b: usize, names: &[&str], lins: Vec<&mut Linear>, 
             }
         }
         QuantMethod::Awq => {
-            let tokens = st.kept.len() / cols;
+            let awq_stats = st.awq.as_ref().ok_or_else(|| ModelError::input("quantize", "no AWQ statistics"))?;
             let ws: Vec<Vec<f32>> = lins.iter().map(|l| dense(l)).collect();
             let awq_layers: Vec<AwqLayer> = ws.iter().zip(&lins).map(|(w, l)| AwqLayer { w, rows: l.rows() }).collect();
             let mut acfg = AwqConfig::new(ctx.scheme);
@@ -440,10 +460,8 @@ fn solve_group(ctx: &mut Ctx, b: usize, names: &[&str], lins: Vec<&mut Linear>, 
                     ctx.notes.push(note);
                 }
             }
-            let out = awq::awq_quantize(&st.kept, tokens, cols, &awq_layers, &acfg)
-                .map_err(|e| solver_err(b, names[0], e))?;
+            let out = awq::awq_quantize(awq_stats, &awq_layers, &acfg).map_err(|e| solver_err(b, names[0], e))?;
             let s = out.scales.clone();
-            let xs: Vec<f32> = st.kept.iter().enumerate().map(|(i, &v)| v / s[i % cols]).collect();
             let ccfg = AwqConfig::new(ctx.scheme);
             let start = Instant::now();
             let mut qts = out.qtensors;
@@ -452,10 +470,9 @@ fn solve_group(ctx: &mut Ctx, b: usize, names: &[&str], lins: Vec<&mut Linear>, 
                 if name.ends_with("q_proj") || name.ends_with("k_proj") {
                     continue;
                 }
-                let wsc: Vec<f32> = ws[i].iter().enumerate().map(|(j, &w)| w * s[j % cols]).collect();
                 let rows = awq_layers[i].rows;
-                let bounds =
-                    awq::search_clip(&wsc, rows, &xs, tokens, cols, &ccfg).map_err(|e| solver_err(b, name, e))?;
+                let wsc: Vec<f32> = ws[i].iter().enumerate().map(|(j, &w)| w * s[j % cols]).collect();
+                let bounds = awq::search_clip(&wsc, rows, awq_stats, &s, &ccfg).map_err(|e| solver_err(b, name, e))?;
                 let (g, groups) = group_layout(ctx.scheme, cols);
                 let clamped: Vec<f32> = wsc
                     .iter()
