@@ -1,11 +1,12 @@
 //! Criterion benchmarks of `Linear::forward` per weight format and kernel level: matrix-vector
 //! throughput in bytes of weights (decode) and matrix-matrix throughput in multiply-adds x 2
 //! (prefill, m = 512). The README table comes from `examples/kernel_table.rs`, which also
-//! measures DRAM-bound GEMV by rotating copies and the machine's triad bandwidth.
+//! measures DRAM-bound GEMV by rotating copies and the machine's triad bandwidth. `w8a8_*` puts
+//! the W8A8 kernels (`Int8Linear`, int8 activations) next to int8 weights with f32 activations.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lowbit_core::{codebook, rtn, Bits, Codebook, CodebookScheme, Granularity, IntScheme};
-use lowbit_cpu::{KernelLevel, Linear, WeightKind};
+use lowbit_cpu::{Int8Linear, KernelLevel, Linear, WeightKind};
 use std::time::Duration;
 
 fn weights(n: usize) -> Vec<f32> {
@@ -69,5 +70,54 @@ fn gemm(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemv, gemm);
+/// The same int8 per-channel symmetric weights as `Linear` (f32 activations) and `Int8Linear`.
+fn int8_pair(rows: usize, cols: usize) -> (Linear, Int8Linear) {
+    let scheme = IntScheme { symmetric: true, granularity: Granularity::PerChannel, ..IntScheme::group(Bits::B8, 128) };
+    let q = rtn::quantize(&weights(rows * cols), &[rows, cols], scheme).unwrap();
+    (Linear::new(rows, cols, WeightKind::Quant(q.clone())).unwrap(), Int8Linear::from_qtensor(&q).unwrap())
+}
+
+fn w8a8_gemv(c: &mut Criterion) {
+    for (rows, cols) in [(4096, 4096), (1536, 576), (576, 1536)] {
+        let mut g = c.benchmark_group(format!("w8a8_gemv_{rows}x{cols}"));
+        g.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).sample_size(20);
+        let x = weights(cols);
+        let mut out = vec![0.0; rows];
+        let (f32act, w8a8) = int8_pair(rows, cols);
+        for level in levels() {
+            g.throughput(Throughput::Bytes(f32act.nbytes() as u64));
+            g.bench_function(BenchmarkId::new("int8_per_channel_f32", level.name()), |b| {
+                b.iter(|| f32act.forward_with(level, &x, 1, &mut out).unwrap())
+            });
+            g.throughput(Throughput::Bytes(w8a8.nbytes() as u64));
+            g.bench_function(BenchmarkId::new("w8a8", level.name()), |b| {
+                b.iter(|| w8a8.forward_with(level, &x, 1, &mut out).unwrap())
+            });
+        }
+        g.finish();
+    }
+}
+
+fn w8a8_gemm(c: &mut Criterion) {
+    let m = 512;
+    for (rows, cols) in [(1536, 576), (576, 1536)] {
+        let mut g = c.benchmark_group(format!("w8a8_gemm_{rows}x{cols}_m{m}"));
+        g.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).sample_size(10);
+        g.throughput(Throughput::Elements(2 * (m * rows * cols) as u64));
+        let x = weights(m * cols);
+        let mut out = vec![0.0; m * rows];
+        let (f32act, w8a8) = int8_pair(rows, cols);
+        for level in levels() {
+            g.bench_function(BenchmarkId::new("int8_per_channel_f32", level.name()), |b| {
+                b.iter(|| f32act.forward_with(level, &x, m, &mut out).unwrap())
+            });
+            g.bench_function(BenchmarkId::new("w8a8", level.name()), |b| {
+                b.iter(|| w8a8.forward_with(level, &x, m, &mut out).unwrap())
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, gemv, gemm, w8a8_gemv, w8a8_gemm);
 criterion_main!(benches);

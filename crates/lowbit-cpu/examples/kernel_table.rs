@@ -1,8 +1,9 @@
 //! Prints the kernel throughput table of `benches/README.md`: matrix-vector GB/s of weight bytes
 //! (with enough copies of each matrix rotated that every call reads from DRAM, like a model's
 //! decode step) against the triad bandwidth measured in the same run, and matrix-matrix GFLOP/s at
-//! m = 512, and SmolLM2-135M's linear layers end to end (matmul only).
-//! `cargo run --release --example kernel_table [-- quick] [gemv] [gemm] [smollm2]`, with
+//! m = 512, and SmolLM2-135M's linear layers end to end (matmul only); `w8a8` compares the W8A8
+//! kernels (`Int8Linear`: int8 activations, i32 sums) with the int8-weight/f32-activation ones.
+//! `cargo run --release --example kernel_table [-- quick] [gemv] [gemm] [smollm2] [w8a8]`, with
 //! `RAYON_NUM_THREADS=2`. The "CPU share" column is the process's CPU time over 2 cores x wall
 //! time: below 100% (50% for single-threaded calls) other work on the machine took the cores.
 
@@ -10,7 +11,7 @@
 mod bandwidth;
 
 use lowbit_core::{codebook, rtn, Bits, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype};
-use lowbit_cpu::{KernelLevel, Linear, WeightKind};
+use lowbit_cpu::{Int8Linear, KernelLevel, Linear, WeightKind};
 use std::time::Instant;
 
 /// Bytes of weights rotated through per measurement (beyond the 32 MiB L3).
@@ -96,7 +97,7 @@ fn time(min_reps: usize, mut f: impl FnMut(usize)) -> (f64, f64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "quick");
-    let parts = ["gemv", "gemm", "smollm2"];
+    let parts = ["gemv", "gemm", "smollm2", "w8a8"];
     let only = |part: &str| !args.iter().any(|a| parts.contains(&a.as_str())) || args.iter().any(|a| a == part);
     let bw = bandwidth::triad_gbs(2);
     println!("threads: {}, triad bandwidth (2 threads): {bw:.1} GB/s", rayon_threads());
@@ -130,6 +131,56 @@ fn main() {
     if only("smollm2") {
         smollm2(&fmts[..3], &levels);
     }
+    if only("w8a8") {
+        w8a8_table(quick, &levels, bw);
+    }
+}
+
+/// W8A8 (`Int8Linear`: activations quantized per token to int8, i32 sums) next to the same int8
+/// per-channel symmetric weights with f32 activations (`Linear`): GEMV over copies rotated
+/// through DRAM (GB/s of the bytes each kernel reads) and GEMM at m = 512 (GOP/s, 2 per
+/// multiply-add, activation quantization included).
+fn w8a8_table(quick: bool, levels: &[KernelLevel], bw: f64) {
+    let fmt = Fmt::Int(Bits::B8, Granularity::PerChannel, true);
+    let shapes: &[(usize, usize)] =
+        if quick { &[(1536, 576), (576, 1536)] } else { &[(1536, 576), (576, 1536), (576, 576), (4096, 4096)] };
+    println!("\n| kernel | level | shape (rows x cols) | m | MB | time | GB/s | GOP/s | CPU share |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &(rows, cols) in shapes {
+        let one = fmt.build(rows, cols, 1);
+        let copies = ROTATE_BYTES.div_ceil(one.nbytes()).clamp(1, 64);
+        let f32act: Vec<Linear> =
+            std::iter::once(one).chain((1..copies).map(|i| fmt.build(rows, cols, i as u64 + 1))).collect();
+        let w8a8: Vec<Int8Linear> = f32act.iter().map(|l| Int8Linear::from_linear(l).unwrap()).collect();
+        for m in [1, 512] {
+            let x: Vec<f32> = (0..m * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut out = vec![0.0; m * rows];
+            let ops = 2.0 * (m * rows * cols) as f64;
+            let row = |name: &str, level: KernelLevel, bytes: usize, (s, share): (f64, f64)| {
+                let time = if m == 1 { format!("{:.1} µs", s * 1e6) } else { format!("{:.2} ms", s * 1e3) };
+                println!(
+                    "| {name} | {} | {rows}x{cols} | {m} | {:.2} | {time} | {:.1} | {:.1} | {:.0}% |",
+                    level.name(),
+                    bytes as f64 / 1e6,
+                    bytes as f64 / s / 1e9,
+                    ops / s / 1e9,
+                    100.0 * share
+                );
+            };
+            for &level in levels {
+                if level == KernelLevel::Scalar && (m > 1 || rows * cols > 4096 * 4096) {
+                    continue;
+                }
+                let n = if m == 1 { copies } else { 1 };
+                let reps = if m == 1 { 3 * copies.max(5) } else { 5 };
+                let t = time(reps, |i| f32act[i % n].forward_with(level, &x, m, &mut out).unwrap());
+                row("int8 per-channel x f32", level, f32act[0].nbytes(), t);
+                let t = time(reps, |i| w8a8[i % n].forward_with(level, &x, m, &mut out).unwrap());
+                row("W8A8 int8 x int8", level, w8a8[0].nbytes(), t);
+            }
+        }
+    }
+    println!("(triad bandwidth {bw:.1} GB/s)");
 }
 
 /// Matmul-only throughput of SmolLM2-135M's linear layers (30 blocks of q, k, v, o, gate, up,

@@ -38,7 +38,7 @@ const GENERIC_STEP: usize = 256;
 const PARALLEL_MIN_GEMV_BYTES: usize = 512 << 10;
 /// Multiply-adds below which a matrix-matrix product runs on the calling thread.
 #[cfg(feature = "parallel")]
-const PARALLEL_MIN_MACS: usize = 1 << 20;
+pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// The weight as the driver sees it.
 enum Src<'a> {

@@ -24,6 +24,16 @@ pub enum CpuError {
         /// What was asked.
         what: String,
     },
+    /// A NaN or infinite activation where the kernel quantizes activations (W8A8).
+    #[error("{op}: activations must be finite: found {value} at flat index {index}")]
+    NonFiniteActivation {
+        /// The operation.
+        op: &'static str,
+        /// Flat index of the first non-finite element found.
+        index: usize,
+        /// The value found there.
+        value: f32,
+    },
     /// A `LOWBIT_KERNELS` value that names no kernel level or one this CPU lacks.
     #[error("LOWBIT_KERNELS={0:?} is not available on this CPU (choose scalar, avx2 or avx512)")]
     KernelLevel(String),

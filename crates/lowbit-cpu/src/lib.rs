@@ -4,18 +4,26 @@
 //! layout and computes `Y[m, rows] = X[m, cols] · Wᵀ`. The scalar kernels in [`scalar`] are the
 //! reference every SIMD path is tested against; [`dispatch`] picks the fastest path the running
 //! CPU supports (override with `LOWBIT_KERNELS=scalar|avx2|avx512`).
+//!
+//! [`Int8Linear`] is the W8A8 path (SmoothQuant): 8-bit symmetric per-channel weights times
+//! activations quantized per token to int8, summed exactly in i32 (`vpdpbusd` with AVX512-VNNI,
+//! `vpmaddwd` with AVX2), bit-identical at every level.
 
 #![deny(missing_docs)]
 
 mod dispatch;
 mod driver;
 mod error;
+mod int8_linear;
 mod isa;
 mod linear;
 pub mod scalar;
+mod w8a8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use dispatch::{kernel_level, KernelLevel};
 pub use error::{CpuError, Result};
+pub use int8_linear::Int8Linear;
 pub use linear::{Linear, WeightKind};
+pub use w8a8::W8A8_MAX_COLS;
