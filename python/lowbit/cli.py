@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -73,11 +74,21 @@ def format_table(rows: Sequence[dict[str, float | str]]) -> str:
     return "\n".join([line, "-" * len(line), *body])
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_schemes(args: argparse.Namespace) -> int:
     weights = demo_weight(args.rows, args.cols, args.seed)
     size = f"{args.rows}x{args.cols} float32 weight matrix ({weights.nbytes / 1024:.0f} KiB)"
-    print(f"lowbit demo: quantizing a {size}\n")
+    print(f"lowbit schemes: quantizing a {size}\n")
     print(format_table(scheme_table(weights)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        bits=args.bits, nsamples=args.nsamples, eval_windows=args.eval_windows, max_new_tokens=args.max_new_tokens
+    )
+    run_demo(settings, out=args.out, progress=QuantizeProgress(enabled=False if args.quiet else None))
     return 0
 
 
@@ -248,6 +259,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         group_size=group,
         sym=args.sym,
         act_order=args.act_order,
+        mse_clip=args.clip == "mse",
         calib=calib,
         data_free=args.data_free,
         nsamples=args.nsamples,
@@ -295,11 +307,22 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowbit", description="Make large language models small and fast.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="quantize a weight matrix with every scheme and print size and error")
-    demo.add_argument("--rows", type=int, default=1536)
-    demo.add_argument("--cols", type=int, default=576)
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser(
+        "demo",
+        help="quantize SmolLM2-135M with GPTQ 4-bit, then compare size, perplexity and answers with the original",
+    )
+    demo.add_argument("--bits", type=int, default=4, choices=[2, 3, 4, 8])
+    demo.add_argument("--nsamples", type=int, default=32, help="calibration windows of 512 tokens")
+    demo.add_argument("--eval-windows", type=int, default=4, help="perplexity windows of 2048 tokens")
+    demo.add_argument("--max-new-tokens", type=int, default=64)
+    demo.add_argument("--out", type=Path, help="keep the quantized checkpoint here (default: a temporary directory)")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=cmd_demo)
+    schemes = sub.add_parser("schemes", help="quantize a weight matrix with every scheme and print size and error")
+    schemes.add_argument("--rows", type=int, default=1536)
+    schemes.add_argument("--cols", type=int, default=576)
+    schemes.add_argument("--seed", type=int, default=0)
+    schemes.set_defaults(func=cmd_schemes)
 
     model_help = "a Hugging Face directory, a lowbit checkpoint, a .gguf file, or 'smollm2'"
     gen = sub.add_parser("generate", help="continue a prompt")
@@ -351,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src.add_argument(
         "--data-free", action="store_true", help="sample calibration sequences from the model itself"
+    )
+    qz.add_argument(
+        "--clip",
+        choices=["minmax", "mse"],
+        default="minmax",
+        help="gptq/rtn group ranges: min-max, or the least-squared-error shrink (GPTQ's mse quantizer)",
     )
     qz.add_argument("--nsamples", type=int, default=128)
     qz.add_argument("--seqlen", type=int, default=512)

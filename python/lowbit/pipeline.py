@@ -98,6 +98,7 @@ def quantize_model(
     sym: bool = False,
     act_order: bool = False,
     static_groups: bool | None = None,
+    mse_clip: bool = False,
     calib: PathLike | Sequence[int] | np.ndarray | None = None,
     data_free: bool = False,
     nsamples: int = PROTOCOL_NSAMPLES,
@@ -115,6 +116,7 @@ def quantize_model(
 
     ``method``: ``"rtn"``, ``"gptq"``, ``"awq"`` or ``"smoothquant"`` (W8A8: ``bits=8,
     group_size=None, sym=True``). ``group_size=None`` is one scale per output channel.
+    ``mse_clip=True`` (gptq, rtn) picks each group's range by least squared error instead of min-max.
     ``calib``: a text file, a ``.jsonl`` (field ``text``), a ``.npy``/``.json`` of token ids, or
     token ids in memory; ``None`` uses the calibration protocol's text when it can be found;
     ``data_free=True`` samples calibration sequences from the model itself (seeded).
@@ -146,6 +148,7 @@ def quantize_model(
         sym=sym,
         act_order=act_order,
         static_groups=static_groups,
+        mse_clip=mse_clip,
         calib=calib_path,
         calib_ids=calib_ids,
         data_free=data_free,

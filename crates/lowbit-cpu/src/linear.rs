@@ -1,6 +1,6 @@
 //! `Linear`: a weight matrix in kernel-ready layout and its product with activations.
 
-use crate::{driver, scalar, CpuError, KernelLevel, Result};
+use crate::{driver, scalar, CpuError, Int8Linear, KernelLevel, Result};
 use half::{bf16, f16};
 use lowbit_core::{QParams, QTensor};
 
@@ -28,6 +28,8 @@ pub struct Linear {
     cols: usize,
     weight: WeightKind,
     absmax: Vec<f32>,
+    /// W8A8 mode ([`Linear::enable_int8_activations`]): the weight packed for int8 x int8 products.
+    int8: Option<Box<Int8Linear>>,
 }
 
 impl Linear {
@@ -56,7 +58,20 @@ impl Linear {
             },
             _ => Vec::new(),
         };
-        Ok(Linear { rows, cols, weight, absmax })
+        Ok(Linear { rows, cols, weight, absmax, int8: None })
+    }
+
+    /// Switches to W8A8 (SmoothQuant): activations are quantized per token to int8 and multiplied
+    /// with the int8 weight codes in integers ([`Int8Linear`]). The weight must be an 8-bit
+    /// symmetric per-channel QTensor; [`Linear::weight`] still returns it.
+    pub fn enable_int8_activations(&mut self) -> Result<()> {
+        self.int8 = Some(Box::new(Int8Linear::from_linear(self)?));
+        Ok(())
+    }
+
+    /// Whether [`Linear::forward`] quantizes activations to int8 (W8A8).
+    pub fn int8_activations(&self) -> bool {
+        self.int8.is_some()
     }
 
     /// Output features.
@@ -74,6 +89,9 @@ impl Linear {
     /// Bytes of weight storage a forward pass reads: codes, scales and zeros as stored; for
     /// NF4/FP4 the f32 absmax the kernels read (4 bytes per block, also with double quantization).
     pub fn nbytes(&self) -> usize {
+        if let Some(w) = &self.int8 {
+            return w.nbytes();
+        }
         match &self.weight {
             WeightKind::F32(v) => 4 * v.len(),
             WeightKind::F16(v) => 2 * v.len(),
@@ -107,6 +125,9 @@ impl Linear {
         if m == 0 {
             return Ok(());
         }
+        if let Some(w) = &self.int8 {
+            return w.forward_with(level, x, m, out);
+        }
         match level {
             KernelLevel::Scalar => driver::forward(crate::isa::Portable, self, x, m, out),
             #[cfg(target_arch = "x86_64")]
@@ -134,6 +155,12 @@ impl Linear {
     pub fn forward_scalar(&self, x: &[f32], m: usize, out: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "forward_scalar input");
         assert_eq!(out.len(), m * self.rows, "forward_scalar output");
+        if let Some(w) = &self.int8 {
+            if let Err(e) = w.forward_scalar(x, m, out) {
+                panic!("forward_scalar: {e}");
+            }
+            return;
+        }
         let (rows, cols) = (self.rows, self.cols);
         let dense;
         let row_dot = |r: usize, xi: &[f32]| -> f32 {

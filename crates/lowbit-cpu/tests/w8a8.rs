@@ -363,3 +363,35 @@ proptest! {
         check_exact(&lin, &x, m, "proptest");
     }
 }
+
+#[test]
+fn linear_in_w8a8_mode_is_int8_linear() {
+    let (rows, cols, m) = (37, 70, 5);
+    let mut rng = Rng(11);
+    let w = rng.vec(rows * cols);
+    let x = rng.vec(m * cols);
+    let scheme = IntScheme {
+        bits: Bits::B8,
+        symmetric: true,
+        granularity: Granularity::PerChannel,
+        scale_dtype: ScaleDtype::F16,
+        clip: ClipSearch::MinMax,
+    };
+    let q = rtn::quantize(&w, &[rows, cols], scheme).unwrap();
+    let mut lin = Linear::new(rows, cols, WeightKind::Quant(q.clone())).unwrap();
+    assert!(!lin.int8_activations());
+    lin.enable_int8_activations().unwrap();
+    assert!(lin.int8_activations());
+    let direct = Int8Linear::from_qtensor(&q).unwrap();
+    let (mut got, mut want) = (vec![0f32; m * rows], vec![0f32; m * rows]);
+    lin.forward(&x, m, &mut got).unwrap();
+    direct.forward(&x, m, &mut want).unwrap();
+    assert_eq!(got, want);
+    lin.forward_scalar(&x, m, &mut got);
+    direct.forward_scalar(&x, m, &mut want).unwrap();
+    assert_eq!(got, want);
+    // 4-bit weights cannot run W8A8.
+    let q4 = rtn::quantize(&w, &[rows, cols], IntScheme::group(Bits::B4, 10)).unwrap();
+    let mut lin4 = Linear::new(rows, cols, WeightKind::Quant(q4)).unwrap();
+    assert!(matches!(lin4.enable_int8_activations(), Err(CpuError::Unsupported { .. })));
+}

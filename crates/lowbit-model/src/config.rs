@@ -97,6 +97,9 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     /// End-of-sequence tokens (generation stops on any).
     pub eos_token_ids: Vec<u32>,
+    /// W8A8 (SmoothQuant): the block linears quantize their activations per token to int8
+    /// (`quantization_config.activations` starting with `int8`).
+    pub int8_activations: bool,
 }
 
 fn get_usize(v: &Value, key: &str) -> Result<usize> {
@@ -234,6 +237,11 @@ impl ModelConfig {
             sliding_window,
             bos_token_id: token_ids(v.get("bos_token_id"), "bos_token_id")?.first().copied(),
             eos_token_ids: token_ids(v.get("eos_token_id"), "eos_token_id")?,
+            int8_activations: v
+                .get("quantization_config")
+                .and_then(|q| q.get("activations"))
+                .and_then(Value::as_str)
+                .is_some_and(|a| a.starts_with("int8")),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -355,6 +363,9 @@ impl ModelConfig {
                 "high_freq_factor": s.high_freq_factor,
                 "original_max_position_embeddings": s.original_max_position_embeddings,
             });
+        }
+        if self.int8_activations {
+            v["quantization_config"] = serde_json::json!({"activations": "int8 per-token dynamic"});
         }
         if let Some(w) = self.sliding_window {
             v["sliding_window"] = w.into();

@@ -274,7 +274,17 @@ impl Model {
     ) -> Result<Self> {
         let mut model = Self::build_without_layers(config, src, tokenizer, device)?;
         for i in 0..model.config.num_hidden_layers {
-            let layer = take_layer(src, &model.config, i)?;
+            let mut layer = take_layer(src, &model.config, i)?;
+            if model.config.int8_activations {
+                for (name, lin) in layer.linears_mut() {
+                    lin.enable_int8_activations().map_err(|e| {
+                        ModelError::input(
+                            "load",
+                            format!("block {i} {name}: W8A8 checkpoint with unsuitable weights: {e}"),
+                        )
+                    })?;
+                }
+            }
             model.layers.push(layer);
         }
         Ok(model)

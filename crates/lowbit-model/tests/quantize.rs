@@ -310,8 +310,12 @@ fn smoothquant_folds_and_tracks_the_original() {
     let (dir, _) = tiny("sq", 2);
     let out = dir.join("sq");
     let o = QuantizeOptions { bits: 8, group_size: None, sym: true, ..opts(QuantMethod::SmoothQuant) };
-    let rep = run(&dir, &out, &o).unwrap();
-    assert!(rep.notes.iter().any(|n| n.contains("int8 x int8")), "{:?}", rep.notes);
+    run(&dir, &out, &o).unwrap();
+    // The checkpoint says W8A8, and the loaded model runs every block linear in int8 x int8.
+    let loaded = Model::load(&out).unwrap();
+    assert!(loaded.config().int8_activations);
+    assert!(loaded.layers().iter().all(|l| l.linears().iter().all(|(_, lin)| lin.int8_activations())));
+    assert!(!Model::load(&dir).unwrap().layers()[0].q_proj.int8_activations());
     assert!(run(&dir, &dir.join("sq4"), &opts(QuantMethod::SmoothQuant)).is_err(), "W4 SmoothQuant is refused");
     let toks = tokens(16, 3);
     let base = staged_logits(&Model::load(&dir).unwrap(), &toks, 8).unwrap();

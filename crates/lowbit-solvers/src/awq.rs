@@ -273,7 +273,12 @@ fn group_absmax(w: &[f32], rows: usize, cols: usize, scheme: IntScheme) -> Vec<f
 /// `w` with each `[row, group]` clamped to `+-bound`.
 fn clamp_groups(w: &[f32], cols: usize, scheme: IntScheme, bounds: &[f32]) -> Vec<f32> {
     let (g, groups) = group_layout(scheme.granularity, cols);
-    w.iter().enumerate().map(|(i, &v)| v.clamp(-bounds[(i / cols) * groups + (i % cols) / g], bounds[(i / cols) * groups + (i % cols) / g])).collect()
+    w.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            v.clamp(-bounds[(i / cols) * groups + (i % cols) / g], bounds[(i / cols) * groups + (i % cols) / g])
+        })
+        .collect()
 }
 
 /// llm-awq's `auto_clip_layer` on the scaled weights `ws = W diag(s)` of one layer, for the
@@ -306,8 +311,7 @@ pub fn search_clip(ws: &[f32], rows: usize, stats: &AwqStats, s: &[f32], cfg: &A
             let mut dm = Mat::<f32>::zeros(rows, b - a);
             faer::linalg::matmul::matmul(dm.as_mut(), Accum::Replace, dg, mg.as_ref(), 1.0f32, faer_par());
             for r in 0..rows {
-                let err: f64 =
-                    dm.row(r).iter().zip(dg.row(r).iter()).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+                let err: f64 = dm.row(r).iter().zip(dg.row(r).iter()).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
                 let k = r * groups + grp;
                 if err < best_err[k] {
                     best_err[k] = err;

@@ -370,6 +370,7 @@ impl GgufFile {
             sliding_window: None,
             bos_token_id: tok_id("tokenizer.ggml.bos_token_id"),
             eos_token_ids: tok_id("tokenizer.ggml.eos_token_id").into_iter().collect(),
+            int8_activations: false,
         };
         cfg.validate()?;
         Ok(cfg)

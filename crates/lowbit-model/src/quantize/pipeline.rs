@@ -141,16 +141,9 @@ fn run(
     let mut first = 0;
     let mut x: Vec<f32> = vec![];
     let calibrated = opts.method != QuantMethod::Rtn;
-    if opts.method == QuantMethod::SmoothQuant {
-        ctx.notes.push(
-            "SmoothQuant: smoothing folded into the RMSNorms before q/k/v and gate/up; weights int8 per channel. \
-             The saved model runs through the runtime's int8-weight kernel with f32 activations; the per-token int8 \
-             activation path exists only as lowbit-solvers' scalar W8A8 reference (no int8 x int8 kernel in lowbit-cpu yet)"
-                .into(),
-        );
-    }
     if calibrated {
-        let resumed = if opts.resume { ckpt.load(&fingerprint, &mut model, |b| take_layer(src, &cfg, b))? } else { None };
+        let resumed =
+            if opts.resume { ckpt.load(&fingerprint, &mut model, |b| take_layer(src, &cfg, b))? } else { None };
         match resumed {
             Some(state) => {
                 first = state.next_block;
@@ -275,6 +268,14 @@ fn dense(lin: &Linear) -> Vec<f32> {
 
 fn set_quant(lin: &mut Linear, qt: QTensor) -> Result<()> {
     *lin = Linear::new(lin.rows(), lin.cols(), WeightKind::Quant(qt))?;
+    Ok(())
+}
+
+/// SmoothQuant's layers run W8A8 from here on, as the saved model will, so the rest of the block
+/// and the next blocks calibrate on what the int8 model computes.
+fn set_w8a8(lin: &mut Linear, qt: QTensor) -> Result<()> {
+    set_quant(lin, qt)?;
+    lin.enable_int8_activations()?;
     Ok(())
 }
 
@@ -503,7 +504,7 @@ fn solve_group(
                 for ((name, lin), w) in names.iter().zip(lins).zip(&ws) {
                     let out = rtn_quantize(w, lin.rows(), cols, scheme).map_err(|e| solver_err(b, name, e))?;
                     stats.push(stat(b, name, &out.report, None));
-                    set_quant(lin, out.qtensor)?;
+                    set_w8a8(lin, out.qtensor)?;
                 }
                 return Ok(Solved { stats, folded: None });
             }
@@ -513,7 +514,7 @@ fn solve_group(
             let s = out.factors.clone();
             for ((name, lin), qt) in names.iter().zip(lins).zip(out.qtensors) {
                 stats.push(stat(b, name, &out.report, Some(alpha)));
-                set_quant(lin, qt)?;
+                set_w8a8(lin, qt)?;
             }
             folded = apply_fold(fold, s)?;
         }
