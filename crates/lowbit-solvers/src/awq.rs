@@ -259,68 +259,134 @@ pub fn search_scales(
     Ok((best.1, best.2, losses))
 }
 
-/// Per `[row, group]` absolute maximum of `w[rows, cols]`.
-fn group_absmax(w: &[f32], rows: usize, cols: usize, scheme: IntScheme) -> Vec<f32> {
-    let (g, groups) = group_layout(scheme.granularity, cols);
-    (0..rows * groups)
-        .map(|k| {
-            let (r, grp) = (k / groups, k % groups);
-            w[r * cols + grp * g..r * cols + ((grp + 1) * g).min(cols)].iter().fold(0.0f32, |m, v| m.max(v.abs()))
-        })
-        .collect()
-}
-
-/// `w` with each `[row, group]` clamped to `+-bound`.
-fn clamp_groups(w: &[f32], cols: usize, scheme: IntScheme, bounds: &[f32]) -> Vec<f32> {
+/// `w` with each `[row, group]` clamped to its `(lo, hi)`.
+fn clamp_ranges(w: &[f32], cols: usize, scheme: IntScheme, ranges: &[(f32, f32)]) -> Vec<f32> {
     let (g, groups) = group_layout(scheme.granularity, cols);
     w.iter()
         .enumerate()
         .map(|(i, &v)| {
-            v.clamp(-bounds[(i / cols) * groups + (i % cols) / g], bounds[(i / cols) * groups + (i % cols) / g])
+            let (lo, hi) = ranges[(i / cols) * groups + (i % cols) / g];
+            v.clamp(lo, hi)
         })
         .collect()
 }
 
-/// llm-awq's `auto_clip_layer` on the scaled weights `ws = W diag(s)` of one layer, for the
-/// scaled inputs `X / s`: the best clipping bound per `[row, group]`.
-pub fn search_clip(ws: &[f32], rows: usize, stats: &AwqStats, s: &[f32], cfg: &AwqConfig) -> Result<Vec<f32>> {
-    let scheme = cfg.scheme;
+/// `(min, max)` of each `[row, group]`.
+fn group_min_max(w: &[f32], rows: usize, cols: usize, scheme: IntScheme) -> Vec<(f32, f32)> {
+    let (g, groups) = group_layout(scheme.granularity, cols);
+    (0..rows * groups)
+        .map(|k| {
+            let (r, grp) = (k / groups, k % groups);
+            w[r * cols + grp * g..r * cols + ((grp + 1) * g).min(cols)]
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+        })
+        .collect()
+}
+
+/// Scores clipping ranges of the scaled weights `ws[rows, cols]` on the scaled inputs `X / s`:
+/// for each candidate `i < n`, every `[row, group]` k is clamped to `candidate(i, k)`, quantized,
+/// and its partial output error `d^T M_g d` (`M_g`: the group's block of the second moment of
+/// `X / s`) compared; returns the best range per `[row, group]` and its error (first on ties).
+fn best_ranges(
+    ws: &[f32],
+    rows: usize,
+    stats: &AwqStats,
+    s: &[f32],
+    scheme: IntScheme,
+    n: usize,
+    candidate: impl Fn(usize, usize) -> (f32, f32),
+) -> Result<(Vec<(f32, f32)>, Vec<f64>)> {
     let cols = stats.cols();
-    if ws.len() != rows * cols || s.len() != cols {
-        return Err(SolverError::shape("awq clip", format!("{rows} x {cols} weights, {cols} scales"), ws.len()));
-    }
     let (g, groups) = group_layout(scheme.granularity, cols);
     let m = stats.second_moment();
-    let absmax = group_absmax(ws, rows, cols, scheme);
-    let mut best = absmax.clone();
+    let blocks: Vec<Mat<f32>> = (0..groups)
+        .map(|grp| {
+            let (a, b) = (grp * g, ((grp + 1) * g).min(cols));
+            Mat::<f32>::from_fn(b - a, b - a, |i, j| m[(a + i, a + j)] / (s[a + i] * s[a + j]))
+        })
+        .collect();
+    let mut best = vec![(0.0f32, 0.0f32); rows * groups];
     let mut best_err = vec![f64::INFINITY; rows * groups];
-    let steps = (cfg.max_shrink * cfg.clip_grid as f32) as usize;
     let mut delta = vec![0.0f32; rows * cols];
-    for i_s in 0..steps.max(1) {
-        let shrink = 1.0 - i_s as f32 / cfg.clip_grid as f32;
-        let max_val: Vec<f32> = absmax.iter().map(|m| m * shrink).collect();
-        let q = rtn::quantize(&clamp_groups(ws, cols, scheme, &max_val), &[rows, cols], scheme)?.dequantize();
+    for i in 0..n {
+        let ranges: Vec<(f32, f32)> = (0..rows * groups).map(|k| candidate(i, k)).collect();
+        let q = rtn::quantize(&clamp_ranges(ws, cols, scheme, &ranges), &[rows, cols], scheme)?.dequantize();
         for (d, (&w, &qv)) in delta.iter_mut().zip(ws.iter().zip(&q)) {
             *d = w - qv;
         }
-        for grp in 0..groups {
+        for (grp, mg) in blocks.iter().enumerate() {
             let (a, b) = (grp * g, ((grp + 1) * g).min(cols));
-            // The group's block of diag(1/s) M diag(1/s): the second moment of X / s.
-            let mg = Mat::<f32>::from_fn(b - a, b - a, |i, j| m[(a + i, a + j)] / (s[a + i] * s[a + j]));
             let dg = MatRef::from_row_major_slice(&delta, rows, cols).subcols(a, b - a);
             let mut dm = Mat::<f32>::zeros(rows, b - a);
             faer::linalg::matmul::matmul(dm.as_mut(), Accum::Replace, dg, mg.as_ref(), 1.0f32, faer_par());
             for r in 0..rows {
-                let err: f64 = dm.row(r).iter().zip(dg.row(r).iter()).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+                let err: f64 =
+                    dm.row(r).iter().zip(dg.row(r).iter()).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
                 let k = r * groups + grp;
                 if err < best_err[k] {
                     best_err[k] = err;
-                    best[k] = max_val[k];
+                    best[k] = ranges[k];
                 }
             }
         }
     }
-    Ok(best)
+    Ok((best, best_err))
+}
+
+fn check_clip_shapes(ws: &[f32], rows: usize, cols: usize, s: &[f32]) -> Result<()> {
+    if ws.len() != rows * cols || s.len() != cols {
+        return Err(SolverError::shape("awq clip", format!("{rows} x {cols} weights, {cols} scales"), ws.len()));
+    }
+    Ok(())
+}
+
+/// llm-awq's `auto_clip_layer` on the scaled weights `ws = W diag(s)` of one layer, for the
+/// scaled inputs `X / s`: the best clipping bound per `[row, group]` (weights clamped to
+/// `+-bound`).
+pub fn search_clip(ws: &[f32], rows: usize, stats: &AwqStats, s: &[f32], cfg: &AwqConfig) -> Result<Vec<f32>> {
+    let cols = stats.cols();
+    check_clip_shapes(ws, rows, cols, s)?;
+    let absmax: Vec<f32> = group_min_max(ws, rows, cols, cfg.scheme).iter().map(|&(lo, hi)| hi.max(-lo)).collect();
+    let steps = ((cfg.max_shrink * cfg.clip_grid as f32) as usize).max(1);
+    let shrink = |i: usize| 1.0 - i as f32 / cfg.clip_grid as f32;
+    let (best, _) = best_ranges(ws, rows, stats, s, cfg.scheme, steps, |i, k| {
+        let m = absmax[k] * shrink(i);
+        (-m, m)
+    })?;
+    Ok(best.into_iter().map(|(_, hi)| hi).collect())
+}
+
+/// Refines symmetric clipping bounds into a range per `[row, group]` for asymmetric codes: from
+/// `[max(min, -bound), min(max, bound)]`, first the lower end, then the upper end is shrunk
+/// towards zero over the same grid as [`search_clip`], each step keeping the range with the least
+/// partial output error. It never does worse than the bounds it starts from (step 0 is the
+/// starting range).
+pub fn refine_ranges(
+    ws: &[f32],
+    rows: usize,
+    stats: &AwqStats,
+    s: &[f32],
+    cfg: &AwqConfig,
+    bounds: &[f32],
+) -> Result<Vec<(f32, f32)>> {
+    let cols = stats.cols();
+    check_clip_shapes(ws, rows, cols, s)?;
+    let start: Vec<(f32, f32)> = group_min_max(ws, rows, cols, cfg.scheme)
+        .iter()
+        .zip(bounds)
+        .map(|(&(lo, hi), &b)| (lo.max(-b), hi.min(b)))
+        .collect();
+    let steps = ((cfg.max_shrink * cfg.clip_grid as f32) as usize).max(1);
+    let shrink = |i: usize| 1.0 - i as f32 / cfg.clip_grid as f32;
+    let (lower, _) = best_ranges(ws, rows, stats, s, cfg.scheme, steps, |i, k| (start[k].0 * shrink(i), start[k].1))?;
+    let (both, _) = best_ranges(ws, rows, stats, s, cfg.scheme, steps, |i, k| (lower[k].0, lower[k].1 * shrink(i)))?;
+    Ok(both)
+}
+
+/// `w` clamped to the ranges and quantized.
+pub fn quantize_ranges(ws: &[f32], rows: usize, cols: usize, scheme: IntScheme, ranges: &[(f32, f32)]) -> Result<QTensor> {
+    Ok(rtn::quantize(&clamp_ranges(ws, cols, scheme, ranges), &[rows, cols], scheme)?)
 }
 
 /// AWQ on one group of layers sharing an input, from that input's statistics.
@@ -342,9 +408,12 @@ pub fn awq_quantize(stats: &AwqStats, layers: &[AwqLayer], cfg: &AwqConfig) -> R
     let (mut total, mut count) = (0.0f64, 0usize);
     for l in layers {
         let ws = scale_columns(l.w, &s);
-        let bounds =
-            if cfg.clip { search_clip(&ws, l.rows, stats, &s, cfg)? } else { group_absmax(&ws, l.rows, cols, scheme) };
-        let qt = rtn::quantize(&clamp_groups(&ws, cols, scheme, &bounds), &[l.rows, cols], scheme)?;
+        let bounds = if cfg.clip {
+            search_clip(&ws, l.rows, stats, &s, cfg)?
+        } else {
+            group_min_max(&ws, l.rows, cols, scheme).iter().map(|&(lo, hi)| hi.max(-lo)).collect()
+        };
+        let qt = quantize_ranges(&ws, l.rows, cols, scheme, &bounds.iter().map(|&b| (-b, b)).collect::<Vec<_>>())?;
         total += output_sq_error(m.as_ref(), &scaled_delta(l.w, &qt.dequantize(), &s), l.rows);
         count += l.rows;
         clip.push(bounds);

@@ -104,3 +104,44 @@ fn awq_rejects_bad_input() {
     let stats = AwqStats::from_activations(&[1.0; 8], 1, 8).unwrap();
     assert!(matches!(awq_quantize(&stats, &layers, &cfg), Err(SolverError::Shape { .. })));
 }
+
+#[test]
+fn refined_ranges_never_lose_to_symmetric_clipping() {
+    use lowbit_solvers::awq::{quantize_ranges, refine_ranges, search_clip};
+    let (tokens, cols, rows) = (512, 64, 24);
+    for (seed, (bits, g)) in [(Bits::B4, 16), (Bits::B3, 32), (Bits::B2, 64)].into_iter().enumerate() {
+        let (x, ws) = problem(300 + seed as u64, tokens, cols, &[rows]);
+        let s: Vec<f32> = (0..cols).map(|c| 0.5 + (c % 7) as f32 / 7.0).collect();
+        let ws: Vec<f32> = ws[0].iter().enumerate().map(|(i, w)| w * s[i % cols]).collect();
+        let xs: Vec<f32> = x.iter().enumerate().map(|(i, v)| v / s[i % cols]).collect();
+        let stats = AwqStats::from_activations(&x, tokens, cols).unwrap();
+        let cfg = AwqConfig::new(scheme(bits, false, Granularity::Group(g)));
+        // Output error on the scaled inputs, scalar f64.
+        let err = |ranges: &[(f32, f32)]| {
+            let q = quantize_ranges(&ws, rows, cols, cfg.scheme, ranges).unwrap().dequantize();
+            let mut total = 0.0f64;
+            for t in 0..tokens {
+                for r in 0..rows {
+                    let d: f64 = (0..cols)
+                        .map(|c| f64::from(xs[t * cols + c]) * f64::from(ws[r * cols + c] - q[r * cols + c]))
+                        .sum();
+                    total += d * d;
+                }
+            }
+            total
+        };
+        let bounds = search_clip(&ws, rows, &stats, &s, &cfg).unwrap();
+        let sym: Vec<(f32, f32)> = bounds.iter().map(|&b| (-b, b)).collect();
+        let refined = refine_ranges(&ws, rows, &stats, &s, &cfg, &bounds).unwrap();
+        let groups = cols / g;
+        for (k, &(lo, hi)) in refined.iter().enumerate() {
+            let (r, grp) = (k / groups, k % groups);
+            let span = &ws[r * cols + grp * g..r * cols + grp * g + g];
+            let (mn, mx) = span.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            assert!(lo >= mn && hi <= mx && lo <= hi, "range ({lo}, {hi}) outside ({mn}, {mx})");
+            assert!(lo >= -bounds[k] && hi <= bounds[k]);
+        }
+        let (e_sym, e_ref) = (err(&sym), err(&refined));
+        assert!(e_ref <= e_sym * (1.0 + 1e-5), "{bits:?}: refined {e_ref} vs symmetric {e_sym}");
+    }
+}

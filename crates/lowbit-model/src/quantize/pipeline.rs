@@ -29,7 +29,7 @@ use crate::model::{take_layer, Layer, Model};
 use crate::tensors::TensorSource;
 use crate::{Device, LoadOptions};
 use crate::{ModelError, Result};
-use lowbit_core::{rtn, IntScheme, QParams, QTensor, Scales};
+use lowbit_core::{IntScheme, QParams, QTensor, Scales};
 use lowbit_cpu::{Linear, WeightKind};
 use lowbit_solvers::awq::{self, AwqConfig, AwqLayer, AwqStats};
 use lowbit_solvers::smoothquant::{self, SmoothLayer, SmoothQuantConfig};
@@ -473,17 +473,15 @@ fn solve_group(
                 }
                 let rows = awq_layers[i].rows;
                 let wsc: Vec<f32> = ws[i].iter().enumerate().map(|(j, &w)| w * s[j % cols]).collect();
-                let bounds = awq::search_clip(&wsc, rows, awq_stats, &s, &ccfg).map_err(|e| solver_err(b, name, e))?;
-                let (g, groups) = group_layout(ctx.scheme, cols);
-                let clamped: Vec<f32> = wsc
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &w)| {
-                        let m = bounds[(j / cols) * groups + (j % cols) / g];
-                        w.clamp(-m, m)
-                    })
-                    .collect();
-                qts[i] = rtn::quantize(&clamped, &[rows, cols], ctx.scheme)?;
+                let err = |e| solver_err(b, name, e);
+                let bounds = awq::search_clip(&wsc, rows, awq_stats, &s, &ccfg).map_err(err)?;
+                // With zero points the two ends of a range need not shrink alike: refine each.
+                let ranges = if ctx.scheme.symmetric {
+                    bounds.iter().map(|&m| (-m, m)).collect()
+                } else {
+                    awq::refine_ranges(&wsc, rows, awq_stats, &s, &ccfg, &bounds).map_err(err)?
+                };
+                qts[i] = awq::quantize_ranges(&wsc, rows, cols, ctx.scheme, &ranges).map_err(err)?;
             }
             let mut report = out.report.clone();
             report.seconds += start.elapsed().as_secs_f64();
@@ -530,14 +528,6 @@ fn apply_fold(fold: Fold, s: Vec<f32>) -> Result<Option<Vec<f32>>> {
         Fold::None => return Ok(None),
     }
     Ok(Some(s))
-}
-
-fn group_layout(scheme: IntScheme, cols: usize) -> (usize, usize) {
-    let g = match scheme.granularity {
-        lowbit_core::Granularity::Group(g) => g.min(cols),
-        _ => cols,
-    };
-    (g, cols.div_ceil(g))
 }
 
 /// One block, true-sequential (see the module docs). `x` holds the block's input and becomes
