@@ -86,7 +86,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, run_demo
 
     settings = DemoSettings(
-        bits=args.bits, nsamples=args.nsamples, eval_windows=args.eval_windows, max_new_tokens=args.max_new_tokens
+        bits=args.bits,
+        nsamples=args.nsamples,
+        eval_windows=args.eval_windows,
+        max_new_tokens=args.max_new_tokens,
     )
     run_demo(settings, out=args.out, progress=QuantizeProgress(enabled=False if args.quiet else None))
     return 0
@@ -309,16 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
-        help="quantize SmolLM2-135M with GPTQ 4-bit, then compare size, perplexity and answers with the original",
+        help="quantize SmolLM2-135M with GPTQ 4-bit; compare size, perplexity and answers with the original",
     )
     demo.add_argument("--bits", type=int, default=4, choices=[2, 3, 4, 8])
     demo.add_argument("--nsamples", type=int, default=32, help="calibration windows of 512 tokens")
     demo.add_argument("--eval-windows", type=int, default=4, help="perplexity windows of 2048 tokens")
     demo.add_argument("--max-new-tokens", type=int, default=64)
-    demo.add_argument("--out", type=Path, help="keep the quantized checkpoint here (default: a temporary directory)")
+    demo.add_argument("--out", type=Path, help="keep the quantized model here (default: a temporary dir)")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=cmd_demo)
-    schemes = sub.add_parser("schemes", help="quantize a weight matrix with every scheme and print size and error")
+    schemes = sub.add_parser("schemes", help="quantize a weight matrix with every scheme: size and error")
     schemes.add_argument("--rows", type=int, default=1536)
     schemes.add_argument("--cols", type=int, default=576)
     schemes.add_argument("--seed", type=int, default=0)

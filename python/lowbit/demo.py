@@ -55,6 +55,10 @@ def _held_out_ids(model: Model, tokens: int) -> list[int]:
     return ids
 
 
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 def _answer(model: Model, settings: DemoSettings) -> tuple[str, float]:
     prompt = model.apply_chat_template([{"role": "user", "content": settings.prompt}])
     out = model.generate(prompt, max_new_tokens=settings.max_new_tokens)
@@ -117,7 +121,7 @@ def run_demo(
         answers = [_answer(m, settings) for m in (original, quantized)]
 
     rows = [
-        ("block linears", f"{report.linear_bytes_before / 2**20:.1f} MiB f32 -> {report.linear_bytes_after / 2**20:.1f} MiB"),
+        ("block linears", f"{_mib(report.linear_bytes_before)} f32 -> {_mib(report.linear_bytes_after)}"),
         ("bits per weight", f"{report.bits_per_weight:.3f}"),
         ("quantization time", f"{report.wall_seconds:.1f} s"),
         ("peak RAM", f"{(report.peak_rss_bytes or 0) / 2**20:.0f} MiB"),
@@ -138,4 +142,3 @@ def run_demo(
         "bits_per_weight": report.bits_per_weight,
         "evaluated_on": what,
     }
-

@@ -321,8 +321,7 @@ fn best_ranges(
             let mut dm = Mat::<f32>::zeros(rows, b - a);
             faer::linalg::matmul::matmul(dm.as_mut(), Accum::Replace, dg, mg.as_ref(), 1.0f32, faer_par());
             for r in 0..rows {
-                let err: f64 =
-                    dm.row(r).iter().zip(dg.row(r).iter()).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+                let err: f64 = dm.row(r).iter().zip(dg.row(r).iter()).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
                 let k = r * groups + grp;
                 if err < best_err[k] {
                     best_err[k] = err;
@@ -385,7 +384,13 @@ pub fn refine_ranges(
 }
 
 /// `w` clamped to the ranges and quantized.
-pub fn quantize_ranges(ws: &[f32], rows: usize, cols: usize, scheme: IntScheme, ranges: &[(f32, f32)]) -> Result<QTensor> {
+pub fn quantize_ranges(
+    ws: &[f32],
+    rows: usize,
+    cols: usize,
+    scheme: IntScheme,
+    ranges: &[(f32, f32)],
+) -> Result<QTensor> {
     Ok(rtn::quantize(&clamp_ranges(ws, cols, scheme, ranges), &[rows, cols], scheme)?)
 }
 

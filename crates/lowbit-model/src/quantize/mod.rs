@@ -13,6 +13,7 @@ mod options;
 mod output;
 mod pipeline;
 mod sha256;
+mod stash;
 
 pub use block::staged_logits;
 pub use calib::{windows_from_stream, CalibSource};

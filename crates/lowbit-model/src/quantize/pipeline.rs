@@ -24,6 +24,7 @@ use super::checkpoint::{Checkpoint, CheckpointState};
 use super::options::{peak_rss_bytes, LayerStat, Progress, QuantMethod, QuantizeOptions, QuantizeReport, Stage};
 use super::output::write_output;
 use super::sha256::sha256_hex;
+use super::stash::Stash;
 use crate::load::with_source;
 use crate::model::{take_layer, Layer, Model};
 use crate::tensors::TensorSource;
@@ -405,13 +406,6 @@ struct Solved {
     folded: Option<Vec<f32>>,
 }
 
-/// Divides column `c` of the row-major `x[.., s.len()]` by `s[c]`.
-fn divide_columns(x: &mut [f32], s: &[f32]) {
-    for row in x.chunks_exact_mut(s.len()) {
-        row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
-    }
-}
-
 /// Solves one group of layers sharing an input and installs the results.
 fn solve_group(
     ctx: &mut Ctx,
@@ -548,6 +542,7 @@ fn quantize_block_calibrated(
         (0..m).step_by(rows_per_batch).map(|s| (s, (s + rows_per_batch).min(m))).collect();
     let mut stats = vec![];
     let sq = ctx.opts.method == QuantMethod::SmoothQuant;
+    let (attn_fold, act_fold): (Option<Vec<f32>>, Option<Vec<f32>>);
 
     // 1. q/k/v on input_layernorm(x).
     let mut st = Stats::new(ctx, h);
@@ -576,13 +571,16 @@ fn quantize_block_calibrated(
     drop(st);
 
     // 2. o on the attention output computed with the quantized q/k/v.
-    let mut attn = vec![0f32; m * qd];
+    let mut attn = Stash::new();
+    let mut buf = vec![0f32; rows_per_batch.min(m) * qd.max(ff)];
     let mut st = Stats::new(ctx, qd);
     for &(s, e) in &batches {
         let xn = &mut xn[..(e - s) * h];
+        let out = &mut buf[..(e - s) * qd];
         block::attn_input(&cfg, layer, &x[s * h..e * h], xn);
-        block::attention(&cfg, layer, rope, xn, ctx.seqlen, &mut attn[s * qd..e * qd])?;
-        st.add(&attn[s * qd..e * qd], b, "o_proj input")?;
+        block::attention(&cfg, layer, rope, xn, ctx.seqlen, out)?;
+        st.add(out, b, "o_proj input")?;
+        attn.push(out);
     }
     {
         // AWQ folds o's scales into v's output rows (possible only when they match o's input,
@@ -592,17 +590,17 @@ fn quantize_block_calibrated(
         let fold = if foldable { Fold::Rows(v_proj) } else { Fold::None };
         let solved = solve_group(ctx, b, &["self_attn.o_proj"], vec![o_proj], fold, &st)?;
         // v now emits attn / s: the residual below must see what the folded model computes.
-        if let Some(s) = &solved.folded {
-            divide_columns(&mut attn, s);
-        }
+        attn_fold = solved.folded;
         stats.extend(solved.stats);
     }
     drop(st);
 
     // 3. residual, then gate/up on post_attention_layernorm(x).
     let mut st = Stats::new(ctx, h);
-    for &(s, e) in &batches {
-        block::add_linear(&layer.o_proj, &attn[s * qd..e * qd], &mut x[s * h..e * h])?;
+    let mut held = vec![];
+    for (i, &(s, e)) in batches.iter().enumerate() {
+        attn.read(i, attn_fold.as_deref(), &mut held);
+        block::add_linear(&layer.o_proj, &held, &mut x[s * h..e * h])?;
         let xn = &mut xn[..(e - s) * h];
         block::mlp_input(&cfg, layer, &x[s * h..e * h], xn);
         st.add(xn, b, "gate/up input")?;
@@ -625,27 +623,29 @@ fn quantize_block_calibrated(
     drop(st);
 
     // 4. down on silu(gate) * up computed with the quantized gate/up; then the residual.
-    let mut act = vec![0f32; m * ff];
+    let mut act = Stash::new();
     let mut st = Stats::new(ctx, ff);
     for &(s, e) in &batches {
         let xn = &mut xn[..(e - s) * h];
+        let out = &mut buf[..(e - s) * ff];
         block::mlp_input(&cfg, layer, &x[s * h..e * h], xn);
-        block::mlp_act(layer, xn, &mut act[s * ff..e * ff])?;
-        st.add(&act[s * ff..e * ff], b, "down_proj input")?;
+        block::mlp_act(layer, xn, out)?;
+        st.add(out, b, "down_proj input")?;
+        act.push(out);
     }
+    drop(buf);
     {
         let Layer { up_proj, down_proj, .. } = layer;
         let fold = if sq { Fold::None } else { Fold::Rows(up_proj) };
         let solved = solve_group(ctx, b, &["mlp.down_proj"], vec![down_proj], fold, &st)?;
         // up now emits act / s: the residual below must see what the folded model computes.
-        if let Some(s) = &solved.folded {
-            divide_columns(&mut act, s);
-        }
+        act_fold = solved.folded;
         stats.extend(solved.stats);
     }
     drop(st);
-    for &(s, e) in &batches {
-        block::add_linear(&layer.down_proj, &act[s * ff..e * ff], &mut x[s * h..e * h])?;
+    for (i, &(s, e)) in batches.iter().enumerate() {
+        act.read(i, act_fold.as_deref(), &mut held);
+        block::add_linear(&layer.down_proj, &held, &mut x[s * h..e * h])?;
     }
     Ok(stats)
 }

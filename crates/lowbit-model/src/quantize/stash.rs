@@ -1,0 +1,68 @@
+//! Activations a block holds between a layer's statistics pass and the residual that follows its
+//! solve (o_proj's input, down_proj's input: `tokens x intermediate_size` floats, the largest
+//! buffer of the pipeline). A batch is kept in f16 when it fits f16's range, halving that
+//! memory; the Hessians always see the f32 values, and only the residual's input is rounded
+//! (relative 2^-12, far below the quantization error it carries). A batch with a value beyond
+//! f16's range stays f32.
+
+use half::f16;
+
+enum Stored {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+pub(crate) struct Stash {
+    batches: Vec<Stored>,
+}
+
+/// Largest magnitude stored as f16 (its max finite value, 65504, less a rounding margin).
+const F16_LIMIT: f32 = 65000.0;
+
+impl Stash {
+    pub(crate) fn new() -> Self {
+        Stash { batches: Vec::new() }
+    }
+
+    /// Appends the next batch.
+    pub(crate) fn push(&mut self, batch: &[f32]) {
+        let fits = batch.iter().all(|v| v.abs() <= F16_LIMIT);
+        self.batches.push(if fits {
+            Stored::F16(batch.iter().map(|&v| f16::from_f32(v)).collect())
+        } else {
+            Stored::F32(batch.to_vec())
+        });
+    }
+
+    /// Batch `i` as f32 into `out`, each column `c` divided by `divide[c]` when given (a fold
+    /// applied after the batch was stored).
+    pub(crate) fn read(&self, i: usize, divide: Option<&[f32]>, out: &mut Vec<f32>) {
+        out.clear();
+        match &self.batches[i] {
+            Stored::F16(v) => out.extend(v.iter().map(|x| x.to_f32())),
+            Stored::F32(v) => out.extend_from_slice(v),
+        }
+        if let Some(s) = divide {
+            for row in out.chunks_exact_mut(s.len()) {
+                row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_through_f16_or_stay_f32() {
+        let mut st = Stash::new();
+        st.push(&[1.0, -2.5, 0.1, 3.0]);
+        st.push(&[1e6, 2.0, 0.1, 4.0]);
+        let mut out = vec![];
+        st.read(0, Some(&[1.0, 2.0]), &mut out);
+        assert_eq!(out, vec![1.0, -1.25, f16::from_f32(0.1).to_f32(), 1.5]);
+        st.read(1, None, &mut out);
+        assert_eq!(out, vec![1e6, 2.0, 0.1, 4.0]);
+    }
+}
