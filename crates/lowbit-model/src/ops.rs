@@ -88,8 +88,8 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `y += a x`.
-#[inline]
+/// `y += a x` (the reference attention's accumulation).
+#[cfg(test)]
 pub(crate) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += a * xi;

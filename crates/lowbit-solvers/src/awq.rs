@@ -287,7 +287,7 @@ fn group_min_max(w: &[f32], rows: usize, cols: usize, scheme: IntScheme) -> Vec<
 /// Scores clipping ranges of the scaled weights `ws[rows, cols]` on the scaled inputs `X / s`:
 /// for each candidate `i < n`, every `[row, group]` k is clamped to `candidate(i, k)`, quantized,
 /// and its partial output error `d^T M_g d` (`M_g`: the group's block of the second moment of
-/// `X / s`) compared; returns the best range per `[row, group]` and its error (first on ties).
+/// `X / s`) compared; returns the best range per `[row, group]` (first on ties).
 fn best_ranges(
     ws: &[f32],
     rows: usize,
@@ -296,7 +296,7 @@ fn best_ranges(
     scheme: IntScheme,
     n: usize,
     candidate: impl Fn(usize, usize) -> (f32, f32),
-) -> Result<(Vec<(f32, f32)>, Vec<f64>)> {
+) -> Result<Vec<(f32, f32)>> {
     let cols = stats.cols();
     let (g, groups) = group_layout(scheme.granularity, cols);
     let m = stats.second_moment();
@@ -330,7 +330,7 @@ fn best_ranges(
             }
         }
     }
-    Ok((best, best_err))
+    Ok(best)
 }
 
 fn check_clip_shapes(ws: &[f32], rows: usize, cols: usize, s: &[f32]) -> Result<()> {
@@ -349,7 +349,7 @@ pub fn search_clip(ws: &[f32], rows: usize, stats: &AwqStats, s: &[f32], cfg: &A
     let absmax: Vec<f32> = group_min_max(ws, rows, cols, cfg.scheme).iter().map(|&(lo, hi)| hi.max(-lo)).collect();
     let steps = ((cfg.max_shrink * cfg.clip_grid as f32) as usize).max(1);
     let shrink = |i: usize| 1.0 - i as f32 / cfg.clip_grid as f32;
-    let (best, _) = best_ranges(ws, rows, stats, s, cfg.scheme, steps, |i, k| {
+    let best = best_ranges(ws, rows, stats, s, cfg.scheme, steps, |i, k| {
         let m = absmax[k] * shrink(i);
         (-m, m)
     })?;
@@ -378,8 +378,8 @@ pub fn refine_ranges(
         .collect();
     let steps = ((cfg.max_shrink * cfg.clip_grid as f32) as usize).max(1);
     let shrink = |i: usize| 1.0 - i as f32 / cfg.clip_grid as f32;
-    let (lower, _) = best_ranges(ws, rows, stats, s, cfg.scheme, steps, |i, k| (start[k].0 * shrink(i), start[k].1))?;
-    let (both, _) = best_ranges(ws, rows, stats, s, cfg.scheme, steps, |i, k| (lower[k].0, lower[k].1 * shrink(i)))?;
+    let lower = best_ranges(ws, rows, stats, s, cfg.scheme, steps, |i, k| (start[k].0 * shrink(i), start[k].1))?;
+    let both = best_ranges(ws, rows, stats, s, cfg.scheme, steps, |i, k| (lower[k].0, lower[k].1 * shrink(i)))?;
     Ok(both)
 }
 

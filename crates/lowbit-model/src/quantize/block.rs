@@ -7,9 +7,10 @@
 //! Activations are row-major `[tokens, width]` over `nseq` independent sequences of `seqlen`
 //! tokens each, every sequence starting at position 0 with an empty context.
 
+use crate::attention::{self, AttnShape};
 use crate::config::ModelConfig;
 use crate::model::{Layer, Model};
-use crate::{ops, par, Result};
+use crate::{ops, Result};
 use lowbit_cpu::{Linear, WeightKind};
 
 /// RoPE angles for positions `0..seqlen` (the model's formula, `(p as f32 * f) as f64`).
@@ -111,29 +112,17 @@ pub(crate) fn attention(
         q[t * qd..(t + 1) * qd].chunks_exact_mut(hd).for_each(|x| ops::rope_head(x, cs, sn));
         k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd).for_each(|x| ops::rope_head(x, cs, sn));
     }
-    let nh = cfg.num_attention_heads;
-    let group = nh / cfg.num_key_value_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let window = cfg.sliding_window;
-    par::for_each_chunk(out, hd, |idx, o| {
-        let (t, head) = (idx / nh, idx % nh);
-        let (seq0, pos) = (t - t % seqlen, t % seqlen);
-        let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let kvh = head / group;
-        let qh = &q[t * qd + head * hd..t * qd + (head + 1) * hd];
-        let row = |j: usize| (seq0 + j) * kvd + kvh * hd..(seq0 + j) * kvd + (kvh + 1) * hd;
-        let mut scores: Vec<f32> = (first..=pos).map(|j| ops::dot(qh, &k[row(j)]) * scale).collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        o.fill(0.0);
-        for (j, &p) in (first..=pos).zip(&scores) {
-            ops::axpy(p / sum, &v[row(j)], o);
-        }
-    });
+    // Each sequence attends over itself from an empty context: the runtime's tiled kernel.
+    let shape = AttnShape {
+        heads: cfg.num_attention_heads,
+        kv_heads: cfg.num_key_value_heads,
+        head_dim: hd,
+        window: cfg.sliding_window,
+    };
+    for (i, o) in out.chunks_exact_mut(seqlen * qd).enumerate() {
+        let (qs, kvs) = (i * seqlen * qd..(i + 1) * seqlen * qd, i * seqlen * kvd..(i + 1) * seqlen * kvd);
+        attention::attention(&shape, &q[qs], &k[kvs.clone()], &v[kvs], 0, o);
+    }
     Ok(())
 }
 
