@@ -136,8 +136,8 @@ fn gptq_and_awq_run_and_load_packed() {
         if method == QuantMethod::Gptq {
             assert!(rep.layers.iter().all(|l| l.damping == Some(0.01)));
         } else {
-            // o_proj gets scales only without GQA.
-            assert_eq!(rep.notes.iter().any(|n| n.contains("GQA")), kv == 2, "{:?}", rep.notes);
+            // Every group gets scales, o_proj too (tied across a KV head's queries under GQA).
+            assert!(rep.layers.iter().all(|l| l.alpha.is_some()), "{:?}", rep.layers);
         }
         let q = Model::load(&out).unwrap();
         assert!(q.layers().iter().all(|l| l.linears().iter().all(|(_, x)| matches!(x.weight(), WeightKind::Quant(_)))));
@@ -329,9 +329,15 @@ fn smoothquant_folds_and_tracks_the_original() {
 fn calibration_activations_are_what_the_folded_model_computes() {
     // AWQ folds scales into the op before each group (norms, v's rows, up's rows); the
     // activations handed to the next block must be the folded, quantized block's own output, or
-    // every later block calibrates on inputs the saved model never produces. No GQA, so o's
-    // scales fold into v too.
-    let (dir, _) = tiny("awq-propagate", 4);
+    // every later block calibrates on inputs the saved model never produces. With 4 KV heads o's
+    // scales fold into v row for row; with 2 (GQA) they are tied across each KV head's queries.
+    for kv_heads in [4, 2] {
+        folded_activations_match(kv_heads);
+    }
+}
+
+fn folded_activations_match(kv_heads: usize) {
+    let (dir, _) = tiny(&format!("awq-propagate-{kv_heads}"), kv_heads);
     let (out, stop) = (dir.join("q"), QuantizeOptions { stop_after_block: Some(0), ..opts(QuantMethod::Awq) });
     assert!(run(&dir, &out, &stop).is_err());
     let x: Vec<f32> = std::fs::read(partial_dir(&out).join("x.bin"))

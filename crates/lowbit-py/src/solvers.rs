@@ -115,7 +115,8 @@ fn awq_search_py<'py>(
         }
         layers.push(AwqLayer { w: w.data(), rows });
     }
-    let cfg = AwqConfig { scheme: scheme(bits, group_size, symmetric)?, n_grid, clip, clip_grid, max_shrink };
+    let cfg =
+        AwqConfig { scheme: scheme(bits, group_size, symmetric)?, n_grid, clip, clip_grid, max_shrink, tie: None };
     let xd = xi.data();
     let out = py
         .detach(|| AwqStats::from_activations(xd, tokens, cols).and_then(|st| awq_quantize(&st, &layers, &cfg)))

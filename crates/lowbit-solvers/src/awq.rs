@@ -45,12 +45,50 @@ pub struct AwqConfig {
     pub clip_grid: usize,
     /// Largest fraction of the range removed by clipping (0.5).
     pub max_shrink: f32,
+    /// Scales shared by the query heads of one KV head (see [`HeadTie`]); `None`: per channel.
+    pub tie: Option<HeadTie>,
+}
+
+/// The input of o_proj under grouped-query attention: `heads` query heads of `head_dim` lanes,
+/// every `heads / kv_heads` consecutive ones reading the same value head. A scale folded into
+/// v_proj's output row `(k, d)` reaches lane `d` of every query head of group `k`, so o_proj's
+/// scales must be equal across those heads: the search ties `s_x` by averaging it over them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadTie {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: usize,
+    /// Lanes per head.
+    pub head_dim: usize,
+}
+
+impl HeadTie {
+    /// `v` (one value per query-head lane) averaged over the heads of each KV group, broadcast
+    /// back to every head of the group.
+    pub fn tie(&self, v: &[f32]) -> Vec<f32> {
+        let (group, hd) = (self.heads / self.kv_heads, self.head_dim);
+        let mut out = vec![0.0f32; v.len()];
+        for k in 0..self.kv_heads {
+            for d in 0..hd {
+                let mean = (0..group).map(|g| v[(k * group + g) * hd + d]).sum::<f32>() / group as f32;
+                (0..group).for_each(|g| out[(k * group + g) * hd + d] = mean);
+            }
+        }
+        out
+    }
+
+    /// Per value-head lane (v_proj's output rows), the scale of its group.
+    pub fn per_kv_lane(&self, s: &[f32]) -> Vec<f32> {
+        let (group, hd) = (self.heads / self.kv_heads, self.head_dim);
+        (0..self.kv_heads * hd).map(|i| s[(i / hd) * group * hd + i % hd]).collect()
+    }
 }
 
 impl AwqConfig {
     /// llm-awq's defaults for a scheme.
     pub fn new(scheme: IntScheme) -> Self {
-        AwqConfig { scheme, n_grid: 20, clip: true, clip_grid: 20, max_shrink: 0.5 }
+        AwqConfig { scheme, n_grid: 20, clip: true, clip_grid: 20, max_shrink: 0.5, tie: None }
     }
 }
 
@@ -239,12 +277,29 @@ pub fn search_scales(
     scheme: IntScheme,
     n_grid: usize,
 ) -> Result<(f32, Vec<f32>, Vec<f64>)> {
+    search_scales_tied(stats, layers, scheme, n_grid, None)
+}
+
+/// [`search_scales`] with scales tied across the query heads of each KV head.
+pub fn search_scales_tied(
+    stats: &AwqStats,
+    layers: &[AwqLayer],
+    scheme: IntScheme,
+    n_grid: usize,
+    tie: Option<HeadTie>,
+) -> Result<(f32, Vec<f32>, Vec<f64>)> {
+    if let Some(t) = tie {
+        if t.kv_heads == 0 || t.heads % t.kv_heads != 0 || t.heads * t.head_dim != stats.cols() {
+            return Err(SolverError::shape("awq head tie", stats.cols(), t.heads * t.head_dim));
+        }
+    }
     if n_grid == 0 {
         return Err(SolverError::param("n_grid", 0, "it must be at least 1"));
     }
     validate(stats, layers, scheme)?;
     let m = stats.second_moment();
     let s_x = stats.activation_scale();
+    let s_x = tie.map_or(s_x.clone(), |t| t.tie(&s_x));
     let mut best = (f64::INFINITY, 0.0f32, vec![1.0f32; stats.cols()]);
     let mut losses = Vec::with_capacity(n_grid);
     for i in 0..n_grid {
@@ -406,7 +461,7 @@ pub fn awq_quantize(stats: &AwqStats, layers: &[AwqLayer], cfg: &AwqConfig) -> R
     }
     let scheme = cfg.scheme;
     let cols = stats.cols();
-    let (alpha, s, grid_losses) = search_scales(stats, layers, scheme, cfg.n_grid)?;
+    let (alpha, s, grid_losses) = search_scales_tied(stats, layers, scheme, cfg.n_grid, cfg.tie)?;
     let m = stats.second_moment();
     let mut clip = Vec::with_capacity(layers.len());
     let mut qtensors = Vec::with_capacity(layers.len());

@@ -145,3 +145,23 @@ fn refined_ranges_never_lose_to_symmetric_clipping() {
         assert!(e_ref <= e_sym * (1.0 + 1e-5), "{bits:?}: refined {e_ref} vs symmetric {e_sym}");
     }
 }
+
+#[test]
+fn head_tie_averages_over_the_query_heads_of_a_kv_head() {
+    use lowbit_solvers::awq::HeadTie;
+    // 4 query heads of 2 lanes over 2 KV heads: heads 0,1 share KV head 0; heads 2,3 KV head 1.
+    let tie = HeadTie { heads: 4, kv_heads: 2, head_dim: 2 };
+    let v = [1.0, 10.0, 3.0, 20.0, 5.0, 30.0, 7.0, 40.0];
+    assert_eq!(tie.tie(&v), vec![2.0, 15.0, 2.0, 15.0, 6.0, 35.0, 6.0, 35.0]);
+    assert_eq!(tie.per_kv_lane(&tie.tie(&v)), vec![2.0, 15.0, 6.0, 35.0]);
+    // The tied search returns tied scales.
+    let (tokens, cols) = (64, 8);
+    let (x, ws) = problem(7, tokens, cols, &[5]);
+    let layers = [AwqLayer { w: &ws[0], rows: 5 }];
+    let stats = AwqStats::from_activations(&x, tokens, cols).unwrap();
+    let sch = scheme(Bits::B4, false, Granularity::PerChannel);
+    let (_, s, _) = lowbit_solvers::awq::search_scales_tied(&stats, &layers, sch, 20, Some(tie)).unwrap();
+    assert_eq!(tie.tie(&s), s);
+    let bad = HeadTie { heads: 3, kv_heads: 2, head_dim: 2 };
+    assert!(lowbit_solvers::awq::search_scales_tied(&stats, &layers, sch, 20, Some(bad)).is_err());
+}

@@ -32,7 +32,7 @@ use crate::{Device, LoadOptions};
 use crate::{ModelError, Result};
 use lowbit_core::{IntScheme, QParams, QTensor, Scales};
 use lowbit_cpu::{Linear, WeightKind};
-use lowbit_solvers::awq::{self, AwqConfig, AwqLayer, AwqStats};
+use lowbit_solvers::awq::{self, AwqConfig, AwqLayer, AwqStats, HeadTie};
 use lowbit_solvers::smoothquant::{self, SmoothLayer, SmoothQuantConfig};
 use lowbit_solvers::{gptq_quantize, rtn_quantize, DampingConfig, GptqConfig, Hessian, HessianPrecision, LayerReport};
 use std::path::{Path, PathBuf};
@@ -362,6 +362,9 @@ enum Fold<'a> {
     Norm(&'a mut Vec<f32>),
     /// The (already quantized) linear whose output rows feed the group: its per-row scales.
     Rows(&'a mut Linear),
+    /// v_proj under grouped-query attention: o_proj's scales are tied across the query heads of
+    /// each KV head, and v's output row `(k, d)` takes the scale of its group's lane `d`.
+    HeadRows(&'a mut Linear, HeadTie),
     /// Nowhere (shapes do not allow it): the group gets no scales.
     None,
 }
@@ -443,18 +446,11 @@ fn solve_group(
             let awq_layers: Vec<AwqLayer> = ws.iter().zip(&lins).map(|(w, l)| AwqLayer { w, rows: l.rows() }).collect();
             let mut acfg = AwqConfig::new(ctx.scheme);
             acfg.clip = false;
-            let can_scale = !matches!(fold, Fold::None);
-            if !can_scale {
-                acfg.n_grid = 1; // alpha = 0 only: s = 1, i.e. clip + RTN without scales
-                let note = format!(
-                    "AWQ scales for {} skipped: its input comes from v_proj, whose {} output rows differ from its {cols} inputs (GQA); clip + RTN only",
-                    names.join("/"),
-                    ctx.cfg.kv_dim()
-                );
-                if !ctx.notes.contains(&note) {
-                    ctx.notes.push(note);
-                }
+            if let Fold::HeadRows(_, tie) = &fold {
+                acfg.tie = Some(*tie);
             }
+            // Every AWQ group has somewhere to fold its scales (a norm, v's or up's rows).
+            debug_assert!(!matches!(fold, Fold::None));
             let out = awq::awq_quantize(awq_stats, &awq_layers, &acfg).map_err(|e| solver_err(b, names[0], e))?;
             let s = out.scales.clone();
             let ccfg = AwqConfig::new(ctx.scheme);
@@ -479,7 +475,7 @@ fn solve_group(
             }
             let mut report = out.report.clone();
             report.seconds += start.elapsed().as_secs_f64();
-            let alpha = can_scale.then_some(out.alpha);
+            let alpha = Some(out.alpha);
             for ((name, lin), qt) in names.iter().zip(lins).zip(qts) {
                 stats.push(stat(b, name, &report, alpha));
                 set_quant(lin, qt)?;
@@ -519,6 +515,7 @@ fn apply_fold(fold: Fold, s: Vec<f32>) -> Result<Option<Vec<f32>>> {
     match fold {
         Fold::Norm(w) => w.iter_mut().zip(&s).for_each(|(w, s)| *w /= s),
         Fold::Rows(lin) => fold_into_rows(lin, &s)?,
+        Fold::HeadRows(lin, tie) => fold_into_rows(lin, &tie.per_kv_lane(&s))?,
         Fold::None => return Ok(None),
     }
     Ok(Some(s))
@@ -583,11 +580,18 @@ fn quantize_block_calibrated(
         attn.push(out);
     }
     {
-        // AWQ folds o's scales into v's output rows (possible only when they match o's input,
-        // i.e. without GQA); SmoothQuant, like the paper, does not smooth o.
-        let foldable = cfg.kv_dim() == qd && !sq;
+        // AWQ folds o's scales into v's output rows (tied across the query heads of a KV head
+        // under GQA); SmoothQuant, like the paper, does not smooth o.
         let Layer { v_proj, o_proj, .. } = layer;
-        let fold = if foldable { Fold::Rows(v_proj) } else { Fold::None };
+        let fold = if sq {
+            Fold::None
+        } else if cfg.kv_dim() == qd {
+            Fold::Rows(v_proj)
+        } else {
+            let tie =
+                HeadTie { heads: cfg.num_attention_heads, kv_heads: cfg.num_key_value_heads, head_dim: cfg.head_dim };
+            Fold::HeadRows(v_proj, tie)
+        };
         let solved = solve_group(ctx, b, &["self_attn.o_proj"], vec![o_proj], fold, &st)?;
         // v now emits attn / s: the residual below must see what the folded model computes.
         attn_fold = solved.folded;
