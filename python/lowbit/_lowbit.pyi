@@ -161,7 +161,7 @@ def quantize_model(
     sym: bool = False,
     act_order: bool = False,
     static_groups: bool | None = None,
-    mse_clip: bool = False,
+    mse_clip: bool | None = None,
     calib: str | None = None,
     calib_ids: list[int] | None = None,
     data_free: bool = False,

@@ -262,7 +262,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         group_size=group,
         sym=args.sym,
         act_order=args.act_order,
-        mse_clip=args.clip == "mse",
+        mse_clip=None if args.clip is None else args.clip == "mse",
         calib=calib,
         data_free=args.data_free,
         nsamples=args.nsamples,
@@ -381,8 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument(
         "--clip",
         choices=["minmax", "mse"],
-        default="minmax",
-        help="gptq/rtn group ranges: min-max, or the least-squared-error shrink (GPTQ's mse quantizer)",
+        help="group ranges: min-max, or the least-squared-error shrink (default: mse for gptq, else minmax)",
     )
     qz.add_argument("--nsamples", type=int, default=128)
     qz.add_argument("--seqlen", type=int, default=512)

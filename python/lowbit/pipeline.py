@@ -98,7 +98,7 @@ def quantize_model(
     sym: bool = False,
     act_order: bool = False,
     static_groups: bool | None = None,
-    mse_clip: bool = False,
+    mse_clip: bool | None = None,
     calib: PathLike | Sequence[int] | np.ndarray | None = None,
     data_free: bool = False,
     nsamples: int = PROTOCOL_NSAMPLES,
@@ -116,7 +116,8 @@ def quantize_model(
 
     ``method``: ``"rtn"``, ``"gptq"``, ``"awq"`` or ``"smoothquant"`` (W8A8: ``bits=8,
     group_size=None, sym=True``). ``group_size=None`` is one scale per output channel.
-    ``mse_clip=True`` (gptq, rtn) picks each group's range by least squared error instead of min-max.
+    ``mse_clip`` (gptq, rtn): pick each group's range by least squared error instead of min-max;
+    ``None`` is on for gptq, off for rtn.
     ``calib``: a text file, a ``.jsonl`` (field ``text``), a ``.npy``/``.json`` of token ids, or
     token ids in memory; ``None`` uses the calibration protocol's text when it can be found;
     ``data_free=True`` samples calibration sequences from the model itself (seeded).

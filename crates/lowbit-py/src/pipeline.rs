@@ -9,7 +9,7 @@ use std::path::PathBuf;
 /// as a JSON string. `progress(stage, done, total, loss, elapsed, eta)` is called per block.
 #[pyfunction]
 #[pyo3(signature = (model, out, *, method="gptq", bits=4, group_size=Some(128), sym=false, act_order=false,
-    static_groups=None, mse_clip=false, calib=None, calib_ids=None, data_free=false, nsamples=128, seqlen=512, seed=0,
+    static_groups=None, mse_clip=None, calib=None, calib_ids=None, data_free=false, nsamples=128, seqlen=512, seed=0,
     percdamp=0.01, awq_samples=128, sq_alpha=0.5, resume=false, stop_after_block=None, progress=None))]
 #[allow(clippy::too_many_arguments)]
 fn quantize_model(
@@ -22,7 +22,7 @@ fn quantize_model(
     sym: bool,
     act_order: bool,
     static_groups: Option<bool>,
-    mse_clip: bool,
+    mse_clip: Option<bool>,
     calib: Option<PathBuf>,
     calib_ids: Option<Vec<u32>>,
     data_free: bool,

@@ -64,8 +64,9 @@ pub struct QuantizeOptions {
     pub static_groups: Option<bool>,
     /// GPTQ and RTN: choose each group's range by the least squared reconstruction error over
     /// shrunken ranges (the GPTQ reference's `mse` quantizer: 100 steps down to 20% of the range)
-    /// instead of min-max.
-    pub mse_clip: bool,
+    /// instead of min-max. `None`: on for GPTQ (it closes most of the gap act-order leaves, see
+    /// benches/README.md), off for RTN (the plain baseline).
+    pub mse_clip: Option<bool>,
     /// GPTQ: relative damping (0.01).
     pub percdamp: f64,
     /// GPTQ: lazy-batch block size (128).
@@ -101,7 +102,7 @@ impl Default for QuantizeOptions {
             sym: false,
             act_order: false,
             static_groups: None,
-            mse_clip: false,
+            mse_clip: None,
             percdamp: 0.01,
             block_size: 128,
             calib: None,
@@ -132,14 +133,19 @@ impl QuantizeOptions {
             Some(0) => return Err(ModelError::input("quantize", "group_size must be positive")),
             Some(g) => Granularity::Group(g),
         };
-        if self.mse_clip && !matches!(self.method, QuantMethod::Gptq | QuantMethod::Rtn) {
+        if self.mse_clip == Some(true) && !matches!(self.method, QuantMethod::Gptq | QuantMethod::Rtn) {
             return Err(ModelError::input(
                 "quantize",
                 "mse_clip applies to gptq and rtn (awq has its own clip search)",
             ));
         }
-        let clip = if self.mse_clip { ClipSearch::Mse { grid: 100, max_shrink: 0.8 } } else { ClipSearch::MinMax };
+        let clip = if self.mse_clip() { ClipSearch::Mse { grid: 100, max_shrink: 0.8 } } else { ClipSearch::MinMax };
         Ok(IntScheme { bits, symmetric: self.sym, granularity, scale_dtype: ScaleDtype::F16, clip })
+    }
+
+    /// Whether group ranges come from the MSE search (see [`QuantizeOptions::mse_clip`]).
+    pub fn mse_clip(&self) -> bool {
+        self.mse_clip.unwrap_or(self.method == QuantMethod::Gptq)
     }
 
     /// Whether GPTQ uses static groups.
@@ -182,8 +188,8 @@ impl QuantizeOptions {
             "sym": self.sym,
             "scale_dtype": "f16",
         });
-        if self.mse_clip {
-            v["clip"] = "mse (grid 100, max_shrink 0.8)".into();
+        if matches!(self.method, QuantMethod::Gptq | QuantMethod::Rtn) {
+            v["clip"] = if self.mse_clip() { "mse (grid 100, max_shrink 0.8)" } else { "minmax" }.into();
         }
         match self.method {
             QuantMethod::Rtn => {}

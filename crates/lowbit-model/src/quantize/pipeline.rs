@@ -14,9 +14,10 @@
 //! Hessian per linear layer; here one Hessian per distinct input (4 per block), built with f32
 //! rank-k updates summed in f64 (`HessianPrecision::F32Chunks`).
 //!
-//! Memory: the model as loaded (each block's linears shrink to their packed form once solved),
-//! `x`, and one block's intermediate activations (the attention output, later the MLP
-//! activation, at most `tokens * intermediate_size` floats), plus the Hessians.
+//! Memory: the embedding, norms and LM head; one block's weights at a time, streamed from the
+//! memory-mapped checkpoint (blocks already solved are kept packed); `x`; one block's
+//! intermediate activations (the attention output, later the MLP activation, at most
+//! `tokens * intermediate_size` values, held in f16, see `stash`); the Hessians.
 
 use super::block::{self, Rope};
 use super::calib::{calibration_windows, CalibSource};
@@ -365,7 +366,7 @@ enum Fold<'a> {
     /// v_proj under grouped-query attention: o_proj's scales are tied across the query heads of
     /// each KV head, and v's output row `(k, d)` takes the scale of its group's lane `d`.
     HeadRows(&'a mut Linear, HeadTie),
-    /// Nowhere (shapes do not allow it): the group gets no scales.
+    /// Nowhere (SmoothQuant's o and down, as in the paper): the group gets no scales.
     None,
 }
 
