@@ -41,8 +41,9 @@ impl Checkpoint {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
-    /// Saves the state after block `b` (`layer`); hands `state.x` back.
-    pub(crate) fn save(&self, state: &CheckpointState, layer: &Layer, b: usize) -> Result<Vec<f32>> {
+    /// Saves the state after block `b` (`layer`); hands `state.x` back (it is written in place,
+    /// never copied: it is the largest buffer of the run).
+    pub(crate) fn save(&self, state: CheckpointState, layer: &Layer, b: usize) -> Result<Vec<f32>> {
         std::fs::create_dir_all(&self.dir).map_err(|e| ModelError::io(&self.dir, e))?;
         let mut quant = vec![];
         for (name, lin) in layer.linears() {
@@ -61,9 +62,12 @@ impl Checkpoint {
             &self.dir.join(format!("block-{b}.norms.safetensors")),
             &io::serialize(&norms, &BTreeMap::new())?,
         )?;
-        let bytes: Vec<u8> = state.x.iter().flat_map(|v| v.to_le_bytes()).collect();
-        io::write_atomic(&self.dir.join("x.bin"), &bytes)?;
-        drop(bytes);
+        let x_path = self.dir.join("x.bin");
+        if cfg!(target_endian = "little") {
+            io::write_atomic(&x_path, bytemuck::cast_slice(state.x.as_slice()))?;
+        } else {
+            io::write_atomic(&x_path, &state.x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+        }
         let meta = json!({
             "fingerprint": state.fingerprint,
             "next_block": state.next_block,
@@ -72,7 +76,7 @@ impl Checkpoint {
             "x_len": state.x.len(),
         });
         io::write_atomic(&self.dir.join("state.json"), meta.to_string().as_bytes())?;
-        Ok(state.x.clone())
+        Ok(state.x)
     }
 
     /// Loads the checkpoint when there is one, appending its blocks to `model` (which has none

@@ -179,18 +179,14 @@ fn run(
                     format!("non-finite activation after block {b} (token {t}, channel {c}): the model or calibration data overflows"),
                 ));
             }
-            ckpt.save(
-                &CheckpointState {
-                    fingerprint: fingerprint.clone(),
-                    next_block: b + 1,
-                    layers: layers_stats.clone(),
-                    notes: ctx.notes.clone(),
-                    x: std::mem::take(&mut x),
-                },
-                &layer,
-                b,
-            )
-            .map(|xs| x = xs)?;
+            let state = CheckpointState {
+                fingerprint: fingerprint.clone(),
+                next_block: b + 1,
+                layers: layers_stats.clone(),
+                notes: ctx.notes.clone(),
+                x: std::mem::take(&mut x),
+            };
+            x = ckpt.save(state, &layer, b)?;
         }
         model.push_layer(layer);
         let done = b + 1 - first;
