@@ -31,7 +31,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let t = std::time::Instant::now();
     let rep = quantize_model(Path::new(&a[1]), Path::new(&a[2]), &opts, &mut |p| {
-        eprintln!("{:?} {}/{} loss {:.4} elapsed {:.1}s eta {:.1}s", p.stage, p.done, p.total, p.loss, p.elapsed, p.eta)
+        let rss = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        });
+        eprintln!(
+            "{:?} {}/{} loss {:.4} elapsed {:.1}s eta {:.1}s rss {} MiB",
+            p.stage,
+            p.done,
+            p.total,
+            p.loss,
+            p.elapsed,
+            p.eta,
+            rss.unwrap_or(0) / 1024
+        )
     })?;
     println!(
         "quantize wall {:.1}s (calib {:.1}s, blocks {:.1}s), peak RSS {:.0} MiB, bits/weight {:.3}, mean loss {:.4}",

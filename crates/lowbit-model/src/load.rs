@@ -12,6 +12,7 @@ use crate::{ModelError, Result};
 use lowbit_core::QTensor;
 use lowbit_cpu::{Linear, WeightKind};
 use safetensors::tensor::{Dtype, TensorView};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -113,7 +114,9 @@ impl Model {
 
     fn save_into<'m>(&'m self, dir: &Path) -> Result<()> {
         write_dir_atomically(dir, |tmp| {
-            let mut dense: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![];
+            // Dense tensors are borrowed, not copied, and streamed to the file: the f32 embedding
+            // alone is most of a small model.
+            let mut dense: Vec<(String, Dtype, Vec<usize>, Cow<'m, [u8]>)> = vec![];
             let mut quant: Vec<(String, &QTensor)> = vec![];
             let mut put = |name: String, lin: &'m Linear| match lin.weight() {
                 WeightKind::Quant(q) => quant.push((name, q)),
@@ -146,7 +149,7 @@ impl Model {
                 }
             }
             for (name, v) in vecs {
-                dense.push((name, Dtype::F32, vec![v.len()], bytemuck::cast_slice(v).to_vec()));
+                dense.push((name, Dtype::F32, vec![v.len()], Cow::Borrowed(bytemuck::cast_slice(v))));
             }
             let mut weight_map = serde_json::Map::new();
             let shards = if quant.is_empty() { 1 } else { 2 };
@@ -159,9 +162,8 @@ impl Model {
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| ModelError::Safetensors { path: dense_file.clone(), reason: e.to_string() })?;
-            let bytes = safetensors::serialize(views, None)
+            safetensors::serialize_to_file(views, None, &tmp.join(&dense_file))
                 .map_err(|e| ModelError::Safetensors { path: dense_file.clone(), reason: e.to_string() })?;
-            write(&tmp.join(&dense_file), &bytes)?;
             if !quant.is_empty() {
                 let qfile = "model-00002-of-00002.safetensors".to_string();
                 for (n, _) in &quant {
@@ -184,12 +186,12 @@ impl Model {
     }
 }
 
-fn dense_entry(name: String, shape: Vec<usize>, w: &WeightKind) -> (String, Dtype, Vec<usize>, Vec<u8>) {
+fn dense_entry(name: String, shape: Vec<usize>, w: &WeightKind) -> (String, Dtype, Vec<usize>, Cow<'_, [u8]>) {
     match w {
-        WeightKind::F32(v) => (name, Dtype::F32, shape, bytemuck::cast_slice(v).to_vec()),
-        WeightKind::F16(v) => (name, Dtype::F16, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        WeightKind::Bf16(v) => (name, Dtype::BF16, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        WeightKind::Quant(q) => (name, Dtype::F32, shape, bytemuck::cast_slice(&q.dequantize()).to_vec()),
+        WeightKind::F32(v) => (name, Dtype::F32, shape, Cow::Borrowed(bytemuck::cast_slice(v))),
+        WeightKind::F16(v) => (name, Dtype::F16, shape, Cow::Borrowed(bytemuck::cast_slice(v))),
+        WeightKind::Bf16(v) => (name, Dtype::BF16, shape, Cow::Borrowed(bytemuck::cast_slice(v))),
+        WeightKind::Quant(q) => (name, Dtype::F32, shape, Cow::Owned(bytemuck::cast_slice(&q.dequantize()).to_vec())),
     }
 }
 
