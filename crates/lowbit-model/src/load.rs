@@ -116,7 +116,7 @@ impl Model {
         write_dir_atomically(dir, |tmp| {
             // Dense tensors are borrowed, not copied, and streamed to the file: the f32 embedding
             // alone is most of a small model.
-            let mut dense: Vec<(String, Dtype, Vec<usize>, Cow<'m, [u8]>)> = vec![];
+            let mut dense: Vec<DenseEntry<'m>> = vec![];
             let mut quant: Vec<(String, &QTensor)> = vec![];
             let mut put = |name: String, lin: &'m Linear| match lin.weight() {
                 WeightKind::Quant(q) => quant.push((name, q)),
@@ -186,7 +186,10 @@ impl Model {
     }
 }
 
-fn dense_entry(name: String, shape: Vec<usize>, w: &WeightKind) -> (String, Dtype, Vec<usize>, Cow<'_, [u8]>) {
+/// A dense tensor to save: name, dtype, shape, little-endian bytes.
+type DenseEntry<'a> = (String, Dtype, Vec<usize>, Cow<'a, [u8]>);
+
+fn dense_entry(name: String, shape: Vec<usize>, w: &WeightKind) -> DenseEntry<'_> {
     match w {
         WeightKind::F32(v) => (name, Dtype::F32, shape, Cow::Borrowed(bytemuck::cast_slice(v))),
         WeightKind::F16(v) => (name, Dtype::F16, shape, Cow::Borrowed(bytemuck::cast_slice(v))),
