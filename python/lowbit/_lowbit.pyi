@@ -162,6 +162,7 @@ def quantize_model(
     act_order: bool = False,
     static_groups: bool | None = None,
     mse_clip: bool | None = None,
+    scale_dtype: str = "f16",
     calib: str | None = None,
     calib_ids: list[int] | None = None,
     data_free: bool = False,

@@ -263,6 +263,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         sym=args.sym,
         act_order=args.act_order,
         mse_clip=None if args.clip is None else args.clip == "mse",
+        scale_dtype=args.scale_dtype,
         calib=calib,
         data_free=args.data_free,
         nsamples=args.nsamples,
@@ -383,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["minmax", "mse"],
         help="group ranges: min-max, or the least-squared-error shrink (default: mse for gptq, else minmax)",
     )
+    qz.add_argument("--scale-dtype", choices=["f16", "f32"], default="f16", help="storage of group scales")
     qz.add_argument("--nsamples", type=int, default=128)
     qz.add_argument("--seqlen", type=int, default=512)
     qz.add_argument("--seed", type=int, default=0)

@@ -99,6 +99,7 @@ def quantize_model(
     act_order: bool = False,
     static_groups: bool | None = None,
     mse_clip: bool | None = None,
+    scale_dtype: str = "f16",
     calib: PathLike | Sequence[int] | np.ndarray | None = None,
     data_free: bool = False,
     nsamples: int = PROTOCOL_NSAMPLES,
@@ -117,7 +118,7 @@ def quantize_model(
     ``method``: ``"rtn"``, ``"gptq"``, ``"awq"`` or ``"smoothquant"`` (W8A8: ``bits=8,
     group_size=None, sym=True``). ``group_size=None`` is one scale per output channel.
     ``mse_clip`` (gptq, rtn): pick each group's range by least squared error instead of min-max;
-    ``None`` is on for gptq, off for rtn.
+    ``None`` is on for gptq, off for rtn. ``scale_dtype``: ``"f16"`` or ``"f32"`` group scales.
     ``calib``: a text file, a ``.jsonl`` (field ``text``), a ``.npy``/``.json`` of token ids, or
     token ids in memory; ``None`` uses the calibration protocol's text when it can be found;
     ``data_free=True`` samples calibration sequences from the model itself (seeded).
@@ -150,6 +151,7 @@ def quantize_model(
         act_order=act_order,
         static_groups=static_groups,
         mse_clip=mse_clip,
+        scale_dtype=scale_dtype,
         calib=calib_path,
         calib_ids=calib_ids,
         data_free=data_free,

@@ -1,7 +1,7 @@
 //! Quantize a model with the pipeline and optionally evaluate it (protocol perplexity).
 //!
 //! `cargo run --release -p lowbit-model --example quantize -- MODEL OUT METHOD BITS GROUP|0
-//!  [--sym] [--act-order] [--mse|--minmax] [--calib FILE] [--nsamples N] [--awq-samples N] [--eval FILE] [--eval-base]`
+//!  [--sym] [--act-order] [--mse|--minmax] [--f32-scales] [--calib FILE] [--nsamples N] [--awq-samples N] [--eval FILE] [--eval-base]`
 use lowbit_model::quantize::{quantize_model, CalibSource, QuantMethod, QuantizeOptions};
 use lowbit_model::{perplexity::read_text_file, Model, PerplexityOptions};
 use std::path::Path;
@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         group_size: (group > 0).then_some(group),
         sym: flag("--sym"),
         act_order: flag("--act-order"),
+        scale_dtype: if flag("--f32-scales") { lowbit_core::ScaleDtype::F32 } else { lowbit_core::ScaleDtype::F16 },
         mse_clip: if flag("--mse") {
             Some(true)
         } else if flag("--minmax") {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 /// as a JSON string. `progress(stage, done, total, loss, elapsed, eta)` is called per block.
 #[pyfunction]
 #[pyo3(signature = (model, out, *, method="gptq", bits=4, group_size=Some(128), sym=false, act_order=false,
-    static_groups=None, mse_clip=None, calib=None, calib_ids=None, data_free=false, nsamples=128, seqlen=512, seed=0,
+    static_groups=None, mse_clip=None, scale_dtype="f16", calib=None, calib_ids=None, data_free=false, nsamples=128, seqlen=512, seed=0,
     percdamp=0.01, awq_samples=128, sq_alpha=0.5, resume=false, stop_after_block=None, progress=None))]
 #[allow(clippy::too_many_arguments)]
 fn quantize_model(
@@ -23,6 +23,7 @@ fn quantize_model(
     act_order: bool,
     static_groups: Option<bool>,
     mse_clip: Option<bool>,
+    scale_dtype: &str,
     calib: Option<PathBuf>,
     calib_ids: Option<Vec<u32>>,
     data_free: bool,
@@ -58,6 +59,15 @@ fn quantize_model(
         act_order,
         static_groups,
         mse_clip,
+        scale_dtype: match scale_dtype {
+            "f16" => lowbit_core::ScaleDtype::F16,
+            "f32" => lowbit_core::ScaleDtype::F32,
+            other => {
+                return Err(crate::errors::UnsupportedError::new_err(format!(
+                    "scale_dtype must be \"f16\" or \"f32\", got {other:?}"
+                )))
+            }
+        },
         percdamp,
         calib,
         nsamples,

@@ -62,6 +62,8 @@ pub struct QuantizeOptions {
     /// GPTQ: group parameters from the original weights before the sweep; `None` = on with
     /// act-order (the reference's "act-order + static groups"), off without.
     pub static_groups: Option<bool>,
+    /// Storage of the group scales (f16, as GPTQ/AWQ checkpoints; f32 doubles their bytes).
+    pub scale_dtype: ScaleDtype,
     /// GPTQ and RTN: choose each group's range by the least squared reconstruction error over
     /// shrunken ranges (the GPTQ reference's `mse` quantizer: 100 steps down to 20% of the range)
     /// instead of min-max. `None`: on for GPTQ (it closes most of the gap act-order leaves, see
@@ -103,6 +105,7 @@ impl Default for QuantizeOptions {
             act_order: false,
             static_groups: None,
             mse_clip: None,
+            scale_dtype: ScaleDtype::F16,
             percdamp: 0.01,
             block_size: 128,
             calib: None,
@@ -140,7 +143,7 @@ impl QuantizeOptions {
             ));
         }
         let clip = if self.mse_clip() { ClipSearch::Mse { grid: 100, max_shrink: 0.8 } } else { ClipSearch::MinMax };
-        Ok(IntScheme { bits, symmetric: self.sym, granularity, scale_dtype: ScaleDtype::F16, clip })
+        Ok(IntScheme { bits, symmetric: self.sym, granularity, scale_dtype: self.scale_dtype, clip })
     }
 
     /// Whether group ranges come from the MSE search (see [`QuantizeOptions::mse_clip`]).
@@ -186,7 +189,10 @@ impl QuantizeOptions {
             "bits": self.bits,
             "group_size": self.group_size.map_or(-1, |g| g as i64),
             "sym": self.sym,
-            "scale_dtype": "f16",
+            "scale_dtype": match self.scale_dtype {
+                ScaleDtype::F16 => "f16",
+                ScaleDtype::F32 => "f32",
+            },
         });
         if matches!(self.method, QuantMethod::Gptq | QuantMethod::Rtn) {
             v["clip"] = if self.mse_clip() { "mse (grid 100, max_shrink 0.8)" } else { "minmax" }.into();
