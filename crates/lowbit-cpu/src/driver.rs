@@ -377,7 +377,7 @@ fn threads(lin: &Linear, m: usize) -> usize {
 }
 
 /// Runs `f(index, chunk)` over `chunk`-sized pieces of `out`, on the rayon pool when `par`.
-fn for_chunks(out: &mut [f32], chunk: usize, par: bool, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+pub(crate) fn for_chunks<T: Send>(out: &mut [T], chunk: usize, par: bool, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     #[cfg(feature = "parallel")]
     if par {
         use rayon::prelude::*;

@@ -23,6 +23,7 @@
 //! the terms: every level returns the same i32, then the same two f32 multiplies
 //! `(acc as f32 * x_scale) * w_scale`, hence bit-identical outputs.
 
+use crate::driver::for_chunks;
 use crate::isa::Portable;
 use crate::scalar::{absmax_bits, quantize_i8, scale_from_absmax_bits};
 use crate::{CpuError, Int8Linear, Result};
@@ -192,18 +193,6 @@ fn threads(lin: &Int8Linear, m: usize) -> usize {
     }
     let _ = (lin, m);
     1
-}
-
-/// Runs `f(index, chunk)` over `chunk`-sized pieces of `out`, on the rayon pool when `par`.
-fn for_chunks<T: Send>(out: &mut [T], chunk: usize, par: bool, f: impl Fn(usize, &mut [T]) + Sync + Send) {
-    #[cfg(feature = "parallel")]
-    if par {
-        use rayon::prelude::*;
-        out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
-        return;
-    }
-    let _ = par;
-    out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
 }
 
 /// Quantizes every token of `x` into `codes` (`kp` per token), `scales` and `sums`; the first

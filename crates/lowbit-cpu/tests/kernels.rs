@@ -4,6 +4,9 @@
 //! output is a named multiple of `Σ|x·w|` (the dequantized weights' magnitudes times the
 //! activations'), the natural scale of f32 rounding error in a dot product.
 
+mod common;
+
+use common::Rng;
 use half::{bf16, f16};
 use lowbit_core::{codebook, rtn, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype};
 use lowbit_cpu::{KernelLevel, Linear, WeightKind};
@@ -14,25 +17,6 @@ const F32_SUM_TOL: f32 = 1e-5;
 
 const ROWS: [usize; 5] = [1, 3, 17, 33, 100];
 const MS: [usize; 5] = [1, 2, 5, 12, 17];
-
-/// SplitMix64: a seeded generator with no dependencies.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn f(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f()).collect()
-    }
-}
 
 fn levels() -> Vec<KernelLevel> {
     [KernelLevel::Scalar, KernelLevel::Avx2, KernelLevel::Avx512]

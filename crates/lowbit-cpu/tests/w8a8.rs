@@ -2,6 +2,9 @@
 //! `forward_scalar`, bit for bit (the sums are exact integers and the rescaling is the same two
 //! f32 multiplies), and the reference against the f32 product with the dequantized weights.
 
+mod common;
+
+use common::Rng;
 use lowbit_core::{codebook, rtn, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype};
 use lowbit_cpu::{scalar, CpuError, Int8Linear, KernelLevel, Linear, WeightKind, W8A8_MAX_COLS};
 use proptest::prelude::*;
@@ -14,28 +17,6 @@ const F32_SLACK: f64 = 1e-5;
 /// weights, for activations uniform in [-1, 1) without outliers: per-token int8 rounding adds
 /// noise of rms `absmax / 127 / sqrt(12)`, about 0.4% of the activations' rms.
 const W8A8_REL_FROBENIUS: f64 = 0.01;
-
-/// SplitMix64: a seeded generator with no dependencies.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn f(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f()).collect()
-    }
-    fn codes(&mut self, n: usize) -> Vec<i8> {
-        (0..n).map(|_| self.next() as u8 as i8).collect()
-    }
-}
 
 fn levels() -> Vec<KernelLevel> {
     [KernelLevel::Scalar, KernelLevel::Avx2, KernelLevel::Avx512]
