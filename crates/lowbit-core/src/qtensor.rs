@@ -3,7 +3,7 @@
 use crate::codebook::{self, Absmax};
 use crate::pack::{packed_len, unpack_into};
 use crate::par::for_each_chunk;
-use crate::rtn::{decode_row, matrix_dims, GroupParams};
+use crate::rtn::{decode_row, decode_row_with, matrix_dims, GroupParams};
 use crate::{CoreError, Granularity, Result, ScaleDtype, Scheme};
 use half::f16;
 
@@ -208,6 +208,36 @@ impl QTensor {
         out
     }
 
+    /// Dequantizes row `r` of the `[rows, cols]` matrix into `out` (`cols` values): an embedding
+    /// lookup. Integer tensors whose rows start on byte boundaries (every width when `cols` is a
+    /// multiple of 8) decode that row alone; other tensors (codebooks, odd packings) are
+    /// dequantized whole first, the cost of one [`QTensor::dequantize`].
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<()> {
+        let (rows, cols) = self.matrix_dims();
+        if out.len() != cols {
+            return Err(CoreError::shape("dequantize_row", cols, out.len()));
+        }
+        if r >= rows {
+            return Err(CoreError::shape("dequantize_row (row index)", rows, r));
+        }
+        if let (Scheme::Int(s), QParams::Int { scales, zeros }) = (&self.scheme, &self.params) {
+            let bits = s.bits;
+            if (cols * bits.get() as usize) % 8 == 0 {
+                let row_bytes = cols * bits.get() as usize / 8;
+                let mut q = vec![0u8; cols];
+                unpack_into(&self.codes[r * row_bytes..(r + 1) * row_bytes], bits, &mut q);
+                let param = |p: usize| GroupParams {
+                    scale: scales.get(p),
+                    zero: zeros.as_ref().map_or(bits.symmetric_zero(), |z| z[p]),
+                };
+                decode_row_with(&q, r, s.granularity, param, out);
+                return Ok(());
+            }
+        }
+        out.copy_from_slice(&self.dequantize()[r * cols..(r + 1) * cols]);
+        Ok(())
+    }
+
     /// Dequantizes into `out`, which must hold `numel` elements.
     pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
         let numel = self.numel();
@@ -247,4 +277,38 @@ impl QTensor {
 
 fn group_count(granularity: Granularity, rows: usize, cols: usize) -> usize {
     granularity.scale_shape(rows, cols).iter().product()
+}
+
+#[cfg(test)]
+mod row_tests {
+    use crate::{codebook, rtn, Bits, Codebook, CodebookScheme, Granularity, IntScheme};
+
+    #[test]
+    fn dequantize_row_equals_the_row_of_dequantize() {
+        // 3-bit rows of 20 codes end mid-byte: the whole-tensor fallback; the rest decode one row.
+        let (rows, cols) = (5, 40);
+        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+        let asym3 = IntScheme { symmetric: false, ..IntScheme::group(Bits::B3, 20) };
+        let tensors = [
+            rtn::quantize(&w, &[rows, cols], IntScheme::group(Bits::B4, 8)).unwrap(),
+            rtn::quantize(&w, &[rows, cols], IntScheme { granularity: Granularity::PerChannel, ..asym3 }).unwrap(),
+            rtn::quantize(&w[..rows * 20], &[rows, 20], asym3).unwrap(),
+            codebook::quantize(
+                &w,
+                &[rows, cols],
+                CodebookScheme { codebook: Codebook::Nf4, block_size: 8, double_quant: false },
+            )
+            .unwrap(),
+        ];
+        for q in tensors {
+            let (n, c) = q.matrix_dims();
+            let all = q.dequantize();
+            let mut row = vec![0f32; c];
+            for r in 0..n {
+                q.dequantize_row(r, &mut row).unwrap();
+                assert_eq!(row, all[r * c..(r + 1) * c], "{:?} row {r}", q.scheme());
+            }
+            assert!(q.dequantize_row(n, &mut row).is_err());
+        }
+    }
 }

@@ -278,7 +278,18 @@ fn encode_row(row: &[f32], r: usize, scheme: IntScheme, params: &[GroupParams], 
 
 /// Values of row `r` from its unpacked codes.
 pub(crate) fn decode_row(codes: &[u8], r: usize, granularity: Granularity, params: &[GroupParams], out: &mut [f32]) {
-    for_each_segment(granularity, out.len(), r, |p, a, b| params[p].dequantize_slice(&codes[a..b], &mut out[a..b]));
+    decode_row_with(codes, r, granularity, |p| params[p], out);
+}
+
+/// [`decode_row`] with the parameters of group `p` given by `param(p)` (no table of all groups).
+pub(crate) fn decode_row_with(
+    codes: &[u8],
+    r: usize,
+    granularity: Granularity,
+    param: impl Fn(usize) -> GroupParams,
+    out: &mut [f32],
+) {
+    for_each_segment(granularity, out.len(), r, |p, a, b| param(p).dequantize_slice(&codes[a..b], &mut out[a..b]));
 }
 
 /// Encodes weights with known group parameters into packed codes.

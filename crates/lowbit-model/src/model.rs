@@ -1,11 +1,10 @@
 //! The Llama-family decoder: weights, KV cache and the forward pass (prefill and decode, batched).
 
-use crate::attention::{self, AttnShape};
+use crate::block::{linear, Block, Rope, Scratch, Span};
 use crate::config::{Architecture, ModelConfig};
 use crate::device::Device;
 use crate::ops;
-use crate::par;
-use crate::tensors::{Tensor, TensorData, TensorSource};
+use crate::tensors::{Tensor, TensorSource};
 use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
 use lowbit_cpu::{Linear, WeightKind};
@@ -103,6 +102,10 @@ impl KvCache {
         self.k.iter_mut().chain(self.v.iter_mut()).for_each(Vec::clear);
         self.len = 0;
     }
+    /// Layer `li`'s keys and values.
+    pub(crate) fn layer_mut(&mut self, li: usize) -> (&mut Vec<f32>, &mut Vec<f32>) {
+        (&mut self.k[li], &mut self.v[li])
+    }
     /// Drops positions from `len` on (to rewind after speculative steps).
     pub fn truncate(&mut self, len: usize, kv_dim: usize) {
         if len < self.len {
@@ -150,54 +153,9 @@ pub struct Model {
     layers: Vec<Layer>,
     norm: Vec<f32>,
     lm_head: Option<Linear>,
-    rope: RopeTable,
+    rope: Rope,
     tokenizer: Option<Tokenizer>,
     device: Device,
-}
-
-/// RoPE `cos`/`sin` per position, `[position][head_dim / 2]`, for the first
-/// [`RopeTable::CACHED`] positions; later positions are computed when needed. Same values as
-/// computing them per call (the angle rounded to f32, then cos/sin in f64).
-#[derive(Clone, Debug)]
-struct RopeTable {
-    inv_freq: Vec<f32>,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-}
-
-impl RopeTable {
-    /// Positions tabulated at load (256 KiB per table for head_dim 64).
-    const CACHED: usize = 4096;
-
-    fn new(inv_freq: Vec<f32>) -> Self {
-        let half = inv_freq.len();
-        let mut t = RopeTable { inv_freq, cos: vec![0.0; Self::CACHED * half], sin: vec![0.0; Self::CACHED * half] };
-        let (mut cos, mut sin) = (std::mem::take(&mut t.cos), std::mem::take(&mut t.sin));
-        for p in 0..Self::CACHED {
-            t.compute(p, &mut cos[p * half..(p + 1) * half], &mut sin[p * half..(p + 1) * half]);
-        }
-        (t.cos, t.sin) = (cos, sin);
-        t
-    }
-
-    fn compute(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
-        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(&self.inv_freq) {
-            let angle = (pos as f32 * f) as f64;
-            *c = angle.cos() as f32;
-            *s = angle.sin() as f32;
-        }
-    }
-
-    /// Fills `cos`/`sin` (`head_dim / 2` each) for `pos`.
-    fn fill(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
-        let half = self.inv_freq.len();
-        if pos < Self::CACHED {
-            cos.copy_from_slice(&self.cos[pos * half..(pos + 1) * half]);
-            sin.copy_from_slice(&self.sin[pos * half..(pos + 1) * half]);
-        } else {
-            self.compute(pos, cos, sin);
-        }
-    }
 }
 
 fn take(src: &mut dyn TensorSource, name: &str, expected: &[usize]) -> Result<Tensor> {
@@ -304,17 +262,6 @@ fn take_layer(src: &mut dyn TensorSource, c: &ModelConfig, i: usize) -> Result<L
     })
 }
 
-fn embedding_row(w: &WeightKind, cols: usize, row: usize, out: &mut [f32]) {
-    let span = row * cols..(row + 1) * cols;
-    match w {
-        WeightKind::F32(v) => out.copy_from_slice(&v[span]),
-        WeightKind::F16(v) => out.iter_mut().zip(&v[span]).for_each(|(o, x)| *o = x.to_f32()),
-        WeightKind::Bf16(v) => out.iter_mut().zip(&v[span]).for_each(|(o, x)| *o = x.to_f32()),
-        // Quantized embeddings are dequantized at load time (see `Model::build`).
-        WeightKind::Quant(_) => unreachable!("embedding is dense"),
-    }
-}
-
 impl Model {
     /// Builds the model from tensors under Hugging Face names, checking every shape against the
     /// config.
@@ -353,25 +300,13 @@ impl Model {
         config.validate()?;
         let c = &config;
         let h = c.hidden_size;
-        let mut embed_t = take(src, "model.embed_tokens.weight", &[c.vocab_size, h])?;
-        if let TensorData::Quant(q) = &embed_t.data {
-            embed_t = Tensor::f32(embed_t.shape.clone(), q.dequantize());
-        }
-        let embed = Linear::new(c.vocab_size, h, embed_t.into_weight())?;
+        // A quantized embedding stays packed: lookups dequantize the rows they need.
+        let embed = take_linear(src, "model.embed_tokens.weight", c.vocab_size, h)?;
         let norm = take_vec(src, "model.norm.weight", h)?;
         let lm_head =
             if c.tie_word_embeddings { None } else { Some(take_linear(src, "lm_head.weight", c.vocab_size, h)?) };
         let layers = Vec::with_capacity(c.num_hidden_layers);
-        Ok(Model {
-            rope: RopeTable::new(config.rope_inv_freq()),
-            config,
-            embed,
-            layers,
-            norm,
-            lm_head,
-            tokenizer,
-            device,
-        })
+        Ok(Model { rope: Rope::new(config.rope_inv_freq()), config, embed, layers, norm, lm_head, tokenizer, device })
     }
 
     /// Opens the model at `path` (as [`Model::load_with`] does) but without its decoder blocks,
@@ -430,9 +365,37 @@ impl Model {
     pub fn layers_mut(&mut self) -> &mut [Layer] {
         &mut self.layers
     }
-    /// The token embedding.
+    /// The token embedding (packed when the checkpoint stores it quantized).
     pub fn embedding(&self) -> &Linear {
         &self.embed
+    }
+    /// The RoPE table.
+    pub(crate) fn rope(&self) -> &Rope {
+        &self.rope
+    }
+    /// The embedding rows of `tokens` into `out` (`tokens.len() * hidden_size` values); a
+    /// quantized embedding dequantizes only those rows.
+    pub fn embed(&self, tokens: &[u32], out: &mut [f32]) -> Result<()> {
+        let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        if out.len() != tokens.len() * h {
+            return Err(ModelError::input(
+                "embed",
+                format!("{} tokens need {} values", tokens.len(), tokens.len() * h),
+            ));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::input("embed", format!("token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        for (&t, o) in tokens.iter().zip(out.chunks_exact_mut(h)) {
+            let span = t as usize * h..(t as usize + 1) * h;
+            match self.embed.weight() {
+                WeightKind::F32(v) => o.copy_from_slice(&v[span]),
+                WeightKind::F16(v) => o.iter_mut().zip(&v[span]).for_each(|(o, x)| *o = x.to_f32()),
+                WeightKind::Bf16(v) => o.iter_mut().zip(&v[span]).for_each(|(o, x)| *o = x.to_f32()),
+                WeightKind::Quant(q) => q.dequantize_row(t as usize, o)?,
+            }
+        }
+        Ok(())
     }
     /// The final RMSNorm weight.
     pub fn final_norm(&self) -> &[f32] {
@@ -443,7 +406,7 @@ impl Model {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
     /// Replaces the LM head (unties it from the embedding when tied), e.g. with a quantized
-    /// copy; token lookups keep using the dense embedding.
+    /// copy; token lookups keep using the embedding.
     pub fn set_lm_head(&mut self, head: Linear) -> Result<()> {
         let (vocab, h) = (self.config.vocab_size, self.config.hidden_size);
         if head.rows() != vocab || head.cols() != h {
@@ -478,11 +441,11 @@ impl Model {
     pub fn forward_batch(&self, batch: &mut [(&[u32], &mut KvCache)], mode: LogitsMode) -> Result<Vec<Logits>> {
         let c = &self.config;
         let h = c.hidden_size;
-        let (x, starts) = self.hidden_batch(batch)?;
+        let (x, spans) = self.hidden_batch(batch)?;
         // Final norm and LM head on the rows asked for.
         let mut outs = Vec::with_capacity(batch.len());
         for (bi, (tokens, _)) in batch.iter().enumerate() {
-            let (s, n) = (starts[bi], tokens.len());
+            let (s, n) = (spans[bi].start, tokens.len());
             let rows = match mode {
                 LogitsMode::All => s..s + n,
                 LogitsMode::Last => s + n - 1..s + n,
@@ -526,11 +489,11 @@ impl Model {
     }
 
     /// The decoder stack over a batch: the residual stream after the last layer (before the
-    /// final norm), all sequences' rows stacked, and where each sequence starts.
-    fn hidden_batch(&self, batch: &mut [(&[u32], &mut KvCache)]) -> Result<(Vec<f32>, Vec<usize>)> {
+    /// final norm), all sequences' rows stacked, and where each sequence's rows are.
+    fn hidden_batch(&self, batch: &mut [(&[u32], &mut KvCache)]) -> Result<(Vec<f32>, Vec<Span>)> {
         let c = &self.config;
-        let (h, qd, kvd, hd) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.head_dim);
-        let mut starts = Vec::with_capacity(batch.len());
+        let (h, kvd) = (c.hidden_size, c.kv_dim());
+        let mut spans = Vec::with_capacity(batch.len());
         let mut m = 0;
         for (tokens, cache) in batch.iter_mut() {
             if tokens.is_empty() {
@@ -545,135 +508,21 @@ impl Model {
             if cache.k.len() != c.num_hidden_layers || cache.len * kvd != cache.k.first().map_or(0, Vec::len) {
                 return Err(ModelError::input("forward", "the KV cache does not belong to this model"));
             }
-            starts.push(m);
+            spans.push(Span { start: m, len: tokens.len(), past: cache.len });
             m += tokens.len();
         }
-
-        // Embeddings.
         let mut x = vec![0f32; m * h];
-        let mut row = 0;
-        for (tokens, _) in batch.iter() {
-            for &t in tokens.iter() {
-                embedding_row(self.embed.weight(), h, t as usize, &mut x[row * h..(row + 1) * h]);
-                row += 1;
-            }
+        for ((tokens, _), sp) in batch.iter().zip(&spans) {
+            self.embed(tokens, &mut x[sp.start * h..(sp.start + sp.len) * h])?;
         }
-        // RoPE angles per token.
-        let half = hd / 2;
-        let mut cos = vec![0f32; m * half];
-        let mut sin = vec![0f32; m * half];
-        let mut row = 0;
-        for (tokens, cache) in batch.iter() {
-            for p in cache.len..cache.len + tokens.len() {
-                let span = row * half..(row + 1) * half;
-                self.rope.fill(p, &mut cos[span.clone()], &mut sin[span]);
-                row += 1;
-            }
-        }
-        let shape = AttnShape {
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: hd,
-            window: c.sliding_window,
-        };
-
-        let mut xn = vec![0f32; m * h];
-        let mut q = vec![0f32; m * qd];
-        let mut k = vec![0f32; m * kvd];
-        let mut v = vec![0f32; m * kvd];
-        let mut attn = vec![0f32; m * qd];
-        let mut o = vec![0f32; m * h];
-        let mut g = vec![0f32; m * c.intermediate_size];
-        let mut u = vec![0f32; m * c.intermediate_size];
+        let mut scratch = Scratch::new(c, m);
         for (li, layer) in self.layers.iter().enumerate() {
-            ops::rms_norm(&x, &layer.input_norm, c.rms_norm_eps, &mut xn);
-            // Independent products run side by side: at decode most of these matrices are under
-            // lowbit-cpu's threshold for splitting one product over threads.
-            let (rq, (rk, rv)) = join(
-                || linear(&layer.q_proj, &xn, m, &mut q),
-                || join(|| linear(&layer.k_proj, &xn, m, &mut k), || linear(&layer.v_proj, &xn, m, &mut v)),
-            );
-            rq.and(rk).and(rv)?;
-            if let (Some(qb), Some(kb), Some(vb)) = (&layer.q_bias, &layer.k_bias, &layer.v_bias) {
-                ops::add_bias(&mut q, qb);
-                ops::add_bias(&mut k, kb);
-                ops::add_bias(&mut v, vb);
-            }
-            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                ops::rms_norm_inplace(&mut q, qn, c.rms_norm_eps);
-                ops::rms_norm_inplace(&mut k, kn, c.rms_norm_eps);
-            }
-            for t in 0..m {
-                let (cs, sn) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
-                q[t * qd..(t + 1) * qd].chunks_exact_mut(hd).for_each(|hq| ops::rope_head(hq, cs, sn));
-                k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd).for_each(|hk| ops::rope_head(hk, cs, sn));
-            }
-            for (bi, (tokens, cache)) in batch.iter_mut().enumerate() {
-                let (s, n) = (starts[bi], tokens.len());
-                cache.k[li].extend_from_slice(&k[s * kvd..(s + n) * kvd]);
-                cache.v[li].extend_from_slice(&v[s * kvd..(s + n) * kvd]);
-                attention::attention(
-                    &shape,
-                    &q[s * qd..(s + n) * qd],
-                    &cache.k[li],
-                    &cache.v[li],
-                    cache.len,
-                    &mut attn[s * qd..(s + n) * qd],
-                );
-            }
-            linear(&layer.o_proj, &attn, m, &mut o)?;
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-
-            ops::rms_norm(&x, &layer.post_attention_norm, c.rms_norm_eps, &mut xn);
-            let (rg, ru) = join(|| linear(&layer.gate_proj, &xn, m, &mut g), || linear(&layer.up_proj, &xn, m, &mut u));
-            rg.and(ru)?;
-            ops::swiglu(&mut g, &u);
-            linear(&layer.down_proj, &g, m, &mut o)?;
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let caches = batch.iter_mut().map(|(_, cache)| &mut **cache);
+            Block::new(self, layer).forward_cached(&mut x, &spans, caches, li, &mut scratch)?;
         }
         for (tokens, cache) in batch.iter_mut() {
             cache.len += tokens.len();
         }
-        Ok((x, starts))
-    }
-}
-
-/// `(a(), b())`, side by side on the rayon pool when the `parallel` feature is on.
-fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
-where
-    A: FnOnce() -> RA + Send,
-    B: FnOnce() -> RB + Send,
-    RA: Send,
-    RB: Send,
-{
-    #[cfg(feature = "parallel")]
-    {
-        rayon::join(a, b)
-    }
-    #[cfg(not(feature = "parallel"))]
-    {
-        (a(), b())
-    }
-}
-
-/// `out = x · Wᵀ` through `Linear`, splitting the rows of `x` over threads for large `m`.
-fn linear(lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
-    let threads = par::threads();
-    if threads <= 1 || m < 4 * threads {
-        lin.forward(x, m, out)?;
-        return Ok(());
-    }
-    let per = m.div_ceil(threads);
-    let (rows, cols) = (lin.rows(), lin.cols());
-    let failed = std::sync::Mutex::new(None);
-    par::for_each_chunk(out, per * rows, |i, oc| {
-        let mi = oc.len() / rows;
-        if let Err(e) = lin.forward(&x[i * per * cols..(i * per + mi) * cols], mi, oc) {
-            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-        }
-    });
-    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
+        Ok((x, spans))
     }
 }

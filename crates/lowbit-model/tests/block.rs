@@ -35,3 +35,41 @@ fn staged_forward_equals_model_forward() {
         assert!(diff <= STAGED_FORWARD_TOL, "kv {kv}: staged vs forward {diff}");
     }
 }
+
+/// A checkpoint whose embedding is stored quantized runs through the one embedding lookup (rows
+/// dequantized on demand) in both the runtime and the staged path, and equals the same model with
+/// that embedding dequantized up front.
+#[test]
+fn quantized_embedding_is_looked_up_by_rows() {
+    use lowbit_core::{rtn, Bits, IntScheme};
+    let cfg = tiny_config("LlamaForCausalLM", false);
+    let mut weights = tiny_weights(&cfg, 11);
+    let (dir_q, dir_f) = (temp_dir("embed-q"), temp_dir("embed-f"));
+    let ei = weights.iter().position(|(n, _, _)| n == "model.embed_tokens.weight").unwrap();
+    let (name, shape, vals) = weights.remove(ei);
+    let q = rtn::quantize(&vals, &shape, IntScheme::group(Bits::B4, 16)).unwrap();
+
+    for d in [&dir_q, &dir_f] {
+        std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+    }
+    write_safetensors(&dir_q.join("model-00001-of-00002.safetensors"), &weights, Store::F32);
+    let qbytes = lowbit_core::io::to_bytes([(name.as_str(), &q)], &Default::default()).unwrap();
+    std::fs::write(dir_q.join("model-00002-of-00002.safetensors"), qbytes).unwrap();
+    let mut map = serde_json::Map::new();
+    for (n, _, _) in &weights {
+        map.insert(n.clone(), "model-00001-of-00002.safetensors".into());
+    }
+    map.insert(name.clone(), "model-00002-of-00002.safetensors".into());
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir_q.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    weights.push((name, shape, q.dequantize()));
+    write_safetensors(&dir_f.join("model.safetensors"), &weights, Store::F32);
+
+    let (mq, mf) = (Model::load(&dir_q).unwrap(), Model::load(&dir_f).unwrap());
+    assert!(matches!(mq.embedding().weight(), lowbit_cpu::WeightKind::Quant(_)), "the embedding stays packed");
+    let toks = tokens(12, 3);
+    let want = mf.forward(&toks, &mut mf.new_cache(), LogitsMode::All).unwrap();
+    let got = mq.forward(&toks, &mut mq.new_cache(), LogitsMode::All).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(staged_logits(&mq, &toks, 6).unwrap(), staged_logits(&mf, &toks, 6).unwrap());
+}

@@ -27,7 +27,7 @@ use crate::stash::Stash;
 use crate::{QuantizeError, Result};
 use lowbit_core::{IntScheme, QParams, QTensor, Scales};
 use lowbit_cpu::{Linear, WeightKind};
-use lowbit_model::block::{self, Rope};
+use lowbit_model::block::{Block, Scratch, Span};
 use lowbit_model::{BlockReader, Layer, LoadOptions, Model, ModelConfig};
 use lowbit_solvers::awq::{self, AwqConfig, AwqLayer, AwqStats, HeadTie};
 use lowbit_solvers::smoothquant::{self, SmoothLayer, SmoothQuantConfig};
@@ -151,17 +151,16 @@ fn run(
             None => {
                 ckpt.remove();
                 x = vec![0f32; windows.len() * h];
-                block::embed(&model, &windows, &mut x);
+                model.embed(&windows, &mut x)?;
             }
         }
     }
 
-    let rope = Rope::new(&cfg, opts.seqlen.max(1));
     let blocks_start = Instant::now();
     for b in first..nblocks {
         let mut layer = blocks.block(b)?;
         let stats = if calibrated {
-            quantize_block_calibrated(&mut ctx, b, &mut layer, &rope, &mut x)?
+            quantize_block_calibrated(&mut ctx, &model, b, &mut layer, &mut x)?
         } else {
             quantize_block_rtn(&ctx, b, &mut layer)?
         };
@@ -518,13 +517,14 @@ fn apply_fold(fold: Fold, s: Vec<f32>) -> Result<Option<Vec<f32>>> {
 /// its output.
 fn quantize_block_calibrated(
     ctx: &mut Ctx,
+    model: &Model,
     b: usize,
     layer: &mut Layer,
-    rope: &Rope,
     x: &mut [f32],
 ) -> Result<Vec<LayerStat>> {
     let cfg = ctx.cfg.clone();
     let (h, qd, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size);
+    let seqlen = ctx.seqlen;
     let m = x.len() / h;
     let seqs_per_batch = (ctx.opts.batch_tokens / ctx.seqlen).max(1);
     let rows_per_batch = seqs_per_batch * ctx.seqlen;
@@ -534,13 +534,17 @@ fn quantize_block_calibrated(
     let sq = ctx.opts.method == QuantMethod::SmoothQuant;
     let (attn_fold, act_fold): (Option<Vec<f32>>, Option<Vec<f32>>);
 
+    // The stages run over whole calibration windows (batches hold whole sequences), each
+    // from an empty context, with unsplit products: the output must not depend on the threads.
+    let mut sc = Scratch::new(&cfg, rows_per_batch.min(m));
+    let spans = |s: usize, e: usize| -> Vec<Span> { Span::fresh((e - s) / seqlen, seqlen).collect() };
+
     // 1. q/k/v on input_layernorm(x).
     let mut st = Stats::new(ctx, h);
-    let mut xn = vec![0f32; rows_per_batch.min(m) * h];
     for &(s, e) in &batches {
-        let xn = &mut xn[..(e - s) * h];
-        block::attn_input(&cfg, layer, &x[s * h..e * h], xn);
-        st.add(xn, b, "q/k/v input")?;
+        sc.resize(&cfg, e - s);
+        Block::new(model, layer).unsplit().attn_input(&x[s * h..e * h], &mut sc);
+        st.add(sc.normed(), b, "q/k/v input")?;
     }
     {
         let Layer { input_norm, q_proj, k_proj, v_proj, .. } = layer;
@@ -562,15 +566,15 @@ fn quantize_block_calibrated(
 
     // 2. o on the attention output computed with the quantized q/k/v.
     let mut attn = Stash::new();
-    let mut buf = vec![0f32; rows_per_batch.min(m) * qd.max(ff)];
     let mut st = Stats::new(ctx, qd);
     for &(s, e) in &batches {
-        let xn = &mut xn[..(e - s) * h];
-        let out = &mut buf[..(e - s) * qd];
-        block::attn_input(&cfg, layer, &x[s * h..e * h], xn);
-        block::attention(&cfg, layer, rope, xn, ctx.seqlen, out)?;
-        st.add(out, b, "o_proj input")?;
-        attn.push(out);
+        sc.resize(&cfg, e - s);
+        let (blk, sp) = (Block::new(model, layer).unsplit(), spans(s, e));
+        blk.attn_input(&x[s * h..e * h], &mut sc);
+        blk.qkv(&sp, &mut sc)?;
+        blk.attend_fresh(&sp, &mut sc)?;
+        st.add(sc.attn_out(), b, "o_proj input")?;
+        attn.push(sc.attn_out());
     }
     {
         // AWQ folds o's scales into v's output rows (tied across the query heads of a KV head
@@ -597,10 +601,11 @@ fn quantize_block_calibrated(
     let mut held = vec![];
     for (i, &(s, e)) in batches.iter().enumerate() {
         attn.read(i, attn_fold.as_deref(), &mut held);
-        block::add_linear(&layer.o_proj, &held, &mut x[s * h..e * h])?;
-        let xn = &mut xn[..(e - s) * h];
-        block::mlp_input(&cfg, layer, &x[s * h..e * h], xn);
-        st.add(xn, b, "gate/up input")?;
+        sc.resize(&cfg, e - s);
+        let blk = Block::new(model, layer).unsplit();
+        blk.o_residual(&mut x[s * h..e * h], Some(&held), &mut sc)?;
+        blk.mlp_input(&x[s * h..e * h], &mut sc);
+        st.add(sc.normed(), b, "gate/up input")?;
     }
     drop(attn);
     {
@@ -623,14 +628,13 @@ fn quantize_block_calibrated(
     let mut act = Stash::new();
     let mut st = Stats::new(ctx, ff);
     for &(s, e) in &batches {
-        let xn = &mut xn[..(e - s) * h];
-        let out = &mut buf[..(e - s) * ff];
-        block::mlp_input(&cfg, layer, &x[s * h..e * h], xn);
-        block::mlp_act(layer, xn, out)?;
-        st.add(out, b, "down_proj input")?;
-        act.push(out);
+        sc.resize(&cfg, e - s);
+        let blk = Block::new(model, layer).unsplit();
+        blk.mlp_input(&x[s * h..e * h], &mut sc);
+        blk.gate_up(&mut sc)?;
+        st.add(sc.mlp_act(), b, "down_proj input")?;
+        act.push(sc.mlp_act());
     }
-    drop(buf);
     {
         let Layer { up_proj, down_proj, .. } = layer;
         let fold = if sq { Fold::None } else { Fold::Rows(up_proj) };
@@ -642,7 +646,8 @@ fn quantize_block_calibrated(
     drop(st);
     for (i, &(s, e)) in batches.iter().enumerate() {
         act.read(i, act_fold.as_deref(), &mut held);
-        block::add_linear(&layer.down_proj, &held, &mut x[s * h..e * h])?;
+        sc.resize(&cfg, e - s);
+        Block::new(model, layer).unsplit().down_residual(&mut x[s * h..e * h], Some(&held), &mut sc)?;
     }
     Ok(stats)
 }
