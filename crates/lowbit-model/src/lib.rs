@@ -13,7 +13,6 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-mod attention;
 pub mod config;
 mod device;
 mod error;
@@ -21,13 +20,15 @@ pub mod generate;
 pub mod gguf;
 mod load;
 mod model;
-mod ops;
 mod par;
 pub mod perplexity;
 pub mod quantize;
 mod safetensors_source;
 mod tensors;
 pub mod tokenizer;
+
+// Attention and the elementwise ops are lowbit-cpu's kernels (dispatched by `LOWBIT_KERNELS`).
+use lowbit_cpu::{attention, ops};
 
 pub use config::{Architecture, Llama3RopeScaling, ModelConfig};
 pub use device::Device;
