@@ -33,6 +33,16 @@ fn default_model() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// CPU seconds this process has used (all threads; `/proc/self/stat` utime + stime), `None` off
+/// Linux. On a shared machine the CPU time of a step moves far less with the load than its wall
+/// time does.
+fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn weight_f32(lin: &Linear) -> Vec<f32> {
     match lin.weight() {
         WeightKind::F32(v) => v.clone(),
@@ -127,12 +137,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model.set_lm_head(head_linear)?;
 
         let mut prefill = Vec::new();
+        let (mut prefill_cpu, mut decode_cpu) = (0.0, 0.0);
         for r in 0..=reps {
             let mut cache = model.new_cache();
-            let t = Instant::now();
+            let (t, c) = (Instant::now(), cpu_seconds());
             model.forward(&ids, &mut cache, LogitsMode::Last)?;
             if r > 0 {
                 prefill.push(prompt as f64 / t.elapsed().as_secs_f64());
+                prefill_cpu += cpu_seconds().zip(c).map_or(0.0, |(a, b)| a - b);
             }
         }
         let mut decode = Vec::new();
@@ -140,13 +152,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut cache = model.new_cache();
             let logits = model.forward(&ids[..4], &mut cache, LogitsMode::Last)?;
             let mut next = argmax(logits.row(0));
-            let t = Instant::now();
+            let (t, c) = (Instant::now(), cpu_seconds());
             for _ in 0..gen {
                 let logits = model.forward(&[next], &mut cache, LogitsMode::Last)?;
                 next = argmax(logits.row(0));
             }
             if r > 0 {
                 decode.push(gen as f64 / t.elapsed().as_secs_f64());
+                decode_cpu += cpu_seconds().zip(c).map_or(0.0, |(a, b)| a - b);
             }
         }
         println!(
@@ -156,6 +169,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "threads": rayon::current_num_threads(), "prompt": prompt, "gen": gen,
                 "prefill_tok_s": median(prefill.clone()), "decode_tok_s": median(decode.clone()),
                 "prefill_runs": prefill, "decode_runs": decode,
+                "prefill_cpu_ms_per_tok": 1e3 * prefill_cpu / (reps * prompt).max(1) as f64,
+                "decode_cpu_ms_per_tok": 1e3 * decode_cpu / (reps * gen).max(1) as f64,
             })
         );
     }
