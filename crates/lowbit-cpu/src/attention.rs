@@ -30,33 +30,8 @@ const MAX_QUERY_BLOCK: usize = 32;
 /// different orders and the fast path uses a polynomial `exp` (about 2e-7 relative).
 pub const ATTENTION_TOL: f32 = 2e-5;
 
-/// The geometry of one attention call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttnShape {
-    /// Query heads.
-    pub heads: usize,
-    /// Key/value heads (divides `heads`).
-    pub kv_heads: usize,
-    /// Lanes per head.
-    pub head_dim: usize,
-    /// Sliding window: a query at position `p` sees keys `p + 1 - w ..= p`.
-    pub window: Option<usize>,
-}
-
-impl AttnShape {
-    /// Lanes of one token's queries (and outputs): `heads * head_dim`.
-    pub fn q_dim(&self) -> usize {
-        self.heads * self.head_dim
-    }
-    /// Lanes of one token's keys (and values): `kv_heads * head_dim`.
-    pub fn kv_dim(&self) -> usize {
-        self.kv_heads * self.head_dim
-    }
-    /// The first key a query at position `pos` sees.
-    pub fn first_key(&self, pos: usize) -> usize {
-        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
-    }
-}
+/// The geometry of one attention call (defined with the backend seam in lowbit-core).
+pub use lowbit_core::backend::AttnShape;
 
 /// Causal attention of `n` new queries `q [n][heads*hd]` at positions `past..past + n` over the
 /// cache `kc`/`vc` `[past + n][kv_heads*hd]` (which already holds the new keys), into

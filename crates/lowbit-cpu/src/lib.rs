@@ -9,6 +9,9 @@
 //! activations quantized per token to int8, summed exactly in i32 (`vpdpbusd` with AVX512-VNNI,
 //! `vpmaddwd` with AVX2), bit-identical at every level.
 //!
+//! [`Cpu`] implements lowbit-core's backend seam (`lowbit_core::backend::Backend`) on these
+//! kernels.
+//!
 //! [`attention`] (causal grouped-query attention over a KV cache) and [`ops`] (RMSNorm, SwiGLU,
 //! RoPE, bias, NLL) are the rest of a transformer's forward pass; `LOWBIT_KERNELS` governs them
 //! too.
@@ -16,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod attention;
+mod backend;
 mod dispatch;
 mod driver;
 mod error;
@@ -29,6 +33,7 @@ mod w8a8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+pub use backend::Cpu;
 pub use dispatch::{kernel_level, KernelLevel};
 pub use error::{CpuError, Result};
 pub use int8_linear::Int8Linear;

@@ -11,11 +11,11 @@
 //! Activations are row-major `[rows, width]`; a [`Span`] says which rows belong to which
 //! sequence and at which position they start.
 
-use crate::attention::{self, AttnShape};
 use crate::config::ModelConfig;
 use crate::model::{KvCache, Layer, Model};
-use crate::{ops, par, ModelError, Result};
-use lowbit_cpu::Linear;
+use crate::{ModelError, Result};
+use lowbit_core::backend::{AttnShape, Backend};
+use lowbit_cpu::Cpu;
 
 /// One sequence's rows in a batch: rows `start..start + len`, at positions `past..past + len`
 /// (`past` tokens of context before them).
@@ -41,7 +41,7 @@ impl Span {
 /// (the angle rounded to f32, then cos/sin in f64).
 #[derive(Clone, Debug)]
 pub struct Rope {
-    inv_freq: Vec<f32>,
+    pub(crate) inv_freq: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
 }
@@ -82,32 +82,45 @@ impl Rope {
 }
 
 /// The buffers of one pass of the stages over `rows` rows, reused across blocks (allocated once
-/// per forward call, not per block).
-#[derive(Clone, Debug, Default)]
-pub struct Scratch {
+/// per forward call, not per block), with the RoPE angles of the rows' positions.
+#[derive(Clone, Debug)]
+pub struct Scratch<B: Backend = Cpu> {
     rows: usize,
-    xn: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    attn: Vec<f32>,
-    o: Vec<f32>,
-    g: Vec<f32>,
-    u: Vec<f32>,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    xn: B::Buffer,
+    q: B::Buffer,
+    k: B::Buffer,
+    v: B::Buffer,
+    attn: B::Buffer,
+    o: B::Buffer,
+    g: B::Buffer,
+    u: B::Buffer,
+    cos: B::Buffer,
+    sin: B::Buffer,
 }
 
-impl Scratch {
+impl<B: Backend> Scratch<B> {
     /// Buffers for `rows` rows of `cfg`'s model.
-    pub fn new(cfg: &ModelConfig, rows: usize) -> Self {
-        let mut s = Scratch::default();
-        s.resize(cfg, rows);
-        s
+    pub fn new(backend: &B, cfg: &ModelConfig, rows: usize) -> Result<Self> {
+        let z = || backend.zeros(0).map_err(err);
+        let mut s = Scratch {
+            rows: 0,
+            xn: z()?,
+            q: z()?,
+            k: z()?,
+            v: z()?,
+            attn: z()?,
+            o: z()?,
+            g: z()?,
+            u: z()?,
+            cos: z()?,
+            sin: z()?,
+        };
+        s.resize(backend, cfg, rows)?;
+        Ok(s)
     }
 
     /// Resizes for `rows` rows (allocates only when growing).
-    pub fn resize(&mut self, cfg: &ModelConfig, rows: usize) {
+    pub fn resize(&mut self, backend: &B, cfg: &ModelConfig, rows: usize) -> Result<()> {
         let (h, qd, kvd, ff, half) =
             (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size, cfg.head_dim / 2);
         self.rows = rows;
@@ -123,8 +136,24 @@ impl Scratch {
             (&mut self.cos, half),
             (&mut self.sin, half),
         ] {
-            buf.resize(rows * width, 0.0);
+            backend.resize(buf, rows * width).map_err(err)?;
         }
+        Ok(())
+    }
+
+    /// Sets the RoPE angles of the rows from their positions (`spans`), once per pass: every
+    /// block's [`Block::qkv`] uses them.
+    pub fn set_positions(&mut self, backend: &B, rope: &Rope, spans: &[Span]) -> Result<()> {
+        let half = rope.inv_freq.len();
+        let (mut cos, mut sin) = (vec![0f32; self.rows * half], vec![0f32; self.rows * half]);
+        for sp in spans {
+            for (i, t) in (sp.start..sp.start + sp.len).enumerate() {
+                rope.fill(sp.past + i, &mut cos[t * half..(t + 1) * half], &mut sin[t * half..(t + 1) * half]);
+            }
+        }
+        self.cos = backend.upload(&cos).map_err(err)?;
+        self.sin = backend.upload(&sin).map_err(err)?;
+        Ok(())
     }
 
     /// Rows the buffers hold.
@@ -133,40 +162,52 @@ impl Scratch {
     }
     /// The normed input of the last [`Block::attn_input`] or [`Block::mlp_input`]: the input of
     /// q/k/v or of gate/up.
-    pub fn normed(&self) -> &[f32] {
-        &self.xn
+    pub fn normed<'s>(&'s self, backend: &B) -> B::View<'s> {
+        full(backend, &self.xn)
     }
     /// The heads' output of the last attention stage: o_proj's input.
-    pub fn attn_out(&self) -> &[f32] {
-        &self.attn
+    pub fn attn_out<'s>(&'s self, backend: &B) -> B::View<'s> {
+        full(backend, &self.attn)
     }
     /// `silu(gate) * up` of the last [`Block::gate_up`]: down_proj's input.
-    pub fn mlp_act(&self) -> &[f32] {
-        &self.g
+    pub fn mlp_act<'s>(&'s self, backend: &B) -> B::View<'s> {
+        full(backend, &self.g)
     }
 }
 
-/// One decoder layer with what its stages need: the config and the RoPE table.
+fn full<'a, B: Backend>(backend: &B, buf: &'a B::Buffer) -> B::View<'a> {
+    backend.view(buf, 0..backend.buf_len(buf))
+}
+
+fn full_mut<'a, B: Backend>(backend: &B, buf: &'a mut B::Buffer) -> B::ViewMut<'a> {
+    let n = backend.buf_len(buf);
+    backend.view_mut(buf, 0..n)
+}
+
+/// A backend error as the model's.
+pub(crate) fn err<E: std::error::Error + Send + Sync + 'static>(e: E) -> ModelError {
+    ModelError::backend(e)
+}
+
+/// One decoder layer with what its stages need: the backend, the config and the RoPE table.
 #[derive(Clone, Copy, Debug)]
-pub struct Block<'a> {
+pub struct Block<'a, B: Backend = Cpu> {
+    backend: &'a B,
     cfg: &'a ModelConfig,
-    layer: &'a Layer,
-    rope: &'a Rope,
-    split_rows: bool,
+    layer: &'a Layer<B>,
 }
 
-impl<'a> Block<'a> {
-    /// The stages of `layer` (one of `model`'s or a replacement being built for it).
-    pub fn new(model: &'a Model, layer: &'a Layer) -> Self {
-        Block { cfg: model.config(), layer, rope: model.rope(), split_rows: true }
+impl<'a, B: Backend> Block<'a, B> {
+    /// The stages of `layer` (one of `model`'s or a replacement being built for it) on the
+    /// model's backend.
+    pub fn new(model: &'a Model<B>, layer: &'a Layer<B>) -> Self {
+        Block { backend: model.backend(), cfg: model.config(), layer }
     }
 
-    /// Keeps every weight product whole instead of splitting large batches' rows over threads,
-    /// so results do not depend on the thread count (the quantization pipeline's output must
-    /// not).
-    pub fn unsplit(mut self) -> Self {
-        self.split_rows = false;
-        self
+    /// The stages of `layer` on `backend` (e.g. `lowbit_cpu::Cpu::unsplit()`, whose results do
+    /// not depend on the thread count).
+    pub fn with_backend(backend: &'a B, cfg: &'a ModelConfig, layer: &'a Layer<B>) -> Self {
+        Block { backend, cfg, layer }
     }
 
     fn attn_shape(&self) -> AttnShape {
@@ -179,52 +220,42 @@ impl<'a> Block<'a> {
         }
     }
 
-    fn linear(&self, lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
-        if self.split_rows {
-            linear(lin, x, m, out)
-        } else {
-            Ok(lin.forward(x, m, out)?)
-        }
+    fn vec<'b>(&self, v: &'b B::Buffer) -> B::View<'b> {
+        full(self.backend, v)
     }
 
     /// Stage 1: the attention input `rms_norm(x) * input_norm` into [`Scratch::normed`].
-    pub fn attn_input(&self, x: &[f32], s: &mut Scratch) {
-        ops::rms_norm(x, &self.layer.input_norm, self.cfg.rms_norm_eps, &mut s.xn);
+    pub fn attn_input(&self, x: B::View<'_>, s: &mut Scratch<B>) {
+        let be = self.backend;
+        be.rms_norm(x, self.vec(&self.layer.input_norm), self.cfg.rms_norm_eps, full_mut(be, &mut s.xn));
     }
 
     /// Stage 2: q, k, v from [`Scratch::normed`], with bias (Qwen2), per-head norm (Qwen3) and
-    /// RoPE at the positions `spans` give.
-    pub fn qkv(&self, spans: &[Span], s: &mut Scratch) -> Result<()> {
-        let (c, l, m) = (self.cfg, self.layer, s.rows);
-        let (qd, kvd, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
+    /// RoPE at the positions of [`Scratch::set_positions`].
+    pub fn qkv(&self, s: &mut Scratch<B>) -> Result<()> {
+        let (be, c, l, m) = (self.backend, self.cfg, self.layer, s.rows);
         let Scratch { xn, q, k, v, cos, sin, .. } = s;
+        let xn = full(be, xn);
         // Independent products run side by side: at decode most of these matrices are under
         // lowbit-cpu's threshold for splitting one product over threads.
-        let (rq, (rk, rv)) = join(
-            || self.linear(&l.q_proj, xn, m, q),
-            || join(|| self.linear(&l.k_proj, xn, m, k), || self.linear(&l.v_proj, xn, m, v)),
+        let (qm, km, vm) = (full_mut(be, q), full_mut(be, k), full_mut(be, v));
+        let (rq, (rk, rv)) = be.join(
+            || be.linear(&l.q_proj, xn, m, qm),
+            || be.join(|| be.linear(&l.k_proj, xn, m, km), || be.linear(&l.v_proj, xn, m, vm)),
         );
-        rq.and(rk).and(rv)?;
+        rq.and(rk).and(rv).map_err(err)?;
         if let (Some(qb), Some(kb), Some(vb)) = (&l.q_bias, &l.k_bias, &l.v_bias) {
-            ops::add_bias(q, qb);
-            ops::add_bias(k, kb);
-            ops::add_bias(v, vb);
+            be.add_bias(full_mut(be, q), self.vec(qb));
+            be.add_bias(full_mut(be, k), self.vec(kb));
+            be.add_bias(full_mut(be, v), self.vec(vb));
         }
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-            ops::rms_norm_inplace(q, qn, c.rms_norm_eps);
-            ops::rms_norm_inplace(k, kn, c.rms_norm_eps);
+            be.rms_norm_inplace(full_mut(be, q), self.vec(qn), c.rms_norm_eps);
+            be.rms_norm_inplace(full_mut(be, k), self.vec(kn), c.rms_norm_eps);
         }
-        let half = hd / 2;
-        for sp in spans {
-            for (i, t) in (sp.start..sp.start + sp.len).enumerate() {
-                self.rope.fill(sp.past + i, &mut cos[t * half..(t + 1) * half], &mut sin[t * half..(t + 1) * half]);
-            }
-        }
-        for t in 0..m {
-            let (cs, sn) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
-            q[t * qd..(t + 1) * qd].chunks_exact_mut(hd).for_each(|hq| ops::rope_head(hq, cs, sn));
-            k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd).for_each(|hk| ops::rope_head(hk, cs, sn));
-        }
+        let (cos, sin) = (full(be, cos), full(be, sin));
+        be.rope(full_mut(be, q), c.q_dim(), c.head_dim, cos, sin);
+        be.rope(full_mut(be, k), c.kv_dim(), c.head_dim, cos, sin);
         Ok(())
     }
 
@@ -235,160 +266,144 @@ impl<'a> Block<'a> {
     pub fn attend_cached<'c>(
         &self,
         spans: &[Span],
-        caches: impl Iterator<Item = &'c mut KvCache>,
+        caches: impl Iterator<Item = &'c mut KvCache<B>>,
         li: usize,
-        s: &mut Scratch,
-    ) {
-        let (qd, kvd) = (self.cfg.q_dim(), self.cfg.kv_dim());
+        s: &mut Scratch<B>,
+    ) -> Result<()>
+    where
+        B: 'c,
+    {
+        let (be, qd, kvd) = (self.backend, self.cfg.q_dim(), self.cfg.kv_dim());
         let shape = self.attn_shape();
         for (sp, cache) in spans.iter().zip(caches) {
-            let rows = sp.start..sp.start + sp.len;
+            let (a, b) = (sp.start, sp.start + sp.len);
             let (kc, vc) = cache.layer_mut(li);
-            kc.extend_from_slice(&s.k[rows.start * kvd..rows.end * kvd]);
-            vc.extend_from_slice(&s.v[rows.start * kvd..rows.end * kvd]);
-            let out = &mut s.attn[rows.start * qd..rows.end * qd];
-            attention::attention(&shape, &s.q[rows.start * qd..rows.end * qd], kc, vc, sp.past, out);
+            be.append(kc, be.view(&s.k, a * kvd..b * kvd)).map_err(err)?;
+            be.append(vc, be.view(&s.v, a * kvd..b * kvd)).map_err(err)?;
+            let out = be.view_mut(&mut s.attn, a * qd..b * qd);
+            be.attention(&shape, be.view(&s.q, a * qd..b * qd), full(be, kc), full(be, vc), sp.past, out);
         }
+        Ok(())
     }
 
     /// Stage 3, pipeline: each sequence (starting from an empty context, `past` 0) attends over
     /// its own rows, into [`Scratch::attn_out`].
-    pub fn attend_fresh(&self, spans: &[Span], s: &mut Scratch) -> Result<()> {
-        let (qd, kvd) = (self.cfg.q_dim(), self.cfg.kv_dim());
+    pub fn attend_fresh(&self, spans: &[Span], s: &mut Scratch<B>) -> Result<()> {
+        let (be, qd, kvd) = (self.backend, self.cfg.q_dim(), self.cfg.kv_dim());
         let shape = self.attn_shape();
         for sp in spans {
             if sp.past != 0 {
                 return Err(ModelError::input("attend_fresh", "a sequence with context needs its KV cache"));
             }
             let (a, b) = (sp.start, sp.start + sp.len);
-            let out = &mut s.attn[a * qd..b * qd];
-            attention::attention(&shape, &s.q[a * qd..b * qd], &s.k[a * kvd..b * kvd], &s.v[a * kvd..b * kvd], 0, out);
+            let (q, k, v) =
+                (be.view(&s.q, a * qd..b * qd), be.view(&s.k, a * kvd..b * kvd), be.view(&s.v, a * kvd..b * kvd));
+            be.attention(&shape, q, k, v, 0, be.view_mut(&mut s.attn, a * qd..b * qd));
         }
         Ok(())
     }
 
     /// Stage 4: `x += o_proj(attn)`, `attn` being [`Scratch::attn_out`] when `None`.
-    pub fn o_residual(&self, x: &mut [f32], attn: Option<&[f32]>, s: &mut Scratch) -> Result<()> {
+    pub fn o_residual(&self, x: B::ViewMut<'_>, attn: Option<B::View<'_>>, s: &mut Scratch<B>) -> Result<()> {
+        let be = self.backend;
         let Scratch { attn: own, o, rows, .. } = s;
-        self.linear(&self.layer.o_proj, attn.unwrap_or(own), *rows, o)?;
-        x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+        match attn {
+            Some(a) => be.linear(&self.layer.o_proj, a, *rows, full_mut(be, o)),
+            None => be.linear(&self.layer.o_proj, full(be, own), *rows, full_mut(be, o)),
+        }
+        .map_err(err)?;
+        be.add(x, full(be, o));
         Ok(())
     }
 
     /// Stage 5: the MLP input `rms_norm(x) * post_attention_norm` into [`Scratch::normed`].
-    pub fn mlp_input(&self, x: &[f32], s: &mut Scratch) {
-        ops::rms_norm(x, &self.layer.post_attention_norm, self.cfg.rms_norm_eps, &mut s.xn);
+    pub fn mlp_input(&self, x: B::View<'_>, s: &mut Scratch<B>) {
+        let be = self.backend;
+        be.rms_norm(x, self.vec(&self.layer.post_attention_norm), self.cfg.rms_norm_eps, full_mut(be, &mut s.xn));
     }
 
     /// Stage 6: `silu(gate(xn)) * up(xn)` from [`Scratch::normed`] into [`Scratch::mlp_act`].
-    pub fn gate_up(&self, s: &mut Scratch) -> Result<()> {
-        let (l, m) = (self.layer, s.rows);
+    pub fn gate_up(&self, s: &mut Scratch<B>) -> Result<()> {
+        let (be, l, m) = (self.backend, self.layer, s.rows);
         let Scratch { xn, g, u, .. } = s;
-        let (rg, ru) = join(|| self.linear(&l.gate_proj, xn, m, g), || self.linear(&l.up_proj, xn, m, u));
-        rg.and(ru)?;
-        ops::swiglu(g, u);
+        let xn = full(be, xn);
+        let (gm, um) = (full_mut(be, g), full_mut(be, u));
+        let (rg, ru) = be.join(|| be.linear(&l.gate_proj, xn, m, gm), || be.linear(&l.up_proj, xn, m, um));
+        rg.and(ru).map_err(err)?;
+        be.swiglu(full_mut(be, g), full(be, u));
         Ok(())
     }
 
     /// Stage 7: `x += down_proj(act)`, `act` being [`Scratch::mlp_act`] when `None`.
-    pub fn down_residual(&self, x: &mut [f32], act: Option<&[f32]>, s: &mut Scratch) -> Result<()> {
+    pub fn down_residual(&self, x: B::ViewMut<'_>, act: Option<B::View<'_>>, s: &mut Scratch<B>) -> Result<()> {
+        let be = self.backend;
         let Scratch { g, o, rows, .. } = s;
-        self.linear(&self.layer.down_proj, act.unwrap_or(g), *rows, o)?;
-        x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+        match act {
+            Some(a) => be.linear(&self.layer.down_proj, a, *rows, full_mut(be, o)),
+            None => be.linear(&self.layer.down_proj, full(be, g), *rows, full_mut(be, o)),
+        }
+        .map_err(err)?;
+        be.add(x, full(be, o));
         Ok(())
     }
 
     /// The whole block in place on `x`, runtime flavour (see [`Block::attend_cached`]).
     pub fn forward_cached<'c>(
         &self,
-        x: &mut [f32],
+        x: &mut B::Buffer,
         spans: &[Span],
-        caches: impl Iterator<Item = &'c mut KvCache>,
+        caches: impl Iterator<Item = &'c mut KvCache<B>>,
         li: usize,
-        s: &mut Scratch,
-    ) -> Result<()> {
-        self.attn_input(x, s);
-        self.qkv(spans, s)?;
-        self.attend_cached(spans, caches, li, s);
+        s: &mut Scratch<B>,
+    ) -> Result<()>
+    where
+        B: 'c,
+    {
+        self.attn_input(full(self.backend, x), s);
+        self.qkv(s)?;
+        self.attend_cached(spans, caches, li, s)?;
         self.mlp_half(x, s)
     }
 
     /// The whole block in place on `x`, every sequence from an empty context.
-    pub fn forward_fresh(&self, x: &mut [f32], spans: &[Span], s: &mut Scratch) -> Result<()> {
-        self.attn_input(x, s);
-        self.qkv(spans, s)?;
+    pub fn forward_fresh(&self, x: &mut B::Buffer, spans: &[Span], s: &mut Scratch<B>) -> Result<()> {
+        self.attn_input(full(self.backend, x), s);
+        self.qkv(s)?;
         self.attend_fresh(spans, s)?;
         self.mlp_half(x, s)
     }
 
-    fn mlp_half(&self, x: &mut [f32], s: &mut Scratch) -> Result<()> {
-        self.o_residual(x, None, s)?;
-        self.mlp_input(x, s);
+    fn mlp_half(&self, x: &mut B::Buffer, s: &mut Scratch<B>) -> Result<()> {
+        let be = self.backend;
+        self.o_residual(full_mut(be, x), None, s)?;
+        self.mlp_input(full(be, x), s);
         self.gate_up(s)?;
-        self.down_residual(x, None, s)
+        self.down_residual(full_mut(be, x), None, s)
     }
 }
 
 /// Logits of `nseq` sequences of `seqlen` tokens (row-major `[nseq * seqlen, vocab]`) computed
-/// through the stages the quantization pipeline runs ([`Block::forward_fresh`], unsplit). It
-/// equals [`Model::forward`] on each sequence from an empty cache up to float rounding; it
-/// exists so that equality can be tested.
+/// through the stages the quantization pipeline runs ([`Block::forward_fresh`] on
+/// `Cpu::unsplit()`). It equals [`Model::forward`] on each sequence from an empty cache up to
+/// float rounding; it exists so that equality can be tested.
 pub fn staged_logits(model: &Model, tokens: &[u32], seqlen: usize) -> Result<Vec<f32>> {
     let cfg = model.config();
     if seqlen == 0 || tokens.is_empty() || tokens.len() % seqlen != 0 {
         return Err(ModelError::input("staged_logits", "tokens must be whole sequences of seqlen"));
     }
+    let be = Cpu::unsplit();
     let h = cfg.hidden_size;
     let mut x = vec![0f32; tokens.len() * h];
     model.embed(tokens, &mut x)?;
     let spans: Vec<Span> = Span::fresh(tokens.len() / seqlen, seqlen).collect();
-    let mut s = Scratch::new(cfg, tokens.len());
+    let mut s = Scratch::new(&be, cfg, tokens.len())?;
+    s.set_positions(&be, model.rope(), &spans)?;
     for layer in model.layers() {
-        Block::new(model, layer).unsplit().forward_fresh(&mut x, &spans, &mut s)?;
+        Block::with_backend(&be, cfg, layer).forward_fresh(&mut x, &spans, &mut s)?;
     }
     let mut hidden = vec![0f32; x.len()];
-    ops::rms_norm(&x, model.final_norm(), cfg.rms_norm_eps, &mut hidden);
+    be.rms_norm(&x, model.final_norm(), cfg.rms_norm_eps, &mut hidden);
     let mut logits = vec![0f32; tokens.len() * cfg.vocab_size];
-    model.lm_head().forward(&hidden, tokens.len(), &mut logits)?;
+    be.linear(model.lm_head(), &hidden, tokens.len(), &mut logits)?;
     Ok(logits)
-}
-
-/// `(a(), b())`, side by side on the rayon pool when the `parallel` feature is on.
-pub(crate) fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
-where
-    A: FnOnce() -> RA + Send,
-    B: FnOnce() -> RB + Send,
-    RA: Send,
-    RB: Send,
-{
-    #[cfg(feature = "parallel")]
-    {
-        rayon::join(a, b)
-    }
-    #[cfg(not(feature = "parallel"))]
-    {
-        (a(), b())
-    }
-}
-
-/// `out = x · Wᵀ` through `Linear`, splitting the rows of `x` over threads for large `m`.
-pub(crate) fn linear(lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
-    let threads = par::threads();
-    if threads <= 1 || m < 4 * threads {
-        lin.forward(x, m, out)?;
-        return Ok(());
-    }
-    let per = m.div_ceil(threads);
-    let (rows, cols) = (lin.rows(), lin.cols());
-    let failed = std::sync::Mutex::new(None);
-    par::for_each_chunk(out, per * rows, |i, oc| {
-        let mi = oc.len() / rows;
-        if let Err(e) = lin.forward(&x[i * per * cols..(i * per + mi) * cols], mi, oc) {
-            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-        }
-    });
-    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
-    }
 }

@@ -124,9 +124,20 @@ pub enum ModelError {
     /// An error from a lowbit-cpu kernel.
     #[error(transparent)]
     Cpu(#[from] lowbit_cpu::CpuError),
+    /// An error from another backend (see `lowbit_core::backend`).
+    #[error("backend error: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ModelError {
+    /// A backend's error: the CPU's keeps its own variant.
+    pub(crate) fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> Self {
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(e);
+        match boxed.downcast::<lowbit_cpu::CpuError>() {
+            Ok(cpu) => ModelError::Cpu(*cpu),
+            Err(other) => ModelError::Backend(other),
+        }
+    }
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         ModelError::Io { path: path.as_ref().display().to_string(), source }
     }

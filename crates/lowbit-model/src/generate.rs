@@ -2,6 +2,7 @@
 
 use crate::model::{LogitsMode, Model};
 use crate::{ModelError, Result};
+use lowbit_core::backend::Backend;
 
 /// A small deterministic generator: xoshiro256** seeded through splitmix64.
 #[derive(Clone, Debug)]
@@ -184,7 +185,7 @@ pub fn sample(logits: &mut [f32], previous: &[u32], opts: &GenerateOptions, rng:
     idx[probs.len() - 1] as u32
 }
 
-impl Model {
+impl<B: Backend> Model<B> {
     /// Generates from prompt token ids, calling `on_token` for every new token.
     pub fn generate_tokens(
         &self,

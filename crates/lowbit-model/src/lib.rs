@@ -30,7 +30,7 @@ mod tensors;
 pub mod tokenizer;
 
 // Attention and the elementwise ops are lowbit-cpu's kernels (dispatched by `LOWBIT_KERNELS`).
-use lowbit_cpu::{attention, ops};
+use lowbit_cpu::ops;
 
 pub use config::{Architecture, Llama3RopeScaling, ModelConfig};
 pub use device::Device;

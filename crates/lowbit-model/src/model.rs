@@ -1,45 +1,45 @@
 //! The Llama-family decoder: weights, KV cache and the forward pass (prefill and decode, batched).
 
-use crate::block::{linear, Block, Rope, Scratch, Span};
+use crate::block::{err, Block, Rope, Scratch, Span};
 use crate::config::{Architecture, ModelConfig};
 use crate::device::Device;
-use crate::ops;
 use crate::tensors::{Tensor, TensorSource};
 use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
-use lowbit_cpu::{Linear, WeightKind};
+use lowbit_core::backend::Backend;
+use lowbit_cpu::{Cpu, Linear};
 
-/// One decoder layer's weights.
+/// One decoder layer's weights, held by the backend (on the CPU: `Vec<f32>` and [`Linear`]).
 #[derive(Clone, Debug)]
-pub struct Layer {
+pub struct Layer<B: Backend = Cpu> {
     /// RMSNorm before attention.
-    pub input_norm: Vec<f32>,
+    pub input_norm: B::Buffer,
     /// RMSNorm before the MLP.
-    pub post_attention_norm: Vec<f32>,
+    pub post_attention_norm: B::Buffer,
     /// Query projection `[q_dim, hidden]`.
-    pub q_proj: Linear,
+    pub q_proj: B::Linear,
     /// Key projection `[kv_dim, hidden]`.
-    pub k_proj: Linear,
+    pub k_proj: B::Linear,
     /// Value projection `[kv_dim, hidden]`.
-    pub v_proj: Linear,
+    pub v_proj: B::Linear,
     /// Output projection `[hidden, q_dim]`.
-    pub o_proj: Linear,
+    pub o_proj: B::Linear,
     /// Query bias (Qwen2).
-    pub q_bias: Option<Vec<f32>>,
+    pub q_bias: Option<B::Buffer>,
     /// Key bias (Qwen2).
-    pub k_bias: Option<Vec<f32>>,
+    pub k_bias: Option<B::Buffer>,
     /// Value bias (Qwen2).
-    pub v_bias: Option<Vec<f32>>,
+    pub v_bias: Option<B::Buffer>,
     /// Per-head RMSNorm of queries (Qwen3).
-    pub q_norm: Option<Vec<f32>>,
+    pub q_norm: Option<B::Buffer>,
     /// Per-head RMSNorm of keys (Qwen3).
-    pub k_norm: Option<Vec<f32>>,
+    pub k_norm: Option<B::Buffer>,
     /// MLP gate `[intermediate, hidden]`.
-    pub gate_proj: Linear,
+    pub gate_proj: B::Linear,
     /// MLP up `[intermediate, hidden]`.
-    pub up_proj: Linear,
+    pub up_proj: B::Linear,
     /// MLP down `[hidden, intermediate]`.
-    pub down_proj: Linear,
+    pub down_proj: B::Linear,
 }
 
 /// The seven linear layers of a block, by their Hugging Face suffix.
@@ -53,9 +53,9 @@ pub const LINEAR_NAMES: [&str; 7] = [
     "mlp.down_proj",
 ];
 
-impl Layer {
+impl<B: Backend> Layer<B> {
     /// The linear layers with their Hugging Face suffixes (see [`LINEAR_NAMES`]).
-    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut B::Linear); 7] {
         [
             (LINEAR_NAMES[0], &mut self.q_proj),
             (LINEAR_NAMES[1], &mut self.k_proj),
@@ -67,7 +67,7 @@ impl Layer {
         ]
     }
     /// The linear layers with their Hugging Face suffixes.
-    pub fn linears(&self) -> [(&'static str, &Linear); 7] {
+    pub fn linears(&self) -> [(&'static str, &B::Linear); 7] {
         [
             (LINEAR_NAMES[0], &self.q_proj),
             (LINEAR_NAMES[1], &self.k_proj),
@@ -81,14 +81,15 @@ impl Layer {
 }
 
 /// Keys and values of the positions seen so far, per layer, `[position][kv_dim]`.
-#[derive(Clone, Debug, Default)]
-pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+#[derive(Clone, Debug)]
+pub struct KvCache<B: Backend = Cpu> {
+    backend: B,
+    k: Vec<B::Buffer>,
+    v: Vec<B::Buffer>,
     len: usize,
 }
 
-impl KvCache {
+impl<B: Backend> KvCache<B> {
     /// Positions cached.
     pub fn len(&self) -> usize {
         self.len
@@ -99,17 +100,19 @@ impl KvCache {
     }
     /// Forgets everything (keeps the allocation).
     pub fn clear(&mut self) {
-        self.k.iter_mut().chain(self.v.iter_mut()).for_each(Vec::clear);
-        self.len = 0;
+        let KvCache { backend, k, v, len } = self;
+        k.iter_mut().chain(v.iter_mut()).for_each(|c| backend.truncate(c, 0));
+        *len = 0;
     }
     /// Layer `li`'s keys and values.
-    pub(crate) fn layer_mut(&mut self, li: usize) -> (&mut Vec<f32>, &mut Vec<f32>) {
+    pub(crate) fn layer_mut(&mut self, li: usize) -> (&mut B::Buffer, &mut B::Buffer) {
         (&mut self.k[li], &mut self.v[li])
     }
     /// Drops positions from `len` on (to rewind after speculative steps).
     pub fn truncate(&mut self, len: usize, kv_dim: usize) {
         if len < self.len {
-            self.k.iter_mut().chain(self.v.iter_mut()).for_each(|c| c.truncate(len * kv_dim));
+            let KvCache { backend, k, v, .. } = self;
+            k.iter_mut().chain(v.iter_mut()).for_each(|c| backend.truncate(c, len * kv_dim));
             self.len = len;
         }
     }
@@ -144,15 +147,17 @@ impl Logits {
     }
 }
 
-/// A loaded model: config, weights, and (when the checkpoint has one) its tokenizer.
+/// A loaded model: config, weights held by its backend, and (when the checkpoint has one) its
+/// tokenizer. Loading builds a CPU model (`Model<Cpu>`, the default).
 #[derive(Clone, Debug)]
-pub struct Model {
+pub struct Model<B: Backend = Cpu> {
     config: ModelConfig,
+    backend: B,
     /// Token embedding `[vocab, hidden]` (also the LM head when tied).
-    embed: Linear,
-    layers: Vec<Layer>,
-    norm: Vec<f32>,
-    lm_head: Option<Linear>,
+    embed: B::Linear,
+    layers: Vec<Layer<B>>,
+    norm: B::Buffer,
+    lm_head: Option<B::Linear>,
     rope: Rope,
     tokenizer: Option<Tokenizer>,
     device: Device,
@@ -306,7 +311,17 @@ impl Model {
         let lm_head =
             if c.tie_word_embeddings { None } else { Some(take_linear(src, "lm_head.weight", c.vocab_size, h)?) };
         let layers = Vec::with_capacity(c.num_hidden_layers);
-        Ok(Model { rope: Rope::new(config.rope_inv_freq()), config, embed, layers, norm, lm_head, tokenizer, device })
+        Ok(Model {
+            rope: Rope::new(config.rope_inv_freq()),
+            backend: Cpu::new(),
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            tokenizer,
+            device,
+        })
     }
 
     /// Opens the model at `path` (as [`Model::load_with`] does) but without its decoder blocks,
@@ -341,70 +356,6 @@ impl Model {
         Ok(())
     }
 
-    /// The config.
-    pub fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-    /// The tokenizer, if the checkpoint had one.
-    pub fn tokenizer(&self) -> Option<&Tokenizer> {
-        self.tokenizer.as_ref()
-    }
-    /// Sets or replaces the tokenizer.
-    pub fn set_tokenizer(&mut self, tokenizer: Option<Tokenizer>) {
-        self.tokenizer = tokenizer;
-    }
-    /// The device the model runs on.
-    pub fn device(&self) -> Device {
-        self.device
-    }
-    /// The decoder layers.
-    pub fn layers(&self) -> &[Layer] {
-        &self.layers
-    }
-    /// The decoder layers, mutable (to swap weights for quantized ones).
-    pub fn layers_mut(&mut self) -> &mut [Layer] {
-        &mut self.layers
-    }
-    /// The token embedding (packed when the checkpoint stores it quantized).
-    pub fn embedding(&self) -> &Linear {
-        &self.embed
-    }
-    /// The RoPE table.
-    pub(crate) fn rope(&self) -> &Rope {
-        &self.rope
-    }
-    /// The embedding rows of `tokens` into `out` (`tokens.len() * hidden_size` values); a
-    /// quantized embedding dequantizes only those rows.
-    pub fn embed(&self, tokens: &[u32], out: &mut [f32]) -> Result<()> {
-        let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
-        if out.len() != tokens.len() * h {
-            return Err(ModelError::input(
-                "embed",
-                format!("{} tokens need {} values", tokens.len(), tokens.len() * h),
-            ));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ModelError::input("embed", format!("token id {bad} is outside the vocabulary of {vocab}")));
-        }
-        for (&t, o) in tokens.iter().zip(out.chunks_exact_mut(h)) {
-            let span = t as usize * h..(t as usize + 1) * h;
-            match self.embed.weight() {
-                WeightKind::F32(v) => o.copy_from_slice(&v[span]),
-                WeightKind::F16(v) => o.iter_mut().zip(&v[span]).for_each(|(o, x)| *o = x.to_f32()),
-                WeightKind::Bf16(v) => o.iter_mut().zip(&v[span]).for_each(|(o, x)| *o = x.to_f32()),
-                WeightKind::Quant(q) => q.dequantize_row(t as usize, o)?,
-            }
-        }
-        Ok(())
-    }
-    /// The final RMSNorm weight.
-    pub fn final_norm(&self) -> &[f32] {
-        &self.norm
-    }
-    /// The LM head (the embedding when tied).
-    pub fn lm_head(&self) -> &Linear {
-        self.lm_head.as_ref().unwrap_or(&self.embed)
-    }
     /// Replaces the LM head (unties it from the embedding when tied), e.g. with a quantized
     /// copy; token lookups keep using the embedding.
     pub fn set_lm_head(&mut self, head: Linear) -> Result<()> {
@@ -423,22 +374,82 @@ impl Model {
     pub fn weight_bytes(&self) -> usize {
         self.layers.iter().flat_map(|l| l.linears().map(|(_, x)| x.nbytes())).sum::<usize>() + self.lm_head().nbytes()
     }
+}
+
+impl<B: Backend> Model<B> {
+    /// The config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    /// The tokenizer, if the checkpoint had one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+    /// Sets or replaces the tokenizer.
+    pub fn set_tokenizer(&mut self, tokenizer: Option<Tokenizer>) {
+        self.tokenizer = tokenizer;
+    }
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    /// The decoder layers.
+    pub fn layers(&self) -> &[Layer<B>] {
+        &self.layers
+    }
+    /// The decoder layers, mutable (to swap weights for quantized ones).
+    pub fn layers_mut(&mut self) -> &mut [Layer<B>] {
+        &mut self.layers
+    }
+    /// The token embedding (packed when the checkpoint stores it quantized).
+    pub fn embedding(&self) -> &B::Linear {
+        &self.embed
+    }
+    /// The backend the weights live on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+    /// The RoPE table.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+    /// The embedding rows of `tokens` into `out` (`tokens.len() * hidden_size` values); a
+    /// quantized embedding dequantizes only those rows.
+    pub fn embed(&self, tokens: &[u32], out: B::ViewMut<'_>) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::input("embed", format!("token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        self.backend.embed(&self.embed, tokens, out).map_err(err)
+    }
+    /// The final RMSNorm weight.
+    pub fn final_norm(&self) -> &B::Buffer {
+        &self.norm
+    }
+    /// The LM head (the embedding when tied).
+    pub fn lm_head(&self) -> &B::Linear {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
 
     /// An empty KV cache for this model.
-    pub fn new_cache(&self) -> KvCache {
+    pub fn new_cache(&self) -> KvCache<B> {
         let n = self.config.num_hidden_layers;
-        KvCache { k: vec![Vec::new(); n], v: vec![Vec::new(); n], len: 0 }
+        let be = &self.backend;
+        // Zero-length buffers: a backend's `zeros(0)` does not allocate device memory.
+        let empty = || (0..n).map(|_| be.zeros(0).map_err(err)).collect::<Result<Vec<_>>>();
+        let (k, v) = (empty(), empty());
+        KvCache { backend: be.clone(), k: k.unwrap_or_default(), v: v.unwrap_or_default(), len: 0 }
     }
 
     /// Runs `tokens` (appended after what `cache` holds) and returns their logits.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, mode: LogitsMode) -> Result<Logits> {
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache<B>, mode: LogitsMode) -> Result<Logits> {
         let mut out = self.forward_batch(&mut [(tokens, cache)], mode)?;
         Ok(out.pop().unwrap_or(Logits { rows: 0, vocab: self.config.vocab_size, data: vec![] }))
     }
 
     /// Runs several sequences at once, each with its own cache. Weight products see all tokens
     /// of all sequences as one matrix; attention stays within each sequence.
-    pub fn forward_batch(&self, batch: &mut [(&[u32], &mut KvCache)], mode: LogitsMode) -> Result<Vec<Logits>> {
+    pub fn forward_batch(&self, batch: &mut [(&[u32], &mut KvCache<B>)], mode: LogitsMode) -> Result<Vec<Logits>> {
         let c = &self.config;
         let h = c.hidden_size;
         let (x, spans) = self.hidden_batch(batch)?;
@@ -452,12 +463,18 @@ impl Model {
                 LogitsMode::None => s..s,
             };
             let r = rows.len();
-            let mut data = vec![0f32; r * c.vocab_size];
-            if r > 0 {
-                let mut hidden = vec![0f32; r * h];
-                ops::rms_norm(&x[rows.start * h..rows.end * h], &self.norm, c.rms_norm_eps, &mut hidden);
-                linear(self.lm_head(), &hidden, r, &mut data)?;
-            }
+            let data = if r > 0 {
+                let be = &self.backend;
+                let mut hidden = be.zeros(r * h).map_err(err)?;
+                let xr = be.view(&x, rows.start * h..rows.end * h);
+                be.rms_norm(xr, self.norm_view(), c.rms_norm_eps, be.view_mut(&mut hidden, 0..r * h));
+                let mut logits = be.zeros(r * c.vocab_size).map_err(err)?;
+                let (hv, lv) = (be.view(&hidden, 0..r * h), be.view_mut(&mut logits, 0..r * c.vocab_size));
+                be.linear(self.lm_head(), hv, r, lv).map_err(err)?;
+                be.to_host(logits).map_err(err)?
+            } else {
+                vec![]
+            };
             outs.push(Logits { rows: r, vocab: c.vocab_size, data });
         }
         Ok(outs)
@@ -467,12 +484,14 @@ impl Model {
     /// `[tokens][hidden]`, the LM head's input: callers that only reduce the logits (perplexity)
     /// apply the head a few rows at a time with [`Model::lm_head_rows`] instead of holding
     /// `tokens x vocab` floats.
-    pub fn hidden_states(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+    pub fn hidden_states(&self, tokens: &[u32], cache: &mut KvCache<B>) -> Result<Vec<f32>> {
         let c = &self.config;
         let (x, _) = self.hidden_batch(&mut [(tokens, cache)])?;
-        let mut hidden = vec![0f32; x.len()];
-        ops::rms_norm(&x, &self.norm, c.rms_norm_eps, &mut hidden);
-        Ok(hidden)
+        let be = &self.backend;
+        let n = be.buf_len(&x);
+        let mut hidden = be.zeros(n).map_err(err)?;
+        be.rms_norm(be.view(&x, 0..n), self.norm_view(), c.rms_norm_eps, be.view_mut(&mut hidden, 0..n));
+        be.to_host(hidden).map_err(err)
     }
 
     /// Logits `[rows][vocab]` of `rows` final-normed hidden states (see
@@ -485,12 +504,22 @@ impl Model {
                 format!("{rows} rows need {} hidden and {} output values", rows * h, rows * vocab),
             ));
         }
-        linear(self.lm_head(), hidden, rows, out)
+        let be = &self.backend;
+        let hidden = be.upload(hidden).map_err(err)?;
+        let mut logits = be.zeros(out.len()).map_err(err)?;
+        let (hv, lv) = (be.view(&hidden, 0..rows * h), be.view_mut(&mut logits, 0..rows * vocab));
+        be.linear(self.lm_head(), hv, rows, lv).map_err(err)?;
+        out.copy_from_slice(&be.to_host(logits).map_err(err)?);
+        Ok(())
+    }
+
+    fn norm_view(&self) -> B::View<'_> {
+        self.backend.view(&self.norm, 0..self.config.hidden_size)
     }
 
     /// The decoder stack over a batch: the residual stream after the last layer (before the
     /// final norm), all sequences' rows stacked, and where each sequence's rows are.
-    fn hidden_batch(&self, batch: &mut [(&[u32], &mut KvCache)]) -> Result<(Vec<f32>, Vec<Span>)> {
+    fn hidden_batch(&self, batch: &mut [(&[u32], &mut KvCache<B>)]) -> Result<(B::Buffer, Vec<Span>)> {
         let c = &self.config;
         let (h, kvd) = (c.hidden_size, c.kv_dim());
         let mut spans = Vec::with_capacity(batch.len());
@@ -505,17 +534,20 @@ impl Model {
                     format!("token id {bad} is outside the vocabulary of {}", c.vocab_size),
                 ));
             }
-            if cache.k.len() != c.num_hidden_layers || cache.len * kvd != cache.k.first().map_or(0, Vec::len) {
+            let cached = cache.k.first().map_or(0, |k| self.backend.buf_len(k));
+            if cache.k.len() != c.num_hidden_layers || cache.len * kvd != cached {
                 return Err(ModelError::input("forward", "the KV cache does not belong to this model"));
             }
             spans.push(Span { start: m, len: tokens.len(), past: cache.len });
             m += tokens.len();
         }
-        let mut x = vec![0f32; m * h];
+        let be = &self.backend;
+        let mut x = be.zeros(m * h).map_err(err)?;
         for ((tokens, _), sp) in batch.iter().zip(&spans) {
-            self.embed(tokens, &mut x[sp.start * h..(sp.start + sp.len) * h])?;
+            self.embed(tokens, be.view_mut(&mut x, sp.start * h..(sp.start + sp.len) * h))?;
         }
-        let mut scratch = Scratch::new(c, m);
+        let mut scratch = Scratch::new(be, c, m)?;
+        scratch.set_positions(be, &self.rope, &spans)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let caches = batch.iter_mut().map(|(_, cache)| &mut **cache);
             Block::new(self, layer).forward_cached(&mut x, &spans, caches, li, &mut scratch)?;

@@ -15,15 +15,3 @@ where
         out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
     }
 }
-
-/// Number of worker threads.
-pub(crate) fn threads() -> usize {
-    #[cfg(feature = "parallel")]
-    {
-        rayon::current_num_threads()
-    }
-    #[cfg(not(feature = "parallel"))]
-    {
-        1
-    }
-}

@@ -5,6 +5,7 @@ use crate::model::Model;
 use crate::ops;
 use crate::par;
 use crate::{ModelError, Result};
+use lowbit_core::backend::Backend;
 
 /// Rows of logits alive at once while scoring a window (`LOGIT_ROWS x vocab` floats: 25 MB
 /// for a 49,152-token vocabulary, instead of 400 MB for a whole 2048-token window).
@@ -74,7 +75,7 @@ pub struct PerplexityProgress {
     pub ppl_so_far: f64,
 }
 
-impl Model {
+impl<B: Backend> Model<B> {
     /// Perplexity of `ids` in windows `ids[i*w..(i+1)*w]`: the NLL of the `w - 1` next-token
     /// predictions of each window, summed; `ppl = exp(total / (windows * (w - 1)))`.
     pub fn perplexity(

@@ -26,6 +26,7 @@ use crate::output::write_output;
 use crate::stash::Stash;
 use crate::{QuantizeError, Result};
 use lowbit_core::{IntScheme, QParams, QTensor, Scales};
+use lowbit_cpu::Cpu;
 use lowbit_cpu::{Linear, WeightKind};
 use lowbit_model::block::{Block, Scratch, Span};
 use lowbit_model::{BlockReader, Layer, LoadOptions, Model, ModelConfig};
@@ -536,15 +537,16 @@ fn quantize_block_calibrated(
 
     // The stages run over whole calibration windows (batches hold whole sequences), each
     // from an empty context, with unsplit products: the output must not depend on the threads.
-    let mut sc = Scratch::new(&cfg, rows_per_batch.min(m));
+    let be = Cpu::unsplit();
+    let mut sc = Scratch::new(&be, &cfg, rows_per_batch.min(m))?;
     let spans = |s: usize, e: usize| -> Vec<Span> { Span::fresh((e - s) / seqlen, seqlen).collect() };
 
     // 1. q/k/v on input_layernorm(x).
     let mut st = Stats::new(ctx, h);
     for &(s, e) in &batches {
-        sc.resize(&cfg, e - s);
-        Block::new(model, layer).unsplit().attn_input(&x[s * h..e * h], &mut sc);
-        st.add(sc.normed(), b, "q/k/v input")?;
+        sc.resize(&be, &cfg, e - s)?;
+        Block::with_backend(&be, &cfg, layer).attn_input(&x[s * h..e * h], &mut sc);
+        st.add(sc.normed(&be), b, "q/k/v input")?;
     }
     {
         let Layer { input_norm, q_proj, k_proj, v_proj, .. } = layer;
@@ -568,13 +570,14 @@ fn quantize_block_calibrated(
     let mut attn = Stash::new();
     let mut st = Stats::new(ctx, qd);
     for &(s, e) in &batches {
-        sc.resize(&cfg, e - s);
-        let (blk, sp) = (Block::new(model, layer).unsplit(), spans(s, e));
+        sc.resize(&be, &cfg, e - s)?;
+        let (blk, sp) = (Block::with_backend(&be, &cfg, layer), spans(s, e));
+        sc.set_positions(&be, model.rope(), &sp)?;
         blk.attn_input(&x[s * h..e * h], &mut sc);
-        blk.qkv(&sp, &mut sc)?;
+        blk.qkv(&mut sc)?;
         blk.attend_fresh(&sp, &mut sc)?;
-        st.add(sc.attn_out(), b, "o_proj input")?;
-        attn.push(sc.attn_out());
+        st.add(sc.attn_out(&be), b, "o_proj input")?;
+        attn.push(sc.attn_out(&be));
     }
     {
         // AWQ folds o's scales into v's output rows (tied across the query heads of a KV head
@@ -601,11 +604,11 @@ fn quantize_block_calibrated(
     let mut held = vec![];
     for (i, &(s, e)) in batches.iter().enumerate() {
         attn.read(i, attn_fold.as_deref(), &mut held);
-        sc.resize(&cfg, e - s);
-        let blk = Block::new(model, layer).unsplit();
+        sc.resize(&be, &cfg, e - s)?;
+        let blk = Block::with_backend(&be, &cfg, layer);
         blk.o_residual(&mut x[s * h..e * h], Some(&held), &mut sc)?;
         blk.mlp_input(&x[s * h..e * h], &mut sc);
-        st.add(sc.normed(), b, "gate/up input")?;
+        st.add(sc.normed(&be), b, "gate/up input")?;
     }
     drop(attn);
     {
@@ -628,12 +631,12 @@ fn quantize_block_calibrated(
     let mut act = Stash::new();
     let mut st = Stats::new(ctx, ff);
     for &(s, e) in &batches {
-        sc.resize(&cfg, e - s);
-        let blk = Block::new(model, layer).unsplit();
+        sc.resize(&be, &cfg, e - s)?;
+        let blk = Block::with_backend(&be, &cfg, layer);
         blk.mlp_input(&x[s * h..e * h], &mut sc);
         blk.gate_up(&mut sc)?;
-        st.add(sc.mlp_act(), b, "down_proj input")?;
-        act.push(sc.mlp_act());
+        st.add(sc.mlp_act(&be), b, "down_proj input")?;
+        act.push(sc.mlp_act(&be));
     }
     {
         let Layer { up_proj, down_proj, .. } = layer;
@@ -646,8 +649,8 @@ fn quantize_block_calibrated(
     drop(st);
     for (i, &(s, e)) in batches.iter().enumerate() {
         act.read(i, act_fold.as_deref(), &mut held);
-        sc.resize(&cfg, e - s);
-        Block::new(model, layer).unsplit().down_residual(&mut x[s * h..e * h], Some(&held), &mut sc)?;
+        sc.resize(&be, &cfg, e - s)?;
+        Block::with_backend(&be, &cfg, layer).down_residual(&mut x[s * h..e * h], Some(&held), &mut sc)?;
     }
     Ok(stats)
 }

@@ -1,0 +1,173 @@
+//! [`Cpu`]: lowbit-core's [`Backend`] on this crate's kernels. Buffers are `Vec<f32>`, views
+//! are slices, weights are [`Linear`]s; every op dispatches by [`crate::kernel_level`]
+//! (`LOWBIT_KERNELS`).
+
+use crate::attention;
+use crate::{ops, par, CpuError, Linear, WeightKind};
+use lowbit_core::backend::{AttnShape, Backend, HostWeight};
+use std::ops::Range;
+
+/// The CPU backend.
+#[derive(Clone, Copy, Debug)]
+pub struct Cpu {
+    split_rows: bool,
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Cpu { split_rows: true }
+    }
+}
+
+impl Cpu {
+    /// The backend the runtime uses: a large batch's rows are split over the rayon pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every weight product runs whole on the kernels' own threading, so results do not depend
+    /// on the number of threads (the quantization pipeline's output must not).
+    pub fn unsplit() -> Self {
+        Cpu { split_rows: false }
+    }
+}
+
+impl Backend for Cpu {
+    type Error = CpuError;
+    type Buffer = Vec<f32>;
+    type View<'a> = &'a [f32];
+    type ViewMut<'a> = &'a mut [f32];
+    type Linear = Linear;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>, CpuError> {
+        Ok(vec![0.0; len])
+    }
+    fn upload(&self, host: &[f32]) -> Result<Vec<f32>, CpuError> {
+        Ok(host.to_vec())
+    }
+    fn to_host(&self, buf: Vec<f32>) -> Result<Vec<f32>, CpuError> {
+        Ok(buf)
+    }
+    fn buf_len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn resize(&self, buf: &mut Vec<f32>, len: usize) -> Result<(), CpuError> {
+        buf.resize(len, 0.0);
+        Ok(())
+    }
+    fn append(&self, buf: &mut Vec<f32>, src: &[f32]) -> Result<(), CpuError> {
+        buf.extend_from_slice(src);
+        Ok(())
+    }
+    fn truncate(&self, buf: &mut Vec<f32>, len: usize) {
+        buf.truncate(len);
+    }
+    fn view<'a>(&self, buf: &'a Vec<f32>, range: Range<usize>) -> &'a [f32] {
+        &buf[range]
+    }
+    fn view_mut<'a>(&self, buf: &'a mut Vec<f32>, range: Range<usize>) -> &'a mut [f32] {
+        &mut buf[range]
+    }
+
+    fn load_linear(&self, rows: usize, cols: usize, w: HostWeight<'_>) -> Result<Linear, CpuError> {
+        let kind = match w {
+            HostWeight::F32(v) => WeightKind::F32(v.to_vec()),
+            HostWeight::F16(v) => WeightKind::F16(v.to_vec()),
+            HostWeight::Bf16(v) => WeightKind::Bf16(v.to_vec()),
+            HostWeight::Quant(q) => WeightKind::Quant(q.clone()),
+        };
+        Linear::new(rows, cols, kind)
+    }
+    fn linear_dims(&self, w: &Linear) -> (usize, usize) {
+        (w.rows(), w.cols())
+    }
+
+    fn linear(&self, w: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), CpuError> {
+        let threads = par::threads();
+        if !self.split_rows || threads <= 1 || m < 4 * threads {
+            return w.forward(x, m, out);
+        }
+        // Prefill: whole row blocks per thread beat splitting each product's output rows.
+        let per = m.div_ceil(threads);
+        let (rows, cols) = (w.rows(), w.cols());
+        let failed = std::sync::Mutex::new(None);
+        par::for_chunks(out, per * rows, true, |i, oc| {
+            let mi = oc.len() / rows;
+            if let Err(e) = w.forward(&x[i * per * cols..(i * per + mi) * cols], mi, oc) {
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+        });
+        match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn embed(&self, table: &Linear, tokens: &[u32], out: &mut [f32]) -> Result<(), CpuError> {
+        let h = table.cols();
+        if out.len() != tokens.len() * h {
+            return Err(CpuError::shape("embed output", tokens.len() * h, out.len()));
+        }
+        for (&t, o) in tokens.iter().zip(out.chunks_exact_mut(h)) {
+            let t = t as usize;
+            if t >= table.rows() {
+                return Err(CpuError::shape("embed token id (vocabulary)", table.rows(), t));
+            }
+            let span = t * h..(t + 1) * h;
+            match table.weight() {
+                WeightKind::F32(v) => o.copy_from_slice(&v[span]),
+                WeightKind::F16(v) => o.iter_mut().zip(&v[span]).for_each(|(o, x)| *o = x.to_f32()),
+                WeightKind::Bf16(v) => o.iter_mut().zip(&v[span]).for_each(|(o, x)| *o = x.to_f32()),
+                // A quantized table stays packed: only the looked-up rows are dequantized.
+                WeightKind::Quant(q) => q.dequantize_row(t, o)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+        ops::rms_norm(x, weight, eps, out);
+    }
+    fn rms_norm_inplace(&self, x: &mut [f32], weight: &[f32], eps: f32) {
+        ops::rms_norm_inplace(x, weight, eps);
+    }
+    fn add(&self, x: &mut [f32], y: &[f32]) {
+        x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+    }
+    fn add_bias(&self, x: &mut [f32], bias: &[f32]) {
+        ops::add_bias(x, bias);
+    }
+    fn swiglu(&self, g: &mut [f32], u: &[f32]) {
+        ops::swiglu(g, u);
+    }
+    fn rope(&self, x: &mut [f32], width: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
+        let half = head_dim / 2;
+        for ((row, cs), sn) in x.chunks_exact_mut(width).zip(cos.chunks_exact(half)).zip(sin.chunks_exact(half)) {
+            row.chunks_exact_mut(head_dim).for_each(|hx| ops::rope_head(hx, cs, sn));
+        }
+    }
+    fn attention(&self, shape: &AttnShape, q: &[f32], k: &[f32], v: &[f32], past: usize, out: &mut [f32]) {
+        attention::attention(shape, q, k, v, past, out);
+    }
+
+    fn join<A, B, RA, RB>(&self, a: A, b: B) -> (RA, RB)
+    where
+        A: FnOnce() -> RA + Send,
+        B: FnOnce() -> RB + Send,
+        RA: Send,
+        RB: Send,
+    {
+        #[cfg(feature = "parallel")]
+        {
+            rayon::join(a, b)
+        }
+        #[cfg(not(feature = "parallel"))]
+        {
+            (a(), b())
+        }
+    }
+}
