@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import lowbit
-from conftest import SHARED
+from conftest import smollm2_gguf, wikitext
 from lowbit import _lowbit
 from lowbit.cli import main
 
@@ -166,10 +166,7 @@ def test_cli_quantize(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFi
 
 @pytest.mark.slow
 def test_smollm2_gptq_w4_protocol(tmp_path: Path) -> None:
-    valid = SHARED / "data/wikitext2/valid.txt"
-    test = SHARED / "data/wikitext2/test.txt"
-    if not valid.is_file() or not test.is_file():
-        pytest.skip("../shared/data/wikitext2 is absent")
-    report = lowbit.quantize_model(lowbit.smollm2_gguf(), tmp_path / "q", method="gptq", bits=4, calib=valid)
+    valid, test = wikitext("valid"), wikitext("test")
+    report = lowbit.quantize_model(smollm2_gguf(), tmp_path / "q", method="gptq", bits=4, calib=valid)
     ppl = lowbit.Model.load(tmp_path / "q").perplexity(path=test).perplexity
     assert ppl <= 28.5849, (ppl, report.wall_seconds)
