@@ -18,7 +18,7 @@ mod element;
 mod error;
 pub mod io;
 pub mod pack;
-mod par;
+pub mod par;
 mod qtensor;
 pub mod rtn;
 pub mod scheme;

@@ -17,6 +17,7 @@ use crate::isa::{interleave, CbBlock, IntBlock, Isa, Zeros};
 use crate::linear::{Linear, WeightKind};
 use half::{bf16, f16};
 use lowbit_core::pack::{code_at, unpack_into};
+use lowbit_core::par;
 use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme};
 
 /// Smallest `m` that takes the matrix-matrix path. Dequantizing and transposing the panels costs
@@ -34,10 +35,8 @@ const GENERIC_STEP: usize = 256;
 /// Weight bytes below which a matrix-vector product runs on the calling thread: one core streams
 /// 512 KiB of codes in ~20 µs, and waking rayon's workers costs several µs (far more when the
 /// other core is busy), which measured slower for SmolLM2's 576x576 and 1536x576 INT4 matrices.
-#[cfg(feature = "parallel")]
 const PARALLEL_MIN_GEMV_BYTES: usize = 512 << 10;
 /// Multiply-adds below which a matrix-matrix product runs on the calling thread.
-#[cfg(feature = "parallel")]
 pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// The weight as the driver sees it.
@@ -361,31 +360,16 @@ fn gemm_block<I: Isa>(
 
 /// Threads for a product: the rayon pool when the work pays for waking it, else 1.
 fn threads(lin: &Linear, m: usize) -> usize {
-    #[cfg(feature = "parallel")]
-    {
-        let big = if m < GEMM_MIN_M {
-            lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
-        } else {
-            m * lin.rows() * lin.cols() >= PARALLEL_MIN_MACS
-        };
-        if big {
-            return rayon::current_num_threads();
-        }
+    let big = if m < GEMM_MIN_M {
+        lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
+    } else {
+        m * lin.rows() * lin.cols() >= PARALLEL_MIN_MACS
+    };
+    if big {
+        par::threads()
+    } else {
+        1
     }
-    let _ = (lin, m);
-    1
-}
-
-/// Runs `f(index, chunk)` over `chunk`-sized pieces of `out`, on the rayon pool when `par`.
-pub(crate) fn for_chunks<T: Send>(out: &mut [T], chunk: usize, par: bool, f: impl Fn(usize, &mut [T]) + Sync + Send) {
-    #[cfg(feature = "parallel")]
-    if par {
-        use rayon::prelude::*;
-        out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
-        return;
-    }
-    let _ = par;
-    out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
 }
 
 /// `out[m, rows] = x[m, cols] · Wᵀ` at level `isa`. Shapes are checked by the caller.
@@ -410,12 +394,12 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Linear, x: &[f32], m: usize, out: &m
         // Equal chunks, a multiple of 4 rows, a few per thread so a slow thread is not the tail.
         let per = if par { rows.div_ceil(nthreads * 4).next_multiple_of(4) } else { rows };
         for (xi, oi) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
-            for_chunks(oi, per, par, |c, o| gemv_rows(isa, &src, cols, xi, c * per, o));
+            par::for_each_chunk(oi, per, par, |c, o| gemv_rows(isa, &src, cols, xi, c * per, o));
         }
     } else if !par || m >= 4 * I::MR * nthreads {
         // Split by rows of x: out rows are contiguous, every thread sweeps all of W.
         let per = if par { m.div_ceil(nthreads) } else { m };
-        for_chunks(out, per * rows, par, |c, o| {
+        par::for_each_chunk(out, per * rows, par, |c, o| {
             let mi = o.len() / rows;
             gemm_block(isa, &src, cols, &x[c * per * cols..], mi, 0, rows, o, rows, 0);
         });
@@ -423,7 +407,7 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Linear, x: &[f32], m: usize, out: &m
         // Few rows of x: split by panels of W into per-panel outputs, then scatter.
         let per = NB;
         let mut parts = vec![0.0; m * rows.next_multiple_of(per)];
-        for_chunks(&mut parts, m * per, par, |c, o| {
+        par::for_each_chunk(&mut parts, m * per, par, |c, o| {
             let r0 = c * per;
             if r0 < rows {
                 gemm_block(isa, &src, cols, x, m, r0, (r0 + per).min(rows), o, per, r0);

@@ -17,6 +17,18 @@ pub enum WeightKind {
     Quant(QTensor),
 }
 
+impl WeightKind {
+    /// The weights as f32, row-major: a copy, widened from f16/bf16 or dequantized.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            WeightKind::F32(v) => v.clone(),
+            WeightKind::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            WeightKind::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            WeightKind::Quant(q) => q.dequantize(),
+        }
+    }
+}
+
 /// A weight matrix `W[rows, cols]` ready for `Y = X · Wᵀ`.
 ///
 /// The weight is kept exactly as given ([`Linear::weight`] returns it); the kernels read the packed

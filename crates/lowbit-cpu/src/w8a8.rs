@@ -23,10 +23,10 @@
 //! the terms: every level returns the same i32, then the same two f32 multiplies
 //! `(acc as f32 * x_scale) * w_scale`, hence bit-identical outputs.
 
-use crate::driver::for_chunks;
 use crate::isa::Portable;
 use crate::scalar::{absmax_bits, quantize_i8, scale_from_absmax_bits};
 use crate::{CpuError, Int8Linear, Result};
+use lowbit_core::par;
 
 /// Weight rows per panel (one 64-byte line per column quad).
 pub(crate) const PANEL_ROWS: usize = 16;
@@ -43,7 +43,6 @@ pub const W8A8_MAX_COLS: usize = 1 << 17;
 /// machine), so waking rayon's workers pays off only for larger matrices than
 /// [`crate::driver::PARALLEL_MIN_GEMV_BYTES`]: on that 2-core machine two threads measured
 /// slower for 1536x576 and 576x1536.
-#[cfg(feature = "parallel")]
 const PARALLEL_MIN_GEMV_BYTES: usize = 4 << 20;
 /// Token rows below which activation quantization stays on the calling thread.
 #[cfg(feature = "parallel")]
@@ -180,19 +179,16 @@ impl W8a8Isa for Portable {
 /// Threads for a product: the rayon pool when the work pays for waking it, else 1 (matrix-matrix:
 /// the threshold of the f32-activation driver).
 fn threads(lin: &Int8Linear, m: usize) -> usize {
-    #[cfg(feature = "parallel")]
-    {
-        let big = if m == 1 {
-            lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
-        } else {
-            m * lin.rows() * lin.cols() >= crate::driver::PARALLEL_MIN_MACS
-        };
-        if big {
-            return rayon::current_num_threads();
-        }
+    let big = if m == 1 {
+        lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
+    } else {
+        m * lin.rows() * lin.cols() >= crate::driver::PARALLEL_MIN_MACS
+    };
+    if big {
+        par::threads()
+    } else {
+        1
     }
-    let _ = (lin, m);
-    1
 }
 
 /// Quantizes every token of `x` into `codes` (`kp` per token), `scales` and `sums`; the first
@@ -263,7 +259,7 @@ pub(crate) fn forward<I: W8a8Isa>(isa: I, lin: &Int8Linear, x: &[f32], m: usize,
         isa.gemm(&w, 0, np, &acts, out, rows);
     } else if m >= TOKEN_SPLIT_MIN * nthreads {
         let per = m.div_ceil(nthreads);
-        for_chunks(out, per * rows, par, |c, o| {
+        par::for_each_chunk(out, per * rows, par, |c, o| {
             let t0 = c * per;
             isa.gemm(&w, 0, np, &acts.tokens(t0, t0 + o.len() / rows), o, rows);
         });
@@ -272,11 +268,11 @@ pub(crate) fn forward<I: W8a8Isa>(isa: I, lin: &Int8Linear, x: &[f32], m: usize,
         let pp = np.div_ceil(nthreads * 4).max(1);
         let width = pp * PANEL_ROWS;
         if m == 1 {
-            for_chunks(out, width, par, |c, o| isa.gemm(&w, c * pp, ((c + 1) * pp).min(np), &acts, o, width));
+            par::for_each_chunk(out, width, par, |c, o| isa.gemm(&w, c * pp, ((c + 1) * pp).min(np), &acts, o, width));
         } else {
             let chunks = np.div_ceil(pp);
             let mut parts = vec![0f32; chunks * m * width];
-            for_chunks(&mut parts, m * width, par, |c, o| {
+            par::for_each_chunk(&mut parts, m * width, par, |c, o| {
                 isa.gemm(&w, c * pp, ((c + 1) * pp).min(np), &acts, o, width);
             });
             for (c, part) in parts.chunks_exact(m * width).enumerate() {

@@ -23,15 +23,6 @@ fn default_model() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-fn weight_f32(lin: &Linear) -> Vec<f32> {
-    match lin.weight() {
-        WeightKind::F32(v) => v.clone(),
-        WeightKind::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        WeightKind::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        WeightKind::Quant(q) => q.dequantize(),
-    }
-}
-
 fn quantize(model: &mut Model, mode: &str) -> Result<(), Box<dyn std::error::Error>> {
     let (scheme, packed) = match mode {
         "f32" => return Ok(()),
@@ -51,7 +42,7 @@ fn quantize(model: &mut Model, mode: &str) -> Result<(), Box<dyn std::error::Err
     for layer in model.layers_mut() {
         for (_, lin) in layer.linears_mut() {
             let (rows, cols) = (lin.rows(), lin.cols());
-            let q = rtn::quantize(&weight_f32(lin), &[rows, cols], scheme)?;
+            let q = rtn::quantize(&lin.weight().to_f32(), &[rows, cols], scheme)?;
             let w = if packed { WeightKind::Quant(q) } else { WeightKind::F32(q.dequantize()) };
             *lin = Linear::new(rows, cols, w)?;
         }

@@ -13,7 +13,7 @@
 //! the fast path to, within [`ATTENTION_TOL`].
 
 use crate::ops::{self, exp_approx};
-use crate::par;
+use lowbit_core::par;
 use multiversion::multiversion;
 
 /// Keys per tile: one score row of a register tile is this many lanes.
@@ -68,7 +68,7 @@ pub(crate) fn attention(shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f32], pa
     // Enough tasks to keep every thread busy (later blocks cost more under the causal mask),
     // no more queries per task than a few register tiles' worth of K/V reuse needs.
     let block = n.div_ceil(4 * par::threads()).clamp(1, MAX_QUERY_BLOCK);
-    par::for_each_chunk(out, block * qd, |bi, o| {
+    par::for_each_chunk(out, block * qd, true, |bi, o| {
         attend_block(shape, q, kc, vc, past, bi * block, o);
     });
 }

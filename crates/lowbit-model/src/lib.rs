@@ -22,7 +22,6 @@ pub mod gguf;
 mod load;
 mod model;
 mod ops;
-mod par;
 pub mod perplexity;
 pub mod quantize;
 mod safetensors_source;

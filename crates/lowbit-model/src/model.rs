@@ -4,10 +4,10 @@ use crate::attention::{self, AttnShape};
 use crate::config::{Architecture, ModelConfig};
 use crate::device::Device;
 use crate::ops;
-use crate::par;
 use crate::tensors::{Tensor, TensorData, TensorSource};
 use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
+use lowbit_core::par;
 use lowbit_cpu::{Linear, WeightKind};
 
 /// One decoder layer's weights.
@@ -513,9 +513,9 @@ impl Model {
             ops::rms_norm(&x, &layer.input_norm, c.rms_norm_eps, &mut xn);
             // Independent products run side by side: at decode most of these matrices are under
             // lowbit-cpu's threshold for splitting one product over threads.
-            let (rq, (rk, rv)) = join(
+            let (rq, (rk, rv)) = par::join(
                 || linear(&layer.q_proj, &xn, m, &mut q),
-                || join(|| linear(&layer.k_proj, &xn, m, &mut k), || linear(&layer.v_proj, &xn, m, &mut v)),
+                || par::join(|| linear(&layer.k_proj, &xn, m, &mut k), || linear(&layer.v_proj, &xn, m, &mut v)),
             );
             rq.and(rk).and(rv)?;
             if let (Some(qb), Some(kb), Some(vb)) = (&layer.q_bias, &layer.k_bias, &layer.v_bias) {
@@ -549,7 +549,8 @@ impl Model {
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
 
             ops::rms_norm(&x, &layer.post_attention_norm, c.rms_norm_eps, &mut xn);
-            let (rg, ru) = join(|| linear(&layer.gate_proj, &xn, m, &mut g), || linear(&layer.up_proj, &xn, m, &mut u));
+            let (rg, ru) =
+                par::join(|| linear(&layer.gate_proj, &xn, m, &mut g), || linear(&layer.up_proj, &xn, m, &mut u));
             rg.and(ru)?;
             ops::swiglu(&mut g, &u);
             linear(&layer.down_proj, &g, m, &mut o)?;
@@ -559,24 +560,6 @@ impl Model {
             cache.len += tokens.len();
         }
         Ok((x, starts))
-    }
-}
-
-/// `(a(), b())`, side by side on the rayon pool when the `parallel` feature is on.
-fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
-where
-    A: FnOnce() -> RA + Send,
-    B: FnOnce() -> RB + Send,
-    RA: Send,
-    RB: Send,
-{
-    #[cfg(feature = "parallel")]
-    {
-        rayon::join(a, b)
-    }
-    #[cfg(not(feature = "parallel"))]
-    {
-        (a(), b())
     }
 }
 
@@ -590,7 +573,7 @@ fn linear(lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
     let per = m.div_ceil(threads);
     let (rows, cols) = (lin.rows(), lin.cols());
     let failed = std::sync::Mutex::new(None);
-    par::for_each_chunk(out, per * rows, |i, oc| {
+    par::for_each_chunk(out, per * rows, true, |i, oc| {
         let mi = oc.len() / rows;
         if let Err(e) = lin.forward(&x[i * per * cols..(i * per + mi) * cols], mi, oc) {
             *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);

@@ -3,8 +3,8 @@
 
 use crate::model::Model;
 use crate::ops;
-use crate::par;
 use crate::{ModelError, Result};
+use lowbit_core::par;
 
 /// Rows of logits alive at once while scoring a window (`LOGIT_ROWS x vocab` floats: 25 MB
 /// for a 49,152-token vocabulary, instead of 400 MB for a whole 2048-token window).
@@ -136,7 +136,7 @@ impl Model {
             // the f32 pair (hi, lo) of its f64 value so nothing is lost.
             row_nll.clear();
             row_nll.resize(rows * 2, 0.0);
-            par::for_each_chunk(&mut row_nll, 2, |i, o| {
+            par::for_each_chunk(&mut row_nll, 2, true, |i, o| {
                 let v = ops::nll(&out[i * vocab..(i + 1) * vocab], chunk[r0 + i + 1] as usize);
                 let hi = v as f32;
                 o[0] = hi;

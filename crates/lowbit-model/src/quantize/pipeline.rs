@@ -254,16 +254,6 @@ fn f32_block_linear_bytes(cfg: &crate::ModelConfig) -> usize {
     4 * (2 * qd * h + 2 * kvd * h + 3 * ff * h)
 }
 
-/// A linear layer's weights as f32 (dequantizing a quantized one).
-fn dense(lin: &Linear) -> Vec<f32> {
-    match lin.weight() {
-        WeightKind::F32(v) => v.clone(),
-        WeightKind::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        WeightKind::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        WeightKind::Quant(q) => q.dequantize(),
-    }
-}
-
 fn set_quant(lin: &mut Linear, qt: QTensor) -> Result<()> {
     *lin = Linear::new(lin.rows(), lin.cols(), WeightKind::Quant(qt))?;
     Ok(())
@@ -297,7 +287,7 @@ fn stat(block: usize, name: &str, r: &LayerReport, alpha: Option<f32>) -> LayerS
 fn quantize_block_rtn(ctx: &Ctx, b: usize, layer: &mut Layer) -> Result<Vec<LayerStat>> {
     let mut stats = vec![];
     for (name, lin) in layer.linears_mut() {
-        let w = dense(lin);
+        let w = lin.weight().to_f32();
         let out = rtn_quantize(&w, lin.rows(), lin.cols(), ctx.scheme).map_err(|e| solver_err(b, name, e))?;
         stats.push(stat(b, name, &out.report, None));
         set_quant(lin, out.qtensor)?;
@@ -388,7 +378,7 @@ fn fold_into_rows(lin: &mut Linear, s: &[f32]) -> Result<()> {
             set_quant(lin, qt)
         }
         _ => {
-            let mut w = dense(lin);
+            let mut w = lin.weight().to_f32();
             for (r, row) in w.chunks_exact_mut(cols).enumerate() {
                 row.iter_mut().for_each(|v| *v /= s[r]);
             }
@@ -431,7 +421,7 @@ fn solve_group(
                 damping: DampingConfig { percdamp: opts.percdamp, ..DampingConfig::default() },
             };
             for (name, lin) in names.iter().zip(lins) {
-                let w = dense(lin);
+                let w = lin.weight().to_f32();
                 let out = gptq_quantize(&w, lin.rows(), cols, h, &cfg).map_err(|e| solver_err(b, name, e))?;
                 stats.push(stat(b, name, &out.report, None));
                 set_quant(lin, out.qtensor)?;
@@ -439,7 +429,7 @@ fn solve_group(
         }
         QuantMethod::Awq => {
             let awq_stats = st.awq.as_ref().ok_or_else(|| ModelError::input("quantize", "no AWQ statistics"))?;
-            let ws: Vec<Vec<f32>> = lins.iter().map(|l| dense(l)).collect();
+            let ws: Vec<Vec<f32>> = lins.iter().map(|l| l.weight().to_f32()).collect();
             let awq_layers: Vec<AwqLayer> = ws.iter().zip(&lins).map(|(w, l)| AwqLayer { w, rows: l.rows() }).collect();
             let mut acfg = AwqConfig::new(ctx.scheme);
             acfg.clip = false;
@@ -481,7 +471,7 @@ fn solve_group(
         }
         QuantMethod::SmoothQuant => {
             let absmax = st.absmax.as_ref().ok_or_else(|| ModelError::input("quantize", "no activation statistics"))?;
-            let ws: Vec<Vec<f32>> = lins.iter().map(|l| dense(l)).collect();
+            let ws: Vec<Vec<f32>> = lins.iter().map(|l| l.weight().to_f32()).collect();
             let sl: Vec<SmoothLayer> = ws.iter().zip(&lins).map(|(w, l)| SmoothLayer { w, rows: l.rows() }).collect();
             if matches!(fold, Fold::None) {
                 // Nowhere to fold (o, down, as in the paper): plain int8 per-channel weights.
