@@ -144,7 +144,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{}",
             serde_json::json!({
                 "scheme": scheme, "head": head_scheme, "weight_mb": model.weight_bytes() as f64 / 1e6,
-                "threads": rayon::current_num_threads(), "prompt": prompt, "gen": gen,
+                "threads": lowbit_core::par::threads(), "prompt": prompt, "gen": gen,
                 "prefill_tok_s": median(prefill.clone()), "decode_tok_s": median(decode.clone()),
                 "prefill_runs": prefill, "decode_runs": decode,
             })
