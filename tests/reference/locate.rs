@@ -12,7 +12,7 @@ use std::process::Command;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the repository root exists")
 }
 
 fn missing(what: &str, how: &str) -> ! {
@@ -63,7 +63,7 @@ pub fn smollm2_gguf() -> PathBuf {
 
 /// The shared reference data: `LOWBIT_SHARED`, else `../shared` beside the repository.
 pub fn shared_dir() -> PathBuf {
-    std::env::var_os("LOWBIT_SHARED").map_or_else(|| repo_root().join("../shared"), PathBuf::from)
+    std::env::var_os("LOWBIT_SHARED").map_or_else(|| repo_root().with_file_name("shared"), PathBuf::from)
 }
 
 /// WikiText-2's `split` text ("test" or "valid") from the shared data.
