@@ -15,9 +15,9 @@
 
 use crate::isa::{interleave, CbBlock, IntBlock, Isa, Zeros};
 use crate::linear::{Linear, WeightKind};
+use crate::par;
 use half::{bf16, f16};
 use lowbit_core::pack::{code_at, unpack_into};
-use lowbit_core::par;
 use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme};
 
 /// Smallest `m` that takes the matrix-matrix path. Dequantizing and transposing the panels costs
@@ -36,8 +36,6 @@ const GENERIC_STEP: usize = 256;
 /// 512 KiB of codes in ~20 µs, and waking rayon's workers costs several µs (far more when the
 /// other core is busy), which measured slower for SmolLM2's 576x576 and 1536x576 INT4 matrices.
 const PARALLEL_MIN_GEMV_BYTES: usize = 512 << 10;
-/// Multiply-adds below which a matrix-matrix product runs on the calling thread.
-pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// The weight as the driver sees it.
 enum Src<'a> {
@@ -363,7 +361,7 @@ fn threads(lin: &Linear, m: usize) -> usize {
     let big = if m < GEMM_MIN_M {
         lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
     } else {
-        m * lin.rows() * lin.cols() >= PARALLEL_MIN_MACS
+        m * lin.rows() * lin.cols() >= par::PARALLEL_MIN_MACS
     };
     if big {
         par::threads()

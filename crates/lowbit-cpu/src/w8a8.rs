@@ -24,9 +24,9 @@
 //! `(acc as f32 * x_scale) * w_scale`, hence bit-identical outputs.
 
 use crate::isa::Portable;
+use crate::par;
 use crate::scalar::{absmax_bits, quantize_i8, scale_from_absmax_bits};
 use crate::{CpuError, Int8Linear, Result};
-use lowbit_core::par;
 
 /// Weight rows per panel (one 64-byte line per column quad).
 pub(crate) const PANEL_ROWS: usize = 16;
@@ -182,7 +182,7 @@ fn threads(lin: &Int8Linear, m: usize) -> usize {
     let big = if m == 1 {
         lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
     } else {
-        m * lin.rows() * lin.cols() >= crate::driver::PARALLEL_MIN_MACS
+        m * lin.rows() * lin.cols() >= par::PARALLEL_MIN_MACS
     };
     if big {
         par::threads()
