@@ -98,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if greedy {
         let ids = tok.encode("Once upon a time", false)?;
         let opts = GenerateOptions { max_new_tokens: 16, stop_on_eos: false, ..GenerateOptions::default() };
-        let g = model.generate_tokens(&ids, &opts, &mut |_| true)?;
+        let g = model.generate_tokens(&ids, &opts, &mut |_| true, &mut lowbit_core::NoProgress)?;
         println!(
             "greedy: {:?} {:?} (prefill {:.3} s, decode {:.2} tok/s)",
             g.tokens,
@@ -112,9 +112,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ids = tok.encode(&content, false)?;
     eprintln!("{} tokens in {:.1} s", ids.len(), t1.elapsed().as_secs_f64());
     let opts = PerplexityOptions { max_windows: Some(windows), ..PerplexityOptions::default() };
-    let r = model.perplexity(&ids, &opts, &mut |p| {
-        eprintln!("window {}/{}: ppl so far {:.4}", p.done, p.total, p.ppl_so_far);
-    })?;
+    let r = model.perplexity(&ids, &opts, &mut WindowLog { done: 0, total: 0 })?;
     println!(
         "{}",
         serde_json::json!({"model": model_path.display().to_string(), "quant": quant, "text_tokens": ids.len(),
@@ -122,4 +120,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "seconds_per_window": r.seconds / r.windows as f64})
     );
     Ok(())
+}
+
+/// Prints the perplexity so far after each window.
+struct WindowLog {
+    done: u64,
+    total: u64,
+}
+
+impl lowbit_core::Progress for WindowLog {
+    fn start(&mut self, _name: &str, total: u64) {
+        self.total = total;
+    }
+    fn metric(&mut self, _name: &str, value: f64) {
+        self.done += 1;
+        eprintln!("window {}/{}: ppl so far {value:.4}", self.done, self.total);
+    }
 }

@@ -64,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for p in paths {
             let m = Model::load(p)?;
             let ids = m.tokenizer().ok_or("no tokenizer")?.encode(&text, false)?;
-            let r = m.perplexity(&ids, &PerplexityOptions::default(), &mut |_| {})?;
+            let r = m.perplexity(&ids, &PerplexityOptions::default(), &mut lowbit_core::NoProgress)?;
             println!("ppl {p}: {:.4} ({} tokens, {:.1}s)", r.ppl, r.tokens, r.seconds);
         }
     }

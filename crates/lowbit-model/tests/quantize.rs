@@ -362,7 +362,7 @@ fn folded_activations_match(kv_heads: usize) {
     let windows = windows_from_stream(&tokens(400, 1), 6, 8, 0).unwrap();
     let mut worst = 0f32;
     for (w, xs) in windows.chunks_exact(8).zip(x.chunks_exact(8 * h)) {
-        let got = model.hidden_states(w, &mut model.new_cache()).unwrap();
+        let got = model.hidden_states(w, &mut model.new_cache(), &mut lowbit_core::NoProgress).unwrap();
         for (g, row) in got.chunks_exact(h).zip(xs.chunks_exact(h)) {
             let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / h as f32 + 1e-5).sqrt();
             for ((g, v), n) in g.iter().zip(row).zip(model.final_norm()) {
