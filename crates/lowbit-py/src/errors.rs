@@ -49,85 +49,89 @@ fn io_error(msg: String, source: &std::io::Error) -> PyErr {
 }
 
 // Every conversion below names each variant: a new variant is a compile error here until it is
-// given its Python class, never a silent `LowbitError`.
+// given its Python class, never a silent `LowbitError`. Each takes the message of the outermost
+// error, so context added by a wrapper (block, layer) reaches Python with the inner error's class.
 
-impl From<Cancelled> for PyLowbitError {
-    fn from(e: Cancelled) -> Self {
-        // The Python sink re-raises the KeyboardInterrupt it caught; this is the fallback for a
-        // cancellation that did not come from a Python signal.
-        PyLowbitError(PyKeyboardInterrupt::new_err(e.to_string()))
+fn cancelled_exception(_: &Cancelled, msg: String) -> PyErr {
+    // The Python sink re-raises the KeyboardInterrupt it caught; this is the fallback for a
+    // cancellation that did not come from a Python signal.
+    PyKeyboardInterrupt::new_err(msg)
+}
+
+fn core_exception(e: &CoreError, msg: String) -> PyErr {
+    match e {
+        CoreError::NonFinite { .. } => NonFiniteError::new_err(msg),
+        CoreError::UnsupportedBits { .. } => UnsupportedError::new_err(msg),
+        CoreError::GroupSize { .. } | CoreError::BlockSize(_) | CoreError::Empty { .. } | CoreError::Shape { .. } => {
+            ShapeError::new_err(msg)
+        }
+        CoreError::ScaleOverflow { .. } => LowbitError::new_err(msg),
+        CoreError::Corrupt(_) => CorruptFileError::new_err(msg),
+        CoreError::Io { source, .. } => io_error(msg, source),
     }
 }
 
-impl From<CoreError> for PyLowbitError {
-    fn from(e: CoreError) -> Self {
-        let msg = e.to_string();
-        PyLowbitError(match e {
-            CoreError::NonFinite { .. } => NonFiniteError::new_err(msg),
-            CoreError::UnsupportedBits { .. } => UnsupportedError::new_err(msg),
-            CoreError::GroupSize { .. }
-            | CoreError::BlockSize(_)
-            | CoreError::Empty { .. }
-            | CoreError::Shape { .. } => ShapeError::new_err(msg),
-            CoreError::ScaleOverflow { .. } => LowbitError::new_err(msg),
-            CoreError::Corrupt(_) => CorruptFileError::new_err(msg),
-            CoreError::Io { ref source, .. } => io_error(msg, source),
-        })
+fn cpu_exception(e: &CpuError, msg: String) -> PyErr {
+    match e {
+        CpuError::Core(core) => core_exception(core, msg),
+        CpuError::Shape { .. } => ShapeError::new_err(msg),
+        CpuError::Unsupported { .. } | CpuError::KernelLevel(_) => UnsupportedError::new_err(msg),
+        CpuError::NonFiniteActivation { .. } => NonFiniteError::new_err(msg),
     }
 }
 
-impl From<CpuError> for PyLowbitError {
-    fn from(e: CpuError) -> Self {
-        let msg = e.to_string();
-        PyLowbitError(match e {
-            CpuError::Core(core) => return core.into(),
-            CpuError::Shape { .. } => ShapeError::new_err(msg),
-            CpuError::Unsupported { .. } | CpuError::KernelLevel(_) => UnsupportedError::new_err(msg),
-            CpuError::NonFiniteActivation { .. } => NonFiniteError::new_err(msg),
-        })
+fn solver_exception(e: &SolverError, msg: String) -> PyErr {
+    match e {
+        SolverError::Core(core) => core_exception(core, msg),
+        SolverError::NonFiniteActivation { .. } => NonFiniteError::new_err(msg),
+        SolverError::Shape { .. } => ShapeError::new_err(msg),
+        SolverError::InvalidParameter { .. } => UnsupportedError::new_err(msg),
+        SolverError::NoCalibrationData { .. } | SolverError::SingularHessian { .. } => SolverFailedError::new_err(msg),
     }
 }
 
-impl From<ModelError> for PyLowbitError {
-    fn from(e: ModelError) -> Self {
-        let msg = e.to_string();
-        PyLowbitError(match e {
-            ModelError::Core(core) => return core.into(),
-            ModelError::Cpu(cpu) => return cpu.into(),
-            ModelError::Cancelled(c) => return c.into(),
-            ModelError::Io { ref source, .. } => io_error(msg, source),
-            ModelError::MissingFile { .. } => PyFileNotFoundError::new_err(msg),
-            ModelError::UnsupportedArchitecture { .. }
-            | ModelError::UnsupportedDtype { .. }
-            | ModelError::GgufUnsupported { .. }
-            | ModelError::DeviceUnavailable { .. } => UnsupportedError::new_err(msg),
-            ModelError::TensorShape { .. } => ShapeError::new_err(msg),
-            ModelError::Config { .. }
-            | ModelError::MissingTensor { .. }
-            | ModelError::Safetensors { .. }
-            | ModelError::Gguf { .. } => CorruptFileError::new_err(msg),
-            ModelError::Tokenizer(_)
-            | ModelError::NoTokenizer { .. }
-            | ModelError::ChatTemplate(_)
-            | ModelError::Input { .. } => LowbitError::new_err(msg),
-        })
+fn model_exception(e: &ModelError, msg: String) -> PyErr {
+    match e {
+        ModelError::Core(core) => core_exception(core, msg),
+        ModelError::Cpu(cpu) => cpu_exception(cpu, msg),
+        ModelError::Solver { source, .. } => solver_exception(source, msg),
+        ModelError::Cancelled(c) => cancelled_exception(c, msg),
+        ModelError::NonFiniteActivation { .. } => NonFiniteError::new_err(msg),
+        ModelError::Io { source, .. } => io_error(msg, source),
+        ModelError::MissingFile { .. } => PyFileNotFoundError::new_err(msg),
+        ModelError::UnsupportedArchitecture { .. }
+        | ModelError::UnsupportedDtype { .. }
+        | ModelError::GgufUnsupported { .. }
+        | ModelError::DeviceUnavailable { .. } => UnsupportedError::new_err(msg),
+        ModelError::TensorShape { .. } => ShapeError::new_err(msg),
+        ModelError::Config { .. }
+        | ModelError::MissingTensor { .. }
+        | ModelError::Safetensors { .. }
+        | ModelError::Gguf { .. } => CorruptFileError::new_err(msg),
+        ModelError::Tokenizer(_)
+        | ModelError::NoTokenizer { .. }
+        | ModelError::ChatTemplate(_)
+        | ModelError::Input { .. } => LowbitError::new_err(msg),
     }
 }
 
-impl From<SolverError> for PyLowbitError {
-    fn from(e: SolverError) -> Self {
-        let msg = e.to_string();
-        PyLowbitError(match e {
-            SolverError::Core(core) => return core.into(),
-            SolverError::NonFiniteActivation { .. } => NonFiniteError::new_err(msg),
-            SolverError::Shape { .. } => ShapeError::new_err(msg),
-            SolverError::InvalidParameter { .. } => UnsupportedError::new_err(msg),
-            SolverError::NoCalibrationData { .. } | SolverError::SingularHessian { .. } => {
-                SolverFailedError::new_err(msg)
+macro_rules! convert {
+    ($($ty:ty => $f:ident),* $(,)?) => {$(
+        impl From<$ty> for PyLowbitError {
+            fn from(e: $ty) -> Self {
+                PyLowbitError($f(&e, e.to_string()))
             }
-        })
-    }
+        }
+    )*};
 }
+
+convert!(
+    Cancelled => cancelled_exception,
+    CoreError => core_exception,
+    CpuError => cpu_exception,
+    SolverError => solver_exception,
+    ModelError => model_exception,
+);
 
 /// Result of binding code.
 pub(crate) type PyLowbitResult<T> = Result<T, PyLowbitError>;

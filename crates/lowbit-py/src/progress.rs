@@ -15,17 +15,21 @@ use std::time::{Duration, Instant};
 /// How often the cancellation point takes the GIL to look for signals: well under the second a
 /// Ctrl-C may take, and negligible next to a layer of work.
 const POLL: Duration = Duration::from_millis(20);
+/// How often a running phase sends the renderer `advance(0)`, a heartbeat that lets it print a
+/// status line during a phase whose units each take minutes.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// A [`Progress`] sink over an optional Python renderer that also checks for Ctrl-C.
 pub(crate) struct PySink<'a> {
     renderer: Option<&'a Py<PyAny>>,
     error: Option<PyErr>,
     last_poll: Instant,
+    last_beat: Instant,
 }
 
 impl<'a> PySink<'a> {
     pub(crate) fn new(renderer: Option<&'a Py<PyAny>>) -> Self {
-        PySink { renderer, error: None, last_poll: Instant::now() }
+        PySink { renderer, error: None, last_poll: Instant::now(), last_beat: Instant::now() }
     }
 
     fn call<A: for<'py> pyo3::call::PyCallArgs<'py>>(&mut self, method: &str, args: A) {
@@ -52,6 +56,7 @@ impl Progress for PySink<'_> {
         self.call("start", (name, total));
     }
     fn advance(&mut self, n: u64) {
+        self.last_beat = Instant::now();
         self.call("advance", (n,));
     }
     fn metric(&mut self, name: &str, value: f64) {
@@ -68,9 +73,14 @@ impl Progress for PySink<'_> {
             return Ok(());
         }
         self.last_poll = Instant::now();
-        Python::attach(|py| py.check_signals()).map_err(|e| {
+        if let Err(e) = Python::attach(|py| py.check_signals()) {
             self.error = Some(e);
-            Cancelled
-        })
+            return Err(Cancelled);
+        }
+        if self.last_beat.elapsed() >= HEARTBEAT {
+            self.last_beat = Instant::now();
+            self.advance(0);
+        }
+        Ok(())
     }
 }
