@@ -26,6 +26,7 @@ from .progress import Bars
 class UsageError(Exception):
     """A command line that parses but does not make sense: reported like argparse's errors."""
 
+
 # (label, keyword arguments of lowbit.quantize)
 DEMO_SCHEMES: list[tuple[str, dict[str, object]]] = [
     ("int8 per-channel sym", {"bits": 8, "group_size": "channel", "symmetric": True}),
@@ -211,7 +212,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     model_path = resolve_model(args.model)
     calib = args.calib or os.environ.get(CALIB_ENV) or None
     if calib is None and not args.data_free and args.method != "rtn":
-        raise UsageError(f"{args.method} needs calibration data: give --calib FILE, set {CALIB_ENV}, or --data-free")
+        raise UsageError(
+            f"{args.method} needs calibration data: give --calib FILE, set {CALIB_ENV}, or --data-free"
+        )
     bars = Bars(enabled=not args.quiet)
     before = None
     if args.eval:
@@ -330,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--stop", action="append", help="stop string (repeatable)")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    gen.add_argument("-v", "--verbose", action="store_true", help="print loading progress and speed to stderr")
+    gen.add_argument(
+        "-v", "--verbose", action="store_true", help="print loading progress and speed to stderr"
+    )
     gen.set_defaults(func=cmd_generate)
 
     chat = sub.add_parser("chat", help="interactive chat using the model's chat template")
