@@ -118,30 +118,6 @@ pub enum ModelError {
         /// Why.
         reason: String,
     },
-    /// A NaN or infinite activation met while quantizing (the model or the calibration data
-    /// overflows).
-    #[error("block {block} {what}: non-finite activation at token {token}, channel {channel}: the model or calibration data overflows")]
-    NonFiniteActivation {
-        /// The block.
-        block: usize,
-        /// Where in the block (`q/k/v input`, `block output`, ...).
-        what: String,
-        /// Row (token) of the first offender.
-        token: usize,
-        /// Channel of the first offender.
-        channel: usize,
-    },
-    /// A solver rejected a layer while quantizing.
-    #[error("block {block} {layer}: {source}")]
-    Solver {
-        /// The block.
-        block: usize,
-        /// The layer (or group of layers) inside it.
-        layer: String,
-        /// What the solver said.
-        #[source]
-        source: lowbit_solvers::SolverError,
-    },
     /// The caller's progress sink asked to stop (Ctrl-C).
     #[error(transparent)]
     Cancelled(#[from] lowbit_core::Cancelled),

@@ -3,6 +3,7 @@
 use lowbit_core::{Cancelled, CoreError};
 use lowbit_cpu::CpuError;
 use lowbit_model::ModelError;
+use lowbit_quantize::QuantizeError;
 use lowbit_solvers::SolverError;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyFileExistsError, PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyValueError};
@@ -90,13 +91,23 @@ fn solver_exception(e: &SolverError, msg: String) -> PyErr {
     }
 }
 
+fn quantize_exception(e: &QuantizeError, msg: String) -> PyErr {
+    match e {
+        QuantizeError::Model(model) => model_exception(model, msg),
+        QuantizeError::Core(core) => core_exception(core, msg),
+        QuantizeError::Cpu(cpu) => cpu_exception(cpu, msg),
+        QuantizeError::Solver { source, .. } => solver_exception(source, msg),
+        QuantizeError::NonFiniteActivation { .. } => NonFiniteError::new_err(msg),
+        QuantizeError::Io { source, .. } => io_error(msg, source),
+        QuantizeError::Input { .. } => LowbitError::new_err(msg),
+    }
+}
+
 fn model_exception(e: &ModelError, msg: String) -> PyErr {
     match e {
         ModelError::Core(core) => core_exception(core, msg),
         ModelError::Cpu(cpu) => cpu_exception(cpu, msg),
-        ModelError::Solver { source, .. } => solver_exception(source, msg),
         ModelError::Cancelled(c) => cancelled_exception(c, msg),
-        ModelError::NonFiniteActivation { .. } => NonFiniteError::new_err(msg),
         ModelError::Io { source, .. } => io_error(msg, source),
         ModelError::MissingFile { .. } => PyFileNotFoundError::new_err(msg),
         ModelError::UnsupportedArchitecture { .. }
@@ -131,6 +142,7 @@ convert!(
     CpuError => cpu_exception,
     SolverError => solver_exception,
     ModelError => model_exception,
+    QuantizeError => quantize_exception,
 );
 
 /// Result of binding code.

@@ -19,24 +19,21 @@
 //! intermediate activations (the attention output, later the MLP activation, at most
 //! `tokens * intermediate_size` values, held in f16, see `stash`); the Hessians.
 
-use super::block::{self, Rope};
-use super::calib::{calibration_windows, CalibSource};
-use super::checkpoint::{Checkpoint, CheckpointState};
-use super::options::{peak_rss_bytes, LayerStat, QuantMethod, QuantizeOptions, QuantizeReport};
-use super::output::write_output;
-use super::sha256::sha256_hex;
-use super::stash::Stash;
-use crate::load::with_source;
-use crate::model::{take_layer, Layer, Model};
-use crate::tensors::TensorSource;
-use crate::{Device, LoadOptions};
-use crate::{ModelError, Result};
+use crate::calib::{calibration_windows, CalibSource};
+use crate::checkpoint::{Checkpoint, CheckpointState};
+use crate::options::{peak_rss_bytes, LayerStat, QuantMethod, QuantizeOptions, QuantizeReport};
+use crate::output::write_output;
+use crate::stash::Stash;
+use crate::{QuantizeError, Result};
 use lowbit_core::progress::{phase, Progress};
 use lowbit_core::{IntScheme, QParams, QTensor, Scales};
 use lowbit_cpu::{Linear, WeightKind};
+use lowbit_model::block::{self, Rope};
+use lowbit_model::{BlockReader, Layer, LoadOptions, Model, ModelConfig, ModelError};
 use lowbit_solvers::awq::{self, AwqConfig, AwqLayer, AwqStats, HeadTie};
 use lowbit_solvers::smoothquant::{self, SmoothLayer, SmoothQuantConfig};
 use lowbit_solvers::{gptq_quantize, rtn_quantize, DampingConfig, GptqConfig, Hessian, HessianPrecision, LayerReport};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -46,7 +43,7 @@ use std::time::Instant;
 ///
 /// Reports phases `load` and `calibrate` (data-free sampling), `blocks` (metric `loss`, the
 /// block's mean layer loss) and `write` to `progress`, and stops at its cancellation points (at
-/// least once per calibration batch) with [`ModelError::Cancelled`], keeping the checkpoint of
+/// least once per calibration batch) with `ModelError::Cancelled`, keeping the checkpoint of
 /// the blocks done for `resume`.
 pub fn quantize_model(
     model_path: &Path,
@@ -55,8 +52,8 @@ pub fn quantize_model(
     progress: &mut dyn Progress,
 ) -> Result<QuantizeReport> {
     opts.validate()?;
-    if out.exists() && std::fs::read_dir(out).map_err(|e| ModelError::io(out, e))?.next().is_some() {
-        return Err(ModelError::Io {
+    if out.exists() && std::fs::read_dir(out).map_err(|e| QuantizeError::io(out, e))?.next().is_some() {
+        return Err(QuantizeError::Io {
             path: out.display().to_string(),
             source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "output directory exists and is not empty"),
         });
@@ -64,15 +61,14 @@ pub fn quantize_model(
     let ckpt = Checkpoint::new(partial_dir(out));
     let mut stopped = false;
     // The blocks stream in one at a time from the (memory-mapped) checkpoint.
-    let result = with_source(model_path, &LoadOptions::default(), |config, src, tokenizer| {
-        let model = Model::build_without_layers(config, src, tokenizer, Device::Cpu)?;
-        run(model, src, model_path, out, opts, &ckpt, progress, &mut stopped)
+    let result = Model::open_blocks(model_path, &LoadOptions::default(), |model, blocks| {
+        run(model, blocks, model_path, out, opts, &ckpt, progress, &mut stopped)
     });
     match &result {
         Ok(_) => ckpt.remove(),
         Err(_) if stopped => {}
         // Interrupted: the blocks already checkpointed are kept for `resume`.
-        Err(ModelError::Cancelled(_)) => {}
+        Err(QuantizeError::Model(ModelError::Cancelled(_))) => {}
         Err(_) => ckpt.remove(),
     }
     result
@@ -88,7 +84,7 @@ pub fn partial_dir(out: &Path) -> PathBuf {
 struct Ctx<'a> {
     opts: &'a QuantizeOptions,
     scheme: IntScheme,
-    cfg: crate::ModelConfig,
+    cfg: ModelConfig,
     seqlen: usize,
     notes: Vec<String>,
 }
@@ -96,7 +92,7 @@ struct Ctx<'a> {
 #[allow(clippy::too_many_arguments)]
 fn run(
     mut model: Model,
-    src: &mut dyn TensorSource,
+    blocks: &mut BlockReader<'_>,
     model_path: &Path,
     out: &Path,
     opts: &QuantizeOptions,
@@ -111,7 +107,7 @@ fn run(
         [("hidden_size", cfg.hidden_size), ("q_dim", cfg.q_dim()), ("intermediate_size", cfg.intermediate_size)]
     {
         scheme.granularity.validate(cols, scheme.bits).map_err(|e| {
-            ModelError::input("quantize", format!("group size does not fit the model's {what} of {cols}: {e}"))
+            QuantizeError::input("quantize", format!("group size does not fit the model's {what} of {cols}: {e}"))
         })?;
     }
     let nblocks = cfg.num_hidden_layers;
@@ -124,7 +120,7 @@ fn run(
     let (windows, calib_sha) = if opts.method == QuantMethod::Rtn {
         (Vec::new(), None)
     } else {
-        let calib = opts.calib.as_ref().ok_or_else(|| ModelError::input("quantize", "no calibration data"))?;
+        let calib = opts.calib.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no calibration data"))?;
         let w = if matches!(calib, CalibSource::DataFree) {
             // Sampling runs every block: it gets the whole model, dropped before the blocks stream in.
             let whole = Model::load_with_progress(model_path, &LoadOptions::default(), progress)?;
@@ -152,8 +148,7 @@ fn run(
     let mut x: Vec<f32> = vec![];
     let calibrated = opts.method != QuantMethod::Rtn;
     if calibrated {
-        let resumed =
-            if opts.resume { ckpt.load(&fingerprint, &mut model, |b| take_layer(src, &cfg, b))? } else { None };
+        let resumed = if opts.resume { ckpt.load(&fingerprint, &mut model, |b| Ok(blocks.block(b)?))? } else { None };
         match resumed {
             Some(state) => {
                 first = state.next_block;
@@ -171,21 +166,26 @@ fn run(
 
     let rope = Rope::new(&cfg, opts.seqlen.max(1));
     let blocks_start = Instant::now();
-    let mut blocks = phase(progress, "blocks", nblocks as u64);
-    blocks.advance(first as u64);
+    let mut done = phase(progress, "blocks", nblocks as u64);
+    done.advance(first as u64);
     for b in first..nblocks {
-        blocks.check()?;
-        let mut layer = take_layer(src, &cfg, b)?;
+        done.check()?;
+        let mut layer = blocks.block(b)?;
         let stats = if calibrated {
-            quantize_block_calibrated(&mut ctx, b, &mut layer, &rope, &mut x, &mut *blocks)?
+            quantize_block_calibrated(&mut ctx, b, &mut layer, &rope, &mut x, &mut *done)?
         } else {
-            quantize_block_rtn(&ctx, b, &mut layer, &mut *blocks)?
+            quantize_block_rtn(&ctx, b, &mut layer, &mut *done)?
         };
         let loss = stats.iter().map(|s| s.loss).sum::<f64>() / stats.len().max(1) as f64;
         layers_stats.extend(stats);
         if calibrated {
             if let Some((token, channel)) = first_non_finite(&x, h) {
-                return Err(ModelError::NonFiniteActivation { block: b, what: "block output".into(), token, channel });
+                return Err(QuantizeError::NonFiniteActivation {
+                    block: b,
+                    what: "block output".into(),
+                    token,
+                    channel,
+                });
             }
             let state = CheckpointState {
                 fingerprint: fingerprint.clone(),
@@ -196,19 +196,19 @@ fn run(
             };
             x = ckpt.save(state, &layer, b)?;
         }
-        model.push_layer(layer);
-        blocks.metric("loss", loss);
-        blocks.advance(1);
+        model.push_layer(layer)?;
+        done.metric("loss", loss);
+        done.advance(1);
         if opts.stop_after_block == Some(b) && b + 1 < nblocks {
             *stopped = true;
-            return Err(ModelError::input(
+            return Err(QuantizeError::input(
                 "quantize",
                 format!("stopped after block {b} as asked (stop_after_block); run again with resume to continue"),
             ));
         }
     }
     drop(x);
-    drop(blocks);
+    drop(done);
     let quantize_seconds = blocks_start.elapsed().as_secs_f64();
 
     let _write = phase(progress, "write", 0);
@@ -243,7 +243,7 @@ fn first_non_finite(x: &[f32], cols: usize) -> Option<(usize, usize)> {
 }
 
 /// Bytes of one block's seven linear layers in f32.
-fn f32_block_linear_bytes(cfg: &crate::ModelConfig) -> usize {
+fn f32_block_linear_bytes(cfg: &ModelConfig) -> usize {
     let (h, qd, kvd, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
     4 * (2 * qd * h + 2 * kvd * h + 3 * ff * h)
 }
@@ -271,8 +271,8 @@ fn set_w8a8(lin: &mut Linear, qt: QTensor) -> Result<()> {
     Ok(())
 }
 
-fn solver_err(block: usize, layer: &str, source: lowbit_solvers::SolverError) -> ModelError {
-    ModelError::Solver { block, layer: layer.to_string(), source }
+fn solver_err(block: usize, what: &str, e: lowbit_solvers::SolverError) -> QuantizeError {
+    QuantizeError::Solver { block, layer: what.to_string(), source: e }
 }
 
 fn stat(block: usize, name: &str, r: &LayerReport, alpha: Option<f32>) -> LayerStat {
@@ -328,7 +328,7 @@ impl Stats {
         if let Some(h) = &mut self.hessian {
             h.add_batch(x, rows).map_err(|e| solver_err(block, what, e))?;
         } else if let Some((token, channel)) = first_non_finite(x, self.cols) {
-            return Err(ModelError::NonFiniteActivation { block, what: what.to_string(), token, channel });
+            return Err(QuantizeError::NonFiniteActivation { block, what: what.to_string(), token, channel });
         }
         if let Some(st) = &mut self.awq {
             let take = self.awq_rows.saturating_sub(st.tokens() as usize).min(rows);
@@ -366,7 +366,7 @@ fn fold_into_rows(lin: &mut Linear, s: &[f32]) -> Result<()> {
             let (scales, zeros) = match q.params() {
                 QParams::Int { scales, zeros } => (scales, zeros.clone()),
                 QParams::Codebook { .. } => {
-                    return Err(ModelError::input("quantize", "cannot fold into a codebook layer"))
+                    return Err(QuantizeError::input("quantize", "cannot fold into a codebook layer"))
                 }
             };
             let per_row = scales.len() / rows;
@@ -414,7 +414,7 @@ fn solve_group(
     match opts.method {
         QuantMethod::Rtn => unreachable!("RTN has its own path"),
         QuantMethod::Gptq => {
-            let h = st.hessian.as_ref().ok_or_else(|| ModelError::input("quantize", "no Hessian"))?;
+            let h = st.hessian.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no Hessian"))?;
             let cfg = GptqConfig {
                 scheme: ctx.scheme,
                 act_order: opts.act_order,
@@ -430,7 +430,7 @@ fn solve_group(
             }
         }
         QuantMethod::Awq => {
-            let awq_stats = st.awq.as_ref().ok_or_else(|| ModelError::input("quantize", "no AWQ statistics"))?;
+            let awq_stats = st.awq.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no AWQ statistics"))?;
             let ws: Vec<Vec<f32>> = lins.iter().map(|l| dense(l)).collect();
             let awq_layers: Vec<AwqLayer> = ws.iter().zip(&lins).map(|(w, l)| AwqLayer { w, rows: l.rows() }).collect();
             let mut acfg = AwqConfig::new(ctx.scheme);
@@ -472,7 +472,8 @@ fn solve_group(
             folded = apply_fold(fold, s)?;
         }
         QuantMethod::SmoothQuant => {
-            let absmax = st.absmax.as_ref().ok_or_else(|| ModelError::input("quantize", "no activation statistics"))?;
+            let absmax =
+                st.absmax.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no activation statistics"))?;
             let ws: Vec<Vec<f32>> = lins.iter().map(|l| dense(l)).collect();
             let sl: Vec<SmoothLayer> = ws.iter().zip(&lins).map(|(w, l)| SmoothLayer { w, rows: l.rows() }).collect();
             if matches!(fold, Fold::None) {
@@ -646,4 +647,18 @@ fn quantize_block_calibrated(
         block::add_linear(&layer.down_proj, &held, &mut x[s * h..e * h])?;
     }
     Ok(stats)
+}
+
+/// The SHA-256 digest of `data` as lowercase hex.
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sha256_known_digests() {
+        assert_eq!(super::sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(super::sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
 }
