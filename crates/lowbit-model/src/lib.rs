@@ -38,6 +38,6 @@ pub use generate::{GenerateOptions, Generation, Rng, StopReason, TokenEvent};
 pub use gguf::{import_gguf, GgufFile};
 pub use load::{LoadOptions, SaveExtras};
 pub use model::{BlockReader, KvCache, Layer, Logits, LogitsMode, Model, LINEAR_NAMES};
-pub use perplexity::{PerplexityOptions, PerplexityProgress, PerplexityResult};
+pub use perplexity::{PerplexityOptions, PerplexityResult};
 pub use tensors::{Tensor, TensorData};
 pub use tokenizer::{ChatMessage, Tokenizer};

@@ -36,10 +36,15 @@ fn greedy(model: &Model) -> Vec<u32> {
     let opts = GenerateOptions { max_new_tokens: 16, stop_on_eos: false, ..GenerateOptions::default() };
     let mut streamed = String::new();
     let g = model
-        .generate_tokens(&ids, &opts, &mut |ev| {
-            streamed.push_str(ev.text);
-            true
-        })
+        .generate_tokens(
+            &ids,
+            &opts,
+            &mut |ev| {
+                streamed.push_str(ev.text);
+                true
+            },
+            &mut lowbit_core::NoProgress,
+        )
         .unwrap();
     assert_eq!(streamed, g.text);
     g.tokens
@@ -117,8 +122,8 @@ fn packed_quantized_wikitext_perplexity_equals_dequantized() {
     let ids = model.tokenizer().unwrap().encode(&read_text_file(&text).unwrap(), false).unwrap();
     let opts = PerplexityOptions { window: 256, max_windows: Some(2) };
     for (name, scheme) in [("int8 per-channel", int8()), ("int4 g128", IntScheme::group(Bits::B4, 128))] {
-        let packed = rtn_model(&model, scheme, true).perplexity(&ids, &opts, &mut |_| {}).unwrap();
-        let dequant = rtn_model(&model, scheme, false).perplexity(&ids, &opts, &mut |_| {}).unwrap();
+        let packed = rtn_model(&model, scheme, true).perplexity(&ids, &opts, &mut lowbit_core::NoProgress).unwrap();
+        let dequant = rtn_model(&model, scheme, false).perplexity(&ids, &opts, &mut lowbit_core::NoProgress).unwrap();
         let rel = (packed.ppl - dequant.ppl).abs() / dequant.ppl;
         println!("{name}: packed {:.5} dequantized {:.5} (rel {rel:.2e})", packed.ppl, dequant.ppl);
         assert!(rel < PACKED_VS_DEQUANT_REL_TOL, "{name}: {} vs {}", packed.ppl, dequant.ppl);
@@ -130,7 +135,7 @@ fn packed_quantized_wikitext_perplexity_equals_dequantized() {
 fn slow_wikitext_protocol_perplexity_within_half_a_percent() {
     let (model, text) = (model(), wikitext("test"));
     let ids = model.tokenizer().unwrap().encode(&read_text_file(&text).unwrap(), false).unwrap();
-    let r = model.perplexity(&ids, &PerplexityOptions::default(), &mut |_| {}).unwrap();
+    let r = model.perplexity(&ids, &PerplexityOptions::default(), &mut lowbit_core::NoProgress).unwrap();
     println!("ppl {:.4} over {} windows in {:.0} s", r.ppl, r.windows, r.seconds);
     assert_eq!((r.windows, r.tokens), (32, 32 * 2047));
     assert!((r.ppl - FP32_PPL).abs() / FP32_PPL < FP32_PPL_REL_TOL, "ppl {}", r.ppl);
@@ -143,10 +148,15 @@ fn stop_strings_and_seeded_sampling() {
     let opts = GenerateOptions { max_new_tokens: 16, stop_strings: vec!["Nova".into()], ..GenerateOptions::default() };
     let mut streamed = String::new();
     let g = model
-        .generate("Once upon a time", &opts, &mut |ev| {
-            streamed.push_str(ev.text);
-            true
-        })
+        .generate(
+            "Once upon a time",
+            &opts,
+            &mut |ev| {
+                streamed.push_str(ev.text);
+                true
+            },
+            &mut lowbit_core::NoProgress,
+        )
         .unwrap();
     assert_eq!(g.stop_reason, lowbit_model::StopReason::StopString);
     assert_eq!(g.text, ", the city of ");
@@ -161,17 +171,22 @@ fn stop_strings_and_seeded_sampling() {
         seed: 1234,
         ..GenerateOptions::default()
     };
-    let a = model.generate("Once upon a time", &sampled, &mut |_| true).unwrap();
-    let b = model.generate("Once upon a time", &sampled, &mut |_| true).unwrap();
+    let a = model.generate("Once upon a time", &sampled, &mut |_| true, &mut lowbit_core::NoProgress).unwrap();
+    let b = model.generate("Once upon a time", &sampled, &mut |_| true, &mut lowbit_core::NoProgress).unwrap();
     assert_eq!(a.tokens, b.tokens);
     assert!(!a.tokens.is_empty());
     // The callback can stop generation.
     let mut n = 0;
     let c = model
-        .generate("Once upon a time", &sampled, &mut |_| {
-            n += 1;
-            n < 3
-        })
+        .generate(
+            "Once upon a time",
+            &sampled,
+            &mut |_| {
+                n += 1;
+                n < 3
+            },
+            &mut lowbit_core::NoProgress,
+        )
         .unwrap();
     assert_eq!((c.tokens.len(), c.stop_reason), (3, lowbit_model::StopReason::Callback));
 }
