@@ -3,5 +3,6 @@
 
 pub(crate) mod avx2;
 pub(crate) mod avx512;
+mod simd;
 pub(crate) mod w8a8_avx2;
 pub(crate) mod w8a8_avx512;

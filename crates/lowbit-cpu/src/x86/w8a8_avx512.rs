@@ -9,6 +9,7 @@
 //! accumulators to cover `vpdpbusd`'s latency; a matrix-matrix product runs 2 panels x 12 tokens
 //! (24 accumulators, 2 weight registers), each weight line loaded once per 12 tokens.
 
+use super::avx512::tail_mask;
 use crate::scalar::{absmax_bits, scale_from_absmax_bits};
 use crate::w8a8::{check_gemm_bounds, Acts, Panels, W8a8Isa, LINE, PANEL_ROWS, QUAD};
 use std::arch::x86_64::*;
@@ -25,15 +26,6 @@ impl Vnni512 {
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512vnni"))
         .then_some(Vnni512(()))
-    }
-}
-
-#[inline(always)]
-fn tail_mask(n: usize) -> __mmask16 {
-    if n >= 16 {
-        0xffff
-    } else {
-        ((1u32 << n) - 1) as __mmask16
     }
 }
 
