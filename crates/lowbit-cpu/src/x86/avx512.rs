@@ -164,11 +164,9 @@ unsafe fn widen16(p: *const u8) -> __m512i {
     unsafe { _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast())) }
 }
 
-/// `out[r] = x · row r` for 2-, 4- and 8-bit integer codes, R rows per pass: 2 and 4 bits decode
-/// through a table of `i - zero` (`zero_luts`, one per zero point), 8 bits subtract the zero as
-/// integers; the group's scale multiplies its partial sum once.
+/// `out[r] = x · row r` for 2- and 4-bit integer codes (table decode), R rows per pass.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn gemv_int_rows<const BITS: u32, const R: usize>(
+unsafe fn gemv_lut_rows<const BITS: u32, const R: usize>(
     b: &IntBlock,
     x: &[f32],
     r0: usize,
@@ -183,15 +181,10 @@ unsafe fn gemv_int_rows<const BITS: u32, const R: usize>(
     let xp = x.as_ptr();
     let mut tot = [_mm512_setzero_ps(); R];
     for gi in 0..gpr {
+        // The table gives `i - zero`; the group's scale multiplies its partial sum once.
         let mut lut = [_mm512_setzero_ps(); R];
-        let mut z = [_mm512_setzero_si512(); R];
-        for r in 0..R {
-            let zero = b.zeros.get((r0 + r) * gpr + gi);
-            if BITS == 8 {
-                z[r] = _mm512_set1_epi32(i32::from(zero));
-            } else {
-                lut[r] = zero_luts[usize::from(zero & 15)];
-            }
+        for (r, l) in lut.iter_mut().enumerate() {
+            *l = zero_luts[usize::from(b.zeros.get((r0 + r) * gpr + gi) & 15)];
         }
         let mut acc = [_mm512_setzero_ps(); R];
         let mut k = gi * b.group;
@@ -207,15 +200,9 @@ unsafe fn gemv_int_rows<const BITS: u32, const R: usize>(
                 for t in 0..per_byte {
                     let xv = _mm512_loadu_ps(xp.add(k + t * L));
                     for r in 0..R {
-                        let wv = if BITS == 8 {
-                            _mm512_cvtepi32_ps(_mm512_sub_epi32(v[r], z[r]))
-                        } else {
-                            _mm512_permutexvar_ps(v[r], lut[r])
-                        };
+                        let wv = _mm512_permutexvar_ps(v[r], lut[r]);
                         acc[r] = _mm512_fmadd_ps(wv, xv, acc[r]);
-                        if BITS < 8 {
-                            v[r] = _mm512_srli_epi32::<BITS>(v[r]);
-                        }
+                        v[r] = _mm512_srli_epi32::<BITS>(v[r]);
                     }
                 }
             }
@@ -332,6 +319,43 @@ unsafe fn gemv_q3_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: 
     }
 }
 
+/// `out[r] = x · row r` for 8-bit codes: integer zero subtraction, one scale per group.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn gemv_q8_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
+    let gpr = b.cols.div_ceil(b.group);
+    assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
+    assert!(b.group.is_multiple_of(L) && b.cols.is_multiple_of(L) && out.len() >= r0 + R);
+    let xp = x.as_ptr();
+    let mut tot = [_mm512_setzero_ps(); R];
+    for gi in 0..gpr {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut z = [_mm512_setzero_si512(); R];
+        for (r, z) in z.iter_mut().enumerate() {
+            *z = _mm512_set1_epi32(i32::from(b.zeros.get((r0 + r) * gpr + gi)));
+        }
+        let mut k = gi * b.group;
+        let end = (k + b.group).min(b.cols);
+        while k < end {
+            // SAFETY: k + 16 <= cols; x and 16 code bytes per row are in bounds (asserted).
+            unsafe {
+                let xv = _mm512_loadu_ps(xp.add(k));
+                for r in 0..R {
+                    let q = widen16(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k));
+                    let wv = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, z[r]));
+                    acc[r] = _mm512_fmadd_ps(wv, xv, acc[r]);
+                }
+            }
+            k += L;
+        }
+        for r in 0..R {
+            tot[r] = _mm512_fmadd_ps(acc[r], _mm512_set1_ps(b.scales[(r0 + r) * gpr + gi]), tot[r]);
+        }
+    }
+    for (r, t) in tot.iter().enumerate() {
+        out[r0 + r] = _mm512_reduce_add_ps(*t);
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn gemv_int(b: &IntBlock, x: &[f32], out: &mut [f32]) {
     let rows = out.len();
@@ -351,9 +375,9 @@ unsafe fn gemv_int(b: &IntBlock, x: &[f32], out: &mut [f32]) {
             }};
         }
         match b.bits {
-            4 => run!(gemv_int_rows::<4>, &zero_luts::<4>()),
-            2 => run!(gemv_int_rows::<2>, &zero_luts::<2>()),
-            8 => run!(gemv_int_rows::<8>, &[_mm512_setzero_ps(); 16]),
+            4 => run!(gemv_lut_rows::<4>, &zero_luts::<4>()),
+            2 => run!(gemv_lut_rows::<2>, &zero_luts::<2>()),
+            8 => run!(gemv_q8_rows),
             3 => run!(gemv_q3_rows, &zero_luts::<3>()),
             _ => unreachable!("codes are 2, 3, 4 or 8 bits"),
         }
