@@ -13,9 +13,9 @@
 //! each row is dequantized in natural order by portable code into an L1 buffer, then the level's
 //! f32 dot product or tile runs on it.
 
-use crate::isa::{interleave, CbBlock, IntBlock, Isa, Zeros};
-use crate::linear::{Linear, WeightKind};
+use crate::isa::{interleave, CbBlock, IntBlock, Isa, MicroTile, Zeros};
 use crate::par;
+use crate::weight::{Weight, WeightKind};
 use half::{bf16, f16};
 use lowbit_core::pack::{code_at, unpack_into};
 use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme};
@@ -66,9 +66,9 @@ struct CbSrc<'a> {
 }
 
 impl<'a> Src<'a> {
-    fn new<I: Isa>(lin: &'a Linear) -> Self {
+    fn new<I: Isa>(lin: &'a Weight) -> Self {
         let cols = lin.cols();
-        match lin.weight() {
+        match lin.kind() {
             WeightKind::F32(w) => Src::F32(w),
             WeightKind::F16(w) => Src::F16(w),
             WeightKind::Bf16(w) => Src::Bf16(w),
@@ -350,14 +350,15 @@ fn gemm_block<I: Isa>(
             for i in (0..mi).step_by(I::MR) {
                 let mr = I::MR.min(mi - i);
                 let o = &mut out[i * ostride + rb - col_base..];
-                isa.kernel(&x[i * cols + k0..], cols, mr, pt, kc, o, ostride, nb, k0 > 0);
+                let (x, p) = (&x[i * cols + k0..], &pt[..]);
+                isa.kernel(MicroTile { x, xs: cols, mr, p, kc, out: o, os: ostride, nr: nb, accumulate: k0 > 0 });
             }
         }
     }
 }
 
 /// Threads for a product: the rayon pool when the work pays for waking it, else 1.
-fn threads(lin: &Linear, m: usize) -> usize {
+fn threads(lin: &Weight, m: usize) -> usize {
     let big = if m < GEMM_MIN_M {
         lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
     } else {
@@ -371,7 +372,7 @@ fn threads(lin: &Linear, m: usize) -> usize {
 }
 
 /// `out[m, rows] = x[m, cols] · Wᵀ` at level `isa`. Shapes are checked by the caller.
-pub(crate) fn forward<I: Isa>(isa: I, lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) {
+pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &mut [f32]) {
     let (rows, cols) = (lin.rows(), lin.cols());
     let src = Src::new::<I>(lin);
     let permuted;
