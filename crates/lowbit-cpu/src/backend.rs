@@ -95,7 +95,7 @@ impl Backend for Cpu {
         let per = m.div_ceil(threads);
         let (rows, cols) = (w.rows(), w.cols());
         let failed = std::sync::Mutex::new(None);
-        par::for_chunks(out, per * rows, true, |i, oc| {
+        par::for_each_chunk(out, per * rows, true, |i, oc| {
             let mi = oc.len() / rows;
             if let Err(e) = w.forward(&x[i * per * cols..(i * per + mi) * cols], mi, oc) {
                 *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
@@ -161,13 +161,6 @@ impl Backend for Cpu {
         RA: Send,
         RB: Send,
     {
-        #[cfg(feature = "parallel")]
-        {
-            rayon::join(a, b)
-        }
-        #[cfg(not(feature = "parallel"))]
-        {
-            (a(), b())
-        }
+        lowbit_core::par::join(a, b)
     }
 }

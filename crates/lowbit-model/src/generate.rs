@@ -3,6 +3,7 @@
 use crate::model::{LogitsMode, Model};
 use crate::{ModelError, Result};
 use lowbit_core::backend::Backend;
+use lowbit_core::progress::{phase, Progress};
 
 /// A small deterministic generator: xoshiro256** seeded through splitmix64.
 #[derive(Clone, Debug)]
@@ -186,12 +187,14 @@ pub fn sample(logits: &mut [f32], previous: &[u32], opts: &GenerateOptions, rng:
 }
 
 impl<B: Backend> Model<B> {
-    /// Generates from prompt token ids, calling `on_token` for every new token.
+    /// Generates from prompt token ids, calling `on_token` for every new token. Reports phase
+    /// `generate` (one unit per new token) to `progress`, and is cancellable before each token.
     pub fn generate_tokens(
         &self,
         prompt: &[u32],
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> bool,
+        progress: &mut dyn Progress,
     ) -> Result<Generation> {
         opts.validate()?;
         if prompt.is_empty() {
@@ -205,12 +208,15 @@ impl<B: Backend> Model<B> {
         let mut history = prompt.to_vec();
         let mut out = vec![];
         let mut text = String::new();
+        let mut progress = phase(progress, "generate", opts.max_new_tokens as u64);
+        progress.check()?;
         let t0 = std::time::Instant::now();
         let mut logits = self.forward(prompt, &mut cache, LogitsMode::Last)?.data;
         let prefill_seconds = t0.elapsed().as_secs_f64();
         let t1 = std::time::Instant::now();
         let mut reason = StopReason::MaxTokens;
         while out.len() < opts.max_new_tokens {
+            progress.check()?;
             let next = sample(&mut logits, &history, opts, &mut rng);
             if opts.stop_on_eos && eos.contains(&next) {
                 reason = StopReason::Eos;
@@ -218,6 +224,7 @@ impl<B: Backend> Model<B> {
             }
             out.push(next);
             history.push(next);
+            progress.advance(1);
             let mut piece = String::new();
             if let Some(t) = tok {
                 let full = t.decode(&out, true)?;
@@ -275,10 +282,11 @@ impl<B: Backend> Model<B> {
         prompt: &str,
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> bool,
+        progress: &mut dyn Progress,
     ) -> Result<Generation> {
         let tok = self.tokenizer().ok_or(ModelError::NoTokenizer { op: "generate" })?;
         let ids = tok.encode(prompt, true)?;
-        self.generate_tokens(&ids, opts, on_token)
+        self.generate_tokens(&ids, opts, on_token, progress)
     }
 }
 

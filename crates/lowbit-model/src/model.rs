@@ -7,6 +7,7 @@ use crate::tensors::{Tensor, TensorSource};
 use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
 use lowbit_core::backend::Backend;
+use lowbit_core::progress::{phase, NoProgress, Progress};
 use lowbit_cpu::{Cpu, Linear};
 
 /// One decoder layer's weights, held by the backend (on the CPU: `Vec<f32>` and [`Linear`]).
@@ -275,9 +276,12 @@ impl Model {
         src: &mut dyn TensorSource,
         tokenizer: Option<Tokenizer>,
         device: Device,
+        progress: &mut dyn Progress,
     ) -> Result<Self> {
         let mut model = Self::build_without_layers(config, src, tokenizer, device)?;
+        let mut progress = phase(progress, "load", model.config.num_hidden_layers as u64);
         for i in 0..model.config.num_hidden_layers {
+            progress.check()?;
             let mut layer = take_layer(src, &model.config, i)?;
             if model.config.int8_activations {
                 for (name, lin) in layer.linears_mut() {
@@ -290,6 +294,7 @@ impl Model {
                 }
             }
             model.layers.push(layer);
+            progress.advance(1);
         }
         Ok(model)
     }
@@ -452,7 +457,7 @@ impl<B: Backend> Model<B> {
     pub fn forward_batch(&self, batch: &mut [(&[u32], &mut KvCache<B>)], mode: LogitsMode) -> Result<Vec<Logits>> {
         let c = &self.config;
         let h = c.hidden_size;
-        let (x, spans) = self.hidden_batch(batch)?;
+        let (x, spans) = self.hidden_batch(batch, &mut NoProgress)?;
         // Final norm and LM head on the rows asked for.
         let mut outs = Vec::with_capacity(batch.len());
         for (bi, (tokens, _)) in batch.iter().enumerate() {
@@ -484,9 +489,15 @@ impl<B: Backend> Model<B> {
     /// `[tokens][hidden]`, the LM head's input: callers that only reduce the logits (perplexity)
     /// apply the head a few rows at a time with [`Model::lm_head_rows`] instead of holding
     /// `tokens x vocab` floats.
-    pub fn hidden_states(&self, tokens: &[u32], cache: &mut KvCache<B>) -> Result<Vec<f32>> {
+    /// `progress` is polled for cancellation once per layer.
+    pub fn hidden_states(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<B>,
+        progress: &mut dyn Progress,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
-        let (x, _) = self.hidden_batch(&mut [(tokens, cache)])?;
+        let (x, _) = self.hidden_batch(&mut [(tokens, cache)], progress)?;
         let be = &self.backend;
         let n = be.buf_len(&x);
         let mut hidden = be.zeros(n).map_err(err)?;
@@ -518,8 +529,14 @@ impl<B: Backend> Model<B> {
     }
 
     /// The decoder stack over a batch: the residual stream after the last layer (before the
-    /// final norm), all sequences' rows stacked, and where each sequence's rows are.
-    fn hidden_batch(&self, batch: &mut [(&[u32], &mut KvCache<B>)]) -> Result<(B::Buffer, Vec<Span>)> {
+    /// final norm), all sequences' rows stacked, and where each sequence's rows are. `progress`
+    /// is polled once per layer (a long prefill is a few seconds); a cancelled call leaves the
+    /// caches half-extended, so they must be dropped.
+    fn hidden_batch(
+        &self,
+        batch: &mut [(&[u32], &mut KvCache<B>)],
+        progress: &mut dyn Progress,
+    ) -> Result<(B::Buffer, Vec<Span>)> {
         let c = &self.config;
         let (h, kvd) = (c.hidden_size, c.kv_dim());
         let mut spans = Vec::with_capacity(batch.len());
@@ -549,6 +566,7 @@ impl<B: Backend> Model<B> {
         let mut scratch = Scratch::new(be, c, m)?;
         scratch.set_positions(be, &self.rope, &spans)?;
         for (li, layer) in self.layers.iter().enumerate() {
+            progress.check()?;
             let caches = batch.iter_mut().map(|(_, cache)| &mut **cache);
             Block::new(self, layer).forward_cached(&mut x, &spans, caches, li, &mut scratch)?;
         }
