@@ -1,11 +1,13 @@
-//! lowbit-model: the Llama-family CPU runtime.
+//! lowbit-model: the Llama-family runtime.
 //!
 //! * [`ModelConfig`]: Hugging Face `config.json` for Llama, Mistral, Qwen2 and Qwen3.
 //! * [`Model::load`]: a Hugging Face directory (safetensors, single or sharded, f32/f16/bf16 and
 //!   lowbit-quantized tensors, memory-mapped) or a `.gguf` file; [`import_gguf`] converts a GGUF
 //!   to a directory.
-//! * [`Model::forward`] / [`Model::forward_batch`]: prefill and decode with a [`KvCache`]; every
-//!   weight product goes through `lowbit_cpu::Linear`, so quantized weights run packed.
+//! * [`Model::forward`] / [`Model::forward_batch`]: prefill and decode with a [`KvCache`]. The
+//!   model talks to kernels only through a `lowbit_core::backend::Backend` (`Model<B>`, `Layer<B>`,
+//!   `KvCache<B>`); loading builds the CPU one (`lowbit_cpu::Cpu`, the default type parameter),
+//!   whose weights are `lowbit_cpu::Linear`s, so quantized weights run packed.
 //! * [`Model::generate`]: greedy or sampled decoding with streaming; [`Tokenizer`] with its
 //!   chat template.
 //! * [`Model::perplexity`]: the project's evaluation protocol.
