@@ -17,6 +17,8 @@ mod attention;
 pub mod config;
 mod device;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod generate;
 pub mod gguf;
 mod load;
