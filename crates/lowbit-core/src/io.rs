@@ -17,6 +17,23 @@ use std::path::Path;
 
 /// Version written to `lowbit.format_version`; readers reject others.
 pub const FORMAT_VERSION: &str = "1";
+/// Largest safetensors JSON header the readers accept, in bytes (checked before it is parsed).
+/// A lowbit header grows by about 300 bytes per tensor and a Hugging Face one by about 100, so
+/// 64 MiB holds hundreds of thousands of tensors; the `safetensors` crate alone would allow 100 MB.
+/// The other limits on untrusted input are [`QTensor::MAX_DIMS`] and [`QTensor::MAX_ELEMENTS`].
+pub const MAX_HEADER_BYTES: u64 = 64 << 20;
+
+/// Checks the header length prefix of safetensors `bytes` against [`MAX_HEADER_BYTES`].
+pub fn check_header_len(bytes: &[u8]) -> Result<()> {
+    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    match n {
+        Some(n) if n > MAX_HEADER_BYTES => {
+            Err(CoreError::Corrupt(format!("header of {n} bytes is above the limit of {MAX_HEADER_BYTES}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 const VERSION_KEY: &str = "lowbit.format_version";
 const META_PREFIX: &str = "lowbit.";
 
@@ -323,6 +340,7 @@ fn read_one(st: &SafeTensors<'_>, name: &str, meta: &TensorMeta) -> Result<QTens
 
 /// Parses safetensors bytes written by [`to_bytes`].
 pub fn from_bytes(bytes: &[u8]) -> Result<Loaded> {
+    check_header_len(bytes)?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| CoreError::Corrupt(e.to_string()))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| CoreError::Corrupt(e.to_string()))?;
     let metadata = header.metadata().clone().unwrap_or_default();

@@ -102,6 +102,7 @@ impl SafetensorsSource {
     fn add(&mut self, path: PathBuf, bytes: Bytes) -> Result<()> {
         let corrupt = |reason: String| ModelError::Safetensors { path: path.display().to_string(), reason };
         let file = self.files.len();
+        lowbit_core::io::check_header_len(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let is_lowbit = header.metadata().as_ref().is_some_and(|m| m.contains_key("lowbit.format_version"));
