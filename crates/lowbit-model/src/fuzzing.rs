@@ -44,14 +44,15 @@ pub fn safetensors_dir(data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A GGUF file: header, metadata and tensor infos, the config and tokenizer built from the
-/// metadata, then every tensor dequantized.
+/// A GGUF file: header, metadata and tensor infos (`lowbit-gguf`), then what a model load takes
+/// from it: the config and tokenizer built from the metadata and every tensor dequantized.
 pub fn gguf(data: &[u8]) -> Result<()> {
-    let file = crate::GgufFile::from_bytes(Path::new("model.gguf"), data.to_vec())?;
-    let _ = file.config();
+    let path = Path::new("model.gguf");
+    let file = crate::GgufFile::from_bytes(data).map_err(|e| crate::gguf::gguf_error(path, e))?;
+    let _ = crate::gguf::config_from_gguf(&file);
     let _ = crate::gguf::tokenizer_from_gguf(&file);
-    for info in &file.tensors {
-        file.dequantize(&info.name)?;
+    for info in file.tensors() {
+        file.dequantize(&info.name).map_err(|e| crate::gguf::gguf_error(path, e))?;
     }
     Ok(())
 }
