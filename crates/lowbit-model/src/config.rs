@@ -413,6 +413,24 @@ mod tests {
     }
 
     #[test]
+    fn sizes_above_the_limits_are_errors() {
+        let cfg = |extra: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"architectures":["LlamaForCausalLM"],"vocab_size":10,"hidden_size":64,"intermediate_size":8,
+                "num_hidden_layers":1,"num_attention_heads":4{extra}}}"#
+            ))
+        };
+        assert!(cfg("").is_ok());
+        let e = cfg(r#","head_dim":8192"#).unwrap_err();
+        assert!(e.to_string().contains("head_dim"), "{e}");
+        let e = cfg(r#","vocab_size":16777217"#).unwrap_err();
+        assert!(e.to_string().contains("vocab_size"), "{e}");
+        // Each count is in bounds; their product (the width of all heads) is not, nor fits a u32.
+        let e = cfg(r#","num_attention_heads":16777216,"num_key_value_heads":1,"head_dim":4096"#).unwrap_err();
+        assert!(e.to_string().contains("num_attention_heads"), "{e}");
+    }
+
+    #[test]
     fn llama3_scaling_keeps_high_frequencies() {
         let cfg = ModelConfig::from_json_str(
             r#"{"architectures":["LlamaForCausalLM"],"vocab_size":10,"hidden_size":128,"intermediate_size":8,

@@ -61,17 +61,30 @@ pub fn gguf(data: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// Every file under `tests/fuzz_regressions/<target>/` (inputs the fuzzer once broke the
-    /// parser with) must now be rejected with an error, without a panic.
-    fn replay(target: &str, parse: fn(&[u8]) -> Result<()>) {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions").join(target);
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let path = entry.unwrap().path();
-            let data = std::fs::read(&path).unwrap();
-            assert!(parse(&data).is_err(), "{} parsed", path.display());
-            n += 1;
+    /// The files in `dir`, which must exist and hold at least one.
+    fn inputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let out: Vec<_> = entries.map(|e| e.unwrap().path()).map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect();
+        assert!(!out.is_empty(), "{} holds no inputs", dir.display());
+        out
+    }
+
+    /// The fuzz seeds (`fuzz/seeds/<target>/`, written by `fuzz/make_seeds.py`) are valid inputs:
+    /// the entry points accept them, so the fuzzer starts from the parsers' success paths.
+    fn seeds_parse(target: &str, parse: fn(&[u8]) -> Result<()>) {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds").join(target);
+        for (path, data) in inputs(&dir) {
+            if let Err(e) = parse(&data) {
+                panic!("{}: {e}", path.display());
+            }
         }
-        assert!(n > 0, "{} holds no inputs", dir.display());
+    }
+
+    #[test]
+    fn seeds_are_valid_inputs() {
+        seeds_parse("hf_config", hf_config);
+        seeds_parse("tokenizer_json", tokenizer_json);
+        seeds_parse("safetensors_dir", safetensors_dir);
+        seeds_parse("gguf", gguf);
     }
 }
