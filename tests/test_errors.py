@@ -103,3 +103,114 @@ def test_plain_safetensors_is_not_a_lowbit_file(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         lowbit.load(tmp_path / "nope.safetensors")
+
+
+# Every Rust error class reaches Python as its own exception (crates/lowbit-py/src/errors.rs maps
+# each variant by name, no wildcard). One trigger per class, from each crate.
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_llama import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("errors-tiny"))
+
+
+@pytest.fixture(scope="module")
+def nan_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model whose embedding of every token holds a NaN: its activations are not finite."""
+    from tiny_llama import write_tiny_llama
+
+    d = write_tiny_llama(tmp_path_factory.mktemp("nan-tiny"))
+    raw = bytearray((d / "model.safetensors").read_bytes())
+    import json
+    import struct
+
+    (n,) = struct.unpack("<Q", raw[:8])
+    entry = json.loads(raw[8 : 8 + n])["model.embed_tokens.weight"]
+    begin, end = (8 + n + o for o in entry["data_offsets"])
+    emb = np.frombuffer(bytes(raw[begin:end]), dtype="<f4").copy()
+    emb[:: entry["shape"][1]] = np.nan  # channel 0 of every token
+    raw[begin:end] = emb.tobytes()
+    (d / "model.safetensors").write_bytes(bytes(raw))
+    return d
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_non_finite_activation_is_a_non_finite_error(nan_model: Path, tmp_path: Path, method: str) -> None:
+    # gptq meets it in the solver's Hessian (a typed solver error), awq in the pipeline's own check.
+    with pytest.raises(lowbit.NonFiniteError, match="block 0"):
+        lowbit.quantize_model(
+            nan_model, tmp_path / "q", method=method, calib=nan_model / "ids.npy", nsamples=2, seqlen=8,
+            group_size=32,
+        )  # fmt: skip
+    assert not (tmp_path / "q").exists()
+    assert not (tmp_path / "q.partial").exists()
+
+
+def test_solver_errors_stay_typed() -> None:
+    from lowbit import _lowbit
+
+    weight = w(4, 16)
+    # A Hessian no damping can make positive definite (not finite).
+    with pytest.raises(lowbit.SolverFailedError, match="singular"):
+        _lowbit.gptq_quantize(weight, np.where(np.eye(16) > 0, np.nan, 0.0), 4, 8, False)
+    with pytest.raises(lowbit.UnsupportedError, match="percdamp"):
+        _lowbit.gptq_quantize(weight, np.eye(16), 4, 8, False, percdamp=-1.0)
+    with pytest.raises(lowbit.ShapeError, match="hessian"):
+        _lowbit.gptq_quantize(weight, np.eye(8), 4, 8, False)
+    assert issubclass(lowbit.SolverFailedError, lowbit.LowbitError)
+
+
+@pytest.mark.parametrize("bad", [0, -1, "row", 12.5])
+def test_group_size_has_one_spelling_everywhere(tiny: Path, tmp_path: Path, bad: object) -> None:
+    from lowbit import _lowbit
+
+    with pytest.raises(lowbit.ShapeError, match="positive int, 'channel' or 'tensor'"):
+        lowbit.quantize(w(), group_size=bad)  # type: ignore[arg-type]
+    with pytest.raises(lowbit.ShapeError, match="positive int, 'channel' or 'tensor'"):
+        _lowbit.gptq_quantize(w(4, 16), np.eye(16), 4, bad, False)  # type: ignore[arg-type]
+    with pytest.raises(lowbit.ShapeError, match="positive int, 'channel' or 'tensor'"):
+        lowbit.quantize_model(tiny, tmp_path / "q", method="rtn", group_size=bad)  # type: ignore[arg-type]
+
+
+def test_group_size_channel_and_tensor() -> None:
+    assert lowbit.quantize(w(), group_size="channel").granularity == "channel"
+    assert lowbit.quantize(w(), group_size="tensor").granularity == "tensor"
+    assert lowbit.quantize(w(), group_size=32).group_size == 32
+
+
+def test_model_errors_map_to_their_classes(tiny: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    with pytest.raises(FileNotFoundError):
+        lowbit.Model.load(tmp_path / "nope")
+    bad_arch = tmp_path / "arch"
+    shutil.copytree(tiny, bad_arch)
+    cfg = json.loads((bad_arch / "config.json").read_text())
+    (bad_arch / "config.json").write_text(json.dumps({**cfg, "architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(lowbit.UnsupportedError, match="architecture"):
+        lowbit.Model.load(bad_arch)
+    bad_cfg = tmp_path / "cfg"
+    shutil.copytree(tiny, bad_cfg)
+    (bad_cfg / "config.json").write_text("{ not json")
+    with pytest.raises(lowbit.CorruptFileError):
+        lowbit.Model.load(bad_cfg)
+    model = lowbit.Model.load(tiny)
+    with pytest.raises(lowbit.LowbitError, match="vocabulary"):
+        model.generate([10_000], max_new_tokens=1)
+    with pytest.raises(lowbit.LowbitError, match="tokenizer"):
+        model.encode("hi")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(FileExistsError):
+        lowbit.quantize_model(tiny, tmp_path / "full", method="rtn", group_size=32)
+    with pytest.raises(lowbit.UnsupportedError, match="per tensor"):
+        lowbit.quantize_model(tiny, tmp_path / "t", method="rtn", group_size="tensor")
+
+
+def test_calibration_never_searched_for(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOWBIT_CALIB_TEXT", raising=False)
+    with pytest.raises(lowbit.LowbitError, match="LOWBIT_CALIB_TEXT"):
+        lowbit.quantize_model(tiny, tmp_path / "q", method="gptq", group_size=32)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 import lowbit
-from reference import rtn_ref
+from reference import format_ref, rtn_ref
 
 GOLDEN = Path(__file__).parent / "golden" / "qtensors_v1.safetensors"
 
@@ -40,42 +40,15 @@ def test_round_trip_every_scheme(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["all.safetensors"], "no temp files left"
 
 
-def decode_with_reference(path: Path, name: str) -> np.ndarray:
-    """Decode one tensor of a lowbit file with nothing but safetensors, json and the spec."""
-    arrays = load_file(str(path))
-    with open(path, "rb") as f:
-        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-    meta = json.loads(header["__metadata__"][f"lowbit.{name}"])
-    shape, bits = meta["shape"], meta["bits"]
-    n = int(np.prod(shape))
-    codes = rtn_ref.unpack(arrays[f"{name}.qweight"], bits, n)
-    if meta["format"] == "int":
-        scale = arrays[f"{name}.scales"].astype(np.float32).reshape(-1)
-        zeros = arrays.get(f"{name}.zeros")
-        zero = (
-            zeros.astype(np.float32).reshape(-1)
-            if zeros is not None
-            else np.full(len(scale), 2 ** (bits - 1), np.float32)
-        )
-        group = {"tensor": "tensor", "channel": "channel"}.get(meta["granularity"], meta.get("group_size"))
-        return rtn_ref.dequantize(codes.reshape(shape), scale, zero, group)
-    table = rtn_ref.NF4 if meta["format"] == "nf4" else rtn_ref.FP4
-    if meta["double_quant"]:
-        q = arrays[f"{name}.absmax_q"].astype(np.float32)
-        s2 = np.repeat(arrays[f"{name}.scales"], 256)[: len(q)]
-        absmax = (q * s2 + np.float32(meta["dq_offset"])).astype(np.float32)
-    else:
-        absmax = arrays[f"{name}.scales"]
-    return (table[codes] * np.repeat(absmax, meta["block_size"])[:n]).reshape(shape)
-
-
 def test_written_by_lowbit_read_by_an_independent_decoder(tmp_path: Path) -> None:
     w = weights()
     path = tmp_path / "q.safetensors"
     tensors = {f"t{i}": lowbit.quantize(w, **kw) for i, kw in enumerate(SCHEMES)}  # type: ignore[arg-type]
     lowbit.save(path, tensors)
+    decoded = format_ref.read(path)
+    assert decoded.keys() == tensors.keys()
     for name, q in tensors.items():
-        np.testing.assert_allclose(decode_with_reference(path, name), q.dequantize(), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(format_ref.dequantize(decoded[name]), q.dequantize(), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -106,14 +79,35 @@ def test_written_independently_read_by_lowbit(tmp_path: Path, bits: int, symmetr
 
 
 def test_golden_file_written_by_rust_matches_reference() -> None:
-    """tests/golden is written by the Rust test suite (crates/lowbit-core/tests/golden.rs)."""
-    loaded = lowbit.load(GOLDEN)
+    """tests/golden is written by the Rust test suite (crates/lowbit-core/tests/golden.rs); every
+    stored field, read by the numpy reader, equals the numpy reference quantizer's."""
     w = (np.arange(4 * 64, dtype=np.float32).reshape(4, 64) * 0.37) % 5.0 - 2.5
-    assert set(loaded) == {"int4_g32", "int3_g64_sym", "nf4_dq"}
-    codes, _, _ = rtn_ref.rtn(w, 4, 32, False, "f16")
-    np.testing.assert_array_equal(loaded["int4_g32"].codes(), codes)
-    codes, _, _ = rtn_ref.rtn(w, 3, 64, True, "f16")
-    np.testing.assert_array_equal(loaded["int3_g64_sym"].codes(), codes)
-    codes, _ = rtn_ref.codebook_quantize(w, rtn_ref.NF4, 64)
-    np.testing.assert_array_equal(loaded["nf4_dq"].codes().reshape(-1), codes)
+    golden = format_ref.read(GOLDEN)
+    assert set(golden) == {"int4_g32", "int3_g64_sym", "nf4_dq"}
+
+    codes, scale, zero = rtn_ref.rtn(w, 4, 32, False, "f16")
+    g = golden["int4_g32"]
+    np.testing.assert_array_equal(g["codes"], codes.reshape(-1))
+    np.testing.assert_array_equal(g["scales"], scale)
+    np.testing.assert_array_equal(g["zeros"], zero.astype(np.uint8))
+
+    codes, scale, _ = rtn_ref.rtn(w, 3, 64, True, "f16")
+    g = golden["int3_g64_sym"]
+    np.testing.assert_array_equal(g["codes"], codes.reshape(-1))
+    np.testing.assert_array_equal(g["scales"], scale)
+    assert g["zeros"] is None, "symmetric: the zero point is implied, not stored"
+
+    codes, absmax = rtn_ref.codebook_quantize(w, rtn_ref.NF4, 64)
+    q, s2, offset = rtn_ref.double_quantize(absmax)
+    g = golden["nf4_dq"]
+    np.testing.assert_array_equal(g["codes"], codes)
+    np.testing.assert_array_equal(g["absmax_q"], q)
+    np.testing.assert_array_equal(g["dq_scales"], s2)
+    assert g["dq_offset"] == offset
+    np.testing.assert_array_equal(g["absmax"], q.astype(np.float32) * s2[0] + offset)
+
+    # lowbit's own reader agrees with the numpy one.
+    loaded = lowbit.load(GOLDEN)
+    for name, fields in golden.items():
+        np.testing.assert_array_equal(loaded[name].dequantize(), format_ref.dequantize(fields))
     assert loaded["int4_g32"] == lowbit.quantize(w, bits=4, group_size=32)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import lowbit
-from conftest import SHARED
+from conftest import smollm2_gguf, wikitext
 
 # PROTOCOL.md: greedy continuation of "Once upon a time" (no BOS) with the FP32 baseline.
 GREEDY_REFERENCE = [
@@ -33,11 +33,7 @@ GREEDY_REFERENCE = [
 
 @pytest.fixture(scope="module")
 def smollm2() -> lowbit.Model:
-    try:
-        path = lowbit.smollm2_gguf()
-    except FileNotFoundError as e:
-        pytest.skip(f"SmolLM2 not installed ({e})")
-    return lowbit.Model.load(path)
+    return lowbit.Model.load(smollm2_gguf())
 
 
 def test_greedy_continuation_matches_protocol_reference(smollm2: lowbit.Model) -> None:
@@ -80,10 +76,7 @@ def test_chat_template_renders(smollm2: lowbit.Model) -> None:
 
 
 def test_perplexity_small_window(smollm2: lowbit.Model) -> None:
-    text = (SHARED / "data" / "wikitext2" / "test.txt") if SHARED.exists() else None
-    if text is None:
-        pytest.skip("../shared is absent: no WikiText-2")
-    result = smollm2.perplexity(path=text, window=128, windows=2)
+    result = smollm2.perplexity(path=wikitext("test"), window=128, windows=2)
     assert result.windows == 2
     assert result.tokens == 2 * 127
     assert 5 < result.perplexity < 200
@@ -103,11 +96,7 @@ def test_unknown_architecture_is_refused_by_name(tmp_path: Path) -> None:
 
 
 def test_truncated_gguf_is_an_error(tmp_path: Path) -> None:
-    try:
-        source = lowbit.smollm2_gguf()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    with open(source, "rb") as f:
+    with open(smollm2_gguf(), "rb") as f:
         head = f.read(1 << 20)
     bad = tmp_path / "cut.gguf"
     for cut in (3, 100, len(head)):

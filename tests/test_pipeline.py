@@ -3,77 +3,26 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import lowbit
-from conftest import SHARED
+from conftest import smollm2_gguf, wikitext
 from lowbit import _lowbit
 from lowbit.cli import main
+from tiny_llama import Recorder, write_tiny_llama
 
 HIDDEN, FFN, VOCAB, LAYERS, HEADS, KV_HEADS = 32, 64, 61, 2, 4, 2
 
 
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    header: dict[str, object] = {}
-    offset = 0
-    blobs = []
-    for name in sorted(tensors):
-        data = np.ascontiguousarray(tensors[name], dtype="<f4").tobytes()
-        header[name] = {
-            "dtype": "F32",
-            "shape": list(tensors[name].shape),
-            "data_offsets": [offset, offset + len(data)],
-        }
-        offset += len(data)
-        blobs.append(data)
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    hd = HIDDEN // HEADS
-    t: dict[str, np.ndarray] = {"model.embed_tokens.weight": rng.standard_normal((VOCAB, HIDDEN)) * 0.5}
-    for i in range(LAYERS):
-        p = f"model.layers.{i}."
-        t[p + "input_layernorm.weight"] = 1 + 0.1 * rng.standard_normal(HIDDEN)
-        t[p + "post_attention_layernorm.weight"] = 1 + 0.1 * rng.standard_normal(HIDDEN)
-        for name, shape in [
-            ("self_attn.q_proj", (HEADS * hd, HIDDEN)),
-            ("self_attn.k_proj", (KV_HEADS * hd, HIDDEN)),
-            ("self_attn.v_proj", (KV_HEADS * hd, HIDDEN)),
-            ("self_attn.o_proj", (HIDDEN, HEADS * hd)),
-            ("mlp.gate_proj", (FFN, HIDDEN)),
-            ("mlp.up_proj", (FFN, HIDDEN)),
-            ("mlp.down_proj", (HIDDEN, FFN)),
-        ]:
-            t[p + name + ".weight"] = 0.2 * rng.standard_normal(shape)
-    t["model.norm.weight"] = np.ones(HIDDEN)
-    write_safetensors(d / "model.safetensors", t)
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": VOCAB,
-        "hidden_size": HIDDEN,
-        "intermediate_size": FFN,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "max_position_embeddings": 128,
-        "tie_word_embeddings": True,
-        "hidden_act": "silu",
-    }
-    (d / "config.json").write_text(json.dumps(config))
-    np.save(d / "ids.npy", np.random.default_rng(1).integers(0, VOCAB, 500).astype(np.int32))
-    return d
+    return write_tiny_llama(
+        tmp_path_factory.mktemp("tiny"), hidden=HIDDEN, ffn=FFN, vocab=VOCAB, layers=LAYERS, heads=HEADS,
+        kv_heads=KV_HEADS,
+    )  # fmt: skip
 
 
 def test_windows_match_numpy_protocol() -> None:
@@ -91,7 +40,7 @@ def test_windows_match_numpy_protocol() -> None:
 
 @pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
 def test_quantize_model_api(tiny_model: Path, tmp_path: Path, method: str) -> None:
-    events: list[tuple[str, int]] = []
+    progress = Recorder()
     report = lowbit.quantize_model(
         tiny_model,
         tmp_path / "q",
@@ -101,11 +50,14 @@ def test_quantize_model_api(tiny_model: Path, tmp_path: Path, method: str) -> No
         calib=tiny_model / "ids.npy",
         nsamples=8,
         seqlen=16,
-        progress=lambda stage, done, total, loss, elapsed, eta: events.append((stage, done)),
+        progress=progress,
     )
     assert isinstance(report, lowbit.QuantizeReport)
     assert len(report.layers) == 7 * LAYERS
-    assert ("block", LAYERS) in events
+    calibrated = [("calibrate", 8)] if method != "rtn" else []
+    assert progress.phases() == [*calibrated, ("blocks", LAYERS), ("write", 0)]
+    assert progress.events.count(("finish", None)) == len(progress.phases())
+    assert progress.events.count(("metric", "loss")) == LAYERS
     assert 4 < report.bits_per_weight < 5
     assert report.peak_rss_bytes is not None
     assert report.peak_rss_bytes > 0
@@ -161,15 +113,12 @@ def test_cli_quantize(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert report["params"]["desc_act"] is True
     assert report["params"]["bits"] == 3
     assert main([*argv[:3], str(tmp_path / "cli2"), *argv[4:]]) == 0
-    assert main(["quantize", str(tiny_model), "-o", str(out), "--method", "rtn", "-q"]) == 2  # out exists
+    assert main(["quantize", str(tiny_model), "-o", str(out), "--method", "rtn", "-q"]) == 1  # out exists
 
 
 @pytest.mark.slow
 def test_smollm2_gptq_w4_protocol(tmp_path: Path) -> None:
-    valid = SHARED / "data/wikitext2/valid.txt"
-    test = SHARED / "data/wikitext2/test.txt"
-    if not valid.is_file() or not test.is_file():
-        pytest.skip("../shared/data/wikitext2 is absent")
-    report = lowbit.quantize_model(lowbit.smollm2_gguf(), tmp_path / "q", method="gptq", bits=4, calib=valid)
+    valid, test = wikitext("valid"), wikitext("test")
+    report = lowbit.quantize_model(smollm2_gguf(), tmp_path / "q", method="gptq", bits=4, calib=valid)
     ppl = lowbit.Model.load(tmp_path / "q").perplexity(path=test).perplexity
     assert ppl <= 28.5849, (ppl, report.wall_seconds)

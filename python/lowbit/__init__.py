@@ -19,6 +19,7 @@ from ._lowbit import (
     NonFiniteError,
     QTensor,
     ShapeError,
+    SolverFailedError,
     UnsupportedError,
     __version__,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "QTensor",
     "QuantizeReport",
     "ShapeError",
+    "SolverFailedError",
     "UnsupportedError",
     "__version__",
     "calibration_windows",

@@ -17,8 +17,6 @@ from .model import Model
 GroupSize = Union[int, Literal["channel", "tensor"]]
 PathLike = Union[str, "os.PathLike[str]"]
 
-_GROUP_CODES = {"channel": -1, "tensor": 0}
-
 
 def quantize(
     weights: npt.NDArray[np.float32] | npt.NDArray[np.float16],
@@ -41,8 +39,9 @@ def quantize(
     Args:
         weights: the tensor to quantize (rank >= 1, finite).
         bits: 2, 3, 4 or 8 for ``format="int"``; 4 for the codebooks.
-        group_size: elements per group along the last axis (must divide it), ``"channel"``
-            (or -1) for one scale per row, ``"tensor"`` (or 0) for a single scale.
+        group_size: elements per group along the last axis (a positive int that divides it),
+            ``"channel"`` for one scale per row, ``"tensor"`` for a single scale (the same
+            spelling as :func:`lowbit.quantize_model` and ``lowbit quantize --group-size``).
         symmetric: no zero point (implied ``2**(bits-1)``); otherwise a uint8 zero per group.
         format: ``"int"`` (uniform grid), ``"nf4"`` or ``"fp4"`` (QLoRA codebooks).
         scale_dtype: storage of scales, ``"f16"`` (default) or ``"f32"``.
@@ -59,14 +58,11 @@ def quantize(
             divide the last axis.
         UnsupportedError: unsupported bits, dtype, format or option.
     """
-    code = _GROUP_CODES.get(group_size, group_size) if isinstance(group_size, str) else group_size
-    if isinstance(code, str):
-        raise _lowbit.ShapeError(f"group_size must be an int, 'channel' or 'tensor', got {group_size!r}")
     return _lowbit.quantize(
         weights,
         format=format,
         bits=bits,
-        group_size=code,
+        group_size=group_size,
         symmetric=symmetric,
         scale_dtype=scale_dtype,
         clip=clip,

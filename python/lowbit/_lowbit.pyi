@@ -1,7 +1,7 @@
 """Type stubs of the native module (checked by mypy.stubtest)."""
 
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any, Protocol, final
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +13,7 @@ __all__ = [
     "NonFiniteError",
     "QTensor",
     "ShapeError",
+    "SolverFailedError",
     "UnsupportedError",
     "__version__",
     "awq_search",
@@ -30,11 +31,18 @@ __all__ = [
 
 __version__: str
 
+class _Progress(Protocol):
+    def start(self, name: str, total: int, /) -> object: ...
+    def advance(self, n: int, /) -> object: ...
+    def metric(self, name: str, value: float, /) -> object: ...
+    def finish(self) -> object: ...
+
 class LowbitError(ValueError): ...
 class NonFiniteError(LowbitError): ...
 class ShapeError(LowbitError): ...
 class UnsupportedError(LowbitError): ...
 class CorruptFileError(LowbitError): ...
+class SolverFailedError(LowbitError): ...
 
 @final
 class QTensor:
@@ -73,7 +81,7 @@ def quantize(
     *,
     format: str = "int",
     bits: int = 4,
-    group_size: int = 128,
+    group_size: int | str = ...,
     symmetric: bool = False,
     scale_dtype: str = "f16",
     clip: str = "minmax",
@@ -116,6 +124,7 @@ class Model:
         stop: list[str] = ...,
         stop_on_eos: bool = True,
         on_token: Callable[[int, str], object] | None = None,
+        progress: _Progress | None = None,
     ) -> dict[str, Any]: ...
     def perplexity_ids(
         self,
@@ -123,17 +132,17 @@ class Model:
         *,
         window: int = 2048,
         max_windows: int | None = ...,
-        progress: Callable[[int, int, float], object] | None = None,
+        progress: _Progress | None = None,
     ) -> dict[str, Any]: ...
     def save(self, out_dir: str) -> None: ...
 
-def load_model(path: str) -> Model: ...
+def load_model(path: str, progress: _Progress | None = None) -> Model: ...
 def import_gguf(file: str, out_dir: str) -> None: ...
 def gptq_quantize(
     weight: npt.NDArray[np.float32],
     hessian: npt.NDArray[np.float64] | npt.NDArray[np.float32],
     bits: int,
-    group_size: int,
+    group_size: int | str,
     symmetric: bool,
     act_order: bool = False,
     static_groups: bool = False,
@@ -144,7 +153,7 @@ def awq_search(
     x: npt.NDArray[np.float32],
     weights: list[npt.NDArray[np.float32]],
     bits: int,
-    group_size: int,
+    group_size: int | str,
     symmetric: bool,
     n_grid: int = 20,
     clip: bool = True,
@@ -157,7 +166,7 @@ def quantize_model(
     *,
     method: str = "gptq",
     bits: int = 4,
-    group_size: int | None = ...,
+    group_size: int | str = ...,
     sym: bool = False,
     act_order: bool = False,
     static_groups: bool | None = None,
@@ -174,7 +183,7 @@ def quantize_model(
     sq_alpha: float = 0.5,
     resume: bool = False,
     stop_after_block: int | None = None,
-    progress: Callable[[str, int, int, float, float, float], object] | None = None,
+    progress: _Progress | None = None,
 ) -> str: ...
 def calibration_windows(
     ids: list[int], nsamples: int = 128, seqlen: int = 512, seed: int = 0

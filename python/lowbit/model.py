@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from . import _lowbit
+from .progress import Progress
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -64,8 +65,9 @@ class Model:
         self._native = native
 
     @classmethod
-    def load(cls, path: PathLike) -> Model:
-        return cls(_lowbit.load_model(os.fspath(path)))
+    def load(cls, path: PathLike, *, progress: Progress | None = None) -> Model:
+        """Load a model; ``progress`` (see :mod:`lowbit.progress`) sees phase ``load``."""
+        return cls(_lowbit.load_model(os.fspath(path), progress))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -103,11 +105,13 @@ class Model:
         stop: Sequence[str] = (),
         stop_on_eos: bool = True,
         on_token: Callable[[int, str], object] | None = None,
+        progress: Progress | None = None,
     ) -> Generation:
         """Generate a continuation of ``prompt`` (text, or token ids used as they are).
 
         ``temperature=0`` is greedy. ``on_token(token_id, text_piece)`` is called for every new
-        token; returning ``False`` stops. See :meth:`stream` for an iterator.
+        token; returning ``False`` stops. See :meth:`stream` for an iterator. ``progress`` sees
+        phase ``generate``; Ctrl-C stops generation and raises ``KeyboardInterrupt``.
         """
         out = self._native.generate(
             prompt if isinstance(prompt, str) else list(prompt),
@@ -120,6 +124,7 @@ class Model:
             stop=list(stop),
             stop_on_eos=stop_on_eos,
             on_token=on_token,
+            progress=progress,
         )
         return Generation(**out)
 
@@ -166,13 +171,15 @@ class Model:
         ids: Sequence[int] | None = None,
         window: int = PROTOCOL_WINDOW,
         windows: int | None = PROTOCOL_WINDOWS,
-        progress: Callable[[int, int, float], object] | None = None,
+        progress: Progress | None = None,
     ) -> PerplexityResult:
         """Perplexity under the evaluation protocol: the text tokenized whole (no BOS, no special
         tokens), cut into ``window``-token windows, the first ``windows`` (all when None) scored
         each from an empty context; ``exp(total NLL / (windows * (window - 1)))``.
 
         Give exactly one of ``text``, ``path`` (read as Python reads text files) or ``ids``.
+        ``progress`` (see :mod:`lowbit.progress`) sees phase ``perplexity``, one unit per window
+        and metric ``ppl``; Ctrl-C stops within a layer and raises ``KeyboardInterrupt``.
         """
         if sum(x is not None for x in (text, path, ids)) != 1:
             raise _lowbit.ShapeError("give exactly one of text, path or ids")

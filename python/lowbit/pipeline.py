@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -17,26 +17,22 @@ from typing import Any, Union
 import numpy as np
 
 from . import _lowbit
+from ._api import GroupSize
+from .progress import Progress
 
 PathLike = Union[str, "os.PathLike[str]"]
-#: ``progress(stage, done, total, loss, elapsed_seconds, eta_seconds)``; stage is
-#: ``"calibrating"``, ``"block"`` (after each block) or ``"writing"``.
-ProgressCallback = Callable[[str, int, int, float, float, float], object]
 
 PROTOCOL_NSAMPLES = 128
 PROTOCOL_SEQLEN = 512
+#: The environment variable naming the default calibration text (the protocol's WikiText-2
+#: ``valid.txt``). lowbit never looks for data on its own.
+CALIB_ENV = "LOWBIT_CALIB_TEXT"
 
 
-def protocol_calibration_file() -> Path | None:
-    """The calibration protocol's text (``../shared/data/wikitext2/valid.txt``), if present:
-    ``LOWBIT_CALIB`` when set, else next to the repository or the working directory."""
-    env = os.environ.get("LOWBIT_CALIB")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    candidates = [p.parent / "shared/data/wikitext2/valid.txt" for p in here.parents]
-    candidates += [p / "shared/data/wikitext2/valid.txt" for p in (Path.cwd(), *Path.cwd().parents)]
-    return next((c for c in candidates if c.is_file()), None)
+def calibration_text_from_env() -> Path | None:
+    """The calibration text named by ``$LOWBIT_CALIB_TEXT``, or None when it is unset or empty."""
+    value = os.environ.get(CALIB_ENV, "")
+    return Path(value) if value else None
 
 
 @dataclass(frozen=True)
@@ -94,7 +90,7 @@ def quantize_model(
     *,
     method: str = "gptq",
     bits: int = 4,
-    group_size: int | None = 128,
+    group_size: GroupSize = 128,
     sym: bool = False,
     act_order: bool = False,
     static_groups: bool | None = None,
@@ -109,21 +105,24 @@ def quantize_model(
     awq_samples: int = 128,
     sq_alpha: float = 0.5,
     resume: bool = False,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> QuantizeReport:
     """Quantize every linear layer in the transformer blocks of ``model`` (a Hugging Face
     directory, a lowbit checkpoint or a ``.gguf``) and write a lowbit checkpoint directory
     ``out`` (atomically: nothing appears on error).
 
     ``method``: ``"rtn"``, ``"gptq"``, ``"awq"`` or ``"smoothquant"`` (W8A8: ``bits=8,
-    group_size=None, sym=True``). ``group_size=None`` is one scale per output channel.
+    group_size="channel", sym=True``). ``group_size``: elements per group, or ``"channel"`` for
+    one scale per output channel.
     ``mse_clip`` (gptq, rtn): pick each group's range by least squared error instead of min-max;
     ``None`` is on for gptq, off for rtn. ``scale_dtype``: ``"f16"`` or ``"f32"`` group scales.
     ``calib``: a text file, a ``.jsonl`` (field ``text``), a ``.npy``/``.json`` of token ids, or
-    token ids in memory; ``None`` uses the calibration protocol's text when it can be found;
+    token ids in memory; ``None`` uses the text file named by ``$LOWBIT_CALIB_TEXT``;
     ``data_free=True`` samples calibration sequences from the model itself (seeded).
     ``resume=True`` continues from ``<out>.partial`` after an interrupted run (same bytes as an
-    uninterrupted one).
+    uninterrupted one). ``progress`` (see :mod:`lowbit.progress`) sees phases ``calibrate``,
+    ``blocks`` and ``write``; Ctrl-C stops the run within about a second, raises
+    ``KeyboardInterrupt``, writes no ``out`` and keeps ``<out>.partial`` for ``resume=True``.
     """
     calib_path: str | None = None
     calib_ids: list[int] | None = None
@@ -134,11 +133,10 @@ def quantize_model(
     elif calib is not None:
         calib_ids = [int(t) for t in np.asarray(calib).reshape(-1)]
     elif method != "rtn" and not data_free:
-        default = protocol_calibration_file()
+        default = calibration_text_from_env()
         if default is None:
-            raise FileNotFoundError(
-                "no calibration data: pass calib=... or data_free=True "
-                "(the protocol's valid.txt was not found)"
+            raise _lowbit.LowbitError(
+                f"no calibration data: pass calib=..., set {CALIB_ENV} to a text file, or use data_free=True"
             )
         calib_path = str(default)
     raw = _lowbit.quantize_model(

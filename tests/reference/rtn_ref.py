@@ -120,3 +120,18 @@ def codebook_quantize(w: np.ndarray, table: np.ndarray, block_size: int) -> tupl
     x = np.divide(flat, c, out=np.zeros_like(flat), where=c != 0)
     codes = np.argmin(np.abs(x[:, None] - table[None, :]), axis=1).astype(np.uint8)
     return codes, absmax
+
+
+def double_quantize(absmax: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    """Int8 codes, per-256 f32 scales and the f32 offset of double-quantized absmax values."""
+    absmax = absmax.astype(np.float32)
+    offset = np.float32(absmax.astype(np.float64).mean())
+    centred = (absmax - offset).astype(np.float32)
+    scales = np.empty(-(-len(absmax) // 256), dtype=np.float32)
+    codes = np.empty(len(absmax), dtype=np.int8)
+    for b in range(len(scales)):
+        block = centred[b * 256 : (b + 1) * 256]
+        m = np.abs(block).max()
+        scales[b] = np.float32(1.0) if m == 0 else m / np.float32(127.0)
+        codes[b * 256 : (b + 1) * 256] = np.clip(np.rint(block / scales[b]), -127, 127).astype(np.int8)
+    return codes, scales, offset

@@ -6,7 +6,7 @@
 //! `table[q] * c`. Codes are packed as 4-bit codes (`docs/format.md`).
 
 use crate::pack::{pack_into, packed_len};
-use crate::par::for_each_chunk;
+use crate::par::{self, for_each_chunk};
 use crate::{check_finite, Bits, Codebook, CodebookScheme, CoreError, Element, QParams, QTensor, Result, Scheme};
 
 /// NF4: the 16 quantiles of N(0, 1) normalised to [-1, 1], as published with QLoRA (bitsandbytes).
@@ -177,7 +177,7 @@ pub fn quantize<T: Element>(weights: &[T], shape: &[usize], scheme: CodebookSche
     // Chunks of an even number of blocks keep every chunk byte-aligned in the 4-bit stream.
     let elems_per_chunk = bs * if bs % 2 == 0 { 1 } else { 2 };
     let book = scheme.codebook;
-    for_each_chunk(&mut codes, elems_per_chunk / 2, numel, |k, out| {
+    for_each_chunk(&mut codes, elems_per_chunk / 2, par::pays(numel), |k, out| {
         let start = k * elems_per_chunk;
         let end = (start + elems_per_chunk).min(numel);
         let q: Vec<u8> = (start..end)

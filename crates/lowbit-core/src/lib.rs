@@ -18,7 +18,8 @@ mod element;
 mod error;
 pub mod io;
 pub mod pack;
-mod par;
+pub mod par;
+pub mod progress;
 mod qtensor;
 pub mod rtn;
 pub mod scheme;
@@ -26,6 +27,7 @@ pub mod scheme;
 pub use codebook::Absmax;
 pub use element::{check_finite, Element};
 pub use error::{CoreError, Result};
+pub use progress::{Cancelled, NoProgress, Progress};
 pub use qtensor::{QParams, QTensor, Scales};
 pub use scheme::{Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype, Scheme};
 

@@ -1,55 +1,91 @@
-//! Row-parallel iteration that degrades to a plain loop without the `parallel` feature.
+//! Data parallelism for every lowbit crate: rayon with the `parallel` feature, plain loops without
+//! it (wasm32 without threads), so no other module needs its own `cfg(feature = "parallel")`.
+//!
+//! Callers decide whether a loop is worth splitting (`par`); without the feature every loop runs
+//! on the calling thread whatever they decide.
+//!
+//! ```
+//! use lowbit_core::par;
+//!
+//! let mut out = vec![0u32; 1000];
+//! let split = par::pays(out.len());
+//! par::for_each_chunk(&mut out, 100, split, |i, chunk| chunk.fill(i as u32));
+//! assert_eq!((out[0], out[999]), (0, 9));
+//! let (a, b) = par::join(|| 1 + 1, || 2 * 2);
+//! assert_eq!((a, b), (2, 4));
+//! ```
 
-/// Calls `f(chunk_index, out_chunk)` for each `chunk_len`-sized chunk of `out`, in parallel when
-/// the `parallel` feature is on and the work (`work_elems` weights touched) pays for the threads.
-pub(crate) fn for_each_chunk<T: Send>(
-    out: &mut [T],
-    chunk_len: usize,
-    work_elems: usize,
-    f: impl Fn(usize, &mut [T]) + Sync + Send,
-) {
+/// Whether loops can run on several threads (the `parallel` feature is on).
+pub const ENABLED: bool = cfg!(feature = "parallel");
+
+/// Elements of work below which a split costs more than it saves: rayon's fork/join wakes the
+/// workers, several µs, which is about what one core needs for ~64k simple element updates.
+pub const MIN_WORK: usize = 1 << 16;
+
+/// Worker threads: rayon's pool size, or 1 without the `parallel` feature.
+pub fn threads() -> usize {
+    #[cfg(feature = "parallel")]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(not(feature = "parallel"))]
+    {
+        1
+    }
+}
+
+/// Whether `work` element updates are worth splitting over threads ([`MIN_WORK`] or more, and
+/// the `parallel` feature on).
+pub fn pays(work: usize) -> bool {
+    ENABLED && work >= MIN_WORK
+}
+
+/// Calls `f(chunk_index, chunk)` for each `chunk_len`-sized chunk of `out` (the last may be
+/// shorter), on the rayon pool when `par`; does nothing when `chunk_len` is 0.
+pub fn for_each_chunk<T: Send>(out: &mut [T], chunk_len: usize, par: bool, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     if chunk_len == 0 {
         return;
     }
-    #[cfg(not(feature = "parallel"))]
-    let _ = work_elems;
     #[cfg(feature = "parallel")]
-    {
-        // Below ~64k elements the rayon fork/join costs more than it saves.
-        if work_elems >= 1 << 16 {
-            use rayon::prelude::*;
-            out.par_chunks_mut(chunk_len).enumerate().for_each(|(i, c)| f(i, c));
-            return;
-        }
+    if par {
+        use rayon::prelude::*;
+        out.par_chunks_mut(chunk_len).enumerate().for_each(|(i, c)| f(i, c));
+        return;
     }
+    let _ = par;
     out.chunks_mut(chunk_len).enumerate().for_each(|(i, c)| f(i, c));
 }
 
 /// Calls `f(row, a_chunk, b_chunk)` for each row, where row `r` owns `a[r*a_len..]` and
-/// `b[r*b_len..]` (chunks of those lengths), in parallel where it pays; returns the first
-/// error in row order.
-pub(crate) fn try_for_each_row<A: Send, B: Send, E: Send>(
+/// `b[r*b_len..]` (chunks of those lengths), on the rayon pool when `par`; returns the error of
+/// the first failing row in row order.
+pub fn try_for_each_row<A: Send, B: Send, E: Send>(
     a: &mut [A],
     a_len: usize,
     b: &mut [B],
     b_len: usize,
-    work_elems: usize,
+    par: bool,
     f: impl Fn(usize, &mut [A], &mut [B]) -> Result<(), E> + Sync + Send,
 ) -> Result<(), E> {
-    #[cfg(not(feature = "parallel"))]
-    let _ = work_elems;
+    #[cfg(feature = "parallel")]
+    if par {
+        use rayon::prelude::*;
+        let results: Vec<Result<(), E>> =
+            a.par_chunks_mut(a_len).zip(b.par_chunks_mut(b_len)).enumerate().map(|(r, (x, y))| f(r, x, y)).collect();
+        return results.into_iter().collect();
+    }
+    let _ = par;
+    a.chunks_mut(a_len).zip(b.chunks_mut(b_len)).enumerate().try_for_each(|(r, (x, y))| f(r, x, y))
+}
+
+/// `(a(), b())`, side by side on the rayon pool with the `parallel` feature.
+pub fn join<RA: Send, RB: Send>(a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
     #[cfg(feature = "parallel")]
     {
-        if work_elems >= 1 << 16 {
-            use rayon::prelude::*;
-            let results: Vec<Result<(), E>> = a
-                .par_chunks_mut(a_len)
-                .zip(b.par_chunks_mut(b_len))
-                .enumerate()
-                .map(|(r, (x, y))| f(r, x, y))
-                .collect();
-            return results.into_iter().collect();
-        }
+        rayon::join(a, b)
     }
-    a.chunks_mut(a_len).zip(b.chunks_mut(b_len)).enumerate().try_for_each(|(r, (x, y))| f(r, x, y))
+    #[cfg(not(feature = "parallel"))]
+    {
+        (a(), b())
+    }
 }

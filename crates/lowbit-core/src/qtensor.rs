@@ -2,7 +2,7 @@
 
 use crate::codebook::{self, Absmax};
 use crate::pack::{packed_len, unpack_into};
-use crate::par::for_each_chunk;
+use crate::par::{self, for_each_chunk};
 use crate::rtn::{decode_row, matrix_dims, GroupParams};
 use crate::{CoreError, Granularity, Result, ScaleDtype, Scheme};
 use half::f16;
@@ -235,7 +235,7 @@ impl QTensor {
                 if (cols * bits.get() as usize) % 8 == 0 {
                     let row_bytes = cols * bits.get() as usize / 8;
                     let codes = &self.codes;
-                    for_each_chunk(out, cols, numel, |r, row| {
+                    for_each_chunk(out, cols, par::pays(numel), |r, row| {
                         let mut q = vec![0u8; cols];
                         unpack_into(&codes[r * row_bytes..], bits, &mut q);
                         decode_row(&q, r, s.granularity, &params, row);

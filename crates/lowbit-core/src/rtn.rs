@@ -5,7 +5,7 @@
 //! so stored parameters reproduce exactly the codes chosen here.
 
 use crate::pack::{pack_into, packed_len};
-use crate::par::{for_each_chunk, try_for_each_row};
+use crate::par::{self, for_each_chunk, try_for_each_row};
 use crate::Element;
 use crate::{
     check_finite, Bits, ClipSearch, CoreError, Granularity, IntScheme, QParams, QTensor, Result, ScaleDtype, Scales,
@@ -202,7 +202,7 @@ pub fn quantize<T: Element>(weights: &[T], shape: &[usize], scheme: IntScheme) -
         per_row,
         &mut out,
         row_out,
-        numel * clip.factors().len(),
+        par::pays(numel * clip.factors().len()),
         |r, row_params, out_row| {
             let mut buf = Vec::new();
             let row = T::as_f32(&weights[r * cols..(r + 1) * cols], &mut buf);
@@ -252,7 +252,7 @@ pub fn choose_params(weights: &[f32], rows: usize, cols: usize, scheme: IntSchem
     let mut unused = vec![(); rows];
     // A range search scores every candidate over the group: that is the work to split.
     let work = weights.len() * clip.factors().len();
-    try_for_each_row(&mut out, per_row, &mut unused, 1, work, |r, row_params, _| {
+    try_for_each_row(&mut out, per_row, &mut unused, 1, par::pays(work), |r, row_params, _| {
         let row = &weights[r * cols..(r + 1) * cols];
         for (p, group) in row_params.iter_mut().zip(row.chunks(seg)) {
             *p = group_params(group, bits, symmetric, scale_dtype, clip)?;
@@ -304,14 +304,14 @@ pub fn encode(weights: &[f32], cols: usize, scheme: IntScheme, params: &[GroupPa
     if row_bits % 8 == 0 {
         // Rows start on byte boundaries: encode and pack each row independently.
         let row_bytes = row_bits / 8;
-        for_each_chunk(&mut packed, row_bytes, numel, |r, out| {
+        for_each_chunk(&mut packed, row_bytes, par::pays(numel), |r, out| {
             let mut codes = vec![0u8; cols];
             encode_row(&weights[r * cols..(r + 1) * cols], r, scheme, params, &mut codes);
             pack_into(&codes, bits, out);
         });
     } else {
         let mut codes = vec![0u8; numel];
-        for_each_chunk(&mut codes, cols, numel, |r, out| {
+        for_each_chunk(&mut codes, cols, par::pays(numel), |r, out| {
             encode_row(&weights[r * cols..(r + 1) * cols], r, scheme, params, out)
         });
         pack_into(&codes, bits, &mut packed);

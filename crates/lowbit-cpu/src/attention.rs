@@ -89,7 +89,7 @@ fn attention_at(level: Level, shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f3
     // Enough tasks to keep every thread busy (later blocks cost more under the causal mask),
     // no more queries per task than a few register tiles' worth of K/V reuse needs.
     let block = n.div_ceil(4 * par::threads()).clamp(1, MAX_QUERY_BLOCK);
-    par::for_chunks(out, block * qd, true, |bi, o| {
+    par::for_each_chunk(out, block * qd, true, |bi, o| {
         attend_block(level, shape, q, kc, vc, past, bi * block, o);
     });
 }

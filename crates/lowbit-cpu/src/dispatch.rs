@@ -116,6 +116,7 @@ macro_rules! leveled {
     ($(#[$doc:meta])* $vis:vis fn $name:ident<const $fma:ident: bool>($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)?
         $body:block) => {
         $(#[$doc])*
+        #[allow(unsafe_code)] // the two calls below, on the strength of `Level`
         $vis fn $name(level: $crate::dispatch::Level, $($a: $t),*) $(-> $r)? {
             #[inline(always)]
             fn body<const $fma: bool>($($a: $t),*) $(-> $r)? $body

@@ -13,9 +13,9 @@
 //! each row is dequantized in natural order by portable code into an L1 buffer, then the level's
 //! f32 dot product or tile runs on it.
 
-use crate::isa::{interleave, CbBlock, IntBlock, Isa, Zeros};
-use crate::linear::{Linear, WeightKind};
-use crate::par::for_chunks;
+use crate::isa::{interleave, CbBlock, IntBlock, Isa, MicroTile, Zeros};
+use crate::par;
+use crate::weight::{Weight, WeightKind};
 use half::{bf16, f16};
 use lowbit_core::pack::{code_at, unpack_into};
 use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme};
@@ -35,7 +35,6 @@ const GENERIC_STEP: usize = 256;
 /// Weight bytes below which a matrix-vector product runs on the calling thread: one core streams
 /// 512 KiB of codes in ~20 µs, and waking rayon's workers costs several µs (far more when the
 /// other core is busy), which measured slower for SmolLM2's 576x576 and 1536x576 INT4 matrices.
-#[cfg(feature = "parallel")]
 const PARALLEL_MIN_GEMV_BYTES: usize = 512 << 10;
 
 /// The weight as the driver sees it.
@@ -67,9 +66,9 @@ struct CbSrc<'a> {
 }
 
 impl<'a> Src<'a> {
-    fn new<I: Isa>(lin: &'a Linear) -> Self {
+    fn new<I: Isa>(lin: &'a Weight) -> Self {
         let cols = lin.cols();
-        match lin.weight() {
+        match lin.kind() {
             WeightKind::F32(w) => Src::F32(w),
             WeightKind::F16(w) => Src::F16(w),
             WeightKind::Bf16(w) => Src::Bf16(w),
@@ -351,31 +350,29 @@ fn gemm_block<I: Isa>(
             for i in (0..mi).step_by(I::MR) {
                 let mr = I::MR.min(mi - i);
                 let o = &mut out[i * ostride + rb - col_base..];
-                isa.kernel(&x[i * cols + k0..], cols, mr, pt, kc, o, ostride, nb, k0 > 0);
+                let (x, p) = (&x[i * cols + k0..], &pt[..]);
+                isa.kernel(MicroTile { x, xs: cols, mr, p, kc, out: o, os: ostride, nr: nb, accumulate: k0 > 0 });
             }
         }
     }
 }
 
 /// Threads for a product: the rayon pool when the work pays for waking it, else 1.
-fn threads(lin: &Linear, m: usize) -> usize {
-    #[cfg(feature = "parallel")]
-    {
-        let big = if m < GEMM_MIN_M {
-            lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
-        } else {
-            m * lin.rows() * lin.cols() >= crate::par::PARALLEL_MIN_MACS
-        };
-        if big {
-            return crate::par::threads();
-        }
+fn threads(lin: &Weight, m: usize) -> usize {
+    let big = if m < GEMM_MIN_M {
+        lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
+    } else {
+        m * lin.rows() * lin.cols() >= par::PARALLEL_MIN_MACS
+    };
+    if big {
+        par::threads()
+    } else {
+        1
     }
-    let _ = (lin, m);
-    1
 }
 
 /// `out[m, rows] = x[m, cols] · Wᵀ` at level `isa`. Shapes are checked by the caller.
-pub(crate) fn forward<I: Isa>(isa: I, lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) {
+pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &mut [f32]) {
     let (rows, cols) = (lin.rows(), lin.cols());
     let src = Src::new::<I>(lin);
     let permuted;
@@ -396,12 +393,12 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Linear, x: &[f32], m: usize, out: &m
         // Equal chunks, a multiple of 4 rows, a few per thread so a slow thread is not the tail.
         let per = if par { rows.div_ceil(nthreads * 4).next_multiple_of(4) } else { rows };
         for (xi, oi) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
-            for_chunks(oi, per, par, |c, o| gemv_rows(isa, &src, cols, xi, c * per, o));
+            par::for_each_chunk(oi, per, par, |c, o| gemv_rows(isa, &src, cols, xi, c * per, o));
         }
     } else if !par || m >= 4 * I::MR * nthreads {
         // Split by rows of x: out rows are contiguous, every thread sweeps all of W.
         let per = if par { m.div_ceil(nthreads) } else { m };
-        for_chunks(out, per * rows, par, |c, o| {
+        par::for_each_chunk(out, per * rows, par, |c, o| {
             let mi = o.len() / rows;
             gemm_block(isa, &src, cols, &x[c * per * cols..], mi, 0, rows, o, rows, 0);
         });
@@ -409,7 +406,7 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Linear, x: &[f32], m: usize, out: &m
         // Few rows of x: split by panels of W into per-panel outputs, then scatter.
         let per = NB;
         let mut parts = vec![0.0; m * rows.next_multiple_of(per)];
-        for_chunks(&mut parts, m * per, par, |c, o| {
+        par::for_each_chunk(&mut parts, m * per, par, |c, o| {
             let r0 = c * per;
             if r0 < rows {
                 gemm_block(isa, &src, cols, x, m, r0, (r0 + per).min(rows), o, per, r0);

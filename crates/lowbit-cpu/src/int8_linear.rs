@@ -3,7 +3,7 @@
 
 use crate::scalar::{act_scale_i8, quantize_i8};
 use crate::w8a8::{self, Panels, LINE, PANEL_ROWS, QUAD, W8A8_MAX_COLS};
-use crate::{CpuError, KernelLevel, Linear, Result, WeightKind};
+use crate::{CpuError, KernelLevel, Result};
 use lowbit_core::{Bits, Granularity, QParams, QTensor, Scheme};
 
 /// A weight matrix `W[rows, cols]` of int8 codes with one f32 scale per row, for
@@ -17,7 +17,7 @@ use lowbit_core::{Bits, Granularity, QParams, QTensor, Scheme};
 ///
 /// the same arithmetic as `lowbit_solvers::smoothquant::matmul_w8a8_ref`, so outputs agree with it
 /// bit for bit, and every kernel level returns bit-identical outputs. Build it from a QTensor with
-/// [`Int8Linear::from_qtensor`] (8-bit, symmetric, per-channel or per-tensor), from a [`Linear`]
+/// [`Int8Linear::from_qtensor`] (8-bit, symmetric, per-channel or per-tensor), from a [`crate::Linear`]
 /// holding one with [`Int8Linear::from_linear`], or from raw codes with [`Int8Linear::from_i8`].
 #[derive(Clone, Debug)]
 pub struct Int8Linear {
@@ -54,17 +54,6 @@ impl Int8Linear {
             _ => (0..rows).map(|r| scales.get(r)).collect(),
         };
         Self::pack(OP, rows, cols, q.codes(), scales)
-    }
-
-    /// [`Int8Linear::from_qtensor`] of the weight of `lin`, which must be such a QTensor.
-    pub fn from_linear(lin: &Linear) -> Result<Self> {
-        match lin.weight() {
-            WeightKind::Quant(q) => Self::from_qtensor(q),
-            other => Err(CpuError::Unsupported {
-                op: "Int8Linear::from_linear",
-                what: format!("{} weights (W8A8 needs an 8-bit symmetric per-channel QTensor)", kind_name(other)),
-            }),
-        }
     }
 
     /// Packs signed codes `codes[r * cols + c]` (`W ≈ codes * scales[r]`) with one finite scale
@@ -140,11 +129,11 @@ impl Int8Linear {
     /// Bytes a forward pass reads: the packed codes (rows and columns padded to 16 and 4) and
     /// the f32 scales.
     pub fn nbytes(&self) -> usize {
-        self.codes.len() + 4 * self.rows
+        self.panels().nbytes()
     }
 
     pub(crate) fn panels(&self) -> Panels<'_> {
-        Panels { codes: &self.codes, kq: self.kq, scales: &self.scales, rows: self.rows }
+        Panels { codes: &self.codes, kq: self.kq, scales: &self.scales, rows: self.rows, cols: self.cols }
     }
 
     fn check_shapes(&self, x: &[f32], m: usize, out: &[f32]) -> Result<()> {
@@ -172,10 +161,10 @@ impl Int8Linear {
             return Ok(());
         }
         match level {
-            KernelLevel::Scalar => w8a8::forward(crate::isa::Portable, self, x, m, out),
+            KernelLevel::Scalar => w8a8::forward(crate::isa::Portable, &self.panels(), x, m, out),
             #[cfg(target_arch = "x86_64")]
             KernelLevel::Avx2 => match crate::x86::w8a8_avx2::Avx2I8::new() {
-                Some(isa) => w8a8::forward(isa, self, x, m, out),
+                Some(isa) => w8a8::forward(isa, &self.panels(), x, m, out),
                 None => Err(CpuError::KernelLevel(level.name().into())),
             },
             #[cfg(target_arch = "x86_64")]
@@ -184,8 +173,8 @@ impl Int8Linear {
                     return Err(CpuError::KernelLevel(level.name().into()));
                 }
                 match (crate::x86::w8a8_avx512::Vnni512::new(), crate::x86::w8a8_avx2::Avx2I8::new()) {
-                    (Some(isa), _) => w8a8::forward(isa, self, x, m, out),
-                    (None, Some(isa)) => w8a8::forward(isa, self, x, m, out),
+                    (Some(isa), _) => w8a8::forward(isa, &self.panels(), x, m, out),
+                    (None, Some(isa)) => w8a8::forward(isa, &self.panels(), x, m, out),
                     (None, None) => Err(CpuError::KernelLevel(level.name().into())),
                 }
             }
@@ -213,15 +202,6 @@ impl Int8Linear {
             }
         }
         Ok(())
-    }
-}
-
-fn kind_name(w: &WeightKind) -> &'static str {
-    match w {
-        WeightKind::F32(_) => "f32",
-        WeightKind::F16(_) => "f16",
-        WeightKind::Bf16(_) => "bf16",
-        WeightKind::Quant(_) => "quantized",
     }
 }
 

@@ -77,6 +77,31 @@ pub(crate) struct CbBlock<'a> {
     pub table: &'a [f32; 16],
 }
 
+/// One call of the micro-kernel: `out[i*os + j] (+)= Σ_{k<kc} x[i*xs + k] * p[k*PANEL + j]` for
+/// `i < mr`, `j < nr`; adds to `out` when `accumulate`, else overwrites. `p` is a panel of `kc`
+/// rows of `PANEL` weights (W transposed).
+#[derive(Debug)]
+pub(crate) struct MicroTile<'a> {
+    /// Rows of x, `xs` apart.
+    pub x: &'a [f32],
+    /// Stride of x's rows.
+    pub xs: usize,
+    /// Rows of x in the tile.
+    pub mr: usize,
+    /// The transposed panel.
+    pub p: &'a [f32],
+    /// Panel rows (the depth of the sums).
+    pub kc: usize,
+    /// Rows of the output, `os` apart.
+    pub out: &'a mut [f32],
+    /// Stride of the output's rows.
+    pub os: usize,
+    /// Valid weight rows of the panel (outputs per row).
+    pub nr: usize,
+    /// Add to `out` instead of overwriting it.
+    pub accumulate: bool,
+}
+
 /// One instruction-set level's kernels.
 pub(crate) trait Isa: Copy + Send + Sync {
     /// f32 lanes of the vectors the fast code kernels unpack into (0: no fast code kernels).
@@ -103,23 +128,9 @@ pub(crate) trait Isa: Copy + Send + Sync {
     const PANEL: usize;
     /// Rows of x per micro-kernel call.
     const MR: usize;
-    /// The matrix-matrix micro-kernel: `out[i*os + j] (+)= Σ_{k<kc} x[i*xs + k] * p[k*PANEL + j]`
-    /// for `i < mr ≤ MR`, `j < nr ≤ PANEL`; adds to `out` when `accumulate`, else overwrites.
-    /// `p` is a panel of `kc` rows of `PANEL` weights (W transposed); each weight is loaded
-    /// once per `MR` rows of x, each x value broadcast once per `PANEL` weights.
-    #[allow(clippy::too_many_arguments)]
-    fn kernel(
-        self,
-        x: &[f32],
-        xs: usize,
-        mr: usize,
-        p: &[f32],
-        kc: usize,
-        out: &mut [f32],
-        os: usize,
-        nr: usize,
-        accumulate: bool,
-    );
+    /// The matrix-matrix micro-kernel on one [`MicroTile`] (`mr ≤ MR`, `nr ≤ PANEL`): each weight
+    /// is loaded once per `MR` rows of x, each x value broadcast once per `PANEL` weights.
+    fn kernel(self, t: MicroTile);
     /// `out[r] = x · row r` of an integer block (`out.len()` rows), x interleaved.
     fn gemv_int(self, b: &IntBlock, x: &[f32], out: &mut [f32]);
     /// Row `r` of an integer block, elements `k0..k0 + dst.len()` (chunk aligned), dequantized in
@@ -211,18 +222,8 @@ impl Isa for Portable {
     }
     const PANEL: usize = 8;
     const MR: usize = 4;
-    fn kernel(
-        self,
-        x: &[f32],
-        xs: usize,
-        mr: usize,
-        p: &[f32],
-        kc: usize,
-        out: &mut [f32],
-        os: usize,
-        nr: usize,
-        accumulate: bool,
-    ) {
+    fn kernel(self, t: MicroTile) {
+        let MicroTile { x, xs, mr, p, kc, out, os, nr, accumulate } = t;
         for i in 0..mr {
             let mut acc = [0f32; 8];
             for (k, &xv) in x[i * xs..i * xs + kc].iter().enumerate() {

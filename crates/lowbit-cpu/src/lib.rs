@@ -14,6 +14,10 @@
 //! too.
 
 #![deny(missing_docs)]
+// `unsafe` lives in the x86 kernel modules and at the dispatch points that call them, each block
+// with a `// SAFETY:` comment saying why it holds.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod attention;
 mod dispatch;
@@ -26,11 +30,14 @@ pub mod ops;
 mod par;
 pub mod scalar;
 mod w8a8;
+mod weight;
 #[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
 mod x86;
 
 pub use dispatch::{kernel_level, KernelLevel};
 pub use error::{CpuError, Result};
 pub use int8_linear::Int8Linear;
-pub use linear::{Linear, WeightKind};
+pub use linear::Linear;
 pub use w8a8::W8A8_MAX_COLS;
+pub use weight::WeightKind;

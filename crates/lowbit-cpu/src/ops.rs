@@ -53,32 +53,31 @@ pub const SWIGLU_TOL: f32 = 2e-6;
 /// Largest `|fast - reference| / max(1, |reference|)` of [`nll`] against [`crate::scalar::nll`].
 pub const NLL_TOL: f64 = 2e-6;
 
-/// Largest element of a lane array, pairwise (vectorizes; NaN-unaware, unlike `f32::max`).
+/// `f` folded over a lane array pairwise (halving the width while it is even, the order a
+/// vectorized reduction uses), then left to right from `init` over what is left.
 #[inline(always)]
-pub(crate) fn max_lanes<const N: usize>(x: &[f32; N]) -> f32 {
+fn fold_lanes<const N: usize>(x: &[f32; N], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut v = *x;
     let mut w = N;
     while w > 1 && w.is_multiple_of(2) {
         w /= 2;
         for i in 0..w {
-            v[i] = if v[i + w] > v[i] { v[i + w] } else { v[i] };
+            v[i] = f(v[i], v[i + w]);
         }
     }
-    v[..w].iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+    v[..w].iter().fold(init, |a, &b| f(a, b))
 }
 
-/// Sum of a lane array, pairwise (the order a vectorized reduction uses).
+/// Largest element of a lane array (vectorizes; NaN-unaware, unlike `f32::max`).
+#[inline(always)]
+pub(crate) fn max_lanes<const N: usize>(x: &[f32; N]) -> f32 {
+    fold_lanes(x, f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
+}
+
+/// Sum of a lane array, pairwise.
 #[inline(always)]
 pub(crate) fn sum_lanes<const N: usize>(x: &[f32; N]) -> f32 {
-    let mut v = *x;
-    let mut w = N;
-    while w > 1 && w.is_multiple_of(2) {
-        w /= 2;
-        for i in 0..w {
-            v[i] += v[i + w];
-        }
-    }
-    v[..w].iter().sum()
+    fold_lanes(x, 0.0, |a, b| a + b)
 }
 
 /// `Σ a[i] b[i]` with eight independent accumulators, so the compiler vectorizes it.

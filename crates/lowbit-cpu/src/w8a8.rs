@@ -24,9 +24,9 @@
 //! `(acc as f32 * x_scale) * w_scale`, hence bit-identical outputs.
 
 use crate::isa::Portable;
-use crate::par::for_chunks;
+use crate::par;
 use crate::scalar::{absmax_bits, quantize_i8, scale_from_absmax_bits};
-use crate::{CpuError, Int8Linear, Result};
+use crate::{CpuError, Result};
 
 /// Weight rows per panel (one 64-byte line per column quad).
 pub(crate) const PANEL_ROWS: usize = 16;
@@ -43,7 +43,6 @@ pub const W8A8_MAX_COLS: usize = 1 << 17;
 /// machine), so waking rayon's workers pays off only for larger matrices than
 /// [`crate::driver::PARALLEL_MIN_GEMV_BYTES`]: on that 2-core machine two threads measured
 /// slower for 1536x576 and 576x1536.
-#[cfg(feature = "parallel")]
 const PARALLEL_MIN_GEMV_BYTES: usize = 4 << 20;
 /// Token rows below which activation quantization stays on the calling thread.
 #[cfg(feature = "parallel")]
@@ -60,6 +59,8 @@ pub(crate) struct Panels<'a> {
     pub scales: &'a [f32],
     /// Valid rows.
     pub rows: usize,
+    /// Columns (codes per row before padding to quads).
+    pub cols: usize,
 }
 
 impl Panels<'_> {
@@ -72,6 +73,11 @@ impl Panels<'_> {
     #[inline]
     pub(crate) fn count(&self) -> usize {
         self.rows.div_ceil(PANEL_ROWS)
+    }
+    /// Bytes a forward pass reads: the packed codes and the f32 scales of the valid rows.
+    #[inline]
+    pub(crate) fn nbytes(&self) -> usize {
+        self.codes.len() + 4 * self.rows
     }
     /// Valid rows of panels `p0..p1`, counted from row `16 * p0`.
     #[inline]
@@ -179,20 +185,17 @@ impl W8a8Isa for Portable {
 
 /// Threads for a product: the rayon pool when the work pays for waking it, else 1 (matrix-matrix:
 /// the threshold of the f32-activation driver).
-fn threads(lin: &Int8Linear, m: usize) -> usize {
-    #[cfg(feature = "parallel")]
-    {
-        let big = if m == 1 {
-            lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
-        } else {
-            m * lin.rows() * lin.cols() >= crate::par::PARALLEL_MIN_MACS
-        };
-        if big {
-            return crate::par::threads();
-        }
+fn threads(w: &Panels, m: usize) -> usize {
+    let big = if m == 1 {
+        w.nbytes() >= PARALLEL_MIN_GEMV_BYTES
+    } else {
+        m * w.rows * w.cols >= par::PARALLEL_MIN_MACS
+    };
+    if big {
+        par::threads()
+    } else {
+        1
     }
-    let _ = (lin, m);
-    1
 }
 
 /// Quantizes every token of `x` into `codes` (`kp` per token), `scales` and `sums`; the first
@@ -247,11 +250,10 @@ pub(crate) fn non_finite(x: &[f32], cols: usize, t: usize) -> CpuError {
 /// is then split over threads by tokens when every thread gets at least [`TOKEN_SPLIT_MIN`] of
 /// them (each sweeps all of W: compute bound), else by panels of W (memory bound: each thread
 /// streams its share of W once).
-pub(crate) fn forward<I: W8a8Isa>(isa: I, lin: &Int8Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
-    let (rows, cols) = (lin.rows(), lin.cols());
-    let w = lin.panels();
+pub(crate) fn forward<I: W8a8Isa>(isa: I, w: &Panels, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+    let (rows, cols) = (w.rows, w.cols);
     let kp = w.kq * QUAD;
-    let nthreads = threads(lin, m);
+    let nthreads = threads(w, m);
     let par = nthreads > 1;
     let mut codes = vec![I::Act::default(); m * kp];
     let mut scales = vec![0f32; m];
@@ -260,24 +262,24 @@ pub(crate) fn forward<I: W8a8Isa>(isa: I, lin: &Int8Linear, x: &[f32], m: usize,
     let acts = Acts { codes: &codes, kp, scales: &scales, sums: &sums };
     let np = w.count();
     if !par {
-        isa.gemm(&w, 0, np, &acts, out, rows);
+        isa.gemm(w, 0, np, &acts, out, rows);
     } else if m >= TOKEN_SPLIT_MIN * nthreads {
         let per = m.div_ceil(nthreads);
-        for_chunks(out, per * rows, par, |c, o| {
+        par::for_each_chunk(out, per * rows, par, |c, o| {
             let t0 = c * per;
-            isa.gemm(&w, 0, np, &acts.tokens(t0, t0 + o.len() / rows), o, rows);
+            isa.gemm(w, 0, np, &acts.tokens(t0, t0 + o.len() / rows), o, rows);
         });
     } else {
         // A few chunks per thread so a slow thread is not the tail.
         let pp = np.div_ceil(nthreads * 4).max(1);
         let width = pp * PANEL_ROWS;
         if m == 1 {
-            for_chunks(out, width, par, |c, o| isa.gemm(&w, c * pp, ((c + 1) * pp).min(np), &acts, o, width));
+            par::for_each_chunk(out, width, par, |c, o| isa.gemm(w, c * pp, ((c + 1) * pp).min(np), &acts, o, width));
         } else {
             let chunks = np.div_ceil(pp);
             let mut parts = vec![0f32; chunks * m * width];
-            for_chunks(&mut parts, m * width, par, |c, o| {
-                isa.gemm(&w, c * pp, ((c + 1) * pp).min(np), &acts, o, width);
+            par::for_each_chunk(&mut parts, m * width, par, |c, o| {
+                isa.gemm(w, c * pp, ((c + 1) * pp).min(np), &acts, o, width);
             });
             for (c, part) in parts.chunks_exact(m * width).enumerate() {
                 let r0 = c * width;

@@ -2,13 +2,15 @@
 //! maintained with llama.cpp): its quantizers bit for bit, its dequantizers, and its
 //! `GGUFReader` on a file our writer wrote.
 //!
-//! These need `python3` with numpy and gguf, so they are `#[ignore]`d and reported as such
-//! where those may be missing; run them with `cargo test -p lowbit-gguf -- --include-ignored`
-//! (the Makefile and CI do, with `LOWBIT_REQUIRE_REFERENCES=1`). Once asked to run, a missing
-//! Python is a failure, not a skip; and with `LOWBIT_REQUIRE_REFERENCES=1` the one test that is
-//! never ignored checks that the references are there.
+//! These need python3 with numpy and gguf, a reference outside the repository, so they are
+//! `#[ignore = "reference: ..."]` (reported as ignored by a plain `cargo test`); `make test-rust`
+//! runs them with the venv's python3, and once asked to run a missing Python is a failure, not a
+//! skip (see tests/reference/locate.rs).
 
 mod common;
+
+#[path = "../../../tests/reference/locate.rs"]
+mod references;
 
 use common::{temp_dir, test_weights, Rng};
 use lowbit_gguf::{dequantize_to_vec, quantize, GgmlType, GgufValue, GgufValueType, GgufWriter};
@@ -16,19 +18,10 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
-const IGNORE: &str = "needs python3 with numpy and gguf";
-
-fn python_has_gguf() -> bool {
-    Command::new("python3").args(["-c", "import numpy, gguf"]).output().is_ok_and(|o| o.status.success())
-}
-
-/// Runs `script` with python3, panicking with its stderr when it fails or Python is missing.
+/// Runs `script` with a python3 that has numpy and gguf, panicking with its stderr if it fails.
 fn python(script: &str) -> String {
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .output()
-        .unwrap_or_else(|e| panic!("python3 not runnable ({e}); this test {IGNORE}"));
-    assert!(out.status.success(), "python failed (this test {IGNORE}):\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(references::python(&["numpy", "gguf"])).args(["-c", script]).output().unwrap();
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -36,19 +29,12 @@ fn write_f32(path: &Path, x: &[f32]) {
     std::fs::write(path, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
 }
 
-#[test]
-fn references_are_present_when_required() {
-    if std::env::var("LOWBIT_REQUIRE_REFERENCES").as_deref() == Ok("1") {
-        assert!(python_has_gguf(), "LOWBIT_REQUIRE_REFERENCES=1 but python3 with numpy and gguf is missing");
-    }
-}
-
 /// The types gguf-py quantizes, by its `GGMLQuantizationType` names.
 const PY_QUANTIZED: [GgmlType; 7] =
     [GgmlType::F16, GgmlType::Bf16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
 
 #[test]
-#[ignore = "needs python3 with numpy and gguf"]
+#[ignore = "reference: python3 with numpy and gguf (make test-rust runs it)"]
 fn quantizers_match_gguf_python_bit_for_bit() {
     let dir = temp_dir("ref-quant");
     let mut rng = Rng::new(11);
@@ -77,7 +63,7 @@ fn quantizers_match_gguf_python_bit_for_bit() {
 }
 
 #[test]
-#[ignore = "needs python3 with numpy and gguf"]
+#[ignore = "reference: python3 with numpy and gguf (make test-rust runs it)"]
 fn dequantizers_match_gguf_python() {
     let dir = temp_dir("ref-dequant");
     let mut rng = Rng::new(12);
@@ -126,7 +112,7 @@ fn dequantizers_match_gguf_python() {
 }
 
 #[test]
-#[ignore = "needs python3 with numpy and gguf"]
+#[ignore = "reference: python3 with numpy and gguf (make test-rust runs it)"]
 fn gguf_python_reads_what_we_write() {
     let dir = temp_dir("ref-reader");
     let path = dir.join("ours.gguf");

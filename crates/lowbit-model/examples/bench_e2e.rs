@@ -33,15 +33,6 @@ fn default_model() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-fn weight_f32(lin: &Linear) -> Vec<f32> {
-    match lin.weight() {
-        WeightKind::F32(v) => v.clone(),
-        WeightKind::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        WeightKind::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        WeightKind::Quant(q) => q.dequantize(),
-    }
-}
-
 fn int8_per_channel() -> IntScheme {
     IntScheme {
         bits: Bits::B8,
@@ -55,7 +46,7 @@ fn int8_per_channel() -> IntScheme {
 /// `lin` converted to `scheme` (`f32` leaves it).
 fn convert(lin: &Linear, scheme: &str) -> Result<Linear, Box<dyn std::error::Error>> {
     let (rows, cols) = (lin.rows(), lin.cols());
-    let w = weight_f32(lin);
+    let w = lin.weight().to_f32();
     let kind = match scheme {
         "f32" => WeightKind::F32(w),
         "f16" => WeightKind::F16(w.iter().map(|&x| half::f16::from_f32(x)).collect()),
@@ -153,7 +144,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{}",
             serde_json::json!({
                 "scheme": scheme, "head": head_scheme, "weight_mb": model.weight_bytes() as f64 / 1e6,
-                "threads": rayon::current_num_threads(), "prompt": prompt, "gen": gen,
+                "threads": lowbit_core::par::threads(), "prompt": prompt, "gen": gen,
                 "prefill_tok_s": median(prefill.clone()), "decode_tok_s": median(decode.clone()),
                 "prefill_runs": prefill, "decode_runs": decode,
             })

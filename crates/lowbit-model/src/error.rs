@@ -118,6 +118,9 @@ pub enum ModelError {
         /// Why.
         reason: String,
     },
+    /// The caller's progress sink asked to stop (Ctrl-C).
+    #[error(transparent)]
+    Cancelled(#[from] lowbit_core::Cancelled),
     /// An error from lowbit-core (quantized tensors, lowbit files).
     #[error(transparent)]
     Core(#[from] lowbit_core::CoreError),

@@ -2,6 +2,7 @@
 
 use crate::model::{LogitsMode, Model};
 use crate::{ModelError, Result};
+use lowbit_core::progress::{phase, Progress};
 
 /// A small deterministic generator: xoshiro256** seeded through splitmix64.
 #[derive(Clone, Debug)]
@@ -185,12 +186,14 @@ pub fn sample(logits: &mut [f32], previous: &[u32], opts: &GenerateOptions, rng:
 }
 
 impl Model {
-    /// Generates from prompt token ids, calling `on_token` for every new token.
+    /// Generates from prompt token ids, calling `on_token` for every new token. Reports phase
+    /// `generate` (one unit per new token) to `progress`, and is cancellable before each token.
     pub fn generate_tokens(
         &self,
         prompt: &[u32],
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> bool,
+        progress: &mut dyn Progress,
     ) -> Result<Generation> {
         opts.validate()?;
         if prompt.is_empty() {
@@ -204,12 +207,15 @@ impl Model {
         let mut history = prompt.to_vec();
         let mut out = vec![];
         let mut text = String::new();
+        let mut progress = phase(progress, "generate", opts.max_new_tokens as u64);
+        progress.check()?;
         let t0 = std::time::Instant::now();
         let mut logits = self.forward(prompt, &mut cache, LogitsMode::Last)?.data;
         let prefill_seconds = t0.elapsed().as_secs_f64();
         let t1 = std::time::Instant::now();
         let mut reason = StopReason::MaxTokens;
         while out.len() < opts.max_new_tokens {
+            progress.check()?;
             let next = sample(&mut logits, &history, opts, &mut rng);
             if opts.stop_on_eos && eos.contains(&next) {
                 reason = StopReason::Eos;
@@ -217,6 +223,7 @@ impl Model {
             }
             out.push(next);
             history.push(next);
+            progress.advance(1);
             let mut piece = String::new();
             if let Some(t) = tok {
                 let full = t.decode(&out, true)?;
@@ -274,10 +281,11 @@ impl Model {
         prompt: &str,
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> bool,
+        progress: &mut dyn Progress,
     ) -> Result<Generation> {
         let tok = self.tokenizer().ok_or(ModelError::NoTokenizer { op: "generate" })?;
         let ids = tok.encode(prompt, true)?;
-        self.generate_tokens(&ids, opts, on_token)
+        self.generate_tokens(&ids, opts, on_token, progress)
     }
 }
 

@@ -9,6 +9,7 @@ use crate::safetensors_source::{checkpoint_files, SafetensorsSource};
 use crate::tensors::TensorSource;
 use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
+use lowbit_core::progress::{NoProgress, Progress};
 use lowbit_core::QTensor;
 use lowbit_cpu::{Linear, WeightKind};
 use safetensors::tensor::{Dtype, TensorView};
@@ -43,18 +44,33 @@ impl Model {
 
     /// [`Model::load`] with options.
     pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model> {
-        with_source(path.as_ref(), opts, |config, src, tokenizer| Model::build(config, src, tokenizer, opts.device))
+        Self::load_with_progress(path, opts, &mut NoProgress)
+    }
+
+    /// [`Model::load_with`] reporting the blocks loaded as phase `load` (and cancellable there).
+    pub fn load_with_progress(
+        path: impl AsRef<Path>,
+        opts: &LoadOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Model> {
+        with_source(path.as_ref(), opts, |config, src, tokenizer| {
+            Model::build(config, src, tokenizer, opts.device, progress)
+        })
     }
 
     /// Loads a Hugging Face directory: `config.json`, `model.safetensors` (or shards with their
     /// index; dense and lowbit-quantized tensors), and `tokenizer.json` when present.
     pub fn from_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
-        hf_dir_source(dir, opts, |config, src, tokenizer| Model::build(config, src, tokenizer, opts.device))
+        hf_dir_source(dir, opts, |config, src, tokenizer| {
+            Model::build(config, src, tokenizer, opts.device, &mut NoProgress)
+        })
     }
 
     /// Loads a GGUF file (llama architecture), dequantizing its tensors to f32 (F16/BF16 kept).
     pub fn from_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
-        gguf_source(path, opts, |config, src, tokenizer| Model::build(config, src, tokenizer, opts.device))
+        gguf_source(path, opts, |config, src, tokenizer| {
+            Model::build(config, src, tokenizer, opts.device, &mut NoProgress)
+        })
     }
 }
 

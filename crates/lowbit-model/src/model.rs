@@ -4,10 +4,11 @@ use crate::attention::{self, AttnShape};
 use crate::config::{Architecture, ModelConfig};
 use crate::device::Device;
 use crate::ops;
-use crate::par;
 use crate::tensors::{Tensor, TensorData, TensorSource};
 use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
+use lowbit_core::par;
+use lowbit_core::progress::{phase, NoProgress, Progress};
 use lowbit_cpu::{Linear, WeightKind};
 
 /// One decoder layer's weights.
@@ -323,9 +324,12 @@ impl Model {
         src: &mut dyn TensorSource,
         tokenizer: Option<Tokenizer>,
         device: Device,
+        progress: &mut dyn Progress,
     ) -> Result<Self> {
         let mut model = Self::build_without_layers(config, src, tokenizer, device)?;
+        let mut progress = phase(progress, "load", model.config.num_hidden_layers as u64);
         for i in 0..model.config.num_hidden_layers {
+            progress.check()?;
             let mut layer = take_layer(src, &model.config, i)?;
             if model.config.int8_activations {
                 for (name, lin) in layer.linears_mut() {
@@ -338,6 +342,7 @@ impl Model {
                 }
             }
             model.layers.push(layer);
+            progress.advance(1);
         }
         Ok(model)
     }
@@ -478,7 +483,7 @@ impl Model {
     pub fn forward_batch(&self, batch: &mut [(&[u32], &mut KvCache)], mode: LogitsMode) -> Result<Vec<Logits>> {
         let c = &self.config;
         let h = c.hidden_size;
-        let (x, starts) = self.hidden_batch(batch)?;
+        let (x, starts) = self.hidden_batch(batch, &mut NoProgress)?;
         // Final norm and LM head on the rows asked for.
         let mut outs = Vec::with_capacity(batch.len());
         for (bi, (tokens, _)) in batch.iter().enumerate() {
@@ -504,9 +509,10 @@ impl Model {
     /// `[tokens][hidden]`, the LM head's input: callers that only reduce the logits (perplexity)
     /// apply the head a few rows at a time with [`Model::lm_head_rows`] instead of holding
     /// `tokens x vocab` floats.
-    pub fn hidden_states(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+    /// `progress` is polled for cancellation once per layer.
+    pub fn hidden_states(&self, tokens: &[u32], cache: &mut KvCache, progress: &mut dyn Progress) -> Result<Vec<f32>> {
         let c = &self.config;
-        let (x, _) = self.hidden_batch(&mut [(tokens, cache)])?;
+        let (x, _) = self.hidden_batch(&mut [(tokens, cache)], progress)?;
         let mut hidden = vec![0f32; x.len()];
         ops::rms_norm(&x, &self.norm, c.rms_norm_eps, &mut hidden);
         Ok(hidden)
@@ -526,8 +532,14 @@ impl Model {
     }
 
     /// The decoder stack over a batch: the residual stream after the last layer (before the
-    /// final norm), all sequences' rows stacked, and where each sequence starts.
-    fn hidden_batch(&self, batch: &mut [(&[u32], &mut KvCache)]) -> Result<(Vec<f32>, Vec<usize>)> {
+    /// final norm), all sequences' rows stacked, and where each sequence starts. `progress` is
+    /// polled once per layer (a long prefill is a few seconds); a cancelled call leaves the
+    /// caches half-extended, so they must be dropped.
+    fn hidden_batch(
+        &self,
+        batch: &mut [(&[u32], &mut KvCache)],
+        progress: &mut dyn Progress,
+    ) -> Result<(Vec<f32>, Vec<usize>)> {
         let c = &self.config;
         let (h, qd, kvd, hd) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.head_dim);
         let mut starts = Vec::with_capacity(batch.len());
@@ -586,12 +598,13 @@ impl Model {
         let mut g = vec![0f32; m * c.intermediate_size];
         let mut u = vec![0f32; m * c.intermediate_size];
         for (li, layer) in self.layers.iter().enumerate() {
+            progress.check()?;
             ops::rms_norm(&x, &layer.input_norm, c.rms_norm_eps, &mut xn);
             // Independent products run side by side: at decode most of these matrices are under
             // lowbit-cpu's threshold for splitting one product over threads.
-            let (rq, (rk, rv)) = join(
+            let (rq, (rk, rv)) = par::join(
                 || linear(&layer.q_proj, &xn, m, &mut q),
-                || join(|| linear(&layer.k_proj, &xn, m, &mut k), || linear(&layer.v_proj, &xn, m, &mut v)),
+                || par::join(|| linear(&layer.k_proj, &xn, m, &mut k), || linear(&layer.v_proj, &xn, m, &mut v)),
             );
             rq.and(rk).and(rv)?;
             if let (Some(qb), Some(kb), Some(vb)) = (&layer.q_bias, &layer.k_bias, &layer.v_bias) {
@@ -625,7 +638,8 @@ impl Model {
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
 
             ops::rms_norm(&x, &layer.post_attention_norm, c.rms_norm_eps, &mut xn);
-            let (rg, ru) = join(|| linear(&layer.gate_proj, &xn, m, &mut g), || linear(&layer.up_proj, &xn, m, &mut u));
+            let (rg, ru) =
+                par::join(|| linear(&layer.gate_proj, &xn, m, &mut g), || linear(&layer.up_proj, &xn, m, &mut u));
             rg.and(ru)?;
             ops::swiglu(&mut g, &u);
             linear(&layer.down_proj, &g, m, &mut o)?;
@@ -635,24 +649,6 @@ impl Model {
             cache.len += tokens.len();
         }
         Ok((x, starts))
-    }
-}
-
-/// `(a(), b())`, side by side on the rayon pool when the `parallel` feature is on.
-fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
-where
-    A: FnOnce() -> RA + Send,
-    B: FnOnce() -> RB + Send,
-    RA: Send,
-    RB: Send,
-{
-    #[cfg(feature = "parallel")]
-    {
-        rayon::join(a, b)
-    }
-    #[cfg(not(feature = "parallel"))]
-    {
-        (a(), b())
     }
 }
 
@@ -666,7 +662,7 @@ fn linear(lin: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
     let per = m.div_ceil(threads);
     let (rows, cols) = (lin.rows(), lin.cols());
     let failed = std::sync::Mutex::new(None);
-    par::for_each_chunk(out, per * rows, |i, oc| {
+    par::for_each_chunk(out, per * rows, true, |i, oc| {
         let mi = oc.len() / rows;
         if let Err(e) = lin.forward(&x[i * per * cols..(i * per + mi) * cols], mi, oc) {
             *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);

@@ -3,8 +3,9 @@
 
 use crate::model::Model;
 use crate::ops;
-use crate::par;
 use crate::{ModelError, Result};
+use lowbit_core::par;
+use lowbit_core::progress::{phase, Progress};
 
 /// Rows of logits alive at once while scoring a window (`LOGIT_ROWS x vocab` floats: 25 MB
 /// for a 49,152-token vocabulary, instead of 400 MB for a whole 2048-token window).
@@ -63,25 +64,17 @@ pub struct PerplexityResult {
     pub window_nll: Vec<f64>,
 }
 
-/// Progress of a perplexity run, reported after each window.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PerplexityProgress {
-    /// Windows done.
-    pub done: usize,
-    /// Windows in all.
-    pub total: usize,
-    /// Perplexity over the windows done.
-    pub ppl_so_far: f64,
-}
-
 impl Model {
     /// Perplexity of `ids` in windows `ids[i*w..(i+1)*w]`: the NLL of the `w - 1` next-token
     /// predictions of each window, summed; `ppl = exp(total / (windows * (w - 1)))`.
+    ///
+    /// Reports phase `perplexity` (one unit per window, metric `ppl` so far) and is cancellable
+    /// once per layer.
     pub fn perplexity(
         &self,
         ids: &[u32],
         opts: &PerplexityOptions,
-        progress: &mut dyn FnMut(PerplexityProgress),
+        progress: &mut dyn Progress,
     ) -> Result<PerplexityResult> {
         let w = opts.window;
         if w < 2 {
@@ -93,18 +86,16 @@ impl Model {
             return Err(ModelError::input("perplexity", format!("{} tokens do not fill one window of {w}", ids.len())));
         }
         let start = std::time::Instant::now();
+        let mut progress = phase(progress, "perplexity", windows as u64);
         let mut total = 0f64;
         let mut window_nll = Vec::with_capacity(windows);
         for i in 0..windows {
             let chunk = &ids[i * w..(i + 1) * w];
-            let nll = self.window_nll(chunk)?;
+            let nll = self.window_nll(chunk, &mut *progress)?;
             total += nll;
             window_nll.push(nll);
-            progress(PerplexityProgress {
-                done: i + 1,
-                total: windows,
-                ppl_so_far: (total / ((i + 1) * (w - 1)) as f64).exp(),
-            });
+            progress.metric("ppl", (total / ((i + 1) * (w - 1)) as f64).exp());
+            progress.advance(1);
         }
         let tokens = windows * (w - 1);
         Ok(PerplexityResult {
@@ -119,10 +110,10 @@ impl Model {
 
     /// NLL of the `len - 1` next-token predictions of `chunk` from an empty context: the LM
     /// head runs [`LOGIT_ROWS`] rows at a time and each row is reduced as soon as it exists.
-    fn window_nll(&self, chunk: &[u32]) -> Result<f64> {
+    fn window_nll(&self, chunk: &[u32], progress: &mut dyn Progress) -> Result<f64> {
         let (h, vocab) = (self.config().hidden_size, self.config().vocab_size);
         let mut cache = self.new_cache();
-        let hidden = self.hidden_states(chunk, &mut cache)?;
+        let hidden = self.hidden_states(chunk, &mut cache, progress)?;
         let scored = chunk.len() - 1;
         let mut logits = vec![0f32; LOGIT_ROWS.min(scored) * vocab];
         let mut row_nll = vec![0f32; 0];
@@ -136,7 +127,7 @@ impl Model {
             // the f32 pair (hi, lo) of its f64 value so nothing is lost.
             row_nll.clear();
             row_nll.resize(rows * 2, 0.0);
-            par::for_each_chunk(&mut row_nll, 2, |i, o| {
+            par::for_each_chunk(&mut row_nll, 2, true, |i, o| {
                 let v = ops::nll(&out[i * vocab..(i + 1) * vocab], chunk[r0 + i + 1] as usize);
                 let hi = v as f32;
                 o[0] = hi;

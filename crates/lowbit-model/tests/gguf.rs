@@ -47,11 +47,9 @@ fn random_blocks(ty: GgmlType, scale_at: &[usize], blocks: usize, rng: &mut Rng)
 }
 
 #[test]
+#[ignore = "reference: python3 with numpy and gguf (make test-rust runs it)"]
 fn dequantizers_match_gguf_python() {
-    if !python_with("gguf") {
-        println!("SKIP: the gguf Python package is not installed (pip install gguf numpy)");
-        return;
-    }
+    let py = python(&["numpy", "gguf"]);
     let dir = temp_dir("dequant");
     let mut rng = Rng::new(5);
     for (ty, name, scale_at) in TYPES {
@@ -70,7 +68,7 @@ fn dequantizers_match_gguf_python() {
             inp.display(),
             outp.display()
         );
-        let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+        let out = Command::new(&py).args(["-c", &script]).output().unwrap();
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         let theirs: Vec<f32> = std::fs::read(&outp)
             .unwrap()

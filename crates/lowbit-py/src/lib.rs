@@ -8,6 +8,7 @@ mod arrays;
 mod errors;
 mod model;
 mod pipeline;
+mod progress;
 mod qtensor;
 mod solvers;
 

@@ -1,7 +1,8 @@
 //! `Model`: load, generate (streaming), perplexity, tokenizer and chat template.
 
 use crate::errors::PyLowbitResult;
-use lowbit_model::{ChatMessage, GenerateOptions, Model, PerplexityOptions, TokenEvent};
+use crate::progress::PySink;
+use lowbit_model::{ChatMessage, GenerateOptions, LoadOptions, Model, PerplexityOptions, TokenEvent};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
@@ -17,11 +18,14 @@ fn lowbit<T, E: Into<crate::errors::PyLowbitError>>(r: Result<T, E>) -> PyResult
     Ok(r?)
 }
 
-/// Loads a Hugging Face directory, a lowbit checkpoint or a `.gguf` file.
+/// Loads a Hugging Face directory, a lowbit checkpoint or a `.gguf` file, reporting phase `load`
+/// to `progress` (a `lowbit.progress` renderer); Ctrl-C stops it.
 #[pyfunction]
-fn load_model(py: Python<'_>, path: PathBuf) -> PyResult<PyModel> {
-    let inner = lowbit(py.detach(|| Model::load(&path)))?;
-    Ok(PyModel { inner })
+#[pyo3(signature = (path, progress=None))]
+fn load_model(py: Python<'_>, path: PathBuf, progress: Option<Py<PyAny>>) -> PyResult<PyModel> {
+    let mut sink = PySink::new(progress.as_ref());
+    let r = py.detach(|| Model::load_with_progress(&path, &LoadOptions::default(), &mut sink));
+    Ok(PyModel { inner: sink.result(r)? })
 }
 
 /// Converts a GGUF file into a Hugging Face-style directory.
@@ -105,9 +109,11 @@ impl PyModel {
     }
 
     /// Generates from `prompt` (text, or a list of token ids). `on_token(token_id, text)` is
-    /// called for each new token (with the GIL); returning False stops generation.
+    /// called for each new token (with the GIL); returning False stops generation. `progress`
+    /// (a `lowbit.progress` renderer) sees phase `generate`; Ctrl-C stops it.
     #[pyo3(signature = (prompt, *, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0,
-                        repetition_penalty=1.0, seed=0, stop=Vec::new(), stop_on_eos=true, on_token=None))]
+                        repetition_penalty=1.0, seed=0, stop=Vec::new(), stop_on_eos=true, on_token=None,
+                        progress=None))]
     #[allow(clippy::too_many_arguments)]
     fn generate<'py>(
         &self,
@@ -122,6 +128,7 @@ impl PyModel {
         stop: Vec<String>,
         stop_on_eos: bool,
         on_token: Option<Py<PyAny>>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let opts = GenerateOptions {
             max_new_tokens,
@@ -136,15 +143,16 @@ impl PyModel {
         let text_prompt: Option<String> = prompt.extract().ok();
         let id_prompt: Option<Vec<u32>> = if text_prompt.is_none() { Some(prompt.extract()?) } else { None };
         let mut callback = |ev: TokenEvent<'_>| call_progress(&on_token, (ev.token, ev.text.to_string()));
+        let mut sink = PySink::new(progress.as_ref());
         let result = py.detach(|| match (&text_prompt, &id_prompt) {
-            (Some(text), _) => self.inner.generate(text, &opts, &mut callback),
-            (None, Some(ids)) => self.inner.generate_tokens(ids, &opts, &mut callback),
+            (Some(text), _) => self.inner.generate(text, &opts, &mut callback, &mut sink),
+            (None, Some(ids)) => self.inner.generate_tokens(ids, &opts, &mut callback, &mut sink),
             (None, None) => unreachable!("one of the two extracted"),
         });
         if let Some(err) = PyErr::take(py) {
             return Err(err);
         }
-        let g = lowbit(result)?;
+        let g = sink.result(result)?;
         let out = PyDict::new(py);
         out.set_item("text", g.text)?;
         out.set_item("tokens", g.tokens)?;
@@ -156,7 +164,8 @@ impl PyModel {
     }
 
     /// Perplexity of token ids under the evaluation protocol (windows scored independently).
-    /// `progress(done, total, ppl_so_far)` is called after each window.
+    /// `progress` (a `lowbit.progress` renderer) sees phase `perplexity`, one unit per window and
+    /// metric `ppl`; Ctrl-C stops it within a layer.
     #[pyo3(signature = (ids, *, window=2048, max_windows=Some(32), progress=None))]
     fn perplexity_ids<'py>(
         &self,
@@ -167,14 +176,9 @@ impl PyModel {
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let opts = PerplexityOptions { window, max_windows };
-        let mut report = |p: lowbit_model::PerplexityProgress| {
-            call_progress(&progress, (p.done, p.total, p.ppl_so_far));
-        };
-        let result = py.detach(|| self.inner.perplexity(&ids, &opts, &mut report));
-        if let Some(err) = PyErr::take(py) {
-            return Err(err);
-        }
-        let r = lowbit(result)?;
+        let mut sink = PySink::new(progress.as_ref());
+        let result = py.detach(|| self.inner.perplexity(&ids, &opts, &mut sink));
+        let r = sink.result(result)?;
         let out = PyDict::new(py);
         out.set_item("perplexity", r.ppl)?;
         out.set_item("nll", r.nll)?;

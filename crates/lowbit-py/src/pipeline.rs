@@ -1,14 +1,18 @@
 //! `quantize_model`: the layer-by-layer quantization pipeline of lowbit-quantize.
 
-use crate::errors::PyLowbitResult;
+use crate::errors::{PyLowbitResult, UnsupportedError};
+use crate::progress::PySink;
+use crate::qtensor::GroupSize;
+use lowbit_core::Granularity;
 use lowbit_quantize::{self as quantize, CalibSource, QuantMethod, QuantizeOptions};
 use pyo3::prelude::*;
 use std::path::PathBuf;
 
 /// Quantizes the model at `model` into the lowbit checkpoint directory `out`; returns the report
-/// as a JSON string. `progress(stage, done, total, loss, elapsed, eta)` is called per block.
+/// as a JSON string. `progress` is a `lowbit.progress` renderer; Ctrl-C stops the run, keeping
+/// the checkpoint for `resume`.
 #[pyfunction]
-#[pyo3(signature = (model, out, *, method="gptq", bits=4, group_size=Some(128), sym=false, act_order=false,
+#[pyo3(signature = (model, out, *, method="gptq", bits=4, group_size=GroupSize(Granularity::Group(128)), sym=false, act_order=false,
     static_groups=None, mse_clip=None, scale_dtype="f16", calib=None, calib_ids=None, data_free=false, nsamples=128, seqlen=512, seed=0,
     percdamp=0.01, awq_samples=128, sq_alpha=0.5, resume=false, stop_after_block=None, progress=None))]
 #[allow(clippy::too_many_arguments)]
@@ -18,7 +22,7 @@ fn quantize_model(
     out: PathBuf,
     method: &str,
     bits: u32,
-    group_size: Option<usize>,
+    group_size: GroupSize,
     sym: bool,
     act_order: bool,
     static_groups: Option<bool>,
@@ -51,6 +55,13 @@ fn quantize_model(
         let r: PyLowbitResult<QuantMethod> = method.parse().map_err(Into::into);
         r?
     };
+    let group_size = match group_size.0 {
+        Granularity::Group(g) => Some(g),
+        Granularity::PerChannel => None,
+        Granularity::PerTensor => {
+            return Err(UnsupportedError::new_err("the pipeline quantizes per group or per channel, not per tensor"))
+        }
+    };
     let opts = QuantizeOptions {
         method,
         bits,
@@ -63,9 +74,7 @@ fn quantize_model(
             "f16" => lowbit_core::ScaleDtype::F16,
             "f32" => lowbit_core::ScaleDtype::F32,
             other => {
-                return Err(crate::errors::UnsupportedError::new_err(format!(
-                    "scale_dtype must be \"f16\" or \"f32\", got {other:?}"
-                )))
+                return Err(UnsupportedError::new_err(format!("scale_dtype must be \"f16\" or \"f32\", got {other:?}")))
             }
         },
         percdamp,
@@ -79,28 +88,9 @@ fn quantize_model(
         stop_after_block,
         ..QuantizeOptions::default()
     };
-    let mut report = |p: quantize::Progress| {
-        let Some(cb) = &progress else { return };
-        let stage = match p.stage {
-            quantize::Stage::Calibrating => "calibrating",
-            quantize::Stage::Block => "block",
-            quantize::Stage::Writing => "writing",
-        };
-        Python::attach(|py| {
-            if PyErr::occurred(py) {
-                return;
-            }
-            if let Err(e) = cb.call1(py, (stage, p.done, p.total, p.loss, p.elapsed, p.eta)) {
-                e.restore(py);
-            }
-        });
-    };
-    let result = py.detach(|| quantize::quantize_model(&model, &out, &opts, &mut report));
-    if let Some(err) = PyErr::take(py) {
-        return Err(err);
-    }
-    let r: PyLowbitResult<_> = result.map_err(Into::into);
-    Ok(serde_json::to_string(&r?).unwrap_or_default())
+    let mut sink = PySink::new(progress.as_ref());
+    let result = py.detach(|| quantize::quantize_model(&model, &out, &opts, &mut sink));
+    Ok(serde_json::to_string(&sink.result(result)?).unwrap_or_default())
 }
 
 /// The calibration protocol's windows over a token stream (numpy's `default_rng(seed)` offsets).

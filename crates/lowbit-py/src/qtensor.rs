@@ -1,7 +1,7 @@
 //! `QTensor` and the quantize / save / load functions.
 
 use crate::arrays::{float_input, FloatArray};
-use crate::errors::{PyLowbitResult, UnsupportedError};
+use crate::errors::{PyLowbitResult, ShapeError, UnsupportedError};
 use lowbit_core::{
     codebook, io, pack, Absmax, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, QParams, QTensor,
     ScaleDtype, Scales, Scheme,
@@ -155,13 +155,39 @@ impl PyQTensor {
     }
 }
 
-fn granularity_of(group_size: i64) -> PyResult<Granularity> {
-    match group_size {
-        -1 => Ok(Granularity::PerChannel),
-        0 => Ok(Granularity::PerTensor),
-        g if g > 0 => Ok(Granularity::Group(g as usize)),
-        g => Err(crate::errors::ShapeError::new_err(format!(
-            "group_size must be positive, -1 (per channel) or 0 (per tensor), got {g}"
+/// `group_size` as every entry point spells it (`lowbit.quantize`, the solvers, the pipeline, the
+/// CLI): a positive int (elements per group), `"channel"` (one scale per row) or `"tensor"` (one
+/// scale in all). No number stands for a granularity: 0 once meant per tensor in one place and
+/// per channel in another.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GroupSize(pub Granularity);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for GroupSize {
+    type Error = PyErr;
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        granularity_of(&obj).map(GroupSize)
+    }
+}
+
+fn granularity_of(group_size: &Bound<'_, PyAny>) -> PyResult<Granularity> {
+    if let Ok(name) = group_size.extract::<String>() {
+        return match name.as_str() {
+            "channel" => Ok(Granularity::PerChannel),
+            "tensor" => Ok(Granularity::PerTensor),
+            other => Err(ShapeError::new_err(format!(
+                "group_size must be a positive int, 'channel' or 'tensor', got {other:?}"
+            ))),
+        };
+    }
+    match group_size.extract::<i64>() {
+        Ok(g) if g > 0 => Ok(Granularity::Group(g as usize)),
+        Ok(g) => Err(ShapeError::new_err(format!(
+            "group_size must be a positive int, 'channel' or 'tensor', got {g} \
+             (write 'channel' for one scale per row, 'tensor' for one scale in all)"
+        ))),
+        Err(_) => Err(ShapeError::new_err(format!(
+            "group_size must be a positive int, 'channel' or 'tensor', got {}",
+            group_size.repr().map_or_else(|_| "?".to_string(), |r| r.to_string())
         ))),
     }
 }
@@ -184,14 +210,14 @@ fn clip_of(name: &str) -> PyResult<ClipSearch> {
 
 /// Quantizes a float32/float16 array (see `lowbit.quantize` for the documented interface).
 #[pyfunction]
-#[pyo3(signature = (weights, *, format="int", bits=4, group_size=128, symmetric=false, scale_dtype="f16", clip="minmax", block_size=64, double_quant=false, allow_partial_group=false))]
+#[pyo3(signature = (weights, *, format="int", bits=4, group_size=GroupSize(Granularity::Group(128)), symmetric=false, scale_dtype="f16", clip="minmax", block_size=64, double_quant=false, allow_partial_group=false))]
 #[allow(clippy::too_many_arguments)]
 fn quantize(
     py: Python<'_>,
     weights: &Bound<'_, PyAny>,
     format: &str,
     bits: u32,
-    group_size: i64,
+    group_size: GroupSize,
     symmetric: bool,
     scale_dtype: &str,
     clip: &str,
@@ -206,7 +232,7 @@ fn quantize(
             let scheme = IntScheme {
                 bits: Bits::try_from(bits).map_err(crate::errors::PyLowbitError::from)?,
                 symmetric,
-                granularity: granularity_of(group_size)?,
+                granularity: group_size.0,
                 scale_dtype: scale_dtype_of(scale_dtype)?,
                 clip: clip_of(clip)?,
             };

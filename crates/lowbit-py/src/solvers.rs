@@ -2,18 +2,18 @@
 
 use crate::arrays::f32_input;
 use crate::errors::{PyLowbitError, ShapeError};
+use crate::qtensor::GroupSize;
 use lowbit_core::pack::unpack;
-use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, QTensor, ScaleDtype};
+use lowbit_core::{Bits, ClipSearch, IntScheme, QTensor, ScaleDtype};
 use lowbit_solvers::awq::{awq_quantize, AwqConfig, AwqLayer, AwqStats};
 use lowbit_solvers::{gptq_quantize, DampingConfig, GptqConfig, Hessian};
 use numpy::{IntoPyArray, PyArrayMethods, PyReadonlyArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-fn scheme(bits: u32, group_size: i64, symmetric: bool) -> PyResult<IntScheme> {
+fn scheme(bits: u32, group_size: GroupSize, symmetric: bool) -> PyResult<IntScheme> {
     let bits = Bits::try_from(bits).map_err(PyLowbitError::from)?;
-    let granularity = if group_size <= 0 { Granularity::PerChannel } else { Granularity::Group(group_size as usize) };
-    Ok(IntScheme { bits, symmetric, granularity, scale_dtype: ScaleDtype::F16, clip: ClipSearch::MinMax })
+    Ok(IntScheme { bits, symmetric, granularity: group_size.0, scale_dtype: ScaleDtype::F16, clip: ClipSearch::MinMax })
 }
 
 /// (codes u8 [rows, cols], scales f32 [rows, groups], zeros u8 [rows, groups]) of an int QTensor.
@@ -41,7 +41,7 @@ fn unpacked<'py>(py: Python<'py>, qt: &QTensor) -> PyResult<Unpacked<'py>> {
 ///               percdamp=0.01, block_size=128) -> (codes, scales, zeros, loss)
 ///
 /// weight: float32 [rows, cols]; hessian: float64 (or float32) [cols, cols], symmetric
-/// (e.g. 2/N X^T X). group_size <= 0 means per channel. Codes are unpacked, original column order.
+/// (e.g. 2/N X^T X). group_size: a positive int, "channel" or "tensor". Codes are unpacked, original column order.
 #[pyfunction]
 #[pyo3(name = "gptq_quantize", signature = (weight, hessian, bits, group_size, symmetric, act_order=false, static_groups=false, percdamp=0.01, block_size=128))]
 #[allow(clippy::too_many_arguments)]
@@ -50,7 +50,7 @@ fn gptq_quantize_py<'py>(
     weight: &Bound<'py, PyAny>,
     hessian: &Bound<'py, PyAny>,
     bits: u32,
-    group_size: i64,
+    group_size: GroupSize,
     symmetric: bool,
     act_order: bool,
     static_groups: bool,
@@ -97,7 +97,7 @@ fn awq_search_py<'py>(
     x: &Bound<'py, PyAny>,
     weights: Vec<Bound<'py, PyAny>>,
     bits: u32,
-    group_size: i64,
+    group_size: GroupSize,
     symmetric: bool,
     n_grid: usize,
     clip: bool,

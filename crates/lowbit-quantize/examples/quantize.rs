@@ -25,27 +25,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             None
         },
-        calib: Some(CalibSource::from_path(val("--calib").unwrap_or("/work/shared/data/wikitext2/valid.txt".into()))),
+        // gptq, awq and smoothquant need --calib (the protocol's valid.txt).
+        calib: val("--calib").map(CalibSource::from_path),
         nsamples: val("--nsamples").map_or(Ok(128), |v| v.parse())?,
         awq_samples: val("--awq-samples").map_or(Ok(128), |v| v.parse())?,
         ..QuantizeOptions::default()
     };
     let t = std::time::Instant::now();
-    let rep = quantize_model(Path::new(&a[1]), Path::new(&a[2]), &opts, &mut |p| {
-        let rss = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        });
-        eprintln!(
-            "{:?} {}/{} loss {:.4} elapsed {:.1}s eta {:.1}s rss {} MiB",
-            p.stage,
-            p.done,
-            p.total,
-            p.loss,
-            p.elapsed,
-            p.eta,
-            rss.unwrap_or(0) / 1024
-        )
-    })?;
+    let rep = quantize_model(Path::new(&a[1]), Path::new(&a[2]), &opts, &mut Log::default())?;
     println!(
         "quantize wall {:.1}s (calib {:.1}s, blocks {:.1}s), peak RSS {:.0} MiB, bits/weight {:.3}, mean loss {:.4}",
         t.elapsed().as_secs_f64(),
@@ -64,9 +51,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for p in paths {
             let m = Model::load(p)?;
             let ids = m.tokenizer().ok_or("no tokenizer")?.encode(&text, false)?;
-            let r = m.perplexity(&ids, &PerplexityOptions::default(), &mut |_| {})?;
+            let r = m.perplexity(&ids, &PerplexityOptions::default(), &mut lowbit_core::NoProgress)?;
             println!("ppl {p}: {:.4} ({} tokens, {:.1}s)", r.ppl, r.tokens, r.seconds);
         }
     }
     Ok(())
+}
+
+/// Prints each unit of each phase with the time and the resident memory.
+#[derive(Default)]
+struct Log {
+    phase: String,
+    done: u64,
+    total: u64,
+    loss: f64,
+    start: Option<std::time::Instant>,
+}
+
+impl lowbit_core::Progress for Log {
+    fn start(&mut self, name: &str, total: u64) {
+        (self.phase, self.done, self.total) = (name.to_string(), 0, total);
+        self.start.get_or_insert_with(std::time::Instant::now);
+    }
+    fn metric(&mut self, _name: &str, value: f64) {
+        self.loss = value;
+    }
+    fn advance(&mut self, n: u64) {
+        self.done += n;
+        let rss = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        });
+        let elapsed = self.start.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        eprintln!(
+            "{} {}/{} loss {:.4} elapsed {elapsed:.1}s rss {} MiB",
+            self.phase,
+            self.done,
+            self.total,
+            self.loss,
+            rss.unwrap_or(0) / 1024
+        );
+    }
 }

@@ -11,6 +11,7 @@
 
 use crate::numpy_rng::NumpyPcg64;
 use crate::{QuantizeError, Result};
+use lowbit_core::progress::{phase, Progress};
 use lowbit_model::generate::{sample, GenerateOptions, Rng};
 use lowbit_model::perplexity::normalize_newlines;
 use lowbit_model::{KvCache, LogitsMode, Model, ModelError};
@@ -67,14 +68,17 @@ fn bad(reason: impl Into<String>) -> QuantizeError {
     QuantizeError::input("calibration", reason.into())
 }
 
-/// Builds `nsamples` windows of `seqlen` tokens (row-major, `nsamples * seqlen` ids).
+/// Builds `nsamples` windows of `seqlen` tokens (row-major, `nsamples * seqlen` ids), as phase
+/// `calibrate` (one unit per window).
 pub(crate) fn calibration_windows(
     model: &Model,
     src: &CalibSource,
     nsamples: usize,
     seqlen: usize,
     seed: u64,
+    progress: &mut dyn Progress,
 ) -> Result<Vec<u32>> {
+    let mut progress = phase(progress, "calibrate", nsamples as u64);
     let cfg = model.config();
     if nsamples == 0 || seqlen == 0 {
         return Err(bad(format!("nsamples and seqlen must be positive, got {nsamples} x {seqlen}")));
@@ -100,13 +104,16 @@ pub(crate) fn calibration_windows(
                 }
                 let ids = ids[..nsamples * seqlen].to_vec();
                 check_vocab(model, &ids)?;
+                progress.advance(nsamples as u64);
                 return Ok(ids);
             }
         },
-        CalibSource::DataFree => return data_free(model, nsamples, seqlen, seed),
+        CalibSource::DataFree => return data_free(model, nsamples, seqlen, seed, &mut *progress),
     };
     check_vocab(model, &stream)?;
-    windows_from_stream(&stream, nsamples, seqlen, seed)
+    let windows = windows_from_stream(&stream, nsamples, seqlen, seed)?;
+    progress.advance(nsamples as u64);
+    Ok(windows)
 }
 
 /// The protocol's windows over a token stream.
@@ -272,8 +279,14 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<(Vec<usize>, Vec<i64>), String
 }
 
 /// Samples `nsamples` sequences of `seqlen` tokens from the model (batches of sequences share
-/// each forward pass).
-fn data_free(model: &Model, nsamples: usize, seqlen: usize, seed: u64) -> Result<Vec<u32>> {
+/// each forward pass), cancellable at every token step.
+fn data_free(
+    model: &Model,
+    nsamples: usize,
+    seqlen: usize,
+    seed: u64,
+    progress: &mut dyn Progress,
+) -> Result<Vec<u32>> {
     const BATCH: usize = 16;
     let vocab = model.config().vocab_size;
     let special: Vec<u32> =
@@ -294,6 +307,7 @@ fn data_free(model: &Model, nsamples: usize, seqlen: usize, seed: u64) -> Result
         let mut caches: Vec<_> = (0..n).map(|_| model.new_cache()).collect();
         let mut fed = vec![0usize; n];
         while seqs[0].len() < seqlen {
+            progress.check()?;
             let mut batch: Vec<(&[u32], &mut KvCache)> =
                 seqs.iter().zip(caches.iter_mut()).zip(&fed).map(|((s, c), &f)| (&s[f..], c)).collect();
             let logits = model.forward_batch(&mut batch, LogitsMode::Last)?;
@@ -304,6 +318,7 @@ fn data_free(model: &Model, nsamples: usize, seqlen: usize, seed: u64) -> Result
             }
         }
         seqs.iter().for_each(|s| out.extend_from_slice(&s[..seqlen]));
+        progress.advance(n as u64);
     }
     Ok(out)
 }

@@ -25,6 +25,18 @@ pub enum QuantizeError {
         #[source]
         source: SolverError,
     },
+    /// A NaN or infinite activation (the model or the calibration data overflows).
+    #[error("quantize: block {block} {what}: non-finite activation at token {token}, channel {channel}: the model or calibration data overflows")]
+    NonFiniteActivation {
+        /// Block index.
+        block: usize,
+        /// Where in the block (`q/k/v input`, `block output`, ...).
+        what: String,
+        /// Row (token) of the first offender.
+        token: usize,
+        /// Channel of the first offender.
+        channel: usize,
+    },
     /// Bad options, calibration data or checkpoint, or a run stopped on purpose.
     #[error("{op}: {reason}")]
     Input {
@@ -48,6 +60,14 @@ pub enum QuantizeError {
     /// An error from a lowbit-cpu kernel.
     #[error(transparent)]
     Cpu(#[from] lowbit_cpu::CpuError),
+}
+
+/// A cancelled run is the model's `Cancelled`, so there is one place to look for it whether it
+/// stopped while loading, sampling or in the blocks.
+impl From<lowbit_core::Cancelled> for QuantizeError {
+    fn from(c: lowbit_core::Cancelled) -> Self {
+        QuantizeError::Model(ModelError::Cancelled(c))
+    }
 }
 
 impl QuantizeError {

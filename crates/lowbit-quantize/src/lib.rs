@@ -18,6 +18,6 @@ mod stash;
 
 pub use calib::{windows_from_stream, CalibSource};
 pub use error::{QuantizeError, Result};
-pub use options::{peak_rss_bytes, LayerStat, Progress, QuantMethod, QuantizeOptions, QuantizeReport, Stage};
+pub use options::{peak_rss_bytes, LayerStat, QuantMethod, QuantizeOptions, QuantizeReport};
 pub use output::MANIFEST_FILE;
 pub use pipeline::{partial_dir, quantize_model};

@@ -1,4 +1,4 @@
-//! What the user asks of the pipeline, what it reports back, and how it reports progress.
+//! What the user asks of the pipeline and what it reports back.
 
 use crate::calib::CalibSource;
 use crate::{QuantizeError, Result};
@@ -227,35 +227,6 @@ impl QuantizeOptions {
         }
         v
     }
-}
-
-/// What the pipeline is doing, for progress bars.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stage {
-    /// Building the calibration windows (and, data-free, sampling them).
-    Calibrating,
-    /// A block was quantized.
-    Block,
-    /// Writing the output directory.
-    Writing,
-}
-
-/// One progress event.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct Progress {
-    /// The stage.
-    pub stage: Stage,
-    /// Blocks done.
-    pub done: usize,
-    /// Blocks in the model.
-    pub total: usize,
-    /// Mean loss of the block just finished (0 outside `Block`).
-    pub loss: f64,
-    /// Seconds since the start.
-    pub elapsed: f64,
-    /// Estimated seconds left for the remaining blocks.
-    pub eta: f64,
 }
 
 /// The outcome for one linear layer.

@@ -21,14 +21,15 @@
 
 use crate::calib::{calibration_windows, CalibSource};
 use crate::checkpoint::{Checkpoint, CheckpointState};
-use crate::options::{peak_rss_bytes, LayerStat, Progress, QuantMethod, QuantizeOptions, QuantizeReport, Stage};
+use crate::options::{peak_rss_bytes, LayerStat, QuantMethod, QuantizeOptions, QuantizeReport};
 use crate::output::write_output;
 use crate::stash::Stash;
 use crate::{QuantizeError, Result};
+use lowbit_core::progress::{phase, Progress};
 use lowbit_core::{IntScheme, QParams, QTensor, Scales};
 use lowbit_cpu::{Linear, WeightKind};
 use lowbit_model::block::{self, Rope};
-use lowbit_model::{BlockReader, Layer, LoadOptions, Model, ModelConfig};
+use lowbit_model::{BlockReader, Layer, LoadOptions, Model, ModelConfig, ModelError};
 use lowbit_solvers::awq::{self, AwqConfig, AwqLayer, AwqStats, HeadTie};
 use lowbit_solvers::smoothquant::{self, SmoothLayer, SmoothQuantConfig};
 use lowbit_solvers::{gptq_quantize, rtn_quantize, DampingConfig, GptqConfig, Hessian, HessianPrecision, LayerReport};
@@ -39,11 +40,16 @@ use std::time::Instant;
 /// Quantizes every linear layer inside the transformer blocks of the model at `model_path` (an HF
 /// directory or a `.gguf`) and writes a lowbit checkpoint directory to `out` (atomically: on any
 /// error no `out` appears). Embeddings, norms and the LM head stay as loaded.
+///
+/// Reports phases `load` and `calibrate` (data-free sampling), `blocks` (metric `loss`, the
+/// block's mean layer loss) and `write` to `progress`, and stops at its cancellation points (at
+/// least once per calibration batch) with `ModelError::Cancelled`, keeping the checkpoint of
+/// the blocks done for `resume`.
 pub fn quantize_model(
     model_path: &Path,
     out: &Path,
     opts: &QuantizeOptions,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn Progress,
 ) -> Result<QuantizeReport> {
     opts.validate()?;
     if out.exists() && std::fs::read_dir(out).map_err(|e| QuantizeError::io(out, e))?.next().is_some() {
@@ -61,6 +67,8 @@ pub fn quantize_model(
     match &result {
         Ok(_) => ckpt.remove(),
         Err(_) if stopped => {}
+        // Interrupted: the blocks already checkpointed are kept for `resume`.
+        Err(QuantizeError::Model(ModelError::Cancelled(_))) => {}
         Err(_) => ckpt.remove(),
     }
     result
@@ -89,7 +97,7 @@ fn run(
     out: &Path,
     opts: &QuantizeOptions,
     ckpt: &Checkpoint,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn Progress,
     stopped: &mut bool,
 ) -> Result<QuantizeReport> {
     let start = Instant::now();
@@ -112,13 +120,13 @@ fn run(
     let (windows, calib_sha) = if opts.method == QuantMethod::Rtn {
         (Vec::new(), None)
     } else {
-        progress(Progress { stage: Stage::Calibrating, done: 0, total: nblocks, loss: 0.0, elapsed: 0.0, eta: 0.0 });
         let calib = opts.calib.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no calibration data"))?;
         let w = if matches!(calib, CalibSource::DataFree) {
             // Sampling runs every block: it gets the whole model, dropped before the blocks stream in.
-            calibration_windows(&Model::load(model_path)?, calib, opts.nsamples, opts.seqlen, opts.seed)?
+            let whole = Model::load_with_progress(model_path, &LoadOptions::default(), progress)?;
+            calibration_windows(&whole, calib, opts.nsamples, opts.seqlen, opts.seed, progress)?
         } else {
-            calibration_windows(&model, calib, opts.nsamples, opts.seqlen, opts.seed)?
+            calibration_windows(&model, calib, opts.nsamples, opts.seqlen, opts.seed, progress)?
         };
         let sha = sha256_hex(&w.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
         (w, Some(sha))
@@ -158,21 +166,26 @@ fn run(
 
     let rope = Rope::new(&cfg, opts.seqlen.max(1));
     let blocks_start = Instant::now();
+    let mut done = phase(progress, "blocks", nblocks as u64);
+    done.advance(first as u64);
     for b in first..nblocks {
+        done.check()?;
         let mut layer = blocks.block(b)?;
         let stats = if calibrated {
-            quantize_block_calibrated(&mut ctx, b, &mut layer, &rope, &mut x)?
+            quantize_block_calibrated(&mut ctx, b, &mut layer, &rope, &mut x, &mut *done)?
         } else {
-            quantize_block_rtn(&ctx, b, &mut layer)?
+            quantize_block_rtn(&ctx, b, &mut layer, &mut *done)?
         };
         let loss = stats.iter().map(|s| s.loss).sum::<f64>() / stats.len().max(1) as f64;
         layers_stats.extend(stats);
         if calibrated {
-            if let Some((t, c)) = first_non_finite(&x, h) {
-                return Err(QuantizeError::input(
-                    "quantize",
-                    format!("non-finite activation after block {b} (token {t}, channel {c}): the model or calibration data overflows"),
-                ));
+            if let Some((token, channel)) = first_non_finite(&x, h) {
+                return Err(QuantizeError::NonFiniteActivation {
+                    block: b,
+                    what: "block output".into(),
+                    token,
+                    channel,
+                });
             }
             let state = CheckpointState {
                 fingerprint: fingerprint.clone(),
@@ -184,16 +197,8 @@ fn run(
             x = ckpt.save(state, &layer, b)?;
         }
         model.push_layer(layer)?;
-        let done = b + 1 - first;
-        let per = blocks_start.elapsed().as_secs_f64() / done as f64;
-        progress(Progress {
-            stage: Stage::Block,
-            done: b + 1,
-            total: nblocks,
-            loss,
-            elapsed: start.elapsed().as_secs_f64(),
-            eta: per * (nblocks - b - 1) as f64,
-        });
+        done.metric("loss", loss);
+        done.advance(1);
         if opts.stop_after_block == Some(b) && b + 1 < nblocks {
             *stopped = true;
             return Err(QuantizeError::input(
@@ -203,16 +208,10 @@ fn run(
         }
     }
     drop(x);
+    drop(done);
     let quantize_seconds = blocks_start.elapsed().as_secs_f64();
 
-    progress(Progress {
-        stage: Stage::Writing,
-        done: nblocks,
-        total: nblocks,
-        loss: 0.0,
-        elapsed: start.elapsed().as_secs_f64(),
-        eta: 0.0,
-    });
+    let _write = phase(progress, "write", 0);
     let after: usize = model.layers().iter().flat_map(|l| l.linears().map(|(_, x)| x.nbytes())).sum();
     let numel: usize = model.layers().iter().flat_map(|l| l.linears().map(|(_, x)| x.rows() * x.cols())).sum();
     let mut report = QuantizeReport {
@@ -249,16 +248,6 @@ fn f32_block_linear_bytes(cfg: &ModelConfig) -> usize {
     4 * (2 * qd * h + 2 * kvd * h + 3 * ff * h)
 }
 
-/// A linear layer's weights as f32 (dequantizing a quantized one).
-fn dense(lin: &Linear) -> Vec<f32> {
-    match lin.weight() {
-        WeightKind::F32(v) => v.clone(),
-        WeightKind::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        WeightKind::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
-        WeightKind::Quant(q) => q.dequantize(),
-    }
-}
-
 fn set_quant(lin: &mut Linear, qt: QTensor) -> Result<()> {
     *lin = Linear::new(lin.rows(), lin.cols(), WeightKind::Quant(qt))?;
     Ok(())
@@ -289,10 +278,11 @@ fn stat(block: usize, name: &str, r: &LayerReport, alpha: Option<f32>) -> LayerS
     }
 }
 
-fn quantize_block_rtn(ctx: &Ctx, b: usize, layer: &mut Layer) -> Result<Vec<LayerStat>> {
+fn quantize_block_rtn(ctx: &Ctx, b: usize, layer: &mut Layer, progress: &mut dyn Progress) -> Result<Vec<LayerStat>> {
     let mut stats = vec![];
     for (name, lin) in layer.linears_mut() {
-        let w = dense(lin);
+        progress.check()?;
+        let w = lin.weight().to_f32();
         let out = rtn_quantize(&w, lin.rows(), lin.cols(), ctx.scheme).map_err(|e| solver_err(b, name, e))?;
         stats.push(stat(b, name, &out.report, None));
         set_quant(lin, out.qtensor)?;
@@ -327,11 +317,8 @@ impl Stats {
         let rows = x.len() / self.cols;
         if let Some(h) = &mut self.hessian {
             h.add_batch(x, rows).map_err(|e| solver_err(block, what, e))?;
-        } else if let Some((t, c)) = first_non_finite(x, self.cols) {
-            return Err(QuantizeError::input(
-                "quantize",
-                format!("block {block} {what}: non-finite activation (token {t}, channel {c})"),
-            ));
+        } else if let Some((token, channel)) = first_non_finite(x, self.cols) {
+            return Err(QuantizeError::NonFiniteActivation { block, what: what.to_string(), token, channel });
         }
         if let Some(st) = &mut self.awq {
             let take = self.awq_rows.saturating_sub(st.tokens() as usize).min(rows);
@@ -383,7 +370,7 @@ fn fold_into_rows(lin: &mut Linear, s: &[f32]) -> Result<()> {
             set_quant(lin, qt)
         }
         _ => {
-            let mut w = dense(lin);
+            let mut w = lin.weight().to_f32();
             for (r, row) in w.chunks_exact_mut(cols).enumerate() {
                 row.iter_mut().for_each(|v| *v /= s[r]);
             }
@@ -426,7 +413,7 @@ fn solve_group(
                 damping: DampingConfig { percdamp: opts.percdamp, ..DampingConfig::default() },
             };
             for (name, lin) in names.iter().zip(lins) {
-                let w = dense(lin);
+                let w = lin.weight().to_f32();
                 let out = gptq_quantize(&w, lin.rows(), cols, h, &cfg).map_err(|e| solver_err(b, name, e))?;
                 stats.push(stat(b, name, &out.report, None));
                 set_quant(lin, out.qtensor)?;
@@ -434,7 +421,7 @@ fn solve_group(
         }
         QuantMethod::Awq => {
             let awq_stats = st.awq.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no AWQ statistics"))?;
-            let ws: Vec<Vec<f32>> = lins.iter().map(|l| dense(l)).collect();
+            let ws: Vec<Vec<f32>> = lins.iter().map(|l| l.weight().to_f32()).collect();
             let awq_layers: Vec<AwqLayer> = ws.iter().zip(&lins).map(|(w, l)| AwqLayer { w, rows: l.rows() }).collect();
             let mut acfg = AwqConfig::new(ctx.scheme);
             acfg.clip = false;
@@ -477,7 +464,7 @@ fn solve_group(
         QuantMethod::SmoothQuant => {
             let absmax =
                 st.absmax.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no activation statistics"))?;
-            let ws: Vec<Vec<f32>> = lins.iter().map(|l| dense(l)).collect();
+            let ws: Vec<Vec<f32>> = lins.iter().map(|l| l.weight().to_f32()).collect();
             let sl: Vec<SmoothLayer> = ws.iter().zip(&lins).map(|(w, l)| SmoothLayer { w, rows: l.rows() }).collect();
             if matches!(fold, Fold::None) {
                 // Nowhere to fold (o, down, as in the paper): plain int8 per-channel weights.
@@ -522,6 +509,7 @@ fn quantize_block_calibrated(
     layer: &mut Layer,
     rope: &Rope,
     x: &mut [f32],
+    progress: &mut dyn Progress,
 ) -> Result<Vec<LayerStat>> {
     let cfg = ctx.cfg.clone();
     let (h, qd, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size);
@@ -538,6 +526,7 @@ fn quantize_block_calibrated(
     let mut st = Stats::new(ctx, h);
     let mut xn = vec![0f32; rows_per_batch.min(m) * h];
     for &(s, e) in &batches {
+        progress.check()?;
         let xn = &mut xn[..(e - s) * h];
         block::attn_input(&cfg, layer, &x[s * h..e * h], xn);
         st.add(xn, b, "q/k/v input")?;
@@ -565,6 +554,7 @@ fn quantize_block_calibrated(
     let mut buf = vec![0f32; rows_per_batch.min(m) * qd.max(ff)];
     let mut st = Stats::new(ctx, qd);
     for &(s, e) in &batches {
+        progress.check()?;
         let xn = &mut xn[..(e - s) * h];
         let out = &mut buf[..(e - s) * qd];
         block::attn_input(&cfg, layer, &x[s * h..e * h], xn);
@@ -596,6 +586,7 @@ fn quantize_block_calibrated(
     let mut st = Stats::new(ctx, h);
     let mut held = vec![];
     for (i, &(s, e)) in batches.iter().enumerate() {
+        progress.check()?;
         attn.read(i, attn_fold.as_deref(), &mut held);
         block::add_linear(&layer.o_proj, &held, &mut x[s * h..e * h])?;
         let xn = &mut xn[..(e - s) * h];
@@ -623,6 +614,7 @@ fn quantize_block_calibrated(
     let mut act = Stash::new();
     let mut st = Stats::new(ctx, ff);
     for &(s, e) in &batches {
+        progress.check()?;
         let xn = &mut xn[..(e - s) * h];
         let out = &mut buf[..(e - s) * ff];
         block::mlp_input(&cfg, layer, &x[s * h..e * h], xn);

@@ -11,7 +11,8 @@ use lowbit_cpu::WeightKind;
 use lowbit_model::block::staged_logits;
 use lowbit_model::{LogitsMode, Model};
 use lowbit_quantize::{
-    partial_dir, quantize_model, windows_from_stream, CalibSource, QuantMethod, QuantizeOptions, QuantizeReport,
+    partial_dir, quantize_model, windows_from_stream, CalibSource, QuantMethod, QuantizeError, QuantizeOptions,
+    QuantizeReport,
 };
 use std::path::{Path, PathBuf};
 
@@ -46,7 +47,7 @@ fn opts(method: QuantMethod) -> QuantizeOptions {
 }
 
 fn run(model: &Path, out: &Path, o: &QuantizeOptions) -> lowbit_quantize::Result<QuantizeReport> {
-    quantize_model(model, out, o, &mut |_| {})
+    quantize_model(model, out, o, &mut lowbit_core::NoProgress)
 }
 
 fn model_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -170,6 +171,48 @@ fn resume_gives_the_same_bytes() {
         let e = run(&dir, &dir.join("x"), &QuantizeOptions { resume: true, bits: 3, ..opts(method) }).unwrap_err();
         assert!(e.to_string().contains("different"), "{e}");
     }
+}
+
+/// Records the phases and cancels once `stop_after` blocks are done.
+#[derive(Default)]
+struct CancelAfter {
+    phases: Vec<(String, u64)>,
+    blocks_done: u64,
+    stop_after: u64,
+}
+
+impl lowbit_core::Progress for CancelAfter {
+    fn start(&mut self, name: &str, total: u64) {
+        self.phases.push((name.to_string(), total));
+    }
+    fn advance(&mut self, n: u64) {
+        if self.phases.last().is_some_and(|(p, _)| p == "blocks") {
+            self.blocks_done += n;
+        }
+    }
+    fn check(&mut self) -> Result<(), lowbit_core::Cancelled> {
+        if self.blocks_done >= self.stop_after {
+            return Err(lowbit_core::Cancelled);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_cancelled_run_leaves_no_output_and_resumes() {
+    let (dir, _) = tiny("cancel", 4);
+    let whole = dir.join("whole");
+    run(&dir, &whole, &opts(QuantMethod::Gptq)).unwrap();
+    let out = dir.join("cancelled");
+    let mut sink = CancelAfter { stop_after: 1, ..CancelAfter::default() };
+    let err = quantize_model(&dir, &out, &opts(QuantMethod::Gptq), &mut sink).unwrap_err();
+    assert!(matches!(err, QuantizeError::Model(lowbit_model::ModelError::Cancelled(_))), "{err}");
+    assert_eq!(sink.phases, [("calibrate".to_string(), 6), ("blocks".to_string(), 2)]);
+    assert!(!out.exists());
+    assert!(partial_dir(&out).join("state.json").is_file());
+    let rep = run(&dir, &out, &QuantizeOptions { resume: true, ..opts(QuantMethod::Gptq) }).unwrap();
+    assert_eq!(rep.resumed_from_block, 1);
+    assert_eq!(model_files(&whole), model_files(&out));
 }
 
 #[test]
@@ -343,7 +386,7 @@ fn folded_activations_match(kv_heads: usize) {
     let windows = windows_from_stream(&tokens(400, 1), 6, 8, 0).unwrap();
     let mut worst = 0f32;
     for (w, xs) in windows.chunks_exact(8).zip(x.chunks_exact(8 * h)) {
-        let got = model.hidden_states(w, &mut model.new_cache()).unwrap();
+        let got = model.hidden_states(w, &mut model.new_cache(), &mut lowbit_core::NoProgress).unwrap();
         for (g, row) in got.chunks_exact(h).zip(xs.chunks_exact(h)) {
             let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / h as f32 + 1e-5).sqrt();
             for ((g, v), n) in g.iter().zip(row).zip(model.final_norm()) {

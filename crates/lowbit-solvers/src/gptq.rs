@@ -257,13 +257,7 @@ fn update_block_columns(cols_block: &mut [f64], rows: usize, e: &[f64], coef: im
             *v -= x * a;
         }
     };
-    #[cfg(feature = "parallel")]
-    if cols_block.len() >= 1 << 16 {
-        use rayon::prelude::*;
-        cols_block.par_chunks_mut(rows).enumerate().for_each(|(j, col)| body(j, col));
-        return;
-    }
-    cols_block.chunks_mut(rows).enumerate().for_each(|(j, col)| body(j, col));
+    lowbit_core::par::for_each_chunk(cols_block, rows, lowbit_core::par::pays(cols_block.len()), body);
 }
 
 /// Packs row-major codes and group parameters into a validated lowbit [`QTensor`].

@@ -1,15 +1,12 @@
-//! Parallelism for faer's kernels: all cores with feature `parallel`, sequential without.
+//! faer's parallelism, following lowbit's one switch (`lowbit_core::par`, the `parallel` feature).
 
 use faer::Par;
 
-/// The faer parallelism used for the heavy GEMMs.
+/// The faer parallelism used for the heavy GEMMs: all cores with `parallel`, sequential without.
 pub(crate) fn faer_par() -> Par {
-    #[cfg(feature = "parallel")]
-    {
+    if lowbit_core::par::ENABLED {
         Par::rayon(0)
-    }
-    #[cfg(not(feature = "parallel"))]
-    {
+    } else {
         Par::Seq
     }
 }

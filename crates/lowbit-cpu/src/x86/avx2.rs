@@ -8,7 +8,8 @@
 //! lanes of 8 codes; a dword permute and variable shifts put each lane's 24 bits in place and an
 //! 8-entry `(i - zero) * scale` table decodes them (this part serves the AVX-512 level too).
 
-use crate::isa::{CbBlock, IntBlock, Isa};
+use super::simd::{simd_isa, token_op, Simd};
+use crate::isa::IntBlock;
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 
@@ -27,149 +28,126 @@ impl Avx2 {
 /// Lanes per vector.
 const L: usize = 8;
 
-#[inline(always)]
+/// The sum of the 8 lanes.
+#[target_feature(enable = "avx2")]
+#[inline]
 fn hsum(v: __m256) -> f32 {
-    // SAFETY: only called from functions compiled with AVX2 enabled (inlined into them).
-    unsafe {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Lanes `0..n` of `p` into a zeroed 8-lane buffer.
+///
+/// # Safety
+/// `n <= 8` readable elements at `p`.
+#[inline(always)]
+unsafe fn partial<T: Copy + Default, const N: usize>(p: *const T, n: usize) -> [T; N] {
+    let mut buf = [T::default(); N];
+    // SAFETY: `n <= N` elements are readable at `p` (the caller's contract) and fit in `buf`.
+    unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n.min(N)) };
+    buf
+}
+
+// SAFETY: an `Avx2` exists only on CPUs with AVX2, FMA and F16C (`Avx2::new`), every feature the
+// methods use.
+unsafe impl Simd for Avx2 {
+    const L: usize = L;
+    type V = __m256;
+    type I = __m256i;
+    type Table = (__m256, __m256);
+
+    #[inline(always)]
+    fn zero(self) -> __m256 {
+        token_op!(_mm256_setzero_ps())
     }
-}
-
-#[inline(always)]
-unsafe fn load_f32(p: *const f32) -> __m256 {
-    // SAFETY: the caller guarantees 8 readable f32 at `p`.
-    unsafe { _mm256_loadu_ps(p) }
-}
-#[inline(always)]
-unsafe fn load_f16(p: *const f16) -> __m256 {
-    // SAFETY: the caller guarantees 8 readable f16 at `p`.
-    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
-}
-#[inline(always)]
-unsafe fn load_bf16(p: *const bf16) -> __m256 {
-    // SAFETY: the caller guarantees 8 readable bf16 at `p`; bf16 is the top half of an f32.
-    unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))) }
-}
-
-macro_rules! dense_kernels {
-    ($gemv:ident, $dot1:ident, $t:ty, $load:ident, $conv:expr) => {
-        /// `out[r] = x · w[r]` for dense rows, four rows per pass sharing the x loads.
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $gemv(x: &[f32], w: &[$t], out: &mut [f32]) {
-            let cols = x.len();
-            assert!(w.len() >= out.len() * cols);
-            let xp = x.as_ptr();
-            let full = cols / L * L;
-            let mut r = 0;
-            while r + 4 <= out.len() {
-                let mut acc = [_mm256_setzero_ps(); 4];
-                // SAFETY: rows r..r+4 lie in `w` (asserted); vector loads stop at `full`.
-                unsafe {
-                    let wp = w.as_ptr().add(r * cols);
-                    let mut k = 0;
-                    while k < full {
-                        let xv = _mm256_loadu_ps(xp.add(k));
-                        for (j, a) in acc.iter_mut().enumerate() {
-                            *a = _mm256_fmadd_ps(xv, $load(wp.add(j * cols + k)), *a);
-                        }
-                        k += L;
-                    }
-                }
-                for (j, a) in acc.iter().enumerate() {
-                    let row = &w[(r + j) * cols..(r + j + 1) * cols];
-                    let tail: f32 = x[full..].iter().zip(&row[full..]).map(|(a, &b)| a * $conv(b)).sum();
-                    out[r + j] = hsum(*a) + tail;
-                }
-                r += 4;
-            }
-            while r < out.len() {
-                // SAFETY: row r lies in `w`.
-                out[r] = unsafe { $dot1(x, &w[r * cols..(r + 1) * cols]) };
-                r += 1;
-            }
-        }
-
-        /// `x · w` for one dense row.
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $dot1(x: &[f32], w: &[$t]) -> f32 {
-            let n = x.len().min(w.len());
-            let (xp, wp) = (x.as_ptr(), w.as_ptr());
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut k = 0;
-            // SAFETY: every vector load reads elements below `n`.
-            unsafe {
-                while k + 4 * L <= n {
-                    for (u, a) in acc.iter_mut().enumerate() {
-                        let o = k + u * L;
-                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(o)), $load(wp.add(o)), *a);
-                    }
-                    k += 4 * L;
-                }
-                while k + L <= n {
-                    acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(k)), $load(wp.add(k)), acc[0]);
-                    k += L;
-                }
-            }
-            let tail: f32 = x[k..n].iter().zip(&w[k..n]).map(|(a, &b)| a * $conv(b)).sum();
-            hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) + tail
-        }
-    };
-}
-
-dense_kernels!(gemv_f32, dot_f32, f32, load_f32, |v: f32| v);
-dense_kernels!(gemv_f16, dot_f16, f16, load_f16, f16::to_f32);
-dense_kernels!(gemv_bf16, dot_bf16, bf16, load_bf16, bf16::to_f32);
-
-/// The micro-kernel: `MR` rows of x times a 16-wide transposed panel, `2 * MR` accumulators.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_m<const MR: usize>(
-    x: &[f32],
-    xs: usize,
-    p: &[f32],
-    kc: usize,
-    out: &mut [f32],
-    os: usize,
-    nr: usize,
-    accumulate: bool,
-) {
-    assert!(MR >= 1 && nr <= 2 * L);
-    assert!(x.len() >= (MR - 1) * xs + kc && p.len() >= kc * 2 * L && out.len() >= (MR - 1) * os + nr);
-    let (xp, pp) = (x.as_ptr(), p.as_ptr());
-    let mut c = [[_mm256_setzero_ps(); 2]; MR];
-    // SAFETY: k < kc, so panel row k (16 f32) and x[i*xs + k] for i < MR are in bounds (asserted).
-    unsafe {
-        for k in 0..kc {
-            let b0 = _mm256_loadu_ps(pp.add(k * 2 * L));
-            let b1 = _mm256_loadu_ps(pp.add(k * 2 * L + L));
-            for (i, ci) in c.iter_mut().enumerate() {
-                let a = _mm256_set1_ps(*xp.add(i * xs + k));
-                ci[0] = _mm256_fmadd_ps(a, b0, ci[0]);
-                ci[1] = _mm256_fmadd_ps(a, b1, ci[1]);
-            }
-        }
+    #[inline(always)]
+    fn splat(self, v: f32) -> __m256 {
+        token_op!(_mm256_set1_ps(v))
     }
-    let mut tmp = [0f32; 2 * L];
-    for (i, ci) in c.iter().enumerate() {
-        // SAFETY: tmp holds 16 f32.
-        unsafe {
-            _mm256_storeu_ps(tmp.as_mut_ptr(), ci[0]);
-            _mm256_storeu_ps(tmp.as_mut_ptr().add(L), ci[1]);
-        }
-        let o = &mut out[i * os..i * os + nr];
-        if accumulate {
-            o.iter_mut().zip(&tmp).for_each(|(o, t)| *o += t);
-        } else {
-            o.copy_from_slice(&tmp[..nr]);
-        }
+    #[inline(always)]
+    fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+        token_op!(_mm256_fmadd_ps(a, b, c))
+    }
+    #[inline(always)]
+    fn add(self, a: __m256, b: __m256) -> __m256 {
+        token_op!(_mm256_add_ps(a, b))
+    }
+    #[inline(always)]
+    fn hsum(self, v: __m256) -> f32 {
+        token_op!(hsum(v))
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> __m256 {
+        token_op!(_mm256_loadu_ps(p))
+    }
+    #[inline(always)]
+    unsafe fn load_partial(self, p: *const f32, n: usize) -> __m256 {
+        token_op!(_mm256_loadu_ps(partial::<f32, L>(p, n).as_ptr()))
+    }
+    #[inline(always)]
+    unsafe fn load_f16(self, p: *const f16) -> __m256 {
+        token_op!(_mm256_cvtph_ps(_mm_loadu_si128(p.cast())))
+    }
+    #[inline(always)]
+    unsafe fn load_f16_partial(self, p: *const f16, n: usize) -> __m256 {
+        token_op!(self.load_f16(partial::<f16, L>(p, n).as_ptr()))
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(self, p: *const bf16) -> __m256 {
+        // bf16 is the top half of an f32
+        token_op!(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))))
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_partial(self, p: *const bf16, n: usize) -> __m256 {
+        token_op!(self.load_bf16(partial::<bf16, L>(p, n).as_ptr()))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: __m256) {
+        token_op!(_mm256_storeu_ps(p, v))
+    }
+    #[inline(always)]
+    unsafe fn store_partial(self, p: *mut f32, n: usize, v: __m256) {
+        let mut buf = [0f32; L];
+        token_op!({
+            _mm256_storeu_ps(buf.as_mut_ptr(), v);
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n.min(L));
+        })
+    }
+    #[inline(always)]
+    unsafe fn load_codes(self, p: *const u8) -> __m256i {
+        token_op!(widen8(p))
+    }
+    #[inline(always)]
+    fn next_nibble(self, v: __m256i) -> __m256i {
+        token_op!(_mm256_srli_epi32::<4>(v))
+    }
+    #[inline(always)]
+    fn table16(self, table: &[f32; 16], scale: f32) -> (__m256, __m256) {
+        let s = self.splat(scale);
+        token_op!((
+            _mm256_mul_ps(_mm256_loadu_ps(table.as_ptr()), s),
+            _mm256_mul_ps(_mm256_loadu_ps(table.as_ptr().add(8)), s)
+        ))
+    }
+    /// Two `vpermps` on the low 3 bits, a blend on bit 3.
+    #[inline(always)]
+    fn lookup16(self, v: __m256i, (lo, hi): (__m256, __m256)) -> __m256 {
+        token_op!({
+            let a = _mm256_permutevar8x32_ps(lo, v);
+            let b = _mm256_permutevar8x32_ps(hi, v);
+            _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(v)))
+        })
     }
 }
 
 /// Widens 8 code bytes at `p` to 8 u32 lanes.
-#[inline(always)]
+///
+/// # Safety
+/// 8 readable bytes at `p`.
+#[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn widen8(p: *const u8) -> __m256i {
     // SAFETY: the caller guarantees 8 readable bytes at `p`.
     unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast())) }
@@ -289,7 +267,11 @@ unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
 /// Gathers 8 triples of 3-bit codes (24 bytes at `p`) into 8 u32 lanes: lane `j` holds bits
 /// `24j..24j + 24` of the chunk, i.e. codes `8j..8j + 8` (higher bits of a lane are garbage, and
 /// the 8-entry table lookup reads only the low 3 bits).
-#[inline(always)]
+///
+/// # Safety
+/// As below; AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
 pub(super) unsafe fn gather3(p: *const u8, end: *const u8) -> __m256i {
     // SAFETY: the caller guarantees 24 readable bytes at `p` and that `end` is the end of the
     // buffer: a full 32-byte load is used only when it stays inside, else a 24-byte copy.
@@ -311,13 +293,11 @@ pub(super) unsafe fn gather3(p: *const u8, end: *const u8) -> __m256i {
 }
 
 /// 8-entry table `(i - zero) * scale` for 3-bit codes.
-#[inline(always)]
+#[target_feature(enable = "avx2")]
+#[inline]
 fn q3_lut(zero: u8, scale: f32) -> __m256 {
-    // SAFETY: only called from functions compiled with AVX2 enabled (inlined into them).
-    unsafe {
-        let q = _mm256_sub_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(i32::from(zero)));
-        _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(scale))
-    }
+    let q = _mm256_sub_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(i32::from(zero)));
+    _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(scale))
 }
 
 /// `out[r] = x · row r` for 3-bit codes in chunks of 64 (24 bytes): gather, then 8 table lookups
@@ -405,175 +385,4 @@ pub(super) unsafe fn dequant_q3(b: &IntBlock, r: usize, k0: usize, dst: &mut [f3
     }
 }
 
-/// Looks up 8 4-bit codes (low 4 bits of each lane) in the table `(lo, hi)`.
-#[inline(always)]
-fn lookup16(v: __m256i, lo: __m256, hi: __m256) -> __m256 {
-    // SAFETY: only called from functions compiled with AVX2 enabled (inlined into them).
-    unsafe {
-        let a = _mm256_permutevar8x32_ps(lo, v);
-        let b = _mm256_permutevar8x32_ps(hi, v);
-        _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(v)))
-    }
-}
-
-/// `out[r] = x · row r` for NF4/FP4 codes: one table per absmax block.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemv_cb(b: &CbBlock, x: &[f32], out: &mut [f32]) {
-    let chunk = 2 * L;
-    assert!(x.len() >= b.cols && b.codes.len() >= out.len() * b.cols / 2 && b.cols.is_multiple_of(chunk));
-    assert!(b.block.is_multiple_of(chunk) && b.absmax.len() >= (b.first + out.len() * b.cols).div_ceil(b.block));
-    // SAFETY: the table holds 16 f32.
-    let (tlo, thi) = unsafe { (_mm256_loadu_ps(b.table.as_ptr()), _mm256_loadu_ps(b.table.as_ptr().add(8))) };
-    let xp = x.as_ptr();
-    for (r, o) in out.iter_mut().enumerate() {
-        let flat = b.first + r * b.cols;
-        let mut tot = [_mm256_setzero_ps(); 2];
-        let mut k = 0;
-        while k < b.cols {
-            let blk = (flat + k) / b.block;
-            let end = ((blk + 1) * b.block - flat).min(b.cols);
-            let s = _mm256_set1_ps(b.absmax[blk]);
-            let (lo, hi) = (_mm256_mul_ps(tlo, s), _mm256_mul_ps(thi, s));
-            while k < end {
-                // SAFETY: k + 16 <= cols: 8 code bytes of row r and 16 x values are in bounds.
-                unsafe {
-                    let v = widen8(b.codes.as_ptr().add(r * b.cols / 2 + k / 2));
-                    tot[0] = _mm256_fmadd_ps(lookup16(v, lo, hi), _mm256_loadu_ps(xp.add(k)), tot[0]);
-                    let h = _mm256_srli_epi32::<4>(v);
-                    tot[1] = _mm256_fmadd_ps(lookup16(h, lo, hi), _mm256_loadu_ps(xp.add(k + L)), tot[1]);
-                }
-                k += chunk;
-            }
-        }
-        *o = hsum(_mm256_add_ps(tot[0], tot[1]));
-    }
-}
-
-/// Row `r`, elements `k0..k0 + dst.len()` of a codebook block, interleaved.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dequant_cb(b: &CbBlock, r: usize, k0: usize, dst: &mut [f32]) {
-    let chunk = 2 * L;
-    assert!(k0.is_multiple_of(chunk) && dst.len().is_multiple_of(chunk) && k0 + dst.len() <= b.cols);
-    assert!(b.codes.len() >= (r + 1) * b.cols / 2 && b.block.is_multiple_of(chunk));
-    // SAFETY: the table holds 16 f32.
-    let (tlo, thi) = unsafe { (_mm256_loadu_ps(b.table.as_ptr()), _mm256_loadu_ps(b.table.as_ptr().add(8))) };
-    let flat = b.first + r * b.cols;
-    let dp = dst.as_mut_ptr();
-    for c in (0..dst.len()).step_by(chunk) {
-        let k = k0 + c;
-        let s = _mm256_set1_ps(b.absmax[(flat + k) / b.block]);
-        let (lo, hi) = (_mm256_mul_ps(tlo, s), _mm256_mul_ps(thi, s));
-        // SAFETY: 8 code bytes of row r at k / 2 and 16 f32 at dst[c..] are in bounds.
-        unsafe {
-            let v = widen8(b.codes.as_ptr().add(r * b.cols / 2 + k / 2));
-            _mm256_storeu_ps(dp.add(c), lookup16(v, lo, hi));
-            _mm256_storeu_ps(dp.add(c + L), lookup16(_mm256_srli_epi32::<4>(v), lo, hi));
-        }
-    }
-}
-
-/// Widens 8 halves per step (F16C).
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn widen_f16(src: &[f16], dst: &mut [f32]) {
-    let n = src.len().min(dst.len());
-    let mut k = 0;
-    // SAFETY: vector loads and stores stay below n.
-    unsafe {
-        while k + L <= n {
-            _mm256_storeu_ps(dst.as_mut_ptr().add(k), load_f16(src.as_ptr().add(k)));
-            k += L;
-        }
-    }
-    for (d, s) in dst[k..n].iter_mut().zip(&src[k..n]) {
-        *d = s.to_f32();
-    }
-}
-
-/// Widens bf16 (a shift into the top half of an f32).
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn widen_bf16(src: &[bf16], dst: &mut [f32]) {
-    let n = src.len().min(dst.len());
-    let mut k = 0;
-    // SAFETY: vector loads and stores stay below n.
-    unsafe {
-        while k + L <= n {
-            _mm256_storeu_ps(dst.as_mut_ptr().add(k), load_bf16(src.as_ptr().add(k)));
-            k += L;
-        }
-    }
-    for (d, s) in dst[k..n].iter_mut().zip(&src[k..n]) {
-        *d = s.to_f32();
-    }
-}
-
-impl Isa for Avx2 {
-    const LANES: usize = L;
-
-    // SAFETY (every method below): `self` proves the CPU has AVX2, FMA and F16C; the kernels
-    // check their slice bounds themselves.
-    fn dot(self, x: &[f32], w: &[f32]) -> f32 {
-        // SAFETY: see above.
-        unsafe { dot_f32(x, w) }
-    }
-    fn gemv_f32(self, x: &[f32], w: &[f32], out: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { gemv_f32(x, w, out) }
-    }
-    fn gemv_f16(self, x: &[f32], w: &[f16], out: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { gemv_f16(x, w, out) }
-    }
-    fn gemv_bf16(self, x: &[f32], w: &[bf16], out: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { gemv_bf16(x, w, out) }
-    }
-    fn widen_f16(self, src: &[f16], dst: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { widen_f16(src, dst) }
-    }
-    fn widen_bf16(self, src: &[bf16], dst: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { widen_bf16(src, dst) }
-    }
-    const PANEL: usize = 2 * L;
-    const MR: usize = 6;
-    fn kernel(
-        self,
-        x: &[f32],
-        xs: usize,
-        mr: usize,
-        p: &[f32],
-        kc: usize,
-        out: &mut [f32],
-        os: usize,
-        nr: usize,
-        accumulate: bool,
-    ) {
-        macro_rules! go {
-            ($($m:literal),*) => {
-                match mr {
-                    // SAFETY: see above.
-                    $($m => unsafe { kernel_m::<$m>(x, xs, p, kc, out, os, nr, accumulate) },)*
-                    _ => unreachable!("at most MR rows"),
-                }
-            };
-        }
-        go!(1, 2, 3, 4, 5, 6)
-    }
-    fn gemv_int(self, b: &IntBlock, x: &[f32], out: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { gemv_int(b, x, out) }
-    }
-    fn dequant_int(self, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { dequant_int(b, r, k0, dst) }
-    }
-    fn gemv_cb(self, b: &CbBlock, x: &[f32], out: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { gemv_cb(b, x, out) }
-    }
-    fn dequant_cb(self, b: &CbBlock, r: usize, k0: usize, dst: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { dequant_cb(b, r, k0, dst) }
-    }
-}
+simd_isa!(Avx2, "avx2,fma,f16c", mr = [1, 2, 3, 4, 5, 6]);

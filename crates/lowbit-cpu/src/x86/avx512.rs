@@ -12,7 +12,8 @@
 //! of the AVX2 layout) are gathered into 16 lanes of 8 codes with dword permutes and variable
 //! shifts, then decoded with the same table (entries repeat every 8).
 
-use crate::isa::{CbBlock, IntBlock, Isa};
+use super::simd::{simd_isa, token_op, Simd};
+use crate::isa::IntBlock;
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 
@@ -39,167 +40,102 @@ impl Avx512 {
 /// Lanes per vector.
 const L: usize = 16;
 
+/// The mask of lanes `0..min(n, 16)`.
 #[inline(always)]
-fn tail_mask(n: usize) -> __mmask16 {
-    ((1u32 << n) - 1) as __mmask16
-}
-
-macro_rules! dense_kernels {
-    ($gemv:ident, $dot1:ident, $t:ty, $load:ident, $loadm:ident) => {
-        /// `out[r] = x · w[r]` for dense rows, four rows per pass sharing the x loads.
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-        unsafe fn $gemv(x: &[f32], w: &[$t], out: &mut [f32]) {
-            let cols = x.len();
-            assert!(w.len() >= out.len() * cols);
-            let xp = x.as_ptr();
-            let full = cols / L * L;
-            let mask = tail_mask(cols - full);
-            let mut r = 0;
-            while r + 4 <= out.len() {
-                // SAFETY: rows r..r+4 lie in `w` (asserted above); loads stop at `full` and the
-                // masked tail reads only the `cols - full` remaining elements of each row.
-                unsafe {
-                    let wp = w.as_ptr().add(r * cols);
-                    let mut acc = [_mm512_setzero_ps(); 4];
-                    let mut k = 0;
-                    while k < full {
-                        let xv = _mm512_loadu_ps(xp.add(k));
-                        for (j, a) in acc.iter_mut().enumerate() {
-                            *a = _mm512_fmadd_ps(xv, $load(wp.add(j * cols + k)), *a);
-                        }
-                        k += L;
-                    }
-                    if k < cols {
-                        let xv = _mm512_maskz_loadu_ps(mask, xp.add(k));
-                        for (j, a) in acc.iter_mut().enumerate() {
-                            *a = _mm512_fmadd_ps(xv, $loadm(mask, wp.add(j * cols + k)), *a);
-                        }
-                    }
-                    for (j, a) in acc.iter().enumerate() {
-                        out[r + j] = _mm512_reduce_add_ps(*a);
-                    }
-                }
-                r += 4;
-            }
-            while r < out.len() {
-                // SAFETY: row r lies in `w`.
-                out[r] = unsafe { $dot1(x, &w[r * cols..(r + 1) * cols]) };
-                r += 1;
-            }
-        }
-
-        /// `x · w` for one dense row.
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-        unsafe fn $dot1(x: &[f32], w: &[$t]) -> f32 {
-            let n = x.len().min(w.len());
-            let (xp, wp) = (x.as_ptr(), w.as_ptr());
-            let mut acc = [_mm512_setzero_ps(); 4];
-            let mut k = 0;
-            // SAFETY: every load reads elements below `n` (masked in the tail).
-            unsafe {
-                while k + 4 * L <= n {
-                    for (u, a) in acc.iter_mut().enumerate() {
-                        let o = k + u * L;
-                        *a = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(o)), $load(wp.add(o)), *a);
-                    }
-                    k += 4 * L;
-                }
-                while k + L <= n {
-                    acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(k)), $load(wp.add(k)), acc[0]);
-                    k += L;
-                }
-                if k < n {
-                    let m = tail_mask(n - k);
-                    acc[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, xp.add(k)), $loadm(m, wp.add(k)), acc[1]);
-                }
-                _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
-            }
-        }
-    };
-}
-
-#[inline(always)]
-unsafe fn load_f32(p: *const f32) -> __m512 {
-    // SAFETY: the caller guarantees 16 readable f32 at `p`.
-    unsafe { _mm512_loadu_ps(p) }
-}
-#[inline(always)]
-unsafe fn loadm_f32(m: __mmask16, p: *const f32) -> __m512 {
-    // SAFETY: the caller guarantees the masked lanes are readable.
-    unsafe { _mm512_maskz_loadu_ps(m, p) }
-}
-#[inline(always)]
-unsafe fn load_f16(p: *const f16) -> __m512 {
-    // SAFETY: the caller guarantees 16 readable f16 at `p`.
-    unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
-}
-#[inline(always)]
-unsafe fn loadm_f16(m: __mmask16, p: *const f16) -> __m512 {
-    // SAFETY: the caller guarantees the masked lanes are readable (masked lanes do not fault).
-    unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.cast())) }
-}
-#[inline(always)]
-unsafe fn load_bf16(p: *const bf16) -> __m512 {
-    // SAFETY: the caller guarantees 16 readable bf16 at `p`; bf16 is the top half of an f32.
-    unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())))) }
-}
-#[inline(always)]
-unsafe fn loadm_bf16(m: __mmask16, p: *const bf16) -> __m512 {
-    // SAFETY: the caller guarantees the masked lanes are readable.
-    unsafe {
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p.cast()))))
+pub(super) fn tail_mask(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as __mmask16
     }
 }
 
-dense_kernels!(gemv_f32, dot_f32, f32, load_f32, loadm_f32);
-dense_kernels!(gemv_f16, dot_f16, f16, load_f16, loadm_f16);
-dense_kernels!(gemv_bf16, dot_bf16, bf16, load_bf16, loadm_bf16);
+// SAFETY: an `Avx512` exists only on CPUs with AVX-512 F/BW/VL, AVX2, FMA and F16C
+// (`Avx512::new`), every feature the methods use.
+unsafe impl Simd for Avx512 {
+    const L: usize = L;
+    type V = __m512;
+    type I = __m512i;
+    type Table = __m512;
 
-/// The micro-kernel: `MR` rows of x times a 32-wide transposed panel, `2 * MR` accumulators;
-/// per `k` two panel loads and `MR` broadcast x values (folded into the FMAs).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_m<const MR: usize>(
-    x: &[f32],
-    xs: usize,
-    p: &[f32],
-    kc: usize,
-    out: &mut [f32],
-    os: usize,
-    nr: usize,
-    accumulate: bool,
-) {
-    assert!(MR >= 1 && nr <= 2 * L);
-    assert!(x.len() >= (MR - 1) * xs + kc && p.len() >= kc * 2 * L && out.len() >= (MR - 1) * os + nr);
-    let (xp, pp, op) = (x.as_ptr(), p.as_ptr(), out.as_mut_ptr());
-    let mut c = [[_mm512_setzero_ps(); 2]; MR];
-    // SAFETY: k < kc, so panel row k (32 f32) and x[i*xs + k] for i < MR are in bounds (asserted).
-    unsafe {
-        for k in 0..kc {
-            let b0 = _mm512_loadu_ps(pp.add(k * 2 * L));
-            let b1 = _mm512_loadu_ps(pp.add(k * 2 * L + L));
-            for (i, ci) in c.iter_mut().enumerate() {
-                let a = _mm512_set1_ps(*xp.add(i * xs + k));
-                ci[0] = _mm512_fmadd_ps(a, b0, ci[0]);
-                ci[1] = _mm512_fmadd_ps(a, b1, ci[1]);
-            }
-        }
+    #[inline(always)]
+    fn zero(self) -> __m512 {
+        token_op!(_mm512_setzero_ps())
     }
-    let m0 = tail_mask(nr.min(L));
-    let m1 = tail_mask(nr.saturating_sub(L));
-    // SAFETY: the masks limit each row's stores (and loads) to its first nr elements, in bounds.
-    unsafe {
-        for (i, ci) in c.iter().enumerate() {
-            let o = op.add(i * os);
-            let (mut v0, mut v1) = (ci[0], ci[1]);
-            if accumulate {
-                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, o));
-                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, o.add(L)));
-            }
-            _mm512_mask_storeu_ps(o, m0, v0);
-            _mm512_mask_storeu_ps(o.add(L), m1, v1);
-        }
+    #[inline(always)]
+    fn splat(self, v: f32) -> __m512 {
+        token_op!(_mm512_set1_ps(v))
     }
+    #[inline(always)]
+    fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        token_op!(_mm512_fmadd_ps(a, b, c))
+    }
+    #[inline(always)]
+    fn add(self, a: __m512, b: __m512) -> __m512 {
+        token_op!(_mm512_add_ps(a, b))
+    }
+    #[inline(always)]
+    fn hsum(self, v: __m512) -> f32 {
+        token_op!(_mm512_reduce_add_ps(v))
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> __m512 {
+        token_op!(_mm512_loadu_ps(p))
+    }
+    /// A masked load (masked-off lanes do not fault).
+    #[inline(always)]
+    unsafe fn load_partial(self, p: *const f32, n: usize) -> __m512 {
+        token_op!(_mm512_maskz_loadu_ps(tail_mask(n), p))
+    }
+    #[inline(always)]
+    unsafe fn load_f16(self, p: *const f16) -> __m512 {
+        token_op!(_mm512_cvtph_ps(_mm256_loadu_si256(p.cast())))
+    }
+    #[inline(always)]
+    unsafe fn load_f16_partial(self, p: *const f16, n: usize) -> __m512 {
+        token_op!(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail_mask(n), p.cast())))
+    }
+    /// bf16 is the top half of an f32.
+    #[inline(always)]
+    unsafe fn load_bf16(self, p: *const bf16) -> __m512 {
+        token_op!(bf16_to_f32(_mm256_loadu_si256(p.cast())))
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_partial(self, p: *const bf16, n: usize) -> __m512 {
+        token_op!(bf16_to_f32(_mm256_maskz_loadu_epi16(tail_mask(n), p.cast())))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: __m512) {
+        token_op!(_mm512_storeu_ps(p, v))
+    }
+    #[inline(always)]
+    unsafe fn store_partial(self, p: *mut f32, n: usize, v: __m512) {
+        token_op!(_mm512_mask_storeu_ps(p, tail_mask(n), v))
+    }
+    #[inline(always)]
+    unsafe fn load_codes(self, p: *const u8) -> __m512i {
+        token_op!(widen16(p))
+    }
+    #[inline(always)]
+    fn next_nibble(self, v: __m512i) -> __m512i {
+        token_op!(_mm512_srli_epi32::<4>(v))
+    }
+    #[inline(always)]
+    fn table16(self, table: &[f32; 16], scale: f32) -> __m512 {
+        token_op!(_mm512_mul_ps(_mm512_loadu_ps(table.as_ptr()), _mm512_set1_ps(scale)))
+    }
+    /// `vpermps` reads the low 4 bits of each lane.
+    #[inline(always)]
+    fn lookup16(self, v: __m512i, table: __m512) -> __m512 {
+        token_op!(_mm512_permutexvar_ps(v, table))
+    }
+}
+
+/// 16 bf16 (as 16-bit integers) to f32.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn bf16_to_f32(v: __m256i) -> __m512 {
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
 }
 
 /// 16-entry lookup table `(i mod 2^bits - zero) * scale` for integer codes.
@@ -218,7 +154,11 @@ fn zero_luts<const BITS: u32>() -> [__m512; 16] {
 }
 
 /// Widens 16 code bytes at `p` to 16 u32 lanes.
-#[inline(always)]
+///
+/// # Safety
+/// 16 readable bytes at `p`.
+#[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn widen16(p: *const u8) -> __m512i {
     // SAFETY: the caller guarantees 16 readable bytes at `p`.
     unsafe { _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast())) }
@@ -280,7 +220,11 @@ unsafe fn gemv_lut_rows<const BITS: u32, const R: usize>(
 /// Gathers two 24-byte chunks of 3-bit codes (48 bytes at `p`) into 16 u32 lanes: lanes 0..8
 /// hold the 8-code triples of the first chunk, lanes 8..16 those of the second (the layout of
 /// `avx2::gather3`, twice).
-#[inline(always)]
+///
+/// # Safety
+/// As below; AVX-512 F.
+#[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn gather3x2(p: *const u8, end: *const u8) -> __m512i {
     // SAFETY: the caller guarantees 48 readable bytes at `p` and that `end` ends the buffer: a
     // 64-byte load is used only when it stays inside, else a 48-byte copy.
@@ -321,9 +265,9 @@ unsafe fn gemv_q3_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: 
         let mut acc = [_mm512_setzero_ps(); R];
         let mut k = gi * b.group;
         let end = (k + b.group).min(b.cols);
-        // SAFETY (both loops): k + 128 (resp. 64) <= end <= cols, so x[k..] over the step and the
-        // 48 (24) code bytes of each row at k * 3 / 8 are in bounds (asserted).
         while k + 2 * CHUNK <= end {
+            // SAFETY: k + 128 <= end <= cols, so x[k..k + 128] and the 48 code bytes of each row
+            // at k * 3 / 8 are in bounds (asserted).
             unsafe {
                 let mut v = [_mm512_setzero_si512(); R];
                 for (r, v) in v.iter_mut().enumerate() {
@@ -346,6 +290,8 @@ unsafe fn gemv_q3_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: 
             k += 2 * CHUNK;
         }
         if k < end {
+            // SAFETY: k + 64 <= end <= cols, so x[k..k + 64] and the 24 code bytes of each row at
+            // k * 3 / 8 are in bounds (asserted).
             unsafe {
                 let mut v = [_mm512_setzero_si512(); R];
                 for (r, v) in v.iter_mut().enumerate() {
@@ -495,61 +441,6 @@ unsafe fn dequant_rows<const BITS: u32>(b: &IntBlock, r: usize, k0: usize, dst: 
     }
 }
 
-/// `out[r] = x · row r` for NF4/FP4 codes: one table per absmax block.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn gemv_cb(b: &CbBlock, x: &[f32], out: &mut [f32]) {
-    let chunk = 2 * L;
-    // SAFETY: the table holds 16 f32.
-    let table = unsafe { _mm512_loadu_ps(b.table.as_ptr()) };
-    assert!(x.len() >= b.cols && b.codes.len() >= out.len() * b.cols / 2 && b.cols.is_multiple_of(chunk));
-    assert!(b.block.is_multiple_of(chunk) && b.absmax.len() >= (b.first + out.len() * b.cols).div_ceil(b.block));
-    let xp = x.as_ptr();
-    for (r, o) in out.iter_mut().enumerate() {
-        let flat = b.first + r * b.cols;
-        let mut tot = _mm512_setzero_ps();
-        let mut k = 0;
-        while k < b.cols {
-            let blk = (flat + k) / b.block;
-            let end = ((blk + 1) * b.block - flat).min(b.cols);
-            let lut = _mm512_mul_ps(table, _mm512_set1_ps(b.absmax[blk]));
-            while k < end {
-                // SAFETY: k + 32 <= cols: 16 code bytes of row r and 32 x values are in bounds.
-                unsafe {
-                    let v = widen16(b.codes.as_ptr().add(r * b.cols / 2 + k / 2));
-                    let lo = _mm512_permutexvar_ps(v, lut);
-                    let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), lut);
-                    tot = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xp.add(k)), tot);
-                    tot = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xp.add(k + L)), tot);
-                }
-                k += chunk;
-            }
-        }
-        *o = _mm512_reduce_add_ps(tot);
-    }
-}
-
-/// Row `r`, elements `k0..k0 + dst.len()` of a codebook block, interleaved.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn dequant_cb(b: &CbBlock, r: usize, k0: usize, dst: &mut [f32]) {
-    let chunk = 2 * L;
-    // SAFETY: the table holds 16 f32.
-    let table = unsafe { _mm512_loadu_ps(b.table.as_ptr()) };
-    assert!(k0.is_multiple_of(chunk) && dst.len().is_multiple_of(chunk) && k0 + dst.len() <= b.cols);
-    assert!(b.codes.len() >= (r + 1) * b.cols / 2 && b.block.is_multiple_of(chunk));
-    let flat = b.first + r * b.cols;
-    let dp = dst.as_mut_ptr();
-    for c in (0..dst.len()).step_by(chunk) {
-        let k = k0 + c;
-        let lut = _mm512_mul_ps(table, _mm512_set1_ps(b.absmax[(flat + k) / b.block]));
-        // SAFETY: 16 code bytes of row r at k / 2 and 32 f32 at dst[c..] are in bounds.
-        unsafe {
-            let v = widen16(b.codes.as_ptr().add(r * b.cols / 2 + k / 2));
-            _mm512_storeu_ps(dp.add(c), _mm512_permutexvar_ps(v, lut));
-            _mm512_storeu_ps(dp.add(c + L), _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), lut));
-        }
-    }
-}
-
 /// Transposes 16 rows of 16 f32 (`r[i]` = row i) into 16 columns.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
@@ -621,114 +512,9 @@ unsafe fn transpose_panel(p: &[f32], ps: usize, nb: usize, kc: usize, pt: &mut [
     }
 }
 
-/// Widens 16 halves per step (F16C through AVX-512).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn widen_f16(src: &[f16], dst: &mut [f32]) {
-    let n = src.len().min(dst.len());
-    let mut k = 0;
-    // SAFETY: loads and stores stay below n (masked tail).
-    unsafe {
-        while k + L <= n {
-            _mm512_storeu_ps(dst.as_mut_ptr().add(k), load_f16(src.as_ptr().add(k)));
-            k += L;
-        }
-        if k < n {
-            let m = tail_mask(n - k);
-            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(k), m, loadm_f16(m, src.as_ptr().add(k)));
-        }
-    }
-}
-
-/// Widens bf16 (a shift into the top half of an f32).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn widen_bf16(src: &[bf16], dst: &mut [f32]) {
-    let n = src.len().min(dst.len());
-    let mut k = 0;
-    // SAFETY: loads and stores stay below n (masked tail).
-    unsafe {
-        while k + L <= n {
-            _mm512_storeu_ps(dst.as_mut_ptr().add(k), load_bf16(src.as_ptr().add(k)));
-            k += L;
-        }
-        if k < n {
-            let m = tail_mask(n - k);
-            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(k), m, loadm_bf16(m, src.as_ptr().add(k)));
-        }
-    }
-}
-
-impl Isa for Avx512 {
-    const LANES: usize = L;
-
-    // SAFETY (every method below): `self` proves the CPU has the features the kernels enable;
-    // the kernels check their slice bounds themselves.
-    fn dot(self, x: &[f32], w: &[f32]) -> f32 {
-        // SAFETY: see above.
-        unsafe { dot_f32(x, w) }
-    }
-    fn gemv_f32(self, x: &[f32], w: &[f32], out: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { gemv_f32(x, w, out) }
-    }
-    fn gemv_f16(self, x: &[f32], w: &[f16], out: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { gemv_f16(x, w, out) }
-    }
-    fn gemv_bf16(self, x: &[f32], w: &[bf16], out: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { gemv_bf16(x, w, out) }
-    }
-    fn widen_f16(self, src: &[f16], dst: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { widen_f16(src, dst) }
-    }
-    fn widen_bf16(self, src: &[bf16], dst: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { widen_bf16(src, dst) }
-    }
-    const PANEL: usize = 2 * L;
-    const MR: usize = 12;
-    fn transpose(self, p: &[f32], ps: usize, nb: usize, kc: usize, pt: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { transpose_panel(p, ps, nb, kc, pt) }
-    }
-    fn kernel(
-        self,
-        x: &[f32],
-        xs: usize,
-        mr: usize,
-        p: &[f32],
-        kc: usize,
-        out: &mut [f32],
-        os: usize,
-        nr: usize,
-        accumulate: bool,
-    ) {
-        macro_rules! go {
-            ($($m:literal),*) => {
-                match mr {
-                    // SAFETY: see above.
-                    $($m => unsafe { kernel_m::<$m>(x, xs, p, kc, out, os, nr, accumulate) },)*
-                    _ => unreachable!("at most MR rows"),
-                }
-            };
-        }
-        go!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
-    }
-    fn gemv_int(self, b: &IntBlock, x: &[f32], out: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { gemv_int(b, x, out) }
-    }
-    fn dequant_int(self, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { dequant_int(b, r, k0, dst) }
-    }
-    fn gemv_cb(self, b: &CbBlock, x: &[f32], out: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { gemv_cb(b, x, out) }
-    }
-    fn dequant_cb(self, b: &CbBlock, r: usize, k0: usize, dst: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { dequant_cb(b, r, k0, dst) }
-    }
-}
+simd_isa!(
+    Avx512,
+    "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
+    mr = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+    transpose_panel
+);

