@@ -80,6 +80,20 @@ mod tests {
         }
     }
 
+    /// Inputs the fuzzer once broke a parser with (`tests/fuzz_regressions/<target>/`) are now
+    /// rejected with an error; a panic fails the test.
+    fn regressions_are_errors(target: &str, parse: fn(&[u8]) -> Result<()>) {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions").join(target);
+        for (path, data) in inputs(&dir) {
+            assert!(parse(&data).is_err(), "{} parsed", path.display());
+        }
+    }
+
+    #[test]
+    fn fuzz_regressions_are_errors() {
+        regressions_are_errors("tokenizer_json", tokenizer_json);
+    }
+
     #[test]
     fn seeds_are_valid_inputs() {
         seeds_parse("hf_config", hf_config);
