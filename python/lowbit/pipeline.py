@@ -1,5 +1,5 @@
 """Whole-model post-training quantization: the layer-by-layer pipeline (RTN, GPTQ, AWQ,
-SmoothQuant) of ``lowbit-model``, from Python.
+SmoothQuant) of ``lowbit-quantize``, from Python.
 
 >>> report = lowbit.quantize_model("smollm2-dir", "out-dir", method="gptq", bits=4)  # doctest: +SKIP
 >>> report.mean_loss, report.peak_rss_bytes  # doctest: +SKIP

@@ -9,11 +9,14 @@
 //! * [`Model::generate`]: greedy or sampled decoding with streaming; [`Tokenizer`] with its
 //!   chat template.
 //! * [`Model::perplexity`]: the project's evaluation protocol.
-//! * [`quantize::quantize_model`]: the layer-by-layer GPTQ/AWQ/SmoothQuant/RTN pipeline.
+//! * [`block`]: one decoder block in stages, which the quantization pipeline (crate
+//!   `lowbit-quantize`) runs between its solves; [`Model::open_blocks`] streams a checkpoint's
+//!   blocks one at a time.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 mod attention;
+pub mod block;
 pub mod config;
 mod device;
 mod error;
@@ -24,7 +27,6 @@ mod model;
 mod ops;
 mod par;
 pub mod perplexity;
-pub mod quantize;
 mod safetensors_source;
 mod tensors;
 pub mod tokenizer;
@@ -34,8 +36,8 @@ pub use device::Device;
 pub use error::{ModelError, Result};
 pub use generate::{GenerateOptions, Generation, Rng, StopReason, TokenEvent};
 pub use gguf::{import_gguf, GgufFile};
-pub use load::LoadOptions;
-pub use model::{KvCache, Layer, Logits, LogitsMode, Model, LINEAR_NAMES};
+pub use load::{LoadOptions, SaveExtras};
+pub use model::{BlockReader, KvCache, Layer, Logits, LogitsMode, Model, LINEAR_NAMES};
 pub use perplexity::{PerplexityOptions, PerplexityProgress, PerplexityResult};
 pub use tensors::{Tensor, TensorData};
 pub use tokenizer::{ChatMessage, Tokenizer};

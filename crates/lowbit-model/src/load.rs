@@ -16,6 +16,16 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// What [`Model::save_with`] writes besides the model: keys merged into `config.json` and
+/// further files (the quantization pipeline's `quantization_config` and manifest).
+#[derive(Clone, Debug, Default)]
+pub struct SaveExtras {
+    /// Keys set at the top level of `config.json` (replacing the model's own under that name).
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Files written next to the model: name (no directories) and contents.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
 /// Options for [`Model::load_with`].
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
@@ -109,10 +119,12 @@ impl Model {
     /// index, and the tokenizer files when the model has a tokenizer. Written into a temporary
     /// directory, then renamed to `dir` (which must not exist or be empty).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        self.save_into(dir)
+        self.save_with(dir, &SaveExtras::default()).map(|_| ())
     }
 
-    fn save_into<'m>(&'m self, dir: &Path) -> Result<()> {
+    /// [`Model::save`] with extra content in the same atomic write; returns the bytes written.
+    pub fn save_with<'m>(&'m self, dir: &Path, extras: &SaveExtras) -> Result<u64> {
+        let mut total = 0u64;
         write_dir_atomically(dir, |tmp| {
             // Dense tensors are borrowed, not copied, and streamed to the file: the f32 embedding
             // alone is most of a small model.
@@ -174,15 +186,29 @@ impl Model {
             }
             let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
             write(&tmp.join("model.safetensors.index.json"), index.to_string().as_bytes())?;
-            write(
-                &tmp.join("config.json"),
-                serde_json::to_string_pretty(&self.config().to_hf_json()).unwrap_or_default().as_bytes(),
-            )?;
+            let mut config = self.config().to_hf_json();
+            if let Some(obj) = config.as_object_mut() {
+                obj.extend(extras.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            write(&tmp.join("config.json"), serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes())?;
             if let Some(t) = self.tokenizer() {
                 write_tokenizer_files(tmp, t)?;
             }
+            for (name, bytes) in &extras.files {
+                if Path::new(name).file_name() != Some(std::ffi::OsStr::new(name)) {
+                    return Err(ModelError::input(
+                        "save",
+                        format!("extra file name {name:?} is not a plain file name"),
+                    ));
+                }
+                write(&tmp.join(name), bytes)?;
+            }
+            for e in std::fs::read_dir(tmp).map_err(|e| ModelError::io(tmp, e))?.flatten() {
+                total += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
             Ok(())
-        })
+        })?;
+        Ok(total)
     }
 }
 

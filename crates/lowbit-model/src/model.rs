@@ -200,16 +200,9 @@ impl RopeTable {
     }
 }
 
-fn check_shape(name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
-    if t.shape != expected {
-        return Err(ModelError::TensorShape { name: name.into(), expected: expected.to_vec(), got: t.shape.clone() });
-    }
-    Ok(())
-}
-
 fn take(src: &mut dyn TensorSource, name: &str, expected: &[usize]) -> Result<Tensor> {
     let t = src.take(name)?.ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
-    check_shape(name, &t, expected)?;
+    check_dims(name, &t.shape, expected)?;
     Ok(t)
 }
 
@@ -222,8 +215,67 @@ fn take_linear(src: &mut dyn TensorSource, name: &str, rows: usize, cols: usize)
     Ok(Linear::new(rows, cols, t.into_weight())?)
 }
 
+/// Takes the decoder blocks out of a checkpoint one at a time (see [`Model::open_blocks`]).
+pub struct BlockReader<'a> {
+    src: &'a mut dyn TensorSource,
+    config: ModelConfig,
+}
+
+impl BlockReader<'_> {
+    /// Block `i` as stored (dense or quantized linears), shapes checked against the config.
+    /// Each block can be taken once.
+    pub fn block(&mut self, i: usize) -> Result<Layer> {
+        if i >= self.config.num_hidden_layers {
+            return Err(ModelError::input(
+                "block",
+                format!("block {i} is beyond the model's {} blocks", self.config.num_hidden_layers),
+            ));
+        }
+        take_layer(self.src, &self.config, i)
+    }
+}
+
+/// Checks a block's shapes against the config (a block built or changed outside the loader).
+fn check_layer(c: &ModelConfig, l: &Layer, i: usize) -> Result<()> {
+    let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+    let p = format!("model.layers.{i}.");
+    let lin = |n: &str, x: &Linear, rows: usize, cols: usize| {
+        check_dims(&format!("{p}{n}.weight"), &[x.rows(), x.cols()], &[rows, cols])
+    };
+    let vec = |n: &str, x: &Option<Vec<f32>>, want: bool, len: usize| match (x, want) {
+        (Some(v), true) => check_dims(&format!("{p}{n}"), &[v.len()], &[len]),
+        (None, false) => Ok(()),
+        (got, _) => Err(ModelError::input(
+            "push_layer",
+            format!("{p}{n} is {} but the config says otherwise", if got.is_some() { "present" } else { "absent" }),
+        )),
+    };
+    check_dims(&format!("{p}input_layernorm.weight"), &[l.input_norm.len()], &[h])?;
+    check_dims(&format!("{p}post_attention_layernorm.weight"), &[l.post_attention_norm.len()], &[h])?;
+    lin("self_attn.q_proj", &l.q_proj, qd, h)?;
+    lin("self_attn.k_proj", &l.k_proj, kvd, h)?;
+    lin("self_attn.v_proj", &l.v_proj, kvd, h)?;
+    lin("self_attn.o_proj", &l.o_proj, h, qd)?;
+    lin("mlp.gate_proj", &l.gate_proj, ff, h)?;
+    lin("mlp.up_proj", &l.up_proj, ff, h)?;
+    lin("mlp.down_proj", &l.down_proj, h, ff)?;
+    vec("self_attn.q_proj.bias", &l.q_bias, c.attention_bias, qd)?;
+    vec("self_attn.k_proj.bias", &l.k_bias, c.attention_bias, kvd)?;
+    vec("self_attn.v_proj.bias", &l.v_bias, c.attention_bias, kvd)?;
+    let qk_norm = c.arch == Architecture::Qwen3;
+    vec("self_attn.q_norm.weight", &l.q_norm, qk_norm, c.head_dim)?;
+    vec("self_attn.k_norm.weight", &l.k_norm, qk_norm, c.head_dim)
+}
+
+fn check_dims(name: &str, got: &[usize], expected: &[usize]) -> Result<()> {
+    if got != expected {
+        return Err(ModelError::TensorShape { name: name.into(), expected: expected.to_vec(), got: got.to_vec() });
+    }
+    Ok(())
+}
+
 /// The tensors of block `i`, shapes checked against the config.
-pub(crate) fn take_layer(src: &mut dyn TensorSource, c: &ModelConfig, i: usize) -> Result<Layer> {
+fn take_layer(src: &mut dyn TensorSource, c: &ModelConfig, i: usize) -> Result<Layer> {
     let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
     let p = format!("model.layers.{i}.");
     let bias = |src: &mut dyn TensorSource, n: &str, len| -> Result<Option<Vec<f32>>> {
@@ -290,10 +342,8 @@ impl Model {
         Ok(model)
     }
 
-    /// The model without its blocks (embedding, final norm, LM head): the quantization pipeline
-    /// streams the blocks in one at a time ([`take_layer`], [`Model::push_layer`]). Only the
-    /// pipeline sees such a model before its blocks are complete.
-    pub(crate) fn build_without_layers(
+    /// The model without its blocks (embedding, final norm, LM head): see [`Model::open_blocks`].
+    fn build_without_layers(
         config: ModelConfig,
         src: &mut dyn TensorSource,
         tokenizer: Option<Tokenizer>,
@@ -324,10 +374,36 @@ impl Model {
         })
     }
 
-    /// Appends the next block (see [`Model::build_without_layers`]).
-    pub(crate) fn push_layer(&mut self, layer: Layer) {
-        debug_assert!(self.layers.len() < self.config.num_hidden_layers);
+    /// Opens the model at `path` (as [`Model::load_with`] does) but without its decoder blocks,
+    /// and hands it to `f` with a [`BlockReader`] that takes the blocks out of the (memory-mapped)
+    /// checkpoint one at a time: a caller that transforms the blocks (the quantization pipeline)
+    /// holds one block's original weights at a time. `f` appends the blocks with
+    /// [`Model::push_layer`]; until all are in, the model runs only the blocks it has.
+    pub fn open_blocks<R, E: From<ModelError>>(
+        path: impl AsRef<std::path::Path>,
+        opts: &crate::LoadOptions,
+        f: impl FnOnce(Model, &mut BlockReader<'_>) -> std::result::Result<R, E>,
+    ) -> std::result::Result<R, E> {
+        let inner = crate::load::with_source(path.as_ref(), opts, |config, src, tokenizer| {
+            let model = Model::build_without_layers(config.clone(), src, tokenizer, opts.device)?;
+            Ok(f(model, &mut BlockReader { src, config }))
+        });
+        inner.map_err(E::from)?
+    }
+
+    /// Appends the next decoder block (see [`Model::open_blocks`]); an error when the model
+    /// already has all its blocks or the block's shapes do not fit the config.
+    pub fn push_layer(&mut self, layer: Layer) -> Result<()> {
+        let i = self.layers.len();
+        if i >= self.config.num_hidden_layers {
+            return Err(ModelError::input(
+                "push_layer",
+                format!("the model already has its {} blocks", self.config.num_hidden_layers),
+            ));
+        }
+        check_layer(&self.config, &layer, i)?;
         self.layers.push(layer);
+        Ok(())
     }
 
     /// The config.

@@ -3,6 +3,7 @@
 use lowbit_core::CoreError;
 use lowbit_cpu::CpuError;
 use lowbit_model::ModelError;
+use lowbit_quantize::QuantizeError;
 use lowbit_solvers::SolverError;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
@@ -74,6 +75,28 @@ impl From<ModelError> for PyLowbitError {
             | ModelError::Safetensors { .. }
             | ModelError::Gguf { .. } => CorruptFileError::new_err(msg),
             _ => LowbitError::new_err(msg),
+        })
+    }
+}
+
+impl From<QuantizeError> for PyLowbitError {
+    fn from(e: QuantizeError) -> Self {
+        let msg = e.to_string();
+        PyLowbitError(match e {
+            QuantizeError::Model(m) => return m.into(),
+            QuantizeError::Core(core) => return core.into(),
+            QuantizeError::Cpu(CpuError::Core(core)) => return core.into(),
+            QuantizeError::Cpu(_) => ShapeError::new_err(msg),
+            // The message names the block and layer; the exception class is the solver's.
+            QuantizeError::Solver { source, .. } => {
+                let PyLowbitError(err) = source.into();
+                Python::attach(|py| PyErr::from_type(err.get_type(py), msg))
+            }
+            QuantizeError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                PyFileNotFoundError::new_err(msg)
+            }
+            QuantizeError::Io { .. } => PyOSError::new_err(msg),
+            QuantizeError::Input { .. } => LowbitError::new_err(msg),
         })
     }
 }

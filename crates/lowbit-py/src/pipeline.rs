@@ -1,7 +1,7 @@
-//! `quantize_model`: the layer-by-layer quantization pipeline of lowbit-model.
+//! `quantize_model`: the layer-by-layer quantization pipeline of lowbit-quantize.
 
 use crate::errors::PyLowbitResult;
-use lowbit_model::quantize::{self, CalibSource, QuantMethod, QuantizeOptions};
+use lowbit_quantize::{self as quantize, CalibSource, QuantMethod, QuantizeOptions};
 use pyo3::prelude::*;
 use std::path::PathBuf;
 

@@ -1,20 +1,19 @@
-//! The quantization pipeline on tiny random models: staged forward, RTN equivalence, GPTQ/AWQ
-//! runs that load back packed, resume, thread-count determinism, bad input.
+//! The quantization pipeline on tiny random models: RTN equivalence, GPTQ/AWQ runs that load
+//! back packed, resume, thread-count determinism, bad input.
 
+// The tiny-checkpoint helpers are lowbit-model's (one copy for both crates' tests).
+#[path = "../../lowbit-model/tests/common/mod.rs"]
 mod common;
 
 use common::*;
 use lowbit_core::{rtn, Bits, Granularity, IntScheme};
 use lowbit_cpu::WeightKind;
-use lowbit_model::quantize::{
-    partial_dir, quantize_model, staged_logits, windows_from_stream, CalibSource, QuantMethod, QuantizeOptions,
-};
+use lowbit_model::block::staged_logits;
 use lowbit_model::{LogitsMode, Model};
+use lowbit_quantize::{
+    partial_dir, quantize_model, windows_from_stream, CalibSource, QuantMethod, QuantizeOptions, QuantizeReport,
+};
 use std::path::{Path, PathBuf};
-
-/// Largest |staged - forward| relative to the largest |logit| (same f32 arithmetic, only the
-/// batching of the weight products differs).
-const STAGED_FORWARD_TOL: f32 = 1e-5;
 
 /// Named tensors of a tiny checkpoint.
 type Weights = Vec<(String, Vec<usize>, Vec<f32>)>;
@@ -46,7 +45,7 @@ fn opts(method: QuantMethod) -> QuantizeOptions {
     }
 }
 
-fn run(model: &Path, out: &Path, o: &QuantizeOptions) -> lowbit_model::Result<lowbit_model::quantize::QuantizeReport> {
+fn run(model: &Path, out: &Path, o: &QuantizeOptions) -> lowbit_quantize::Result<QuantizeReport> {
     quantize_model(model, out, o, &mut |_| {})
 }
 
@@ -72,24 +71,6 @@ fn manifest_sans_timings(dir: &Path) -> serde_json::Value {
         l.as_object_mut().unwrap().remove("seconds");
     }
     m
-}
-
-#[test]
-fn staged_forward_equals_model_forward() {
-    for kv in [2, 4] {
-        let (dir, _) = tiny(&format!("staged-{kv}"), kv);
-        let model = Model::load(&dir).unwrap();
-        let seqlen = 9;
-        let toks = tokens(3 * seqlen, 5);
-        let staged = staged_logits(&model, &toks, seqlen).unwrap();
-        let mut want = vec![];
-        for s in toks.chunks(seqlen) {
-            want.extend(model.forward(s, &mut model.new_cache(), LogitsMode::All).unwrap().data);
-        }
-        let scale = want.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
-        let diff = staged.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
-        assert!(diff <= STAGED_FORWARD_TOL, "kv {kv}: staged vs forward {diff}");
-    }
 }
 
 #[test]

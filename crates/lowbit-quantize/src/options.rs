@@ -1,7 +1,7 @@
 //! What the user asks of the pipeline, what it reports back, and how it reports progress.
 
-use super::calib::CalibSource;
-use crate::{ModelError, Result};
+use crate::calib::CalibSource;
+use crate::{QuantizeError, Result};
 use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -34,19 +34,22 @@ impl QuantMethod {
 }
 
 impl std::str::FromStr for QuantMethod {
-    type Err = ModelError;
+    type Err = QuantizeError;
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "rtn" => Ok(QuantMethod::Rtn),
             "gptq" => Ok(QuantMethod::Gptq),
             "awq" => Ok(QuantMethod::Awq),
             "smoothquant" | "sq" => Ok(QuantMethod::SmoothQuant),
-            _ => Err(ModelError::input("quantize", format!("unknown method {s:?}: use rtn, gptq, awq or smoothquant"))),
+            _ => Err(QuantizeError::input(
+                "quantize",
+                format!("unknown method {s:?}: use rtn, gptq, awq or smoothquant"),
+            )),
         }
     }
 }
 
-/// Options of [`super::quantize_model`].
+/// Options of [`crate::quantize_model`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizeOptions {
     /// The method.
@@ -126,18 +129,18 @@ impl QuantizeOptions {
     pub fn scheme(&self) -> Result<IntScheme> {
         let bits = Bits::try_from(self.bits)?;
         if self.method == QuantMethod::SmoothQuant && (self.bits != 8 || self.group_size.is_some() || !self.sym) {
-            return Err(ModelError::input(
+            return Err(QuantizeError::input(
                 "quantize",
                 "smoothquant is W8A8: bits 8, per-channel (no group size), symmetric",
             ));
         }
         let granularity = match self.group_size {
             None => Granularity::PerChannel,
-            Some(0) => return Err(ModelError::input("quantize", "group_size must be positive")),
+            Some(0) => return Err(QuantizeError::input("quantize", "group_size must be positive")),
             Some(g) => Granularity::Group(g),
         };
         if self.mse_clip == Some(true) && !matches!(self.method, QuantMethod::Gptq | QuantMethod::Rtn) {
-            return Err(ModelError::input(
+            return Err(QuantizeError::input(
                 "quantize",
                 "mse_clip applies to gptq and rtn (awq has its own clip search)",
             ));
@@ -158,7 +161,7 @@ impl QuantizeOptions {
 
     pub(crate) fn validate(&self) -> Result<()> {
         self.scheme()?;
-        let bad = |r: String| Err(ModelError::input("quantize", r));
+        let bad = |r: String| Err(QuantizeError::input("quantize", r));
         if self.method != QuantMethod::Rtn {
             if self.nsamples == 0 || self.seqlen == 0 {
                 return bad(format!("nsamples and seqlen must be positive, got {} x {}", self.nsamples, self.seqlen));
@@ -277,7 +280,7 @@ pub struct LayerStat {
     pub seconds: f64,
 }
 
-/// What [`super::quantize_model`] did.
+/// What [`crate::quantize_model`] did.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct QuantizeReport {
     /// The output directory.

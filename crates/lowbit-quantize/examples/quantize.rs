@@ -1,9 +1,9 @@
 //! Quantize a model with the pipeline and optionally evaluate it (protocol perplexity).
 //!
-//! `cargo run --release -p lowbit-model --example quantize -- MODEL OUT METHOD BITS GROUP|0
+//! `cargo run --release -p lowbit-quantize --example quantize -- MODEL OUT METHOD BITS GROUP|0
 //!  [--sym] [--act-order] [--mse|--minmax] [--f32-scales] [--calib FILE] [--nsamples N] [--awq-samples N] [--eval FILE] [--eval-base]`
-use lowbit_model::quantize::{quantize_model, CalibSource, QuantMethod, QuantizeOptions};
 use lowbit_model::{perplexity::read_text_file, Model, PerplexityOptions};
+use lowbit_quantize::{quantize_model, CalibSource, QuantMethod, QuantizeOptions};
 use std::path::Path;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

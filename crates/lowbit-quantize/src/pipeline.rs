@@ -19,23 +19,20 @@
 //! intermediate activations (the attention output, later the MLP activation, at most
 //! `tokens * intermediate_size` values, held in f16, see `stash`); the Hessians.
 
-use super::block::{self, Rope};
-use super::calib::{calibration_windows, CalibSource};
-use super::checkpoint::{Checkpoint, CheckpointState};
-use super::options::{peak_rss_bytes, LayerStat, Progress, QuantMethod, QuantizeOptions, QuantizeReport, Stage};
-use super::output::write_output;
-use super::sha256::sha256_hex;
-use super::stash::Stash;
-use crate::load::with_source;
-use crate::model::{take_layer, Layer, Model};
-use crate::tensors::TensorSource;
-use crate::{Device, LoadOptions};
-use crate::{ModelError, Result};
+use crate::calib::{calibration_windows, CalibSource};
+use crate::checkpoint::{Checkpoint, CheckpointState};
+use crate::options::{peak_rss_bytes, LayerStat, Progress, QuantMethod, QuantizeOptions, QuantizeReport, Stage};
+use crate::output::write_output;
+use crate::stash::Stash;
+use crate::{QuantizeError, Result};
 use lowbit_core::{IntScheme, QParams, QTensor, Scales};
 use lowbit_cpu::{Linear, WeightKind};
+use lowbit_model::block::{self, Rope};
+use lowbit_model::{BlockReader, Layer, LoadOptions, Model, ModelConfig};
 use lowbit_solvers::awq::{self, AwqConfig, AwqLayer, AwqStats, HeadTie};
 use lowbit_solvers::smoothquant::{self, SmoothLayer, SmoothQuantConfig};
 use lowbit_solvers::{gptq_quantize, rtn_quantize, DampingConfig, GptqConfig, Hessian, HessianPrecision, LayerReport};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -49,8 +46,8 @@ pub fn quantize_model(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<QuantizeReport> {
     opts.validate()?;
-    if out.exists() && std::fs::read_dir(out).map_err(|e| ModelError::io(out, e))?.next().is_some() {
-        return Err(ModelError::Io {
+    if out.exists() && std::fs::read_dir(out).map_err(|e| QuantizeError::io(out, e))?.next().is_some() {
+        return Err(QuantizeError::Io {
             path: out.display().to_string(),
             source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "output directory exists and is not empty"),
         });
@@ -58,9 +55,8 @@ pub fn quantize_model(
     let ckpt = Checkpoint::new(partial_dir(out));
     let mut stopped = false;
     // The blocks stream in one at a time from the (memory-mapped) checkpoint.
-    let result = with_source(model_path, &LoadOptions::default(), |config, src, tokenizer| {
-        let model = Model::build_without_layers(config, src, tokenizer, Device::Cpu)?;
-        run(model, src, model_path, out, opts, &ckpt, progress, &mut stopped)
+    let result = Model::open_blocks(model_path, &LoadOptions::default(), |model, blocks| {
+        run(model, blocks, model_path, out, opts, &ckpt, progress, &mut stopped)
     });
     match &result {
         Ok(_) => ckpt.remove(),
@@ -80,7 +76,7 @@ pub fn partial_dir(out: &Path) -> PathBuf {
 struct Ctx<'a> {
     opts: &'a QuantizeOptions,
     scheme: IntScheme,
-    cfg: crate::ModelConfig,
+    cfg: ModelConfig,
     seqlen: usize,
     notes: Vec<String>,
 }
@@ -88,7 +84,7 @@ struct Ctx<'a> {
 #[allow(clippy::too_many_arguments)]
 fn run(
     mut model: Model,
-    src: &mut dyn TensorSource,
+    blocks: &mut BlockReader<'_>,
     model_path: &Path,
     out: &Path,
     opts: &QuantizeOptions,
@@ -103,7 +99,7 @@ fn run(
         [("hidden_size", cfg.hidden_size), ("q_dim", cfg.q_dim()), ("intermediate_size", cfg.intermediate_size)]
     {
         scheme.granularity.validate(cols, scheme.bits).map_err(|e| {
-            ModelError::input("quantize", format!("group size does not fit the model's {what} of {cols}: {e}"))
+            QuantizeError::input("quantize", format!("group size does not fit the model's {what} of {cols}: {e}"))
         })?;
     }
     let nblocks = cfg.num_hidden_layers;
@@ -117,7 +113,7 @@ fn run(
         (Vec::new(), None)
     } else {
         progress(Progress { stage: Stage::Calibrating, done: 0, total: nblocks, loss: 0.0, elapsed: 0.0, eta: 0.0 });
-        let calib = opts.calib.as_ref().ok_or_else(|| ModelError::input("quantize", "no calibration data"))?;
+        let calib = opts.calib.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no calibration data"))?;
         let w = if matches!(calib, CalibSource::DataFree) {
             // Sampling runs every block: it gets the whole model, dropped before the blocks stream in.
             calibration_windows(&Model::load(model_path)?, calib, opts.nsamples, opts.seqlen, opts.seed)?
@@ -144,8 +140,7 @@ fn run(
     let mut x: Vec<f32> = vec![];
     let calibrated = opts.method != QuantMethod::Rtn;
     if calibrated {
-        let resumed =
-            if opts.resume { ckpt.load(&fingerprint, &mut model, |b| take_layer(src, &cfg, b))? } else { None };
+        let resumed = if opts.resume { ckpt.load(&fingerprint, &mut model, |b| Ok(blocks.block(b)?))? } else { None };
         match resumed {
             Some(state) => {
                 first = state.next_block;
@@ -164,7 +159,7 @@ fn run(
     let rope = Rope::new(&cfg, opts.seqlen.max(1));
     let blocks_start = Instant::now();
     for b in first..nblocks {
-        let mut layer = take_layer(src, &cfg, b)?;
+        let mut layer = blocks.block(b)?;
         let stats = if calibrated {
             quantize_block_calibrated(&mut ctx, b, &mut layer, &rope, &mut x)?
         } else {
@@ -174,7 +169,7 @@ fn run(
         layers_stats.extend(stats);
         if calibrated {
             if let Some((t, c)) = first_non_finite(&x, h) {
-                return Err(ModelError::input(
+                return Err(QuantizeError::input(
                     "quantize",
                     format!("non-finite activation after block {b} (token {t}, channel {c}): the model or calibration data overflows"),
                 ));
@@ -188,7 +183,7 @@ fn run(
             };
             x = ckpt.save(state, &layer, b)?;
         }
-        model.push_layer(layer);
+        model.push_layer(layer)?;
         let done = b + 1 - first;
         let per = blocks_start.elapsed().as_secs_f64() / done as f64;
         progress(Progress {
@@ -201,7 +196,7 @@ fn run(
         });
         if opts.stop_after_block == Some(b) && b + 1 < nblocks {
             *stopped = true;
-            return Err(ModelError::input(
+            return Err(QuantizeError::input(
                 "quantize",
                 format!("stopped after block {b} as asked (stop_after_block); run again with resume to continue"),
             ));
@@ -249,7 +244,7 @@ fn first_non_finite(x: &[f32], cols: usize) -> Option<(usize, usize)> {
 }
 
 /// Bytes of one block's seven linear layers in f32.
-fn f32_block_linear_bytes(cfg: &crate::ModelConfig) -> usize {
+fn f32_block_linear_bytes(cfg: &ModelConfig) -> usize {
     let (h, qd, kvd, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
     4 * (2 * qd * h + 2 * kvd * h + 3 * ff * h)
 }
@@ -277,8 +272,8 @@ fn set_w8a8(lin: &mut Linear, qt: QTensor) -> Result<()> {
     Ok(())
 }
 
-fn solver_err(block: usize, what: &str, e: lowbit_solvers::SolverError) -> ModelError {
-    ModelError::input("quantize", format!("block {block} {what}: {e}"))
+fn solver_err(block: usize, what: &str, e: lowbit_solvers::SolverError) -> QuantizeError {
+    QuantizeError::Solver { block, layer: what.to_string(), source: e }
 }
 
 fn stat(block: usize, name: &str, r: &LayerReport, alpha: Option<f32>) -> LayerStat {
@@ -333,7 +328,7 @@ impl Stats {
         if let Some(h) = &mut self.hessian {
             h.add_batch(x, rows).map_err(|e| solver_err(block, what, e))?;
         } else if let Some((t, c)) = first_non_finite(x, self.cols) {
-            return Err(ModelError::input(
+            return Err(QuantizeError::input(
                 "quantize",
                 format!("block {block} {what}: non-finite activation (token {t}, channel {c})"),
             ));
@@ -374,7 +369,7 @@ fn fold_into_rows(lin: &mut Linear, s: &[f32]) -> Result<()> {
             let (scales, zeros) = match q.params() {
                 QParams::Int { scales, zeros } => (scales, zeros.clone()),
                 QParams::Codebook { .. } => {
-                    return Err(ModelError::input("quantize", "cannot fold into a codebook layer"))
+                    return Err(QuantizeError::input("quantize", "cannot fold into a codebook layer"))
                 }
             };
             let per_row = scales.len() / rows;
@@ -422,7 +417,7 @@ fn solve_group(
     match opts.method {
         QuantMethod::Rtn => unreachable!("RTN has its own path"),
         QuantMethod::Gptq => {
-            let h = st.hessian.as_ref().ok_or_else(|| ModelError::input("quantize", "no Hessian"))?;
+            let h = st.hessian.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no Hessian"))?;
             let cfg = GptqConfig {
                 scheme: ctx.scheme,
                 act_order: opts.act_order,
@@ -438,7 +433,7 @@ fn solve_group(
             }
         }
         QuantMethod::Awq => {
-            let awq_stats = st.awq.as_ref().ok_or_else(|| ModelError::input("quantize", "no AWQ statistics"))?;
+            let awq_stats = st.awq.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no AWQ statistics"))?;
             let ws: Vec<Vec<f32>> = lins.iter().map(|l| dense(l)).collect();
             let awq_layers: Vec<AwqLayer> = ws.iter().zip(&lins).map(|(w, l)| AwqLayer { w, rows: l.rows() }).collect();
             let mut acfg = AwqConfig::new(ctx.scheme);
@@ -480,7 +475,8 @@ fn solve_group(
             folded = apply_fold(fold, s)?;
         }
         QuantMethod::SmoothQuant => {
-            let absmax = st.absmax.as_ref().ok_or_else(|| ModelError::input("quantize", "no activation statistics"))?;
+            let absmax =
+                st.absmax.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no activation statistics"))?;
             let ws: Vec<Vec<f32>> = lins.iter().map(|l| dense(l)).collect();
             let sl: Vec<SmoothLayer> = ws.iter().zip(&lins).map(|(w, l)| SmoothLayer { w, rows: l.rows() }).collect();
             if matches!(fold, Fold::None) {
@@ -649,4 +645,18 @@ fn quantize_block_calibrated(
         block::add_linear(&layer.down_proj, &held, &mut x[s * h..e * h])?;
     }
     Ok(stats)
+}
+
+/// The SHA-256 digest of `data` as lowercase hex.
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sha256_known_digests() {
+        assert_eq!(super::sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(super::sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
 }

@@ -6,15 +6,20 @@
 //! `x.bin` (the block's output activations, raw f32 little-endian: the exact bits the next block
 //! starts from), then `state.json` (written last: it is the commit point).
 
-use super::options::LayerStat;
-use crate::model::{Layer, Model};
-use crate::{ModelError, Result};
+use crate::options::LayerStat;
+use crate::{QuantizeError, Result};
 use lowbit_core::io;
 use lowbit_cpu::{Linear, WeightKind};
+use lowbit_model::{Layer, Model};
 use safetensors::tensor::Dtype;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+/// Reads little-endian f32s.
+fn le_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
 
 pub(crate) struct Checkpoint {
     dir: PathBuf,
@@ -28,8 +33,8 @@ pub(crate) struct CheckpointState {
     pub x: Vec<f32>,
 }
 
-fn corrupt(dir: &std::path::Path, what: impl std::fmt::Display) -> ModelError {
-    ModelError::input("resume", format!("checkpoint {} is unusable: {what}", dir.display()))
+fn corrupt(dir: &std::path::Path, what: impl std::fmt::Display) -> QuantizeError {
+    QuantizeError::input("resume", format!("checkpoint {} is unusable: {what}", dir.display()))
 }
 
 impl Checkpoint {
@@ -44,12 +49,12 @@ impl Checkpoint {
     /// Saves the state after block `b` (`layer`); hands `state.x` back (it is written in place,
     /// never copied: it is the largest buffer of the run).
     pub(crate) fn save(&self, state: CheckpointState, layer: &Layer, b: usize) -> Result<Vec<f32>> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| ModelError::io(&self.dir, e))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| QuantizeError::io(&self.dir, e))?;
         let mut quant = vec![];
         for (name, lin) in layer.linears() {
             match lin.weight() {
                 WeightKind::Quant(q) => quant.push((name, q)),
-                _ => return Err(ModelError::input("quantize", format!("block {b} {name} was not quantized"))),
+                _ => return Err(QuantizeError::input("quantize", format!("block {b} {name} was not quantized"))),
             }
         }
         io::write_atomic(&self.dir.join(format!("block-{b}.safetensors")), &io::to_bytes(quant, &BTreeMap::new())?)?;
@@ -92,10 +97,10 @@ impl Checkpoint {
         if !state_path.is_file() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&state_path).map_err(|e| ModelError::io(&state_path, e))?;
+        let text = std::fs::read_to_string(&state_path).map_err(|e| QuantizeError::io(&state_path, e))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| corrupt(&self.dir, e))?;
         if v["fingerprint"].as_str() != Some(fingerprint) {
-            return Err(ModelError::input(
+            return Err(QuantizeError::input(
                 "resume",
                 format!(
                     "the checkpoint in {} belongs to a different model, method, options or calibration data; remove it or run without resume",
@@ -119,27 +124,27 @@ impl Checkpoint {
                 *lin = Linear::new(lin.rows(), lin.cols(), WeightKind::Quant(q.clone()))?;
             }
             let p = self.dir.join(format!("block-{b}.norms.safetensors"));
-            let bytes = std::fs::read(&p).map_err(|e| ModelError::io(&p, e))?;
+            let bytes = std::fs::read(&p).map_err(|e| QuantizeError::io(&p, e))?;
             let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&self.dir, e))?;
             for (n, dst) in [
                 ("input_layernorm", &mut layer.input_norm),
                 ("post_attention_layernorm", &mut layer.post_attention_norm),
             ] {
                 let t = st.tensor(n).map_err(|e| corrupt(&self.dir, e))?;
-                let vals = crate::tensors::le_f32(t.data());
+                let vals = le_f32(t.data());
                 if vals.len() != dst.len() {
                     return Err(corrupt(&self.dir, format!("block {b} {n} has {} values", vals.len())));
                 }
                 *dst = vals;
             }
-            model.push_layer(layer);
+            model.push_layer(layer)?;
         }
         let xp = self.dir.join("x.bin");
-        let bytes = std::fs::read(&xp).map_err(|e| ModelError::io(&xp, e))?;
+        let bytes = std::fs::read(&xp).map_err(|e| QuantizeError::io(&xp, e))?;
         if bytes.len() != x_len * 4 {
             return Err(corrupt(&self.dir, "x.bin has the wrong size"));
         }
-        let x = crate::tensors::le_f32(&bytes);
+        let x = le_f32(&bytes);
         Ok(Some(CheckpointState { fingerprint: fingerprint.to_string(), next_block, layers, notes, x }))
     }
 }

@@ -3,17 +3,17 @@
 //! The default follows the calibration protocol (`../shared/PROTOCOL.md`): the whole text file
 //! tokenized without special tokens, then `nsamples` windows of `seqlen` tokens starting at
 //! `numpy.random.default_rng(seed).integers(0, len(ids) - seqlen, nsamples)` (seed 0), drawn
-//! here with a bit-exact port of numpy's generator ([`super::numpy_rng`]).
+//! here with a bit-exact port of numpy's generator (`numpy_rng`).
 //!
 //! A leading UTF-8 byte-order mark is an encoding marker, not text: it is dropped before
 //! tokenizing (as Python's `utf-8-sig` codec does), and `\r\n` line ends become `\n` (the
 //! evaluation text is read the same way, see `perplexity::read_text_file`).
 
-use super::numpy_rng::NumpyPcg64;
-use crate::generate::{sample, GenerateOptions, Rng};
-use crate::model::{LogitsMode, Model};
-use crate::perplexity::normalize_newlines;
-use crate::{ModelError, Result};
+use crate::numpy_rng::NumpyPcg64;
+use crate::{QuantizeError, Result};
+use lowbit_model::generate::{sample, GenerateOptions, Rng};
+use lowbit_model::perplexity::normalize_newlines;
+use lowbit_model::{KvCache, LogitsMode, Model, ModelError};
 use std::path::{Path, PathBuf};
 
 /// Where calibration tokens come from.
@@ -63,8 +63,8 @@ impl CalibSource {
     }
 }
 
-fn bad(reason: impl Into<String>) -> ModelError {
-    ModelError::input("calibration", reason.into())
+fn bad(reason: impl Into<String>) -> QuantizeError {
+    QuantizeError::input("calibration", reason.into())
 }
 
 /// Builds `nsamples` windows of `seqlen` tokens (row-major, `nsamples * seqlen` ids).
@@ -143,11 +143,11 @@ fn tokenize(model: &Model, text: &str) -> Result<Vec<u32>> {
         return Err(bad("the calibration text is empty"));
     }
     let tok = model.tokenizer().ok_or(ModelError::NoTokenizer { op: "calibration from text" })?;
-    tok.encode(text, false)
+    Ok(tok.encode(text, false)?)
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    let raw = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    let raw = std::fs::read_to_string(path).map_err(|e| QuantizeError::io(path, e))?;
     Ok(normalize_newlines(raw.strip_prefix('\u{feff}').unwrap_or(&raw)))
 }
 
@@ -178,7 +178,7 @@ fn to_ids(vals: Vec<i64>, path: &Path) -> Result<Vec<u32>> {
 }
 
 fn read_token_file(path: &Path) -> Result<TokenArray> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| QuantizeError::io(path, e))?;
     let (shape, vals) = if bytes.starts_with(b"\x93NUMPY") {
         parse_npy(&bytes).map_err(|r| bad(format!("{}: {r}", path.display())))?
     } else {
@@ -294,7 +294,7 @@ fn data_free(model: &Model, nsamples: usize, seqlen: usize, seed: u64) -> Result
         let mut caches: Vec<_> = (0..n).map(|_| model.new_cache()).collect();
         let mut fed = vec![0usize; n];
         while seqs[0].len() < seqlen {
-            let mut batch: Vec<(&[u32], &mut crate::model::KvCache)> =
+            let mut batch: Vec<(&[u32], &mut KvCache)> =
                 seqs.iter().zip(caches.iter_mut()).zip(&fed).map(|((s, c), &f)| (&s[f..], c)).collect();
             let logits = model.forward_batch(&mut batch, LogitsMode::Last)?;
             for (i, mut l) in logits.into_iter().enumerate() {

@@ -1,4 +1,4 @@
-//! One decoder block in stages, so the pipeline can stop between the linear layers
+//! One decoder block in stages, so the quantization pipeline can stop between the linear layers
 //! (true-sequential order): attention input → q/k/v → attention → o's input → residual →
 //! MLP input → gate/up → down's input → residual. The arithmetic is the model's own
 //! (`Model::forward_batch`): the same `ops`, the same RoPE angles, the same attention loop, so with
@@ -14,14 +14,16 @@ use crate::{ops, Result};
 use lowbit_cpu::{Linear, WeightKind};
 
 /// RoPE angles for positions `0..seqlen` (the model's formula, `(p as f32 * f) as f64`).
-pub(crate) struct Rope {
+#[derive(Clone, Debug)]
+pub struct Rope {
     cos: Vec<f32>,
     sin: Vec<f32>,
     half: usize,
 }
 
 impl Rope {
-    pub(crate) fn new(cfg: &ModelConfig, seqlen: usize) -> Self {
+    /// The angles of positions `0..seqlen` for `cfg`'s head dimension and RoPE scaling.
+    pub fn new(cfg: &ModelConfig, seqlen: usize) -> Self {
         let inv = cfg.rope_inv_freq();
         let half = cfg.head_dim / 2;
         let (mut cos, mut sin) = (vec![0f32; seqlen * half], vec![0f32; seqlen * half]);
@@ -37,7 +39,7 @@ impl Rope {
 }
 
 /// `x` rows of the token embedding.
-pub(crate) fn embed(model: &Model, tokens: &[u32], out: &mut [f32]) {
+pub fn embed(model: &Model, tokens: &[u32], out: &mut [f32]) {
     let h = model.config().hidden_size;
     let w = model.embedding().weight();
     for (t, o) in tokens.iter().zip(out.chunks_exact_mut(h)) {
@@ -56,14 +58,14 @@ pub(crate) fn embed(model: &Model, tokens: &[u32], out: &mut [f32]) {
 }
 
 /// `out = x Wᵀ`.
-pub(crate) fn linear(lin: &Linear, x: &[f32], out: &mut [f32]) -> Result<()> {
+pub fn linear(lin: &Linear, x: &[f32], out: &mut [f32]) -> Result<()> {
     let m = x.len() / lin.cols();
     lin.forward(x, m, out)?;
     Ok(())
 }
 
 /// `x += lin(inp)`.
-pub(crate) fn add_linear(lin: &Linear, inp: &[f32], x: &mut [f32]) -> Result<()> {
+pub fn add_linear(lin: &Linear, inp: &[f32], x: &mut [f32]) -> Result<()> {
     let mut o = vec![0f32; x.len()];
     linear(lin, inp, &mut o)?;
     x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
@@ -71,18 +73,18 @@ pub(crate) fn add_linear(lin: &Linear, inp: &[f32], x: &mut [f32]) -> Result<()>
 }
 
 /// The attention sublayer's input: `rms_norm(x) * input_norm`.
-pub(crate) fn attn_input(cfg: &ModelConfig, layer: &Layer, x: &[f32], xn: &mut [f32]) {
+pub fn attn_input(cfg: &ModelConfig, layer: &Layer, x: &[f32], xn: &mut [f32]) {
     ops::rms_norm(x, &layer.input_norm, cfg.rms_norm_eps, xn);
 }
 
 /// The MLP sublayer's input: `rms_norm(x) * post_attention_norm`.
-pub(crate) fn mlp_input(cfg: &ModelConfig, layer: &Layer, x: &[f32], xn: &mut [f32]) {
+pub fn mlp_input(cfg: &ModelConfig, layer: &Layer, x: &[f32], xn: &mut [f32]) {
     ops::rms_norm(x, &layer.post_attention_norm, cfg.rms_norm_eps, xn);
 }
 
 /// From the attention input `xn` to o_proj's input (the heads' outputs), with the layer's current
 /// q/k/v weights.
-pub(crate) fn attention(
+pub fn attention(
     cfg: &ModelConfig,
     layer: &Layer,
     rope: &Rope,
@@ -127,7 +129,7 @@ pub(crate) fn attention(
 }
 
 /// From the MLP input `xn` to down_proj's input `silu(gate) * up`.
-pub(crate) fn mlp_act(layer: &Layer, xn: &[f32], act: &mut [f32]) -> Result<()> {
+pub fn mlp_act(layer: &Layer, xn: &[f32], act: &mut [f32]) -> Result<()> {
     let mut u = vec![0f32; act.len()];
     linear(&layer.gate_proj, xn, act)?;
     linear(&layer.up_proj, xn, &mut u)?;
@@ -136,7 +138,7 @@ pub(crate) fn mlp_act(layer: &Layer, xn: &[f32], act: &mut [f32]) -> Result<()> 
 }
 
 /// A whole block, stage by stage, in place on `x` (`nseq * seqlen` rows).
-pub(crate) fn block_forward(cfg: &ModelConfig, layer: &Layer, rope: &Rope, x: &mut [f32], seqlen: usize) -> Result<()> {
+pub fn block_forward(cfg: &ModelConfig, layer: &Layer, rope: &Rope, x: &mut [f32], seqlen: usize) -> Result<()> {
     let h = cfg.hidden_size;
     let m = x.len() / h;
     let mut xn = vec![0f32; m * h];
