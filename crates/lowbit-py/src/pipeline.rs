@@ -307,11 +307,11 @@ impl QuantizeReport {
     }
     fn __repr__(&self) -> String {
         format!(
-            "QuantizeReport(method={:?}, bits={}, group_size={:?}, bits_per_weight={:.3}, layers={}, mean_loss={:.6}, \
+            "QuantizeReport(method={:?}, bits={}, group_size={}, bits_per_weight={:.3}, layers={}, mean_loss={:.6}, \
              wall_seconds={:.1}, out={:?})",
             self.method(),
             self.bits(),
-            self.group_size(),
+            self.group_size().map_or("None".to_string(), |g| g.to_string()),
             self.inner.bits_per_weight,
             self.inner.layers.len(),
             self.inner.mean_loss(),
