@@ -15,6 +15,7 @@
 
 use crate::isa::{interleave, CbBlock, IntBlock, Isa, Zeros};
 use crate::linear::{Linear, WeightKind};
+use crate::par::for_chunks;
 use half::{bf16, f16};
 use lowbit_core::pack::{code_at, unpack_into};
 use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme};
@@ -36,9 +37,6 @@ const GENERIC_STEP: usize = 256;
 /// other core is busy), which measured slower for SmolLM2's 576x576 and 1536x576 INT4 matrices.
 #[cfg(feature = "parallel")]
 const PARALLEL_MIN_GEMV_BYTES: usize = 512 << 10;
-/// Multiply-adds below which a matrix-matrix product runs on the calling thread.
-#[cfg(feature = "parallel")]
-pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// The weight as the driver sees it.
 enum Src<'a> {
@@ -366,26 +364,14 @@ fn threads(lin: &Linear, m: usize) -> usize {
         let big = if m < GEMM_MIN_M {
             lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
         } else {
-            m * lin.rows() * lin.cols() >= PARALLEL_MIN_MACS
+            m * lin.rows() * lin.cols() >= crate::par::PARALLEL_MIN_MACS
         };
         if big {
-            return rayon::current_num_threads();
+            return crate::par::threads();
         }
     }
     let _ = (lin, m);
     1
-}
-
-/// Runs `f(index, chunk)` over `chunk`-sized pieces of `out`, on the rayon pool when `par`.
-pub(crate) fn for_chunks<T: Send>(out: &mut [T], chunk: usize, par: bool, f: impl Fn(usize, &mut [T]) + Sync + Send) {
-    #[cfg(feature = "parallel")]
-    if par {
-        use rayon::prelude::*;
-        out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
-        return;
-    }
-    let _ = par;
-    out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
 }
 
 /// `out[m, rows] = x[m, cols] · Wᵀ` at level `isa`. Shapes are checked by the caller.

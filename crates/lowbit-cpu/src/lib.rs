@@ -8,15 +8,22 @@
 //! [`Int8Linear`] is the W8A8 path (SmoothQuant): 8-bit symmetric per-channel weights times
 //! activations quantized per token to int8, summed exactly in i32 (`vpdpbusd` with AVX512-VNNI,
 //! `vpmaddwd` with AVX2), bit-identical at every level.
+//!
+//! [`attention`] (causal grouped-query attention over a KV cache) and [`ops`] (RMSNorm, SwiGLU,
+//! RoPE, bias, NLL) are the rest of a transformer's forward pass; `LOWBIT_KERNELS` governs them
+//! too.
 
 #![deny(missing_docs)]
 
+pub mod attention;
 mod dispatch;
 mod driver;
 mod error;
 mod int8_linear;
 mod isa;
 mod linear;
+pub mod ops;
+mod par;
 pub mod scalar;
 mod w8a8;
 #[cfg(target_arch = "x86_64")]

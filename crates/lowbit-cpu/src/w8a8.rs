@@ -23,8 +23,8 @@
 //! the terms: every level returns the same i32, then the same two f32 multiplies
 //! `(acc as f32 * x_scale) * w_scale`, hence bit-identical outputs.
 
-use crate::driver::for_chunks;
 use crate::isa::Portable;
+use crate::par::for_chunks;
 use crate::scalar::{absmax_bits, quantize_i8, scale_from_absmax_bits};
 use crate::{CpuError, Int8Linear, Result};
 
@@ -185,10 +185,10 @@ fn threads(lin: &Int8Linear, m: usize) -> usize {
         let big = if m == 1 {
             lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
         } else {
-            m * lin.rows() * lin.cols() >= crate::driver::PARALLEL_MIN_MACS
+            m * lin.rows() * lin.cols() >= crate::par::PARALLEL_MIN_MACS
         };
         if big {
-            return rayon::current_num_threads();
+            return crate::par::threads();
         }
     }
     let _ = (lin, m);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{levels, Rng};
 use half::{bf16, f16};
 use lowbit_core::{codebook, rtn, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype};
 use lowbit_cpu::{KernelLevel, Linear, WeightKind};
@@ -17,13 +17,6 @@ const F32_SUM_TOL: f32 = 1e-5;
 
 const ROWS: [usize; 5] = [1, 3, 17, 33, 100];
 const MS: [usize; 5] = [1, 2, 5, 12, 17];
-
-fn levels() -> Vec<KernelLevel> {
-    [KernelLevel::Scalar, KernelLevel::Avx2, KernelLevel::Avx512]
-        .into_iter()
-        .filter(|&l| l <= KernelLevel::detect())
-        .collect()
-}
 
 /// Checks `lin` at every level and every m against the reference; `dense` is the f32 weight.
 fn check(lin: &Linear, dense: &[f32], rng: &mut Rng, what: &str) {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{levels, Rng};
 use lowbit_core::{codebook, rtn, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype};
 use lowbit_cpu::{scalar, CpuError, Int8Linear, KernelLevel, Linear, WeightKind, W8A8_MAX_COLS};
 use proptest::prelude::*;
@@ -17,13 +17,6 @@ const F32_SLACK: f64 = 1e-5;
 /// weights, for activations uniform in [-1, 1) without outliers: per-token int8 rounding adds
 /// noise of rms `absmax / 127 / sqrt(12)`, about 0.4% of the activations' rms.
 const W8A8_REL_FROBENIUS: f64 = 0.01;
-
-fn levels() -> Vec<KernelLevel> {
-    [KernelLevel::Scalar, KernelLevel::Avx2, KernelLevel::Avx512]
-        .into_iter()
-        .filter(|&l| l <= KernelLevel::detect())
-        .collect()
-}
 
 fn per_channel(rows: usize, cols: usize, w: &[f32], scale_dtype: ScaleDtype) -> Int8Linear {
     let scheme = IntScheme {

@@ -15,7 +15,6 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-mod attention;
 pub mod block;
 pub mod config;
 mod device;
@@ -24,12 +23,14 @@ pub mod generate;
 pub mod gguf;
 mod load;
 mod model;
-mod ops;
 mod par;
 pub mod perplexity;
 mod safetensors_source;
 mod tensors;
 pub mod tokenizer;
+
+// Attention and the elementwise ops are lowbit-cpu's kernels (dispatched by `LOWBIT_KERNELS`).
+use lowbit_cpu::{attention, ops};
 
 pub use config::{Architecture, Llama3RopeScaling, ModelConfig};
 pub use device::Device;

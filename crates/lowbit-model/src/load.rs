@@ -3,7 +3,7 @@
 
 use crate::config::ModelConfig;
 use crate::device::Device;
-use crate::gguf::{tokenizer_from_gguf, GgufFile, GgufSource};
+use crate::gguf::{config_from_gguf, tokenizer_from_gguf, GgufSource};
 use crate::model::Model;
 use crate::safetensors_source::{checkpoint_files, SafetensorsSource};
 use crate::tensors::TensorSource;
@@ -105,8 +105,8 @@ fn gguf_source<R>(
     opts: &LoadOptions,
     f: impl FnOnce(ModelConfig, &mut dyn TensorSource, Option<Tokenizer>) -> Result<R>,
 ) -> Result<R> {
-    let file = GgufFile::open(path)?;
-    let config = file.config()?;
+    let file = crate::gguf::open(path)?;
+    let config = config_from_gguf(&file)?;
     let tokenizer = if opts.skip_tokenizer { None } else { Some(tokenizer_from_gguf(&file)?) };
     let mut src = GgufSource::new(&file, &config);
     f(config, &mut src, tokenizer)

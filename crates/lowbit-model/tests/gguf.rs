@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use lowbit_model::gguf::{dequant::dequantize, GgmlType};
-use lowbit_model::{import_gguf, GgufFile, LogitsMode, Model, ModelError, Rng};
+use lowbit_model::gguf::{dequantize, gguf_name, GgmlType};
+use lowbit_model::{import_gguf, LogitsMode, Model, ModelError, Rng};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -59,7 +59,7 @@ fn dequantizers_match_gguf_python() {
         let raw = random_blocks(ty, scale_at, blocks, &mut rng);
         let n = blocks * ty.block_len();
         let mut ours = vec![0f32; n];
-        dequantize(ty, &raw, &mut ours);
+        dequantize(ty, &raw, &mut ours).unwrap();
         let (inp, outp) = (dir.join(format!("{name}.bin")), dir.join(format!("{name}.f32")));
         std::fs::write(&inp, &raw).unwrap();
         let script = format!(
@@ -198,7 +198,7 @@ fn tiny_gguf(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let mut weights = tiny_weights(&cfg, 11);
     let mut tensors = vec![];
     for (name, shape, vals) in weights.iter_mut() {
-        let g = GgufFile::gguf_name(name).unwrap();
+        let g = gguf_name(name).unwrap();
         let (ty, data) = if g.ends_with("attn_q.weight") || g.ends_with("attn_k.weight") {
             let n = if g.ends_with("attn_q.weight") { nh } else { nkv };
             let p = permute(vals, n, h);

@@ -1,6 +1,16 @@
 //! Shared by the kernel test files.
 #![allow(dead_code)] // each test crate uses its own subset
 
+use lowbit_cpu::KernelLevel;
+
+/// Every kernel level this CPU runs.
+pub fn levels() -> Vec<KernelLevel> {
+    [KernelLevel::Scalar, KernelLevel::Avx2, KernelLevel::Avx512]
+        .into_iter()
+        .filter(|&l| l <= KernelLevel::detect())
+        .collect()
+}
+
 /// SplitMix64: a seeded generator with no dependencies.
 pub struct Rng(pub u64);
 

@@ -1,7 +1,7 @@
 //! `import_gguf`: a GGUF file to a Hugging Face-style directory.
 
 use super::tokenizer::{tokenizer_config_json, tokenizer_json};
-use super::{GgufFile, GgufSource};
+use super::{config_from_gguf, GgufSource};
 use crate::load::{write, write_dir_atomically};
 use crate::tensors::{TensorData, TensorSource};
 use crate::{ModelError, Result};
@@ -13,8 +13,8 @@ use std::path::Path;
 /// `tokenizer.json` and `tokenizer_config.json` (with the chat template). The directory is
 /// written under a temporary name and renamed at the end, so it never exists half-written.
 pub fn import_gguf(file: impl AsRef<Path>, out_dir: impl AsRef<Path>) -> Result<()> {
-    let file = GgufFile::open(file.as_ref())?;
-    let config = file.config()?;
+    let file = super::open(file.as_ref())?;
+    let config = config_from_gguf(&file)?;
     let tok_json = tokenizer_json(&file)?;
     let tok_cfg = tokenizer_config_json(&file)?;
     let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];

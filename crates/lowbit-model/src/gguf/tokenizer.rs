@@ -5,7 +5,7 @@
 //! `tokenizer.ggml.pre` names the pre-tokenizer llama.cpp uses, which we map to the Hugging Face
 //! equivalent (SmolLM: digits split one by one, then ByteLevel without a prefix space).
 
-use super::GgufFile;
+use super::{meta_u64, path_of, GgufFile};
 use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
 use serde_json::{json, Map, Value};
@@ -27,17 +27,17 @@ fn split(pattern: &str) -> Value {
 
 fn strings(file: &GgufFile, key: &str) -> Result<Vec<String>> {
     let bad = |reason: &str| ModelError::Gguf {
-        path: file.path().display().to_string(),
+        path: path_of(file).display().to_string(),
         reason: format!("metadata {key}: {reason}"),
     };
-    let arr = file.metadata.get(key).ok_or_else(|| bad("missing"))?.as_array().ok_or_else(|| bad("not an array"))?;
+    let arr = file.get(key).ok_or_else(|| bad("missing"))?.as_array().ok_or_else(|| bad("not an array"))?;
     arr.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad("holds a non-string"))).collect()
 }
 
 /// The `tokenizer.json` value for the GGUF's tokenizer.
 pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<Value> {
-    let unsupported = |what: String| ModelError::GgufUnsupported { path: file.path().display().to_string(), what };
-    match file.meta_str("tokenizer.ggml.model") {
+    let unsupported = |what: String| ModelError::GgufUnsupported { path: path_of(file).display().to_string(), what };
+    match file.get_str("tokenizer.ggml.model") {
         Some("gpt2") => {}
         other => {
             return Err(unsupported(format!(
@@ -47,17 +47,17 @@ pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<Value> {
     }
     let tokens = strings(file, "tokenizer.ggml.tokens")?;
     let merges = strings(file, "tokenizer.ggml.merges")?;
-    let types: Vec<u64> = match file.metadata.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+    let types: Vec<u64> = match file.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
         Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
         None => vec![1; tokens.len()],
     };
     if types.len() != tokens.len() {
         return Err(ModelError::Gguf {
-            path: file.path().display().to_string(),
+            path: path_of(file).display().to_string(),
             reason: format!("{} token types for {} tokens", types.len(), tokens.len()),
         });
     }
-    let pre = file.meta_str("tokenizer.ggml.pre").unwrap_or("default");
+    let pre = file.get_str("tokenizer.ggml.pre").unwrap_or("default");
     let pre_tokenizer = match pre {
         "smollm" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
@@ -99,14 +99,13 @@ pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<Value> {
 /// The `tokenizer_config.json` value (special tokens, chat template) for the GGUF's tokenizer.
 pub(crate) fn tokenizer_config_json(file: &GgufFile) -> Result<Value> {
     let tokens = strings(file, "tokenizer.ggml.tokens")?;
-    let tok =
-        |key: &str| file.metadata.get(key).and_then(|v| v.as_u64()).and_then(|id| tokens.get(id as usize)).cloned();
-    let add_bos = matches!(file.metadata.get("tokenizer.ggml.add_bos_token"), Some(super::GgufValue::Bool(true)));
+    let tok = |key: &str| file.get(key).and_then(|v| v.as_u64()).and_then(|id| tokens.get(id as usize)).cloned();
+    let add_bos = matches!(file.get("tokenizer.ggml.add_bos_token"), Some(super::GgufValue::Bool(true)));
     let mut v = json!({
         "add_bos_token": add_bos,
         "add_eos_token": false,
         "clean_up_tokenization_spaces": false,
-        "model_max_length": file.meta_u64("llama.context_length").unwrap_or(2048),
+        "model_max_length": meta_u64(file, "llama.context_length")?.unwrap_or(2048),
         "tokenizer_class": "GPT2Tokenizer",
     });
     for (field, key) in [
@@ -119,7 +118,7 @@ pub(crate) fn tokenizer_config_json(file: &GgufFile) -> Result<Value> {
             v[field] = t.into();
         }
     }
-    if let Some(t) = file.meta_str("tokenizer.chat_template") {
+    if let Some(t) = file.get_str("tokenizer.chat_template") {
         v["chat_template"] = t.into();
     }
     Ok(v)

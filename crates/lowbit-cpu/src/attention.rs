@@ -6,15 +6,15 @@
 //! [`KEY_BLOCK`], each tile's scores computed as a small `ROWS x KEY_BLOCK` register-tiled GEMM
 //! against the transposed keys, and folded into a running max / running sum / output (online
 //! softmax), so no `n x n` score matrix exists. `exp` is [`ops::exp_approx`] (no libm call).
-//! Query blocks run in parallel (feature `parallel`); the tile kernels are compiled for AVX-512
-//! and AVX2+FMA with run-time dispatch (`multiversion`), SSE2 otherwise.
+//! Query blocks run in parallel (feature `parallel`); each block's loops are compiled for every
+//! [`KernelLevel`] (`leveled!`: baseline, AVX2 + FMA, AVX-512), so `LOWBIT_KERNELS` governs them.
 //!
-//! [`attention_reference`] (the original per-query scalar loop) is the spec the tests hold
-//! the fast path to, within [`ATTENTION_TOL`].
+//! [`crate::scalar::attention`] (a per-query loop with libm `exp`) is the spec the tests hold the
+//! fast path to, within [`ATTENTION_TOL`].
 
+use crate::dispatch::{leveled, Level};
 use crate::ops::{self, exp_approx};
-use crate::par;
-use multiversion::multiversion;
+use crate::{par, KernelLevel, Result};
 
 /// Keys per tile: one score row of a register tile is this many lanes.
 const KEY_BLOCK: usize = 32;
@@ -25,15 +25,14 @@ const LANES: usize = 16;
 /// Query tokens per parallel task, at most.
 const MAX_QUERY_BLOCK: usize = 32;
 
-/// Largest difference between the fast path and [`attention_reference`], relative to the
+/// Largest difference between the fast path and [`crate::scalar::attention`], relative to the
 /// largest absolute value of V (outputs are convex combinations of V rows). Both sum in f32 in
 /// different orders and the fast path uses a polynomial `exp` (about 2e-7 relative).
-#[cfg(test)]
-pub(crate) const ATTENTION_TOL: f32 = 2e-5;
+pub const ATTENTION_TOL: f32 = 2e-5;
 
 /// The geometry of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct AttnShape {
+pub struct AttnShape {
     /// Query heads.
     pub heads: usize,
     /// Key/value heads (divides `heads`).
@@ -45,13 +44,16 @@ pub(crate) struct AttnShape {
 }
 
 impl AttnShape {
-    fn q_dim(&self) -> usize {
+    /// Lanes of one token's queries (and outputs): `heads * head_dim`.
+    pub fn q_dim(&self) -> usize {
         self.heads * self.head_dim
     }
-    fn kv_dim(&self) -> usize {
+    /// Lanes of one token's keys (and values): `kv_heads * head_dim`.
+    pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
     }
-    fn first_key(&self, pos: usize) -> usize {
+    /// The first key a query at position `pos` sees.
+    pub fn first_key(&self, pos: usize) -> usize {
         self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
     }
 }
@@ -59,7 +61,26 @@ impl AttnShape {
 /// Causal attention of `n` new queries `q [n][heads*hd]` at positions `past..past + n` over the
 /// cache `kc`/`vc` `[past + n][kv_heads*hd]` (which already holds the new keys), into
 /// `out [n][heads*hd]`.
-pub(crate) fn attention(shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f32], past: usize, out: &mut [f32]) {
+pub fn attention(shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f32], past: usize, out: &mut [f32]) {
+    attention_at(Level::current(), shape, q, kc, vc, past, out)
+}
+
+/// [`attention`] with the kernels of `level` (for tests and benchmarks); a level this CPU lacks
+/// is an error.
+pub fn attention_with(
+    level: KernelLevel,
+    shape: &AttnShape,
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    past: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    attention_at(Level::new(level)?, shape, q, kc, vc, past, out);
+    Ok(())
+}
+
+fn attention_at(level: Level, shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f32], past: usize, out: &mut [f32]) {
     let qd = shape.q_dim();
     let n = out.len() / qd;
     if n == 0 {
@@ -68,8 +89,8 @@ pub(crate) fn attention(shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f32], pa
     // Enough tasks to keep every thread busy (later blocks cost more under the causal mask),
     // no more queries per task than a few register tiles' worth of K/V reuse needs.
     let block = n.div_ceil(4 * par::threads()).clamp(1, MAX_QUERY_BLOCK);
-    par::for_each_chunk(out, block * qd, |bi, o| {
-        attend_block(shape, q, kc, vc, past, bi * block, o);
+    par::for_chunks(out, block * qd, true, |bi, o| {
+        attend_block(level, shape, q, kc, vc, past, bi * block, o);
     });
 }
 
@@ -88,8 +109,18 @@ struct Scratch {
     first: Vec<usize>,
 }
 
-/// Queries `t0..t0 + out.len() / qd`, all heads.
-fn attend_block(shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f32], past: usize, t0: usize, out: &mut [f32]) {
+leveled! {
+/// Queries `t0..t0 + out.len() / qd`, all heads, at `level`.
+#[allow(clippy::too_many_arguments)]
+fn attend_block<const FMA: bool>(
+    shape: &AttnShape,
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    past: usize,
+    t0: usize,
+    out: &mut [f32],
+) {
     let (hd, qd, kvd) = (shape.head_dim, shape.q_dim(), shape.kv_dim());
     let group = shape.heads / shape.kv_heads;
     let nt = out.len() / qd;
@@ -131,7 +162,7 @@ fn attend_block(shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f32], past: usiz
                 }
                 s.v[j * hdp..j * hdp + hd].copy_from_slice(&vc[off..off + hd]);
             }
-            key_tile(&mut s, kb, nk);
+            key_tile::<FMA>(&mut s, kb, nk);
             kb += KEY_BLOCK;
         }
         for r in 0..nt * group {
@@ -142,15 +173,6 @@ fn attend_block(shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f32], past: usiz
         }
     }
 }
-
-/// Folds keys `kb..kb + nk` (already in `s.kt` / `s.v`) into every row of `s`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn key_tile(s: &mut Scratch, kb: usize, nk: usize) {
-    if multiversion::target::target_cfg_f!(target_feature = "fma") {
-        key_tile_impl::<true>(s, kb, nk)
-    } else {
-        key_tile_impl::<false>(s, kb, nk)
-    }
 }
 
 #[inline(always)]
@@ -162,8 +184,9 @@ fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+/// Folds keys `kb..kb + nk` (already in `s.kt` / `s.v`) into every row of `s`.
 #[inline(always)]
-fn key_tile_impl<const FMA: bool>(s: &mut Scratch, kb: usize, nk: usize) {
+fn key_tile<const FMA: bool>(s: &mut Scratch, kb: usize, nk: usize) {
     let hdp = s.hdp;
     let rows = s.pos.len();
     for rt in (0..rows).step_by(ROWS) {
@@ -253,89 +276,5 @@ fn pv<const FMA: bool>(p: &[[f32; KEY_BLOCK]; ROWS], v: &[f32], hdp: usize, nk: 
         for (r, a) in acc.iter().enumerate() {
             o[r * hdp + c..r * hdp + c + LANES].copy_from_slice(a);
         }
-    }
-}
-
-/// The spec: per (token, head), every score, a max-subtracted softmax with libm `exp`, then
-/// the weighted sum of values. Same arguments as [`attention`].
-#[cfg(test)]
-pub(crate) fn attention_reference(shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f32], past: usize, out: &mut [f32]) {
-    let (nh, hd, kvd) = (shape.heads, shape.head_dim, shape.kv_dim());
-    let group = nh / shape.kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    for (idx, o) in out.chunks_exact_mut(hd).enumerate() {
-        let (t, head) = (idx / nh, idx % nh);
-        let pos = past + t;
-        let kvh = head / group;
-        let qh = &q[t * nh * hd + head * hd..t * nh * hd + (head + 1) * hd];
-        let keys = shape.first_key(pos)..=pos;
-        let mut scores: Vec<f32> =
-            keys.clone().map(|j| ops::dot(qh, &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd]) * scale).collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        o.fill(0.0);
-        for (j, &p) in keys.zip(&scores) {
-            ops::axpy(p / sum, &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd], o);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A small deterministic generator (xorshift) for test data in [-amp, amp).
-    fn random(n: usize, seed: u64, amp: f32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-            })
-            .collect()
-    }
-
-    fn check(shape: AttnShape, past: usize, n: usize, seed: u64) {
-        let (qd, kvd) = (shape.q_dim(), shape.kv_dim());
-        // Scores of a few units, like real models, so the softmax is neither flat nor one-hot.
-        let q = random(n * qd, seed, 2.0);
-        let kc = random((past + n) * kvd, seed + 1, 2.0);
-        let vc = random((past + n) * kvd, seed + 2, 1.0);
-        let mut want = vec![0f32; n * qd];
-        let mut got = vec![f32::NAN; n * qd];
-        attention_reference(&shape, &q, &kc, &vc, past, &mut want);
-        attention(&shape, &q, &kc, &vc, past, &mut got);
-        let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(
-            worst <= ATTENTION_TOL,
-            "{shape:?} past {past} n {n}: max |fast - reference| = {worst:e} > {ATTENTION_TOL:e}"
-        );
-    }
-
-    #[test]
-    fn fast_path_matches_reference_on_odd_shapes() {
-        let mut seed = 1;
-        for (heads, kv_heads) in [(2, 2), (3, 1), (6, 2), (9, 3)] {
-            for head_dim in [4, 16, 24, 64] {
-                for window in [None, Some(1), Some(5), Some(40)] {
-                    for (past, n) in [(0, 1), (0, 3), (0, 17), (0, 100), (7, 1), (50, 3), (33, 17), (100, 1)] {
-                        check(AttnShape { heads, kv_heads, head_dim, window }, past, n, seed);
-                        seed += 3;
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn long_prefill_matches_reference() {
-        check(AttnShape { heads: 9, kv_heads: 3, head_dim: 64, window: None }, 0, 300, 7);
-        check(AttnShape { heads: 4, kv_heads: 1, head_dim: 128, window: Some(64) }, 20, 150, 8);
     }
 }

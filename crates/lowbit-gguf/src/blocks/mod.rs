@@ -1,0 +1,71 @@
+//! ggml's block formats, one file each, laid out byte for byte as llama.cpp's `ggml-common.h`
+//! and converted as its `ggml-quants.c` does (`dequantize_row_*`, `quantize_row_*_ref`).
+//!
+//! Every scale in a block is an IEEE half (`d`, `m`, `dmin`) except Q8_K's f32 `d`; all
+//! multi-byte fields are little-endian. Each block is `#[repr(C)]` and [`bytemuck::Pod`], so a
+//! slice of file bytes is a slice of blocks; its size is checked at compile time.
+//!
+//! The reference quantizers follow the C code's float operations in order, one rounding per
+//! operation (Rust never contracts `a * b + c` into an FMA), so they reproduce a llama.cpp build
+//! made without FP contraction, and gguf-py's numpy quantizers, bit for bit.
+
+mod kquants;
+mod q2_k;
+mod q3_k;
+mod q4_0;
+mod q4_1;
+mod q4_k;
+mod q5_0;
+mod q5_1;
+mod q5_k;
+mod q6_k;
+mod q8_0;
+mod q8_k;
+
+pub use kquants::QK_K;
+pub use q2_k::BlockQ2K;
+pub use q3_k::BlockQ3K;
+pub use q4_0::{BlockQ4_0, QK4_0};
+pub use q4_1::{BlockQ4_1, QK4_1};
+pub use q4_k::BlockQ4K;
+pub use q5_0::{BlockQ5_0, QK5_0};
+pub use q5_1::{BlockQ5_1, QK5_1};
+pub use q5_k::BlockQ5K;
+pub use q6_k::BlockQ6K;
+pub use q8_0::{BlockQ8_0, QK8_0};
+pub use q8_k::BlockQ8K;
+
+use crate::GgmlType;
+
+/// A ggml block: `LEN` weights in `size_of::<Self>()` bytes.
+pub trait GgmlBlock: bytemuck::Pod {
+    /// The ggml type this block belongs to.
+    const TYPE: GgmlType;
+    /// Weights per block.
+    const LEN: usize;
+    /// Writes the block's `LEN` weights to `out[..LEN]` (ggml's `dequantize_row_*`).
+    fn dequantize(&self, out: &mut [f32]);
+    /// Quantizes `x[..LEN]` as llama.cpp's `quantize_row_*_ref` does.
+    fn quantize(x: &[f32]) -> Self;
+}
+
+/// Dequantizes whole blocks of `B` from bytes at any alignment.
+pub(crate) fn dequantize_blocks<B: GgmlBlock>(src: &[u8], out: &mut [f32]) {
+    let size = std::mem::size_of::<B>();
+    match bytemuck::try_cast_slice::<u8, B>(src) {
+        Ok(blocks) => blocks.iter().zip(out.chunks_exact_mut(B::LEN)).for_each(|(b, y)| b.dequantize(y)),
+        // Unaligned input (a byte slice from anywhere): copy each block out first.
+        Err(_) => src
+            .chunks_exact(size)
+            .zip(out.chunks_exact_mut(B::LEN))
+            .for_each(|(c, y)| bytemuck::pod_read_unaligned::<B>(c).dequantize(y)),
+    }
+}
+
+/// Quantizes whole blocks of `B` into bytes.
+pub(crate) fn quantize_blocks<B: GgmlBlock>(src: &[f32], out: &mut [u8]) {
+    let size = std::mem::size_of::<B>();
+    src.chunks_exact(B::LEN)
+        .zip(out.chunks_exact_mut(size))
+        .for_each(|(x, o)| o.copy_from_slice(bytemuck::bytes_of(&B::quantize(x))));
+}
