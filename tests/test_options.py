@@ -53,14 +53,19 @@ def test_cli_flags_come_from_the_table() -> None:
         return vars(build_parser().parse_args(["quantize", "m", "-o", "o", *flags]))
 
     args = parse("--group-size", "channel", "--clip", "mse", "--act-order")
-    assert (args["group_size"], args["mse_clip"], args["act_order"]) == (None, True, True)
-    assert parse("--group-size", "0")["group_size"] is None
+    assert (args["group_size"], args["mse_clip"], args["act_order"]) == ("channel", True, True)
     args = parse("--group-size", "64", "--no-static-groups")
     assert (args["group_size"], args["static_groups"]) == (64, False)
     unset = parse()
     assert "bits" not in unset, "unset flags keep the library's defaults"
     assert "method" not in unset
-    for bad in (["--clip", "max"], ["--group-size", "x"], ["--scale-dtype", "f8"], ["--percdamp", "a"]):
+    for bad in (
+        ["--clip", "max"],
+        ["--group-size", "x"],
+        ["--group-size", "0"],
+        ["--scale-dtype", "f8"],
+        ["--percdamp", "a"],
+    ):
         with pytest.raises(SystemExit) as e:
             parse(*bad)
         assert e.value.code == 2

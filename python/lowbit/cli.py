@@ -216,7 +216,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     method = options.get("method", option_specs()["method"]["default"])
     calib = args.calib or os.environ.get(CALIB_ENV) or None
     if calib is None and not args.data_free and method != "rtn":
-        raise UsageError(f"{method} needs calibration data: give --calib FILE, set {CALIB_ENV}, or --data-free")
+        raise UsageError(
+            f"{method} needs calibration data: give --calib FILE, set {CALIB_ENV}, or --data-free"
+        )
     bars = Bars(enabled=not args.quiet)
     before = None
     if args.eval:

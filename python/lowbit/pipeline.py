@@ -92,9 +92,9 @@ def quantize_model(
     ``options`` are those of :func:`option_specs` (the same as the flags of ``lowbit quantize``):
     ``method`` (``"rtn"``, ``"gptq"``, ``"awq"`` or ``"smoothquant"``, W8A8: ``bits=8,
     group_size="channel", sym=True``), ``bits``, ``group_size`` (a positive int, or
-    ``"channel"``/``None`` for one scale per output channel), ``sym``, ``scale_dtype`` (``"f16"`` or ``"f32"``), ``nsamples``, ``seqlen``,
-    ``seed``, ``resume`` (continue from ``<out>.partial`` after an interrupted run, same bytes as
-    an uninterrupted one), and each method's own: ``act_order``, ``static_groups``,
+    ``"channel"``/``None`` for one scale per output channel), ``sym``, ``scale_dtype``
+    (``"f16"`` or ``"f32"``), ``nsamples``, ``seqlen``, ``seed``, ``resume`` (continue from
+    ``<out>.partial`` after an interrupted run, same bytes as an uninterrupted one), and each method's own: ``act_order``, ``static_groups``,
     ``percdamp`` (gptq), ``mse_clip`` (gptq, rtn: ranges by least squared error; ``None`` is on
     for gptq, off for rtn), ``awq_samples`` (awq), ``sq_alpha`` (smoothquant).
 
