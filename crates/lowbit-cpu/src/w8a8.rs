@@ -186,11 +186,8 @@ impl W8a8Isa for Portable {
 /// Threads for a product: the rayon pool when the work pays for waking it, else 1 (matrix-matrix:
 /// the threshold of the f32-activation driver).
 fn threads(w: &Panels, m: usize) -> usize {
-    let big = if m == 1 {
-        w.nbytes() >= PARALLEL_MIN_GEMV_BYTES
-    } else {
-        m * w.rows * w.cols >= par::PARALLEL_MIN_MACS
-    };
+    let big =
+        if m == 1 { w.nbytes() >= PARALLEL_MIN_GEMV_BYTES } else { m * w.rows * w.cols >= par::PARALLEL_MIN_MACS };
     if big {
         par::threads()
     } else {
