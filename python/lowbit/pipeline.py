@@ -95,8 +95,9 @@ def quantize_model(
     ``"channel"``/``None`` for one scale per output channel), ``sym``, ``scale_dtype``
     (``"f16"`` or ``"f32"``), ``nsamples``, ``seqlen``, ``seed``, ``resume`` (continue from
     ``<out>.partial`` after an interrupted run, same bytes as an uninterrupted one), and each
-    method's own: ``act_order``, ``static_groups``, ``percdamp`` (gptq), ``mse_clip`` (gptq, rtn: ranges by least squared error; ``None`` is on
-    for gptq, off for rtn), ``awq_samples`` (awq), ``sq_alpha`` (smoothquant).
+    method's own: ``act_order``, ``static_groups``, ``percdamp`` (gptq), ``mse_clip`` (gptq,
+    rtn: ranges by least squared error; ``None`` is on for gptq, off for rtn), ``awq_samples``
+    (awq), ``sq_alpha`` (smoothquant).
 
     ``calib``: a text file, a ``.jsonl`` (field ``text``), a ``.npy``/``.json`` of token ids, or
     token ids in memory; ``None`` uses the text file named by ``$LOWBIT_CALIB_TEXT``;
