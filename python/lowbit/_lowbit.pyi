@@ -8,10 +8,12 @@ import numpy.typing as npt
 
 __all__ = [
     "CorruptFileError",
+    "LayerResult",
     "LowbitError",
     "Model",
     "NonFiniteError",
     "QTensor",
+    "QuantizeReport",
     "ShapeError",
     "SolverFailedError",
     "UnsupportedError",
@@ -26,6 +28,7 @@ __all__ = [
     "load_tensors",
     "quantize",
     "quantize_model",
+    "quantize_option_specs",
     "save_tensors",
 ]
 
@@ -160,31 +163,81 @@ def awq_search(
     max_shrink: float = 0.5,
     clip_grid: int = 20,
 ) -> dict[str, Any]: ...
+
+@final
+class LayerResult:
+    @property
+    def block(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def loss(self) -> float: ...
+    @property
+    def damping(self) -> float | None: ...
+    @property
+    def damping_raises(self) -> int: ...
+    @property
+    def dead_inputs(self) -> int: ...
+    @property
+    def alpha(self) -> float | None: ...
+    @property
+    def seconds(self) -> float: ...
+
+@final
+class QuantizeReport:
+    @property
+    def out(self) -> str: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def bits(self) -> int: ...
+    @property
+    def group_size(self) -> int | None: ...
+    @property
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def layers(self) -> list[LayerResult]: ...
+    @property
+    def calib_sha256(self) -> str | None: ...
+    @property
+    def calib_tokens(self) -> int: ...
+    @property
+    def calib_seconds(self) -> float: ...
+    @property
+    def quantize_seconds(self) -> float: ...
+    @property
+    def wall_seconds(self) -> float: ...
+    @property
+    def peak_rss_bytes(self) -> int | None: ...
+    @property
+    def linear_bytes_before(self) -> int: ...
+    @property
+    def linear_bytes_after(self) -> int: ...
+    @property
+    def bits_per_weight(self) -> float: ...
+    @property
+    def out_bytes(self) -> int: ...
+    @property
+    def resumed_from_block(self) -> int: ...
+    @property
+    def notes(self) -> list[str]: ...
+    @property
+    def mean_loss(self) -> float: ...
+    @property
+    def worst_layer(self) -> LayerResult | None: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
 def quantize_model(
     model: str,
     out: str,
     *,
-    method: str = "gptq",
-    bits: int = 4,
-    group_size: int | str = ...,
-    sym: bool = False,
-    act_order: bool = False,
-    static_groups: bool | None = None,
-    mse_clip: bool | None = None,
-    scale_dtype: str = "f16",
     calib: str | None = None,
     calib_ids: list[int] | None = None,
     data_free: bool = False,
-    nsamples: int = 128,
-    seqlen: int = 512,
-    seed: int = 0,
-    percdamp: float = 0.01,
-    awq_samples: int = 128,
-    sq_alpha: float = 0.5,
-    resume: bool = False,
-    stop_after_block: int | None = None,
     progress: _Progress | None = None,
-) -> str: ...
+    **options: Any,
+) -> QuantizeReport: ...
+def quantize_option_specs() -> list[dict[str, Any]]: ...
 def calibration_windows(
     ids: list[int], nsamples: int = 128, seqlen: int = 512, seed: int = 0
 ) -> list[int]: ...

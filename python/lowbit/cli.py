@@ -11,8 +11,9 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -207,13 +208,16 @@ def _mib(n: float | None) -> str:
 def cmd_quantize(args: argparse.Namespace) -> int:
     import json
 
-    from .pipeline import quantize_model
+    from .pipeline import option_specs, quantize_model
 
     model_path = resolve_model(args.model)
+    # Only the options given on the command line: the rest keep the library's defaults.
+    options = {name: getattr(args, name) for name in option_specs() if hasattr(args, name)}
+    method = options.get("method", option_specs()["method"]["default"])
     calib = args.calib or os.environ.get(CALIB_ENV) or None
-    if calib is None and not args.data_free and args.method != "rtn":
+    if calib is None and not args.data_free and method != "rtn":
         raise UsageError(
-            f"{args.method} needs calibration data: give --calib FILE, set {CALIB_ENV}, or --data-free"
+            f"{method} needs calibration data: give --calib FILE, set {CALIB_ENV}, or --data-free"
         )
     bars = Bars(enabled=not args.quiet)
     before = None
@@ -222,20 +226,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     report = quantize_model(
         model_path,
         args.out,
-        method=args.method,
-        bits=args.bits,
-        group_size=args.group_size,
-        sym=args.sym,
-        act_order=args.act_order,
-        mse_clip=None if args.clip is None else args.clip == "mse",
-        scale_dtype=args.scale_dtype,
         calib=calib,
         data_free=args.data_free,
-        nsamples=args.nsamples,
-        seqlen=args.seqlen,
-        seed=args.seed,
-        resume=args.resume,
         progress=bars,
+        **options,
     )
     after = None
     if args.eval:
@@ -285,6 +279,52 @@ def group_size(text: str) -> int | str:
             f"expected a positive integer or 'channel', got {value} (for one scale per row write 'channel')"
         )
     return value
+
+
+def _cli_value(spec: dict[str, Any]) -> Callable[[str], object]:
+    """argparse's ``type=`` for an option: an alias word, a choice, or a value of its type."""
+    aliases: dict[str, object] = spec["cli_aliases"]
+    convert: Callable[[str], object] = {"int": int, "float": float, "str": str}.get(spec["type"], str)
+
+    def parse(word: str) -> object:
+        if word in aliases:
+            return aliases[word]
+        if spec["type"] == "bool":
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(aliases)}")
+        try:
+            value = convert(word)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {spec['type']}, got {word!r}") from None
+        if spec["choices"] is not None and value not in spec["choices"]:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(spec['choices'])}")
+        return value
+
+    parse.__name__ = spec["name"]
+    return parse
+
+
+def add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per row of the Rust option table that has a command-line spelling. Unset flags
+    stay out of the namespace (``SUPPRESS``) so the library's defaults apply."""
+    from .pipeline import option_specs
+
+    for spec in option_specs().values():
+        flag = spec["cli"]
+        if flag is None:
+            continue
+        default = spec["default"]
+        help_text = spec["help"] + ("" if default is None or default is False else f" (default: {default})")
+        kw: dict[str, Any] = {"dest": spec["name"], "default": argparse.SUPPRESS, "help": help_text}
+        if spec["type"] == "bool" and not spec["cli_aliases"]:
+            kw["action"] = argparse.BooleanOptionalAction if spec["optional"] else "store_true"
+        elif spec["name"] == "group_size":
+            kw["type"] = group_size
+            kw["metavar"] = "N|channel"
+        else:
+            kw["type"] = _cli_value(spec)
+            words = [*spec["cli_aliases"], *(spec["choices"] or [])]
+            kw["metavar"] = "|".join(words) if spec["type"] in ("bool", "str") else None
+        parser.add_argument(flag, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -359,18 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     qz = sub.add_parser("quantize", help="quantize a model layer by layer (RTN, GPTQ, AWQ, SmoothQuant)")
     qz.add_argument("model", help=model_help)
     qz.add_argument("-o", "--out", required=True, help="output directory (must not exist or be empty)")
-    qz.add_argument("--method", choices=["rtn", "gptq", "awq", "smoothquant"], default="gptq")
-    qz.add_argument("--bits", type=int, default=4, choices=[2, 3, 4, 8])
-    qz.add_argument(
-        "--group-size",
-        type=group_size,
-        default=128,
-        help="elements per group (default 128), or 'channel' for one scale per output channel",
-    )
-    qz.add_argument("--sym", action="store_true", help="symmetric codes (no zero point)")
-    qz.add_argument(
-        "--act-order", action="store_true", help="GPTQ: descending Hessian diagonal, static groups"
-    )
+    add_option_flags(qz)
     src = qz.add_mutually_exclusive_group()
     src.add_argument(
         "--calib",
@@ -378,18 +407,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src.add_argument(
         "--data-free", action="store_true", help="sample calibration sequences from the model itself"
-    )
-    qz.add_argument(
-        "--clip",
-        choices=["minmax", "mse"],
-        help="group ranges: min-max, or the least-squared-error shrink (default: mse for gptq, else minmax)",
-    )
-    qz.add_argument("--scale-dtype", choices=["f16", "f32"], default="f16", help="storage of group scales")
-    qz.add_argument("--nsamples", type=int, default=128)
-    qz.add_argument("--seqlen", type=int, default=512)
-    qz.add_argument("--seed", type=int, default=0)
-    qz.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run (Ctrl-C) from OUT.partial"
     )
     qz.add_argument("--eval", help="text file: protocol perplexity before and after")
     qz.add_argument("--json", help="also write the report to this file")

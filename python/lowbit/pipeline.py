@@ -7,17 +7,18 @@ SmoothQuant) of ``lowbit-quantize``, from Python.
 
 from __future__ import annotations
 
-import json
+import difflib
+import functools
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
 from . import _lowbit
-from ._api import GroupSize
+from ._lowbit import LayerResult as LayerResult
+from ._lowbit import QuantizeReport as QuantizeReport
 from .progress import Progress
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -35,95 +36,77 @@ def calibration_text_from_env() -> Path | None:
     return Path(value) if value else None
 
 
-@dataclass(frozen=True)
-class LayerResult:
-    """The outcome for one linear layer."""
-
-    block: int
-    name: str
-    loss: float
-    damping: float | None
-    damping_raises: int
-    dead_inputs: int
-    alpha: float | None
-    seconds: float
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+}
 
 
-@dataclass(frozen=True)
-class QuantizeReport:
-    """What :func:`quantize_model` did (also written to ``lowbit_manifest.json``)."""
+@functools.lru_cache(maxsize=1)
+def option_specs() -> dict[str, dict[str, Any]]:
+    """The options of :func:`quantize_model`, declared once in Rust (``lowbit-quantize``'s
+    option table), by name: ``type``, ``optional``, ``default``, ``choices``, ``help``,
+    ``methods`` (empty: every method), ``cli`` flag and ``cli_aliases``."""
+    return {spec["name"]: spec for spec in _lowbit.quantize_option_specs()}
 
-    out: str
-    params: dict[str, Any]
-    layers: list[LayerResult]
-    calib_sha256: str | None
-    calib_tokens: int
-    calib_seconds: float
-    quantize_seconds: float
-    wall_seconds: float
-    peak_rss_bytes: int | None
-    linear_bytes_before: int
-    linear_bytes_after: int
-    bits_per_weight: float
-    out_bytes: int
-    resumed_from_block: int
-    notes: list[str] = field(default_factory=list)
 
-    @property
-    def mean_loss(self) -> float:
-        """Mean of the per-layer losses."""
-        return sum(layer.loss for layer in self.layers) / max(len(self.layers), 1)
-
-    @property
-    def worst_layer(self) -> LayerResult | None:
-        """The layer with the largest loss."""
-        return max(self.layers, key=lambda layer: layer.loss, default=None)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
+def check_options(options: dict[str, Any]) -> None:
+    """Raise ``TypeError`` for an unknown option or a value of the wrong type and ``ValueError``
+    for a value outside its choices or an option that does not apply to the method."""
+    specs = option_specs()
+    method = options.get("method", specs["method"]["default"])
+    for name, value in options.items():
+        spec = specs.get(name)
+        if spec is None:
+            close = difflib.get_close_matches(name, specs, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"quantize_model() got an unexpected keyword argument {name!r}{hint}")
+        if value is None and spec["optional"]:
+            continue
+        if name == "group_size":
+            continue  # a positive int, "channel" or "tensor": checked natively, as everywhere
+        types = _PY_TYPES[spec["type"]]
+        if not isinstance(value, types) or (spec["type"] != "bool" and isinstance(value, bool)):
+            raise TypeError(f"{name}: expected {spec['type']}, got {type(value).__name__}")
+        if spec["choices"] is not None and value not in spec["choices"]:
+            raise ValueError(f"{name}: expected one of {', '.join(spec['choices'])}, got {value!r}")
+        if spec["methods"] and method not in spec["methods"]:
+            raise ValueError(f"{name} applies to {', '.join(spec['methods'])}, not {method}")
 
 
 def quantize_model(
     model: PathLike,
     out: PathLike,
     *,
-    method: str = "gptq",
-    bits: int = 4,
-    group_size: GroupSize = 128,
-    sym: bool = False,
-    act_order: bool = False,
-    static_groups: bool | None = None,
-    mse_clip: bool | None = None,
-    scale_dtype: str = "f16",
     calib: PathLike | Sequence[int] | np.ndarray | None = None,
     data_free: bool = False,
-    nsamples: int = PROTOCOL_NSAMPLES,
-    seqlen: int = PROTOCOL_SEQLEN,
-    seed: int = 0,
-    percdamp: float = 0.01,
-    awq_samples: int = 128,
-    sq_alpha: float = 0.5,
-    resume: bool = False,
     progress: Progress | None = None,
+    **options: Any,
 ) -> QuantizeReport:
     """Quantize every linear layer in the transformer blocks of ``model`` (a Hugging Face
     directory, a lowbit checkpoint or a ``.gguf``) and write a lowbit checkpoint directory
     ``out`` (atomically: nothing appears on error).
 
-    ``method``: ``"rtn"``, ``"gptq"``, ``"awq"`` or ``"smoothquant"`` (W8A8: ``bits=8,
-    group_size="channel", sym=True``). ``group_size``: elements per group, or ``"channel"`` for
-    one scale per output channel.
-    ``mse_clip`` (gptq, rtn): pick each group's range by least squared error instead of min-max;
-    ``None`` is on for gptq, off for rtn. ``scale_dtype``: ``"f16"`` or ``"f32"`` group scales.
+    ``options`` are those of :func:`option_specs` (the same as the flags of ``lowbit quantize``):
+    ``method`` (``"rtn"``, ``"gptq"``, ``"awq"`` or ``"smoothquant"``, W8A8: ``bits=8,
+    group_size="channel", sym=True``), ``bits``, ``group_size`` (a positive int, or
+    ``"channel"``/``None`` for one scale per output channel), ``sym``, ``scale_dtype``
+    (``"f16"`` or ``"f32"``), ``nsamples``, ``seqlen``, ``seed``, ``resume`` (continue from
+    ``<out>.partial`` after an interrupted run, same bytes as an uninterrupted one), and each
+    method's own: ``act_order``, ``static_groups``, ``percdamp`` (gptq), ``mse_clip`` (gptq,
+    rtn: ranges by least squared error; ``None`` is on for gptq, off for rtn), ``awq_samples``
+    (awq), ``sq_alpha`` (smoothquant).
+
     ``calib``: a text file, a ``.jsonl`` (field ``text``), a ``.npy``/``.json`` of token ids, or
     token ids in memory; ``None`` uses the text file named by ``$LOWBIT_CALIB_TEXT``;
     ``data_free=True`` samples calibration sequences from the model itself (seeded).
-    ``resume=True`` continues from ``<out>.partial`` after an interrupted run (same bytes as an
-    uninterrupted one). ``progress`` (see :mod:`lowbit.progress`) sees phases ``calibrate``,
-    ``blocks`` and ``write``; Ctrl-C stops the run within about a second, raises
-    ``KeyboardInterrupt``, writes no ``out`` and keeps ``<out>.partial`` for ``resume=True``.
+    ``progress`` (see :mod:`lowbit.progress`) sees phases ``calibrate``, ``blocks`` and ``write``;
+    Ctrl-C stops the run within about a second, raises ``KeyboardInterrupt``, writes no ``out``
+    and keeps ``<out>.partial`` for ``resume=True``.
     """
+    check_options(options)
     calib_path: str | None = None
     calib_ids: list[int] | None = None
     if calib is not None and data_free:
@@ -132,39 +115,22 @@ def quantize_model(
         calib_path = os.fspath(calib)
     elif calib is not None:
         calib_ids = [int(t) for t in np.asarray(calib).reshape(-1)]
-    elif method != "rtn" and not data_free:
+    elif options.get("method", option_specs()["method"]["default"]) != "rtn" and not data_free:
         default = calibration_text_from_env()
         if default is None:
             raise _lowbit.LowbitError(
                 f"no calibration data: pass calib=..., set {CALIB_ENV} to a text file, or use data_free=True"
             )
         calib_path = str(default)
-    raw = _lowbit.quantize_model(
+    return _lowbit.quantize_model(
         os.fspath(model),
         os.fspath(out),
-        method=method,
-        bits=bits,
-        group_size=group_size,
-        sym=sym,
-        act_order=act_order,
-        static_groups=static_groups,
-        mse_clip=mse_clip,
-        scale_dtype=scale_dtype,
         calib=calib_path,
         calib_ids=calib_ids,
         data_free=data_free,
-        nsamples=nsamples,
-        seqlen=seqlen,
-        seed=seed,
-        percdamp=percdamp,
-        awq_samples=awq_samples,
-        sq_alpha=sq_alpha,
-        resume=resume,
         progress=progress,
+        **options,
     )
-    d = json.loads(raw)
-    d["layers"] = [LayerResult(**layer) for layer in d["layers"]]
-    return QuantizeReport(**d)
 
 
 def calibration_windows(

@@ -145,6 +145,14 @@ impl Absmax {
         if len != blocks {
             return Err(CoreError::shape("absmax blocks", blocks, len));
         }
+        // Like integer scales: a non-finite absmax would dequantize to NaN or infinity.
+        let finite = match self {
+            Absmax::F32(v) => v.iter().all(|x| x.is_finite()),
+            Absmax::Double { scales, .. } => scales.iter().all(|x| x.is_finite()),
+        };
+        if !finite {
+            return Err(CoreError::Corrupt("non-finite absmax".into()));
+        }
         Ok(())
     }
 }

@@ -17,6 +17,23 @@ use std::path::Path;
 
 /// Version written to `lowbit.format_version`; readers reject others.
 pub const FORMAT_VERSION: &str = "1";
+/// Largest safetensors JSON header the readers accept, in bytes (checked before it is parsed).
+/// A lowbit header grows by about 300 bytes per tensor and a Hugging Face one by about 100, so
+/// 64 MiB holds hundreds of thousands of tensors; the `safetensors` crate alone would allow 100 MB.
+/// The other limits on untrusted input are [`QTensor::MAX_DIMS`] and [`QTensor::MAX_ELEMENTS`].
+pub const MAX_HEADER_BYTES: u64 = 64 << 20;
+
+/// Checks the header length prefix of safetensors `bytes` against [`MAX_HEADER_BYTES`].
+pub fn check_header_len(bytes: &[u8]) -> Result<()> {
+    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    match n {
+        Some(n) if n > MAX_HEADER_BYTES => {
+            Err(CoreError::Corrupt(format!("header of {n} bytes is above the limit of {MAX_HEADER_BYTES}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 const VERSION_KEY: &str = "lowbit.format_version";
 const META_PREFIX: &str = "lowbit.";
 
@@ -162,12 +179,18 @@ fn parts_of(name: &str, qt: &QTensor) -> Parts {
 /// A raw tensor for [`serialize`]: name, dtype, shape, little-endian bytes.
 pub type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
 
-/// Serializes raw tensors into safetensors bytes with a deterministic header: tensors in name
-/// order, JSON keys sorted, so the same tensors always give the same bytes (the `safetensors`
-/// crate's own writer orders metadata by hash and is not reproducible).
+/// Serializes raw tensors into safetensors bytes with a deterministic header, JSON keys sorted, so
+/// the same tensors always give the same bytes (the `safetensors` crate's own writer orders
+/// metadata by hash and is not reproducible).
+///
+/// Data is laid out as the `safetensors` crate lays it out: the header is padded with spaces to a
+/// multiple of 8 bytes, and tensors follow in order of descending dtype (widest first), then name.
+/// Every tensor's byte size is a multiple of its element size, so each one starts at an offset
+/// that is a multiple of its element size and an f32 or f16 array never lands at an odd offset
+/// behind a u8 one (safetensors forbids gaps between tensors, so ordering is the only way).
 pub fn serialize(tensors: &[RawTensor], metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let mut order: Vec<&RawTensor> = tensors.iter().collect();
-    order.sort_by(|a, b| a.0.cmp(&b.0));
+    order.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings serialize"));
@@ -317,6 +340,7 @@ fn read_one(st: &SafeTensors<'_>, name: &str, meta: &TensorMeta) -> Result<QTens
 
 /// Parses safetensors bytes written by [`to_bytes`].
 pub fn from_bytes(bytes: &[u8]) -> Result<Loaded> {
+    check_header_len(bytes)?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| CoreError::Corrupt(e.to_string()))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| CoreError::Corrupt(e.to_string()))?;
     let metadata = header.metadata().clone().unwrap_or_default();
@@ -407,6 +431,43 @@ mod tests {
         let mut garbage = bytes.clone();
         garbage[9] ^= 0x55;
         assert!(from_bytes(&garbage).is_err());
+    }
+
+    /// Every tensor starts at a multiple of its element size, counted from the file start (the
+    /// header is padded so the data area itself starts at a multiple of 8).
+    #[test]
+    fn tensors_are_aligned_to_their_element_size() {
+        // Odd code lengths: 3-bit codes of 5x24 = 45 bytes, zeros and i8 absmax in between.
+        let w: Vec<f32> = (0..5 * 24).map(|i| (i as f32 * 0.7).sin()).collect();
+        let int3 = rtn::quantize(&w, &[5, 24], IntScheme::group(Bits::B3, 8)).unwrap();
+        let int2 =
+            rtn::quantize(&w, &[5, 24], IntScheme { scale_dtype: ScaleDtype::F32, ..IntScheme::group(Bits::B2, 24) })
+                .unwrap();
+        let s = CodebookScheme { codebook: Codebook::Nf4, block_size: 3, double_quant: true };
+        let nf4 = codebook::quantize(&w, &[5, 24], s).unwrap();
+        assert_eq!(int3.codes().len() % 2, 1, "the test needs an odd code length");
+        let bytes = to_bytes([("a", &int3), ("b", &int2), ("c", &nf4)], &BTreeMap::new()).unwrap();
+        let (header_len, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let data_start = 8 + header_len;
+        assert_eq!(data_start % 8, 0);
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut seen = 0;
+        for (name, info) in meta.tensors() {
+            let size = info.dtype.bitsize() / 8;
+            assert_eq!(
+                (data_start + info.data_offsets.0) % size,
+                0,
+                "{name} {:?} at {:?}",
+                info.dtype,
+                info.data_offsets
+            );
+            // The offset as seen through the parsed view agrees (no aliasing of the header).
+            let view = st.tensor(&name).unwrap();
+            assert_eq!((view.data().as_ptr() as usize - bytes.as_ptr() as usize) % size, 0, "{name}");
+            seen += 1;
+        }
+        assert_eq!(seen, 9, "qweight+scales+zeros, qweight+scales, qweight+absmax_q+scales");
+        assert_eq!(from_bytes(&bytes).unwrap().tensors.len(), 3);
     }
 
     #[test]

@@ -84,6 +84,15 @@ pub struct QTensor {
 }
 
 impl QTensor {
+    /// Most dimensions a tensor's shape may have (weights have 2; 8 leaves room for any layout).
+    /// Checked by [`QTensor::from_parts`] and the quantizers, so a shape read from an untrusted
+    /// file is bounded before anything is sized from it.
+    pub const MAX_DIMS: usize = 8;
+    /// Most elements one tensor may hold: 2^40 (about 1.1e12, thousands of times any weight
+    /// matrix). Every count derived from a checked shape (elements, code bits, bytes) then fits
+    /// in a `u64` without overflow.
+    pub const MAX_ELEMENTS: u64 = 1 << 40;
+
     pub(crate) fn from_parts_unchecked(shape: Vec<usize>, scheme: Scheme, codes: Vec<u8>, params: QParams) -> Self {
         QTensor { shape, scheme, codes, params }
     }
@@ -93,6 +102,10 @@ impl QTensor {
         let (rows, cols) = matrix_dims(&shape)?;
         let numel = rows * cols;
         let bits = scheme.code_bits();
+        // `numel * bits` can exceed a 32-bit usize even under MAX_ELEMENTS.
+        if numel.checked_mul(bits.get() as usize).is_none() {
+            return Err(CoreError::shape("QTensor shape", "a size this platform can address", format!("{shape:?}")));
+        }
         let want = packed_len(numel, bits);
         if codes.len() != want {
             return Err(CoreError::shape("QTensor codes", format!("{want} bytes"), codes.len()));

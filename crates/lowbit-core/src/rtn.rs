@@ -148,7 +148,21 @@ pub fn group_params(
 
 /// `(rows, cols)` of a tensor quantized as a matrix over its last dimension.
 pub fn matrix_dims(shape: &[usize]) -> Result<(usize, usize)> {
-    let numel: usize = shape.iter().product();
+    if shape.len() > QTensor::MAX_DIMS {
+        return Err(CoreError::shape("tensor shape", format!("at most {} dimensions", QTensor::MAX_DIMS), shape.len()));
+    }
+    let numel = shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+        .filter(|&n| n <= QTensor::MAX_ELEMENTS)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| {
+            CoreError::shape(
+                "tensor shape",
+                format!("at most {} elements", QTensor::MAX_ELEMENTS),
+                format!("{shape:?}"),
+            )
+        })?;
     if shape.is_empty() || numel == 0 {
         return Err(CoreError::Empty { shape: shape.to_vec() });
     }

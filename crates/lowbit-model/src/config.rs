@@ -102,6 +102,14 @@ pub struct ModelConfig {
     pub int8_activations: bool,
 }
 
+/// Largest value [`ModelConfig::validate`] accepts for any size (vocabulary, widths, layer and
+/// head counts, and the widths of all query or key heads together): 2^24, far above any released
+/// model (vocabularies reach about 2^18, widths 2^15). Buffers are sized from products of these,
+/// so a forged `config.json` is refused before it can overflow one or ask for terabytes.
+pub const MAX_DIM: usize = 1 << 24;
+/// Largest head width accepted (released models use 64 to 256); the RoPE tables are sized by it.
+pub const MAX_HEAD_DIM: usize = 1 << 12;
+
 fn get_usize(v: &Value, key: &str) -> Result<usize> {
     match v.get(key) {
         Some(x) => x
@@ -261,6 +269,25 @@ impl ModelConfig {
             if value == 0 {
                 return Err(ModelError::config(field, "must be at least 1"));
             }
+            if value > MAX_DIM {
+                return Err(ModelError::config(field, format!("{value} is above the limit of {MAX_DIM}")));
+            }
+        }
+        if self.head_dim > MAX_HEAD_DIM {
+            return Err(ModelError::config(
+                "head_dim",
+                format!("{} is above the limit of {MAX_HEAD_DIM}", self.head_dim),
+            ));
+        }
+        for (field, heads) in
+            [("num_attention_heads", self.num_attention_heads), ("num_key_value_heads", self.num_key_value_heads)]
+        {
+            if heads.checked_mul(self.head_dim).is_none_or(|w| w > MAX_DIM) {
+                return Err(ModelError::config(
+                    field,
+                    format!("{heads} heads of {} exceed the width limit of {MAX_DIM}", self.head_dim),
+                ));
+            }
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return Err(ModelError::config(
@@ -383,6 +410,24 @@ mod tests {
     fn unknown_architecture_is_named() {
         let e = ModelConfig::from_json_str(r#"{"architectures":["GPTNeoXForCausalLM"]}"#).unwrap_err();
         assert!(e.to_string().contains("GPTNeoXForCausalLM"), "{e}");
+    }
+
+    #[test]
+    fn sizes_above_the_limits_are_errors() {
+        let cfg = |extra: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"architectures":["LlamaForCausalLM"],"vocab_size":10,"hidden_size":64,"intermediate_size":8,
+                "num_hidden_layers":1,"num_attention_heads":4{extra}}}"#
+            ))
+        };
+        assert!(cfg("").is_ok());
+        let e = cfg(r#","head_dim":8192"#).unwrap_err();
+        assert!(e.to_string().contains("head_dim"), "{e}");
+        let e = cfg(r#","vocab_size":16777217"#).unwrap_err();
+        assert!(e.to_string().contains("vocab_size"), "{e}");
+        // Each count is in bounds; their product (the width of all heads) is not, nor fits a u32.
+        let e = cfg(r#","num_attention_heads":16777216,"num_key_value_heads":1,"head_dim":4096"#).unwrap_err();
+        assert!(e.to_string().contains("num_attention_heads"), "{e}");
     }
 
     #[test]

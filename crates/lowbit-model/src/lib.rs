@@ -21,6 +21,8 @@ pub mod block;
 pub mod config;
 mod device;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod generate;
 pub mod gguf;
 mod load;

@@ -39,26 +39,7 @@ pub(crate) fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
         });
     }
     let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| ModelError::Safetensors { path: index.display().to_string(), reason: e.to_string() })?;
-    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Safetensors {
-        path: index.display().to_string(),
-        reason: "no weight_map object".into(),
-    })?;
-    let mut shards = BTreeSet::new();
-    for (name, file) in map {
-        let file = file.as_str().ok_or_else(|| ModelError::Safetensors {
-            path: index.display().to_string(),
-            reason: format!("weight_map entry {name} is not a file name"),
-        })?;
-        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-            return Err(ModelError::Safetensors {
-                path: index.display().to_string(),
-                reason: format!("shard name {file:?} must be a plain file name"),
-            });
-        }
-        shards.insert(file.to_string());
-    }
+    let shards = index_shards(&text, &index)?;
     let files: Vec<PathBuf> = shards.into_iter().map(|f| dir.join(f)).collect();
     for f in &files {
         if !f.is_file() {
@@ -69,6 +50,24 @@ pub(crate) fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(files)
+}
+
+/// The shard file names listed in the text of a `model.safetensors.index.json` (`path` is only
+/// used in messages). Each must be a plain file name, so an index cannot point outside its
+/// directory.
+pub(crate) fn index_shards(text: &str, path: &Path) -> Result<BTreeSet<String>> {
+    let corrupt = |reason: String| ModelError::Safetensors { path: path.display().to_string(), reason };
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| corrupt("no weight_map object".into()))?;
+    let mut shards = BTreeSet::new();
+    for (name, file) in map {
+        let file = file.as_str().ok_or_else(|| corrupt(format!("weight_map entry {name} is not a file name")))?;
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(corrupt(format!("shard name {file:?} must be a plain file name")));
+        }
+        shards.insert(file.to_string());
+    }
+    Ok(shards)
 }
 
 fn quant_part_names(name: &str) -> [String; 4] {
@@ -86,9 +85,24 @@ impl SafetensorsSource {
         Ok(src)
     }
 
+    /// Indexes one file held in memory (`path` is only used in messages).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn from_bytes(path: PathBuf, bytes: Vec<u8>) -> Result<Self> {
+        let mut src = SafetensorsSource { files: vec![], entries: HashMap::new(), quant: HashMap::new() };
+        src.add(path, Bytes::Owned(bytes))?;
+        Ok(src)
+    }
+
+    /// Every tensor name, dense and quantized, in no particular order.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.entries.keys().chain(self.quant.keys()).cloned().collect()
+    }
+
     fn add(&mut self, path: PathBuf, bytes: Bytes) -> Result<()> {
         let corrupt = |reason: String| ModelError::Safetensors { path: path.display().to_string(), reason };
         let file = self.files.len();
+        lowbit_core::io::check_header_len(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let is_lowbit = header.metadata().as_ref().is_some_and(|m| m.contains_key("lowbit.format_version"));

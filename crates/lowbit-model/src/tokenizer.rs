@@ -73,6 +73,9 @@ impl Tokenizer {
 
     /// Builds from the text of a `tokenizer.json` and an optional `tokenizer_config.json` value.
     pub fn from_json_str(json: &str, config: Option<&Value>) -> Result<Self> {
+        // tokenizers 0.23 panics (an `expect` in its decoder deserializer) on a JSON syntax error
+        // inside `"decoder"`; check the syntax first, without building a value.
+        serde_json::from_str::<serde::de::IgnoredAny>(json).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let inner: tokenizers::Tokenizer =
             json.parse().map_err(|e: tokenizers::Error| ModelError::Tokenizer(e.to_string()))?;
         let (bos_token, eos_token, add_bos, chat_template) = match config {

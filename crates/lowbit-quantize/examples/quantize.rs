@@ -3,34 +3,36 @@
 //! `cargo run --release -p lowbit-quantize --example quantize -- MODEL OUT METHOD BITS GROUP|0
 //!  [--sym] [--act-order] [--mse|--minmax] [--f32-scales] [--calib FILE] [--nsamples N] [--awq-samples N] [--eval FILE] [--eval-base]`
 use lowbit_model::{perplexity::read_text_file, Model, PerplexityOptions};
-use lowbit_quantize::{quantize_model, CalibSource, QuantMethod, QuantizeOptions};
+use lowbit_quantize::spec::OptionValue;
+use lowbit_quantize::{quantize_model, CalibSource, QuantizeOptions};
 use std::path::Path;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().collect();
     let flag = |f: &str| a.iter().any(|x| x == f);
     let val = |f: &str| a.iter().position(|x| x == f).map(|i| a[i + 1].clone());
-    let group: usize = a[5].parse()?;
-    let opts = QuantizeOptions {
-        method: a[3].parse::<QuantMethod>()?,
-        bits: a[4].parse()?,
-        group_size: (group > 0).then_some(group),
-        sym: flag("--sym"),
-        act_order: flag("--act-order"),
-        scale_dtype: if flag("--f32-scales") { lowbit_core::ScaleDtype::F32 } else { lowbit_core::ScaleDtype::F16 },
-        mse_clip: if flag("--mse") {
-            Some(true)
-        } else if flag("--minmax") {
-            Some(false)
-        } else {
-            None
-        },
-        // gptq, awq and smoothquant need --calib (the protocol's valid.txt).
-        calib: val("--calib").map(CalibSource::from_path),
-        nsamples: val("--nsamples").map_or(Ok(128), |v| v.parse())?,
-        awq_samples: val("--awq-samples").map_or(Ok(128), |v| v.parse())?,
-        ..QuantizeOptions::default()
-    };
+    let group: i64 = a[5].parse()?;
+    // Through the option table, as Python and the CLI set them.
+    let mut pairs = vec![
+        ("method".to_string(), OptionValue::Str(a[3].clone())),
+        ("bits".to_string(), OptionValue::Int(a[4].parse()?)),
+        ("group_size".to_string(), if group > 0 { OptionValue::Int(group) } else { OptionValue::None }),
+        ("sym".to_string(), OptionValue::Bool(flag("--sym"))),
+        ("scale_dtype".to_string(), OptionValue::Str(if flag("--f32-scales") { "f32" } else { "f16" }.into())),
+        ("nsamples".to_string(), OptionValue::Int(val("--nsamples").map_or(Ok(128), |v| v.parse())?)),
+    ];
+    if flag("--act-order") {
+        pairs.push(("act_order".into(), OptionValue::Bool(true)));
+    }
+    if flag("--mse") || flag("--minmax") {
+        pairs.push(("mse_clip".into(), OptionValue::Bool(flag("--mse"))));
+    }
+    if let Some(n) = val("--awq-samples") {
+        pairs.push(("awq_samples".into(), OptionValue::Int(n.parse()?)));
+    }
+    let mut opts = QuantizeOptions::from_pairs(&pairs)?;
+    // gptq, awq and smoothquant need --calib (the protocol's valid.txt).
+    opts.calib = val("--calib").map(CalibSource::from_path);
     let t = std::time::Instant::now();
     let rep = quantize_model(Path::new(&a[1]), Path::new(&a[2]), &opts, &mut Log::default())?;
     println!(

@@ -4,6 +4,7 @@
 //!
 //! * [`quantize_model`]: model path in, lowbit checkpoint directory out, with a report.
 //! * [`calib`]: calibration windows (the protocol's by default), data-free sampling.
+//! * [`spec`]: every option declared once, for Python and the CLI.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -14,10 +15,12 @@ mod numpy_rng;
 mod options;
 mod output;
 mod pipeline;
+pub mod spec;
 mod stash;
 
 pub use calib::{windows_from_stream, CalibSource};
 pub use error::{QuantizeError, Result};
-pub use options::{peak_rss_bytes, LayerStat, QuantMethod, QuantizeOptions, QuantizeReport};
+pub use lowbit_solvers::MethodConfig;
+pub use options::{peak_rss_bytes, LayerStat, QuantizeOptions, QuantizeReport};
 pub use output::MANIFEST_FILE;
 pub use pipeline::{partial_dir, quantize_model};

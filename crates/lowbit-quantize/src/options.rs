@@ -3,79 +3,24 @@
 use crate::calib::CalibSource;
 use crate::{QuantizeError, Result};
 use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
+use lowbit_solvers::{CalibShape, MethodConfig};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-/// The quantization method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QuantMethod {
-    /// Round-to-nearest (no calibration).
-    Rtn,
-    /// GPTQ (Frantar et al. 2022), true-sequential.
-    Gptq,
-    /// AWQ (Lin et al. 2023): activation-aware scales folded into the preceding op, clip + RTN.
-    Awq,
-    /// SmoothQuant (Xiao et al. 2022) W8A8: smoothing folded into the norms, int8 per-channel
-    /// weights (activations are quantized per token at run time).
-    SmoothQuant,
-}
-
-impl QuantMethod {
-    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QuantMethod::Rtn => "rtn",
-            QuantMethod::Gptq => "gptq",
-            QuantMethod::Awq => "awq",
-            QuantMethod::SmoothQuant => "smoothquant",
-        }
-    }
-}
-
-impl std::str::FromStr for QuantMethod {
-    type Err = QuantizeError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "rtn" => Ok(QuantMethod::Rtn),
-            "gptq" => Ok(QuantMethod::Gptq),
-            "awq" => Ok(QuantMethod::Awq),
-            "smoothquant" | "sq" => Ok(QuantMethod::SmoothQuant),
-            _ => Err(QuantizeError::input(
-                "quantize",
-                format!("unknown method {s:?}: use rtn, gptq, awq or smoothquant"),
-            )),
-        }
-    }
-}
-
-/// Options of [`crate::quantize_model`].
+/// Options of [`crate::quantize_model`]: the common ones, and the method with its own settings.
+/// Python and the CLI set them through the table in [`crate::spec`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizeOptions {
-    /// The method.
-    pub method: QuantMethod,
+    /// The method and its settings.
+    pub method: MethodConfig,
     /// Code width: 2, 3, 4 or 8 (SmoothQuant: 8).
     pub bits: u32,
     /// Group size along the input dimension; `None` = one scale per output channel.
     pub group_size: Option<usize>,
     /// Symmetric codes (no stored zero point).
     pub sym: bool,
-    /// GPTQ: quantize columns by descending Hessian diagonal.
-    pub act_order: bool,
-    /// GPTQ: group parameters from the original weights before the sweep; `None` = on with
-    /// act-order (the reference's "act-order + static groups"), off without.
-    pub static_groups: Option<bool>,
     /// Storage of the group scales (f16, as GPTQ/AWQ checkpoints; f32 doubles their bytes).
     pub scale_dtype: ScaleDtype,
-    /// GPTQ and RTN: choose each group's range by the least squared reconstruction error over
-    /// shrunken ranges (the GPTQ reference's `mse` quantizer: 100 steps down to 20% of the range)
-    /// instead of min-max. `None`: on for GPTQ (it closes most of the gap act-order leaves, see
-    /// benches/README.md), off for RTN (the plain baseline).
-    pub mse_clip: Option<bool>,
-    /// GPTQ: relative damping (0.01).
-    pub percdamp: f64,
-    /// GPTQ: lazy-batch block size (128).
-    pub block_size: usize,
     /// Calibration data (ignored by RTN). `None` is an error for the calibrated methods.
     pub calib: Option<CalibSource>,
     /// Calibration windows (128).
@@ -84,11 +29,6 @@ pub struct QuantizeOptions {
     pub seqlen: usize,
     /// Seed of the window offsets (and of data-free sampling); 0 is the protocol.
     pub seed: u64,
-    /// AWQ: windows (the first ones) whose statistics the scale and clip searches see (all 128
-    /// by default; the reference AWQ used 32, its cost growing with the tokens, lowbit's does not).
-    pub awq_samples: usize,
-    /// SmoothQuant: migration strength alpha (0.5).
-    pub sq_alpha: f32,
     /// Tokens per forward batch inside a block (bounds the temporaries).
     pub batch_tokens: usize,
     /// Continue from `<out>.partial/` when it holds a checkpoint of the same run.
@@ -101,22 +41,15 @@ pub struct QuantizeOptions {
 impl Default for QuantizeOptions {
     fn default() -> Self {
         QuantizeOptions {
-            method: QuantMethod::Gptq,
+            method: MethodConfig::default(),
             bits: 4,
             group_size: Some(128),
             sym: false,
-            act_order: false,
-            static_groups: None,
-            mse_clip: None,
             scale_dtype: ScaleDtype::F16,
-            percdamp: 0.01,
-            block_size: 128,
             calib: None,
             nsamples: 128,
             seqlen: 512,
             seed: 0,
-            awq_samples: 128,
-            sq_alpha: 0.5,
             batch_tokens: 4096,
             resume: false,
             stop_after_block: None,
@@ -125,62 +58,43 @@ impl Default for QuantizeOptions {
 }
 
 impl QuantizeOptions {
-    /// The integer scheme every linear layer gets.
+    /// The common integer scheme (min-max ranges; the method adds its own range search).
     pub fn scheme(&self) -> Result<IntScheme> {
         let bits = Bits::try_from(self.bits)?;
-        if self.method == QuantMethod::SmoothQuant && (self.bits != 8 || self.group_size.is_some() || !self.sym) {
-            return Err(QuantizeError::input(
-                "quantize",
-                "smoothquant is W8A8: bits 8, per-channel (no group size), symmetric",
-            ));
-        }
         let granularity = match self.group_size {
             None => Granularity::PerChannel,
             Some(0) => return Err(QuantizeError::input("quantize", "group_size must be positive")),
             Some(g) => Granularity::Group(g),
         };
-        if self.mse_clip == Some(true) && !matches!(self.method, QuantMethod::Gptq | QuantMethod::Rtn) {
-            return Err(QuantizeError::input(
-                "quantize",
-                "mse_clip applies to gptq and rtn (awq has its own clip search)",
-            ));
-        }
-        let clip = if self.mse_clip() { ClipSearch::Mse { grid: 100, max_shrink: 0.8 } } else { ClipSearch::MinMax };
-        Ok(IntScheme { bits, symmetric: self.sym, granularity, scale_dtype: self.scale_dtype, clip })
+        let scheme = IntScheme {
+            bits,
+            symmetric: self.sym,
+            granularity,
+            scale_dtype: self.scale_dtype,
+            clip: ClipSearch::MinMax,
+        };
+        self.method.solver().validate(&scheme).map_err(|e| QuantizeError::input("quantize", e.to_string()))?;
+        Ok(scheme)
     }
 
-    /// Whether group ranges come from the MSE search (see [`QuantizeOptions::mse_clip`]).
-    pub fn mse_clip(&self) -> bool {
-        self.mse_clip.unwrap_or(self.method == QuantMethod::Gptq)
-    }
-
-    /// Whether GPTQ uses static groups.
-    pub fn static_groups(&self) -> bool {
-        self.static_groups.unwrap_or(self.act_order)
+    /// What the method's statistics need to know about the calibration data.
+    pub fn calib_shape(&self) -> CalibShape {
+        CalibShape { nsamples: self.nsamples, seqlen: self.seqlen }
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
         self.scheme()?;
         let bad = |r: String| Err(QuantizeError::input("quantize", r));
-        if self.method != QuantMethod::Rtn {
+        if self.method.solver().calibrated() {
             if self.nsamples == 0 || self.seqlen == 0 {
                 return bad(format!("nsamples and seqlen must be positive, got {} x {}", self.nsamples, self.seqlen));
             }
             if self.calib.is_none() {
-                return bad(format!(
-                    "{} needs calibration data (a file, token ids, or data-free)",
-                    self.method.as_str()
-                ));
+                return bad(format!("{} needs calibration data (a file, token ids, or data-free)", self.method.name()));
             }
         }
-        if !(self.percdamp.is_finite() && self.percdamp >= 0.0) {
-            return bad(format!("percdamp must be >= 0, got {}", self.percdamp));
-        }
-        if self.block_size == 0 || self.batch_tokens == 0 || self.awq_samples == 0 {
-            return bad("block_size, batch_tokens and awq_samples must be positive".into());
-        }
-        if !(self.sq_alpha.is_finite() && (0.0..=1.0).contains(&self.sq_alpha)) {
-            return bad(format!("sq_alpha must be in [0, 1], got {}", self.sq_alpha));
+        if self.batch_tokens == 0 {
+            return bad("batch_tokens must be positive".into());
         }
         Ok(())
     }
@@ -188,7 +102,7 @@ impl QuantizeOptions {
     /// The method's parameters as JSON (manifest, `quantization_config`, resume fingerprint).
     pub fn params_json(&self) -> Value {
         let mut v = json!({
-            "method": self.method.as_str(),
+            "method": self.method.name(),
             "bits": self.bits,
             "group_size": self.group_size.map_or(-1, |g| g as i64),
             "sym": self.sym,
@@ -197,29 +111,11 @@ impl QuantizeOptions {
                 ScaleDtype::F32 => "f32",
             },
         });
-        if matches!(self.method, QuantMethod::Gptq | QuantMethod::Rtn) {
-            v["clip"] = if self.mse_clip() { "mse (grid 100, max_shrink 0.8)" } else { "minmax" }.into();
+        let solver = self.method.solver();
+        for (k, val) in solver.params(self.calib_shape()) {
+            v[k] = val;
         }
-        match self.method {
-            QuantMethod::Rtn => {}
-            QuantMethod::Gptq => {
-                v["desc_act"] = self.act_order.into();
-                v["static_groups"] = self.static_groups().into();
-                v["damp_percent"] = self.percdamp.into();
-                v["block_size"] = self.block_size.into();
-                v["true_sequential"] = true.into();
-            }
-            QuantMethod::Awq => {
-                v["awq_samples"] = self.awq_samples.min(self.nsamples).into();
-                v["n_grid"] = 20.into();
-                v["clip"] = "llm-awq auto_clip (not q/k), grid 20, max_shrink 0.5, 512 tokens".into();
-            }
-            QuantMethod::SmoothQuant => {
-                v["alpha"] = f64::from(self.sq_alpha).into();
-                v["activations"] = "int8 per-token dynamic".into();
-            }
-        }
-        if self.method != QuantMethod::Rtn {
+        if solver.calibrated() {
             v["nsamples"] = self.nsamples.into();
             v["seqlen"] = self.seqlen.into();
             v["seed"] = self.seed.into();

@@ -21,7 +21,7 @@
 
 use crate::calib::{calibration_windows, CalibSource};
 use crate::checkpoint::{Checkpoint, CheckpointState};
-use crate::options::{peak_rss_bytes, LayerStat, QuantMethod, QuantizeOptions, QuantizeReport};
+use crate::options::{peak_rss_bytes, LayerStat, QuantizeOptions, QuantizeReport};
 use crate::output::write_output;
 use crate::stash::Stash;
 use crate::{QuantizeError, Result};
@@ -31,9 +31,8 @@ use lowbit_cpu::Cpu;
 use lowbit_cpu::{Linear, WeightKind};
 use lowbit_model::block::{Block, Scratch, Span};
 use lowbit_model::{BlockReader, Layer, LoadOptions, Model, ModelConfig, ModelError};
-use lowbit_solvers::awq::{self, AwqConfig, AwqLayer, AwqStats, HeadTie};
-use lowbit_solvers::smoothquant::{self, SmoothLayer, SmoothQuantConfig};
-use lowbit_solvers::{gptq_quantize, rtn_quantize, DampingConfig, GptqConfig, Hessian, HessianPrecision, LayerReport};
+use lowbit_solvers::awq::HeadTie;
+use lowbit_solvers::{FoldTarget, Group, GroupLayer, Role, SolvedLayer, Statistics};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -118,7 +117,8 @@ fn run(
 
     // Calibration.
     let calib_start = Instant::now();
-    let (windows, calib_sha) = if opts.method == QuantMethod::Rtn {
+    let calibrated = opts.method.solver().calibrated();
+    let (windows, calib_sha) = if !calibrated {
         (Vec::new(), None)
     } else {
         let calib = opts.calib.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no calibration data"))?;
@@ -147,7 +147,6 @@ fn run(
     let mut layers_stats: Vec<LayerStat> = vec![];
     let mut first = 0;
     let mut x: Vec<f32> = vec![];
-    let calibrated = opts.method != QuantMethod::Rtn;
     if calibrated {
         let resumed = if opts.resume { ckpt.load(&fingerprint, &mut model, |b| Ok(blocks.block(b)?))? } else { None };
         match resumed {
@@ -174,7 +173,7 @@ fn run(
         let stats = if calibrated {
             quantize_block_calibrated(&mut ctx, &model, b, &mut layer, &mut x, &mut *done)?
         } else {
-            quantize_block_rtn(&ctx, b, &mut layer, &mut *done)?
+            quantize_block_alone(&ctx, b, &mut layer, &mut *done)?
         };
         let loss = stats.iter().map(|s| s.loss).sum::<f64>() / stats.len().max(1) as f64;
         layers_stats.extend(stats);
@@ -253,11 +252,13 @@ fn set_quant(lin: &mut Linear, qt: QTensor) -> Result<()> {
     Ok(())
 }
 
-/// SmoothQuant's layers run W8A8 from here on, as the saved model will, so the rest of the block
-/// and the next blocks calibrate on what the int8 model computes.
-fn set_w8a8(lin: &mut Linear, qt: QTensor) -> Result<()> {
-    set_quant(lin, qt)?;
-    lin.enable_int8_activations()?;
+/// Installs a solved layer; W8A8 layers run int8 activations from here on, as the saved model
+/// will, so the rest of the block and the next blocks calibrate on what that model computes.
+fn install(lin: &mut Linear, solved: SolvedLayer, int8_activations: bool) -> Result<()> {
+    set_quant(lin, solved.qtensor)?;
+    if int8_activations {
+        lin.enable_int8_activations()?;
+    }
     Ok(())
 }
 
@@ -265,7 +266,8 @@ fn solver_err(block: usize, what: &str, e: lowbit_solvers::SolverError) -> Quant
     QuantizeError::Solver { block, layer: what.to_string(), source: e }
 }
 
-fn stat(block: usize, name: &str, r: &LayerReport, alpha: Option<f32>) -> LayerStat {
+fn stat(block: usize, name: &str, solved: &SolvedLayer) -> LayerStat {
+    let r = &solved.report;
     LayerStat {
         block,
         name: name.to_string(),
@@ -273,69 +275,68 @@ fn stat(block: usize, name: &str, r: &LayerReport, alpha: Option<f32>) -> LayerS
         damping: r.damping.map(|d| d.relative),
         damping_raises: r.damping.map_or(0, |d| d.raises),
         dead_inputs: r.dead_inputs,
-        alpha,
+        alpha: solved.alpha,
         seconds: r.seconds,
     }
 }
 
-fn quantize_block_rtn(ctx: &Ctx, b: usize, layer: &mut Layer, progress: &mut dyn Progress) -> Result<Vec<LayerStat>> {
-    let mut stats = vec![];
+/// The role of each linear layer name of a block.
+fn role(name: &str) -> Role {
+    match name.rsplit('.').next().unwrap_or(name) {
+        "q_proj" => Role::Query,
+        "k_proj" => Role::Key,
+        "v_proj" => Role::Value,
+        "o_proj" => Role::AttnOut,
+        "gate_proj" => Role::Gate,
+        "up_proj" => Role::Up,
+        _ => Role::Down,
+    }
+}
+
+/// A method without calibration (RTN): every layer of the block alone, from its weights.
+fn quantize_block_alone(ctx: &Ctx, b: usize, layer: &mut Layer, progress: &mut dyn Progress) -> Result<Vec<LayerStat>> {
+    let method = ctx.opts.method.solver();
+    let stats = method.statistics(0, ctx.opts.calib_shape());
+    let mut out = vec![];
     for (name, lin) in layer.linears_mut() {
         progress.check()?;
         let w = lin.weight().to_f32();
-        let out = rtn_quantize(&w, lin.rows(), lin.cols(), ctx.scheme).map_err(|e| solver_err(b, name, e))?;
-        stats.push(stat(b, name, &out.report, None));
-        set_quant(lin, out.qtensor)?;
+        let group = Group {
+            layers: vec![GroupLayer { role: role(name), w: &w, rows: lin.rows() }],
+            cols: lin.cols(),
+            fold: FoldTarget::None,
+            scheme: ctx.scheme,
+        };
+        let solved = method.solve_group(&group, stats.as_ref()).map_err(|e| solver_err(b, name, e))?;
+        for sl in solved.layers {
+            out.push(stat(b, name, &sl));
+            install(lin, sl, solved.int8_activations)?;
+        }
     }
-    Ok(stats)
+    Ok(out)
 }
 
-/// What a group of layers sharing an input needs from the calibration activations.
+/// A group's statistics, fed batch by batch from the calibration activations.
 struct Stats {
     cols: usize,
-    hessian: Option<Hessian>,
-    /// AWQ's statistics of the first `awq_rows` rows.
-    awq: Option<AwqStats>,
-    awq_rows: usize,
-    /// Per-channel absolute maximum (SmoothQuant).
-    absmax: Option<Vec<f32>>,
+    inner: Box<dyn Statistics>,
 }
 
 impl Stats {
     fn new(ctx: &Ctx, cols: usize) -> Self {
-        let m = ctx.opts.method;
-        Stats {
-            cols,
-            hessian: (m == QuantMethod::Gptq).then(|| Hessian::with_precision(cols, HessianPrecision::F32Chunks)),
-            awq: (m == QuantMethod::Awq).then(|| AwqStats::new(cols)),
-            awq_rows: ctx.opts.awq_samples.min(ctx.opts.nsamples) * ctx.seqlen,
-            absmax: (m == QuantMethod::SmoothQuant).then(|| vec![0f32; cols]),
-        }
+        Stats { cols, inner: ctx.opts.method.solver().statistics(cols, ctx.opts.calib_shape()) }
     }
 
     fn add(&mut self, x: &[f32], block: usize, what: &str) -> Result<()> {
         let rows = x.len() / self.cols;
-        if let Some(h) = &mut self.hessian {
-            h.add_batch(x, rows).map_err(|e| solver_err(block, what, e))?;
-        } else if let Some((token, channel)) = first_non_finite(x, self.cols) {
+        if let Some((token, channel)) = first_non_finite(x, self.cols) {
             return Err(QuantizeError::NonFiniteActivation { block, what: what.to_string(), token, channel });
         }
-        if let Some(st) = &mut self.awq {
-            let take = self.awq_rows.saturating_sub(st.tokens() as usize).min(rows);
-            st.add_batch(&x[..take * self.cols], take).map_err(|e| solver_err(block, what, e))?;
-        }
-        if let Some(a) = &mut self.absmax {
-            for row in x.chunks_exact(self.cols) {
-                for (m, v) in a.iter_mut().zip(row) {
-                    *m = m.max(v.abs());
-                }
-            }
-        }
-        Ok(())
+        self.inner.add_batch(x, rows).map_err(|e| solver_err(block, what, e))
     }
 }
 
-/// Where a group's AWQ/SmoothQuant scales are folded: `x / s` must come out of that op.
+/// Where a group's scales may be folded: `x / s` must come out of that op.
 enum Fold<'a> {
     /// The RMSNorm weight before the group.
     Norm(&'a mut Vec<f32>),
@@ -344,8 +345,16 @@ enum Fold<'a> {
     /// v_proj under grouped-query attention: o_proj's scales are tied across the query heads of
     /// each KV head, and v's output row `(k, d)` takes the scale of its group's lane `d`.
     HeadRows(&'a mut Linear, HeadTie),
-    /// Nowhere (SmoothQuant's o and down, as in the paper): the group gets no scales.
-    None,
+}
+
+impl Fold<'_> {
+    fn target(&self) -> FoldTarget {
+        match self {
+            Fold::Norm(_) => FoldTarget::Norm,
+            Fold::Rows(_) => FoldTarget::Rows,
+            Fold::HeadRows(_, tie) => FoldTarget::TiedHeadRows(*tie),
+        }
+    }
 }
 
 /// Divides `prev`'s output row `r` by `s[r]`: for a quantized layer, its group scales of row r.
@@ -388,117 +397,50 @@ struct Solved {
     folded: Option<Vec<f32>>,
 }
 
-/// Solves one group of layers sharing an input and installs the results.
-fn solve_group(
-    ctx: &mut Ctx,
-    b: usize,
-    names: &[&str],
-    lins: Vec<&mut Linear>,
-    fold: Fold,
-    st: &Stats,
-) -> Result<Solved> {
-    let opts = ctx.opts;
-    let cols = st.cols;
+/// Solves one group of layers sharing an input through the method, installs the results and
+/// applies the fold the method asked for.
+fn solve_group(ctx: &Ctx, b: usize, names: &[&str], lins: Vec<&mut Linear>, fold: Fold, st: &Stats) -> Result<Solved> {
+    let ws: Vec<Vec<f32>> = lins.iter().map(|l| l.weight().to_f32()).collect();
+    let group = Group {
+        layers: names
+            .iter()
+            .zip(&ws)
+            .zip(&lins)
+            .map(|((name, w), l)| GroupLayer { role: role(name), w, rows: l.rows() })
+            .collect(),
+        cols: st.cols,
+        fold: fold.target(),
+        scheme: ctx.scheme,
+    };
+    let solution = ctx
+        .opts
+        .method
+        .solver()
+        .solve_group(&group, st.inner.as_ref())
+        .map_err(|e| solver_err(b, &names.join(", "), e))?;
     let mut stats = vec![];
-    let mut folded = None;
-    match opts.method {
-        QuantMethod::Rtn => unreachable!("RTN has its own path"),
-        QuantMethod::Gptq => {
-            let h = st.hessian.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no Hessian"))?;
-            let cfg = GptqConfig {
-                scheme: ctx.scheme,
-                act_order: opts.act_order,
-                static_groups: opts.static_groups(),
-                block_size: opts.block_size,
-                damping: DampingConfig { percdamp: opts.percdamp, ..DampingConfig::default() },
-            };
-            for (name, lin) in names.iter().zip(lins) {
-                let w = lin.weight().to_f32();
-                let out = gptq_quantize(&w, lin.rows(), cols, h, &cfg).map_err(|e| solver_err(b, name, e))?;
-                stats.push(stat(b, name, &out.report, None));
-                set_quant(lin, out.qtensor)?;
-            }
-        }
-        QuantMethod::Awq => {
-            let awq_stats = st.awq.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no AWQ statistics"))?;
-            let ws: Vec<Vec<f32>> = lins.iter().map(|l| l.weight().to_f32()).collect();
-            let awq_layers: Vec<AwqLayer> = ws.iter().zip(&lins).map(|(w, l)| AwqLayer { w, rows: l.rows() }).collect();
-            let mut acfg = AwqConfig::new(ctx.scheme);
-            acfg.clip = false;
-            if let Fold::HeadRows(_, tie) = &fold {
-                acfg.tie = Some(*tie);
-            }
-            // Every AWQ group has somewhere to fold its scales (a norm, v's or up's rows).
-            debug_assert!(!matches!(fold, Fold::None));
-            let out = awq::awq_quantize(awq_stats, &awq_layers, &acfg).map_err(|e| solver_err(b, names[0], e))?;
-            let s = out.scales.clone();
-            let ccfg = AwqConfig::new(ctx.scheme);
-            let start = Instant::now();
-            let mut qts = out.qtensors;
-            for (i, name) in names.iter().enumerate() {
-                // llm-awq clips every layer but q and k (attention scores are too sensitive).
-                if name.ends_with("q_proj") || name.ends_with("k_proj") {
-                    continue;
-                }
-                let rows = awq_layers[i].rows;
-                let wsc: Vec<f32> = ws[i].iter().enumerate().map(|(j, &w)| w * s[j % cols]).collect();
-                let err = |e| solver_err(b, name, e);
-                let bounds = awq::search_clip(&wsc, rows, awq_stats, &s, &ccfg).map_err(err)?;
-                // With zero points the two ends of a range need not shrink alike: refine each.
-                let ranges = if ctx.scheme.symmetric {
-                    bounds.iter().map(|&m| (-m, m)).collect()
-                } else {
-                    awq::refine_ranges(&wsc, rows, awq_stats, &s, &ccfg, &bounds).map_err(err)?
-                };
-                qts[i] = awq::quantize_ranges(&wsc, rows, cols, ctx.scheme, &ranges).map_err(err)?;
-            }
-            let mut report = out.report.clone();
-            report.seconds += start.elapsed().as_secs_f64();
-            let alpha = Some(out.alpha);
-            for ((name, lin), qt) in names.iter().zip(lins).zip(qts) {
-                stats.push(stat(b, name, &report, alpha));
-                set_quant(lin, qt)?;
-            }
-            folded = apply_fold(fold, s)?;
-        }
-        QuantMethod::SmoothQuant => {
-            let absmax =
-                st.absmax.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no activation statistics"))?;
-            let ws: Vec<Vec<f32>> = lins.iter().map(|l| l.weight().to_f32()).collect();
-            let sl: Vec<SmoothLayer> = ws.iter().zip(&lins).map(|(w, l)| SmoothLayer { w, rows: l.rows() }).collect();
-            if matches!(fold, Fold::None) {
-                // Nowhere to fold (o, down, as in the paper): plain int8 per-channel weights.
-                let scheme = SmoothQuantConfig::default().weight_scheme();
-                for ((name, lin), w) in names.iter().zip(lins).zip(&ws) {
-                    let out = rtn_quantize(w, lin.rows(), cols, scheme).map_err(|e| solver_err(b, name, e))?;
-                    stats.push(stat(b, name, &out.report, None));
-                    set_w8a8(lin, out.qtensor)?;
-                }
-                return Ok(Solved { stats, folded: None });
-            }
-            let alpha = opts.sq_alpha;
-            let out = smoothquant::smoothquant(absmax, &sl, &SmoothQuantConfig { alpha, ..Default::default() })
-                .map_err(|e| solver_err(b, names[0], e))?;
-            let s = out.factors.clone();
-            for ((name, lin), qt) in names.iter().zip(lins).zip(out.qtensors) {
-                stats.push(stat(b, name, &out.report, Some(alpha)));
-                set_w8a8(lin, qt)?;
-            }
-            folded = apply_fold(fold, s)?;
-        }
+    for ((name, lin), solved) in names.iter().zip(lins).zip(solution.layers) {
+        stats.push(stat(b, name, &solved));
+        install(lin, solved, solution.int8_activations)?;
     }
+    let folded = match solution.fold {
+        Some(s) => {
+            apply_fold(fold, &s)?;
+            Some(s)
+        }
+        None => None,
+    };
     Ok(Solved { stats, folded })
 }
 
-/// Folds `1 / s` into `fold`'s target; returns `s` when it was folded somewhere.
-fn apply_fold(fold: Fold, s: Vec<f32>) -> Result<Option<Vec<f32>>> {
+/// Folds `1 / s` into `fold`'s target.
+fn apply_fold(fold: Fold, s: &[f32]) -> Result<()> {
     match fold {
-        Fold::Norm(w) => w.iter_mut().zip(&s).for_each(|(w, s)| *w /= s),
-        Fold::Rows(lin) => fold_into_rows(lin, &s)?,
-        Fold::HeadRows(lin, tie) => fold_into_rows(lin, &tie.per_kv_lane(&s))?,
-        Fold::None => return Ok(None),
+        Fold::Norm(w) => w.iter_mut().zip(s).for_each(|(w, s)| *w /= s),
+        Fold::Rows(lin) => fold_into_rows(lin, s)?,
+        Fold::HeadRows(lin, tie) => fold_into_rows(lin, &tie.per_kv_lane(s))?,
     }
-    Ok(Some(s))
+    Ok(())
 }
 
 /// One block, true-sequential (see the module docs). `x` holds the block's input and becomes
@@ -520,7 +462,6 @@ fn quantize_block_calibrated(
     let batches: Vec<(usize, usize)> =
         (0..m).step_by(rows_per_batch).map(|s| (s, (s + rows_per_batch).min(m))).collect();
     let mut stats = vec![];
-    let sq = ctx.opts.method == QuantMethod::SmoothQuant;
     let (attn_fold, act_fold): (Option<Vec<f32>>, Option<Vec<f32>>);
 
     // The stages run over whole calibration windows (batches hold whole sequences), each
@@ -570,12 +511,10 @@ fn quantize_block_calibrated(
         attn.push(sc.attn_out(&be));
     }
     {
-        // AWQ folds o's scales into v's output rows (tied across the query heads of a KV head
-        // under GQA); SmoothQuant, like the paper, does not smooth o.
+        // o's scales may fold into v's output rows (tied across the query heads of a KV head
+        // under GQA); the method decides whether it uses them.
         let Layer { v_proj, o_proj, .. } = layer;
-        let fold = if sq {
-            Fold::None
-        } else if cfg.kv_dim() == qd {
+        let fold = if cfg.kv_dim() == qd {
             Fold::Rows(v_proj)
         } else {
             let tie =
@@ -632,8 +571,7 @@ fn quantize_block_calibrated(
     }
     {
         let Layer { up_proj, down_proj, .. } = layer;
-        let fold = if sq { Fold::None } else { Fold::Rows(up_proj) };
-        let solved = solve_group(ctx, b, &["mlp.down_proj"], vec![down_proj], fold, &st)?;
+        let solved = solve_group(ctx, b, &["mlp.down_proj"], vec![down_proj], Fold::Rows(up_proj), &st)?;
         // up now emits act / s: the residual below must see what the folded model computes.
         act_fold = solved.folded;
         stats.extend(solved.stats);

@@ -11,7 +11,7 @@ use lowbit_cpu::WeightKind;
 use lowbit_model::block::staged_logits;
 use lowbit_model::{LogitsMode, Model};
 use lowbit_quantize::{
-    partial_dir, quantize_model, windows_from_stream, CalibSource, QuantMethod, QuantizeError, QuantizeOptions,
+    partial_dir, quantize_model, windows_from_stream, CalibSource, MethodConfig, QuantizeError, QuantizeOptions,
     QuantizeReport,
 };
 use std::path::{Path, PathBuf};
@@ -32,7 +32,11 @@ fn tokens(n: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| (rng.next_u64() % 61) as u32).collect()
 }
 
-fn opts(method: QuantMethod) -> QuantizeOptions {
+fn opts(method: &str) -> QuantizeOptions {
+    let mut method = MethodConfig::from_name(method).unwrap();
+    if let MethodConfig::Awq(a) = &mut method {
+        a.samples = 4;
+    }
     QuantizeOptions {
         method,
         bits: 4,
@@ -40,10 +44,16 @@ fn opts(method: QuantMethod) -> QuantizeOptions {
         calib: Some(CalibSource::Tokens(tokens(400, 1))),
         nsamples: 6,
         seqlen: 8,
-        awq_samples: 4,
         batch_tokens: 16,
         ..QuantizeOptions::default()
     }
+}
+
+fn with_act_order(mut o: QuantizeOptions, act_order: bool) -> QuantizeOptions {
+    if let MethodConfig::Gptq(g) = &mut o.method {
+        g.act_order = act_order;
+    }
+    o
 }
 
 fn run(model: &Path, out: &Path, o: &QuantizeOptions) -> lowbit_quantize::Result<QuantizeReport> {
@@ -78,7 +88,7 @@ fn manifest_sans_timings(dir: &Path) -> serde_json::Value {
 fn pipeline_rtn_equals_direct_rtn_and_loads_packed() {
     let (dir, weights) = tiny("rtn", 2);
     let out = dir.join("out-rtn");
-    let rep = run(&dir, &out, &QuantizeOptions { calib: None, ..opts(QuantMethod::Rtn) }).unwrap();
+    let rep = run(&dir, &out, &QuantizeOptions { calib: None, ..opts("rtn") }).unwrap();
     assert_eq!(rep.layers.len(), 2 * 7);
     let scheme = IntScheme::group(Bits::B4, 16);
     let q = Model::load(&out).unwrap();
@@ -102,20 +112,15 @@ fn pipeline_rtn_equals_direct_rtn_and_loads_packed() {
 
 #[test]
 fn gptq_and_awq_run_and_load_packed() {
-    for (kv, method, act_order) in [
-        (2, QuantMethod::Gptq, false),
-        (2, QuantMethod::Gptq, true),
-        (2, QuantMethod::Awq, false),
-        (4, QuantMethod::Awq, false),
-    ] {
-        let (dir, _) = tiny(&format!("{method:?}-{kv}-{act_order}"), kv);
+    for (kv, method, act_order) in [(2, "gptq", false), (2, "gptq", true), (2, "awq", false), (4, "awq", false)] {
+        let (dir, _) = tiny(&format!("{method}-{kv}-{act_order}"), kv);
         let out = dir.join("out");
-        let rep = run(&dir, &out, &QuantizeOptions { act_order, ..opts(method) }).unwrap();
+        let rep = run(&dir, &out, &with_act_order(opts(method), act_order)).unwrap();
         assert_eq!(rep.layers.len(), 14);
         assert!(rep.layers.iter().all(|l| l.loss.is_finite()));
         assert_eq!(rep.calib_tokens, 48);
         assert_eq!(rep.calib_sha256.as_ref().map(String::len), Some(64));
-        if method == QuantMethod::Gptq {
+        if method == "gptq" {
             assert!(rep.layers.iter().all(|l| l.damping == Some(0.01)));
         } else {
             // Every group gets scales, o_proj too (tied across a KV head's queries under GQA).
@@ -143,17 +148,18 @@ fn awq_quantized_model_tracks_the_original() {
         let l = staged_logits(&Model::load(out).unwrap(), &toks, 8).unwrap();
         l.iter().zip(&base).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>()
     };
-    let o = QuantizeOptions { calib: Some(CalibSource::Tokens(toks.repeat(20))), bits: 3, ..opts(QuantMethod::Awq) };
+    let o = QuantizeOptions { calib: Some(CalibSource::Tokens(toks.repeat(20))), bits: 3, ..opts("awq") };
     run(&dir, &dir.join("awq"), &o).unwrap();
-    run(&dir, &dir.join("rtn"), &QuantizeOptions { method: QuantMethod::Rtn, ..o.clone() }).unwrap();
+    run(&dir, &dir.join("rtn"), &QuantizeOptions { method: MethodConfig::from_name("rtn").unwrap(), ..o.clone() })
+        .unwrap();
     let (e_awq, e_rtn) = (err(&dir.join("awq")), err(&dir.join("rtn")));
     assert!(e_awq < e_rtn * 1.5, "awq {e_awq} rtn {e_rtn}");
 }
 
 #[test]
 fn resume_gives_the_same_bytes() {
-    for method in [QuantMethod::Gptq, QuantMethod::Awq] {
-        let (dir, _) = tiny(&format!("resume-{method:?}"), 4);
+    for method in ["gptq", "awq"] {
+        let (dir, _) = tiny(&format!("resume-{method}"), 4);
         let whole = dir.join("whole");
         run(&dir, &whole, &opts(method)).unwrap();
         let out = dir.join("resumed");
@@ -202,23 +208,23 @@ impl lowbit_core::Progress for CancelAfter {
 fn a_cancelled_run_leaves_no_output_and_resumes() {
     let (dir, _) = tiny("cancel", 4);
     let whole = dir.join("whole");
-    run(&dir, &whole, &opts(QuantMethod::Gptq)).unwrap();
+    run(&dir, &whole, &opts("gptq")).unwrap();
     let out = dir.join("cancelled");
     let mut sink = CancelAfter { stop_after: 1, ..CancelAfter::default() };
-    let err = quantize_model(&dir, &out, &opts(QuantMethod::Gptq), &mut sink).unwrap_err();
+    let err = quantize_model(&dir, &out, &opts("gptq"), &mut sink).unwrap_err();
     assert!(matches!(err, QuantizeError::Model(lowbit_model::ModelError::Cancelled(_))), "{err}");
     assert_eq!(sink.phases, [("calibrate".to_string(), 6), ("blocks".to_string(), 2)]);
     assert!(!out.exists());
     assert!(partial_dir(&out).join("state.json").is_file());
-    let rep = run(&dir, &out, &QuantizeOptions { resume: true, ..opts(QuantMethod::Gptq) }).unwrap();
+    let rep = run(&dir, &out, &QuantizeOptions { resume: true, ..opts("gptq") }).unwrap();
     assert_eq!(rep.resumed_from_block, 1);
     assert_eq!(model_files(&whole), model_files(&out));
 }
 
 #[test]
 fn output_is_identical_whatever_the_thread_count() {
-    for method in [QuantMethod::Gptq, QuantMethod::Awq, QuantMethod::Rtn] {
-        let (dir, _) = tiny(&format!("threads-{method:?}"), 2);
+    for method in ["gptq", "awq", "rtn"] {
+        let (dir, _) = tiny(&format!("threads-{method}"), 2);
         let mut files = vec![];
         for threads in [1, 2, 3] {
             let out = dir.join(format!("t{threads}"));
@@ -241,34 +247,22 @@ fn bad_input_is_an_error_and_leaves_no_output() {
         assert!(!out.exists(), "{tag}: output left behind");
         assert!(!partial_dir(&out).exists(), "{tag}: checkpoint left behind");
     };
-    check(
-        "empty",
-        QuantizeOptions { calib: Some(CalibSource::Tokens(vec![])), ..opts(QuantMethod::Gptq) },
-        "no tokens",
-    );
-    check(
-        "short",
-        QuantizeOptions { calib: Some(CalibSource::Tokens(tokens(8, 1))), ..opts(QuantMethod::Gptq) },
-        "too few",
-    );
-    check("ctx", QuantizeOptions { seqlen: 129, ..opts(QuantMethod::Gptq) }, "beyond the model's context");
-    check("nocalib", QuantizeOptions { calib: None, ..opts(QuantMethod::Awq) }, "needs calibration data");
-    check("group", QuantizeOptions { group_size: Some(12), bits: 3, ..opts(QuantMethod::Gptq) }, "group size");
+    check("empty", QuantizeOptions { calib: Some(CalibSource::Tokens(vec![])), ..opts("gptq") }, "no tokens");
+    check("short", QuantizeOptions { calib: Some(CalibSource::Tokens(tokens(8, 1))), ..opts("gptq") }, "too few");
+    check("ctx", QuantizeOptions { seqlen: 129, ..opts("gptq") }, "beyond the model's context");
+    check("nocalib", QuantizeOptions { calib: None, ..opts("awq") }, "needs calibration data");
+    check("group", QuantizeOptions { group_size: Some(12), bits: 3, ..opts("gptq") }, "group size");
     let txt = dir.join("empty.txt");
     std::fs::write(&txt, "\u{feff}\n \n").unwrap();
-    check("emptytext", QuantizeOptions { calib: Some(CalibSource::Text(txt)), ..opts(QuantMethod::Gptq) }, "empty");
+    check("emptytext", QuantizeOptions { calib: Some(CalibSource::Text(txt)), ..opts("gptq") }, "empty");
     check(
         "vocab",
-        QuantizeOptions { calib: Some(CalibSource::Tokens(vec![99; 100])), ..opts(QuantMethod::Gptq) },
+        QuantizeOptions { calib: Some(CalibSource::Tokens(vec![99; 100])), ..opts("gptq") },
         "outside the vocabulary",
     );
     let ids = dir.join("ids.json");
     std::fs::write(&ids, "[[1,2,3],[4,5,6]]").unwrap();
-    check(
-        "windows",
-        QuantizeOptions { calib: Some(CalibSource::TokenFile(ids)), ..opts(QuantMethod::Gptq) },
-        "window array",
-    );
+    check("windows", QuantizeOptions { calib: Some(CalibSource::TokenFile(ids)), ..opts("gptq") }, "window array");
 
     // NaN activations: a token whose embedding is NaN.
     let nan_dir = temp_dir("nan");
@@ -277,8 +271,8 @@ fn bad_input_is_an_error_and_leaves_no_output() {
     w[0].2[5 * 32..6 * 32].fill(f32::NAN);
     std::fs::write(nan_dir.join("config.json"), cfg.to_string()).unwrap();
     write_safetensors(&nan_dir.join("model.safetensors"), &w, Store::F32);
-    for m in [QuantMethod::Gptq, QuantMethod::Awq] {
-        let out = nan_dir.join(format!("out-{m:?}"));
+    for m in ["gptq", "awq"] {
+        let out = nan_dir.join(format!("out-{m}"));
         let e = run(&nan_dir, &out, &QuantizeOptions { calib: Some(CalibSource::Tokens(vec![5; 200])), ..opts(m) })
             .unwrap_err()
             .to_string();
@@ -290,7 +284,7 @@ fn bad_input_is_an_error_and_leaves_no_output() {
     let busy = dir.join("busy");
     std::fs::create_dir_all(&busy).unwrap();
     std::fs::write(busy.join("f"), "x").unwrap();
-    assert!(run(&dir, &busy, &opts(QuantMethod::Rtn)).is_err());
+    assert!(run(&dir, &busy, &opts("rtn")).is_err());
     assert!(busy.join("f").is_file());
 }
 
@@ -299,32 +293,24 @@ fn token_files_and_data_free_calibrate() {
     let (dir, _) = tiny("sources", 2);
     let ids = dir.join("ids.json");
     std::fs::write(&ids, serde_json::to_string(&tokens(300, 3)).unwrap()).unwrap();
-    let rep = run(
-        &dir,
-        &dir.join("o1"),
-        &QuantizeOptions { calib: Some(CalibSource::from_path(&ids)), ..opts(QuantMethod::Gptq) },
-    )
-    .unwrap();
+    let rep =
+        run(&dir, &dir.join("o1"), &QuantizeOptions { calib: Some(CalibSource::from_path(&ids)), ..opts("gptq") })
+            .unwrap();
     let rep2 = run(
         &dir,
         &dir.join("o2"),
-        &QuantizeOptions { calib: Some(CalibSource::Tokens(tokens(300, 3))), ..opts(QuantMethod::Gptq) },
+        &QuantizeOptions { calib: Some(CalibSource::Tokens(tokens(300, 3))), ..opts("gptq") },
     )
     .unwrap();
     assert_eq!(rep.calib_sha256, rep2.calib_sha256);
     let a =
-        run(&dir, &dir.join("df1"), &QuantizeOptions { calib: Some(CalibSource::DataFree), ..opts(QuantMethod::Gptq) })
-            .unwrap();
+        run(&dir, &dir.join("df1"), &QuantizeOptions { calib: Some(CalibSource::DataFree), ..opts("gptq") }).unwrap();
     let b =
-        run(&dir, &dir.join("df2"), &QuantizeOptions { calib: Some(CalibSource::DataFree), ..opts(QuantMethod::Gptq) })
-            .unwrap();
+        run(&dir, &dir.join("df2"), &QuantizeOptions { calib: Some(CalibSource::DataFree), ..opts("gptq") }).unwrap();
     assert_eq!(a.calib_sha256, b.calib_sha256, "data-free sampling is seeded");
-    let c = run(
-        &dir,
-        &dir.join("df3"),
-        &QuantizeOptions { calib: Some(CalibSource::DataFree), seed: 1, ..opts(QuantMethod::Gptq) },
-    )
-    .unwrap();
+    let c =
+        run(&dir, &dir.join("df3"), &QuantizeOptions { calib: Some(CalibSource::DataFree), seed: 1, ..opts("gptq") })
+            .unwrap();
     assert_ne!(a.calib_sha256, c.calib_sha256);
     let _ = Granularity::PerChannel;
 }
@@ -333,14 +319,14 @@ fn token_files_and_data_free_calibrate() {
 fn smoothquant_folds_and_tracks_the_original() {
     let (dir, _) = tiny("sq", 2);
     let out = dir.join("sq");
-    let o = QuantizeOptions { bits: 8, group_size: None, sym: true, ..opts(QuantMethod::SmoothQuant) };
+    let o = QuantizeOptions { bits: 8, group_size: None, sym: true, ..opts("smoothquant") };
     run(&dir, &out, &o).unwrap();
     // The checkpoint says W8A8, and the loaded model runs every block linear in int8 x int8.
     let loaded = Model::load(&out).unwrap();
     assert!(loaded.config().int8_activations);
     assert!(loaded.layers().iter().all(|l| l.linears().iter().all(|(_, lin)| lin.int8_activations())));
     assert!(!Model::load(&dir).unwrap().layers()[0].q_proj.int8_activations());
-    assert!(run(&dir, &dir.join("sq4"), &opts(QuantMethod::SmoothQuant)).is_err(), "W4 SmoothQuant is refused");
+    assert!(run(&dir, &dir.join("sq4"), &opts("smoothquant")).is_err(), "W4 SmoothQuant is refused");
     let toks = tokens(16, 3);
     let base = staged_logits(&Model::load(&dir).unwrap(), &toks, 8).unwrap();
     let q = staged_logits(&Model::load(&out).unwrap(), &toks, 8).unwrap();
@@ -362,14 +348,14 @@ fn calibration_activations_are_what_the_folded_model_computes() {
 
 fn folded_activations_match(kv_heads: usize) {
     let (dir, _) = tiny(&format!("awq-propagate-{kv_heads}"), kv_heads);
-    let (out, stop) = (dir.join("q"), QuantizeOptions { stop_after_block: Some(0), ..opts(QuantMethod::Awq) });
+    let (out, stop) = (dir.join("q"), QuantizeOptions { stop_after_block: Some(0), ..opts("awq") });
     assert!(run(&dir, &out, &stop).is_err());
     let x: Vec<f32> = std::fs::read(partial_dir(&out).join("x.bin"))
         .unwrap()
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
-    run(&dir, &out, &QuantizeOptions { resume: true, ..opts(QuantMethod::Awq) }).unwrap();
+    run(&dir, &out, &QuantizeOptions { resume: true, ..opts("awq") }).unwrap();
 
     // The saved model cut after block 0: its final-normed hidden states are rms_norm(x).
     let one = dir.join("q-one-block");

@@ -15,6 +15,10 @@
 //! 3. The result: `Q(clamp(W s, +-max_val))` per layer, and `s`, which the pipeline folds into the
 //!    preceding operation (divide the RMSNorm weight, or the previous linear's output rows, by `s`).
 //!
+//! As a pipeline method ([`AwqMethod`]) the clipping policy is llm-awq's, refined: every layer
+//! but q and k is clipped (attention scores are too sensitive), and with zero points the lower
+//! and upper end of each range are refined separately ([`refine_ranges`]).
+//!
 //! Both searches only ever need `s_x` and the second moment `M = X^T X / tokens`: with
 //! `D = W - Q(W s) / s`, the output error is `||X D^T||^2 / tokens = tr(D M D^T)`, and a group's
 //! partial output error under `X / s` is the group's diagonal block of `diag(1/s) M diag(1/s)`.
@@ -25,11 +29,16 @@
 
 use crate::gptq::group_layout;
 use crate::hessian::{check_finite_activations, Hessian, HessianPrecision};
+use crate::method::{
+    downcast, CalibShape, FoldTarget, Group, GroupSolution, QuantMethod, Role, SolvedLayer, Statistics,
+};
 use crate::par::faer_par;
-use crate::report::{LayerReport, Method};
+use crate::report::LayerReport;
 use crate::{Result, SolverError};
 use faer::{Accum, Mat, MatRef};
 use lowbit_core::{check_finite, rtn, IntScheme, QTensor};
+use serde_json::{Map, Value};
+use std::any::Any;
 use std::time::Instant;
 
 /// AWQ settings (llm-awq defaults).
@@ -480,7 +489,7 @@ pub fn awq_quantize(stats: &AwqStats, layers: &[AwqLayer], cfg: &AwqConfig) -> R
         qtensors.push(qt);
     }
     let report = LayerReport {
-        method: Method::Awq,
+        method: "awq",
         loss: total / count as f64,
         damping: None,
         dead_inputs: 0,
@@ -532,4 +541,113 @@ pub fn brute_force_alpha(
         }
     }
     Ok((best_alpha, losses))
+}
+
+/// AWQ as a pipeline method: scales searched per group and folded into the preceding op, then
+/// the clipping policy of [`AwqMethod::solve_group`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AwqMethod {
+    /// Calibration windows (the first ones) whose statistics the searches see (all 128 by
+    /// default; llm-awq used 32, its cost growing with the tokens, lowbit's does not).
+    pub samples: usize,
+}
+
+impl Default for AwqMethod {
+    fn default() -> Self {
+        AwqMethod { samples: 128 }
+    }
+}
+
+/// [`AwqStats`] of at most `max_tokens` tokens (the first ones); later batches are only checked.
+struct AwqCollector {
+    stats: AwqStats,
+    max_tokens: usize,
+}
+
+impl Statistics for AwqCollector {
+    fn add_batch(&mut self, x: &[f32], tokens: usize) -> Result<()> {
+        let cols = self.stats.cols();
+        if x.len() != tokens * cols {
+            return Err(SolverError::shape("awq activations", format!("{tokens} x {cols}"), x.len()));
+        }
+        check_finite_activations("awq", x, cols)?;
+        let take = self.max_tokens.saturating_sub(self.stats.tokens() as usize).min(tokens);
+        self.stats.add_batch(&x[..take * cols], take)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl QuantMethod for AwqMethod {
+    fn name(&self) -> &'static str {
+        "awq"
+    }
+    fn calibrated(&self) -> bool {
+        true
+    }
+    fn validate(&self, _scheme: &IntScheme) -> Result<()> {
+        if self.samples == 0 {
+            return Err(SolverError::param("awq_samples", 0, "it must be at least 1"));
+        }
+        Ok(())
+    }
+    fn params(&self, calib: CalibShape) -> Map<String, Value> {
+        let d = AwqConfig::new(IntScheme::group(lowbit_core::Bits::B4, 128));
+        Map::from_iter([
+            ("awq_samples".to_string(), self.samples.min(calib.nsamples).into()),
+            ("n_grid".to_string(), d.n_grid.into()),
+            (
+                "clip".to_string(),
+                format!("llm-awq auto_clip (not q/k), grid {}, max_shrink {}, 512 tokens", d.clip_grid, d.max_shrink)
+                    .into(),
+            ),
+        ])
+    }
+    fn statistics(&self, cols: usize, calib: CalibShape) -> Box<dyn Statistics> {
+        let max_tokens = self.samples.min(calib.nsamples) * calib.seqlen;
+        Box::new(AwqCollector { stats: AwqStats::new(cols), max_tokens })
+    }
+    /// The scale search over the whole group (scales tied across query heads when they fold into
+    /// v's rows under GQA), then llm-awq's clipping of every layer but q and k on the scaled
+    /// weights; with zero points both ends of each range are refined.
+    fn solve_group(&self, group: &Group, stats: &dyn Statistics) -> Result<GroupSolution> {
+        let st = &downcast::<AwqCollector>(stats, "awq")?.stats;
+        let (scheme, cols) = (group.scheme, group.cols);
+        if group.fold == FoldTarget::None {
+            return Err(SolverError::param("fold target", "none", "AWQ folds its scales into the preceding op"));
+        }
+        let layers: Vec<AwqLayer> = group.layers.iter().map(|l| AwqLayer { w: l.w, rows: l.rows }).collect();
+        let mut scfg = AwqConfig::new(scheme);
+        scfg.clip = false;
+        if let FoldTarget::TiedHeadRows(tie) = group.fold {
+            scfg.tie = Some(tie);
+        }
+        let out = awq_quantize(st, &layers, &scfg)?;
+        let s = out.scales;
+        let ccfg = AwqConfig::new(scheme);
+        let start = Instant::now();
+        let mut qts = out.qtensors;
+        for (i, l) in group.layers.iter().enumerate() {
+            if matches!(l.role, Role::Query | Role::Key) {
+                continue;
+            }
+            let ws = scale_columns(l.w, &s);
+            let bounds = search_clip(&ws, l.rows, st, &s, &ccfg)?;
+            // With zero points the two ends of a range need not shrink alike: refine each.
+            let ranges = if scheme.symmetric {
+                bounds.iter().map(|&m| (-m, m)).collect()
+            } else {
+                refine_ranges(&ws, l.rows, st, &s, &ccfg, &bounds)?
+            };
+            qts[i] = quantize_ranges(&ws, l.rows, cols, scheme, &ranges)?;
+        }
+        let mut report = out.report;
+        report.seconds += start.elapsed().as_secs_f64();
+        let layers = qts
+            .into_iter()
+            .map(|qtensor| SolvedLayer { qtensor, report: report.clone(), alpha: Some(out.alpha) })
+            .collect();
+        Ok(GroupSolution { layers, fold: Some(s), int8_activations: false })
+    }
 }

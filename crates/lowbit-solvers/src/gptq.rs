@@ -27,15 +27,19 @@
 //!
 //! Dead inputs (`H_ii == 0`) get `H_ii = 1` and a zero weight column, as in the reference.
 
-use crate::hessian::Hessian;
+use crate::hessian::{Hessian, HessianPrecision};
 use crate::linalg::{fix_dead_inputs, inverse_cholesky_upper, Damping, DampingConfig};
+use crate::method::{downcast, CalibShape, Group, GroupSolution, QuantMethod, SolvedLayer, Statistics};
 use crate::par::faer_par;
-use crate::report::{LayerReport, Method};
+use crate::report::LayerReport;
+use crate::rtn::{clip_param, with_clip};
 use crate::{Result, SolverError};
 use faer::{Accum, Mat, MatMut, MatRef};
 use lowbit_core::pack::pack;
 use lowbit_core::rtn::{choose_params, GroupParams};
 use lowbit_core::{check_finite, Granularity, IntScheme, QParams, QTensor, Scales, Scheme};
+use serde_json::{Map, Value};
+use std::any::Any;
 use std::time::Instant;
 
 /// GPTQ's lazy-batch block size (128 in the reference).
@@ -66,6 +70,108 @@ impl GptqConfig {
             block_size: DEFAULT_BLOCK_SIZE,
             damping: DampingConfig::default(),
         }
+    }
+}
+
+/// GPTQ as a pipeline method: one Hessian per group input, each layer solved against it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GptqMethod {
+    /// Quantize columns by descending Hessian diagonal.
+    pub act_order: bool,
+    /// Group parameters from the original weights before the sweep; `None` = on with act-order
+    /// (the reference's "act-order + static groups"), off without.
+    pub static_groups: Option<bool>,
+    /// Choose each group's range by the least squared reconstruction error
+    /// ([`crate::rtn::MSE_CLIP`]) instead of min-max: on by default, it closes most of the gap
+    /// act-order leaves (benches/README.md).
+    pub mse_clip: bool,
+    /// Relative damping of `H` (0.01).
+    pub percdamp: f64,
+    /// Lazy-batch block size (128).
+    pub block_size: usize,
+}
+
+impl Default for GptqMethod {
+    fn default() -> Self {
+        GptqMethod {
+            act_order: false,
+            static_groups: None,
+            mse_clip: true,
+            percdamp: DampingConfig::default().percdamp,
+            block_size: DEFAULT_BLOCK_SIZE,
+        }
+    }
+}
+
+impl GptqMethod {
+    /// Whether static groups are used (see [`GptqMethod::static_groups`]).
+    pub fn static_groups(&self) -> bool {
+        self.static_groups.unwrap_or(self.act_order)
+    }
+
+    /// The per-layer solver settings for the common scheme.
+    pub fn config(&self, scheme: IntScheme) -> GptqConfig {
+        GptqConfig {
+            scheme: with_clip(scheme, self.mse_clip),
+            act_order: self.act_order,
+            static_groups: self.static_groups(),
+            block_size: self.block_size,
+            damping: DampingConfig { percdamp: self.percdamp, ..DampingConfig::default() },
+        }
+    }
+}
+
+impl Statistics for Hessian {
+    fn add_batch(&mut self, x: &[f32], tokens: usize) -> Result<()> {
+        Hessian::add_batch(self, x, tokens)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl QuantMethod for GptqMethod {
+    fn name(&self) -> &'static str {
+        "gptq"
+    }
+    fn calibrated(&self) -> bool {
+        true
+    }
+    fn validate(&self, _scheme: &IntScheme) -> Result<()> {
+        if !(self.percdamp.is_finite() && self.percdamp >= 0.0) {
+            return Err(SolverError::param("percdamp", self.percdamp, "it must be finite and >= 0"));
+        }
+        if self.block_size == 0 {
+            return Err(SolverError::param("block_size", 0, "it must be at least 1"));
+        }
+        Ok(())
+    }
+    fn params(&self, _calib: CalibShape) -> Map<String, Value> {
+        Map::from_iter([
+            ("clip".to_string(), clip_param(self.mse_clip)),
+            ("desc_act".to_string(), self.act_order.into()),
+            ("static_groups".to_string(), self.static_groups().into()),
+            ("damp_percent".to_string(), self.percdamp.into()),
+            ("block_size".to_string(), self.block_size.into()),
+            ("true_sequential".to_string(), true.into()),
+        ])
+    }
+    fn statistics(&self, cols: usize, _calib: CalibShape) -> Box<dyn Statistics> {
+        // f32 rank-k products summed in f64: twice the throughput, error bounded per chunk.
+        Box::new(Hessian::with_precision(cols, HessianPrecision::F32Chunks))
+    }
+    fn solve_group(&self, group: &Group, stats: &dyn Statistics) -> Result<GroupSolution> {
+        let h: &Hessian = downcast(stats, "gptq")?;
+        let cfg = self.config(group.scheme);
+        let layers = group
+            .layers
+            .iter()
+            .map(|l| {
+                let out = gptq_quantize(l.w, l.rows, group.cols, h, &cfg)?;
+                Ok(SolvedLayer { qtensor: out.qtensor, report: out.report, alpha: None })
+            })
+            .collect::<Result<_>>()?;
+        Ok(GroupSolution { layers, fold: None, int8_activations: false })
     }
 }
 
@@ -231,7 +337,7 @@ pub fn gptq_quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &Gpt
 
     let qtensor = assemble(rows, cols, scheme, &codes, &params)?;
     let report = LayerReport {
-        method: Method::Gptq,
+        method: "gptq",
         loss,
         damping: Some(damping),
         dead_inputs: dead,

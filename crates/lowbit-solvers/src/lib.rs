@@ -8,6 +8,9 @@
 //! * [`awq`]: AWQ's activation-aware scale search and clipping search (Lin et al. 2023).
 //! * [`smoothquant`]: SmoothQuant's smoothing factors and W8A8 reference (Xiao et al. 2022).
 //! * [`rtn`]: round-to-nearest behind the same report.
+//! * [`method`]: the seam a whole-model pipeline drives: [`MethodConfig`], one arm per method,
+//!   each with its own settings ([`RtnMethod`], [`GptqMethod`], [`AwqMethod`],
+//!   [`SmoothQuantMethod`]) implementing [`QuantMethod`].
 //!
 //! Every solver returns a [`LayerReport`]; none prints. Outputs are plain lowbit
 //! [`lowbit_core::QTensor`]s in the original column order.
@@ -19,17 +22,23 @@ mod error;
 pub mod gptq;
 pub mod hessian;
 pub mod linalg;
+pub mod method;
 mod par;
 pub mod report;
 pub mod rtn;
 pub mod smoothquant;
 
+pub use awq::AwqMethod;
 pub use error::{Result, SolverError};
-pub use gptq::{gptq_quantize, GptqConfig, GptqOutput};
+pub use gptq::{gptq_quantize, GptqConfig, GptqMethod, GptqOutput};
 pub use hessian::{Hessian, HessianPrecision};
 pub use linalg::{Damping, DampingConfig};
-pub use report::{LayerReport, Method};
-pub use rtn::{rtn_quantize, RtnOutput};
+pub use method::{
+    CalibShape, FoldTarget, Group, GroupLayer, GroupSolution, MethodConfig, QuantMethod, Role, SolvedLayer, Statistics,
+};
+pub use report::LayerReport;
+pub use rtn::{rtn_quantize, RtnMethod, RtnOutput};
+pub use smoothquant::SmoothQuantMethod;
 
 /// `tr((W - Q) H (W - Q)^T)`: the GPTQ objective `(2/N) ||W X - Q X||_F^2` of a quantized
 /// layer, for any method (`w`, `q` row-major `[rows, cols]`, e.g. `q` a dequantized tensor).

@@ -2,24 +2,11 @@
 
 use crate::linalg::Damping;
 
-/// Which method quantized a layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    /// Round-to-nearest (no calibration data).
-    Rtn,
-    /// GPTQ (Frantar et al. 2022).
-    Gptq,
-    /// AWQ (Lin et al. 2023).
-    Awq,
-    /// SmoothQuant W8A8 (Xiao et al. 2022).
-    SmoothQuant,
-}
-
 /// The outcome of quantizing one layer (or one group of layers sharing an input).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerReport {
-    /// The method.
-    pub method: Method,
+    /// The method's name (`rtn`, `gptq`, `awq`, `smoothquant`).
+    pub method: &'static str,
     /// The method's own loss:
     /// GPTQ: `sum_rows sum_cols (w - q)^2 / [H^-1]_cc^2 / 2` over the Cholesky factor's diagonal,
     /// exactly what the GPTQ reference prints as `error`;

@@ -1,10 +1,63 @@
 //! Round-to-nearest as a solver: lowbit-core's RTN behind the same report as the calibrated
 //! methods, so the pipeline treats every method alike.
 
-use crate::report::{LayerReport, Method};
+use crate::method::{CalibShape, Group, GroupSolution, NoStatistics, QuantMethod, SolvedLayer, Statistics};
+use crate::report::LayerReport;
 use crate::{Result, SolverError};
-use lowbit_core::{rtn, IntScheme, QTensor};
+use lowbit_core::{rtn, ClipSearch, IntScheme, QTensor};
+use serde_json::{Map, Value};
 use std::time::Instant;
+
+/// The range search of GPTQ's reference `mse` quantizer: 100 steps down to 20% of the range.
+pub const MSE_CLIP: ClipSearch = ClipSearch::Mse { grid: 100, max_shrink: 0.8 };
+
+/// RTN as a pipeline method.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RtnMethod {
+    /// Choose each group's range by the least squared reconstruction error ([`MSE_CLIP`])
+    /// instead of min-max (off: RTN is the plain baseline).
+    pub mse_clip: bool,
+}
+
+/// `scheme` with min-max ranges, or [`MSE_CLIP`] when `mse`.
+pub fn with_clip(scheme: IntScheme, mse: bool) -> IntScheme {
+    IntScheme { clip: if mse { MSE_CLIP } else { ClipSearch::MinMax }, ..scheme }
+}
+
+/// The manifest's name of the range search.
+pub(crate) fn clip_param(mse: bool) -> Value {
+    if mse { "mse (grid 100, max_shrink 0.8)" } else { "minmax" }.into()
+}
+
+impl QuantMethod for RtnMethod {
+    fn name(&self) -> &'static str {
+        "rtn"
+    }
+    fn calibrated(&self) -> bool {
+        false
+    }
+    fn validate(&self, _scheme: &IntScheme) -> Result<()> {
+        Ok(())
+    }
+    fn params(&self, _calib: CalibShape) -> Map<String, Value> {
+        Map::from_iter([("clip".to_string(), clip_param(self.mse_clip))])
+    }
+    fn statistics(&self, _cols: usize, _calib: CalibShape) -> Box<dyn Statistics> {
+        Box::new(NoStatistics)
+    }
+    fn solve_group(&self, group: &Group, _stats: &dyn Statistics) -> Result<GroupSolution> {
+        let scheme = with_clip(group.scheme, self.mse_clip);
+        let layers = group
+            .layers
+            .iter()
+            .map(|l| {
+                let out = rtn_quantize(l.w, l.rows, group.cols, scheme)?;
+                Ok(SolvedLayer { qtensor: out.qtensor, report: out.report, alpha: None })
+            })
+            .collect::<Result<_>>()?;
+        Ok(GroupSolution { layers, fold: None, int8_activations: false })
+    }
+}
 
 /// An RTN-quantized layer.
 #[derive(Clone, Debug)]
@@ -23,13 +76,8 @@ pub fn rtn_quantize(w: &[f32], rows: usize, cols: usize, scheme: IntScheme) -> R
     }
     let qtensor = rtn::quantize(w, &[rows, cols], scheme)?;
     let loss = squared_error(w, &qtensor.dequantize());
-    let report = LayerReport {
-        method: Method::Rtn,
-        loss,
-        damping: None,
-        dead_inputs: 0,
-        seconds: start.elapsed().as_secs_f64(),
-    };
+    let report =
+        LayerReport { method: "rtn", loss, damping: None, dead_inputs: 0, seconds: start.elapsed().as_secs_f64() };
     Ok(RtnOutput { qtensor, report })
 }
 

@@ -11,10 +11,14 @@
 //! (lowbit-cpu) is tested against.
 
 use crate::hessian::check_finite_activations;
-use crate::report::{LayerReport, Method};
+use crate::method::{downcast, CalibShape, FoldTarget, Group, GroupSolution, QuantMethod, SolvedLayer, Statistics};
+use crate::report::LayerReport;
+use crate::rtn::rtn_quantize;
 use crate::{Result, SolverError};
 use lowbit_core::pack::unpack;
 use lowbit_core::{check_finite, rtn, Bits, ClipSearch, Granularity, IntScheme, QParams, QTensor, ScaleDtype, Scheme};
+use serde_json::{Map, Value};
+use std::any::Any;
 use std::time::Instant;
 
 /// The reference code's floor for activation/weight maxima and for `s`.
@@ -133,7 +137,7 @@ pub fn smoothquant(act_absmax: &[f32], layers: &[SmoothLayer], cfg: &SmoothQuant
         qtensors.push(qt);
     }
     let report = LayerReport {
-        method: Method::SmoothQuant,
+        method: "smoothquant",
         loss,
         damping: None,
         dead_inputs: 0,
@@ -208,4 +212,97 @@ pub fn matmul_w8a8_ref(x: &Int8Activations, wq: &[i8], w_scales: &[f32]) -> Resu
         }
     }
     Ok(y)
+}
+
+/// SmoothQuant W8A8 as a pipeline method.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SmoothQuantMethod {
+    /// Migration strength alpha (0.5).
+    pub alpha: f32,
+}
+
+impl Default for SmoothQuantMethod {
+    fn default() -> Self {
+        SmoothQuantMethod { alpha: SmoothQuantConfig::default().alpha }
+    }
+}
+
+/// Per-channel `max |x|` of a group input.
+struct AbsMax(Vec<f32>);
+
+impl Statistics for AbsMax {
+    fn add_batch(&mut self, x: &[f32], tokens: usize) -> Result<()> {
+        let cols = self.0.len();
+        if x.len() != tokens * cols {
+            return Err(SolverError::shape("smoothquant activations", format!("{tokens} x {cols}"), x.len()));
+        }
+        let batch = activation_absmax(x, cols)?;
+        self.0.iter_mut().zip(batch).for_each(|(m, b)| *m = m.max(b));
+        Ok(())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl QuantMethod for SmoothQuantMethod {
+    fn name(&self) -> &'static str {
+        "smoothquant"
+    }
+    fn aliases(&self) -> &'static [&'static str] {
+        &["sq"]
+    }
+    fn calibrated(&self) -> bool {
+        true
+    }
+    fn validate(&self, scheme: &IntScheme) -> Result<()> {
+        if scheme.bits != Bits::B8 || scheme.granularity != Granularity::PerChannel || !scheme.symmetric {
+            return Err(SolverError::param(
+                "scheme",
+                format!("{}-bit {:?}, symmetric {}", scheme.bits.get(), scheme.granularity, scheme.symmetric),
+                "smoothquant is W8A8: bits 8, per-channel (no group size), symmetric",
+            ));
+        }
+        if !(self.alpha.is_finite() && (0.0..=1.0).contains(&self.alpha)) {
+            return Err(SolverError::param("sq_alpha", self.alpha, "it must lie in [0, 1]"));
+        }
+        Ok(())
+    }
+    fn params(&self, _calib: CalibShape) -> Map<String, Value> {
+        Map::from_iter([
+            ("alpha".to_string(), f64::from(self.alpha).into()),
+            ("activations".to_string(), "int8 per-token dynamic".into()),
+        ])
+    }
+    fn statistics(&self, cols: usize, _calib: CalibShape) -> Box<dyn Statistics> {
+        Box::new(AbsMax(vec![0.0; cols]))
+    }
+    /// Smoothing folds into norms only, as in the paper; the groups after o and down (whose
+    /// inputs come from a linear layer) get plain int8 per-channel weights. Either way the layers
+    /// run W8A8 from here on, as the saved model will, so the rest of the calibration sees what
+    /// the int8 model computes.
+    fn solve_group(&self, group: &Group, stats: &dyn Statistics) -> Result<GroupSolution> {
+        let absmax = &downcast::<AbsMax>(stats, "smoothquant")?.0;
+        let cfg = SmoothQuantConfig { alpha: self.alpha, ..SmoothQuantConfig::default() };
+        if group.fold != FoldTarget::Norm {
+            let scheme = cfg.weight_scheme();
+            let layers = group
+                .layers
+                .iter()
+                .map(|l| {
+                    let out = rtn_quantize(l.w, l.rows, group.cols, scheme)?;
+                    Ok(SolvedLayer { qtensor: out.qtensor, report: out.report, alpha: None })
+                })
+                .collect::<Result<_>>()?;
+            return Ok(GroupSolution { layers, fold: None, int8_activations: true });
+        }
+        let sl: Vec<SmoothLayer> = group.layers.iter().map(|l| SmoothLayer { w: l.w, rows: l.rows }).collect();
+        let out = smoothquant(absmax, &sl, &cfg)?;
+        let layers = out
+            .qtensors
+            .into_iter()
+            .map(|qtensor| SolvedLayer { qtensor, report: out.report.clone(), alpha: Some(self.alpha) })
+            .collect();
+        Ok(GroupSolution { layers, fold: Some(out.factors), int8_activations: true })
+    }
 }

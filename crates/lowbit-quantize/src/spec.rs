@@ -1,0 +1,508 @@
+//! Every option of the pipeline, declared once: name, type, allowed values, help, the methods
+//! it applies to, its command-line spelling, and how it reads and sets [`QuantizeOptions`].
+//! Python validates keyword arguments against this table and `lowbit quantize` builds its flags
+//! from it (`_lowbit.quantize_option_specs()`); defaults are read from the options' `Default`.
+//!
+//! Adding an option is one row here (and the field it sets). Calibration *data* (a file, token
+//! ids, data-free) is not an option row: it is the pipeline's input, passed separately.
+
+use crate::options::QuantizeOptions;
+use crate::{QuantizeError, Result};
+use lowbit_core::ScaleDtype;
+use lowbit_solvers::{GptqMethod, MethodConfig, RtnMethod};
+
+/// The type of an option's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionKind {
+    /// `true` / `false` (a `--flag` on the command line).
+    Bool,
+    /// An integer.
+    Int,
+    /// A float.
+    Float,
+    /// One of the listed strings.
+    Choice(&'static [&'static str]),
+}
+
+/// A value given for an option (or read back).
+#[derive(Clone, Debug, PartialEq)]
+pub enum OptionValue {
+    /// Unset: "the method's default" where the option is optional.
+    None,
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Str(String),
+}
+
+/// A command-line word that stands for a value (`--clip mse` for `mse_clip=True`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alias {
+    /// `None`.
+    None,
+    /// A boolean.
+    Bool(bool),
+}
+
+/// One option.
+#[derive(Clone, Copy, Debug)]
+pub struct OptionSpec {
+    /// The Python keyword (`act_order`).
+    pub name: &'static str,
+    /// Its type.
+    pub kind: OptionKind,
+    /// Whether `None` is accepted.
+    pub optional: bool,
+    /// One line of help.
+    pub help: &'static str,
+    /// The methods it applies to; empty: every method.
+    pub methods: &'static [&'static str],
+    /// The command-line flag; `None`: Python only.
+    pub cli: Option<&'static str>,
+    /// Command-line words that stand for values instead of the value itself.
+    pub cli_aliases: &'static [(&'static str, Alias)],
+    /// Reads the option (`OptionValue::None` where it does not apply).
+    pub get: fn(&QuantizeOptions) -> OptionValue,
+    set: fn(&mut QuantizeOptions, &OptionValue) -> std::result::Result<(), String>,
+}
+
+impl OptionSpec {
+    /// Whether it applies to `method`.
+    pub fn applies_to(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.contains(&method)
+    }
+
+    /// The default: what [`QuantizeOptions::default`] holds; for a method's own option, what
+    /// each method it applies to holds by default, or `None` where that depends on the method.
+    pub fn default_value(&self) -> OptionValue {
+        if self.methods.is_empty() {
+            return (self.get)(&QuantizeOptions::default());
+        }
+        let mut seen: Option<OptionValue> = None;
+        for m in MethodConfig::all().into_iter().filter(|m| self.applies_to(m.name())) {
+            let v = (self.get)(&QuantizeOptions { method: m, ..QuantizeOptions::default() });
+            match &seen {
+                Some(s) if *s != v => return OptionValue::None,
+                _ => seen = Some(v),
+            }
+        }
+        seen.unwrap_or(OptionValue::None)
+    }
+}
+
+fn bool_of(v: &OptionValue) -> std::result::Result<bool, String> {
+    match v {
+        OptionValue::Bool(b) => Ok(*b),
+        other => Err(format!("expected a bool, got {other:?}")),
+    }
+}
+
+fn int_of(v: &OptionValue) -> std::result::Result<i64, String> {
+    match v {
+        OptionValue::Int(i) => Ok(*i),
+        other => Err(format!("expected an integer, got {other:?}")),
+    }
+}
+
+fn usize_of(v: &OptionValue) -> std::result::Result<usize, String> {
+    usize::try_from(int_of(v)?).map_err(|_| "expected a non-negative integer".to_string())
+}
+
+fn float_of(v: &OptionValue) -> std::result::Result<f64, String> {
+    match v {
+        OptionValue::Float(f) => Ok(*f),
+        OptionValue::Int(i) => Ok(*i as f64),
+        other => Err(format!("expected a number, got {other:?}")),
+    }
+}
+
+fn str_of(v: &OptionValue) -> std::result::Result<&str, String> {
+    match v {
+        OptionValue::Str(s) => Ok(s),
+        other => Err(format!("expected a string, got {other:?}")),
+    }
+}
+
+fn opt<T>(
+    v: &OptionValue,
+    f: impl Fn(&OptionValue) -> std::result::Result<T, String>,
+) -> std::result::Result<Option<T>, String> {
+    match v {
+        OptionValue::None => Ok(None),
+        v => f(v).map(Some),
+    }
+}
+
+fn some_or_none<T>(v: Option<T>, f: impl Fn(T) -> OptionValue) -> OptionValue {
+    v.map_or(OptionValue::None, f)
+}
+
+fn gptq(o: &QuantizeOptions) -> Option<&GptqMethod> {
+    match &o.method {
+        MethodConfig::Gptq(g) => Some(g),
+        _ => None,
+    }
+}
+
+fn gptq_mut(o: &mut QuantizeOptions) -> std::result::Result<&mut GptqMethod, String> {
+    match &mut o.method {
+        MethodConfig::Gptq(g) => Ok(g),
+        _ => Err("applies to gptq only".into()),
+    }
+}
+
+/// The methods' names, as [`MethodConfig::all`] lists them (a test checks).
+const METHODS: &[&str] = &["rtn", "gptq", "awq", "smoothquant"];
+
+/// The table. `method` comes first: setting it resets the method's own settings.
+pub const OPTIONS: &[OptionSpec] = &[
+    OptionSpec {
+        name: "method",
+        kind: OptionKind::Choice(METHODS),
+        optional: false,
+        help: "rtn, gptq, awq or smoothquant (W8A8: bits 8, per-channel, symmetric)",
+        methods: &[],
+        cli: Some("--method"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Str(o.method.name().into()),
+        set: |o, v| {
+            o.method = MethodConfig::from_name(str_of(v)?).map_err(|e| e.to_string())?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "bits",
+        kind: OptionKind::Int,
+        optional: false,
+        help: "code width: 2, 3, 4 or 8",
+        methods: &[],
+        cli: Some("--bits"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Int(o.bits.into()),
+        set: |o, v| {
+            o.bits = u32::try_from(int_of(v)?).map_err(|_| "expected 2, 3, 4 or 8".to_string())?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "group_size",
+        kind: OptionKind::Int,
+        optional: true,
+        help: "weights per scale along the input dimension (a positive int); None or 'channel' = one scale per output channel",
+        methods: &[],
+        cli: Some("--group-size"),
+        cli_aliases: &[("channel", Alias::None)],
+        get: |o| some_or_none(o.group_size, |g| OptionValue::Int(g as i64)),
+        set: |o, v| {
+            o.group_size = opt(v, usize_of)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "sym",
+        kind: OptionKind::Bool,
+        optional: false,
+        help: "symmetric codes (no zero point)",
+        methods: &[],
+        cli: Some("--sym"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Bool(o.sym),
+        set: |o, v| {
+            o.sym = bool_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "scale_dtype",
+        kind: OptionKind::Choice(&["f16", "f32"]),
+        optional: false,
+        help: "storage of the group scales",
+        methods: &[],
+        cli: Some("--scale-dtype"),
+        cli_aliases: &[],
+        get: |o| {
+            OptionValue::Str(
+                match o.scale_dtype {
+                    ScaleDtype::F16 => "f16",
+                    ScaleDtype::F32 => "f32",
+                }
+                .into(),
+            )
+        },
+        set: |o, v| {
+            o.scale_dtype = match str_of(v)? {
+                "f16" => ScaleDtype::F16,
+                "f32" => ScaleDtype::F32,
+                other => return Err(format!("expected \"f16\" or \"f32\", got {other:?}")),
+            };
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "act_order",
+        kind: OptionKind::Bool,
+        optional: false,
+        help: "GPTQ: quantize columns by descending Hessian diagonal (with static groups)",
+        methods: &["gptq"],
+        cli: Some("--act-order"),
+        cli_aliases: &[],
+        get: |o| some_or_none(gptq(o), |g| OptionValue::Bool(g.act_order)),
+        set: |o, v| {
+            gptq_mut(o)?.act_order = bool_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "static_groups",
+        kind: OptionKind::Bool,
+        optional: true,
+        help: "GPTQ: group parameters from the original weights (default: with act-order)",
+        methods: &["gptq"],
+        cli: Some("--static-groups"),
+        cli_aliases: &[],
+        get: |o| some_or_none(gptq(o).and_then(|g| g.static_groups), OptionValue::Bool),
+        set: |o, v| {
+            gptq_mut(o)?.static_groups = opt(v, bool_of)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "mse_clip",
+        kind: OptionKind::Bool,
+        optional: true,
+        help: "group ranges by least squared error instead of min-max (default: mse for gptq, minmax for rtn)",
+        methods: &["gptq", "rtn"],
+        cli: Some("--clip"),
+        cli_aliases: &[("minmax", Alias::Bool(false)), ("mse", Alias::Bool(true))],
+        get: |o| match &o.method {
+            MethodConfig::Gptq(g) => OptionValue::Bool(g.mse_clip),
+            MethodConfig::Rtn(r) => OptionValue::Bool(r.mse_clip),
+            _ => OptionValue::None,
+        },
+        set: |o, v| {
+            let given = opt(v, bool_of)?;
+            match &mut o.method {
+                MethodConfig::Gptq(g) => g.mse_clip = given.unwrap_or(GptqMethod::default().mse_clip),
+                MethodConfig::Rtn(r) => r.mse_clip = given.unwrap_or(RtnMethod::default().mse_clip),
+                _ => return Err("applies to gptq and rtn (awq has its own clip search)".into()),
+            }
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "percdamp",
+        kind: OptionKind::Float,
+        optional: false,
+        help: "GPTQ: damping relative to the Hessian's mean diagonal",
+        methods: &["gptq"],
+        cli: Some("--percdamp"),
+        cli_aliases: &[],
+        get: |o| some_or_none(gptq(o), |g| OptionValue::Float(g.percdamp)),
+        set: |o, v| {
+            gptq_mut(o)?.percdamp = float_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "awq_samples",
+        kind: OptionKind::Int,
+        optional: false,
+        help: "AWQ: calibration windows (the first ones) the scale and clip searches see",
+        methods: &["awq"],
+        cli: Some("--awq-samples"),
+        cli_aliases: &[],
+        get: |o| match &o.method {
+            MethodConfig::Awq(a) => OptionValue::Int(a.samples as i64),
+            _ => OptionValue::None,
+        },
+        set: |o, v| match &mut o.method {
+            MethodConfig::Awq(a) => {
+                a.samples = usize_of(v)?;
+                Ok(())
+            }
+            _ => Err("applies to awq only".into()),
+        },
+    },
+    OptionSpec {
+        name: "sq_alpha",
+        kind: OptionKind::Float,
+        optional: false,
+        help: "SmoothQuant: migration strength alpha in [0, 1]",
+        methods: &["smoothquant"],
+        cli: Some("--sq-alpha"),
+        cli_aliases: &[],
+        get: |o| match &o.method {
+            MethodConfig::SmoothQuant(s) => OptionValue::Float(f64::from(s.alpha)),
+            _ => OptionValue::None,
+        },
+        set: |o, v| match &mut o.method {
+            MethodConfig::SmoothQuant(s) => {
+                s.alpha = float_of(v)? as f32;
+                Ok(())
+            }
+            _ => Err("applies to smoothquant only".into()),
+        },
+    },
+    OptionSpec {
+        name: "nsamples",
+        kind: OptionKind::Int,
+        optional: false,
+        help: "calibration windows",
+        methods: &[],
+        cli: Some("--nsamples"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Int(o.nsamples as i64),
+        set: |o, v| {
+            o.nsamples = usize_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "seqlen",
+        kind: OptionKind::Int,
+        optional: false,
+        help: "tokens per calibration window",
+        methods: &[],
+        cli: Some("--seqlen"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Int(o.seqlen as i64),
+        set: |o, v| {
+            o.seqlen = usize_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "seed",
+        kind: OptionKind::Int,
+        optional: false,
+        help: "seed of the window offsets and of data-free sampling (0 is the protocol)",
+        methods: &[],
+        cli: Some("--seed"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Int(o.seed as i64),
+        set: |o, v| {
+            o.seed = u64::try_from(int_of(v)?).map_err(|_| "expected a non-negative integer".to_string())?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "resume",
+        kind: OptionKind::Bool,
+        optional: false,
+        help: "continue an interrupted run from OUT.partial",
+        methods: &[],
+        cli: Some("--resume"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Bool(o.resume),
+        set: |o, v| {
+            o.resume = bool_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "stop_after_block",
+        kind: OptionKind::Int,
+        optional: true,
+        help: "testing hook: stop after checkpointing this block (0-based)",
+        methods: &[],
+        cli: None,
+        cli_aliases: &[],
+        get: |o| some_or_none(o.stop_after_block, |b| OptionValue::Int(b as i64)),
+        set: |o, v| {
+            o.stop_after_block = opt(v, usize_of)?;
+            Ok(())
+        },
+    },
+];
+
+/// The row called `name`.
+pub fn option_spec(name: &str) -> Option<&'static OptionSpec> {
+    OPTIONS.iter().find(|s| s.name == name)
+}
+
+impl QuantizeOptions {
+    /// Sets one option by name (see [`OPTIONS`]); it must apply to the method already chosen.
+    pub fn set_option(&mut self, name: &str, value: &OptionValue) -> Result<()> {
+        let spec = option_spec(name).ok_or_else(|| {
+            QuantizeError::input("options", format!("unknown option {name:?}; options are {}", names().join(", ")))
+        })?;
+        let bad = |why: String| QuantizeError::input("options", format!("{name}: {why}"));
+        if *value == OptionValue::None && !spec.optional {
+            return Err(bad("must not be None".into()));
+        }
+        if !spec.applies_to(self.method.name()) {
+            return Err(bad(format!("applies to {}, not {}", spec.methods.join(", "), self.method.name())));
+        }
+        (spec.set)(self, value).map_err(bad)
+    }
+
+    /// Options from `(name, value)` pairs over [`QuantizeOptions::default`]; `method` is applied
+    /// first wherever it appears.
+    pub fn from_pairs(pairs: &[(String, OptionValue)]) -> Result<Self> {
+        let mut o = QuantizeOptions::default();
+        let (method, rest): (Vec<_>, Vec<_>) = pairs.iter().partition(|(k, _)| k == "method");
+        for (k, v) in method.into_iter().chain(rest) {
+            o.set_option(k, v)?;
+        }
+        Ok(o)
+    }
+}
+
+fn names() -> Vec<&'static str> {
+    OPTIONS.iter().map(|s| s.name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lowbit_solvers::{AwqMethod, SmoothQuantMethod};
+
+    #[test]
+    fn every_row_round_trips_through_get_and_set() {
+        for spec in OPTIONS {
+            for m in MethodConfig::all().into_iter().filter(|m| spec.applies_to(m.name())) {
+                let mut o = QuantizeOptions { method: m, ..QuantizeOptions::default() };
+                let v = (spec.get)(&o);
+                if spec.name != "method" {
+                    o.set_option(spec.name, &v).unwrap();
+                    assert_eq!((spec.get)(&o), v, "{}", spec.name);
+                }
+            }
+        }
+        let names: Vec<_> = MethodConfig::all().iter().map(|m| m.name()).collect();
+        assert_eq!(names, METHODS);
+    }
+
+    #[test]
+    fn defaults_come_from_the_options() {
+        let d = |n: &str| option_spec(n).unwrap().default_value();
+        assert_eq!(d("method"), OptionValue::Str("gptq".into()));
+        assert_eq!(d("group_size"), OptionValue::Int(128));
+        assert_eq!(d("awq_samples"), OptionValue::Int(AwqMethod::default().samples as i64));
+        assert_eq!(d("sq_alpha"), OptionValue::Float(f64::from(SmoothQuantMethod::default().alpha)));
+        assert_eq!(d("mse_clip"), OptionValue::None, "depends on the method");
+        assert_eq!(d("static_groups"), OptionValue::None);
+    }
+
+    #[test]
+    fn method_first_and_misplaced_options_refused() {
+        let o = QuantizeOptions::from_pairs(&[
+            ("act_order".into(), OptionValue::Bool(true)),
+            ("method".into(), OptionValue::Str("gptq".into())),
+        ])
+        .unwrap();
+        assert!(matches!(o.method, MethodConfig::Gptq(g) if g.act_order));
+        let e = QuantizeOptions::from_pairs(&[
+            ("method".into(), OptionValue::Str("awq".into())),
+            ("act_order".into(), OptionValue::Bool(true)),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("applies to gptq, not awq"), "{e}");
+        assert!(QuantizeOptions::from_pairs(&[("bitz".into(), OptionValue::Int(4))]).is_err());
+        assert!(QuantizeOptions::from_pairs(&[("bits".into(), OptionValue::None)]).is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! The method seam: what a whole-model pipeline needs from a quantization method, and the one
+//! enum of the methods lowbit has.
+//!
+//! The pipeline walks a model's blocks and, in execution order, hands each method a [`Group`]:
+//! the linear layers that read one input (q/k/v, o, gate/up, down). For each group it
+//!
+//! 1. asks the method for an empty [`Statistics`] accumulator ([`QuantMethod::statistics`]) and
+//!    feeds it every calibration batch of the group's input (the activations already carry the
+//!    upstream quantization error);
+//! 2. calls [`QuantMethod::solve_group`], which returns the quantized layers and, for methods
+//!    that migrate scale into the preceding operation (AWQ, SmoothQuant), the per-input-channel
+//!    `s` to fold there ([`GroupSolution::fold`]): from then on that op must emit `x / s`.
+//!
+//! Methods that need no activations ([`QuantMethod::calibrated`] is false: RTN) get one layer
+//! per group, [`FoldTarget::None`] and no statistics, and the pipeline skips the forward passes.
+//! The pipeline holds no method policy: which layers are clipped, where scales may fold, which
+//! layers run int8 activations all come from here.
+
+use crate::awq::{AwqMethod, HeadTie};
+use crate::gptq::GptqMethod;
+use crate::report::LayerReport;
+use crate::rtn::RtnMethod;
+use crate::smoothquant::SmoothQuantMethod;
+use crate::{Result, SolverError};
+use lowbit_core::{IntScheme, QTensor};
+use serde_json::{Map, Value};
+use std::any::Any;
+use std::fmt::Debug;
+
+/// The methods, each with its own settings (only the knobs it has, defaults as published).
+///
+/// **Adding a method** `foo`: write `foo.rs` with a `FooMethod` settings struct (`Default` =
+/// the reference defaults) that implements [`QuantMethod`] (name, whether it needs calibration
+/// activations, validation against the common scheme, manifest parameters, its statistics
+/// accumulator, and the group solve); then add the arm `Foo(FooMethod)` here and list it in
+/// [`MethodConfig::all`] and [`MethodConfig::solver`]. Its knobs reach Python and the CLI by
+/// rows in the option table of `lowbit-quantize`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MethodConfig {
+    /// Round-to-nearest (no calibration).
+    Rtn(RtnMethod),
+    /// GPTQ (Frantar et al. 2022), true-sequential.
+    Gptq(GptqMethod),
+    /// AWQ (Lin et al. 2023): activation-aware scales folded into the preceding op, clip + RTN.
+    Awq(AwqMethod),
+    /// SmoothQuant (Xiao et al. 2022) W8A8: smoothing folded into the norms, int8 per-channel
+    /// weights (activations are quantized per token at run time).
+    SmoothQuant(SmoothQuantMethod),
+}
+
+impl Default for MethodConfig {
+    fn default() -> Self {
+        MethodConfig::Gptq(GptqMethod::default())
+    }
+}
+
+impl MethodConfig {
+    /// Every method with its default settings.
+    pub fn all() -> Vec<MethodConfig> {
+        vec![
+            MethodConfig::Rtn(RtnMethod::default()),
+            MethodConfig::Gptq(GptqMethod::default()),
+            MethodConfig::Awq(AwqMethod::default()),
+            MethodConfig::SmoothQuant(SmoothQuantMethod::default()),
+        ]
+    }
+
+    /// The method's implementation of the seam.
+    pub fn solver(&self) -> &dyn QuantMethod {
+        match self {
+            MethodConfig::Rtn(m) => m,
+            MethodConfig::Gptq(m) => m,
+            MethodConfig::Awq(m) => m,
+            MethodConfig::SmoothQuant(m) => m,
+        }
+    }
+
+    /// The method called `name` (case-insensitive, or one of its aliases), default settings.
+    pub fn from_name(name: &str) -> Result<Self> {
+        let lower = name.to_ascii_lowercase();
+        Self::all()
+            .into_iter()
+            .find(|m| m.name() == lower || m.solver().aliases().contains(&lower.as_str()))
+            .ok_or_else(|| SolverError::param("method", format!("{name:?}"), "use rtn, gptq, awq or smoothquant"))
+    }
+
+    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`).
+    pub fn name(&self) -> &'static str {
+        self.solver().name()
+    }
+}
+
+/// What the pipeline knows about its calibration data when it builds statistics and manifests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CalibShape {
+    /// Calibration windows.
+    pub nsamples: usize,
+    /// Tokens per window.
+    pub seqlen: usize,
+}
+
+/// The role of a linear layer in a decoder block (methods may treat roles differently: llm-awq
+/// does not clip q and k).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `self_attn.q_proj`.
+    Query,
+    /// `self_attn.k_proj`.
+    Key,
+    /// `self_attn.v_proj`.
+    Value,
+    /// `self_attn.o_proj`.
+    AttnOut,
+    /// `mlp.gate_proj`.
+    Gate,
+    /// `mlp.up_proj`.
+    Up,
+    /// `mlp.down_proj`.
+    Down,
+}
+
+/// Where a group's per-input-channel scales could be folded, so that its input becomes `x / s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FoldTarget {
+    /// The RMSNorm weight right before the group.
+    Norm,
+    /// The output rows of the linear layer that produces the group's input (v for o, up for down).
+    Rows,
+    /// v_proj's rows feeding o_proj under grouped-query attention: a scale reaches every query
+    /// head of its KV head, so o's scales must be tied across them (see [`HeadTie`]).
+    TiedHeadRows(HeadTie),
+    /// Nowhere (a layer solved alone).
+    None,
+}
+
+/// One linear layer of a group: row-major `w[rows, cols]` (f32, as loaded or dequantized).
+#[derive(Clone, Copy, Debug)]
+pub struct GroupLayer<'a> {
+    /// What the layer is in the block.
+    pub role: Role,
+    /// The weight.
+    pub w: &'a [f32],
+    /// Output features.
+    pub rows: usize,
+}
+
+/// Linear layers that share one input of `cols` channels.
+#[derive(Clone, Debug)]
+pub struct Group<'a> {
+    /// The layers, in execution order.
+    pub layers: Vec<GroupLayer<'a>>,
+    /// Input channels.
+    pub cols: usize,
+    /// Where scales could be folded.
+    pub fold: FoldTarget,
+    /// The common scheme (bits, symmetric, groups, scale dtype); each method adds its own range
+    /// search or overrides it (SmoothQuant is int8 per channel).
+    pub scheme: IntScheme,
+}
+
+/// One solved layer.
+#[derive(Clone, Debug)]
+pub struct SolvedLayer {
+    /// The quantized weight, original column order.
+    pub qtensor: QTensor,
+    /// The solver's report (shared by the layers of a group where they were solved together).
+    pub report: LayerReport,
+    /// The alpha chosen (AWQ) or used (SmoothQuant) for this layer's scales.
+    pub alpha: Option<f32>,
+}
+
+/// What solving a group produced.
+#[derive(Clone, Debug)]
+pub struct GroupSolution {
+    /// Per layer of the group, in order.
+    pub layers: Vec<SolvedLayer>,
+    /// `s` per input channel to fold into the [`Group::fold`] target (divide it by `s`); the
+    /// quantized layers already hold `W diag(s)`.
+    pub fold: Option<Vec<f32>>,
+    /// The layers run with per-token int8 activations (W8A8) from now on.
+    pub int8_activations: bool,
+}
+
+/// A method's accumulator of a group's input activations, fed batch by batch.
+pub trait Statistics: Send {
+    /// Adds a row-major batch `x[tokens, cols]`; rejects NaN/Inf, naming the first.
+    fn add_batch(&mut self, x: &[f32], tokens: usize) -> Result<()>;
+    /// For the method's own solve to recover its concrete type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// The accumulator of methods that need no activations.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoStatistics;
+
+impl Statistics for NoStatistics {
+    fn add_batch(&mut self, _x: &[f32], _tokens: usize) -> Result<()> {
+        Ok(())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// What a quantization method implements (see [`MethodConfig`] for adding one).
+pub trait QuantMethod: Debug + Send + Sync {
+    /// Lowercase name, as in manifests, Python and the CLI.
+    fn name(&self) -> &'static str;
+    /// Other accepted spellings of the name.
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Whether the method needs calibration activations.
+    fn calibrated(&self) -> bool;
+    /// Checks the method's settings and the common scheme it is asked to produce.
+    fn validate(&self, scheme: &IntScheme) -> Result<()>;
+    /// The method's parameters for the manifest and `quantization_config` (beyond the common
+    /// bits, group size, symmetry, scale dtype and calibration).
+    fn params(&self, calib: CalibShape) -> Map<String, Value>;
+    /// An empty accumulator for a group input of `cols` channels.
+    fn statistics(&self, cols: usize, calib: CalibShape) -> Box<dyn Statistics>;
+    /// Quantizes a group from the statistics of its input (built by [`QuantMethod::statistics`]).
+    fn solve_group(&self, group: &Group, stats: &dyn Statistics) -> Result<GroupSolution>;
+}
+
+/// The concrete statistics a method built, or a typed error if the pipeline mixed them up.
+pub(crate) fn downcast<'a, T: 'static>(stats: &'a dyn Statistics, method: &'static str) -> Result<&'a T> {
+    stats.as_any().downcast_ref::<T>().ok_or_else(|| {
+        SolverError::shape("statistics", format!("the statistics {method} builds"), "another method's statistics")
+    })
+}
