@@ -23,7 +23,7 @@ develop: venv
 
 lint-rust:
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets --features lowbit-model/fuzzing -- -D warnings
 
 lint-python: develop
 	$(VENV)/bin/ruff check python tests benches
@@ -49,9 +49,9 @@ RUST_TEST_ARGS := --include-ignored --skip slow_ $(if $(WIKITEXT),,--skip wikite
 
 test-rust: venv
 	$(if $(WIKITEXT),,@echo "$(SHARED_DIR)/data/wikitext2 is absent: Rust tests named *wikitext* are left out")
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo test --workspace --release --lib --bins --tests --examples \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo test --workspace --release --features lowbit-model/fuzzing --lib --bins --tests --examples \
 		-- $(RUST_TEST_ARGS)
-	cargo test --workspace --release --doc
+	cargo test --workspace --release --features lowbit-model/fuzzing --doc
 
 # pytest's exit status 5 (no tests collected) fails here like any other failure.
 test-python: develop

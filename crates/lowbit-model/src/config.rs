@@ -130,10 +130,12 @@ fn opt_usize(v: &Value, key: &str) -> Result<Option<usize>> {
 fn opt_f32(v: &Value, key: &str) -> Result<Option<f32>> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(x) => x
-            .as_f64()
-            .map(|x| Some(x as f32))
-            .ok_or_else(|| ModelError::config(key, format!("expected a number, got {x}"))),
+        // A finite f64 beyond f32's range would become infinite (and not survive a round trip).
+        Some(x) => match x.as_f64() {
+            Some(f) if (f as f32).is_finite() => Ok(Some(f as f32)),
+            Some(f) => Err(ModelError::config(key, format!("{f} is not a finite f32"))),
+            None => Err(ModelError::config(key, format!("expected a number, got {x}"))),
+        },
     }
 }
 

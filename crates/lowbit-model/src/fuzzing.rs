@@ -92,6 +92,7 @@ mod tests {
     #[test]
     fn fuzz_regressions_are_errors() {
         regressions_are_errors("tokenizer_json", tokenizer_json);
+        regressions_are_errors("hf_config", hf_config);
     }
 
     #[test]
