@@ -44,11 +44,11 @@ lint: lint-rust lint-python
 # take many minutes and run only on request. Doctests run apart: --include-ignored would compile
 # their `ignore` blocks.
 SHARED_DIR := $(or $(LOWBIT_SHARED),$(CURDIR)/../shared)
-WIKITEXT := $(or $(filter 1,$(LOWBIT_REQUIRE_REFERENCES)),$(wildcard $(SHARED_DIR)/data/wikitext2/test.txt))
-RUST_TEST_ARGS := --include-ignored --skip slow_ $(if $(WIKITEXT),,--skip wikitext)
+WIKITEXT_TESTS := $(or $(filter 1,$(LOWBIT_REQUIRE_REFERENCES)),$(wildcard $(SHARED_DIR)/data/wikitext2/test.txt))
+RUST_TEST_ARGS := --include-ignored --skip slow_ $(if $(WIKITEXT_TESTS),,--skip wikitext)
 
 test-rust: venv
-	$(if $(WIKITEXT),,@echo "$(SHARED_DIR)/data/wikitext2 is absent: Rust tests named *wikitext* are left out")
+	$(if $(WIKITEXT_TESTS),,@echo "$(SHARED_DIR)/data/wikitext2 is absent: Rust tests named *wikitext* are left out")
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo test --workspace --release --features lowbit-model/fuzzing --lib --bins --tests --examples \
 		-- $(RUST_TEST_ARGS)
 	cargo test --workspace --release --features lowbit-model/fuzzing --doc
@@ -64,7 +64,7 @@ bench: develop
 
 # lowbit looks for no data on its own: the demo calibrates and evaluates on WikiText-2 when the
 # shared data sits beside the repository (WIKITEXT), and runs data-free otherwise.
-WIKITEXT ?= ../shared/data/wikitext2
+WIKITEXT ?= $(SHARED_DIR)/data/wikitext2
 demo: develop
 	LOWBIT_CALIB_TEXT="$(wildcard $(WIKITEXT)/valid.txt)" LOWBIT_EVAL_TEXT="$(wildcard $(WIKITEXT)/test.txt)" \
 		$(VENV)/bin/lowbit demo
