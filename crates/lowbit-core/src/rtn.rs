@@ -173,6 +173,18 @@ pub fn matrix_dims(shape: &[usize]) -> Result<(usize, usize)> {
 /// Quantizes `weights` (row-major, `shape`; f32, f16 or bf16) with round-to-nearest under
 /// `scheme`. Each row is widened, given its parameters and encoded in one pass while it is in
 /// cache; only a per-tensor scheme widens the whole tensor (to find its one range).
+///
+/// ```
+/// use lowbit_core::{rtn, Bits, IntScheme};
+/// let (rows, cols) = (4, 256);
+/// let weights: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+/// let q = rtn::quantize(&weights, &[rows, cols], IntScheme::group(Bits::B4, 128))?;
+/// let w_hat = q.dequantize();
+/// assert_eq!(w_hat.len(), weights.len());
+/// // Asymmetric 4-bit groups: every weight lies within half a step (range / 15 / 2) of its code.
+/// assert!(weights.iter().zip(&w_hat).all(|(w, h)| (w - h).abs() <= 2.0 / 15.0 / 2.0 + 1e-3));
+/// # Ok::<(), lowbit_core::CoreError>(())
+/// ```
 pub fn quantize<T: Element>(weights: &[T], shape: &[usize], scheme: IntScheme) -> Result<QTensor> {
     let (rows, cols) = matrix_dims(shape)?;
     let numel = rows * cols;

@@ -38,6 +38,15 @@ pub struct LoadOptions {
 
 impl Model {
     /// Loads a model from a Hugging Face-style directory or a `.gguf` file.
+    ///
+    /// ```no_run
+    /// use lowbit_model::Model;
+    /// let model = Model::load("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    /// let tokenizer = model.tokenizer().expect("the GGUF carries its tokenizer");
+    /// let prompt = tokenizer.encode("Once upon a time", false)?;
+    /// println!("{} blocks, {} prompt tokens", model.config().num_hidden_layers, prompt.len());
+    /// # Ok::<(), lowbit_model::ModelError>(())
+    /// ```
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         Self::load_with(path, &LoadOptions::default())
     }

@@ -45,6 +45,22 @@ use std::time::Instant;
 /// block's mean layer loss) and `write` to `progress`, and stops at its cancellation points (at
 /// least once per calibration batch) with `ModelError::Cancelled`, keeping the checkpoint of
 /// the blocks done for `resume`.
+///
+/// ```no_run
+/// use lowbit_core::NoProgress;
+/// use lowbit_quantize::{quantize_model, spec::OptionValue, CalibSource, QuantizeOptions};
+/// use std::path::Path;
+/// // The same option names as Python's keywords and the CLI's flags.
+/// let mut opts = QuantizeOptions::from_pairs(&[
+///     ("method".into(), OptionValue::Str("gptq".into())),
+///     ("bits".into(), OptionValue::Int(4)),
+///     ("act_order".into(), OptionValue::Bool(true)),
+/// ])?;
+/// opts.calib = Some(CalibSource::from_path("wikitext2/valid.txt"));
+/// let report = quantize_model(Path::new("model.gguf"), Path::new("out"), &opts, &mut NoProgress)?;
+/// println!("{:.3} bits per weight", report.bits_per_weight);
+/// # Ok::<(), lowbit_quantize::QuantizeError>(())
+/// ```
 pub fn quantize_model(
     model_path: &Path,
     out: &Path,
