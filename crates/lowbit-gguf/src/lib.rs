@@ -39,7 +39,7 @@ mod value;
 mod writer;
 
 pub use error::{GgufError, Result};
-pub use reader::{GgufFile, GgufHeader, GgufTensorInfo, MAGIC};
+pub use reader::{FileBytes, GgufFile, GgufHeader, GgufTensorInfo, MAGIC};
 pub use types::{dequantize, dequantize_to_vec, quantize, DequantizeFn, GgmlType, QuantizeFn, TypeTraits, REGISTRY};
 pub use value::{GgufValue, GgufValueType};
 pub use writer::{GgufDataWriter, GgufFileWriter, GgufWriter};

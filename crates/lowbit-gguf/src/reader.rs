@@ -172,7 +172,7 @@ pub(crate) fn alignment_of(metadata: &BTreeMap<String, GgufValue>) -> Result<u64
     }
 }
 
-/// Bytes of a tensor with ggml dims `dims` of type `ty`, checking the limits and that rows are
+/// FileBytes of a tensor with ggml dims `dims` of type `ty`, checking the limits and that rows are
 /// whole blocks.
 pub(crate) fn tensor_nbytes(name: &str, dims: &[u64], ty: GgmlType) -> Result<usize> {
     let bad = |reason: String| GgufError::BadDims { name: name.to_string(), dims: dims.to_vec(), reason };
@@ -275,20 +275,42 @@ impl GgufHeader {
     }
 }
 
-/// The bytes of a file: memory-mapped (feature `mmap`) or in memory.
-enum Bytes {
+/// The bytes of a file: memory-mapped (feature `mmap`) or read into memory. lowbit-model's
+/// loaders hold their safetensors files in it too, so the one `unsafe` map lives here.
+pub enum FileBytes {
+    /// Read into memory (or handed over by the caller).
     Owned(Vec<u8>),
+    /// Memory-mapped, read lazily by the OS.
     #[cfg(feature = "mmap")]
     Mapped(memmap2::Mmap),
 }
 
-impl std::ops::Deref for Bytes {
+impl std::ops::Deref for FileBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Bytes::Owned(v) => v,
+            FileBytes::Owned(v) => v,
             #[cfg(feature = "mmap")]
-            Bytes::Mapped(m) => m,
+            FileBytes::Mapped(m) => m,
+        }
+    }
+}
+
+impl FileBytes {
+    /// Opens `path`, mapping it when the `mmap` feature is on (an empty file is read, since
+    /// zero-length maps are refused by some systems).
+    pub fn read(path: &Path) -> std::io::Result<FileBytes> {
+        #[cfg(feature = "mmap")]
+        {
+            let file = std::fs::File::open(path)?;
+            if file.metadata()?.len() == 0 {
+                return Ok(FileBytes::Owned(Vec::new()));
+            }
+            Ok(FileBytes::Mapped(map_file(&file)?))
+        }
+        #[cfg(not(feature = "mmap"))]
+        {
+            Ok(FileBytes::Owned(std::fs::read(path)?))
         }
     }
 }
@@ -303,26 +325,14 @@ fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(file) }
 }
 
-fn read_bytes(path: &Path) -> Result<Bytes> {
-    #[cfg(feature = "mmap")]
-    {
-        let file = std::fs::File::open(path).map_err(|e| GgufError::io(path, e))?;
-        let len = file.metadata().map_err(|e| GgufError::io(path, e))?.len();
-        if len == 0 {
-            return Ok(Bytes::Owned(Vec::new()));
-        }
-        Ok(Bytes::Mapped(map_file(&file).map_err(|e| GgufError::io(path, e))?))
-    }
-    #[cfg(not(feature = "mmap"))]
-    {
-        Ok(Bytes::Owned(std::fs::read(path).map_err(|e| GgufError::io(path, e))?))
-    }
+fn read_bytes(path: &Path) -> Result<FileBytes> {
+    FileBytes::read(path).map_err(|e| GgufError::io(path, e))
 }
 
 /// A parsed GGUF file, its bytes kept (mapped) for reading tensors.
 pub struct GgufFile {
     path: Option<PathBuf>,
-    bytes: Bytes,
+    bytes: FileBytes,
     header: GgufHeader,
 }
 
@@ -344,7 +354,7 @@ impl GgufFile {
     /// Parses a GGUF file held in memory.
     pub fn from_vec(bytes: Vec<u8>) -> Result<Self> {
         let header = GgufHeader::parse(&bytes)?;
-        Ok(GgufFile { path: None, bytes: Bytes::Owned(bytes), header })
+        Ok(GgufFile { path: None, bytes: FileBytes::Owned(bytes), header })
     }
 
     /// Parses a copy of `bytes` (see [`GgufHeader::parse`] to read a header without copying).

@@ -6,51 +6,13 @@ use lowbit_core::QTensor;
 use lowbit_cpu::WeightKind;
 use std::path::Path;
 
-/// The bytes of a file: memory-mapped (feature `mmap`) or read into memory.
-pub(crate) enum Bytes {
-    /// Read into memory.
-    Owned(Vec<u8>),
-    /// Memory-mapped, read lazily by the OS.
-    #[cfg(feature = "mmap")]
-    Mapped(memmap2::Mmap),
-}
-
-impl std::ops::Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Owned(v) => v,
-            #[cfg(feature = "mmap")]
-            Bytes::Mapped(m) => m,
-        }
-    }
-}
-
-/// Maps `file` read-only.
-#[cfg(feature = "mmap")]
-#[allow(unsafe_code)]
-fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
-    // SAFETY: the map is read-only and private to this process. Another process truncating or
-    // rewriting the file while it is mapped would be undefined behaviour; model files are treated
-    // as immutable while loaded (the same contract safetensors, candle and llama.cpp rely on).
-    unsafe { memmap2::Mmap::map(file) }
-}
+/// The bytes of a file: memory-mapped (feature `mmap`) or read into memory (lowbit-gguf's type,
+/// so the crate keeps no `unsafe` of its own).
+pub(crate) use lowbit_gguf::FileBytes as Bytes;
 
 /// Opens `path` as [`Bytes`], mapping it when the `mmap` feature is on.
 pub(crate) fn read_bytes(path: &Path) -> Result<Bytes> {
-    #[cfg(feature = "mmap")]
-    {
-        let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-        let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
-        if len == 0 {
-            return Ok(Bytes::Owned(Vec::new()));
-        }
-        Ok(Bytes::Mapped(map_file(&file).map_err(|e| ModelError::io(path, e))?))
-    }
-    #[cfg(not(feature = "mmap"))]
-    {
-        Ok(Bytes::Owned(std::fs::read(path).map_err(|e| ModelError::io(path, e))?))
-    }
+    Bytes::read(path).map_err(|e| ModelError::io(path, e))
 }
 
 /// Element storage of a loaded tensor.
