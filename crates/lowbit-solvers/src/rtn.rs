@@ -46,17 +46,22 @@ impl QuantMethod for RtnMethod {
         Box::new(NoStatistics)
     }
     fn solve_group(&self, group: &Group, _stats: &dyn Statistics) -> Result<GroupSolution> {
-        let scheme = with_clip(group.scheme, self.mse_clip);
-        let layers = group
-            .layers
-            .iter()
-            .map(|l| {
-                let out = rtn_quantize(l.w, l.rows, group.cols, scheme)?;
-                Ok(SolvedLayer { qtensor: out.qtensor, report: out.report, alpha: None })
-            })
-            .collect::<Result<_>>()?;
+        let layers = rtn_layers(group, with_clip(group.scheme, self.mse_clip))?;
         Ok(GroupSolution { layers, fold: None, int8_activations: false })
     }
+}
+
+/// Every layer of `group` rounded to nearest under `scheme`, each on its own (RTN, and
+/// SmoothQuant's layers with nowhere to fold).
+pub(crate) fn rtn_layers(group: &Group, scheme: IntScheme) -> Result<Vec<SolvedLayer>> {
+    group
+        .layers
+        .iter()
+        .map(|l| {
+            let out = rtn_quantize(l.w, l.rows, group.cols, scheme)?;
+            Ok(SolvedLayer { qtensor: out.qtensor, report: out.report, alpha: None })
+        })
+        .collect()
 }
 
 /// An RTN-quantized layer.

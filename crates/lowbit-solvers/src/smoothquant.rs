@@ -13,7 +13,7 @@
 use crate::hessian::check_finite_activations;
 use crate::method::{downcast, CalibShape, FoldTarget, Group, GroupSolution, QuantMethod, SolvedLayer, Statistics};
 use crate::report::LayerReport;
-use crate::rtn::rtn_quantize;
+use crate::rtn::rtn_layers;
 use crate::{Result, SolverError};
 use lowbit_core::pack::unpack;
 use lowbit_core::{check_finite, rtn, Bits, ClipSearch, Granularity, IntScheme, QParams, QTensor, ScaleDtype, Scheme};
@@ -285,15 +285,7 @@ impl QuantMethod for SmoothQuantMethod {
         let absmax = &downcast::<AbsMax>(stats, "smoothquant")?.0;
         let cfg = SmoothQuantConfig { alpha: self.alpha, ..SmoothQuantConfig::default() };
         if group.fold != FoldTarget::Norm {
-            let scheme = cfg.weight_scheme();
-            let layers = group
-                .layers
-                .iter()
-                .map(|l| {
-                    let out = rtn_quantize(l.w, l.rows, group.cols, scheme)?;
-                    Ok(SolvedLayer { qtensor: out.qtensor, report: out.report, alpha: None })
-                })
-                .collect::<Result<_>>()?;
+            let layers = rtn_layers(group, cfg.weight_scheme())?;
             return Ok(GroupSolution { layers, fold: None, int8_activations: true });
         }
         let sl: Vec<SmoothLayer> = group.layers.iter().map(|l| SmoothLayer { w: l.w, rows: l.rows }).collect();

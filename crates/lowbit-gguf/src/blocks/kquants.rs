@@ -224,6 +224,14 @@ pub(crate) fn make_qkx2_quants(
 /// (`get_scale_min_k4`): sub-blocks 0..4 keep theirs in the low 6 bits of bytes `j` and `j + 4`;
 /// 4..8 take 4 low bits from byte `j + 4` and their top 2 bits from the spare high bits of bytes
 /// `j - 4` and `j`.
+/// Scales and mins `(d1, m1, d2, m2)` of sub-blocks `2 * pair` and `2 * pair + 1` of a
+/// Q4_K/Q5_K super-block (`d`, `dmin` its super-scales), as both dequantizers use them.
+pub(crate) fn pair_scales(d: f32, dmin: f32, pair: usize, scales: &[u8; 12]) -> (f32, f32, f32, f32) {
+    let (sc1, m1) = scale_min_k4(2 * pair, scales);
+    let (sc2, m2) = scale_min_k4(2 * pair + 1, scales);
+    (d * sc1 as f32, dmin * m1 as f32, d * sc2 as f32, dmin * m2 as f32)
+}
+
 pub(crate) fn scale_min_k4(j: usize, s: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)

@@ -13,7 +13,7 @@
 //! 20)`, then `d = max sc / 63`, `dmin = max m / 63`, 6-bit `nearest_int`, and the codes
 //! recomputed against the rounded scales.
 
-use super::kquants::{quantize_k4_k5, scale_min_k4, QK_K};
+use super::kquants::{pair_scales, quantize_k4_k5, QK_K};
 use super::GgmlBlock;
 use crate::GgmlType;
 use half::f16;
@@ -41,9 +41,7 @@ impl GgmlBlock for BlockQ4K {
         let (d, dmin) = (self.d.to_f32(), self.dmin.to_f32());
         for pair in 0..4 {
             let q = &self.qs[32 * pair..32 * pair + 32];
-            let (sc1, m1) = scale_min_k4(2 * pair, &self.scales);
-            let (sc2, m2) = scale_min_k4(2 * pair + 1, &self.scales);
-            let (d1, m1, d2, m2) = (d * sc1 as f32, dmin * m1 as f32, d * sc2 as f32, dmin * m2 as f32);
+            let (d1, m1, d2, m2) = pair_scales(d, dmin, pair, &self.scales);
             for (l, &q) in q.iter().enumerate() {
                 y[64 * pair + l] = d1 * (q & 0xF) as f32 - m1;
                 y[64 * pair + 32 + l] = d2 * (q >> 4) as f32 - m2;

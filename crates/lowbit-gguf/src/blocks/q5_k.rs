@@ -8,7 +8,7 @@
 //! ```
 //! Reference quantizer: as Q4_K with `make_qkx2_quants(32, 31, ..., -0.5, 0.1, 15)`.
 
-use super::kquants::{quantize_k4_k5, scale_min_k4, QK_K};
+use super::kquants::{pair_scales, quantize_k4_k5, QK_K};
 use super::GgmlBlock;
 use crate::GgmlType;
 use half::f16;
@@ -38,9 +38,7 @@ impl GgmlBlock for BlockQ5K {
         let (d, dmin) = (self.d.to_f32(), self.dmin.to_f32());
         for pair in 0..4 {
             let q = &self.qs[32 * pair..32 * pair + 32];
-            let (sc1, m1) = scale_min_k4(2 * pair, &self.scales);
-            let (sc2, m2) = scale_min_k4(2 * pair + 1, &self.scales);
-            let (d1, m1, d2, m2) = (d * sc1 as f32, dmin * m1 as f32, d * sc2 as f32, dmin * m2 as f32);
+            let (d1, m1, d2, m2) = pair_scales(d, dmin, pair, &self.scales);
             for (l, (&q, &h)) in q.iter().zip(&self.qh).enumerate() {
                 let lo = (q & 0xF) | (((h >> (2 * pair)) & 1) << 4);
                 let hi = (q >> 4) | (((h >> (2 * pair + 1)) & 1) << 4);
