@@ -295,7 +295,13 @@ impl Model {
             if let Some(obj) = config.as_object_mut() {
                 obj.extend(extras.config.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
-            write(&tmp.join("config.json"), serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes())?;
+            let config_path = tmp.join("config.json");
+            write(&config_path, serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes())?;
+            // safetensors writes through a private (0600) temporary file: give the shard the
+            // mode every other file gets.
+            let mode = std::fs::metadata(&config_path).map_err(|e| ModelError::io(&config_path, e))?.permissions();
+            let dense_path = tmp.join(&dense_file);
+            std::fs::set_permissions(&dense_path, mode).map_err(|e| ModelError::io(&dense_path, e))?;
             if let Some(t) = self.tokenizer() {
                 write_tokenizer_files(tmp, t)?;
             }
