@@ -167,6 +167,10 @@ impl StoredSize {
     }
 }
 
+/// The file [`Model::save_with_last`] writes last: its name, and its contents as a function of
+/// the bytes of every other file.
+pub type LastFile<'a> = (&'a str, &'a dyn Fn(u64) -> Vec<u8>);
+
 /// A model's tensors under their Hugging Face names: the matrices, then the f32 vectors.
 type NamedTensors<'m> = (Vec<(String, &'m Linear)>, Vec<(String, &'m [f32])>);
 
@@ -250,7 +254,7 @@ impl Model {
         &self,
         dir: &Path,
         extras: &SaveExtras,
-        last: Option<(&str, &dyn Fn(u64) -> Vec<u8>)>,
+        last: Option<LastFile<'_>>,
     ) -> Result<u64> {
         let mut total = 0u64;
         write_dir_atomically(dir, |tmp| {
@@ -311,7 +315,7 @@ impl Model {
             }
             for e in std::fs::read_dir(tmp).map_err(|e| ModelError::io(tmp, e))? {
                 let e = e.map_err(|e| ModelError::io(tmp, e))?;
-                total += e.metadata().map_err(|err| ModelError::io(&e.path(), err))?.len();
+                total += e.metadata().map_err(|err| ModelError::io(e.path(), err))?.len();
             }
             if let Some((name, contents)) = last {
                 check_file_name(name)?;
