@@ -250,7 +250,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         ("block linears after", _mib(report.linear_bytes_after)),
         ("bits per weight (block linears)", f"{report.bits_per_weight:.3f}"),
         ("embedding / LM head", _roles(report)),
-        ("bits per weight (all tensors)", f"{report.bits_per_weight_all:.3f} over {report.num_params:,} parameters"),
+        ("bits per weight (all tensors)", f"{report.bits_per_weight_all:.3f} ({report.num_params:,} params)"),
         ("output directory (every file)", f"{_mib(report.out_bytes)} (input {_mib(report.input_bytes)})"),
         ("wall time", f"{report.wall_seconds:.1f} s (calibration {report.calib_seconds:.1f} s)"),
         ("peak RAM", _mib(report.peak_rss_bytes)),
