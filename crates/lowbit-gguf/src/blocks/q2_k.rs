@@ -12,28 +12,23 @@
 
 use super::kquants::{make_qkx2_quants, nearest_int, pack_2bit, QK_K};
 use super::GgmlBlock;
-use crate::GgmlType;
 use half::f16;
 
-/// One Q2_K super-block (`block_q2_K`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ2K {
-    /// Sub-block scale (low nibble) and min (high nibble).
-    pub scales: [u8; QK_K / 16],
-    /// 2-bit codes.
-    pub qs: [u8; QK_K / 4],
-    /// Super-block scale for the scales.
-    pub d: f16,
-    /// Super-block scale for the mins.
-    pub dmin: f16,
+ggml_block! {
+    /// One Q2_K super-block (`block_q2_K`).
+    pub struct BlockQ2K: Q2K, QK_K, 84 bytes {
+        /// Sub-block scale (low nibble) and min (high nibble).
+        pub scales: [u8; QK_K / 16],
+        /// 2-bit codes.
+        pub qs: [u8; QK_K / 4],
+        /// Super-block scale for the scales.
+        pub d: f16,
+        /// Super-block scale for the mins.
+        pub dmin: f16,
+    }
 }
-const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
 
 impl GgmlBlock for BlockQ2K {
-    const TYPE: GgmlType = GgmlType::Q2K;
-    const LEN: usize = QK_K;
-
     fn dequantize(&self, y: &mut [f32]) {
         let (d, min) = (self.d.to_f32(), self.dmin.to_f32());
         let mut is = 0;
