@@ -88,6 +88,11 @@ fn signed_absmax(x: &[f32]) -> f32 {
     max
 }
 
+/// The largest element, or 0 when none is positive (the super-block maxima of the K-quants).
+fn positive_max(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |m, &v| if v > m { v } else { m })
+}
+
 /// `(min, max)` of `x`, as ggml's quantizers with a minimum scan it.
 fn min_max(x: &[f32]) -> (f32, f32) {
     x.iter().fold((f32::MAX, -f32::MAX), |(lo, hi), &v| (if v < lo { v } else { lo }, if v > hi { v } else { hi }))

@@ -11,7 +11,7 @@
 //! use_mad)`, 4-bit scales and mins relative to the largest, codes recomputed against them.
 
 use super::kquants::{make_qkx2_quants, nearest_int, pack_2bit, QK_K};
-use super::GgmlBlock;
+use super::{positive_max, GgmlBlock};
 use half::f16;
 
 ggml_block! {
@@ -55,20 +55,14 @@ impl GgmlBlock for BlockQ2K {
         let mut l = [0u8; QK_K];
         let mut laux = [0u8; 16];
         let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
-        let (mut max_scale, mut max_min) = (0f32, 0f32);
         for j in 0..QK_K / 16 {
             let xs = &x[16 * j..16 * j + 16];
             let weights: [f32; 16] = std::array::from_fn(|k| xs[k].abs());
             let (s, m) = make_qkx2_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], &mut laux, -0.5, 0.1, 15, true);
             scales[j] = s;
             mins[j] = m;
-            if s > max_scale {
-                max_scale = s;
-            }
-            if m > max_min {
-                max_min = m;
-            }
         }
+        let (max_scale, max_min) = (positive_max(&scales), positive_max(&mins));
         let mut sc = [0u8; 16];
         let d = if max_scale > 0.0 {
             let iscale = Q4SCALE / max_scale;
