@@ -29,7 +29,7 @@ def test_table_keeps_the_names_and_defaults() -> None:
     assert specs["act_order"]["methods"] == ["gptq"]
     assert specs["embed"]["default"] == "int8"
     assert specs["lm_head"]["default"] is None  # as the embedding
-    assert specs["embed"]["choices"] == specs["lm_head"]["choices"]
+    assert specs["lm_head"]["choices"] == ["embed", *specs["embed"]["choices"]]
     schemes = {"int8", "int4-g32", "int4-g64", "int4-g128", "f16", "f32", "keep"}
     assert set(specs["embed"]["choices"]) == schemes
 
@@ -65,7 +65,9 @@ def test_cli_flags_come_from_the_table() -> None:
     args = parse("--group-size", "64", "--no-static-groups")
     assert (args["group_size"], args["static_groups"]) == (64, False)
     args = parse("--embed", "int4-g32", "--lm-head", "embed")
-    assert (args["embed"], args["lm_head"]) == ("int4-g32", None)
+    assert (args["embed"], args["lm_head"]) == ("int4-g32", "embed")
+    check_options({"lm_head": "embed"})
+    check_options({"lm_head": None})
     assert parse("--lm-head", "f16")["lm_head"] == "f16"
     unset = parse()
     assert "bits" not in unset, "unset flags keep the library's defaults"

@@ -95,8 +95,9 @@ def quantize_model(
     ``"channel"``/``None`` for one scale per output channel), ``sym``, ``scale_dtype``
     (``"f16"`` or ``"f32"``), ``embed`` and ``lm_head`` (storage of the token embedding and the
     LM head: ``"int8"``, one scale per row, the default; ``"int4-g32"``, ``"int4-g64"``,
-    ``"int4-g128"``; ``"f16"``, ``"f32"`` or ``"keep"``; ``lm_head=None`` stores the head as
-    the embedding, and a model that ties them stores one tensor, by ``embed``), ``nsamples``,
+    ``"int4-g128"``; ``"f16"``, ``"f32"`` or ``"keep"``; ``lm_head="embed"`` or ``None``, the
+    default, stores the head as the embedding; a model that ties them stores one tensor, by
+    ``embed``), ``nsamples``,
     ``seqlen``, ``seed``, ``resume`` (continue from
     ``<out>.partial`` after an interrupted run, same bytes as an uninterrupted one), and each
     method's own: ``act_order``, ``static_groups``, ``percdamp`` (gptq), ``mse_clip`` (gptq,

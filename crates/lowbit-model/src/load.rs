@@ -250,12 +250,7 @@ impl Model {
     /// bytes of all the others (a manifest that records the directory's size): `last` is its
     /// name and a function from those bytes to its contents. Returns the bytes of every file
     /// written, the last included.
-    pub fn save_with_last(
-        &self,
-        dir: &Path,
-        extras: &SaveExtras,
-        last: Option<LastFile<'_>>,
-    ) -> Result<u64> {
+    pub fn save_with_last(&self, dir: &Path, extras: &SaveExtras, last: Option<LastFile<'_>>) -> Result<u64> {
         let mut total = 0u64;
         write_dir_atomically(dir, |tmp| {
             // Dense tensors are borrowed, not copied, and streamed to the file: an f32 embedding

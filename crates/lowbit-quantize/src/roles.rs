@@ -44,13 +44,30 @@ pub const TENSOR_SCHEMES: [(&str, TensorScheme); 7] = [
 ];
 
 /// The names of [`TENSOR_SCHEMES`], in order (the option rows' `Choice`).
-pub const TENSOR_SCHEME_NAMES: &[&str] = &names(&TENSOR_SCHEMES);
+pub const TENSOR_SCHEME_NAMES: &[&str] = &names::<7, 7>(&TENSOR_SCHEMES, None);
 
-const fn names<const N: usize>(table: &[(&'static str, TensorScheme); N]) -> [&'static str; N] {
-    let mut out = [""; N];
+/// The LM head's choices: [`SAME_AS_EMBED`], then [`TENSOR_SCHEME_NAMES`].
+pub const HEAD_SCHEME_NAMES: &[&str] = &names::<7, 8>(&TENSOR_SCHEMES, Some(SAME_AS_EMBED));
+
+/// The LM head's choice that stores it as the embedding (its `None`).
+pub const SAME_AS_EMBED: &str = "embed";
+
+/// The names of `table` (after `first`, when given); `M` is `N` plus one for `first`.
+const fn names<const N: usize, const M: usize>(
+    table: &[(&'static str, TensorScheme); N],
+    first: Option<&'static str>,
+) -> [&'static str; M] {
+    let mut out = [""; M];
+    let skip = match first {
+        Some(f) => {
+            out[0] = f;
+            1
+        }
+        None => 0,
+    };
     let mut i = 0;
     while i < N {
-        out[i] = table[i].0;
+        out[i + skip] = table[i].0;
         i += 1;
     }
     out
@@ -146,6 +163,8 @@ mod tests {
             assert_eq!(s.name(), n);
         }
         assert!(TensorScheme::from_name("int5").is_err());
+        assert_eq!(HEAD_SCHEME_NAMES[0], SAME_AS_EMBED);
+        assert_eq!(&HEAD_SCHEME_NAMES[1..], TENSOR_SCHEME_NAMES);
     }
 
     #[test]

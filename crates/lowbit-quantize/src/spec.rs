@@ -7,7 +7,7 @@
 //! ids, data-free) is not an option row: it is the pipeline's input, passed separately.
 
 use crate::options::QuantizeOptions;
-use crate::roles::{TensorScheme, TENSOR_SCHEME_NAMES};
+use crate::roles::{TensorScheme, HEAD_SCHEME_NAMES, SAME_AS_EMBED, TENSOR_SCHEME_NAMES};
 use crate::{QuantizeError, Result};
 use lowbit_core::ScaleDtype;
 use lowbit_solvers::{GptqMethod, MethodConfig, RtnMethod};
@@ -259,15 +259,18 @@ pub const OPTIONS: &[OptionSpec] = &[
     },
     OptionSpec {
         name: "lm_head",
-        kind: OptionKind::Choice(TENSOR_SCHEME_NAMES),
+        kind: OptionKind::Choice(HEAD_SCHEME_NAMES),
         optional: true,
-        help: "LM head storage, as embed; None or 'embed' = as the embedding (a tied model stores one tensor, by embed)",
+        help: "LM head storage, as embed; 'embed' or None = as the embedding (a tied model stores one tensor, by embed)",
         methods: &[],
         cli: Some("--lm-head"),
-        cli_aliases: &[("embed", Alias::None)],
+        cli_aliases: &[],
         get: |o| some_or_none(o.lm_head, |s| OptionValue::Str(s.name().into())),
         set: |o, v| {
-            o.lm_head = opt(v, |v| TensorScheme::from_name(str_of(v)?).map_err(|e| e.to_string()))?;
+            o.lm_head = match v {
+                OptionValue::Str(s) if s == SAME_AS_EMBED => None,
+                v => opt(v, |v| TensorScheme::from_name(str_of(v)?).map_err(|e| e.to_string()))?,
+            };
             Ok(())
         },
     },
@@ -513,6 +516,8 @@ mod tests {
         assert_eq!(d("group_size"), OptionValue::Int(128));
         assert_eq!(d("embed"), OptionValue::Str("int8".into()));
         assert_eq!(d("lm_head"), OptionValue::None, "as the embedding");
+        let o = QuantizeOptions::from_pairs(&[("lm_head".into(), OptionValue::Str("embed".into()))]).unwrap();
+        assert_eq!(o.lm_head, None);
         assert_eq!(d("awq_samples"), OptionValue::Int(AwqMethod::default().samples as i64));
         assert_eq!(d("sq_alpha"), OptionValue::Float(f64::from(SmoothQuantMethod::default().alpha)));
         assert_eq!(d("mse_clip"), OptionValue::None, "depends on the method");
