@@ -460,18 +460,45 @@ fn to_i32(v: usize) -> Result<i32, CudaError> {
     i32::try_from(v).map_err(|_| CudaError::Shape(format!("{v} exceeds the kernels' 32-bit sizes")))
 }
 
-/// Opens the device and compiles the kernels for it.
-fn open(ordinal: usize) -> Result<Device, CudaError> {
-    // SAFETY: these only try to dlopen the libraries.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(CudaError::Unavailable("no CUDA driver library (libcuda.so) was found".into()));
-    }
-    // SAFETY: as above.
+/// NVRTC's PTX of lowbit's kernels for compute capability `major.minor`. Needs only NVRTC, no
+/// driver or device: the check script and the tests compile the kernels on machines without a
+/// GPU this way. The error carries NVRTC's log.
+pub fn compile_kernels(major: i32, minor: i32) -> Result<String, CudaError> {
+    let ptx = std::panic::catch_unwind(|| compile(major, minor))
+        .map_err(|p| CudaError::Unavailable(format!("loading NVRTC failed: {}", panic_text(&*p))))??;
+    Ok(ptx.to_src())
+}
+
+fn compile(major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx, CudaError> {
+    // SAFETY: this only tries to dlopen the library.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(CudaError::Unavailable(
             "NVRTC (libnvrtc.so.13 or libnvrtc.so) was not found: add the CUDA toolkit's lib64 to LD_LIBRARY_PATH"
                 .into(),
         ));
+    }
+    // PTX for the device's virtual architecture; the driver turns it into the device's code
+    // when the module is loaded.
+    let compute: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(compute),
+        options: vec!["-default-device".into(), "--std=c++17".into()],
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts).map_err(|e| {
+        let log = match &e {
+            cudarc::nvrtc::CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
+            other => format!("{other:?}"),
+        };
+        CudaError::Compile { arch: compute.to_string(), log }
+    })
+}
+
+/// Opens the device and compiles the kernels for it.
+fn open(ordinal: usize) -> Result<Device, CudaError> {
+    // SAFETY: these only try to dlopen the libraries.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(CudaError::Unavailable("no CUDA driver library (libcuda.so) was found".into()));
     }
     let count = CudaContext::device_count().map_err(|e| CudaError::Unavailable(format!("the CUDA driver: {e}")))?;
     if ordinal >= count.max(0) as usize {
@@ -483,19 +510,7 @@ fn open(ordinal: usize) -> Result<Device, CudaError> {
     let (major, minor) = ctx.compute_capability().map_err(|e| drv("compute capability", e))?;
     let name = ctx.name().map_err(|e| drv("device name", e))?;
     let arch = format!("sm_{major}{minor}");
-    let compute: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
-    let opts = cudarc::nvrtc::CompileOptions {
-        arch: Some(compute),
-        options: vec!["-default-device".into(), "--std=c++17".into()],
-        ..Default::default()
-    };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts).map_err(|e| {
-        let log = match &e {
-            cudarc::nvrtc::CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
-            other => format!("{other:?}"),
-        };
-        CudaError::Compile { arch: arch.clone(), log }
-    })?;
+    let ptx = compile(major, minor)?;
     let module = ctx.load_module(ptx).map_err(|e| drv("loading the compiled kernels", e))?;
     let mut funcs = HashMap::new();
     for &k in KERNELS {

@@ -29,7 +29,7 @@ mod device;
 #[path = "stub.rs"]
 mod device;
 
-pub use device::{CuView, CuViewMut, Cuda, CudaBuffer, CudaLinear};
+pub use device::{compile_kernels, CuView, CuViewMut, Cuda, CudaBuffer, CudaLinear};
 pub use error::CudaError;
 
 use lowbit_model::{Device, LoadOptions, Model, ModelError};

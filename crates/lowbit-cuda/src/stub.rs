@@ -111,6 +111,11 @@ impl Cuda {
     }
 }
 
+/// Always [`CudaError::Unavailable`]: lowbit-cuda was built without its `cuda` feature.
+pub fn compile_kernels(_major: i32, _minor: i32) -> Result<String, CudaError> {
+    Err(CudaError::Unavailable("lowbit-cuda was built without the `cuda` feature".into()))
+}
+
 impl Backend for Cuda {
     type Error = CudaError;
     type Buffer = CudaBuffer;
