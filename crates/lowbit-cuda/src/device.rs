@@ -420,7 +420,9 @@ impl Cuda {
         b.arg(&xp).arg(&ni).arg(&op);
         // SAFETY: x holds rows * n values and out rows ids (checked above).
         unsafe { b.launch(cfg) }.map_err(|e| drv("argmax", e))?;
-        self.stream().clone_dtoh(&out).map_err(|e| drv("argmax download", e))
+        let ids = self.stream().clone_dtoh(&out).map_err(|e| drv("argmax download", e))?;
+        self.stream().synchronize().map_err(|e| drv("argmax download", e))?;
+        Ok(ids)
     }
 
     /// Bandwidth of a device-to-device copy of `bytes` bytes (read plus written, GB/s), the
@@ -547,6 +549,7 @@ impl Backend for Cuda {
         self.take_sticky()?;
         let Some(s) = &buf.slice else { return Ok(vec![]) };
         let v = self.stream().clone_dtoh(&s.slice(0..buf.len)).map_err(|e| drv("download", e))?;
+        self.stream().synchronize().map_err(|e| drv("download", e))?;
         self.take_sticky()?;
         Ok(v)
     }
