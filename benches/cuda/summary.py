@@ -27,13 +27,13 @@ def main(out):
         copy = bench["copy_gb_per_s"]
         lines += ["", f"Device: {bench['device']}; copy bandwidth {copy:.0f} GB/s (read + write)", ""]
         lines += [
-            "| K x N | W4 best us | rows/warp | W4 GB/s | % of copy (target 80) | torch fp16 us | speedup (target 3.5) |",
+            "| K x N | W4 best us | variant | W4 GB/s | % of copy (target 80) | torch fp16 us | speedup (target 3.5) |",
             "|---|---|---|---|---|---|---|",
         ]
         tmap = {(r["k"], r["n"]): r for r in (torch or {}).get("rows", [])}
         shapes = sorted({(r["k"], r["n"]) for r in bench["rows"]}, key=lambda s: s[0] * s[1])
         for k, n in shapes:
-            w4 = [r for r in bench["rows"] if r["k"] == k and r["n"] == n and "rows_per_warp" in r]
+            w4 = [r for r in bench["rows"] if r["k"] == k and r["n"] == n and "variant" in r]
             if not w4:
                 continue
             best = min(w4, key=lambda r: r["seconds"])
@@ -41,7 +41,7 @@ def main(out):
             tus = f"{t['seconds'] * 1e6:.1f}" if t else "-"
             sp = f"{t['seconds'] / best['seconds']:.2f}x" if t else "-"
             lines.append(
-                f"| {k} x {n} | {best['seconds'] * 1e6:.1f} | {best['rows_per_warp']} | {best['gb_per_s']:.0f} "
+                f"| {k} x {n} | {best['seconds'] * 1e6:.1f} | {best['variant']} | {best['gb_per_s']:.0f} "
                 f"| {best['pct_of_copy']:.1f} | {tus} | {sp} |"
             )
         if torch:

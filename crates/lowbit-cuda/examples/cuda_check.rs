@@ -245,7 +245,7 @@ fn bench(out: &Path) -> Res<()> {
     // (in_features K, out_features N): the weight is [N, K].
     let shapes = [(4096usize, 4096usize), (8192, 8192), (8192, 28672), (28672, 8192)];
     let mut rows_out = vec![];
-    println!("\n| K x N (in x out) | rows/warp | time us | GB/s | % of copy | weight MiB |");
+    println!("\n| K x N (in x out) | variant | time us | GB/s | % of copy | weight MiB |");
     println!("|---|---|---|---|---|---|");
     for &(k, n) in &shapes {
         let q = random_w4(n, k, (k * 31 + n) as u64)?;
@@ -261,8 +261,8 @@ fn bench(out: &Path) -> Res<()> {
         let x = cu.upload(&(0..k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect::<Vec<_>>())?;
         let mut y = cu.zeros(n)?;
         let bytes = (bytes_w + 4 * k + 4 * n) as f64;
-        let mut best = (f64::MAX, 0);
-        for r in [1usize, 2, 4, 8] {
+        let mut best = (f64::MAX, "");
+        for &r in lowbit_cuda::W4_GEMV_VARIANTS {
             let mut i = 0;
             let t = cu.time(50, || {
                 i = (i + 1) % ws.len();
@@ -276,7 +276,7 @@ fn bench(out: &Path) -> Res<()> {
                 100.0 * gbs / copy,
                 bytes_w as f64 / (1 << 20) as f64
             );
-            rows_out.push(json!({"k": k, "n": n, "rows_per_warp": r, "seconds": t, "gb_per_s": gbs,
+            rows_out.push(json!({"k": k, "n": n, "variant": r, "seconds": t, "gb_per_s": gbs,
                                  "pct_of_copy": 100.0 * gbs / copy, "weight_bytes": bytes_w, "copies": copies}));
             if t < best.0 {
                 best = (t, r);
@@ -295,7 +295,7 @@ fn bench(out: &Path) -> Res<()> {
             100.0 * gbs / copy,
             wf16.device_bytes() as f64 / (1 << 20) as f64
         );
-        rows_out.push(json!({"k": k, "n": n, "format": "f16", "seconds": t, "gb_per_s": gbs, "best_w4_seconds": best.0, "best_w4_rows_per_warp": best.1}));
+        rows_out.push(json!({"k": k, "n": n, "format": "f16", "seconds": t, "gb_per_s": gbs, "best_w4_seconds": best.0, "best_w4_variant": best.1}));
         // Prefill: the tiled GEMM at M = 64 and 512 on the INT4 weight.
         for m in [64usize, 512] {
             let xm = cu.zeros(m * k)?;

@@ -21,16 +21,19 @@ const SOURCE: &str = include_str!("kernels.cu");
 
 /// Every kernel of `kernels.cu`, loaded once per device.
 const KERNELS: &[&str] = &[
-    "gemv_w4h_r1",
-    "gemv_w4h_r2",
-    "gemv_w4h_r4",
-    "gemv_w4h_r8",
-    "gemv_w4f_r4",
-    "gemv_w8h_r4",
-    "gemv_w8f_r4",
-    "gemv_f32_r4",
-    "gemv_f16_r4",
-    "gemv_bf16_r4",
+    "gemv_w4h_r1u1",
+    "gemv_w4h_r2u1",
+    "gemv_w4h_r4u1",
+    "gemv_w4h_r8u1",
+    "gemv_w4h_r1u4",
+    "gemv_w4h_r2u2",
+    "gemv_w4h_r4u2",
+    "gemv_w4f_r4u1",
+    "gemv_w8h_r4u1",
+    "gemv_w8f_r4u1",
+    "gemv_f32_r4u1",
+    "gemv_f16_r4u1",
+    "gemv_bf16_r4u1",
     "gemm_w4h",
     "gemm_w4f",
     "gemm_w8h",
@@ -57,8 +60,11 @@ const KERNELS: &[&str] = &[
 /// Products of at most this many activation rows use the GEMV kernels (each row reads the
 /// weights once, from L2 after the first); larger ones the tiled GEMM.
 const GEMV_MAX_M: usize = 4;
-/// Weight rows per warp of the INT4 GEMV (1, 2, 4 or 8).
-const DEFAULT_W4_ROWS: usize = 4;
+/// The INT4 (f16 parameters) GEMV variants: `rR` weight rows per warp, `uU` chunks per lane per
+/// step. The benchmark times them all; the backend uses [`DEFAULT_W4_VARIANT`].
+pub const W4_GEMV_VARIANTS: &[&str] = &["r1u1", "r2u1", "r4u1", "r8u1", "r1u4", "r2u2", "r4u2"];
+/// The INT4 GEMV variant [`Backend::linear`] uses.
+pub const DEFAULT_W4_VARIANT: &str = "r4u1";
 /// Largest head dimension the attention kernel holds in registers.
 const MAX_HEAD_DIM: usize = 256;
 
@@ -328,15 +334,15 @@ impl Cuda {
         Ok(())
     }
 
-    /// [`Backend::linear`] with the INT4 GEMV's weight rows per warp chosen (1, 2, 4 or 8):
-    /// the benchmark compares them. Other formats and GEMM sizes ignore `w4_rows`.
+    /// [`Backend::linear`] with the INT4 GEMV variant chosen (one of [`W4_GEMV_VARIANTS`]): the
+    /// benchmark compares them. Other formats and GEMM sizes ignore `w4_variant`.
     pub fn linear_with(
         &self,
         w: &CudaLinear,
         x: CuView<'_>,
         m: usize,
         out: CuViewMut<'_>,
-        w4_rows: usize,
+        w4_variant: &str,
     ) -> Result<(), CudaError> {
         self.take_sticky()?;
         let d = &w.w;
@@ -364,14 +370,18 @@ impl Cuda {
         let gsz = to_i32(d.group)?;
         let ng = to_i32(d.groups)?;
         if m <= GEMV_MAX_M {
-            let r = match d.format {
-                Format::Int4 if !d.f32_params => w4_rows,
-                _ => 4,
+            let variant = match d.format {
+                Format::Int4 if !d.f32_params => w4_variant,
+                _ => "r4u1",
             };
-            if ![1, 2, 4, 8].contains(&r) {
-                return Err(CudaError::Shape(format!("GEMV rows per warp must be 1, 2, 4 or 8, got {r}")));
+            if !W4_GEMV_VARIANTS.contains(&variant) {
+                return Err(CudaError::Shape(format!(
+                    "no INT4 GEMV variant {variant:?} (one of {W4_GEMV_VARIANTS:?})"
+                )));
             }
-            let name = format!("gemv_{}_r{r}", w.suffix());
+            // "r4u1": 4 rows per warp.
+            let r: usize = variant[1..variant.find('u').unwrap_or(2)].parse().unwrap_or(4);
+            let name = format!("gemv_{}_{variant}", w.suffix());
             let ld = to_i32(d.ld)?;
             let xvec = i32::from(xp % 16 == 0 && d.cols % 4 == 0);
             let rows_per_block = 4 * r;
@@ -617,7 +627,7 @@ impl Backend for Cuda {
     }
 
     fn linear(&self, w: &CudaLinear, x: CuView<'_>, m: usize, out: CuViewMut<'_>) -> Result<(), CudaError> {
-        self.linear_with(w, x, m, out, DEFAULT_W4_ROWS)
+        self.linear_with(w, x, m, out, DEFAULT_W4_VARIANT)
     }
 
     fn embed(&self, table: &CudaLinear, tokens: &[u32], out: CuViewMut<'_>) -> Result<(), CudaError> {

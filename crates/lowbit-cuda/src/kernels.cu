@@ -133,10 +133,61 @@ __device__ __forceinline__ float w_elem(const u8* W, const P* prm, int r, int k,
 }
 
 // GEMV: out[y, row] = sum_k x[y, k] * W[row, k] for the activation row y = blockIdx.y. Each warp
-// owns R consecutive weight rows and walks their chunks with its 32 lanes; the activation chunk
-// is loaded once and reused for the R rows. Quantized products are
-// scale * (sum q x - zero * sum x) per chunk (a chunk never straddles a group).
+// owns R consecutive weight rows and walks their chunks with its 32 lanes, U chunks per lane per
+// step (all U * R 128-bit loads issued before the first use); the activation chunk is loaded once
+// and reused for the R rows. Quantized products are scale * (sum q x - zero * sum x) per chunk
+// (a chunk never straddles a group).
 template <int FMT, int R, typename P>
+__device__ __forceinline__ void gemv_chunk(const uint4 (&w)[R], const P* __restrict__ prm,
+                                           const float* __restrict__ x, float (&acc)[R], int row0,
+                                           int rows, int cols, int c, int gsz, int ng, int xvec) {
+    const int E = Chunk<FMT>::E;
+    const int k0 = c * E;
+    float xv[E];
+    if (xvec && k0 + E <= cols) {
+        const float4* xp = (const float4*)(x + k0);
+#pragma unroll
+        for (int i = 0; i < E / 4; i++) {
+            float4 t = __ldg(xp + i);
+            xv[4 * i] = t.x;
+            xv[4 * i + 1] = t.y;
+            xv[4 * i + 2] = t.z;
+            xv[4 * i + 3] = t.w;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < E; i++) xv[i] = (k0 + i < cols) ? x[k0 + i] : 0.f;
+    }
+    float xs = 0.f;
+    if (Chunk<FMT>::QUANT) {
+#pragma unroll
+        for (int i = 0; i < E; i++) xs += xv[i];
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float q[E];
+        Chunk<FMT>::dec(w[r], q);
+        float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
+#pragma unroll
+        for (int i = 0; i < E; i += 4) {
+            d0 = fmaf(q[i], xv[i], d0);
+            d1 = fmaf(q[i + 1], xv[i + 1], d1);
+            d2 = fmaf(q[i + 2], xv[i + 2], d2);
+            d3 = fmaf(q[i + 3], xv[i + 3], d3);
+        }
+        float d = (d0 + d1) + (d2 + d3);
+        if (Chunk<FMT>::QUANT) {
+            int row = min(row0 + r, rows - 1);
+            float s, z;
+            ld_param(prm + (size_t)row * ng + k0 / gsz, s, z);
+            acc[r] = fmaf(s, d - z * xs, acc[r]);
+        } else {
+            acc[r] += d;
+        }
+    }
+}
+
+template <int FMT, int R, int U, typename P>
 __device__ __forceinline__ void gemv(const uint4* __restrict__ W, const P* __restrict__ prm,
                                      const float* __restrict__ x, float* __restrict__ out, int rows,
                                      int cols, int ld, int gsz, int ng, int xvec) {
@@ -150,55 +201,20 @@ __device__ __forceinline__ void gemv(const uint4* __restrict__ W, const P* __res
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.f;
     const int nch = (cols + E - 1) / E;
-    for (int c = lane; c < nch; c += 32) {
-        uint4 w[R];
+    for (int c0 = lane; c0 < nch; c0 += 32 * U) {
+        uint4 w[U][R];
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            int row = min(row0 + r, rows - 1);
-            w[r] = __ldg(W + (size_t)row * ld + c);
-        }
-        const int k0 = c * E;
-        float xv[E];
-        if (xvec && k0 + E <= cols) {
-            const float4* xp = (const float4*)(x + k0);
+        for (int u = 0; u < U; u++) {
+            int c = min(c0 + 32 * u, nch - 1);
 #pragma unroll
-            for (int i = 0; i < E / 4; i++) {
-                float4 t = __ldg(xp + i);
-                xv[4 * i] = t.x;
-                xv[4 * i + 1] = t.y;
-                xv[4 * i + 2] = t.z;
-                xv[4 * i + 3] = t.w;
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < E; i++) xv[i] = (k0 + i < cols) ? x[k0 + i] : 0.f;
-        }
-        float xs = 0.f;
-        if (Chunk<FMT>::QUANT) {
-#pragma unroll
-            for (int i = 0; i < E; i++) xs += xv[i];
-        }
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            float q[E];
-            Chunk<FMT>::dec(w[r], q);
-            float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
-#pragma unroll
-            for (int i = 0; i < E; i += 4) {
-                d0 = fmaf(q[i], xv[i], d0);
-                d1 = fmaf(q[i + 1], xv[i + 1], d1);
-                d2 = fmaf(q[i + 2], xv[i + 2], d2);
-                d3 = fmaf(q[i + 3], xv[i + 3], d3);
-            }
-            float d = (d0 + d1) + (d2 + d3);
-            if (Chunk<FMT>::QUANT) {
+            for (int r = 0; r < R; r++) {
                 int row = min(row0 + r, rows - 1);
-                float s, z;
-                ld_param(prm + (size_t)row * ng + k0 / gsz, s, z);
-                acc[r] = fmaf(s, d - z * xs, acc[r]);
-            } else {
-                acc[r] += d;
+                w[u][r] = __ldg(W + (size_t)row * ld + c);
             }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (c0 + 32 * u < nch) gemv_chunk<FMT, R, P>(w[u], prm, x, acc, row0, rows, cols, c0 + 32 * u, gsz, ng, xvec);
         }
     }
 #pragma unroll
@@ -208,23 +224,27 @@ __device__ __forceinline__ void gemv(const uint4* __restrict__ W, const P* __res
     }
 }
 
-#define GEMV_KERNEL(NAME, FMT, R, P)                                                                \
+#define GEMV_KERNEL(NAME, FMT, R, U, P)                                                             \
     extern "C" __global__ void __launch_bounds__(128)                                               \
         NAME(const uint4* W, const P* prm, const float* x, float* out, int rows, int cols, int ld, \
              int gsz, int ng, int xvec) {                                                           \
-        gemv<FMT, R, P>(W, prm, x, out, rows, cols, ld, gsz, ng, xvec);                             \
+        gemv<FMT, R, U, P>(W, prm, x, out, rows, cols, ld, gsz, ng, xvec);                          \
     }
 
-GEMV_KERNEL(gemv_w4h_r1, 3, 1, hp)
-GEMV_KERNEL(gemv_w4h_r2, 3, 2, hp)
-GEMV_KERNEL(gemv_w4h_r4, 3, 4, hp)
-GEMV_KERNEL(gemv_w4h_r8, 3, 8, hp)
-GEMV_KERNEL(gemv_w4f_r4, 3, 4, fp)
-GEMV_KERNEL(gemv_w8h_r4, 4, 4, hp)
-GEMV_KERNEL(gemv_w8f_r4, 4, 4, fp)
-GEMV_KERNEL(gemv_f32_r4, 0, 4, hp)
-GEMV_KERNEL(gemv_f16_r4, 1, 4, hp)
-GEMV_KERNEL(gemv_bf16_r4, 2, 4, hp)
+// INT4 with f16 parameters, the decode format: variants for the benchmark to choose from.
+GEMV_KERNEL(gemv_w4h_r1u1, 3, 1, 1, hp)
+GEMV_KERNEL(gemv_w4h_r2u1, 3, 2, 1, hp)
+GEMV_KERNEL(gemv_w4h_r4u1, 3, 4, 1, hp)
+GEMV_KERNEL(gemv_w4h_r8u1, 3, 8, 1, hp)
+GEMV_KERNEL(gemv_w4h_r1u4, 3, 1, 4, hp)
+GEMV_KERNEL(gemv_w4h_r2u2, 3, 2, 2, hp)
+GEMV_KERNEL(gemv_w4h_r4u2, 3, 4, 2, hp)
+GEMV_KERNEL(gemv_w4f_r4u1, 3, 4, 1, fp)
+GEMV_KERNEL(gemv_w8h_r4u1, 4, 4, 1, hp)
+GEMV_KERNEL(gemv_w8f_r4u1, 4, 4, 1, fp)
+GEMV_KERNEL(gemv_f32_r4u1, 0, 4, 1, hp)
+GEMV_KERNEL(gemv_f16_r4u1, 1, 4, 1, hp)
+GEMV_KERNEL(gemv_bf16_r4u1, 2, 4, 1, hp)
 
 // Tiled GEMM for prefill: out[m, rows] = x[m, cols] * W^T, 64x64 output tiles, 256 threads each
 // computing 4x4, the weight tile dequantized to f32 in shared memory. Correct first; the

@@ -19,6 +19,12 @@
 //! Known gaps: the GEMM uses FP32 FMA, not tensor cores (`mma.sync`); the model's generation and
 //! perplexity download logits every step (the `Backend` trait has no device-side sampling yet;
 //! [`Cuda::argmax`] is ready for it); GPTQ on the GPU is not here.
+//!
+//! `unsafe` (kernel launches, raw device copies) lives only in the device module, each block
+//! with a `// SAFETY:` comment.
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod error;
 pub mod layout;
@@ -29,7 +35,9 @@ mod device;
 #[path = "stub.rs"]
 mod device;
 
-pub use device::{compile_kernels, CuView, CuViewMut, Cuda, CudaBuffer, CudaLinear};
+pub use device::{
+    compile_kernels, CuView, CuViewMut, Cuda, CudaBuffer, CudaLinear, DEFAULT_W4_VARIANT, W4_GEMV_VARIANTS,
+};
 pub use error::CudaError;
 
 use lowbit_model::{Device, LoadOptions, Model, ModelError};

@@ -86,14 +86,14 @@ impl Cuda {
     pub fn synchronize(&self) -> Result<(), CudaError> {
         match self.never {}
     }
-    /// [`Backend::linear`] with the INT4 GEMV's weight rows per warp chosen.
+    /// [`Backend::linear`] with the INT4 GEMV variant chosen.
     pub fn linear_with(
         &self,
         _w: &CudaLinear,
         _x: CuView<'_>,
         _m: usize,
         _out: CuViewMut<'_>,
-        _w4_rows: usize,
+        _w4_variant: &str,
     ) -> Result<(), CudaError> {
         match self.never {}
     }
@@ -110,6 +110,11 @@ impl Cuda {
         match self.never {}
     }
 }
+
+/// The INT4 GEMV variants (see the `cuda` build).
+pub const W4_GEMV_VARIANTS: &[&str] = &["r1u1", "r2u1", "r4u1", "r8u1", "r1u4", "r2u2", "r4u2"];
+/// The INT4 GEMV variant the backend uses.
+pub const DEFAULT_W4_VARIANT: &str = "r4u1";
 
 /// Always [`CudaError::Unavailable`]: lowbit-cuda was built without its `cuda` feature.
 pub fn compile_kernels(_major: i32, _minor: i32) -> Result<String, CudaError> {

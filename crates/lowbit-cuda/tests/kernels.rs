@@ -144,17 +144,14 @@ mod device {
                     let mut want = vec![0f32; m * rows];
                     cpu.forward_scalar(&x, m, &mut want);
                     let xb = up(&cu, &x);
-                    let rws: &[usize] = if m == 1 { &[1, 2, 4, 8] } else { &[4] };
-                    for &r in rws {
+                    let variants: &[&str] = if m == 1 { lowbit_cuda::W4_GEMV_VARIANTS } else { &["r4u1", "r1u4"] };
+                    for &r in variants {
                         let mut out = poisoned(&cu, m * rows);
                         let (xv, ov) = (cu.view(&xb, 0..m * cols), cu.view_mut(&mut out, 0..m * rows));
                         cu.linear_with(&dev, xv, m, ov, r).unwrap();
                         let got = cu.to_host(out).unwrap();
                         let e = rel_err(&got, &want);
-                        assert!(
-                            e < 2e-6 * (cols as f64).sqrt(),
-                            "{name} {rows}x{cols} m={m} rows/warp={r}: rel err {e}"
-                        );
+                        assert!(e < 2e-6 * (cols as f64).sqrt(), "{name} {rows}x{cols} m={m} variant {r}: rel err {e}");
                     }
                 }
             }
