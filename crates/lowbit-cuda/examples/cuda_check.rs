@@ -252,7 +252,7 @@ fn bench(out: &Path) -> Res<()> {
         let first = cu.load_linear(n, k, HostWeight::Quant(&q))?;
         let bytes_w = first.device_bytes();
         // Rotate over enough copies that they do not fit in L2 together (H200: 60 MB).
-        let copies = (256usize << 20).div_ceil(bytes_w).clamp(1, 8);
+        let copies = (256usize << 20).div_ceil(bytes_w).clamp(1, 32);
         let mut ws = vec![first];
         for _ in 1..copies {
             ws.push(cu.load_linear(n, k, HostWeight::Quant(&q))?);
@@ -310,6 +310,26 @@ fn bench(out: &Path) -> Res<()> {
     Ok(())
 }
 
+/// Greedy decoding with the argmax on the device: per step only the token id comes back.
+/// Returns the tokens and the tokens per second of the steps after the prompt.
+fn device_greedy(model: &Model<Cuda>, prompt: &[u32], steps: usize) -> Res<(Vec<u32>, f64)> {
+    let cu = model.backend();
+    let vocab = model.config().vocab_size;
+    let mut cache = model.new_cache();
+    let mut logits = model.forward_last_on_device(prompt, &mut cache)?;
+    let mut out = Vec::with_capacity(steps);
+    let t = Instant::now();
+    loop {
+        let id = cu.argmax(cu.view(&logits, 0..vocab), 1, vocab)?[0];
+        out.push(id);
+        if out.len() == steps {
+            break;
+        }
+        logits = model.forward_last_on_device(&[id], &mut cache)?;
+    }
+    Ok((out, (steps.max(2) - 1) as f64 / t.elapsed().as_secs_f64()))
+}
+
 fn model(dir: &Path, reference: &Path, out: &Path) -> Res<()> {
     let refv: Value = serde_json::from_str(&std::fs::read_to_string(reference)?)?;
     let ids: Vec<u32> = serde_json::from_value(refv["ids"].clone())?;
@@ -324,6 +344,13 @@ fn model(dir: &Path, reference: &Path, out: &Path) -> Res<()> {
     cu.synchronize().map_err(|e: CudaError| e.to_string())?;
     let greedy_equal = v["greedy_tokens"] == refv["greedy_tokens"];
     let (logit_diff, margin) = logit_check(&model, &refv)?;
+    let prompt: Vec<u32> = serde_json::from_value(refv["prompt_ids"].clone())?;
+    let _ = device_greedy(&model, &prompt, 8)?; // warm-up
+    let (dev_tokens, dev_tps) = device_greedy(&model, &prompt, DECODE_TOKENS)?;
+    let dev_equal = json!(dev_tokens[..GREEDY_TOKENS]) == refv["greedy_tokens"];
+    v["device_argmax_tokens"] = json!(dev_tokens[..GREEDY_TOKENS]);
+    v["device_argmax_greedy_equal_cpu"] = json!(dev_equal);
+    v["device_argmax_decode_tokens_per_s"] = json!(dev_tps);
     v["logit_max_abs_diff_top5"] = json!(logit_diff);
     v["cpu_min_top1_margin"] = json!(margin);
     let (gp, cp) = (v["ppl"].as_f64().unwrap_or(f64::NAN), refv["ppl"].as_f64().unwrap_or(f64::NAN));
@@ -348,6 +375,12 @@ fn model(dir: &Path, reference: &Path, out: &Path) -> Res<()> {
         if rel <= 1e-3 { "within 1e-3" } else { "OVER 1e-3" }
     );
     println!(
+        "| greedy, argmax on the device | {} | | {} |",
+        v["device_argmax_tokens"],
+        if dev_equal { "equal" } else { "DIFFER" }
+    );
+    println!("| decode tok/s, argmax on the device | {dev_tps:.1} | | |");
+    println!(
         "| decode tok/s ({DECODE_TOKENS} tokens) | {:.1} | {:.1} | |",
         v["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
         refv["decode_tokens_per_s"].as_f64().unwrap_or(0.0)
@@ -358,7 +391,7 @@ fn model(dir: &Path, reference: &Path, out: &Path) -> Res<()> {
         v["ppl_seconds"].as_f64().unwrap_or(0.0),
         refv["ppl_seconds"].as_f64().unwrap_or(0.0)
     );
-    if !greedy_equal || rel.is_nan() || rel > 1e-3 {
+    if !greedy_equal || !dev_equal || rel.is_nan() || rel > 1e-3 {
         return Err("the GPU model does not match the CPU reference".into());
     }
     Ok(())

@@ -538,6 +538,22 @@ impl<B: Backend> Model<B> {
         Ok(outs)
     }
 
+    /// Runs `tokens` after what `cache` holds and returns the logits of the last token, left on
+    /// the backend (`vocab_size` values): a device backend reduces them there (greedy argmax)
+    /// and downloads only the token id.
+    pub fn forward_last_on_device(&self, tokens: &[u32], cache: &mut KvCache<B>) -> Result<B::Buffer> {
+        let c = &self.config;
+        let (h, vocab) = (c.hidden_size, c.vocab_size);
+        let (x, _) = self.hidden_batch(&mut [(tokens, cache)], &mut NoProgress)?;
+        let be = &self.backend;
+        let n = tokens.len();
+        let mut hidden = be.zeros(h).map_err(err)?;
+        be.rms_norm(be.view(&x, (n - 1) * h..n * h), self.norm_view(), c.rms_norm_eps, be.view_mut(&mut hidden, 0..h));
+        let mut logits = be.zeros(vocab).map_err(err)?;
+        be.linear(self.lm_head(), be.view(&hidden, 0..h), 1, be.view_mut(&mut logits, 0..vocab)).map_err(err)?;
+        Ok(logits)
+    }
+
     /// Runs `tokens` after what `cache` holds and returns the final-normed hidden states
     /// `[tokens][hidden]`, the LM head's input: callers that only reduce the logits (perplexity)
     /// apply the head a few rows at a time with [`Model::lm_head_rows`] instead of holding
