@@ -25,6 +25,13 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
   /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu; do
   [ -d "$d" ] && libdirs="$libdirs:$d"
 done
+# Nothing above holds NVRTC: look for it anywhere under /usr and /opt.
+have_nvrtc=0
+IFS=: read -ra dirs <<<"${libdirs#:}"
+for d in "${dirs[@]}"; do compgen -G "$d/libnvrtc.so*" >/dev/null && have_nvrtc=1; done
+if [ "$have_nvrtc" = 0 ]; then
+  for f in $(find /usr /opt -name 'libnvrtc.so*' 2>/dev/null | head -5); do libdirs="$libdirs:$(dirname "$f")"; done
+fi
 export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 BUDGET=${LOWBIT_CUDA_BUDGET_S:-350} # the whole script, so one run fits the device lease
