@@ -302,8 +302,14 @@ fn bench(out: &Path) -> Res<()> {
             let mut ym = cu.zeros(m * n)?;
             let t = cu.time(5, || cu.linear(&ws[0], cu.view(&xm, 0..m * k), m, cu.view_mut(&mut ym, 0..m * n)))?;
             let tflops = 2.0 * (m * n * k) as f64 / t / 1e12;
-            println!("| {k} x {n} | W4 GEMM M={m} | {:.1} | {tflops:.2} TFLOP/s | | |", t * 1e6);
+            println!("| {k} x {n} | W4 GEMM fp32 M={m} | {:.1} | {tflops:.2} TFLOP/s | | |", t * 1e6);
             rows_out.push(json!({"k": k, "n": n, "format": "w4 gemm", "m": m, "seconds": t, "tflops": tflops}));
+            let t = cu.time(5, || {
+                cu.linear_tensor_cores(&ws[0], cu.view(&xm, 0..m * k), m, cu.view_mut(&mut ym, 0..m * n))
+            })?;
+            let tflops = 2.0 * (m * n * k) as f64 / t / 1e12;
+            println!("| {k} x {n} | W4 GEMM mma.sync M={m} | {:.1} | {tflops:.2} TFLOP/s | | |", t * 1e6);
+            rows_out.push(json!({"k": k, "n": n, "format": "w4 gemm mma", "m": m, "seconds": t, "tflops": tflops}));
         }
     }
     write_json(out, &json!({"device": cu.describe(), "copy_gb_per_s": copy, "rows": rows_out}))?;

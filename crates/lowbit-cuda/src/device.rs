@@ -41,6 +41,13 @@ const KERNELS: &[&str] = &[
     "gemm_f32",
     "gemm_f16",
     "gemm_bf16",
+    "gemm_tc_w4h",
+    "gemm_tc_w4f",
+    "gemm_tc_w8h",
+    "gemm_tc_w8f",
+    "gemm_tc_f32",
+    "gemm_tc_f16",
+    "gemm_tc_bf16",
     "embed_w4h",
     "embed_w4f",
     "embed_w8h",
@@ -102,6 +109,8 @@ struct Device {
     funcs: HashMap<&'static str, CudaFunction>,
     name: String,
     arch: String,
+    /// Prefill products on the tensor cores (f16 operands), from `LOWBIT_CUDA_TENSOR_CORES=1`.
+    tensor_cores: bool,
     /// The first error of an op that cannot return one (the trait's elementwise ops), handed to
     /// the next fallible call.
     sticky: Mutex<Option<CudaError>>,
@@ -397,20 +406,54 @@ impl Cuda {
             // rows of `ld` chunks, x holds `m * cols` and out `m * rows` values (checked above).
             unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| drv(&name, e))
         } else {
-            let name = format!("gemm_{}", w.suffix());
-            let mi = to_i32(m)?;
-            let ldb = to_i32(d.ld * 16)?;
-            let cfg = LaunchConfig {
-                grid_dim: (d.rows.div_ceil(64) as u32, m.div_ceil(64) as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let f = self.func(&name)?;
-            let mut b = self.stream().launch_builder(f);
-            b.arg(&wp).arg(&pp).arg(&xp).arg(&op).arg(&mi).arg(&rows).arg(&cols).arg(&ldb).arg(&gsz).arg(&ng);
-            // SAFETY: as for the GEMV; the tile loads are bounds-checked against m, rows, cols.
-            unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| drv(&name, e))
+            self.gemm(w, x, m, out, self.dev.tensor_cores)
         }
+    }
+
+    /// `out = x · Wᵀ` on the tensor cores (mma.sync, f16 operands, f32 sums) for any `m`: within
+    /// f16 rounding of [`Backend::linear`], not bit-close to the CPU. The backend uses it for
+    /// prefill products when `LOWBIT_CUDA_TENSOR_CORES=1`.
+    pub fn linear_tensor_cores(
+        &self,
+        w: &CudaLinear,
+        x: CuView<'_>,
+        m: usize,
+        out: CuViewMut<'_>,
+    ) -> Result<(), CudaError> {
+        self.take_sticky()?;
+        let d = &w.w;
+        if x.len != m * d.cols || out.len != m * d.rows {
+            return Err(CudaError::Shape(format!("a {} x {} product of {m} rows", d.rows, d.cols)));
+        }
+        if m == 0 || d.rows == 0 {
+            return Ok(());
+        }
+        if d.cols == 0 {
+            return self.memset_zero(out.ptr, out.len);
+        }
+        self.gemm(w, x, m, out, true)
+    }
+
+    /// The tiled GEMM, FP32 or tensor-core; shapes already checked, none of them zero.
+    fn gemm(&self, w: &CudaLinear, x: CuView<'_>, m: usize, out: CuViewMut<'_>, tc: bool) -> Result<(), CudaError> {
+        let d = &w.w;
+        let (wp, pp) = w.ptrs(self.stream());
+        let (xp, op) = (x.ptr, out.ptr);
+        let (rows, cols, gsz, ng) = (to_i32(d.rows)?, to_i32(d.cols)?, to_i32(d.group)?, to_i32(d.groups)?);
+        let name = format!("{}_{}", if tc { "gemm_tc" } else { "gemm" }, w.suffix());
+        let mi = to_i32(m)?;
+        let ldb = to_i32(d.ld * 16)?;
+        let cfg = LaunchConfig {
+            grid_dim: (d.rows.div_ceil(64) as u32, m.div_ceil(64) as u32, 1),
+            block_dim: (if tc { 128 } else { 256 }, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.func(&name)?;
+        let mut b = self.stream().launch_builder(f);
+        b.arg(&wp).arg(&pp).arg(&xp).arg(&op).arg(&mi).arg(&rows).arg(&cols).arg(&ldb).arg(&gsz).arg(&ng);
+        // SAFETY: the argument list matches the kernel's signature; x holds m * cols and out
+        // m * rows values (checked by the callers); the tile loads are bounds-checked.
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| drv(&name, e))
     }
 
     /// The index of the largest value in each of `rows` rows of `n` values of `x` (first on
@@ -529,7 +572,8 @@ fn open(ordinal: usize) -> Result<Device, CudaError> {
         funcs.insert(k, module.load_function(k).map_err(|e| drv(&format!("kernel {k}"), e))?);
     }
     let stream = ctx.default_stream();
-    Ok(Device { ctx, stream, funcs, name, arch, sticky: Mutex::new(None) })
+    let tensor_cores = std::env::var("LOWBIT_CUDA_TENSOR_CORES").as_deref() == Ok("1");
+    Ok(Device { ctx, stream, funcs, name, arch, tensor_cores, sticky: Mutex::new(None) })
 }
 
 impl Backend for Cuda {

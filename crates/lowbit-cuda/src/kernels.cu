@@ -323,6 +323,111 @@ GEMM_KERNEL(gemm_f32, 0, hp)
 GEMM_KERNEL(gemm_f16, 1, hp)
 GEMM_KERNEL(gemm_bf16, 2, hp)
 
+// Tensor-core GEMM (opt-in: LOWBIT_CUDA_TENSOR_CORES=1, and Cuda::linear_tensor_cores):
+// out[m, rows] = x[m, cols] * W^T with mma.sync m16n8k16, f16 operands and f32 accumulation, the
+// W4A16 arithmetic of Marlin-style kernels. Activations and dequantized weights are rounded to
+// f16 (about 5e-4 relative each), so it is not the default: the FP32 GEMM above matches the CPU.
+// 64x64 block tiles, 4 warps of 32x32, K steps of 32; the weight tile is dequantized element by
+// element into shared memory (correct first; a cp.async pipeline is the next step).
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+#define TBM 64
+#define TBN 64
+#define TBK 32
+template <int FMT, typename P>
+__device__ __forceinline__ void gemm_tc(const u8* __restrict__ W, const P* __restrict__ prm,
+                                        const float* __restrict__ x, float* __restrict__ out, int m,
+                                        int rows, int cols, int ldb, int gsz, int ng) {
+    // Rows padded by 8 halves (80 bytes): the fragment loads of a warp hit 32 distinct banks.
+    __shared__ __align__(16) u16 As[TBM][TBK + 8];
+    __shared__ __align__(16) u16 Bs[TBN][TBK + 8];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, tg = lane & 3;
+    const int m0 = blockIdx.y * TBM, n0 = blockIdx.x * TBN;
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+    for (int k0 = 0; k0 < cols; k0 += TBK) {
+        for (int i = tid; i < TBM * TBK; i += blockDim.x) {
+            int mm = i / TBK, kk = i % TBK;
+            int gm = m0 + mm, gk = k0 + kk;
+            As[mm][kk] = f2h((gm < m && gk < cols) ? x[(size_t)gm * cols + gk] : 0.f);
+        }
+        for (int i = tid; i < TBN * TBK; i += blockDim.x) {
+            int nn = i / TBK, kk = i % TBK;
+            int gn = n0 + nn, gk = k0 + kk;
+            Bs[nn][kk] = f2h((gn < rows && gk < cols) ? w_elem<FMT, P>(W, prm, gn, gk, ldb, gsz, ng) : 0.f);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < TBK; ks += 16) {
+            u32 a[2][4], b[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                int r = wm + i * 16 + g;
+                a[i][0] = *(const u32*)&As[r][ks + tg * 2];
+                a[i][1] = *(const u32*)&As[r + 8][ks + tg * 2];
+                a[i][2] = *(const u32*)&As[r][ks + tg * 2 + 8];
+                a[i][3] = *(const u32*)&As[r + 8][ks + tg * 2 + 8];
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int c = wn + j * 8 + g;
+                b[j][0] = *(const u32*)&Bs[c][ks + tg * 2];
+                b[j][1] = *(const u32*)&Bs[c][ks + tg * 2 + 8];
+            }
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    asm volatile(
+                        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                        "{%8,%9}, {%0,%1,%2,%3};"
+                        : "+f"(acc[i][j][0]), "+f"(acc[i][j][1]), "+f"(acc[i][j][2]), "+f"(acc[i][j][3])
+                        : "r"(a[i][0]), "r"(a[i][1]), "r"(a[i][2]), "r"(a[i][3]), "r"(b[j][0]), "r"(b[j][1]));
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int r = m0 + wm + i * 16 + g;
+            int c = n0 + wn + j * 8 + tg * 2;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int rr = r + 8 * h;
+                if (rr >= m) continue;
+                if (c < rows) out[(size_t)rr * rows + c] = acc[i][j][2 * h];
+                if (c + 1 < rows) out[(size_t)rr * rows + c + 1] = acc[i][j][2 * h + 1];
+            }
+        }
+}
+
+#define GEMM_TC_KERNEL(NAME, FMT, P)                                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                               \
+        NAME(const u8* W, const P* prm, const float* x, float* out, int m, int rows, int cols,     \
+             int ldb, int gsz, int ng) {                                                            \
+        gemm_tc<FMT, P>(W, prm, x, out, m, rows, cols, ldb, gsz, ng);                               \
+    }
+
+GEMM_TC_KERNEL(gemm_tc_w4h, 3, hp)
+GEMM_TC_KERNEL(gemm_tc_w4f, 3, fp)
+GEMM_TC_KERNEL(gemm_tc_w8h, 4, hp)
+GEMM_TC_KERNEL(gemm_tc_w8f, 4, fp)
+GEMM_TC_KERNEL(gemm_tc_f32, 0, hp)
+GEMM_TC_KERNEL(gemm_tc_f16, 1, hp)
+GEMM_TC_KERNEL(gemm_tc_bf16, 2, hp)
+
 // Embedding rows: out[t, :] = W[tok[t], :] dequantized; one block per token.
 #define EMBED_KERNEL(NAME, FMT, P)                                                                  \
     extern "C" __global__ void NAME(const u8* W, const P* prm, const u32* tok, float* out,         \

@@ -97,6 +97,16 @@ impl Cuda {
     ) -> Result<(), CudaError> {
         match self.never {}
     }
+    /// `out = x · Wᵀ` on the tensor cores.
+    pub fn linear_tensor_cores(
+        &self,
+        _w: &CudaLinear,
+        _x: CuView<'_>,
+        _m: usize,
+        _out: CuViewMut<'_>,
+    ) -> Result<(), CudaError> {
+        match self.never {}
+    }
     /// The index of the largest value in each row.
     pub fn argmax(&self, _x: CuView<'_>, _rows: usize, _n: usize) -> Result<Vec<u32>, CudaError> {
         match self.never {}

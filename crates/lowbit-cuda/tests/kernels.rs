@@ -160,6 +160,29 @@ mod device {
 
     #[test]
     #[ignore = "needs a CUDA GPU (benches/cuda/run.sh runs these with --ignored)"]
+    fn tensor_core_gemm_matches_within_f16_rounding() {
+        let cu = gpu();
+        for (rows, cols) in [(37, 200), (64, 576), (129, 1000), (8, 33)] {
+            for (name, kind) in weights(rows, cols) {
+                let dev = cu.load_linear(rows, cols, host(&kind)).unwrap();
+                let cpu = Linear::new(rows, cols, kind).unwrap();
+                for m in [1, 5, 64, 130] {
+                    let x = rand(m * cols, (m * 17 + rows) as u64, 1.0);
+                    let mut want = vec![0f32; m * rows];
+                    cpu.forward_scalar(&x, m, &mut want);
+                    let xb = up(&cu, &x);
+                    let mut out = poisoned(&cu, m * rows);
+                    let (xv, ov) = (cu.view(&xb, 0..m * cols), cu.view_mut(&mut out, 0..m * rows));
+                    cu.linear_tensor_cores(&dev, xv, m, ov).unwrap();
+                    let e = rel_err(&cu.to_host(out).unwrap(), &want);
+                    assert!(e < 3e-3, "{name} {rows}x{cols} m={m}: rel err {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA GPU (benches/cuda/run.sh runs these with --ignored)"]
     fn a_product_at_an_unaligned_offset_matches() {
         // Row 1 of a [3, 131] activation starts 131 floats in: not 16-byte aligned.
         let cu = gpu();
