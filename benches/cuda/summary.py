@@ -27,7 +27,8 @@ def main(out):
         copy = bench["copy_gb_per_s"]
         lines += ["", f"Device: {bench['device']}; copy bandwidth {copy:.0f} GB/s (read + write)", ""]
         lines += [
-            "| K x N | W4 best us | variant | W4 GB/s | % of copy (target 80) | torch fp16 us | speedup (target 3.5) |",
+            "| K x N | W4 best us | variant | W4 GB/s | % of copy (target 80) | torch fp16 us "
+            "| speedup (target 3.5) |",
             "|---|---|---|---|---|---|---|",
         ]
         tmap = {(r["k"], r["n"]): r for r in (torch or {}).get("rows", [])}
@@ -53,13 +54,16 @@ def main(out):
             "",
             "| SmolLM2 W4 check | GPU | CPU | verdict |",
             "|---|---|---|---|",
-            f"| greedy 16 tokens | {model['greedy_tokens']} | | {'equal' if model['greedy_equal_cpu'] else 'DIFFER'} |",
-            f"| perplexity 4 x 2048 | {model['ppl']:.6f} | {model['ppl_cpu']:.6f} | rel {model['ppl_rel_diff']:.2e} |",
+            f"| greedy 16 tokens | {model['greedy_tokens']} | "
+            f"| {'equal' if model['greedy_equal_cpu'] else 'DIFFER'} |",
+            f"| perplexity 4 x 2048 | {model['ppl']:.6f} | {model['ppl_cpu']:.6f} "
+            f"| rel {model['ppl_rel_diff']:.2e} |",
             f"| greedy, argmax on device | {model.get('device_argmax_tokens')} | "
             f"| {'equal' if model.get('device_argmax_greedy_equal_cpu') else 'DIFFER'} |",
             f"| decode tok/s (logits downloaded) | {model['decode_tokens_per_s']:.1f} "
             f"| {model['decode_tokens_per_s_cpu']:.1f} | |",
-            f"| decode tok/s (argmax on device) | {model.get('device_argmax_decode_tokens_per_s', 0):.1f} | | |",
+            f"| decode tok/s (argmax on device) "
+            f"| {model.get('device_argmax_decode_tokens_per_s', 0):.1f} | | |",
             f"| logits at CPU top-5 | max abs diff {model['logit_max_abs_diff_top5']:.2e} "
             f"| min top-1 margin {model['cpu_min_top1_margin']:.2e} | |",
             f"| perplexity seconds | {model['ppl_seconds']:.2f} | | |",
