@@ -3,7 +3,9 @@
 #   bash benches/cuda/run.sh            (device `run` tool, carry ["gpu-carry"], timeout 420)
 # gpu-carry/ is built on the CPU machine by benches/cuda/prepare.sh (there is no Rust here).
 # Every step runs even when an earlier one fails; each one's status, time and output go to
-# $OUT/log.txt, the figures to $OUT/*.json and the verdicts to $OUT/summary.md (5 files).
+# $OUT/log.txt, the figures to $OUT/*.json and the verdicts to $OUT/summary.md (7 files).
+# Knobs: LOWBIT_CUDA_W4_VARIANT=r2u2 (the INT4 GEMV the backend uses; the bench times all),
+# LOWBIT_CUDA_TENSOR_CORES=1 (prefill GEMM on mma.sync), LOWBIT_CUDA_BUDGET_S (default 350).
 # Budget: about 2-3 minutes on an H200; each step has a timeout and the whole script stops
 # starting steps after $BUDGET seconds.
 set -uo pipefail
@@ -60,5 +62,7 @@ step kernel-tests 120 env LOWBIT_REQUIRE_CUDA=1 "$C/bin/kernels" --include-ignor
 step w4-gemv-bench 120 "$C/bin/cuda_check" bench "$OUT/bench.json"
 step torch-fp16-linear 60 python3 benches/cuda/torch_linear.py "$OUT/torch.json"
 step smollm2-w4 120 "$C/bin/cuda_check" model "$C/model" "$C/reference.json" "$OUT/model.json"
+# Informational: the same with prefill on the tensor cores (f16 operands; not the default).
+step smollm2-w4-mma 90 env LOWBIT_CUDA_TENSOR_CORES=1 "$C/bin/cuda_check" model "$C/model" "$C/reference.json" "$OUT/model_mma.json"
 
 python3 benches/cuda/summary.py "$OUT" | tee "$OUT/summary.md"

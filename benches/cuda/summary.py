@@ -70,6 +70,13 @@ def main(out):
         ]
     else:
         lines.append("\nno model figures (see log.txt)")
+    mma = load(os.path.join(out, "model_mma.json"))
+    if mma:
+        lines.append(
+            f"\nWith LOWBIT_CUDA_TENSOR_CORES=1 (f16 prefill): ppl {mma['ppl']:.6f}, "
+            f"rel {mma['ppl_rel_diff']:.2e}; greedy {'equal' if mma['greedy_equal_cpu'] else 'DIFFER'}; "
+            f"perplexity {mma['ppl_seconds']:.2f} s"
+        )
     print("\n".join(lines))
 
 

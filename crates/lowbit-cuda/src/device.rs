@@ -70,7 +70,7 @@ const GEMV_MAX_M: usize = 4;
 /// The INT4 (f16 parameters) GEMV variants: `rR` weight rows per warp, `uU` chunks per lane per
 /// step. The benchmark times them all; the backend uses [`DEFAULT_W4_VARIANT`].
 pub const W4_GEMV_VARIANTS: &[&str] = &["r1u1", "r2u1", "r4u1", "r8u1", "r1u4", "r2u2", "r4u2"];
-/// The INT4 GEMV variant [`Backend::linear`] uses.
+/// The INT4 GEMV variant [`Backend::linear`] uses unless `LOWBIT_CUDA_W4_VARIANT` names another.
 pub const DEFAULT_W4_VARIANT: &str = "r4u1";
 /// Largest head dimension the attention kernel holds in registers.
 const MAX_HEAD_DIM: usize = 256;
@@ -111,6 +111,9 @@ struct Device {
     arch: String,
     /// Prefill products on the tensor cores (f16 operands), from `LOWBIT_CUDA_TENSOR_CORES=1`.
     tensor_cores: bool,
+    /// The INT4 GEMV variant [`Backend::linear`] uses: `LOWBIT_CUDA_W4_VARIANT` when it names
+    /// one of [`W4_GEMV_VARIANTS`], else [`DEFAULT_W4_VARIANT`].
+    w4_variant: &'static str,
     /// The first error of an op that cannot return one (the trait's elementwise ops), handed to
     /// the next fallible call.
     sticky: Mutex<Option<CudaError>>,
@@ -271,9 +274,16 @@ impl Cuda {
         Ok(Cuda { dev })
     }
 
-    /// The device's name and compute capability, e.g. `NVIDIA H200 (sm_90)`.
+    /// The device's name and compute capability, e.g. `NVIDIA H200 (sm_90)`, and the product
+    /// kernels in use.
     pub fn describe(&self) -> String {
-        format!("{} ({})", self.dev.name, self.dev.arch)
+        format!(
+            "{} ({}), INT4 GEMV {}, prefill GEMM {}",
+            self.dev.name,
+            self.dev.arch,
+            self.dev.w4_variant,
+            if self.dev.tensor_cores { "mma.sync f16" } else { "fp32" }
+        )
     }
 
     /// Waits for all queued work; returns the first error of an op that could not report one.
@@ -573,7 +583,11 @@ fn open(ordinal: usize) -> Result<Device, CudaError> {
     }
     let stream = ctx.default_stream();
     let tensor_cores = std::env::var("LOWBIT_CUDA_TENSOR_CORES").as_deref() == Ok("1");
-    Ok(Device { ctx, stream, funcs, name, arch, tensor_cores, sticky: Mutex::new(None) })
+    let w4_variant = std::env::var("LOWBIT_CUDA_W4_VARIANT")
+        .ok()
+        .and_then(|v| W4_GEMV_VARIANTS.iter().copied().find(|&k| k == v))
+        .unwrap_or(DEFAULT_W4_VARIANT);
+    Ok(Device { ctx, stream, funcs, name, arch, tensor_cores, w4_variant, sticky: Mutex::new(None) })
 }
 
 impl Backend for Cuda {
@@ -671,7 +685,7 @@ impl Backend for Cuda {
     }
 
     fn linear(&self, w: &CudaLinear, x: CuView<'_>, m: usize, out: CuViewMut<'_>) -> Result<(), CudaError> {
-        self.linear_with(w, x, m, out, DEFAULT_W4_VARIANT)
+        self.linear_with(w, x, m, out, self.dev.w4_variant)
     }
 
     fn embed(&self, table: &CudaLinear, tokens: &[u32], out: CuViewMut<'_>) -> Result<(), CudaError> {
