@@ -327,7 +327,9 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         help_text = spec["help"] + ("" if default is None or default is False else f" (default: {default})")
         kw: dict[str, Any] = {"dest": spec["name"], "default": argparse.SUPPRESS, "help": help_text}
         if spec["type"] == "bool" and not spec["cli_aliases"]:
-            kw["action"] = argparse.BooleanOptionalAction if spec["optional"] else "store_true"
+            # A flag that is on by default needs its --no- form.
+            on = spec["optional"] or default is True
+            kw["action"] = argparse.BooleanOptionalAction if on else "store_true"
         elif spec["name"] == "group_size":
             kw["type"] = group_size
             kw["metavar"] = "N|channel"
