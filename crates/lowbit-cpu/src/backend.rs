@@ -107,6 +107,24 @@ impl Backend for Cpu {
         }
     }
 
+    fn linears(&self, ws: &[&Linear], x: &[f32], m: usize, mut outs: Vec<&mut [f32]>) -> Result<(), CpuError> {
+        if m < crate::driver::GEMM_MIN_M {
+            // Decode: with int8 activations x is quantized once and the products run as one job
+            // of the pool; otherwise each product uses the pool by itself.
+            return Linear::forward_many(ws, x, m, &mut outs);
+        }
+        // Prefill: independent products side by side.
+        match (ws, outs.len()) {
+            ([w], 1) => self.linear(w, x, m, outs.pop().expect("one output")),
+            ([w, rest @ ..], n) if n == ws.len() => {
+                let first = outs.remove(0);
+                let (a, b) = self.join(|| self.linear(w, x, m, first), || self.linears(rest, x, m, outs));
+                a.and(b)
+            }
+            _ => Err(CpuError::shape("Cpu::linears outputs", ws.len(), outs.len())),
+        }
+    }
+
     fn embed(&self, table: &Linear, tokens: &[u32], out: &mut [f32]) -> Result<(), CpuError> {
         let h = table.cols();
         if out.len() != tokens.len() * h {

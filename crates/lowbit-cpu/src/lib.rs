@@ -32,6 +32,9 @@ mod isa;
 mod linear;
 pub mod ops;
 mod par;
+#[allow(unsafe_code)]
+mod pool;
+mod q8;
 pub mod scalar;
 mod w8a8;
 mod weight;
@@ -44,5 +47,6 @@ pub use dispatch::{kernel_level, KernelLevel};
 pub use error::{CpuError, Result};
 pub use int8_linear::Int8Linear;
 pub use linear::Linear;
+pub use q8::{activations, Activations};
 pub use w8a8::W8A8_MAX_COLS;
 pub use weight::WeightKind;
