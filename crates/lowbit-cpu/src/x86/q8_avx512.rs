@@ -93,7 +93,7 @@ unsafe fn tile<const BITS: u32, const NP: usize, const MT: usize>(
     valid: usize,
 ) {
     let (nb, bb, cols) = (w.nblk, w.block_bytes(), w.cols);
-    let mask4 = _mm512_set1_epi8(0x0f);
+    let (mask_lo, mask_hi) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0xf0u8 as i8));
     let mut y = [[_mm512_setzero_ps(); NP]; MT];
     // SAFETY: every pointer below stays inside the buffers checked by `check_gemv_bounds`: panels
     // `p..p + NP`, tokens `t..t + MT`, blocks below `nb`, groups below `gpr`.
@@ -106,34 +106,52 @@ unsafe fn tile<const BITS: u32, const NP: usize, const MT: usize>(
             });
             let mut ga = [[_mm512_setzero_ps(); NP]; MT];
             for b in g * w.bpg..((g + 1) * w.bpg).min(nb) {
+                // this block's activations of every token, broadcast once for all panels
+                let xs: [[__m512i; 8]; MT] = std::array::from_fn(|tt| {
+                    let xb = a.codes.as_ptr().add((t + tt) * cols + b * QK);
+                    std::array::from_fn(|l| _mm512_set1_epi32(xb.add(4 * l).cast::<i32>().read_unaligned()))
+                });
+                let ai = |tt: usize| (t + tt) * nb + b;
+                let ds: [__m512; MT] = std::array::from_fn(|tt| _mm512_set1_ps(*a.scales.get_unchecked(ai(tt))));
+                let ss: [__m512i; MT] =
+                    std::array::from_fn(|tt| _mm512_set1_epi32(*a.sums.get_unchecked(ai(tt)) & 0xffff));
                 for pp in 0..NP {
                     let wb = w.codes.as_ptr().add(((p + pp) * nb + b) * bb);
-                    let lines: [__m512i; 8] = if BITS == 8 {
-                        std::array::from_fn(|l| _mm512_loadu_si512(wb.add(64 * l).cast()))
-                    } else {
-                        let raw: [__m512i; 4] = std::array::from_fn(|l| _mm512_loadu_si512(wb.add(64 * l).cast()));
-                        std::array::from_fn(|l| {
-                            if l < 4 {
-                                _mm512_and_si512(raw[l], mask4)
-                            } else {
-                                _mm512_and_si512(_mm512_srli_epi16::<4>(raw[l - 4]), mask4)
+                    let line = |l: usize| _mm512_loadu_si512(wb.add(64 * l).cast());
+                    let dots: [__m512i; MT] = if BITS == 8 {
+                        let lines: [__m512i; 8] = std::array::from_fn(line);
+                        std::array::from_fn(|tt| {
+                            let x = &xs[tt];
+                            let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lines[0], x[0]);
+                            let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lines[1], x[1]);
+                            for l in (2..8).step_by(2) {
+                                s0 = _mm512_dpbusd_epi32(s0, lines[l], x[l]);
+                                s1 = _mm512_dpbusd_epi32(s1, lines[l + 1], x[l + 1]);
                             }
+                            _mm512_add_epi32(s0, s1)
+                        })
+                    } else {
+                        // High nibbles stay in place (16x their value): their sum is a multiple
+                        // of 16 that an arithmetic shift divides exactly, one shift per block
+                        // instead of one per line.
+                        let raw: [__m512i; 4] = std::array::from_fn(line);
+                        let lo: [__m512i; 4] = std::array::from_fn(|l| _mm512_and_si512(raw[l], mask_lo));
+                        let hi: [__m512i; 4] = std::array::from_fn(|l| _mm512_and_si512(raw[l], mask_hi));
+                        std::array::from_fn(|tt| {
+                            let x = &xs[tt];
+                            let mut sl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[0], x[0]);
+                            let mut sh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[0], x[4]);
+                            for l in 1..4 {
+                                sl = _mm512_dpbusd_epi32(sl, lo[l], x[l]);
+                                sh = _mm512_dpbusd_epi32(sh, hi[l], x[4 + l]);
+                            }
+                            _mm512_add_epi32(sl, _mm512_srai_epi32::<4>(sh))
                         })
                     };
                     for (tt, ga) in ga.iter_mut().enumerate() {
-                        let xb = a.codes.as_ptr().add((t + tt) * cols + b * QK);
-                        let x = |l: usize| _mm512_set1_epi32(xb.add(4 * l).cast::<i32>().read_unaligned());
-                        let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lines[0], x(0));
-                        let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lines[1], x(1));
-                        for l in (2..8).step_by(2) {
-                            s0 = _mm512_dpbusd_epi32(s0, lines[l], x(l));
-                            s1 = _mm512_dpbusd_epi32(s1, lines[l + 1], x(l + 1));
-                        }
-                        let ai = (t + tt) * nb + b;
-                        let (d, s) = (*a.scales.get_unchecked(ai), *a.sums.get_unchecked(ai));
-                        let corr = _mm512_madd_epi16(z[pp], _mm512_set1_epi32(s & 0xffff));
-                        let dot = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), corr);
-                        ga[pp] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(d), ga[pp]);
+                        let corr = _mm512_madd_epi16(z[pp], ss[tt]);
+                        let dot = _mm512_sub_epi32(dots[tt], corr);
+                        ga[pp] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), ds[tt], ga[pp]);
                     }
                 }
             }
@@ -188,7 +206,7 @@ macro_rules! gemv_bits {
             panels!($bits, $w, p, $p0, $p1, $a, $out, $os, 1, 1);
         } else {
             panels!($bits, $w, p, $p0, $p1, $a, $out, $os, 2, 2);
-            panels!($bits, $w, p, $p0, $p1, $a, $out, $os, 1, 4);
+            panels!($bits, $w, p, $p0, $p1, $a, $out, $os, 1, 2);
         }
     }};
 }
