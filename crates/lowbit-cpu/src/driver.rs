@@ -1,8 +1,8 @@
 //! The blocking and threading of `Y = X · Wᵀ`, written once for every [`Isa`] level.
 //!
-//! * **Matrix-vector** (`m < GEMM_MIN_M`, decode): memory bound. Output rows are split into
-//!   equal chunks over the threads; each kernel call streams its rows' codes once and keeps the
-//!   (interleaved) activation row in L1.
+//! * **Matrix-vector** (`m < GEMM_MIN_M`, decode, f32 activations): memory bound. Output rows
+//!   are split into chunks claimed by the threads of the decode pool; each kernel call streams
+//!   its rows' codes once and keeps the (interleaved) activation row in L1.
 //! * **Matrix-matrix** (prefill): compute bound. A panel of `PANEL` weight rows by `KC` columns is
 //!   dequantized once into f32, transposed (L2 sized) and reused by every row of x through a
 //!   register-blocked micro-kernel ([`Isa::kernel`]: `MR` rows of x times `PANEL` outputs). Large `m` is split over threads by rows of x (each thread dequantizes the

@@ -113,7 +113,7 @@ impl Shared {
                     break e;
                 }
                 n = n.wrapping_add(1);
-                if n % 64 != 0 {
+                if !n.is_multiple_of(64) {
                     std::hint::spin_loop();
                     continue;
                 }
@@ -222,7 +222,7 @@ pub(crate) fn run(chunks: usize, f: &(dyn Fn(usize) + Sync)) {
     let mut n = 0u32;
     while sh.done.0.load(Ordering::Acquire) < chunks {
         n = n.wrapping_add(1);
-        if n % 64 == 0 && start.elapsed() > SPIN {
+        if n.is_multiple_of(64) && start.elapsed() > SPIN {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();

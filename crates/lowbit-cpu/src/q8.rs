@@ -54,7 +54,7 @@ pub(crate) const QK: usize = 32;
 /// Weight rows per panel.
 pub(crate) const PANEL: usize = 16;
 /// Chunks per thread a product is cut into (a descheduled thread's share is taken over).
-const CHUNKS_PER_THREAD: usize = 4;
+const CHUNKS_PER_THREAD: usize = 3;
 /// Fewest panels in a chunk.
 const MIN_CHUNK_PANELS: usize = 2;
 /// Tokens per thread from which a product is split over tokens (each thread sweeps every

@@ -41,7 +41,7 @@ impl AvxVnni {
 
 fn check_quantize(x: &[f32], codes: &[i8], scales: &[f32], sums: &[i32]) {
     let nb = x.len() / QK;
-    assert!(x.len() % QK == 0 && codes.len() >= x.len() && scales.len() >= nb && sums.len() >= nb);
+    assert!(x.len().is_multiple_of(QK) && codes.len() >= x.len() && scales.len() >= nb && sums.len() >= nb);
 }
 
 impl Q8Isa for Avx2 {
@@ -128,8 +128,8 @@ unsafe fn block_dot<const VNNI: bool, const BITS: u32>(lines: &[__m256i; 8], xb:
             _mm256_add_epi32(s0, s1)
         } else if BITS == 4 {
             let mut s = _mm256_maddubs_epi16(lines[0], x(0));
-            for l in 1..8 {
-                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lines[l], x(l)));
+            for (l, &line) in lines.iter().enumerate().skip(1) {
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(line, x(l)));
             }
             _mm256_madd_epi16(s, _mm256_set1_epi16(1))
         } else {

@@ -29,7 +29,7 @@ impl Vnni512 {
 impl Q8Isa for Vnni512 {
     fn quantize_row(self, x: &[f32], codes: &mut [i8], scales: &mut [f32], sums: &mut [i32]) -> bool {
         let nb = x.len() / QK;
-        assert!(x.len() % QK == 0 && codes.len() >= x.len() && scales.len() >= nb && sums.len() >= nb);
+        assert!(x.len().is_multiple_of(QK) && codes.len() >= x.len() && scales.len() >= nb && sums.len() >= nb);
         // SAFETY: `self` exists only on CPUs with the features `quantize_row` enables; the slices
         // cover every access (asserted above).
         unsafe { quantize_row(x, codes, scales, sums) }
