@@ -117,16 +117,23 @@ impl Linear {
     }
 
     /// Products of several weights with one input (q/k/v, gate/up), `outs[i] = x · W_iᵀ`, at
-    /// [`crate::kernel_level`]: with int8 activations, `x` is quantized once and all run as one
-    /// parallel job; otherwise one after another.
-    pub fn forward_many(linears: &[&Linear], x: &[f32], m: usize, outs: &mut [&mut [f32]]) -> Result<()> {
+    /// `level` with activation mode `acts`: with int8 activations, `x` is quantized once and all
+    /// run as one parallel job; otherwise one after another.
+    pub fn forward_many(
+        level: KernelLevel,
+        acts: Activations,
+        linears: &[&Linear],
+        x: &[f32],
+        m: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<()> {
         if linears.len() != outs.len() {
             return Err(CpuError::shape("Linear::forward_many outputs", linears.len(), outs.len()));
         }
         for (l, o) in linears.iter().zip(outs.iter()) {
             l.check(x, m, o)?;
         }
-        let (level, acts) = (crate::kernel_level(), crate::activations());
+        crate::dispatch::Level::new(level)?;
         if m > 0 && acts.int8_for(level, m) {
             let packed: Option<Vec<&PackedInt>> =
                 linears.iter().map(|l| if l.int8.is_none() { l.packed_q8() } else { None }).collect();
@@ -137,7 +144,7 @@ impl Linear {
             }
         }
         for (l, o) in linears.iter().zip(outs.iter_mut()) {
-            l.forward_with(level, x, m, o)?;
+            l.forward_f32(level, x, m, o)?;
         }
         Ok(())
     }
