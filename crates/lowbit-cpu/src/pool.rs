@@ -13,6 +13,10 @@
 //!   workers claim one at a time with a compare-and-swap; whatever a sleeping worker did not
 //!   claim, the caller runs. The caller waits only for chunks already claimed.
 //!
+//! * **Back-off when the machine is oversubscribed**: a caller that waited more than [`STALL`]
+//!   for a descheduled worker's chunk runs the next [`BACKOFF_JOBS`] jobs alone, then tries
+//!   again.
+//!
 //! The shared words sit on their own cache lines. One job runs at a time: a caller that finds
 //! the pool busy (another thread's job, or a call from inside a job) runs its chunks itself.
 //! A panicking chunk is caught, the job still completes, and the caller re-panics after every
@@ -31,6 +35,14 @@ const SPIN: Duration = Duration::from_micros(100);
 const YIELD: Duration = Duration::from_millis(5);
 /// Most chunks in one job (the chunk counter is 16 bits of the state word).
 pub(crate) const MAX_CHUNKS: usize = u16::MAX as usize;
+/// A caller that waited for a worker's chunk longer than this and than [`STALL_CHUNKS`] of its
+/// own chunks (a worker descheduled mid-chunk: the machine has more runnable threads than cores)
+/// runs the next [`BACKOFF_JOBS`] jobs alone: a stalled fork-join costs milliseconds, a job on
+/// one core microseconds.
+const STALL: Duration = Duration::from_micros(300);
+const STALL_CHUNKS: u32 = 3;
+/// Jobs run on the caller alone after a stall (a few decode steps of a small model).
+const BACKOFF_JOBS: u64 = 1000;
 
 /// A value alone on its cache line(s) (128 bytes: adjacent-line prefetch pairs lines).
 #[repr(align(128))]
@@ -51,6 +63,9 @@ struct Shared {
     job: Line<UnsafeCell<Option<Job>>>,
     /// Held by the thread whose job runs.
     busy: Line<AtomicBool>,
+    /// Jobs started, and the job count below which jobs run on the caller alone (after a stall).
+    jobs: Line<AtomicU64>,
+    alone_until: Line<AtomicU64>,
     /// Per worker: parked (or about to park) waiting for a job.
     sleeping: Vec<Line<AtomicBool>>,
     threads: OnceLock<Vec<Thread>>,
@@ -87,9 +102,11 @@ impl Shared {
         }
     }
 
-    /// Runs chunks of job `epoch` until none is left.
-    fn work(&self, epoch: u32) {
+    /// Runs chunks of job `epoch` until none is left; returns how many it ran.
+    fn work(&self, epoch: u32) -> u32 {
+        let mut ran = 0;
         while let Some(i) = self.claim(epoch) {
+            ran += 1;
             // SAFETY: a chunk of `epoch` is claimed and not yet done, so its job is still the one
             // in `job` and its borrows are alive (the caller waits for `done`; see `Shared`).
             let job = unsafe { (*self.job.0.get()).expect("a published job") };
@@ -100,6 +117,7 @@ impl Shared {
             }
             self.done.0.fetch_add(1, Ordering::Release);
         }
+        ran
     }
 
     fn worker(&self, me: usize) {
@@ -132,7 +150,7 @@ impl Shared {
                 }
             };
             seen = epoch;
-            self.work(epoch);
+            let _ = self.work(epoch);
         }
     }
 }
@@ -154,6 +172,8 @@ fn pool() -> &'static Pool {
             panicked: Line(AtomicBool::new(false)),
             job: Line(UnsafeCell::new(None)),
             busy: Line(AtomicBool::new(false)),
+            jobs: Line(AtomicU64::new(0)),
+            alone_until: Line(AtomicU64::new(0)),
             sleeping: (0..workers).map(|_| Line(AtomicBool::new(false))).collect(),
             threads: OnceLock::new(),
         }));
@@ -195,8 +215,12 @@ pub(crate) fn run(chunks: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     let p = pool();
     let sh = p.shared;
-    if sh.busy.0.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-        // Another job runs (another thread's, or this is a call from inside a chunk).
+    let job_no = sh.jobs.0.fetch_add(1, Ordering::Relaxed);
+    if job_no < sh.alone_until.0.load(Ordering::Relaxed)
+        || sh.busy.0.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err()
+    {
+        // Backing off after a stall, or another job runs (another thread's, or this is a call
+        // from inside a chunk).
         (0..chunks).for_each(f);
         return;
     }
@@ -217,8 +241,10 @@ pub(crate) fn run(chunks: usize, f: &(dyn Fn(usize) + Sync)) {
             }
         }
     }
-    sh.work(epoch);
+    let began = Instant::now();
+    let mine = sh.work(epoch);
     let start = Instant::now();
+    let own_chunk = (start - began) / mine.max(1);
     let mut n = 0u32;
     while sh.done.0.load(Ordering::Acquire) < chunks {
         n = n.wrapping_add(1);
@@ -227,6 +253,10 @@ pub(crate) fn run(chunks: usize, f: &(dyn Fn(usize) + Sync)) {
         } else {
             std::hint::spin_loop();
         }
+    }
+    let waited = start.elapsed();
+    if waited > STALL && waited > own_chunk * STALL_CHUNKS {
+        sh.alone_until.0.store(job_no + BACKOFF_JOBS, Ordering::Relaxed);
     }
     let panicked = sh.panicked.0.load(Ordering::Relaxed);
     sh.busy.0.store(false, Ordering::Release);
