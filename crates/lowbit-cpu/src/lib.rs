@@ -14,8 +14,9 @@
 //! multiplied with the weight codes in exact i32 sums (`vpdpbusd` with AVX512-VNNI or AVX-VNNI,
 //! `vpmaddubsw` with AVX2), the weights repacked at first use into 16-row panels; every level
 //! returns [`Linear::forward_int8_reference`]'s outputs bit for bit. `LOWBIT_ACTIVATIONS`
-//! chooses ([`Activations`]): `auto` (default) uses them for products of fewer than 12 tokens
-//! at the AVX2 and AVX-512 levels and f32 activations otherwise (prefill, the scalar level);
+//! chooses ([`Activations`]): `auto` (default) uses them for single-token products (decode of
+//! one sequence) at the AVX2 and AVX-512 levels and f32 activations otherwise (prefill, batches,
+//! the scalar level);
 //! `int8` everywhere (e.g. to measure their perplexity cost); `f32` nowhere. `LOWBIT_VNNI=0`
 //! keeps the VNNI instructions out (to measure the `vpmaddubsw` kernels on a VNNI CPU).
 //!

@@ -64,8 +64,9 @@ const TOKEN_SPLIT_MIN: usize = 16;
 /// How products with integer weights treat their activations (`LOWBIT_ACTIVATIONS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activations {
-    /// int8 blocks for decode-sized products (`m < 12` tokens) where the kernel level has integer
-    /// kernels (AVX2 and up); f32 for larger batches (prefill) and at the scalar level.
+    /// int8 blocks for single-token products (one sequence's decode step, the latency-bound
+    /// case) where the kernel level has integer kernels (AVX2 and up); f32 for batches (prefill,
+    /// batched decode: the reference arithmetic) and at the scalar level.
     Auto,
     /// int8 blocks for every product with 4- or 8-bit integer weights, at every level
     /// (to measure their quality cost, e.g. the perplexity).
@@ -95,7 +96,7 @@ impl Activations {
     /// Whether a product of `m` tokens at `level` quantizes its activations.
     pub(crate) fn int8_for(self, level: KernelLevel, m: usize) -> bool {
         match self {
-            Activations::Auto => level != KernelLevel::Scalar && m < crate::driver::GEMM_MIN_M,
+            Activations::Auto => level != KernelLevel::Scalar && m == 1,
             Activations::Int8 => true,
             Activations::F32 => false,
         }
