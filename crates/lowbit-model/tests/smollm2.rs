@@ -11,7 +11,7 @@
 mod common;
 
 use common::*;
-use lowbit_core::{rtn, Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
+use lowbit_core::{rtn, Bits, IntScheme};
 use lowbit_cpu::{Linear, WeightKind};
 use lowbit_model::perplexity::read_text_file;
 use lowbit_model::{ChatMessage, GenerateOptions, Model, PerplexityOptions};
@@ -103,16 +103,6 @@ fn rtn_model(base: &Model, scheme: IntScheme, packed: bool) -> Model {
     m
 }
 
-fn int8() -> IntScheme {
-    IntScheme {
-        bits: Bits::B8,
-        symmetric: true,
-        granularity: Granularity::PerChannel,
-        scale_dtype: ScaleDtype::F16,
-        clip: ClipSearch::MinMax,
-    }
-}
-
 /// INT8 per-channel and INT4 g128 through the packed kernels equal their dequantized-f32 twins
 /// (checked on 2 windows of 256 tokens here; the full protocol figures come from `eval_ppl`).
 #[test]
@@ -121,7 +111,9 @@ fn packed_quantized_wikitext_perplexity_equals_dequantized() {
     let (model, text) = (model(), wikitext("test"));
     let ids = model.tokenizer().unwrap().encode(&read_text_file(&text).unwrap(), false).unwrap();
     let opts = PerplexityOptions { window: 256, max_windows: Some(2) };
-    for (name, scheme) in [("int8 per-channel", int8()), ("int4 g128", IntScheme::group(Bits::B4, 128))] {
+    for (name, scheme) in
+        [("int8 per-channel", IntScheme::per_channel_sym(Bits::B8)), ("int4 g128", IntScheme::group(Bits::B4, 128))]
+    {
         let packed = rtn_model(&model, scheme, true).perplexity(&ids, &opts, &mut lowbit_core::NoProgress).unwrap();
         let dequant = rtn_model(&model, scheme, false).perplexity(&ids, &opts, &mut lowbit_core::NoProgress).unwrap();
         let rel = (packed.ppl - dequant.ppl).abs() / dequant.ppl;
