@@ -97,7 +97,7 @@ def test_numpy_reference_gptq_beats_rtn(bits: int, act_order: bool) -> None:
     codes, scales, zeros, _ = gptq_ref.gptq(w, h, bits, 16, False, act_order)
     zeros_f = zeros.astype(np.float32)
     deq = gptq_ref.dequantize(codes, np.repeat(scales, 16, axis=1), np.repeat(zeros_f, 16, axis=1))
-    rtn = gptq_ref.rtn_codes(w, bits, 16, False)
+    rtn = gptq_ref.rtn_dequantized(w, bits, 16, False)
     err = lambda q: float(np.sum(((w - q).astype(np.float64) @ x.T.astype(np.float64)) ** 2))  # noqa: E731
     assert err(deq) < 0.9 * err(rtn)
 

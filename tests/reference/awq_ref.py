@@ -13,20 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reference.gptq_ref import dequantize, group_params, quantize
-
-
-def rtn(w: np.ndarray, bits: int, group_size: int, symmetric: bool) -> np.ndarray:
-    """Dequantized min-max RTN of ``w`` (float32), groups of consecutive columns."""
-    cols = w.shape[1]
-    g = cols if group_size <= 0 else min(group_size, cols)
-    out = np.empty(w.shape, dtype=np.float32)
-    for a in range(0, cols, g):
-        blk = w[:, a : a + g].astype(np.float32)
-        s, z = group_params(blk, bits, symmetric)
-        s, z = s[:, None], z[:, None]
-        out[:, a : a + g] = dequantize(quantize(blk, s, z, bits), s, z)
-    return out
+from reference.gptq_ref import rtn_dequantized as rtn
 
 
 def scales_for_alpha(s_x: np.ndarray, alpha: float) -> np.ndarray:

@@ -148,7 +148,7 @@ def gptq(
     return codes, scales, zeros.astype(np.uint8), loss
 
 
-def rtn_codes(w: np.ndarray, bits: int, group_size: int, symmetric: bool) -> np.ndarray:
+def rtn_dequantized(w: np.ndarray, bits: int, group_size: int, symmetric: bool) -> np.ndarray:
     """Min-max RTN dequantized weights with the same group rule (for error comparisons)."""
     cols = w.shape[1]
     g = cols if group_size <= 0 else min(group_size, cols)

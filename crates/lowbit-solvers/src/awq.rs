@@ -30,7 +30,7 @@
 use crate::gptq::group_layout;
 use crate::hessian::{check_finite_activations, Hessian, HessianPrecision};
 use crate::method::{
-    downcast, CalibShape, FoldTarget, Group, GroupSolution, QuantMethod, Role, SolvedLayer, Statistics,
+    downcast, CalibShape, FoldTarget, Group, GroupSolution, LayerWeight, QuantMethod, Role, SolvedLayer, Statistics,
 };
 use crate::par::faer_par;
 use crate::report::LayerReport;
@@ -99,15 +99,6 @@ impl AwqConfig {
     pub fn new(scheme: IntScheme) -> Self {
         AwqConfig { scheme, n_grid: 20, clip: true, clip_grid: 20, max_shrink: 0.5, tie: None }
     }
-}
-
-/// One layer of the group: row-major `w[rows, cols]`.
-#[derive(Clone, Copy, Debug)]
-pub struct AwqLayer<'a> {
-    /// The weight, `[rows, cols]`, row-major.
-    pub w: &'a [f32],
-    /// Output features.
-    pub rows: usize,
 }
 
 /// The result of AWQ on a group of layers.
@@ -187,14 +178,14 @@ impl AwqStats {
     }
 }
 
-fn validate(stats: &AwqStats, layers: &[AwqLayer], scheme: IntScheme) -> Result<()> {
+fn validate(stats: &AwqStats, layers: &[LayerWeight], scheme: IntScheme) -> Result<()> {
     if stats.tokens() == 0 {
         return Err(SolverError::NoCalibrationData { op: "awq" });
     }
     validate_layers(stats.cols(), layers, scheme)
 }
 
-fn validate_layers(cols: usize, layers: &[AwqLayer], scheme: IntScheme) -> Result<()> {
+fn validate_layers(cols: usize, layers: &[LayerWeight], scheme: IntScheme) -> Result<()> {
     if layers.is_empty() {
         return Err(SolverError::shape("awq layers", "at least one layer", 0));
     }
@@ -263,12 +254,12 @@ fn scaled_delta(w: &[f32], q: &[f32], s: &[f32]) -> Vec<f32> {
 }
 
 /// Mean squared output error of the group when each layer is replaced by `Q(W diag(s)) / s`.
-pub fn scale_loss(stats: &AwqStats, layers: &[AwqLayer], scheme: IntScheme, s: &[f32]) -> Result<f64> {
+pub fn scale_loss(stats: &AwqStats, layers: &[LayerWeight], scheme: IntScheme, s: &[f32]) -> Result<f64> {
     validate(stats, layers, scheme)?;
     loss_with(stats.second_moment().as_ref(), layers, scheme, s)
 }
 
-fn loss_with(m: MatRef<'_, f32>, layers: &[AwqLayer], scheme: IntScheme, s: &[f32]) -> Result<f64> {
+fn loss_with(m: MatRef<'_, f32>, layers: &[LayerWeight], scheme: IntScheme, s: &[f32]) -> Result<f64> {
     let cols = s.len();
     let (mut total, mut count) = (0.0, 0usize);
     for l in layers {
@@ -282,7 +273,7 @@ fn loss_with(m: MatRef<'_, f32>, layers: &[AwqLayer], scheme: IntScheme, s: &[f3
 /// The scale search alone: `(alpha, s, grid losses)`.
 pub fn search_scales(
     stats: &AwqStats,
-    layers: &[AwqLayer],
+    layers: &[LayerWeight],
     scheme: IntScheme,
     n_grid: usize,
 ) -> Result<(f32, Vec<f32>, Vec<f64>)> {
@@ -292,7 +283,7 @@ pub fn search_scales(
 /// [`search_scales`] with scales tied across the query heads of each KV head.
 pub fn search_scales_tied(
     stats: &AwqStats,
-    layers: &[AwqLayer],
+    layers: &[LayerWeight],
     scheme: IntScheme,
     n_grid: usize,
     tie: Option<HeadTie>,
@@ -459,7 +450,7 @@ pub fn quantize_ranges(
 }
 
 /// AWQ on one group of layers sharing an input, from that input's statistics.
-pub fn awq_quantize(stats: &AwqStats, layers: &[AwqLayer], cfg: &AwqConfig) -> Result<AwqOutput> {
+pub fn awq_quantize(stats: &AwqStats, layers: &[LayerWeight], cfg: &AwqConfig) -> Result<AwqOutput> {
     let start = Instant::now();
     if cfg.clip && (cfg.clip_grid == 0 || !(cfg.max_shrink >= 0.0 && cfg.max_shrink < 1.0)) {
         return Err(SolverError::param(
@@ -505,7 +496,7 @@ pub fn brute_force_alpha(
     x: &[f32],
     tokens: usize,
     cols: usize,
-    layers: &[AwqLayer],
+    layers: &[LayerWeight],
     scheme: IntScheme,
     n_grid: usize,
 ) -> Result<(f32, Vec<f64>)> {
@@ -617,7 +608,7 @@ impl QuantMethod for AwqMethod {
         if group.fold == FoldTarget::None {
             return Err(SolverError::param("fold target", "none", "AWQ folds its scales into the preceding op"));
         }
-        let layers: Vec<AwqLayer> = group.layers.iter().map(|l| AwqLayer { w: l.w, rows: l.rows }).collect();
+        let layers: Vec<LayerWeight> = group.layers.iter().map(|l| LayerWeight { w: l.w, rows: l.rows }).collect();
         let mut scfg = AwqConfig::new(scheme);
         scfg.clip = false;
         if let FoldTarget::TiedHeadRows(tie) = group.fold {

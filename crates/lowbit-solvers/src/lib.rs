@@ -34,7 +34,8 @@ pub use gptq::{gptq_quantize, GptqConfig, GptqMethod, GptqOutput};
 pub use hessian::{Hessian, HessianPrecision};
 pub use linalg::{Damping, DampingConfig};
 pub use method::{
-    CalibShape, FoldTarget, Group, GroupLayer, GroupSolution, MethodConfig, QuantMethod, Role, SolvedLayer, Statistics,
+    CalibShape, FoldTarget, Group, GroupLayer, GroupSolution, LayerWeight, MethodConfig, QuantMethod, Role,
+    SolvedLayer, Statistics,
 };
 pub use report::LayerReport;
 pub use rtn::{rtn_quantize, RtnMethod, RtnOutput};

@@ -133,6 +133,15 @@ pub enum FoldTarget {
     None,
 }
 
+/// A weight matrix that reads a shared input: row-major `w[rows, cols]`, `cols` the input's width.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerWeight<'a> {
+    /// The weight.
+    pub w: &'a [f32],
+    /// Output features.
+    pub rows: usize,
+}
+
 /// One linear layer of a group: row-major `w[rows, cols]` (f32, as loaded or dequantized).
 #[derive(Clone, Copy, Debug)]
 pub struct GroupLayer<'a> {

@@ -11,7 +11,9 @@
 //! (lowbit-cpu) is tested against.
 
 use crate::hessian::check_finite_activations;
-use crate::method::{downcast, CalibShape, FoldTarget, Group, GroupSolution, QuantMethod, SolvedLayer, Statistics};
+use crate::method::{
+    downcast, CalibShape, FoldTarget, Group, GroupSolution, LayerWeight, QuantMethod, SolvedLayer, Statistics,
+};
 use crate::report::LayerReport;
 use crate::rtn::rtn_layers;
 use crate::{Result, SolverError};
@@ -52,15 +54,6 @@ impl SmoothQuantConfig {
     }
 }
 
-/// One layer sharing the smoothed input: row-major `w[rows, cols]`.
-#[derive(Clone, Copy, Debug)]
-pub struct SmoothLayer<'a> {
-    /// The weight.
-    pub w: &'a [f32],
-    /// Output features.
-    pub rows: usize,
-}
-
 /// Smoothing factors and the int8 weights of a group of layers.
 #[derive(Clone, Debug)]
 pub struct SmoothQuantOutput {
@@ -88,7 +81,7 @@ pub fn activation_absmax(x: &[f32], cols: usize) -> Result<Vec<f32>> {
 }
 
 /// `s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`, with `max|W_j|` over every row of every layer.
-pub fn smoothing_factors(act_absmax: &[f32], layers: &[SmoothLayer], alpha: f32) -> Result<Vec<f32>> {
+pub fn smoothing_factors(act_absmax: &[f32], layers: &[LayerWeight], alpha: f32) -> Result<Vec<f32>> {
     let cols = act_absmax.len();
     if !(0.0..=1.0).contains(&alpha) {
         return Err(SolverError::param("alpha", alpha, "it must lie in [0, 1]"));
@@ -117,7 +110,7 @@ pub fn smoothing_factors(act_absmax: &[f32], layers: &[SmoothLayer], alpha: f32)
 }
 
 /// SmoothQuant for one group of layers sharing an input with activation absmax `act_absmax`.
-pub fn smoothquant(act_absmax: &[f32], layers: &[SmoothLayer], cfg: &SmoothQuantConfig) -> Result<SmoothQuantOutput> {
+pub fn smoothquant(act_absmax: &[f32], layers: &[LayerWeight], cfg: &SmoothQuantConfig) -> Result<SmoothQuantOutput> {
     let start = Instant::now();
     let cols = act_absmax.len();
     let factors = smoothing_factors(act_absmax, layers, cfg.alpha)?;
@@ -288,7 +281,7 @@ impl QuantMethod for SmoothQuantMethod {
             let layers = rtn_layers(group, cfg.weight_scheme())?;
             return Ok(GroupSolution { layers, fold: None, int8_activations: true });
         }
-        let sl: Vec<SmoothLayer> = group.layers.iter().map(|l| SmoothLayer { w: l.w, rows: l.rows }).collect();
+        let sl: Vec<LayerWeight> = group.layers.iter().map(|l| LayerWeight { w: l.w, rows: l.rows }).collect();
         let out = smoothquant(absmax, &sl, &cfg)?;
         let layers = out
             .qtensors

@@ -4,7 +4,8 @@ mod common;
 
 use common::{correlated_activations, Rng};
 use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
-use lowbit_solvers::awq::{awq_quantize, brute_force_alpha, scale_loss, search_scales, AwqConfig, AwqLayer, AwqStats};
+use lowbit_solvers::awq::{awq_quantize, brute_force_alpha, scale_loss, search_scales, AwqConfig, AwqStats};
+use lowbit_solvers::LayerWeight;
 use lowbit_solvers::SolverError;
 
 fn scheme(bits: Bits, symmetric: bool, granularity: Granularity) -> IntScheme {
@@ -31,7 +32,7 @@ fn chosen_alpha_equals_brute_force() {
             (Bits::B2, false, Granularity::Group(32)),
         ][seed as usize % 4];
         let (x, ws) = problem(seed, tokens, cols, &[24, 40]);
-        let layers: Vec<AwqLayer> = ws.iter().zip([24, 40]).map(|(w, rows)| AwqLayer { w, rows }).collect();
+        let layers: Vec<LayerWeight> = ws.iter().zip([24, 40]).map(|(w, rows)| LayerWeight { w, rows }).collect();
         let s = scheme(bits, symmetric, gran);
         // The search works from the statistics (second moment), the oracle from the activations.
         let stats = AwqStats::from_activations(&x, tokens, cols).unwrap();
@@ -61,7 +62,7 @@ fn awq_is_never_worse_than_rtn_and_clipping_is_bounded() {
     .enumerate()
     {
         let (x, ws) = problem(100 + seed as u64, tokens, cols, &[64, 32]);
-        let layers: Vec<AwqLayer> = ws.iter().zip([64, 32]).map(|(w, rows)| AwqLayer { w, rows }).collect();
+        let layers: Vec<LayerWeight> = ws.iter().zip([64, 32]).map(|(w, rows)| LayerWeight { w, rows }).collect();
         let s = scheme(bits, symmetric, gran);
         let stats = AwqStats::from_activations(&x, tokens, cols).unwrap();
         let out = awq_quantize(&stats, &layers, &AwqConfig::new(s)).unwrap();
@@ -91,7 +92,7 @@ fn awq_is_never_worse_than_rtn_and_clipping_is_bounded() {
 #[test]
 fn awq_rejects_bad_input() {
     let w = vec![0.1f32; 8 * 16];
-    let layers = [AwqLayer { w: &w, rows: 8 }];
+    let layers = [LayerWeight { w: &w, rows: 8 }];
     let cfg = AwqConfig::new(IntScheme::group(Bits::B4, 16));
     let mut x = vec![1.0f32; 4 * 16];
     x[20] = f32::NAN;
@@ -157,7 +158,7 @@ fn head_tie_averages_over_the_query_heads_of_a_kv_head() {
     // The tied search returns tied scales.
     let (tokens, cols) = (64, 8);
     let (x, ws) = problem(7, tokens, cols, &[5]);
-    let layers = [AwqLayer { w: &ws[0], rows: 5 }];
+    let layers = [LayerWeight { w: &ws[0], rows: 5 }];
     let stats = AwqStats::from_activations(&x, tokens, cols).unwrap();
     let sch = scheme(Bits::B4, false, Granularity::PerChannel);
     let (_, s, _) = lowbit_solvers::awq::search_scales_tied(&stats, &layers, sch, 20, Some(tie)).unwrap();

@@ -4,7 +4,8 @@ mod common;
 
 use common::{correlated_activations, Rng};
 use lowbit_core::{Bits, Granularity, IntScheme};
-use lowbit_solvers::awq::{awq_quantize, AwqConfig, AwqLayer, AwqStats};
+use lowbit_solvers::awq::{awq_quantize, AwqConfig, AwqStats};
+use lowbit_solvers::LayerWeight;
 use lowbit_solvers::{
     gptq_quantize, rtn_quantize, CalibShape, FoldTarget, GptqMethod, Group, GroupLayer, Hessian, MethodConfig, Role,
     SmoothQuantMethod,
@@ -83,7 +84,7 @@ fn awq_sees_only_its_samples_and_clips_all_but_q_and_k() {
     let first = AwqStats::from_activations(&x[..32 * cols], 32, cols).unwrap();
     let mut cfg = AwqConfig::new(scheme);
     cfg.clip = false;
-    let unclipped = awq_quantize(&first, &[AwqLayer { w: &w, rows }], &cfg).unwrap();
+    let unclipped = awq_quantize(&first, &[LayerWeight { w: &w, rows }], &cfg).unwrap();
     let q =
         awq.solver().solve_group(&group(&w, rows, cols, Role::Query, FoldTarget::Norm, scheme), st.as_ref()).unwrap();
     assert_eq!(q.layers[0].qtensor, unclipped.qtensors[0], "q is not clipped");

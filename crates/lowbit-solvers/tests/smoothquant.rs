@@ -4,9 +4,9 @@ mod common;
 
 use common::Rng;
 use lowbit_solvers::smoothquant::{
-    activation_absmax, matmul_w8a8_ref, quantize_activations_per_token, smoothquant, weight_int8, SmoothLayer,
-    SmoothQuantConfig,
+    activation_absmax, matmul_w8a8_ref, quantize_activations_per_token, smoothquant, weight_int8, SmoothQuantConfig,
 };
+use lowbit_solvers::LayerWeight;
 
 /// Activations with a few outlier channels (100x), as SmoothQuant observes in LLMs.
 fn outlier_activations(rng: &mut Rng, tokens: usize, cols: usize) -> Vec<f32> {
@@ -42,7 +42,7 @@ fn smoothing_is_an_identity_in_f32() {
     let x = outlier_activations(&mut rng, tokens, cols);
     let w = rng.normals(rows * cols, 0.05);
     let w2 = rng.normals(16 * cols, 0.05);
-    let layers = [SmoothLayer { w: &w, rows }, SmoothLayer { w: &w2, rows: 16 }];
+    let layers = [LayerWeight { w: &w, rows }, LayerWeight { w: &w2, rows: 16 }];
     let out = smoothquant(&activation_absmax(&x, cols).unwrap(), &layers, &SmoothQuantConfig::default()).unwrap();
     let s = &out.factors;
     let xs: Vec<f32> = x.iter().enumerate().map(|(i, v)| v / s[i % cols]).collect();
@@ -69,7 +69,7 @@ fn w8a8_reference_and_smoothing_benefit() {
     let exact = matmul_f64(&x, &w, cols);
     let error = |alpha: f32| {
         let cfg = SmoothQuantConfig { alpha, ..Default::default() };
-        let layers = [SmoothLayer { w: &w, rows }];
+        let layers = [LayerWeight { w: &w, rows }];
         let out = smoothquant(&activation_absmax(&x, cols).unwrap(), &layers, &cfg).unwrap();
         let xs: Vec<f32> = x.iter().enumerate().map(|(i, v)| v / out.factors[i % cols]).collect();
         let xq = quantize_activations_per_token(&xs, cols).unwrap();

@@ -2,6 +2,8 @@
 //! `make_qx_quants`, `make_q3_quants`, `make_qkx2_quants`, `get_scale_min_k4`). Each follows
 //! the C code's operations in the same order so the results agree bit for bit.
 
+use super::{positive_max, signed_absmax};
+
 /// Weights per k-quant super-block (ggml's `QK_K`).
 pub const QK_K: usize = 256;
 
@@ -19,14 +21,8 @@ pub(crate) fn nearest_int(x: f32) -> i32 {
 /// `make_qx_quants(n, nmax, x, L, rmse_type, NULL)`: a symmetric scale for `x`, codes
 /// `L = l + nmax` in `0..2 nmax`, refined over 18 nearby scales by weighted least squares.
 pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], ls: &mut [i8], rmse_type: i32) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let max = signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
         ls.fill(0);
         return 0.0;
     }
@@ -84,14 +80,8 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], ls: &mut [i8], rmse_type: i32
 /// `make_q3_quants(n, nmax, x, L, do_rmse = true)`: a symmetric scale refined by moving single
 /// codes while the x^2-weighted fit improves (at most five passes); codes `L = l + nmax`.
 pub(crate) fn make_q3_quants(nmax: i32, x: &[f32], ls: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let max = signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
         ls.fill(0);
         return 0.0;
     }
@@ -270,7 +260,6 @@ pub(crate) fn quantize_k4_k5(
     let mut laux = [0u8; 32];
     let mut weights = [0f32; 32];
     let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
     for j in 0..QK_K / 32 {
         let xs = &x[32 * j..32 * j + 32];
         let mut sum_x2 = 0f32;
@@ -285,13 +274,8 @@ pub(crate) fn quantize_k4_k5(
             make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep, false);
         scales[j] = s;
         mins[j] = m;
-        if s > max_scale {
-            max_scale = s;
-        }
-        if m > max_min {
-            max_min = m;
-        }
     }
+    let (max_scale, max_min) = (positive_max(&scales), positive_max(&mins));
     let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);

@@ -9,6 +9,29 @@
 //! operation (Rust never contracts `a * b + c` into an FMA), so they reproduce a llama.cpp build
 //! made without FP contraction, and gguf-py's numpy quantizers, bit for bit.
 
+/// Declares a ggml block: the `#[repr(C)]`, [`bytemuck::Pod`] struct, its size checked at compile
+/// time, and its [`BlockLayout`] (`Name: GGML_TYPE, weights per block, N bytes`).
+macro_rules! ggml_block {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident: $ty:ident, $len:expr, $bytes:literal bytes {
+            $($(#[$fmeta:meta])* pub $field:ident: $fty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $fty,)*
+        }
+        const _: () = assert!(std::mem::size_of::<$name>() == $bytes);
+        impl $crate::blocks::BlockLayout for $name {
+            const TYPE: $crate::GgmlType = $crate::GgmlType::$ty;
+            const LEN: usize = $len;
+        }
+    };
+}
+
 mod kquants;
 mod q2_k;
 mod q3_k;
@@ -37,16 +60,42 @@ pub use q8_k::BlockQ8K;
 
 use crate::GgmlType;
 
-/// A ggml block: `LEN` weights in `size_of::<Self>()` bytes.
-pub trait GgmlBlock: bytemuck::Pod {
+/// What identifies a ggml block type: written by `ggml_block!` with the struct.
+pub trait BlockLayout: bytemuck::Pod {
     /// The ggml type this block belongs to.
     const TYPE: GgmlType;
     /// Weights per block.
     const LEN: usize;
+}
+
+/// A ggml block: `LEN` weights in `size_of::<Self>()` bytes, and its conversions.
+pub trait GgmlBlock: BlockLayout {
     /// Writes the block's `LEN` weights to `out[..LEN]` (ggml's `dequantize_row_*`).
     fn dequantize(&self, out: &mut [f32]);
     /// Quantizes `x[..LEN]` as llama.cpp's `quantize_row_*_ref` does.
     fn quantize(x: &[f32]) -> Self;
+}
+
+/// The first element of largest magnitude, sign kept (the `max` of ggml's symmetric quantizers).
+fn signed_absmax(x: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+/// The largest element, or 0 when none is positive (the super-block maxima of the K-quants).
+fn positive_max(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |m, &v| if v > m { v } else { m })
+}
+
+/// `(min, max)` of `x`, as ggml's quantizers with a minimum scan it.
+fn min_max(x: &[f32]) -> (f32, f32) {
+    x.iter().fold((f32::MAX, -f32::MAX), |(lo, hi), &v| (if v < lo { v } else { lo }, if v > hi { v } else { hi }))
 }
 
 /// Dequantizes whole blocks of `B` from bytes at any alignment.

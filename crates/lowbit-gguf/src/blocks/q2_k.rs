@@ -11,29 +11,24 @@
 //! use_mad)`, 4-bit scales and mins relative to the largest, codes recomputed against them.
 
 use super::kquants::{make_qkx2_quants, nearest_int, pack_2bit, QK_K};
-use super::GgmlBlock;
-use crate::GgmlType;
+use super::{positive_max, GgmlBlock};
 use half::f16;
 
-/// One Q2_K super-block (`block_q2_K`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ2K {
-    /// Sub-block scale (low nibble) and min (high nibble).
-    pub scales: [u8; QK_K / 16],
-    /// 2-bit codes.
-    pub qs: [u8; QK_K / 4],
-    /// Super-block scale for the scales.
-    pub d: f16,
-    /// Super-block scale for the mins.
-    pub dmin: f16,
+ggml_block! {
+    /// One Q2_K super-block (`block_q2_K`).
+    pub struct BlockQ2K: Q2K, QK_K, 84 bytes {
+        /// Sub-block scale (low nibble) and min (high nibble).
+        pub scales: [u8; QK_K / 16],
+        /// 2-bit codes.
+        pub qs: [u8; QK_K / 4],
+        /// Super-block scale for the scales.
+        pub d: f16,
+        /// Super-block scale for the mins.
+        pub dmin: f16,
+    }
 }
-const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
 
 impl GgmlBlock for BlockQ2K {
-    const TYPE: GgmlType = GgmlType::Q2K;
-    const LEN: usize = QK_K;
-
     fn dequantize(&self, y: &mut [f32]) {
         let (d, min) = (self.d.to_f32(), self.dmin.to_f32());
         let mut is = 0;
@@ -60,20 +55,14 @@ impl GgmlBlock for BlockQ2K {
         let mut l = [0u8; QK_K];
         let mut laux = [0u8; 16];
         let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
-        let (mut max_scale, mut max_min) = (0f32, 0f32);
         for j in 0..QK_K / 16 {
             let xs = &x[16 * j..16 * j + 16];
             let weights: [f32; 16] = std::array::from_fn(|k| xs[k].abs());
             let (s, m) = make_qkx2_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], &mut laux, -0.5, 0.1, 15, true);
             scales[j] = s;
             mins[j] = m;
-            if s > max_scale {
-                max_scale = s;
-            }
-            if m > max_min {
-                max_min = m;
-            }
         }
+        let (max_scale, max_min) = (positive_max(&scales), positive_max(&mins));
         let mut sc = [0u8; 16];
         let d = if max_scale > 0.0 {
             let iscale = Q4SCALE / max_scale;

@@ -13,23 +13,21 @@
 
 use super::kquants::{make_q3_quants, nearest_int, pack_2bit, QK_K};
 use super::GgmlBlock;
-use crate::GgmlType;
 use half::f16;
 
-/// One Q3_K super-block (`block_q3_K`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ3K {
-    /// High code bits.
-    pub hmask: [u8; QK_K / 8],
-    /// Low two code bits.
-    pub qs: [u8; QK_K / 4],
-    /// Sixteen 6-bit scales, packed.
-    pub scales: [u8; 12],
-    /// Super-block scale.
-    pub d: f16,
+ggml_block! {
+    /// One Q3_K super-block (`block_q3_K`).
+    pub struct BlockQ3K: Q3K, QK_K, 110 bytes {
+        /// High code bits.
+        pub hmask: [u8; QK_K / 8],
+        /// Low two code bits.
+        pub qs: [u8; QK_K / 4],
+        /// Sixteen 6-bit scales, packed.
+        pub scales: [u8; 12],
+        /// Super-block scale.
+        pub d: f16,
+    }
 }
-const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
 
 /// Scale `j` (0..16) of the packed 12 bytes, still offset by 32.
 fn scale(s: &[u8; 12], j: usize) -> i32 {
@@ -38,9 +36,6 @@ fn scale(s: &[u8; 12], j: usize) -> i32 {
 }
 
 impl GgmlBlock for BlockQ3K {
-    const TYPE: GgmlType = GgmlType::Q3K;
-    const LEN: usize = QK_K;
-
     fn dequantize(&self, y: &mut [f32]) {
         let d_all = self.d.to_f32();
         let (mut is, mut out, mut m) = (0, 0, 1u8);

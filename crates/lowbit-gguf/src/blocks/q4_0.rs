@@ -8,28 +8,23 @@
 //! Reference quantizer: `max` is the element of largest |x| (the first such), `d = max / -8`,
 //! `n = min(15, (i8)(x / d + 8.5))`, so the extreme element maps to code 0 exactly.
 
-use super::GgmlBlock;
-use crate::GgmlType;
+use super::{signed_absmax, GgmlBlock};
 use half::f16;
 
 /// Weights per Q4_0 block.
 pub const QK4_0: usize = 32;
 
-/// One Q4_0 block (`block_q4_0`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ4_0 {
-    /// Scale.
-    pub d: f16,
-    /// Codes, low nibble for weights 0..16, high nibble for 16..32.
-    pub qs: [u8; QK4_0 / 2],
+ggml_block! {
+    /// One Q4_0 block (`block_q4_0`).
+    pub struct BlockQ4_0: Q4_0, QK4_0, 18 bytes {
+        /// Scale.
+        pub d: f16,
+        /// Codes, low nibble for weights 0..16, high nibble for 16..32.
+        pub qs: [u8; QK4_0 / 2],
+    }
 }
-const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 
 impl GgmlBlock for BlockQ4_0 {
-    const TYPE: GgmlType = GgmlType::Q4_0;
-    const LEN: usize = QK4_0;
-
     fn dequantize(&self, y: &mut [f32]) {
         let d = self.d.to_f32();
         for (j, &q) in self.qs.iter().enumerate() {
@@ -39,13 +34,7 @@ impl GgmlBlock for BlockQ4_0 {
     }
 
     fn quantize(x: &[f32]) -> Self {
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in &x[..QK4_0] {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let max = signed_absmax(&x[..QK4_0]);
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let code = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;

@@ -7,30 +7,25 @@
 //! ```
 //! Reference quantizer: `d = (max - min) / 15`, `m = min`, `n = min(15, (i8)((x - min) / d + 0.5))`.
 
-use super::GgmlBlock;
-use crate::GgmlType;
+use super::{min_max, GgmlBlock};
 use half::f16;
 
 /// Weights per Q4_1 block.
 pub const QK4_1: usize = 32;
 
-/// One Q4_1 block (`block_q4_1`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ4_1 {
-    /// Scale.
-    pub d: f16,
-    /// Minimum (added).
-    pub m: f16,
-    /// Codes, low nibble for weights 0..16, high nibble for 16..32.
-    pub qs: [u8; QK4_1 / 2],
+ggml_block! {
+    /// One Q4_1 block (`block_q4_1`).
+    pub struct BlockQ4_1: Q4_1, QK4_1, 20 bytes {
+        /// Scale.
+        pub d: f16,
+        /// Minimum (added).
+        pub m: f16,
+        /// Codes, low nibble for weights 0..16, high nibble for 16..32.
+        pub qs: [u8; QK4_1 / 2],
+    }
 }
-const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 
 impl GgmlBlock for BlockQ4_1 {
-    const TYPE: GgmlType = GgmlType::Q4_1;
-    const LEN: usize = QK4_1;
-
     fn dequantize(&self, y: &mut [f32]) {
         let (d, m) = (self.d.to_f32(), self.m.to_f32());
         for (j, &q) in self.qs.iter().enumerate() {
@@ -40,15 +35,7 @@ impl GgmlBlock for BlockQ4_1 {
     }
 
     fn quantize(x: &[f32]) -> Self {
-        let (mut min, mut max) = (f32::MAX, -f32::MAX);
-        for &v in &x[..QK4_1] {
-            if v < min {
-                min = v;
-            }
-            if v > max {
-                max = v;
-            }
-        }
+        let (min, max) = min_max(&x[..QK4_1]);
         let d = (max - min) / 15.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let code = |v: f32| (((v - min) * id + 0.5) as i8).min(15) as u8;

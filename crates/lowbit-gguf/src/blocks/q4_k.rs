@@ -15,28 +15,23 @@
 
 use super::kquants::{pair_scales, quantize_k4_k5, QK_K};
 use super::GgmlBlock;
-use crate::GgmlType;
 use half::f16;
 
-/// One Q4_K super-block (`block_q4_K`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ4K {
-    /// Super-block scale for the sub-block scales.
-    pub d: f16,
-    /// Super-block scale for the sub-block mins.
-    pub dmin: f16,
-    /// Eight 6-bit scales and eight 6-bit mins, packed.
-    pub scales: [u8; 12],
-    /// Codes, two 32-weight sub-blocks per 32 bytes (low nibbles, then high).
-    pub qs: [u8; QK_K / 2],
+ggml_block! {
+    /// One Q4_K super-block (`block_q4_K`).
+    pub struct BlockQ4K: Q4K, QK_K, 144 bytes {
+        /// Super-block scale for the sub-block scales.
+        pub d: f16,
+        /// Super-block scale for the sub-block mins.
+        pub dmin: f16,
+        /// Eight 6-bit scales and eight 6-bit mins, packed.
+        pub scales: [u8; 12],
+        /// Codes, two 32-weight sub-blocks per 32 bytes (low nibbles, then high).
+        pub qs: [u8; QK_K / 2],
+    }
 }
-const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 
 impl GgmlBlock for BlockQ4K {
-    const TYPE: GgmlType = GgmlType::Q4K;
-    const LEN: usize = QK_K;
-
     fn dequantize(&self, y: &mut [f32]) {
         let (d, dmin) = (self.d.to_f32(), self.dmin.to_f32());
         for pair in 0..4 {

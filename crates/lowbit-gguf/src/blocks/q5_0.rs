@@ -8,25 +8,23 @@
 //! ```
 //! Reference quantizer: as Q4_0 with `d = max / -16` and `n = min(31, (i8)(x / d + 16.5))`.
 
-use super::GgmlBlock;
-use crate::GgmlType;
+use super::{signed_absmax, GgmlBlock};
 use half::f16;
 
 /// Weights per Q5_0 block.
 pub const QK5_0: usize = 32;
 
-/// One Q5_0 block (`block_q5_0`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ5_0 {
-    /// Scale.
-    pub d: f16,
-    /// Fifth bits, bit `i` for weight `i` (bytes of a little-endian u32).
-    pub qh: [u8; 4],
-    /// Low four bits, weights 0..16 in the low nibbles, 16..32 in the high ones.
-    pub qs: [u8; QK5_0 / 2],
+ggml_block! {
+    /// One Q5_0 block (`block_q5_0`).
+    pub struct BlockQ5_0: Q5_0, QK5_0, 22 bytes {
+        /// Scale.
+        pub d: f16,
+        /// Fifth bits, bit `i` for weight `i` (bytes of a little-endian u32).
+        pub qh: [u8; 4],
+        /// Low four bits, weights 0..16 in the low nibbles, 16..32 in the high ones.
+        pub qs: [u8; QK5_0 / 2],
+    }
 }
-const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
 
 /// The 5-bit codes of a Q5_0/Q5_1 block.
 pub(crate) fn unpack5(qh: [u8; 4], qs: &[u8; 16]) -> [u8; 32] {
@@ -52,9 +50,6 @@ pub(crate) fn pack5(n: &[u8; 32]) -> ([u8; 4], [u8; 16]) {
 }
 
 impl GgmlBlock for BlockQ5_0 {
-    const TYPE: GgmlType = GgmlType::Q5_0;
-    const LEN: usize = QK5_0;
-
     fn dequantize(&self, y: &mut [f32]) {
         let d = self.d.to_f32();
         for (y, n) in y.iter_mut().zip(unpack5(self.qh, &self.qs)) {
@@ -63,13 +58,7 @@ impl GgmlBlock for BlockQ5_0 {
     }
 
     fn quantize(x: &[f32]) -> Self {
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in &x[..QK5_0] {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let max = signed_absmax(&x[..QK5_0]);
         let d = max / -16.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let n: [u8; 32] = std::array::from_fn(|i| ((x[i] * id + 16.5) as i8).min(31) as u8);

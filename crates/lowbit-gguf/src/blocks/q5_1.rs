@@ -8,32 +8,27 @@
 //! Reference quantizer: as Q4_1 with `d = (max - min) / 31` and `n = (u8)((x - min) / d + 0.5)`.
 
 use super::q5_0::{pack5, unpack5};
-use super::GgmlBlock;
-use crate::GgmlType;
+use super::{min_max, GgmlBlock};
 use half::f16;
 
 /// Weights per Q5_1 block.
 pub const QK5_1: usize = 32;
 
-/// One Q5_1 block (`block_q5_1`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ5_1 {
-    /// Scale.
-    pub d: f16,
-    /// Minimum (added).
-    pub m: f16,
-    /// Fifth bits, bit `i` for weight `i` (bytes of a little-endian u32).
-    pub qh: [u8; 4],
-    /// Low four bits, weights 0..16 in the low nibbles, 16..32 in the high ones.
-    pub qs: [u8; QK5_1 / 2],
+ggml_block! {
+    /// One Q5_1 block (`block_q5_1`).
+    pub struct BlockQ5_1: Q5_1, QK5_1, 24 bytes {
+        /// Scale.
+        pub d: f16,
+        /// Minimum (added).
+        pub m: f16,
+        /// Fifth bits, bit `i` for weight `i` (bytes of a little-endian u32).
+        pub qh: [u8; 4],
+        /// Low four bits, weights 0..16 in the low nibbles, 16..32 in the high ones.
+        pub qs: [u8; QK5_1 / 2],
+    }
 }
-const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
 
 impl GgmlBlock for BlockQ5_1 {
-    const TYPE: GgmlType = GgmlType::Q5_1;
-    const LEN: usize = QK5_1;
-
     fn dequantize(&self, y: &mut [f32]) {
         let (d, m) = (self.d.to_f32(), self.m.to_f32());
         for (y, n) in y.iter_mut().zip(unpack5(self.qh, &self.qs)) {
@@ -42,15 +37,7 @@ impl GgmlBlock for BlockQ5_1 {
     }
 
     fn quantize(x: &[f32]) -> Self {
-        let (mut min, mut max) = (f32::MAX, -f32::MAX);
-        for &v in &x[..QK5_1] {
-            if v < min {
-                min = v;
-            }
-            if v > max {
-                max = v;
-            }
-        }
+        let (min, max) = min_max(&x[..QK5_1]);
         let d = (max - min) / 31.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let n: [u8; 32] = std::array::from_fn(|i| ((x[i] - min) * id + 0.5) as u8);

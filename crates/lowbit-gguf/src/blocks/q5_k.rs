@@ -10,30 +10,25 @@
 
 use super::kquants::{pair_scales, quantize_k4_k5, QK_K};
 use super::GgmlBlock;
-use crate::GgmlType;
 use half::f16;
 
-/// One Q5_K super-block (`block_q5_K`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ5K {
-    /// Super-block scale for the sub-block scales.
-    pub d: f16,
-    /// Super-block scale for the sub-block mins.
-    pub dmin: f16,
-    /// Eight 6-bit scales and eight 6-bit mins, packed as in Q4_K.
-    pub scales: [u8; 12],
-    /// Fifth bits.
-    pub qh: [u8; QK_K / 8],
-    /// Low four bits, as Q4_K's codes.
-    pub qs: [u8; QK_K / 2],
+ggml_block! {
+    /// One Q5_K super-block (`block_q5_K`).
+    pub struct BlockQ5K: Q5K, QK_K, 176 bytes {
+        /// Super-block scale for the sub-block scales.
+        pub d: f16,
+        /// Super-block scale for the sub-block mins.
+        pub dmin: f16,
+        /// Eight 6-bit scales and eight 6-bit mins, packed as in Q4_K.
+        pub scales: [u8; 12],
+        /// Fifth bits.
+        pub qh: [u8; QK_K / 8],
+        /// Low four bits, as Q4_K's codes.
+        pub qs: [u8; QK_K / 2],
+    }
 }
-const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 
 impl GgmlBlock for BlockQ5K {
-    const TYPE: GgmlType = GgmlType::Q5K;
-    const LEN: usize = QK_K;
-
     fn dequantize(&self, y: &mut [f32]) {
         let (d, dmin) = (self.d.to_f32(), self.dmin.to_f32());
         for pair in 0..4 {

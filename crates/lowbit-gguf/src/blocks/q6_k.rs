@@ -16,28 +16,23 @@
 
 use super::kquants::{make_qx_quants, nearest_int, QK_K};
 use super::GgmlBlock;
-use crate::GgmlType;
 use half::f16;
 
-/// One Q6_K super-block (`block_q6_K`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ6K {
-    /// Low four bits of the codes.
-    pub ql: [u8; QK_K / 2],
-    /// High two bits of the codes.
-    pub qh: [u8; QK_K / 4],
-    /// Sub-block scales.
-    pub scales: [i8; QK_K / 16],
-    /// Super-block scale.
-    pub d: f16,
+ggml_block! {
+    /// One Q6_K super-block (`block_q6_K`).
+    pub struct BlockQ6K: Q6K, QK_K, 210 bytes {
+        /// Low four bits of the codes.
+        pub ql: [u8; QK_K / 2],
+        /// High two bits of the codes.
+        pub qh: [u8; QK_K / 4],
+        /// Sub-block scales.
+        pub scales: [i8; QK_K / 16],
+        /// Super-block scale.
+        pub d: f16,
+    }
 }
-const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 
 impl GgmlBlock for BlockQ6K {
-    const TYPE: GgmlType = GgmlType::Q6K;
-    const LEN: usize = QK_K;
-
     fn dequantize(&self, y: &mut [f32]) {
         let d = self.d.to_f32();
         for h in 0..2 {

@@ -8,27 +8,22 @@
 //! Reference quantizer: `d = amax / 127`, `qs = roundf(x / d)` (ties away from zero).
 
 use super::GgmlBlock;
-use crate::GgmlType;
 use half::f16;
 
 /// Weights per Q8_0 block.
 pub const QK8_0: usize = 32;
 
-/// One Q8_0 block (`block_q8_0`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ8_0 {
-    /// Scale.
-    pub d: f16,
-    /// Signed codes.
-    pub qs: [i8; QK8_0],
+ggml_block! {
+    /// One Q8_0 block (`block_q8_0`).
+    pub struct BlockQ8_0: Q8_0, QK8_0, 34 bytes {
+        /// Scale.
+        pub d: f16,
+        /// Signed codes.
+        pub qs: [i8; QK8_0],
+    }
 }
-const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 
 impl GgmlBlock for BlockQ8_0 {
-    const TYPE: GgmlType = GgmlType::Q8_0;
-    const LEN: usize = QK8_0;
-
     fn dequantize(&self, y: &mut [f32]) {
         let d = self.d.to_f32();
         for (y, &q) in y.iter_mut().zip(&self.qs) {

@@ -10,26 +10,21 @@
 //! nearest_int(x / d))`.
 
 use super::kquants::{nearest_int, QK_K};
-use super::GgmlBlock;
-use crate::GgmlType;
+use super::{signed_absmax, GgmlBlock};
 
-/// One Q8_K super-block (`block_q8_K`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ8K {
-    /// Scale (f32, unlike the other blocks).
-    pub d: f32,
-    /// Signed codes.
-    pub qs: [i8; QK_K],
-    /// Sums of each 16 codes.
-    pub bsums: [i16; QK_K / 16],
+ggml_block! {
+    /// One Q8_K super-block (`block_q8_K`).
+    pub struct BlockQ8K: Q8K, QK_K, 292 bytes {
+        /// Scale (f32, unlike the other blocks).
+        pub d: f32,
+        /// Signed codes.
+        pub qs: [i8; QK_K],
+        /// Sums of each 16 codes.
+        pub bsums: [i16; QK_K / 16],
+    }
 }
-const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
 
 impl GgmlBlock for BlockQ8K {
-    const TYPE: GgmlType = GgmlType::Q8K;
-    const LEN: usize = QK_K;
-
     fn dequantize(&self, y: &mut [f32]) {
         for (y, &q) in y.iter_mut().zip(&self.qs) {
             *y = self.d * q as f32;
@@ -38,14 +33,8 @@ impl GgmlBlock for BlockQ8K {
 
     fn quantize(x: &[f32]) -> Self {
         let x = &x[..QK_K];
-        let (mut max, mut amax) = (0f32, 0f32);
-        for &v in x {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        if amax == 0.0 {
+        let max = signed_absmax(x);
+        if max == 0.0 {
             // ggml leaves bsums unset here; zero is what they sum to.
             return bytemuck::Zeroable::zeroed();
         }

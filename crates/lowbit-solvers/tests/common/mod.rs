@@ -2,20 +2,18 @@
 #![allow(dead_code)]
 
 use lowbit_solvers::Hessian;
+use rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::SplitMix64;
 
-/// splitmix64: small, seeded, good enough for test data.
-pub struct Rng(u64);
+/// A seeded SplitMix64 stream (the seed is mixed first, so nearby seeds start far apart).
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0xD1B5_4A32_D192_ED03))
+        Rng(SplitMix64::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0xD1B5_4A32_D192_ED03)))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f64 {
