@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from conftest import smollm2_gguf
 from lowbit.demo import HELD_OUT_OPENINGS, DemoSettings, held_out_ids, run_demo, side_by_side
 from lowbit.model import Model
@@ -29,7 +30,7 @@ def test_held_out_texts_are_windows_of_their_own() -> None:
         opening = model.encode(HELD_OUT_OPENINGS[i % len(HELD_OUT_OPENINGS)])
         assert ids[i * 24 : i * 24 + len(opening)] == opening
     assert held_out_ids(model, 5, 24) == ids, "seeded"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no longer than their openings"):
         held_out_ids(model, 2, 3)
 
 

@@ -106,7 +106,7 @@ def test_truncated_gguf_is_an_error(tmp_path: Path) -> None:
 
 
 def test_generate_batch_matches_one_at_a_time(smollm2: lowbit.Model) -> None:
-    prompts: list[str | list[int]] = ["The sky", smollm2.encode("Once upon a time"), "In mathematics, a group"]
+    prompts: list[str | list[int]] = ["The sky", smollm2.encode("Once upon a time"), "In mathematics,"]
     for options in ({}, {"temperature": 1.0}, {"temperature": 0.9, "top_k": 40, "top_p": 0.9}):
         together = smollm2.generate_batch(prompts, max_new_tokens=10, seed=5, **options)  # type: ignore[arg-type]
         for i, (prompt, out) in enumerate(zip(prompts, together)):

@@ -89,13 +89,10 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def _tensor_figures(report: QuantizeReport, target: Path) -> tuple[int, int]:
-    """(parameters, bytes of every tensor as stored) of the written model: the two terms of
-    llama.cpp's bits per weight, embedding and LM head included."""
-    if hasattr(report, "tensor_bytes"):
-        return int(report.num_params), int(report.tensor_bytes)
-    # Reports without those figures: the data sections of the safetensors files, and the
-    # parameters config.json describes (a Llama-family decoder).
+def _tensor_figures(target: Path) -> tuple[int, int]:
+    """(parameters, bytes of every tensor as stored) of the model written to ``target``, the two
+    terms of llama.cpp's bits per weight (embedding and LM head included): the parameters
+    config.json describes (a Llama-family decoder) and the data of the safetensors files."""
     stored = 0
     for f in target.glob("*.safetensors"):
         with f.open("rb") as fh:
@@ -170,7 +167,7 @@ def run_demo(
         seconds["GPTQ"] = report.wall_seconds - report.calib_seconds
         quantized = Model.load(target, progress=progress)
         out_bytes = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
-        params, tensor_bytes = _tensor_figures(report, target)
+        params, tensor_bytes = _tensor_figures(target)
 
         t = time.perf_counter()
         if test is not None:
