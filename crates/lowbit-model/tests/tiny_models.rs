@@ -322,7 +322,7 @@ fn batched_generation_checks_its_input() {
     let empty = BatchPrompt { prompt: vec![], seed: 0 };
     assert!(model.generate_batch(&[ok.clone(), empty], &GenerateOptions::default(), none).is_err());
     let stops = GenerateOptions { stop_strings: vec!["x".into()], ..GenerateOptions::default() };
-    assert!(model.generate_batch(&[ok.clone()], &stops, none).is_err());
+    assert!(model.generate_batch(std::slice::from_ref(&ok), &stops, none).is_err());
     let oov = BatchPrompt { prompt: vec![61], seed: 0 };
     assert!(model.generate_batch(&[ok.clone(), oov], &GenerateOptions::default(), none).is_err());
     // No prompts, no work; no new tokens, no steps.
