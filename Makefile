@@ -24,6 +24,8 @@ develop: venv
 lint-rust:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --features lowbit-model/fuzzing -- -D warnings
+	# The CUDA backend with its device code compiled in (cudarc loads CUDA at run time only).
+	cargo clippy -p lowbit-cuda --all-targets --features cuda -- -D warnings
 
 lint-python: develop
 	$(VENV)/bin/ruff check python tests benches

@@ -379,6 +379,59 @@ impl Model {
     pub fn weight_bytes(&self) -> usize {
         self.layers.iter().flat_map(|l| l.linears().map(|(_, x)| x.nbytes())).sum::<usize>() + self.lm_head().nbytes()
     }
+
+    /// This model on another backend (`device` is what [`Model::device`] then reports): every
+    /// weight crosses once through [`Backend::load_linear`] and every vector through
+    /// [`Backend::upload`]. Loading stays on the CPU; a device backend (lowbit-cuda) starts here.
+    pub fn to_backend<B: Backend>(&self, backend: B, device: Device) -> Result<Model<B>> {
+        let lin = |l: &Linear| backend.load_linear(l.rows(), l.cols(), host_weight(l)).map_err(err);
+        let buf = |v: &[f32]| backend.upload(v).map_err(err);
+        let opt = |v: &Option<Vec<f32>>| v.as_deref().map(buf).transpose();
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    input_norm: buf(&l.input_norm)?,
+                    post_attention_norm: buf(&l.post_attention_norm)?,
+                    q_proj: lin(&l.q_proj)?,
+                    k_proj: lin(&l.k_proj)?,
+                    v_proj: lin(&l.v_proj)?,
+                    o_proj: lin(&l.o_proj)?,
+                    q_bias: opt(&l.q_bias)?,
+                    k_bias: opt(&l.k_bias)?,
+                    v_bias: opt(&l.v_bias)?,
+                    q_norm: opt(&l.q_norm)?,
+                    k_norm: opt(&l.k_norm)?,
+                    gate_proj: lin(&l.gate_proj)?,
+                    up_proj: lin(&l.up_proj)?,
+                    down_proj: lin(&l.down_proj)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Model {
+            config: self.config.clone(),
+            embed: lin(&self.embed)?,
+            layers,
+            norm: buf(&self.norm)?,
+            lm_head: self.lm_head.as_ref().map(lin).transpose()?,
+            rope: self.rope.clone(),
+            tokenizer: self.tokenizer.clone(),
+            device,
+            backend,
+        })
+    }
+}
+
+/// A CPU weight as the host view [`Backend::load_linear`] takes.
+fn host_weight(l: &Linear) -> lowbit_core::backend::HostWeight<'_> {
+    use lowbit_core::backend::HostWeight;
+    match l.weight() {
+        lowbit_cpu::WeightKind::F32(v) => HostWeight::F32(v),
+        lowbit_cpu::WeightKind::F16(v) => HostWeight::F16(v),
+        lowbit_cpu::WeightKind::Bf16(v) => HostWeight::Bf16(v),
+        lowbit_cpu::WeightKind::Quant(q) => HostWeight::Quant(q),
+    }
 }
 
 impl<B: Backend> Model<B> {
@@ -492,6 +545,22 @@ impl<B: Backend> Model<B> {
         }
         outs.reverse();
         Ok(outs)
+    }
+
+    /// Runs `tokens` after what `cache` holds and returns the logits of the last token, left on
+    /// the backend (`vocab_size` values): a device backend reduces them there (greedy argmax)
+    /// and downloads only the token id.
+    pub fn forward_last_on_device(&self, tokens: &[u32], cache: &mut KvCache<B>) -> Result<B::Buffer> {
+        let c = &self.config;
+        let (h, vocab) = (c.hidden_size, c.vocab_size);
+        let (x, _) = self.hidden_batch(&mut [(tokens, cache)], &mut NoProgress)?;
+        let be = &self.backend;
+        let n = tokens.len();
+        let mut hidden = be.zeros(h).map_err(err)?;
+        be.rms_norm(be.view(&x, (n - 1) * h..n * h), self.norm_view(), c.rms_norm_eps, be.view_mut(&mut hidden, 0..h));
+        let mut logits = be.zeros(vocab).map_err(err)?;
+        be.linear(self.lm_head(), be.view(&hidden, 0..h), 1, be.view_mut(&mut logits, 0..vocab)).map_err(err)?;
+        Ok(logits)
     }
 
     /// Runs `tokens` after what `cache` holds and returns the final-normed hidden states
