@@ -465,6 +465,17 @@ mod tests {
             let t = sample(&mut logits.clone(), &[], &topk, &mut rng);
             assert!(t == 1 || t == 2);
         }
+        // Unfiltered sampling follows the softmax: logits (0, ln 3) give token 1 three times in four.
+        let plain = GenerateOptions { temperature: 1.0, ..GenerateOptions::default() };
+        let ones = (0..4000).filter(|_| sample(&mut vec![0.0, 3f32.ln()], &[], &plain, &mut rng) == 1).count();
+        assert!((2850..3150).contains(&ones), "{ones}");
+        // top_k selects the k best with ties broken by token id, as a full sort would.
+        let ties = vec![1.0, 2.0, 2.0, 2.0, 0.5];
+        let top2 = GenerateOptions { temperature: 1.0, top_k: 2, ..GenerateOptions::default() };
+        for _ in 0..100 {
+            let t = sample(&mut ties.clone(), &[], &top2, &mut rng);
+            assert!(t == 1 || t == 2, "{t}");
+        }
         // A tiny top_p keeps only the best token.
         let topp = GenerateOptions { temperature: 1.0, top_p: 0.01, ..GenerateOptions::default() };
         for _ in 0..50 {
