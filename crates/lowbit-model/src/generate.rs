@@ -467,10 +467,10 @@ mod tests {
         }
         // Unfiltered sampling follows the softmax: logits (0, ln 3) give token 1 three times in four.
         let plain = GenerateOptions { temperature: 1.0, ..GenerateOptions::default() };
-        let ones = (0..4000).filter(|_| sample(&mut vec![0.0, 3f32.ln()], &[], &plain, &mut rng) == 1).count();
+        let ones = (0..4000).filter(|_| sample(&mut [0.0, 3f32.ln()], &[], &plain, &mut rng) == 1).count();
         assert!((2850..3150).contains(&ones), "{ones}");
         // top_k selects the k best with ties broken by token id, as a full sort would.
-        let ties = vec![1.0, 2.0, 2.0, 2.0, 0.5];
+        let ties = [1.0, 2.0, 2.0, 2.0, 0.5];
         let top2 = GenerateOptions { temperature: 1.0, top_k: 2, ..GenerateOptions::default() };
         for _ in 0..100 {
             let t = sample(&mut ties.clone(), &[], &top2, &mut rng);
