@@ -13,9 +13,10 @@ from test_pipeline import tiny_model  # noqa: F401  (the fixture)
 
 # The Python keywords and CLI flags that README.md and the tests use: they keep their names.
 KWARGS = {"method", "bits", "group_size", "sym", "act_order", "static_groups", "mse_clip", "scale_dtype",
-          "nsamples", "seqlen", "seed", "percdamp", "awq_samples", "sq_alpha", "resume"}  # fmt: skip
+          "nsamples", "seqlen", "seed", "percdamp", "awq_samples", "sq_alpha", "resume", "embed",
+          "lm_head"}  # fmt: skip
 FLAGS = {"--method", "--bits", "--group-size", "--sym", "--act-order", "--clip", "--scale-dtype",
-         "--nsamples", "--seqlen", "--seed", "--resume"}  # fmt: skip
+         "--nsamples", "--seqlen", "--seed", "--resume", "--embed", "--lm-head"}  # fmt: skip
 
 
 def test_table_keeps_the_names_and_defaults() -> None:
@@ -26,6 +27,11 @@ def test_table_keeps_the_names_and_defaults() -> None:
     assert specs["group_size"]["default"] == 128
     assert specs["mse_clip"]["default"] is None  # on for gptq, off for rtn
     assert specs["act_order"]["methods"] == ["gptq"]
+    assert specs["embed"]["default"] == "int8"
+    assert specs["lm_head"]["default"] is None  # as the embedding
+    assert specs["lm_head"]["choices"] == ["embed", *specs["embed"]["choices"]]
+    schemes = {"int8", "int4-g32", "int4-g64", "int4-g128", "f16", "f32", "keep"}
+    assert set(specs["embed"]["choices"]) == schemes
 
 
 def test_bad_keywords_are_refused_before_any_work(tmp_path: Path) -> None:
@@ -39,6 +45,8 @@ def test_bad_keywords_are_refused_before_any_work(tmp_path: Path) -> None:
         check_options({"method": "awq", "act_order": True})
     with pytest.raises(ValueError, match="scale_dtype: expected one of f16, f32"):
         check_options({"scale_dtype": "bf16"})
+    with pytest.raises(ValueError, match="embed: expected one of keep, f32, f16, int8"):
+        check_options({"embed": "int5"})
     check_options({"method": "rtn", "mse_clip": None, "group_size": None})
     # The native function checks too (types and applicability), not only the Python layer.
     with pytest.raises(TypeError, match="unexpected keyword argument"):
@@ -56,6 +64,11 @@ def test_cli_flags_come_from_the_table() -> None:
     assert (args["group_size"], args["mse_clip"], args["act_order"]) == ("channel", True, True)
     args = parse("--group-size", "64", "--no-static-groups")
     assert (args["group_size"], args["static_groups"]) == (64, False)
+    args = parse("--embed", "int4-g32", "--lm-head", "embed")
+    assert (args["embed"], args["lm_head"]) == ("int4-g32", "embed")
+    check_options({"lm_head": "embed"})
+    check_options({"lm_head": None})
+    assert parse("--lm-head", "f16")["lm_head"] == "f16"
     unset = parse()
     assert "bits" not in unset, "unset flags keep the library's defaults"
     assert "method" not in unset
@@ -65,6 +78,8 @@ def test_cli_flags_come_from_the_table() -> None:
         ["--group-size", "0"],
         ["--scale-dtype", "f8"],
         ["--percdamp", "a"],
+        ["--embed", "int6"],
+        ["--embed", "embed"],
     ):
         with pytest.raises(SystemExit) as e:
             parse(*bad)

@@ -69,6 +69,30 @@ def test_quantize_model_api(tiny_model: Path, tmp_path: Path, method: str) -> No
     assert m.weight_bytes < lowbit.Model.load(tiny_model).weight_bytes
 
 
+@pytest.mark.parametrize("embed", ["int8", "int4-g32", "f16", "keep"])
+def test_embedding_storage_and_sizes(tiny_model: Path, tmp_path: Path, embed: str) -> None:
+    out = tmp_path / "q"
+    report = lowbit.quantize_model(tiny_model, out, method="rtn", group_size=32, embed=embed)
+    files = sum(p.stat().st_size for p in out.iterdir())
+    assert report.out_bytes == files, "every byte of every file of the directory"
+    manifest = json.loads((out / "lowbit_manifest.json").read_text())
+    assert manifest["sizes"]["out_bytes"] == files
+    assert report.params["embed"] == embed
+    tied = json.loads((tiny_model / "config.json").read_text()).get("tie_word_embeddings", False)
+    assert (report.lm_head_bytes is None) == tied
+    bytes_per = {"int8": 1 + 2 / HIDDEN, "int4-g32": 0.5 + 3 / 32, "f16": 2, "keep": 4}[embed]
+    assert report.embed_bytes == pytest.approx(VOCAB * HIDDEN * bytes_per)
+    linears = report.linear_bytes_after
+    norms = 4 * HIDDEN * (2 * LAYERS + 1)
+    assert report.tensor_bytes == report.embed_bytes + (report.lm_head_bytes or 0) + linears + norms
+    assert report.bits_per_weight_all == pytest.approx(report.tensor_bytes * 8 / report.num_params)
+    assert report.file_bits_per_weight == pytest.approx(files * 8 / report.num_params)
+    assert report.to_dict()["file_bits_per_weight"] == report.file_bits_per_weight
+    assert report.input_bytes == sum(p.stat().st_size for p in tiny_model.iterdir() if p.is_file())
+    ppl = lowbit.Model.load(out).perplexity(ids=[t % VOCAB for t in range(7, 7 + 64)], window=32, windows=2)
+    assert np.isfinite(ppl.perplexity)
+
+
 def test_in_memory_ids_equal_file(tiny_model: Path, tmp_path: Path) -> None:
     ids = np.load(tiny_model / "ids.npy")
     a = lowbit.quantize_model(tiny_model, tmp_path / "a", calib=ids, nsamples=4, seqlen=16, group_size=32)
@@ -107,7 +131,8 @@ def test_cli_quantize(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFi
     ]  # fmt: skip
     assert main(argv) == 0
     text = capsys.readouterr().out
-    for label in ("bits per weight", "peak RAM", "worst layer loss"):
+    labels = ("bits per weight (all tensors)", "output directory (every file)", "embedding / LM head")
+    for label in (*labels, "peak RAM", "worst layer loss"):
         assert label in text
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["params"]["desc_act"] is True

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, quantize
-from ._lowbit import LowbitError
+from ._lowbit import LowbitError, QuantizeReport
 from .demo import DemoSettings, run_demo
 from .model import Model, import_gguf, smollm2_gguf
 from .pipeline import CALIB_ENV
@@ -205,6 +205,15 @@ def _mib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2**20:.1f} MiB"
 
 
+def _roles(report: QuantizeReport) -> str:
+    """How the embedding and the LM head were stored: ``int8 27.1 MiB, tied``."""
+    embed = f"{report.params['embed']} {_mib(report.embed_bytes)}"
+    if report.lm_head_bytes is None:
+        return f"{embed}, tied"
+    head = report.params["lm_head"]
+    return f"{embed} / {report.params['embed'] if head == 'embed' else head} {_mib(report.lm_head_bytes)}"
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     import json
 
@@ -239,8 +248,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         ("method", json.dumps(report.params)),
         ("block linears before", _mib(report.linear_bytes_before)),
         ("block linears after", _mib(report.linear_bytes_after)),
-        ("bits per weight", f"{report.bits_per_weight:.3f}"),
-        ("checkpoint on disk", _mib(report.out_bytes)),
+        ("bits per weight (block linears)", f"{report.bits_per_weight:.3f}"),
+        ("embedding / LM head", _roles(report)),
+        ("bits per weight (all tensors)", f"{report.bits_per_weight_all:.3f} ({report.num_params:,} params)"),
+        ("output directory (every file)", f"{_mib(report.out_bytes)} (input {_mib(report.input_bytes)})"),
         ("wall time", f"{report.wall_seconds:.1f} s (calibration {report.calib_seconds:.1f} s)"),
         ("peak RAM", _mib(report.peak_rss_bytes)),
         ("mean layer loss", f"{report.mean_loss:.5g}"),
@@ -316,7 +327,9 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         help_text = spec["help"] + ("" if default is None or default is False else f" (default: {default})")
         kw: dict[str, Any] = {"dest": spec["name"], "default": argparse.SUPPRESS, "help": help_text}
         if spec["type"] == "bool" and not spec["cli_aliases"]:
-            kw["action"] = argparse.BooleanOptionalAction if spec["optional"] else "store_true"
+            # A flag that is on by default needs its --no- form.
+            on = spec["optional"] or default is True
+            kw["action"] = argparse.BooleanOptionalAction if on else "store_true"
         elif spec["name"] == "group_size":
             kw["type"] = group_size
             kw["metavar"] = "N|channel"

@@ -16,7 +16,6 @@ per phase with its time when the output is not a terminal).
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import textwrap
@@ -89,24 +88,6 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def _tensor_figures(target: Path) -> tuple[int, int]:
-    """(parameters, bytes of every tensor as stored) of the model written to ``target``, the two
-    terms of llama.cpp's bits per weight (embedding and LM head included): the parameters
-    config.json describes (a Llama-family decoder) and the data of the safetensors files."""
-    stored = 0
-    for f in target.glob("*.safetensors"):
-        with f.open("rb") as fh:
-            stored += f.stat().st_size - 8 - int.from_bytes(fh.read(8), "little")
-    c = json.loads((target / "config.json").read_text(encoding="utf-8"))
-    h, ff, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
-    hd = c.get("head_dim") or h // c["num_attention_heads"]
-    qd, kvd = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
-    block = 2 * h * qd + 2 * h * kvd + 3 * h * ff + 2 * h
-    block += (qd + 2 * kvd) * bool(c.get("attention_bias")) + 2 * hd * ("Qwen3" in c["architectures"][0])
-    params = v * h * (1 if c.get("tie_word_embeddings") else 2) + c["num_hidden_layers"] * block + h
-    return params, stored
-
-
 def _answer(model: Model, settings: DemoSettings, progress: Progress | None) -> tuple[str, float]:
     prompt = model.apply_chat_template([{"role": "user", "content": settings.prompt}])
     out = model.generate(prompt, max_new_tokens=settings.max_new_tokens, progress=progress)
@@ -166,8 +147,6 @@ def run_demo(
         seconds["calibration"] = report.calib_seconds
         seconds["GPTQ"] = report.wall_seconds - report.calib_seconds
         quantized = Model.load(target, progress=progress)
-        out_bytes = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
-        params, tensor_bytes = _tensor_figures(target)
 
         t = time.perf_counter()
         if test is not None:
@@ -191,13 +170,16 @@ def run_demo(
     rows = [
         (
             "original model",
-            f"{_mib(gguf.stat().st_size)} GGUF file, {params / 1e6:.1f} M parameters "
-            f"({_mib(4 * params)} as the f32 it runs in here)",
+            f"{_mib(report.input_bytes)} GGUF file, {report.num_params / 1e6:.1f} M parameters "
+            f"({_mib(4 * report.num_params)} as the f32 it runs in here)",
         ),
-        ("quantized model", f"{_mib(out_bytes)} on disk (every file of the directory)"),
+        (
+            "quantized model",
+            f"{_mib(report.out_bytes)} on disk, every file (embedding and head {report.params['embed']})",
+        ),
         (
             "bits per weight",
-            f"{8 * tensor_bytes / params:.2f} over all parameters, embedding and head included "
+            f"{report.bits_per_weight_all:.2f} over all parameters, embedding and head included "
             f"(llama.cpp's BPW); {report.bits_per_weight:.3f} in the block linears",
         ),
         ("block linears", f"{_mib(report.linear_bytes_before)} f32 -> {_mib(report.linear_bytes_after)}"),
@@ -220,9 +202,9 @@ def run_demo(
         "perplexity_after": ppl[1],
         "answers": [a for a, _ in answers],
         "bits_per_weight": report.bits_per_weight,
-        "bits_per_weight_all": 8 * tensor_bytes / params,
-        "out_bytes": out_bytes,
-        "original_bytes": gguf.stat().st_size,
+        "bits_per_weight_all": report.bits_per_weight_all,
+        "out_bytes": report.out_bytes,
+        "original_bytes": report.input_bytes,
         "evaluated_on": what,
         "seconds": {"total": total, **seconds},
     }

@@ -93,7 +93,12 @@ def quantize_model(
     ``method`` (``"rtn"``, ``"gptq"``, ``"awq"`` or ``"smoothquant"``, W8A8: ``bits=8,
     group_size="channel", sym=True``), ``bits``, ``group_size`` (a positive int, or
     ``"channel"``/``None`` for one scale per output channel), ``sym``, ``scale_dtype``
-    (``"f16"`` or ``"f32"``), ``nsamples``, ``seqlen``, ``seed``, ``resume`` (continue from
+    (``"f16"`` or ``"f32"``), ``embed`` and ``lm_head`` (storage of the token embedding and the
+    LM head: ``"int8"``, one scale per row, the default; ``"int4-g32"``, ``"int4-g64"``,
+    ``"int4-g128"``; ``"f16"``, ``"f32"`` or ``"keep"``; ``lm_head="embed"`` or ``None``, the
+    default, stores the head as the embedding; a model that ties them stores one tensor, by
+    ``embed``), ``nsamples``,
+    ``seqlen``, ``seed``, ``resume`` (continue from
     ``<out>.partial`` after an interrupted run, same bytes as an uninterrupted one), and each
     method's own: ``act_order``, ``static_groups``, ``percdamp`` (gptq), ``mse_clip`` (gptq,
     rtn: ranges by least squared error; ``None`` is on for gptq, off for rtn), ``awq_samples``

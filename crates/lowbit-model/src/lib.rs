@@ -40,7 +40,7 @@ pub use device::Device;
 pub use error::{ModelError, Result};
 pub use generate::{BatchPrompt, GenerateOptions, Generation, Rng, StopReason, TokenEvent};
 pub use gguf::{import_gguf, GgufFile};
-pub use load::{LoadOptions, SaveExtras};
+pub use load::{LastFile, LoadOptions, SaveExtras, StoredSize};
 pub use model::{BlockReader, KvCache, Layer, Logits, LogitsMode, Model, LINEAR_NAMES};
 pub use perplexity::{PerplexityOptions, PerplexityResult};
 pub use tensors::{Tensor, TensorData};

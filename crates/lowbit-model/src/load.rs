@@ -137,52 +137,131 @@ fn gguf_source<R>(
     f(config, &mut src, tokenizer)
 }
 
+/// The tensors a saved model holds, counted as [`Model::save`] stores them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredSize {
+    /// Parameters (elements) of every tensor: embedding, LM head when untied, block linears,
+    /// norms and biases.
+    pub params: usize,
+    /// Bytes of every tensor as stored (dense elements; codes + scales + zeros), no headers:
+    /// what llama.cpp reports as the model size.
+    pub tensor_bytes: usize,
+    /// Bytes of the token embedding.
+    pub embed_bytes: usize,
+    /// Bytes of the LM head; `None` when tied (the embedding is the head).
+    pub lm_head_bytes: Option<usize>,
+    /// Parameters of the block linears.
+    pub linear_params: usize,
+    /// Bytes of the block linears.
+    pub linear_bytes: usize,
+}
+
+impl StoredSize {
+    /// Stored bits per parameter over every tensor.
+    pub fn bits_per_weight(&self) -> f64 {
+        self.tensor_bytes as f64 * 8.0 / self.params.max(1) as f64
+    }
+    /// Stored bits per block-linear weight.
+    pub fn linear_bits_per_weight(&self) -> f64 {
+        self.linear_bytes as f64 * 8.0 / self.linear_params.max(1) as f64
+    }
+}
+
+/// The file [`Model::save_with_last`] writes last: its name, and its contents as a function of
+/// the bytes of every other file.
+pub type LastFile<'a> = (&'a str, &'a dyn Fn(u64) -> Vec<u8>);
+
+/// A model's tensors under their Hugging Face names: the matrices, then the f32 vectors.
+type NamedTensors<'m> = (Vec<(String, &'m Linear)>, Vec<(String, &'m [f32])>);
+
 impl Model {
+    /// Every tensor [`Model::save`] writes, by name; a tied model has no `lm_head.weight`.
+    fn named_tensors(&self) -> NamedTensors<'_> {
+        let mut mats: Vec<(String, &Linear)> = vec![("model.embed_tokens.weight".into(), self.embedding())];
+        if !self.config().tie_word_embeddings {
+            mats.push(("lm_head.weight".into(), self.lm_head()));
+        }
+        for (i, l) in self.layers().iter().enumerate() {
+            for (suffix, lin) in l.linears() {
+                mats.push((format!("model.layers.{i}.{suffix}.weight"), lin));
+            }
+        }
+        let mut vecs: Vec<(String, &[f32])> = vec![("model.norm.weight".into(), self.final_norm())];
+        for (i, l) in self.layers().iter().enumerate() {
+            let p = format!("model.layers.{i}.");
+            vecs.push((format!("{p}input_layernorm.weight"), &l.input_norm));
+            vecs.push((format!("{p}post_attention_layernorm.weight"), &l.post_attention_norm));
+            for (n, v) in [
+                ("self_attn.q_proj.bias", &l.q_bias),
+                ("self_attn.k_proj.bias", &l.k_bias),
+                ("self_attn.v_proj.bias", &l.v_bias),
+                ("self_attn.q_norm.weight", &l.q_norm),
+                ("self_attn.k_norm.weight", &l.k_norm),
+            ] {
+                if let Some(v) = v {
+                    vecs.push((format!("{p}{n}"), v));
+                }
+            }
+        }
+        (mats, vecs)
+    }
+
+    /// Parameters and stored bytes of the tensors [`Model::save`] writes.
+    pub fn stored_size(&self) -> StoredSize {
+        let (mats, vecs) = self.named_tensors();
+        let mut s = StoredSize::default();
+        for (name, lin) in &mats {
+            let (n, bytes) = (lin.rows() * lin.cols(), stored_bytes(lin.weight()));
+            s.params += n;
+            s.tensor_bytes += bytes;
+            match name.as_str() {
+                "model.embed_tokens.weight" => s.embed_bytes = bytes,
+                "lm_head.weight" => s.lm_head_bytes = Some(bytes),
+                _ => {
+                    s.linear_params += n;
+                    s.linear_bytes += bytes;
+                }
+            }
+        }
+        for (_, v) in &vecs {
+            s.params += v.len();
+            s.tensor_bytes += 4 * v.len();
+        }
+        s
+    }
+
     /// Saves the model as a Hugging Face-style directory that [`Model::load`] reads back:
     /// `config.json`, dense tensors in `model-00001-of-00002.safetensors`, lowbit quantized
-    /// linear layers in `model-00002-of-00002.safetensors` (the `lowbit_core::io` layout), the
-    /// index, and the tokenizer files when the model has a tokenizer. Written into a temporary
-    /// directory, then renamed to `dir` (which must not exist or be empty).
+    /// tensors (block linears, and the embedding or LM head when quantized) in
+    /// `model-00002-of-00002.safetensors` (the `lowbit_core::io` layout), the index, and the
+    /// tokenizer files when the model has a tokenizer. Written into a temporary directory, then
+    /// renamed to `dir` (which must not exist or be empty).
     pub fn save(&self, dir: &Path) -> Result<()> {
         self.save_with(dir, &SaveExtras::default()).map(|_| ())
     }
 
-    /// [`Model::save`] with extra content in the same atomic write; returns the bytes written.
-    pub fn save_with<'m>(&'m self, dir: &Path, extras: &SaveExtras) -> Result<u64> {
+    /// [`Model::save`] with extra content in the same atomic write; returns the bytes of every
+    /// file written.
+    pub fn save_with(&self, dir: &Path, extras: &SaveExtras) -> Result<u64> {
+        self.save_with_last(dir, extras, None)
+    }
+
+    /// [`Model::save_with`] and one more file written last, whose contents may depend on the
+    /// bytes of all the others (a manifest that records the directory's size): `last` is its
+    /// name and a function from those bytes to its contents. Returns the bytes of every file
+    /// written, the last included.
+    pub fn save_with_last(&self, dir: &Path, extras: &SaveExtras, last: Option<LastFile<'_>>) -> Result<u64> {
         let mut total = 0u64;
         write_dir_atomically(dir, |tmp| {
-            // Dense tensors are borrowed, not copied, and streamed to the file: the f32 embedding
+            // Dense tensors are borrowed, not copied, and streamed to the file: an f32 embedding
             // alone is most of a small model.
-            let mut dense: Vec<DenseEntry<'m>> = vec![];
+            let (mats, vecs) = self.named_tensors();
+            let mut dense: Vec<DenseEntry<'_>> = vec![];
             let mut quant: Vec<(String, &QTensor)> = vec![];
-            let mut put = |name: String, lin: &'m Linear| match lin.weight() {
-                WeightKind::Quant(q) => quant.push((name, q)),
-                w => dense.push(dense_entry(name, vec![lin.rows(), lin.cols()], w)),
-            };
-            put("model.embed_tokens.weight".into(), self.embedding());
-            if !self.config().tie_word_embeddings {
-                put("lm_head.weight".into(), self.lm_head());
-            }
-            for (i, l) in self.layers().iter().enumerate() {
-                for (suffix, lin) in l.linears() {
-                    put(format!("model.layers.{i}.{suffix}.weight"), lin);
-                }
-            }
-            let mut vecs: Vec<(String, &[f32])> = vec![("model.norm.weight".into(), self.final_norm())];
-            for (i, l) in self.layers().iter().enumerate() {
-                let p = format!("model.layers.{i}.");
-                vecs.push((format!("{p}input_layernorm.weight"), &l.input_norm));
-                vecs.push((format!("{p}post_attention_layernorm.weight"), &l.post_attention_norm));
-                for (n, v) in [
-                    ("self_attn.q_proj.bias", &l.q_bias),
-                    ("self_attn.k_proj.bias", &l.k_bias),
-                    ("self_attn.v_proj.bias", &l.v_bias),
-                    ("self_attn.q_norm.weight", &l.q_norm),
-                    ("self_attn.k_norm.weight", &l.k_norm),
-                ] {
-                    if let Some(v) = v {
-                        vecs.push((format!("{p}{n}"), v));
-                    }
+            for (name, lin) in mats {
+                match lin.weight() {
+                    WeightKind::Quant(q) => quant.push((name, q)),
+                    w => dense.push(dense_entry(name, vec![lin.rows(), lin.cols()], w)),
                 }
             }
             for (name, v) in vecs {
@@ -215,26 +294,51 @@ impl Model {
             if let Some(obj) = config.as_object_mut() {
                 obj.extend(extras.config.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
-            write(&tmp.join("config.json"), serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes())?;
+            let config_path = tmp.join("config.json");
+            write(&config_path, serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes())?;
+            // safetensors writes through a private (0600) temporary file: give the shard the
+            // mode every other file gets.
+            let mode = std::fs::metadata(&config_path).map_err(|e| ModelError::io(&config_path, e))?.permissions();
+            let dense_path = tmp.join(&dense_file);
+            std::fs::set_permissions(&dense_path, mode).map_err(|e| ModelError::io(&dense_path, e))?;
             if let Some(t) = self.tokenizer() {
                 write_tokenizer_files(tmp, t)?;
             }
             for (name, bytes) in &extras.files {
-                if Path::new(name).file_name() != Some(std::ffi::OsStr::new(name)) {
-                    return Err(ModelError::input(
-                        "save",
-                        format!("extra file name {name:?} is not a plain file name"),
-                    ));
-                }
+                check_file_name(name)?;
                 write(&tmp.join(name), bytes)?;
             }
-            for e in std::fs::read_dir(tmp).map_err(|e| ModelError::io(tmp, e))?.flatten() {
-                total += e.metadata().map(|m| m.len()).unwrap_or(0);
+            for e in std::fs::read_dir(tmp).map_err(|e| ModelError::io(tmp, e))? {
+                let e = e.map_err(|e| ModelError::io(tmp, e))?;
+                total += e.metadata().map_err(|err| ModelError::io(e.path(), err))?.len();
+            }
+            if let Some((name, contents)) = last {
+                check_file_name(name)?;
+                let bytes = contents(total);
+                write(&tmp.join(name), &bytes)?;
+                total += bytes.len() as u64;
             }
             Ok(())
         })?;
         Ok(total)
     }
+}
+
+/// Bytes of a weight as [`Model::save`] stores it.
+fn stored_bytes(w: &WeightKind) -> usize {
+    match w {
+        WeightKind::F32(v) => 4 * v.len(),
+        WeightKind::F16(v) => 2 * v.len(),
+        WeightKind::Bf16(v) => 2 * v.len(),
+        WeightKind::Quant(q) => q.nbytes(),
+    }
+}
+
+fn check_file_name(name: &str) -> Result<()> {
+    if Path::new(name).file_name() != Some(std::ffi::OsStr::new(name)) {
+        return Err(ModelError::input("save", format!("extra file name {name:?} is not a plain file name")));
+    }
+    Ok(())
 }
 
 /// A dense tensor to save: name, dtype, shape, little-endian bytes.

@@ -373,6 +373,23 @@ impl Model {
             });
         }
         self.lm_head = Some(head);
+        // Saved and reloaded, the head must stay its own tensor.
+        self.config.tie_word_embeddings = false;
+        Ok(())
+    }
+
+    /// Replaces the token embedding (e.g. with a quantized copy: lookups dequantize the rows
+    /// they need). A tied model's LM head is this tensor, so it changes too.
+    pub fn set_embedding(&mut self, embed: Linear) -> Result<()> {
+        let (vocab, h) = (self.config.vocab_size, self.config.hidden_size);
+        if embed.rows() != vocab || embed.cols() != h {
+            return Err(ModelError::TensorShape {
+                name: "model.embed_tokens.weight".into(),
+                expected: vec![vocab, h],
+                got: vec![embed.rows(), embed.cols()],
+            });
+        }
+        self.embed = embed;
         Ok(())
     }
     /// Bytes of weight storage read per token by the linear layers and the LM head.

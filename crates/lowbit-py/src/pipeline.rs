@@ -272,15 +272,50 @@ impl QuantizeReport {
     fn linear_bytes_after(&self) -> usize {
         self.inner.linear_bytes_after
     }
-    /// Stored bits per block-linear weight.
+    /// Stored bits per block-linear weight (the block linears only).
     #[getter]
     fn bits_per_weight(&self) -> f64 {
         self.inner.bits_per_weight
     }
-    /// Bytes of the written directory.
+    /// Every byte of every file of the written directory, the manifest included.
     #[getter]
     fn out_bytes(&self) -> u64 {
         self.inner.out_bytes
+    }
+    /// Bytes of the model read (the file, or every file of the directory).
+    #[getter]
+    fn input_bytes(&self) -> u64 {
+        self.inner.input_bytes
+    }
+    /// Parameters of every tensor written (embedding, LM head when untied, block linears, norms).
+    #[getter]
+    fn num_params(&self) -> usize {
+        self.inner.num_params
+    }
+    /// Bytes of every tensor as stored, without file headers (llama.cpp's "model size").
+    #[getter]
+    fn tensor_bytes(&self) -> usize {
+        self.inner.tensor_bytes
+    }
+    /// Stored bits per parameter over every tensor (llama.cpp's BPW).
+    #[getter]
+    fn bits_per_weight_all(&self) -> f64 {
+        self.inner.bits_per_weight_all
+    }
+    /// Bits per parameter of the whole directory, every file counted.
+    #[getter]
+    fn file_bits_per_weight(&self) -> f64 {
+        self.inner.file_bits_per_weight()
+    }
+    /// Bytes of the token embedding as stored.
+    #[getter]
+    fn embed_bytes(&self) -> usize {
+        self.inner.embed_bytes
+    }
+    /// Bytes of the LM head as stored; None when tied (the embedding is the head).
+    #[getter]
+    fn lm_head_bytes(&self) -> Option<usize> {
+        self.inner.lm_head_bytes
     }
     /// The first block this run computed (non-zero when resumed).
     #[getter]
@@ -304,16 +339,20 @@ impl QuantizeReport {
     }
     /// A JSON-ready dict of everything above.
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_string(&self.inner))
+        let mut v = serde_json::to_value(&self.inner).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        v["file_bits_per_weight"] = self.inner.file_bits_per_weight().into();
+        json_to_py(py, serde_json::to_string(&v))
     }
     fn __repr__(&self) -> String {
         format!(
-            "QuantizeReport(method={:?}, bits={}, group_size={}, bits_per_weight={:.3}, layers={}, mean_loss={:.6}, \
-             wall_seconds={:.1}, out={:?})",
+            "QuantizeReport(method={:?}, bits={}, group_size={}, bits_per_weight={:.3}, bits_per_weight_all={:.3}, \
+             out_bytes={}, layers={}, mean_loss={:.6}, wall_seconds={:.1}, out={:?})",
             self.method(),
             self.bits(),
             self.group_size().map_or("None".to_string(), |g| g.to_string()),
             self.inner.bits_per_weight,
+            self.inner.bits_per_weight_all,
+            self.inner.out_bytes,
             self.inner.layers.len(),
             self.inner.mean_loss(),
             self.inner.wall_seconds,

@@ -27,6 +27,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if flag("--mse") || flag("--minmax") {
         pairs.push(("mse_clip".into(), OptionValue::Bool(flag("--mse"))));
     }
+    if let Some(s) = val("--embed") {
+        pairs.push(("embed".into(), OptionValue::Str(s)));
+    }
+    if let Some(s) = val("--lm-head") {
+        pairs.push(("lm_head".into(), OptionValue::Str(s)));
+    }
     if let Some(n) = val("--awq-samples") {
         pairs.push(("awq_samples".into(), OptionValue::Int(n.parse()?)));
     }
@@ -43,6 +49,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rep.peak_rss_bytes.unwrap_or(0) as f64 / 1048576.0,
         rep.bits_per_weight,
         rep.mean_loss()
+    );
+    println!(
+        "output {} bytes ({:.2} MiB, every file), tensors {} bytes, {:.3} bits per weight over all {} parameters \
+         ({:.3} per block-linear weight), embedding {} bytes, head {}",
+        rep.out_bytes,
+        rep.out_bytes as f64 / 1048576.0,
+        rep.tensor_bytes,
+        rep.bits_per_weight_all,
+        rep.num_params,
+        rep.bits_per_weight,
+        rep.embed_bytes,
+        rep.lm_head_bytes.map_or("tied".to_string(), |b| format!("{b} bytes")),
     );
     for n in &rep.notes {
         println!("note: {n}");

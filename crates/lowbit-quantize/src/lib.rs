@@ -15,6 +15,7 @@ mod numpy_rng;
 mod options;
 mod output;
 mod pipeline;
+pub mod roles;
 pub mod spec;
 mod stash;
 
@@ -24,3 +25,4 @@ pub use lowbit_solvers::MethodConfig;
 pub use options::{peak_rss_bytes, LayerStat, QuantizeOptions, QuantizeReport};
 pub use output::MANIFEST_FILE;
 pub use pipeline::{partial_dir, quantize_model};
+pub use roles::TensorScheme;

@@ -1,6 +1,7 @@
 //! What the user asks of the pipeline and what it reports back.
 
 use crate::calib::CalibSource;
+use crate::roles::TensorScheme;
 use crate::{QuantizeError, Result};
 use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
 use lowbit_solvers::{CalibShape, MethodConfig};
@@ -21,6 +22,11 @@ pub struct QuantizeOptions {
     pub sym: bool,
     /// Storage of the group scales (f16, as GPTQ/AWQ checkpoints; f32 doubles their bytes).
     pub scale_dtype: ScaleDtype,
+    /// Storage of the token embedding (int8 per channel: a quarter of f32, near-lossless).
+    pub embed: TensorScheme,
+    /// Storage of the LM head; `None`: as the embedding. A tied model stores one tensor, by
+    /// `embed`.
+    pub lm_head: Option<TensorScheme>,
     /// Calibration data (ignored by RTN). `None` is an error for the calibrated methods.
     pub calib: Option<CalibSource>,
     /// Calibration windows (128).
@@ -46,6 +52,8 @@ impl Default for QuantizeOptions {
             group_size: Some(128),
             sym: false,
             scale_dtype: ScaleDtype::F16,
+            embed: TensorScheme::Int { bits: Bits::B8, group: None },
+            lm_head: None,
             calib: None,
             nsamples: 128,
             seqlen: 512,
@@ -110,6 +118,8 @@ impl QuantizeOptions {
                 ScaleDtype::F16 => "f16",
                 ScaleDtype::F32 => "f32",
             },
+            "embed": self.embed.name(),
+            "lm_head": self.lm_head.map_or("embed", TensorScheme::name),
         });
         let solver = self.method.solver();
         for (k, val) in solver.params(self.calib_shape()) {
@@ -172,10 +182,24 @@ pub struct QuantizeReport {
     pub linear_bytes_before: usize,
     /// Bytes after (codes + scales + zeros).
     pub linear_bytes_after: usize,
-    /// Stored bits per block-linear weight after quantization.
+    /// Stored bits per block-linear weight after quantization (the block linears only).
     pub bits_per_weight: f64,
-    /// Bytes of the written directory.
+    /// Every byte of every file of the written directory (tensors, safetensors headers, index,
+    /// config, tokenizer, manifest).
     pub out_bytes: u64,
+    /// Bytes of the model read (the file, or every file of the directory).
+    pub input_bytes: u64,
+    /// Parameters of every tensor written: embedding, LM head when untied, block linears, norms.
+    pub num_params: usize,
+    /// Bytes of every tensor as stored, without file headers (llama.cpp's "model size").
+    pub tensor_bytes: usize,
+    /// Stored bits per parameter over every tensor (`tensor_bytes * 8 / num_params`, as
+    /// llama.cpp's BPW).
+    pub bits_per_weight_all: f64,
+    /// Bytes of the token embedding as stored.
+    pub embed_bytes: usize,
+    /// Bytes of the LM head as stored; `None` when tied (the embedding is the head).
+    pub lm_head_bytes: Option<usize>,
     /// The first block this run computed (non-zero when resumed).
     pub resumed_from_block: usize,
     /// Caveats (e.g. AWQ o_proj scales skipped under GQA).
@@ -186,6 +210,11 @@ impl QuantizeReport {
     /// Mean of the per-layer losses.
     pub fn mean_loss(&self) -> f64 {
         self.layers.iter().map(|l| l.loss).sum::<f64>() / self.layers.len().max(1) as f64
+    }
+    /// Bits per parameter of the whole directory, every file counted (`out_bytes * 8 /
+    /// num_params`).
+    pub fn file_bits_per_weight(&self) -> f64 {
+        self.out_bytes as f64 * 8.0 / self.num_params.max(1) as f64
     }
     /// The worst layer.
     pub fn worst_layer(&self) -> Option<&LayerStat> {

@@ -19,14 +19,30 @@ pub(crate) fn write_output(model: &Model, out: &Path, report: &QuantizeReport) -
     qc["modules"] = json!(LINEAR_NAMES);
     let mut extras = SaveExtras::default();
     extras.config.insert("quantization_config".into(), qc);
-    let manifest = serde_json::to_string_pretty(&manifest(report)).unwrap_or_default();
-    extras.files.push((MANIFEST_FILE.into(), manifest.into_bytes()));
-    Ok(model.save_with(out, &extras)?)
+    // The manifest records the directory's bytes, its own included.
+    let contents = |others: u64| sized(|own| manifest(report, others + own));
+    Ok(model.save_with_last(out, &extras, Some((MANIFEST_FILE, &contents)))?)
 }
 
-/// The manifest: method and parameters, calibration hash, per-layer results, timings, memory.
-/// Everything but `timings`, `peak_rss_bytes` and the layers' `seconds` is deterministic.
-fn manifest(r: &QuantizeReport) -> Value {
+/// The pretty JSON of `render(n)` where `n` is the length of the result: `n` grows until the
+/// text fits, then the text is padded with spaces to exactly `n` bytes.
+fn sized(render: impl Fn(u64) -> Value) -> Vec<u8> {
+    let mut n = 0usize;
+    loop {
+        let mut text = serde_json::to_string_pretty(&render(n as u64)).unwrap_or_default().into_bytes();
+        text.push(b'\n');
+        if text.len() <= n {
+            text.resize(n, b' ');
+            return text;
+        }
+        n = text.len();
+    }
+}
+
+/// The manifest: method and parameters, calibration hash, per-layer results, sizes, timings,
+/// memory. Everything but `timings`, `peak_rss_bytes` and the layers' `seconds` is
+/// deterministic. `out_bytes` is the whole directory's, this file included.
+fn manifest(r: &QuantizeReport, out_bytes: u64) -> Value {
     json!({
         "lowbit_version": env!("CARGO_PKG_VERSION"),
         "method": r.params["method"],
@@ -37,6 +53,17 @@ fn manifest(r: &QuantizeReport) -> Value {
         "linear_bytes_before_f32": r.linear_bytes_before,
         "linear_bytes_after": r.linear_bytes_after,
         "bits_per_weight": r.bits_per_weight,
+        "sizes": {
+            "out_bytes": out_bytes,
+            "input_bytes": r.input_bytes,
+            "num_params": r.num_params,
+            "tensor_bytes": r.tensor_bytes,
+            "bits_per_weight_all": r.bits_per_weight_all,
+            "file_bits_per_weight": out_bytes as f64 * 8.0 / r.num_params.max(1) as f64,
+            "bits_per_weight_block_linears": r.bits_per_weight,
+            "embed": {"scheme": r.params["embed"], "bytes": r.embed_bytes},
+            "lm_head": {"scheme": r.params["lm_head"], "bytes": r.lm_head_bytes, "tied": r.lm_head_bytes.is_none()},
+        },
         "notes": r.notes,
         "timings": {"calibration_seconds": r.calib_seconds, "quantize_seconds": r.quantize_seconds, "wall_seconds": r.wall_seconds, "resumed_from_block": r.resumed_from_block},
         "peak_rss_bytes": r.peak_rss_bytes,

@@ -39,7 +39,9 @@ use std::time::Instant;
 
 /// Quantizes every linear layer inside the transformer blocks of the model at `model_path` (an HF
 /// directory or a `.gguf`) and writes a lowbit checkpoint directory to `out` (atomically: on any
-/// error no `out` appears). Embeddings, norms and the LM head stay as loaded.
+/// error no `out` appears). The token embedding and the LM head are stored as `opts.embed` and
+/// `opts.lm_head` say (int8 per channel by default; one tensor when the model ties them); norms
+/// stay f32.
 ///
 /// Reports phases `load` and `calibrate` (data-free sampling), `blocks` (metric `loss`, the
 /// block's mean layer loss) and `write` to `progress`, and stops at its cancellation points (at
@@ -126,6 +128,8 @@ fn run(
             QuantizeError::input("quantize", format!("group size does not fit the model's {what} of {cols}: {e}"))
         })?;
     }
+    // Before calibration: the blocks then calibrate on what the quantized embedding emits.
+    crate::roles::apply(&mut model, opts.embed, opts.lm_head)?;
     let nblocks = cfg.num_hidden_layers;
     let before = nblocks * f32_block_linear_bytes(&cfg);
     let params = opts.params_json();
@@ -227,8 +231,7 @@ fn run(
     let quantize_seconds = blocks_start.elapsed().as_secs_f64();
 
     let _write = phase(progress, "write", 0);
-    let after: usize = model.layers().iter().flat_map(|l| l.linears().map(|(_, x)| x.nbytes())).sum();
-    let numel: usize = model.layers().iter().flat_map(|l| l.linears().map(|(_, x)| x.rows() * x.cols())).sum();
+    let size = model.stored_size();
     let mut report = QuantizeReport {
         out: out.display().to_string(),
         params,
@@ -240,9 +243,15 @@ fn run(
         wall_seconds: 0.0,
         peak_rss_bytes: None,
         linear_bytes_before: before,
-        linear_bytes_after: after,
-        bits_per_weight: after as f64 * 8.0 / numel.max(1) as f64,
+        linear_bytes_after: size.linear_bytes,
+        bits_per_weight: size.linear_bits_per_weight(),
         out_bytes: 0,
+        input_bytes: path_bytes(model_path),
+        num_params: size.params,
+        tensor_bytes: size.tensor_bytes,
+        bits_per_weight_all: size.bits_per_weight(),
+        embed_bytes: size.embed_bytes,
+        lm_head_bytes: size.lm_head_bytes,
         resumed_from_block: first,
         notes: ctx.notes,
     };
@@ -251,6 +260,15 @@ fn run(
     report.out_bytes = write_output(&model, out, &report)?;
     report.wall_seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Bytes of a file, or of the files of a directory (0 where unreadable: it was just read).
+fn path_bytes(path: &Path) -> u64 {
+    let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    match std::fs::read_dir(path) {
+        Ok(dir) => dir.flatten().map(|e| e.path()).filter(|p| p.is_file()).map(|p| len(&p)).sum(),
+        Err(_) => len(path),
+    }
 }
 
 fn first_non_finite(x: &[f32], cols: usize) -> Option<(usize, usize)> {

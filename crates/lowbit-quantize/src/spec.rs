@@ -7,6 +7,7 @@
 //! ids, data-free) is not an option row: it is the pipeline's input, passed separately.
 
 use crate::options::QuantizeOptions;
+use crate::roles::{TensorScheme, HEAD_SCHEME_NAMES, SAME_AS_EMBED, TENSOR_SCHEME_NAMES};
 use crate::{QuantizeError, Result};
 use lowbit_core::ScaleDtype;
 use lowbit_solvers::{GptqMethod, MethodConfig, RtnMethod};
@@ -238,6 +239,37 @@ pub const OPTIONS: &[OptionSpec] = &[
                 "f16" => ScaleDtype::F16,
                 "f32" => ScaleDtype::F32,
                 other => return Err(format!("expected \"f16\" or \"f32\", got {other:?}")),
+            };
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "embed",
+        kind: OptionKind::Choice(TENSOR_SCHEME_NAMES),
+        optional: false,
+        help: "token embedding storage: int8 (per channel, symmetric), int4-g32/g64/g128 (asymmetric groups), f16, f32 or keep (as loaded)",
+        methods: &[],
+        cli: Some("--embed"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Str(o.embed.name().into()),
+        set: |o, v| {
+            o.embed = TensorScheme::from_name(str_of(v)?).map_err(|e| e.to_string())?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "lm_head",
+        kind: OptionKind::Choice(HEAD_SCHEME_NAMES),
+        optional: true,
+        help: "LM head storage, as embed; 'embed' or None = as the embedding (a tied model stores one tensor, by embed)",
+        methods: &[],
+        cli: Some("--lm-head"),
+        cli_aliases: &[],
+        get: |o| some_or_none(o.lm_head, |s| OptionValue::Str(s.name().into())),
+        set: |o, v| {
+            o.lm_head = match v {
+                OptionValue::Str(s) if s == SAME_AS_EMBED => None,
+                v => opt(v, |v| TensorScheme::from_name(str_of(v)?).map_err(|e| e.to_string()))?,
             };
             Ok(())
         },
@@ -482,6 +514,10 @@ mod tests {
         let d = |n: &str| option_spec(n).unwrap().default_value();
         assert_eq!(d("method"), OptionValue::Str("gptq".into()));
         assert_eq!(d("group_size"), OptionValue::Int(128));
+        assert_eq!(d("embed"), OptionValue::Str("int8".into()));
+        assert_eq!(d("lm_head"), OptionValue::None, "as the embedding");
+        let o = QuantizeOptions::from_pairs(&[("lm_head".into(), OptionValue::Str("embed".into()))]).unwrap();
+        assert_eq!(o.lm_head, None);
         assert_eq!(d("awq_samples"), OptionValue::Int(AwqMethod::default().samples as i64));
         assert_eq!(d("sq_alpha"), OptionValue::Float(f64::from(SmoothQuantMethod::default().alpha)));
         assert_eq!(d("mse_clip"), OptionValue::None, "depends on the method");

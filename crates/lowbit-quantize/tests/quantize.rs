@@ -10,6 +10,7 @@ use lowbit_core::{rtn, Bits, Granularity, IntScheme};
 use lowbit_cpu::WeightKind;
 use lowbit_model::block::staged_logits;
 use lowbit_model::{LogitsMode, Model};
+use lowbit_quantize::spec::OptionValue;
 use lowbit_quantize::{
     partial_dir, quantize_model, windows_from_stream, CalibSource, MethodConfig, QuantizeError, QuantizeOptions,
     QuantizeReport,
@@ -72,12 +73,16 @@ fn model_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-/// The manifest without its timing fields (the only non-deterministic ones).
+/// The manifest without its timing fields (the only non-deterministic ones) and the directory's
+/// size, which counts the manifest, timings included.
 fn manifest_sans_timings(dir: &Path) -> serde_json::Value {
     let mut m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("lowbit_manifest.json")).unwrap()).unwrap();
     m.as_object_mut().unwrap().remove("timings");
     m.as_object_mut().unwrap().remove("peak_rss_bytes");
+    let sizes = m["sizes"].as_object_mut().unwrap();
+    assert!(sizes.remove("out_bytes").unwrap().as_u64().unwrap() > 0);
+    assert!(sizes.remove("file_bits_per_weight").unwrap().as_f64().unwrap() > 0.0);
     for l in m["layers"].as_array_mut().unwrap() {
         l.as_object_mut().unwrap().remove("seconds");
     }
@@ -121,7 +126,7 @@ fn gptq_and_awq_run_and_load_packed() {
         assert_eq!(rep.calib_tokens, 48);
         assert_eq!(rep.calib_sha256.as_ref().map(String::len), Some(64));
         if method == "gptq" {
-            assert!(rep.layers.iter().all(|l| l.damping == Some(0.01)));
+            assert!(rep.layers.iter().all(|l| l.damping.is_some_and(|d| (d - 0.01).abs() < 1e-12)));
         } else {
             // Every group gets scales, o_proj too (tied across a KV head's queries under GQA).
             assert!(rep.layers.iter().all(|l| l.alpha.is_some()), "{:?}", rep.layers);
@@ -402,4 +407,156 @@ fn data_free_windows_do_not_depend_on_the_batch() {
     assert!(data_free_windows(&model, 5, 0, 3, 5, none).is_err());
     assert!(data_free_batch(&model, 512) >= 1);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every file of `dir`, bytes.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum()
+}
+
+/// `model` with its embedding and LM head dequantized to f32 up front: the reference the
+/// packed runtime path must match.
+fn dequantized_roles(model: &Model) -> Model {
+    let mut m = model.clone();
+    let f32_of = |lin: &lowbit_cpu::Linear| {
+        lowbit_cpu::Linear::new(lin.rows(), lin.cols(), WeightKind::F32(lin.weight().to_f32())).unwrap()
+    };
+    let tied = m.config().tie_word_embeddings;
+    if !tied {
+        m.set_lm_head(f32_of(model.lm_head())).unwrap();
+    }
+    m.set_embedding(f32_of(model.embedding())).unwrap();
+    assert_eq!(m.config().tie_word_embeddings, tied);
+    m
+}
+
+fn int_scheme_of(lin: &lowbit_cpu::Linear) -> Option<IntScheme> {
+    match lin.weight() {
+        WeightKind::Quant(q) => match q.scheme() {
+            lowbit_core::Scheme::Int(s) => Some(*s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The embedding and LM head are stored by their options: the file holds the quantized tensor
+/// (one when tied), the model runs it packed and computes what the dequantized f32 tensors give,
+/// and the report counts every tensor and every byte.
+#[test]
+fn embedding_and_head_are_stored_by_their_options() {
+    let rtn = |embed: &str, head: Option<&str>| {
+        let mut pairs = vec![
+            ("method".into(), OptionValue::Str("rtn".into())),
+            ("group_size".into(), OptionValue::Int(16)),
+            ("embed".into(), OptionValue::Str(embed.into())),
+        ];
+        if let Some(h) = head {
+            pairs.push(("lm_head".into(), OptionValue::Str(h.into())));
+        }
+        QuantizeOptions::from_pairs(&pairs).unwrap()
+    };
+    let toks = tokens(12, 4);
+    for (tied, embed, head) in [
+        (true, "int8", None),
+        (true, "int4-g32", Some("int4-g32")),
+        (false, "int4-g32", Some("int8")),
+        (false, "int8", None),
+    ] {
+        let dir = temp_dir(&format!("roles-{tied}-{embed}"));
+        write_tiny_model(&dir, &tiny_config("LlamaForCausalLM", tied), 7, Store::F32);
+        let out = dir.join("out");
+        let rep = run(&dir, &out, &rtn(embed, head)).unwrap();
+        let q = Model::load(&out).unwrap();
+        assert_eq!(q.config().tie_word_embeddings, tied);
+
+        // The schemes asked for, packed in memory and in the quantized shard; tied: one tensor.
+        // (The range search is not stored: a loaded scheme reads min-max.)
+        let want = |name: &str| {
+            let s = lowbit_quantize::TensorScheme::from_name(name).unwrap().int_scheme();
+            s.map(|s| IntScheme { clip: lowbit_core::ClipSearch::MinMax, ..s })
+        };
+        assert_eq!(int_scheme_of(q.embedding()), want(embed), "{tied} {embed}");
+        assert_eq!(int_scheme_of(q.lm_head()), want(head.unwrap_or(embed)), "{tied} {embed} head");
+        let shard = lowbit_core::io::from_bytes(&std::fs::read(out.join("model-00002-of-00002.safetensors")).unwrap())
+            .unwrap()
+            .tensors;
+        assert!(shard.contains_key("model.embed_tokens.weight"));
+        assert_eq!(shard.contains_key("lm_head.weight"), !tied);
+        let index = std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap();
+        assert_eq!(index.contains("lm_head"), !tied, "{index}");
+
+        // Packed lookups and head product = the dequantized tensors in f32 (only the kernels'
+        // summation order differs).
+        let r = dequantized_roles(&q);
+        let got = q.forward(&toks, &mut q.new_cache(), LogitsMode::All).unwrap().data;
+        let refr = r.forward(&toks, &mut r.new_cache(), LogitsMode::All).unwrap().data;
+        let scale = refr.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+        let diff = got.iter().zip(&refr).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        assert!(diff < 1e-5, "{tied} {embed}: {diff}");
+
+        // Sizes: every tensor, every byte; the manifest agrees with the directory.
+        let (h, v, e) = (32usize, 61usize, q.embedding().weight());
+        let WeightKind::Quant(eq) = e else { panic!() };
+        assert_eq!(rep.embed_bytes, eq.nbytes());
+        assert_eq!(rep.lm_head_bytes.is_none(), tied);
+        let norms = 2 * (2 * h) + h;
+        let linear_params: usize = q.layers().iter().flat_map(|l| l.linears().map(|(_, x)| x.rows() * x.cols())).sum();
+        assert_eq!(rep.num_params, v * h * if tied { 1 } else { 2 } + linear_params + norms);
+        assert_eq!(
+            rep.tensor_bytes,
+            rep.embed_bytes + rep.lm_head_bytes.unwrap_or(0) + rep.linear_bytes_after + 4 * norms
+        );
+        assert!((rep.bits_per_weight_all - rep.tensor_bytes as f64 * 8.0 / rep.num_params as f64).abs() < 1e-12);
+        assert_eq!(rep.out_bytes, dir_bytes(&out));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let modes: std::collections::BTreeSet<u32> = std::fs::read_dir(&out)
+                .unwrap()
+                .flatten()
+                .map(|e| e.metadata().unwrap().permissions().mode())
+                .collect();
+            assert_eq!(modes.len(), 1, "every file gets the same mode: {modes:?}");
+        }
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("lowbit_manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["sizes"]["out_bytes"], rep.out_bytes);
+        assert_eq!(manifest["sizes"]["tensor_bytes"], rep.tensor_bytes);
+        assert_eq!(manifest["sizes"]["embed"]["scheme"], embed);
+        assert_eq!(manifest["sizes"]["lm_head"]["tied"], tied);
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["quantization_config"]["embed"], embed);
+    }
+}
+
+#[test]
+fn dense_embedding_options_and_a_tied_head_conflict() {
+    let (dir, _) = tiny("roles-dense", 2);
+    for (name, f16) in [("f16", true), ("f32", false), ("keep", false)] {
+        let out = dir.join(format!("out-{name}"));
+        let o = QuantizeOptions::from_pairs(&[
+            ("method".into(), OptionValue::Str("rtn".into())),
+            ("group_size".into(), OptionValue::Int(16)),
+            ("embed".into(), OptionValue::Str(name.into())),
+        ])
+        .unwrap();
+        let rep = run(&dir, &out, &o).unwrap();
+        let q = Model::load(&out).unwrap();
+        match q.embedding().weight() {
+            WeightKind::F16(_) => assert!(f16),
+            WeightKind::F32(_) => assert!(!f16),
+            w => panic!("{name}: {w:?}"),
+        }
+        assert_eq!(rep.embed_bytes, 61 * 32 * if f16 { 2 } else { 4 });
+    }
+    let o = QuantizeOptions::from_pairs(&[
+        ("method".into(), OptionValue::Str("rtn".into())),
+        ("lm_head".into(), OptionValue::Str("f16".into())),
+    ])
+    .unwrap();
+    let e = run(&dir, &dir.join("tied-conflict"), &o).unwrap_err();
+    assert!(e.to_string().contains("ties its embedding and LM head"), "{e}");
+    assert!(!dir.join("tied-conflict").exists());
 }

@@ -76,7 +76,7 @@ impl GptqConfig {
 /// GPTQ as a pipeline method: one Hessian per group input, each layer solved against it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GptqMethod {
-    /// Quantize columns by descending Hessian diagonal.
+    /// Quantize columns by descending Hessian diagonal (on by default).
     pub act_order: bool,
     /// Group parameters from the original weights before the sweep; `None` = on with act-order
     /// (the reference's "act-order + static groups"), off without.
@@ -92,9 +92,11 @@ pub struct GptqMethod {
 }
 
 impl Default for GptqMethod {
+    /// Act-order with static groups and the MSE range search: the best W4 perplexity
+    /// (benches/README.md) at no cost in size or speed.
     fn default() -> Self {
         GptqMethod {
-            act_order: false,
+            act_order: true,
             static_groups: None,
             mse_clip: true,
             percdamp: DampingConfig::default().percdamp,
