@@ -107,6 +107,21 @@ pub trait Backend: Send + Sync + Clone + std::fmt::Debug {
 
     /// `out[m, rows] = x[m, cols] · Wᵀ`.
     fn linear(&self, w: &Self::Linear, x: Self::View<'_>, m: usize, out: Self::ViewMut<'_>) -> Result<(), Self::Error>;
+    /// `outs[i][m, rows_i] = x[m, cols] · W_iᵀ` for weights that share their input (q/k/v,
+    /// gate/up): a backend may quantize `x` once and run the products as one. The default runs
+    /// them one after another.
+    fn linears(
+        &self,
+        ws: &[&Self::Linear],
+        x: Self::View<'_>,
+        m: usize,
+        outs: Vec<Self::ViewMut<'_>>,
+    ) -> Result<(), Self::Error> {
+        for (w, out) in ws.iter().zip(outs) {
+            self.linear(w, x, m, out)?;
+        }
+        Ok(())
+    }
     /// Rows `tokens` of the embedding table `[vocab, hidden]` into `out` (the ids are checked
     /// by the caller).
     fn embed(&self, table: &Self::Linear, tokens: &[u32], out: Self::ViewMut<'_>) -> Result<(), Self::Error>;

@@ -67,55 +67,86 @@ const MAGIC: f32 = 12_582_912.0;
 
 /// Parameters for the range `[lo, hi]` (which must contain 0 for asymmetric schemes).
 fn params_for_range(lo: f32, hi: f32, bits: Bits, symmetric: bool, scale_dtype: ScaleDtype) -> Result<GroupParams> {
-    let maxq = bits.maxq();
-    let (raw, absmax) = if symmetric {
+    let (raw, absmax) = raw_scale(lo, hi, bits, symmetric);
+    params_from_scale(lo, raw, scale_dtype.round(raw), absmax, bits, symmetric)
+}
+
+/// The unrounded scale of the range `[lo, hi]` and its largest magnitude.
+#[inline]
+fn raw_scale(lo: f32, hi: f32, bits: Bits, symmetric: bool) -> (f32, f32) {
+    if symmetric {
         let absmax = lo.abs().max(hi.abs());
         (absmax / f32::from(bits.symmetric_zero() - 1), absmax)
     } else {
-        ((hi - lo) / f32::from(maxq), lo.abs().max(hi.abs()))
-    };
+        ((hi - lo) / f32::from(bits.maxq()), lo.abs().max(hi.abs()))
+    }
+}
+
+/// Parameters of a range starting at `lo` whose raw scale `raw` rounds to `rounded` in storage.
+#[inline]
+fn params_from_scale(lo: f32, raw: f32, rounded: f32, absmax: f32, bits: Bits, symmetric: bool) -> Result<GroupParams> {
+    let maxq = bits.maxq();
     let scale = if raw == 0.0 {
         1.0
     } else {
-        let s = scale_dtype.round(raw);
-        if !s.is_finite() {
+        if !rounded.is_finite() {
             return Err(CoreError::ScaleOverflow { scale: raw, absmax });
         }
         // A scale that underflows f16 becomes its smallest positive value, never 0.
-        if s == 0.0 {
+        if rounded == 0.0 {
             half::f16::from_bits(1).to_f32()
         } else {
-            s
+            rounded
         }
     };
     let zero = if symmetric {
         bits.symmetric_zero()
     } else {
-        (-lo / scale).round_ties_even().clamp(0.0, f32::from(maxq)) as u8
+        // `round_ties_even_small` clamps to +-512 first, which the clamp to [0, maxq] makes
+        // invisible; it avoids a libm call per candidate.
+        round_ties_even_small(-lo / scale).clamp(0.0, f32::from(maxq)) as u8
     };
     Ok(GroupParams { scale, zero })
 }
 
-fn squared_error(values: &[f32], p: GroupParams, maxq: u8) -> f32 {
+/// Sum of squared reconstruction errors of `values` under `p`, or `None` once it provably
+/// reaches `bound` (the candidate cannot win then).
+///
+/// The early exit never changes a result: every term is `>= 0` and round-to-nearest addition is
+/// monotone, so the final sum is at least any partial sum of the same lanes, in the same order.
+fn squared_error(values: &[f32], p: GroupParams, maxq: u8, bound: f32) -> Option<f32> {
     // Sixteen independent partial sums: a single f32 accumulator is a serial chain the compiler
     // may not reorder, and this loop is the whole cost of the MSE range search.
     const LANES: usize = 16;
+    // Lane chunks between checks of the bound.
+    const CHECK: usize = 2;
     let err = |w: f32| {
         let d = w - p.dequantize(p.quantize(w, maxq));
         d * d
     };
     let mut acc = [0.0f32; LANES];
     let chunks = values.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().map(|&w| err(w)).sum();
-    for c in chunks {
+    let rem = chunks.remainder();
+    let n = chunks.len();
+    for (k, c) in chunks.enumerate() {
         for (a, &w) in acc.iter_mut().zip(c) {
             *a += err(w);
         }
+        if (k + 1) % CHECK == 0 && k + 1 < n && acc.iter().sum::<f32>() >= bound {
+            return None;
+        }
     }
-    acc.iter().sum::<f32>() + tail
+    let tail: f32 = rem.iter().map(|&w| err(w)).sum();
+    Some(acc.iter().sum::<f32>() + tail)
 }
 
+/// Candidate ranges scored per batch of the range search (their scales are rounded together).
+const CANDIDATES: usize = 16;
+
 /// Chooses the scale and zero point of one group (min-max, or the clipping search).
+///
+/// The clipping search keeps the first candidate with the least squared error, candidates in
+/// the order of [`ClipSearch::factors`].
 pub fn group_params(
     values: &[f32],
     bits: Bits,
@@ -128,22 +159,37 @@ pub fn group_params(
         hi = hi.max(-lo);
         lo = -hi;
     }
-    let factors = clip.factors();
-    if factors.len() == 1 {
-        return params_for_range(lo * factors[0], hi * factors[0], bits, symmetric, scale_dtype);
+    let steps = clip.steps();
+    if steps == 1 {
+        let f = clip.factor(0);
+        return params_for_range(lo * f, hi * f, bits, symmetric, scale_dtype);
     }
     let maxq = bits.maxq();
-    let mut best = params_for_range(lo, hi, bits, symmetric, scale_dtype)?;
-    let mut best_err = squared_error(values, best, maxq);
-    for p in factors.into_iter().skip(1) {
-        let cand = params_for_range(lo * p, hi * p, bits, symmetric, scale_dtype)?;
-        let err = squared_error(values, cand, maxq);
-        if err < best_err {
-            best = cand;
-            best_err = err;
+    let mut best: Option<(GroupParams, f32)> = None;
+    let (mut los, mut raws, mut absmaxs, mut rounded) =
+        ([0.0f32; CANDIDATES], [0.0f32; CANDIDATES], [0.0f32; CANDIDATES], [0.0f32; CANDIDATES]);
+    for first in (0..steps).step_by(CANDIDATES) {
+        let n = CANDIDATES.min(steps - first);
+        for j in 0..n {
+            let f = clip.factor(first + j);
+            let (l, h) = (lo * f, hi * f);
+            los[j] = l;
+            (raws[j], absmaxs[j]) = raw_scale(l, h, bits, symmetric);
+        }
+        scale_dtype.round_slice(&raws[..n], &mut rounded[..n]);
+        for j in 0..n {
+            let cand = params_from_scale(los[j], raws[j], rounded[j], absmaxs[j], bits, symmetric)?;
+            let bound = best.map_or(f32::INFINITY, |(_, e)| e);
+            match (best, squared_error(values, cand, maxq, bound)) {
+                (None, Some(err)) => best = Some((cand, err)),
+                // The first candidate is kept whatever its error (even +inf).
+                (None, None) => best = Some((cand, f32::INFINITY)),
+                (Some((_, best_err)), Some(err)) if err < best_err => best = Some((cand, err)),
+                _ => {}
+            }
         }
     }
-    Ok(best)
+    Ok(best.expect("at least one candidate").0)
 }
 
 /// `(rows, cols)` of a tensor quantized as a matrix over its last dimension.
@@ -214,7 +260,7 @@ pub fn quantize<T: Element>(weights: &[T], shape: &[usize], scheme: IntScheme) -
         per_row,
         &mut out,
         row_out,
-        par::pays(numel * clip.factors().len()),
+        par::pays(numel * clip.steps()),
         |r, row_params, out_row| {
             let mut buf = Vec::new();
             let row = T::as_f32(&weights[r * cols..(r + 1) * cols], &mut buf);
@@ -263,7 +309,7 @@ pub fn choose_params(weights: &[f32], rows: usize, cols: usize, scheme: IntSchem
     let mut out = vec![GroupParams { scale: 1.0, zero: 0 }; rows * per_row];
     let mut unused = vec![(); rows];
     // A range search scores every candidate over the group: that is the work to split.
-    let work = weights.len() * clip.factors().len();
+    let work = weights.len() * clip.steps();
     try_for_each_row(&mut out, per_row, &mut unused, 1, par::pays(work), |r, row_params, _| {
         let row = &weights[r * cols..(r + 1) * cols];
         for (p, group) in row_params.iter_mut().zip(row.chunks(seg)) {
@@ -417,6 +463,95 @@ mod tests {
             let p = GroupParams { scale, zero };
             let spec = ((w / scale).round_ties_even() + f32::from(zero)).clamp(0.0, f32::from(maxq)) as u8;
             prop_assert_eq!(p.quantize(w, maxq), spec);
+        }
+    }
+
+    /// The range search as first written: one candidate at a time, scalar scale rounding, the
+    /// std rounding of the zero point, every error summed to the end.
+    fn group_params_spec(
+        values: &[f32],
+        bits: Bits,
+        symmetric: bool,
+        dtype: ScaleDtype,
+        clip: ClipSearch,
+    ) -> GroupParams {
+        let (mut lo, mut hi) = values.iter().fold((0.0f32, 0.0f32), |(lo, hi), &w| (lo.min(w), hi.max(w)));
+        if symmetric {
+            hi = hi.max(-lo);
+            lo = -hi;
+        }
+        let params = |lo: f32, hi: f32| {
+            let (raw, _) = raw_scale(lo, hi, bits, symmetric);
+            let s = dtype.round(raw);
+            let scale = if raw == 0.0 {
+                1.0
+            } else if s == 0.0 {
+                half::f16::from_bits(1).to_f32()
+            } else {
+                s
+            };
+            let zero = if symmetric {
+                bits.symmetric_zero()
+            } else {
+                (-lo / scale).round_ties_even().clamp(0.0, f32::from(bits.maxq())) as u8
+            };
+            GroupParams { scale, zero }
+        };
+        let error = |p: GroupParams| {
+            let mut acc = [0.0f32; 16];
+            let chunks = values.chunks_exact(16);
+            let tail: f32 =
+                chunks.remainder().iter().map(|&w| (w - p.dequantize(p.quantize(w, bits.maxq()))).powi(2)).sum();
+            for c in chunks {
+                for (a, &w) in acc.iter_mut().zip(c) {
+                    let d = w - p.dequantize(p.quantize(w, bits.maxq()));
+                    *a += d * d;
+                }
+            }
+            acc.iter().sum::<f32>() + tail
+        };
+        let factors = clip.factors();
+        let mut best = params(lo * factors[0], hi * factors[0]);
+        let mut best_err = error(best);
+        for f in factors.into_iter().skip(1) {
+            let cand = params(lo * f, hi * f);
+            let err = error(cand);
+            if err < best_err {
+                best = cand;
+                best_err = err;
+            }
+        }
+        best
+    }
+
+    proptest! {
+        #[test]
+        fn range_search_matches_the_spec_bit_for_bit(
+            bits in any_bits(), symmetric in any::<bool>(), f32_scales in any::<bool>(),
+            grid in prop_oneof![Just(100u32), 1u32..40], shrink in prop_oneof![Just(0.8f32), 0.05f32..1.0],
+            spread in prop_oneof![Just(1.0f32), Just(1e-6), Just(3e4)],
+            values in proptest::collection::vec(-1.0f32..1.0, 1..300), on_grid in any::<bool>(),
+        ) {
+            // Values on a coarse grid make ties between candidates common (the first must win).
+            let shape = |v: f32| if on_grid { (v * 8.0).round() / 8.0 } else { v * v * v };
+            let values: Vec<f32> = values.iter().map(|&v| shape(v) * spread).collect();
+            let dtype = if f32_scales { ScaleDtype::F32 } else { ScaleDtype::F16 };
+            for clip in [ClipSearch::MinMax, ClipSearch::Mse { grid, max_shrink: shrink }] {
+                let got = group_params(&values, bits, symmetric, dtype, clip).unwrap();
+                let want = group_params_spec(&values, bits, symmetric, dtype, clip);
+                prop_assert_eq!((got.scale.to_bits(), got.zero), (want.scale.to_bits(), want.zero));
+            }
+        }
+    }
+
+    #[test]
+    fn range_search_ties_keep_the_first_candidate() {
+        // -7 is exact both at scale 1 (code -7) and at shrink 0.875, scale 0.875 (code -8).
+        let w = [-7.0f32; 40];
+        for dtype in [ScaleDtype::F32, ScaleDtype::F16] {
+            let p = group_params(&w, Bits::B4, true, dtype, ClipSearch::MSE_DEFAULT).unwrap();
+            assert_eq!(p, group_params_spec(&w, Bits::B4, true, dtype, ClipSearch::MSE_DEFAULT));
+            assert_eq!(p.scale, 1.0);
         }
     }
 

@@ -135,12 +135,31 @@ pub enum ScaleDtype {
     F32,
 }
 
+/// Scales rounded per stack buffer in [`ScaleDtype::round_slice`].
+const ROUND_CHUNK: usize = 32;
+
 impl ScaleDtype {
     /// Rounds a scale to what storage will hold.
     pub fn round(self, scale: f32) -> f32 {
         match self {
             ScaleDtype::F16 => half::f16::from_f32(scale).to_f32(),
             ScaleDtype::F32 => scale,
+        }
+    }
+    /// [`ScaleDtype::round`] of each of `src` into `dst` (the same values; one vector conversion
+    /// for f16 instead of one call per scale).
+    pub fn round_slice(self, src: &[f32], dst: &mut [f32]) {
+        match self {
+            ScaleDtype::F16 => {
+                use half::slice::HalfFloatSliceExt;
+                let mut h = [half::f16::ZERO; ROUND_CHUNK];
+                for (s, d) in src.chunks(ROUND_CHUNK).zip(dst.chunks_mut(ROUND_CHUNK)) {
+                    let h = &mut h[..s.len()];
+                    h.convert_from_f32_slice(s);
+                    h.convert_to_f32_slice(d);
+                }
+            }
+            ScaleDtype::F32 => dst.copy_from_slice(src),
         }
     }
     /// Bytes per stored scale.
@@ -174,12 +193,22 @@ impl ClipSearch {
 
     /// The shrink factors to try, largest first.
     pub fn factors(self) -> Vec<f32> {
+        (0..self.steps()).map(|i| self.factor(i)).collect()
+    }
+
+    /// Number of shrink factors (`factors().len()`, without allocating).
+    pub fn steps(self) -> usize {
         match self {
-            ClipSearch::MinMax => vec![1.0],
-            ClipSearch::Mse { grid, max_shrink } => {
-                let steps = ((grid as f32 * max_shrink) as u32).max(1);
-                (0..steps).map(|i| 1.0 - i as f32 / grid as f32).collect()
-            }
+            ClipSearch::MinMax => 1,
+            ClipSearch::Mse { grid, max_shrink } => ((grid as f32 * max_shrink) as u32).max(1) as usize,
+        }
+    }
+
+    /// The `i`-th shrink factor (`factors()[i]`).
+    pub fn factor(self, i: usize) -> f32 {
+        match self {
+            ClipSearch::MinMax => 1.0,
+            ClipSearch::Mse { grid, .. } => 1.0 - i as f32 / grid as f32,
         }
     }
 }

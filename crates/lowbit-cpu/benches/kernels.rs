@@ -1,12 +1,13 @@
 //! Criterion benchmarks of `Linear::forward` per weight format and kernel level: matrix-vector
-//! throughput in bytes of weights (decode) and matrix-matrix throughput in multiply-adds x 2
-//! (prefill, m = 512). The README table comes from `examples/kernel_table.rs`, which also
+//! throughput in bytes of weights (decode; SmolLM2-135M's shapes, with f32 and with int8
+//! activations where the format has int8-activation kernels) and matrix-matrix throughput in
+//! multiply-adds x 2 (prefill, m = 512). The README table comes from `examples/kernel_table.rs`, which also
 //! measures DRAM-bound GEMV by rotating copies and the machine's triad bandwidth. `w8a8_*` puts
 //! the W8A8 kernels (`Int8Linear`, int8 activations) next to int8 weights with f32 activations.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lowbit_core::{codebook, rtn, Bits, Codebook, CodebookScheme, Granularity, IntScheme};
-use lowbit_cpu::{Int8Linear, KernelLevel, Linear, WeightKind};
+use lowbit_cpu::{Activations, Int8Linear, KernelLevel, Linear, WeightKind};
 use std::time::Duration;
 
 fn weights(n: usize) -> Vec<f32> {
@@ -36,17 +37,23 @@ fn levels() -> Vec<KernelLevel> {
 }
 
 fn gemv(c: &mut Criterion) {
-    for (rows, cols) in [(4096, 4096), (1536, 576)] {
+    for (rows, cols) in [(576, 576), (1536, 576), (576, 1536), (49152, 576), (4096, 4096)] {
         let mut g = c.benchmark_group(format!("gemv_{rows}x{cols}"));
         g.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).sample_size(20);
         let x = weights(cols);
         let mut out = vec![0.0; rows];
         for (name, lin) in formats(rows, cols) {
             g.throughput(Throughput::Bytes(lin.nbytes() as u64));
+            let int8 = lin.forward_int8_reference(&x, 1, &mut out).is_ok();
             for level in levels() {
-                g.bench_function(BenchmarkId::new(name, level.name()), |b| {
-                    b.iter(|| lin.forward_with(level, &x, 1, &mut out).unwrap())
-                });
+                for acts in [Activations::F32, Activations::Int8] {
+                    if acts == Activations::Int8 && !int8 {
+                        continue;
+                    }
+                    g.bench_function(BenchmarkId::new(format!("{name}/{}", acts.name()), level.name()), |b| {
+                        b.iter(|| lin.forward_activations(level, acts, &x, 1, &mut out).unwrap())
+                    });
+                }
             }
         }
         g.finish();
@@ -63,7 +70,7 @@ fn gemm(c: &mut Criterion) {
     for (name, lin) in formats(rows, cols) {
         for level in levels() {
             g.bench_function(BenchmarkId::new(name, level.name()), |b| {
-                b.iter(|| lin.forward_with(level, &x, m, &mut out).unwrap())
+                b.iter(|| lin.forward_activations(level, Activations::F32, &x, m, &mut out).unwrap())
             });
         }
     }
@@ -87,7 +94,7 @@ fn w8a8_gemv(c: &mut Criterion) {
         for level in levels() {
             g.throughput(Throughput::Bytes(f32act.nbytes() as u64));
             g.bench_function(BenchmarkId::new("int8_per_channel_f32", level.name()), |b| {
-                b.iter(|| f32act.forward_with(level, &x, 1, &mut out).unwrap())
+                b.iter(|| f32act.forward_activations(level, Activations::F32, &x, 1, &mut out).unwrap())
             });
             g.throughput(Throughput::Bytes(w8a8.nbytes() as u64));
             g.bench_function(BenchmarkId::new("w8a8", level.name()), |b| {
@@ -109,7 +116,7 @@ fn w8a8_gemm(c: &mut Criterion) {
         let (f32act, w8a8) = int8_pair(rows, cols);
         for level in levels() {
             g.bench_function(BenchmarkId::new("int8_per_channel_f32", level.name()), |b| {
-                b.iter(|| f32act.forward_with(level, &x, m, &mut out).unwrap())
+                b.iter(|| f32act.forward_activations(level, Activations::F32, &x, m, &mut out).unwrap())
             });
             g.bench_function(BenchmarkId::new("w8a8", level.name()), |b| {
                 b.iter(|| w8a8.forward_with(level, &x, m, &mut out).unwrap())

@@ -61,12 +61,86 @@ fn attention_at(level: Level, shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f3
     if n == 0 {
         return;
     }
+    if n == 1 {
+        // Decode: one query per head; keys and values are read in place (no tiles to fill), the
+        // heads split over the pool once there are enough keys to pay for it.
+        let hd = shape.head_dim;
+        let keys = past + 1 - shape.first_key(past);
+        let split = keys * shape.heads >= DECODE_SPLIT_KEYS;
+        let one = |h: usize, o: &mut [f32]| {
+            let mut scores = Vec::with_capacity(keys);
+            attend_one(level, shape, &q[h * hd..(h + 1) * hd], kc, vc, past, h, o, &mut scores);
+        };
+        if split {
+            crate::pool::for_each_chunk(out, hd, |h, o| one(h, o));
+        } else {
+            out.chunks_exact_mut(hd).enumerate().for_each(|(h, o)| one(h, o));
+        }
+        return;
+    }
     // Enough tasks to keep every thread busy (later blocks cost more under the causal mask),
     // no more queries per task than a few register tiles' worth of K/V reuse needs.
     let block = n.div_ceil(4 * par::threads()).clamp(1, MAX_QUERY_BLOCK);
     par::for_each_chunk(out, block * qd, true, |bi, o| {
         attend_block(level, shape, q, kc, vc, past, bi * block, o);
     });
+}
+
+/// Keys x heads of a decode step from which its heads run on the pool.
+const DECODE_SPLIT_KEYS: usize = 2048;
+
+leveled! {
+/// The one query `q` (head `head`, at position `pos`) over its keys: scores read each key row in
+/// place, then an exact softmax (max, `exp`, sum) and the weighted sum of the value rows.
+#[allow(clippy::too_many_arguments)]
+fn attend_one<const FMA: bool>(
+    shape: &AttnShape,
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    pos: usize,
+    head: usize,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let (hd, kvd) = (shape.head_dim, shape.kv_dim());
+    let off = head / (shape.heads / shape.kv_heads) * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let first = shape.first_key(pos);
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for j in first..=pos {
+        let k = &kc[j * kvd + off..j * kvd + off + hd];
+        let mut acc = [0f32; LANES];
+        let (qc, kc) = (q.chunks_exact(LANES), k.chunks_exact(LANES));
+        let mut tail = 0f32;
+        for (a, b) in qc.remainder().iter().zip(kc.remainder()) {
+            tail = fmadd::<FMA>(*a, *b, tail);
+        }
+        for (a, b) in qc.zip(kc) {
+            for l in 0..LANES {
+                acc[l] = fmadd::<FMA>(a[l], b[l], acc[l]);
+            }
+        }
+        let sc = (ops::sum_lanes(&acc) + tail) * scale;
+        max = if sc > max { sc } else { max };
+        scores.push(sc);
+    }
+    let mut sum = 0f32;
+    for x in scores.iter_mut() {
+        *x = exp_approx(*x - max);
+        sum += *x;
+    }
+    out.fill(0.0);
+    for (j, &p) in (first..=pos).zip(scores.iter()) {
+        let v = &vc[j * kvd + off..j * kvd + off + hd];
+        for (o, &x) in out.iter_mut().zip(v) {
+            *o = fmadd::<FMA>(p, x, *o);
+        }
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
 }
 
 /// Per-task scratch: stacked queries, the transposed key tile, the value tile, and the

@@ -3,7 +3,7 @@
 //! (`LOWBIT_KERNELS`).
 
 use crate::attention;
-use crate::{ops, par, CpuError, Linear, WeightKind};
+use crate::{ops, par, Activations, CpuError, Linear, WeightKind};
 use lowbit_core::backend::{AttnShape, Backend, HostWeight};
 use std::ops::Range;
 
@@ -20,15 +20,25 @@ impl Default for Cpu {
 }
 
 impl Cpu {
-    /// The backend the runtime uses: a large batch's rows are split over the rayon pool.
+    /// The backend the runtime uses: a large batch's rows are split over the rayon pool;
+    /// activations as `LOWBIT_ACTIVATIONS` says ([`crate::activations`]).
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Every weight product runs whole on the kernels' own threading, so results do not depend
-    /// on the number of threads (the quantization pipeline's output must not).
+    /// on the number of threads (the quantization pipeline's output must not), and always with
+    /// f32 activations: the pipeline measures the layers it quantizes on exact inputs.
     pub fn unsplit() -> Self {
         Cpu { split_rows: false }
+    }
+
+    fn activations(&self) -> Activations {
+        if self.split_rows {
+            crate::activations()
+        } else {
+            Activations::F32
+        }
     }
 }
 
@@ -88,8 +98,9 @@ impl Backend for Cpu {
 
     fn linear(&self, w: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), CpuError> {
         let threads = par::threads();
+        let (level, acts) = (crate::kernel_level(), self.activations());
         if !self.split_rows || threads <= 1 || m < 4 * threads {
-            return w.forward(x, m, out);
+            return w.forward_activations(level, acts, x, m, out);
         }
         // Prefill: whole row blocks per thread beat splitting each product's output rows.
         let per = m.div_ceil(threads);
@@ -97,13 +108,31 @@ impl Backend for Cpu {
         let failed = std::sync::Mutex::new(None);
         par::for_each_chunk(out, per * rows, true, |i, oc| {
             let mi = oc.len() / rows;
-            if let Err(e) = w.forward(&x[i * per * cols..(i * per + mi) * cols], mi, oc) {
+            if let Err(e) = w.forward_activations(level, acts, &x[i * per * cols..(i * per + mi) * cols], mi, oc) {
                 *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             }
         });
         match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    fn linears(&self, ws: &[&Linear], x: &[f32], m: usize, mut outs: Vec<&mut [f32]>) -> Result<(), CpuError> {
+        if m < crate::driver::GEMM_MIN_M {
+            // Decode: with int8 activations x is quantized once and the products run as one job
+            // of the pool; otherwise each product uses the pool by itself.
+            return Linear::forward_many(crate::kernel_level(), self.activations(), ws, x, m, &mut outs);
+        }
+        // Prefill: independent products side by side.
+        match (ws, outs.len()) {
+            ([w], 1) => self.linear(w, x, m, outs.pop().expect("one output")),
+            ([w, rest @ ..], n) if n == ws.len() => {
+                let first = outs.remove(0);
+                let (a, b) = self.join(|| self.linear(w, x, m, first), || self.linears(rest, x, m, outs));
+                a.and(b)
+            }
+            _ => Err(CpuError::shape("Cpu::linears outputs", ws.len(), outs.len())),
         }
     }
 

@@ -1,8 +1,8 @@
 //! The blocking and threading of `Y = X · Wᵀ`, written once for every [`Isa`] level.
 //!
-//! * **Matrix-vector** (`m < GEMM_MIN_M`, decode): memory bound. Output rows are split into
-//!   equal chunks over the threads; each kernel call streams its rows' codes once and keeps the
-//!   (interleaved) activation row in L1.
+//! * **Matrix-vector** (`m < GEMM_MIN_M`, decode, f32 activations): memory bound. Output rows
+//!   are split into chunks claimed by the threads of the decode pool; each kernel call streams
+//!   its rows' codes once and keeps the (interleaved) activation row in L1.
 //! * **Matrix-matrix** (prefill): compute bound. A panel of `PANEL` weight rows by `KC` columns is
 //!   dequantized once into f32, transposed (L2 sized) and reused by every row of x through a
 //!   register-blocked micro-kernel ([`Isa::kernel`]: `MR` rows of x times `PANEL` outputs). Large `m` is split over threads by rows of x (each thread dequantizes the
@@ -32,10 +32,9 @@ const KC_MAX: usize = 2048;
 const KC_BLOCK: usize = 1024;
 /// Elements per generic dequantization step (an L1-resident buffer).
 const GENERIC_STEP: usize = 256;
-/// Weight bytes below which a matrix-vector product runs on the calling thread: one core streams
-/// 512 KiB of codes in ~20 µs, and waking rayon's workers costs several µs (far more when the
-/// other core is busy), which measured slower for SmolLM2's 576x576 and 1536x576 INT4 matrices.
-const PARALLEL_MIN_GEMV_BYTES: usize = 512 << 10;
+/// Weight rows below which a matrix-vector product runs on the calling thread. Larger ones run
+/// on the low-latency pool (crate `pool` module), whose wakeup costs far less than rayon's.
+const PARALLEL_MIN_GEMV_ROWS: usize = 64;
 
 /// The weight as the driver sees it.
 enum Src<'a> {
@@ -357,14 +356,13 @@ fn gemm_block<I: Isa>(
     }
 }
 
-/// Threads for a product: the rayon pool when the work pays for waking it, else 1.
+/// Threads for a product: matrix-vector products on the pool (crate `pool` module) unless tiny;
+/// matrix-matrix ones on rayon's when the work pays for waking it; else 1.
 fn threads(lin: &Weight, m: usize) -> usize {
-    let big = if m < GEMM_MIN_M {
-        lin.nbytes() >= PARALLEL_MIN_GEMV_BYTES
-    } else {
-        m * lin.rows() * lin.cols() >= par::PARALLEL_MIN_MACS
-    };
-    if big {
+    if m < GEMM_MIN_M {
+        return if lin.rows() >= PARALLEL_MIN_GEMV_ROWS { crate::pool::threads() } else { 1 };
+    }
+    if m * lin.rows() * lin.cols() >= par::PARALLEL_MIN_MACS {
         par::threads()
     } else {
         1
@@ -393,7 +391,11 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &m
         // Equal chunks, a multiple of 4 rows, a few per thread so a slow thread is not the tail.
         let per = if par { rows.div_ceil(nthreads * 4).next_multiple_of(4) } else { rows };
         for (xi, oi) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
-            par::for_each_chunk(oi, per, par, |c, o| gemv_rows(isa, &src, cols, xi, c * per, o));
+            if par {
+                crate::pool::for_each_chunk(oi, per, |c, o| gemv_rows(isa, &src, cols, xi, c * per, o));
+            } else {
+                gemv_rows(isa, &src, cols, xi, 0, oi);
+            }
         }
     } else if !par || m >= 4 * I::MR * nthreads {
         // Split by rows of x: out rows are contiguous, every thread sweeps all of W.

@@ -9,6 +9,22 @@
 //! activations quantized per token to int8, summed exactly in i32 (`vpdpbusd` with AVX512-VNNI,
 //! `vpmaddwd` with AVX2), bit-identical at every level.
 //!
+//! **Int8 activations for 4- and 8-bit integer weights** (the decode path): the activations are
+//! quantized once per product in blocks of 32 (one f32 scale each, as llama.cpp's Q8_0) and
+//! multiplied with the weight codes in exact i32 sums (`vpdpbusd` with AVX512-VNNI or AVX-VNNI,
+//! `vpmaddubsw` with AVX2), the weights repacked at first use into 16-row panels; every level
+//! returns [`Linear::forward_int8_reference`]'s outputs bit for bit. `LOWBIT_ACTIVATIONS`
+//! chooses ([`Activations`]): `auto` (default) uses them for single-token products (decode of
+//! one sequence) at the AVX2 and AVX-512 levels and f32 activations otherwise (prefill, batches,
+//! the scalar level);
+//! `int8` everywhere (e.g. to measure their perplexity cost); `f32` nowhere. `LOWBIT_VNNI=0`
+//! keeps the VNNI instructions out (to measure the `vpmaddubsw` kernels on a VNNI CPU).
+//!
+//! Decode-sized products run on a small persistent pool (crate-private `pool` module) whose
+//! workers spin, then yield, then park, so both cores work on every matrix at a wakeup cost
+//! far below rayon's; products sharing an input ([`Linear::forward_many`], the backend's
+//! `linears`: q/k/v, gate/up) quantize it once and run as one job.
+//!
 //! [`Cpu`] implements lowbit-core's backend seam (`lowbit_core::backend::Backend`) on these
 //! kernels.
 //!
@@ -32,6 +48,9 @@ mod isa;
 mod linear;
 pub mod ops;
 mod par;
+#[allow(unsafe_code)]
+mod pool;
+mod q8;
 pub mod scalar;
 mod w8a8;
 mod weight;
@@ -44,5 +63,6 @@ pub use dispatch::{kernel_level, KernelLevel};
 pub use error::{CpuError, Result};
 pub use int8_linear::Int8Linear;
 pub use linear::Linear;
+pub use q8::{activations, Activations};
 pub use w8a8::W8A8_MAX_COLS;
 pub use weight::WeightKind;

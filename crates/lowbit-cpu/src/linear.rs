@@ -1,8 +1,10 @@
 //! `Linear`: a weight matrix in kernel-ready layout and its product with activations.
 
 use crate::int8_linear::Int8Linear;
+use crate::q8::{self, Activations, PackedInt, Q8Level};
 use crate::weight::{Weight, WeightKind};
 use crate::{driver, scalar, CpuError, KernelLevel, Result};
+use std::sync::OnceLock;
 
 impl WeightKind {
     /// The weights as f32, row-major: a copy, widened from f16/bf16 or dequantized.
@@ -18,20 +20,31 @@ impl WeightKind {
 
 /// A weight matrix `W[rows, cols]` ready for `Y = X · Wᵀ`.
 ///
-/// The weight is kept exactly as given ([`Linear::weight`] returns it); the kernels read the packed
-/// codes, scales and zeros in place. The only derived data is, for NF4/FP4, the per-block absmax
-/// decoded to f32 once (double quantization is undone at construction, 4 bytes per block).
+/// The weight is kept exactly as given ([`Linear::weight`] returns it); the f32-activation kernels
+/// read the packed codes, scales and zeros in place. Derived data: for NF4/FP4, the per-block
+/// absmax decoded to f32 once (double quantization is undone at construction, 4 bytes per block);
+/// for 4- and 8-bit integer weights, on the first product with int8 activations
+/// ([`Activations`]), a copy repacked in 16-row panels for those kernels (crate `q8` module).
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: Weight,
     /// W8A8 mode ([`Linear::enable_int8_activations`]): the weight packed for int8 x int8 products.
     int8: Option<Box<Int8Linear>>,
+    /// The weight repacked for int8 activations (`None` inside: a format those kernels lack).
+    q8: OnceLock<Option<Box<PackedInt>>>,
 }
 
 impl Linear {
     /// Wraps a dense or quantized weight of shape `[rows, cols]`.
     pub fn new(rows: usize, cols: usize, weight: WeightKind) -> Result<Self> {
-        Ok(Linear { weight: Weight::new(rows, cols, weight)?, int8: None })
+        Ok(Linear { weight: Weight::new(rows, cols, weight)?, int8: None, q8: OnceLock::new() })
+    }
+
+    /// The weight repacked for the int8-activation kernels (built on first use), if its format
+    /// has them: 4- or 8-bit integer codes, rows a multiple of 32 long, groups a multiple of 32,
+    /// per channel or per tensor.
+    fn packed_q8(&self) -> Option<&PackedInt> {
+        self.q8.get_or_init(|| PackedInt::from_weight(&self.weight).map(Box::new)).as_deref()
     }
 
     /// Switches to W8A8 (SmoothQuant): activations are quantized per token to int8 and multiplied
@@ -74,14 +87,80 @@ impl Linear {
     }
 
     /// `out[m, rows] = x[m, cols] · Wᵀ` with the kernels of `level` (for tests and benchmarks);
-    /// a level this CPU lacks is an error.
+    /// a level this CPU lacks is an error. Activations as [`crate::activations`] says.
     pub fn forward_with(&self, level: KernelLevel, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+        self.forward_activations(level, crate::activations(), x, m, out)
+    }
+
+    /// [`Linear::forward_with`] with the activation mode `acts`: with int8 activations (where
+    /// the weight's format has kernels for them), `x` is quantized in blocks of 32 and the
+    /// products summed in integers (crate `q8` module); a NaN or infinite activation takes the
+    /// f32 path.
+    pub fn forward_activations(
+        &self,
+        level: KernelLevel,
+        acts: Activations,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        if acts.int8_for(level, m) && self.int8.is_none() && m > 0 {
+            if let Some(p) = self.packed_q8() {
+                self.check(x, m, out)?;
+                crate::dispatch::Level::new(level)?;
+                if q8::forward_many(Q8Level::of(level), &[p], x, m, &mut [&mut *out]) {
+                    return Ok(());
+                }
+            }
+        }
+        self.forward_f32(level, x, m, out)
+    }
+
+    /// Products of several weights with one input (q/k/v, gate/up), `outs[i] = x · W_iᵀ`, at
+    /// `level` with activation mode `acts`: with int8 activations, `x` is quantized once and all
+    /// run as one parallel job; otherwise one after another.
+    pub fn forward_many(
+        level: KernelLevel,
+        acts: Activations,
+        linears: &[&Linear],
+        x: &[f32],
+        m: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<()> {
+        if linears.len() != outs.len() {
+            return Err(CpuError::shape("Linear::forward_many outputs", linears.len(), outs.len()));
+        }
+        for (l, o) in linears.iter().zip(outs.iter()) {
+            l.check(x, m, o)?;
+        }
+        crate::dispatch::Level::new(level)?;
+        if m > 0 && acts.int8_for(level, m) {
+            let packed: Option<Vec<&PackedInt>> =
+                linears.iter().map(|l| if l.int8.is_none() { l.packed_q8() } else { None }).collect();
+            if let Some(ps) = packed.filter(|ps| !ps.is_empty()) {
+                if q8::forward_many(Q8Level::of(level), &ps, x, m, outs) {
+                    return Ok(());
+                }
+            }
+        }
+        for (l, o) in linears.iter().zip(outs.iter_mut()) {
+            l.forward_f32(level, x, m, o)?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, x: &[f32], m: usize, out: &[f32]) -> Result<()> {
         if x.len() != m * self.cols() {
             return Err(CpuError::shape("Linear::forward input", m * self.cols(), x.len()));
         }
         if out.len() != m * self.rows() {
             return Err(CpuError::shape("Linear::forward output", m * self.rows(), out.len()));
         }
+        Ok(())
+    }
+
+    fn forward_f32(&self, level: KernelLevel, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+        self.check(x, m, out)?;
         if m == 0 {
             return Ok(());
         }
@@ -103,6 +182,35 @@ impl Linear {
             #[cfg(not(target_arch = "x86_64"))]
             _ => return Err(CpuError::KernelLevel(level.name().into())),
         }
+        Ok(())
+    }
+
+    /// The definition of the product with int8 activations (crate `q8` module docs), on the
+    /// weight as stored: `x` quantized in blocks of 32, exact integer block sums, then the
+    /// fused multiply-adds in order. Every level's int8 kernels return these outputs bit for bit.
+    /// Slow. An error for weights without int8-activation kernels and for non-finite `x`.
+    pub fn forward_int8_reference(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+        self.check(x, m, out)?;
+        let unsupported = || CpuError::Unsupported {
+            op: "Linear::forward_int8_reference",
+            what: "a weight without int8-activation kernels (4/8-bit integer, rows and groups multiples of 32)".into(),
+        };
+        let (WeightKind::Quant(q), Some(_)) = (self.weight(), self.packed_q8()) else { return Err(unsupported()) };
+        let cols = self.cols();
+        let nb = cols / q8::QK;
+        let (mut codes, mut scales, mut sums) = (vec![0i8; m * cols], vec![0f32; m * nb], vec![0i32; m * nb]);
+        for (i, (xb, cb)) in x.chunks_exact(q8::QK).zip(codes.chunks_exact_mut(q8::QK)).enumerate() {
+            let Some(v) = q8::quantize_block_ref(xb, cb) else {
+                let j = xb.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                return Err(CpuError::NonFiniteActivation {
+                    op: "Linear::forward_int8_reference",
+                    index: i * q8::QK + j,
+                    value: xb[j],
+                });
+            };
+            (scales[i], sums[i]) = v;
+        }
+        q8::gemv_reference(q, &q8::Acts { codes: &codes, scales: &scales, sums: &sums, cols }, out);
         Ok(())
     }
 

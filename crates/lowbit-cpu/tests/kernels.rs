@@ -1,4 +1,6 @@
-//! Every kernel at every level this CPU runs, against the scalar reference `forward_scalar`.
+//! Every kernel at every level this CPU runs, against the scalar reference `forward_scalar`
+//! (f32 activations), and for weights with int8-activation kernels, against
+//! `forward_int8_reference` bit for bit.
 //!
 //! Float sums may differ from the reference only by reassociation: the error allowed for each
 //! output is a named multiple of `Σ|x·w|` (the dequantized weights' magnitudes times the
@@ -9,7 +11,7 @@ mod common;
 use common::{levels, Rng};
 use half::{bf16, f16};
 use lowbit_core::{codebook, rtn, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype};
-use lowbit_cpu::{KernelLevel, Linear, WeightKind};
+use lowbit_cpu::{Activations, KernelLevel, Linear, WeightKind};
 
 /// Allowed |fast - reference| / Σ|x·w| for f32 accumulation in another order. Both sides round
 /// every term and partial sum to f32 (2^-24 each); a few thousand terms stay far below 1e-5.
@@ -29,9 +31,16 @@ fn check_ms(lin: &Linear, dense: &[f32], rng: &mut Rng, what: &str, ms: &[usize]
         let x = rng.vec(m * cols);
         let mut want = vec![0.0; m * rows];
         lin.forward_scalar(&x, m, &mut want);
+        let mut want_int8 = vec![0.0; m * rows];
+        let int8 = lin.forward_int8_reference(&x, m, &mut want_int8).is_ok();
         for level in levels() {
+            if int8 {
+                let mut got = vec![f32::NAN; m * rows];
+                lin.forward_activations(level, Activations::Int8, &x, m, &mut got).unwrap();
+                assert_eq!(got, want_int8, "{what} int8 activations, level {} [{rows}x{cols}] m={m}", level.name());
+            }
             let mut got = vec![f32::NAN; m * rows];
-            lin.forward_with(level, &x, m, &mut got).unwrap();
+            lin.forward_activations(level, Activations::F32, &x, m, &mut got).unwrap();
             for i in 0..m {
                 for r in 0..rows {
                     let mag: f32 =

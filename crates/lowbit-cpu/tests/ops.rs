@@ -56,6 +56,9 @@ fn long_prefill_attention_matches_reference() {
     let mut rng = Rng(12);
     check_attention(&mut rng, AttnShape { heads: 9, kv_heads: 3, head_dim: 64, window: None }, 0, 300);
     check_attention(&mut rng, AttnShape { heads: 4, kv_heads: 1, head_dim: 128, window: Some(64) }, 20, 150);
+    // decode steps with a long cache (the heads then run on the pool)
+    check_attention(&mut rng, AttnShape { heads: 9, kv_heads: 3, head_dim: 64, window: None }, 700, 1);
+    check_attention(&mut rng, AttnShape { heads: 4, kv_heads: 2, head_dim: 40, window: Some(600) }, 900, 1);
 }
 
 /// The elementwise ops fuse no multiply-add and fix the order of every sum, so each level

@@ -236,14 +236,9 @@ impl<'a, B: Backend> Block<'a, B> {
         let (be, c, l, m) = (self.backend, self.cfg, self.layer, s.rows);
         let Scratch { xn, q, k, v, cos, sin, .. } = s;
         let xn = full(be, xn);
-        // Independent products run side by side: at decode most of these matrices are under
-        // lowbit-cpu's threshold for splitting one product over threads.
-        let (qm, km, vm) = (full_mut(be, q), full_mut(be, k), full_mut(be, v));
-        let (rq, (rk, rv)) = be.join(
-            || be.linear(&l.q_proj, xn, m, qm),
-            || be.join(|| be.linear(&l.k_proj, xn, m, km), || be.linear(&l.v_proj, xn, m, vm)),
-        );
-        rq.and(rk).and(rv).map_err(err)?;
+        // One call for the three products sharing xn: the CPU quantizes it once at decode.
+        let outs = vec![full_mut(be, q), full_mut(be, k), full_mut(be, v)];
+        be.linears(&[&l.q_proj, &l.k_proj, &l.v_proj], xn, m, outs).map_err(err)?;
         if let (Some(qb), Some(kb), Some(vb)) = (&l.q_bias, &l.k_bias, &l.v_bias) {
             be.add_bias(full_mut(be, q), self.vec(qb));
             be.add_bias(full_mut(be, k), self.vec(kb));
@@ -327,9 +322,8 @@ impl<'a, B: Backend> Block<'a, B> {
         let (be, l, m) = (self.backend, self.layer, s.rows);
         let Scratch { xn, g, u, .. } = s;
         let xn = full(be, xn);
-        let (gm, um) = (full_mut(be, g), full_mut(be, u));
-        let (rg, ru) = be.join(|| be.linear(&l.gate_proj, xn, m, gm), || be.linear(&l.up_proj, xn, m, um));
-        rg.and(ru).map_err(err)?;
+        let outs = vec![full_mut(be, g), full_mut(be, u)];
+        be.linears(&[&l.gate_proj, &l.up_proj], xn, m, outs).map_err(err)?;
         be.swiglu(full_mut(be, g), full(be, u));
         Ok(())
     }

@@ -5,7 +5,7 @@
 
 use lowbit_core::backend::Backend;
 use lowbit_core::{rtn, Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
-use lowbit_cpu::{Cpu, Linear, WeightKind};
+use lowbit_cpu::{kernel_level, Activations, Cpu, Linear, WeightKind};
 use lowbit_model::Rng;
 
 const VOCAB: usize = 49152;
@@ -42,8 +42,17 @@ fn quantized_head_and_embedding_at_smollm2_shape_match_their_dequantized_f32() {
 
         // The head: decode (m = 1) and a small batch, against f64 sums of the dequantized rows.
         for rows in [1, m] {
+            // The backend's product is the f32-activation one or, where lowbit-cpu quantizes
+            // decode-sized activations to int8 (`LOWBIT_ACTIVATIONS`), exactly its int8 reference.
+            let mut got = vec![0f32; rows * VOCAB];
+            be.linear(&lin, &x[..rows * HIDDEN], rows, &mut got).unwrap();
             let mut out = vec![0f32; rows * VOCAB];
-            be.linear(&lin, &x[..rows * HIDDEN], rows, &mut out).unwrap();
+            lin.forward_activations(kernel_level(), Activations::F32, &x[..rows * HIDDEN], rows, &mut out).unwrap();
+            if got != out {
+                let mut int8 = vec![0f32; rows * VOCAB];
+                lin.forward_int8_reference(&x[..rows * HIDDEN], rows, &mut int8).unwrap();
+                assert!(got == int8, "{name} m={rows}: the backend's head is neither the f32 nor the int8 product");
+            }
             for (i, xi) in x[..rows * HIDDEN].chunks_exact(HIDDEN).enumerate() {
                 for (r, wr) in deq.chunks_exact(HIDDEN).enumerate() {
                     let (dot, abs) = wr.iter().zip(xi).fold((0f64, 0f64), |(d, a), (w, x)| {
