@@ -103,3 +103,18 @@ def test_truncated_gguf_is_an_error(tmp_path: Path) -> None:
         bad.write_bytes(head[:cut])
         with pytest.raises(lowbit.CorruptFileError):
             lowbit.Model.load(bad)
+
+
+def test_generate_batch_matches_one_at_a_time(smollm2: lowbit.Model) -> None:
+    prompts: list[str | list[int]] = ["The sky", smollm2.encode("Once upon a time"), "In mathematics,"]
+    for options in ({}, {"temperature": 1.0}, {"temperature": 0.9, "top_k": 40, "top_p": 0.9}):
+        together = smollm2.generate_batch(prompts, max_new_tokens=10, seed=5, **options)  # type: ignore[arg-type]
+        for i, (prompt, out) in enumerate(zip(prompts, together)):
+            alone = smollm2.generate(prompt, max_new_tokens=10, seed=5 + i, **options)  # type: ignore[arg-type]
+            assert out.tokens == alone.tokens, (options, prompt)
+            assert out.text == alone.text
+            assert out.stop_reason == alone.stop_reason
+    explicit = smollm2.generate_batch(["The sky"], max_new_tokens=4, temperature=1.0, seeds=[6])
+    assert explicit[0].tokens == smollm2.generate("The sky", max_new_tokens=4, temperature=1.0, seed=6).tokens
+    with pytest.raises(lowbit.ShapeError):
+        smollm2.generate_batch(["a", "b"], seeds=[1])

@@ -129,6 +129,20 @@ class Model:
         on_token: Callable[[int, str], object] | None = None,
         progress: _Progress | None = None,
     ) -> dict[str, Any]: ...
+    def generate_batch(
+        self,
+        prompts: list[str | list[int]],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        seeds: list[int] | None = None,
+        stop_on_eos: bool = True,
+        progress: _Progress | None = None,
+    ) -> list[dict[str, Any]]: ...
     def perplexity_ids(
         self,
         ids: list[int],

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__, quantize
 from ._lowbit import LowbitError, QuantizeReport
+from .demo import DemoSettings, run_demo
 from .model import Model, import_gguf, smollm2_gguf
 from .pipeline import CALIB_ENV
 from .progress import Bars
@@ -98,12 +99,11 @@ def cmd_schemes(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoSettings, run_demo
-
     settings = DemoSettings(
         bits=args.bits,
         nsamples=args.nsamples,
         eval_windows=args.eval_windows,
+        held_out=args.held_out,
         max_new_tokens=args.max_new_tokens,
         calib=args.calib,
         eval_text=args.eval_text,
@@ -353,10 +353,24 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="quantize SmolLM2-135M with GPTQ 4-bit; compare size, perplexity and answers with the original",
     )
-    demo.add_argument("--bits", type=int, default=4, choices=[2, 3, 4, 8])
-    demo.add_argument("--nsamples", type=int, default=32, help="calibration windows of 512 tokens")
-    demo.add_argument("--eval-windows", type=int, default=4, help="perplexity windows of 2048 tokens")
-    demo.add_argument("--max-new-tokens", type=int, default=64)
+    d = DemoSettings()
+    demo.add_argument("--bits", type=int, default=d.bits, choices=[2, 3, 4, 8])
+    demo.add_argument(
+        "--nsamples", type=int, default=d.nsamples, help=f"calibration windows of {d.seqlen} tokens"
+    )
+    demo.add_argument(
+        "--eval-windows",
+        type=int,
+        default=d.eval_windows,
+        help=f"perplexity windows of {d.eval_window} tokens of the evaluation text",
+    )
+    demo.add_argument(
+        "--held-out",
+        type=int,
+        default=d.held_out,
+        help=f"without an evaluation text: texts of {d.held_out_tokens} tokens sampled for perplexity",
+    )
+    demo.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     demo.add_argument("--out", type=Path, help="keep the quantized model here (default: a temporary dir)")
     demo.add_argument(
         "--calib", type=Path, help=f"calibration text (default: ${CALIB_ENV}; without it, data-free)"

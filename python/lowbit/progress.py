@@ -19,7 +19,7 @@ from typing import IO, Any, Protocol
 from tqdm import tqdm
 
 #: Seconds between the status lines a long phase prints when the output is not a terminal.
-STATUS_INTERVAL = 10.0
+STATUS_INTERVAL = 5.0
 
 
 class Progress(Protocol):

@@ -1,8 +1,9 @@
 //! Text generation: greedy and sampled decoding with a KV cache, stop conditions and streaming.
 
-use crate::model::{LogitsMode, Model};
+use crate::model::{KvCache, LogitsMode, Model};
 use crate::{ModelError, Result};
 use lowbit_core::backend::Backend;
+use lowbit_core::par;
 use lowbit_core::progress::{phase, Progress};
 
 /// A small deterministic generator: xoshiro256** seeded through splitmix64.
@@ -138,6 +139,10 @@ pub struct TokenEvent<'a> {
 }
 
 /// Picks the next token from `logits` (modified in place) under `opts`.
+///
+/// Without `top_k`/`top_p` the probabilities are summed in vocabulary order (no sort: a sort of
+/// the vocabulary per token would cost more than a decode step of a small model); with them in
+/// descending order of probability, ties by token id.
 pub fn sample(logits: &mut [f32], previous: &[u32], opts: &GenerateOptions, rng: &mut Rng) -> u32 {
     if opts.repetition_penalty != 1.0 {
         let mut seen = std::collections::HashSet::new();
@@ -157,11 +162,17 @@ pub fn sample(logits: &mut [f32], previous: &[u32], opts: &GenerateOptions, rng:
         return argmax();
     }
     let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    if opts.top_k > 0 {
-        idx.truncate(opts.top_k);
+    let filtered = opts.top_k > 0 || opts.top_p < 1.0;
+    if filtered {
+        let order = |&a: &usize, &b: &usize| logits[b].total_cmp(&logits[a]).then(a.cmp(&b));
+        // The k best in order: a selection, then a sort of those k only.
+        if opts.top_k > 0 && opts.top_k < idx.len() {
+            idx.select_nth_unstable_by(opts.top_k - 1, order);
+            idx.truncate(opts.top_k);
+        }
+        idx.sort_unstable_by(order);
     }
-    let max = logits[idx[0]] as f64;
+    let max = if filtered { logits[idx[0]] } else { logits[argmax() as usize] } as f64;
     let mut probs: Vec<f64> = idx.iter().map(|&i| ((logits[i] as f64 - max) / opts.temperature as f64).exp()).collect();
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
@@ -186,6 +197,46 @@ pub fn sample(logits: &mut [f32], previous: &[u32], opts: &GenerateOptions, rng:
     idx[probs.len() - 1] as u32
 }
 
+/// One sequence of [`Model::generate_batch`]: its prompt and the seed of its own sampler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchPrompt {
+    /// Prompt token ids (at least one).
+    pub prompt: Vec<u32>,
+    /// Seed of this sequence's sampler (`GenerateOptions::seed` is not used in a batch).
+    pub seed: u64,
+}
+
+/// A sequence of a batch while it decodes.
+struct Decoding<B: Backend> {
+    rng: Rng,
+    history: Vec<u32>,
+    prompt_len: usize,
+    logits: Vec<f32>,
+    cache: KvCache<B>,
+    stop: Option<StopReason>,
+}
+
+impl<B: Backend> Decoding<B> {
+    /// Samples the next token from the current logits and decides whether the sequence goes on,
+    /// in the order [`Model::generate_tokens`] does.
+    fn step(&mut self, opts: &GenerateOptions, eos: &[u32], context: usize) {
+        if self.stop.is_some() {
+            return;
+        }
+        let next = sample(&mut self.logits, &self.history, opts, &mut self.rng);
+        if opts.stop_on_eos && eos.contains(&next) {
+            self.stop = Some(StopReason::Eos);
+            return;
+        }
+        self.history.push(next);
+        if self.history.len() - self.prompt_len >= opts.max_new_tokens {
+            self.stop = Some(StopReason::MaxTokens);
+        } else if self.cache.len() >= context {
+            self.stop = Some(StopReason::ContextFull);
+        }
+    }
+}
+
 impl<B: Backend> Model<B> {
     /// Generates from prompt token ids, calling `on_token` for every new token. Reports phase
     /// `generate` (one unit per new token) to `progress`, and is cancellable before each token.
@@ -201,8 +252,7 @@ impl<B: Backend> Model<B> {
             return Err(ModelError::input("generate", "the prompt has no tokens"));
         }
         let tok = self.tokenizer();
-        let mut eos: Vec<u32> = self.config().eos_token_ids.clone();
-        eos.extend(tok.and_then(|t| t.eos_id()));
+        let eos = self.eos_ids();
         let mut rng = Rng::new(opts.seed);
         let mut cache = self.new_cache();
         let mut history = prompt.to_vec();
@@ -288,6 +338,103 @@ impl<B: Backend> Model<B> {
         let ids = tok.encode(prompt, true)?;
         self.generate_tokens(&ids, opts, on_token, progress)
     }
+
+    /// Generates from several prompts at once: every decode step runs the next token of all
+    /// unfinished sequences as one batch ([`Model::forward_batch`]: the weight products see one
+    /// row per sequence, so each weight is read once per step for all of them; attention stays
+    /// within each sequence's own KV cache). Each sequence samples with its own generator seeded
+    /// by [`BatchPrompt::seed`], so its tokens are those [`Model::generate_tokens`] gives it alone
+    /// with that seed (up to the float rounding of a batched product).
+    ///
+    /// Stops each sequence as `generate_tokens` does (`max_new_tokens`, end of sequence, context
+    /// full); stop strings are not supported here. Opens no phase: `progress` is advanced by the
+    /// tokens each step adds, and polled for cancellation once per step.
+    pub fn generate_batch(
+        &self,
+        prompts: &[BatchPrompt],
+        opts: &GenerateOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Vec<Generation>> {
+        opts.validate()?;
+        if !opts.stop_strings.is_empty() {
+            return Err(ModelError::input("generate_batch", "stop strings are not supported in a batch"));
+        }
+        if let Some(i) = prompts.iter().position(|p| p.prompt.is_empty()) {
+            return Err(ModelError::input("generate_batch", format!("prompt {i} has no tokens")));
+        }
+        let (eos, context) = (self.eos_ids(), self.config().max_position_embeddings);
+        let mut seqs: Vec<Decoding<B>> = prompts
+            .iter()
+            .map(|p| Decoding {
+                rng: Rng::new(p.seed),
+                history: p.prompt.clone(),
+                prompt_len: p.prompt.len(),
+                logits: vec![],
+                cache: self.new_cache(),
+                stop: (opts.max_new_tokens == 0).then_some(StopReason::MaxTokens),
+            })
+            .collect();
+        progress.check()?;
+        let t0 = std::time::Instant::now();
+        // The prompts as one batch (prefill), then one token of every live sequence per step.
+        let feed = |seqs: &mut [Decoding<B>], prefill: bool| -> Result<()> {
+            let mut live: Vec<&mut Decoding<B>> = seqs.iter_mut().filter(|s| prefill || s.stop.is_none()).collect();
+            if live.is_empty() {
+                return Ok(());
+            }
+            let mut batch: Vec<(&[u32], &mut KvCache<B>)> = live
+                .iter_mut()
+                .map(|s| {
+                    let Decoding { history, cache, .. } = &mut **s;
+                    let from = if prefill { 0 } else { history.len() - 1 };
+                    (&history[from..], cache)
+                })
+                .collect();
+            let logits = self.forward_batch(&mut batch, LogitsMode::Last)?;
+            for (s, l) in live.into_iter().zip(logits) {
+                s.logits = l.data;
+            }
+            Ok(())
+        };
+        feed(&mut seqs, true)?;
+        let prefill_seconds = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+        while seqs.iter().any(|s| s.stop.is_none()) {
+            progress.check()?;
+            // Sampling sorts or sums over the vocabulary per sequence: side by side.
+            let before: usize = seqs.iter().map(|s| s.history.len()).sum();
+            let split = par::ENABLED && seqs.len() > 1;
+            par::for_each_chunk(&mut seqs, 1, split, |_, s| s[0].step(opts, &eos, context));
+            progress.advance((seqs.iter().map(|s| s.history.len()).sum::<usize>() - before) as u64);
+            feed(&mut seqs, false)?;
+        }
+        let decode_seconds = t1.elapsed().as_secs_f64();
+        let tok = self.tokenizer();
+        seqs.into_iter()
+            .map(|s| {
+                let tokens = s.history[s.prompt_len..].to_vec();
+                let text = match tok {
+                    Some(t) => t.decode(&tokens, true)?,
+                    None => String::new(),
+                };
+                Ok(Generation {
+                    tokens,
+                    text,
+                    stop_reason: s.stop.unwrap_or(StopReason::MaxTokens),
+                    prompt_tokens: s.prompt_len,
+                    prefill_seconds,
+                    decode_seconds,
+                })
+            })
+            .collect()
+    }
+
+    /// The ids that end a sequence: the config's and the tokenizer's.
+    fn eos_ids(&self) -> Vec<u32> {
+        let mut eos: Vec<u32> = self.config().eos_token_ids.clone();
+        eos.extend(self.tokenizer().and_then(|t| t.eos_id()));
+        eos
+    }
 }
 
 #[cfg(test)]
@@ -317,6 +464,17 @@ mod tests {
         for _ in 0..200 {
             let t = sample(&mut logits.clone(), &[], &topk, &mut rng);
             assert!(t == 1 || t == 2);
+        }
+        // Unfiltered sampling follows the softmax: logits (0, ln 3) give token 1 three times in four.
+        let plain = GenerateOptions { temperature: 1.0, ..GenerateOptions::default() };
+        let ones = (0..4000).filter(|_| sample(&mut [0.0, 3f32.ln()], &[], &plain, &mut rng) == 1).count();
+        assert!((2850..3150).contains(&ones), "{ones}");
+        // top_k selects the k best with ties broken by token id, as a full sort would.
+        let ties = [1.0, 2.0, 2.0, 2.0, 0.5];
+        let top2 = GenerateOptions { temperature: 1.0, top_k: 2, ..GenerateOptions::default() };
+        for _ in 0..100 {
+            let t = sample(&mut ties.clone(), &[], &top2, &mut rng);
+            assert!(t == 1 || t == 2, "{t}");
         }
         // A tiny top_p keeps only the best token.
         let topp = GenerateOptions { temperature: 1.0, top_p: 0.01, ..GenerateOptions::default() };

@@ -38,7 +38,7 @@ use lowbit_cpu::ops;
 pub use config::{Architecture, Llama3RopeScaling, ModelConfig};
 pub use device::Device;
 pub use error::{ModelError, Result};
-pub use generate::{GenerateOptions, Generation, Rng, StopReason, TokenEvent};
+pub use generate::{BatchPrompt, GenerateOptions, Generation, Rng, StopReason, TokenEvent};
 pub use gguf::{import_gguf, GgufFile};
 pub use load::{LastFile, LoadOptions, SaveExtras, StoredSize};
 pub use model::{BlockReader, KvCache, Layer, Logits, LogitsMode, Model, LINEAR_NAMES};

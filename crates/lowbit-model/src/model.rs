@@ -528,30 +528,39 @@ impl<B: Backend> Model<B> {
         let c = &self.config;
         let h = c.hidden_size;
         let (x, spans) = self.hidden_batch(batch, &mut NoProgress)?;
-        // Final norm and LM head on the rows asked for.
+        // Final norm and LM head on the rows asked for, of all sequences at once: the head (the
+        // largest matrix of a small model) is read once per call, not once per sequence.
+        let wanted: Vec<std::ops::Range<usize>> = spans
+            .iter()
+            .map(|sp| match mode {
+                LogitsMode::All => sp.start..sp.start + sp.len,
+                LogitsMode::Last => sp.start + sp.len - 1..sp.start + sp.len,
+                LogitsMode::None => sp.start..sp.start,
+            })
+            .collect();
+        let r: usize = wanted.iter().map(|w| w.len()).sum();
+        let mut data = if r > 0 {
+            let be = &self.backend;
+            let mut rows = be.zeros(0).map_err(err)?;
+            for w in &wanted {
+                be.append(&mut rows, be.view(&x, w.start * h..w.end * h)).map_err(err)?;
+            }
+            let mut hidden = be.zeros(r * h).map_err(err)?;
+            be.rms_norm(be.view(&rows, 0..r * h), self.norm_view(), c.rms_norm_eps, be.view_mut(&mut hidden, 0..r * h));
+            let mut logits = be.zeros(r * c.vocab_size).map_err(err)?;
+            let (hv, lv) = (be.view(&hidden, 0..r * h), be.view_mut(&mut logits, 0..r * c.vocab_size));
+            be.linear(self.lm_head(), hv, r, lv).map_err(err)?;
+            be.to_host(logits).map_err(err)?
+        } else {
+            vec![]
+        };
+        // Split per sequence, from the back so each split is a cheap truncation.
         let mut outs = Vec::with_capacity(batch.len());
-        for (bi, (tokens, _)) in batch.iter().enumerate() {
-            let (s, n) = (spans[bi].start, tokens.len());
-            let rows = match mode {
-                LogitsMode::All => s..s + n,
-                LogitsMode::Last => s + n - 1..s + n,
-                LogitsMode::None => s..s,
-            };
-            let r = rows.len();
-            let data = if r > 0 {
-                let be = &self.backend;
-                let mut hidden = be.zeros(r * h).map_err(err)?;
-                let xr = be.view(&x, rows.start * h..rows.end * h);
-                be.rms_norm(xr, self.norm_view(), c.rms_norm_eps, be.view_mut(&mut hidden, 0..r * h));
-                let mut logits = be.zeros(r * c.vocab_size).map_err(err)?;
-                let (hv, lv) = (be.view(&hidden, 0..r * h), be.view_mut(&mut logits, 0..r * c.vocab_size));
-                be.linear(self.lm_head(), hv, r, lv).map_err(err)?;
-                be.to_host(logits).map_err(err)?
-            } else {
-                vec![]
-            };
-            outs.push(Logits { rows: r, vocab: c.vocab_size, data });
+        for w in wanted.iter().rev() {
+            let tail = data.split_off(data.len() - w.len() * c.vocab_size);
+            outs.push(Logits { rows: w.len(), vocab: c.vocab_size, data: tail });
         }
+        outs.reverse();
         Ok(outs)
     }
 

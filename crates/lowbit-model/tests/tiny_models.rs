@@ -293,3 +293,81 @@ fn bad_inputs_are_clear_errors() {
     .unwrap_err();
     assert!(e.to_string().contains("cuda"), "{e}");
 }
+
+/// Sampling several sequences as one batch gives each the tokens it gets alone with the same
+/// seed: greedy, plain temperature and filtered sampling; prompts of different lengths; sequences
+/// that stop at different steps (end of sequence, the token budget, a full context).
+#[test]
+fn batched_generation_matches_one_at_a_time() {
+    use lowbit_model::{BatchPrompt, GenerateOptions, StopReason};
+    let long: Vec<u32> = (0..120).map(|i| (i * 7 % 61) as u32).collect();
+    let prompts = [PROMPTS[0].to_vec(), PROMPTS[1].to_vec(), vec![5], long];
+    let samplers = [
+        GenerateOptions::default(),
+        GenerateOptions { temperature: 1.0, ..GenerateOptions::default() },
+        GenerateOptions {
+            temperature: 0.9,
+            top_k: 7,
+            top_p: 0.8,
+            repetition_penalty: 1.3,
+            ..GenerateOptions::default()
+        },
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for (arch, tied, store) in [CASES[0], CASES[2], CASES[4]] {
+        let (dir, model) = tiny_model(arch, tied, store);
+        for base in &samplers {
+            for stop_on_eos in [true, false] {
+                let opts = GenerateOptions { max_new_tokens: 24, stop_on_eos, ..base.clone() };
+                let batch: Vec<BatchPrompt> = prompts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| BatchPrompt { prompt: p.clone(), seed: 100 + i as u64 })
+                    .collect();
+                let together = model.generate_batch(&batch, &opts, &mut lowbit_core::NoProgress).unwrap();
+                assert_eq!(together.len(), prompts.len());
+                for (p, g) in batch.iter().zip(&together) {
+                    let alone = model
+                        .generate_tokens(
+                            &p.prompt,
+                            &GenerateOptions { seed: p.seed, ..opts.clone() },
+                            &mut |_| true,
+                            &mut lowbit_core::NoProgress,
+                        )
+                        .unwrap();
+                    assert_eq!(g.tokens, alone.tokens, "{arch} {opts:?} seed {}", p.seed);
+                    assert_eq!(g.stop_reason, alone.stop_reason, "{arch} {opts:?} seed {}", p.seed);
+                    assert_eq!(g.prompt_tokens, p.prompt.len());
+                    seen.insert(format!("{:?}", g.stop_reason));
+                }
+                // The 120-token prompt fills the 128-token context before its budget (the 9th
+                // token comes from the logits at position 127), unless it ends first.
+                let g = &together[3];
+                let full = g.stop_reason == StopReason::ContextFull && g.tokens.len() == 9;
+                assert!(full || (g.stop_reason == StopReason::Eos && g.tokens.len() < 9), "{g:?}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    // Sequences of one batch did finish at different steps, for every reason.
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+#[test]
+fn batched_generation_checks_its_input() {
+    use lowbit_model::{BatchPrompt, GenerateOptions};
+    let (dir, model) = tiny_model(CASES[0].0, CASES[0].1, CASES[0].2);
+    let none = &mut lowbit_core::NoProgress;
+    let ok = BatchPrompt { prompt: vec![3, 4], seed: 0 };
+    let empty = BatchPrompt { prompt: vec![], seed: 0 };
+    assert!(model.generate_batch(&[ok.clone(), empty], &GenerateOptions::default(), none).is_err());
+    let stops = GenerateOptions { stop_strings: vec!["x".into()], ..GenerateOptions::default() };
+    assert!(model.generate_batch(std::slice::from_ref(&ok), &stops, none).is_err());
+    let oov = BatchPrompt { prompt: vec![61], seed: 0 };
+    assert!(model.generate_batch(&[ok.clone(), oov], &GenerateOptions::default(), none).is_err());
+    // No prompts, no work; no new tokens, no steps.
+    assert!(model.generate_batch(&[], &GenerateOptions::default(), none).unwrap().is_empty());
+    let zero = GenerateOptions { max_new_tokens: 0, ..GenerateOptions::default() };
+    assert!(model.generate_batch(&[ok], &zero, none).unwrap()[0].tokens.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,7 +2,10 @@
 
 use crate::errors::PyLowbitResult;
 use crate::progress::PySink;
-use lowbit_model::{ChatMessage, GenerateOptions, LoadOptions, Model, PerplexityOptions, TokenEvent};
+use lowbit_core::progress::phase;
+use lowbit_model::{
+    BatchPrompt, ChatMessage, GenerateOptions, Generation, LoadOptions, Model, PerplexityOptions, TokenEvent,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
@@ -45,6 +48,18 @@ fn call_progress<A: for<'py> pyo3::call::PyCallArgs<'py>>(callback: &Option<Py<P
             false
         }
     })
+}
+
+/// A generation as the dict `lowbit.Generation` is built from.
+fn generation_dict(py: Python<'_>, g: Generation) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("text", g.text)?;
+    out.set_item("tokens", g.tokens)?;
+    out.set_item("stop_reason", format!("{:?}", g.stop_reason).to_lowercase())?;
+    out.set_item("prompt_tokens", g.prompt_tokens)?;
+    out.set_item("prefill_seconds", g.prefill_seconds)?;
+    out.set_item("decode_seconds", g.decode_seconds)?;
+    Ok(out)
 }
 
 #[pymethods]
@@ -152,15 +167,67 @@ impl PyModel {
         if let Some(err) = PyErr::take(py) {
             return Err(err);
         }
-        let g = sink.result(result)?;
-        let out = PyDict::new(py);
-        out.set_item("text", g.text)?;
-        out.set_item("tokens", g.tokens)?;
-        out.set_item("stop_reason", format!("{:?}", g.stop_reason).to_lowercase())?;
-        out.set_item("prompt_tokens", g.prompt_tokens)?;
-        out.set_item("prefill_seconds", g.prefill_seconds)?;
-        out.set_item("decode_seconds", g.decode_seconds)?;
-        Ok(out)
+        generation_dict(py, sink.result(result)?)
+    }
+
+    /// Generates from several prompts (texts, or lists of token ids) decoded together: each step
+    /// computes the next token of every unfinished sequence as one batch. Sequence `i` samples
+    /// with its own generator seeded by `seeds[i]` (default `seed + i`), so it gets the tokens
+    /// `generate` gives it alone with that seed. `progress` sees phase `generate`, one unit per
+    /// new token of any sequence; Ctrl-C stops it.
+    #[pyo3(signature = (prompts, *, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0,
+                        repetition_penalty=1.0, seed=0, seeds=None, stop_on_eos=true, progress=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate_batch<'py>(
+        &self,
+        py: Python<'py>,
+        prompts: Vec<Bound<'py, PyAny>>,
+        max_new_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        repetition_penalty: f32,
+        seed: u64,
+        seeds: Option<Vec<u64>>,
+        stop_on_eos: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let opts = GenerateOptions {
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            seed,
+            stop_on_eos,
+            stop_strings: vec![],
+        };
+        let seeds = seeds.unwrap_or_else(|| (0..prompts.len() as u64).map(|i| seed.wrapping_add(i)).collect());
+        if seeds.len() != prompts.len() {
+            return Err(crate::errors::ShapeError::new_err(format!(
+                "{} prompts but {} seeds",
+                prompts.len(),
+                seeds.len()
+            )));
+        }
+        let mut batch = Vec::with_capacity(prompts.len());
+        for (p, seed) in prompts.iter().zip(seeds) {
+            let prompt = match p.extract::<String>() {
+                Ok(text) => {
+                    let tok =
+                        lowbit(self.inner.tokenizer().ok_or(lowbit_model::ModelError::NoTokenizer { op: "generate" }))?;
+                    lowbit(tok.encode(&text, true))?
+                }
+                Err(_) => p.extract::<Vec<u32>>()?,
+            };
+            batch.push(BatchPrompt { prompt, seed });
+        }
+        let mut sink = PySink::new(progress.as_ref());
+        let result = py.detach(|| {
+            let mut p = phase(&mut sink, "generate", (batch.len() * max_new_tokens) as u64);
+            self.inner.generate_batch(&batch, &opts, &mut *p)
+        });
+        sink.result(result)?.into_iter().map(|g| generation_dict(py, g)).collect()
     }
 
     /// Perplexity of token ids under the evaluation protocol (windows scored independently).

@@ -12,9 +12,9 @@
 use crate::numpy_rng::NumpyPcg64;
 use crate::{QuantizeError, Result};
 use lowbit_core::progress::{phase, Progress};
-use lowbit_model::generate::{sample, GenerateOptions, Rng};
+use lowbit_model::generate::{BatchPrompt, GenerateOptions, Rng};
 use lowbit_model::perplexity::normalize_newlines;
-use lowbit_model::{KvCache, LogitsMode, Model, ModelError};
+use lowbit_model::{Model, ModelError};
 use std::path::{Path, PathBuf};
 
 /// Where calibration tokens come from.
@@ -35,8 +35,8 @@ pub enum CalibSource {
     TokenFile(PathBuf),
     /// A token stream already in memory (windows are drawn from it as from a text's ids).
     Tokens(Vec<u32>),
-    /// No data: sequences sampled from the model itself (temperature 1, first token drawn
-    /// uniformly from the vocabulary), seeded.
+    /// No data: sequences sampled from the model itself, from its BOS token (see
+    /// [`data_free_windows`]), seeded.
     DataFree,
 }
 
@@ -69,7 +69,8 @@ fn bad(reason: impl Into<String>) -> QuantizeError {
 }
 
 /// Builds `nsamples` windows of `seqlen` tokens (row-major, `nsamples * seqlen` ids), as phase
-/// `calibrate` (one unit per window).
+/// `calibrate`: one unit per window, or per sampled token when data-free (sampling is most of a
+/// data-free run's calibration time, and its bar should move while it runs).
 pub(crate) fn calibration_windows(
     model: &Model,
     src: &CalibSource,
@@ -78,7 +79,8 @@ pub(crate) fn calibration_windows(
     seed: u64,
     progress: &mut dyn Progress,
 ) -> Result<Vec<u32>> {
-    let mut progress = phase(progress, "calibrate", nsamples as u64);
+    let units = if matches!(src, CalibSource::DataFree) { nsamples * seqlen } else { nsamples };
+    let mut progress = phase(progress, "calibrate", units as u64);
     let cfg = model.config();
     if nsamples == 0 || seqlen == 0 {
         return Err(bad(format!("nsamples and seqlen must be positive, got {nsamples} x {seqlen}")));
@@ -108,7 +110,10 @@ pub(crate) fn calibration_windows(
                 return Ok(ids);
             }
         },
-        CalibSource::DataFree => return data_free(model, nsamples, seqlen, seed, &mut *progress),
+        CalibSource::DataFree => {
+            let batch = data_free_batch(model, seqlen);
+            return data_free_windows(model, nsamples, seqlen, seed, batch, &mut *progress);
+        }
     };
     check_vocab(model, &stream)?;
     let windows = windows_from_stream(&stream, nsamples, seqlen, seed)?;
@@ -278,47 +283,77 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<(Vec<usize>, Vec<i64>), String
     Ok((shape, vals))
 }
 
-/// Samples `nsamples` sequences of `seqlen` tokens from the model (batches of sequences share
-/// each forward pass), cancellable at every token step.
-fn data_free(
+/// KV-cache bytes data-free sampling may hold at once: sequences beyond it are sampled in a
+/// further batch (SmolLM2-135M at 512 tokens needs 24 MB per sequence: 43 in one batch).
+const DATA_FREE_KV_BUDGET: usize = 1 << 30;
+
+/// Softmax temperature of data-free sampling. At 1 a small model's own text wanders into
+/// token salad; SmolLM2-135M calibrated on it (16 x 512, act-order W4) answered the demo's
+/// question wrongly, where WikiText calibration of the same size answers it right.
+pub const DATA_FREE_TEMPERATURE: f32 = 0.8;
+
+/// The prompts of data-free sampling: every sequence starts where the model's own documents
+/// start, at its BOS token (for a chat model the start of a turn); a model without one starts
+/// from a token drawn uniformly from the vocabulary (without the special tokens). Each
+/// sequence samples with its own seed, all drawn from one generator seeded by `seed` (so a
+/// sequence does not depend on how the batch is cut).
+fn data_free_prompts(model: &Model, nsamples: usize, seed: u64) -> Vec<BatchPrompt> {
+    let vocab = model.config().vocab_size as u64;
+    let tok = model.tokenizer();
+    let bos = tok.and_then(|t| t.bos_id());
+    let special: Vec<u32> = tok.map(|t| [t.bos_id(), t.eos_id()].into_iter().flatten().collect()).unwrap_or_default();
+    let mut rng = Rng::new(seed);
+    (0..nsamples)
+        .map(|_| {
+            let first = bos.unwrap_or_else(|| loop {
+                let t = (rng.next_u64() % vocab) as u32;
+                if !special.contains(&t) {
+                    break t;
+                }
+            });
+            BatchPrompt { prompt: vec![first], seed: rng.next_u64() }
+        })
+        .collect()
+}
+
+/// Sequences of `seqlen` tokens data-free sampling decodes together: as many as
+/// [`DATA_FREE_KV_BUDGET`] holds the KV caches of (at least one).
+pub fn data_free_batch(model: &Model, seqlen: usize) -> usize {
+    let cfg = model.config();
+    let kv_bytes = 2 * cfg.num_hidden_layers * cfg.kv_dim() * std::mem::size_of::<f32>() * seqlen;
+    (DATA_FREE_KV_BUDGET / kv_bytes.max(1)).max(1)
+}
+
+/// Samples `nsamples` sequences of `seqlen` tokens from the model (at
+/// [`DATA_FREE_TEMPERATURE`], an end of sequence not a stop: the model goes on to its next turn
+/// or document), `batch` at a time decoded together ([`Model::generate_batch`]: one
+/// decode step reads the weights once for every sequence). The tokens do not depend on `batch`.
+/// Advances `progress` by one unit per sampled token; cancellable at every step.
+pub fn data_free_windows(
     model: &Model,
     nsamples: usize,
     seqlen: usize,
     seed: u64,
+    batch: usize,
     progress: &mut dyn Progress,
 ) -> Result<Vec<u32>> {
-    const BATCH: usize = 16;
-    let vocab = model.config().vocab_size;
-    let special: Vec<u32> =
-        model.tokenizer().map(|t| [t.bos_id(), t.eos_id()].into_iter().flatten().collect()).unwrap_or_default();
-    let opts = GenerateOptions { temperature: 1.0, ..GenerateOptions::default() };
-    let mut rng = Rng::new(seed);
+    if seqlen == 0 || batch == 0 {
+        return Err(bad(format!("seqlen and batch must be positive, got {seqlen} and {batch}")));
+    }
+    let opts = GenerateOptions {
+        max_new_tokens: seqlen - 1,
+        temperature: DATA_FREE_TEMPERATURE,
+        stop_on_eos: false,
+        ..GenerateOptions::default()
+    };
     let mut out = Vec::with_capacity(nsamples * seqlen);
-    for first in (0..nsamples).step_by(BATCH) {
-        let n = BATCH.min(nsamples - first);
-        let mut seqs: Vec<Vec<u32>> = (0..n)
-            .map(|_| loop {
-                let t = (rng.next_u64() % vocab as u64) as u32;
-                if !special.contains(&t) {
-                    break vec![t];
-                }
-            })
-            .collect();
-        let mut caches: Vec<_> = (0..n).map(|_| model.new_cache()).collect();
-        let mut fed = vec![0usize; n];
-        while seqs[0].len() < seqlen {
-            progress.check()?;
-            let mut batch: Vec<(&[u32], &mut KvCache)> =
-                seqs.iter().zip(caches.iter_mut()).zip(&fed).map(|((s, c), &f)| (&s[f..], c)).collect();
-            let logits = model.forward_batch(&mut batch, LogitsMode::Last)?;
-            for (i, mut l) in logits.into_iter().enumerate() {
-                fed[i] = seqs[i].len();
-                let t = sample(&mut l.data, &seqs[i], &opts, &mut rng);
-                seqs[i].push(t);
-            }
+    for prompts in data_free_prompts(model, nsamples, seed).chunks(batch) {
+        progress.check()?;
+        progress.advance(prompts.len() as u64);
+        for (p, g) in prompts.iter().zip(model.generate_batch(prompts, &opts, progress)?) {
+            out.extend_from_slice(&p.prompt);
+            out.extend_from_slice(&g.tokens);
         }
-        seqs.iter().for_each(|s| out.extend_from_slice(&s[..seqlen]));
-        progress.advance(n as u64);
     }
     Ok(out)
 }

@@ -390,6 +390,25 @@ fn folded_activations_match(kv_heads: usize) {
     assert!(worst < 2e-3, "pipeline activations differ from the saved model's by {worst}");
 }
 
+#[test]
+fn data_free_windows_do_not_depend_on_the_batch() {
+    use lowbit_quantize::calib::{data_free_batch, data_free_windows};
+    let (dir, _) = tiny("df-batch", 2);
+    let model = Model::load(&dir).unwrap();
+    let none = &mut lowbit_core::NoProgress;
+    let all = data_free_windows(&model, 5, 12, 3, 5, none).unwrap();
+    assert_eq!(all.len(), 5 * 12);
+    assert_eq!(data_free_windows(&model, 5, 12, 3, 1, none).unwrap(), all);
+    assert_eq!(data_free_windows(&model, 5, 12, 3, 2, none).unwrap(), all);
+    // A window is its first token followed by what the model samples after it with the
+    // sequence's own seed: no two windows are alike, nor is the next seed's run.
+    assert!(all.chunks(12).enumerate().all(|(i, w)| all.chunks(12).skip(i + 1).all(|v| v != w)));
+    assert_ne!(data_free_windows(&model, 5, 12, 4, 5, none).unwrap(), all);
+    assert!(data_free_windows(&model, 5, 0, 3, 5, none).is_err());
+    assert!(data_free_batch(&model, 512) >= 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Every file of `dir`, bytes.
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum()
