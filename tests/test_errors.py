@@ -139,11 +139,20 @@ def nan_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("method", ["gptq", "awq"])
 def test_non_finite_activation_is_a_non_finite_error(nan_model: Path, tmp_path: Path, method: str) -> None:
     # gptq meets it in the solver's Hessian (a typed solver error), awq in the pipeline's own check.
+    # The embedding is kept as loaded so that its NaN reaches the activations.
     with pytest.raises(lowbit.NonFiniteError, match="block 0"):
         lowbit.quantize_model(
             nan_model, tmp_path / "q", method=method, calib=nan_model / "ids.npy", nsamples=2, seqlen=8,
-            group_size=32,
+            group_size=32, embed="keep",
         )  # fmt: skip
+    assert not (tmp_path / "q").exists()
+    assert not (tmp_path / "q.partial").exists()
+
+
+def test_non_finite_embedding_is_refused_when_quantized(nan_model: Path, tmp_path: Path) -> None:
+    # The default int8 embedding quantizes the table first and refuses its NaN.
+    with pytest.raises(lowbit.NonFiniteError, match="must be finite"):
+        lowbit.quantize_model(nan_model, tmp_path / "q", method="rtn", group_size=32)
     assert not (tmp_path / "q").exists()
     assert not (tmp_path / "q.partial").exists()
 
