@@ -120,7 +120,7 @@ def dir_bytes(d):
 cpu = sorted(set(subprocess.run("grep -o -w -E 'avx512[a-z_0-9]*|avx2|fma|avx_vnni' /proc/cpuinfo | sort -u",
                                 shell=True, capture_output=True, text=True).stdout.split()))
 model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-print(f"CPU: {model}; flags: {' '.join(cpu)}; LOWBIT_KERNELS={os.environ.get('LOWBIT_KERNELS', 'auto')}; "
+print(f"CPU: {model}; flags: {' '.join(cpu)}; LOWBIT_KERNELS={os.environ.get('LOWBIT_KERNELS', 'auto')} LOWBIT_VNNI={os.environ.get('LOWBIT_VNNI', 'auto')} LOWBIT_ACTIVATIONS={os.environ.get('LOWBIT_ACTIVATIONS', 'auto')}; "
       f"triad bandwidth {bw:.1f} GB/s; load {before} before, {after} after"
       + ("" if quiet else f"  **NOT QUIET: figures flagged**"))
 print()
