@@ -73,9 +73,10 @@ impl Tokenizer {
 
     /// Builds from the text of a `tokenizer.json` and an optional `tokenizer_config.json` value.
     pub fn from_json_str(json: &str, config: Option<&Value>) -> Result<Self> {
-        // tokenizers 0.23 panics (an `expect` in its decoder deserializer) on a JSON syntax error
-        // inside `"decoder"`; check the syntax first, without building a value.
-        serde_json::from_str::<serde::de::IgnoredAny>(json).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        // tokenizers 0.23 panics (an `expect` in its decoder deserializer) on any JSON error
+        // inside `"decoder"`: a syntax error, or a number beyond f64 (which a syntax-only check
+        // lets through). Parse the whole text as JSON values first.
+        serde_json::from_str::<Value>(json).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let inner: tokenizers::Tokenizer =
             json.parse().map_err(|e: tokenizers::Error| ModelError::Tokenizer(e.to_string()))?;
         let (bos_token, eos_token, add_bos, chat_template) = match config {
