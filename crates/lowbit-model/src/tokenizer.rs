@@ -76,7 +76,8 @@ impl Tokenizer {
         // tokenizers 0.23 panics (an `expect` in its decoder deserializer) on any JSON error
         // inside `"decoder"`: a syntax error, or a number beyond f64 (which a syntax-only check
         // lets through). Parse the whole text as JSON values first.
-        serde_json::from_str::<Value>(json).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let value: Value = serde_json::from_str(json).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        check_bpe_merges(&value)?;
         let inner: tokenizers::Tokenizer =
             json.parse().map_err(|e: tokenizers::Error| ModelError::Tokenizer(e.to_string()))?;
         let (bos_token, eos_token, add_bos, chat_template) = match config {
@@ -231,6 +232,33 @@ pub fn render_chat_template(
         eos_token => eos_token.unwrap_or(""),
     })
     .map_err(err)
+}
+
+/// tokenizers 0.23 cuts every BPE merge's second token after the model's
+/// `continuing_subword_prefix` without checking that it starts with it: a panic when the token is
+/// shorter, and invalid UTF-8 behind an `unsafe` when the cut falls inside a character. Such a
+/// file is refused here.
+fn check_bpe_merges(tokenizer: &Value) -> Result<()> {
+    let model = &tokenizer["model"];
+    let Some(prefix) = model.get("continuing_subword_prefix").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    if model.get("type").and_then(Value::as_str).is_some_and(|t| t != "BPE") {
+        return Ok(());
+    }
+    for merge in model.get("merges").and_then(Value::as_array).into_iter().flatten() {
+        let second = match merge {
+            Value::String(s) => s.split_once(' ').map(|(_, b)| b),
+            Value::Array(pair) => pair.get(1).and_then(Value::as_str),
+            _ => None,
+        };
+        if second.is_some_and(|b| !b.starts_with(prefix)) {
+            return Err(ModelError::Tokenizer(format!(
+                "BPE merge {merge} does not continue with the continuing_subword_prefix {prefix:?}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
