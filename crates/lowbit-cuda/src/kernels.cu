@@ -38,11 +38,24 @@ __device__ __forceinline__ void ld_param(const fp* p, float& s, float& z) {
     z = v.z;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
+// Sum over the warp (float, or double for the block sum); every lane gets the total.
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;
 }
+
+// The weight formats every product and lookup kernel is built for: kernel-name suffix, FMT (the
+// Chunk formats below) and parameter type (f32, f16 and bf16 carry none; hp is a placeholder).
+#define FOR_EACH_FORMAT(X) \
+    X(w4h, 3, hp)          \
+    X(w4f, 3, fp)          \
+    X(w8h, 4, hp)          \
+    X(w8f, 4, fp)          \
+    X(f32, 0, hp)          \
+    X(f16, 1, hp)          \
+    X(bf16, 2, hp)
 
 // Byte k (0..3, a compile-time constant) of w as a float: the byte is placed in the mantissa of
 // 2^23 by one byte permute, then 2^23 is subtracted (exact for 0..255).
@@ -224,27 +237,24 @@ __device__ __forceinline__ void gemv(const uint4* __restrict__ W, const P* __res
     }
 }
 
-#define GEMV_KERNEL(NAME, FMT, R, U, P)                                                             \
+// gemv_<format>_r<R>u<U>.
+#define GEMV_KERNEL(SUF, FMT, P, R, U)                                                              \
     extern "C" __global__ void __launch_bounds__(128)                                               \
-        NAME(const uint4* W, const P* prm, const float* x, float* out, int rows, int cols, int ld, \
-             int gsz, int ng, int xvec) {                                                           \
+        gemv_##SUF##_r##R##u##U(const uint4* W, const P* prm, const float* x, float* out, int rows, \
+                                int cols, int ld, int gsz, int ng, int xvec) {                      \
         gemv<FMT, R, U, P>(W, prm, x, out, rows, cols, ld, gsz, ng, xvec);                          \
     }
+#define GEMV_R4U1(SUF, FMT, P) GEMV_KERNEL(SUF, FMT, P, 4, 1)
 
-// INT4 with f16 parameters, the decode format: variants for the benchmark to choose from.
-GEMV_KERNEL(gemv_w4h_r1u1, 3, 1, 1, hp)
-GEMV_KERNEL(gemv_w4h_r2u1, 3, 2, 1, hp)
-GEMV_KERNEL(gemv_w4h_r4u1, 3, 4, 1, hp)
-GEMV_KERNEL(gemv_w4h_r8u1, 3, 8, 1, hp)
-GEMV_KERNEL(gemv_w4h_r1u4, 3, 1, 4, hp)
-GEMV_KERNEL(gemv_w4h_r2u2, 3, 2, 2, hp)
-GEMV_KERNEL(gemv_w4h_r4u2, 3, 4, 2, hp)
-GEMV_KERNEL(gemv_w4f_r4u1, 3, 4, 1, fp)
-GEMV_KERNEL(gemv_w8h_r4u1, 4, 4, 1, hp)
-GEMV_KERNEL(gemv_w8f_r4u1, 4, 4, 1, fp)
-GEMV_KERNEL(gemv_f32_r4u1, 0, 4, 1, hp)
-GEMV_KERNEL(gemv_f16_r4u1, 1, 4, 1, hp)
-GEMV_KERNEL(gemv_bf16_r4u1, 2, 4, 1, hp)
+// INT4 with f16 parameters, the decode format: variants for the benchmark to choose from
+// (r4u1, the default, comes with every format).
+GEMV_KERNEL(w4h, 3, hp, 1, 1)
+GEMV_KERNEL(w4h, 3, hp, 2, 1)
+GEMV_KERNEL(w4h, 3, hp, 8, 1)
+GEMV_KERNEL(w4h, 3, hp, 1, 4)
+GEMV_KERNEL(w4h, 3, hp, 2, 2)
+GEMV_KERNEL(w4h, 3, hp, 4, 2)
+FOR_EACH_FORMAT(GEMV_R4U1)
 
 // Tiled GEMM for prefill: out[m, rows] = x[m, cols] * W^T, 64x64 output tiles, 256 threads each
 // computing 4x4, the weight tile dequantized to f32 in shared memory. Correct first; the
@@ -308,20 +318,15 @@ __device__ __forceinline__ void gemm(const u8* __restrict__ W, const P* __restri
     }
 }
 
-#define GEMM_KERNEL(NAME, FMT, P)                                                                   \
-    extern "C" __global__ void __launch_bounds__(256)                                               \
-        NAME(const u8* W, const P* prm, const float* x, float* out, int m, int rows, int cols,     \
-             int ldb, int gsz, int ng) {                                                            \
-        gemm<FMT, P>(W, prm, x, out, m, rows, cols, ldb, gsz, ng);                                  \
+// A GEMM kernel NAME##SUF running IMPL<FMT, P> with THREADS threads per block.
+#define TILED_KERNEL(NAME, IMPL, THREADS, SUF, FMT, P)                                              \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                           \
+        NAME##SUF(const u8* W, const P* prm, const float* x, float* out, int m, int rows, int cols, \
+                  int ldb, int gsz, int ng) {                                                       \
+        IMPL<FMT, P>(W, prm, x, out, m, rows, cols, ldb, gsz, ng);                                  \
     }
-
-GEMM_KERNEL(gemm_w4h, 3, hp)
-GEMM_KERNEL(gemm_w4f, 3, fp)
-GEMM_KERNEL(gemm_w8h, 4, hp)
-GEMM_KERNEL(gemm_w8f, 4, fp)
-GEMM_KERNEL(gemm_f32, 0, hp)
-GEMM_KERNEL(gemm_f16, 1, hp)
-GEMM_KERNEL(gemm_bf16, 2, hp)
+#define GEMM_KERNEL(SUF, FMT, P) TILED_KERNEL(gemm_, gemm, 256, SUF, FMT, P)
+FOR_EACH_FORMAT(GEMM_KERNEL)
 
 // Tensor-core GEMM (opt-in: LOWBIT_CUDA_TENSOR_CORES=1, and Cuda::linear_tensor_cores):
 // out[m, rows] = x[m, cols] * W^T with mma.sync m16n8k16, f16 operands and f32 accumulation, the
@@ -413,38 +418,19 @@ __device__ __forceinline__ void gemm_tc(const u8* __restrict__ W, const P* __res
         }
 }
 
-#define GEMM_TC_KERNEL(NAME, FMT, P)                                                                \
-    extern "C" __global__ void __launch_bounds__(128)                                               \
-        NAME(const u8* W, const P* prm, const float* x, float* out, int m, int rows, int cols,     \
-             int ldb, int gsz, int ng) {                                                            \
-        gemm_tc<FMT, P>(W, prm, x, out, m, rows, cols, ldb, gsz, ng);                               \
-    }
-
-GEMM_TC_KERNEL(gemm_tc_w4h, 3, hp)
-GEMM_TC_KERNEL(gemm_tc_w4f, 3, fp)
-GEMM_TC_KERNEL(gemm_tc_w8h, 4, hp)
-GEMM_TC_KERNEL(gemm_tc_w8f, 4, fp)
-GEMM_TC_KERNEL(gemm_tc_f32, 0, hp)
-GEMM_TC_KERNEL(gemm_tc_f16, 1, hp)
-GEMM_TC_KERNEL(gemm_tc_bf16, 2, hp)
+#define GEMM_TC_KERNEL(SUF, FMT, P) TILED_KERNEL(gemm_tc_, gemm_tc, 128, SUF, FMT, P)
+FOR_EACH_FORMAT(GEMM_TC_KERNEL)
 
 // Embedding rows: out[t, :] = W[tok[t], :] dequantized; one block per token.
-#define EMBED_KERNEL(NAME, FMT, P)                                                                  \
-    extern "C" __global__ void NAME(const u8* W, const P* prm, const u32* tok, float* out,         \
-                                    int cols, int ldb, int gsz, int ng) {                          \
+#define EMBED_KERNEL(SUF, FMT, P)                                                                   \
+    extern "C" __global__ void embed_##SUF(const u8* W, const P* prm, const u32* tok, float* out,  \
+                                           int cols, int ldb, int gsz, int ng) {                   \
         int t = blockIdx.x;                                                                         \
         int r = (int)tok[t];                                                                        \
         for (int k = threadIdx.x; k < cols; k += blockDim.x)                                        \
             out[(size_t)t * cols + k] = w_elem<FMT, P>(W, prm, r, k, ldb, gsz, ng);                 \
     }
-
-EMBED_KERNEL(embed_w4h, 3, hp)
-EMBED_KERNEL(embed_w4f, 3, fp)
-EMBED_KERNEL(embed_w8h, 4, hp)
-EMBED_KERNEL(embed_w8f, 4, fp)
-EMBED_KERNEL(embed_f32, 0, hp)
-EMBED_KERNEL(embed_f16, 1, hp)
-EMBED_KERNEL(embed_bf16, 2, hp)
+FOR_EACH_FORMAT(EMBED_KERNEL)
 
 // Sum over the block (any blockDim that is a multiple of 32, at most 1024), in f64 like the
 // CPU's scalar reference; every thread gets the total.
@@ -452,14 +438,11 @@ __device__ double block_sum(double v) {
     __shared__ double part[32];
     __shared__ double total;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    v = warp_sum(v);
     if (lane == 0) part[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        double s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(FULL_MASK, s, o);
+        double s = warp_sum(lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0);
         if (lane == 0) total = s;
     }
     __syncthreads();
@@ -584,6 +567,20 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
     }
 }
 
+// Keeps the larger of (best, bi) and the other lanes' pairs, the lower index on ties; every lane
+// gets the warp's winner.
+__device__ __forceinline__ void warp_argmax(float& best, int& bi) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(FULL_MASK, best, o);
+        int oi = __shfl_xor_sync(FULL_MASK, bi, o);
+        if (ov > best || (ov == best && oi < bi)) {
+            best = ov;
+            bi = oi;
+        }
+    }
+}
+
 // Index of the largest value of each row of n (the first one on ties; NaN never wins), one block
 // of 1024 threads per row: greedy decoding's LM head reduction on the device.
 extern "C" __global__ void __launch_bounds__(1024) argmax(const float* x, int n, u32* out) {
@@ -600,15 +597,7 @@ extern "C" __global__ void __launch_bounds__(1024) argmax(const float* x, int n,
         }
     }
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(FULL_MASK, best, o);
-        int oi = __shfl_xor_sync(FULL_MASK, bi, o);
-        if (ov > best || (ov == best && oi < bi)) {
-            best = ov;
-            bi = oi;
-        }
-    }
+    warp_argmax(best, bi);
     if (lane == 0) {
         sv[warp] = best;
         si[warp] = bi;
@@ -618,15 +607,7 @@ extern "C" __global__ void __launch_bounds__(1024) argmax(const float* x, int n,
         int nw = blockDim.x >> 5;
         best = lane < nw ? sv[lane] : NEG_INF;
         bi = lane < nw ? si[lane] : 0x7fffffff;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(FULL_MASK, best, o);
-            int oi = __shfl_xor_sync(FULL_MASK, bi, o);
-            if (ov > best || (ov == best && oi < bi)) {
-                best = ov;
-                bi = oi;
-            }
-        }
+        warp_argmax(best, bi);
         if (lane == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0u : (u32)bi;
     }
 }
