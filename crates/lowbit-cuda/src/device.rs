@@ -7,7 +7,7 @@
 #![allow(unsafe_code)]
 
 use crate::layout::{Format, GroupParams, Packed};
-use crate::CudaError;
+use crate::{CuView, CuViewMut, CudaError, DEFAULT_W4_VARIANT, W4_GEMV_VARIANTS};
 use cudarc::driver::{
     result as cu, sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
@@ -67,11 +67,6 @@ const KERNELS: &[&str] = &[
 /// Products of at most this many activation rows use the GEMV kernels (each row reads the
 /// weights once, from L2 after the first); larger ones the tiled GEMM.
 const GEMV_MAX_M: usize = 4;
-/// The INT4 (f16 parameters) GEMV variants: `rR` weight rows per warp, `uU` chunks per lane per
-/// step. The benchmark times them all; the backend uses [`DEFAULT_W4_VARIANT`].
-pub const W4_GEMV_VARIANTS: &[&str] = &["r1u1", "r2u1", "r4u1", "r8u1", "r1u4", "r2u2", "r4u2"];
-/// The INT4 GEMV variant [`Backend::linear`] uses unless `LOWBIT_CUDA_W4_VARIANT` names another.
-pub const DEFAULT_W4_VARIANT: &str = "r4u1";
 /// Largest head dimension the attention kernel holds in registers.
 const MAX_HEAD_DIM: usize = 256;
 
@@ -125,12 +120,6 @@ pub struct Cuda {
     dev: Arc<Device>,
 }
 
-impl std::fmt::Debug for Cuda {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Cuda({}, {})", self.dev.name, self.dev.arch)
-    }
-}
-
 /// f32 values on the device: `len` of them in an allocation that may be larger (a KV cache
 /// grows by doubling).
 pub struct CudaBuffer {
@@ -155,50 +144,6 @@ impl Clone for CudaBuffer {
     }
 }
 
-impl std::fmt::Debug for CudaBuffer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CudaBuffer({} f32)", self.len)
-    }
-}
-
-/// A borrowed range of a [`CudaBuffer`].
-#[derive(Clone, Copy, Debug)]
-pub struct CuView<'a> {
-    ptr: u64,
-    len: usize,
-    _buf: PhantomData<&'a CudaBuffer>,
-}
-
-/// A borrowed, writable range of a [`CudaBuffer`].
-#[derive(Debug)]
-pub struct CuViewMut<'a> {
-    ptr: u64,
-    len: usize,
-    _buf: PhantomData<&'a mut CudaBuffer>,
-}
-
-impl CuView<'_> {
-    /// Values in the view.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl CuViewMut<'_> {
-    /// Values in the view.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
 struct LinearData {
     format: Format,
     rows: usize,
@@ -217,10 +162,21 @@ pub struct CudaLinear {
     w: Arc<LinearData>,
 }
 
-impl std::fmt::Debug for CudaLinear {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CudaLinear({} x {}, {})", self.w.rows, self.w.cols, self.w.format.name())
-    }
+/// `Debug` as a one-line summary: the device handles inside print nothing useful.
+macro_rules! debug_summary {
+    ($($t:ty => |$s:ident| $($fmt:expr),+;)*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let $s = self;
+                write!(f, $($fmt),+)
+            }
+        }
+    )*};
+}
+debug_summary! {
+    Cuda => |s| "Cuda({}, {})", s.dev.name, s.dev.arch;
+    CudaBuffer => |s| "CudaBuffer({} f32)", s.len;
+    CudaLinear => |s| "CudaLinear({} x {}, {})", s.w.rows, s.w.cols, s.w.format.name();
 }
 
 impl CudaLinear {
@@ -363,25 +319,10 @@ impl Cuda {
         out: CuViewMut<'_>,
         w4_variant: &str,
     ) -> Result<(), CudaError> {
-        self.take_sticky()?;
-        let d = &w.w;
-        if x.len != m * d.cols || out.len != m * d.rows {
-            return Err(CudaError::Shape(format!(
-                "a {} x {} product of {m} rows needs {} inputs and {} outputs, got {} and {}",
-                d.rows,
-                d.cols,
-                m * d.cols,
-                m * d.rows,
-                x.len,
-                out.len
-            )));
-        }
-        if m == 0 || d.rows == 0 {
+        if !self.product_needs_kernel(w, x, m, &out)? {
             return Ok(());
         }
-        if d.cols == 0 {
-            return self.memset_zero(out.ptr, out.len);
-        }
+        let d = &w.w;
         let (wp, pp) = w.ptrs(self.stream());
         let (xp, op) = (x.ptr, out.ptr);
         let rows = to_i32(d.rows)?;
@@ -430,18 +371,42 @@ impl Cuda {
         m: usize,
         out: CuViewMut<'_>,
     ) -> Result<(), CudaError> {
+        if !self.product_needs_kernel(w, x, m, &out)? {
+            return Ok(());
+        }
+        self.gemm(w, x, m, out, true)
+    }
+
+    /// The checks every product starts with: the sticky error, the shapes; an empty product is
+    /// done here (with `cols == 0` the output is zeros). Whether a kernel has work left.
+    fn product_needs_kernel(
+        &self,
+        w: &CudaLinear,
+        x: CuView<'_>,
+        m: usize,
+        out: &CuViewMut<'_>,
+    ) -> Result<bool, CudaError> {
         self.take_sticky()?;
         let d = &w.w;
         if x.len != m * d.cols || out.len != m * d.rows {
-            return Err(CudaError::Shape(format!("a {} x {} product of {m} rows", d.rows, d.cols)));
+            return Err(CudaError::Shape(format!(
+                "a {} x {} product of {m} rows needs {} inputs and {} outputs, got {} and {}",
+                d.rows,
+                d.cols,
+                m * d.cols,
+                m * d.rows,
+                x.len,
+                out.len
+            )));
         }
         if m == 0 || d.rows == 0 {
-            return Ok(());
+            return Ok(false);
         }
         if d.cols == 0 {
-            return self.memset_zero(out.ptr, out.len);
+            self.memset_zero(out.ptr, out.len)?;
+            return Ok(false);
         }
-        self.gemm(w, x, m, out, true)
+        Ok(true)
     }
 
     /// The tiled GEMM, FP32 or tensor-core; shapes already checked, none of them zero.
@@ -591,15 +556,7 @@ fn open(ordinal: usize) -> Result<Device, CudaError> {
 }
 
 impl Backend for Cuda {
-    type Error = CudaError;
-    type Buffer = CudaBuffer;
-    type View<'a> = CuView<'a>;
-    type ViewMut<'a> = CuViewMut<'a>;
-    type Linear = CudaLinear;
-
-    fn name(&self) -> &'static str {
-        "cuda"
-    }
+    crate::backend_types!();
 
     fn zeros(&self, len: usize) -> Result<CudaBuffer, CudaError> {
         let b = self.alloc(len)?;
@@ -819,16 +776,5 @@ impl Backend for Cuda {
             unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| drv("attention", e))
         })();
         self.keep(r);
-    }
-
-    fn join<A, B, RA, RB>(&self, a: A, b: B) -> (RA, RB)
-    where
-        A: FnOnce() -> RA + Send,
-        B: FnOnce() -> RB + Send,
-        RA: Send,
-        RB: Send,
-    {
-        // One in-order stream: queueing both is all the overlap there is.
-        (a(), b())
     }
 }

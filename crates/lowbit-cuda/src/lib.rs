@@ -28,6 +28,35 @@
 
 mod error;
 pub mod layout;
+mod view;
+
+/// The parts of `Backend for Cuda` the device build and the stub share: the associated types,
+/// the name and `join`.
+macro_rules! backend_types {
+    () => {
+        type Error = CudaError;
+        type Buffer = CudaBuffer;
+        type View<'a> = CuView<'a>;
+        type ViewMut<'a> = CuViewMut<'a>;
+        type Linear = CudaLinear;
+
+        fn name(&self) -> &'static str {
+            "cuda"
+        }
+
+        fn join<A, B, RA, RB>(&self, a: A, b: B) -> (RA, RB)
+        where
+            A: FnOnce() -> RA + Send,
+            B: FnOnce() -> RB + Send,
+            RA: Send,
+            RB: Send,
+        {
+            // One in-order stream: queueing both is all the overlap there is.
+            (a(), b())
+        }
+    };
+}
+pub(crate) use backend_types;
 
 #[cfg(feature = "cuda")]
 mod device;
@@ -35,10 +64,15 @@ mod device;
 #[path = "stub.rs"]
 mod device;
 
-pub use device::{
-    compile_kernels, CuView, CuViewMut, Cuda, CudaBuffer, CudaLinear, DEFAULT_W4_VARIANT, W4_GEMV_VARIANTS,
-};
+pub use device::{compile_kernels, Cuda, CudaBuffer, CudaLinear};
 pub use error::CudaError;
+pub use view::{CuView, CuViewMut};
+
+/// The INT4 (f16 parameters) GEMV variants: `rR` weight rows per warp, `uU` chunks per lane per
+/// step. The benchmark times them all; the backend uses [`DEFAULT_W4_VARIANT`].
+pub const W4_GEMV_VARIANTS: &[&str] = &["r1u1", "r2u1", "r4u1", "r8u1", "r1u4", "r2u2", "r4u2"];
+/// The INT4 GEMV variant `Backend::linear` uses unless `LOWBIT_CUDA_W4_VARIANT` names another.
+pub const DEFAULT_W4_VARIANT: &str = "r4u1";
 
 use lowbit_model::{Device, LoadOptions, Model, ModelError};
 

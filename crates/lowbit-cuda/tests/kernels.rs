@@ -54,7 +54,7 @@ mod device {
     use lowbit_core::backend::{AttnShape, Backend, HostWeight};
     use lowbit_core::{rtn, Bits, ClipSearch, Granularity, IntScheme, QTensor, ScaleDtype};
     use lowbit_cpu::{scalar, Linear, WeightKind};
-    use lowbit_cuda::Cuda;
+    use lowbit_cuda::{CuView, CuViewMut, Cuda, CudaBuffer, CudaError, CudaLinear};
 
     const GPU: &str = "needs a CUDA GPU (benches/cuda/run.sh runs these with --ignored)";
 
@@ -81,12 +81,12 @@ mod device {
         (num / den.max(1e-30)).sqrt()
     }
 
-    fn up(cu: &Cuda, v: &[f32]) -> lowbit_cuda::CudaBuffer {
+    fn up(cu: &Cuda, v: &[f32]) -> CudaBuffer {
         cu.upload(v).unwrap()
     }
 
     /// An output buffer poisoned with NaN, so an unwritten element fails the comparison.
-    fn poisoned(cu: &Cuda, n: usize) -> lowbit_cuda::CudaBuffer {
+    fn poisoned(cu: &Cuda, n: usize) -> CudaBuffer {
         cu.upload(&vec![f32::NAN; n]).unwrap()
     }
 
@@ -130,55 +130,70 @@ mod device {
         }
     }
 
+    /// Every weight kind at each shape and each `m` of the inputs (seeded by `seed`): `check`
+    /// gets the device weight, x uploaded, the scalar reference's product and a label.
+    fn for_each_product(
+        cu: &Cuda,
+        shapes: &[(usize, usize)],
+        ms: &[usize],
+        seed: usize,
+        mut check: impl FnMut(&CudaLinear, &CudaBuffer, usize, &[f32], &str),
+    ) {
+        for &(rows, cols) in shapes {
+            for (name, kind) in weights(rows, cols) {
+                let dev = cu.load_linear(rows, cols, host(&kind)).unwrap();
+                let cpu = Linear::new(rows, cols, kind).unwrap();
+                for &m in ms {
+                    let x = rand(m * cols, (m * seed + rows) as u64, 1.0);
+                    let mut want = vec![0f32; m * rows];
+                    cpu.forward_scalar(&x, m, &mut want);
+                    check(&dev, &up(cu, &x), m, &want, &format!("{name} {rows}x{cols} m={m}"));
+                }
+            }
+        }
+    }
+
+    /// The product `run` writes from all of `x` into a NaN-poisoned output, downloaded.
+    fn product(
+        cu: &Cuda,
+        w: &CudaLinear,
+        x: &CudaBuffer,
+        m: usize,
+        run: impl FnOnce(CuView<'_>, CuViewMut<'_>) -> Result<(), CudaError>,
+    ) -> Vec<f32> {
+        let (rows, cols) = cu.linear_dims(w);
+        let mut out = poisoned(cu, m * rows);
+        run(cu.view(x, 0..m * cols), cu.view_mut(&mut out, 0..m * rows)).unwrap();
+        cu.to_host(out).unwrap()
+    }
+
     #[test]
     #[ignore = "needs a CUDA GPU (benches/cuda/run.sh runs these with --ignored)"]
     fn linear_matches_the_scalar_reference() {
         let _ = GPU;
         let cu = gpu();
-        for (rows, cols) in [(1, 128), (37, 200), (64, 576), (129, 1000), (300, 4096), (5, 33)] {
-            for (name, kind) in weights(rows, cols) {
-                let dev = cu.load_linear(rows, cols, host(&kind)).unwrap();
-                let cpu = Linear::new(rows, cols, kind).unwrap();
-                for m in [1, 2, 4, 5, 17, 70] {
-                    let x = rand(m * cols, (m * 13 + rows) as u64, 1.0);
-                    let mut want = vec![0f32; m * rows];
-                    cpu.forward_scalar(&x, m, &mut want);
-                    let xb = up(&cu, &x);
-                    let variants: &[&str] = if m == 1 { lowbit_cuda::W4_GEMV_VARIANTS } else { &["r4u1", "r1u4"] };
-                    for &r in variants {
-                        let mut out = poisoned(&cu, m * rows);
-                        let (xv, ov) = (cu.view(&xb, 0..m * cols), cu.view_mut(&mut out, 0..m * rows));
-                        cu.linear_with(&dev, xv, m, ov, r).unwrap();
-                        let got = cu.to_host(out).unwrap();
-                        let e = rel_err(&got, &want);
-                        assert!(e < 2e-6 * (cols as f64).sqrt(), "{name} {rows}x{cols} m={m} variant {r}: rel err {e}");
-                    }
-                }
+        let shapes = [(1, 128), (37, 200), (64, 576), (129, 1000), (300, 4096), (5, 33)];
+        for_each_product(&cu, &shapes, &[1, 2, 4, 5, 17, 70], 13, |dev, x, m, want, label| {
+            let variants: &[&str] = if m == 1 { lowbit_cuda::W4_GEMV_VARIANTS } else { &["r4u1", "r1u4"] };
+            for &r in variants {
+                let got = product(&cu, dev, x, m, |xv, ov| cu.linear_with(dev, xv, m, ov, r));
+                let e = rel_err(&got, want);
+                let cols = cu.linear_dims(dev).1;
+                assert!(e < 2e-6 * (cols as f64).sqrt(), "{label} variant {r}: rel err {e}");
             }
-        }
+        });
     }
 
     #[test]
     #[ignore = "needs a CUDA GPU (benches/cuda/run.sh runs these with --ignored)"]
     fn tensor_core_gemm_matches_within_f16_rounding() {
         let cu = gpu();
-        for (rows, cols) in [(37, 200), (64, 576), (129, 1000), (8, 33)] {
-            for (name, kind) in weights(rows, cols) {
-                let dev = cu.load_linear(rows, cols, host(&kind)).unwrap();
-                let cpu = Linear::new(rows, cols, kind).unwrap();
-                for m in [1, 5, 64, 130] {
-                    let x = rand(m * cols, (m * 17 + rows) as u64, 1.0);
-                    let mut want = vec![0f32; m * rows];
-                    cpu.forward_scalar(&x, m, &mut want);
-                    let xb = up(&cu, &x);
-                    let mut out = poisoned(&cu, m * rows);
-                    let (xv, ov) = (cu.view(&xb, 0..m * cols), cu.view_mut(&mut out, 0..m * rows));
-                    cu.linear_tensor_cores(&dev, xv, m, ov).unwrap();
-                    let e = rel_err(&cu.to_host(out).unwrap(), &want);
-                    assert!(e < 3e-3, "{name} {rows}x{cols} m={m}: rel err {e}");
-                }
-            }
-        }
+        let shapes = [(37, 200), (64, 576), (129, 1000), (8, 33)];
+        for_each_product(&cu, &shapes, &[1, 5, 64, 130], 17, |dev, x, m, want, label| {
+            let got = product(&cu, dev, x, m, |xv, ov| cu.linear_tensor_cores(dev, xv, m, ov));
+            let e = rel_err(&got, want);
+            assert!(e < 3e-3, "{label}: rel err {e}");
+        });
     }
 
     #[test]
