@@ -361,17 +361,23 @@ impl Model {
         Ok(())
     }
 
+    /// The embedding's and the LM head's shape, `[vocab_size, hidden_size]`, for tensor `name`.
+    fn check_vocab_rows(&self, name: &str, w: &Linear) -> Result<()> {
+        let (vocab, h) = (self.config.vocab_size, self.config.hidden_size);
+        if w.rows() != vocab || w.cols() != h {
+            return Err(ModelError::TensorShape {
+                name: name.into(),
+                expected: vec![vocab, h],
+                got: vec![w.rows(), w.cols()],
+            });
+        }
+        Ok(())
+    }
+
     /// Replaces the LM head (unties it from the embedding when tied), e.g. with a quantized
     /// copy; token lookups keep using the embedding.
     pub fn set_lm_head(&mut self, head: Linear) -> Result<()> {
-        let (vocab, h) = (self.config.vocab_size, self.config.hidden_size);
-        if head.rows() != vocab || head.cols() != h {
-            return Err(ModelError::TensorShape {
-                name: "lm_head.weight".into(),
-                expected: vec![vocab, h],
-                got: vec![head.rows(), head.cols()],
-            });
-        }
+        self.check_vocab_rows("lm_head.weight", &head)?;
         self.lm_head = Some(head);
         // Saved and reloaded, the head must stay its own tensor.
         self.config.tie_word_embeddings = false;
@@ -381,14 +387,7 @@ impl Model {
     /// Replaces the token embedding (e.g. with a quantized copy: lookups dequantize the rows
     /// they need). A tied model's LM head is this tensor, so it changes too.
     pub fn set_embedding(&mut self, embed: Linear) -> Result<()> {
-        let (vocab, h) = (self.config.vocab_size, self.config.hidden_size);
-        if embed.rows() != vocab || embed.cols() != h {
-            return Err(ModelError::TensorShape {
-                name: "model.embed_tokens.weight".into(),
-                expected: vec![vocab, h],
-                got: vec![embed.rows(), embed.cols()],
-            });
-        }
+        self.check_vocab_rows("model.embed_tokens.weight", &embed)?;
         self.embed = embed;
         Ok(())
     }

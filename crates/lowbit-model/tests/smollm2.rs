@@ -14,7 +14,7 @@ use common::*;
 use lowbit_core::{rtn, Bits, IntScheme};
 use lowbit_cpu::{Linear, WeightKind};
 use lowbit_model::perplexity::read_text_file;
-use lowbit_model::{ChatMessage, GenerateOptions, Model, PerplexityOptions};
+use lowbit_model::{ChatMessage, GenerateOptions, Generation, Model, PerplexityOptions, TokenEvent};
 
 /// PROTOCOL.md's greedy continuation of "Once upon a time" (no BOS).
 const GREEDY_REFERENCE: [u32; 16] =
@@ -34,20 +34,22 @@ fn model() -> Model {
 fn greedy(model: &Model) -> Vec<u32> {
     let ids = model.tokenizer().unwrap().encode("Once upon a time", false).unwrap();
     let opts = GenerateOptions { max_new_tokens: 16, stop_on_eos: false, ..GenerateOptions::default() };
+    streamed(|on_token| model.generate_tokens(&ids, &opts, on_token, &mut lowbit_core::NoProgress)).tokens
+}
+
+/// Runs `generate` (either entry point) with a callback that collects the streamed pieces, and
+/// checks that they add up to the generated text.
+fn streamed(
+    generate: impl FnOnce(&mut dyn FnMut(TokenEvent<'_>) -> bool) -> lowbit_model::Result<Generation>,
+) -> Generation {
     let mut streamed = String::new();
-    let g = model
-        .generate_tokens(
-            &ids,
-            &opts,
-            &mut |ev| {
-                streamed.push_str(ev.text);
-                true
-            },
-            &mut lowbit_core::NoProgress,
-        )
-        .unwrap();
+    let g = generate(&mut |ev| {
+        streamed.push_str(ev.text);
+        true
+    })
+    .unwrap();
     assert_eq!(streamed, g.text);
-    g.tokens
+    g
 }
 
 #[test]
@@ -138,21 +140,9 @@ fn slow_wikitext_protocol_perplexity_within_half_a_percent() {
 fn stop_strings_and_seeded_sampling() {
     let model = model();
     let opts = GenerateOptions { max_new_tokens: 16, stop_strings: vec!["Nova".into()], ..GenerateOptions::default() };
-    let mut streamed = String::new();
-    let g = model
-        .generate(
-            "Once upon a time",
-            &opts,
-            &mut |ev| {
-                streamed.push_str(ev.text);
-                true
-            },
-            &mut lowbit_core::NoProgress,
-        )
-        .unwrap();
+    let g = streamed(|on_token| model.generate("Once upon a time", &opts, on_token, &mut lowbit_core::NoProgress));
     assert_eq!(g.stop_reason, lowbit_model::StopReason::StopString);
     assert_eq!(g.text, ", the city of ");
-    assert_eq!(streamed, g.text);
 
     let sampled = GenerateOptions {
         max_new_tokens: 12,

@@ -96,41 +96,25 @@ fn check_numpy(arch: &str, tied: bool, store: Store) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-#[ignore = "reference: python3 with numpy (make test-rust runs it)"]
-fn llama_tied_matches_numpy() {
-    check_numpy("LlamaForCausalLM", true, Store::F32);
+/// One test per row, each a list of (architecture, tied embeddings, storage) checked against
+/// numpy.
+macro_rules! numpy_tests {
+    ($($name:ident: $(($arch:literal, $tied:literal, $store:ident)),+;)*) => {$(
+        #[test]
+        #[ignore = "reference: python3 with numpy (make test-rust runs it)"]
+        fn $name() {
+            $(check_numpy($arch, $tied, Store::$store);)+
+        }
+    )*};
 }
 
-#[test]
-#[ignore = "reference: python3 with numpy (make test-rust runs it)"]
-fn llama_untied_llama3_rope_matches_numpy() {
-    check_numpy("LlamaForCausalLM", false, Store::F32);
-}
-
-#[test]
-#[ignore = "reference: python3 with numpy (make test-rust runs it)"]
-fn mistral_sliding_window_matches_numpy() {
-    check_numpy("MistralForCausalLM", false, Store::F32);
-}
-
-#[test]
-#[ignore = "reference: python3 with numpy (make test-rust runs it)"]
-fn qwen2_biases_match_numpy() {
-    check_numpy("Qwen2ForCausalLM", true, Store::F32);
-}
-
-#[test]
-#[ignore = "reference: python3 with numpy (make test-rust runs it)"]
-fn qwen3_qk_norm_matches_numpy() {
-    check_numpy("Qwen3ForCausalLM", false, Store::F32);
-}
-
-#[test]
-#[ignore = "reference: python3 with numpy (make test-rust runs it)"]
-fn f16_and_bf16_checkpoints_match_numpy() {
-    check_numpy("LlamaForCausalLM", true, Store::F16);
-    check_numpy("Qwen2ForCausalLM", false, Store::Bf16);
+numpy_tests! {
+    llama_tied_matches_numpy: ("LlamaForCausalLM", true, F32);
+    llama_untied_llama3_rope_matches_numpy: ("LlamaForCausalLM", false, F32);
+    mistral_sliding_window_matches_numpy: ("MistralForCausalLM", false, F32);
+    qwen2_biases_match_numpy: ("Qwen2ForCausalLM", true, F32);
+    qwen3_qk_norm_matches_numpy: ("Qwen3ForCausalLM", false, F32);
+    f16_and_bf16_checkpoints_match_numpy: ("LlamaForCausalLM", true, F16), ("Qwen2ForCausalLM", false, Bf16);
 }
 
 #[test]

@@ -28,6 +28,23 @@ ggml_block! {
     }
 }
 
+/// Quantizes the 16 sub-block values `v` to 4 bits against their positive maximum, OR-ing the
+/// codes into `sc` at bit `shift`; returns the super-block scale (zero, and no codes, when no
+/// value is positive).
+fn quantize_4bit(v: &[f32; 16], sc: &mut [u8; 16], shift: u32) -> f16 {
+    const Q4SCALE: f32 = 15.0;
+    let max = positive_max(v);
+    if max > 0.0 {
+        let iscale = Q4SCALE / max;
+        for (s, &v) in sc.iter_mut().zip(v) {
+            *s |= (nearest_int(iscale * v) << shift) as u8;
+        }
+        f16::from_f32(max / Q4SCALE)
+    } else {
+        f16::ZERO
+    }
+}
+
 impl GgmlBlock for BlockQ2K {
     fn dequantize(&self, y: &mut [f32]) {
         let (d, min) = (self.d.to_f32(), self.dmin.to_f32());
@@ -51,7 +68,6 @@ impl GgmlBlock for BlockQ2K {
 
     fn quantize(x: &[f32]) -> Self {
         let x = &x[..QK_K];
-        const Q4SCALE: f32 = 15.0;
         let mut l = [0u8; QK_K];
         let mut laux = [0u8; 16];
         let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
@@ -62,26 +78,10 @@ impl GgmlBlock for BlockQ2K {
             scales[j] = s;
             mins[j] = m;
         }
-        let (max_scale, max_min) = (positive_max(&scales), positive_max(&mins));
+        // 4-bit scales in the low nibbles, 4-bit mins in the high ones.
         let mut sc = [0u8; 16];
-        let d = if max_scale > 0.0 {
-            let iscale = Q4SCALE / max_scale;
-            for (s, &v) in sc.iter_mut().zip(&scales) {
-                *s = nearest_int(iscale * v) as u8;
-            }
-            f16::from_f32(max_scale / Q4SCALE)
-        } else {
-            f16::ZERO
-        };
-        let dmin = if max_min > 0.0 {
-            let iscale = Q4SCALE / max_min;
-            for (s, &v) in sc.iter_mut().zip(&mins) {
-                *s |= (nearest_int(iscale * v) << 4) as u8;
-            }
-            f16::from_f32(max_min / Q4SCALE)
-        } else {
-            f16::ZERO
-        };
+        let d = quantize_4bit(&scales, &mut sc, 0);
+        let dmin = quantize_4bit(&mins, &mut sc, 4);
         for j in 0..QK_K / 16 {
             let dd = d.to_f32() * (sc[j] & 0xF) as f32;
             if dd == 0.0 {
