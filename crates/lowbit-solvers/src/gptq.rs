@@ -187,19 +187,22 @@ pub struct GptqOutput {
 }
 
 /// Everything GPTQ needs before the sweep: permutation, `U`, dead columns zeroed.
-pub(crate) struct Prepared {
+pub struct Prepared {
     /// Position -> original column.
     pub perm: Vec<usize>,
     /// Upper Cholesky factor of the damped, permuted `H^-1`.
     pub u: Mat<f64>,
     /// Weights with dead columns zeroed, row-major f32 (original order).
     pub w: Vec<f32>,
+    /// The damping the factorization needed.
     pub damping: Damping,
+    /// Dead input columns (zero Hessian diagonal).
     pub dead: usize,
 }
 
-/// Validates, applies the dead-input rule, permutes and factors (shared with tests).
-pub(crate) fn prepare(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &GptqConfig) -> Result<Prepared> {
+/// Validates, applies the dead-input rule, permutes and factors: the steps before the sweep,
+/// public so that the tests' textbook GPTQ starts from the same point.
+pub fn prepare(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &GptqConfig) -> Result<Prepared> {
     if rows == 0 || cols == 0 {
         return Err(SolverError::shape("gptq", "a non-empty weight", format!("{rows}x{cols}")));
     }

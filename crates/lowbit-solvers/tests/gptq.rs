@@ -7,7 +7,7 @@ use common::{correlated_activations, hessian_of, layer_error, Rng};
 use lowbit_core::pack::unpack;
 use lowbit_core::rtn::{choose_params, group_params, GroupParams};
 use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
-use lowbit_solvers::linalg::{fix_dead_inputs, inverse_cholesky_upper};
+use lowbit_solvers::gptq::{prepare, Prepared};
 use lowbit_solvers::{gptq_quantize, output_error, rtn_quantize, GptqConfig, Hessian, SolverError};
 
 fn scheme(bits: Bits, symmetric: bool, granularity: Granularity) -> IntScheme {
@@ -23,7 +23,8 @@ fn codes_of(out: &lowbit_solvers::GptqOutput) -> Vec<u8> {
 }
 
 /// Textbook GPTQ: one column at a time, every update applied immediately to all later columns,
-/// no blocks. Same rules as the library (order, damping, dead inputs, group parameters).
+/// no blocks. Same rules as the library (group parameters), from the library's preparation
+/// (order, damping, dead inputs).
 fn textbook_gptq(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &GptqConfig) -> (Vec<u8>, Vec<GroupParams>) {
     let s = cfg.scheme;
     let g = match s.granularity {
@@ -32,20 +33,7 @@ fn textbook_gptq(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &GptqCon
     };
     let groups = cols.div_ceil(g);
     let maxq = s.bits.maxq();
-    let mut hm = h.matrix();
-    let dead = fix_dead_inputs(&mut hm);
-    let mut w = w.to_vec();
-    for &c in &dead {
-        for r in 0..rows {
-            w[r * cols + c] = 0.0;
-        }
-    }
-    let mut perm: Vec<usize> = (0..cols).collect();
-    if cfg.act_order {
-        perm.sort_by(|&a, &b| hm[(b, b)].total_cmp(&hm[(a, a)]));
-    }
-    let hp = faer::Mat::from_fn(cols, cols, |i, j| hm[(perm[i], perm[j])]);
-    let (u, _) = inverse_cholesky_upper(&hp, &cfg.damping).unwrap();
+    let Prepared { perm, u, w, .. } = prepare(w, rows, cols, h, cfg).unwrap();
     let mut params: Vec<Option<GroupParams>> = vec![None; rows * groups];
     if cfg.static_groups || s.granularity == Granularity::PerChannel {
         for (i, p) in choose_params(&w, rows, cols, s).unwrap().into_iter().enumerate() {
