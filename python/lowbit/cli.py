@@ -8,6 +8,7 @@ is left; ``lowbit quantize --resume`` continues an interrupted run).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -99,15 +100,9 @@ def cmd_schemes(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    settings = DemoSettings(
-        bits=args.bits,
-        nsamples=args.nsamples,
-        eval_windows=args.eval_windows,
-        held_out=args.held_out,
-        max_new_tokens=args.max_new_tokens,
-        calib=args.calib,
-        eval_text=args.eval_text,
-    )
+    # Every setting that has a flag of the demo command; the others keep their defaults.
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoSettings) if hasattr(args, f.name)}
+    settings = DemoSettings(**given)
     run_demo(settings, out=args.out, progress=Bars(enabled=not args.quiet))
     return 0
 
@@ -124,14 +119,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt = model.apply_chat_template([{"role": "user", "content": prompt}])
     result = model.generate(
         prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
         stop=args.stop or (),
         on_token=lambda _t, piece: print(piece, end="", flush=True),
+        **sampling_options(args),
     )
     print()
     if args.verbose:
@@ -162,12 +152,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "user", "content": user})
         prompt = model.apply_chat_template(messages)
         result = model.generate(
-            prompt,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-            on_token=lambda _t, piece: print(piece, end="", flush=True),
+            prompt, on_token=lambda _t, piece: print(piece, end="", flush=True), **sampling_options(args)
         )
         print()
         messages.append({"role": "assistant", "content": result.text})
@@ -340,6 +325,25 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **kw)
 
 
+#: :meth:`Model.generate`'s sampling options that ``generate`` and ``chat`` take as flags.
+SAMPLING_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+    """The flags of :data:`SAMPLING_OPTIONS`, with :meth:`Model.generate`'s defaults."""
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of :meth:`Model.generate` given by :func:`add_sampling_flags`' flags."""
+    return {name: getattr(args, name) for name in SAMPLING_OPTIONS}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lowbit",
@@ -392,12 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="continue a prompt")
     gen.add_argument("model", help=model_help)
     gen.add_argument("prompt")
-    gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--repetition-penalty", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=0)
+    add_sampling_flags(gen, max_new_tokens=128)
     gen.add_argument("--stop", action="append", help="stop string (repeatable)")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     gen.add_argument(
@@ -408,10 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="interactive chat using the model's chat template")
     chat.add_argument("model", help=model_help)
     chat.add_argument("--system", help="system prompt")
-    chat.add_argument("--max-new-tokens", type=int, default=256)
-    chat.add_argument("--temperature", type=float, default=0.0)
-    chat.add_argument("--top-p", type=float, default=1.0)
-    chat.add_argument("--seed", type=int, default=0)
+    add_sampling_flags(chat, max_new_tokens=256)
     chat.set_defaults(func=cmd_chat)
 
     ev = sub.add_parser("eval", help="perplexity under the evaluation protocol")
