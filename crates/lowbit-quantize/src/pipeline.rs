@@ -431,6 +431,19 @@ struct Solved {
     folded: Option<Vec<f32>>,
 }
 
+/// [`solve_group`] for a group read through an RMSNorm (q/k/v, gate/up): its fold goes into the
+/// norm's weight, which the next stage recomputes its input with, so only the stats remain.
+fn solve_norm_group(
+    ctx: &Ctx,
+    b: usize,
+    names: &[&str],
+    lins: Vec<&mut Linear>,
+    norm: &mut Vec<f32>,
+    st: &Stats,
+) -> Result<Vec<LayerStat>> {
+    Ok(solve_group(ctx, b, names, lins, Fold::Norm(norm), st)?.stats)
+}
+
 /// Solves one group of layers sharing an input through the method, installs the results and
 /// applies the fold the method asked for.
 fn solve_group(ctx: &Ctx, b: usize, names: &[&str], lins: Vec<&mut Linear>, fold: Fold, st: &Stats) -> Result<Solved> {
@@ -514,19 +527,8 @@ fn quantize_block_calibrated(
     }
     {
         let Layer { input_norm, q_proj, k_proj, v_proj, .. } = layer;
-        let lins = vec![q_proj, k_proj, v_proj];
-        // The norm's fold reaches the next stage, which recomputes attn_input.
-        stats.extend(
-            solve_group(
-                ctx,
-                b,
-                &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-                lins,
-                Fold::Norm(input_norm),
-                &st,
-            )?
-            .stats,
-        );
+        let names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"];
+        stats.extend(solve_norm_group(ctx, b, &names, vec![q_proj, k_proj, v_proj], input_norm, &st)?);
     }
     drop(st);
 
@@ -577,17 +579,8 @@ fn quantize_block_calibrated(
     drop(attn);
     {
         let Layer { post_attention_norm, gate_proj, up_proj, .. } = layer;
-        stats.extend(
-            solve_group(
-                ctx,
-                b,
-                &["mlp.gate_proj", "mlp.up_proj"],
-                vec![gate_proj, up_proj],
-                Fold::Norm(post_attention_norm),
-                &st,
-            )?
-            .stats,
-        );
+        let names = ["mlp.gate_proj", "mlp.up_proj"];
+        stats.extend(solve_norm_group(ctx, b, &names, vec![gate_proj, up_proj], post_attention_norm, &st)?);
     }
     drop(st);
 
