@@ -256,16 +256,35 @@ GEMV_KERNEL(w4h, 3, hp, 2, 2)
 GEMV_KERNEL(w4h, 3, hp, 4, 2)
 FOR_EACH_FORMAT(GEMV_R4U1)
 
-// Tiled GEMM for prefill: out[m, rows] = x[m, cols] * W^T, 64x64 output tiles, 256 threads each
-// computing 4x4, the weight tile dequantized to f32 in shared memory. Correct first; the
-// tensor-core version (mma.sync) is future work.
+// The operands of a tiled GEMM, out[m, rows] = x[m, cols] * W^T (W in format FMT, `ldb` bytes
+// per row), with the bounds-checked element reads both GEMMs fill their tiles with.
+template <int FMT, typename P>
+struct Operands {
+    const u8* __restrict__ W;
+    const P* __restrict__ prm;
+    const float* __restrict__ x;
+    float* __restrict__ out;
+    int m, rows, cols, ldb, gsz, ng;
+
+    // x[gm, gk], zero outside x.
+    __device__ __forceinline__ float x_at(int gm, int gk) const {
+        return (gm < m && gk < cols) ? x[(size_t)gm * cols + gk] : 0.f;
+    }
+    // W[gn, gk] dequantized, zero outside W.
+    __device__ __forceinline__ float w_at(int gn, int gk) const {
+        return (gn < rows && gk < cols) ? w_elem<FMT, P>(W, prm, gn, gk, ldb, gsz, ng) : 0.f;
+    }
+};
+
+// Tiled GEMM for prefill: 64x64 output tiles, 256 threads each computing 4x4, the weight tile
+// dequantized to f32 in shared memory. Correct first; the tensor-core version is below.
 #define BM 64
 #define BN 64
 #define BK 16
 template <int FMT, typename P>
-__device__ __forceinline__ void gemm(const u8* __restrict__ W, const P* __restrict__ prm,
-                                     const float* __restrict__ x, float* __restrict__ out, int m,
-                                     int rows, int cols, int ldb, int gsz, int ng) {
+__device__ __forceinline__ void gemm(const Operands<FMT, P>& a) {
+    const int m = a.m, rows = a.rows, cols = a.cols;
+    float* __restrict__ out = a.out;
     __shared__ float xs[BK][BM + 4];
     __shared__ float ws[BK][BN + 4];
     const int tid = threadIdx.x;
@@ -281,28 +300,26 @@ __device__ __forceinline__ void gemm(const u8* __restrict__ W, const P* __restri
         for (int i = 0; i < (BM * BK) / 256; i++) {
             int idx = tid + i * 256;
             int mm = idx / BK, kk = idx % BK;
-            int gm = m0 + mm, gk = k0 + kk;
-            xs[kk][mm] = (gm < m && gk < cols) ? x[(size_t)gm * cols + gk] : 0.f;
+            xs[kk][mm] = a.x_at(m0 + mm, k0 + kk);
         }
 #pragma unroll
         for (int i = 0; i < (BN * BK) / 256; i++) {
             int idx = tid + i * 256;
             int nn = idx / BK, kk = idx % BK;
-            int gn = n0 + nn, gk = k0 + kk;
-            ws[kk][nn] = (gn < rows && gk < cols) ? w_elem<FMT, P>(W, prm, gn, gk, ldb, gsz, ng) : 0.f;
+            ws[kk][nn] = a.w_at(n0 + nn, k0 + kk);
         }
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < BK; kk++) {
-            float a[4], b[4];
+            float xr[4], wr[4];
 #pragma unroll
-            for (int i = 0; i < 4; i++) a[i] = xs[kk][ty * 4 + i];
+            for (int i = 0; i < 4; i++) xr[i] = xs[kk][ty * 4 + i];
 #pragma unroll
-            for (int j = 0; j < 4; j++) b[j] = ws[kk][tx * 4 + j];
+            for (int j = 0; j < 4; j++) wr[j] = ws[kk][tx * 4 + j];
 #pragma unroll
             for (int i = 0; i < 4; i++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+                for (int j = 0; j < 4; j++) acc[i][j] = fmaf(xr[i], wr[j], acc[i][j]);
         }
         __syncthreads();
     }
@@ -323,7 +340,7 @@ __device__ __forceinline__ void gemm(const u8* __restrict__ W, const P* __restri
     extern "C" __global__ void __launch_bounds__(THREADS)                                           \
         NAME##SUF(const u8* W, const P* prm, const float* x, float* out, int m, int rows, int cols, \
                   int ldb, int gsz, int ng) {                                                       \
-        IMPL<FMT, P>(W, prm, x, out, m, rows, cols, ldb, gsz, ng);                                  \
+        IMPL<FMT, P>(Operands<FMT, P>{W, prm, x, out, m, rows, cols, ldb, gsz, ng});               \
     }
 #define GEMM_KERNEL(SUF, FMT, P) TILED_KERNEL(gemm_, gemm, 256, SUF, FMT, P)
 FOR_EACH_FORMAT(GEMM_KERNEL)
@@ -344,9 +361,9 @@ __device__ __forceinline__ u16 f2h(float f) {
 #define TBN 64
 #define TBK 32
 template <int FMT, typename P>
-__device__ __forceinline__ void gemm_tc(const u8* __restrict__ W, const P* __restrict__ prm,
-                                        const float* __restrict__ x, float* __restrict__ out, int m,
-                                        int rows, int cols, int ldb, int gsz, int ng) {
+__device__ __forceinline__ void gemm_tc(const Operands<FMT, P>& o) {
+    const int m = o.m, rows = o.rows, cols = o.cols;
+    float* __restrict__ out = o.out;
     // Rows padded by 8 halves (80 bytes): the fragment loads of a warp hit 32 distinct banks.
     __shared__ __align__(16) u16 As[TBM][TBK + 8];
     __shared__ __align__(16) u16 Bs[TBN][TBK + 8];
@@ -364,13 +381,11 @@ __device__ __forceinline__ void gemm_tc(const u8* __restrict__ W, const P* __res
     for (int k0 = 0; k0 < cols; k0 += TBK) {
         for (int i = tid; i < TBM * TBK; i += blockDim.x) {
             int mm = i / TBK, kk = i % TBK;
-            int gm = m0 + mm, gk = k0 + kk;
-            As[mm][kk] = f2h((gm < m && gk < cols) ? x[(size_t)gm * cols + gk] : 0.f);
+            As[mm][kk] = f2h(o.x_at(m0 + mm, k0 + kk));
         }
         for (int i = tid; i < TBN * TBK; i += blockDim.x) {
             int nn = i / TBK, kk = i % TBK;
-            int gn = n0 + nn, gk = k0 + kk;
-            Bs[nn][kk] = f2h((gn < rows && gk < cols) ? w_elem<FMT, P>(W, prm, gn, gk, ldb, gsz, ng) : 0.f);
+            Bs[nn][kk] = f2h(o.w_at(n0 + nn, k0 + kk));
         }
         __syncthreads();
 #pragma unroll
