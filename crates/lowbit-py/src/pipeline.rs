@@ -200,164 +200,135 @@ fn json_to_py<'py>(py: Python<'py>, v: serde_json::Result<String>) -> PyResult<B
     py.import("json")?.call_method1("loads", (text,))
 }
 
-#[pymethods]
-impl QuantizeReport {
-    /// The output directory.
-    #[getter]
-    fn out(&self) -> &str {
-        &self.inner.out
-    }
-    /// The method's name.
-    #[getter]
-    fn method(&self) -> &str {
-        self.inner.params["method"].as_str().unwrap_or_default()
-    }
-    /// Code width.
-    #[getter]
-    fn bits(&self) -> u64 {
-        self.inner.params["bits"].as_u64().unwrap_or_default()
-    }
-    /// Weights per scale; None = one scale per output channel.
-    #[getter]
-    fn group_size(&self) -> Option<u64> {
-        self.inner.params["group_size"].as_u64()
-    }
-    /// The method's parameters (as in the manifest).
-    #[getter]
-    fn params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_string(&self.inner.params))
-    }
-    /// Per linear layer, in block then layer order.
-    #[getter]
-    fn layers(&self) -> Vec<LayerResult> {
-        self.inner.layers.iter().map(LayerResult::from).collect()
-    }
-    /// SHA-256 of the calibration token ids (u32 little-endian), when calibrated.
-    #[getter]
-    fn calib_sha256(&self) -> Option<&str> {
-        self.inner.calib_sha256.as_deref()
-    }
+/// `#[pymethods]` of [`QuantizeReport`]: a getter per plain (`Copy`) field of the Rust report,
+/// under its name, then the other methods as written.
+macro_rules! report_methods {
+    ($($(#[doc = $doc:literal])* $field:ident: $ty:ty;)* @methods { $($methods:tt)* }) => {
+        #[pymethods]
+        impl QuantizeReport {
+            $(
+                $(#[doc = $doc])*
+                #[getter]
+                fn $field(&self) -> $ty {
+                    self.inner.$field
+                }
+            )*
+            $($methods)*
+        }
+    };
+}
+
+report_methods! {
     /// Calibration tokens used.
-    #[getter]
-    fn calib_tokens(&self) -> usize {
-        self.inner.calib_tokens
-    }
+    calib_tokens: usize;
     /// Seconds building calibration windows.
-    #[getter]
-    fn calib_seconds(&self) -> f64 {
-        self.inner.calib_seconds
-    }
+    calib_seconds: f64;
     /// Seconds in the blocks (this run).
-    #[getter]
-    fn quantize_seconds(&self) -> f64 {
-        self.inner.quantize_seconds
-    }
+    quantize_seconds: f64;
     /// Whole call, seconds.
-    #[getter]
-    fn wall_seconds(&self) -> f64 {
-        self.inner.wall_seconds
-    }
+    wall_seconds: f64;
     /// Peak resident memory of the process, bytes (None where unknown).
-    #[getter]
-    fn peak_rss_bytes(&self) -> Option<u64> {
-        self.inner.peak_rss_bytes
-    }
+    peak_rss_bytes: Option<u64>;
     /// Bytes of the block linears as loaded (f32).
-    #[getter]
-    fn linear_bytes_before(&self) -> usize {
-        self.inner.linear_bytes_before
-    }
+    linear_bytes_before: usize;
     /// Bytes of the block linears after quantization (codes + scales + zeros).
-    #[getter]
-    fn linear_bytes_after(&self) -> usize {
-        self.inner.linear_bytes_after
-    }
+    linear_bytes_after: usize;
     /// Stored bits per block-linear weight (the block linears only).
-    #[getter]
-    fn bits_per_weight(&self) -> f64 {
-        self.inner.bits_per_weight
-    }
+    bits_per_weight: f64;
     /// Every byte of every file of the written directory, the manifest included.
-    #[getter]
-    fn out_bytes(&self) -> u64 {
-        self.inner.out_bytes
-    }
+    out_bytes: u64;
     /// Bytes of the model read (the file, or every file of the directory).
-    #[getter]
-    fn input_bytes(&self) -> u64 {
-        self.inner.input_bytes
-    }
+    input_bytes: u64;
     /// Parameters of every tensor written (embedding, LM head when untied, block linears, norms).
-    #[getter]
-    fn num_params(&self) -> usize {
-        self.inner.num_params
-    }
+    num_params: usize;
     /// Bytes of every tensor as stored, without file headers (llama.cpp's "model size").
-    #[getter]
-    fn tensor_bytes(&self) -> usize {
-        self.inner.tensor_bytes
-    }
+    tensor_bytes: usize;
     /// Stored bits per parameter over every tensor (llama.cpp's BPW).
-    #[getter]
-    fn bits_per_weight_all(&self) -> f64 {
-        self.inner.bits_per_weight_all
-    }
-    /// Bits per parameter of the whole directory, every file counted.
-    #[getter]
-    fn file_bits_per_weight(&self) -> f64 {
-        self.inner.file_bits_per_weight()
-    }
+    bits_per_weight_all: f64;
     /// Bytes of the token embedding as stored.
-    #[getter]
-    fn embed_bytes(&self) -> usize {
-        self.inner.embed_bytes
-    }
+    embed_bytes: usize;
     /// Bytes of the LM head as stored; None when tied (the embedding is the head).
-    #[getter]
-    fn lm_head_bytes(&self) -> Option<usize> {
-        self.inner.lm_head_bytes
-    }
+    lm_head_bytes: Option<usize>;
     /// The first block this run computed (non-zero when resumed).
-    #[getter]
-    fn resumed_from_block(&self) -> usize {
-        self.inner.resumed_from_block
-    }
-    /// Caveats.
-    #[getter]
-    fn notes(&self) -> Vec<String> {
-        self.inner.notes.clone()
-    }
-    /// Mean of the per-layer losses.
-    #[getter]
-    fn mean_loss(&self) -> f64 {
-        self.inner.mean_loss()
-    }
-    /// The layer with the largest loss.
-    #[getter]
-    fn worst_layer(&self) -> Option<LayerResult> {
-        self.inner.worst_layer().map(LayerResult::from)
-    }
-    /// A JSON-ready dict of everything above.
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let mut v = serde_json::to_value(&self.inner).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        v["file_bits_per_weight"] = self.inner.file_bits_per_weight().into();
-        json_to_py(py, serde_json::to_string(&v))
-    }
-    fn __repr__(&self) -> String {
-        format!(
-            "QuantizeReport(method={:?}, bits={}, group_size={}, bits_per_weight={:.3}, bits_per_weight_all={:.3}, \
-             out_bytes={}, layers={}, mean_loss={:.6}, wall_seconds={:.1}, out={:?})",
-            self.method(),
-            self.bits(),
-            self.group_size().map_or("None".to_string(), |g| g.to_string()),
-            self.inner.bits_per_weight,
-            self.inner.bits_per_weight_all,
-            self.inner.out_bytes,
-            self.inner.layers.len(),
-            self.inner.mean_loss(),
-            self.inner.wall_seconds,
-            self.inner.out
-        )
+    resumed_from_block: usize;
+    @methods {
+        /// The output directory.
+        #[getter]
+        fn out(&self) -> &str {
+            &self.inner.out
+        }
+        /// The method's name.
+        #[getter]
+        fn method(&self) -> &str {
+            self.inner.params["method"].as_str().unwrap_or_default()
+        }
+        /// Code width.
+        #[getter]
+        fn bits(&self) -> u64 {
+            self.inner.params["bits"].as_u64().unwrap_or_default()
+        }
+        /// Weights per scale; None = one scale per output channel.
+        #[getter]
+        fn group_size(&self) -> Option<u64> {
+            self.inner.params["group_size"].as_u64()
+        }
+        /// The method's parameters (as in the manifest).
+        #[getter]
+        fn params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+            json_to_py(py, serde_json::to_string(&self.inner.params))
+        }
+        /// Per linear layer, in block then layer order.
+        #[getter]
+        fn layers(&self) -> Vec<LayerResult> {
+            self.inner.layers.iter().map(LayerResult::from).collect()
+        }
+        /// SHA-256 of the calibration token ids (u32 little-endian), when calibrated.
+        #[getter]
+        fn calib_sha256(&self) -> Option<&str> {
+            self.inner.calib_sha256.as_deref()
+        }
+        /// Bits per parameter of the whole directory, every file counted.
+        #[getter]
+        fn file_bits_per_weight(&self) -> f64 {
+            self.inner.file_bits_per_weight()
+        }
+        /// Caveats.
+        #[getter]
+        fn notes(&self) -> Vec<String> {
+            self.inner.notes.clone()
+        }
+        /// Mean of the per-layer losses.
+        #[getter]
+        fn mean_loss(&self) -> f64 {
+            self.inner.mean_loss()
+        }
+        /// The layer with the largest loss.
+        #[getter]
+        fn worst_layer(&self) -> Option<LayerResult> {
+            self.inner.worst_layer().map(LayerResult::from)
+        }
+        /// A JSON-ready dict of everything above.
+        fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+            let mut v = serde_json::to_value(&self.inner).map_err(|e| PyValueError::new_err(e.to_string()))?;
+            v["file_bits_per_weight"] = self.inner.file_bits_per_weight().into();
+            json_to_py(py, serde_json::to_string(&v))
+        }
+        fn __repr__(&self) -> String {
+            format!(
+                "QuantizeReport(method={:?}, bits={}, group_size={}, bits_per_weight={:.3}, bits_per_weight_all={:.3}, \
+                 out_bytes={}, layers={}, mean_loss={:.6}, wall_seconds={:.1}, out={:?})",
+                self.method(),
+                self.bits(),
+                self.group_size().map_or("None".to_string(), |g| g.to_string()),
+                self.inner.bits_per_weight,
+                self.inner.bits_per_weight_all,
+                self.inner.out_bytes,
+                self.inner.layers.len(),
+                self.inner.mean_loss(),
+                self.inner.wall_seconds,
+                self.inner.out
+            )
+        }
     }
 }
 

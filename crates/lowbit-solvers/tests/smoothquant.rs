@@ -5,6 +5,7 @@ mod common;
 use common::Rng;
 use lowbit_solvers::smoothquant::{
     activation_absmax, matmul_w8a8_ref, quantize_activations_per_token, smoothquant, weight_int8, SmoothQuantConfig,
+    SmoothQuantOutput,
 };
 use lowbit_solvers::LayerWeight;
 
@@ -21,6 +22,13 @@ fn outlier_activations(rng: &mut Rng, tokens: usize, cols: usize) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+/// SmoothQuant of `layers` from the activations `x[.., cols]`, and `x` smoothed (`x_j / s_j`).
+fn smoothed(x: &[f32], cols: usize, layers: &[LayerWeight], cfg: &SmoothQuantConfig) -> (SmoothQuantOutput, Vec<f32>) {
+    let out = smoothquant(&activation_absmax(x, cols).unwrap(), layers, cfg).unwrap();
+    let xs = x.iter().enumerate().map(|(i, v)| v / out.factors[i % cols]).collect();
+    (out, xs)
 }
 
 fn matmul_f64(x: &[f32], w: &[f32], cols: usize) -> Vec<f64> {
@@ -43,9 +51,8 @@ fn smoothing_is_an_identity_in_f32() {
     let w = rng.normals(rows * cols, 0.05);
     let w2 = rng.normals(16 * cols, 0.05);
     let layers = [LayerWeight { w: &w, rows }, LayerWeight { w: &w2, rows: 16 }];
-    let out = smoothquant(&activation_absmax(&x, cols).unwrap(), &layers, &SmoothQuantConfig::default()).unwrap();
+    let (out, xs) = smoothed(&x, cols, &layers, &SmoothQuantConfig::default());
     let s = &out.factors;
-    let xs: Vec<f32> = x.iter().enumerate().map(|(i, v)| v / s[i % cols]).collect();
     let ws: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * s[i % cols]).collect();
     let (a, b) = (matmul_f64(&xs, &ws, cols), matmul_f64(&x, &w, cols));
     let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
@@ -70,8 +77,7 @@ fn w8a8_reference_and_smoothing_benefit() {
     let error = |alpha: f32| {
         let cfg = SmoothQuantConfig { alpha, ..Default::default() };
         let layers = [LayerWeight { w: &w, rows }];
-        let out = smoothquant(&activation_absmax(&x, cols).unwrap(), &layers, &cfg).unwrap();
-        let xs: Vec<f32> = x.iter().enumerate().map(|(i, v)| v / out.factors[i % cols]).collect();
+        let (out, xs) = smoothed(&x, cols, &layers, &cfg);
         let xq = quantize_activations_per_token(&xs, cols).unwrap();
         let (wq, wscale) = weight_int8(&out.qtensors[0]).unwrap();
         assert!(wq.iter().all(|&q| q >= -127));
