@@ -24,6 +24,15 @@ fn outlier_activations(rng: &mut Rng, tokens: usize, cols: usize) -> Vec<f32> {
         .collect()
 }
 
+/// A seeded problem: outlier activations `x[tokens, cols]` and a weight `w[rows, cols]`, and the
+/// generator for more.
+fn problem(seed: u64, tokens: usize, cols: usize, rows: usize) -> (Rng, Vec<f32>, Vec<f32>) {
+    let mut rng = Rng::new(seed);
+    let x = outlier_activations(&mut rng, tokens, cols);
+    let w = rng.normals(rows * cols, 0.05);
+    (rng, x, w)
+}
+
 /// SmoothQuant of `layers` from the activations `x[.., cols]`, and `x` smoothed (`x_j / s_j`).
 fn smoothed(x: &[f32], cols: usize, layers: &[LayerWeight], cfg: &SmoothQuantConfig) -> (SmoothQuantOutput, Vec<f32>) {
     let out = smoothquant(&activation_absmax(x, cols).unwrap(), layers, cfg).unwrap();
@@ -45,10 +54,8 @@ fn matmul_f64(x: &[f32], w: &[f32], cols: usize) -> Vec<f64> {
 
 #[test]
 fn smoothing_is_an_identity_in_f32() {
-    let (tokens, cols, rows) = (64, 48, 32);
-    let mut rng = Rng::new(1);
-    let x = outlier_activations(&mut rng, tokens, cols);
-    let w = rng.normals(rows * cols, 0.05);
+    let (cols, rows) = (48, 32);
+    let (mut rng, x, w) = problem(1, 64, cols, rows);
     let w2 = rng.normals(16 * cols, 0.05);
     let layers = [LayerWeight { w: &w, rows }, LayerWeight { w: &w2, rows: 16 }];
     let (out, xs) = smoothed(&x, cols, &layers, &SmoothQuantConfig::default());
@@ -69,10 +76,8 @@ fn smoothing_is_an_identity_in_f32() {
 
 #[test]
 fn w8a8_reference_and_smoothing_benefit() {
-    let (tokens, cols, rows) = (128, 64, 48);
-    let mut rng = Rng::new(2);
-    let x = outlier_activations(&mut rng, tokens, cols);
-    let w = rng.normals(rows * cols, 0.05);
+    let (cols, rows) = (64, 48);
+    let (_, x, w) = problem(2, 128, cols, rows);
     let exact = matmul_f64(&x, &w, cols);
     let error = |alpha: f32| {
         let cfg = SmoothQuantConfig { alpha, ..Default::default() };
