@@ -30,7 +30,8 @@
 use crate::gptq::group_layout;
 use crate::hessian::{check_finite_activations, Hessian, HessianPrecision};
 use crate::method::{
-    downcast, CalibShape, FoldTarget, Group, GroupSolution, LayerWeight, QuantMethod, Role, SolvedLayer, Statistics,
+    downcast, CalibShape, FoldTarget, Group, GroupSolution, LayerWeight, MethodInfo, QuantMethod, Role, SolvedLayer,
+    Statistics,
 };
 use crate::par::faer_par;
 use crate::report::LayerReport;
@@ -38,7 +39,6 @@ use crate::{Result, SolverError};
 use faer::{Accum, Mat, MatRef};
 use lowbit_core::{check_finite, rtn, IntScheme, QTensor};
 use serde_json::{Map, Value};
-use std::any::Any;
 use std::time::Instant;
 
 /// AWQ settings (llm-awq defaults).
@@ -565,17 +565,11 @@ impl Statistics for AwqCollector {
         let take = self.max_tokens.saturating_sub(self.stats.tokens() as usize).min(tokens);
         self.stats.add_batch(&x[..take * cols], take)
     }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
 }
 
 impl QuantMethod for AwqMethod {
-    fn name(&self) -> &'static str {
-        "awq"
-    }
-    fn calibrated(&self) -> bool {
-        true
+    fn info(&self) -> MethodInfo {
+        MethodInfo { name: "awq", aliases: &[], calibrated: true }
     }
     fn validate(&self, _scheme: &IntScheme) -> Result<()> {
         if self.samples == 0 {

@@ -29,7 +29,7 @@
 
 use crate::hessian::{Hessian, HessianPrecision};
 use crate::linalg::{fix_dead_inputs, inverse_cholesky_upper, Damping, DampingConfig};
-use crate::method::{downcast, CalibShape, Group, GroupSolution, QuantMethod, SolvedLayer, Statistics};
+use crate::method::{downcast, CalibShape, Group, GroupSolution, MethodInfo, QuantMethod, SolvedLayer, Statistics};
 use crate::par::faer_par;
 use crate::report::LayerReport;
 use crate::rtn::{clip_param, with_clip};
@@ -39,7 +39,6 @@ use lowbit_core::pack::pack;
 use lowbit_core::rtn::{choose_params, GroupParams};
 use lowbit_core::{check_finite, Granularity, IntScheme, QParams, QTensor, Scales, Scheme};
 use serde_json::{Map, Value};
-use std::any::Any;
 use std::time::Instant;
 
 /// GPTQ's lazy-batch block size (128 in the reference).
@@ -127,17 +126,11 @@ impl Statistics for Hessian {
     fn add_batch(&mut self, x: &[f32], tokens: usize) -> Result<()> {
         Hessian::add_batch(self, x, tokens)
     }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
 }
 
 impl QuantMethod for GptqMethod {
-    fn name(&self) -> &'static str {
-        "gptq"
-    }
-    fn calibrated(&self) -> bool {
-        true
+    fn info(&self) -> MethodInfo {
+        MethodInfo { name: "gptq", aliases: &[], calibrated: true }
     }
     fn validate(&self, _scheme: &IntScheme) -> Result<()> {
         if !(self.percdamp.is_finite() && self.percdamp >= 0.0) {

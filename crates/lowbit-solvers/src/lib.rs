@@ -34,7 +34,7 @@ pub use gptq::{gptq_quantize, GptqConfig, GptqMethod, GptqOutput};
 pub use hessian::{Hessian, HessianPrecision};
 pub use linalg::{Damping, DampingConfig};
 pub use method::{
-    CalibShape, FoldTarget, Group, GroupLayer, GroupSolution, LayerWeight, MethodConfig, QuantMethod, Role,
+    CalibShape, FoldTarget, Group, GroupLayer, GroupSolution, LayerWeight, MethodConfig, MethodInfo, QuantMethod, Role,
     SolvedLayer, Statistics,
 };
 pub use report::LayerReport;

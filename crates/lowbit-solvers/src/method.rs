@@ -191,11 +191,22 @@ pub struct GroupSolution {
 }
 
 /// A method's accumulator of a group's input activations, fed batch by batch.
-pub trait Statistics: Send {
+pub trait Statistics: AsAny + Send {
     /// Adds a row-major batch `x[tokens, cols]`; rejects NaN/Inf, naming the first.
     fn add_batch(&mut self, x: &[f32], tokens: usize) -> Result<()>;
-    /// For the method's own solve to recover its concrete type.
+}
+
+/// `&dyn Any` of a [`Statistics`], for the method's own solve to recover its concrete type;
+/// implemented for every type.
+pub trait AsAny {
+    /// `self` as `&dyn Any`.
     fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Any> AsAny for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
 }
 
 /// The accumulator of methods that need no activations.
@@ -206,21 +217,35 @@ impl Statistics for NoStatistics {
     fn add_batch(&mut self, _x: &[f32], _tokens: usize) -> Result<()> {
         Ok(())
     }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
+}
+
+/// What is fixed about a method, whatever its settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodInfo {
+    /// Lowercase name, as in manifests, Python and the CLI.
+    pub name: &'static str,
+    /// Other accepted spellings of the name.
+    pub aliases: &'static [&'static str],
+    /// Whether the method needs calibration activations.
+    pub calibrated: bool,
 }
 
 /// What a quantization method implements (see [`MethodConfig`] for adding one).
 pub trait QuantMethod: Debug + Send + Sync {
+    /// The method's name, aliases and need for calibration.
+    fn info(&self) -> MethodInfo;
     /// Lowercase name, as in manifests, Python and the CLI.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.info().name
+    }
     /// Other accepted spellings of the name.
     fn aliases(&self) -> &'static [&'static str] {
-        &[]
+        self.info().aliases
     }
     /// Whether the method needs calibration activations.
-    fn calibrated(&self) -> bool;
+    fn calibrated(&self) -> bool {
+        self.info().calibrated
+    }
     /// Checks the method's settings and the common scheme it is asked to produce.
     fn validate(&self, scheme: &IntScheme) -> Result<()>;
     /// The method's parameters for the manifest and `quantization_config` (beyond the common
@@ -234,7 +259,8 @@ pub trait QuantMethod: Debug + Send + Sync {
 
 /// The concrete statistics a method built, or a typed error if the pipeline mixed them up.
 pub(crate) fn downcast<'a, T: 'static>(stats: &'a dyn Statistics, method: &'static str) -> Result<&'a T> {
-    stats.as_any().downcast_ref::<T>().ok_or_else(|| {
+    // Through the trait object's vtable: the concrete statistics, not the reference.
+    AsAny::as_any(stats).downcast_ref::<T>().ok_or_else(|| {
         SolverError::shape("statistics", format!("the statistics {method} builds"), "another method's statistics")
     })
 }

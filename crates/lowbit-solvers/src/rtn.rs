@@ -1,7 +1,7 @@
 //! Round-to-nearest as a solver: lowbit-core's RTN behind the same report as the calibrated
 //! methods, so the pipeline treats every method alike.
 
-use crate::method::{CalibShape, Group, GroupSolution, NoStatistics, QuantMethod, SolvedLayer, Statistics};
+use crate::method::{CalibShape, Group, GroupSolution, MethodInfo, NoStatistics, QuantMethod, SolvedLayer, Statistics};
 use crate::report::LayerReport;
 use crate::{Result, SolverError};
 use lowbit_core::{rtn, ClipSearch, IntScheme, QTensor};
@@ -30,11 +30,8 @@ pub(crate) fn clip_param(mse: bool) -> Value {
 }
 
 impl QuantMethod for RtnMethod {
-    fn name(&self) -> &'static str {
-        "rtn"
-    }
-    fn calibrated(&self) -> bool {
-        false
+    fn info(&self) -> MethodInfo {
+        MethodInfo { name: "rtn", aliases: &[], calibrated: false }
     }
     fn validate(&self, _scheme: &IntScheme) -> Result<()> {
         Ok(())

@@ -12,7 +12,8 @@
 
 use crate::hessian::check_finite_activations;
 use crate::method::{
-    downcast, CalibShape, FoldTarget, Group, GroupSolution, LayerWeight, QuantMethod, SolvedLayer, Statistics,
+    downcast, CalibShape, FoldTarget, Group, GroupSolution, LayerWeight, MethodInfo, QuantMethod, SolvedLayer,
+    Statistics,
 };
 use crate::report::LayerReport;
 use crate::rtn::rtn_layers;
@@ -20,7 +21,6 @@ use crate::{Result, SolverError};
 use lowbit_core::pack::unpack;
 use lowbit_core::{check_finite, rtn, Bits, ClipSearch, Granularity, IntScheme, QParams, QTensor, ScaleDtype, Scheme};
 use serde_json::{Map, Value};
-use std::any::Any;
 use std::time::Instant;
 
 /// The reference code's floor for activation/weight maxima and for `s`.
@@ -233,20 +233,11 @@ impl Statistics for AbsMax {
         self.0.iter_mut().zip(batch).for_each(|(m, b)| *m = m.max(b));
         Ok(())
     }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
 }
 
 impl QuantMethod for SmoothQuantMethod {
-    fn name(&self) -> &'static str {
-        "smoothquant"
-    }
-    fn aliases(&self) -> &'static [&'static str] {
-        &["sq"]
-    }
-    fn calibrated(&self) -> bool {
-        true
+    fn info(&self) -> MethodInfo {
+        MethodInfo { name: "smoothquant", aliases: &["sq"], calibrated: true }
     }
     fn validate(&self, scheme: &IntScheme) -> Result<()> {
         if scheme.bits != Bits::B8 || scheme.granularity != Granularity::PerChannel || !scheme.symmetric {
