@@ -1,7 +1,7 @@
 """Type stubs of the native module (checked by mypy.stubtest)."""
 
 from collections.abc import Callable
-from typing import Any, Protocol, final
+from typing import Any, Protocol, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
@@ -97,6 +97,15 @@ def load_tensors(path: str) -> tuple[dict[str, QTensor], dict[str, str]]: ...
 def codebook_table(name: str) -> list[float]: ...
 def double_quantize_absmax(absmax: list[float]) -> tuple[list[float], list[float]]: ...
 
+class _Sampling(TypedDict):
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    repetition_penalty: float
+    seed: int
+    stop_on_eos: bool
+
 @final
 class Model:
     @property
@@ -117,30 +126,18 @@ class Model:
     def generate(
         self,
         prompt: str | list[int],
+        sampling: _Sampling,
         *,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
-        seed: int = 0,
         stop: list[str] = ...,
-        stop_on_eos: bool = True,
         on_token: Callable[[int, str], object] | None = None,
         progress: _Progress | None = None,
     ) -> dict[str, Any]: ...
     def generate_batch(
         self,
         prompts: list[str | list[int]],
+        sampling: _Sampling,
         *,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
-        seed: int = 0,
         seeds: list[int] | None = None,
-        stop_on_eos: bool = True,
         progress: _Progress | None = None,
     ) -> list[dict[str, Any]]: ...
     def perplexity_ids(

@@ -113,16 +113,19 @@ class Model:
         token; returning ``False`` stops. See :meth:`stream` for an iterator. ``progress`` sees
         phase ``generate``; Ctrl-C stops generation and raises ``KeyboardInterrupt``.
         """
+        sampling: _lowbit._Sampling = {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "repetition_penalty": repetition_penalty,
+            "seed": seed,
+            "stop_on_eos": stop_on_eos,
+        }
         out = self._native.generate(
             prompt if isinstance(prompt, str) else list(prompt),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            seed=seed,
+            sampling,
             stop=list(stop),
-            stop_on_eos=stop_on_eos,
             on_token=on_token,
             progress=progress,
         )
@@ -151,16 +154,19 @@ class Model:
         :meth:`generate`, without stop strings and callbacks. ``progress`` sees phase
         ``generate``, one unit per new token of any sequence.
         """
+        sampling: _lowbit._Sampling = {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "repetition_penalty": repetition_penalty,
+            "seed": seed,
+            "stop_on_eos": stop_on_eos,
+        }
         outs = self._native.generate_batch(
             [p if isinstance(p, str) else list(p) for p in prompts],
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            seed=seed,
+            sampling,
             seeds=None if seeds is None else list(seeds),
-            stop_on_eos=stop_on_eos,
             progress=progress,
         )
         return [Generation(**out) for out in outs]

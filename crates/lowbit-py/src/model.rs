@@ -10,6 +10,36 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
 
+/// The sampling options of `generate` and `generate_batch`: one dict with every key, which
+/// `lowbit.Model`'s methods (python/lowbit/model.py, where the defaults live) build.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct Sampling {
+    max_new_tokens: usize,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    repetition_penalty: f32,
+    seed: u64,
+    stop_on_eos: bool,
+}
+
+impl Sampling {
+    fn options(self, stop_strings: Vec<String>) -> GenerateOptions {
+        let Sampling { max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop_on_eos } = self;
+        GenerateOptions {
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            seed,
+            stop_on_eos,
+            stop_strings,
+        }
+    }
+}
+
 /// A loaded Llama-family model.
 #[pyclass(name = "Model", module = "lowbit", frozen)]
 pub(crate) struct PyModel {
@@ -126,35 +156,17 @@ impl PyModel {
     /// Generates from `prompt` (text, or a list of token ids). `on_token(token_id, text)` is
     /// called for each new token (with the GIL); returning False stops generation. `progress`
     /// (a `lowbit.progress` renderer) sees phase `generate`; Ctrl-C stops it.
-    #[pyo3(signature = (prompt, *, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0,
-                        repetition_penalty=1.0, seed=0, stop=Vec::new(), stop_on_eos=true, on_token=None,
-                        progress=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (prompt, sampling, *, stop=Vec::new(), on_token=None, progress=None))]
     fn generate<'py>(
         &self,
         py: Python<'py>,
         prompt: &Bound<'py, PyAny>,
-        max_new_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
+        sampling: Sampling,
         stop: Vec<String>,
-        stop_on_eos: bool,
         on_token: Option<Py<PyAny>>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let opts = GenerateOptions {
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            repetition_penalty,
-            seed,
-            stop_on_eos,
-            stop_strings: stop,
-        };
+        let opts = sampling.options(stop);
         let text_prompt: Option<String> = prompt.extract().ok();
         let id_prompt: Option<Vec<u32>> = if text_prompt.is_none() { Some(prompt.extract()?) } else { None };
         let mut callback = |ev: TokenEvent<'_>| call_progress(&on_token, (ev.token, ev.text.to_string()));
@@ -175,34 +187,17 @@ impl PyModel {
     /// with its own generator seeded by `seeds[i]` (default `seed + i`), so it gets the tokens
     /// `generate` gives it alone with that seed. `progress` sees phase `generate`, one unit per
     /// new token of any sequence; Ctrl-C stops it.
-    #[pyo3(signature = (prompts, *, max_new_tokens=128, temperature=0.0, top_k=0, top_p=1.0,
-                        repetition_penalty=1.0, seed=0, seeds=None, stop_on_eos=true, progress=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (prompts, sampling, *, seeds=None, progress=None))]
     fn generate_batch<'py>(
         &self,
         py: Python<'py>,
         prompts: Vec<Bound<'py, PyAny>>,
-        max_new_tokens: usize,
-        temperature: f32,
-        top_k: usize,
-        top_p: f32,
-        repetition_penalty: f32,
-        seed: u64,
+        sampling: Sampling,
         seeds: Option<Vec<u64>>,
-        stop_on_eos: bool,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let opts = GenerateOptions {
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            repetition_penalty,
-            seed,
-            stop_on_eos,
-            stop_strings: vec![],
-        };
-        let seeds = seeds.unwrap_or_else(|| (0..prompts.len() as u64).map(|i| seed.wrapping_add(i)).collect());
+        let opts = sampling.options(vec![]);
+        let seeds = seeds.unwrap_or_else(|| (0..prompts.len() as u64).map(|i| opts.seed.wrapping_add(i)).collect());
         if seeds.len() != prompts.len() {
             return Err(crate::errors::ShapeError::new_err(format!(
                 "{} prompts but {} seeds",
@@ -224,7 +219,7 @@ impl PyModel {
         }
         let mut sink = PySink::new(progress.as_ref());
         let result = py.detach(|| {
-            let mut p = phase(&mut sink, "generate", (batch.len() * max_new_tokens) as u64);
+            let mut p = phase(&mut sink, "generate", (batch.len() * opts.max_new_tokens) as u64);
             self.inner.generate_batch(&batch, &opts, &mut *p)
         });
         sink.result(result)?.into_iter().map(|g| generation_dict(py, g)).collect()
