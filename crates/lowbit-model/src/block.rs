@@ -2,7 +2,7 @@
 //! residual → MLP input → gate/up → down's input → residual.
 //!
 //! [`Model::forward_batch`](crate::Model::forward_batch) runs the stages back to back over a
-//! batch of sequences with their KV caches ([`Block::forward_cached`]); the quantization pipeline
+//! batch of sequences with their KV caches ([`Block::attend_cached`]); the quantization pipeline
 //! (crate `lowbit-quantize`) stops between them to collect each linear layer's input and to
 //! swap in its quantized weights, over `nseq` sequences of `seqlen` tokens that each start from
 //! an empty context ([`Block::attend_fresh`]). Both run the same arithmetic, so with unquantized
@@ -300,15 +300,8 @@ impl<'a, B: Backend> Block<'a, B> {
 
     /// Stage 4: `x += o_proj(attn)`, `attn` being [`Scratch::attn_out`] when `None`.
     pub fn o_residual(&self, x: B::ViewMut<'_>, attn: Option<B::View<'_>>, s: &mut Scratch<B>) -> Result<()> {
-        let be = self.backend;
         let Scratch { attn: own, o, rows, .. } = s;
-        match attn {
-            Some(a) => be.linear(&self.layer.o_proj, a, *rows, full_mut(be, o)),
-            None => be.linear(&self.layer.o_proj, full(be, own), *rows, full_mut(be, o)),
-        }
-        .map_err(err)?;
-        be.add(x, full(be, o));
-        Ok(())
+        self.residual(&self.layer.o_proj, x, attn, own, o, *rows)
     }
 
     /// Stage 5: the MLP input `rms_norm(x) * post_attention_norm` into [`Scratch::normed`].
@@ -330,40 +323,41 @@ impl<'a, B: Backend> Block<'a, B> {
 
     /// Stage 7: `x += down_proj(act)`, `act` being [`Scratch::mlp_act`] when `None`.
     pub fn down_residual(&self, x: B::ViewMut<'_>, act: Option<B::View<'_>>, s: &mut Scratch<B>) -> Result<()> {
-        let be = self.backend;
         let Scratch { g, o, rows, .. } = s;
-        match act {
-            Some(a) => be.linear(&self.layer.down_proj, a, *rows, full_mut(be, o)),
-            None => be.linear(&self.layer.down_proj, full(be, g), *rows, full_mut(be, o)),
+        self.residual(&self.layer.down_proj, x, act, g, o, *rows)
+    }
+
+    /// Stages 4 and 7: `x += w(input)` through `o`, `input` being `own` when `None`.
+    fn residual(
+        &self,
+        w: &B::Linear,
+        x: B::ViewMut<'_>,
+        input: Option<B::View<'_>>,
+        own: &B::Buffer,
+        o: &mut B::Buffer,
+        rows: usize,
+    ) -> Result<()> {
+        let be = self.backend;
+        match input {
+            Some(a) => be.linear(w, a, rows, full_mut(be, o)),
+            None => be.linear(w, full(be, own), rows, full_mut(be, o)),
         }
         .map_err(err)?;
         be.add(x, full(be, o));
         Ok(())
     }
 
-    /// The whole block in place on `x`, runtime flavour (see [`Block::attend_cached`]).
-    pub fn forward_cached<'c>(
+    /// The whole block in place on `x`, stage 3 being `attend`: [`Block::attend_cached`] at run
+    /// time, [`Block::attend_fresh`] for sequences from an empty context.
+    pub fn forward(
         &self,
         x: &mut B::Buffer,
-        spans: &[Span],
-        caches: impl Iterator<Item = &'c mut KvCache<B>>,
-        li: usize,
         s: &mut Scratch<B>,
-    ) -> Result<()>
-    where
-        B: 'c,
-    {
+        attend: impl FnOnce(&mut Scratch<B>) -> Result<()>,
+    ) -> Result<()> {
         self.attn_input(full(self.backend, x), s);
         self.qkv(s)?;
-        self.attend_cached(spans, caches, li, s)?;
-        self.mlp_half(x, s)
-    }
-
-    /// The whole block in place on `x`, every sequence from an empty context.
-    pub fn forward_fresh(&self, x: &mut B::Buffer, spans: &[Span], s: &mut Scratch<B>) -> Result<()> {
-        self.attn_input(full(self.backend, x), s);
-        self.qkv(s)?;
-        self.attend_fresh(spans, s)?;
+        attend(s)?;
         self.mlp_half(x, s)
     }
 
@@ -377,7 +371,7 @@ impl<'a, B: Backend> Block<'a, B> {
 }
 
 /// Logits of `nseq` sequences of `seqlen` tokens (row-major `[nseq * seqlen, vocab]`) computed
-/// through the stages the quantization pipeline runs ([`Block::forward_fresh`] on
+/// through the stages the quantization pipeline runs ([`Block::attend_fresh`] on
 /// `Cpu::unsplit()`). It equals [`Model::forward`] on each sequence from an empty cache up to
 /// float rounding; it exists so that equality can be tested.
 pub fn staged_logits(model: &Model, tokens: &[u32], seqlen: usize) -> Result<Vec<f32>> {
@@ -393,7 +387,8 @@ pub fn staged_logits(model: &Model, tokens: &[u32], seqlen: usize) -> Result<Vec
     let mut s = Scratch::new(&be, cfg, tokens.len())?;
     s.set_positions(&be, model.rope(), &spans)?;
     for layer in model.layers() {
-        Block::with_backend(&be, cfg, layer).forward_fresh(&mut x, &spans, &mut s)?;
+        let blk = Block::with_backend(&be, cfg, layer);
+        blk.forward(&mut x, &mut s, |s| blk.attend_fresh(&spans, s))?;
     }
     let mut hidden = vec![0f32; x.len()];
     be.rms_norm(&x, model.final_norm(), cfg.rms_norm_eps, &mut hidden);

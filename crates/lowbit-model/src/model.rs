@@ -663,7 +663,8 @@ impl<B: Backend> Model<B> {
         for (li, layer) in self.layers.iter().enumerate() {
             progress.check()?;
             let caches = batch.iter_mut().map(|(_, cache)| &mut **cache);
-            Block::with_backend(be, c, layer).forward_cached(&mut x, &spans, caches, li, &mut scratch)?;
+            let blk = Block::with_backend(be, c, layer);
+            blk.forward(&mut x, &mut scratch, |s| blk.attend_cached(&spans, caches, li, s))?;
         }
         for (tokens, cache) in batch.iter_mut() {
             cache.len += tokens.len();
