@@ -81,6 +81,13 @@ pub trait Backend: Send + Sync + Clone + std::fmt::Debug {
     /// A short name (`cpu`, `cuda`).
     fn name(&self) -> &'static str;
 
+    /// This backend as an evaluation protocol computes: products in f32 activations where the
+    /// backend would otherwise quantize them for speed (perplexity measures the weights, not the
+    /// activation rounding). The default: the backend itself.
+    fn for_evaluation(&self) -> Self {
+        self.clone()
+    }
+
     /// `len` zeros.
     fn zeros(&self, len: usize) -> Result<Self::Buffer, Self::Error>;
     /// A copy of `host` on the device.

@@ -11,11 +11,12 @@ use std::ops::Range;
 #[derive(Clone, Copy, Debug)]
 pub struct Cpu {
     split_rows: bool,
+    activations: Activations,
 }
 
 impl Default for Cpu {
     fn default() -> Self {
-        Cpu { split_rows: true }
+        Cpu { split_rows: true, activations: crate::activations() }
     }
 }
 
@@ -30,15 +31,17 @@ impl Cpu {
     /// on the number of threads (the quantization pipeline's output must not), and always with
     /// f32 activations: the pipeline measures the layers it quantizes on exact inputs.
     pub fn unsplit() -> Self {
-        Cpu { split_rows: false }
+        Cpu { split_rows: false, activations: Activations::F32 }
     }
 
-    fn activations(&self) -> Activations {
-        if self.split_rows {
-            crate::activations()
-        } else {
-            Activations::F32
-        }
+    /// This backend with the activation mode `activations` for its weight products.
+    pub fn with_activations(self, activations: Activations) -> Self {
+        Cpu { activations, ..self }
+    }
+
+    /// The activation mode of the weight products.
+    pub fn activations(&self) -> Activations {
+        self.activations
     }
 }
 
@@ -51,6 +54,15 @@ impl Backend for Cpu {
 
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    /// f32 activations unless int8 was asked for by name (`LOWBIT_ACTIVATIONS=int8`, to measure
+    /// its quality cost): the evaluation protocol computes in f32.
+    fn for_evaluation(&self) -> Self {
+        match self.activations {
+            Activations::Auto => self.with_activations(Activations::F32),
+            _ => *self,
+        }
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>, CpuError> {
@@ -99,7 +111,9 @@ impl Backend for Cpu {
     fn linear(&self, w: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), CpuError> {
         let threads = par::threads();
         let (level, acts) = (crate::kernel_level(), self.activations());
-        if !self.split_rows || threads <= 1 || m < 4 * threads {
+        // Each thread's share must stay a matrix-matrix product: a share below GEMM_MIN_M rows
+        // would stream the whole weight once per row (a batch of 16 sequences read it 16 times).
+        if !self.split_rows || threads <= 1 || m < threads * crate::driver::GEMM_MIN_M {
             return w.forward_activations(level, acts, x, m, out);
         }
         // Prefill: whole row blocks per thread beat splitting each product's output rows.

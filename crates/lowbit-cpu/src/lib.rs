@@ -9,15 +9,15 @@
 //! activations quantized per token to int8, summed exactly in i32 (`vpdpbusd` with AVX512-VNNI,
 //! `vpmaddwd` with AVX2), bit-identical at every level.
 //!
-//! **Int8 activations for 4- and 8-bit integer weights** (the decode path): the activations are
+//! **Int8 activations for 4- and 8-bit integer weights** (generation): the activations are
 //! quantized once per product in blocks of 32 (one f32 scale each, as llama.cpp's Q8_0) and
 //! multiplied with the weight codes in exact i32 sums (`vpdpbusd` with AVX512-VNNI or AVX-VNNI,
 //! `vpmaddubsw` with AVX2), the weights repacked at first use into 16-row panels; every level
 //! returns [`Linear::forward_int8_reference`]'s outputs bit for bit. `LOWBIT_ACTIVATIONS`
-//! chooses ([`Activations`]): `auto` (default) uses them for single-token products (decode of
-//! one sequence) at the AVX2 and AVX-512 levels and f32 activations otherwise (prefill, batches,
-//! the scalar level);
-//! `int8` everywhere (e.g. to measure their perplexity cost); `f32` nowhere. `LOWBIT_VNNI=0`
+//! chooses ([`Activations`]): `auto` (default) uses them for every product (prefill, decode,
+//! batches) at the AVX2 and AVX-512 levels, as llama.cpp does, and f32 activations at the
+//! scalar level and in evaluations ([`Cpu`]'s `for_evaluation`: perplexity follows the
+//! protocol's f32); `int8` everywhere (e.g. to measure their perplexity cost); `f32` nowhere. `LOWBIT_VNNI=0`
 //! keeps the VNNI instructions out (to measure the `vpmaddubsw` kernels on a VNNI CPU).
 //!
 //! Decode-sized products run on a small persistent pool (crate-private `pool` module) whose

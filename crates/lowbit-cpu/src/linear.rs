@@ -104,7 +104,7 @@ impl Linear {
         m: usize,
         out: &mut [f32],
     ) -> Result<()> {
-        if acts.int8_for(level, m) && self.int8.is_none() && m > 0 {
+        if acts.int8_for(level) && self.int8.is_none() && m > 0 {
             if let Some(p) = self.packed_q8() {
                 self.check(x, m, out)?;
                 crate::dispatch::Level::new(level)?;
@@ -134,7 +134,7 @@ impl Linear {
             l.check(x, m, o)?;
         }
         crate::dispatch::Level::new(level)?;
-        if m > 0 && acts.int8_for(level, m) {
+        if m > 0 && acts.int8_for(level) {
             let packed: Option<Vec<&PackedInt>> =
                 linears.iter().map(|l| if l.int8.is_none() { l.packed_q8() } else { None }).collect();
             if let Some(ps) = packed.filter(|ps| !ps.is_empty()) {

@@ -64,9 +64,10 @@ const TOKEN_SPLIT_MIN: usize = 16;
 /// How products with integer weights treat their activations (`LOWBIT_ACTIVATIONS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activations {
-    /// int8 blocks for single-token products (one sequence's decode step, the latency-bound
-    /// case) where the kernel level has integer kernels (AVX2 and up); f32 for batches (prefill,
-    /// batched decode: the reference arithmetic) and at the scalar level.
+    /// int8 blocks for every product with 4- or 8-bit integer weights where the kernel level
+    /// has integer kernels (AVX2 and up), as llama.cpp quantizes activations to Q8_0; f32 at the
+    /// scalar level. Evaluation (perplexity) computes in f32 ([`crate::Cpu`]'s
+    /// `for_evaluation`), as the protocol asks.
     Auto,
     /// int8 blocks for every product with 4- or 8-bit integer weights, at every level
     /// (to measure their quality cost, e.g. the perplexity).
@@ -93,10 +94,10 @@ impl Activations {
             _ => None,
         }
     }
-    /// Whether a product of `m` tokens at `level` quantizes its activations.
-    pub(crate) fn int8_for(self, level: KernelLevel, m: usize) -> bool {
+    /// Whether a product at `level` quantizes its activations.
+    pub(crate) fn int8_for(self, level: KernelLevel) -> bool {
         match self {
-            Activations::Auto => level != KernelLevel::Scalar && m == 1,
+            Activations::Auto => level != KernelLevel::Scalar,
             Activations::Int8 => true,
             Activations::F32 => false,
         }

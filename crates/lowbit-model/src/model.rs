@@ -527,7 +527,7 @@ impl<B: Backend> Model<B> {
     pub fn forward_batch(&self, batch: &mut [(&[u32], &mut KvCache<B>)], mode: LogitsMode) -> Result<Vec<Logits>> {
         let c = &self.config;
         let h = c.hidden_size;
-        let (x, spans) = self.hidden_batch(batch, &mut NoProgress)?;
+        let (x, spans) = self.hidden_batch(&self.backend, batch, &mut NoProgress)?;
         // Final norm and LM head on the rows asked for, of all sequences at once: the head (the
         // largest matrix of a small model) is read once per call, not once per sequence.
         let wanted: Vec<std::ops::Range<usize>> = spans
@@ -570,7 +570,7 @@ impl<B: Backend> Model<B> {
     pub fn forward_last_on_device(&self, tokens: &[u32], cache: &mut KvCache<B>) -> Result<B::Buffer> {
         let c = &self.config;
         let (h, vocab) = (c.hidden_size, c.vocab_size);
-        let (x, _) = self.hidden_batch(&mut [(tokens, cache)], &mut NoProgress)?;
+        let (x, _) = self.hidden_batch(&self.backend, &mut [(tokens, cache)], &mut NoProgress)?;
         let be = &self.backend;
         let n = tokens.len();
         let mut hidden = be.zeros(h).map_err(err)?;
@@ -583,7 +583,8 @@ impl<B: Backend> Model<B> {
     /// Runs `tokens` after what `cache` holds and returns the final-normed hidden states
     /// `[tokens][hidden]`, the LM head's input: callers that only reduce the logits (perplexity)
     /// apply the head a few rows at a time with [`Model::lm_head_rows`] instead of holding
-    /// `tokens x vocab` floats.
+    /// `tokens x vocab` floats. Computed as evaluations are ([`Backend::for_evaluation`]: f32
+    /// activations on the CPU unless `LOWBIT_ACTIVATIONS=int8`).
     /// `progress` is polled for cancellation once per layer.
     pub fn hidden_states(
         &self,
@@ -592,8 +593,8 @@ impl<B: Backend> Model<B> {
         progress: &mut dyn Progress,
     ) -> Result<Vec<f32>> {
         let c = &self.config;
-        let (x, _) = self.hidden_batch(&mut [(tokens, cache)], progress)?;
-        let be = &self.backend;
+        let be = &self.backend.for_evaluation();
+        let (x, _) = self.hidden_batch(be, &mut [(tokens, cache)], progress)?;
         let n = be.buf_len(&x);
         let mut hidden = be.zeros(n).map_err(err)?;
         be.rms_norm(be.view(&x, 0..n), self.norm_view(), c.rms_norm_eps, be.view_mut(&mut hidden, 0..n));
@@ -601,7 +602,7 @@ impl<B: Backend> Model<B> {
     }
 
     /// Logits `[rows][vocab]` of `rows` final-normed hidden states (see
-    /// [`Model::hidden_states`]) into `out`.
+    /// [`Model::hidden_states`]) into `out`, computed as evaluations are.
     pub fn lm_head_rows(&self, hidden: &[f32], rows: usize, out: &mut [f32]) -> Result<()> {
         let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
         if hidden.len() != rows * h || out.len() != rows * vocab {
@@ -610,7 +611,7 @@ impl<B: Backend> Model<B> {
                 format!("{rows} rows need {} hidden and {} output values", rows * h, rows * vocab),
             ));
         }
-        let be = &self.backend;
+        let be = &self.backend.for_evaluation();
         let hidden = be.upload(hidden).map_err(err)?;
         let mut logits = be.zeros(out.len()).map_err(err)?;
         let (hv, lv) = (be.view(&hidden, 0..rows * h), be.view_mut(&mut logits, 0..rows * vocab));
@@ -629,6 +630,7 @@ impl<B: Backend> Model<B> {
     /// caches half-extended, so they must be dropped.
     fn hidden_batch(
         &self,
+        be: &B,
         batch: &mut [(&[u32], &mut KvCache<B>)],
         progress: &mut dyn Progress,
     ) -> Result<(B::Buffer, Vec<Span>)> {
@@ -653,7 +655,6 @@ impl<B: Backend> Model<B> {
             spans.push(Span { start: m, len: tokens.len(), past: cache.len });
             m += tokens.len();
         }
-        let be = &self.backend;
         let mut x = be.zeros(m * h).map_err(err)?;
         for ((tokens, _), sp) in batch.iter().zip(&spans) {
             self.embed(tokens, be.view_mut(&mut x, sp.start * h..(sp.start + sp.len) * h))?;
@@ -663,7 +664,7 @@ impl<B: Backend> Model<B> {
         for (li, layer) in self.layers.iter().enumerate() {
             progress.check()?;
             let caches = batch.iter_mut().map(|(_, cache)| &mut **cache);
-            Block::new(self, layer).forward_cached(&mut x, &spans, caches, li, &mut scratch)?;
+            Block::with_backend(be, c, layer).forward_cached(&mut x, &spans, caches, li, &mut scratch)?;
         }
         for (tokens, cache) in batch.iter_mut() {
             cache.len += tokens.len();

@@ -43,7 +43,7 @@ fn quantized_head_and_embedding_at_smollm2_shape_match_their_dequantized_f32() {
         // The head: decode (m = 1) and a small batch, against f64 sums of the dequantized rows.
         for rows in [1, m] {
             // The backend's product is the f32-activation one or, where lowbit-cpu quantizes
-            // decode-sized activations to int8 (`LOWBIT_ACTIVATIONS`), exactly its int8 reference.
+            // activations to int8 (`LOWBIT_ACTIVATIONS`), exactly its int8 reference.
             let mut got = vec![0f32; rows * VOCAB];
             be.linear(&lin, &x[..rows * HIDDEN], rows, &mut got).unwrap();
             let mut out = vec![0f32; rows * VOCAB];
