@@ -111,7 +111,9 @@ impl Backend for Cpu {
     fn linear(&self, w: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), CpuError> {
         let threads = par::threads();
         let (level, acts) = (crate::kernel_level(), self.activations());
-        if !self.split_rows || threads <= 1 || m < 4 * threads {
+        // Each thread's share must stay a matrix-matrix product: a share below GEMM_MIN_M rows
+        // would stream the whole weight once per row (a batch of 16 sequences read it 16 times).
+        if !self.split_rows || threads <= 1 || m < threads * crate::driver::GEMM_MIN_M {
             return w.forward_activations(level, acts, x, m, out);
         }
         // Prefill: whole row blocks per thread beat splitting each product's output rows.

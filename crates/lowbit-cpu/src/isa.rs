@@ -58,6 +58,30 @@ pub(crate) struct IntBlock<'a> {
     pub zeros: Zeros<'a>,
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl IntBlock<'_> {
+    /// Groups per row.
+    #[inline]
+    pub(crate) fn gpr(&self) -> usize {
+        self.cols.div_ceil(self.group)
+    }
+    /// Asserts the bounds a kernel relies on to compute `out[r0..r0 + rows]` from `x`, `chunk`
+    /// columns (a divisor of the group) at a time.
+    #[inline]
+    pub(crate) fn check_gemv(&self, x: &[f32], r0: usize, rows: usize, out: &[f32], chunk: usize) {
+        let end = (r0 + rows) * self.gpr();
+        assert!(x.len() >= self.cols && self.codes.len() >= (r0 + rows) * self.row_bytes && self.scales.len() >= end);
+        assert!(self.group.is_multiple_of(chunk) && self.cols.is_multiple_of(chunk) && out.len() >= r0 + rows);
+    }
+    /// Asserts the bounds a kernel relies on to dequantize elements `k0..k0 + n` of row `r`,
+    /// `chunk` at a time.
+    #[inline]
+    pub(crate) fn check_dequant(&self, r: usize, k0: usize, n: usize, chunk: usize) {
+        assert!(k0.is_multiple_of(chunk) && n.is_multiple_of(chunk) && k0 + n <= self.cols);
+        assert!(self.codes.len() >= (r + 1) * self.row_bytes && self.scales.len() >= (r + 1) * self.gpr());
+    }
+}
+
 /// A block of consecutive rows of an NF4/FP4 matrix.
 // Read only by the SIMD levels, which exist on x86-64 only for now.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]

@@ -318,6 +318,14 @@ pub(crate) trait Q8Isa: Copy + Send + Sync {
     fn gemv(self, w: &PackedInt, p0: usize, p1: usize, a: &Acts, out: &mut [f32], os: usize);
 }
 
+/// Checks the slices a level's [`Q8Isa::quantize_row`] reads and writes, so its `unsafe` code can
+/// rely on them.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn check_quantize_bounds(x: &[f32], codes: &[i8], scales: &[f32], sums: &[i32]) {
+    let nb = x.len() / QK;
+    assert!(x.len().is_multiple_of(QK) && codes.len() >= x.len() && scales.len() >= nb && sums.len() >= nb);
+}
+
 /// Checks the slices a level's [`Q8Isa::gemv`] reads and writes, so its `unsafe` code can rely
 /// on them.
 pub(crate) fn check_gemv_bounds(w: &PackedInt, p0: usize, p1: usize, a: &Acts, out: &[f32], os: usize) {

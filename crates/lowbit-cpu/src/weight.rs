@@ -4,7 +4,7 @@ use crate::{CpuError, Result};
 use half::{bf16, f16};
 use lowbit_core::{QParams, QTensor, Scheme};
 
-/// What a `Linear` stores.
+/// A tensor's element storage: what a `Linear` stores (and what loaders hand over, unconverted).
 #[derive(Clone, Debug)]
 pub enum WeightKind {
     /// Dense f32.
@@ -13,7 +13,7 @@ pub enum WeightKind {
     F16(Vec<f16>),
     /// Dense bf16.
     Bf16(Vec<bf16>),
-    /// A lowbit quantized tensor (any scheme).
+    /// A lowbit quantized tensor (any scheme), kept packed.
     Quant(QTensor),
 }
 

@@ -92,17 +92,20 @@ fn int_case(
     check(&lin, &dense, rng, &format!("int{} sym={symmetric} {granularity:?} {scale_dtype:?}", bits.get()));
 }
 
+/// Every integer width, asymmetric then symmetric.
+fn int_schemes() -> impl Iterator<Item = (Bits, bool)> {
+    [Bits::B2, Bits::B3, Bits::B4, Bits::B8].into_iter().flat_map(|bits| [(bits, false), (bits, true)])
+}
+
 #[test]
 fn int_group_wise_all_bits() {
     let mut rng = Rng(2);
-    for bits in [Bits::B2, Bits::B3, Bits::B4, Bits::B8] {
-        for symmetric in [false, true] {
-            for g in [32, 64, 128] {
-                for (i, rows) in ROWS.into_iter().enumerate() {
-                    let cols = g * [1, 2, 3, 5, 9][i];
-                    let dt = if i % 2 == 0 { ScaleDtype::F16 } else { ScaleDtype::F32 };
-                    int_case(&mut rng, rows, cols, bits, symmetric, Granularity::Group(g), dt);
-                }
+    for (bits, symmetric) in int_schemes() {
+        for g in [32, 64, 128] {
+            for (i, rows) in ROWS.into_iter().enumerate() {
+                let cols = g * [1, 2, 3, 5, 9][i];
+                let dt = if i % 2 == 0 { ScaleDtype::F16 } else { ScaleDtype::F32 };
+                int_case(&mut rng, rows, cols, bits, symmetric, Granularity::Group(g), dt);
             }
         }
     }
@@ -113,12 +116,10 @@ fn int_partial_last_group() {
     // docs/format.md: a group size that does not divide the row leaves a short last group
     // (SmolLM2's 576-wide rows at g = 128: 4 x 128 + 64).
     let mut rng = Rng(6);
-    for bits in [Bits::B2, Bits::B3, Bits::B4, Bits::B8] {
-        for symmetric in [false, true] {
-            for (rows, cols, g) in [(3, 576, 128), (17, 96, 64), (33, 160, 128), (1, 32, 64), (100, 224, 96)] {
-                let dt = if rows % 2 == 0 { ScaleDtype::F32 } else { ScaleDtype::F16 };
-                int_case(&mut rng, rows, cols, bits, symmetric, Granularity::Group(g), dt);
-            }
+    for (bits, symmetric) in int_schemes() {
+        for (rows, cols, g) in [(3, 576, 128), (17, 96, 64), (33, 160, 128), (1, 32, 64), (100, 224, 96)] {
+            let dt = if rows % 2 == 0 { ScaleDtype::F32 } else { ScaleDtype::F16 };
+            int_case(&mut rng, rows, cols, bits, symmetric, Granularity::Group(g), dt);
         }
     }
 }
@@ -126,18 +127,16 @@ fn int_partial_last_group() {
 #[test]
 fn int_per_channel_per_tensor_and_odd_groups() {
     let mut rng = Rng(3);
-    for bits in [Bits::B2, Bits::B3, Bits::B4, Bits::B8] {
-        for symmetric in [false, true] {
-            for (rows, cols) in [(1, 8), (3, 96), (17, 100), (33, 256), (100, 40)] {
-                for dt in [ScaleDtype::F16, ScaleDtype::F32] {
-                    int_case(&mut rng, rows, cols, bits, symmetric, Granularity::PerChannel, dt);
-                    int_case(&mut rng, rows, cols, bits, symmetric, Granularity::PerTensor, dt);
-                }
+    for (bits, symmetric) in int_schemes() {
+        for (rows, cols) in [(1, 8), (3, 96), (17, 100), (33, 256), (100, 40)] {
+            for dt in [ScaleDtype::F16, ScaleDtype::F32] {
+                int_case(&mut rng, rows, cols, bits, symmetric, Granularity::PerChannel, dt);
+                int_case(&mut rng, rows, cols, bits, symmetric, Granularity::PerTensor, dt);
             }
-            // group sizes that are not a multiple of 32, and a 3-bit row that is not byte aligned
-            int_case(&mut rng, 17, 48, bits, symmetric, Granularity::Group(16), ScaleDtype::F16);
-            int_case(&mut rng, 5, 120, bits, symmetric, Granularity::Group(24), ScaleDtype::F32);
         }
+        // group sizes that are not a multiple of 32, and a 3-bit row that is not byte aligned
+        int_case(&mut rng, 17, 48, bits, symmetric, Granularity::Group(16), ScaleDtype::F16);
+        int_case(&mut rng, 5, 120, bits, symmetric, Granularity::Group(24), ScaleDtype::F32);
     }
     int_case(&mut rng, 3, 7, Bits::B3, false, Granularity::PerChannel, ScaleDtype::F16);
 }

@@ -18,14 +18,13 @@ const F32_SLACK: f64 = 1e-5;
 /// noise of rms `absmax / 127 / sqrt(12)`, about 0.4% of the activations' rms.
 const W8A8_REL_FROBENIUS: f64 = 0.01;
 
+/// Symmetric 8-bit weights, the ones W8A8 takes.
+fn int8_sym(granularity: Granularity, scale_dtype: ScaleDtype) -> IntScheme {
+    IntScheme { bits: Bits::B8, symmetric: true, granularity, scale_dtype, clip: ClipSearch::MinMax }
+}
+
 fn per_channel(rows: usize, cols: usize, w: &[f32], scale_dtype: ScaleDtype) -> Int8Linear {
-    let scheme = IntScheme {
-        bits: Bits::B8,
-        symmetric: true,
-        granularity: Granularity::PerChannel,
-        scale_dtype,
-        clip: ClipSearch::MinMax,
-    };
+    let scheme = int8_sym(Granularity::PerChannel, scale_dtype);
     Int8Linear::from_qtensor(&rtn::quantize(w, &[rows, cols], scheme).unwrap()).unwrap()
 }
 
@@ -212,13 +211,7 @@ fn per_tensor_is_per_channel_with_one_scale() {
     let mut rng = Rng(17);
     let (rows, cols) = (19, 40);
     let w = rng.vec(rows * cols);
-    let scheme = IntScheme {
-        bits: Bits::B8,
-        symmetric: true,
-        granularity: Granularity::PerTensor,
-        scale_dtype: ScaleDtype::F32,
-        clip: ClipSearch::MinMax,
-    };
+    let scheme = int8_sym(Granularity::PerTensor, ScaleDtype::F32);
     let q = rtn::quantize(&w, &[rows, cols], scheme).unwrap();
     let lin = Int8Linear::from_qtensor(&q).unwrap();
     assert!(lin.scales().iter().all(|&s| s == lin.scales()[0]));
@@ -230,13 +223,7 @@ fn per_tensor_is_per_channel_with_one_scale() {
 fn from_linear_and_dequantize_match_the_qtensor() {
     let mut rng = Rng(18);
     let (rows, cols) = (33, 130);
-    let scheme = IntScheme {
-        bits: Bits::B8,
-        symmetric: true,
-        granularity: Granularity::PerChannel,
-        scale_dtype: ScaleDtype::F16,
-        clip: ClipSearch::MinMax,
-    };
+    let scheme = int8_sym(Granularity::PerChannel, ScaleDtype::F16);
     let q = rtn::quantize(&rng.vec(rows * cols), &[rows, cols], scheme).unwrap();
     let lin = Linear::new(rows, cols, WeightKind::Quant(q.clone())).unwrap();
     let i8lin = Int8Linear::from_linear(&lin).unwrap();
@@ -344,13 +331,7 @@ fn linear_in_w8a8_mode_is_int8_linear() {
     let mut rng = Rng(11);
     let w = rng.vec(rows * cols);
     let x = rng.vec(m * cols);
-    let scheme = IntScheme {
-        bits: Bits::B8,
-        symmetric: true,
-        granularity: Granularity::PerChannel,
-        scale_dtype: ScaleDtype::F16,
-        clip: ClipSearch::MinMax,
-    };
+    let scheme = int8_sym(Granularity::PerChannel, ScaleDtype::F16);
     let q = rtn::quantize(&w, &[rows, cols], scheme).unwrap();
     let mut lin = Linear::new(rows, cols, WeightKind::Quant(q.clone())).unwrap();
     assert!(!lin.int8_activations());

@@ -2,7 +2,6 @@
 
 use crate::{ModelError, Result};
 use half::{bf16, f16};
-use lowbit_core::QTensor;
 use lowbit_cpu::WeightKind;
 use std::path::Path;
 
@@ -15,18 +14,9 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Bytes> {
     Bytes::read(path).map_err(|e| ModelError::io(path, e))
 }
 
-/// Element storage of a loaded tensor.
-#[derive(Clone, Debug)]
-pub enum TensorData {
-    /// f32 elements.
-    F32(Vec<f32>),
-    /// f16 elements.
-    F16(Vec<f16>),
-    /// bf16 elements.
-    Bf16(Vec<bf16>),
-    /// A lowbit quantized tensor (kept packed).
-    Quant(QTensor),
-}
+/// Element storage of a loaded tensor: the storage a kernel weight keeps, so a tensor becomes a
+/// weight without conversion.
+pub use lowbit_cpu::WeightKind as TensorData;
 
 /// A named tensor's shape and data, as a loader produced it.
 #[derive(Clone, Debug)]
@@ -45,22 +35,12 @@ impl Tensor {
 
     /// Elements as f32 (dequantizing a quantized tensor).
     pub fn to_f32(&self) -> Vec<f32> {
-        match &self.data {
-            TensorData::F32(v) => v.clone(),
-            TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
-            TensorData::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
-            TensorData::Quant(q) => q.dequantize(),
-        }
+        self.data.to_f32()
     }
 
     /// Converts into a kernel weight without changing its storage.
     pub fn into_weight(self) -> WeightKind {
-        match self.data {
-            TensorData::F32(v) => WeightKind::F32(v),
-            TensorData::F16(v) => WeightKind::F16(v),
-            TensorData::Bf16(v) => WeightKind::Bf16(v),
-            TensorData::Quant(q) => WeightKind::Quant(q),
-        }
+        self.data
     }
 }
 

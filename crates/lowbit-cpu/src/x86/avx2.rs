@@ -8,9 +8,8 @@
 //! lanes of 8 codes; a dword permute and variable shifts put each lane's 24 bits in place and an
 //! 8-entry `(i - zero) * scale` table decodes them (this part serves the AVX-512 level too).
 
-use super::simd::{simd_isa, token_op, Simd};
+use super::simd::{int_rows, row_blocks, simd_intrinsics, simd_isa, token_op, Simd};
 use crate::isa::IntBlock;
-use half::{bf16, f16};
 use std::arch::x86_64::*;
 
 /// The AVX2 level; a value exists only on CPUs that run it.
@@ -56,72 +55,30 @@ unsafe impl Simd for Avx2 {
     const L: usize = L;
     type V = __m256;
     type I = __m256i;
+    type H = __m128i;
     type Table = (__m256, __m256);
 
-    #[inline(always)]
-    fn zero(self) -> __m256 {
-        token_op!(_mm256_setzero_ps())
-    }
-    #[inline(always)]
-    fn splat(self, v: f32) -> __m256 {
-        token_op!(_mm256_set1_ps(v))
-    }
-    #[inline(always)]
-    fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
-        token_op!(_mm256_fmadd_ps(a, b, c))
-    }
-    #[inline(always)]
-    fn add(self, a: __m256, b: __m256) -> __m256 {
-        token_op!(_mm256_add_ps(a, b))
-    }
-    #[inline(always)]
-    fn hsum(self, v: __m256) -> f32 {
-        token_op!(hsum(v))
-    }
-    #[inline(always)]
-    unsafe fn load(self, p: *const f32) -> __m256 {
-        token_op!(_mm256_loadu_ps(p))
-    }
+    simd_intrinsics!(
+        zero: _mm256_setzero_ps, splat: _mm256_set1_ps, fma: _mm256_fmadd_ps, add: _mm256_add_ps,
+        hsum: hsum, load: _mm256_loadu_ps, store: _mm256_storeu_ps,
+        load_u16: _mm_loadu_si128, f16_to_f32: _mm256_cvtph_ps, load_codes: widen8,
+        next_nibble: _mm256_srli_epi32
+    );
     #[inline(always)]
     unsafe fn load_partial(self, p: *const f32, n: usize) -> __m256 {
         token_op!(_mm256_loadu_ps(partial::<f32, L>(p, n).as_ptr()))
     }
     #[inline(always)]
-    unsafe fn load_f16(self, p: *const f16) -> __m256 {
-        token_op!(_mm256_cvtph_ps(_mm_loadu_si128(p.cast())))
+    unsafe fn load_u16_partial(self, p: *const u16, n: usize) -> __m128i {
+        token_op!(self.load_u16(partial::<u16, L>(p, n).as_ptr()))
     }
     #[inline(always)]
-    unsafe fn load_f16_partial(self, p: *const f16, n: usize) -> __m256 {
-        token_op!(self.load_f16(partial::<f16, L>(p, n).as_ptr()))
-    }
-    #[inline(always)]
-    unsafe fn load_bf16(self, p: *const bf16) -> __m256 {
-        // bf16 is the top half of an f32
-        token_op!(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))))
-    }
-    #[inline(always)]
-    unsafe fn load_bf16_partial(self, p: *const bf16, n: usize) -> __m256 {
-        token_op!(self.load_bf16(partial::<bf16, L>(p, n).as_ptr()))
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32, v: __m256) {
-        token_op!(_mm256_storeu_ps(p, v))
+    fn bf16_to_f32(self, h: __m128i) -> __m256 {
+        token_op!(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h))))
     }
     #[inline(always)]
     unsafe fn store_partial(self, p: *mut f32, n: usize, v: __m256) {
-        let mut buf = [0f32; L];
-        token_op!({
-            _mm256_storeu_ps(buf.as_mut_ptr(), v);
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n.min(L));
-        })
-    }
-    #[inline(always)]
-    unsafe fn load_codes(self, p: *const u8) -> __m256i {
-        token_op!(widen8(p))
-    }
-    #[inline(always)]
-    fn next_nibble(self, v: __m256i) -> __m256i {
-        token_op!(_mm256_srli_epi32::<4>(v))
+        token_op!(store_partial(p, n, v))
     }
     #[inline(always)]
     fn table16(self, table: &[f32; 16], scale: f32) -> (__m256, __m256) {
@@ -142,6 +99,21 @@ unsafe impl Simd for Avx2 {
     }
 }
 
+/// Stores the first `n < 8` lanes of `v` at `p` (through a buffer: AVX2 has no masked f32
+/// store short of `vmaskmovps`).
+///
+/// # Safety
+/// AVX in the caller; `n` writable f32 at `p`.
+#[inline(always)]
+pub(super) unsafe fn store_partial(p: *mut f32, n: usize, v: __m256) {
+    let mut buf = [0f32; L];
+    // SAFETY: `buf` holds 8 f32; `n.min(8)` are writable at `p` (the caller's contract).
+    unsafe {
+        _mm256_storeu_ps(buf.as_mut_ptr(), v);
+        std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n.min(L));
+    }
+}
+
 /// Widens 8 code bytes at `p` to 8 u32 lanes.
 ///
 /// # Safety
@@ -155,31 +127,22 @@ unsafe fn widen8(p: *const u8) -> __m256i {
 
 /// `out[r] = x · row r` for 2-, 4- and 8-bit codes, R rows per pass.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemv_int_rows<const BITS: i32, const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
+unsafe fn gemv_int_rows<const BITS: i32, const R: usize>(s: Avx2, b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
     let per_byte = (8 / BITS) as usize;
     let chunk = L * per_byte;
-    let gpr = b.cols.div_ceil(b.group);
-    assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
-    assert!(b.group.is_multiple_of(chunk) && b.cols.is_multiple_of(chunk) && out.len() >= r0 + R);
+    b.check_gemv(x, r0, R, out, chunk);
+    let gpr = b.gpr();
     let mask = _mm256_set1_epi32((1 << BITS) - 1);
     let xp = x.as_ptr();
-    let mut tot = [_mm256_setzero_ps(); R];
-    for gi in 0..gpr {
+    int_rows(s, b, r0, out, |gi, ks| {
         let mut acc = [_mm256_setzero_ps(); R];
-        let mut z = [_mm256_setzero_si256(); R];
-        for (r, z) in z.iter_mut().enumerate() {
-            *z = _mm256_set1_epi32(i32::from(b.zeros.get((r0 + r) * gpr + gi)));
-        }
-        let mut k = gi * b.group;
-        let end = (k + b.group).min(b.cols);
-        while k < end {
+        let z: [__m256i; R] = std::array::from_fn(|r| _mm256_set1_epi32(i32::from(b.zeros.get((r0 + r) * gpr + gi))));
+        for k in ks.step_by(chunk) {
             // SAFETY: k + chunk <= cols: x and 8 code bytes per row at byte k / per_byte are in
             // bounds (asserted).
             unsafe {
-                let mut v = [_mm256_setzero_si256(); R];
-                for (r, v) in v.iter_mut().enumerate() {
-                    *v = widen8(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k / per_byte));
-                }
+                let mut v: [__m256i; R] =
+                    std::array::from_fn(|r| widen8(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k / per_byte)));
                 for t in 0..per_byte {
                     let xv = _mm256_loadu_ps(xp.add(k + t * L));
                     for r in 0..R {
@@ -192,40 +155,20 @@ unsafe fn gemv_int_rows<const BITS: i32, const R: usize>(b: &IntBlock, x: &[f32]
                     }
                 }
             }
-            k += chunk;
         }
-        for r in 0..R {
-            tot[r] = _mm256_fmadd_ps(acc[r], _mm256_set1_ps(b.scales[(r0 + r) * gpr + gi]), tot[r]);
-        }
-    }
-    for (r, t) in tot.iter().enumerate() {
-        out[r0 + r] = hsum(*t);
-    }
+        acc
+    });
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemv_int(b: &IntBlock, x: &[f32], out: &mut [f32]) {
-    let rows = out.len();
-    let mut r = 0;
+unsafe fn gemv_int(s: Avx2, b: &IntBlock, x: &[f32], out: &mut [f32]) {
     // SAFETY: each call covers rows r..r+R < rows of the block, which the kernels assert.
     unsafe {
-        macro_rules! run {
-            ($bits:literal) => {{
-                while r + 2 <= rows {
-                    gemv_int_rows::<$bits, 2>(b, x, r, out);
-                    r += 2;
-                }
-                while r < rows {
-                    gemv_int_rows::<$bits, 1>(b, x, r, out);
-                    r += 1;
-                }
-            }};
-        }
         match b.bits {
-            4 => run!(4),
-            2 => run!(2),
-            8 => run!(8),
-            3 => gemv_q3(b, x, out),
+            4 => row_blocks!(out.len(), 2, r => gemv_int_rows::<4>(s, b, x, r, out)),
+            2 => row_blocks!(out.len(), 2, r => gemv_int_rows::<2>(s, b, x, r, out)),
+            8 => row_blocks!(out.len(), 2, r => gemv_int_rows::<8>(s, b, x, r, out)),
+            3 => row_blocks!(out.len(), 2, r => gemv_q3_rows(b, x, r, out)),
             _ => unreachable!("codes are 2, 3, 4 or 8 bits"),
         }
     }
@@ -233,7 +176,7 @@ unsafe fn gemv_int(b: &IntBlock, x: &[f32], out: &mut [f32]) {
 
 /// Row `r`, elements `k0..k0 + dst.len()` (chunk aligned) of an integer block, interleaved.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
+unsafe fn dequant_int(_: Avx2, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
     if b.bits == 3 {
         // SAFETY: same contract.
         return unsafe { dequant_q3(b, r, k0, dst) };
@@ -241,9 +184,8 @@ unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
     let bits = b.bits as usize;
     let per_byte = 8 / bits;
     let chunk = L * per_byte;
-    let gpr = b.cols.div_ceil(b.group);
-    assert!(k0.is_multiple_of(chunk) && dst.len().is_multiple_of(chunk) && k0 + dst.len() <= b.cols);
-    assert!(b.codes.len() >= (r + 1) * b.row_bytes && b.scales.len() >= (r + 1) * gpr);
+    b.check_dequant(r, k0, dst.len(), chunk);
+    let gpr = b.gpr();
     let mask = _mm256_set1_epi32(((1u32 << bits) - 1) as i32);
     let shift = _mm_cvtsi32_si128(bits as i32);
     let dp = dst.as_mut_ptr();
@@ -305,28 +247,24 @@ fn q3_lut(zero: u8, scale: f32) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv_q3_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
     const CHUNK: usize = 64;
-    let gpr = b.cols.div_ceil(b.group);
-    assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
-    assert!(b.group.is_multiple_of(CHUNK) && b.cols.is_multiple_of(CHUNK) && out.len() >= r0 + R);
+    b.check_gemv(x, r0, R, out, CHUNK);
+    let gpr = b.gpr();
     let xp = x.as_ptr();
     let end_ptr = b.codes.as_ptr_range().end;
     let mut tot = [_mm256_setzero_ps(); R];
     for gi in 0..gpr {
-        let mut lut = [_mm256_setzero_ps(); R];
-        for (r, l) in lut.iter_mut().enumerate() {
+        let lut: [__m256; R] = std::array::from_fn(|r| {
             let p = (r0 + r) * gpr + gi;
-            *l = q3_lut(b.zeros.get(p), b.scales[p]);
-        }
+            q3_lut(b.zeros.get(p), b.scales[p])
+        });
         let mut k = gi * b.group;
         let end = (k + b.group).min(b.cols);
         while k < end {
             // SAFETY: k + 64 <= cols: x[k..k + 64] and the 24 code bytes at k * 3 / 8 of each row
             // are in bounds (asserted).
             unsafe {
-                let mut v = [_mm256_setzero_si256(); R];
-                for (r, v) in v.iter_mut().enumerate() {
-                    *v = gather3(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k * 3 / 8), end_ptr);
-                }
+                let mut v: [__m256i; R] =
+                    std::array::from_fn(|r| gather3(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k * 3 / 8), end_ptr));
                 for t in 0..8 {
                     let xv = _mm256_loadu_ps(xp.add(k + t * L));
                     for r in 0..R {
@@ -343,31 +281,12 @@ unsafe fn gemv_q3_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: 
     }
 }
 
-/// 3-bit matrix-vector product over all rows of the block (see [`gemv_q3_rows`]).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn gemv_q3(b: &IntBlock, x: &[f32], out: &mut [f32]) {
-    let rows = out.len();
-    let mut r = 0;
-    // SAFETY: each call covers rows r..r+R < rows of the block, which the kernel asserts.
-    unsafe {
-        while r + 2 <= rows {
-            gemv_q3_rows::<2>(b, x, r, out);
-            r += 2;
-        }
-        while r < rows {
-            gemv_q3_rows::<1>(b, x, r, out);
-            r += 1;
-        }
-    }
-}
-
 /// Row `r`, elements `k0..k0 + dst.len()` (64-aligned) of a 3-bit block, interleaved.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dequant_q3(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
     const CHUNK: usize = 64;
-    let gpr = b.cols.div_ceil(b.group);
-    assert!(k0.is_multiple_of(CHUNK) && dst.len().is_multiple_of(CHUNK) && k0 + dst.len() <= b.cols);
-    assert!(b.codes.len() >= (r + 1) * b.row_bytes && b.scales.len() >= (r + 1) * gpr);
+    b.check_dequant(r, k0, dst.len(), CHUNK);
+    let gpr = b.gpr();
     let dp = dst.as_mut_ptr();
     let end_ptr = b.codes.as_ptr_range().end;
     for c in (0..dst.len()).step_by(CHUNK) {

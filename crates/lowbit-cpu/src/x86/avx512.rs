@@ -12,9 +12,8 @@
 //! of the AVX2 layout) are gathered into 16 lanes of 8 codes with dword permutes and variable
 //! shifts, then decoded with the same table (entries repeat every 8).
 
-use super::simd::{simd_isa, token_op, Simd};
+use super::simd::{int_rows, row_blocks, simd_intrinsics, simd_isa, token_op, Simd};
 use crate::isa::IntBlock;
-use half::{bf16, f16};
 use std::arch::x86_64::*;
 
 const FEATURES_OK: fn() -> bool = || {
@@ -56,69 +55,31 @@ unsafe impl Simd for Avx512 {
     const L: usize = L;
     type V = __m512;
     type I = __m512i;
+    type H = __m256i;
     type Table = __m512;
 
-    #[inline(always)]
-    fn zero(self) -> __m512 {
-        token_op!(_mm512_setzero_ps())
-    }
-    #[inline(always)]
-    fn splat(self, v: f32) -> __m512 {
-        token_op!(_mm512_set1_ps(v))
-    }
-    #[inline(always)]
-    fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
-        token_op!(_mm512_fmadd_ps(a, b, c))
-    }
-    #[inline(always)]
-    fn add(self, a: __m512, b: __m512) -> __m512 {
-        token_op!(_mm512_add_ps(a, b))
-    }
-    #[inline(always)]
-    fn hsum(self, v: __m512) -> f32 {
-        token_op!(_mm512_reduce_add_ps(v))
-    }
-    #[inline(always)]
-    unsafe fn load(self, p: *const f32) -> __m512 {
-        token_op!(_mm512_loadu_ps(p))
-    }
+    simd_intrinsics!(
+        zero: _mm512_setzero_ps, splat: _mm512_set1_ps, fma: _mm512_fmadd_ps, add: _mm512_add_ps,
+        hsum: _mm512_reduce_add_ps, load: _mm512_loadu_ps, store: _mm512_storeu_ps,
+        load_u16: _mm256_loadu_si256, f16_to_f32: _mm512_cvtph_ps, load_codes: widen16,
+        next_nibble: _mm512_srli_epi32
+    );
     /// A masked load (masked-off lanes do not fault).
     #[inline(always)]
     unsafe fn load_partial(self, p: *const f32, n: usize) -> __m512 {
         token_op!(_mm512_maskz_loadu_ps(tail_mask(n), p))
     }
     #[inline(always)]
-    unsafe fn load_f16(self, p: *const f16) -> __m512 {
-        token_op!(_mm512_cvtph_ps(_mm256_loadu_si256(p.cast())))
+    unsafe fn load_u16_partial(self, p: *const u16, n: usize) -> __m256i {
+        token_op!(_mm256_maskz_loadu_epi16(tail_mask(n), p.cast()))
     }
     #[inline(always)]
-    unsafe fn load_f16_partial(self, p: *const f16, n: usize) -> __m512 {
-        token_op!(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail_mask(n), p.cast())))
-    }
-    /// bf16 is the top half of an f32.
-    #[inline(always)]
-    unsafe fn load_bf16(self, p: *const bf16) -> __m512 {
-        token_op!(bf16_to_f32(_mm256_loadu_si256(p.cast())))
-    }
-    #[inline(always)]
-    unsafe fn load_bf16_partial(self, p: *const bf16, n: usize) -> __m512 {
-        token_op!(bf16_to_f32(_mm256_maskz_loadu_epi16(tail_mask(n), p.cast())))
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32, v: __m512) {
-        token_op!(_mm512_storeu_ps(p, v))
+    fn bf16_to_f32(self, h: __m256i) -> __m512 {
+        token_op!(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h))))
     }
     #[inline(always)]
     unsafe fn store_partial(self, p: *mut f32, n: usize, v: __m512) {
         token_op!(_mm512_mask_storeu_ps(p, tail_mask(n), v))
-    }
-    #[inline(always)]
-    unsafe fn load_codes(self, p: *const u8) -> __m512i {
-        token_op!(widen16(p))
-    }
-    #[inline(always)]
-    fn next_nibble(self, v: __m512i) -> __m512i {
-        token_op!(_mm512_srli_epi32::<4>(v))
     }
     #[inline(always)]
     fn table16(self, table: &[f32; 16], scale: f32) -> __m512 {
@@ -129,13 +90,6 @@ unsafe impl Simd for Avx512 {
     fn lookup16(self, v: __m512i, table: __m512) -> __m512 {
         token_op!(_mm512_permutexvar_ps(v, table))
     }
-}
-
-/// 16 bf16 (as 16-bit integers) to f32.
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn bf16_to_f32(v: __m256i) -> __m512 {
-    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
 }
 
 /// 16-entry lookup table `(i mod 2^bits - zero) * scale` for integer codes.
@@ -167,36 +121,28 @@ unsafe fn widen16(p: *const u8) -> __m512i {
 /// `out[r] = x · row r` for 2- and 4-bit integer codes (table decode), R rows per pass.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn gemv_lut_rows<const BITS: u32, const R: usize>(
+    s: Avx512,
     b: &IntBlock,
     x: &[f32],
     r0: usize,
     out: &mut [f32],
-    zero_luts: &[__m512; 16],
 ) {
+    let zero_luts = zero_luts::<BITS>();
     let per_byte = (8 / BITS) as usize;
     let chunk = L * per_byte;
-    let gpr = b.cols.div_ceil(b.group);
-    assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
-    assert!(b.group.is_multiple_of(chunk) && b.cols.is_multiple_of(chunk) && out.len() >= r0 + R);
+    b.check_gemv(x, r0, R, out, chunk);
+    let gpr = b.gpr();
     let xp = x.as_ptr();
-    let mut tot = [_mm512_setzero_ps(); R];
-    for gi in 0..gpr {
+    int_rows(s, b, r0, out, |gi, ks| {
         // The table gives `i - zero`; the group's scale multiplies its partial sum once.
-        let mut lut = [_mm512_setzero_ps(); R];
-        for (r, l) in lut.iter_mut().enumerate() {
-            *l = zero_luts[usize::from(b.zeros.get((r0 + r) * gpr + gi) & 15)];
-        }
+        let lut: [__m512; R] = std::array::from_fn(|r| zero_luts[usize::from(b.zeros.get((r0 + r) * gpr + gi) & 15)]);
         let mut acc = [_mm512_setzero_ps(); R];
-        let mut k = gi * b.group;
-        let end = (k + b.group).min(b.cols);
-        while k < end {
+        for k in ks.step_by(chunk) {
             // SAFETY: k + chunk <= cols, so the x loads and the 16 code bytes of each row at
             // byte k / per_byte lie inside the asserted bounds.
             unsafe {
-                let mut v = [_mm512_setzero_si512(); R];
-                for (r, v) in v.iter_mut().enumerate() {
-                    *v = widen16(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k / per_byte));
-                }
+                let mut v: [__m512i; R] =
+                    std::array::from_fn(|r| widen16(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k / per_byte)));
                 for t in 0..per_byte {
                     let xv = _mm512_loadu_ps(xp.add(k + t * L));
                     for r in 0..R {
@@ -206,15 +152,9 @@ unsafe fn gemv_lut_rows<const BITS: u32, const R: usize>(
                     }
                 }
             }
-            k += chunk;
         }
-        for r in 0..R {
-            tot[r] = _mm512_fmadd_ps(acc[r], _mm512_set1_ps(b.scales[(r0 + r) * gpr + gi]), tot[r]);
-        }
-    }
-    for (r, t) in tot.iter().enumerate() {
-        out[r0 + r] = _mm512_reduce_add_ps(*t);
-    }
+        acc
+    });
 }
 
 /// Gathers two 24-byte chunks of 3-bit codes (48 bytes at `p`) into 16 u32 lanes: lanes 0..8
@@ -249,30 +189,24 @@ unsafe fn gather3x2(p: *const u8, end: *const u8) -> __m512i {
 /// group ending on an odd 64-chunk finishes with one step on the low 8 lanes (the high lanes decode
 /// zero bytes and meet zeroed x).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn gemv_q3_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32], zero_luts: &[__m512; 16]) {
+unsafe fn gemv_q3_rows<const R: usize>(s: Avx512, b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
     const CHUNK: usize = 64;
-    let gpr = b.cols.div_ceil(b.group);
-    assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
-    assert!(b.group.is_multiple_of(CHUNK) && b.cols.is_multiple_of(CHUNK) && out.len() >= r0 + R);
+    let zero_luts = zero_luts::<3>();
+    b.check_gemv(x, r0, R, out, CHUNK);
+    let gpr = b.gpr();
     let xp = x.as_ptr();
     let end_ptr = b.codes.as_ptr_range().end;
-    let mut tot = [_mm512_setzero_ps(); R];
-    for gi in 0..gpr {
-        let mut lut = [_mm512_setzero_ps(); R];
-        for (r, l) in lut.iter_mut().enumerate() {
-            *l = zero_luts[usize::from(b.zeros.get((r0 + r) * gpr + gi) & 7)];
-        }
+    int_rows(s, b, r0, out, |gi, ks| {
+        let lut: [__m512; R] = std::array::from_fn(|r| zero_luts[usize::from(b.zeros.get((r0 + r) * gpr + gi) & 7)]);
         let mut acc = [_mm512_setzero_ps(); R];
-        let mut k = gi * b.group;
-        let end = (k + b.group).min(b.cols);
+        let (mut k, end) = (ks.start, ks.end);
         while k + 2 * CHUNK <= end {
             // SAFETY: k + 128 <= end <= cols, so x[k..k + 128] and the 48 code bytes of each row
             // at k * 3 / 8 are in bounds (asserted).
             unsafe {
-                let mut v = [_mm512_setzero_si512(); R];
-                for (r, v) in v.iter_mut().enumerate() {
-                    *v = gather3x2(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k * 3 / 8), end_ptr);
-                }
+                let mut v: [__m512i; R] = std::array::from_fn(|r| {
+                    gather3x2(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k * 3 / 8), end_ptr)
+                });
                 for t in 0..8 {
                     let xa = _mm256_loadu_ps(xp.add(k + t * 8));
                     let xb = _mm256_loadu_ps(xp.add(k + CHUNK + t * 8));
@@ -293,13 +227,12 @@ unsafe fn gemv_q3_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: 
             // SAFETY: k + 64 <= end <= cols, so x[k..k + 64] and the 24 code bytes of each row at
             // k * 3 / 8 are in bounds (asserted).
             unsafe {
-                let mut v = [_mm512_setzero_si512(); R];
-                for (r, v) in v.iter_mut().enumerate() {
-                    *v = _mm512_zextsi256_si512(super::avx2::gather3(
+                let mut v: [__m512i; R] = std::array::from_fn(|r| {
+                    _mm512_zextsi256_si512(super::avx2::gather3(
                         b.codes.as_ptr().add((r0 + r) * b.row_bytes + k * 3 / 8),
                         end_ptr,
-                    ));
-                }
+                    ))
+                });
                 for t in 0..8 {
                     let xv = _mm512_castps256_ps512(_mm256_loadu_ps(xp.add(k + t * 8)));
                     let xv = _mm512_maskz_mov_ps(0x00FF, xv);
@@ -310,32 +243,20 @@ unsafe fn gemv_q3_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: 
                 }
             }
         }
-        for r in 0..R {
-            tot[r] = _mm512_fmadd_ps(acc[r], _mm512_set1_ps(b.scales[(r0 + r) * gpr + gi]), tot[r]);
-        }
-    }
-    for (r, t) in tot.iter().enumerate() {
-        out[r0 + r] = _mm512_reduce_add_ps(*t);
-    }
+        acc
+    });
 }
 
 /// `out[r] = x · row r` for 8-bit codes: integer zero subtraction, one scale per group.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn gemv_q8_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
-    let gpr = b.cols.div_ceil(b.group);
-    assert!(x.len() >= b.cols && b.codes.len() >= (r0 + R) * b.row_bytes && b.scales.len() >= (r0 + R) * gpr);
-    assert!(b.group.is_multiple_of(L) && b.cols.is_multiple_of(L) && out.len() >= r0 + R);
+unsafe fn gemv_q8_rows<const R: usize>(s: Avx512, b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
+    b.check_gemv(x, r0, R, out, L);
+    let gpr = b.gpr();
     let xp = x.as_ptr();
-    let mut tot = [_mm512_setzero_ps(); R];
-    for gi in 0..gpr {
+    int_rows(s, b, r0, out, |gi, ks| {
         let mut acc = [_mm512_setzero_ps(); R];
-        let mut z = [_mm512_setzero_si512(); R];
-        for (r, z) in z.iter_mut().enumerate() {
-            *z = _mm512_set1_epi32(i32::from(b.zeros.get((r0 + r) * gpr + gi)));
-        }
-        let mut k = gi * b.group;
-        let end = (k + b.group).min(b.cols);
-        while k < end {
+        let z: [__m512i; R] = std::array::from_fn(|r| _mm512_set1_epi32(i32::from(b.zeros.get((r0 + r) * gpr + gi))));
+        for k in ks.step_by(L) {
             // SAFETY: k + 16 <= cols; x and 16 code bytes per row are in bounds (asserted).
             unsafe {
                 let xv = _mm512_loadu_ps(xp.add(k));
@@ -345,40 +266,20 @@ unsafe fn gemv_q8_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: 
                     acc[r] = _mm512_fmadd_ps(wv, xv, acc[r]);
                 }
             }
-            k += L;
         }
-        for r in 0..R {
-            tot[r] = _mm512_fmadd_ps(acc[r], _mm512_set1_ps(b.scales[(r0 + r) * gpr + gi]), tot[r]);
-        }
-    }
-    for (r, t) in tot.iter().enumerate() {
-        out[r0 + r] = _mm512_reduce_add_ps(*t);
-    }
+        acc
+    });
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn gemv_int(b: &IntBlock, x: &[f32], out: &mut [f32]) {
-    let rows = out.len();
-    let mut r = 0;
+unsafe fn gemv_int(s: Avx512, b: &IntBlock, x: &[f32], out: &mut [f32]) {
     // SAFETY: each call covers rows r..r+R < rows of the block, which the kernels assert.
     unsafe {
-        macro_rules! run {
-            ($k:ident $(::<$b:literal>)? $(, $extra:expr)?) => {{
-                while r + 4 <= rows {
-                    $k::<$($b,)? 4>(b, x, r, out $(, $extra)?);
-                    r += 4;
-                }
-                while r < rows {
-                    $k::<$($b,)? 1>(b, x, r, out $(, $extra)?);
-                    r += 1;
-                }
-            }};
-        }
         match b.bits {
-            4 => run!(gemv_lut_rows::<4>, &zero_luts::<4>()),
-            2 => run!(gemv_lut_rows::<2>, &zero_luts::<2>()),
-            8 => run!(gemv_q8_rows),
-            3 => run!(gemv_q3_rows, &zero_luts::<3>()),
+            4 => row_blocks!(out.len(), 4, r => gemv_lut_rows::<4>(s, b, x, r, out)),
+            2 => row_blocks!(out.len(), 4, r => gemv_lut_rows::<2>(s, b, x, r, out)),
+            8 => row_blocks!(out.len(), 4, r => gemv_q8_rows(s, b, x, r, out)),
+            3 => row_blocks!(out.len(), 4, r => gemv_q3_rows(s, b, x, r, out)),
             _ => unreachable!("codes are 2, 3, 4 or 8 bits"),
         }
     }
@@ -386,7 +287,7 @@ unsafe fn gemv_int(b: &IntBlock, x: &[f32], out: &mut [f32]) {
 
 /// Row `r`, elements `k0..k0 + dst.len()` (chunk aligned) of an integer block, interleaved.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
+unsafe fn dequant_int(_: Avx512, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
     if b.bits == 3 {
         // SAFETY: same contract; AVX-512 implies the AVX2 the 3-bit kernels use.
         return unsafe { super::avx2::dequant_q3(b, r, k0, dst) };
@@ -407,9 +308,8 @@ unsafe fn dequant_int(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
 unsafe fn dequant_rows<const BITS: u32>(b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
     let per_byte = (8 / BITS) as usize;
     let chunk = L * per_byte;
-    let gpr = b.cols.div_ceil(b.group);
-    assert!(k0.is_multiple_of(chunk) && dst.len().is_multiple_of(chunk) && k0 + dst.len() <= b.cols);
-    assert!(b.codes.len() >= (r + 1) * b.row_bytes && b.scales.len() >= (r + 1) * gpr);
+    b.check_dequant(r, k0, dst.len(), chunk);
+    let gpr = b.gpr();
     let row = b.codes.as_ptr();
     let dp = dst.as_mut_ptr();
     let mut c = 0;

@@ -10,7 +10,8 @@
 //!
 //! Tiles: `NU` units x `MT` tokens.
 
-use crate::q8::{check_gemv_bounds, Acts, PackedInt, Q8Isa, Zp, PANEL, QK};
+use super::avx2::store_partial;
+use crate::q8::{Acts, PackedInt, Zp, PANEL, QK};
 use crate::scalar::scale_from_absmax_bits;
 use std::arch::x86_64::*;
 
@@ -39,40 +40,12 @@ impl AvxVnni {
     }
 }
 
-fn check_quantize(x: &[f32], codes: &[i8], scales: &[f32], sums: &[i32]) {
-    let nb = x.len() / QK;
-    assert!(x.len().is_multiple_of(QK) && codes.len() >= x.len() && scales.len() >= nb && sums.len() >= nb);
-}
-
-impl Q8Isa for Avx2 {
-    fn quantize_row(self, x: &[f32], codes: &mut [i8], scales: &mut [f32], sums: &mut [i32]) -> bool {
-        check_quantize(x, codes, scales, sums);
-        // SAFETY: `self` exists only on CPUs with AVX2 + FMA; the slices cover every access.
-        unsafe { quantize_row_avx2(x, codes, scales, sums) }
-    }
-    fn gemv(self, w: &PackedInt, p0: usize, p1: usize, a: &Acts, out: &mut [f32], os: usize) {
-        check_gemv_bounds(w, p0, p1, a, out, os);
-        // SAFETY: `self` exists only on CPUs with AVX2 + FMA; the slices cover every access.
-        unsafe { gemv_avx2(w, p0, p1, a, out, os) }
-    }
-}
-
-impl Q8Isa for AvxVnni {
-    fn quantize_row(self, x: &[f32], codes: &mut [i8], scales: &mut [f32], sums: &mut [i32]) -> bool {
-        check_quantize(x, codes, scales, sums);
-        // SAFETY: `self` exists only on CPUs with AVX2 + FMA; the slices cover every access.
-        unsafe { quantize_row_avx2(x, codes, scales, sums) }
-    }
-    fn gemv(self, w: &PackedInt, p0: usize, p1: usize, a: &Acts, out: &mut [f32], os: usize) {
-        check_gemv_bounds(w, p0, p1, a, out, os);
-        // SAFETY: `self` exists only on CPUs with AVX2 + FMA + AVX-VNNI; the slices cover every
-        // access.
-        unsafe { gemv_vnni(w, p0, p1, a, out, os) }
-    }
-}
+super::q8_isa!(Avx2, quantize_row_avx2, gemv_avx2);
+super::q8_isa!(AvxVnni, quantize_row_avx2, gemv_vnni);
 
 /// # Safety
-/// AVX2; `x` a multiple of 32 long, `codes`, `scales`, `sums` long enough ([`check_quantize`]).
+/// AVX2; `x` a multiple of 32 long, `codes`, `scales`, `sums` long enough
+/// ([`crate::q8::check_quantize_bounds`]).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_row_avx2(x: &[f32], codes: &mut [i8], scales: &mut [f32], sums: &mut [i32]) -> bool {
     let abs = _mm256_set1_epi32(0x7fff_ffff);
@@ -152,7 +125,7 @@ unsafe fn block_dot<const VNNI: bool, const BITS: u32>(lines: &[__m256i; 8], xb:
 /// One tile: `NU` units from unit `u` (unit `u` = rows `8u..8u + 8`), `MT` tokens from `t`.
 ///
 /// # Safety
-/// AVX2 + FMA (+ AVX-VNNI when `VNNI`) in the caller; the bounds of [`check_gemv_bounds`] hold
+/// AVX2 + FMA (+ AVX-VNNI when `VNNI`) in the caller; the bounds of [`crate::q8::check_gemv_bounds`] hold
 /// and the tile lies inside them.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -236,9 +209,7 @@ unsafe fn tile<const VNNI: bool, const BITS: u32, const NU: usize, const MT: usi
                 if n == U {
                     _mm256_storeu_ps(dst, v);
                 } else {
-                    let mut tmp = [0f32; U];
-                    _mm256_storeu_ps(tmp.as_mut_ptr(), v);
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, n);
+                    store_partial(dst, n, v);
                 }
             }
         }
@@ -271,7 +242,7 @@ macro_rules! units {
     };
 }
 
-/// [`Q8Isa::gemv`] for `BITS`-bit weights, over units rather than panels: units past the last
+/// [`crate::q8::Q8Isa::gemv`] for `BITS`-bit weights, over units rather than panels: units past the last
 /// valid row are skipped.
 macro_rules! gemv_bits {
     ($vnni:literal, $bits:literal, $w:ident, $p0:ident, $p1:ident, $a:ident, $out:ident, $os:ident) => {{
@@ -288,26 +259,28 @@ macro_rules! gemv_bits {
     }};
 }
 
-/// # Safety
-/// AVX2 + FMA, and the bounds of [`check_gemv_bounds`].
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gemv_avx2(w: &PackedInt, p0: usize, p1: usize, a: &Acts, out: &mut [f32], os: usize) {
-    let out = out.as_mut_ptr();
-    if w.bits == 8 {
-        gemv_bits!(false, 8, w, p0, p1, a, out, os);
-    } else {
-        gemv_bits!(false, 4, w, p0, p1, a, out, os);
-    }
+/// [`crate::q8::Q8Isa::gemv`] with or without VNNI: [`gemv_bits`] for the weight's bits.
+macro_rules! gemv {
+    ($vnni:literal, $w:ident, $p0:ident, $p1:ident, $a:ident, $out:ident, $os:ident) => {{
+        let out = $out.as_mut_ptr();
+        if $w.bits == 8 {
+            gemv_bits!($vnni, 8, $w, $p0, $p1, $a, out, $os);
+        } else {
+            gemv_bits!($vnni, 4, $w, $p0, $p1, $a, out, $os);
+        }
+    }};
 }
 
 /// # Safety
-/// AVX2 + FMA + AVX-VNNI, and the bounds of [`check_gemv_bounds`].
+/// AVX2 + FMA, and the bounds of [`crate::q8::check_gemv_bounds`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_avx2(w: &PackedInt, p0: usize, p1: usize, a: &Acts, out: &mut [f32], os: usize) {
+    gemv!(false, w, p0, p1, a, out, os)
+}
+
+/// # Safety
+/// AVX2 + FMA + AVX-VNNI, and the bounds of [`crate::q8::check_gemv_bounds`].
 #[target_feature(enable = "avx2,fma,avxvnni")]
 unsafe fn gemv_vnni(w: &PackedInt, p0: usize, p1: usize, a: &Acts, out: &mut [f32], os: usize) {
-    let out = out.as_mut_ptr();
-    if w.bits == 8 {
-        gemv_bits!(true, 8, w, p0, p1, a, out, os);
-    } else {
-        gemv_bits!(true, 4, w, p0, p1, a, out, os);
-    }
+    gemv!(true, w, p0, p1, a, out, os)
 }

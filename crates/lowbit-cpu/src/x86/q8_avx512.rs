@@ -6,7 +6,7 @@
 //! Tiles: `NP` panels x `MT` tokens; per panel and token two i32 block accumulators (two
 //! independent `vpdpbusd` chains), one f32 group sum and one f32 row sum.
 
-use crate::q8::{check_gemv_bounds, Acts, PackedInt, Q8Isa, Zp, PANEL, QK};
+use crate::q8::{Acts, PackedInt, Zp, PANEL, QK};
 use crate::scalar::scale_from_absmax_bits;
 use std::arch::x86_64::*;
 
@@ -26,22 +26,7 @@ impl Vnni512 {
     }
 }
 
-impl Q8Isa for Vnni512 {
-    fn quantize_row(self, x: &[f32], codes: &mut [i8], scales: &mut [f32], sums: &mut [i32]) -> bool {
-        let nb = x.len() / QK;
-        assert!(x.len().is_multiple_of(QK) && codes.len() >= x.len() && scales.len() >= nb && sums.len() >= nb);
-        // SAFETY: `self` exists only on CPUs with the features `quantize_row` enables; the slices
-        // cover every access (asserted above).
-        unsafe { quantize_row(x, codes, scales, sums) }
-    }
-
-    fn gemv(self, w: &PackedInt, p0: usize, p1: usize, a: &Acts, out: &mut [f32], os: usize) {
-        check_gemv_bounds(w, p0, p1, a, out, os);
-        // SAFETY: `self` exists only on CPUs with the features `gemv` enables; the slices cover
-        // every access (checked above).
-        unsafe { gemv(w, p0, p1, a, out, os) }
-    }
-}
+super::q8_isa!(Vnni512, quantize_row, gemv);
 
 /// # Safety
 /// AVX-512 F/BW; `x` a multiple of 32 long, `codes`, `scales`, `sums` at least as long as needed.
@@ -79,7 +64,7 @@ unsafe fn quantize_row(x: &[f32], codes: &mut [i8], scales: &mut [f32], sums: &m
 /// One tile: `NP` panels from panel `p`, `MT` tokens from token `t`, of a 4- or 8-bit weight.
 ///
 /// # Safety
-/// AVX512-F/BW/VL/VNNI and FMA; the bounds of [`check_gemv_bounds`] hold and the tile lies inside
+/// AVX512-F/BW/VL/VNNI and FMA; the bounds of [`crate::q8::check_gemv_bounds`] hold and the tile lies inside
 /// them.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -196,7 +181,7 @@ macro_rules! panels {
     };
 }
 
-/// [`Q8Isa::gemv`] at this level for `BITS`-bit weights.
+/// [`crate::q8::Q8Isa::gemv`] at this level for `BITS`-bit weights.
 macro_rules! gemv_bits {
     ($bits:literal, $w:ident, $p0:ident, $p1:ident, $a:ident, $out:ident, $os:ident) => {{
         let mut p = $p0;
@@ -212,7 +197,7 @@ macro_rules! gemv_bits {
 }
 
 /// # Safety
-/// AVX512-F/BW/VL/VNNI and FMA, and the bounds of [`check_gemv_bounds`].
+/// AVX512-F/BW/VL/VNNI and FMA, and the bounds of [`crate::q8::check_gemv_bounds`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 unsafe fn gemv(w: &PackedInt, p0: usize, p1: usize, a: &Acts, out: &mut [f32], os: usize) {
     let out = out.as_mut_ptr();

@@ -7,8 +7,9 @@
 //! `#[target_feature]` functions, so the token's operations inline into code compiled for the
 //! level's features.
 
-use crate::isa::{CbBlock, MicroTile};
+use crate::isa::{CbBlock, IntBlock, MicroTile};
 use half::{bf16, f16};
+use std::ops::Range;
 
 /// One level's f32 vectors and the operations the shared loops use.
 ///
@@ -22,6 +23,8 @@ pub(crate) unsafe trait Simd: Copy {
     type V: Copy;
     /// `L` u32 lanes (unpacked codes).
     type I: Copy;
+    /// `L` 16-bit lanes (f16 or bf16 bits).
+    type H: Copy;
     /// A 16-entry f32 lookup table as the level holds it in registers.
     type Table: Copy;
 
@@ -45,26 +48,20 @@ pub(crate) unsafe trait Simd: Copy {
     /// # Safety
     /// `n` readable f32 at `p`.
     unsafe fn load_partial(self, p: *const f32, n: usize) -> Self::V;
-    /// Loads `L` f16 as f32.
+    /// Loads `L` 16-bit values (f16 or bf16 bits).
     ///
     /// # Safety
-    /// `L` readable f16 at `p`.
-    unsafe fn load_f16(self, p: *const f16) -> Self::V;
-    /// Loads `n < L` f16 as f32, zeros in the other lanes.
+    /// `L` readable u16 at `p`.
+    unsafe fn load_u16(self, p: *const u16) -> Self::H;
+    /// Loads `n < L` 16-bit values, zeros in the other lanes.
     ///
     /// # Safety
-    /// `n` readable f16 at `p`.
-    unsafe fn load_f16_partial(self, p: *const f16, n: usize) -> Self::V;
-    /// Loads `L` bf16 as f32.
-    ///
-    /// # Safety
-    /// `L` readable bf16 at `p`.
-    unsafe fn load_bf16(self, p: *const bf16) -> Self::V;
-    /// Loads `n < L` bf16 as f32, zeros in the other lanes.
-    ///
-    /// # Safety
-    /// `n` readable bf16 at `p`.
-    unsafe fn load_bf16_partial(self, p: *const bf16, n: usize) -> Self::V;
+    /// `n` readable u16 at `p`.
+    unsafe fn load_u16_partial(self, p: *const u16, n: usize) -> Self::H;
+    /// `L` f16 to f32.
+    fn f16_to_f32(self, h: Self::H) -> Self::V;
+    /// `L` bf16 to f32 (bf16 is the top half of an f32).
+    fn bf16_to_f32(self, h: Self::H) -> Self::V;
     /// Stores `L` f32.
     ///
     /// # Safety
@@ -116,31 +113,25 @@ impl Elem for f32 {
     }
 }
 
-impl Elem for f16 {
-    #[inline(always)]
-    unsafe fn load<S: Simd>(s: S, p: *const f16) -> S::V {
-        // SAFETY: the caller's contract.
-        unsafe { s.load_f16(p) }
-    }
-    #[inline(always)]
-    unsafe fn load_partial<S: Simd>(s: S, p: *const f16, n: usize) -> S::V {
-        // SAFETY: the caller's contract.
-        unsafe { s.load_f16_partial(p, n) }
-    }
+/// [`Elem`] for a 16-bit float type: 16-bit loads, then the level's conversion `$to_f32`.
+macro_rules! half_elem {
+    ($t:ty, $to_f32:ident) => {
+        impl Elem for $t {
+            #[inline(always)]
+            unsafe fn load<S: Simd>(s: S, p: *const $t) -> S::V {
+                // SAFETY: the caller's contract (f16 and bf16 are 16-bit values).
+                s.$to_f32(unsafe { s.load_u16(p.cast()) })
+            }
+            #[inline(always)]
+            unsafe fn load_partial<S: Simd>(s: S, p: *const $t, n: usize) -> S::V {
+                // SAFETY: as above.
+                s.$to_f32(unsafe { s.load_u16_partial(p.cast(), n) })
+            }
+        }
+    };
 }
-
-impl Elem for bf16 {
-    #[inline(always)]
-    unsafe fn load<S: Simd>(s: S, p: *const bf16) -> S::V {
-        // SAFETY: the caller's contract.
-        unsafe { s.load_bf16(p) }
-    }
-    #[inline(always)]
-    unsafe fn load_partial<S: Simd>(s: S, p: *const bf16, n: usize) -> S::V {
-        // SAFETY: the caller's contract.
-        unsafe { s.load_bf16_partial(p, n) }
-    }
-}
+half_elem!(f16, f16_to_f32);
+half_elem!(bf16, bf16_to_f32);
 
 /// `x · w` for one dense row (the shorter of the two sets the length).
 #[inline(always)]
@@ -321,10 +312,53 @@ pub(crate) fn dequant_cb<S: Simd>(s: S, b: &CbBlock, r: usize, k0: usize, dst: &
     }
 }
 
+/// `out[r0..r0 + R]` of an integer matrix-vector product from per-group partial sums:
+/// `group(gi, k0..k1)` returns each row's unscaled sum over group `gi` (columns `k0..k1`); the
+/// group's scale multiplies it once, groups in order.
+#[inline(always)]
+pub(crate) fn int_rows<S: Simd, const R: usize>(
+    s: S,
+    b: &IntBlock,
+    r0: usize,
+    out: &mut [f32],
+    mut group: impl FnMut(usize, Range<usize>) -> [S::V; R],
+) {
+    let gpr = b.gpr();
+    let mut tot = [s.zero(); R];
+    for gi in 0..gpr {
+        let k0 = gi * b.group;
+        let acc = group(gi, k0..(k0 + b.group).min(b.cols));
+        for (r, t) in tot.iter_mut().enumerate() {
+            *t = s.fma(acc[r], s.splat(b.scales[(r0 + r) * gpr + gi]), *t);
+        }
+    }
+    for (r, t) in tot.iter().enumerate() {
+        out[r0 + r] = s.hsum(*t);
+    }
+}
+
+/// Runs a row kernel over rows `0..$rows`: `$k::<…, $w>` on blocks of `$w` rows while they fit,
+/// then `$k::<…, 1>` on each remaining row; `$r` names the block's first row in the arguments.
+macro_rules! row_blocks {
+    ($rows:expr, $w:literal, $r:ident => $k:ident $(::<$($g:literal),+>)? ($($arg:expr),* $(,)?)) => {{
+        let rows = $rows;
+        let mut $r = 0;
+        while $r + $w <= rows {
+            $k::<$($($g,)+)? $w>($($arg),*);
+            $r += $w;
+        }
+        while $r < rows {
+            $k::<$($($g,)+)? 1>($($arg),*);
+            $r += 1;
+        }
+    }};
+}
+pub(crate) use row_blocks;
+
 /// The [`crate::isa::Isa`] implementation of a level: `#[target_feature]` instances of the shared
-/// loops, forwarding methods, and the level's own `gemv_int`, `dequant_int` (and, with
-/// `transpose`, `transpose_panel`) functions, which must be `unsafe fn`s with the level's
-/// features taking the `Isa` arguments.
+/// loops, forwarding methods, and the level's own `gemv_int`, `dequant_int` (taking the token
+/// first) and, with `transpose`, `transpose_panel` functions, which must be `unsafe fn`s with
+/// the level's features taking the `Isa` arguments.
 macro_rules! simd_isa {
     ($tok:ident, $features:literal, mr = [$($m:literal),*] $(, $transpose:ident)?) => {
         /// The shared loops compiled for this level.
@@ -404,11 +438,11 @@ macro_rules! simd_isa {
             }
             fn gemv_int(self, b: &crate::isa::IntBlock, x: &[f32], out: &mut [f32]) {
                 // SAFETY: see above.
-                unsafe { gemv_int(b, x, out) }
+                unsafe { gemv_int(self, b, x, out) }
             }
             fn dequant_int(self, b: &crate::isa::IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
                 // SAFETY: see above.
-                unsafe { dequant_int(b, r, k0, dst) }
+                unsafe { dequant_int(self, b, r, k0, dst) }
             }
             fn gemv_cb(self, b: &crate::isa::CbBlock, x: &[f32], out: &mut [f32]) {
                 // SAFETY: see above.
@@ -428,6 +462,62 @@ macro_rules! simd_isa {
     };
 }
 pub(crate) use simd_isa;
+
+/// The methods of an `unsafe impl Simd` that are one intrinsic (or one function of the level)
+/// each: which one implements which operation at the level.
+macro_rules! simd_intrinsics {
+    (
+        zero: $zero:ident, splat: $splat:ident, fma: $fma:ident, add: $add:ident, hsum: $hsum:ident,
+        load: $load:ident, store: $store:ident, load_u16: $load_u16:ident, f16_to_f32: $cvtph:ident,
+        load_codes: $load_codes:ident, next_nibble: $srli:ident
+    ) => {
+        #[inline(always)]
+        fn zero(self) -> Self::V {
+            $crate::x86::simd::token_op!($zero())
+        }
+        #[inline(always)]
+        fn splat(self, v: f32) -> Self::V {
+            $crate::x86::simd::token_op!($splat(v))
+        }
+        #[inline(always)]
+        fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            $crate::x86::simd::token_op!($fma(a, b, c))
+        }
+        #[inline(always)]
+        fn add(self, a: Self::V, b: Self::V) -> Self::V {
+            $crate::x86::simd::token_op!($add(a, b))
+        }
+        #[inline(always)]
+        fn hsum(self, v: Self::V) -> f32 {
+            $crate::x86::simd::token_op!($hsum(v))
+        }
+        #[inline(always)]
+        unsafe fn load(self, p: *const f32) -> Self::V {
+            $crate::x86::simd::token_op!($load(p))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32, v: Self::V) {
+            $crate::x86::simd::token_op!($store(p, v))
+        }
+        #[inline(always)]
+        unsafe fn load_u16(self, p: *const u16) -> Self::H {
+            $crate::x86::simd::token_op!($load_u16(p.cast()))
+        }
+        #[inline(always)]
+        fn f16_to_f32(self, h: Self::H) -> Self::V {
+            $crate::x86::simd::token_op!($cvtph(h))
+        }
+        #[inline(always)]
+        unsafe fn load_codes(self, p: *const u8) -> Self::I {
+            $crate::x86::simd::token_op!($load_codes(p))
+        }
+        #[inline(always)]
+        fn next_nibble(self, v: Self::I) -> Self::I {
+            $crate::x86::simd::token_op!($srli::<4>(v))
+        }
+    };
+}
+pub(crate) use simd_intrinsics;
 
 /// `unsafe { $e }` inside the methods of an `unsafe impl Simd`: the intrinsics' feature
 /// requirement is met by the token (the impl's safety contract), and the pointer methods pass on

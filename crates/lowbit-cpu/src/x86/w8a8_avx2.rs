@@ -12,8 +12,9 @@
 //!
 //! Tiles: one panel (4 accumulators per token, 4 widened weight registers) x 2 tokens.
 
+use super::W8a8Tile as Tile;
 use crate::scalar::{absmax_bits, scale_from_absmax_bits};
-use crate::w8a8::{Acts, Panels, LINE, PANEL_ROWS, QUAD};
+use crate::w8a8::{Acts, Panels, LINE, QUAD};
 use std::arch::x86_64::*;
 
 /// The AVX2 W8A8 level; a value exists only on CPUs that run it.
@@ -92,36 +93,13 @@ unsafe fn quantize_row(x: &[f32], codes: &mut [i16]) -> Option<(f32, i32)> {
     Some((scale, hsum_epi32(sum)))
 }
 
-/// Where one tile reads and writes: one panel from `w`, `MT` tokens from `a`.
-#[derive(Clone, Copy)]
-struct Tile {
-    /// The panel.
-    w: *const u8,
-    /// Column quads.
-    kq: usize,
-    /// First token's codes.
-    a: *const i16,
-    /// Codes per token.
-    kp: usize,
-    /// First token's scale and code sum.
-    sx: *const f32,
-    sums: *const i32,
-    /// The panel's row scales.
-    ws: *const f32,
-    /// `out[t * os + j]`: token `t`, row `j` of the panel.
-    out: *mut f32,
-    os: usize,
-    /// Valid rows of the panel.
-    valid: usize,
-}
-
 /// One panel x `MT` tokens, all columns, then the pairwise reduction, the offset correction and
 /// the two scales.
 ///
 /// # Safety
 /// AVX2; the tile's panel, tokens, scales and outputs lie in their buffers.
 #[target_feature(enable = "avx2")]
-unsafe fn tile<const MT: usize>(t: &Tile) {
+unsafe fn tile<const MT: usize>(t: &Tile<i16>) {
     let mut acc = [[_mm256_setzero_si256(); 4]; MT];
     // SAFETY: the caller guarantees every pointer below addresses its buffer: `kq` lines of the
     // panel, `kp >= 4 * kq` codes of each of the `MT` tokens, 16 scales (padded), and outputs
@@ -156,48 +134,32 @@ unsafe fn tile<const MT: usize>(t: &Tile) {
                 if n == L {
                     _mm256_storeu_ps(dst, y);
                 } else {
-                    let mut tmp = [0f32; L];
-                    _mm256_storeu_ps(tmp.as_mut_ptr(), y);
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, n);
+                    super::avx2::store_partial(dst, n, y);
                 }
             }
         }
     }
 }
 
-/// [`W8a8Isa::gemm`] at this level: panels outer (a panel stays in L1 across all tokens), token
+/// [`crate::w8a8::W8a8Isa::gemm`] at this level: panels outer (a panel stays in L1 across all tokens), token
 /// pairs inner.
 ///
 /// # Safety
-/// AVX2, and the bounds of [`check_gemm_bounds`].
+/// AVX2, and the bounds of [`crate::w8a8::check_gemm_bounds`].
 #[target_feature(enable = "avx2")]
 unsafe fn gemm(w: &Panels, p0: usize, p1: usize, a: &Acts<i16>, out: &mut [f32], os: usize) {
     let m = a.m();
-    let pstride = w.panel_bytes();
-    let out_ptr = out.as_mut_ptr();
+    let at = super::w8a8_tiles(w, p0, a, out, os);
     for p in p0..p1 {
-        let at = |t: usize| Tile {
-            w: w.codes[p * pstride..].as_ptr(),
-            kq: w.kq,
-            a: a.codes[t * a.kp..].as_ptr(),
-            kp: a.kp,
-            sx: a.scales[t..].as_ptr(),
-            sums: a.sums[t..].as_ptr(),
-            ws: w.scales[p * PANEL_ROWS..].as_ptr(),
-            // SAFETY: `t * os + 16 * (p - p0)` is inside `out` (check_gemm_bounds).
-            out: unsafe { out_ptr.add(t * os + (p - p0) * PANEL_ROWS) },
-            os,
-            valid: w.valid_rows(p, p + 1),
-        };
         let mut t = 0;
         while t + 2 <= m {
             // SAFETY: the tile lies inside the checked buffers.
-            unsafe { tile::<2>(&at(t)) };
+            unsafe { tile::<2>(&at(p, t, 1)) };
             t += 2;
         }
         if t < m {
             // SAFETY: as above.
-            unsafe { tile::<1>(&at(t)) };
+            unsafe { tile::<1>(&at(p, t, 1)) };
         }
     }
 }

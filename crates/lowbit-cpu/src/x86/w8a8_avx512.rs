@@ -10,6 +10,7 @@
 //! (24 accumulators, 2 weight registers), each weight line loaded once per 12 tokens.
 
 use super::avx512::tail_mask;
+use super::W8a8Tile as Tile;
 use crate::scalar::{absmax_bits, scale_from_absmax_bits};
 use crate::w8a8::{Acts, Panels, LINE, PANEL_ROWS, QUAD};
 use std::arch::x86_64::*;
@@ -58,37 +59,12 @@ unsafe fn quantize_row(x: &[f32], codes: &mut [i8]) -> Option<(f32, i32)> {
     Some((scale, _mm512_reduce_add_epi32(sum)))
 }
 
-/// Where one tile reads and writes: `NP` panels from `w`, `MT` tokens from `a`.
-#[derive(Clone, Copy)]
-struct Tile {
-    /// First panel of the tile.
-    w: *const u8,
-    /// Bytes per panel.
-    pstride: usize,
-    /// Column quads.
-    kq: usize,
-    /// First token's codes.
-    a: *const i8,
-    /// Codes per token.
-    kp: usize,
-    /// First token's scale and code sum.
-    sx: *const f32,
-    sums: *const i32,
-    /// The first panel's row scales.
-    ws: *const f32,
-    /// `out[t * os + j]`: token `t`, row `j` of the tile.
-    out: *mut f32,
-    os: usize,
-    /// Valid rows of the tile, from its first.
-    valid: usize,
-}
-
 /// `NP` panels x `MT` tokens, all columns, then the offset correction and the two scales.
 ///
 /// # Safety
 /// AVX512-F/BW/VL/VNNI; the tile's panels, tokens, scales and outputs lie in their buffers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile<const NP: usize, const MT: usize>(t: &Tile) {
+unsafe fn tile<const NP: usize, const MT: usize>(t: &Tile<i8>) {
     let mut acc = [[_mm512_setzero_si512(); NP]; MT];
     // SAFETY: the caller guarantees every pointer below addresses its buffer: `kq` lines of each
     // of the `NP` panels, `kp >= 4 * kq` codes of each of the `MT` tokens, `16 * NP` scales
@@ -146,29 +122,14 @@ macro_rules! panel_groups {
     };
 }
 
-/// [`W8a8Isa::gemm`] at this level.
+/// [`crate::w8a8::W8a8Isa::gemm`] at this level.
 ///
 /// # Safety
-/// AVX512-F/BW/VL/VNNI, and the bounds of [`check_gemm_bounds`].
+/// AVX512-F/BW/VL/VNNI, and the bounds of [`crate::w8a8::check_gemm_bounds`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn gemm(w: &Panels, p0: usize, p1: usize, a: &Acts<i8>, out: &mut [f32], os: usize) {
     let m = a.m();
-    let pstride = w.panel_bytes();
-    let out_ptr = out.as_mut_ptr();
-    let at = |p: usize, t: usize, np: usize| Tile {
-        w: w.codes[p * pstride..].as_ptr(),
-        pstride,
-        kq: w.kq,
-        a: a.codes[t * a.kp..].as_ptr(),
-        kp: a.kp,
-        sx: a.scales[t..].as_ptr(),
-        sums: a.sums[t..].as_ptr(),
-        ws: w.scales[p * PANEL_ROWS..].as_ptr(),
-        // SAFETY: `t * os + 16 * (p - p0)` is inside `out` (check_gemm_bounds).
-        out: unsafe { out_ptr.add(t * os + (p - p0) * PANEL_ROWS) },
-        os,
-        valid: w.valid_rows(p, p + np),
-    };
+    let at = super::w8a8_tiles(w, p0, a, out, os);
     let mut p = p0;
     match m {
         1 => {
