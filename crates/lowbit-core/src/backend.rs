@@ -157,11 +157,15 @@ pub trait Backend: Send + Sync + Clone + std::fmt::Debug {
         out: Self::ViewMut<'_>,
     );
     /// `(a(), b())`, side by side where the backend can overlap them (the CPU runs independent
-    /// products on two threads; a queue-based device may just run them in order).
+    /// products on two threads). The default runs them in order, all the overlap a device with
+    /// one in-order queue has.
     fn join<A, B, RA, RB>(&self, a: A, b: B) -> (RA, RB)
     where
         A: FnOnce() -> RA + Send,
         B: FnOnce() -> RB + Send,
         RA: Send,
-        RB: Send;
+        RB: Send,
+    {
+        (a(), b())
+    }
 }

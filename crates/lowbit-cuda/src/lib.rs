@@ -43,17 +43,7 @@ macro_rules! backend_types {
         fn name(&self) -> &'static str {
             "cuda"
         }
-
-        fn join<A, B, RA, RB>(&self, a: A, b: B) -> (RA, RB)
-        where
-            A: FnOnce() -> RA + Send,
-            B: FnOnce() -> RB + Send,
-            RA: Send,
-            RB: Send,
-        {
-            // One in-order stream: queueing both is all the overlap there is.
-            (a(), b())
-        }
+        // `join` keeps the trait's default: one in-order stream runs both in order.
     };
 }
 pub(crate) use backend_types;
