@@ -111,9 +111,10 @@ impl Backend for Cpu {
     fn linear(&self, w: &Linear, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), CpuError> {
         let threads = par::threads();
         let (level, acts) = (crate::kernel_level(), self.activations());
-        // Each thread's share must stay a matrix-matrix product: a share below GEMM_MIN_M rows
-        // would stream the whole weight once per row (a batch of 16 sequences read it 16 times).
-        if !self.split_rows || threads <= 1 || m < threads * crate::driver::GEMM_MIN_M {
+        // Each thread's share must be large enough to pay for preparing every panel of the
+        // weight itself (below GEMM_MIN_M rows it would even stream the weight once per row);
+        // smaller batches are split by the kernels over the weight's rows.
+        if !self.split_rows || threads <= 1 || m < threads * crate::driver::ROW_SPLIT_MIN {
             return w.forward_activations(level, acts, x, m, out);
         }
         // Prefill: whole row blocks per thread beat splitting each product's output rows.

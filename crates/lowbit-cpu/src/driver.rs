@@ -24,6 +24,10 @@ use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme};
 /// about as much as 10 to 12 matrix-vector passes (measured on INT4 1536x576 and 4096x4096), so
 /// smaller batches stream the codes once per row of x instead.
 pub(crate) const GEMM_MIN_M: usize = 12;
+/// Rows of x per thread from which a product is split by rows of x (each thread prepares every
+/// panel of W itself) rather than by panels of W: below it the duplicated panel preparation (a
+/// whole pass over W per thread) costs more than the split saves.
+pub(crate) const ROW_SPLIT_MIN: usize = 64;
 /// Weight rows per task when small `m` is split over panels of W (a multiple of every `PANEL`).
 const NB: usize = 32;
 /// Longest panel row (f32 elements); rows longer than this are blocked over `k`.
@@ -397,7 +401,7 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &m
                 gemv_rows(isa, &src, cols, xi, 0, oi);
             }
         }
-    } else if !par || m >= 4 * I::MR * nthreads {
+    } else if !par || m >= ROW_SPLIT_MIN * nthreads {
         // Split by rows of x: out rows are contiguous, every thread sweeps all of W.
         let per = if par { m.div_ceil(nthreads) } else { m };
         par::for_each_chunk(out, per * rows, par, |c, o| {
