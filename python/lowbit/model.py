@@ -54,6 +54,27 @@ class PerplexityResult:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def _sampling(
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float,
+    seed: int,
+    stop_on_eos: bool,
+) -> _lowbit._Sampling:
+    """The sampling options as the native ``generate`` and ``generate_batch`` take them."""
+    return {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "repetition_penalty": repetition_penalty,
+        "seed": seed,
+        "stop_on_eos": stop_on_eos,
+    }
+
+
 class Model:
     """A Llama-family model (Llama, Mistral, Qwen2, Qwen3) running on lowbit's CPU kernels.
 
@@ -113,15 +134,7 @@ class Model:
         token; returning ``False`` stops. See :meth:`stream` for an iterator. ``progress`` sees
         phase ``generate``; Ctrl-C stops generation and raises ``KeyboardInterrupt``.
         """
-        sampling: _lowbit._Sampling = {
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_k": top_k,
-            "top_p": top_p,
-            "repetition_penalty": repetition_penalty,
-            "seed": seed,
-            "stop_on_eos": stop_on_eos,
-        }
+        sampling = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop_on_eos)
         out = self._native.generate(
             prompt if isinstance(prompt, str) else list(prompt),
             sampling,
@@ -154,15 +167,7 @@ class Model:
         :meth:`generate`, without stop strings and callbacks. ``progress`` sees phase
         ``generate``, one unit per new token of any sequence.
         """
-        sampling: _lowbit._Sampling = {
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_k": top_k,
-            "top_p": top_p,
-            "repetition_penalty": repetition_penalty,
-            "seed": seed,
-            "stop_on_eos": stop_on_eos,
-        }
+        sampling = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop_on_eos)
         outs = self._native.generate_batch(
             [p if isinstance(p, str) else list(p) for p in prompts],
             sampling,
