@@ -19,7 +19,7 @@
 //! intermediate activations (the attention output, later the MLP activation, at most
 //! `tokens * intermediate_size` values, held in f16, see `stash`); the Hessians.
 
-use crate::calib::{calibration_windows, CalibSource};
+use crate::calib::{calibration_windows, int8_sampler, CalibSource};
 use crate::checkpoint::{Checkpoint, CheckpointState, Saver};
 use crate::options::{peak_rss_bytes, LayerStat, QuantizeOptions, QuantizeReport};
 use crate::output::write_output;
@@ -143,8 +143,9 @@ fn run(
     } else {
         let calib = opts.calib.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no calibration data"))?;
         let w = if matches!(calib, CalibSource::DataFree) {
-            // Sampling runs every block: it gets the whole model, dropped before the blocks stream in.
-            let whole = Model::load_with_progress(model_path, &LoadOptions::default(), progress)?;
+            // Sampling runs every block: it gets the whole model (an int8 copy, a quarter of the
+            // bytes per step), dropped before the blocks stream in.
+            let whole = int8_sampler(Model::load_with_progress(model_path, &LoadOptions::default(), progress)?)?;
             calibration_windows(&whole, calib, opts.nsamples, opts.seqlen, opts.seed, progress)?
         } else {
             calibration_windows(&model, calib, opts.nsamples, opts.seqlen, opts.seed, progress)?

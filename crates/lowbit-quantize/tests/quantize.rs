@@ -409,6 +409,24 @@ fn data_free_windows_do_not_depend_on_the_batch() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The int8 copy data-free sampling runs: every linear, the embedding and the head in int8 per
+/// channel; its windows still do not depend on how the batch is cut (int8 activations are per
+/// token, sums exact), across the batch size where products switch to the matrix-matrix path.
+#[test]
+fn int8_sampler_is_int8_and_its_windows_do_not_depend_on_the_batch() {
+    use lowbit_quantize::calib::{data_free_windows, int8_sampler};
+    let (dir, _) = tiny("df-int8", 2);
+    let model = int8_sampler(Model::load(&dir).unwrap()).unwrap();
+    let int8 = |lin: &lowbit_cpu::Linear| int_scheme_of(lin).is_some_and(|s| s.bits == Bits::B8);
+    assert!(model.layers().iter().all(|l| l.linears().iter().all(|(_, lin)| int8(lin))));
+    assert!(int8(model.embedding()) && int8(model.lm_head()));
+    let none = &mut lowbit_core::NoProgress;
+    let all = data_free_windows(&model, 14, 10, 5, 14, none).unwrap();
+    assert_eq!(data_free_windows(&model, 14, 10, 5, 1, none).unwrap(), all);
+    assert_eq!(data_free_windows(&model, 14, 10, 5, 3, none).unwrap(), all);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Every file of `dir`, bytes.
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum()
