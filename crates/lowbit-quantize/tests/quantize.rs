@@ -172,6 +172,10 @@ fn resume_gives_the_same_bytes() {
         assert!(err.to_string().contains("stopped after block 0"), "{err}");
         assert!(!out.exists());
         assert!(partial_dir(&out).join("state.json").is_file());
+        assert!(partial_dir(&out).join("x-1.bin").is_file());
+        // A run killed after writing its next activations but before its state.json (the
+        // commit point) leaves them behind: resume reads the file its state names.
+        std::fs::write(partial_dir(&out).join("x-2.bin"), [0u8; 12]).unwrap();
         let rep = run(&dir, &out, &QuantizeOptions { resume: true, ..opts(method) }).unwrap();
         assert_eq!(rep.resumed_from_block, 1);
         assert!(!partial_dir(&out).exists());
