@@ -195,7 +195,10 @@ fn dense_type_requantizes_f32_matrices_with_the_reference_quantizer() {
     let model = Model::load(&src).unwrap();
     let WeightKind::F32(w) = model.layers()[0].linears()[6].1.weight() else { panic!() };
     // down_proj is not permuted: its bytes are the reference quantizer's on the f32 rows.
-    assert_eq!(file.tensor_bytes("blk.0.ffn_down.weight").unwrap(), lowbit_model::gguf::quantize(GgmlType::Q8_0, w).unwrap());
+    assert_eq!(
+        file.tensor_bytes("blk.0.ffn_down.weight").unwrap(),
+        lowbit_model::gguf::quantize(GgmlType::Q8_0, w).unwrap()
+    );
     assert!(report.tensors.iter().filter(|t| t.ty == GgmlType::Q8_0).all(|t| t.path == ExportPath::Requantized));
 }
 
@@ -232,7 +235,8 @@ fn metadata_and_tokenizer_reload() {
 fn bad_input_is_refused_without_a_file() {
     let src = tiny_dir("export-bad", 64);
     let out = src.join("x.gguf");
-    let no_files = |d: &Path| std::fs::read_dir(d).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains("x.gguf"));
+    let no_files =
+        |d: &Path| std::fs::read_dir(d).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains("x.gguf"));
     // Missing model.
     assert!(matches!(export_gguf(src.join("nope"), &out, &Default::default()), Err(ModelError::MissingFile { .. })));
     // A NaN weight.

@@ -270,7 +270,8 @@ pub(crate) fn tokenizer_kvs(json: &str, cfg: Option<&Value>, c: &ModelConfig) ->
         ("tokenizer.ggml.merges".into(), strs(merges)),
     ];
     let bos = c.bos_token_id.map(GgufValue::U32).or_else(|| cfg_tok("bos_token").and_then(|t| id_of(&t)));
-    let eos = c.eos_token_ids.first().copied().map(GgufValue::U32).or_else(|| cfg_tok("eos_token").and_then(|t| id_of(&t)));
+    let eos =
+        c.eos_token_ids.first().copied().map(GgufValue::U32).or_else(|| cfg_tok("eos_token").and_then(|t| id_of(&t)));
     for (key, v) in [
         ("bos_token_id", bos),
         ("eos_token_id", eos),
@@ -296,10 +297,12 @@ fn prepare_tensors(model: &Model, opts: &GgufExportOptions) -> Result<Vec<Prepar
     let (mats, vecs) = model.named_tensors();
     let mut out = Vec::with_capacity(mats.len() + vecs.len());
     for (hf, lin) in mats {
-        let name = gguf_name(&hf).ok_or_else(|| ModelError::input("export to GGUF", format!("no GGUF name for {hf}")))?;
+        let name =
+            gguf_name(&hf).ok_or_else(|| ModelError::input("export to GGUF", format!("no GGUF name for {hf}")))?;
         let head = matches!(hf.as_str(), "model.embed_tokens.weight" | "lm_head.weight");
         let rows = lin.rows();
-        let (bytes, mut reference, ty, path, source) = convert_matrix(&name, lin.weight(), rows, lin.cols(), head, opts)?;
+        let (bytes, mut reference, ty, path, source) =
+            convert_matrix(&name, lin.weight(), rows, lin.cols(), head, opts)?;
         let mut bytes = bytes;
         if let Some(n_head) = qk_heads(&name, c) {
             bytes = permute_rows(&bytes, n_head, bytes.len() / rows);
@@ -310,8 +313,9 @@ fn prepare_tensors(model: &Model, opts: &GgufExportOptions) -> Result<Vec<Prepar
         out.push(Prepared { shape: vec![rows, lin.cols()], bytes, report });
     }
     for (hf, v) in vecs {
-        let name = gguf_name(&hf)
-            .ok_or_else(|| ModelError::input("export to GGUF", format!("no GGUF name for {hf} (llama has no such tensor)")))?;
+        let name = gguf_name(&hf).ok_or_else(|| {
+            ModelError::input("export to GGUF", format!("no GGUF name for {hf} (llama has no such tensor)"))
+        })?;
         lowbit_core::check_finite(v).map_err(|e| tensor_err(&name, e))?;
         let v = match qk_heads(&name, c) {
             Some(n_head) => permute_rows(v, n_head, 1),
@@ -371,7 +375,12 @@ type Converted = (Vec<u8>, Vec<f32>, GgmlType, ExportPath, String);
 
 fn convert_matrix(
     name: &str,
-    w: &WeightKind, rows: usize, cols: usize, head: bool, opts: &GgufExportOptions) -> Result<Converted> {
+    w: &WeightKind,
+    rows: usize,
+    cols: usize,
+    head: bool,
+    opts: &GgufExportOptions,
+) -> Result<Converted> {
     let q = match w {
         WeightKind::Quant(q) => q,
         dense => {

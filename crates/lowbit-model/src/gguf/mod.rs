@@ -1,6 +1,7 @@
 //! GGUF files as models: the config implied by the metadata, tensors under Hugging Face names
 //! (dequantized, q/k rows un-permuted), the tokenizer stored in the metadata, import to an
-//! HF-style directory, and export of any model lowbit loads to a llama GGUF. Reading and writing GGUF itself is `lowbit-gguf`, re-exported here.
+//! HF-style directory, and export of any model lowbit loads to a llama GGUF. Reading and writing
+//! GGUF itself is `lowbit-gguf`, re-exported here.
 
 mod export;
 mod import;

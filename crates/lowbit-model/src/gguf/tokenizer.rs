@@ -61,7 +61,9 @@ pub(crate) fn pre_name(pre_tokenizer: &Value) -> Option<&'static str> {
         }
     }
     let want = strip(pre_tokenizer);
-    ["smollm", "gpt2", "llama-bpe", "qwen2"].into_iter().find(|p| pre_tokenizer_for(p).map(|v| strip(&v)) == Some(want.clone()))
+    ["smollm", "gpt2", "llama-bpe", "qwen2"]
+        .into_iter()
+        .find(|p| pre_tokenizer_for(p).map(|v| strip(&v)) == Some(want.clone()))
 }
 
 /// The `tokenizer.json` value for the GGUF's tokenizer.
