@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds llama.cpp tools once, outside the repository, from the llama-cpp-python sdist on PyPI
 # (its vendored llama.cpp; cmake ~10 minutes on 2 cores, ../shared/TOOLCHAIN.md), and prints the
-# bin directory. Shared by benches/e2e/run.sh and benches/gguf/llama_cpp_check.py.
+# bin directory. Shared by benches/e2e/run.sh and benches/interop/gguf_llama_cpp.py.
 #
 #   LLAMA_BIN=$(benches/llama-cpp.sh llama-quantize llama-perplexity)
 #

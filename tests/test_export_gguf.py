@@ -1,16 +1,16 @@
 """GGUF export, proven by other readers: the ``gguf`` package reads every tensor and its
 dequantizers agree with lowbit's weights (exactly on the lossless routes), lowbit -> GGUF -> lowbit
 is bit-exact for the lossless pairs, and SmolLM2's export carries llama.cpp's own tokenizer
-metadata. The llama.cpp binaries' check is benches/gguf/llama_cpp_check.py."""
+metadata. The llama.cpp binaries' check is benches/interop/gguf_llama_cpp.py."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 
 import lowbit
 from conftest import smollm2_gguf
+from gguf import GGMLQuantizationType, GGUFReader
 from lowbit.cli import main
 from tiny_llama import write_tiny_llama
 
@@ -98,7 +99,8 @@ def hf_name(g: str) -> str:
 def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     """transformers' reverse_permute_weights: llama.cpp's q/k row order back to Hugging Face's."""
     rows = w.shape[0]
-    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    out: np.ndarray = w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return out
 
 
 def gguf_weights(path: Path, heads: int = 4, kv_heads: int = 2) -> dict[str, np.ndarray]:
@@ -115,7 +117,7 @@ def gguf_weights(path: Path, heads: int = 4, kv_heads: int = 2) -> dict[str, np.
     return out
 
 
-def check_export(src: Path, work: Path, **options: object) -> lowbit.ExportReport:
+def check_export(src: Path, work: Path, **options: Any) -> lowbit.ExportReport:
     """Quantizes ``src`` with RTN ``options``, exports it, and checks both readers against lowbit."""
     q = work / "q"
     lowbit.quantize_model(src, q, method="rtn", calib=src / "ids.npy", nsamples=2, seqlen=16, **options)

@@ -1,7 +1,7 @@
 """lowbit's GGUF export against llama.cpp's own binaries, on SmolLM2-135M.
 
-    .venv/bin/python benches/gguf/llama_cpp_check.py            # builds llama.cpp once if needed
-    LLAMA_BIN=/path/to/llama.cpp/build/bin .venv/bin/python benches/gguf/llama_cpp_check.py
+    .venv/bin/python benches/interop/gguf_llama_cpp.py            # builds llama.cpp once if needed
+    LLAMA_BIN=/path/to/llama.cpp/build/bin .venv/bin/python benches/interop/gguf_llama_cpp.py
 
 1. Perplexity: RTN W4 g32 symmetric SmolLM2 (``lowbit quantize smollm2 --method rtn --bits 4
    --group-size 32 --sym``) exported to Q4_0 (every block linear repacked exactly) and run by
@@ -26,11 +26,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from gguf import GGUFReader
 
 import lowbit
+from gguf import GGUFReader
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LOWBIT_SHARED") or ROOT.parent / "shared")
@@ -39,7 +40,7 @@ CHUNKS = int(os.environ.get("CHUNKS", "8"))
 N_CTX = 512
 
 
-def run(*cmd: str | Path) -> str:
+def run(*cmd: str | Path | int) -> str:
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"{cmd[0]} failed ({r.returncode}):\n{r.stdout[-2000:]}{r.stderr[-4000:]}")
@@ -79,7 +80,8 @@ def compare_bytes(ours: Path, theirs: Path) -> tuple[int, int, int, int]:
         if o is None or o.tensor_type != t.tensor_type or t.tensor_type.name in ("F32", "F16"):
             continue
         x, y = np.asarray(o.data, dtype=np.uint8), np.asarray(t.data, dtype=np.uint8)
-        row_blocks = x.reshape(-1, {"Q4_0": 18, "Q8_0": 34}.get(t.tensor_type.name, x.shape[-1]))
+        block_bytes = {"Q4_0": 18, "Q8_0": 34}.get(t.tensor_type.name or "", int(x.shape[-1]))
+        row_blocks = x.reshape(-1, block_bytes)
         other = y.reshape(row_blocks.shape)
         diff = int(np.any(row_blocks != other, axis=1).sum())
         compared += 1
@@ -98,12 +100,23 @@ def main() -> int:
 
     q = work / "rtn-w4g32-sym"
     if not q.exists():
-        lowbit.quantize_model(src, q, method="rtn", bits=4, group_size=32, sym=True, calib=list(range(64)), nsamples=1,
-                              seqlen=64)  # fmt: skip
+        opts: dict[str, Any] = {"bits": 4, "group_size": 32, "sym": True, "nsamples": 1, "seqlen": 64}
+        lowbit.quantize_model(src, q, method="rtn", calib=list(range(64)), **opts)
     report = lowbit.export(q, work / "rtn-w4g32-sym.Q4_0.gguf")
     paths = {t.path for t in report.tensors}
-    out = run(bin_dir / "llama-perplexity", "-m", report.path, "-f", text_path, "-c", N_CTX, "--chunks", CHUNKS,
-              "-t", THREADS, "-b", N_CTX)  # fmt: skip
+    ppl_args: list[str | Path | int] = [
+        "-f",
+        text_path,
+        "-c",
+        N_CTX,
+        "--chunks",
+        CHUNKS,
+        "-t",
+        THREADS,
+        "-b",
+        N_CTX,
+    ]
+    out = run(bin_dir / "llama-perplexity", "-m", report.path, *ppl_args)
     m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", out)
     if not m:
         sys.exit(f"no final estimate in llama-perplexity's output:\n{out[-3000:]}")
@@ -115,7 +128,7 @@ def main() -> int:
     rel = abs(ppl_cpp - ppl_lowbit) / ppl_lowbit
     print(f"export paths: {sorted(paths)}; {report.bytes / 2**20:.1f} MiB")
     print(f"llama-perplexity on lowbit's Q4_0 export: {ppl_cpp:.4f} +/- {err_cpp:.4f} ({CHUNKS} x {N_CTX})")
-    print(f"lowbit on the same weights, same scoring: {ppl_lowbit:.4f} (lowbit reading the GGUF: {ppl_back:.4f})")
+    print(f"lowbit on the same weights, same scoring: {ppl_lowbit:.4f} (reading the GGUF: {ppl_back:.4f})")
     print(f"relative difference: {rel:.2e}")
 
     f16 = work / "smollm2-F16.gguf"
