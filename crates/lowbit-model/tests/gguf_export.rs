@@ -276,3 +276,38 @@ fn group_of_32_in_rows_of_48_falls_back_to_f32_exactly() {
     let t = report.tensors.iter().find(|t| t.name == "blk.0.ffn_down.weight").unwrap();
     assert_eq!((t.path, t.source.as_str()), (ExportPath::Exact, "int4 g16 sym f16"));
 }
+
+#[test]
+fn untied_head_and_a_gguf_source() {
+    let dir = temp_dir("export-untied");
+    let mut cfg = tiny_config("LlamaForCausalLM", false);
+    cfg.as_object_mut().unwrap().remove("rope_scaling");
+    cfg["hidden_size"] = json!(64);
+    cfg["intermediate_size"] = json!(64);
+    write_tiny_model(&dir, &cfg, 11, Store::F16);
+    write_tokenizer(&dir);
+    let channel8 = Scheme::Int(IntScheme::per_channel_sym(Bits::B8));
+    let mut model = Model::load(&dir).unwrap();
+    let head = model.lm_head();
+    let WeightKind::F16(w) = head.weight() else { panic!("f16 source") };
+    let q = lowbit_core::quantize(w, &[head.rows(), head.cols()], channel8).unwrap();
+    let head = Linear::new(head.rows(), head.cols(), WeightKind::Quant(q)).unwrap();
+    model.set_lm_head(head).unwrap();
+    let q = temp_dir("export-untied-q").join("m");
+    model.save(&q).unwrap();
+    let (report, file, diffs) = round_trip(&q);
+    assert_eq!(ty(&file, "output.weight"), GgmlType::Q8_0);
+    assert_eq!(ty(&file, "token_embd.weight"), GgmlType::F16);
+    assert!(diffs.iter().all(|(_, d)| *d == 0.0), "{diffs:?}");
+    let (a, b) = (Model::load(&q).unwrap(), Model::load(q.parent().unwrap().join("out.gguf")).unwrap());
+    let WeightKind::Quant(qa) = a.lm_head().weight() else { panic!() };
+    let WeightKind::F32(hb) = b.lm_head().weight() else { panic!() };
+    assert_eq!(&qa.dequantize(), hb);
+    assert!(report.tensors.iter().all(|t| t.path == ExportPath::Exact));
+    // A GGUF in, a GGUF out: the tokenizer (chat template included) comes from the GGUF.
+    let again = q.parent().unwrap().join("again.gguf");
+    export_gguf(q.parent().unwrap().join("out.gguf"), &again, &Default::default()).unwrap();
+    let f = GgufFile::open(&again).unwrap();
+    assert_eq!(f.get_str("tokenizer.chat_template"), Some("{{ messages }}"));
+    assert_eq!(f.get_strings("tokenizer.ggml.merges").unwrap().unwrap(), ["a b", "Ġ a"]);
+}

@@ -109,7 +109,8 @@ pub fn export_gguf(model: impl AsRef<Path>, out: impl AsRef<Path>, opts: &GgufEx
     }
     let tok_cfg = tokenizer_config(model_path)?;
     let tokenizer = model.tokenizer().ok_or(ModelError::NoTokenizer { op: "export to GGUF" })?;
-    for (k, v) in tokenizer_kvs(tokenizer.to_json_string(), tok_cfg.as_ref(), &config)? {
+    let template = tokenizer.chat_template();
+    for (k, v) in tokenizer_kvs(tokenizer.to_json_string(), tok_cfg.as_ref(), template, &config)? {
         w.add_kv(k, v).map_err(werr)?;
     }
     for t in &tensors {
@@ -203,8 +204,15 @@ fn strs(v: impl IntoIterator<Item = String>) -> GgufValue {
 /// The `tokenizer.*` metadata of a byte-level BPE `tokenizer.json`, as `convert_hf_to_gguf.py`
 /// writes it (`_set_vocab_gpt2`): tokens padded with `[PAD{i}]` to the vocabulary size, token
 /// types (control for special added tokens, user-defined for other added tokens, unused for
-/// padding), merges as `"a b"`, special ids and the chat template.
-pub(crate) fn tokenizer_kvs(json: &str, cfg: Option<&Value>, c: &ModelConfig) -> Result<Vec<(String, GgufValue)>> {
+/// padding), merges as `"a b"`, special ids and the chat template. `cfg` is the source
+/// directory's `tokenizer_config.json` (a GGUF source has none: its template comes with the
+/// tokenizer).
+pub(crate) fn tokenizer_kvs(
+    json: &str,
+    cfg: Option<&Value>,
+    chat_template: Option<&str>,
+    c: &ModelConfig,
+) -> Result<Vec<(String, GgufValue)>> {
     const NORMAL: i32 = 1;
     const UNUSED: i32 = 5;
     let bad = |what: String| ModelError::Tokenizer(format!("GGUF export: {what}"));
@@ -285,7 +293,7 @@ pub(crate) fn tokenizer_kvs(json: &str, cfg: Option<&Value>, c: &ModelConfig) ->
     let add_bos = cfg.and_then(|c| c.get("add_bos_token")).and_then(Value::as_bool).unwrap_or(false);
     kv.push(("tokenizer.ggml.add_bos_token".into(), GgufValue::Bool(add_bos)));
     kv.push(("tokenizer.ggml.add_space_prefix".into(), GgufValue::Bool(false)));
-    if let Some(t) = cfg.and_then(|c| c.get("chat_template")).and_then(Value::as_str) {
+    if let Some(t) = chat_template {
         kv.push(("tokenizer.chat_template".into(), GgufValue::Str(t.into())));
     }
     Ok(kv)
