@@ -401,8 +401,10 @@ fn convert_matrix(
             lowbit_core::check_finite(&reference).map_err(|e| tensor_err(name, e))?;
             let target = opts.dense_type.map(|t| fallback(t, cols)).filter(|t| cols % t.block_len() == 0);
             let (ty, path) = match target {
-                Some(t) if t != keep => (t, ExportPath::Requantized),
-                _ => (keep, ExportPath::Exact),
+                // F32 holds every f16/bf16 value.
+                Some(t) if t != keep && t != GgmlType::F32 => (t, ExportPath::Requantized),
+                Some(t) => (t, ExportPath::Exact),
+                None => (keep, ExportPath::Exact),
             };
             let bytes = quantize(ty, &reference)?;
             return Ok((bytes, reference, ty, path, source.into()));
