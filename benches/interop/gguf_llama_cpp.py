@@ -15,6 +15,8 @@
 Exits 1 when a perplexity differs by more than 0.1% (F32) / 0.5% (Q4_0), llama.cpp's token ids
 differ from lowbit's, or any Q8_0 block differs. llama.cpp is built with benches/llama-cpp.sh
 (cached outside the repository) unless LLAMA_BIN is set.
+On the dev machine a default (GGML_NATIVE) build dies with "Illegal instruction"; build with
+LLAMA_CMAKE_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON" (as /work/e2e/build-avx512 was).
 Environment: LLAMA_BIN, THREADS (2), CHUNKS (8), WORK (a kept work directory; default temporary),
 LOWBIT_SHARED (the shared data, default ../shared).
 """
