@@ -61,6 +61,19 @@ impl AttnShape {
     }
 }
 
+/// One sequence of [`Backend::attention_batch`]: its query rows, its keys and values (which
+/// already hold the new positions) and the positions before its queries.
+pub struct AttnSeq<'a, B: Backend + 'a> {
+    /// Rows of the batch's queries and outputs.
+    pub rows: Range<usize>,
+    /// Keys `[past + rows.len()][kv_dim]`.
+    pub k: B::View<'a>,
+    /// Values, as the keys.
+    pub v: B::View<'a>,
+    /// Positions already in the cache.
+    pub past: usize,
+}
+
 /// The operations a device provides to run a Llama-family decoder.
 pub trait Backend: Send + Sync + Clone + std::fmt::Debug {
     /// The backend's error (converted by the model into its own).
@@ -156,6 +169,16 @@ pub trait Backend: Send + Sync + Clone + std::fmt::Debug {
         past: usize,
         out: Self::ViewMut<'_>,
     );
+    /// [`Backend::attention`] for several sequences of a batch: sequence `i` has its queries in
+    /// rows `seqs[i].rows` of `q` (`[rows][q_dim]`) and writes the same rows of `out`. The
+    /// default runs them in order; the CPU runs single-query (decode) sequences side by side.
+    fn attention_batch(&self, shape: &AttnShape, q: &Self::Buffer, out: &mut Self::Buffer, seqs: &[AttnSeq<'_, Self>]) {
+        let qd = shape.q_dim();
+        for s in seqs {
+            let (a, b) = (s.rows.start * qd, s.rows.end * qd);
+            self.attention(shape, self.view(q, a..b), s.k, s.v, s.past, self.view_mut(out, a..b));
+        }
+    }
     /// `(a(), b())`, side by side where the backend can overlap them (the CPU runs independent
     /// products on two threads). The default runs them in order, all the overlap a device with
     /// one in-order queue has.

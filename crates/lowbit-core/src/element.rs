@@ -46,6 +46,18 @@ macro_rules! half_element {
 half_element!(f16);
 half_element!(bf16);
 
+/// Index of the first NaN or infinity in `x`. Each chunk is scanned without branches (the
+/// largest exponent field, which vectorizes), large inputs on all threads; only the first bad
+/// chunk is searched element by element.
+pub fn first_non_finite(x: &[f32]) -> Option<usize> {
+    const CHUNK: usize = 8192;
+    const EXPONENT: u32 = 0x7f80_0000;
+    let bad = |c: &[f32]| c.iter().fold(0u32, |m, v| m.max(v.to_bits() & EXPONENT)) == EXPONENT;
+    let chunk = crate::par::position_first_chunk(x, CHUNK, crate::par::pays(x.len()), bad)?;
+    let start = chunk * CHUNK;
+    x[start..].iter().position(|v| !v.is_finite()).map(|i| start + i)
+}
+
 /// Checks that every weight is finite, naming the first offender.
 pub fn check_finite<T: Element>(weights: &[T]) -> crate::Result<()> {
     match weights.iter().position(|w| !w.to_f32().is_finite()) {

@@ -26,7 +26,7 @@ pub mod rtn;
 pub mod scheme;
 
 pub use codebook::Absmax;
-pub use element::{check_finite, Element};
+pub use element::{check_finite, first_non_finite, Element};
 pub use error::{CoreError, Result};
 pub use progress::{Cancelled, NoProgress, Progress};
 pub use qtensor::{QParams, QTensor, Scales};

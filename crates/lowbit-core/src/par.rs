@@ -78,6 +78,36 @@ pub fn try_for_each_row<A: Send, B: Send, E: Send>(
     a.chunks_mut(a_len).zip(b.chunks_mut(b_len)).enumerate().try_for_each(|(r, (x, y))| f(r, x, y))
 }
 
+/// Calls `f(item)` for every item, on the rayon pool when `par`.
+pub fn for_each_item<T: Send>(items: Vec<T>, par: bool, f: impl Fn(T) + Sync + Send) {
+    #[cfg(feature = "parallel")]
+    if par {
+        use rayon::prelude::*;
+        items.into_par_iter().for_each(f);
+        return;
+    }
+    let _ = par;
+    items.into_iter().for_each(f);
+}
+
+/// Index of the first `chunk_len`-sized chunk of `x` (the last may be shorter) for which `pred`
+/// holds, the chunks tested on the rayon pool when `par`.
+pub fn position_first_chunk<T: Sync>(
+    x: &[T],
+    chunk_len: usize,
+    par: bool,
+    pred: impl Fn(&[T]) -> bool + Sync + Send,
+) -> Option<usize> {
+    let chunk_len = chunk_len.max(1);
+    #[cfg(feature = "parallel")]
+    if par {
+        use rayon::prelude::*;
+        return x.par_chunks(chunk_len).position_first(&pred);
+    }
+    let _ = par;
+    x.chunks(chunk_len).position(pred)
+}
+
 /// `(a(), b())`, side by side on the rayon pool with the `parallel` feature.
 pub fn join<RA: Send, RB: Send>(a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
     #[cfg(feature = "parallel")]

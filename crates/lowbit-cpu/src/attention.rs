@@ -55,7 +55,35 @@ pub fn attention_with(
     Ok(())
 }
 
+/// One decode sequence of [`attention_decode_batch`]: its query, keys, values, past and output.
+pub type DecodeSeq<'a> = (&'a [f32], &'a [f32], &'a [f32], usize, &'a mut [f32]);
+
+/// [`attention`] for a batch of single-query (decode) sequences: the sequences run side by side
+/// on the rayon pool, each on one thread (a batch has far more work than one sequence's heads).
+pub fn attention_decode_batch(shape: &AttnShape, seqs: Vec<DecodeSeq<'_>>) {
+    let level = Level::current();
+    let work: usize = seqs.iter().map(|s| (s.3 + 1) * shape.q_dim()).sum();
+    par::for_each_item(seqs, par::pays(work), |(q, kc, vc, past, out)| {
+        attention_in(level, shape, q, kc, vc, past, out, false)
+    });
+}
+
 fn attention_at(level: Level, shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f32], past: usize, out: &mut [f32]) {
+    attention_in(level, shape, q, kc, vc, past, out, true)
+}
+
+/// [`attention_at`]; a single query's heads may split over the decode pool when `may_split`.
+#[allow(clippy::too_many_arguments)]
+fn attention_in(
+    level: Level,
+    shape: &AttnShape,
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    past: usize,
+    out: &mut [f32],
+    may_split: bool,
+) {
     let qd = shape.q_dim();
     let n = out.len() / qd;
     if n == 0 {
@@ -66,7 +94,7 @@ fn attention_at(level: Level, shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f3
         // heads split over the pool once there are enough keys to pay for it.
         let hd = shape.head_dim;
         let keys = past + 1 - shape.first_key(past);
-        let split = keys * shape.heads >= DECODE_SPLIT_KEYS;
+        let split = may_split && keys * shape.heads >= DECODE_SPLIT_KEYS;
         let one = |h: usize, o: &mut [f32]| {
             let mut scores = Vec::with_capacity(keys);
             attend_one(level, shape, &q[h * hd..(h + 1) * hd], kc, vc, past, h, o, &mut scores);

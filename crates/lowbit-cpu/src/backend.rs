@@ -4,7 +4,7 @@
 
 use crate::attention;
 use crate::{ops, par, Activations, CpuError, Linear, WeightKind};
-use lowbit_core::backend::{AttnShape, Backend, HostWeight};
+use lowbit_core::backend::{AttnSeq, AttnShape, Backend, HostWeight};
 use std::ops::Range;
 
 /// The CPU backend.
@@ -174,19 +174,19 @@ impl Backend for Cpu {
     }
 
     fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-        ops::rms_norm(x, weight, eps, out);
+        by_rows(out, weight.len(), |start, o| ops::rms_norm(&x[start..start + o.len()], weight, eps, o));
     }
     fn rms_norm_inplace(&self, x: &mut [f32], weight: &[f32], eps: f32) {
-        ops::rms_norm_inplace(x, weight, eps);
+        by_rows(x, weight.len(), |_, x| ops::rms_norm_inplace(x, weight, eps));
     }
     fn add(&self, x: &mut [f32], y: &[f32]) {
-        x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+        by_rows(x, 1, |start, x| x.iter_mut().zip(&y[start..]).for_each(|(a, b)| *a += b));
     }
     fn add_bias(&self, x: &mut [f32], bias: &[f32]) {
-        ops::add_bias(x, bias);
+        by_rows(x, bias.len(), |_, x| ops::add_bias(x, bias));
     }
     fn swiglu(&self, g: &mut [f32], u: &[f32]) {
-        ops::swiglu(g, u);
+        by_rows(g, 1, |start, g| ops::swiglu(g, &u[start..start + g.len()]));
     }
     fn rope(&self, x: &mut [f32], width: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
         let half = head_dim / 2;
@@ -198,6 +198,31 @@ impl Backend for Cpu {
         attention::attention(shape, q, k, v, past, out);
     }
 
+    fn attention_batch(&self, shape: &AttnShape, q: &Vec<f32>, out: &mut Vec<f32>, seqs: &[AttnSeq<'_, Self>]) {
+        let qd = shape.q_dim();
+        let decode = seqs.len() > 1 && seqs.iter().all(|s| s.rows.len() == 1);
+        let ascending = seqs.windows(2).all(|w| w[0].rows.end <= w[1].rows.start);
+        if !decode || !ascending {
+            // Prefill sequences split their own query blocks over the pool.
+            for s in seqs {
+                let r = s.rows.start * qd..s.rows.end * qd;
+                attention::attention(shape, &q[r.clone()], s.k, s.v, s.past, &mut out[r]);
+            }
+            return;
+        }
+        let mut rest = &mut out[..];
+        let mut done = 0;
+        let mut jobs = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut((s.rows.start - done) * qd);
+            let (mine, tail) = tail.split_at_mut(s.rows.len() * qd);
+            rest = tail;
+            done = s.rows.end;
+            jobs.push((&q[s.rows.start * qd..s.rows.end * qd], s.k, s.v, s.past, mine));
+        }
+        attention::attention_decode_batch(shape, jobs);
+    }
+
     fn join<A, B, RA, RB>(&self, a: A, b: B) -> (RA, RB)
     where
         A: FnOnce() -> RA + Send,
@@ -207,4 +232,18 @@ impl Backend for Cpu {
     {
         lowbit_core::par::join(a, b)
     }
+}
+
+/// Runs an elementwise or per-row op over `x` (rows of `width` values) as `f(offset, part)` on
+/// whole-row parts: on the pool when the batch is large (prefill, calibration), in one call
+/// otherwise. Each row's result does not depend on the split.
+fn by_rows(x: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let width = width.max(1);
+    let rows = x.len() / width;
+    if !par::pays(x.len()) || rows < 2 {
+        return f(0, x);
+    }
+    // A few parts per thread so an uneven thread still finishes with the others.
+    let part = rows.div_ceil(4 * par::threads()).max(1) * width;
+    par::for_each_chunk(x, part, true, |i, p| f(i * part, p));
 }

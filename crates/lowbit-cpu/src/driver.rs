@@ -381,9 +381,13 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &m
     let x = match src.interleave::<I>() {
         Some((lanes, per_lane)) => {
             let mut p = vec![0.0; x.len()];
-            for (s, d) in x.chunks_exact(cols).zip(p.chunks_exact_mut(cols)) {
-                interleave(s, lanes, per_lane, d);
-            }
+            // A prefill's rows are permuted on all threads (a serial pass would idle the others).
+            let part = m.div_ceil(4 * par::threads()).max(1) * cols;
+            par::for_each_chunk(&mut p, part, par::pays(x.len()), |c, d| {
+                for (s, d) in x[c * part..].chunks_exact(cols).zip(d.chunks_exact_mut(cols)) {
+                    interleave(s, lanes, per_lane, d);
+                }
+            });
             permuted = p;
             &permuted[..]
         }

@@ -61,6 +61,71 @@ fn long_prefill_attention_matches_reference() {
     check_attention(&mut rng, AttnShape { heads: 4, kv_heads: 2, head_dim: 40, window: Some(600) }, 900, 1);
 }
 
+/// A batch of decode sequences (each one query, different pasts, some long enough that a lone
+/// call would split its heads over the pool) through the backend's `attention_batch` gives
+/// exactly what one `attention` call per sequence gives.
+#[test]
+fn batched_decode_attention_equals_one_call_per_sequence() {
+    use lowbit_core::backend::{AttnSeq, Backend};
+    let mut rng = Rng(29);
+    let be = lowbit_cpu::Cpu::new();
+    for shape in [
+        AttnShape { heads: 9, kv_heads: 3, head_dim: 64, window: None },
+        AttnShape { heads: 4, kv_heads: 2, head_dim: 40, window: Some(50) },
+    ] {
+        let (qd, kvd) = (shape.q_dim(), shape.kv_dim());
+        let pasts = [0usize, 7, 300, 1, 65, 700, 2];
+        let q = rng.vec(pasts.len() * qd);
+        let kvs: Vec<(Vec<f32>, Vec<f32>)> =
+            pasts.iter().map(|p| (rng.vec((p + 1) * kvd), rng.vec((p + 1) * kvd))).collect();
+        let mut want = vec![0f32; q.len()];
+        for (i, ((k, v), &past)) in kvs.iter().zip(&pasts).enumerate() {
+            be.attention(&shape, &q[i * qd..(i + 1) * qd], k, v, past, &mut want[i * qd..(i + 1) * qd]);
+        }
+        let seqs: Vec<AttnSeq<'_, lowbit_cpu::Cpu>> = kvs
+            .iter()
+            .zip(&pasts)
+            .enumerate()
+            .map(|(i, ((k, v), &past))| AttnSeq { rows: i..i + 1, k: k.as_slice(), v: v.as_slice(), past })
+            .collect();
+        let mut got = vec![f32::NAN; q.len()];
+        be.attention_batch(&shape, &q, &mut got, &seqs);
+        assert_eq!(got, want, "{shape:?}");
+    }
+}
+
+/// The backend splits large batches' elementwise ops over threads by whole rows: the result
+/// equals one call over the whole batch, bit for bit.
+#[test]
+fn backend_row_split_ops_equal_whole_batch_calls() {
+    use lowbit_core::backend::Backend;
+    let mut rng = Rng(31);
+    let be = lowbit_cpu::Cpu::new();
+    for (rows, d) in [(300usize, 577usize), (1000, 64), (3, 1536)] {
+        let x: Vec<f32> = rng.vec(rows * d).iter().map(|v| v * 3.0).collect();
+        let (w, y) = (rng.vec(d), rng.vec(rows * d));
+        let (mut want, mut got) = (vec![0f32; rows * d], vec![f32::NAN; rows * d]);
+        ops::rms_norm(&x, &w, 1e-5, &mut want);
+        be.rms_norm(&x, &w, 1e-5, &mut got);
+        assert_eq!(got, want, "rms_norm {rows}x{d}");
+        let mut inplace = x.clone();
+        be.rms_norm_inplace(&mut inplace, &w, 1e-5);
+        assert_eq!(inplace, want, "rms_norm_inplace {rows}x{d}");
+        let (mut a, mut b) = (x.clone(), x.clone());
+        ops::swiglu(&mut a, &y);
+        be.swiglu(&mut b, &y);
+        assert_eq!(a, b, "swiglu {rows}x{d}");
+        let (mut a, mut b) = (x.clone(), x.clone());
+        a.iter_mut().zip(&y).for_each(|(a, y)| *a += y);
+        be.add(&mut b, &y);
+        assert_eq!(a, b, "add {rows}x{d}");
+        let (mut a, mut b) = (x.clone(), x.clone());
+        ops::add_bias(&mut a, &w);
+        be.add_bias(&mut b, &w);
+        assert_eq!(a, b, "add_bias {rows}x{d}");
+    }
+}
+
 /// The elementwise ops fuse no multiply-add and fix the order of every sum, so each level
 /// returns exactly what the scalar level returns; that level is held to the reference.
 #[test]

@@ -14,7 +14,7 @@
 use crate::config::ModelConfig;
 use crate::model::{KvCache, Layer, Model};
 use crate::{ModelError, Result};
-use lowbit_core::backend::{AttnShape, Backend};
+use lowbit_core::backend::{AttnSeq, AttnShape, Backend};
 use lowbit_cpu::Cpu;
 
 /// One sequence's rows in a batch: rows `start..start + len`, at positions `past..past + len`
@@ -268,16 +268,23 @@ impl<'a, B: Backend> Block<'a, B> {
     where
         B: 'c,
     {
-        let (be, qd, kvd) = (self.backend, self.cfg.q_dim(), self.cfg.kv_dim());
-        let shape = self.attn_shape();
-        for (sp, cache) in spans.iter().zip(caches) {
+        let (be, kvd) = (self.backend, self.cfg.kv_dim());
+        let mut caches: Vec<&mut KvCache<B>> = caches.collect();
+        for (sp, cache) in spans.iter().zip(caches.iter_mut()) {
             let (a, b) = (sp.start, sp.start + sp.len);
             let (kc, vc) = cache.layer_mut(li);
             be.append(kc, be.view(&s.k, a * kvd..b * kvd)).map_err(err)?;
             be.append(vc, be.view(&s.v, a * kvd..b * kvd)).map_err(err)?;
-            let out = be.view_mut(&mut s.attn, a * qd..b * qd);
-            be.attention(&shape, be.view(&s.q, a * qd..b * qd), full(be, kc), full(be, vc), sp.past, out);
         }
+        let seqs: Vec<AttnSeq<'_, B>> = spans
+            .iter()
+            .zip(&caches)
+            .map(|(sp, cache)| {
+                let (kc, vc) = cache.layer(li);
+                AttnSeq { rows: sp.start..sp.start + sp.len, k: full(be, kc), v: full(be, vc), past: sp.past }
+            })
+            .collect();
+        be.attention_batch(&self.attn_shape(), &s.q, &mut s.attn, &seqs);
         Ok(())
     }
 

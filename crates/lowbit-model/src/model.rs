@@ -109,6 +109,9 @@ impl<B: Backend> KvCache<B> {
     pub(crate) fn layer_mut(&mut self, li: usize) -> (&mut B::Buffer, &mut B::Buffer) {
         (&mut self.k[li], &mut self.v[li])
     }
+    pub(crate) fn layer(&self, li: usize) -> (&B::Buffer, &B::Buffer) {
+        (&self.k[li], &self.v[li])
+    }
     /// Drops positions from `len` on (to rewind after speculative steps).
     pub fn truncate(&mut self, len: usize, kv_dim: usize) {
         if len < self.len {

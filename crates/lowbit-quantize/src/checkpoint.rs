@@ -3,8 +3,10 @@
 //!
 //! After block `b`: `block-b.safetensors` (its 7 quantized linears, lowbit layout) and
 //! `block-b.norms.safetensors` (its RMSNorm weights, which AWQ/SmoothQuant change), then
-//! `x.bin` (the block's output activations, raw f32 little-endian: the exact bits the next block
-//! starts from), then `state.json` (written last: it is the commit point).
+//! `x-{b+1}.bin` (the block's output activations, raw f32 little-endian: the exact bits block
+//! `b + 1` starts from), then `state.json` (written last: it is the commit point, and it names
+//! its x file, so a run killed between the two leaves the previous state whole). The write runs
+//! on a background thread ([`Saver`]) while the next block computes.
 
 use crate::options::LayerStat;
 use crate::{QuantizeError, Result};
@@ -14,7 +16,7 @@ use lowbit_model::{Layer, Model};
 use safetensors::tensor::Dtype;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Reads little-endian f32s.
 fn le_f32(bytes: &[u8]) -> Vec<f32> {
@@ -25,12 +27,13 @@ pub(crate) struct Checkpoint {
     dir: PathBuf,
 }
 
+/// What a checkpoint records besides the blocks and the activations.
+#[derive(Clone)]
 pub(crate) struct CheckpointState {
     pub fingerprint: String,
     pub next_block: usize,
     pub layers: Vec<LayerStat>,
     pub notes: Vec<String>,
-    pub x: Vec<f32>,
 }
 
 fn corrupt(dir: &std::path::Path, what: impl std::fmt::Display) -> QuantizeError {
@@ -46,10 +49,8 @@ impl Checkpoint {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
-    /// Saves the state after block `b` (`layer`); hands `state.x` back (it is written in place,
-    /// never copied: it is the largest buffer of the run).
-    pub(crate) fn save(&self, state: CheckpointState, layer: &Layer, b: usize) -> Result<Vec<f32>> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| QuantizeError::io(&self.dir, e))?;
+    /// The files of block `b` (`layer`), serialized.
+    fn block_files(&self, layer: &Layer, b: usize) -> Result<Vec<(PathBuf, Vec<u8>)>> {
         let mut quant = vec![];
         for (name, lin) in layer.linears() {
             match lin.weight() {
@@ -57,31 +58,15 @@ impl Checkpoint {
                 _ => return Err(QuantizeError::input("quantize", format!("block {b} {name} was not quantized"))),
             }
         }
-        io::write_atomic(&self.dir.join(format!("block-{b}.safetensors")), &io::to_bytes(quant, &BTreeMap::new())?)?;
         let norms: Vec<io::RawTensor> =
             [("input_layernorm", &layer.input_norm), ("post_attention_layernorm", &layer.post_attention_norm)]
                 .iter()
                 .map(|(n, v)| (n.to_string(), Dtype::F32, vec![v.len()], bytemuck::cast_slice(v.as_slice()).to_vec()))
                 .collect();
-        io::write_atomic(
-            &self.dir.join(format!("block-{b}.norms.safetensors")),
-            &io::serialize(&norms, &BTreeMap::new())?,
-        )?;
-        let x_path = self.dir.join("x.bin");
-        if cfg!(target_endian = "little") {
-            io::write_atomic(&x_path, bytemuck::cast_slice(state.x.as_slice()))?;
-        } else {
-            io::write_atomic(&x_path, &state.x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
-        }
-        let meta = json!({
-            "fingerprint": state.fingerprint,
-            "next_block": state.next_block,
-            "layers": state.layers,
-            "notes": state.notes,
-            "x_len": state.x.len(),
-        });
-        io::write_atomic(&self.dir.join("state.json"), meta.to_string().as_bytes())?;
-        Ok(state.x)
+        Ok(vec![
+            (self.dir.join(format!("block-{b}.safetensors")), io::to_bytes(quant, &BTreeMap::new())?),
+            (self.dir.join(format!("block-{b}.norms.safetensors")), io::serialize(&norms, &BTreeMap::new())?),
+        ])
     }
 
     /// Loads the checkpoint when there is one, appending its blocks to `model` (which has none
@@ -92,7 +77,7 @@ impl Checkpoint {
         fingerprint: &str,
         model: &mut Model,
         mut original: impl FnMut(usize) -> Result<Layer>,
-    ) -> Result<Option<CheckpointState>> {
+    ) -> Result<Option<(CheckpointState, Vec<f32>)>> {
         let state_path = self.dir.join("state.json");
         if !state_path.is_file() {
             return Ok(None);
@@ -139,12 +124,109 @@ impl Checkpoint {
             }
             model.push_layer(layer)?;
         }
-        let xp = self.dir.join("x.bin");
+        let x_file = v["x_file"].as_str().ok_or_else(|| corrupt(&self.dir, "no x_file"))?;
+        if x_file != x_file_name(next_block) {
+            return Err(corrupt(&self.dir, format!("x_file {x_file} does not belong to block {next_block}")));
+        }
+        let xp = self.dir.join(x_file);
         let bytes = std::fs::read(&xp).map_err(|e| QuantizeError::io(&xp, e))?;
         if bytes.len() != x_len * 4 {
-            return Err(corrupt(&self.dir, "x.bin has the wrong size"));
+            return Err(corrupt(&self.dir, format!("{x_file} has the wrong size")));
         }
         let x = le_f32(&bytes);
-        Ok(Some(CheckpointState { fingerprint: fingerprint.to_string(), next_block, layers, notes, x }))
+        Ok(Some((CheckpointState { fingerprint: fingerprint.to_string(), next_block, layers, notes }, x)))
+    }
+}
+
+/// The activations file that block `next_block` starts from.
+fn x_file_name(next_block: usize) -> String {
+    format!("x-{next_block}.bin")
+}
+
+/// Writes `files`, then `x`, then `state.json` naming it (the commit point); then removes the
+/// x files of earlier states.
+fn write_checkpoint(dir: &Path, files: Vec<(PathBuf, Vec<u8>)>, state: &CheckpointState, x: &[f32]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| QuantizeError::io(dir, e))?;
+    for (path, bytes) in files {
+        io::write_atomic(&path, &bytes)?;
+    }
+    let x_file = x_file_name(state.next_block);
+    if cfg!(target_endian = "little") {
+        io::write_atomic(&dir.join(&x_file), bytemuck::cast_slice(x))?;
+    } else {
+        io::write_atomic(&dir.join(&x_file), &x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+    }
+    let meta = json!({
+        "fingerprint": state.fingerprint,
+        "next_block": state.next_block,
+        "layers": state.layers,
+        "notes": state.notes,
+        "x_file": x_file,
+        "x_len": x.len(),
+    });
+    io::write_atomic(&dir.join("state.json"), meta.to_string().as_bytes())?;
+    let entries = std::fs::read_dir(dir).map_err(|e| QuantizeError::io(dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("x-") && name.ends_with(".bin") && name != x_file {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+type Writing = std::thread::JoinHandle<(Vec<f32>, Result<()>)>;
+
+/// Writes checkpoints on a background thread, one at a time, so the next block computes while
+/// the last one's files reach the disk. Its buffer for the activations is reused from block to
+/// block; dropping it waits for the write in flight, so a stopped run leaves a whole checkpoint.
+pub(crate) struct Saver {
+    writing: Option<Writing>,
+    spare: Vec<f32>,
+}
+
+impl Saver {
+    pub(crate) fn new() -> Self {
+        Saver { writing: None, spare: Vec::new() }
+    }
+
+    /// Starts writing the state after block `b` (`layer`, whose output is `x`), once the
+    /// previous write is done; an error of the previous write is returned here.
+    pub(crate) fn save(
+        &mut self,
+        ckpt: &Checkpoint,
+        state: CheckpointState,
+        layer: &Layer,
+        b: usize,
+        x: &[f32],
+    ) -> Result<()> {
+        self.finish()?;
+        let files = ckpt.block_files(layer, b)?;
+        let mut buf = std::mem::take(&mut self.spare);
+        buf.clear();
+        buf.extend_from_slice(x);
+        let dir = ckpt.dir.clone();
+        self.writing = Some(std::thread::spawn(move || {
+            let r = write_checkpoint(&dir, files, &state, &buf);
+            (buf, r)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the write in flight, if any, and returns its result.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        if let Some(w) = self.writing.take() {
+            let (buf, r) =
+                w.join().map_err(|_| QuantizeError::input("checkpoint", "the checkpoint writer panicked"))?;
+            self.spare = buf;
+            r?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Saver {
+    fn drop(&mut self) {
+        let _ = self.finish();
     }
 }

@@ -20,7 +20,7 @@
 //! `tokens * intermediate_size` values, held in f16, see `stash`); the Hessians.
 
 use crate::calib::{calibration_windows, CalibSource};
-use crate::checkpoint::{Checkpoint, CheckpointState};
+use crate::checkpoint::{Checkpoint, CheckpointState, Saver};
 use crate::options::{peak_rss_bytes, LayerStat, QuantizeOptions, QuantizeReport};
 use crate::output::write_output;
 use crate::stash::Stash;
@@ -170,11 +170,11 @@ fn run(
     if calibrated {
         let resumed = if opts.resume { ckpt.load(&fingerprint, &mut model, |b| Ok(blocks.block(b)?))? } else { None };
         match resumed {
-            Some(state) => {
+            Some((state, saved_x)) => {
                 first = state.next_block;
                 layers_stats = state.layers;
                 ctx.notes = state.notes;
-                x = state.x;
+                x = saved_x;
             }
             None => {
                 ckpt.remove();
@@ -184,6 +184,7 @@ fn run(
         }
     }
 
+    let mut saver = Saver::new();
     let blocks_start = Instant::now();
     let mut done = phase(progress, "blocks", nblocks as u64);
     done.advance(first as u64);
@@ -211,9 +212,8 @@ fn run(
                 next_block: b + 1,
                 layers: layers_stats.clone(),
                 notes: ctx.notes.clone(),
-                x: std::mem::take(&mut x),
             };
-            x = ckpt.save(state, &layer, b)?;
+            saver.save(ckpt, state, &layer, b, &x)?;
         }
         model.push_layer(layer)?;
         done.metric("loss", loss);
@@ -226,6 +226,7 @@ fn run(
             ));
         }
     }
+    saver.finish()?;
     drop(x);
     drop(done);
     let quantize_seconds = blocks_start.elapsed().as_secs_f64();
@@ -272,7 +273,7 @@ fn path_bytes(path: &Path) -> u64 {
 }
 
 fn first_non_finite(x: &[f32], cols: usize) -> Option<(usize, usize)> {
-    x.iter().position(|v| !v.is_finite()).map(|i| (i / cols, i % cols))
+    lowbit_core::first_non_finite(x).map(|i| (i / cols, i % cols))
 }
 
 /// Bytes of one block's seven linear layers in f32.

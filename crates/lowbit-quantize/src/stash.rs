@@ -7,6 +7,7 @@
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use lowbit_core::par;
 
 enum Stored {
     F16(Vec<f16>),
@@ -19,6 +20,8 @@ pub(crate) struct Stash {
 
 /// Largest magnitude stored as f16 (its max finite value, 65504, less a rounding margin).
 const F16_LIMIT: f32 = 65000.0;
+/// Values per part converted on one thread.
+const PART: usize = 1 << 16;
 
 impl Stash {
     pub(crate) fn new() -> Self {
@@ -27,11 +30,14 @@ impl Stash {
 
     /// Appends the next batch.
     pub(crate) fn push(&mut self, batch: &[f32]) {
-        let fits = batch.iter().all(|v| v.abs() <= F16_LIMIT);
+        let too_large = |c: &[f32]| c.iter().fold(0f32, |m, v| m.max(v.abs())) > F16_LIMIT;
+        let fits = par::position_first_chunk(batch, PART, par::pays(batch.len()), too_large).is_none();
         self.batches.push(if fits {
             // Slice conversions: the same rounding as `f16::from_f32`, eight lanes at a time.
             let mut h = vec![f16::ZERO; batch.len()];
-            h.convert_from_f32_slice(batch);
+            par::for_each_chunk(&mut h, PART, par::pays(batch.len()), |i, h| {
+                h.convert_from_f32_slice(&batch[i * PART..i * PART + h.len()])
+            });
             Stored::F16(h)
         } else {
             Stored::F32(batch.to_vec())
@@ -41,19 +47,25 @@ impl Stash {
     /// Batch `i` as f32 into `out`, each column `c` divided by `divide[c]` when given (a fold
     /// applied after the batch was stored).
     pub(crate) fn read(&self, i: usize, divide: Option<&[f32]>, out: &mut Vec<f32>) {
-        out.clear();
-        match &self.batches[i] {
-            Stored::F16(v) => {
-                out.resize(v.len(), 0.0);
-                v.convert_to_f32_slice(out);
+        let len = match &self.batches[i] {
+            Stored::F16(v) => v.len(),
+            Stored::F32(v) => v.len(),
+        };
+        out.resize(len, 0.0);
+        // Parts of whole rows, so each part divides its own columns.
+        let part = divide.map_or(PART, |s| s.len().max(1) * (PART / s.len().max(1)).max(1));
+        par::for_each_chunk(out, part, par::pays(len), |j, o| {
+            let src = j * part..j * part + o.len();
+            match &self.batches[i] {
+                Stored::F16(v) => v[src].convert_to_f32_slice(o),
+                Stored::F32(v) => o.copy_from_slice(&v[src]),
             }
-            Stored::F32(v) => out.extend_from_slice(v),
-        }
-        if let Some(s) = divide {
-            for row in out.chunks_exact_mut(s.len()) {
-                row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
+            if let Some(s) = divide {
+                for row in o.chunks_exact_mut(s.len()) {
+                    row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
+                }
             }
-        }
+        });
     }
 }
 

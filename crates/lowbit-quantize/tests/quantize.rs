@@ -355,7 +355,7 @@ fn folded_activations_match(kv_heads: usize) {
     let (dir, _) = tiny(&format!("awq-propagate-{kv_heads}"), kv_heads);
     let (out, stop) = (dir.join("q"), QuantizeOptions { stop_after_block: Some(0), ..opts("awq") });
     assert!(run(&dir, &out, &stop).is_err());
-    let x: Vec<f32> = std::fs::read(partial_dir(&out).join("x.bin"))
+    let x: Vec<f32> = std::fs::read(partial_dir(&out).join("x-1.bin"))
         .unwrap()
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))

@@ -158,14 +158,18 @@ impl QuantMethod for GptqMethod {
     fn solve_group(&self, group: &Group, stats: &dyn Statistics) -> Result<GroupSolution> {
         let h: &Hessian = downcast(stats, "gptq")?;
         let cfg = self.config(group.scheme);
-        let layers = group
-            .layers
-            .iter()
-            .map(|l| {
-                let out = gptq_quantize(l.w, l.rows, group.cols, h, &cfg)?;
-                Ok(SolvedLayer { qtensor: out.qtensor, report: out.report, alpha: None })
-            })
-            .collect::<Result<_>>()?;
+        // The layers of a group (q/k/v, gate/up) are independent sweeps: solved side by side,
+        // since one sweep's column loop keeps only one core busy.
+        let solve = |l: &crate::method::GroupLayer| {
+            let out = gptq_quantize(l.w, l.rows, group.cols, h, &cfg)?;
+            Ok(SolvedLayer { qtensor: out.qtensor, report: out.report, alpha: None })
+        };
+        let layers = if lowbit_core::par::ENABLED {
+            use rayon::prelude::*;
+            group.layers.par_iter().map(solve).collect::<Result<_>>()?
+        } else {
+            group.layers.iter().map(solve).collect::<Result<_>>()?
+        };
         Ok(GroupSolution { layers, fold: None, int8_activations: false })
     }
 }
