@@ -34,27 +34,7 @@ make venv develop >&2
 PY=$PWD/.venv/bin/python
 LOWBIT=$PWD/.venv/bin/lowbit
 
-build_llama_cpp() {
-  local src="$E2E_DIR/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION" build=$1
-  if [ ! -d "$src/vendor/llama.cpp" ]; then
-    "$PY" -m pip download --quiet --no-binary :all: --no-deps --dest "$E2E_DIR" \
-      "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" >&2
-    tar -xzf "$E2E_DIR/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz" -C "$E2E_DIR"
-  fi
-  # LLAMA_CMAKE_FLAGS is a list of flags: split on spaces on purpose.
-  # shellcheck disable=SC2086
-  cmake -S "$src/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-    -DLLAMA_BUILD_TESTS=OFF $LLAMA_CMAKE_FLAGS >&2
-  cmake --build "$build" --target llama-quantize llama-bench -j "$(nproc)" >&2
-}
-if [ -z "${LLAMA_BIN:-}" ]; then
-  flags_id=$(printf '%s' "$LLAMA_CMAKE_FLAGS" | sha256sum | cut -c1-8)
-  build="$E2E_DIR/llama-build-$LLAMA_CPP_PYTHON_VERSION-$flags_id"
-  LLAMA_BIN="$build/bin"
-  if [ ! -x "$LLAMA_BIN/llama-bench" ] || [ ! -x "$LLAMA_BIN/llama-quantize" ]; then
-    build_llama_cpp "$build"
-  fi
-fi
+LLAMA_BIN=$(E2E_DIR="$E2E_DIR" PY="$PY" benches/llama-cpp.sh llama-quantize llama-bench)
 
 SRC="$("$PY" -c "import lowbit; print(lowbit.smollm2_gguf())")"
 for t in Q4_0 Q4_K_M Q8_0 F16; do

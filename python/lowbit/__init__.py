@@ -23,11 +23,13 @@ from ._lowbit import (
     UnsupportedError,
     __version__,
 )
+from .export import ExportReport, TensorExport, export
 from .model import Generation, Model, PerplexityResult, import_gguf, smollm2_gguf
 from .pipeline import LayerResult, QuantizeReport, calibration_windows, quantize_model
 
 __all__ = [
     "CorruptFileError",
+    "ExportReport",
     "Generation",
     "LayerResult",
     "LowbitError",
@@ -38,9 +40,11 @@ __all__ = [
     "QuantizeReport",
     "ShapeError",
     "SolverFailedError",
+    "TensorExport",
     "UnsupportedError",
     "__version__",
     "calibration_windows",
+    "export",
     "import_gguf",
     "load",
     "load_tensors",

@@ -21,6 +21,7 @@ import numpy as np
 from . import __version__, quantize
 from ._lowbit import LowbitError, QuantizeReport
 from .demo import DemoSettings, run_demo
+from .export import export
 from .model import Model, import_gguf, smollm2_gguf
 from .pipeline import CALIB_ENV
 from .progress import Bars
@@ -183,6 +184,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_import_gguf(args: argparse.Namespace) -> int:
     out = import_gguf(resolve_model(args.file), args.out)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    report = export(resolve_model(args.model), args.out, format=args.format, dense_type=args.dense_type)
+    width = max(len(t.name) for t in report.tensors)
+    print(f"{'tensor':<{width}}  {'lowbit':<20} {'type':<5} {'path':<11} max|diff|")
+    counts: dict[str, int] = {}
+    for t in report.tensors:
+        counts[t.path] = counts.get(t.path, 0) + 1
+        print(f"{t.name:<{width}}  {t.source:<20} {t.type:<5} {t.path:<11} {t.max_abs_diff:.3g}")
+    summary = ", ".join(f"{n} {p}" for p, n in sorted(counts.items()))
+    worst = max(t.max_abs_diff for t in report.tensors)
+    print(f"wrote {report.path} ({_mib(report.bytes)}): {summary}; largest difference {worst:.3g}")
     return 0
 
 
@@ -440,6 +455,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file")
     imp.add_argument("out")
     imp.set_defaults(func=cmd_import_gguf)
+
+    exp = sub.add_parser("export", help="write a model for llama.cpp (GGUF) with a per-tensor report")
+    exp.add_argument("model", help=model_help)
+    exp.add_argument("-o", "--out", required=True, help="output file (replaced atomically)")
+    exp.add_argument("--format", choices=["gguf"], default="gguf")
+    exp.add_argument(
+        "--dense-type",
+        help="requantize dense (f32/f16/bf16) weight matrices to this ggml type (Q8_0, Q4_0, Q4_K...)",
+    )
+    exp.set_defaults(func=cmd_export)
     return parser
 
 

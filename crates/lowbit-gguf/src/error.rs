@@ -136,6 +136,14 @@ pub enum GgufError {
         /// The type.
         ty: GgmlType,
     },
+    /// A code outside the range of the block type (repacking codes chosen elsewhere).
+    #[error("{ty:?}: code {code} is out of range")]
+    CodeRange {
+        /// The type.
+        ty: GgmlType,
+        /// The code.
+        code: i32,
+    },
     /// The streaming writer was used out of order: a tensor written twice, out of the declared
     /// order, or missing at `finish`.
     #[error("GGUF writer: {reason}")]

@@ -7,6 +7,7 @@
 //! * [`blocks`]: one file per ggml block type (`#[repr(C)]`, size checked at compile time),
 //!   each with its dequantizer and llama.cpp's reference quantizer; [`REGISTRY`] maps ggml
 //!   type ids to them, and [`quantize`] / [`dequantize`] dispatch through it.
+//! * [`repack`]: Q4_0 / Q4_1 / Q8_0 blocks from codes and scales chosen elsewhere (lossless export).
 //! * [`llama`]: the llama tensor names and the q/k row permutation of llama.cpp's converter.
 //!
 //! It depends on no model code: `lowbit-model` loads models through it, and an exporter can
@@ -34,6 +35,7 @@ mod error;
 pub mod limits;
 pub mod llama;
 mod reader;
+pub mod repack;
 mod types;
 mod value;
 mod writer;

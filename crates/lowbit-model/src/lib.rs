@@ -39,7 +39,7 @@ pub use config::{Architecture, Llama3RopeScaling, ModelConfig};
 pub use device::Device;
 pub use error::{ModelError, Result};
 pub use generate::{BatchPrompt, GenerateOptions, Generation, Rng, StopReason, TokenEvent};
-pub use gguf::{import_gguf, GgufFile};
+pub use gguf::{export_gguf, import_gguf, GgufExportOptions, GgufFile};
 pub use load::{LastFile, LoadOptions, SaveExtras, StoredSize};
 pub use model::{BlockReader, KvCache, Layer, Logits, LogitsMode, Model, LINEAR_NAMES};
 pub use perplexity::{PerplexityOptions, PerplexityResult};

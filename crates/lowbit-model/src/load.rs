@@ -176,7 +176,7 @@ type NamedTensors<'m> = (Vec<(String, &'m Linear)>, Vec<(String, &'m [f32])>);
 
 impl Model {
     /// Every tensor [`Model::save`] writes, by name; a tied model has no `lm_head.weight`.
-    fn named_tensors(&self) -> NamedTensors<'_> {
+    pub(crate) fn named_tensors(&self) -> NamedTensors<'_> {
         let mut mats: Vec<(String, &Linear)> = vec![("model.embed_tokens.weight".into(), self.embedding())];
         if !self.config().tie_word_embeddings {
             mats.push(("lm_head.weight".into(), self.lm_head()));

@@ -6,6 +6,7 @@
 
 mod arrays;
 mod errors;
+mod export;
 mod model;
 mod pipeline;
 mod progress;
@@ -22,5 +23,6 @@ fn _lowbit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     model::register(m)?;
     solvers::register(m)?;
     pipeline::register(m)?;
+    export::register(m)?;
     Ok(())
 }

@@ -1,10 +1,13 @@
 //! GGUF files as models: the config implied by the metadata, tensors under Hugging Face names
-//! (dequantized, q/k rows un-permuted), the tokenizer stored in the metadata, and import to an
-//! HF-style directory. Reading and writing GGUF itself is `lowbit-gguf`, re-exported here.
+//! (dequantized, q/k rows un-permuted), the tokenizer stored in the metadata, import to an
+//! HF-style directory, and export of any model lowbit loads to a llama GGUF. Reading and writing
+//! GGUF itself is `lowbit-gguf`, re-exported here.
 
+mod export;
 mod import;
 mod tokenizer;
 
+pub use export::{export_gguf, ExportPath, GgufExport, GgufExportOptions, TensorExport};
 pub use import::import_gguf;
 pub use lowbit_gguf::llama::{gguf_name, unpermute_rows};
 pub use lowbit_gguf::{dequantize, quantize, GgmlType, GgufError, GgufFile, GgufTensorInfo, GgufValue, GgufValueType};

@@ -10,8 +10,8 @@ use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
 use serde_json::{json, Map, Value};
 
-const TOKEN_TYPE_CONTROL: u64 = 3;
-const TOKEN_TYPE_USER_DEFINED: u64 = 4;
+pub(crate) const TOKEN_TYPE_CONTROL: u64 = 3;
+pub(crate) const TOKEN_TYPE_USER_DEFINED: u64 = 4;
 
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_PATTERN: &str =
@@ -32,6 +32,38 @@ fn strings(file: &GgufFile, key: &str) -> Result<Vec<String>> {
     };
     let arr = file.get(key).ok_or_else(|| bad("missing"))?.as_array().ok_or_else(|| bad("not an array"))?;
     arr.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad("holds a non-string"))).collect()
+}
+
+/// The Hugging Face pre-tokenizer for llama.cpp's `tokenizer.ggml.pre` name, if lowbit maps it.
+fn pre_tokenizer_for(pre: &str) -> Option<Value> {
+    Some(match pre {
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+        "default" | "gpt2" | "gpt-2" => byte_level(true),
+        "llama-bpe" | "llama3" | "smaug-bpe" => {
+            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_PATTERN), byte_level(false)]})
+        }
+        "qwen2" => json!({"type": "Sequence", "pretokenizers": [split(QWEN2_PATTERN), byte_level(false)]}),
+        _ => return None,
+    })
+}
+
+/// The inverse of [`pre_tokenizer_for`]: llama.cpp's name for a Hugging Face pre-tokenizer that
+/// splits as one lowbit maps (`trim_offsets` aside, which only moves offsets).
+pub(crate) fn pre_name(pre_tokenizer: &Value) -> Option<&'static str> {
+    fn strip(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter().filter(|(k, _)| k.as_str() != "trim_offsets").map(|(k, v)| (k.clone(), strip(v))).collect(),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(strip).collect()),
+            v => v.clone(),
+        }
+    }
+    let want = strip(pre_tokenizer);
+    ["smollm", "gpt2", "llama-bpe", "qwen2"]
+        .into_iter()
+        .find(|p| pre_tokenizer_for(p).map(|v| strip(&v)) == Some(want.clone()))
 }
 
 /// The `tokenizer.json` value for the GGUF's tokenizer.
@@ -58,20 +90,9 @@ pub(crate) fn tokenizer_json(file: &GgufFile) -> Result<Value> {
         });
     }
     let pre = file.get_str("tokenizer.ggml.pre").unwrap_or("default");
-    let pre_tokenizer = match pre {
-        "smollm" => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
-        "default" | "gpt2" | "gpt-2" => byte_level(true),
-        "llama-bpe" | "llama3" | "smaug-bpe" => {
-            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_PATTERN), byte_level(false)]})
-        }
-        "qwen2" => json!({"type": "Sequence", "pretokenizers": [split(QWEN2_PATTERN), byte_level(false)]}),
-        other => {
-            return Err(unsupported(format!(
-                "tokenizer.ggml.pre {other:?} (lowbit maps smollm, gpt2, llama-bpe, qwen2)"
-            )))
-        }
-    };
+    let pre_tokenizer = pre_tokenizer_for(pre).ok_or_else(|| {
+        unsupported(format!("tokenizer.ggml.pre {pre:?} (lowbit maps smollm, gpt2, llama-bpe, qwen2)"))
+    })?;
     let mut vocab = Map::new();
     let mut added = vec![];
     for (id, (tok, ty)) in tokens.iter().zip(&types).enumerate() {

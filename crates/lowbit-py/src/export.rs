@@ -1,0 +1,47 @@
+//! `export_gguf`: a model lowbit loads to a llama GGUF, with the per-tensor report.
+
+use crate::errors::{PyLowbitResult, UnsupportedError};
+use lowbit_model::gguf::{export_gguf as export, GgmlType, GgufExportOptions};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use std::path::PathBuf;
+
+/// Exports the model at `model` to the GGUF file `out` (GIL released). `dense_type` (a ggml type
+/// name such as `"Q8_0"`) requantizes dense weight matrices. Returns `{"bytes": int, "tensors":
+/// [{"name", "source", "type", "path", "max_abs_diff"}, ...]}`.
+#[pyfunction]
+#[pyo3(signature = (model, out, dense_type=None))]
+fn export_gguf<'py>(
+    py: Python<'py>,
+    model: PathBuf,
+    out: PathBuf,
+    dense_type: Option<&str>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let dense_type = match dense_type {
+        None => None,
+        Some(name) => Some(GgmlType::from_name(&name.to_uppercase()).ok_or_else(|| {
+            UnsupportedError::new_err(format!("unknown ggml type {name:?} (e.g. F16, Q8_0, Q4_0, Q4_K, Q6_K)"))
+        })?),
+    };
+    let opts = GgufExportOptions { dense_type };
+    let r: PyLowbitResult<_> = py.detach(|| export(&model, &out, &opts)).map_err(Into::into);
+    let report = r?;
+    let tensors = PyList::empty(py);
+    for t in report.tensors {
+        let d = PyDict::new(py);
+        d.set_item("name", t.name)?;
+        d.set_item("source", t.source)?;
+        d.set_item("type", t.ty.name())?;
+        d.set_item("path", t.path.name())?;
+        d.set_item("max_abs_diff", t.max_abs_diff)?;
+        tensors.append(d)?;
+    }
+    let out = PyDict::new(py);
+    out.set_item("bytes", report.bytes)?;
+    out.set_item("tensors", tensors)?;
+    Ok(out)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(export_gguf, m)?)
+}
