@@ -190,13 +190,18 @@ def cmd_import_gguf(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     report = export(resolve_model(args.model), args.out, format=args.format, dense_type=args.dense_type)
     width = max(len(t.name) for t in report.tensors)
-    print(f"{'tensor':<{width}}  {'lowbit':<20} {'type':<5} {'path':<11} max|diff|")
+    tw = max(5, *(len(t.type) for t in report.tensors))
+    print(f"{'tensor':<{width}}  {'lowbit':<20} {'type':<{tw}} {'path':<11} max|diff|")
     counts: dict[str, int] = {}
     for t in report.tensors:
         counts[t.path] = counts.get(t.path, 0) + 1
-        print(f"{t.name:<{width}}  {t.source:<20} {t.type:<5} {t.path:<11} {t.max_abs_diff:.3g}")
+        print(f"{t.name:<{width}}  {t.source:<20} {t.type:<{tw}} {t.path:<11} {t.max_abs_diff:.3g}")
     summary = ", ".join(f"{n} {p}" for p, n in sorted(counts.items()))
     worst = max(t.max_abs_diff for t in report.tensors)
+    if report.checkpoint_format is not None:
+        summary += f"; checkpoint_format {report.checkpoint_format}"
+    for note in report.notes:
+        print(f"note: {note}")
     print(f"wrote {report.path} ({_mib(report.bytes)}): {summary}; largest difference {worst:.3g}")
     return 0
 
@@ -456,10 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("out")
     imp.set_defaults(func=cmd_import_gguf)
 
-    exp = sub.add_parser("export", help="write a model for llama.cpp (GGUF) with a per-tensor report")
+    exp = sub.add_parser(
+        "export", help="write a model for llama.cpp (GGUF) or transformers/vLLM (HF GPTQ) with a per-tensor report"
+    )
     exp.add_argument("model", help=model_help)
-    exp.add_argument("-o", "--out", required=True, help="output file (replaced atomically)")
-    exp.add_argument("--format", choices=["gguf"], default="gguf")
+    exp.add_argument(
+        "-o", "--out", required=True, help="output file (gguf) or new directory (gptq), written atomically"
+    )
+    exp.add_argument("--format", choices=["gguf", "gptq"], default="gguf")
     exp.add_argument(
         "--dense-type",
         help="requantize dense (f32/f16/bf16) weight matrices to this ggml type (Q8_0, Q4_0, Q4_K...)",

@@ -1,9 +1,10 @@
-"""``lowbit.export``: write a model in a format other runtimes load (GGUF for llama.cpp)."""
+"""``lowbit.export``: write a model in a format other runtimes load (GGUF for llama.cpp, HF GPTQ
+for transformers / vLLM)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
@@ -18,11 +19,12 @@ class TensorExport:
     """One exported tensor: how lowbit stored it, what it became, and the measured difference."""
 
     name: str
-    """The tensor's name in the output (``blk.0.attn_q.weight``)."""
+    """The tensor's name in the output (``blk.0.attn_q.weight``; for GPTQ the module,
+    ``model.layers.0.self_attn.q_proj``, or the dense tensor)."""
     source: str
     """lowbit's storage (``int4 g32 sym f16``, ``f32``)."""
     type: str
-    """The output type (``Q4_0``, ``Q8_0``, ``F32``...)."""
+    """The output type (``Q4_0``, ``Q8_0``, ``F32``..., or ``gptq int4 g64 v1``)."""
     path: Literal["exact", "min-rounded", "requantized"]
     """``exact`` (codes and scales repacked, or a dense tensor kept), ``min-rounded`` (Q4_1:
     each group's minimum ``-zero * scale`` rounded to f16) or ``requantized`` (llama.cpp's
@@ -38,13 +40,17 @@ class ExportReport:
     path: Path
     bytes: int
     tensors: list[TensorExport]
+    checkpoint_format: str | None = None
+    """GPTQ only: ``gptq`` (v1 zero points, symmetric models) or ``gptq_v2``."""
+    notes: list[str] = field(default_factory=list)
+    """GPTQ only: loaders that will reject or fall back on the export, tensors dequantized."""
 
 
 def export(
     model: PathLike,
     out: PathLike,
     *,
-    format: Literal["gguf"] = "gguf",
+    format: Literal["gguf", "gptq"] = "gguf",
     dense_type: str | None = None,
 ) -> ExportReport:
     """Export a model for another runtime.
@@ -58,13 +64,33 @@ def export(
     keep their dtype unless ``dense_type`` (``"Q8_0"``, ``"Q4_0"``, ``"Q4_K"``...) is given.
     The file is written under a temporary name and renamed, so a failure leaves none.
 
+    With ``format="gptq"`` the model must be a lowbit quantized model with integer codes (2, 4 or
+    8 bits, f16 scales, one group size whose groups tile every row) and ``out`` a directory that
+    does not exist or is empty: every block linear is repacked exactly as ``qweight`` /
+    ``qzeros`` / ``scales`` / ``g_idx`` (``desc_act: false``), symmetric models with v1 zero
+    points and asymmetric ones as ``gptq_v2``; the embedding and LM head stay dense (a
+    quantized one is dequantized to f32, listed in ``notes``). See docs/format.md.
+
     Raises:
         FileNotFoundError: a missing model.
-        UnsupportedError: another format, an architecture other than llama, an unknown type.
+        UnsupportedError: another format, an architecture other than llama, an unknown type; for
+            GPTQ a model GPTQ cannot store exactly (not quantized, codebook, 3-bit, f32 scales,
+            a group size that does not divide a row), with the constraint named.
         LowbitError: a model without a tokenizer, non-finite weights.
     """
+    if format == "gptq":
+        if dense_type is not None:
+            raise UnsupportedError("dense_type applies to GGUF export only")
+        g = _lowbit.export_gptq(os.fspath(model), os.fspath(out))
+        return ExportReport(
+            path=Path(out),
+            bytes=g["bytes"],
+            tensors=[TensorExport(**t) for t in g["tensors"]],
+            checkpoint_format=g["checkpoint_format"],
+            notes=list(g["notes"]),
+        )
     if format != "gguf":
-        raise UnsupportedError(f"export format {format!r}: lowbit exports 'gguf'")
+        raise UnsupportedError(f"export format {format!r}: lowbit exports 'gguf' and 'gptq'")
     raw = _lowbit.export_gguf(os.fspath(model), os.fspath(out), dense_type)
     tensors = [TensorExport(**t) for t in raw["tensors"]]
     return ExportReport(path=Path(out), bytes=raw["bytes"], tensors=tensors)

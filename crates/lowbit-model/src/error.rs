@@ -90,6 +90,22 @@ pub enum ModelError {
         /// What is unsupported.
         what: String,
     },
+    /// An HF GPTQ checkpoint whose tensors disagree with each other or with its config.
+    #[error("GPTQ checkpoint {path}: {tensor}: {reason}")]
+    Gptq {
+        /// The file (or directory, for config-level findings).
+        path: String,
+        /// The tensor (or config key).
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Something HF GPTQ export or import does not handle (a bit width, a scheme, a shape).
+    #[error("unsupported for HF GPTQ: {what}")]
+    GptqUnsupported {
+        /// What, and what to do instead.
+        what: String,
+    },
     /// The tokenizer failed to load, encode or decode.
     #[error("tokenizer error: {0}")]
     Tokenizer(String),

@@ -122,7 +122,12 @@ fn hf_dir_source<R>(
     } else {
         None
     };
-    f(config, &mut src, tokenizer)
+    let raw: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::config("config.json", e.to_string()))?;
+    match crate::gptq::import::detect(dir, &raw)? {
+        Some(gptq) => f(config, &mut crate::gptq::import::GptqSource::new(src, gptq), tokenizer),
+        None => f(config, &mut src, tokenizer),
+    }
 }
 
 fn gguf_source<R>(

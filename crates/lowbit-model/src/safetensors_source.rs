@@ -99,6 +99,19 @@ impl SafetensorsSource {
         self.entries.keys().chain(self.quant.keys()).cloned().collect()
     }
 
+    /// Whether a dense (non-lowbit) tensor `name` is still there to take.
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Takes a dense tensor whatever its dtype (GPTQ's int32 parts): dtype, shape, bytes, and
+    /// the file it is in.
+    pub(crate) fn take_raw(&mut self, name: &str) -> Option<(Dtype, Vec<usize>, &[u8], &Path)> {
+        let e = self.entries.remove(name)?;
+        let (path, bytes) = &self.files[e.file];
+        Some((e.dtype, e.shape, &bytes[e.start..e.end], path.as_path()))
+    }
+
     fn add(&mut self, path: PathBuf, bytes: Bytes) -> Result<()> {
         let corrupt = |reason: String| ModelError::Safetensors { path: path.display().to_string(), reason };
         let file = self.files.len();

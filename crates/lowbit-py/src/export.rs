@@ -1,4 +1,5 @@
-//! `export_gguf`: a model lowbit loads to a llama GGUF, with the per-tensor report.
+//! `export_gguf` / `export_gptq`: a model lowbit loads to a llama GGUF or an HF GPTQ directory,
+//! with the per-tensor report.
 
 use crate::errors::{PyLowbitResult, UnsupportedError};
 use lowbit_model::gguf::{export_gguf as export, GgmlType, GgufExportOptions};
@@ -42,6 +43,32 @@ fn export_gguf<'py>(
     Ok(out)
 }
 
+/// Exports the lowbit quantized model at `model` to the HF GPTQ directory `out` (GIL released).
+/// Returns `{"bytes", "checkpoint_format", "notes": [str], "tensors": [{"name", "source", "type",
+/// "path", "max_abs_diff"}, ...]}`.
+#[pyfunction]
+fn export_gptq<'py>(py: Python<'py>, model: PathBuf, out: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let r: PyLowbitResult<_> = py.detach(|| lowbit_model::export_gptq(&model, &out)).map_err(Into::into);
+    let report = r?;
+    let tensors = PyList::empty(py);
+    for t in report.tensors {
+        let d = PyDict::new(py);
+        d.set_item("name", t.name)?;
+        d.set_item("source", t.source)?;
+        d.set_item("type", t.dtype)?;
+        d.set_item("path", t.path.name())?;
+        d.set_item("max_abs_diff", t.max_abs_diff)?;
+        tensors.append(d)?;
+    }
+    let out = PyDict::new(py);
+    out.set_item("bytes", report.bytes)?;
+    out.set_item("checkpoint_format", report.checkpoint_format)?;
+    out.set_item("notes", report.notes)?;
+    out.set_item("tensors", tensors)?;
+    Ok(out)
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(export_gguf, m)?)
+    m.add_function(wrap_pyfunction!(export_gguf, m)?)?;
+    m.add_function(wrap_pyfunction!(export_gptq, m)?)
 }

@@ -436,7 +436,7 @@ fn quantize(ty: GgmlType, v: &[f32]) -> Result<Vec<u8>> {
 }
 
 /// `int4 g32 sym f16`, `int8 channel sym f16`, `nf4 b64 dq`.
-fn describe(q: &QTensor) -> String {
+pub(crate) fn describe(q: &QTensor) -> String {
     match q.scheme() {
         Scheme::Int(s) => {
             let g = match s.granularity {

@@ -7,6 +7,7 @@ mod export;
 mod import;
 mod tokenizer;
 
+pub(crate) use export::describe;
 pub use export::{export_gguf, ExportPath, GgufExport, GgufExportOptions, TensorExport};
 pub use import::import_gguf;
 pub use lowbit_gguf::llama::{gguf_name, unpermute_rows};
