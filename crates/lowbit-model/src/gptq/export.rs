@@ -66,11 +66,11 @@ fn refuse(what: impl Into<String>) -> ModelError {
 }
 
 /// The GPTQ parameters every block linear shares.
-struct Plan {
-    bits: Bits,
+pub(super) struct Plan {
+    pub(super) bits: Bits,
     /// `None` for one scale per output channel (`group_size: -1`).
-    group: Option<usize>,
-    symmetric: bool,
+    pub(super) group: Option<usize>,
+    pub(super) symmetric: bool,
 }
 
 impl Plan {
@@ -135,7 +135,7 @@ impl Plan {
 }
 
 /// A tensor to write: name, dtype, shape, little-endian bytes.
-type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
+pub(super) type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
 
 /// Exports the lowbit quantized model at `model` (anything [`Model::load`] reads) to the HF GPTQ
 /// directory `out` (which must not exist or be empty), written in a temporary sibling and
@@ -301,7 +301,7 @@ fn dense_matrix(name: &str, lin: &Linear) -> (Entry, GptqTensorExport) {
 }
 
 /// One block linear as `qweight`, `qzeros`, `scales`, `g_idx`.
-fn export_linear(prefix: &str, lin: &Linear, plan: &Plan) -> Result<(Vec<Entry>, GptqTensorExport)> {
+pub(super) fn export_linear(prefix: &str, lin: &Linear, plan: &Plan) -> Result<(Vec<Entry>, GptqTensorExport)> {
     let WeightKind::Quant(q) = lin.weight() else { unreachable!("Plan::of checked every block linear") };
     let Scheme::Int(s) = *q.scheme() else { unreachable!("Plan::of checked every block linear") };
     let (out, inn, bits) = (lin.rows(), lin.cols(), plan.bits);

@@ -22,12 +22,12 @@ use std::path::{Path, PathBuf};
 /// The `quantization_config` of a GPTQ checkpoint, as far as the tensors' meaning goes.
 #[derive(Clone, Debug)]
 pub(crate) struct GptqConfig {
-    bits: Bits,
+    pub(super) bits: Bits,
     /// `None` for `group_size: -1` (one group per row).
-    group: Option<usize>,
-    sym: bool,
+    pub(super) group: Option<usize>,
+    pub(super) sym: bool,
     /// The label says `gptq_v2` (stored zeros unchanged).
-    v2: bool,
+    pub(super) v2: bool,
 }
 
 fn cfg_err(dir: &Path, key: &str, reason: impl Into<String>) -> ModelError {

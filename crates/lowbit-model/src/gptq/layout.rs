@@ -122,11 +122,11 @@ mod tests {
             let codes: Vec<u8> = (0..out * inn).map(|_| next()).collect();
             let w = pack_qweight(&codes, out, inn, bits);
             prop_assert_eq!(w.len(), inn / p * out);
-            prop_assert_eq!(unpack_qweight(&w, out, inn, bits), codes);
+            prop_assert_eq!(&unpack_qweight(&w, out, inn, bits), &codes);
             let zeros: Vec<u8> = (0..groups * out).map(|_| next()).collect();
             let qz = pack_qzeros(&zeros, bits);
             prop_assert_eq!(qz.len(), groups * out / p);
-            prop_assert_eq!(unpack_qzeros(&qz, bits), zeros);
+            prop_assert_eq!(&unpack_qzeros(&qz, bits), &zeros);
             let t = transpose(&codes, out, inn);
             prop_assert_eq!(transpose(&t, inn, out), codes);
         }
