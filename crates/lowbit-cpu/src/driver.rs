@@ -377,19 +377,24 @@ fn threads(lin: &Weight, m: usize) -> usize {
 pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &mut [f32]) {
     let (rows, cols) = (lin.rows(), lin.cols());
     let src = Src::new::<I>(lin);
-    let permuted;
+    // The permuted rows of x go to this thread's buffer, kept from call to call (a prefill
+    // would otherwise allocate and fault in megabytes per product); a nested call on the same
+    // thread (rayon runs other jobs while this one waits) finds it taken and allocates.
+    let mut buf = PERMUTED.take();
     let x = match src.interleave::<I>() {
         Some((lanes, per_lane)) => {
-            let mut p = vec![0.0; x.len()];
+            if buf.len() < x.len() {
+                buf.resize(x.len(), 0.0);
+            }
+            let p = &mut buf[..x.len()];
             // A prefill's rows are permuted on all threads (a serial pass would idle the others).
             let part = m.div_ceil(4 * par::threads()).max(1) * cols;
-            par::for_each_chunk(&mut p, part, par::pays(x.len()), |c, d| {
+            par::for_each_chunk(p, part, par::pays(x.len()), |c, d| {
                 for (s, d) in x[c * part..].chunks_exact(cols).zip(d.chunks_exact_mut(cols)) {
                     interleave(s, lanes, per_lane, d);
                 }
             });
-            permuted = p;
-            &permuted[..]
+            &*p
         }
         None => x,
     };
@@ -430,4 +435,18 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &m
             }
         }
     }
+    // Keep the larger of this call's buffer and one a nested call left, up to a bound.
+    let nested = PERMUTED.take();
+    let keep = if nested.capacity() > buf.capacity() { nested } else { buf };
+    if keep.capacity() <= PERMUTED_KEEP {
+        PERMUTED.set(keep);
+    }
+}
+
+/// Largest permuted-x buffer (f32 values, 32 MiB) a thread keeps between products.
+const PERMUTED_KEEP: usize = 8 << 20;
+
+thread_local! {
+    /// [`forward`]'s buffer for the permuted rows of x.
+    static PERMUTED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }

@@ -169,6 +169,32 @@ pub(crate) trait Isa: Copy + Send + Sync {
 /// Permutes `x` (a multiple of `lanes * per_byte` long) into the interleaved order of the fast
 /// kernels (see the module docs).
 pub(crate) fn interleave(x: &[f32], lanes: usize, per_byte: usize, out: &mut [f32]) {
+    // The layouts the kernels use, with constant strides the compiler turns into shuffles (a
+    // prefill permutes every row of x once per product).
+    match (lanes, per_byte) {
+        (_, 1) => out[..x.len()].copy_from_slice(x),
+        (16, 2) => interleave_fixed::<16, 2>(x, out),
+        (8, 2) => interleave_fixed::<8, 2>(x, out),
+        (16, 4) => interleave_fixed::<16, 4>(x, out),
+        (8, 4) => interleave_fixed::<8, 4>(x, out),
+        (8, 8) => interleave_fixed::<8, 8>(x, out),
+        _ => interleave_any(x, lanes, per_byte, out),
+    }
+}
+
+/// [`interleave`] for `L` lanes of `P` codes.
+fn interleave_fixed<const L: usize, const P: usize>(x: &[f32], out: &mut [f32]) {
+    for (src, dst) in x.chunks_exact(L * P).zip(out.chunks_exact_mut(L * P)) {
+        for t in 0..P {
+            for j in 0..L {
+                dst[t * L + j] = src[P * j + t];
+            }
+        }
+    }
+}
+
+/// [`interleave`] for any layout.
+fn interleave_any(x: &[f32], lanes: usize, per_byte: usize, out: &mut [f32]) {
     let chunk = lanes * per_byte;
     for (src, dst) in x.chunks_exact(chunk).zip(out.chunks_exact_mut(chunk)) {
         for j in 0..lanes {
@@ -280,6 +306,17 @@ impl Isa for Portable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interleave_layouts_equal_the_general_permutation() {
+        let x: Vec<f32> = (0..3 * 128).map(|i| i as f32 * 0.5 - 7.0).collect();
+        for (lanes, per_byte) in [(16, 1), (8, 1), (16, 2), (8, 2), (16, 4), (8, 4), (8, 8), (4, 2)] {
+            let (mut fast, mut any) = (vec![f32::NAN; x.len()], vec![f32::NAN; x.len()]);
+            interleave(&x, lanes, per_byte, &mut fast);
+            interleave_any(&x, lanes, per_byte, &mut any);
+            assert_eq!(fast, any, "{lanes} lanes x {per_byte}");
+        }
+    }
 
     #[test]
     fn interleave_puts_codes_of_one_byte_lane_together() {
