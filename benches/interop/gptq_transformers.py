@@ -57,7 +57,8 @@ def dump_logits(model: Path, ids_path: Path, out: Path) -> np.ndarray:
     target = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
     exe = target / "release" / "examples" / "dump_logits"
     if not exe.exists():
-        subprocess.run(["cargo", "build", "--release", "-p", "lowbit-model", "--example", "dump_logits"], check=True)
+        cargo = ["cargo", "build", "--release", "-p", "lowbit-model", "--example", "dump_logits"]
+        subprocess.run(cargo, check=True)
     env = {**os.environ, "LOWBIT_ACTIVATIONS": "f32"}
     subprocess.run([exe, model, ids_path, out], check=True, env=env)
     return np.fromfile(out, dtype="<f4")
@@ -105,10 +106,10 @@ def run(work: Path) -> int:
         np.mean((ours * theirs).sum(-1) / (np.linalg.norm(ours, axis=-1) * np.linalg.norm(theirs, axis=-1)))
     )
     i64 = ids.astype(np.int64)
-    print(f"positions {len(ids)}; token ids equal to transformers' tokenizer: {ids_agree} ({len(all_ids)} tokens)")
+    print(f"positions {len(ids)}; token ids equal to transformers' tokenizer: {ids_agree} ({len(all_ids)})")
     print(f"lowbit on the GPTQ export == lowbit on its own directory (bitwise): {same_as_own}")
     print(f"top-1 agreement {top1:.4f}; max |logit diff| {diff:.4g}; mean cosine {cos:.6f}")
-    print(f"perplexity over these positions: lowbit {ppl(ours, i64):.4f}, transformers {ppl(theirs, i64):.4f}")
+    print(f"perplexity here: lowbit {ppl(ours, i64):.4f}, transformers {ppl(theirs, i64):.4f}")
     ok = ids_agree and same_as_own and top1 >= 0.98
     print("OK" if ok else "FAILED")
     return 0 if ok else 1

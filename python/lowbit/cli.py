@@ -449,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"text, .jsonl (field 'text'), .npy/.json token ids (default: ${CALIB_ENV})",
     )
     src.add_argument(
-        "--data-free", action="store_true", help="sample calibration sequences from (an int8 copy of) the model itself"
+        "--data-free",
+        action="store_true",
+        help="sample calibration sequences from (an int8 copy of) the model itself",
     )
     qz.add_argument("--eval", help="text file: protocol perplexity before and after")
     qz.add_argument("--json", help="also write the report to this file")
@@ -462,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_import_gguf)
 
     exp = sub.add_parser(
-        "export", help="write a model for llama.cpp (GGUF) or transformers/vLLM (HF GPTQ) with a per-tensor report"
+        "export", help="write a model for llama.cpp (GGUF) or transformers/vLLM (HF GPTQ) + per-tensor report"
     )
     exp.add_argument("model", help=model_help)
     exp.add_argument(
