@@ -14,7 +14,8 @@ Reports top-1 agreement, the largest |logit difference|, the mean cosine and bot
 exits 1 when the ids differ or top-1 agreement is below 98%. The reference runs in another
 interpreter (REF_PY, default /tmp/gptqref/venv/bin/python: CPU torch, transformers, optimum,
 gptqmodel), since lowbit's venv has no torch.
-Environment: REF_PY, POSITIONS (256), WORK (a kept work directory; default temporary),
+Environment: REF_PY, POSITIONS (256), SYM (1; 0 quantizes asymmetric: a gptq_v2 export),
+WORK (a kept work directory; default temporary),
 LOWBIT_SHARED (the shared data, default ../shared), CARGO_TARGET_DIR.
 """
 
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LOWBIT_SHARED") or ROOT.parent / "shared")
 REF_PY = os.environ.get("REF_PY", "/tmp/gptqref/venv/bin/python")
 POSITIONS = int(os.environ.get("POSITIONS", "256"))
+SYM = os.environ.get("SYM", "1") != "0"
 
 REFERENCE = r"""
 import sys, numpy as np, torch
@@ -78,7 +80,8 @@ def ppl(logits: np.ndarray, ids: np.ndarray) -> float:
 def run(work: Path) -> int:
     q, g = work / "q", work / "g"
     if not q.exists():
-        lowbit_main(["quantize", "smollm2", "--method", "rtn", "--bits", "4", "--group-size", "64", "--sym",
+        sym = ["--sym"] if SYM else []
+        lowbit_main(["quantize", "smollm2", "--method", "rtn", "--bits", "4", "--group-size", "64", *sym,
                      "-o", str(q), "-q"])  # fmt: skip
     if not g.exists():
         lowbit_main(["export", str(q), "-o", str(g), "--format", "gptq"])
