@@ -240,13 +240,76 @@ pub fn prepare(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &GptqConfi
 }
 
 /// Quantizes `w` (row-major `[rows, cols]`) with GPTQ against the Hessian of its input.
+///
+/// Rows are independent sweeps that share `U` (each row's error only moves that row's later
+/// columns), so blocks of [`SWEEP_ROWS`] rows run side by side; the blocks do not depend on the
+/// number of threads, nor does the result.
 pub fn gptq_quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &GptqConfig) -> Result<GptqOutput> {
     let start = Instant::now();
     let prep = prepare(w, rows, cols, h, cfg)?;
     let scheme = cfg.scheme;
+    let (_, groups) = group_layout(scheme.granularity, cols);
+    let Prepared { perm, u, w, damping, dead } = prep;
+    let chosen = if cfg.static_groups || scheme.granularity == Granularity::PerChannel {
+        Some(choose_params(&w, rows, cols, scheme)?)
+    } else {
+        None
+    };
+    let blocks: Vec<(usize, usize)> =
+        (0..rows).step_by(SWEEP_ROWS).map(|r0| (r0, (r0 + SWEEP_ROWS).min(rows))).collect();
+    let run = |&(r0, r1): &(usize, usize)| {
+        let fixed = chosen.as_ref().map(|p| &p[r0 * groups..r1 * groups]);
+        sweep(&w[r0 * cols..r1 * cols], r1 - r0, cols, &perm, &u, cfg, fixed)
+    };
+    let swept: Vec<Result<Swept>> = if lowbit_core::par::ENABLED {
+        use rayon::prelude::*;
+        blocks.par_iter().map(run).collect()
+    } else {
+        blocks.iter().map(run).collect()
+    };
+    let (mut codes, mut params, mut loss) = (Vec::with_capacity(rows * cols), Vec::with_capacity(rows * groups), 0.0);
+    for part in swept {
+        let part = part?;
+        codes.extend_from_slice(&part.codes);
+        params.extend_from_slice(&part.params);
+        loss += part.loss;
+    }
+    let qtensor = assemble(rows, cols, scheme, &codes, &params)?;
+    let report = LayerReport {
+        method: "gptq",
+        loss,
+        damping: Some(damping),
+        dead_inputs: dead,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok(GptqOutput { qtensor, report })
+}
+
+/// Weight rows per independent sweep of [`gptq_quantize`].
+const SWEEP_ROWS: usize = 96;
+
+/// What one block of rows' sweep produced.
+struct Swept {
+    codes: Vec<u8>,
+    params: Vec<GroupParams>,
+    loss: f64,
+}
+
+/// GPTQ's column sweep over `rows` rows of `w` (row-major, original column order): columns in the
+/// order `perm` with `U` of the permuted `H^-1`, group parameters `fixed` (chosen before the
+/// sweep) or chosen as the sweep reaches each group.
+fn sweep(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    perm: &[usize],
+    u: &Mat<f64>,
+    cfg: &GptqConfig,
+    fixed: Option<&[GroupParams]>,
+) -> Result<Swept> {
+    let scheme = cfg.scheme;
     let (g, groups) = group_layout(scheme.granularity, cols);
     let maxq = scheme.bits.maxq();
-    let Prepared { perm, u, w, damping, dead } = prep;
     let mut invperm = vec![0usize; cols];
     for (k, &c) in perm.iter().enumerate() {
         invperm[c] = k;
@@ -255,8 +318,8 @@ pub fn gptq_quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &Gpt
     // params[r * groups + G]; `ready[G]` once group G's parameters are chosen.
     let mut params = vec![GroupParams { scale: 1.0, zero: 0 }; rows * groups];
     let mut ready = vec![false; groups];
-    if cfg.static_groups || scheme.granularity == Granularity::PerChannel {
-        params = choose_params(&w, rows, cols, scheme)?;
+    if let Some(p) = fixed {
+        params.copy_from_slice(p);
         ready.fill(true);
     }
 
@@ -336,16 +399,7 @@ pub fn gptq_quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &Gpt
             );
         }
     }
-
-    let qtensor = assemble(rows, cols, scheme, &codes, &params)?;
-    let report = LayerReport {
-        method: "gptq",
-        loss,
-        damping: Some(damping),
-        dead_inputs: dead,
-        seconds: start.elapsed().as_secs_f64(),
-    };
-    Ok(GptqOutput { qtensor, report })
+    Ok(Swept { codes, params, loss })
 }
 
 /// `(g, groups)`: columns per group (the last one may be shorter, the GPTQ convention) and groups
