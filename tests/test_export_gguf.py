@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,7 +19,6 @@ from safetensors.numpy import load_file
 
 import lowbit
 from conftest import smollm2_gguf
-from gguf import GGMLQuantizationType, GGUFReader
 from lowbit.cli import main
 from tiny_llama import write_tiny_llama
 

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import GGUFReader
 
 import lowbit
-from gguf import GGUFReader
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LOWBIT_SHARED") or ROOT.parent / "shared")
