@@ -1,5 +1,6 @@
-//! Per-block checkpoints in `<out>.partial/`, so a killed run continues with `resume` and
-//! produces the same bytes as an uninterrupted one.
+//! Checkpoints in `<out>.partial/`, so a killed run continues with `resume` and produces the same
+//! bytes as an uninterrupted one. The pipeline saves after the run's first block, then at most
+//! every `CHECKPOINT_INTERVAL` (30 s), and at `stop_after_block`.
 //!
 //! After block `b`: `block-b.safetensors` (its 7 quantized linears, lowbit layout) and
 //! `block-b.norms.safetensors` (its RMSNorm weights, which AWQ/SmoothQuant change), then

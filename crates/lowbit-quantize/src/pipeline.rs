@@ -45,8 +45,8 @@ use std::time::Instant;
 ///
 /// Reports phases `load` and `calibrate` (data-free sampling), `blocks` (metric `loss`, the
 /// block's mean layer loss) and `write` to `progress`, and stops at its cancellation points (at
-/// least once per calibration batch) with `ModelError::Cancelled`, keeping the checkpoint of
-/// the blocks done for `resume`.
+/// least once per calibration batch) with `ModelError::Cancelled`, keeping the last checkpoint
+/// (after the run's first block, then at most every [`CHECKPOINT_INTERVAL`]) for `resume`.
 ///
 /// ```no_run
 /// use lowbit_core::NoProgress;
@@ -92,7 +92,12 @@ pub fn quantize_model(
     result
 }
 
-/// Where the per-block checkpoint of a run writing `out` lives: `<out>.partial`.
+/// Least time between two checkpoints after the first block: each writes the blocks done and
+/// the activations (`tokens x hidden` f32, 151 MB for the protocol's calibration), which cost a
+/// tenth of the run's time when written after every block. A killed run loses at most this much.
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Where the checkpoint of a run writing `out` lives: `<out>.partial`.
 pub fn partial_dir(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
     s.push(".partial");
@@ -186,6 +191,7 @@ fn run(
     }
 
     let mut saver = Saver::new();
+    let mut last_save = Instant::now();
     let blocks_start = Instant::now();
     let mut done = phase(progress, "blocks", nblocks as u64);
     done.advance(first as u64);
@@ -208,13 +214,18 @@ fn run(
                     channel,
                 });
             }
-            let state = CheckpointState {
-                fingerprint: fingerprint.clone(),
-                next_block: b + 1,
-                layers: layers_stats.clone(),
-                notes: ctx.notes.clone(),
-            };
-            saver.save(ckpt, state, &layer, b, &x)?;
+            // The run's first block, then at most every CHECKPOINT_INTERVAL, and where it stops.
+            let due = b == first || last_save.elapsed() >= CHECKPOINT_INTERVAL || opts.stop_after_block == Some(b);
+            if due && b + 1 < nblocks {
+                let state = CheckpointState {
+                    fingerprint: fingerprint.clone(),
+                    next_block: b + 1,
+                    layers: layers_stats.clone(),
+                    notes: ctx.notes.clone(),
+                };
+                saver.save(ckpt, state, &layer, b, &x)?;
+                last_save = Instant::now();
+            }
         }
         model.push_layer(layer)?;
         done.metric("loss", loss);

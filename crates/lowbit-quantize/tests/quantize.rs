@@ -230,6 +230,31 @@ fn a_cancelled_run_leaves_no_output_and_resumes() {
     assert_eq!(model_files(&whole), model_files(&out));
 }
 
+/// Checkpoints are written after the run's first block, then at most every
+/// `CHECKPOINT_INTERVAL`: a run of four quick blocks cancelled after three keeps the first
+/// block's checkpoint, and resuming from it gives the uninterrupted run's bytes.
+#[test]
+fn checkpoints_follow_the_interval_and_resume_from_the_last_one() {
+    let dir = temp_dir("ckpt-interval");
+    let mut cfg = tiny_config("LlamaForCausalLM", true);
+    cfg["num_hidden_layers"] = 4.into();
+    write_tiny_model(&dir, &cfg, 7, Store::F32);
+    let whole = dir.join("whole");
+    run(&dir, &whole, &opts("gptq")).unwrap();
+    let out = dir.join("cancelled");
+    let mut sink = CancelAfter { stop_after: 3, ..CancelAfter::default() };
+    quantize_model(&dir, &out, &opts("gptq"), &mut sink).unwrap_err();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(partial_dir(&out).join("state.json")).unwrap()).unwrap();
+    assert!(lowbit_quantize::CHECKPOINT_INTERVAL.as_secs() >= 1);
+    assert_eq!(state["next_block"], 1, "blocks 1 and 2 took far less than the interval");
+    assert!(!partial_dir(&out).join("block-1.safetensors").exists());
+    let rep = run(&dir, &out, &QuantizeOptions { resume: true, ..opts("gptq") }).unwrap();
+    assert_eq!(rep.resumed_from_block, 1);
+    assert_eq!(model_files(&whole), model_files(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn output_is_identical_whatever_the_thread_count() {
     for method in ["gptq", "awq", "rtn"] {
