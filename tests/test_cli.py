@@ -195,7 +195,8 @@ def test_ctrl_c_stops_quantize_leaves_no_output_and_resumes(tmp_path: Path) -> N
     assert proc.returncode == 130, stderr
     assert took < 2.0, f"quantize took {took:.2f} s to stop"
     assert (
-        stderr.splitlines()[-1] == "lowbit: interrupted (the blocks done are kept: add --resume to continue)"
+        stderr.splitlines()[-1] == "lowbit: interrupted (the blocks up to the last checkpoint "
+        "(at most 30 s old) are kept: add --resume to continue)"
     )
     assert "Traceback" not in stderr
     assert not out.exists()

@@ -456,7 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--eval", help="text file: protocol perplexity before and after")
     qz.add_argument("--json", help="also write the report to this file")
     qz.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    qz.set_defaults(func=cmd_quantize, interrupted="the blocks done are kept: add --resume to continue")
+    qz.set_defaults(
+        func=cmd_quantize,
+        interrupted="the blocks up to the last checkpoint (at most 30 s old) are kept: "
+        "add --resume to continue",
+    )
 
     imp = sub.add_parser("import-gguf", help="convert a llama GGUF file to a Hugging Face-style directory")
     imp.add_argument("file")

@@ -29,13 +29,7 @@ fn export_gguf<'py>(
     let report = r?;
     let tensors = PyList::empty(py);
     for t in report.tensors {
-        let d = PyDict::new(py);
-        d.set_item("name", t.name)?;
-        d.set_item("source", t.source)?;
-        d.set_item("type", t.ty.name())?;
-        d.set_item("path", t.path.name())?;
-        d.set_item("max_abs_diff", t.max_abs_diff)?;
-        tensors.append(d)?;
+        tensors.append(tensor_row(py, t.name, t.source, t.ty.name(), t.path.name(), t.max_abs_diff)?)?;
     }
     let out = PyDict::new(py);
     out.set_item("bytes", report.bytes)?;
@@ -52,13 +46,7 @@ fn export_gptq<'py>(py: Python<'py>, model: PathBuf, out: PathBuf) -> PyResult<B
     let report = r?;
     let tensors = PyList::empty(py);
     for t in report.tensors {
-        let d = PyDict::new(py);
-        d.set_item("name", t.name)?;
-        d.set_item("source", t.source)?;
-        d.set_item("type", t.dtype)?;
-        d.set_item("path", t.path.name())?;
-        d.set_item("max_abs_diff", t.max_abs_diff)?;
-        tensors.append(d)?;
+        tensors.append(tensor_row(py, t.name, t.source, &t.dtype, t.path.name(), t.max_abs_diff)?)?;
     }
     let out = PyDict::new(py);
     out.set_item("bytes", report.bytes)?;
@@ -66,6 +54,24 @@ fn export_gptq<'py>(py: Python<'py>, model: PathBuf, out: PathBuf) -> PyResult<B
     out.set_item("notes", report.notes)?;
     out.set_item("tensors", tensors)?;
     Ok(out)
+}
+
+/// One tensor of an export report: `{"name", "source", "type", "path", "max_abs_diff"}`.
+fn tensor_row<'py>(
+    py: Python<'py>,
+    name: String,
+    source: String,
+    ty: &str,
+    path: &str,
+    max_abs_diff: f32,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("name", name)?;
+    d.set_item("source", source)?;
+    d.set_item("type", ty)?;
+    d.set_item("path", path)?;
+    d.set_item("max_abs_diff", max_abs_diff)?;
+    Ok(d)
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
