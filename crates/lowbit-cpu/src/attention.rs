@@ -37,7 +37,7 @@ pub use lowbit_core::backend::AttnShape;
 /// cache `kc`/`vc` `[past + n][kv_heads*hd]` (which already holds the new keys), into
 /// `out [n][heads*hd]`.
 pub fn attention(shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f32], past: usize, out: &mut [f32]) {
-    attention_at(Level::current(), shape, q, kc, vc, past, out)
+    attention_in(Level::current(), shape, q, kc, vc, past, out, true)
 }
 
 /// [`attention`] with the kernels of `level` (for tests and benchmarks); a level this CPU lacks
@@ -51,7 +51,7 @@ pub fn attention_with(
     past: usize,
     out: &mut [f32],
 ) -> Result<()> {
-    attention_at(Level::new(level)?, shape, q, kc, vc, past, out);
+    attention_in(Level::new(level)?, shape, q, kc, vc, past, out, true);
     Ok(())
 }
 
@@ -68,11 +68,8 @@ pub fn attention_decode_batch(shape: &AttnShape, seqs: Vec<DecodeSeq<'_>>) {
     });
 }
 
-fn attention_at(level: Level, shape: &AttnShape, q: &[f32], kc: &[f32], vc: &[f32], past: usize, out: &mut [f32]) {
-    attention_in(level, shape, q, kc, vc, past, out, true)
-}
-
-/// [`attention_at`]; a single query's heads may split over the decode pool when `may_split`.
+/// [`attention`] at `level`; a single query's heads may split over the decode pool when
+/// `may_split`.
 #[allow(clippy::too_many_arguments)]
 fn attention_in(
     level: Level,
