@@ -39,7 +39,7 @@ HELD_OUT_SEED = 1000
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo runs; the defaults took 153 s on two cores (data-free, quiet machine)."""
+    """What the demo runs; the defaults took 121 s on two cores (data-free, quiet machine)."""
 
     bits: int = 4
     group_size: int = 128
