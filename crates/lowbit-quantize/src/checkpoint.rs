@@ -184,25 +184,36 @@ type Writing = std::thread::JoinHandle<(Vec<f32>, Result<()>)>;
 pub(crate) struct Saver {
     writing: Option<Writing>,
     spare: Vec<f32>,
+    /// The first block whose files are not in the checkpoint yet.
+    next_block: usize,
 }
 
 impl Saver {
-    pub(crate) fn new() -> Self {
-        Saver { writing: None, spare: Vec::new() }
+    /// A saver for a run whose blocks before `first` are already in the checkpoint.
+    pub(crate) fn new(first: usize) -> Self {
+        Saver { writing: None, spare: Vec::new(), next_block: first }
     }
 
-    /// Starts writing the state after block `b` (`layer`, whose output is `x`), once the
-    /// previous write is done; an error of the previous write is returned here.
+    /// Starts writing the state after block `b = done.len()` (`layer`, whose output is `x`) with
+    /// the files of every block since the last checkpoint, once the previous write is done; an
+    /// error of the previous write is returned here.
     pub(crate) fn save(
         &mut self,
         ckpt: &Checkpoint,
         state: CheckpointState,
+        done: &[Layer],
         layer: &Layer,
-        b: usize,
         x: &[f32],
     ) -> Result<()> {
         self.finish()?;
-        let files = ckpt.block_files(layer, b)?;
+        // Every block since the last checkpoint: `done` holds blocks 0..b, `layer` is block b.
+        let b = done.len();
+        let mut files = vec![];
+        for (i, l) in done.iter().enumerate().skip(self.next_block) {
+            files.extend(ckpt.block_files(l, i)?);
+        }
+        files.extend(ckpt.block_files(layer, b)?);
+        self.next_block = b + 1;
         let mut buf = std::mem::take(&mut self.spare);
         buf.clear();
         buf.extend_from_slice(x);

@@ -190,7 +190,7 @@ fn run(
         }
     }
 
-    let mut saver = Saver::new();
+    let mut saver = Saver::new(first);
     let mut last_save = Instant::now();
     let blocks_start = Instant::now();
     let mut done = phase(progress, "blocks", nblocks as u64);
@@ -223,7 +223,7 @@ fn run(
                     layers: layers_stats.clone(),
                     notes: ctx.notes.clone(),
                 };
-                saver.save(ckpt, state, &layer, b, &x)?;
+                saver.save(ckpt, state, model.layers(), &layer, &x)?;
                 last_save = Instant::now();
             }
         }

@@ -252,6 +252,12 @@ fn checkpoints_follow_the_interval_and_resume_from_the_last_one() {
     let rep = run(&dir, &out, &QuantizeOptions { resume: true, ..opts("gptq") }).unwrap();
     assert_eq!(rep.resumed_from_block, 1);
     assert_eq!(model_files(&whole), model_files(&out));
+    // A later checkpoint (here where the run stops) carries every block since the last one.
+    let out = dir.join("stopped");
+    run(&dir, &out, &QuantizeOptions { stop_after_block: Some(2), ..opts("gptq") }).unwrap_err();
+    let rep = run(&dir, &out, &QuantizeOptions { resume: true, ..opts("gptq") }).unwrap();
+    assert_eq!(rep.resumed_from_block, 3);
+    assert_eq!(model_files(&whole), model_files(&out));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
