@@ -23,7 +23,7 @@ __all__ = [
     "codebook_table",
     "double_quantize_absmax",
     "export_gguf",
-    "export_gptq",
+    "export_hf",
     "gptq_quantize",
     "import_gguf",
     "load_model",
@@ -155,7 +155,7 @@ class Model:
 def load_model(path: str, progress: _Progress | None = None) -> Model: ...
 def import_gguf(file: str, out_dir: str) -> None: ...
 def export_gguf(model: str, out: str, dense_type: str | None = None) -> dict[str, Any]: ...
-def export_gptq(model: str, out: str) -> dict[str, Any]: ...
+def export_hf(model: str, out: str, format: str) -> dict[str, Any]: ...
 def gptq_quantize(
     weight: npt.NDArray[np.float32],
     hessian: npt.NDArray[np.float64] | npt.NDArray[np.float32],

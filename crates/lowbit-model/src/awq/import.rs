@@ -99,6 +99,10 @@ impl AwqSource {
         };
         int32("qweight", dt)?;
         let [inn, words] = qshape[..] else { return Err(bad("qweight", format!("shape {qshape:?} is not 2-D"))) };
+        // An empty qweight would leave the other dimension unbounded by the file's bytes.
+        if inn == 0 || words == 0 {
+            return Err(bad("qweight", format!("shape {qshape:?} is empty")));
+        }
         let out = words * 8;
         let Some((sdt, sshape, sbytes, _)) = take(&mut self.inner, "scales") else {
             return Err(bad("scales", "missing".into()));

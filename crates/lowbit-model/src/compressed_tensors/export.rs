@@ -1,4 +1,4 @@
-//! compressed-tensors' [`Writer`]: every block linear of a lowbit integer model (2, 3, 4 or 8
+//! compressed-tensors' [`Writer`]: every block linear of a lowbit integer model (2, 4 or 8
 //! bits) repacked exactly into `pack-quantized` ([`super::layout`]), with one `config_groups`
 //! entry targeting `Linear` and `lm_head` ignored (kept dense, like the embedding).
 
@@ -6,7 +6,7 @@ use super::layout::{pack_rows, per_word, unpack_rows};
 use crate::hf_quant::{
     dequantize, i32_bytes, marlin_shapes, transpose, Entry, HfTensorExport, LinearParts, Plan, Writer,
 };
-use crate::Result;
+use crate::{ModelError, Result};
 use lowbit_core::Bits;
 use lowbit_cpu::Linear;
 use safetensors::tensor::Dtype;
@@ -16,14 +16,18 @@ use serde_json::{json, Value};
 pub(crate) struct CtWriter;
 
 /// The compressed-tensors version whose layout and config this export follows (INTEROP.md §3).
-const CT_VERSION: &str = "0.12.2";
+const CT_VERSION: &str = "0.20.1";
 
 impl Writer for CtWriter {
     const NAME: &'static str = "compressed-tensors";
 
-    fn check(_: &Plan, _: &[(String, &Linear)]) -> Result<()> {
-        // Any bit width lowbit has packs (p = 32 / b codes per word, rows padded); group tiling
-        // is checked per linear.
+    fn check(plan: &Plan, _: &[(String, &Linear)]) -> Result<()> {
+        if plan.bits == Bits::B3 {
+            return Err(ModelError::QuantUnsupported {
+                format: Self::NAME,
+                what: "3-bit: compressed-tensors packs 3-bit codes ten per word in older versions and as a dense bit stream since (0.20), so no one layout loads everywhere; use 2, 4 or 8 bits".into(),
+            });
+        }
         Ok(())
     }
 

@@ -80,8 +80,9 @@ pub(crate) fn detect(dir: &Path, config: &Value) -> Result<Option<CtConfig>> {
             other => return Err(unsupported(format!("weights of type {other:?} in {gname} (lowbit reads \"int\")"))),
         }
         let bits = match w.get("num_bits").and_then(Value::as_u64) {
-            Some(b @ (2 | 3 | 4 | 8)) => Bits::try_from(b as u32)?,
-            Some(b) => return Err(unsupported(format!("{b}-bit weights in {gname} (lowbit reads 2, 3, 4 and 8)"))),
+            Some(b @ (2 | 4 | 8)) => Bits::try_from(b as u32)?,
+            // 3 bits: ten per word before compressed-tensors 0.20, a dense bit stream since.
+            Some(b) => return Err(unsupported(format!("{b}-bit weights in {gname} (lowbit reads 2, 4 and 8)"))),
             None => return Err(cfg_err(dir, &format!("{key}.num_bits"), "missing")),
         };
         let symmetric = w.get("symmetric").and_then(Value::as_bool).unwrap_or(true);
@@ -156,6 +157,10 @@ impl CtSource {
             return Err(bad("weight_packed", format!("dtype {dt:?}, pack-quantized packs int32 words")));
         }
         let [out, words] = pshape[..] else { return Err(bad("weight_packed", format!("shape {pshape:?} is not 2-D"))) };
+        // An empty weight_packed would leave the other dimension unbounded by the file's bytes.
+        if out == 0 || words == 0 {
+            return Err(bad("weight_packed", format!("shape {pshape:?} is empty")));
+        }
         let Some((shdt, shshape, shbytes, _)) = self.part(prefix, "weight_shape") else {
             return Err(bad("weight_shape", "missing".into()));
         };
@@ -184,7 +189,7 @@ impl CtSource {
         let Some((sdt, sshape, sbytes, _)) = self.part(prefix, "weight_scale") else {
             return Err(bad("weight_scale", "missing".into()));
         };
-        if sshape.iter().product::<usize>() != srows * scols || sshape.len() > 2 || sshape.first() != Some(&srows) {
+        if sshape.len() > 2 || sshape.first() != Some(&srows) || sshape.iter().product::<usize>() != srows * scols {
             return Err(bad(
                 "weight_scale",
                 format!("shape {sshape:?}, expected [{srows}, {scols}] for weight [{out}, {inn}], {strategy:?}"),

@@ -126,6 +126,10 @@ impl GptqSource {
         };
         int32("qweight", dt)?;
         let [rows, out] = qshape[..] else { return Err(bad("qweight", format!("shape {qshape:?} is not 2-D"))) };
+        // An empty qweight would leave the other dimension unbounded by the file's bytes.
+        if rows == 0 || out == 0 {
+            return Err(bad("qweight", format!("shape {qshape:?} is empty")));
+        }
         let inn = rows * p;
         let Some((sdt, sshape, sbytes, _)) = self.part(prefix, "scales") else {
             return Err(bad("scales", "missing".into()));
