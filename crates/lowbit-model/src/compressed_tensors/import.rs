@@ -276,7 +276,7 @@ impl CtSource {
             "the block strategy (scales per 2-D tile)"
         };
         self.warned.warn(
-            "dequantized",
+            why,
             format!(
                 "compressed-tensors {prefix}: {why}, which lowbit's integer layout cannot hold: dequantized to f32"
             ),
