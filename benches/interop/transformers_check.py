@@ -132,8 +132,12 @@ def run(work: Path, fmt: str, sym: bool) -> int:
     print(f"RESULT format={fmt} sym={int(sym)} top1={top1:.4f} max_abs_logit_diff={diff:.4g} "
           f"ppl_lowbit={p_ours:.4f} ppl_ref={p_ref:.4f}")  # fmt: skip
     ok = ids_agree and same_as_own and top1 >= 0.98
-    why = [w for w, bad in [("token ids differ", not ids_agree), ("lowbit's export differs from its own directory",
-           not same_as_own), (f"top-1 agreement {top1:.4f} < 0.98", top1 < 0.98)] if bad]  # fmt: skip
+    checks = [
+        ("token ids differ", ids_agree),
+        ("lowbit's export differs from its own directory", same_as_own),
+        (f"top-1 agreement {top1:.4f} < 0.98", top1 >= 0.98),
+    ]
+    why = [w for w, good in checks if not good]
     print("OK" if ok else f"FAILED: {'; '.join(why)}")
     return 0 if ok else 1
 

@@ -474,7 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("model", help=model_help)
     exp.add_argument(
-        "-o", "--out", required=True, help="output file (gguf) or new directory (the HF formats), written atomically"
+        "-o",
+        "--out",
+        required=True,
+        help="output file (gguf) or new directory (the HF formats), written atomically",
     )
     exp.add_argument("--format", choices=["gguf", "gptq", "awq", "compressed-tensors"], default="gguf")
     exp.add_argument(
