@@ -142,6 +142,7 @@ class Model:
         seeds: list[int] | None = None,
         progress: _Progress | None = None,
     ) -> list[dict[str, Any]]: ...
+    def logits(self, ids: list[int]) -> npt.NDArray[np.float32]: ...
     def perplexity_ids(
         self,
         ids: list[int],

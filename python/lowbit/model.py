@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
+import numpy as np
+import numpy.typing as npt
+
 from . import _lowbit
 from .progress import Progress
 
@@ -210,6 +213,11 @@ class Model:
         finally:
             stopped.set()
             worker.join()
+
+    def logits(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Logits of every position, ``[len(ids), vocab]`` float32, from one forward pass over
+        ``ids`` on an empty cache (no BOS added): the numbers to compare with another runtime."""
+        return self._native.logits(list(ids))
 
     def perplexity(
         self,
