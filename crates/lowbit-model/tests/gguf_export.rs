@@ -8,7 +8,7 @@ use common::*;
 use lowbit_core::{Bits, Codebook, CodebookScheme, IntScheme, ScaleDtype, Scheme};
 use lowbit_cpu::{Linear, WeightKind};
 use lowbit_model::gguf::{export_gguf, ExportPath, GgmlType, GgufExportOptions, GgufFile};
-use lowbit_model::{Model, ModelError};
+use lowbit_model::{ConvertFormat, ConvertOptions, ConvertReport, Model, ModelError};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -440,4 +440,80 @@ fn lowbit_to_gguf_to_lowbit_gives_identical_qtensors() {
             assert_eq!(x, y, "{scheme:?} {name}");
         }
     }
+}
+
+// ---- convert ----
+
+fn convert_to(input: &Path, out: &Path, format: ConvertFormat, allow: bool) -> lowbit_model::Result<ConvertReport> {
+    let opts = ConvertOptions { format, allow_requantize: allow, gguf: GgufExportOptions::default() };
+    lowbit_model::convert(input, out, &opts)
+}
+
+/// The raw bytes of every tensor of a GGUF file, by name.
+fn gguf_tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let f = GgufFile::open(path).unwrap();
+    f.tensors().iter().map(|t| (t.name.clone(), f.raw(t).unwrap().to_vec())).collect()
+}
+
+#[test]
+fn convert_q4_0_gguf_and_lowbit_int4_g32_both_ways_exactly() {
+    let src = tiny_dir("convert-lossless", 96);
+    let s = int(Bits::B4, 32, true);
+    let dir = quantized(&src, s, Some(s), "convert-lossless-q");
+    let root = dir.parent().unwrap();
+    let gguf = root.join("a.gguf");
+    let r = convert_to(&dir, &gguf, ConvertFormat::Gguf, false).unwrap();
+    assert!(r.tensors.iter().all(|t| !t.lossy()), "{:?}", r.tensors);
+    assert_eq!(r.tensors.iter().filter(|t| t.target == "Q4_0").count(), 15);
+    assert_eq!(r.bytes, std::fs::metadata(&gguf).unwrap().len());
+    // GGUF -> lowbit: the very QTensors lowbit started from.
+    let back = root.join("back");
+    let r = convert_to(&gguf, &back, ConvertFormat::Lowbit, false).unwrap();
+    assert!(r.tensors.iter().all(|t| t.max_abs_diff == 0.0 && t.target == "int4 g32 sym f16"), "{:?}", r.tensors);
+    let (a, b) = (Model::load(&dir).unwrap(), Model::load(&back).unwrap());
+    for ((n, x), (_, y)) in mats(&a).into_iter().zip(mats(&b)) {
+        let (WeightKind::Quant(x), WeightKind::Quant(y)) = (x.weight(), y.weight()) else { panic!("{n}") };
+        assert_eq!(x, y, "{n}");
+    }
+    // lowbit -> GGUF again: the same blocks, byte for byte.
+    let again = root.join("again.gguf");
+    convert_to(&back, &again, ConvertFormat::Gguf, false).unwrap();
+    assert_eq!(gguf_tensor_bytes(&gguf), gguf_tensor_bytes(&again));
+}
+
+#[test]
+fn lossy_convert_is_refused_before_writing_unless_allowed() {
+    let src = tiny_dir("convert-lossy", 64);
+    // Asymmetric 4-bit at group 64: Q4_1 with each minimum rounded to f16 (lossy).
+    let dir = quantized(&src, int(Bits::B4, 64, false), None, "convert-lossy-q");
+    let out = dir.parent().unwrap().join("lossy.gguf");
+    let e = convert_to(&dir, &out, ConvertFormat::Gguf, false).unwrap_err();
+    let ModelError::Lossy { count, first, .. } = &e else { panic!("{e}") };
+    assert_eq!(*count, 14, "{e}");
+    assert!(first.starts_with("blk.0.attn_q.weight (int4 g64 asym f16 -> Q4_1, min-rounded"), "{e}");
+    assert!(!out.exists(), "nothing is written");
+    let r = convert_to(&dir, &out, ConvertFormat::Gguf, true).unwrap();
+    assert!(out.is_file());
+    // The report's differences are what the file holds: recomputed from the blocks here.
+    let (ours, back) = (Model::load(&dir).unwrap(), Model::load(&out).unwrap());
+    let report: std::collections::HashMap<_, _> =
+        r.tensors.iter().map(|t| (t.name.clone(), (t.max_abs_diff, t.lossy()))).collect();
+    for ((hf, a), (_, b)) in mats(&ours).into_iter().zip(mats(&back)) {
+        let (x, y) = (a.weight().to_f32(), b.weight().to_f32());
+        let d = x.iter().zip(&y).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let (reported, lossy) = report[&lowbit_model::gguf::gguf_name(&hf).unwrap()];
+        assert_eq!(d, reported, "{hf}");
+        assert_eq!(lossy, d > 0.0, "{hf}");
+    }
+    // Requantizing f32 weights to Q8_0 is lossy too; to a lowbit directory nothing changes.
+    let opts = ConvertOptions {
+        format: ConvertFormat::Gguf,
+        allow_requantize: false,
+        gguf: GgufExportOptions { dense_type: Some(GgmlType::Q8_0) },
+    };
+    let out8 = dir.parent().unwrap().join("q8.gguf");
+    assert!(matches!(lowbit_model::convert(&src, &out8, &opts), Err(ModelError::Lossy { count: 15, .. })));
+    assert!(!out8.exists());
+    let r = convert_to(&src, &dir.parent().unwrap().join("dense"), ConvertFormat::Lowbit, false).unwrap();
+    assert!(r.tensors.iter().all(|t| t.target == "f32" && t.max_abs_diff == 0.0));
 }

@@ -8,7 +8,7 @@ mod import;
 mod tokenizer;
 
 pub(crate) use export::describe;
-pub use export::{export_gguf, ExportPath, GgufExport, GgufExportOptions, TensorExport};
+pub use export::{export_gguf, ExportPath, GgufExport, GgufExportOptions, GgufPlan, TensorExport};
 pub use import::import_gguf;
 pub use lowbit_gguf::llama::{gguf_name, unpermute_rows};
 pub use lowbit_gguf::{dequantize, quantize, GgmlType, GgufError, GgufFile, GgufTensorInfo, GgufValue, GgufValueType};
