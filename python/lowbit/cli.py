@@ -539,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("always", LoadWarning)
             warnings.showwarning = _warnings_as_lines()
             return int(args.func(args))
     except UsageError as e:
