@@ -240,9 +240,7 @@ def weights_of(d: Path, tmp: Path) -> dict[str, np.ndarray]:
     return lowbit_weights(out)
 
 
-def test_v1_label_over_v2_zeros_is_read_by_value(
-    exported: tuple[Path, Path], tmp_path: Path
-) -> None:
+def test_v1_label_over_v2_zeros_is_read_by_value(exported: tuple[Path, Path], tmp_path: Path) -> None:
     """GPTQModel v5+ wrote v2 zeros (0x88888888) under the "gptq" label (vLLM #26343)."""
     q, g = exported
 
@@ -261,9 +259,7 @@ def test_v1_label_over_v2_zeros_is_read_by_value(
     assert all(np.array_equal(w[n], ours[n]) for n in ours)
 
 
-def test_v2_label_over_v1_zeros_is_read_by_value(
-    exported: tuple[Path, Path], tmp_path: Path
-) -> None:
+def test_v2_label_over_v1_zeros_is_read_by_value(exported: tuple[Path, Path], tmp_path: Path) -> None:
     q, g = exported
     relabel(g, checkpoint_format="gptq_v2", format="gptq_v2")
     with pytest.warns(lowbit.LoadWarning) as caught:
@@ -294,9 +290,7 @@ def test_v1_label_with_a_zero_v1_cannot_hold_is_refused(tmp_path: Path) -> None:
     assert np.array_equal(w, read_gptq(g)["model.layers.1.mlp.up_proj.weight"])
 
 
-def test_act_order_g_idx_is_dequantized_with_a_warning(
-    exported: tuple[Path, Path], tmp_path: Path
-) -> None:
+def test_act_order_g_idx_is_dequantized_with_a_warning(exported: tuple[Path, Path], tmp_path: Path) -> None:
     """A g_idx from act-order without static groups (groups of permuted columns) has no lowbit
     layout: that module is dequantized as the GPTQ reader does."""
     _, g = exported

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__, quantize
-from .convert import convert
 from ._lowbit import LowbitError, QuantizeReport
+from .convert import convert
 from .demo import DemoSettings, run_demo
 from .export import export
 from .model import LoadWarning, Model, import_gguf, smollm2_gguf
@@ -225,7 +225,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     lossy = sum(t.path == "requantized" or t.max_abs_diff != 0 for t in report.tensors)
     exact = "exact" if lossy == 0 else f"{lossy} tensors changed"
     worst = max(t.max_abs_diff for t in report.tensors)
-    print(f"wrote {report.path} ({_mib(report.bytes)}): {len(report.tensors)} tensors, {exact}; largest difference {worst:.3g}")
+    n = len(report.tensors)
+    print(f"wrote {report.path} ({_mib(report.bytes)}): {n} tensors, {exact}; largest difference {worst:.3g}")
     return 0
 
 
@@ -505,7 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_export)
 
     conv = sub.add_parser(
-        "convert", help="write any model lowbit reads in another format + per-tensor report (lossless unless allowed)"
+        "convert",
+        help="write any model lowbit reads in another format + per-tensor report (lossless unless allowed)",
     )
     conv.add_argument("input", help=model_help)
     conv.add_argument("out", help="output file (gguf) or new directory (lowbit, gptq), written atomically")
@@ -515,7 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write even when some tensor's values change (otherwise refused before writing)",
     )
-    conv.add_argument("--gguf-type", help="gguf: requantize dense weight matrices to this ggml type (Q8_0, Q4_K...)")
+    conv.add_argument(
+        "--gguf-type", help="gguf: requantize dense weight matrices to this ggml type (Q8_0, Q4_K...)"
+    )
     conv.set_defaults(func=cmd_convert)
     return parser
 

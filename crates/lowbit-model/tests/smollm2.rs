@@ -183,7 +183,10 @@ fn gguf_packed_import_wikitext_perplexity_equals_dequantized() {
     let WeightKind::Quant(embed) = model.embedding().weight() else { panic!("Q8_0 embedding loads packed") };
     assert!(model.layers().iter().all(|l| l.linears().iter().all(|(_, w)| matches!(w.weight(), WeightKind::F32(_)))));
     let warnings = model.load_warnings();
-    assert!(warnings.len() == 1 && warnings[0].contains("210 tensors dequantized") && warnings[0].contains("Q4_1 x210"), "{warnings:?}");
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("210 tensors dequantized") && warnings[0].contains("Q4_1 x210"),
+        "{warnings:?}"
+    );
     let mut dense = model.clone();
     let (rows, cols) = embed.matrix_dims();
     dense.set_embedding(Linear::new(rows, cols, WeightKind::F32(embed.dequantize())).unwrap()).unwrap();
