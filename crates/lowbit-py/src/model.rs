@@ -112,6 +112,12 @@ impl PyModel {
     fn num_layers(&self) -> usize {
         self.inner.layers().len()
     }
+    /// What loading found worth a warning (GGUF types dequantized to f32, GPTQ zero-point
+    /// findings), one line each; `lowbit.Model.load` raises them as `warnings.warn`.
+    #[getter]
+    fn load_warnings(&self) -> Vec<String> {
+        self.inner.load_warnings().to_vec()
+    }
     /// Whether a tokenizer was loaded with the model.
     #[getter]
     fn has_tokenizer(&self) -> bool {

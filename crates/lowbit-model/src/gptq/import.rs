@@ -89,18 +89,20 @@ pub(crate) fn detect(dir: &Path, config: &Value) -> Result<Option<GptqConfig>> {
 pub(crate) struct GptqSource {
     inner: SafetensorsSource,
     cfg: GptqConfig,
-    /// Findings already warned about (one warning per kind, naming the first tensor).
+    /// Findings already warned about (one warning per kind, naming the first tensor), and the
+    /// warnings themselves (handed to the model by [`TensorSource::warnings`]).
     warned: BTreeSet<&'static str>,
+    warnings: Vec<String>,
 }
 
 impl GptqSource {
     pub(crate) fn new(inner: SafetensorsSource, cfg: GptqConfig) -> Self {
-        GptqSource { inner, cfg, warned: BTreeSet::new() }
+        GptqSource { inner, cfg, warned: BTreeSet::new(), warnings: Vec::new() }
     }
 
     fn warn(&mut self, kind: &'static str, msg: String) {
         if self.warned.insert(kind) {
-            eprintln!("lowbit: warning: {msg} (further modules with the same finding are not listed)");
+            self.warnings.push(format!("{msg} (further modules with the same finding are not listed)"));
         }
     }
 
@@ -256,5 +258,9 @@ impl TensorSource for GptqSource {
             }
         }
         self.inner.take(name)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
     }
 }
