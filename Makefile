@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: venv develop lint lint-rust lint-python test test-rust test-python bench demo clean
+.PHONY: venv develop loaders lint lint-rust lint-python test test-rust test-python bench demo clean
 
 venv: $(VENV)/.installed
 
@@ -20,6 +20,13 @@ $(VENV)/.installed: pyproject.toml
 # Build the extension in release mode and install it into the venv (editable).
 develop: venv
 	$(VENV)/bin/maturin develop --release --quiet
+
+# The external loaders that prove the exports (tests/test_interop_*.py): llama-cpp-python built
+# from its sdist into the venv, and a PyTorch + transformers venv beside it, both cached outside
+# the repository (~/.cache/lowbit/loaders; the first run takes ~20 minutes). Without them those
+# tests are skipped as missing references.
+loaders: venv
+	.ci/loaders.sh $(VENV)
 
 lint-rust:
 	cargo fmt --all -- --check

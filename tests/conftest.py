@@ -75,3 +75,13 @@ def pytest_runtest_makereport(
             path, line, _ = item.location
             report.longrepr = (path, (line or 0) + 1, f"Skipped: {reason}")
     return report
+
+
+def torch_python() -> Path:
+    """The python of the PyTorch loaders' venv (torch, transformers, optimum, gptqmodel,
+    compressed-tensors) that ``make loaders`` caches outside the repository."""
+    cache = Path(os.environ.get("LOWBIT_LOADERS_CACHE") or Path.home() / ".cache" / "lowbit" / "loaders")
+    python = Path(os.environ.get("LOWBIT_TORCH_PYTHON") or cache / "torch" / "bin" / "python")
+    if not python.is_file():
+        missing_reference(f"{python}, the PyTorch loaders' venv (`make loaders` installs it)")
+    return python

@@ -23,8 +23,9 @@ from ._lowbit import (
     UnsupportedError,
     __version__,
 )
+from .convert import convert
 from .export import ExportReport, TensorExport, export
-from .model import Generation, Model, PerplexityResult, import_gguf, smollm2_gguf
+from .model import Generation, LoadWarning, Model, PerplexityResult, import_gguf, smollm2_gguf
 from .pipeline import LayerResult, QuantizeReport, calibration_windows, quantize_model
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "ExportReport",
     "Generation",
     "LayerResult",
+    "LoadWarning",
     "LowbitError",
     "Model",
     "NonFiniteError",
@@ -44,6 +46,7 @@ __all__ = [
     "UnsupportedError",
     "__version__",
     "calibration_windows",
+    "convert",
     "export",
     "import_gguf",
     "load",

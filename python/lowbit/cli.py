@@ -12,6 +12,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ import numpy as np
 
 from . import __version__, quantize
 from ._lowbit import LowbitError, QuantizeReport
+from .convert import convert
 from .demo import DemoSettings, run_demo
 from .export import export
-from .model import Model, import_gguf, smollm2_gguf
+from .model import LoadWarning, Model, import_gguf, smollm2_gguf
 from .pipeline import CALIB_ENV
 from .progress import Bars
 
@@ -203,6 +205,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}")
     print(f"wrote {report.path} ({_mib(report.bytes)}): {summary}; largest difference {worst:.3g}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    report = convert(
+        resolve_model(args.input),
+        args.out,
+        format=args.format,
+        allow_requantize=args.allow_requantize,
+        gguf_type=args.gguf_type,
+    )
+    width = max(len(t.name) for t in report.tensors)
+    print(f"{'tensor':<{width}}  {'from':<20} {'to':<20} {'route':<11} max|diff|")
+    for t in report.tensors:
+        print(f"{t.name:<{width}}  {t.source:<20} {t.type:<20} {t.path:<11} {t.max_abs_diff:.3g}")
+    for note in report.notes:
+        print(f"note: {note}")
+    lossy = sum(t.path == "requantized" or t.max_abs_diff != 0 for t in report.tensors)
+    exact = "exact" if lossy == 0 else f"{lossy} tensors changed"
+    worst = max(t.max_abs_diff for t in report.tensors)
+    n = len(report.tensors)
+    print(f"wrote {report.path} ({_mib(report.bytes)}): {n} tensors, {exact}; largest difference {worst:.3g}")
     return 0
 
 
@@ -485,14 +509,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="requantize dense (f32/f16/bf16) weight matrices to this ggml type (Q8_0, Q4_0, Q4_K...)",
     )
     exp.set_defaults(func=cmd_export)
+
+    conv = sub.add_parser(
+        "convert",
+        help="write any model lowbit reads in another format + per-tensor report (lossless unless allowed)",
+    )
+    conv.add_argument("input", help=model_help)
+    conv.add_argument("out", help="output file (gguf) or new directory (lowbit, gptq), written atomically")
+    conv.add_argument("--format", choices=["lowbit", "gguf", "gptq"], required=True)
+    conv.add_argument(
+        "--allow-requantize",
+        action="store_true",
+        help="write even when some tensor's values change (otherwise refused before writing)",
+    )
+    conv.add_argument(
+        "--gguf-type", help="gguf: requantize dense weight matrices to this ggml type (Q8_0, Q4_K...)"
+    )
+    conv.set_defaults(func=cmd_convert)
     return parser
+
+
+def _warnings_as_lines() -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing :class:`LoadWarning` as one ``lowbit: warning:`` line
+    (no source location: the user did not write the code that warned); others as Python does."""
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
+        if issubclass(category, LoadWarning):
+            print(f"lowbit: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, *rest)
+
+    return show
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", LoadWarning)
+            warnings.showwarning = _warnings_as_lines()
+            return int(args.func(args))
     except UsageError as e:
         parser.error(f"{args.command}: {e}")  # exits with status 2
     except KeyboardInterrupt:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
+
+import numpy as np
+import numpy.typing as npt
 
 from . import _lowbit
 from .progress import Progress
@@ -75,6 +79,11 @@ def _sampling(
     }
 
 
+class LoadWarning(UserWarning):
+    """Something loading a model found worth knowing: GGUF types lowbit runs as f32 (no packed
+    kernel for them), GPTQ zero points that contradict the checkpoint's label."""
+
+
 class Model:
     """A Llama-family model (Llama, Mistral, Qwen2, Qwen3) running on lowbit's CPU kernels.
 
@@ -87,8 +96,20 @@ class Model:
 
     @classmethod
     def load(cls, path: PathLike, *, progress: Progress | None = None) -> Model:
-        """Load a model; ``progress`` (see :mod:`lowbit.progress`) sees phase ``load``."""
-        return cls(_lowbit.load_model(os.fspath(path), progress))
+        """Load a model; ``progress`` (see :mod:`lowbit.progress`) sees phase ``load``.
+
+        What the loader found worth knowing (see :attr:`load_warnings`) is raised as
+        :class:`LoadWarning` with :func:`warnings.warn`.
+        """
+        model = cls(_lowbit.load_model(os.fspath(path), progress))
+        for message in model.load_warnings:
+            warnings.warn(message, LoadWarning, stacklevel=2)
+        return model
+
+    @property
+    def load_warnings(self) -> list[str]:
+        """The loader's warnings, one line each (empty for most models)."""
+        return self._native.load_warnings
 
     @property
     def config(self) -> dict[str, Any]:
@@ -210,6 +231,11 @@ class Model:
         finally:
             stopped.set()
             worker.join()
+
+    def logits(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Logits of every position, ``[len(ids), vocab]`` float32, from one forward pass over
+        ``ids`` on an empty cache (no BOS added): the numbers to compare with another runtime."""
+        return self._native.logits(list(ids))
 
     def perplexity(
         self,

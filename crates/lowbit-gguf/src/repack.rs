@@ -1,5 +1,6 @@
 //! Blocks from codes and scales already chosen elsewhere (a lowbit quantized tensor): the
-//! lossless direction of export, where no reference quantizer runs.
+//! lossless direction of export, where no reference quantizer runs; and the inverse
+//! (`unpack_*`), which import uses to keep a GGUF's blocks as codes and scales.
 //!
 //! Each function takes one code per weight, in ggml's convention for the type, and one scale
 //! (and minimum) per 32-weight block, and lays them out as `ggml-common.h` does:
@@ -63,6 +64,51 @@ pub fn pack_q8_0(n: &[i8], d: &[f16]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Reads whole blocks of type `B` (unaligned) from `bytes`.
+fn blocks<B: bytemuck::Pod>(ty: GgmlType, bytes: &[u8]) -> Result<impl Iterator<Item = B> + '_> {
+    let size = std::mem::size_of::<B>();
+    if bytes.len() % size != 0 {
+        let expected = bytes.len() / size * size;
+        return Err(GgufError::Length { op: ty.name(), unit: "bytes (whole blocks)", expected, got: bytes.len() });
+    }
+    Ok(bytes.chunks_exact(size).map(bytemuck::pod_read_unaligned::<B>))
+}
+
+/// The codes `n` in `0..=15` and one `d` per block of Q4_0 bytes (the inverse of [`pack_q4_0`]).
+pub fn unpack_q4_0(bytes: &[u8]) -> Result<(Vec<u8>, Vec<f16>)> {
+    let (mut n, mut d) = (Vec::with_capacity(bytes.len() / 18 * QK4_0), Vec::with_capacity(bytes.len() / 18));
+    for b in blocks::<BlockQ4_0>(GgmlType::Q4_0, bytes)? {
+        n.extend(b.qs.iter().map(|q| q & 15));
+        n.extend(b.qs.iter().map(|q| q >> 4));
+        d.push(b.d);
+    }
+    Ok((n, d))
+}
+
+/// The codes `n` in `0..=15`, one `d` and one `m` per block of Q4_1 bytes (the inverse of
+/// [`pack_q4_1`]).
+pub fn unpack_q4_1(bytes: &[u8]) -> Result<(Vec<u8>, Vec<f16>, Vec<f16>)> {
+    let nb = bytes.len() / 20;
+    let (mut n, mut d, mut m) = (Vec::with_capacity(nb * QK4_0), Vec::with_capacity(nb), Vec::with_capacity(nb));
+    for b in blocks::<BlockQ4_1>(GgmlType::Q4_1, bytes)? {
+        n.extend(b.qs.iter().map(|q| q & 15));
+        n.extend(b.qs.iter().map(|q| q >> 4));
+        d.push(b.d);
+        m.push(b.m);
+    }
+    Ok((n, d, m))
+}
+
+/// The signed codes and one `d` per block of Q8_0 bytes (the inverse of [`pack_q8_0`]).
+pub fn unpack_q8_0(bytes: &[u8]) -> Result<(Vec<i8>, Vec<f16>)> {
+    let (mut n, mut d) = (Vec::with_capacity(bytes.len() / 34 * QK4_0), Vec::with_capacity(bytes.len() / 34));
+    for b in blocks::<BlockQ8_0>(GgmlType::Q8_0, bytes)? {
+        n.extend_from_slice(&b.qs);
+        d.push(b.d);
+    }
+    Ok((n, d))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +146,18 @@ mod tests {
         for (i, (&q, y)) in n.iter().zip(y).enumerate() {
             assert_eq!(y, q as f32 * d[i / 32].to_f32());
         }
+    }
+
+    #[test]
+    fn unpack_inverts_pack() {
+        let n = codes(96, 16);
+        let d: Vec<f16> = [0.125, -3.5, 7.0].map(f16::from_f32).to_vec();
+        let m: Vec<f16> = [1.0, -0.5, 0.0].map(f16::from_f32).to_vec();
+        assert_eq!(unpack_q4_0(&pack_q4_0(&n, &d).unwrap()).unwrap(), (n.clone(), d.clone()));
+        assert_eq!(unpack_q4_1(&pack_q4_1(&n, &d, &m).unwrap()).unwrap(), (n, d.clone(), m));
+        let s: Vec<i8> = (0..96).map(|i| (i * 37 % 255) as u8 as i8).collect();
+        assert_eq!(unpack_q8_0(&pack_q8_0(&s, &d).unwrap()).unwrap(), (s, d));
+        assert!(matches!(unpack_q4_0(&[0; 19]), Err(GgufError::Length { .. })));
     }
 
     #[test]

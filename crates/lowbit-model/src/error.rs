@@ -112,6 +112,17 @@ pub enum ModelError {
         /// What, and what to do instead.
         what: String,
     },
+    /// A conversion that would change weights, refused (nothing written) because requantizing
+    /// was not allowed.
+    #[error("converting to {format} is lossy for {count} tensors: {first}; nothing was written (--allow-requantize, or allow_requantize=True, converts anyway)")]
+    Lossy {
+        /// The output format.
+        format: String,
+        /// How many tensors would change.
+        count: usize,
+        /// The first few, each with its route and difference.
+        first: String,
+    },
     /// The tokenizer failed to load, encode or decode.
     #[error("tokenizer error: {0}")]
     Tokenizer(String),

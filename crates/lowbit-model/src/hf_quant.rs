@@ -446,15 +446,23 @@ pub(crate) fn quantized_source(dir: &Path, config: &Value, src: SafetensorsSourc
     })
 }
 
-/// One warning per kind of finding per load, naming the first module.
+/// One warning per kind of finding per load, naming the first module; the model keeps them
+/// ([`crate::Model::load_warnings`], through [`TensorSource::warnings`]).
 #[derive(Default)]
-pub(crate) struct Warnings(BTreeSet<&'static str>);
+pub(crate) struct Warnings {
+    kinds: BTreeSet<&'static str>,
+    messages: Vec<String>,
+}
 
 impl Warnings {
     pub(crate) fn warn(&mut self, kind: &'static str, msg: String) {
-        if self.0.insert(kind) {
-            eprintln!("lowbit: warning: {msg} (further modules with the same finding are not listed)");
+        if self.kinds.insert(kind) {
+            self.messages.push(format!("{msg} (further modules with the same finding are not listed)"));
         }
+    }
+
+    pub(crate) fn messages(&self) -> Vec<String> {
+        self.messages.clone()
     }
 }
 

@@ -21,6 +21,7 @@ mod awq;
 pub mod block;
 mod compressed_tensors;
 pub mod config;
+mod convert;
 mod device;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -40,6 +41,7 @@ pub mod tokenizer;
 use lowbit_cpu::ops;
 
 pub use config::{Architecture, Llama3RopeScaling, ModelConfig};
+pub use convert::{convert, ggml_type, ConvertFormat, ConvertOptions, ConvertReport, ConvertedTensor};
 pub use device::Device;
 pub use error::{ModelError, Result};
 pub use generate::{BatchPrompt, GenerateOptions, Generation, Rng, StopReason, TokenEvent};

@@ -165,6 +165,8 @@ pub struct Model<B: Backend = Cpu> {
     rope: Rope,
     tokenizer: Option<Tokenizer>,
     device: Device,
+    /// What the loader found worth telling the user (see [`Model::load_warnings`]).
+    load_warnings: Vec<String>,
 }
 
 fn take(src: &mut dyn TensorSource, name: &str, expected: &[usize]) -> Result<Tensor> {
@@ -299,6 +301,7 @@ impl Model {
             model.layers.push(layer);
             progress.advance(1);
         }
+        model.load_warnings = src.warnings();
         Ok(model)
     }
 
@@ -329,6 +332,7 @@ impl Model {
             lm_head,
             tokenizer,
             device,
+            load_warnings: Vec::new(),
         })
     }
 
@@ -437,6 +441,7 @@ impl Model {
             rope: self.rope.clone(),
             tokenizer: self.tokenizer.clone(),
             device,
+            load_warnings: self.load_warnings.clone(),
             backend,
         })
     }
@@ -457,6 +462,12 @@ impl<B: Backend> Model<B> {
     /// The config.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+    /// What loading found worth a warning, one line each: GGUF types dequantized to f32 (lowbit
+    /// has no kernel for them), GPTQ zero-point conventions contradicting the label. The CLI
+    /// prints them and the Python binding raises them as `warnings.warn`.
+    pub fn load_warnings(&self) -> &[String] {
+        &self.load_warnings
     }
     /// The tokenizer, if the checkpoint had one.
     pub fn tokenizer(&self) -> Option<&Tokenizer> {

@@ -48,6 +48,11 @@ impl Tensor {
 pub(crate) trait TensorSource {
     /// The tensor `name`, or `None` when the checkpoint lacks it.
     fn take(&mut self, name: &str) -> Result<Option<Tensor>>;
+    /// What the user should know about the tensors taken so far (types dequantized, suspicious
+    /// values), one line per finding: [`crate::Model::load_warnings`] keeps them.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Reads little-endian f32s.

@@ -8,7 +8,7 @@ use common::*;
 use lowbit_core::{Bits, Codebook, CodebookScheme, IntScheme, ScaleDtype, Scheme};
 use lowbit_cpu::{Linear, WeightKind};
 use lowbit_model::gguf::{export_gguf, ExportPath, GgmlType, GgufExportOptions, GgufFile};
-use lowbit_model::{Model, ModelError};
+use lowbit_model::{ConvertFormat, ConvertOptions, ConvertReport, Model, ModelError};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -301,8 +301,9 @@ fn untied_head_and_a_gguf_source() {
     assert!(diffs.iter().all(|(_, d)| *d == 0.0), "{diffs:?}");
     let (a, b) = (Model::load(&q).unwrap(), Model::load(q.parent().unwrap().join("out.gguf")).unwrap());
     let WeightKind::Quant(qa) = a.lm_head().weight() else { panic!() };
-    let WeightKind::F32(hb) = b.lm_head().weight() else { panic!() };
-    assert_eq!(&qa.dequantize(), hb);
+    // Q8_0 comes back packed (int8 g32: the same values as lowbit's per-channel int8).
+    let WeightKind::Quant(hb) = b.lm_head().weight() else { panic!("Q8_0 loads packed") };
+    assert_eq!(qa.dequantize(), hb.dequantize());
     assert!(report.tensors.iter().all(|t| t.path == ExportPath::Exact));
     // A GGUF in, a GGUF out: the tokenizer (chat template included) comes from the GGUF.
     let again = q.parent().unwrap().join("again.gguf");
@@ -310,4 +311,209 @@ fn untied_head_and_a_gguf_source() {
     let f = GgufFile::open(&again).unwrap();
     assert_eq!(f.get_str("tokenizer.chat_template"), Some("{{ messages }}"));
     assert_eq!(f.get_strings("tokenizer.ggml.merges").unwrap().unwrap(), ["a b", "Ġ a"]);
+}
+
+// ---- Import: GGUF blocks run packed where lowbit has a kernel, exactly ----
+
+/// The model's matrices by HF name (embedding first; the test models are tied).
+fn mats(m: &Model) -> Vec<(String, &Linear)> {
+    let mut out = vec![("model.embed_tokens.weight".to_string(), m.embedding())];
+    for (i, l) in m.layers().iter().enumerate() {
+        out.extend(l.linears().into_iter().map(|(n, lin)| (format!("model.layers.{i}.{n}.weight"), lin)));
+    }
+    out
+}
+
+/// Every matrix of the GGUF at `path`, dequantized by the block dequantizer and un-permuted as
+/// f32 (the reference the packed import must equal), by HF name.
+fn gguf_reference(path: &Path, m: &Model) -> Vec<(String, Vec<f32>)> {
+    let file = GgufFile::open(path).unwrap();
+    let c = m.config();
+    mats(m)
+        .into_iter()
+        .map(|(hf, _)| {
+            let g = lowbit_model::gguf::gguf_name(&hf).unwrap();
+            let info = file.tensor_info(&g).unwrap();
+            let mut v = vec![0f32; info.numel()];
+            lowbit_model::gguf::dequantize(info.ty, file.raw(info).unwrap(), &mut v).unwrap();
+            let cols = info.shape()[1];
+            let v = if g.contains(".attn_q.") {
+                lowbit_model::gguf::unpermute_rows(&v, c.num_attention_heads, cols)
+            } else if g.contains(".attn_k.") {
+                lowbit_model::gguf::unpermute_rows(&v, c.num_key_value_heads, cols)
+            } else {
+                v
+            };
+            (hf, v)
+        })
+        .collect()
+}
+
+/// Logits of `tokens` computed as evaluations are (f32 activations).
+fn eval_logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
+    let hidden = m.hidden_states(tokens, &mut m.new_cache(), &mut lowbit_core::NoProgress).unwrap();
+    let mut out = vec![0f32; tokens.len() * m.config().vocab_size];
+    m.lm_head_rows(&hidden, tokens.len(), &mut out).unwrap();
+    out
+}
+
+#[test]
+fn every_llama_block_type_loads_like_its_dequantized_reference() {
+    // 256-wide rows so that the K-quants apply without llama.cpp's fallbacks.
+    let src = tiny_dir("import-types", 256);
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["hidden_size"] = json!(256);
+    std::fs::write(src.join("config.json"), cfg.to_string()).unwrap();
+    write_safetensors(&src.join("model.safetensors"), &tiny_weights(&cfg, 5), Store::F32);
+    let toks = [3u32, 5, 7, 4, 6, 3, 3, 5];
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ] {
+        let dir = src.parent().unwrap().join(format!("import-{}", ty.name()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("m.gguf");
+        let report = export_gguf(&src, &out, &GgufExportOptions { dense_type: Some(ty) }).unwrap();
+        assert!(report.tensors.iter().filter(|t| t.name.ends_with("attn_q.weight")).all(|t| t.ty == ty));
+        let m = Model::load(&out).unwrap();
+        // Weights: the packed tensors hold exactly the values of the blocks (q/k un-permuted).
+        let packed = matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0);
+        for ((name, want), (_, lin)) in gguf_reference(&out, &m).into_iter().zip(mats(&m)) {
+            match lin.weight() {
+                WeightKind::Quant(q) => {
+                    assert!(packed, "{ty:?} {name} came back packed");
+                    assert_eq!(q.dequantize(), want, "{ty:?} {name}");
+                }
+                WeightKind::F32(v) => {
+                    assert!(!packed, "{ty:?} {name} was dequantized");
+                    assert_eq!(v, &want, "{ty:?} {name}");
+                }
+                other => panic!("{ty:?} {name}: {other:?}"),
+            }
+        }
+        // One warning names the dequantized type and how many tensors (7 per block + embedding).
+        let w = m.load_warnings();
+        if packed {
+            assert!(w.is_empty(), "{ty:?}: {w:?}");
+        } else {
+            assert_eq!(w.len(), 1, "{ty:?}: {w:?}");
+            assert!(w[0].contains(&format!("{} x15", ty.name())) && w[0].contains("15 tensors"), "{}", w[0]);
+        }
+        // Logits: the same as the f32 model holding the dequantized weights.
+        let reference = dir.join("reference");
+        lowbit_model::import_gguf(&out, &reference).unwrap();
+        let (a, b) = (eval_logits(&m, &toks), eval_logits(&Model::load(&reference).unwrap(), &toks));
+        let scale = b.iter().fold(0f32, |s, x| s.max(x.abs()));
+        let worst = a.iter().zip(&b).fold(0f32, |s, (x, y)| s.max((x - y).abs()));
+        if packed {
+            assert!(worst <= 1e-5 * scale, "{ty:?}: packed logits differ by {worst} (scale {scale})");
+        } else {
+            assert_eq!(a, b, "{ty:?}");
+        }
+    }
+}
+
+#[test]
+fn lowbit_to_gguf_to_lowbit_gives_identical_qtensors() {
+    let src = tiny_dir("import-rt", 96);
+    for scheme in [int(Bits::B4, 32, true), int(Bits::B8, 32, true)] {
+        let dir = quantized(&src, scheme, Some(scheme), "import-rt-q");
+        let out = dir.parent().unwrap().join("out.gguf");
+        let report = export_gguf(&dir, &out, &GgufExportOptions::default()).unwrap();
+        assert!(report.tensors.iter().all(|t| t.path == ExportPath::Exact));
+        let (a, b) = (Model::load(&dir).unwrap(), Model::load(&out).unwrap());
+        assert!(b.load_warnings().is_empty(), "{:?}", b.load_warnings());
+        for ((name, x), (_, y)) in mats(&a).into_iter().zip(mats(&b)) {
+            let (WeightKind::Quant(x), WeightKind::Quant(y)) = (x.weight(), y.weight()) else {
+                panic!("{scheme:?} {name}: not packed");
+            };
+            assert_eq!(x, y, "{scheme:?} {name}");
+        }
+    }
+}
+
+// ---- convert ----
+
+fn convert_to(input: &Path, out: &Path, format: ConvertFormat, allow: bool) -> lowbit_model::Result<ConvertReport> {
+    let opts = ConvertOptions { format, allow_requantize: allow, gguf: GgufExportOptions::default() };
+    lowbit_model::convert(input, out, &opts)
+}
+
+/// The raw bytes of every tensor of a GGUF file, by name.
+fn gguf_tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let f = GgufFile::open(path).unwrap();
+    f.tensors().iter().map(|t| (t.name.clone(), f.raw(t).unwrap().to_vec())).collect()
+}
+
+#[test]
+fn convert_q4_0_gguf_and_lowbit_int4_g32_both_ways_exactly() {
+    let src = tiny_dir("convert-lossless", 96);
+    let s = int(Bits::B4, 32, true);
+    let dir = quantized(&src, s, Some(s), "convert-lossless-q");
+    let root = dir.parent().unwrap();
+    let gguf = root.join("a.gguf");
+    let r = convert_to(&dir, &gguf, ConvertFormat::Gguf, false).unwrap();
+    assert!(r.tensors.iter().all(|t| !t.lossy()), "{:?}", r.tensors);
+    assert_eq!(r.tensors.iter().filter(|t| t.target == "Q4_0").count(), 15);
+    assert_eq!(r.bytes, std::fs::metadata(&gguf).unwrap().len());
+    // GGUF -> lowbit: the very QTensors lowbit started from.
+    let back = root.join("back");
+    let r = convert_to(&gguf, &back, ConvertFormat::Lowbit, false).unwrap();
+    assert!(r.tensors.iter().all(|t| t.max_abs_diff == 0.0 && t.target == "int4 g32 sym f16"), "{:?}", r.tensors);
+    let (a, b) = (Model::load(&dir).unwrap(), Model::load(&back).unwrap());
+    for ((n, x), (_, y)) in mats(&a).into_iter().zip(mats(&b)) {
+        let (WeightKind::Quant(x), WeightKind::Quant(y)) = (x.weight(), y.weight()) else { panic!("{n}") };
+        assert_eq!(x, y, "{n}");
+    }
+    // lowbit -> GGUF again: the same blocks, byte for byte.
+    let again = root.join("again.gguf");
+    convert_to(&back, &again, ConvertFormat::Gguf, false).unwrap();
+    assert_eq!(gguf_tensor_bytes(&gguf), gguf_tensor_bytes(&again));
+}
+
+#[test]
+fn lossy_convert_is_refused_before_writing_unless_allowed() {
+    let src = tiny_dir("convert-lossy", 64);
+    // Asymmetric 4-bit at group 64: Q4_1 with each minimum rounded to f16 (lossy).
+    let dir = quantized(&src, int(Bits::B4, 64, false), None, "convert-lossy-q");
+    let out = dir.parent().unwrap().join("lossy.gguf");
+    let e = convert_to(&dir, &out, ConvertFormat::Gguf, false).unwrap_err();
+    let ModelError::Lossy { count, first, .. } = &e else { panic!("{e}") };
+    assert_eq!(*count, 14, "{e}");
+    assert!(first.starts_with("blk.0.attn_q.weight (int4 g64 asym f16 -> Q4_1, min-rounded"), "{e}");
+    assert!(!out.exists(), "nothing is written");
+    let r = convert_to(&dir, &out, ConvertFormat::Gguf, true).unwrap();
+    assert!(out.is_file());
+    // The report's differences are what the file holds: recomputed from the blocks here.
+    let (ours, back) = (Model::load(&dir).unwrap(), Model::load(&out).unwrap());
+    let report: std::collections::HashMap<_, _> =
+        r.tensors.iter().map(|t| (t.name.clone(), (t.max_abs_diff, t.lossy()))).collect();
+    for ((hf, a), (_, b)) in mats(&ours).into_iter().zip(mats(&back)) {
+        let (x, y) = (a.weight().to_f32(), b.weight().to_f32());
+        let d = x.iter().zip(&y).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let (reported, lossy) = report[&lowbit_model::gguf::gguf_name(&hf).unwrap()];
+        assert_eq!(d, reported, "{hf}");
+        assert_eq!(lossy, d > 0.0, "{hf}");
+    }
+    // Requantizing f32 weights to Q8_0 is lossy too; to a lowbit directory nothing changes.
+    let opts = ConvertOptions {
+        format: ConvertFormat::Gguf,
+        allow_requantize: false,
+        gguf: GgufExportOptions { dense_type: Some(GgmlType::Q8_0) },
+    };
+    let out8 = dir.parent().unwrap().join("q8.gguf");
+    assert!(matches!(lowbit_model::convert(&src, &out8, &opts), Err(ModelError::Lossy { count: 15, .. })));
+    assert!(!out8.exists());
+    let r = convert_to(&src, &dir.parent().unwrap().join("dense"), ConvertFormat::Lowbit, false).unwrap();
+    assert!(r.tensors.iter().all(|t| t.target == "f32" && t.max_abs_diff == 0.0));
 }

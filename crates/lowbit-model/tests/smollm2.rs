@@ -172,3 +172,29 @@ fn stop_strings_and_seeded_sampling() {
         .unwrap();
     assert_eq!((c.tokens.len(), c.stop_reason), (3, lowbit_model::StopReason::Callback));
 }
+
+/// The GGUF's Q8_0 embedding (the tied LM head) loads packed; its Q4_1 blocks (minima not whole
+/// multiples of the scale) load as f32 with one warning. Perplexity equals the all-f32 load's
+/// (what lowbit did before GGUF import ran packed) within 1e-4 relative.
+#[test]
+#[ignore = "reference: the SmolLM2 GGUF and ../shared/data/wikitext2 (make test-rust runs it)"]
+fn gguf_packed_import_wikitext_perplexity_equals_dequantized() {
+    let (model, text) = (model(), wikitext("test"));
+    let WeightKind::Quant(embed) = model.embedding().weight() else { panic!("Q8_0 embedding loads packed") };
+    assert!(model.layers().iter().all(|l| l.linears().iter().all(|(_, w)| matches!(w.weight(), WeightKind::F32(_)))));
+    let warnings = model.load_warnings();
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("210 tensors dequantized") && warnings[0].contains("Q4_1 x210"),
+        "{warnings:?}"
+    );
+    let mut dense = model.clone();
+    let (rows, cols) = embed.matrix_dims();
+    dense.set_embedding(Linear::new(rows, cols, WeightKind::F32(embed.dequantize())).unwrap()).unwrap();
+    let ids = model.tokenizer().unwrap().encode(&read_text_file(&text).unwrap(), false).unwrap();
+    let opts = PerplexityOptions { window: 512, max_windows: Some(2) };
+    let packed = model.perplexity(&ids, &opts, &mut lowbit_core::NoProgress).unwrap();
+    let f32_ = dense.perplexity(&ids, &opts, &mut lowbit_core::NoProgress).unwrap();
+    let rel = (packed.ppl - f32_.ppl).abs() / f32_.ppl;
+    println!("SmolLM2 Q4_1 GGUF, 2 x 512: packed {:.6} f32 {:.6} (rel {rel:.2e})", packed.ppl, f32_.ppl);
+    assert!(rel < 1e-4, "{} vs {}", packed.ppl, f32_.ppl);
+}

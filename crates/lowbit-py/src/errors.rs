@@ -114,6 +114,7 @@ fn model_exception(e: &ModelError, msg: String) -> PyErr {
         | ModelError::UnsupportedDtype { .. }
         | ModelError::GgufUnsupported { .. }
         | ModelError::QuantUnsupported { .. }
+        | ModelError::Lossy { .. }
         | ModelError::DeviceUnavailable { .. } => UnsupportedError::new_err(msg),
         ModelError::TensorShape { .. } => ShapeError::new_err(msg),
         ModelError::Config { .. }

@@ -19,12 +19,7 @@ fn export_gguf<'py>(
     out: PathBuf,
     dense_type: Option<&str>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let dense_type = match dense_type {
-        None => None,
-        Some(name) => Some(GgmlType::from_name(&name.to_uppercase()).ok_or_else(|| {
-            UnsupportedError::new_err(format!("unknown ggml type {name:?} (e.g. F16, Q8_0, Q4_0, Q4_K, Q6_K)"))
-        })?),
-    };
+    let dense_type = dense_type.map(parse_type).transpose()?;
     let opts = GgufExportOptions { dense_type };
     let r: PyLowbitResult<_> = py.detach(|| export(&model, &out, &opts)).map_err(Into::into);
     let report = r?;
@@ -60,6 +55,45 @@ fn export_hf<'py>(py: Python<'py>, model: PathBuf, out: PathBuf, format: &str) -
     Ok(out)
 }
 
+/// Converts the model at `model` to `out` in `format` (`lowbit`, `gguf`, `gptq`; GIL released),
+/// refusing a lossy conversion before writing unless `allow_requantize`. `gguf_type` requantizes
+/// dense matrices (GGUF only). Returns `{"bytes", "notes": [str], "tensors": [{"name", "source",
+/// "type", "path", "max_abs_diff"}, ...]}`.
+#[pyfunction]
+#[pyo3(signature = (model, out, format, allow_requantize=false, gguf_type=None))]
+fn convert<'py>(
+    py: Python<'py>,
+    model: PathBuf,
+    out: PathBuf,
+    format: &str,
+    allow_requantize: bool,
+    gguf_type: Option<&str>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let format = lowbit_model::ConvertFormat::from_name(format).ok_or_else(|| {
+        let names: Vec<_> = lowbit_model::ConvertFormat::ALL.iter().map(|f| f.name()).collect();
+        UnsupportedError::new_err(format!("convert format {format:?}: lowbit converts to {}", names.join(", ")))
+    })?;
+    let dense_type = gguf_type.map(parse_type).transpose()?;
+    let opts = lowbit_model::ConvertOptions { format, allow_requantize, gguf: GgufExportOptions { dense_type } };
+    let r: PyLowbitResult<_> = py.detach(|| lowbit_model::convert(&model, &out, &opts)).map_err(Into::into);
+    let report = r?;
+    let tensors = PyList::empty(py);
+    for t in report.tensors {
+        tensors.append(tensor_row(py, t.name, t.source, &t.target, t.path.name(), t.max_abs_diff)?)?;
+    }
+    let out = PyDict::new(py);
+    out.set_item("bytes", report.bytes)?;
+    out.set_item("notes", report.notes)?;
+    out.set_item("tensors", tensors)?;
+    Ok(out)
+}
+
+fn parse_type(name: &str) -> PyResult<GgmlType> {
+    lowbit_model::ggml_type(name).ok_or_else(|| {
+        UnsupportedError::new_err(format!("unknown ggml type {name:?} (e.g. F16, Q8_0, Q4_0, Q4_K, Q6_K)"))
+    })
+}
+
 /// One tensor of an export report: `{"name", "source", "type", "path", "max_abs_diff"}`.
 fn tensor_row<'py>(
     py: Python<'py>,
@@ -80,5 +114,6 @@ fn tensor_row<'py>(
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(export_gguf, m)?)?;
-    m.add_function(wrap_pyfunction!(export_hf, m)?)
+    m.add_function(wrap_pyfunction!(export_hf, m)?)?;
+    m.add_function(wrap_pyfunction!(convert, m)?)
 }

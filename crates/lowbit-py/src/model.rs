@@ -4,8 +4,10 @@ use crate::errors::PyLowbitResult;
 use crate::progress::PySink;
 use lowbit_core::progress::phase;
 use lowbit_model::{
-    BatchPrompt, ChatMessage, GenerateOptions, Generation, LoadOptions, Model, PerplexityOptions, TokenEvent,
+    BatchPrompt, ChatMessage, GenerateOptions, Generation, LoadOptions, LogitsMode, Model, PerplexityOptions,
+    TokenEvent,
 };
+use numpy::{IntoPyArray, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
@@ -109,6 +111,12 @@ impl PyModel {
     #[getter]
     fn num_layers(&self) -> usize {
         self.inner.layers().len()
+    }
+    /// What loading found worth a warning (GGUF types dequantized to f32, GPTQ zero-point
+    /// findings), one line each; `lowbit.Model.load` raises them as `warnings.warn`.
+    #[getter]
+    fn load_warnings(&self) -> Vec<String> {
+        self.inner.load_warnings().to_vec()
     }
     /// Whether a tokenizer was loaded with the model.
     #[getter]
@@ -250,6 +258,13 @@ impl PyModel {
         out.set_item("seconds", r.seconds)?;
         out.set_item("window_nll", r.window_nll)?;
         Ok(out)
+    }
+
+    /// Logits of every position of `ids`, `[len(ids), vocab]` f32, from one prefill on an empty
+    /// cache (what other runtimes' logits are compared with).
+    fn logits<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let logits = lowbit(py.detach(|| self.inner.forward(&ids, &mut self.inner.new_cache(), LogitsMode::All)))?;
+        logits.data.into_pyarray(py).reshape([logits.rows, logits.vocab])
     }
 
     /// Writes the model as a Hugging Face-style directory (quantized layers as lowbit tensors).

@@ -307,4 +307,8 @@ impl TensorSource for CtSource {
         }
         self.inner.take(name)
     }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warned.messages()
+    }
 }

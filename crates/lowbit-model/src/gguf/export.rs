@@ -96,36 +96,61 @@ struct Prepared {
 /// Exports the model at `model` (see [`Model::load`]) to the GGUF file `out`, written under a
 /// temporary name and renamed into place, so a failed export leaves no file behind.
 pub fn export_gguf(model: impl AsRef<Path>, out: impl AsRef<Path>, opts: &GgufExportOptions) -> Result<GgufExport> {
-    let (model_path, out) = (model.as_ref(), out.as_ref());
+    let model_path = model.as_ref();
     let model = Model::load_with(model_path, &LoadOptions::default())?;
-    let config = model.config().clone();
-    check_config(&config)?;
-    let mut w = GgufWriter::new();
-    let werr = |e| gguf_error(out, e);
-    let name = model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let tensors = prepare_tensors(&model, opts)?;
-    for (k, v) in model_kvs(&config, &name, &tensors) {
-        w.add_kv(k, v).map_err(werr)?;
+    GgufPlan::new(&model, model_path, opts)?.write(out.as_ref())
+}
+
+/// An export computed but not written: every tensor converted (and its difference measured), the
+/// metadata gathered. [`GgufPlan::tensors`] is the report a dry run gives; [`GgufPlan::write`]
+/// writes the file.
+pub struct GgufPlan {
+    kvs: Vec<(String, GgufValue)>,
+    tensors: Vec<Prepared>,
+}
+
+impl GgufPlan {
+    /// Converts every tensor of `model` (loaded from `model_path`, whose `tokenizer_config.json`
+    /// is read when it is a directory) as [`export_gguf`] would.
+    pub fn new(model: &Model, model_path: &Path, opts: &GgufExportOptions) -> Result<GgufPlan> {
+        let config = model.config().clone();
+        check_config(&config)?;
+        let name = model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let tensors = prepare_tensors(model, opts)?;
+        let mut kvs = model_kvs(&config, &name, &tensors);
+        let tok_cfg = tokenizer_config(model_path)?;
+        let tokenizer = model.tokenizer().ok_or(ModelError::NoTokenizer { op: "export to GGUF" })?;
+        let template = tokenizer.chat_template();
+        kvs.extend(tokenizer_kvs(tokenizer.to_json_string(), tok_cfg.as_ref(), template, &config)?);
+        Ok(GgufPlan { kvs, tensors })
     }
-    let tok_cfg = tokenizer_config(model_path)?;
-    let tokenizer = model.tokenizer().ok_or(ModelError::NoTokenizer { op: "export to GGUF" })?;
-    let template = tokenizer.chat_template();
-    for (k, v) in tokenizer_kvs(tokenizer.to_json_string(), tok_cfg.as_ref(), template, &config)? {
-        w.add_kv(k, v).map_err(werr)?;
+
+    /// Every tensor's route and measured difference, in file order.
+    pub fn tensors(&self) -> impl Iterator<Item = &TensorExport> {
+        self.tensors.iter().map(|t| &t.report)
     }
-    for t in &tensors {
-        w.add_tensor(t.report.name.clone(), t.report.ty, &t.shape).map_err(werr)?;
+
+    /// Writes the file (atomically: under a temporary name, then renamed).
+    pub fn write(self, out: &Path) -> Result<GgufExport> {
+        let mut w = GgufWriter::new();
+        let werr = |e| gguf_error(out, e);
+        for (k, v) in self.kvs {
+            w.add_kv(k, v).map_err(werr)?;
+        }
+        for t in &self.tensors {
+            w.add_tensor(t.report.name.clone(), t.report.ty, &t.shape).map_err(werr)?;
+        }
+        if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        }
+        let mut file = w.create(out).map_err(werr)?;
+        for t in &self.tensors {
+            file.write_tensor(&t.report.name, &t.bytes).map_err(werr)?;
+        }
+        file.finish().map_err(werr)?;
+        let bytes = std::fs::metadata(out).map_err(|e| ModelError::io(out, e))?.len();
+        Ok(GgufExport { tensors: self.tensors.into_iter().map(|t| t.report).collect(), bytes })
     }
-    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    }
-    let mut file = w.create(out).map_err(werr)?;
-    for t in &tensors {
-        file.write_tensor(&t.report.name, &t.bytes).map_err(werr)?;
-    }
-    file.finish().map_err(werr)?;
-    let bytes = std::fs::metadata(out).map_err(|e| ModelError::io(out, e))?.len();
-    Ok(GgufExport { tensors: tensors.into_iter().map(|t| t.report).collect(), bytes })
 }
 
 fn check_config(c: &ModelConfig) -> Result<()> {

@@ -253,4 +253,8 @@ impl TensorSource for GptqSource {
         }
         self.inner.take(name)
     }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warned.messages()
+    }
 }

@@ -1,0 +1,156 @@
+"""lowbit's GGUF exports run by llama.cpp itself (llama-cpp-python, built from its PyPI sdist by
+``make loaders``), on SmolLM2-135M and the evaluation protocol of ``../shared/PROTOCOL.md``.
+
+- Tokenization: llama.cpp's tokenizer, reading the exported metadata, gives lowbit's ids for the
+  whole WikiText-2 test text.
+- Running: llama.cpp on lowbit's Q4_0 export (RTN W4 g32 symmetric, every block linear repacked
+  exactly) and on a K-quant export (Q4_K, requantized by lowbit's port of llama.cpp's reference
+  quantizer) agrees with lowbit reading the same file: top-1 next token on the first window's
+  positions, and protocol perplexity (32 windows of 2048 tokens) within 0.5%. llama.cpp's CPU
+  products quantize activations to 8 bits (Q8_0 / Q8_K), lowbit's evaluation of dequantized
+  weights keeps them in f32, which is the whole difference.
+- Blocks: lowbit's Q4_0 and Q8_0 blocks equal ``llama_model_quantize``'s, byte for byte, on the
+  same f32 input.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+
+import lowbit
+from conftest import missing_reference, smollm2_gguf, wikitext
+
+WINDOW, WINDOWS = 2048, 32
+TOP1_POSITIONS = 512
+
+
+def llama_cpp() -> ModuleType:
+    try:
+        import llama_cpp as module
+    except ImportError as e:
+        missing_reference(f"llama-cpp-python ({e}); `make loaders` builds it from its PyPI sdist")
+    return module
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("llama-cpp")
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    # Raw bytes: llama.cpp tokenizes what it is given, so keep the file's CRLF line ends.
+    return wikitext("test").read_bytes().decode("utf-8")
+
+
+@pytest.fixture(scope="module")
+def f32_gguf(work: Path) -> Path:
+    """SmolLM2 in F32 (the Q4_1 GGUF dequantized): the common input of both quantizers."""
+    llama_cpp()
+    return lowbit.export(smollm2_gguf(), work / "smollm2.F32.gguf", dense_type="F32").path
+
+
+@pytest.fixture(scope="module")
+def q4_0_gguf(work: Path) -> Path:
+    llama_cpp()
+    w4 = work / "rtn-w4g32-sym"
+    opts: dict[str, Any] = {"bits": 4, "group_size": 32, "sym": True}
+    lowbit.quantize_model(smollm2_gguf(), w4, method="rtn", calib=list(range(64)), **opts)
+    report = lowbit.export(w4, work / "rtn-w4g32-sym.Q4_0.gguf")
+    linears = [t for t in report.tensors if t.name.startswith("blk.") and t.type == "Q4_0"]
+    assert len(linears) == 30 * 7 and all(t.path == "exact" for t in linears)
+    return report.path
+
+
+@pytest.fixture(scope="module")
+def q4_k_gguf(work: Path, f32_gguf: Path) -> Path:
+    report = lowbit.export(f32_gguf, work / "smollm2.Q4_K.gguf", dense_type="Q4_K")
+    assert any(t.type == "Q4_K" for t in report.tensors)
+    return report.path
+
+
+def llama(module: ModuleType, path: Path, **options: Any) -> Any:
+    return module.Llama(model_path=str(path), n_threads=2, verbose=False, **options)
+
+
+def log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """log p(target) per row, in f64."""
+    x = logits.astype(np.float64)
+    top = x.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(x - top).sum(axis=1)) + top[:, 0]
+    return x[np.arange(len(targets)), targets] - lse
+
+
+def llama_cpp_windows(module: ModuleType, path: Path, ids: list[int]) -> Iterator[np.ndarray]:
+    """llama.cpp's logits `[WINDOW, vocab]` of each protocol window, each from an empty cache."""
+    model = llama(module, path, n_ctx=WINDOW, n_batch=512, logits_all=True)
+    for w in range(WINDOWS):
+        model.reset()
+        model.eval(ids[w * WINDOW : (w + 1) * WINDOW])
+        yield np.asarray(model.scores[:WINDOW], dtype=np.float32)
+
+
+def test_tokenization_agrees_with_llama_cpp(q4_0_gguf: Path, text: str) -> None:
+    module = llama_cpp()
+    theirs = llama(module, q4_0_gguf, vocab_only=True).tokenize(text.encode(), add_bos=False, special=False)
+    ours = lowbit.Model.load(q4_0_gguf).encode(text)
+    assert len(ours) > WINDOW * WINDOWS
+    first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+    assert first_diff is None and len(ours) == len(theirs), (first_diff, len(ours), len(theirs))
+
+
+@pytest.mark.parametrize("export", ["q4_0_gguf", "q4_k_gguf"])
+def test_llama_cpp_runs_the_export_like_lowbit(export: str, request: pytest.FixtureRequest, text: str) -> None:
+    module = llama_cpp()
+    path: Path = request.getfixturevalue(export)
+    model = lowbit.Model.load(path)
+    ids = model.encode(text)
+    ours = model.perplexity(ids=ids, window=WINDOW, windows=WINDOWS)
+    nll = 0.0
+    for w, logits in enumerate(llama_cpp_windows(module, path, ids)):
+        window = np.asarray(ids[w * WINDOW : (w + 1) * WINDOW])
+        nll -= float(log_softmax_at(logits[:-1], window[1:]).sum())
+        if w == 0:
+            top1_ours = model.logits(window[:TOP1_POSITIONS].tolist()).argmax(axis=1)
+            agree = float(np.mean(top1_ours == logits[:TOP1_POSITIONS].argmax(axis=1)))
+    ppl = math.exp(nll / (WINDOWS * (WINDOW - 1)))
+    rel = abs(ppl - ours.perplexity) / ours.perplexity
+    print(f"{export}: llama.cpp {ppl:.4f}, lowbit {ours.perplexity:.4f} ({rel:.2e}); top-1 {agree:.4f}")
+    assert rel <= 5e-3
+    assert agree >= 0.97
+
+
+@pytest.mark.parametrize("ty", ["Q4_0", "Q8_0"])
+def test_blocks_equal_llama_model_quantize(ty: str, work: Path, f32_gguf: Path) -> None:
+    module = llama_cpp()
+    theirs = work / f"llama.{ty}.gguf"
+    params = module.llama_model_quantize_default_params()
+    params.ftype = getattr(module, f"LLAMA_FTYPE_MOSTLY_{ty}")
+    params.nthread = 2
+    rc = module.llama_model_quantize(str(f32_gguf).encode(), str(theirs).encode(), ctypes.byref(params))
+    assert rc == 0, f"llama_model_quantize returned {rc}"
+    ours = lowbit.export(f32_gguf, work / f"lowbit.{ty}.gguf", dense_type=ty).path
+    by_name = {t.name: t for t in GGUFReader(ours).tensors}
+    block_bytes = {"Q4_0": 18, "Q8_0": 34}[ty]
+    compared, differing = 0, []
+    for t in GGUFReader(theirs).tensors:
+        o = by_name.get(t.name)
+        if o is None or t.tensor_type.name != ty or o.tensor_type != t.tensor_type:
+            continue
+        a = np.asarray(o.data, dtype=np.uint8).reshape(-1, block_bytes)
+        b = np.asarray(t.data, dtype=np.uint8).reshape(-1, block_bytes)
+        compared += 1
+        if (bad := int(np.any(a != b, axis=1).sum())) > 0:
+            differing.append(f"{t.name}: {bad}/{len(a)} blocks")
+    # Every block linear of the 30 layers (llama.cpp may store the embedding in another type).
+    assert compared >= 30 * 7
+    assert not differing, differing[:5]
