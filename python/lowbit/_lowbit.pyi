@@ -21,6 +21,7 @@ __all__ = [
     "awq_search",
     "calibration_windows",
     "codebook_table",
+    "convert",
     "double_quantize_absmax",
     "export_gguf",
     "export_hf",
