@@ -63,11 +63,12 @@ def f32_gguf(work: Path) -> Path:
 def q4_0_gguf(work: Path) -> Path:
     llama_cpp()
     w4 = work / "rtn-w4g32-sym"
-    opts: dict[str, Any] = {"bits": 4, "group_size": 32, "sym": True}
+    # An f16 embedding (tied head) exports as F16: every tensor of the GGUF is then exact.
+    opts: dict[str, Any] = {"bits": 4, "group_size": 32, "sym": True, "embed": "f16"}
     lowbit.quantize_model(smollm2_gguf(), w4, method="rtn", calib=list(range(64)), **opts)
     report = lowbit.export(w4, work / "rtn-w4g32-sym.Q4_0.gguf")
     linears = [t for t in report.tensors if t.name.startswith("blk.") and t.type == "Q4_0"]
-    assert len(linears) == 30 * 7 and all(t.path == "exact" for t in linears)
+    assert len(linears) == 30 * 7 and all(t.path == "exact" for t in report.tensors)
     return report.path
 
 
@@ -105,6 +106,13 @@ def test_tokenization_agrees_with_llama_cpp(q4_0_gguf: Path, text: str) -> None:
     assert len(ours) > WINDOW * WINDOWS
     first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
     assert first_diff is None and len(ours) == len(theirs), (first_diff, len(ours), len(theirs))
+
+
+def test_lowbit_reads_its_q4_0_export_as_the_same_model(q4_0_gguf: Path, text: str) -> None:
+    # Q4_0 imports packed, bit for bit the int4 g32 tensors that were exported.
+    gguf = lowbit.Model.load(q4_0_gguf)
+    ids = gguf.encode(text)[:256]
+    np.testing.assert_array_equal(gguf.logits(ids), lowbit.Model.load(q4_0_gguf.parent / "rtn-w4g32-sym").logits(ids))
 
 
 @pytest.mark.parametrize("export", ["q4_0_gguf", "q4_k_gguf"])
