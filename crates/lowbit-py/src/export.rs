@@ -55,7 +55,7 @@ fn export_hf<'py>(py: Python<'py>, model: PathBuf, out: PathBuf, format: &str) -
     Ok(out)
 }
 
-/// Converts the model at `model` to `out` in `format` (`lowbit`, `gguf`, `gptq`; GIL released),
+/// Converts the model at `model` to `out` in `format` (`lowbit`, `gguf`, `gptq`, `awq`, `compressed-tensors`; GIL released),
 /// refusing a lossy conversion before writing unless `allow_requantize`. `gguf_type` requantizes
 /// dense matrices (GGUF only). Returns `{"bytes", "notes": [str], "tensors": [{"name", "source",
 /// "type", "path", "max_abs_diff"}, ...]}`.
