@@ -68,7 +68,8 @@ def q4_0_gguf(work: Path) -> Path:
     lowbit.quantize_model(smollm2_gguf(), w4, method="rtn", calib=list(range(64)), **opts)
     report = lowbit.export(w4, work / "rtn-w4g32-sym.Q4_0.gguf")
     linears = [t for t in report.tensors if t.name.startswith("blk.") and t.type == "Q4_0"]
-    assert len(linears) == 30 * 7 and all(t.path == "exact" for t in report.tensors)
+    assert len(linears) == 30 * 7
+    assert all(t.path == "exact" for t in report.tensors)
     return report.path
 
 
@@ -105,18 +106,23 @@ def test_tokenization_agrees_with_llama_cpp(q4_0_gguf: Path, text: str) -> None:
     ours = lowbit.Model.load(q4_0_gguf).encode(text)
     assert len(ours) > WINDOW * WINDOWS
     first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
-    assert first_diff is None and len(ours) == len(theirs), (first_diff, len(ours), len(theirs))
+    assert first_diff is None, (first_diff, len(ours), len(theirs))
+    assert len(ours) == len(theirs)
 
 
 def test_lowbit_reads_its_q4_0_export_as_the_same_model(q4_0_gguf: Path, text: str) -> None:
     # Q4_0 imports packed, bit for bit the int4 g32 tensors that were exported.
     gguf = lowbit.Model.load(q4_0_gguf)
     ids = gguf.encode(text)[:256]
-    np.testing.assert_array_equal(gguf.logits(ids), lowbit.Model.load(q4_0_gguf.parent / "rtn-w4g32-sym").logits(ids))
+    np.testing.assert_array_equal(
+        gguf.logits(ids), lowbit.Model.load(q4_0_gguf.parent / "rtn-w4g32-sym").logits(ids)
+    )
 
 
 @pytest.mark.parametrize("export", ["q4_0_gguf", "q4_k_gguf"])
-def test_llama_cpp_runs_the_export_like_lowbit(export: str, request: pytest.FixtureRequest, text: str) -> None:
+def test_llama_cpp_runs_the_export_like_lowbit(
+    export: str, request: pytest.FixtureRequest, text: str
+) -> None:
     module = llama_cpp()
     path: Path = request.getfixturevalue(export)
     model = lowbit.Model.load(path)

@@ -34,5 +34,7 @@ def test_transformers_loads_the_export(fmt: str, sym: str) -> None:
     )
     summary = [line for line in r.stdout.splitlines() if line.startswith("RESULT")]
     print(*summary, sep="\n")
-    assert r.returncode == 0, f"{SCRIPT.name} --format {fmt} --sym {sym}:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+    assert r.returncode == 0, (
+        f"{SCRIPT.name} --format {fmt} --sym {sym}:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+    )
     assert summary, r.stdout[-2000:]

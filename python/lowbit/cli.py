@@ -516,7 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("input", help=model_help)
     conv.add_argument("out", help="output file (gguf) or new directory (lowbit, gptq), written atomically")
-    conv.add_argument("--format", choices=["lowbit", "gguf", "gptq", "awq", "compressed-tensors"], required=True)
+    conv.add_argument(
+        "--format", choices=["lowbit", "gguf", "gptq", "awq", "compressed-tensors"], required=True
+    )
     conv.add_argument(
         "--allow-requantize",
         action="store_true",
