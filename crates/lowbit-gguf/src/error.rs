@@ -136,6 +136,12 @@ pub enum GgufError {
         /// The type.
         ty: GgmlType,
     },
+    /// A type without an importance-weighted quantizer.
+    #[error("{ty:?} has no importance-weighted quantizer in lowbit (Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K have)")]
+    NoWeightedQuantizer {
+        /// The type.
+        ty: GgmlType,
+    },
     /// A code outside the range of the block type (repacking codes chosen elsewhere).
     #[error("{ty:?}: code {code} is out of range")]
     CodeRange {
