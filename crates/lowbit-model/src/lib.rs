@@ -11,6 +11,7 @@
 //! * [`Model::generate`]: greedy or sampled decoding with streaming; [`Tokenizer`] with its
 //!   chat template.
 //! * [`Model::perplexity`]: the project's evaluation protocol.
+//! * [`imatrix`]: llama.cpp's importance matrix from the model's activations (for GGUF export).
 //! * [`block`]: one decoder block in stages, which the quantization pipeline (crate
 //!   `lowbit-quantize`) runs between its solves; [`Model::open_blocks`] streams a checkpoint's
 //!   blocks one at a time.
@@ -27,6 +28,7 @@ pub mod fuzzing;
 pub mod generate;
 pub mod gguf;
 pub mod gptq;
+pub mod imatrix;
 mod load;
 mod model;
 pub mod perplexity;
@@ -44,6 +46,7 @@ pub use error::{ModelError, Result};
 pub use generate::{BatchPrompt, GenerateOptions, Generation, Rng, StopReason, TokenEvent};
 pub use gguf::{export_gguf, import_gguf, GgufExportOptions, GgufFile};
 pub use gptq::{export_gptq, GptqExport};
+pub use imatrix::{collect_imatrix, Imatrix};
 pub use load::{LastFile, LoadOptions, SaveExtras, StoredSize};
 pub use model::{BlockReader, KvCache, Layer, Logits, LogitsMode, Model, LINEAR_NAMES};
 pub use perplexity::{PerplexityOptions, PerplexityResult};
