@@ -88,15 +88,17 @@ def windows(model: Path) -> Path:
 def test_imatrix_is_the_mean_square_of_each_linears_input(model: Path, windows: Path) -> None:
     ours = lowbit.imatrix(model, windows, samples=5, seqlen=SEQLEN)
     inputs = linear_inputs(model, np.load(windows), layers=2)
-    assert set(ours) == set(inputs) and len(ours) == 2 * 7
+    assert set(ours) == set(inputs)
+    assert len(ours) == 2 * 7
     for name, rows in inputs.items():
         x = np.concatenate(rows)
         want = np.mean(x * x, axis=0)  # llama-imatrix: sum of squares / tokens
         assert ours[name].shape == want.shape, name
         np.testing.assert_allclose(ours[name], want, rtol=2e-5, atol=1e-7, err_msg=name)
     # q/k/v share one input, gate/up another: one vector each.
-    assert np.array_equal(ours["model.layers.1.self_attn.q_proj.weight"], ours["model.layers.1.self_attn.v_proj.weight"])
-    assert np.array_equal(ours["model.layers.0.mlp.gate_proj.weight"], ours["model.layers.0.mlp.up_proj.weight"])
+    layer = "model.layers.1."
+    assert np.array_equal(ours[layer + "self_attn.q_proj.weight"], ours[layer + "self_attn.v_proj.weight"])
+    assert np.array_equal(ours[layer + "mlp.gate_proj.weight"], ours[layer + "mlp.up_proj.weight"])
 
 
 def test_export_with_imatrix_lowers_the_weighted_error(model: Path, windows: Path, tmp_path: Path) -> None:
@@ -104,10 +106,12 @@ def test_export_with_imatrix_lowers_the_weighted_error(model: Path, windows: Pat
     weighted = lowbit.export(
         model, tmp_path / "imatrix.gguf", dense_type="Q4_0", imatrix_text=windows, imatrix_samples=5
     )
-    assert weighted.imatrix_tokens == 5 * SEQLEN and plain.imatrix_tokens == 0
+    assert weighted.imatrix_tokens == 5 * SEQLEN
+    assert plain.imatrix_tokens == 0
     paths = {t.name: t.path for t in weighted.tensors}
     blocks = [n for n in paths if n.startswith("blk.") and "norm" not in n]
-    assert len(blocks) == 2 * 7 and all(paths[n] == "requantized-imatrix" for n in blocks)
+    assert len(blocks) == 2 * 7
+    assert all(paths[n] == "requantized-imatrix" for n in blocks)
     # The embedding (a row lookup, no input to weigh) keeps the reference quantizer.
     assert paths["token_embd.weight"] == "requantized"
     assert all(t.path in ("requantized", "exact") for t in plain.tensors)
@@ -126,7 +130,9 @@ def test_export_with_imatrix_lowers_the_weighted_error(model: Path, windows: Pat
     assert err_w < 0.95 * err_p, (err_w, err_p)
 
 
-def test_cli_export_with_imatrix(model: Path, windows: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_export_with_imatrix(
+    model: Path, windows: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "m.gguf"
     argv = ["export", str(model), "-o", str(out), "--dense-type", "Q4_0", "--imatrix-text", str(windows)]
     assert main([*argv, "--imatrix-samples", "5"]) == 0

@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(text, .jsonl or token ids), as llama-quantize --imatrix",
     )
     exp.add_argument(
-        "--imatrix-samples", type=int, metavar="N", help="windows of 512 tokens for the importance matrix (32)"
+        "--imatrix-samples", type=int, metavar="N", help="windows of 512 tokens in the importance matrix (32)"
     )
     exp.set_defaults(func=cmd_export)
 

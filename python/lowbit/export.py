@@ -129,4 +129,5 @@ def export(
     text = None if imatrix_text is None else os.fspath(imatrix_text)
     raw = _lowbit.export_gguf(os.fspath(model), os.fspath(out), dense_type, text, imatrix_samples, progress)
     tensors = [TensorExport(**t) for t in raw["tensors"]]
-    return ExportReport(path=Path(out), bytes=raw["bytes"], tensors=tensors, imatrix_tokens=raw["imatrix_tokens"])
+    tokens = raw["imatrix_tokens"]
+    return ExportReport(path=Path(out), bytes=raw["bytes"], tensors=tensors, imatrix_tokens=tokens)

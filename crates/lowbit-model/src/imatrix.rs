@@ -52,12 +52,7 @@ fn add_squares(sums: &mut [f64], x: &[f32]) {
 
 /// The importance matrix of `model` over `windows` (row-major, whole windows of `seqlen`
 /// tokens), as phase `imatrix` (one unit per window; cancellation checked once per layer).
-pub fn collect_imatrix(
-    model: &Model,
-    windows: &[u32],
-    seqlen: usize,
-    progress: &mut dyn Progress,
-) -> Result<Imatrix> {
+pub fn collect_imatrix(model: &Model, windows: &[u32], seqlen: usize, progress: &mut dyn Progress) -> Result<Imatrix> {
     if seqlen == 0 || windows.is_empty() || windows.len() % seqlen != 0 {
         return Err(ModelError::input("imatrix", "calibration tokens must be whole windows of seqlen (at least one)"));
     }
@@ -65,8 +60,7 @@ pub fn collect_imatrix(
     let mut progress = phase(progress, "imatrix", (windows.len() / seqlen) as u64);
     // Per layer: the sums of squares of the attention input, o_proj's, the MLP input, down_proj's.
     let widths = [cfg.hidden_size, cfg.q_dim(), cfg.hidden_size, cfg.intermediate_size];
-    let mut sums: Vec<[Vec<f64>; 4]> =
-        model.layers().iter().map(|_| widths.map(|w| vec![0f64; w])).collect();
+    let mut sums: Vec<[Vec<f64>; 4]> = model.layers().iter().map(|_| widths.map(|w| vec![0f64; w])).collect();
     let per_pass = (ROWS_PER_PASS / seqlen).max(1) * seqlen;
     let mut s = Scratch::new(&be, cfg, per_pass.min(windows.len()))?;
     for chunk in windows.chunks(per_pass) {

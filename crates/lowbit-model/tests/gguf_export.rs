@@ -383,7 +383,8 @@ fn every_llama_block_type_loads_like_its_dequantized_reference() {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("m.gguf");
-        let report = export_gguf(&src, &out, &GgufExportOptions { dense_type: Some(ty), ..Default::default() }).unwrap();
+        let report =
+            export_gguf(&src, &out, &GgufExportOptions { dense_type: Some(ty), ..Default::default() }).unwrap();
         assert!(report.tensors.iter().filter(|t| t.name.ends_with("attn_q.weight")).all(|t| t.ty == ty));
         let m = Model::load(&out).unwrap();
         // Weights: the packed tensors hold exactly the values of the blocks (q/k un-permuted).

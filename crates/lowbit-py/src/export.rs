@@ -120,7 +120,11 @@ fn convert<'py>(
         UnsupportedError::new_err(format!("convert format {format:?}: lowbit converts to {}", names.join(", ")))
     })?;
     let dense_type = gguf_type.map(parse_type).transpose()?;
-    let opts = lowbit_model::ConvertOptions { format, allow_requantize, gguf: GgufExportOptions { dense_type, ..Default::default() } };
+    let opts = lowbit_model::ConvertOptions {
+        format,
+        allow_requantize,
+        gguf: GgufExportOptions { dense_type, ..Default::default() },
+    };
     let r: PyLowbitResult<_> = py.detach(|| lowbit_model::convert(&model, &out, &opts)).map_err(Into::into);
     let report = r?;
     let tensors = PyList::empty(py);
