@@ -95,7 +95,7 @@ def export(
     or token ids) makes the requantization importance-weighted, as ``llama-quantize --imatrix``:
     lowbit runs the model over ``imatrix_samples`` windows of 512 tokens (default 32) drawn as
     calibration windows are, takes each block linear's mean squared input per column, and
-    requantizes with llama.cpp's weighted quantizers (Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K; the
+    requantizes with llama.cpp's weighted quantizers (Q4_0/Q4_1/Q5_0/Q5_1, Q2_K to Q6_K; the
     tensors are reported as ``requantized-imatrix``). ``progress`` sees phases ``calibrate`` and
     ``imatrix``.
 

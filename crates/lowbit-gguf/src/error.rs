@@ -137,7 +137,7 @@ pub enum GgufError {
         ty: GgmlType,
     },
     /// A type without an importance-weighted quantizer.
-    #[error("{ty:?} has no importance-weighted quantizer in lowbit (Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K have)")]
+    #[error("{ty:?} has no importance-weighted quantizer in lowbit (the 4/5-bit types and K-quants have)")]
     NoWeightedQuantizer {
         /// The type.
         ty: GgmlType,

@@ -145,8 +145,8 @@ pub const REGISTRY: &[TypeTraits] = &[
     weighted_row::<blocks::BlockQ5_0>("Q5_0"),
     weighted_row::<blocks::BlockQ5_1>("Q5_1"),
     block_row::<blocks::BlockQ8_0>("Q8_0"),
-    block_row::<blocks::BlockQ2K>("Q2_K"),
-    block_row::<blocks::BlockQ3K>("Q3_K"),
+    weighted_row::<blocks::BlockQ2K>("Q2_K"),
+    weighted_row::<blocks::BlockQ3K>("Q3_K"),
     weighted_row::<blocks::BlockQ4K>("Q4_K"),
     weighted_row::<blocks::BlockQ5K>("Q5_K"),
     weighted_row::<blocks::BlockQ6K>("Q6_K"),
@@ -219,8 +219,7 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
 /// (`ggml_quantize_chunk` given `imatrix`, as `llama-quantize --imatrix` runs it): `imatrix`
 /// holds one importance per column, the mean x^2 of the layer's input. A row must be whole
 /// blocks and `src` whole rows. The float types, Q8_0 (whose llama.cpp quantizer ignores an
-/// importance matrix), Q8_K, and Q2_K/Q3_K (not ported) are refused with
-/// [`GgufError::NoWeightedQuantizer`].
+/// importance matrix) and Q8_K are refused with [`GgufError::NoWeightedQuantizer`].
 pub fn quantize_weighted(ty: GgmlType, src: &[f32], imatrix: &[f32]) -> Result<Vec<u8>> {
     let q = ty.traits().quantize_weighted.ok_or(GgufError::NoWeightedQuantizer { ty })?;
     let row_bytes = ty.blocks_checked(imatrix.len())?;

@@ -216,8 +216,17 @@ fn json_of(v: &GgufValue) -> Value {
 }
 
 /// The types with an importance-weighted quantizer.
-const WEIGHTED: [GgmlType; 7] =
-    [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
+const WEIGHTED: [GgmlType; 9] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
 
 /// llama.cpp's own weighted quantizers (`ggml_quantize_chunk` with an imatrix, from the
 /// libggml-base of llama-cpp-python, built from its sdist by `make loaders`) give our bytes. That

@@ -8,8 +8,17 @@ use common::Rng;
 use lowbit_gguf::{dequantize_to_vec, quantize, quantize_weighted, GgmlType, GgufError};
 use proptest::prelude::*;
 
-const WEIGHTED: [GgmlType; 7] =
-    [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
+const WEIGHTED: [GgmlType; 9] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
 
 /// Σ qw[col] (x - x̂)² over every row.
 fn weighted_error(ty: GgmlType, x: &[f32], bytes: &[u8], qw: &[f32]) -> f64 {

@@ -5,8 +5,7 @@
 //! multi-byte fields are little-endian. Each block is `#[repr(C)]` and [`bytemuck::Pod`], so a
 //! slice of file bytes is a slice of blocks; its size is checked at compile time.
 //!
-//! The types llama.cpp quantizes with an importance matrix (Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K,
-//! Q6_K) also implement [`WeightedBlock`]: its `quantize_row_*_impl` with `quant_weights`, a
+//! The types llama.cpp quantizes with an importance matrix (Q4_0, Q4_1, Q5_0, Q5_1, Q2_K-Q6_K) also implement [`WeightedBlock`]: its `quantize_row_*_impl` with `quant_weights`, a
 //! different search from the reference quantizer's even when every importance is 1 (llama.cpp
 //! calls the reference quantizer only when no importance matrix is given).
 //!
