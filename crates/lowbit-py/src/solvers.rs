@@ -70,6 +70,7 @@ fn gptq_quantize_py<'py>(
     }
     let cfg = GptqConfig {
         scheme: scheme(bits, group_size, symmetric)?,
+        codebook: None,
         act_order,
         static_groups,
         block_size,

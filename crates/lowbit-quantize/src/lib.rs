@@ -24,7 +24,7 @@ mod stash;
 pub use calib::{windows_from_stream, CalibSource};
 pub use error::{QuantizeError, Result};
 pub use lowbit_solvers::MethodConfig;
-pub use options::{peak_rss_bytes, LayerStat, QuantizeOptions, QuantizeReport};
+pub use options::{peak_rss_bytes, LayerStat, QuantizeOptions, QuantizeReport, WeightFormat};
 pub use output::MANIFEST_FILE;
 pub use pipeline::{partial_dir, quantize_model, CHECKPOINT_INTERVAL};
 pub use roles::TensorScheme;

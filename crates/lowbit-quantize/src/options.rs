@@ -3,10 +3,42 @@
 use crate::calib::CalibSource;
 use crate::roles::TensorScheme;
 use crate::{QuantizeError, Result};
-use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
+use lowbit_core::{Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype, Scheme};
 use lowbit_solvers::{CalibShape, MethodConfig};
 use serde::Serialize;
 use serde_json::{json, Value};
+
+/// What the block linears' codes are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// Integer codes with group scales (and zero points).
+    #[default]
+    Int,
+    /// QLoRA's NormalFloat-4 codebook, scaled by each block's absmax.
+    Nf4,
+    /// FP4 (E2M1), scaled by each block's absmax.
+    Fp4,
+}
+
+impl WeightFormat {
+    /// The names, as the option table lists them.
+    pub const NAMES: &'static [&'static str] = &["int", "nf4", "fp4"];
+
+    /// The lowercase name.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// The format called `name`.
+    pub fn from_name(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "int" => Ok(WeightFormat::Int),
+            "nf4" => Ok(WeightFormat::Nf4),
+            "fp4" => Ok(WeightFormat::Fp4),
+            other => Err(format!("expected int, nf4 or fp4, got {other:?}")),
+        }
+    }
+}
 
 /// Options of [`crate::quantize_model`]: the common ones, and the method with its own settings.
 /// Python and the CLI set them through the table in [`crate::spec`].
@@ -20,6 +52,12 @@ pub struct QuantizeOptions {
     pub group_size: Option<usize>,
     /// Symmetric codes (no stored zero point).
     pub sym: bool,
+    /// Integer codes, or a 4-bit codebook (NF4/FP4: `bits` must be 4 and `group_size` is the
+    /// absmax block; RTN and GPTQ).
+    pub format: WeightFormat,
+    /// NF4/FP4: quantize the block absmax values to 8 bits in blocks of 256 (QLoRA's double
+    /// quantization).
+    pub double_quant: bool,
     /// Storage of the group scales (f16, as GPTQ/AWQ checkpoints; f32 doubles their bytes).
     pub scale_dtype: ScaleDtype,
     /// Storage of the token embedding (int8 per channel: a quarter of f32, near-lossless).
@@ -51,6 +89,8 @@ impl Default for QuantizeOptions {
             bits: 4,
             group_size: Some(128),
             sym: false,
+            format: WeightFormat::Int,
+            double_quant: false,
             scale_dtype: ScaleDtype::F16,
             embed: TensorScheme::Int { bits: Bits::B8, group: None },
             lm_head: None,
@@ -66,23 +106,40 @@ impl Default for QuantizeOptions {
 }
 
 impl QuantizeOptions {
-    /// The common integer scheme (min-max ranges; the method adds its own range search).
-    pub fn scheme(&self) -> Result<IntScheme> {
+    /// The common scheme: integer codes (min-max ranges; the method adds its own range search)
+    /// or a codebook.
+    pub fn scheme(&self) -> Result<Scheme> {
+        let bad = |r: String| Err(QuantizeError::input("quantize", r));
+        let scheme = match (self.format, self.double_quant) {
+            (WeightFormat::Int, true) => return bad("double_quant applies to the nf4 and fp4 formats".into()),
+            (WeightFormat::Int, false) => Scheme::Int(self.int_scheme()?),
+            (format, double_quant) => {
+                if self.bits != 4 {
+                    return bad(format!("{} is a 4-bit codebook: bits must be 4, got {}", format.name(), self.bits));
+                }
+                let Some(block_size) = self.group_size.filter(|&g| g > 0) else {
+                    return bad(format!(
+                        "{} scales blocks of weights by their absmax: give a block size as group_size (QLoRA uses 64)",
+                        format.name()
+                    ));
+                };
+                let codebook = if format == WeightFormat::Nf4 { Codebook::Nf4 } else { Codebook::Fp4 };
+                Scheme::Codebook(CodebookScheme { codebook, block_size, double_quant })
+            }
+        };
+        self.method.solver().validate(&scheme).map_err(|e| QuantizeError::input("quantize", e.to_string()))?;
+        Ok(scheme)
+    }
+
+    /// The integer scheme of `bits`, `group_size`, `sym` and `scale_dtype`.
+    fn int_scheme(&self) -> Result<IntScheme> {
         let bits = Bits::try_from(self.bits)?;
         let granularity = match self.group_size {
             None => Granularity::PerChannel,
             Some(0) => return Err(QuantizeError::input("quantize", "group_size must be positive")),
             Some(g) => Granularity::Group(g),
         };
-        let scheme = IntScheme {
-            bits,
-            symmetric: self.sym,
-            granularity,
-            scale_dtype: self.scale_dtype,
-            clip: ClipSearch::MinMax,
-        };
-        self.method.solver().validate(&scheme).map_err(|e| QuantizeError::input("quantize", e.to_string()))?;
-        Ok(scheme)
+        Ok(IntScheme { bits, symmetric: self.sym, granularity, scale_dtype: self.scale_dtype, clip: ClipSearch::MinMax })
     }
 
     /// What the method's statistics need to know about the calibration data.
@@ -121,6 +178,11 @@ impl QuantizeOptions {
             "embed": self.embed.name(),
             "lm_head": self.lm_head.map_or("embed", TensorScheme::name),
         });
+        if self.format != WeightFormat::Int {
+            // Only where set: integer runs keep the manifests (and resume fingerprints) they had.
+            v["weight_format"] = self.format.name().into();
+            v["double_quant"] = self.double_quant.into();
+        }
         let solver = self.method.solver();
         for (k, val) in solver.params(self.calib_shape()) {
             v[k] = val;

@@ -26,7 +26,7 @@ use crate::output::write_output;
 use crate::stash::Stash;
 use crate::{QuantizeError, Result};
 use lowbit_core::progress::{phase, Progress};
-use lowbit_core::{IntScheme, QParams, QTensor, Scales};
+use lowbit_core::{QParams, QTensor, Scales, Scheme};
 use lowbit_cpu::Cpu;
 use lowbit_cpu::{Linear, WeightKind};
 use lowbit_model::block::{Block, Scratch, Span};
@@ -106,7 +106,7 @@ pub fn partial_dir(out: &Path) -> PathBuf {
 
 struct Ctx<'a> {
     opts: &'a QuantizeOptions,
-    scheme: IntScheme,
+    scheme: Scheme,
     cfg: ModelConfig,
     seqlen: usize,
     notes: Vec<String>,
@@ -129,7 +129,15 @@ fn run(
     for (what, cols) in
         [("hidden_size", cfg.hidden_size), ("q_dim", cfg.q_dim()), ("intermediate_size", cfg.intermediate_size)]
     {
-        scheme.granularity.validate(cols, scheme.bits).map_err(|e| {
+        let fits = match scheme {
+            Scheme::Int(s) => s.granularity.validate(cols, s.bits).map_err(|e| e.to_string()),
+            // Whole blocks per row: the absmax blocks then never straddle two output channels.
+            Scheme::Codebook(c) if cols % c.block_size != 0 => {
+                Err(format!("{cols} is not a multiple of the block size {}", c.block_size))
+            }
+            Scheme::Codebook(_) => Ok(()),
+        };
+        fits.map_err(|e| {
             QuantizeError::input("quantize", format!("group size does not fit the model's {what} of {cols}: {e}"))
         })?;
     }

@@ -6,7 +6,7 @@
 //! Adding an option is one row here (and the field it sets). Calibration *data* (a file, token
 //! ids, data-free) is not an option row: it is the pipeline's input, passed separately.
 
-use crate::options::QuantizeOptions;
+use crate::options::{QuantizeOptions, WeightFormat};
 use crate::roles::{TensorScheme, HEAD_SCHEME_NAMES, SAME_AS_EMBED, TENSOR_SCHEME_NAMES};
 use crate::{QuantizeError, Result};
 use lowbit_core::ScaleDtype;
@@ -214,6 +214,34 @@ pub const OPTIONS: &[OptionSpec] = &[
         get: |o| OptionValue::Bool(o.sym),
         set: |o, v| {
             o.sym = bool_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "format",
+        kind: OptionKind::Choice(WeightFormat::NAMES),
+        optional: false,
+        help: "codes: int (with scales and zero points), or QLoRA's 4-bit codebooks nf4 / fp4 (bits 4, group_size = the absmax block, 64 in QLoRA; rtn and gptq)",
+        methods: &[],
+        cli: Some("--format"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Str(o.format.name().into()),
+        set: |o, v| {
+            o.format = WeightFormat::from_name(str_of(v)?)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "double_quant",
+        kind: OptionKind::Bool,
+        optional: false,
+        help: "nf4/fp4: quantize the block absmax values to 8 bits in blocks of 256 (QLoRA's double quantization)",
+        methods: &[],
+        cli: Some("--double-quant"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Bool(o.double_quant),
+        set: |o, v| {
+            o.double_quant = bool_of(v)?;
             Ok(())
         },
     },

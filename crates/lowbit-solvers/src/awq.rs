@@ -30,14 +30,14 @@
 use crate::gptq::group_layout;
 use crate::hessian::{check_finite_activations, Hessian, HessianPrecision};
 use crate::method::{
-    downcast, CalibShape, FoldTarget, Group, GroupSolution, LayerWeight, MethodInfo, QuantMethod, Role, SolvedLayer,
-    Statistics,
+    downcast, int_scheme, CalibShape, FoldTarget, Group, GroupSolution, LayerWeight, MethodInfo, QuantMethod, Role,
+    SolvedLayer, Statistics,
 };
 use crate::par::faer_par;
 use crate::report::LayerReport;
 use crate::{Result, SolverError};
 use faer::{Accum, Mat, MatRef};
-use lowbit_core::{check_finite, rtn, IntScheme, QTensor};
+use lowbit_core::{check_finite, rtn, IntScheme, QTensor, Scheme};
 use serde_json::{Map, Value};
 use std::time::Instant;
 
@@ -571,7 +571,8 @@ impl QuantMethod for AwqMethod {
     fn info(&self) -> MethodInfo {
         MethodInfo { name: "awq", aliases: &[], calibrated: true }
     }
-    fn validate(&self, _scheme: &IntScheme) -> Result<()> {
+    fn validate(&self, scheme: &Scheme) -> Result<()> {
+        int_scheme(scheme, "awq")?;
         if self.samples == 0 {
             return Err(SolverError::param("awq_samples", 0, "it must be at least 1"));
         }
@@ -598,7 +599,7 @@ impl QuantMethod for AwqMethod {
     /// weights; with zero points both ends of each range are refined.
     fn solve_group(&self, group: &Group, stats: &dyn Statistics) -> Result<GroupSolution> {
         let st = &downcast::<AwqCollector>(stats, "awq")?.stats;
-        let (scheme, cols) = (group.scheme, group.cols);
+        let (scheme, cols) = (int_scheme(&group.scheme, "awq")?, group.cols);
         if group.fold == FoldTarget::None {
             return Err(SolverError::param("fold target", "none", "AWQ folds its scales into the preceding op"));
         }

@@ -25,6 +25,11 @@
 //!   before the sweep from the original weights: the same parameters as RTN.
 //! * Per-channel is one group per row, chosen before any update.
 //!
+//! **Codebooks** (QLoRA's NF4/FP4, [`GptqConfig::codebook`]): each block's absmax is chosen
+//! before the sweep from the original weights (like static groups; double-quantized first when
+//! asked, so the sweep rounds against the absmax the saved model holds), and each weight goes to
+//! the nearest table entry times its block's absmax. The error feedback is the same for any grid.
+//!
 //! Dead inputs (`H_ii == 0`) get `H_ii = 1` and a zero weight column, as in the reference.
 
 use crate::hessian::{Hessian, HessianPrecision};
@@ -37,7 +42,10 @@ use crate::{Result, SolverError};
 use faer::{Accum, Mat, MatMut, MatRef};
 use lowbit_core::pack::pack;
 use lowbit_core::rtn::{choose_params, GroupParams};
-use lowbit_core::{check_finite, Granularity, IntScheme, QParams, QTensor, Scales, Scheme};
+use lowbit_core::codebook::Absmax;
+use lowbit_core::{
+    check_finite, Bits, Codebook, CodebookScheme, Granularity, IntScheme, QParams, QTensor, Scales, Scheme,
+};
 use serde_json::{Map, Value};
 use std::time::Instant;
 
@@ -49,6 +57,9 @@ pub const DEFAULT_BLOCK_SIZE: usize = 128;
 pub struct GptqConfig {
     /// Output format: bits, symmetric or not, per-channel or groups, scale dtype, range search.
     pub scheme: IntScheme,
+    /// Round to this 4-bit codebook instead (`scheme` then only gives the block size, as its
+    /// group size).
+    pub codebook: Option<CodebookScheme>,
     /// Quantize columns by descending `H_cc` ("act-order", `--act-order` in the reference).
     pub act_order: bool,
     /// Choose every group's parameters from the original weights before the sweep.
@@ -64,6 +75,7 @@ impl GptqConfig {
     pub fn new(scheme: IntScheme) -> Self {
         GptqConfig {
             scheme,
+            codebook: None,
             act_order: false,
             static_groups: false,
             block_size: DEFAULT_BLOCK_SIZE,
@@ -110,10 +122,18 @@ impl GptqMethod {
         self.static_groups.unwrap_or(self.act_order)
     }
 
+    /// The per-layer solver settings for a codebook scheme: its block absmax plays the part of
+    /// static group parameters.
+    pub fn codebook_config(&self, codebook: CodebookScheme) -> GptqConfig {
+        let blocks = IntScheme::group(Bits::B4, codebook.block_size);
+        GptqConfig { codebook: Some(codebook), ..self.config(blocks) }
+    }
+
     /// The per-layer solver settings for the common scheme.
     pub fn config(&self, scheme: IntScheme) -> GptqConfig {
         GptqConfig {
             scheme: with_clip(scheme, self.mse_clip),
+            codebook: None,
             act_order: self.act_order,
             static_groups: self.static_groups(),
             block_size: self.block_size,
@@ -132,7 +152,7 @@ impl QuantMethod for GptqMethod {
     fn info(&self) -> MethodInfo {
         MethodInfo { name: "gptq", aliases: &[], calibrated: true }
     }
-    fn validate(&self, _scheme: &IntScheme) -> Result<()> {
+    fn validate(&self, _scheme: &Scheme) -> Result<()> {
         if !(self.percdamp.is_finite() && self.percdamp >= 0.0) {
             return Err(SolverError::param("percdamp", self.percdamp, "it must be finite and >= 0"));
         }
@@ -157,7 +177,10 @@ impl QuantMethod for GptqMethod {
     }
     fn solve_group(&self, group: &Group, stats: &dyn Statistics) -> Result<GroupSolution> {
         let h: &Hessian = downcast(stats, "gptq")?;
-        let cfg = self.config(group.scheme);
+        let cfg = match group.scheme {
+            Scheme::Int(s) => self.config(s),
+            Scheme::Codebook(c) => self.codebook_config(c),
+        };
         // The layers of a group (q/k/v, gate/up) are independent sweeps: solved side by side,
         // since one sweep's column loop keeps only one core busy.
         let solve = |l: &crate::method::GroupLayer| {
@@ -248,18 +271,38 @@ pub fn gptq_quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &Gpt
     let start = Instant::now();
     let prep = prepare(w, rows, cols, h, cfg)?;
     let scheme = cfg.scheme;
-    let (_, groups) = group_layout(scheme.granularity, cols);
+    let (g, groups) = group_layout(scheme.granularity, cols);
     let Prepared { perm, u, w, damping, dead } = prep;
-    let chosen = if cfg.static_groups || scheme.granularity == Granularity::PerChannel {
+    let chosen = if cfg.codebook.is_none() && (cfg.static_groups || scheme.granularity == Granularity::PerChannel) {
         Some(choose_params(&w, rows, cols, scheme)?)
     } else {
         None
     };
+    // Codebooks: the blocks' absmax from the original weights (row-major blocks, as lowbit-core
+    // lays them out when each row holds whole blocks), double-quantized where asked.
+    let absmax = match cfg.codebook {
+        Some(c) => {
+            if cols % g != 0 {
+                return Err(SolverError::param(
+                    "group_size",
+                    g,
+                    "codebook blocks must divide the input width for GPTQ (each row whole blocks)",
+                ));
+            }
+            let raw: Vec<f32> = w.chunks(g).map(|b| b.iter().fold(0.0f32, |m, x| m.max(x.abs()))).collect();
+            Some(if c.double_quant { Absmax::double_quantize(&raw) } else { Absmax::F32(raw) })
+        }
+        None => None,
+    };
+    let absmax_values: Vec<f32> = absmax.as_ref().map_or(vec![], |a| (0..rows * groups).map(|i| a.get(i)).collect());
     let blocks: Vec<(usize, usize)> =
         (0..rows).step_by(SWEEP_ROWS).map(|r0| (r0, (r0 + SWEEP_ROWS).min(rows))).collect();
     let run = |&(r0, r1): &(usize, usize)| {
-        let fixed = chosen.as_ref().map(|p| &p[r0 * groups..r1 * groups]);
-        sweep(&w[r0 * cols..r1 * cols], r1 - r0, cols, &perm, &u, cfg, fixed)
+        let grid = match cfg.codebook {
+            Some(c) => Grid::Codebook(c.codebook, &absmax_values[r0 * groups..r1 * groups]),
+            None => Grid::Int(chosen.as_ref().map(|p| &p[r0 * groups..r1 * groups])),
+        };
+        sweep(&w[r0 * cols..r1 * cols], r1 - r0, cols, &perm, &u, cfg, grid)
     };
     let swept: Vec<Result<Swept>> = if lowbit_core::par::ENABLED {
         use rayon::prelude::*;
@@ -274,7 +317,15 @@ pub fn gptq_quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &Gpt
         params.extend_from_slice(&part.params);
         loss += part.loss;
     }
-    let qtensor = assemble(rows, cols, scheme, &codes, &params)?;
+    let qtensor = match (cfg.codebook, absmax) {
+        (Some(c), Some(absmax)) => QTensor::from_parts(
+            vec![rows, cols],
+            Scheme::Codebook(c),
+            pack(&codes, Bits::B4)?,
+            QParams::Codebook { absmax },
+        )?,
+        _ => assemble(rows, cols, scheme, &codes, &params)?,
+    };
     let report = LayerReport {
         method: "gptq",
         loss,
@@ -288,6 +339,16 @@ pub fn gptq_quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &Gpt
 /// Weight rows per independent sweep of [`gptq_quantize`].
 const SWEEP_ROWS: usize = 96;
 
+/// What the sweep rounds each weight to.
+#[derive(Clone, Copy)]
+enum Grid<'a> {
+    /// Integer codes: group parameters chosen before the sweep (`Some`, `[rows * groups]`), or
+    /// as the sweep reaches each group.
+    Int(Option<&'a [GroupParams]>),
+    /// The codebook's entries times each block's absmax (`[rows * groups]`, fixed).
+    Codebook(Codebook, &'a [f32]),
+}
+
 /// What one block of rows' sweep produced.
 struct Swept {
     codes: Vec<u8>,
@@ -296,8 +357,7 @@ struct Swept {
 }
 
 /// GPTQ's column sweep over `rows` rows of `w` (row-major, original column order): columns in the
-/// order `perm` with `U` of the permuted `H^-1`, group parameters `fixed` (chosen before the
-/// sweep) or chosen as the sweep reaches each group.
+/// order `perm` with `U` of the permuted `H^-1`, each weight rounded on `grid`.
 fn sweep(
     w: &[f32],
     rows: usize,
@@ -305,7 +365,7 @@ fn sweep(
     perm: &[usize],
     u: &Mat<f64>,
     cfg: &GptqConfig,
-    fixed: Option<&[GroupParams]>,
+    grid: Grid,
 ) -> Result<Swept> {
     let scheme = cfg.scheme;
     let (g, groups) = group_layout(scheme.granularity, cols);
@@ -318,9 +378,13 @@ fn sweep(
     // params[r * groups + G]; `ready[G]` once group G's parameters are chosen.
     let mut params = vec![GroupParams { scale: 1.0, zero: 0 }; rows * groups];
     let mut ready = vec![false; groups];
-    if let Some(p) = fixed {
-        params.copy_from_slice(p);
-        ready.fill(true);
+    match grid {
+        Grid::Int(Some(p)) => {
+            params.copy_from_slice(p);
+            ready.fill(true);
+        }
+        Grid::Codebook(..) => ready.fill(true),
+        Grid::Int(None) => {}
     }
 
     // Working weights in f64, column-major in permuted order: column k = original perm[k].
@@ -372,11 +436,22 @@ fn sweep(
             let wcol = &done[k * rows..];
             let ecol = &mut err1[i * rows..(i + 1) * rows];
             for r in 0..rows {
-                let p = params[r * groups + grp];
                 let x = wcol[r];
-                let q = p.quantize(x as f32, maxq);
+                let (q, dq) = match grid {
+                    Grid::Int(_) => {
+                        let p = params[r * groups + grp];
+                        let q = p.quantize(x as f32, maxq);
+                        (q, p.dequantize(q))
+                    }
+                    // lowbit-core's codebook rule: nearest entry to w / absmax, in f32.
+                    Grid::Codebook(book, absmax) => {
+                        let a = absmax[r * groups + grp];
+                        let q = book.nearest(if a == 0.0 { 0.0 } else { x as f32 / a });
+                        (q, book.table()[usize::from(q)] * a)
+                    }
+                };
                 codes[r * cols + c] = q;
-                let e = (x - f64::from(p.dequantize(q))) / d;
+                let e = (x - f64::from(dq)) / d;
                 loss += e * e / 2.0;
                 ecol[r] = e;
             }

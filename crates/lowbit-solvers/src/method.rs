@@ -22,7 +22,7 @@ use crate::report::LayerReport;
 use crate::rtn::RtnMethod;
 use crate::smoothquant::SmoothQuantMethod;
 use crate::{Result, SolverError};
-use lowbit_core::{IntScheme, QTensor};
+use lowbit_core::{IntScheme, QTensor, Scheme};
 use serde_json::{Map, Value};
 use std::any::Any;
 use std::fmt::Debug;
@@ -162,9 +162,22 @@ pub struct Group<'a> {
     pub cols: usize,
     /// Where scales could be folded.
     pub fold: FoldTarget,
-    /// The common scheme (bits, symmetric, groups, scale dtype); each method adds its own range
-    /// search or overrides it (SmoothQuant is int8 per channel).
-    pub scheme: IntScheme,
+    /// The common scheme: integer codes (bits, symmetric, groups, scale dtype; each method adds
+    /// its own range search or overrides it, SmoothQuant is int8 per channel) or a 4-bit
+    /// codebook (NF4/FP4 with block absmax; RTN and GPTQ only).
+    pub scheme: Scheme,
+}
+
+/// The integer scheme of `scheme`, or the error of a method that only produces integer codes.
+pub(crate) fn int_scheme(scheme: &Scheme, method: &'static str) -> Result<IntScheme> {
+    match scheme {
+        Scheme::Int(s) => Ok(*s),
+        Scheme::Codebook(c) => Err(SolverError::param(
+            "format",
+            format!("{} with method {method}", format!("{:?}", c.codebook).to_lowercase()),
+            "this method produces integer codes; nf4 and fp4 work with rtn and gptq",
+        )),
+    }
 }
 
 /// One solved layer.
@@ -247,7 +260,7 @@ pub trait QuantMethod: Debug + Send + Sync {
         self.info().calibrated
     }
     /// Checks the method's settings and the common scheme it is asked to produce.
-    fn validate(&self, scheme: &IntScheme) -> Result<()>;
+    fn validate(&self, scheme: &Scheme) -> Result<()>;
     /// The method's parameters for the manifest and `quantization_config` (beyond the common
     /// bits, group size, symmetry, scale dtype and calibration).
     fn params(&self, calib: CalibShape) -> Map<String, Value>;

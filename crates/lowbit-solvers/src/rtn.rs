@@ -4,7 +4,7 @@
 use crate::method::{CalibShape, Group, GroupSolution, MethodInfo, NoStatistics, QuantMethod, SolvedLayer, Statistics};
 use crate::report::LayerReport;
 use crate::{Result, SolverError};
-use lowbit_core::{rtn, ClipSearch, IntScheme, QTensor};
+use lowbit_core::{codebook, rtn, ClipSearch, CodebookScheme, IntScheme, QTensor, Scheme};
 use serde_json::{Map, Value};
 use std::time::Instant;
 
@@ -33,7 +33,10 @@ impl QuantMethod for RtnMethod {
     fn info(&self) -> MethodInfo {
         MethodInfo { name: "rtn", aliases: &[], calibrated: false }
     }
-    fn validate(&self, _scheme: &IntScheme) -> Result<()> {
+    fn validate(&self, scheme: &Scheme) -> Result<()> {
+        if self.mse_clip && matches!(scheme, Scheme::Codebook(_)) {
+            return Err(SolverError::param("mse_clip", true, "nf4/fp4 blocks are scaled by their absmax: no range search"));
+        }
         Ok(())
     }
     fn params(&self, _calib: CalibShape) -> Map<String, Value> {
@@ -43,7 +46,10 @@ impl QuantMethod for RtnMethod {
         Box::new(NoStatistics)
     }
     fn solve_group(&self, group: &Group, _stats: &dyn Statistics) -> Result<GroupSolution> {
-        let layers = rtn_layers(group, with_clip(group.scheme, self.mse_clip))?;
+        let layers = match group.scheme {
+            Scheme::Int(s) => rtn_layers(group, with_clip(s, self.mse_clip))?,
+            Scheme::Codebook(c) => codebook_layers(group, c)?,
+        };
         Ok(GroupSolution { layers, fold: None, int8_activations: false })
     }
 }
@@ -57,6 +63,22 @@ pub(crate) fn rtn_layers(group: &Group, scheme: IntScheme) -> Result<Vec<SolvedL
         .map(|l| {
             let out = rtn_quantize(l.w, l.rows, group.cols, scheme)?;
             Ok(SolvedLayer { qtensor: out.qtensor, report: out.report, alpha: None })
+        })
+        .collect()
+}
+
+/// Every layer of `group` in a codebook (QLoRA's NF4/FP4 quantization: nearest entry per weight).
+fn codebook_layers(group: &Group, scheme: CodebookScheme) -> Result<Vec<SolvedLayer>> {
+    group
+        .layers
+        .iter()
+        .map(|l| {
+            let start = Instant::now();
+            let qtensor = codebook::quantize(l.w, &[l.rows, group.cols], scheme)?;
+            let loss = squared_error(l.w, &qtensor.dequantize());
+            let seconds = start.elapsed().as_secs_f64();
+            let report = LayerReport { method: "rtn", loss, damping: None, dead_inputs: 0, seconds };
+            Ok(SolvedLayer { qtensor, report, alpha: None })
         })
         .collect()
 }

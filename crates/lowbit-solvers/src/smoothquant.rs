@@ -12,8 +12,8 @@
 
 use crate::hessian::check_finite_activations;
 use crate::method::{
-    downcast, CalibShape, FoldTarget, Group, GroupSolution, LayerWeight, MethodInfo, QuantMethod, SolvedLayer,
-    Statistics,
+    downcast, int_scheme, CalibShape, FoldTarget, Group, GroupSolution, LayerWeight, MethodInfo, QuantMethod,
+    SolvedLayer, Statistics,
 };
 use crate::report::LayerReport;
 use crate::rtn::rtn_layers;
@@ -239,7 +239,8 @@ impl QuantMethod for SmoothQuantMethod {
     fn info(&self) -> MethodInfo {
         MethodInfo { name: "smoothquant", aliases: &["sq"], calibrated: true }
     }
-    fn validate(&self, scheme: &IntScheme) -> Result<()> {
+    fn validate(&self, scheme: &Scheme) -> Result<()> {
+        let scheme = int_scheme(scheme, "smoothquant")?;
         if scheme.bits != Bits::B8 || scheme.granularity != Granularity::PerChannel || !scheme.symmetric {
             return Err(SolverError::param(
                 "scheme",

@@ -6,7 +6,8 @@ mod common;
 use common::{correlated_activations, hessian_of, layer_error, Rng};
 use lowbit_core::pack::unpack;
 use lowbit_core::rtn::{choose_params, group_params, GroupParams};
-use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, ScaleDtype};
+use lowbit_core::codebook::{self, Absmax};
+use lowbit_core::{Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype, Scheme};
 use lowbit_solvers::gptq::{prepare, Prepared};
 use lowbit_solvers::{gptq_quantize, output_error, rtn_quantize, GptqConfig, Hessian, SolverError};
 
@@ -245,4 +246,105 @@ fn bad_inputs_are_clear_errors() {
     let mut nanw = w.clone();
     nanw[7] = f32::NAN;
     assert!(matches!(gptq_quantize(&nanw, 4, cols, &h, &cfg), Err(SolverError::Core(_))));
+}
+
+/// Textbook GPTQ on a codebook grid: absmax per row block from the prepared weights (double-
+/// quantized where asked), each weight to the nearest entry times its absmax, the error spread
+/// at once over every later column.
+fn textbook_codebook_gptq(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &GptqConfig) -> Vec<u8> {
+    let cb = cfg.codebook.unwrap();
+    let bs = cb.block_size;
+    let Prepared { perm, u, w, .. } = prepare(w, rows, cols, h, cfg).unwrap();
+    let raw: Vec<f32> = w.chunks(bs).map(|b| b.iter().fold(0.0f32, |m, x| m.max(x.abs()))).collect();
+    let absmax = if cb.double_quant { Absmax::double_quantize(&raw) } else { Absmax::F32(raw) };
+    let table = cb.codebook.table();
+    let mut wf: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
+    let mut codes = vec![0u8; rows * cols];
+    for k in 0..cols {
+        let c = perm[k];
+        for r in 0..rows {
+            let a = absmax.get((r * cols + c) / bs);
+            let x = wf[r * cols + c];
+            // Nearest entry by brute force (ties to the lower index, as lowbit-core).
+            let t = if a == 0.0 { 0.0 } else { x as f32 / a };
+            let q = (0..16).min_by(|&i, &j| (t - table[i]).abs().total_cmp(&(t - table[j]).abs())).unwrap();
+            codes[r * cols + c] = q as u8;
+            let e = (x - f64::from(table[q] * a)) / u[(k, k)];
+            for j in k + 1..cols {
+                wf[r * cols + perm[j]] -= e * u[(k, j)];
+            }
+        }
+    }
+    codes
+}
+
+fn codebook_config(codebook: Codebook, block_size: usize, double_quant: bool, act_order: bool) -> GptqConfig {
+    let c = CodebookScheme { codebook, block_size, double_quant };
+    GptqConfig {
+        codebook: Some(c),
+        act_order,
+        block_size: 40,
+        ..GptqConfig::new(scheme(Bits::B4, true, Granularity::Group(block_size)))
+    }
+}
+
+#[test]
+fn codebook_gptq_matches_its_textbook_and_stores_the_absmax_it_swept_with() {
+    let (rows, cols, tokens) = (24, 96, 400);
+    let mut seed = 0;
+    for codebook in [Codebook::Nf4, Codebook::Fp4] {
+        for (bs, double_quant) in [(16, false), (32, true), (48, false)] {
+            for act_order in [false, true] {
+                seed += 1;
+                let mut rng = Rng::new(500 + seed);
+                let x = correlated_activations(&mut rng, tokens, cols);
+                let w = rng.normals(rows * cols, 0.05);
+                let h = hessian_of(&x, cols);
+                let cfg = codebook_config(codebook, bs, double_quant, act_order);
+                let out = gptq_quantize(&w, rows, cols, &h, &cfg).unwrap();
+                let q = &out.qtensor;
+                assert_eq!(*q.scheme(), Scheme::Codebook(cfg.codebook.unwrap()));
+                let got = unpack(q.codes(), Bits::B4, q.numel()).unwrap();
+                let want = textbook_codebook_gptq(&w, rows, cols, &h, &cfg);
+                let diff = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+                assert!(diff <= 1, "{codebook:?} bs={bs} dq={double_quant} act={act_order}: {diff} codes differ");
+                // The stored absmax is the one lowbit-core's own NF4 quantization would choose.
+                let direct = codebook::quantize(&w, &[rows, cols], cfg.codebook.unwrap()).unwrap();
+                assert_eq!(q.params(), direct.params());
+            }
+        }
+    }
+}
+
+#[test]
+fn codebook_gptq_beats_codebook_rtn() {
+    let (rows, cols, tokens) = (32, 96, 512);
+    for codebook in [Codebook::Nf4, Codebook::Fp4] {
+        let (mut sum_gptq, mut sum_rtn) = (0.0, 0.0);
+        for seed in 0..6 {
+            let mut rng = Rng::new(2000 + seed);
+            let x = correlated_activations(&mut rng, tokens, cols);
+            let w = rng.normals(rows * cols, 0.05);
+            let h = hessian_of(&x, cols);
+            let cfg = codebook_config(codebook, 32, true, true);
+            let gq = gptq_quantize(&w, rows, cols, &h, &cfg).unwrap().qtensor.dequantize();
+            let rq = codebook::quantize(&w, &[rows, cols], cfg.codebook.unwrap()).unwrap().dequantize();
+            let (eg, er) = (layer_error(&w, &gq, rows, cols, &x), layer_error(&w, &rq, rows, cols, &x));
+            assert!(eg < er, "{codebook:?} seed {seed}: gptq {eg} vs rtn {er}");
+            sum_gptq += eg;
+            sum_rtn += er;
+        }
+        assert!(sum_gptq < 0.9 * sum_rtn, "{codebook:?}: {sum_gptq} vs {sum_rtn}");
+    }
+}
+
+#[test]
+fn codebook_gptq_refuses_blocks_that_straddle_rows() {
+    let (rows, cols) = (4, 40);
+    let mut rng = Rng::new(3);
+    let x = correlated_activations(&mut rng, 64, cols);
+    let h = hessian_of(&x, cols);
+    let w = rng.normals(rows * cols, 0.05);
+    let err = gptq_quantize(&w, rows, cols, &h, &codebook_config(Codebook::Nf4, 16, false, false)).unwrap_err();
+    assert!(err.to_string().contains("block"), "{err}");
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{correlated_activations, Rng};
-use lowbit_core::{Bits, Granularity, IntScheme};
+use lowbit_core::{Bits, Granularity, IntScheme, Scheme};
 use lowbit_solvers::awq::{awq_quantize, AwqConfig, AwqStats};
 use lowbit_solvers::LayerWeight;
 use lowbit_solvers::{
@@ -42,7 +42,7 @@ fn setup(
 }
 
 fn group<'a>(w: &'a [f32], rows: usize, cols: usize, role: Role, fold: FoldTarget, scheme: IntScheme) -> Group<'a> {
-    Group { layers: vec![GroupLayer { role, w, rows }], cols, fold, scheme }
+    Group { layers: vec![GroupLayer { role, w, rows }], cols, fold, scheme: Scheme::Int(scheme) }
 }
 
 #[test]
@@ -102,8 +102,8 @@ fn smoothquant_folds_into_norms_only_and_is_w8a8() {
     let (rows, cols, tokens) = (8, 32, 32);
     let sq = MethodConfig::SmoothQuant(SmoothQuantMethod::default());
     let w8 = IntScheme { symmetric: true, granularity: Granularity::PerChannel, ..IntScheme::group(Bits::B8, 16) };
-    assert!(sq.solver().validate(&IntScheme::group(Bits::B4, 16)).is_err());
-    sq.solver().validate(&w8).unwrap();
+    assert!(sq.solver().validate(&Scheme::Int(IntScheme::group(Bits::B4, 16))).is_err());
+    sq.solver().validate(&Scheme::Int(w8)).unwrap();
     let (w, _, st) = setup(&sq, rows, cols, tokens);
     let norm = sq.solver().solve_group(&group(&w, rows, cols, Role::Gate, FoldTarget::Norm, w8), st.as_ref()).unwrap();
     assert!(norm.int8_activations && norm.fold.is_some() && norm.layers[0].alpha == Some(0.5));
