@@ -139,7 +139,13 @@ impl QuantizeOptions {
             Some(0) => return Err(QuantizeError::input("quantize", "group_size must be positive")),
             Some(g) => Granularity::Group(g),
         };
-        Ok(IntScheme { bits, symmetric: self.sym, granularity, scale_dtype: self.scale_dtype, clip: ClipSearch::MinMax })
+        Ok(IntScheme {
+            bits,
+            symmetric: self.sym,
+            granularity,
+            scale_dtype: self.scale_dtype,
+            clip: ClipSearch::MinMax,
+        })
     }
 
     /// What the method's statistics need to know about the calibration data.

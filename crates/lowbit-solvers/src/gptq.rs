@@ -40,9 +40,9 @@ use crate::report::LayerReport;
 use crate::rtn::{clip_param, with_clip};
 use crate::{Result, SolverError};
 use faer::{Accum, Mat, MatMut, MatRef};
+use lowbit_core::codebook::Absmax;
 use lowbit_core::pack::pack;
 use lowbit_core::rtn::{choose_params, GroupParams};
-use lowbit_core::codebook::Absmax;
 use lowbit_core::{
     check_finite, Bits, Codebook, CodebookScheme, Granularity, IntScheme, QParams, QTensor, Scales, Scheme,
 };

@@ -35,7 +35,11 @@ impl QuantMethod for RtnMethod {
     }
     fn validate(&self, scheme: &Scheme) -> Result<()> {
         if self.mse_clip && matches!(scheme, Scheme::Codebook(_)) {
-            return Err(SolverError::param("mse_clip", true, "nf4/fp4 blocks are scaled by their absmax: no range search"));
+            return Err(SolverError::param(
+                "mse_clip",
+                true,
+                "nf4/fp4 blocks are scaled by their absmax: no range search",
+            ));
         }
         Ok(())
     }

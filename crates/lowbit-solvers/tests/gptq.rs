@@ -4,9 +4,9 @@
 mod common;
 
 use common::{correlated_activations, hessian_of, layer_error, Rng};
+use lowbit_core::codebook::{self, Absmax};
 use lowbit_core::pack::unpack;
 use lowbit_core::rtn::{choose_params, group_params, GroupParams};
-use lowbit_core::codebook::{self, Absmax};
 use lowbit_core::{Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype, Scheme};
 use lowbit_solvers::gptq::{prepare, Prepared};
 use lowbit_solvers::{gptq_quantize, output_error, rtn_quantize, GptqConfig, Hessian, SolverError};
