@@ -141,8 +141,39 @@ def gguf_files() -> None:
     w.close()
 
 
+def hf_quant_dirs() -> None:
+    """One 4-bit [16, 32] module (group 32) plus a norm per format, as ``quantized_dir`` reads it:
+    a u32 length, the ``quantization_config`` JSON, then the safetensors file."""
+
+    def put_dir(target: str, name: str, qc: dict[str, object], arrays: dict[str, np.ndarray]) -> None:
+        cfg = json.dumps(qc).encode()
+        arrays = {**arrays, "model.norm.weight": np.ones(16, np.float32)}
+        put(target, name, len(cfg).to_bytes(4, "little") + cfg + save(arrays))
+
+    m = "model.layers.0.self_attn.q_proj"
+    scales = np.full((1, 16), 0.25, np.float16)
+    words = np.arange(64, dtype=np.uint32).reshape(4, 16) * np.uint32(0x01010101)
+    put_dir("gptq_dir", "v1_sym.bin", {"bits": 4, "group_size": 32, "sym": True, "format": "gptq"},
+            {m + ".qweight": words.view(np.int32), m + ".qzeros": np.full((1, 2), 0x77777777, np.int32),
+             m + ".scales": scales, m + ".g_idx": np.zeros(32, np.int32)})  # fmt: skip
+    put_dir("awq_dir", "gemm.bin", {"bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"},
+            {m + ".qweight": words.reshape(32, 2).view(np.int32), m + ".qzeros": np.full((1, 2), 0x38383838, np.int32),
+             m + ".scales": scales})  # fmt: skip
+    weights = {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": 32}
+    qc = {"format": "pack-quantized", "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}}}
+    put_dir("compressed_tensors_dir", "asym.bin", qc,
+            {m + ".weight_packed": words.reshape(16, 4).view(np.int32), m + ".weight_scale": scales.T.copy(),
+             m + ".weight_zero_point": np.full((2, 1), 0x89ABCDEF - (1 << 32), np.int32),
+             m + ".weight_shape": np.array([16, 32], np.int64)})  # fmt: skip
+    sym = {**qc, "config_groups": {"group_0": {"targets": ["Linear"], "weights": {**weights, "symmetric": True}}}}
+    put_dir("compressed_tensors_dir", "sym.bin", sym,
+            {m + ".weight_packed": words.reshape(16, 4).view(np.int32), m + ".weight_scale": scales.T.copy(),
+             m + ".weight_shape": np.array([16, 32], np.int64)})  # fmt: skip
+
+
 if __name__ == "__main__":
-    for t in ("lowbit_tensors", "safetensors_dir", "hf_config", "tokenizer_json", "gguf"):
+    for t in ("lowbit_tensors", "safetensors_dir", "hf_config", "tokenizer_json", "gguf", "gptq_dir", "awq_dir",
+              "compressed_tensors_dir"):  # fmt: skip
         shutil.rmtree(SEEDS / t, ignore_errors=True)
         (SEEDS / t).mkdir(parents=True)
     lowbit_tensors()
@@ -150,5 +181,6 @@ if __name__ == "__main__":
     hf_config()
     tokenizer_json()
     gguf_files()
+    hf_quant_dirs()
     for d in sorted(SEEDS.iterdir()):
         print(d.name, sorted((f.name, f.stat().st_size) for f in d.iterdir()))

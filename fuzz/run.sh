@@ -11,6 +11,7 @@ max_time=${3:-0}
 # Per format: input size cap (bytes) and the largest single allocation allowed (MiB).
 case $target in
   lowbit_tensors | safetensors_dir) dict=safetensors max_len=16384 malloc_mb=256 ;;
+  gptq_dir | awq_dir | compressed_tensors_dir) dict=hf_quant max_len=16384 malloc_mb=256 ;;
   hf_config) dict=hf_config max_len=4096 malloc_mb=64 ;;
   tokenizer_json) dict=tokenizer_json max_len=4096 malloc_mb=256 ;;
   gguf) dict=gguf max_len=16384 malloc_mb=256 ;;

@@ -3,7 +3,7 @@ here from INTEROP.md section 1 (unpack qweight along inputs and qzeros along out
 add 1 to v1 zeros, ``W[n, i] = scales[g, n] * (q - z)`` with ``g = g_idx[i]``) agrees exactly
 with lowbit's dequantized weights; lowbit -> GPTQ -> lowbit is bit-exact; mislabelled v1/v2
 checkpoints are detected from the stored zeros; truncated and lying files are refused. The
-transformers check is benches/interop/gptq_transformers.py."""
+transformers check is benches/interop/transformers_check.py."""
 
 from __future__ import annotations
 

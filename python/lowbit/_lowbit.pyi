@@ -21,9 +21,10 @@ __all__ = [
     "awq_search",
     "calibration_windows",
     "codebook_table",
+    "convert",
     "double_quantize_absmax",
     "export_gguf",
-    "export_gptq",
+    "export_hf",
     "gptq_quantize",
     "imatrix_of",
     "import_gguf",
@@ -166,7 +167,7 @@ def export_gguf(
     imatrix_samples: int | None = None,
     progress: Any = None,
 ) -> dict[str, Any]: ...
-def export_gptq(model: str, out: str) -> dict[str, Any]: ...
+def export_hf(model: str, out: str, format: str) -> dict[str, Any]: ...
 def imatrix_of(
     model: str, calib: str, samples: int | None = None, seqlen: int = 512, progress: _Progress | None = None
 ) -> dict[str, npt.NDArray[np.float32]]: ...

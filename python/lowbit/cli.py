@@ -502,13 +502,18 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_import_gguf)
 
     exp = sub.add_parser(
-        "export", help="write a model for llama.cpp (GGUF) or transformers/vLLM (HF GPTQ) + per-tensor report"
+        "export",
+        help="write a model for llama.cpp (GGUF) or transformers/vLLM (HF GPTQ, AWQ, compressed-tensors)"
+        " + per-tensor report",
     )
     exp.add_argument("model", help=model_help)
     exp.add_argument(
-        "-o", "--out", required=True, help="output file (gguf) or new directory (gptq), written atomically"
+        "-o",
+        "--out",
+        required=True,
+        help="output file (gguf) or new directory (the HF formats), written atomically",
     )
-    exp.add_argument("--format", choices=["gguf", "gptq"], default="gguf")
+    exp.add_argument("--format", choices=["gguf", "gptq", "awq", "compressed-tensors"], default="gguf")
     exp.add_argument(
         "--dense-type",
         help="requantize dense (f32/f16/bf16) weight matrices to this ggml type (Q8_0, Q4_0, Q4_K...)",

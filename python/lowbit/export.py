@@ -1,5 +1,5 @@
-"""``lowbit.export``: write a model in a format other runtimes load (GGUF for llama.cpp, HF GPTQ
-for transformers / vLLM)."""
+"""``lowbit.export``: write a model in a format other runtimes load (GGUF for llama.cpp; HF GPTQ,
+AWQ GEMM or compressed-tensors ``pack-quantized`` for transformers / vLLM)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ class TensorExport:
     source: str
     """lowbit's storage (``int4 g32 sym f16``, ``f32``)."""
     type: str
-    """The output type (``Q4_0``, ``Q8_0``, ``F32``..., or ``gptq int4 g64 v1``)."""
+    """The output type (``Q4_0``, ``Q8_0``, ``F32``..., ``gptq int4 g64 v1``, ``awq int4 g64``,
+    ``pack-quantized int4 g64 sym``)."""
     path: Literal["exact", "min-rounded", "requantized", "requantized-imatrix"]
     """``exact`` (codes and scales repacked, or a dense tensor kept), ``min-rounded`` (Q4_1:
     each group's minimum ``-zero * scale`` rounded to f16), ``requantized`` (llama.cpp's
@@ -63,9 +64,10 @@ class ExportReport:
     bytes: int
     tensors: list[TensorExport]
     checkpoint_format: str | None = None
-    """GPTQ only: ``gptq`` (v1 zero points, symmetric models) or ``gptq_v2``."""
+    """HF formats only: ``gptq`` (v1 zero points, symmetric models) or ``gptq_v2``; ``gemm``
+    (AWQ); ``pack-quantized`` (compressed-tensors)."""
     notes: list[str] = field(default_factory=list)
-    """GPTQ only: loaders that will reject or fall back on the export, tensors dequantized."""
+    """HF formats only: loaders that will reject or fall back on the export, tensors dequantized."""
     imatrix_tokens: int = 0
     """GGUF with ``imatrix_text``: calibration tokens the importance matrix is averaged over."""
 
@@ -74,7 +76,7 @@ def export(
     model: PathLike,
     out: PathLike,
     *,
-    format: Literal["gguf", "gptq"] = "gguf",
+    format: Literal["gguf", "gptq", "awq", "compressed-tensors"] = "gguf",
     dense_type: str | None = None,
     imatrix_text: PathLike | None = None,
     imatrix_samples: int | None = None,
@@ -106,17 +108,24 @@ def export(
     points and asymmetric ones as ``gptq_v2``; the embedding and LM head stay dense (a
     quantized one is dequantized to f32, listed in ``notes``). See docs/format.md.
 
+    ``format="awq"`` writes AutoAWQ's GEMM layout (4-bit only; ``qweight`` packed along the
+    outputs with the ``[0,2,4,6,1,3,5,7]`` interleave, zero points stored explicitly, also for
+    symmetric models); ``format="compressed-tensors"`` writes ``pack-quantized`` (2, 3, 4 or 8
+    bits; signed codes offset by ``2^(b-1)``, zero points packed along dim 0 for asymmetric
+    models). Both need groups that tile every row and f16 scales, like GPTQ.
+
     Raises:
         FileNotFoundError: a missing model.
         UnsupportedError: another format, an architecture other than llama, an unknown type; for
-            GPTQ a model GPTQ cannot store exactly (not quantized, codebook, 3-bit, f32 scales,
-            a group size that does not divide a row), with the constraint named.
+            the HF formats a model the format cannot store exactly (not quantized, codebook, 3-bit
+            for GPTQ, not 4-bit for AWQ, f32 scales, a group size that does not divide a row),
+            with the constraint named.
         LowbitError: a model without a tokenizer, non-finite weights.
     """
-    if format == "gptq":
+    if format in ("gptq", "awq", "compressed-tensors"):
         if dense_type is not None or imatrix_text is not None:
             raise UnsupportedError("dense_type and imatrix_text apply to GGUF export only")
-        g = _lowbit.export_gptq(os.fspath(model), os.fspath(out))
+        g = _lowbit.export_hf(os.fspath(model), os.fspath(out), format)
         return ExportReport(
             path=Path(out),
             bytes=g["bytes"],
@@ -125,7 +134,9 @@ def export(
             notes=list(g["notes"]),
         )
     if format != "gguf":
-        raise UnsupportedError(f"export format {format!r}: lowbit exports 'gguf' and 'gptq'")
+        raise UnsupportedError(
+            f"export format {format!r}: lowbit exports 'gguf', 'gptq', 'awq' and 'compressed-tensors'"
+        )
     text = None if imatrix_text is None else os.fspath(imatrix_text)
     raw = _lowbit.export_gguf(os.fspath(model), os.fspath(out), dense_type, text, imatrix_samples, progress)
     tensors = [TensorExport(**t) for t in raw["tensors"]]

@@ -1,5 +1,5 @@
 //! Logits of every position of a token sequence, for comparisons with other runtimes
-//! (`benches/interop/gptq_transformers.py`).
+//! (`benches/interop/transformers_check.py`).
 //!
 //! ```text
 //! LOWBIT_ACTIVATIONS=f32 cargo run --release -p lowbit-model --example dump_logits -- MODEL IDS OUT

@@ -90,9 +90,12 @@ pub enum ModelError {
         /// What is unsupported.
         what: String,
     },
-    /// An HF GPTQ checkpoint whose tensors disagree with each other or with its config.
-    #[error("GPTQ checkpoint {path}: {tensor}: {reason}")]
-    Gptq {
+    /// An HF quantized checkpoint (GPTQ, AWQ, compressed-tensors) whose tensors disagree with
+    /// each other or with its config.
+    #[error("{format} checkpoint {path}: {tensor}: {reason}")]
+    QuantCheckpoint {
+        /// The format (`GPTQ`, `AWQ`, `compressed-tensors`).
+        format: &'static str,
         /// The file (or directory, for config-level findings).
         path: String,
         /// The tensor (or config key).
@@ -100,9 +103,12 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
-    /// Something HF GPTQ export or import does not handle (a bit width, a scheme, a shape).
-    #[error("unsupported for HF GPTQ: {what}")]
-    GptqUnsupported {
+    /// Something an HF quantized format's export or import does not handle (a bit width, a
+    /// scheme, a shape).
+    #[error("unsupported for {format}: {what}")]
+    QuantUnsupported {
+        /// The format (`GPTQ`, `AWQ`, `compressed-tensors`).
+        format: &'static str,
         /// What, and what to do instead.
         what: String,
     },

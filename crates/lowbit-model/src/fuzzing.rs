@@ -44,6 +44,55 @@ pub fn safetensors_dir(data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// An HF quantized directory whose `quantization_config` names `method`: the input is a 4-byte
+/// little-endian length, that many bytes of `quantization_config` JSON (its `quant_method` set
+/// to `method` when it is an object), then one safetensors file, whose every tensor is taken the
+/// way the loader takes it (a module's parts through `{module}.weight`).
+fn quantized_dir(method: &str, data: &[u8]) -> Result<()> {
+    let bad = |reason: &str| crate::ModelError::config("config.json", reason.to_string());
+    let (len, rest) = data.split_first_chunk::<4>().ok_or_else(|| bad("input shorter than its length prefix"))?;
+    let n = u32::from_le_bytes(*len) as usize;
+    if n > rest.len() {
+        return Err(bad("length prefix beyond the input"));
+    }
+    let (cfg, st) = rest.split_at(n);
+    let mut qc: serde_json::Value = serde_json::from_slice(cfg).map_err(|e| bad(&e.to_string()))?;
+    if let Some(o) = qc.as_object_mut() {
+        o.insert("quant_method".into(), method.into());
+    }
+    let config = serde_json::json!({ "quantization_config": qc });
+    let src = SafetensorsSource::from_bytes(PathBuf::from("model.safetensors"), st.to_vec())?;
+    let names = src.names();
+    // A directory that does not exist: GPTQ's quantize_config.json fallback reads nothing.
+    let mut src = crate::hf_quant::quantized_source(Path::new("/nonexistent-fuzz-dir"), &config, src)?;
+    let modules: std::collections::BTreeSet<&str> =
+        names.iter().filter_map(|n| n.strip_suffix(".qweight").or_else(|| n.strip_suffix(".weight_packed"))).collect();
+    for name in &names {
+        match name.rsplit_once('.') {
+            Some((m, "qweight" | "weight_packed")) => src.take(&format!("{m}.weight"))?,
+            // The module's other parts are taken with it.
+            Some((m, _)) if modules.contains(m) && name != &format!("{m}.bias") => None,
+            _ => src.take(name)?,
+        };
+    }
+    Ok(())
+}
+
+/// An HF GPTQ directory ([`quantized_dir`] with `gptq`).
+pub fn gptq_dir(data: &[u8]) -> Result<()> {
+    quantized_dir("gptq", data)
+}
+
+/// An AWQ GEMM directory ([`quantized_dir`] with `awq`).
+pub fn awq_dir(data: &[u8]) -> Result<()> {
+    quantized_dir("awq", data)
+}
+
+/// A compressed-tensors `pack-quantized` directory ([`quantized_dir`] with `compressed-tensors`).
+pub fn compressed_tensors_dir(data: &[u8]) -> Result<()> {
+    quantized_dir("compressed-tensors", data)
+}
+
 /// A GGUF file: header, metadata and tensor infos (`lowbit-gguf`), then what a model load takes
 /// from it: the config and tokenizer built from the metadata and every tensor dequantized.
 pub fn gguf(data: &[u8]) -> Result<()> {
@@ -101,5 +150,8 @@ mod tests {
         seeds_parse("tokenizer_json", tokenizer_json);
         seeds_parse("safetensors_dir", safetensors_dir);
         seeds_parse("gguf", gguf);
+        seeds_parse("gptq_dir", gptq_dir);
+        seeds_parse("awq_dir", awq_dir);
+        seeds_parse("compressed_tensors_dir", compressed_tensors_dir);
     }
 }

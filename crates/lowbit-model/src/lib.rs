@@ -18,7 +18,9 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod awq;
 pub mod block;
+mod compressed_tensors;
 pub mod config;
 mod convert;
 mod device;
@@ -28,6 +30,7 @@ pub mod fuzzing;
 pub mod generate;
 pub mod gguf;
 pub mod gptq;
+mod hf_quant;
 pub mod imatrix;
 mod load;
 mod model;
@@ -45,7 +48,8 @@ pub use device::Device;
 pub use error::{ModelError, Result};
 pub use generate::{BatchPrompt, GenerateOptions, Generation, Rng, StopReason, TokenEvent};
 pub use gguf::{export_gguf, import_gguf, GgufExportOptions, GgufFile};
-pub use gptq::{export_gptq, GptqExport};
+pub use gptq::export_gptq;
+pub use hf_quant::{export_hf, HfExport, HfFormat, HfTensorExport};
 pub use imatrix::{collect_imatrix, Imatrix};
 pub use load::{LastFile, LoadOptions, SaveExtras, StoredSize};
 pub use model::{BlockReader, KvCache, Layer, Logits, LogitsMode, Model, LINEAR_NAMES};

@@ -116,7 +116,7 @@ fn hf_dir_source<R>(
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
     let config = ModelConfig::from_json_str(&text)?;
     let files = checkpoint_files(dir)?;
-    let mut src = SafetensorsSource::open(&files)?;
+    let src = SafetensorsSource::open(&files)?;
     let tokenizer = if !opts.skip_tokenizer && dir.join("tokenizer.json").is_file() {
         Some(Tokenizer::from_dir(dir)?)
     } else {
@@ -124,10 +124,8 @@ fn hf_dir_source<R>(
     };
     let raw: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| ModelError::config("config.json", e.to_string()))?;
-    match crate::gptq::import::detect(dir, &raw)? {
-        Some(gptq) => f(config, &mut crate::gptq::import::GptqSource::new(src, gptq), tokenizer),
-        None => f(config, &mut src, tokenizer),
-    }
+    let mut src = crate::hf_quant::quantized_source(dir, &raw, src)?;
+    f(config, src.as_mut(), tokenizer)
 }
 
 fn gguf_source<R>(

@@ -113,14 +113,14 @@ fn model_exception(e: &ModelError, msg: String) -> PyErr {
         ModelError::UnsupportedArchitecture { .. }
         | ModelError::UnsupportedDtype { .. }
         | ModelError::GgufUnsupported { .. }
-        | ModelError::GptqUnsupported { .. }
+        | ModelError::QuantUnsupported { .. }
         | ModelError::Lossy { .. }
         | ModelError::DeviceUnavailable { .. } => UnsupportedError::new_err(msg),
         ModelError::TensorShape { .. } => ShapeError::new_err(msg),
         ModelError::Config { .. }
         | ModelError::MissingTensor { .. }
         | ModelError::Safetensors { .. }
-        | ModelError::Gptq { .. }
+        | ModelError::QuantCheckpoint { .. }
         | ModelError::Gguf { .. } => CorruptFileError::new_err(msg),
         ModelError::Tokenizer(_)
         | ModelError::NoTokenizer { .. }

@@ -1,10 +1,10 @@
-//! `export_gguf` / `export_gptq`: a model lowbit loads to a llama GGUF or an HF GPTQ directory,
-//! with the per-tensor report.
+//! `export_gguf` / `export_hf`: a model lowbit loads to a llama GGUF or an HF GPTQ, AWQ or
+//! compressed-tensors directory, with the per-tensor report.
 
 use crate::errors::{PyLowbitResult, UnsupportedError};
 use crate::progress::PySink;
 use lowbit_model::gguf::{GgmlType, GgufExportOptions, GgufPlan};
-use lowbit_model::{LoadOptions, Model};
+use lowbit_model::{HfFormat, LoadOptions, Model};
 use lowbit_quantize::imatrix::{imatrix, DEFAULT_IMATRIX_SAMPLES, IMATRIX_SEQLEN};
 use lowbit_quantize::CalibSource;
 use numpy::IntoPyArray;
@@ -82,12 +82,15 @@ fn imatrix_of<'py>(
     Ok(out)
 }
 
-/// Exports the lowbit quantized model at `model` to the HF GPTQ directory `out` (GIL released).
-/// Returns `{"bytes", "checkpoint_format", "notes": [str], "tensors": [{"name", "source", "type",
-/// "path", "max_abs_diff"}, ...]}`.
+/// Exports the lowbit quantized model at `model` to the HF quantized directory `out` in `format`
+/// (`gptq`, `awq`, `compressed-tensors`; GIL released). Returns `{"bytes", "checkpoint_format",
+/// "notes": [str], "tensors": [{"name", "source", "type", "path", "max_abs_diff"}, ...]}`.
 #[pyfunction]
-fn export_gptq<'py>(py: Python<'py>, model: PathBuf, out: PathBuf) -> PyResult<Bound<'py, PyDict>> {
-    let r: PyLowbitResult<_> = py.detach(|| lowbit_model::export_gptq(&model, &out)).map_err(Into::into);
+fn export_hf<'py>(py: Python<'py>, model: PathBuf, out: PathBuf, format: &str) -> PyResult<Bound<'py, PyDict>> {
+    let fmt = HfFormat::from_name(format).ok_or_else(|| {
+        UnsupportedError::new_err(format!("HF export format {format:?} (gptq, awq, compressed-tensors)"))
+    })?;
+    let r: PyLowbitResult<_> = py.detach(|| lowbit_model::export_hf(&model, &out, fmt)).map_err(Into::into);
     let report = r?;
     let tensors = PyList::empty(py);
     for t in report.tensors {
@@ -164,7 +167,7 @@ fn tensor_row<'py>(
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(export_gguf, m)?)?;
-    m.add_function(wrap_pyfunction!(export_gptq, m)?)?;
+    m.add_function(wrap_pyfunction!(export_hf, m)?)?;
     m.add_function(wrap_pyfunction!(imatrix_of, m)?)?;
     m.add_function(wrap_pyfunction!(convert, m)?)
 }

@@ -9,14 +9,13 @@
 //! that module is dequantized to f32, with a warning.
 
 use super::layout::{dequantize, per_word, transpose, unpack_qweight, unpack_qzeros};
+use crate::hf_quant::{floats, int_tensor, Warnings};
 use crate::safetensors_source::SafetensorsSource;
-use crate::tensors::{le_bf16, le_f16, le_f32, Tensor, TensorData, TensorSource};
+use crate::tensors::{Tensor, TensorData, TensorSource};
 use crate::{ModelError, Result};
-use half::f16;
-use lowbit_core::{pack::pack, Bits, ClipSearch, Granularity, IntScheme, QParams, QTensor, ScaleDtype, Scales, Scheme};
+use lowbit_core::Bits;
 use safetensors::tensor::Dtype;
 use serde_json::Value;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The `quantization_config` of a GPTQ checkpoint, as far as the tensors' meaning goes.
@@ -31,7 +30,8 @@ pub(crate) struct GptqConfig {
 }
 
 fn cfg_err(dir: &Path, key: &str, reason: impl Into<String>) -> ModelError {
-    ModelError::Gptq {
+    ModelError::QuantCheckpoint {
+        format: "GPTQ",
         path: dir.display().to_string(),
         tensor: format!("quantization_config.{key}"),
         reason: reason.into(),
@@ -56,7 +56,8 @@ pub(crate) fn detect(dir: &Path, config: &Value) -> Result<Option<GptqConfig>> {
     let bits = match qc.get("bits").and_then(Value::as_u64) {
         Some(b @ (2 | 4 | 8)) => Bits::try_from(b as u32)?,
         Some(3) => {
-            return Err(ModelError::GptqUnsupported {
+            return Err(ModelError::QuantUnsupported {
+                format: "GPTQ",
                 what: "3-bit checkpoints (their qweight spans word boundaries; lowbit reads 2, 4 and 8 bits)".into(),
             })
         }
@@ -73,13 +74,17 @@ pub(crate) fn detect(dir: &Path, config: &Value) -> Result<Option<GptqConfig>> {
         "gptq" => false,
         "gptq_v2" => true,
         other => {
-            return Err(ModelError::GptqUnsupported {
+            return Err(ModelError::QuantUnsupported {
+                format: "GPTQ",
                 what: format!("checkpoint format {other:?} (lowbit reads \"gptq\" and \"gptq_v2\")"),
             })
         }
     };
     if let Some(p) = qc.get("pack_dtype").and_then(Value::as_str).filter(|p| *p != "int32") {
-        return Err(ModelError::GptqUnsupported { what: format!("pack_dtype {p:?} (lowbit reads int32 words)") });
+        return Err(ModelError::QuantUnsupported {
+            format: "GPTQ",
+            what: format!("pack_dtype {p:?} (lowbit reads int32 words)"),
+        });
     }
     let sym = qc.get("sym").and_then(Value::as_bool).unwrap_or(true);
     Ok(Some(GptqConfig { bits, group, sym, v2 }))
@@ -89,21 +94,12 @@ pub(crate) fn detect(dir: &Path, config: &Value) -> Result<Option<GptqConfig>> {
 pub(crate) struct GptqSource {
     inner: SafetensorsSource,
     cfg: GptqConfig,
-    /// Findings already warned about (one warning per kind, naming the first tensor), and the
-    /// warnings themselves (handed to the model by [`TensorSource::warnings`]).
-    warned: BTreeSet<&'static str>,
-    warnings: Vec<String>,
+    warned: Warnings,
 }
 
 impl GptqSource {
     pub(crate) fn new(inner: SafetensorsSource, cfg: GptqConfig) -> Self {
-        GptqSource { inner, cfg, warned: BTreeSet::new(), warnings: Vec::new() }
-    }
-
-    fn warn(&mut self, kind: &'static str, msg: String) {
-        if self.warned.insert(kind) {
-            self.warnings.push(format!("{msg} (further modules with the same finding are not listed)"));
-        }
+        GptqSource { inner, cfg, warned: Warnings::default() }
     }
 
     /// Takes one part: its dtype, shape and bytes (copied), the file for messages.
@@ -115,7 +111,8 @@ impl GptqSource {
         let bits = self.cfg.bits;
         let p = per_word(bits);
         let (dt, qshape, qbytes, file) = self.part(prefix, "qweight").expect("checked by take");
-        let bad = |part: &str, reason: String| ModelError::Gptq {
+        let bad = |part: &str, reason: String| ModelError::QuantCheckpoint {
+            format: "GPTQ",
             path: file.display().to_string(),
             tensor: format!("{prefix}.{part}"),
             reason,
@@ -129,6 +126,10 @@ impl GptqSource {
         };
         int32("qweight", dt)?;
         let [rows, out] = qshape[..] else { return Err(bad("qweight", format!("shape {qshape:?} is not 2-D"))) };
+        // An empty qweight would leave the other dimension unbounded by the file's bytes.
+        if rows == 0 || out == 0 {
+            return Err(bad("qweight", format!("shape {qshape:?} is empty")));
+        }
         let inn = rows * p;
         let Some((sdt, sshape, sbytes, _)) = self.part(prefix, "scales") else {
             return Err(bad("scales", "missing".into()));
@@ -153,11 +154,8 @@ impl GptqSource {
         if out % p != 0 || zshape != [groups, out / p] {
             return Err(bad("qzeros", format!("shape {zshape:?}, expected [{groups}, {out} / {p}]")));
         }
-        let scales: Vec<f32> = match sdt {
-            Dtype::F16 => le_f16(&sbytes).iter().map(|h| h.to_f32()).collect(),
-            Dtype::BF16 => le_bf16(&sbytes).iter().map(|h| h.to_f32()).collect(),
-            Dtype::F32 => le_f32(&sbytes),
-            other => return Err(bad("scales", format!("dtype {other:?}, expected F16"))),
+        let Some(scales) = floats(sdt, &sbytes) else {
+            return Err(bad("scales", format!("dtype {sdt:?}, expected F16")));
         };
         let g_idx: Vec<usize> = match self.part(prefix, "g_idx") {
             None => (0..inn).map(|i| self.cfg.group.map_or(0, |g| i / g)).collect(),
@@ -180,7 +178,7 @@ impl GptqSource {
         let zeros: Vec<u8> = stored.iter().map(|&z| z + u8::from(!v2)).collect();
         let trivial = g_idx.iter().enumerate().all(|(i, &g)| g == self.cfg.group.map_or(0, |gs| i / gs));
         if !trivial {
-            self.warn(
+            self.warned.warn(
                 "g_idx",
                 format!(
                     "GPTQ {prefix}: g_idx is not i / group_size (act-order without static groups), which lowbit's layout cannot hold: dequantized to f32"
@@ -189,21 +187,16 @@ impl GptqSource {
             let w = dequantize(&codes, &zeros, &scales, &g_idx, out);
             return Ok(Tensor { shape: vec![out, inn], data: TensorData::F32(w) });
         }
-        let sym_zero = bits.symmetric_zero();
-        let symmetric = zeros.iter().all(|&z| z == sym_zero);
-        let granularity = match self.cfg.group {
-            None => Granularity::PerChannel,
-            Some(g) => Granularity::Group(g),
-        };
-        let scales_t = transpose(&scales, groups, out);
-        let (scale_dtype, scales_t) = match sdt {
-            Dtype::F16 => (ScaleDtype::F16, Scales::F16(scales_t.into_iter().map(f16::from_f32).collect())),
-            _ => (ScaleDtype::F32, Scales::F32(scales_t)),
-        };
-        let scheme = IntScheme { bits, symmetric, granularity, scale_dtype, clip: ClipSearch::MinMax };
-        let params = QParams::Int { scales: scales_t, zeros: (!symmetric).then(|| transpose(&zeros, groups, out)) };
-        let q = QTensor::from_parts(vec![out, inn], Scheme::Int(scheme), pack(&codes, bits)?, params)
-            .map_err(|e| bad("scales", e.to_string()))?;
+        let q = int_tensor(
+            (out, inn),
+            bits,
+            self.cfg.group,
+            &codes,
+            transpose(&zeros, groups, out),
+            transpose(&scales, groups, out),
+            sdt,
+        )
+        .map_err(|e| bad("scales", e.to_string()))?;
         Ok(Tensor { shape: vec![out, inn], data: TensorData::Quant(q) })
     }
 
@@ -215,7 +208,8 @@ impl GptqSource {
         let all = |v: u8| stored.iter().all(|&z| z == v);
         if !self.cfg.v2 {
             if stored.contains(&maxq) {
-                return Err(ModelError::Gptq {
+                return Err(ModelError::QuantCheckpoint {
+        format: "GPTQ",
                     path: file.display().to_string(),
                     tensor: format!("{prefix}.qzeros"),
                     reason: format!(
@@ -225,7 +219,7 @@ impl GptqSource {
                 });
             }
             if self.cfg.sym && all(half) {
-                self.warn(
+                self.warned.warn(
                     "v1-label-v2-values",
                     format!(
                         "GPTQ {prefix}: labelled v1 (\"gptq\", stored z - 1) but every stored zero is {half}, the gptq_v2 symmetric value (v1 would store {}): read as gptq_v2",
@@ -237,7 +231,7 @@ impl GptqSource {
             return Ok(false);
         }
         if self.cfg.sym && all(half - 1) {
-            self.warn(
+            self.warned.warn(
                 "v2-label-v1-values",
                 format!(
                     "GPTQ {prefix}: labelled gptq_v2 (stored z) but every stored zero is {}, the v1 symmetric value (v2 would store {half}): read as v1",
@@ -261,6 +255,6 @@ impl TensorSource for GptqSource {
     }
 
     fn warnings(&self) -> Vec<String> {
-        self.warnings.clone()
+        self.warned.messages()
     }
 }

@@ -61,14 +61,7 @@ pub(crate) fn unpack_qzeros(words: &[i32], bits: Bits) -> Vec<u8> {
     words.iter().flat_map(|&w| (0..p).map(move |k| ((w as u32 >> (b * k as u32)) & mask) as u8)).collect()
 }
 
-/// Transposes a row-major `[rows, cols]` matrix.
-pub(crate) fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
-    let mut t = Vec::with_capacity(m.len());
-    for c in 0..cols {
-        t.extend((0..rows).map(|r| m[r * cols + c]));
-    }
-    t
-}
+pub(crate) use crate::hf_quant::transpose;
 
 /// `W[n, i] = scales[g_idx[i], n] * (q[n, i] - z[g_idx[i], n])` in f32, as lowbit dequantizes
 /// (`(q - z) * s`): `codes` `[out, inn]`, `zeros` (true zero points) and `scales` `[groups, out]`.

@@ -7,12 +7,14 @@ mod export;
 pub(crate) mod import;
 mod layout;
 
-pub use export::{export_gptq, GptqExport, GptqTensorExport};
+pub use export::export_gptq;
+pub(crate) use export::GptqWriter;
 
 #[cfg(test)]
 mod tests {
-    use super::export::{export_linear, Plan};
+    use super::export::export_linear;
     use super::import::{GptqConfig, GptqSource};
+    use crate::hf_quant::Plan;
     use crate::safetensors_source::SafetensorsSource;
     use crate::tensors::{TensorData, TensorSource};
     use lowbit_core::{rtn, Bits, Granularity, IntScheme};
