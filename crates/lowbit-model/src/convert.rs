@@ -53,7 +53,7 @@ impl ConvertFormat {
 }
 
 /// Options of [`convert`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConvertOptions {
     /// The output format.
     pub format: ConvertFormat,
@@ -81,7 +81,7 @@ pub struct ConvertedTensor {
 impl ConvertedTensor {
     /// Whether the written values differ from the loaded ones.
     pub fn lossy(&self) -> bool {
-        self.path == ExportPath::Requantized || self.max_abs_diff != 0.0
+        matches!(self.path, ExportPath::Requantized | ExportPath::ImatrixRequantized) || self.max_abs_diff != 0.0
     }
 }
 
