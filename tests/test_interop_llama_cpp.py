@@ -31,6 +31,8 @@ from conftest import missing_reference, smollm2_gguf, wikitext
 
 WINDOW, WINDOWS = 2048, 32
 TOP1_POSITIONS = 512
+#: A logit lead over the runner-up that 8-bit activations do not overturn.
+CLEAR_MARGIN = 1.0
 
 
 def llama_cpp() -> ModuleType:
@@ -133,14 +135,25 @@ def test_llama_cpp_runs_the_export_like_lowbit(
         window = np.asarray(ids[w * WINDOW : (w + 1) * WINDOW])
         nll -= float(log_softmax_at(logits[:-1], window[1:]).sum())
         if w == 0:
-            top1_ours = model.logits(window[:TOP1_POSITIONS].tolist()).argmax(axis=1)
-            agree = float(np.mean(top1_ours == logits[:TOP1_POSITIONS].argmax(axis=1)))
+            ours_logits = model.logits(window[:TOP1_POSITIONS].tolist())
+            theirs_top1 = logits[:TOP1_POSITIONS].argmax(axis=1)
+            same = ours_logits.argmax(axis=1) == theirs_top1
+            # Where lowbit's best token leads its runner-up by a clear margin, llama.cpp's 8-bit
+            # activations cannot move it: those positions must all agree.
+            top2 = np.sort(ours_logits, axis=1)[:, -2:]
+            clear = top2[:, 1] - top2[:, 0] > CLEAR_MARGIN
     ppl = math.exp(nll / (WINDOWS * (WINDOW - 1)))
     rel = abs(ppl - ours.perplexity) / ours.perplexity
-    print(f"{export}: llama.cpp {ppl:.4f}, lowbit {ours.perplexity:.4f} ({rel:.2e}); top-1 {agree:.4f}")
+    agree, agree_clear = float(same.mean()), float(same[clear].mean())
+    print(
+        f"{export}: perplexity llama.cpp {ppl:.4f}, lowbit {ours.perplexity:.4f} ({rel:.2e}); "
+        f"top-1 {agree:.4f}, where clear ({int(clear.sum())} positions) {agree_clear:.4f}"
+    )
     assert rel <= 5e-3
-    # llama.cpp's 8-bit activations move near-ties: ~97% measured (benches/README.md).
-    assert agree >= 0.95
+    assert clear.sum() >= TOP1_POSITIONS // 2
+    assert agree_clear == 1.0
+    # Near-ties flip under llama.cpp's 8-bit activations: ~95-97% overall (benches/README.md).
+    assert agree >= 0.9
 
 
 @pytest.mark.parametrize("ty", ["Q4_0", "Q8_0"])
