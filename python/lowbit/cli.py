@@ -470,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
 
-    qz = sub.add_parser("quantize", help="quantize a model layer by layer (RTN, GPTQ, AWQ, SmoothQuant, LLM.int8())")
+    qz = sub.add_parser(
+        "quantize", help="quantize a model layer by layer (RTN, GPTQ, AWQ, SmoothQuant, LLM.int8())"
+    )
     qz.add_argument("model", help=model_help)
     qz.add_argument("-o", "--out", required=True, help="output directory (must not exist or be empty)")
     add_option_flags(qz)

@@ -91,7 +91,8 @@ def quantize_model(
 
     ``options`` are those of :func:`option_specs` (the same as the flags of ``lowbit quantize``):
     ``method`` (``"rtn"``, ``"gptq"``, ``"awq"``, or the W8A8 ones ``"smoothquant"`` and
-    ``"llm-int8"``, which take ``bits=8, group_size="channel", sym=True``), ``bits``, ``group_size`` (a positive int, or
+    ``"llm-int8"``, which take ``bits=8, group_size="channel", sym=True``),
+    ``bits``, ``group_size`` (a positive int, or
     ``"channel"``/``None`` for one scale per output channel), ``sym``, ``scale_dtype``
     (``"f16"`` or ``"f32"``), ``embed`` and ``lm_head`` (storage of the token embedding and the
     LM head: ``"int8"``, one scale per row, the default; ``"int4-g32"``, ``"int4-g64"``,
@@ -122,7 +123,9 @@ def quantize_model(
         calib_path = os.fspath(calib)
     elif calib is not None:
         calib_ids = [int(t) for t in np.asarray(calib).reshape(-1)]
-    elif _lowbit.method_calibrated(options.get("method", option_specs()["method"]["default"])) and not data_free:
+    elif not data_free and _lowbit.method_calibrated(
+        options.get("method", option_specs()["method"]["default"])
+    ):
         default = calibration_text_from_env()
         if default is None:
             raise _lowbit.LowbitError(
