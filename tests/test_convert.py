@@ -46,6 +46,22 @@ def test_q4_0_gguf_and_lowbit_int4_g32_convert_both_ways_exactly(tmp_path: Path)
     assert tensor_bytes(tmp_path / "a.gguf") == tensor_bytes(tmp_path / "again.gguf")
 
 
+def test_hf_formats_convert_into_each_other_exactly(tmp_path: Path) -> None:
+    # lowbit -> GPTQ -> AWQ -> compressed-tensors -> lowbit: every hop exact, same weights at the end.
+    src = tiny(tmp_path / "src", 64, 96)
+    q = quantized(src, tmp_path / "q", bits=4, group_size=32, sym=True, embed="f32")
+    path = q
+    for fmt in ["gptq", "awq", "compressed-tensors", "lowbit"]:
+        nxt = tmp_path / fmt
+        report = lowbit.convert(path, nxt, format=fmt)
+        assert all(t.path == "exact" and t.max_abs_diff == 0 for t in report.tensors), (fmt, report.tensors)
+        path = nxt
+    a, b = lowbit_weights(q), lowbit_weights(path)
+    assert set(a) == set(b)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
 def test_lossy_conversion_refused_unless_allowed_and_its_report_is_measured(tmp_path: Path) -> None:
     src = tiny(tmp_path / "src", 64, 64)
     q = quantized(src, tmp_path / "q", bits=4, group_size=32, sym=False)

@@ -31,6 +31,8 @@ from conftest import missing_reference, smollm2_gguf, wikitext
 
 WINDOW, WINDOWS = 2048, 32
 TOP1_POSITIONS = 512
+#: A logit lead over the runner-up that 8-bit activations do not overturn.
+CLEAR_MARGIN = 1.0
 
 
 def llama_cpp() -> ModuleType:
@@ -68,7 +70,8 @@ def q4_0_gguf(work: Path) -> Path:
     lowbit.quantize_model(smollm2_gguf(), w4, method="rtn", calib=list(range(64)), **opts)
     report = lowbit.export(w4, work / "rtn-w4g32-sym.Q4_0.gguf")
     linears = [t for t in report.tensors if t.name.startswith("blk.") and t.type == "Q4_0"]
-    assert len(linears) == 30 * 7 and all(t.path == "exact" for t in report.tensors)
+    assert len(linears) == 30 * 7
+    assert all(t.path == "exact" for t in report.tensors)
     return report.path
 
 
@@ -105,18 +108,23 @@ def test_tokenization_agrees_with_llama_cpp(q4_0_gguf: Path, text: str) -> None:
     ours = lowbit.Model.load(q4_0_gguf).encode(text)
     assert len(ours) > WINDOW * WINDOWS
     first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
-    assert first_diff is None and len(ours) == len(theirs), (first_diff, len(ours), len(theirs))
+    assert first_diff is None, (first_diff, len(ours), len(theirs))
+    assert len(ours) == len(theirs)
 
 
 def test_lowbit_reads_its_q4_0_export_as_the_same_model(q4_0_gguf: Path, text: str) -> None:
     # Q4_0 imports packed, bit for bit the int4 g32 tensors that were exported.
     gguf = lowbit.Model.load(q4_0_gguf)
     ids = gguf.encode(text)[:256]
-    np.testing.assert_array_equal(gguf.logits(ids), lowbit.Model.load(q4_0_gguf.parent / "rtn-w4g32-sym").logits(ids))
+    np.testing.assert_array_equal(
+        gguf.logits(ids), lowbit.Model.load(q4_0_gguf.parent / "rtn-w4g32-sym").logits(ids)
+    )
 
 
 @pytest.mark.parametrize("export", ["q4_0_gguf", "q4_k_gguf"])
-def test_llama_cpp_runs_the_export_like_lowbit(export: str, request: pytest.FixtureRequest, text: str) -> None:
+def test_llama_cpp_runs_the_export_like_lowbit(
+    export: str, request: pytest.FixtureRequest, text: str
+) -> None:
     module = llama_cpp()
     path: Path = request.getfixturevalue(export)
     model = lowbit.Model.load(path)
@@ -127,14 +135,25 @@ def test_llama_cpp_runs_the_export_like_lowbit(export: str, request: pytest.Fixt
         window = np.asarray(ids[w * WINDOW : (w + 1) * WINDOW])
         nll -= float(log_softmax_at(logits[:-1], window[1:]).sum())
         if w == 0:
-            top1_ours = model.logits(window[:TOP1_POSITIONS].tolist()).argmax(axis=1)
-            agree = float(np.mean(top1_ours == logits[:TOP1_POSITIONS].argmax(axis=1)))
+            ours_logits = model.logits(window[:TOP1_POSITIONS].tolist())
+            theirs_top1 = logits[:TOP1_POSITIONS].argmax(axis=1)
+            same = ours_logits.argmax(axis=1) == theirs_top1
+            # Where lowbit's best token leads its runner-up by a clear margin, llama.cpp's 8-bit
+            # activations cannot move it: those positions must all agree.
+            top2 = np.sort(ours_logits, axis=1)[:, -2:]
+            clear = top2[:, 1] - top2[:, 0] > CLEAR_MARGIN
     ppl = math.exp(nll / (WINDOWS * (WINDOW - 1)))
     rel = abs(ppl - ours.perplexity) / ours.perplexity
-    print(f"{export}: llama.cpp {ppl:.4f}, lowbit {ours.perplexity:.4f} ({rel:.2e}); top-1 {agree:.4f}")
+    agree, agree_clear = float(same.mean()), float(same[clear].mean())
+    print(
+        f"{export}: perplexity llama.cpp {ppl:.4f}, lowbit {ours.perplexity:.4f} ({rel:.2e}); "
+        f"top-1 {agree:.4f}, where clear ({int(clear.sum())} positions) {agree_clear:.4f}"
+    )
     assert rel <= 5e-3
-    # llama.cpp's 8-bit activations move near-ties: ~97% measured (benches/README.md).
-    assert agree >= 0.95
+    assert clear.sum() >= TOP1_POSITIONS // 2
+    assert agree_clear == 1.0
+    # Near-ties flip under llama.cpp's 8-bit activations: ~95-97% overall (benches/README.md).
+    assert agree >= 0.9
 
 
 @pytest.mark.parametrize("ty", ["Q4_0", "Q8_0"])

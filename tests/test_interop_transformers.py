@@ -21,7 +21,10 @@ SCRIPT = ROOT / "benches" / "interop" / "transformers_check.py"
 
 
 @pytest.mark.parametrize(
-    ("fmt", "sym"), [("gptq", "1"), ("gptq", "0"), ("awq", "1"), ("compressed-tensors", "1")]
+    ("fmt", "sym"),
+    # Asymmetric compressed-tensors is left out: transformers 5.24 sizes weight_zero_point as
+    # [out, G] where the compressor packs [ceil(out / 8), G] (docs/format.md).
+    [("gptq", "1"), ("gptq", "0"), ("awq", "1"), ("awq", "0"), ("compressed-tensors", "1")],
 )
 def test_transformers_loads_the_export(fmt: str, sym: str) -> None:
     wikitext("test")
@@ -31,5 +34,7 @@ def test_transformers_loads_the_export(fmt: str, sym: str) -> None:
     )
     summary = [line for line in r.stdout.splitlines() if line.startswith("RESULT")]
     print(*summary, sep="\n")
-    assert r.returncode == 0, f"{SCRIPT.name} --format {fmt} --sym {sym}:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+    assert r.returncode == 0, (
+        f"{SCRIPT.name} --format {fmt} --sym {sym}:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+    )
     assert summary, r.stdout[-2000:]

@@ -24,7 +24,7 @@ from ._lowbit import (
     __version__,
 )
 from .convert import convert
-from .export import ExportReport, TensorExport, export
+from .export import ExportReport, TensorExport, export, imatrix
 from .model import Generation, LoadWarning, Model, PerplexityResult, import_gguf, smollm2_gguf
 from .pipeline import LayerResult, QuantizeReport, calibration_windows, quantize_model
 
@@ -48,6 +48,7 @@ __all__ = [
     "calibration_windows",
     "convert",
     "export",
+    "imatrix",
     "import_gguf",
     "load",
     "load_tensors",

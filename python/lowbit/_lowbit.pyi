@@ -26,6 +26,7 @@ __all__ = [
     "export_gguf",
     "export_hf",
     "gptq_quantize",
+    "imatrix_of",
     "import_gguf",
     "load_model",
     "load_tensors",
@@ -160,8 +161,18 @@ class Model:
 
 def load_model(path: str, progress: _Progress | None = None) -> Model: ...
 def import_gguf(file: str, out_dir: str) -> None: ...
-def export_gguf(model: str, out: str, dense_type: str | None = None) -> dict[str, Any]: ...
+def export_gguf(
+    model: str,
+    out: str,
+    dense_type: str | None = None,
+    imatrix_text: str | None = None,
+    imatrix_samples: int | None = None,
+    progress: Any = None,
+) -> dict[str, Any]: ...
 def export_hf(model: str, out: str, format: str) -> dict[str, Any]: ...
+def imatrix_of(
+    model: str, calib: str, samples: int | None = None, seqlen: int = 512, progress: _Progress | None = None
+) -> dict[str, npt.NDArray[np.float32]]: ...
 def convert(
     model: str, out: str, format: str, allow_requantize: bool = False, gguf_type: str | None = None
 ) -> dict[str, Any]: ...

@@ -192,7 +192,15 @@ def cmd_import_gguf(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    report = export(resolve_model(args.model), args.out, format=args.format, dense_type=args.dense_type)
+    report = export(
+        resolve_model(args.model),
+        args.out,
+        format=args.format,
+        dense_type=args.dense_type,
+        imatrix_text=args.imatrix_text,
+        imatrix_samples=args.imatrix_samples,
+        progress=Bars(enabled=args.imatrix_text is not None),
+    )
     width = max(len(t.name) for t in report.tensors)
     tw = max(5, *(len(t.type) for t in report.tensors))
     print(f"{'tensor':<{width}}  {'lowbit':<20} {'type':<{tw}} {'path':<11} max|diff|")
@@ -204,6 +212,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     worst = max(t.max_abs_diff for t in report.tensors)
     if report.checkpoint_format is not None:
         summary += f"; checkpoint_format {report.checkpoint_format}"
+    if report.imatrix_tokens:
+        summary += f"; importance matrix over {report.imatrix_tokens} tokens"
     for note in report.notes:
         print(f"note: {note}")
     print(f"wrote {report.path} ({_mib(report.bytes)}): {summary}; largest difference {worst:.3g}")
@@ -224,7 +234,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"{t.name:<{width}}  {t.source:<20} {t.type:<20} {t.path:<11} {t.max_abs_diff:.3g}")
     for note in report.notes:
         print(f"note: {note}")
-    lossy = sum(t.path == "requantized" or t.max_abs_diff != 0 for t in report.tensors)
+    lossy = sum(t.path.startswith("requantized") or t.max_abs_diff != 0 for t in report.tensors)
     exact = "exact" if lossy == 0 else f"{lossy} tensors changed"
     worst = max(t.max_abs_diff for t in report.tensors)
     n = len(report.tensors)
@@ -517,6 +527,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--dense-type",
         help="requantize dense (f32/f16/bf16) weight matrices to this ggml type (Q8_0, Q4_0, Q4_K...)",
     )
+    exp.add_argument(
+        "--imatrix-text",
+        metavar="FILE",
+        help="gguf: weight the requantization by an importance matrix over this calibration file "
+        "(text, .jsonl or token ids), as llama-quantize --imatrix",
+    )
+    exp.add_argument(
+        "--imatrix-samples", type=int, metavar="N", help="windows of 512 tokens in the importance matrix (32)"
+    )
     exp.set_defaults(func=cmd_export)
 
     conv = sub.add_parser(
@@ -525,7 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("input", help=model_help)
     conv.add_argument("out", help="output file (gguf) or new directory (lowbit, gptq), written atomically")
-    conv.add_argument("--format", choices=["lowbit", "gguf", "gptq"], required=True)
+    conv.add_argument(
+        "--format", choices=["lowbit", "gguf", "gptq", "awq", "compressed-tensors"], required=True
+    )
     conv.add_argument(
         "--allow-requantize",
         action="store_true",

@@ -21,9 +21,9 @@ def convert(
     gguf_type: str | None = None,
 ) -> ExportReport:
     """Convert ``model`` (anything :func:`lowbit.load` reads: a lowbit directory, a Hugging Face
-    f32/f16 directory, a GGUF file, an HF GPTQ directory) to ``out`` in ``format``: ``"lowbit"``
-    (a directory as ``lowbit quantize`` writes), ``"gguf"`` or ``"gptq"`` (see
-    :func:`lowbit.export`).
+    f32/f16 directory, a GGUF file, an HF GPTQ / AWQ / compressed-tensors directory) to ``out`` in
+    ``format``: ``"lowbit"`` (a directory as ``lowbit quantize`` writes), ``"gguf"``, ``"gptq"``,
+    ``"awq"`` or ``"compressed-tensors"`` (see :func:`lowbit.export`).
 
     Every tensor's route and difference is computed before anything is written; if any tensor's
     values would change (requantized, or Q4_1's rounded minimum) the conversion is refused with

@@ -136,6 +136,12 @@ pub enum GgufError {
         /// The type.
         ty: GgmlType,
     },
+    /// A type without an importance-weighted quantizer.
+    #[error("{ty:?} has no importance-weighted quantizer in lowbit (the 4/5-bit types and K-quants have)")]
+    NoWeightedQuantizer {
+        /// The type.
+        ty: GgmlType,
+    },
     /// A code outside the range of the block type (repacking codes chosen elsewhere).
     #[error("{ty:?}: code {code} is out of range")]
     CodeRange {

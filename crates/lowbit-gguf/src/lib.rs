@@ -5,7 +5,8 @@
 //! * [`GgufWriter`]: GGUF v3 with metadata of every value type, tensors aligned to
 //!   `general.alignment`, data streamed tensor by tensor, files replaced atomically.
 //! * [`blocks`]: one file per ggml block type (`#[repr(C)]`, size checked at compile time),
-//!   each with its dequantizer and llama.cpp's reference quantizer; [`REGISTRY`] maps ggml
+//!   each with its dequantizer and llama.cpp's reference quantizer (and, for the types llama.cpp
+//!   weights by an importance matrix, its weighted one: [`quantize_weighted`]); [`REGISTRY`] maps ggml
 //!   type ids to them, and [`quantize`] / [`dequantize`] dispatch through it.
 //! * [`repack`]: Q4_0 / Q4_1 / Q8_0 blocks from codes and scales chosen elsewhere (lossless export).
 //! * [`llama`]: the llama tensor names and the q/k row permutation of llama.cpp's converter.
@@ -42,6 +43,9 @@ mod writer;
 
 pub use error::{GgufError, Result};
 pub use reader::{FileBytes, GgufFile, GgufHeader, GgufTensorInfo, MAGIC};
-pub use types::{dequantize, dequantize_to_vec, quantize, DequantizeFn, GgmlType, QuantizeFn, TypeTraits, REGISTRY};
+pub use types::{
+    dequantize, dequantize_to_vec, quantize, quantize_weighted, DequantizeFn, GgmlType, QuantizeFn, QuantizeWeightedFn,
+    TypeTraits, REGISTRY,
+};
 pub use value::{GgufValue, GgufValueType};
 pub use writer::{GgufDataWriter, GgufFileWriter, GgufWriter};

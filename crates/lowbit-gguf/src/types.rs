@@ -2,7 +2,7 @@
 //! and reference quantizer. Adding a block format means a file in `blocks/`, a variant here and
 //! a row in [`REGISTRY`].
 
-use crate::blocks::{self, GgmlBlock};
+use crate::blocks::{self, GgmlBlock, WeightedBlock};
 use crate::{GgufError, Result};
 use half::{bf16, f16};
 
@@ -45,6 +45,10 @@ pub type DequantizeFn = fn(src: &[u8], out: &mut [f32]);
 /// Quantizes whole blocks (lengths checked by the caller).
 pub type QuantizeFn = fn(src: &[f32], out: &mut [u8]);
 
+/// Quantizes rows of `qw.len()` weights with one importance per column (lengths checked by the
+/// caller).
+pub type QuantizeWeightedFn = fn(src: &[f32], qw: &[f32], out: &mut [u8]);
+
 /// One registry row: how a type is laid out and converted.
 #[derive(Clone, Copy, Debug)]
 pub struct TypeTraits {
@@ -61,6 +65,9 @@ pub struct TypeTraits {
     pub dequantize: DequantizeFn,
     /// llama.cpp's reference quantizer (`quantize_row_*_ref`) over whole blocks.
     pub quantize: Option<QuantizeFn>,
+    /// llama.cpp's importance-weighted quantizer (`quantize_row_*_impl` with `quant_weights`),
+    /// for the types whose quantizer uses an importance matrix.
+    pub quantize_weighted: Option<QuantizeWeightedFn>,
 }
 
 const fn block_row<B: GgmlBlock>(name: &'static str) -> TypeTraits {
@@ -71,7 +78,12 @@ const fn block_row<B: GgmlBlock>(name: &'static str) -> TypeTraits {
         block_bytes: std::mem::size_of::<B>(),
         dequantize: blocks::dequantize_blocks::<B>,
         quantize: Some(blocks::quantize_blocks::<B>),
+        quantize_weighted: None,
     }
+}
+
+const fn weighted_row<B: WeightedBlock>(name: &'static str) -> TypeTraits {
+    TypeTraits { quantize_weighted: Some(blocks::quantize_rows_weighted::<B>), ..block_row::<B>(name) }
 }
 
 fn le_f32(b: &[u8]) -> f32 {
@@ -108,6 +120,7 @@ pub const REGISTRY: &[TypeTraits] = &[
         block_bytes: 4,
         dequantize: dequantize_f32,
         quantize: Some(quantize_f32),
+        quantize_weighted: None,
     },
     TypeTraits {
         ty: GgmlType::F16,
@@ -116,6 +129,7 @@ pub const REGISTRY: &[TypeTraits] = &[
         block_bytes: 2,
         dequantize: dequantize_f16,
         quantize: Some(quantize_f16),
+        quantize_weighted: None,
     },
     TypeTraits {
         ty: GgmlType::Bf16,
@@ -124,17 +138,18 @@ pub const REGISTRY: &[TypeTraits] = &[
         block_bytes: 2,
         dequantize: dequantize_bf16,
         quantize: Some(quantize_bf16),
+        quantize_weighted: None,
     },
-    block_row::<blocks::BlockQ4_0>("Q4_0"),
-    block_row::<blocks::BlockQ4_1>("Q4_1"),
-    block_row::<blocks::BlockQ5_0>("Q5_0"),
-    block_row::<blocks::BlockQ5_1>("Q5_1"),
+    weighted_row::<blocks::BlockQ4_0>("Q4_0"),
+    weighted_row::<blocks::BlockQ4_1>("Q4_1"),
+    weighted_row::<blocks::BlockQ5_0>("Q5_0"),
+    weighted_row::<blocks::BlockQ5_1>("Q5_1"),
     block_row::<blocks::BlockQ8_0>("Q8_0"),
-    block_row::<blocks::BlockQ2K>("Q2_K"),
-    block_row::<blocks::BlockQ3K>("Q3_K"),
-    block_row::<blocks::BlockQ4K>("Q4_K"),
-    block_row::<blocks::BlockQ5K>("Q5_K"),
-    block_row::<blocks::BlockQ6K>("Q6_K"),
+    weighted_row::<blocks::BlockQ2K>("Q2_K"),
+    weighted_row::<blocks::BlockQ3K>("Q3_K"),
+    weighted_row::<blocks::BlockQ4K>("Q4_K"),
+    weighted_row::<blocks::BlockQ5K>("Q5_K"),
+    weighted_row::<blocks::BlockQ6K>("Q6_K"),
     block_row::<blocks::BlockQ8K>("Q8_K"),
 ];
 
@@ -197,6 +212,27 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
     let q = ty.traits().quantize.ok_or(GgufError::NoQuantizer { ty })?;
     let mut out = vec![0u8; nbytes];
     q(src, &mut out);
+    Ok(out)
+}
+
+/// Quantizes rows of `imatrix.len()` weights with llama.cpp's importance-weighted quantizer
+/// (`ggml_quantize_chunk` given `imatrix`, as `llama-quantize --imatrix` runs it): `imatrix`
+/// holds one importance per column, the mean x^2 of the layer's input. A row must be whole
+/// blocks and `src` whole rows. The float types, Q8_0 (whose llama.cpp quantizer ignores an
+/// importance matrix) and Q8_K are refused with [`GgufError::NoWeightedQuantizer`].
+pub fn quantize_weighted(ty: GgmlType, src: &[f32], imatrix: &[f32]) -> Result<Vec<u8>> {
+    let q = ty.traits().quantize_weighted.ok_or(GgufError::NoWeightedQuantizer { ty })?;
+    let row_bytes = ty.blocks_checked(imatrix.len())?;
+    if imatrix.is_empty() || src.len() % imatrix.len() != 0 {
+        return Err(GgufError::Length {
+            op: "quantize_weighted",
+            unit: "weights (whole rows of the importance matrix's length)",
+            expected: src.len().div_ceil(imatrix.len().max(1)) * imatrix.len(),
+            got: src.len(),
+        });
+    }
+    let mut out = vec![0u8; src.len() / imatrix.len() * row_bytes];
+    q(src, imatrix, &mut out);
     Ok(out)
 }
 

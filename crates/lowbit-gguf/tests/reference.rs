@@ -214,3 +214,62 @@ fn json_of(v: &GgufValue) -> Value {
         },
     }
 }
+
+/// The types with an importance-weighted quantizer.
+const WEIGHTED: [GgmlType; 9] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+/// llama.cpp's own weighted quantizers (`ggml_quantize_chunk` with an imatrix, from the
+/// libggml-base of llama-cpp-python, built from its sdist by `make loaders`) give our bytes. That
+/// library is compiled for baseline x86-64, without FMA, so its float operations round as ours.
+#[test]
+#[ignore = "reference: python3 with numpy and llama-cpp-python (make test-rust runs it)"]
+fn weighted_quantizers_match_ggml_quantize_chunk() {
+    let dir = temp_dir("ref-weighted");
+    let mut rng = Rng::new(21);
+    let py = references::python(&["numpy", "llama_cpp"]);
+    for (rows, cols) in [(7, 256), (5, 512), (14, 768)] {
+        let x = test_weights(rows, cols, &mut rng);
+        // Importances as an imatrix has them: positive, spread over decades; and all ones.
+        let skewed: Vec<f32> = (0..cols).map(|_| (3.0 * rng.normal(1.0)).exp()).collect();
+        for (tag, qw) in [("skewed", skewed), ("ones", vec![1.0; cols])] {
+            write_f32(&dir.join("x.f32"), &x);
+            write_f32(&dir.join("qw.f32"), &qw);
+            let script = format!(
+                "import ctypes, os, numpy as np, llama_cpp\n\
+                 lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), 'lib', 'libggml-base.so'))\n\
+                 f = lib.ggml_quantize_chunk\n\
+                 f.restype = ctypes.c_size_t\n\
+                 f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]\n\
+                 x = np.fromfile('{d}/x.f32', dtype='<f4'); qw = np.fromfile('{d}/qw.f32', dtype='<f4')\n\
+                 for ty in {ids:?}:\n\
+                 \x20   out = np.zeros(x.size * 2, dtype=np.uint8)\n\
+                 \x20   n = f(ty, x.ctypes.data, out.ctypes.data, 0, {rows}, {cols}, qw.ctypes.data)\n\
+                 \x20   out[:n].tofile('{d}/%d.bin' % ty)\n",
+                d = dir.display(),
+                ids = WEIGHTED.iter().map(|t| t.id()).collect::<Vec<_>>(),
+            );
+            let out = Command::new(&py).args(["-c", &script]).output().unwrap();
+            assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            for ty in WEIGHTED {
+                let theirs = std::fs::read(dir.join(format!("{}.bin", ty.id()))).unwrap();
+                let ours = lowbit_gguf::quantize_weighted(ty, &x, &qw).unwrap();
+                assert_eq!(ours.len(), theirs.len(), "{ty:?} {rows}x{cols} {tag}");
+                let diff = ours.iter().zip(&theirs).position(|(a, b)| a != b);
+                assert!(diff.is_none(), "{ty:?} {rows}x{cols} {tag}: first differing byte {diff:?}");
+                // Even all-ones importances take llama.cpp's other search, not the reference one.
+                assert_ne!(ours, quantize(ty, &x).unwrap(), "{ty:?} {rows}x{cols} {tag}: same as unweighted");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

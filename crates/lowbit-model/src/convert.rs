@@ -1,12 +1,14 @@
 //! `convert`: any model lowbit reads (a lowbit directory, a Hugging Face f32/f16 directory, a
-//! GGUF file, an HF GPTQ directory) written in another format, with a per-tensor report.
+//! GGUF file, an HF GPTQ / AWQ / compressed-tensors directory) written in another format, with a
+//! per-tensor report.
 //!
 //! Each format's exporter computes every tensor's route and measured difference before anything
-//! is written (GGUF through [`GgufPlan`]; GPTQ refuses what it cannot store exactly; a lowbit
+//! is written (GGUF through [`GgufPlan`]; the HF formats refuse what they cannot store exactly; a lowbit
 //! directory stores what was loaded as it is), so a lossy conversion is refused with nothing on
 //! disk unless requantizing is allowed. Outputs are written atomically by the exporters.
 
 use crate::gguf::{describe, ExportPath, GgmlType, GgufExportOptions, GgufPlan};
+use crate::hf_quant::{export_hf, HfFormat};
 use crate::load::LoadOptions;
 use crate::model::Model;
 use crate::{ModelError, Result};
@@ -20,20 +22,27 @@ pub enum ConvertFormat {
     Lowbit,
     /// A llama GGUF file (see [`crate::gguf::export_gguf`]).
     Gguf,
-    /// A Hugging Face GPTQ directory (see [`crate::export_gptq`]).
-    Gptq,
+    /// A Hugging Face quantized directory: GPTQ, AWQ GEMM or compressed-tensors (see
+    /// [`export_hf`]).
+    Hf(HfFormat),
 }
 
 impl ConvertFormat {
     /// Every format, by name.
-    pub const ALL: [ConvertFormat; 3] = [ConvertFormat::Lowbit, ConvertFormat::Gguf, ConvertFormat::Gptq];
+    pub const ALL: [ConvertFormat; 5] = [
+        ConvertFormat::Lowbit,
+        ConvertFormat::Gguf,
+        ConvertFormat::Hf(HfFormat::Gptq),
+        ConvertFormat::Hf(HfFormat::Awq),
+        ConvertFormat::Hf(HfFormat::CompressedTensors),
+    ];
 
-    /// `lowbit`, `gguf` or `gptq`.
+    /// `lowbit`, `gguf`, `gptq`, `awq` or `compressed-tensors`.
     pub fn name(self) -> &'static str {
         match self {
             ConvertFormat::Lowbit => "lowbit",
             ConvertFormat::Gguf => "gguf",
-            ConvertFormat::Gptq => "gptq",
+            ConvertFormat::Hf(f) => f.name(),
         }
     }
 
@@ -44,7 +53,7 @@ impl ConvertFormat {
 }
 
 /// Options of [`convert`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConvertOptions {
     /// The output format.
     pub format: ConvertFormat,
@@ -72,7 +81,7 @@ pub struct ConvertedTensor {
 impl ConvertedTensor {
     /// Whether the written values differ from the loaded ones.
     pub fn lossy(&self) -> bool {
-        self.path == ExportPath::Requantized || self.max_abs_diff != 0.0
+        matches!(self.path, ExportPath::Requantized | ExportPath::ImatrixRequantized) || self.max_abs_diff != 0.0
     }
 }
 
@@ -113,10 +122,10 @@ pub fn convert(input: impl AsRef<Path>, out: impl AsRef<Path>, opts: &ConvertOpt
             let written = plan.write(out)?;
             (rows, written.bytes)
         }
-        ConvertFormat::Gptq => {
+        ConvertFormat::Hf(format) => {
             drop(model);
-            // GPTQ export refuses whatever it cannot store exactly: no dry run needed.
-            let g = crate::export_gptq(input, out)?;
+            // The HF exports refuse whatever they cannot store exactly: no dry run needed.
+            let g = export_hf(input, out, format)?;
             notes.extend(g.notes);
             let rows = g
                 .tensors

@@ -38,14 +38,21 @@ pub enum HfFormat {
 }
 
 impl HfFormat {
-    /// The format by its `lowbit export --format` name: `gptq`, `awq`, `compressed-tensors`.
-    pub fn from_name(name: &str) -> Option<HfFormat> {
-        match name {
-            "gptq" => Some(HfFormat::Gptq),
-            "awq" => Some(HfFormat::Awq),
-            "compressed-tensors" => Some(HfFormat::CompressedTensors),
-            _ => None,
+    /// Every format.
+    pub const ALL: [HfFormat; 3] = [HfFormat::Gptq, HfFormat::Awq, HfFormat::CompressedTensors];
+
+    /// Its `lowbit export --format` name: `gptq`, `awq`, `compressed-tensors`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HfFormat::Gptq => "gptq",
+            HfFormat::Awq => "awq",
+            HfFormat::CompressedTensors => "compressed-tensors",
         }
+    }
+
+    /// The format by its `lowbit export --format` name.
+    pub fn from_name(name: &str) -> Option<HfFormat> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
     }
 }
 

@@ -11,6 +11,7 @@
 //! * [`Model::generate`]: greedy or sampled decoding with streaming; [`Tokenizer`] with its
 //!   chat template.
 //! * [`Model::perplexity`]: the project's evaluation protocol.
+//! * [`imatrix`]: llama.cpp's importance matrix from the model's activations (for GGUF export).
 //! * [`block`]: one decoder block in stages, which the quantization pipeline (crate
 //!   `lowbit-quantize`) runs between its solves; [`Model::open_blocks`] streams a checkpoint's
 //!   blocks one at a time.
@@ -30,6 +31,7 @@ pub mod generate;
 pub mod gguf;
 pub mod gptq;
 mod hf_quant;
+pub mod imatrix;
 mod load;
 mod model;
 pub mod perplexity;
@@ -48,6 +50,7 @@ pub use generate::{BatchPrompt, GenerateOptions, Generation, Rng, StopReason, To
 pub use gguf::{export_gguf, import_gguf, GgufExportOptions, GgufFile};
 pub use gptq::export_gptq;
 pub use hf_quant::{export_hf, HfExport, HfFormat, HfTensorExport};
+pub use imatrix::{collect_imatrix, Imatrix};
 pub use load::{LastFile, LoadOptions, SaveExtras, StoredSize};
 pub use model::{BlockReader, KvCache, Layer, Logits, LogitsMode, Model, LINEAR_NAMES};
 pub use perplexity::{PerplexityOptions, PerplexityResult};

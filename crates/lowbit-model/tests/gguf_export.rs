@@ -189,7 +189,7 @@ fn other_schemes_are_requantized_and_reported() {
 fn dense_type_requantizes_f32_matrices_with_the_reference_quantizer() {
     let src = tiny_dir("export-dense", 96);
     let out = src.join("q8.gguf");
-    let opts = GgufExportOptions { dense_type: Some(GgmlType::Q8_0) };
+    let opts = GgufExportOptions { dense_type: Some(GgmlType::Q8_0), ..Default::default() };
     let report = export_gguf(&src, &out, &opts).unwrap();
     let file = GgufFile::open(&out).unwrap();
     let model = Model::load(&src).unwrap();
@@ -383,7 +383,8 @@ fn every_llama_block_type_loads_like_its_dequantized_reference() {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("m.gguf");
-        let report = export_gguf(&src, &out, &GgufExportOptions { dense_type: Some(ty) }).unwrap();
+        let report =
+            export_gguf(&src, &out, &GgufExportOptions { dense_type: Some(ty), ..Default::default() }).unwrap();
         assert!(report.tensors.iter().filter(|t| t.name.ends_with("attn_q.weight")).all(|t| t.ty == ty));
         let m = Model::load(&out).unwrap();
         // Weights: the packed tensors hold exactly the values of the blocks (q/k un-permuted).
@@ -509,7 +510,7 @@ fn lossy_convert_is_refused_before_writing_unless_allowed() {
     let opts = ConvertOptions {
         format: ConvertFormat::Gguf,
         allow_requantize: false,
-        gguf: GgufExportOptions { dense_type: Some(GgmlType::Q8_0) },
+        gguf: GgufExportOptions { dense_type: Some(GgmlType::Q8_0), ..Default::default() },
     };
     let out8 = dir.parent().unwrap().join("q8.gguf");
     assert!(matches!(lowbit_model::convert(&src, &out8, &opts), Err(ModelError::Lossy { count: 15, .. })));

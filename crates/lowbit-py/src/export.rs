@@ -2,34 +2,83 @@
 //! compressed-tensors directory, with the per-tensor report.
 
 use crate::errors::{PyLowbitResult, UnsupportedError};
-use lowbit_model::gguf::{export_gguf as export, GgmlType, GgufExportOptions};
-use lowbit_model::HfFormat;
+use crate::progress::PySink;
+use lowbit_model::gguf::{GgmlType, GgufExportOptions, GgufPlan};
+use lowbit_model::{HfFormat, LoadOptions, Model};
+use lowbit_quantize::imatrix::{imatrix, DEFAULT_IMATRIX_SAMPLES, IMATRIX_SEQLEN};
+use lowbit_quantize::CalibSource;
+use numpy::IntoPyArray;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use std::path::PathBuf;
 
 /// Exports the model at `model` to the GGUF file `out` (GIL released). `dense_type` (a ggml type
-/// name such as `"Q8_0"`) requantizes dense weight matrices. Returns `{"bytes": int, "tensors":
-/// [{"name", "source", "type", "path", "max_abs_diff"}, ...]}`.
+/// name such as `"Q8_0"`) requantizes dense weight matrices. `imatrix_text` (a calibration file,
+/// as `quantize_model`'s `calib`) weights the requantization of block linears by the model's
+/// importance matrix over `imatrix_samples` windows of 512 tokens; `progress` sees its phases.
+/// Returns `{"bytes": int, "imatrix_tokens": int, "tensors": [{"name", "source", "type", "path",
+/// "max_abs_diff"}, ...]}`.
 #[pyfunction]
-#[pyo3(signature = (model, out, dense_type=None))]
+#[pyo3(signature = (model, out, dense_type=None, imatrix_text=None, imatrix_samples=None, progress=None))]
+#[allow(clippy::too_many_arguments)]
 fn export_gguf<'py>(
     py: Python<'py>,
     model: PathBuf,
     out: PathBuf,
     dense_type: Option<&str>,
+    imatrix_text: Option<PathBuf>,
+    imatrix_samples: Option<usize>,
+    progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let dense_type = dense_type.map(parse_type).transpose()?;
-    let opts = GgufExportOptions { dense_type };
-    let r: PyLowbitResult<_> = py.detach(|| export(&model, &out, &opts)).map_err(Into::into);
-    let report = r?;
+    let mut sink = PySink::new(progress.as_ref());
+    let result = py.detach(|| -> lowbit_quantize::Result<_> {
+        let m = Model::load_with(&model, &LoadOptions::default())?;
+        let samples = imatrix_samples.unwrap_or(DEFAULT_IMATRIX_SAMPLES);
+        let im = match &imatrix_text {
+            Some(p) => Some(imatrix(&m, &CalibSource::from_path(p), samples, IMATRIX_SEQLEN, 0, &mut sink)?),
+            None => None,
+        };
+        let tokens = im.as_ref().map_or(0, |im| im.tokens());
+        let opts = GgufExportOptions { dense_type, imatrix: im };
+        Ok((GgufPlan::new(&m, &model, &opts)?.write(&out)?, tokens))
+    });
+    let (report, tokens) = sink.result(result)?;
     let tensors = PyList::empty(py);
     for t in report.tensors {
         tensors.append(tensor_row(py, t.name, t.source, t.ty.name(), t.path.name(), t.max_abs_diff)?)?;
     }
     let out = PyDict::new(py);
     out.set_item("bytes", report.bytes)?;
+    out.set_item("imatrix_tokens", tokens)?;
     out.set_item("tensors", tensors)?;
+    Ok(out)
+}
+
+/// The importance matrix of the model at `model` over `samples` windows of `seqlen` tokens
+/// drawn from the calibration file `calib` (GIL released): `{weight name: mean x^2 per input
+/// column}` for every block linear.
+#[pyfunction]
+#[pyo3(signature = (model, calib, samples=None, seqlen=IMATRIX_SEQLEN, progress=None))]
+fn imatrix_of<'py>(
+    py: Python<'py>,
+    model: PathBuf,
+    calib: PathBuf,
+    samples: Option<usize>,
+    seqlen: usize,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let mut sink = PySink::new(progress.as_ref());
+    let result = py.detach(|| -> lowbit_quantize::Result<_> {
+        let m = Model::load_with(&model, &LoadOptions::default())?;
+        let samples = samples.unwrap_or(DEFAULT_IMATRIX_SAMPLES);
+        imatrix(&m, &CalibSource::from_path(&calib), samples, seqlen, 0, &mut sink)
+    });
+    let im = sink.result(result)?;
+    let out = PyDict::new(py);
+    for (name, v) in im.iter() {
+        out.set_item(name, v.to_vec().into_pyarray(py))?;
+    }
     Ok(out)
 }
 
@@ -55,7 +104,7 @@ fn export_hf<'py>(py: Python<'py>, model: PathBuf, out: PathBuf, format: &str) -
     Ok(out)
 }
 
-/// Converts the model at `model` to `out` in `format` (`lowbit`, `gguf`, `gptq`; GIL released),
+/// Converts the model at `model` to `out` in `format` (`lowbit`, `gguf`, `gptq`, `awq`, `compressed-tensors`; GIL released),
 /// refusing a lossy conversion before writing unless `allow_requantize`. `gguf_type` requantizes
 /// dense matrices (GGUF only). Returns `{"bytes", "notes": [str], "tensors": [{"name", "source",
 /// "type", "path", "max_abs_diff"}, ...]}`.
@@ -74,7 +123,11 @@ fn convert<'py>(
         UnsupportedError::new_err(format!("convert format {format:?}: lowbit converts to {}", names.join(", ")))
     })?;
     let dense_type = gguf_type.map(parse_type).transpose()?;
-    let opts = lowbit_model::ConvertOptions { format, allow_requantize, gguf: GgufExportOptions { dense_type } };
+    let opts = lowbit_model::ConvertOptions {
+        format,
+        allow_requantize,
+        gguf: GgufExportOptions { dense_type, ..Default::default() },
+    };
     let r: PyLowbitResult<_> = py.detach(|| lowbit_model::convert(&model, &out, &opts)).map_err(Into::into);
     let report = r?;
     let tensors = PyList::empty(py);
@@ -115,5 +168,6 @@ fn tensor_row<'py>(
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(export_gguf, m)?)?;
     m.add_function(wrap_pyfunction!(export_hf, m)?)?;
+    m.add_function(wrap_pyfunction!(imatrix_of, m)?)?;
     m.add_function(wrap_pyfunction!(convert, m)?)
 }

@@ -191,6 +191,14 @@ fn to_ids(vals: Vec<i64>, path: &Path) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// The window length of a token file holding windows (a 2-D array), `None` for a stream.
+pub(crate) fn token_file_window_len(path: &Path) -> Result<Option<usize>> {
+    Ok(match read_token_file(path)? {
+        TokenArray::Windows { cols, .. } => Some(cols),
+        TokenArray::Stream(_) => None,
+    })
+}
+
 fn read_token_file(path: &Path) -> Result<TokenArray> {
     let bytes = std::fs::read(path).map_err(|e| QuantizeError::io(path, e))?;
     let (shape, vals) = if bytes.starts_with(b"\x93NUMPY") {

@@ -5,6 +5,10 @@
 //! multi-byte fields are little-endian. Each block is `#[repr(C)]` and [`bytemuck::Pod`], so a
 //! slice of file bytes is a slice of blocks; its size is checked at compile time.
 //!
+//! The types llama.cpp quantizes with an importance matrix (Q4_0, Q4_1, Q5_0, Q5_1, Q2_K-Q6_K) also implement [`WeightedBlock`]: its `quantize_row_*_impl` with `quant_weights`, a
+//! different search from the reference quantizer's even when every importance is 1 (llama.cpp
+//! calls the reference quantizer only when no importance matrix is given).
+//!
 //! The reference quantizers follow the C code's float operations in order, one rounding per
 //! operation (Rust never contracts `a * b + c` into an FMA), so they reproduce a llama.cpp build
 //! made without FP contraction, and gguf-py's numpy quantizers, bit for bit.
@@ -76,6 +80,21 @@ pub trait GgmlBlock: BlockLayout {
     fn quantize(x: &[f32]) -> Self;
 }
 
+/// A ggml block with llama.cpp's importance-weighted quantizer (`quantize_row_*_impl` given
+/// `quant_weights`: one importance per column of the row, an imatrix's mean x^2 of the input).
+pub trait WeightedBlock: GgmlBlock {
+    /// Quantizes `x[..LEN]` minimizing the error weighted by the importances `qw[..LEN]`.
+    /// `row_sigma2` is the whole row's mean x^2, which the 32-weight types use (the k-quants
+    /// take theirs from the super-block).
+    fn quantize_weighted(x: &[f32], qw: &[f32], row_sigma2: f32) -> Self;
+}
+
+/// llama.cpp's weights for the 32-weight types: `qw * sqrt(sigma2 + x^2)`, `sigma2` the row's
+/// mean x^2.
+pub(crate) fn block_weights(x: &[f32], qw: &[f32], row_sigma2: f32) -> [f32; 32] {
+    std::array::from_fn(|j| qw[j] * (row_sigma2 + x[j] * x[j]).sqrt())
+}
+
 /// The first element of largest magnitude, sign kept (the `max` of ggml's symmetric quantizers).
 fn signed_absmax(x: &[f32]) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
@@ -117,4 +136,22 @@ pub(crate) fn quantize_blocks<B: GgmlBlock>(src: &[f32], out: &mut [u8]) {
     src.chunks_exact(B::LEN)
         .zip(out.chunks_exact_mut(size))
         .for_each(|(x, o)| o.copy_from_slice(bytemuck::bytes_of(&B::quantize(x))));
+}
+
+/// Quantizes rows of `n_per_row` weights (a whole number of blocks) with one importance per
+/// column, `qw.len() == n_per_row` (both checked by the caller).
+pub(crate) fn quantize_rows_weighted<B: WeightedBlock>(src: &[f32], qw: &[f32], out: &mut [u8]) {
+    let size = std::mem::size_of::<B>();
+    let n_per_row = qw.len();
+    let row_bytes = n_per_row / B::LEN * size;
+    for (row, o) in src.chunks_exact(n_per_row).zip(out.chunks_exact_mut(row_bytes)) {
+        let mut sum_x2 = 0f32;
+        for &v in row {
+            sum_x2 += v * v;
+        }
+        let sigma2 = sum_x2 / n_per_row as f32;
+        for ((x, w), o) in row.chunks_exact(B::LEN).zip(qw.chunks_exact(B::LEN)).zip(o.chunks_exact_mut(size)) {
+            o.copy_from_slice(bytemuck::bytes_of(&B::quantize_weighted(x, w, sigma2)));
+        }
+    }
 }

@@ -9,9 +9,12 @@
 //! ```
 //! Reference quantizer: per sub-block `make_qkx2_quants(16, 3, weights = |x|, -0.5, 0.1, 15,
 //! use_mad)`, 4-bit scales and mins relative to the largest, codes recomputed against them.
+//! Weighted: per sub-block `make_qkx3_quants(16, 3)` with weights `qw * sqrt(sigma2 + x^2)`
+//! (`sigma2` the super-block's mean x^2), 4-bit scales and mins by `make_qp_quants(15)`
+//! weighted by each sub-block's total weight.
 
-use super::kquants::{make_qkx2_quants, nearest_int, pack_2bit, QK_K};
-use super::{positive_max, GgmlBlock};
+use super::kquants::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int, pack_2bit, QK_K};
+use super::{positive_max, GgmlBlock, WeightedBlock};
 use half::f16;
 
 ggml_block! {
@@ -82,16 +85,49 @@ impl GgmlBlock for BlockQ2K {
         let mut sc = [0u8; 16];
         let d = quantize_4bit(&scales, &mut sc, 0);
         let dmin = quantize_4bit(&mins, &mut sc, 4);
-        for j in 0..QK_K / 16 {
-            let dd = d.to_f32() * (sc[j] & 0xF) as f32;
-            if dd == 0.0 {
-                continue;
-            }
-            let dm = dmin.to_f32() * (sc[j] >> 4) as f32;
-            for ii in 0..16 {
-                l[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / dd).clamp(0, 3) as u8;
-            }
-        }
-        BlockQ2K { scales: sc, qs: pack_2bit(&l), d, dmin }
+        finish(x, l, sc, d, dmin)
     }
+}
+
+impl WeightedBlock for BlockQ2K {
+    fn quantize_weighted(x: &[f32], qw: &[f32], _row_sigma2: f32) -> Self {
+        let x = &x[..QK_K];
+        let mut l = [0u8; QK_K];
+        let mut laux = [0u8; 16];
+        let (mut scales, mut mins, mut sw) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+        let mut sum_x2 = 0f32;
+        for &v in x {
+            sum_x2 += v * v;
+        }
+        let sigma2 = sum_x2 / QK_K as f32;
+        for j in 0..QK_K / 16 {
+            let (xs, q) = (&x[16 * j..16 * j + 16], &qw[16 * j..16 * j + 16]);
+            let weights: [f32; 16] = std::array::from_fn(|k| q[k] * (sigma2 + xs[k] * xs[k]).sqrt());
+            for &w in &weights {
+                sw[j] += w;
+            }
+            let (s, m) = make_qkx3_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], &mut laux, -0.9, 0.05, 36);
+            scales[j] = s;
+            mins[j] = m;
+        }
+        let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
+        let d = f16::from_f32(make_qp_quants(15, &scales, &mut ls, &sw));
+        let dmin = f16::from_f32(make_qp_quants(15, &mins, &mut lm, &sw));
+        finish(x, l, std::array::from_fn(|j| ls[j] | (lm[j] << 4)), d, dmin)
+    }
+}
+
+/// Codes recomputed against the rounded scales and mins `sc`, then packed.
+fn finish(x: &[f32], mut l: [u8; QK_K], sc: [u8; 16], d: f16, dmin: f16) -> BlockQ2K {
+    for j in 0..QK_K / 16 {
+        let dd = d.to_f32() * (sc[j] & 0xF) as f32;
+        if dd == 0.0 {
+            continue;
+        }
+        let dm = dmin.to_f32() * (sc[j] >> 4) as f32;
+        for ii in 0..16 {
+            l[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / dd).clamp(0, 3) as u8;
+        }
+    }
+    BlockQ2K { scales: sc, qs: pack_2bit(&l), d, dmin }
 }

@@ -9,10 +9,13 @@
 //! meaning "no offset": w = d * (scale_j - 32) * (low2 - (bit ? 0 : 4))
 //! ```
 //! Reference quantizer: per sub-block `make_q3_quants(16, 4, x, L, do_rmse)`, 6-bit scales
-//! relative to the largest |scale|, codes recomputed against them.
+//! relative to the largest |scale|, codes recomputed against them. Weighted: per sub-block
+//! `make_qx_quants(16, 4)` with weights `qw * sqrt(sigma2 + x^2)` (`sigma2` = 2 x the
+//! super-block's mean x^2), the scales by `make_qx_quants(16, 32)` weighted by each sub-block's
+//! total weight.
 
-use super::kquants::{make_q3_quants, nearest_int, pack_2bit, QK_K};
-use super::GgmlBlock;
+use super::kquants::{make_q3_quants, make_qx_quants, nearest_int, pack_2bit, QK_K};
+use super::{GgmlBlock, WeightedBlock};
 use half::f16;
 
 ggml_block! {
@@ -86,26 +89,67 @@ impl GgmlBlock for BlockQ3K {
         } else {
             f16::ZERO
         };
-        for j in 0..16 {
-            let dd = d.to_f32() * (scale(&packed, j) - 32) as f32;
-            if dd == 0.0 {
-                continue;
-            }
-            for ii in 0..16 {
-                l[16 * j + ii] = (nearest_int(x[16 * j + ii] / dd).clamp(-4, 3) + 4) as i8;
-            }
-        }
-        let mut hmask = [0u8; QK_K / 8];
-        let mut low = [0u8; QK_K];
-        for (j, (&v, lo)) in l.iter().zip(low.iter_mut()).enumerate() {
-            let v = v as u8;
-            *lo = if v > 3 {
-                hmask[j % 32] |= 1 << (j / 32);
-                v - 4
-            } else {
-                v
-            };
-        }
-        BlockQ3K { hmask, qs: pack_2bit(&low), scales: packed, d }
+        finish(x, l, packed, d)
     }
+}
+
+impl WeightedBlock for BlockQ3K {
+    fn quantize_weighted(x: &[f32], qw: &[f32], _row_sigma2: f32) -> Self {
+        let x = &x[..QK_K];
+        let mut l = [0i8; QK_K];
+        let (mut scales, mut sw) = ([0f32; 16], [0f32; 16]);
+        let mut sum_x2 = 0f32;
+        for &v in x {
+            sum_x2 += v * v;
+        }
+        let sigma2 = 2.0 * sum_x2 / QK_K as f32;
+        for j in 0..QK_K / 16 {
+            let (xs, q) = (&x[16 * j..16 * j + 16], &qw[16 * j..16 * j + 16]);
+            let weights: [f32; 16] = std::array::from_fn(|k| q[k] * (sigma2 + xs[k] * xs[k]).sqrt());
+            let mut sumw = 0f32;
+            for &w in &weights {
+                sumw += w;
+            }
+            sw[j] = sumw;
+            scales[j] = make_qx_quants(4, xs, &mut l[16 * j..16 * j + 16], 1, Some(&weights));
+        }
+        let mut ls = [0i8; 16];
+        let d_block = make_qx_quants(32, &scales, &mut ls, 1, Some(&sw));
+        let mut packed = [0u8; 12];
+        for (j, &v) in ls.iter().enumerate() {
+            let v = v as u8;
+            if j < 8 {
+                packed[j] = v & 0xF;
+            } else {
+                packed[j - 8] |= (v & 0xF) << 4;
+            }
+            packed[j % 4 + 8] |= (v >> 4) << (2 * (j / 4));
+        }
+        finish(x, l, packed, f16::from_f32(d_block))
+    }
+}
+
+/// Codes (offset by 4) recomputed against the packed 6-bit scales, then split and packed.
+fn finish(x: &[f32], mut l: [i8; QK_K], packed: [u8; 12], d: f16) -> BlockQ3K {
+    for j in 0..16 {
+        let dd = d.to_f32() * (scale(&packed, j) - 32) as f32;
+        if dd == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / dd).clamp(-4, 3) + 4) as i8;
+        }
+    }
+    let mut hmask = [0u8; QK_K / 8];
+    let mut low = [0u8; QK_K];
+    for (j, (&v, lo)) in l.iter().zip(low.iter_mut()).enumerate() {
+        let v = v as u8;
+        *lo = if v > 3 {
+            hmask[j % 32] |= 1 << (j / 32);
+            v - 4
+        } else {
+            v
+        };
+    }
+    BlockQ3K { hmask, qs: pack_2bit(&low), scales: packed, d }
 }

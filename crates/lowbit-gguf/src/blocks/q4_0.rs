@@ -7,8 +7,10 @@
 //! ```
 //! Reference quantizer: `max` is the element of largest |x| (the first such), `d = max / -8`,
 //! `n = min(15, (i8)(x / d + 8.5))`, so the extreme element maps to code 0 exactly.
+//! Weighted: `make_qx_quants(32, 8, x, L, 1, qw * sqrt(sigma2 + x^2))`.
 
-use super::{signed_absmax, GgmlBlock};
+use super::kquants::make_qx_quants;
+use super::{block_weights, signed_absmax, GgmlBlock, WeightedBlock};
 use half::f16;
 
 /// Weights per Q4_0 block.
@@ -43,6 +45,14 @@ impl GgmlBlock for BlockQ4_0 {
             *q = code(x[j]) | (code(x[j + 16]) << 4);
         }
         BlockQ4_0 { d: f16::from_f32(d), qs }
+    }
+}
+
+impl WeightedBlock for BlockQ4_0 {
+    fn quantize_weighted(x: &[f32], qw: &[f32], row_sigma2: f32) -> Self {
+        let mut l = [0i8; QK4_0];
+        let d = make_qx_quants(8, &x[..QK4_0], &mut l, 1, Some(&block_weights(x, qw, row_sigma2)));
+        BlockQ4_0 { d: f16::from_f32(d), qs: std::array::from_fn(|j| l[j] as u8 | ((l[j + 16] as u8) << 4)) }
     }
 }
 

@@ -6,8 +6,10 @@
 //! qs[j] = n[j] | n[j + 16] << 4,   w = n * d + m
 //! ```
 //! Reference quantizer: `d = (max - min) / 15`, `m = min`, `n = min(15, (i8)((x - min) / d + 0.5))`.
+//! Weighted: `make_qkx3_quants(32, 15, x, qw * sqrt(sigma2 + x^2), ..., -0.9, 0.05, 36)`.
 
-use super::{min_max, GgmlBlock};
+use super::kquants::make_qkx3_quants;
+use super::{block_weights, min_max, GgmlBlock, WeightedBlock};
 use half::f16;
 
 /// Weights per Q4_1 block.
@@ -44,6 +46,16 @@ impl GgmlBlock for BlockQ4_1 {
             *q = code(x[j]) | (code(x[j + 16]) << 4);
         }
         BlockQ4_1 { d: f16::from_f32(d), m: f16::from_f32(min), qs }
+    }
+}
+
+impl WeightedBlock for BlockQ4_1 {
+    fn quantize_weighted(x: &[f32], qw: &[f32], row_sigma2: f32) -> Self {
+        let (mut l, mut laux) = ([0u8; QK4_1], [0u8; QK4_1]);
+        let w = block_weights(x, qw, row_sigma2);
+        let (d, min) = make_qkx3_quants(15, &x[..QK4_1], &w, &mut l, &mut laux, -0.9, 0.05, 36);
+        let qs = std::array::from_fn(|j| l[j] | (l[j + 16] << 4));
+        BlockQ4_1 { d: f16::from_f32(d), m: f16::from_f32(-min), qs }
     }
 }
 

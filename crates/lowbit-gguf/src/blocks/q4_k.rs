@@ -11,10 +11,10 @@
 //! ```
 //! Reference quantizer: per sub-block `make_qkx2_quants(32, 15, weights = rms + |x|, -1, 0.1,
 //! 20)`, then `d = max sc / 63`, `dmin = max m / 63`, 6-bit `nearest_int`, and the codes
-//! recomputed against the rounded scales.
+//! recomputed against the rounded scales. Weighted: [`quantize_k4_k5_weighted`] with `nmax = 15`.
 
-use super::kquants::{pair_scales, quantize_k4_k5, QK_K};
-use super::GgmlBlock;
+use super::kquants::{pair_scales, quantize_k4_k5, quantize_k4_k5_weighted, QK_K};
+use super::{GgmlBlock, WeightedBlock};
 use half::f16;
 
 ggml_block! {
@@ -46,14 +46,25 @@ impl GgmlBlock for BlockQ4K {
 
     fn quantize(x: &[f32]) -> Self {
         let (d, dmin, scales, l) = quantize_k4_k5(&x[..QK_K], 15, -1.0, 20);
-        let mut qs = [0u8; QK_K / 2];
-        for c in 0..4 {
-            for k in 0..32 {
-                qs[32 * c + k] = l[64 * c + k] | (l[64 * c + 32 + k] << 4);
-            }
-        }
-        BlockQ4K { d, dmin, scales, qs }
+        BlockQ4K { d, dmin, scales, qs: pack_q4k(&l) }
     }
+}
+
+impl WeightedBlock for BlockQ4K {
+    fn quantize_weighted(x: &[f32], qw: &[f32], _row_sigma2: f32) -> Self {
+        let (d, dmin, scales, l) = quantize_k4_k5_weighted(x, qw, 15, false);
+        BlockQ4K { d, dmin, scales, qs: pack_q4k(&l) }
+    }
+}
+
+fn pack_q4k(l: &[u8; QK_K]) -> [u8; QK_K / 2] {
+    let mut qs = [0u8; QK_K / 2];
+    for c in 0..4 {
+        for k in 0..32 {
+            qs[32 * c + k] = l[64 * c + k] | (l[64 * c + 32 + k] << 4);
+        }
+    }
+    qs
 }
 
 #[cfg(test)]

@@ -7,8 +7,10 @@
 //! 5th bit of n[i] is bit i of qh (a little-endian u32),   w = (n - 16) * d
 //! ```
 //! Reference quantizer: as Q4_0 with `d = max / -16` and `n = min(31, (i8)(x / d + 16.5))`.
+//! Weighted: `make_qx_quants(32, 16, x, L, 1, qw * sqrt(sigma2 + x^2))`.
 
-use super::{signed_absmax, GgmlBlock};
+use super::kquants::make_qx_quants;
+use super::{block_weights, signed_absmax, GgmlBlock, WeightedBlock};
 use half::f16;
 
 /// Weights per Q5_0 block.
@@ -63,6 +65,15 @@ impl GgmlBlock for BlockQ5_0 {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let n: [u8; 32] = std::array::from_fn(|i| ((x[i] * id + 16.5) as i8).min(31) as u8);
         let (qh, qs) = pack5(&n);
+        BlockQ5_0 { d: f16::from_f32(d), qh, qs }
+    }
+}
+
+impl WeightedBlock for BlockQ5_0 {
+    fn quantize_weighted(x: &[f32], qw: &[f32], row_sigma2: f32) -> Self {
+        let mut l = [0i8; QK5_0];
+        let d = make_qx_quants(16, &x[..QK5_0], &mut l, 1, Some(&block_weights(x, qw, row_sigma2)));
+        let (qh, qs) = pack5(&l.map(|v| v as u8));
         BlockQ5_0 { d: f16::from_f32(d), qh, qs }
     }
 }

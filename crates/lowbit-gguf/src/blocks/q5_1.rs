@@ -6,9 +6,11 @@
 //! codes packed as Q5_0,   w = n * d + m
 //! ```
 //! Reference quantizer: as Q4_1 with `d = (max - min) / 31` and `n = (u8)((x - min) / d + 0.5)`.
+//! Weighted: as Q4_1's with `nmax = 31`.
 
+use super::kquants::make_qkx3_quants;
 use super::q5_0::{pack5, unpack5};
-use super::{min_max, GgmlBlock};
+use super::{block_weights, min_max, GgmlBlock, WeightedBlock};
 use half::f16;
 
 /// Weights per Q5_1 block.
@@ -43,6 +45,16 @@ impl GgmlBlock for BlockQ5_1 {
         let n: [u8; 32] = std::array::from_fn(|i| ((x[i] - min) * id + 0.5) as u8);
         let (qh, qs) = pack5(&n);
         BlockQ5_1 { d: f16::from_f32(d), m: f16::from_f32(min), qh, qs }
+    }
+}
+
+impl WeightedBlock for BlockQ5_1 {
+    fn quantize_weighted(x: &[f32], qw: &[f32], row_sigma2: f32) -> Self {
+        let (mut l, mut laux) = ([0u8; QK5_1], [0u8; QK5_1]);
+        let w = block_weights(x, qw, row_sigma2);
+        let (d, min) = make_qkx3_quants(31, &x[..QK5_1], &w, &mut l, &mut laux, -0.9, 0.05, 36);
+        let (qh, qs) = pack5(&l);
+        BlockQ5_1 { d: f16::from_f32(d), m: f16::from_f32(-min), qh, qs }
     }
 }
 

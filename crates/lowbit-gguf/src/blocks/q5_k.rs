@@ -7,9 +7,10 @@
 //! 64c + 32 + l bit 2c + 1,   w = d * sc_j * n - dmin * m_j
 //! ```
 //! Reference quantizer: as Q4_K with `make_qkx2_quants(32, 31, ..., -0.5, 0.1, 15)`.
+//! Weighted: as Q4_K's with `nmax = 31` (and 6-bit values clamped to 63).
 
-use super::kquants::{pair_scales, quantize_k4_k5, QK_K};
-use super::GgmlBlock;
+use super::kquants::{pair_scales, quantize_k4_k5, quantize_k4_k5_weighted, QK_K};
+use super::{GgmlBlock, WeightedBlock};
 use half::f16;
 
 ggml_block! {
@@ -45,14 +46,27 @@ impl GgmlBlock for BlockQ5K {
 
     fn quantize(x: &[f32]) -> Self {
         let (d, dmin, scales, l) = quantize_k4_k5(&x[..QK_K], 31, -0.5, 15);
-        let (mut qh, mut qs) = ([0u8; QK_K / 8], [0u8; QK_K / 2]);
-        for c in 0..4 {
-            for k in 0..32 {
-                let (l1, l2) = (l[64 * c + k], l[64 * c + 32 + k]);
-                qh[k] |= ((l1 >> 4) << (2 * c)) | ((l2 >> 4) << (2 * c + 1));
-                qs[32 * c + k] = (l1 & 0xF) | ((l2 & 0xF) << 4);
-            }
-        }
+        let (qh, qs) = pack_q5k(&l);
         BlockQ5K { d, dmin, scales, qh, qs }
     }
+}
+
+impl WeightedBlock for BlockQ5K {
+    fn quantize_weighted(x: &[f32], qw: &[f32], _row_sigma2: f32) -> Self {
+        let (d, dmin, scales, l) = quantize_k4_k5_weighted(x, qw, 31, true);
+        let (qh, qs) = pack_q5k(&l);
+        BlockQ5K { d, dmin, scales, qh, qs }
+    }
+}
+
+fn pack_q5k(l: &[u8; QK_K]) -> ([u8; QK_K / 8], [u8; QK_K / 2]) {
+    let (mut qh, mut qs) = ([0u8; QK_K / 8], [0u8; QK_K / 2]);
+    for c in 0..4 {
+        for k in 0..32 {
+            let (l1, l2) = (l[64 * c + k], l[64 * c + 32 + k]);
+            qh[k] |= ((l1 >> 4) << (2 * c)) | ((l2 >> 4) << (2 * c + 1));
+            qs[32 * c + k] = (l1 & 0xF) | ((l2 & 0xF) << 4);
+        }
+    }
+    (qh, qs)
 }

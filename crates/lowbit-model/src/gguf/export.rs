@@ -9,7 +9,9 @@
 //! * other quantized weights are requantized from lowbit's dequantized values with llama.cpp's
 //!   reference quantizers, as `llama-quantize --type Q4_K_M` picks: Q6_K for the embedding/LM
 //!   head, Q8_0 for 8-bit sources, Q4_K otherwise, falling back as llama.cpp does when rows are
-//!   not a multiple of 256 (Q6_K -> Q8_0, Q4_K -> Q5_0);
+//!   not a multiple of 256 (Q6_K -> Q8_0, Q4_K -> Q5_0); with an importance matrix
+//!   ([`crate::imatrix`]) a block linear is requantized by llama.cpp's importance-weighted
+//!   quantizer instead, as `llama-quantize --imatrix` does (Q8_0 has none: llama.cpp ignores it);
 //! * dense weights keep their dtype (F32/F16/BF16, exact) unless a type is asked for;
 //! * norms and biases are F32.
 //!
@@ -19,6 +21,7 @@
 use super::tokenizer::{pre_name, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
 use super::{gguf_error, GgmlType, GgufValue, GgufValueType};
 use crate::config::{Architecture, ModelConfig};
+use crate::imatrix::Imatrix;
 use crate::load::LoadOptions;
 use crate::model::Model;
 use crate::{ModelError, Result};
@@ -40,6 +43,9 @@ pub enum ExportPath {
     MinRounded,
     /// Requantized from lowbit's dequantized weights with llama.cpp's reference quantizer.
     Requantized,
+    /// Requantized with llama.cpp's importance-weighted quantizer and the export's importance
+    /// matrix.
+    ImatrixRequantized,
 }
 
 impl ExportPath {
@@ -49,6 +55,7 @@ impl ExportPath {
             ExportPath::Exact => "exact",
             ExportPath::MinRounded => "min-rounded",
             ExportPath::Requantized => "requantized",
+            ExportPath::ImatrixRequantized => "requantized-imatrix",
         }
     }
 }
@@ -70,11 +77,14 @@ pub struct TensorExport {
 }
 
 /// Options of [`export_gguf`].
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct GgufExportOptions {
     /// Requantize dense (f32/f16/bf16) weight matrices to this type (K-quants fall back as
     /// llama.cpp does); `None` keeps their dtype.
     pub dense_type: Option<GgmlType>,
+    /// Weight the requantization of the layers it covers by this importance matrix
+    /// ([`crate::collect_imatrix`]).
+    pub imatrix: Option<Imatrix>,
 }
 
 /// What [`export_gguf`] wrote.
@@ -334,8 +344,9 @@ fn prepare_tensors(model: &Model, opts: &GgufExportOptions) -> Result<Vec<Prepar
             gguf_name(&hf).ok_or_else(|| ModelError::input("export to GGUF", format!("no GGUF name for {hf}")))?;
         let head = matches!(hf.as_str(), "model.embed_tokens.weight" | "lm_head.weight");
         let rows = lin.rows();
+        let importance = opts.imatrix.as_ref().and_then(|m| m.get(&hf));
         let (bytes, mut reference, ty, path, source) =
-            convert_matrix(&name, lin.weight(), rows, lin.cols(), head, opts)?;
+            convert_matrix(&name, lin.weight(), rows, lin.cols(), head, opts, importance)?;
         let mut bytes = bytes;
         if let Some(n_head) = qk_heads(&name, c) {
             bytes = permute_rows(&bytes, n_head, bytes.len() / rows);
@@ -406,6 +417,7 @@ fn fallback(ty: GgmlType, cols: usize) -> GgmlType {
 /// A converted matrix: GGUF bytes (HF row order), lowbit's f32 values, type, route, source.
 type Converted = (Vec<u8>, Vec<f32>, GgmlType, ExportPath, String);
 
+#[allow(clippy::too_many_arguments)]
 fn convert_matrix(
     name: &str,
     w: &WeightKind,
@@ -413,6 +425,7 @@ fn convert_matrix(
     cols: usize,
     head: bool,
     opts: &GgufExportOptions,
+    importance: Option<&[f32]>,
 ) -> Result<Converted> {
     let q = match w {
         WeightKind::Quant(q) => q,
@@ -425,14 +438,17 @@ fn convert_matrix(
             };
             lowbit_core::check_finite(&reference).map_err(|e| tensor_err(name, e))?;
             let target = opts.dense_type.map(|t| fallback(t, cols)).filter(|t| cols % t.block_len() == 0);
-            let (ty, path) = match target {
+            return Ok(match target {
                 // F32 holds every f16/bf16 value.
-                Some(t) if t != keep && t != GgmlType::F32 => (t, ExportPath::Requantized),
-                Some(t) => (t, ExportPath::Exact),
-                None => (keep, ExportPath::Exact),
-            };
-            let bytes = quantize(ty, &reference)?;
-            return Ok((bytes, reference, ty, path, source.into()));
+                Some(t) if t != keep && t != GgmlType::F32 => {
+                    let (bytes, path) = requantize(name, t, &reference, importance)?;
+                    (bytes, reference, t, path, source.into())
+                }
+                t => {
+                    let ty = t.unwrap_or(keep);
+                    (quantize(ty, &reference)?, reference, ty, ExportPath::Exact, source.into())
+                }
+            });
         }
     };
     let reference = q.dequantize();
@@ -453,7 +469,19 @@ fn convert_matrix(
         // No ggml block tiles the row: f32 holds lowbit's values exactly.
         return Ok((quantize(GgmlType::F32, &reference)?, reference, GgmlType::F32, ExportPath::Exact, source));
     }
-    Ok((quantize(ty, &reference)?, reference, ty, ExportPath::Requantized, source))
+    let (bytes, path) = requantize(name, ty, &reference, importance)?;
+    Ok((bytes, reference, ty, path, source))
+}
+
+/// `v` as `ty`, by the importance-weighted quantizer when there are importances and `ty` has
+/// one (one importance per column of `v`'s rows), else by the reference quantizer.
+fn requantize(name: &str, ty: GgmlType, v: &[f32], importance: Option<&[f32]>) -> Result<(Vec<u8>, ExportPath)> {
+    match importance.filter(|_| ty.traits().quantize_weighted.is_some()) {
+        Some(qw) => lowbit_gguf::quantize_weighted(ty, v, qw)
+            .map(|b| (b, ExportPath::ImatrixRequantized))
+            .map_err(|e| ModelError::input("export to GGUF", format!("{name}: importance matrix: {e}"))),
+        None => Ok((quantize(ty, v)?, ExportPath::Requantized)),
+    }
 }
 
 fn quantize(ty: GgmlType, v: &[f32]) -> Result<Vec<u8>> {
