@@ -18,6 +18,7 @@
 //! of `X` (an integer max of the magnitudes per token).
 
 use crate::int8_linear::Int8Linear;
+use crate::par;
 use crate::scalar::absmax_bits;
 use crate::w8a8::non_finite;
 use crate::{CpuError, Result};
@@ -127,19 +128,26 @@ pub(crate) fn add_correction(w: &Int8Linear, x: &[f32], m: usize, cols_o: &[usiz
             *d = f32::from(w.code(r, c)) * scales[r];
         }
     }
-    let mut cor = vec![0f32; rows];
-    for t in 0..m {
-        cor.fill(0.0);
-        for (k, &c) in cols_o.iter().enumerate() {
-            let xv = x[t * cols + c];
-            for (a, &d) in cor.iter_mut().zip(&wd[k * rows..(k + 1) * rows]) {
-                *a += xv * d;
+    // Tokens are independent: split them over threads when the product is large (late layers
+    // of SmolLM2 send half of down_proj's 1536 columns here in a 2048-token window).
+    let par = m * rows * cols_o.len() >= par::PARALLEL_MIN_MACS && par::threads() > 1;
+    let per = if par { m.div_ceil(par::threads() * 4) } else { m };
+    par::for_each_chunk(&mut out[..m * rows], per * rows, par, |chunk, o| {
+        let mut cor = vec![0f32; rows];
+        for (i, orow) in o.chunks_exact_mut(rows).enumerate() {
+            let t = chunk * per + i;
+            cor.fill(0.0);
+            for (k, &c) in cols_o.iter().enumerate() {
+                let xv = x[t * cols + c];
+                for (a, &d) in cor.iter_mut().zip(&wd[k * rows..(k + 1) * rows]) {
+                    *a += xv * d;
+                }
+            }
+            for (o, &a) in orow.iter_mut().zip(&cor) {
+                *o += a;
             }
         }
-        for (o, &a) in out[t * rows..(t + 1) * rows].iter_mut().zip(&cor) {
-            *o += a;
-        }
-    }
+    });
 }
 
 /// `x` with the columns `cols_o` set to zero.

@@ -90,7 +90,30 @@ fn threaded_shapes_are_bit_exact() {
     for (rows, cols, m) in [(576, 1536, 1), (1536, 576, 40), (300, 577, 129)] {
         let lin = layer(rows, cols, &mut rng, 6.0);
         check_exact(&lin, &acts(&mut rng, m, cols, &[1, 17, 300], 25.0), m, "threaded");
+        // enough outlier columns for the f32 correction to split over tokens too
+        let many: Vec<usize> = (0..cols).step_by(5).collect();
+        check_exact(&lin, &acts(&mut rng, m, cols, &many, 25.0), m, "many outliers");
     }
+}
+
+/// The backend splits large batches over threads by rows for other weights; the outlier columns
+/// of LLM.int8() are those of the whole batch, so its products are not split: an outlier only in
+/// the last token still sends its column to f32 for the first token.
+#[test]
+fn backend_does_not_split_the_batch() {
+    use lowbit_core::backend::Backend;
+    let mut rng = Rng(28);
+    let (rows, cols, m) = (64, 96, 300);
+    let q = rtn::quantize(&rng.vec(rows * cols), &[rows, cols], scheme()).unwrap();
+    let mut lin = Linear::new(rows, cols, WeightKind::Quant(q)).unwrap();
+    lin.enable_int8_decomposition(6.0).unwrap();
+    let mut x = rng.vec(m * cols);
+    x[(m - 1) * cols + 7] = 50.0;
+    let (mut want, mut got) = (vec![0f32; m * rows], vec![f32::NAN; m * rows]);
+    lin.forward_scalar(&x, m, &mut want);
+    lowbit_cpu::Cpu::new().linear(&lin, &x, m, &mut got).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(lin.outlier_counts().map(|c| (c.batches, c.outlier_columns)), Some((1, 1)));
 }
 
 /// The definition, in f64: int8 codes of the non-outlier columns at their own per-token scale,
