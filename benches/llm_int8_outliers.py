@@ -15,7 +15,9 @@ import json
 import re
 from typing import Any
 
-LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Layers sharing an input see the same outlier columns: one column each.
+GROUPS = {"q/k/v": "q_proj", "o": "o_proj", "gate/up": "gate_proj", "down": "down_proj"}
+LINEARS = list(GROUPS.values())
 
 
 def counts_from(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
@@ -50,13 +52,15 @@ def main() -> None:
         if m is None:
             continue
         block, linear = int(m.group(1)), m.group(2)
+        if linear not in LINEARS:
+            continue
         table.setdefault(block, {})[linear] = 100.0 * c["fraction"]
         totals[linear][0] += c["outlier_columns"]
         totals[linear][1] += c["batches"] * c["columns"]
     batches = counts[0]["batches"]
     print(f"{summary}; {batches} batches per layer; % of input columns in f32 per batch\n")
-    print("| block | " + " | ".join(LINEARS) + " |")
-    print("|---:|" + "---:|" * len(LINEARS))
+    print("| block | " + " | ".join(GROUPS) + " |")
+    print("|---:|" + "---:|" * len(GROUPS))
     for block in sorted(table):
         print(f"| {block} | " + " | ".join(f"{table[block].get(n, 0.0):.2f}" for n in LINEARS) + " |")
     mean = [100.0 * o / n if n else 0.0 for o, n in totals.values()]

@@ -153,6 +153,16 @@ impl Int8Linear {
         let u = self.codes[(r / PANEL_ROWS) * self.kq * LINE + (c / QUAD) * LINE + (r % PANEL_ROWS) * QUAD + c % QUAD];
         (u ^ 0x80) as i8
     }
+    /// Column `c` of the weight as f32, `code(r, c) * scale[r]` for every row, into `out`
+    /// (`rows` long): LLM.int8()'s outlier columns, read straight from the panels.
+    pub(crate) fn column_f32(&self, c: usize, out: &mut [f32]) {
+        let (q, j) = (c / QUAD, c % QUAD);
+        for (r, (o, &s)) in out[..self.rows].iter_mut().zip(&self.scales).enumerate() {
+            let u = self.codes[(r / PANEL_ROWS) * self.kq * LINE + q * LINE + (r % PANEL_ROWS) * QUAD + j];
+            *o = f32::from((u ^ 0x80) as i8) * s;
+        }
+    }
+
     /// The weight as f32, `code * scale`, row-major.
     pub fn dequantize(&self) -> Vec<f32> {
         (0..self.rows)

@@ -119,14 +119,11 @@ pub(crate) fn outlier_columns(x: &[f32], cols: usize, t: f32) -> Result<Vec<usiz
 /// the dequantized weight columns, summed in ascending column order from 0, multiply then add.
 pub(crate) fn add_correction(w: &Int8Linear, x: &[f32], m: usize, cols_o: &[usize], out: &mut [f32]) {
     let (rows, cols) = (w.rows(), w.cols());
-    let scales = w.scales();
     // wd[k, r]: column o_k of the dequantized weight, contiguous over r so the loop below
     // vectorizes across outputs (each lane keeps its own order of operations).
     let mut wd = vec![0f32; cols_o.len() * rows];
-    for (k, &c) in cols_o.iter().enumerate() {
-        for (r, d) in wd[k * rows..(k + 1) * rows].iter_mut().enumerate() {
-            *d = f32::from(w.code(r, c)) * scales[r];
-        }
+    for (&c, d) in cols_o.iter().zip(wd.chunks_exact_mut(rows)) {
+        w.column_f32(c, d);
     }
     // Tokens are independent: split them over threads when the product is large (late layers
     // of SmolLM2 send half of down_proj's 1536 columns here in a 2048-token window).
