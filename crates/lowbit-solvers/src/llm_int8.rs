@@ -63,7 +63,7 @@ impl QuantMethod for LlmInt8Method {
                 "llm-int8 is vector-wise int8: bits 8, per-channel (no group size), symmetric",
             ));
         }
-        if !(self.outlier_threshold > 0.0) {
+        if self.outlier_threshold.is_nan() || self.outlier_threshold <= 0.0 {
             return Err(SolverError::param(
                 "outlier_threshold",
                 self.outlier_threshold,
