@@ -182,6 +182,7 @@ def test_rtn_codebooks_through_the_pipeline(
     assert 4 + absmax_bits <= report.bits_per_weight < 4 + absmax_bits + 0.1
     qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
     assert (qc["weight_format"], qc["double_quant"]) == (fmt, double_quant)
+    assert not {"sym", "scale_dtype", "clip"} & set(qc)  # integer knobs a codebook does not have
     m = lowbit.Model.load(tmp_path / "q")
     ppl = m.perplexity(ids=np.load(tiny_model / "ids.npy").tolist()[:64], window=32, windows=2).perplexity
     assert np.isfinite(ppl)

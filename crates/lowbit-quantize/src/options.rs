@@ -193,6 +193,13 @@ impl QuantizeOptions {
         for (k, val) in solver.params(self.calib_shape()) {
             v[k] = val;
         }
+        if let (WeightFormat::Nf4 | WeightFormat::Fp4, Some(params)) = (self.format, v.as_object_mut()) {
+            // A codebook has an absmax per block (group_size), no zero point, scale dtype or
+            // range search: leave out the integer knobs rather than record ones that did nothing.
+            for k in ["sym", "scale_dtype", "clip"] {
+                params.remove(k);
+            }
+        }
         if solver.calibrated() {
             v["nsamples"] = self.nsamples.into();
             v["seqlen"] = self.seqlen.into();
