@@ -14,9 +14,10 @@ from test_pipeline import tiny_model  # noqa: F401  (the fixture)
 # The Python keywords and CLI flags that README.md and the tests use: they keep their names.
 KWARGS = {"method", "bits", "group_size", "sym", "act_order", "static_groups", "mse_clip", "scale_dtype",
           "nsamples", "seqlen", "seed", "percdamp", "awq_samples", "sq_alpha", "resume", "embed",
-          "lm_head"}  # fmt: skip
+          "lm_head", "outlier_threshold"}  # fmt: skip
 FLAGS = {"--method", "--bits", "--group-size", "--sym", "--act-order", "--clip", "--scale-dtype",
-         "--nsamples", "--seqlen", "--seed", "--resume", "--embed", "--lm-head"}  # fmt: skip
+         "--nsamples", "--seqlen", "--seed", "--resume", "--embed", "--lm-head",
+         "--outlier-threshold"}  # fmt: skip
 
 
 def test_table_keeps_the_names_and_defaults() -> None:

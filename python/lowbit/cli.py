@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, quantize
+from . import __version__, _lowbit, quantize
 from ._lowbit import LowbitError, QuantizeReport
 from .convert import convert
 from .demo import DemoSettings, run_demo
@@ -175,6 +175,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     report = {"model": args.model, "text": args.text, **result.to_dict()}
     report.pop("window_nll")
+    if args.outliers:
+        report["outliers"] = model.outlier_counts()
     print(json.dumps(report, indent=2))
     if args.json:
         from ._api import write_text_atomic
@@ -263,7 +265,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     options = {name: getattr(args, name) for name in option_specs() if hasattr(args, name)}
     method = options.get("method", option_specs()["method"]["default"])
     calib = args.calib or os.environ.get(CALIB_ENV) or None
-    if calib is None and not args.data_free and method != "rtn":
+    if calib is None and not args.data_free and _lowbit.method_calibrated(method):
         raise UsageError(
             f"{method} needs calibration data: give --calib FILE, set {CALIB_ENV}, or --data-free"
         )
@@ -470,10 +472,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--window", type=int, default=2048)
     ev.add_argument("--windows", type=int, default=32, help="windows to score (0 = all)")
     ev.add_argument("--json", help="also write the result (with per-window NLL) to this file")
+    ev.add_argument(
+        "--outliers",
+        action="store_true",
+        help="LLM.int8() models: add each block linear's fraction of outlier columns per batch to the report",
+    )
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
 
-    qz = sub.add_parser("quantize", help="quantize a model layer by layer (RTN, GPTQ, AWQ, SmoothQuant)")
+    qz = sub.add_parser(
+        "quantize", help="quantize a model layer by layer (RTN, GPTQ, AWQ, SmoothQuant, LLM.int8())"
+    )
     qz.add_argument("model", help=model_help)
     qz.add_argument("-o", "--out", required=True, help="output directory (must not exist or be empty)")
     add_option_flags(qz)

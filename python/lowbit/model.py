@@ -115,6 +115,27 @@ class Model:
     def config(self) -> dict[str, Any]:
         return self._native.config
 
+    def outlier_counts(self) -> list[dict[str, Any]]:
+        """LLM.int8(): for each block linear running the mixed-precision decomposition, the
+        outlier columns it found since loading or :meth:`reset_outlier_counts`: ``name``,
+        ``batches`` (forward calls: a perplexity window, a decode step), ``outlier_columns``
+        (summed over the batches), ``columns`` and ``fraction`` = outlier_columns / (batches x
+        columns). Empty for models without the decomposition."""
+        return [
+            {
+                "name": name,
+                "batches": batches,
+                "outlier_columns": outliers,
+                "columns": columns,
+                "fraction": outliers / (batches * columns) if batches else 0.0,
+            }
+            for name, batches, outliers, columns in self._native.outlier_counts()
+        ]
+
+    def reset_outlier_counts(self) -> None:
+        """Sets the counts of :meth:`outlier_counts` back to zero."""
+        self._native.reset_outlier_counts()
+
     @property
     def weight_bytes(self) -> int:
         return self._native.weight_bytes

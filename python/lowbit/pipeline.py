@@ -90,8 +90,9 @@ def quantize_model(
     ``out`` (atomically: nothing appears on error).
 
     ``options`` are those of :func:`option_specs` (the same as the flags of ``lowbit quantize``):
-    ``method`` (``"rtn"``, ``"gptq"``, ``"awq"`` or ``"smoothquant"``, W8A8: ``bits=8,
-    group_size="channel", sym=True``), ``bits``, ``group_size`` (a positive int, or
+    ``method`` (``"rtn"``, ``"gptq"``, ``"awq"``, or the W8A8 ones ``"smoothquant"`` and
+    ``"llm-int8"``, which take ``bits=8, group_size="channel", sym=True``),
+    ``bits``, ``group_size`` (a positive int, or
     ``"channel"``/``None`` for one scale per output channel), ``sym``, ``scale_dtype``
     (``"f16"`` or ``"f32"``), ``embed`` and ``lm_head`` (storage of the token embedding and the
     LM head: ``"int8"``, one scale per row, the default; ``"int4-g32"``, ``"int4-g64"``,
@@ -102,7 +103,8 @@ def quantize_model(
     ``<out>.partial`` after an interrupted run, same bytes as an uninterrupted one), and each
     method's own: ``act_order``, ``static_groups``, ``percdamp`` (gptq), ``mse_clip`` (gptq,
     rtn: ranges by least squared error; ``None`` is on for gptq, off for rtn), ``awq_samples``
-    (awq), ``sq_alpha`` (smoothquant).
+    (awq), ``sq_alpha`` (smoothquant), ``outlier_threshold`` (llm-int8: input columns with any
+    ``|x| >=`` it in a batch run in f32, 6.0; ``float("inf")`` turns the decomposition off).
 
     ``calib``: a text file, a ``.jsonl`` (field ``text``), a ``.npy``/``.json`` of token ids, or
     token ids in memory; ``None`` uses the text file named by ``$LOWBIT_CALIB_TEXT``;
@@ -121,7 +123,9 @@ def quantize_model(
         calib_path = os.fspath(calib)
     elif calib is not None:
         calib_ids = [int(t) for t in np.asarray(calib).reshape(-1)]
-    elif options.get("method", option_specs()["method"]["default"]) != "rtn" and not data_free:
+    elif not data_free and _lowbit.method_calibrated(
+        options.get("method", option_specs()["method"]["default"])
+    ):
         default = calibration_text_from_env()
         if default is None:
             raise _lowbit.LowbitError(

@@ -113,8 +113,14 @@ impl Backend for Cpu {
         let (level, acts) = (crate::kernel_level(), self.activations());
         // Each thread's share must be large enough to pay for preparing every panel of the
         // weight itself (below GEMM_MIN_M rows it would even stream the weight once per row);
-        // smaller batches are split by the kernels over the weight's rows.
-        if !self.split_rows || threads <= 1 || m < threads * crate::driver::ROW_SPLIT_MIN {
+        // smaller batches are split by the kernels over the weight's rows. LLM.int8() finds its
+        // outlier columns over the whole batch, so its products are not split here (its W8A8
+        // kernels thread over tokens themselves): the result must not depend on the threads.
+        if !self.split_rows
+            || threads <= 1
+            || m < threads * crate::driver::ROW_SPLIT_MIN
+            || w.outlier_threshold().is_some()
+        {
             return w.forward_activations(level, acts, x, m, out);
         }
         // Prefill: whole row blocks per thread beat splitting each product's output rows.

@@ -1,6 +1,7 @@
 //! `Int8Linear`: a W8A8 weight matrix (8-bit symmetric per-channel codes, packed once into the
 //! panel layout of [`crate::w8a8`]) and its product with activations quantized per token to int8.
 
+use crate::llm_int8::{self, Counters, OutlierCounts};
 use crate::scalar::{act_scale_i8, quantize_i8};
 use crate::w8a8::{self, Panels, LINE, PANEL_ROWS, QUAD, W8A8_MAX_COLS};
 use crate::{CpuError, KernelLevel, Result};
@@ -19,6 +20,11 @@ use lowbit_core::{Bits, Granularity, QParams, QTensor, Scheme};
 /// bit for bit, and every kernel level returns bit-identical outputs. Build it from a QTensor with
 /// [`Int8Linear::from_qtensor`] (8-bit, symmetric, per-channel or per-tensor), from a [`crate::Linear`]
 /// holding one with [`Int8Linear::from_linear`], or from raw codes with [`Int8Linear::from_i8`].
+///
+/// With an outlier threshold ([`Int8Linear::with_outlier_threshold`]) the product is LLM.int8()'s
+/// mixed-precision decomposition (crate `llm_int8` module): the input columns holding any
+/// `|x| >= t` in the batch go through an f32 product with the dequantized weight columns, the rest
+/// through the int8 kernels, the per-token scales taken over the rest only.
 #[derive(Clone, Debug)]
 pub struct Int8Linear {
     rows: usize,
@@ -29,6 +35,10 @@ pub struct Int8Linear {
     codes: Vec<u8>,
     /// Per-row scales, zero-padded to whole panels.
     scales: Vec<f32>,
+    /// LLM.int8(): columns with any `|x| >= t` run in f32 (`None`: plain W8A8).
+    threshold: Option<f32>,
+    /// Outlier columns found by the decomposition.
+    outliers: Counters,
 }
 
 impl Int8Linear {
@@ -95,7 +105,31 @@ impl Int8Linear {
         }
         let mut scales = row_scales;
         scales.resize(panels * PANEL_ROWS, 0.0);
-        Ok(Int8Linear { rows, cols, kq, codes, scales })
+        Ok(Int8Linear { rows, cols, kq, codes, scales, threshold: None, outliers: Counters::default() })
+    }
+
+    /// LLM.int8(): run products with the mixed-precision decomposition at threshold `t` (the
+    /// paper's and bitsandbytes' 6.0); `t = +inf` is plain W8A8. NaN or `t <= 0` is an error.
+    pub fn with_outlier_threshold(mut self, t: f32) -> Result<Self> {
+        llm_int8::check_threshold("Int8Linear::with_outlier_threshold", t)?;
+        self.threshold = t.is_finite().then_some(t);
+        Ok(self)
+    }
+
+    /// The decomposition's threshold (`None`: plain W8A8).
+    pub fn outlier_threshold(&self) -> Option<f32> {
+        self.threshold
+    }
+
+    /// How many outlier columns the decomposition found since construction or the last
+    /// [`Int8Linear::reset_outlier_counts`] (zero batches without a threshold).
+    pub fn outlier_counts(&self) -> OutlierCounts {
+        self.outliers.get(self.cols)
+    }
+
+    /// Sets the outlier counts back to zero.
+    pub fn reset_outlier_counts(&self) {
+        self.outliers.reset();
     }
 
     /// Output features.
@@ -119,6 +153,16 @@ impl Int8Linear {
         let u = self.codes[(r / PANEL_ROWS) * self.kq * LINE + (c / QUAD) * LINE + (r % PANEL_ROWS) * QUAD + c % QUAD];
         (u ^ 0x80) as i8
     }
+    /// Column `c` of the weight as f32, `code(r, c) * scale[r]` for every row, into `out`
+    /// (`rows` long): LLM.int8()'s outlier columns, read straight from the panels.
+    pub(crate) fn column_f32(&self, c: usize, out: &mut [f32]) {
+        let (q, j) = (c / QUAD, c % QUAD);
+        for (r, (o, &s)) in out[..self.rows].iter_mut().zip(&self.scales).enumerate() {
+            let u = self.codes[(r / PANEL_ROWS) * self.kq * LINE + q * LINE + (r % PANEL_ROWS) * QUAD + j];
+            *o = f32::from((u ^ 0x80) as i8) * s;
+        }
+    }
+
     /// The weight as f32, `code * scale`, row-major.
     pub fn dequantize(&self) -> Vec<f32> {
         (0..self.rows)
@@ -160,6 +204,19 @@ impl Int8Linear {
         if m == 0 {
             return Ok(());
         }
+        let Some(t) = self.threshold else { return self.forward_int8(level, x, m, out) };
+        let outliers = llm_int8::outlier_columns(x, self.cols, t)?;
+        self.outliers.add(outliers.len());
+        if outliers.is_empty() {
+            return self.forward_int8(level, x, m, out);
+        }
+        self.forward_int8(level, &llm_int8::zero_columns(x, self.cols, &outliers), m, out)?;
+        llm_int8::add_correction(self, x, m, &outliers, out);
+        Ok(())
+    }
+
+    /// The int8 x int8 product of all of `x` at `level` (shapes checked, `m > 0`).
+    fn forward_int8(&self, level: KernelLevel, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
         match level {
             KernelLevel::Scalar => w8a8::forward(crate::isa::Portable, &self.panels(), x, m, out),
             #[cfg(target_arch = "x86_64")]
@@ -185,20 +242,35 @@ impl Int8Linear {
 
     /// The scalar reference, the definition every kernel is tested against (module docs of
     /// [`Int8Linear`]): per token, [`act_scale_i8`] and [`quantize_i8`], then for each output an
-    /// i32 sum over the codes and `acc as f32 * sx * w_scale`. Slow; single-threaded.
+    /// i32 sum over the codes and `acc as f32 * sx * w_scale`. With a threshold `t`: the outlier
+    /// columns `O` (any `|x[., c]| >= t` in the batch) are left out of the scale and of the
+    /// integer sum, and `Σ_{c in O, ascending} x[t, c] * (code(r, c) as f32 * w_scale[r])`, summed
+    /// from 0, is added to the result. Slow; single-threaded.
     pub fn forward_scalar(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
         self.check_shapes(x, m, out)?;
         let (rows, cols) = (self.rows, self.cols);
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(w8a8::non_finite(x, cols, i / cols));
+        }
+        let outlier: Vec<bool> =
+            (0..cols).map(|c| self.threshold.is_some_and(|t| (0..m).any(|tok| x[tok * cols + c].abs() >= t))).collect();
+        let any_outlier = outlier.contains(&true);
         let mut xq = vec![0i8; cols];
         for t in 0..m {
             let xt = &x[t * cols..(t + 1) * cols];
-            let sx = act_scale_i8(xt).ok_or_else(|| w8a8::non_finite(x, cols, t))?;
-            for (q, &v) in xq.iter_mut().zip(xt) {
-                *q = quantize_i8(v, sx);
+            let rest: Vec<f32> = xt.iter().zip(&outlier).filter(|(_, &o)| !o).map(|(&v, _)| v).collect();
+            let sx = act_scale_i8(&rest).ok_or_else(|| w8a8::non_finite(x, cols, t))?;
+            for ((q, &v), &o) in xq.iter_mut().zip(xt).zip(&outlier) {
+                *q = if o { 0 } else { quantize_i8(v, sx) };
             }
             for r in 0..rows {
                 let acc: i32 = xq.iter().enumerate().map(|(c, &q)| i32::from(q) * i32::from(self.code(r, c))).sum();
-                out[t * rows + r] = acc as f32 * sx * self.scales[r];
+                let mut cor = 0f32;
+                for c in (0..cols).filter(|&c| outlier[c]) {
+                    cor += xt[c] * (f32::from(self.code(r, c)) * self.scales[r]);
+                }
+                let y = acc as f32 * sx * self.scales[r];
+                out[t * rows + r] = if any_outlier { y + cor } else { y };
             }
         }
         Ok(())

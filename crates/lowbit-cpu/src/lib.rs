@@ -7,7 +7,9 @@
 //!
 //! [`Int8Linear`] is the W8A8 path (SmoothQuant): 8-bit symmetric per-channel weights times
 //! activations quantized per token to int8, summed exactly in i32 (`vpdpbusd` with AVX512-VNNI,
-//! `vpmaddwd` with AVX2), bit-identical at every level.
+//! `vpmaddwd` with AVX2), bit-identical at every level. With an outlier threshold it runs
+//! LLM.int8()'s mixed-precision decomposition: input columns holding any `|x| >= t` in the batch
+//! go through an f32 product, the rest through the same int8 kernels.
 //!
 //! **Int8 activations for 4- and 8-bit integer weights** (generation): the activations are
 //! quantized once per product in blocks of 32 (one f32 scale each, as llama.cpp's Q8_0) and
@@ -46,6 +48,7 @@ mod error;
 mod int8_linear;
 mod isa;
 mod linear;
+mod llm_int8;
 pub mod ops;
 mod par;
 #[allow(unsafe_code)]
@@ -63,6 +66,7 @@ pub use dispatch::{kernel_level, KernelLevel};
 pub use error::{CpuError, Result};
 pub use int8_linear::Int8Linear;
 pub use linear::Linear;
+pub use llm_int8::OutlierCounts;
 pub use q8::{activations, Activations};
 pub use w8a8::W8A8_MAX_COLS;
 pub use weight::WeightKind;

@@ -1,6 +1,7 @@
 //! `Linear`: a weight matrix in kernel-ready layout and its product with activations.
 
 use crate::int8_linear::Int8Linear;
+use crate::llm_int8::OutlierCounts;
 use crate::q8::{self, Activations, PackedInt, Q8Level};
 use crate::weight::{Weight, WeightKind};
 use crate::{driver, scalar, CpuError, KernelLevel, Result};
@@ -55,9 +56,36 @@ impl Linear {
         Ok(())
     }
 
+    /// LLM.int8() (Dettmers et al. 2022): W8A8 as [`Linear::enable_int8_activations`] with the
+    /// mixed-precision decomposition at threshold `t` (6.0 in the paper): per batch, the input
+    /// columns holding any `|x| >= t` are multiplied in f32 with the dequantized weight columns,
+    /// the rest in int8 ([`Int8Linear::with_outlier_threshold`]). `t = +inf` is plain W8A8.
+    pub fn enable_int8_decomposition(&mut self, t: f32) -> Result<()> {
+        self.int8 = Some(Box::new(Int8Linear::from_linear(self)?.with_outlier_threshold(t)?));
+        Ok(())
+    }
+
     /// Whether [`Linear::forward`] quantizes activations to int8 (W8A8).
     pub fn int8_activations(&self) -> bool {
         self.int8.is_some()
+    }
+
+    /// The LLM.int8() outlier threshold, if the product runs the decomposition.
+    pub fn outlier_threshold(&self) -> Option<f32> {
+        self.int8.as_ref().and_then(|w| w.outlier_threshold())
+    }
+
+    /// The outlier columns the decomposition found (see [`Int8Linear::outlier_counts`]); `None`
+    /// without the decomposition.
+    pub fn outlier_counts(&self) -> Option<OutlierCounts> {
+        self.int8.as_ref().filter(|w| w.outlier_threshold().is_some()).map(|w| w.outlier_counts())
+    }
+
+    /// Sets the outlier counts back to zero.
+    pub fn reset_outlier_counts(&self) {
+        if let Some(w) = &self.int8 {
+            w.reset_outlier_counts();
+        }
     }
 
     /// Output features.

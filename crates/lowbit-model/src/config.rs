@@ -100,6 +100,10 @@ pub struct ModelConfig {
     /// W8A8 (SmoothQuant): the block linears quantize their activations per token to int8
     /// (`quantization_config.activations` starting with `int8`).
     pub int8_activations: bool,
+    /// LLM.int8(): with int8 activations, input columns holding any `|x| >= t` in a batch run in
+    /// f32 (`quantization_config.outlier_threshold`, a positive number; absent or null: plain
+    /// W8A8).
+    pub int8_outlier_threshold: Option<f32>,
 }
 
 /// Largest value [`ModelConfig::validate`] accepts for any size (vocabulary, widths, layer and
@@ -226,6 +230,18 @@ impl ModelConfig {
             Architecture::Llama => false,
         };
         let sliding_window = if use_sliding { opt_usize(v, "sliding_window")? } else { None };
+        let qc = v.get("quantization_config");
+        let int8_activations =
+            qc.and_then(|q| q.get("activations")).and_then(Value::as_str).is_some_and(|a| a.starts_with("int8"));
+        let int8_outlier_threshold = match qc {
+            Some(q) if int8_activations => match opt_f32(q, "outlier_threshold")? {
+                Some(t) if t <= 0.0 => {
+                    return Err(ModelError::config("outlier_threshold", format!("{t} is not a positive threshold")))
+                }
+                t => t,
+            },
+            _ => None,
+        };
         let cfg = ModelConfig {
             arch,
             vocab_size: get_usize(v, "vocab_size")?,
@@ -247,11 +263,8 @@ impl ModelConfig {
             sliding_window,
             bos_token_id: token_ids(v.get("bos_token_id"), "bos_token_id")?.first().copied(),
             eos_token_ids: token_ids(v.get("eos_token_id"), "eos_token_id")?,
-            int8_activations: v
-                .get("quantization_config")
-                .and_then(|q| q.get("activations"))
-                .and_then(Value::as_str)
-                .is_some_and(|a| a.starts_with("int8")),
+            int8_activations,
+            int8_outlier_threshold,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -394,7 +407,13 @@ impl ModelConfig {
             });
         }
         if self.int8_activations {
-            v["quantization_config"] = serde_json::json!({"activations": "int8 per-token dynamic"});
+            v["quantization_config"] = match self.int8_outlier_threshold {
+                None => serde_json::json!({"activations": "int8 per-token dynamic"}),
+                Some(t) => serde_json::json!({
+                    "activations": "int8 per-token dynamic, mixed-precision decomposition",
+                    "outlier_threshold": t,
+                }),
+            };
         }
         if let Some(w) = self.sliding_window {
             v["sliding_window"] = w.into();

@@ -8,7 +8,7 @@ use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
 use lowbit_core::backend::Backend;
 use lowbit_core::progress::{phase, NoProgress, Progress};
-use lowbit_cpu::{Cpu, Linear};
+use lowbit_cpu::{Cpu, Linear, OutlierCounts};
 
 /// One decoder layer's weights, held by the backend (on the CPU: `Vec<f32>` and [`Linear`]).
 #[derive(Clone, Debug)]
@@ -274,6 +274,27 @@ fn take_layer(src: &mut dyn TensorSource, c: &ModelConfig, i: usize) -> Result<L
 }
 
 impl Model {
+    /// LLM.int8(): per block linear running the mixed-precision decomposition, its name
+    /// (`model.layers.{i}.self_attn.q_proj`, ...) and the outlier columns it found since loading
+    /// or [`Model::reset_outlier_counts`] (one batch per forward call: a perplexity window, a
+    /// decode step). Empty for models without the decomposition.
+    pub fn outlier_counts(&self) -> Vec<(String, OutlierCounts)> {
+        let mut out = vec![];
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (name, lin) in layer.linears() {
+                if let Some(c) = lin.outlier_counts() {
+                    out.push((format!("model.layers.{i}.{name}"), c));
+                }
+            }
+        }
+        out
+    }
+
+    /// Sets every block linear's outlier counts back to zero.
+    pub fn reset_outlier_counts(&self) {
+        self.layers.iter().flat_map(|l| l.linears()).for_each(|(_, lin)| lin.reset_outlier_counts());
+    }
+
     /// Builds the model from tensors under Hugging Face names, checking every shape against the
     /// config.
     pub(crate) fn build(
@@ -289,8 +310,13 @@ impl Model {
             progress.check()?;
             let mut layer = take_layer(src, &model.config, i)?;
             if model.config.int8_activations {
+                let threshold = model.config.int8_outlier_threshold;
                 for (name, lin) in layer.linears_mut() {
-                    lin.enable_int8_activations().map_err(|e| {
+                    match threshold {
+                        Some(t) => lin.enable_int8_decomposition(t),
+                        None => lin.enable_int8_activations(),
+                    }
+                    .map_err(|e| {
                         ModelError::input(
                             "load",
                             format!("block {i} {name}: W8A8 checkpoint with unsuitable weights: {e}"),

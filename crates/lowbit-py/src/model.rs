@@ -118,6 +118,15 @@ impl PyModel {
     fn load_warnings(&self) -> Vec<String> {
         self.inner.load_warnings().to_vec()
     }
+    /// LLM.int8(): per block linear running the mixed-precision decomposition, `(name, batches,
+    /// outlier_columns, columns)` counted since loading or `reset_outlier_counts`.
+    fn outlier_counts(&self) -> Vec<(String, u64, u64, u64)> {
+        self.inner.outlier_counts().into_iter().map(|(n, c)| (n, c.batches, c.outlier_columns, c.columns)).collect()
+    }
+    /// Sets the outlier counts back to zero.
+    fn reset_outlier_counts(&self) {
+        self.inner.reset_outlier_counts();
+    }
     /// Whether a tokenizer was loaded with the model.
     #[getter]
     fn has_tokenizer(&self) -> bool {

@@ -340,7 +340,16 @@ fn calibration_windows(ids: Vec<u32>, nsamples: usize, seqlen: usize, seed: u64)
     Ok(r?)
 }
 
+/// Whether the method called `name` (or one of its aliases) needs calibration data.
+#[pyfunction]
+fn method_calibrated(name: &str) -> PyResult<bool> {
+    quantize::MethodConfig::from_name(name)
+        .map(|m| m.solver().calibrated())
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(method_calibrated, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_model, m)?)?;
     m.add_function(wrap_pyfunction!(calibration_windows, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_option_specs, m)?)?;

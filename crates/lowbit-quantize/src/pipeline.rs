@@ -32,7 +32,7 @@ use lowbit_cpu::{Linear, WeightKind};
 use lowbit_model::block::{Block, Scratch, Span};
 use lowbit_model::{BlockReader, Layer, LoadOptions, Model, ModelConfig, ModelError};
 use lowbit_solvers::awq::HeadTie;
-use lowbit_solvers::{FoldTarget, Group, GroupLayer, Role, SolvedLayer, Statistics};
+use lowbit_solvers::{FoldTarget, Group, GroupLayer, QuantMethod, Role, SolvedLayer, Statistics};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -307,12 +307,16 @@ fn set_quant(lin: &mut Linear, qt: QTensor) -> Result<()> {
     Ok(())
 }
 
-/// Installs a solved layer; W8A8 layers run int8 activations from here on, as the saved model
-/// will, so the rest of the block and the next blocks calibrate on what that model computes.
-fn install(lin: &mut Linear, solved: SolvedLayer, int8_activations: bool) -> Result<()> {
+/// Installs a solved layer; W8A8 layers run int8 activations from here on (with LLM.int8()'s
+/// decomposition where the method has an outlier threshold), as the saved model will, so the
+/// rest of the block and the next blocks calibrate on what that model computes.
+fn install(lin: &mut Linear, solved: SolvedLayer, int8_activations: bool, method: &dyn QuantMethod) -> Result<()> {
     set_quant(lin, solved.qtensor)?;
     if int8_activations {
-        lin.enable_int8_activations()?;
+        match method.int8_outlier_threshold() {
+            Some(t) => lin.enable_int8_decomposition(t)?,
+            None => lin.enable_int8_activations()?,
+        }
     }
     Ok(())
 }
@@ -365,7 +369,7 @@ fn quantize_block_alone(ctx: &Ctx, b: usize, layer: &mut Layer, progress: &mut d
         let solved = method.solve_group(&group, stats.as_ref()).map_err(|e| solver_err(b, name, e))?;
         for sl in solved.layers {
             out.push(stat(b, name, &sl));
-            install(lin, sl, solved.int8_activations)?;
+            install(lin, sl, solved.int8_activations, method)?;
         }
     }
     Ok(out)
@@ -489,7 +493,7 @@ fn solve_group(ctx: &Ctx, b: usize, names: &[&str], lins: Vec<&mut Linear>, fold
     let mut stats = vec![];
     for ((name, lin), solved) in names.iter().zip(lins).zip(solution.layers) {
         stats.push(stat(b, name, &solved));
-        install(lin, solved, solution.int8_activations)?;
+        install(lin, solved, solution.int8_activations, ctx.opts.method.solver())?;
     }
     let folded = match solution.fold {
         Some(s) => {

@@ -157,7 +157,7 @@ fn gptq_mut(o: &mut QuantizeOptions) -> std::result::Result<&mut GptqMethod, Str
 }
 
 /// The methods' names, as [`MethodConfig::all`] lists them (a test checks).
-const METHODS: &[&str] = &["rtn", "gptq", "awq", "smoothquant"];
+const METHODS: &[&str] = &["rtn", "gptq", "awq", "smoothquant", "llm-int8"];
 
 /// The table. `method` comes first: setting it resets the method's own settings.
 pub const OPTIONS: &[OptionSpec] = &[
@@ -165,7 +165,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         name: "method",
         kind: OptionKind::Choice(METHODS),
         optional: false,
-        help: "rtn, gptq, awq or smoothquant (W8A8: bits 8, per-channel, symmetric)",
+        help: "rtn, gptq, awq, smoothquant or llm-int8 (the last two W8A8: bits 8, per-channel, symmetric)",
         methods: &[],
         cli: Some("--method"),
         cli_aliases: &[],
@@ -408,6 +408,26 @@ pub const OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        name: "outlier_threshold",
+        kind: OptionKind::Float,
+        optional: false,
+        help: "LLM.int8(): input columns with any |x| >= this in a batch run in f32 (6.0; inf: plain W8A8)",
+        methods: &["llm-int8"],
+        cli: Some("--outlier-threshold"),
+        cli_aliases: &[],
+        get: |o| match &o.method {
+            MethodConfig::LlmInt8(m) => OptionValue::Float(f64::from(m.outlier_threshold)),
+            _ => OptionValue::None,
+        },
+        set: |o, v| match &mut o.method {
+            MethodConfig::LlmInt8(m) => {
+                m.outlier_threshold = float_of(v)? as f32;
+                Ok(())
+            }
+            _ => Err("applies to llm-int8 only".into()),
+        },
+    },
+    OptionSpec {
         name: "nsamples",
         kind: OptionKind::Int,
         optional: false,
@@ -548,6 +568,7 @@ mod tests {
         assert_eq!(o.lm_head, None);
         assert_eq!(d("awq_samples"), OptionValue::Int(AwqMethod::default().samples as i64));
         assert_eq!(d("sq_alpha"), OptionValue::Float(f64::from(SmoothQuantMethod::default().alpha)));
+        assert_eq!(d("outlier_threshold"), OptionValue::Float(6.0));
         assert_eq!(d("mse_clip"), OptionValue::None, "depends on the method");
         assert_eq!(d("static_groups"), OptionValue::None);
     }

@@ -7,10 +7,12 @@
 //! * [`gptq`]: GPTQ (Frantar et al. 2022) with lazy batches, groups, act-order, static groups.
 //! * [`awq`]: AWQ's activation-aware scale search and clipping search (Lin et al. 2023).
 //! * [`smoothquant`]: SmoothQuant's smoothing factors and W8A8 reference (Xiao et al. 2022).
+//! * [`llm_int8`]: LLM.int8()'s vector-wise int8 weights (Dettmers et al. 2022); its
+//!   mixed-precision decomposition runs in lowbit-cpu.
 //! * [`rtn`]: round-to-nearest behind the same report.
 //! * [`method`]: the seam a whole-model pipeline drives: [`MethodConfig`], one arm per method,
 //!   each with its own settings ([`RtnMethod`], [`GptqMethod`], [`AwqMethod`],
-//!   [`SmoothQuantMethod`]) implementing [`QuantMethod`].
+//!   [`SmoothQuantMethod`], [`LlmInt8Method`]) implementing [`QuantMethod`].
 //!
 //! Every solver returns a [`LayerReport`]; none prints. Outputs are plain lowbit
 //! [`lowbit_core::QTensor`]s in the original column order.
@@ -22,6 +24,7 @@ mod error;
 pub mod gptq;
 pub mod hessian;
 pub mod linalg;
+pub mod llm_int8;
 pub mod method;
 mod par;
 pub mod report;
@@ -33,6 +36,7 @@ pub use error::{Result, SolverError};
 pub use gptq::{gptq_quantize, GptqConfig, GptqMethod, GptqOutput};
 pub use hessian::{Hessian, HessianPrecision};
 pub use linalg::{Damping, DampingConfig};
+pub use llm_int8::LlmInt8Method;
 pub use method::{
     CalibShape, FoldTarget, Group, GroupLayer, GroupSolution, LayerWeight, MethodConfig, MethodInfo, QuantMethod, Role,
     SolvedLayer, Statistics,

@@ -18,6 +18,7 @@
 
 use crate::awq::{AwqMethod, HeadTie};
 use crate::gptq::GptqMethod;
+use crate::llm_int8::LlmInt8Method;
 use crate::report::LayerReport;
 use crate::rtn::RtnMethod;
 use crate::smoothquant::SmoothQuantMethod;
@@ -46,6 +47,9 @@ pub enum MethodConfig {
     /// SmoothQuant (Xiao et al. 2022) W8A8: smoothing folded into the norms, int8 per-channel
     /// weights (activations are quantized per token at run time).
     SmoothQuant(SmoothQuantMethod),
+    /// LLM.int8() (Dettmers et al. 2022): vector-wise int8 weights, no calibration; the layers
+    /// run per-token int8 activations with the mixed-precision decomposition of outlier columns.
+    LlmInt8(LlmInt8Method),
 }
 
 impl Default for MethodConfig {
@@ -62,6 +66,7 @@ impl MethodConfig {
             MethodConfig::Gptq(GptqMethod::default()),
             MethodConfig::Awq(AwqMethod::default()),
             MethodConfig::SmoothQuant(SmoothQuantMethod::default()),
+            MethodConfig::LlmInt8(LlmInt8Method::default()),
         ]
     }
 
@@ -72,6 +77,7 @@ impl MethodConfig {
             MethodConfig::Gptq(m) => m,
             MethodConfig::Awq(m) => m,
             MethodConfig::SmoothQuant(m) => m,
+            MethodConfig::LlmInt8(m) => m,
         }
     }
 
@@ -81,10 +87,12 @@ impl MethodConfig {
         Self::all()
             .into_iter()
             .find(|m| m.name() == lower || m.solver().aliases().contains(&lower.as_str()))
-            .ok_or_else(|| SolverError::param("method", format!("{name:?}"), "use rtn, gptq, awq or smoothquant"))
+            .ok_or_else(|| {
+                SolverError::param("method", format!("{name:?}"), "use rtn, gptq, awq, smoothquant or llm-int8")
+            })
     }
 
-    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`).
+    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`, `llm-int8`).
     pub fn name(&self) -> &'static str {
         self.solver().name()
     }
@@ -268,6 +276,12 @@ pub trait QuantMethod: Debug + Send + Sync {
     fn statistics(&self, cols: usize, calib: CalibShape) -> Box<dyn Statistics>;
     /// Quantizes a group from the statistics of its input (built by [`QuantMethod::statistics`]).
     fn solve_group(&self, group: &Group, stats: &dyn Statistics) -> Result<GroupSolution>;
+    /// For layers with [`GroupSolution::int8_activations`]: the threshold of LLM.int8()'s
+    /// mixed-precision decomposition (input columns with any `|x| >= t` in a batch run in
+    /// floating point); `None`: plain W8A8.
+    fn int8_outlier_threshold(&self) -> Option<f32> {
+        None
+    }
 }
 
 /// The concrete statistics a method built, or a typed error if the pipeline mixed them up.

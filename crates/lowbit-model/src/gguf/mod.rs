@@ -95,6 +95,7 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         bos_token_id: tok_id("tokenizer.ggml.bos_token_id"),
         eos_token_ids: tok_id("tokenizer.ggml.eos_token_id").into_iter().collect(),
         int8_activations: false,
+        int8_outlier_threshold: None,
     };
     cfg.validate()?;
     Ok(cfg)
