@@ -23,7 +23,7 @@ from . import __version__, _lowbit, quantize
 from ._lowbit import LowbitError, QuantizeReport
 from .convert import convert
 from .demo import DemoSettings, run_demo
-from .export import export
+from .export import ExportReport, export
 from .model import LoadWarning, Model, import_gguf, smollm2_gguf
 from .pipeline import CALIB_ENV
 from .progress import Bars
@@ -201,21 +201,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         imatrix_samples=args.imatrix_samples,
         progress=Bars(enabled=args.imatrix_text is not None),
     )
-    width = max(len(t.name) for t in report.tensors)
-    tw = max(5, *(len(t.type) for t in report.tensors))
-    print(f"{'tensor':<{width}}  {'lowbit':<20} {'type':<{tw}} {'path':<11} max|diff|")
+    worst = _print_tensors(report, ("tensor", "lowbit", "type", "path"))
     counts: dict[str, int] = {}
     for t in report.tensors:
         counts[t.path] = counts.get(t.path, 0) + 1
-        print(f"{t.name:<{width}}  {t.source:<20} {t.type:<{tw}} {t.path:<11} {t.max_abs_diff:.3g}")
     summary = ", ".join(f"{n} {p}" for p, n in sorted(counts.items()))
-    worst = max(t.max_abs_diff for t in report.tensors)
     if report.checkpoint_format is not None:
         summary += f"; checkpoint_format {report.checkpoint_format}"
     if report.imatrix_tokens:
         summary += f"; importance matrix over {report.imatrix_tokens} tokens"
-    for note in report.notes:
-        print(f"note: {note}")
     print(f"wrote {report.path} ({_mib(report.bytes)}): {summary}; largest difference {worst:.3g}")
     return 0
 
@@ -228,18 +222,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
         allow_requantize=args.allow_requantize,
         gguf_type=args.gguf_type,
     )
-    width = max(len(t.name) for t in report.tensors)
-    print(f"{'tensor':<{width}}  {'from':<20} {'to':<20} {'route':<11} max|diff|")
-    for t in report.tensors:
-        print(f"{t.name:<{width}}  {t.source:<20} {t.type:<20} {t.path:<11} {t.max_abs_diff:.3g}")
-    for note in report.notes:
-        print(f"note: {note}")
+    worst = _print_tensors(report, ("tensor", "from", "to", "route"))
     lossy = sum(t.path.startswith("requantized") or t.max_abs_diff != 0 for t in report.tensors)
     exact = "exact" if lossy == 0 else f"{lossy} tensors changed"
-    worst = max(t.max_abs_diff for t in report.tensors)
     n = len(report.tensors)
     print(f"wrote {report.path} ({_mib(report.bytes)}): {n} tensors, {exact}; largest difference {worst:.3g}")
     return 0
+
+
+def _print_tensors(report: ExportReport, titles: tuple[str, str, str, str]) -> float:
+    """The per-tensor table of an export or a conversion (name, source, target type, path and
+    the measured difference) and its notes; returns the largest difference."""
+    rows = [(t.name, t.source, t.type, t.path, f"{t.max_abs_diff:.3g}") for t in report.tensors]
+    widths = [max(len(titles[i]), *(len(r[i]) for r in rows)) for i in range(4)]
+    for row in [(*titles, "max|diff|"), *rows]:
+        print("  ".join(f"{v:<{w}}" for v, w in zip(row, widths)) + "  " + row[4])
+    for note in report.notes:
+        print(f"note: {note}")
+    return max(t.max_abs_diff for t in report.tensors)
 
 
 def _mib(n: float | None) -> str:
