@@ -110,7 +110,7 @@ def export(
 
     ``format="awq"`` writes AutoAWQ's GEMM layout (4-bit only; ``qweight`` packed along the
     outputs with the ``[0,2,4,6,1,3,5,7]`` interleave, zero points stored explicitly, also for
-    symmetric models); ``format="compressed-tensors"`` writes ``pack-quantized`` (2, 3, 4 or 8
+    symmetric models); ``format="compressed-tensors"`` writes ``pack-quantized`` (2, 4 or 8
     bits; signed codes offset by ``2^(b-1)``, zero points packed along dim 0 for asymmetric
     models). Both need groups that tile every row and f16 scales, like GPTQ.
 
@@ -118,7 +118,7 @@ def export(
         FileNotFoundError: a missing model.
         UnsupportedError: another format, an architecture other than llama, an unknown type; for
             the HF formats a model the format cannot store exactly (not quantized, codebook, 3-bit
-            for GPTQ, not 4-bit for AWQ, f32 scales, a group size that does not divide a row),
+            for GPTQ and compressed-tensors, not 4-bit for AWQ, f32 scales, a group size that does not divide a row),
             with the constraint named.
         LowbitError: a model without a tokenizer, non-finite weights.
     """
