@@ -30,6 +30,7 @@ __all__ = [
     "import_gguf",
     "load_model",
     "load_tensors",
+    "method_calibrated",
     "quantize",
     "quantize_model",
     "quantize_option_specs",
