@@ -118,8 +118,8 @@ def export(
         FileNotFoundError: a missing model.
         UnsupportedError: another format, an architecture other than llama, an unknown type; for
             the HF formats a model the format cannot store exactly (not quantized, codebook, 3-bit
-            for GPTQ and compressed-tensors, not 4-bit for AWQ, f32 scales, a group size that does not divide a row),
-            with the constraint named.
+            for GPTQ and compressed-tensors, not 4-bit for AWQ, f32 scales, a group size that does
+            not divide a row), with the constraint named.
         LowbitError: a model without a tokenizer, non-finite weights.
     """
     if format in ("gptq", "awq", "compressed-tensors"):
