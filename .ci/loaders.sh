@@ -36,7 +36,7 @@ fi
 "$venv/bin/python" -m pip install --quiet --no-deps "$wheels"/llama_cpp_python-*.whl
 "$venv/bin/python" -m pip install --quiet "diskcache>=5.6.1" "jinja2>=2.11.3" "typing-extensions>=4.5.0"
 
-# Pinned to the versions the checks were written against (benches/README.md, issue 11).
+# Pinned: the versions the interop figures (docs/format.md) were measured with.
 torch_pins="torch==2.15.0 transformers==5.24.0 optimum==2.3.0 gptqmodel==7.7.0 compressed-tensors==0.20.1 accelerate==1.15.0 numpy safetensors"
 torch_id=$(printf '%s' "$torch_pins" | sha256sum | cut -c1-10)
 torch_venv="$cache/torch-$torch_id"
