@@ -26,6 +26,16 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
 
+/// The error for a bad `quantization_config.{key}` in the `format` checkpoint at `dir`.
+pub(crate) fn config_error(format: &'static str, dir: &Path, key: &str, reason: impl Into<String>) -> ModelError {
+    ModelError::QuantCheckpoint {
+        format,
+        path: dir.display().to_string(),
+        tensor: format!("quantization_config.{key}"),
+        reason: reason.into(),
+    }
+}
+
 /// The HF quantized formats lowbit exports and imports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HfFormat {

@@ -4,7 +4,7 @@
 //! (GEMV, GEMV_FAST, Marlin) pack differently and are refused by name.
 
 use super::layout::unpack;
-use crate::hf_quant::{floats, int_tensor, transpose};
+use crate::hf_quant::{config_error, floats, int_tensor, transpose};
 use crate::safetensors_source::SafetensorsSource;
 use crate::tensors::{Tensor, TensorData, TensorSource};
 use crate::{ModelError, Result};
@@ -20,15 +20,6 @@ const NAME: &str = "AWQ";
 pub(crate) struct AwqConfig {
     /// `None` for `group_size: -1` (one group per row).
     pub(super) group: Option<usize>,
-}
-
-fn cfg_err(dir: &Path, key: &str, reason: impl Into<String>) -> ModelError {
-    ModelError::QuantCheckpoint {
-        format: NAME,
-        path: dir.display().to_string(),
-        tensor: format!("quantization_config.{key}"),
-        reason: reason.into(),
-    }
 }
 
 fn unsupported(what: String) -> ModelError {
@@ -47,12 +38,14 @@ pub(crate) fn detect(dir: &Path, config: &Value) -> Result<Option<AwqConfig>> {
         Some((_, Some(b @ (2 | 3 | 8)))) => {
             return Err(unsupported(format!("{b}-bit checkpoints (lowbit reads AutoAWQ's 4-bit GEMM layout)")))
         }
-        other => return Err(cfg_err(dir, "bits", format!("{:?} (AWQ GEMM stores 4 bits)", other.map(|o| o.0)))),
+        other => {
+            return Err(config_error(NAME, dir, "bits", format!("{:?} (AWQ GEMM stores 4 bits)", other.map(|o| o.0))))
+        }
     }
     let group = match key("group_size", "q_group_size").and_then(Value::as_i64) {
         Some(-1) => None,
         Some(g) if g > 0 => Some(g as usize),
-        other => return Err(cfg_err(dir, "group_size", format!("{other:?} (a positive size or -1)"))),
+        other => return Err(config_error(NAME, dir, "group_size", format!("{other:?} (a positive size or -1)"))),
     };
     let version = qc.get("version").and_then(Value::as_str).unwrap_or("gemm");
     if !version.eq_ignore_ascii_case("gemm") {

@@ -6,7 +6,7 @@
 //! other than `i / group_size`, zero points stored as floats that are not integers.
 
 use super::layout::{per_word, unpack_rows};
-use crate::hf_quant::{floats, int_tensor, transpose, Warnings};
+use crate::hf_quant::{config_error, floats, int_tensor, transpose, Warnings};
 use crate::safetensors_source::SafetensorsSource;
 use crate::tensors::{Tensor, TensorData, TensorSource};
 use crate::{ModelError, Result};
@@ -38,15 +38,6 @@ pub(crate) struct CtConfig {
     pub(super) strategy: Strategy,
 }
 
-fn cfg_err(dir: &Path, key: &str, reason: impl Into<String>) -> ModelError {
-    ModelError::QuantCheckpoint {
-        format: NAME,
-        path: dir.display().to_string(),
-        tensor: format!("quantization_config.{key}"),
-        reason: reason.into(),
-    }
-}
-
 fn unsupported(what: String) -> ModelError {
     ModelError::QuantUnsupported { format: NAME, what }
 }
@@ -65,7 +56,7 @@ pub(crate) fn detect(dir: &Path, config: &Value) -> Result<Option<CtConfig>> {
         }
     }
     let Some(groups) = qc.get("config_groups").and_then(Value::as_object) else {
-        return Err(cfg_err(dir, "config_groups", "missing or not an object"));
+        return Err(config_error(NAME, dir, "config_groups", "missing or not an object"));
     };
     let mut found: Option<(CtConfig, String)> = None;
     for (gname, g) in groups {
@@ -83,13 +74,14 @@ pub(crate) fn detect(dir: &Path, config: &Value) -> Result<Option<CtConfig>> {
             Some(b @ (2 | 4 | 8)) => Bits::try_from(b as u32)?,
             // 3 bits: ten per word before compressed-tensors 0.20, a dense bit stream since.
             Some(b) => return Err(unsupported(format!("{b}-bit weights in {gname} (lowbit reads 2, 4 and 8)"))),
-            None => return Err(cfg_err(dir, &format!("{key}.num_bits"), "missing")),
+            None => return Err(config_error(NAME, dir, &format!("{key}.num_bits"), "missing")),
         };
         let symmetric = w.get("symmetric").and_then(Value::as_bool).unwrap_or(true);
         let size = |k: &str| w.get(k).and_then(Value::as_u64).filter(|&g| g > 0).map(|g| g as usize);
         let strategy = match w.get("strategy").and_then(Value::as_str) {
             Some("group") => Strategy::Group(
-                size("group_size").ok_or_else(|| cfg_err(dir, &format!("{key}.group_size"), "a positive size"))?,
+                size("group_size")
+                    .ok_or_else(|| config_error(NAME, dir, &format!("{key}.group_size"), "a positive size"))?,
             ),
             Some("channel") => Strategy::Channel,
             Some("tensor") => Strategy::Tensor,
@@ -99,7 +91,8 @@ pub(crate) fn detect(dir: &Path, config: &Value) -> Result<Option<CtConfig>> {
                         a.iter().filter_map(Value::as_u64).filter(|&x| x > 0).map(|x| x as usize).collect();
                     (v.len() == 2).then(|| (v[0], v[1]))
                 });
-                let (r, c) = bs.ok_or_else(|| cfg_err(dir, &format!("{key}.block_structure"), "two positive sizes"))?;
+                let (r, c) =
+                    bs.ok_or_else(|| config_error(NAME, dir, &format!("{key}.block_structure"), "two positive sizes"))?;
                 Strategy::Block(r, c)
             }
             other => {

@@ -9,7 +9,7 @@
 //! that module is dequantized to f32, with a warning.
 
 use super::layout::{dequantize, per_word, transpose, unpack_qweight, unpack_qzeros};
-use crate::hf_quant::{floats, int_tensor, Warnings};
+use crate::hf_quant::{config_error, floats, int_tensor, Warnings};
 use crate::safetensors_source::SafetensorsSource;
 use crate::tensors::{Tensor, TensorData, TensorSource};
 use crate::{ModelError, Result};
@@ -29,15 +29,6 @@ pub(crate) struct GptqConfig {
     pub(super) v2: bool,
 }
 
-fn cfg_err(dir: &Path, key: &str, reason: impl Into<String>) -> ModelError {
-    ModelError::QuantCheckpoint {
-        format: "GPTQ",
-        path: dir.display().to_string(),
-        tensor: format!("quantization_config.{key}"),
-        reason: reason.into(),
-    }
-}
-
 /// The GPTQ config of the directory `dir` whose `config.json` is `config`: its
 /// `quantization_config` when `quant_method` is `gptq`, else `quantize_config.json` (older
 /// AutoGPTQ checkpoints) when there is one and `config.json` names no other method.
@@ -49,7 +40,8 @@ pub(crate) fn detect(dir: &Path, config: &Value) -> Result<Option<GptqConfig>> {
         (None, _) if dir.join("quantize_config.json").is_file() => {
             let p = dir.join("quantize_config.json");
             let text = std::fs::read_to_string(&p).map_err(|e| ModelError::io(&p, e))?;
-            serde_json::from_str(&text).map_err(|e| cfg_err(dir, "(quantize_config.json)", e.to_string()))?
+            serde_json::from_str(&text)
+                .map_err(|e| config_error("GPTQ", dir, "(quantize_config.json)", e.to_string()))?
         }
         _ => return Ok(None),
     };
@@ -61,12 +53,12 @@ pub(crate) fn detect(dir: &Path, config: &Value) -> Result<Option<GptqConfig>> {
                 what: "3-bit checkpoints (their qweight spans word boundaries; lowbit reads 2, 4 and 8 bits)".into(),
             })
         }
-        other => return Err(cfg_err(dir, "bits", format!("{other:?} (GPTQ writes 2, 3, 4 or 8)"))),
+        other => return Err(config_error("GPTQ", dir, "bits", format!("{other:?} (GPTQ writes 2, 3, 4 or 8)"))),
     };
     let group = match qc.get("group_size").and_then(Value::as_i64) {
         Some(-1) => None,
         Some(g) if g > 0 => Some(g as usize),
-        other => return Err(cfg_err(dir, "group_size", format!("{other:?} (a positive size or -1)"))),
+        other => return Err(config_error("GPTQ", dir, "group_size", format!("{other:?} (a positive size or -1)"))),
     };
     // GPTQModel writes `format`, AutoGPTQ `checkpoint_format`; both default to v1.
     let label = qc.get("format").or_else(|| qc.get("checkpoint_format")).and_then(Value::as_str).unwrap_or("gptq");
