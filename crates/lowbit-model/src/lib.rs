@@ -23,6 +23,7 @@
 mod awq;
 pub mod block;
 pub mod bytes;
+mod clock;
 mod compressed_tensors;
 pub mod config;
 mod convert;
