@@ -170,7 +170,7 @@ impl Model {
     }
 
     /// Generates from `prompt`, calling `on_token(text, tokenId)` for every new token (return
-    /// `false` to stop). Greedy at temperature 0. Returns JSON text: `tokens`, `text`,
+    /// `false` to stop). Greedy at temperature 0; `stop_on_eos` false runs to `max_new_tokens`. Returns JSON text: `tokens`, `text`,
     /// `stopReason`, `promptTokens`, `prefillSeconds`, `decodeSeconds`.
     #[allow(clippy::too_many_arguments)]
     pub fn generate(
@@ -181,30 +181,22 @@ impl Model {
         top_p: f32,
         top_k: usize,
         seed: u32,
+        stop_on_eos: bool,
         on_token: Option<js_sys::Function>,
     ) -> std::result::Result<String, JsError> {
-        Ok(self.generate_inner(prompt, max_new_tokens, temperature, top_p, top_k, seed, on_token)?)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn generate_inner(
-        &self,
-        prompt: &str,
-        max_new_tokens: usize,
-        temperature: f32,
-        top_p: f32,
-        top_k: usize,
-        seed: u32,
-        on_token: Option<js_sys::Function>,
-    ) -> Result<String> {
         let opts = GenerateOptions {
             max_new_tokens,
             temperature,
             top_p,
             top_k,
             seed: u64::from(seed),
+            stop_on_eos,
             ..GenerateOptions::default()
         };
+        Ok(self.generate_inner(prompt, &opts, on_token)?)
+    }
+
+    fn generate_inner(&self, prompt: &str, opts: &GenerateOptions, on_token: Option<js_sys::Function>) -> Result<String> {
         let mut failure = None;
         let mut cb = |ev: lowbit_model::TokenEvent<'_>| -> bool {
             let Some(f) = &on_token else { return true };
@@ -216,7 +208,7 @@ impl Model {
                 }
             }
         };
-        let g = self.inner.generate(prompt, &opts, &mut cb, &mut NoProgress)?;
+        let g = self.inner.generate(prompt, opts, &mut cb, &mut NoProgress)?;
         if let Some(e) = failure {
             return Err(WasmError::Callback(e));
         }
