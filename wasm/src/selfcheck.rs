@@ -84,6 +84,10 @@ impl Checker {
 /// Runs the checks at the module's level; a summary, or the first mismatch.
 pub(crate) fn run() -> Result<String, String> {
     let level = lowbit_cpu::kernel_level();
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if let Some((a, b, c)) = lowbit_cpu::check_fma(200_000) {
+        return Err(format!("the exact fused multiply-add differs from fmaf at ({a:e}, {b:e}, {c:e})"));
+    }
     let mut c = Checker { level, rng: Rng(7), cases: 0, exact: 0 };
     // dense rows, odd lengths included
     for (rows, cols) in [(1, 7), (3, 64), (17, 100), (33, 576), (5, 1030)] {
@@ -126,8 +130,9 @@ pub(crate) fn run() -> Result<String, String> {
             c.check(&lin, &dense, &format!("{cb:?} block {block_size}"))?;
         }
     }
+    let fma = if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) { "exact fma ok, " } else { "" };
     Ok(format!(
-        "level {}: {} weight/m cases within the f32 tolerance, {} int8-activation cases bit-exact",
+        "level {}: {fma}{} weight/m cases within the f32 tolerance, {} int8-activation cases bit-exact",
         level.name(),
         c.cases,
         c.exact

@@ -96,7 +96,7 @@ async function main() {
         assert(supported.includes(v), `Chromium does not validate the ${v} build`);
         const summary = await page.evaluate((v) => window.lowbit.kernelSelfCheck(v), v);
         const want = v === "relaxed" ? "level relaxed-simd:" : "level simd128:";
-        assert(summary.startsWith(want) && summary.includes("bit-exact"), `unexpected summary: ${summary}`);
+        assert(summary.startsWith(want) && summary.includes("exact fma ok") && summary.includes("bit-exact"), `unexpected summary: ${summary}`);
         return { summary };
       });
     }

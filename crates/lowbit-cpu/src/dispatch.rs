@@ -155,6 +155,10 @@ macro_rules! leveled {
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
                 $crate::KernelLevel::Avx512 => unsafe { avx512($($a),*) },
+                // The module is compiled with simd128 throughout; fused multiply-adds are exact
+                // emulations there (`wasm::fma_f32`), so results equal the FMA levels'.
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                $crate::KernelLevel::Simd128 => body::<true>($($a),*),
                 #[cfg(not(target_arch = "x86_64"))]
                 _ => body::<false>($($a),*),
             }

@@ -74,3 +74,5 @@ pub use llm_int8::OutlierCounts;
 pub use q8::{activations, Activations};
 pub use w8a8::W8A8_MAX_COLS;
 pub use weight::WeightKind;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub use wasm::check_fma;

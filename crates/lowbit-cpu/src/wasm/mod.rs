@@ -13,7 +13,9 @@
 //!   of the definition are computed exactly in f64 lanes with round-to-odd (see `fma_exact`).
 //!
 //! Attention and the elementwise ops are `leveled!` portable code, which the compiler vectorizes
-//! with the module's features.
+//! with the module's features; it runs with `FMA = true`, its fused multiply-adds emulated
+//! exactly by [`fma_f32`], so a model's logits equal those of the x86 FMA levels bit for bit
+//! wherever its products do (the int8-activation ones always do).
 
 // The x86 levels' generic loops, shared as they are: they use only the `Simd` trait. (They move
 // to a shared `src/simd.rs` once the x86 levels stop changing under parallel work.)
@@ -23,3 +25,59 @@ pub(crate) mod simd;
 
 pub(crate) mod q8;
 pub(crate) mod simd128;
+
+/// `a * b + c` rounded once, as a fused multiply-add (finite results; an infinite or NaN sum
+/// passes through): the product is exact in f64, the sum is rounded to f64 *to odd* (the TwoSum
+/// error moves an even, inexact result one ulp towards the exact sum), and rounding to odd with
+/// 29 extra bits makes the final rounding to f32 correct (Boldo and Melquiond, 2008). About a
+/// dozen f64 operations, which the compiler vectorizes with the surrounding loop, against a
+/// call of libm's `fmaf` for `f32::mul_add`.
+#[inline(always)]
+pub(crate) fn fma_f32(a: f32, b: f32, c: f32) -> f32 {
+    let p = f64::from(a) * f64::from(b);
+    let c = f64::from(c);
+    let s = p + c;
+    let bb = s - p;
+    let e = (p - (s - bb)) + (c - bb);
+    let bits = s.to_bits();
+    let odd = if e != 0.0 && bits & 1 == 0 && s.is_finite() {
+        // sign-magnitude: +1 moves away from zero
+        if (e > 0.0) == (s > 0.0) {
+            bits + 1
+        } else {
+            bits - 1
+        }
+    } else {
+        bits
+    };
+    f64::from_bits(odd) as f32
+}
+
+/// Checks [`fma_f32`] and the int8 kernels' vector `fma_exact` against libm's `fmaf`
+/// (`f32::mul_add`, correct but slow here) on `n` random triples with wide exponents, ties and
+/// cancellations among them; the first disagreement, if any. For the browser tests, which cannot
+/// run `cargo test`.
+#[doc(hidden)]
+pub fn check_fma(n: usize) -> Option<(f32, f32, f32)> {
+    use core::arch::wasm32::*;
+    let mut s = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    for i in 0..n {
+        let r = next();
+        let f = |r: u64, spread: u32| f32::from_bits((r as u32 & 0x807f_ffff) | ((((r >> 32) as u32) % spread + 127 - spread / 2) << 23));
+        let (a, b) = (f(r, 40), f(next(), 40));
+        // every fourth c cancels most of a * b, to reach the double-rounding cases
+        let c = if i % 4 == 0 { -(a * b) * (1.0 + f32::EPSILON * ((r >> 8) % 7) as f32) } else { f(next(), 80) };
+        let want = a.mul_add(b, c);
+        let v = q8::fma_exact(f32x4_splat(a), f32x4_splat(b), f32x4_splat(c));
+        if fma_f32(a, b, c).to_bits() != want.to_bits() || f32x4_extract_lane::<2>(v).to_bits() != want.to_bits() {
+            return Some((a, b, c));
+        }
+    }
+    None
+}
