@@ -29,7 +29,7 @@ pub use codebook::Absmax;
 pub use element::{check_finite, first_non_finite, Element};
 pub use error::{CoreError, Result};
 pub use progress::{Cancelled, NoProgress, Progress};
-pub use qtensor::{QParams, QTensor, Scales};
+pub use qtensor::{QParams, QTensor, Scales, ZeroPoints};
 pub use scheme::{Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype, Scheme};
 
 /// Quantizes `weights` (row-major `shape`; f32, f16 or bf16) with any scheme, round to nearest.

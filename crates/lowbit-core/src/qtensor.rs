@@ -3,7 +3,7 @@
 use crate::codebook::{self, Absmax};
 use crate::pack::{packed_len, unpack_into};
 use crate::par::{self, for_each_chunk};
-use crate::rtn::{decode_row, decode_row_with, matrix_dims, GroupParams};
+use crate::rtn::{decode_row, decode_row_with, matrix_dims, Affine, GroupParams};
 use crate::{CoreError, Granularity, Result, ScaleDtype, Scheme};
 use half::f16;
 
@@ -56,6 +56,52 @@ impl Scales {
     }
 }
 
+/// Zero points of an asymmetric integer tensor, in code units: `w = (q - zero) * scale`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ZeroPoints {
+    /// Integer codes in `0..=maxq` (what RTN, GPTQ and AWQ produce, and what GPTQ/AWQ files hold).
+    Codes(Vec<u8>),
+    /// Floats in f16 or f32 (HQQ's optimized zeros; also second-level-quantized statistics once
+    /// decoded). Kernels that need integer zeros (the int8-activation path) decline these.
+    Float(Scales),
+}
+
+impl ZeroPoints {
+    /// Zero point `i` as f32.
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            ZeroPoints::Codes(z) => f32::from(z[i]),
+            ZeroPoints::Float(z) => z.get(i),
+        }
+    }
+    /// Number of zero points.
+    pub fn len(&self) -> usize {
+        match self {
+            ZeroPoints::Codes(z) => z.len(),
+            ZeroPoints::Float(z) => z.len(),
+        }
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The integer codes, or `None` for float zero points.
+    pub fn codes(&self) -> Option<&[u8]> {
+        match self {
+            ZeroPoints::Codes(z) => Some(z),
+            ZeroPoints::Float(_) => None,
+        }
+    }
+    /// Bytes of storage.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            ZeroPoints::Codes(z) => z.len(),
+            ZeroPoints::Float(z) => z.nbytes(),
+        }
+    }
+}
+
 /// The per-group parameters of a `QTensor`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum QParams {
@@ -64,7 +110,7 @@ pub enum QParams {
         /// One scale per group.
         scales: Scales,
         /// One zero point per group (asymmetric only).
-        zeros: Option<Vec<u8>>,
+        zeros: Option<ZeroPoints>,
     },
     /// Codebook schemes.
     Codebook {
@@ -126,9 +172,14 @@ impl QTensor {
                 }
                 match (s.symmetric, zeros) {
                     (true, None) => {}
-                    (false, Some(z)) if z.len() == groups => {
+                    (false, Some(ZeroPoints::Codes(z))) if z.len() == groups => {
                         if let Some(bad) = z.iter().find(|&&z| z > s.bits.maxq()) {
                             return Err(CoreError::shape("QTensor zeros", format!("<= {}", s.bits.maxq()), bad));
+                        }
+                    }
+                    (false, Some(ZeroPoints::Float(z))) if z.len() == groups => {
+                        if (0..z.len()).any(|i| !z.get(i).is_finite()) {
+                            return Err(CoreError::Corrupt("non-finite zero point".into()));
                         }
                     }
                     (sym, z) => {
@@ -191,7 +242,7 @@ impl QTensor {
     pub fn nbytes(&self) -> usize {
         self.codes.len()
             + match &self.params {
-                QParams::Int { scales, zeros } => scales.nbytes() + zeros.as_ref().map_or(0, Vec::len),
+                QParams::Int { scales, zeros } => scales.nbytes() + zeros.as_ref().map_or(0, ZeroPoints::nbytes),
                 QParams::Codebook { absmax } => absmax.nbytes(),
             }
     }
@@ -199,19 +250,27 @@ impl QTensor {
     pub fn bits_per_weight(&self) -> f64 {
         self.nbytes() as f64 * 8.0 / self.numel() as f64
     }
-    /// Group parameters of an integer tensor (scale, zero), row-major; `None` for codebooks.
+    /// Group parameters of an integer tensor with integer zero points (scale, zero), row-major;
+    /// `None` for codebooks and float zero points.
     pub fn group_params(&self) -> Option<Vec<GroupParams>> {
         let (Scheme::Int(s), QParams::Int { scales, zeros }) = (&self.scheme, &self.params) else {
             return None;
         };
+        let codes = match zeros {
+            Some(z) => Some(z.codes()?),
+            None => None,
+        };
         Some(
             (0..scales.len())
-                .map(|i| GroupParams {
-                    scale: scales.get(i),
-                    zero: zeros.as_ref().map_or(s.bits.symmetric_zero(), |z| z[i]),
-                })
+                .map(|i| GroupParams { scale: scales.get(i), zero: codes.map_or(s.bits.symmetric_zero(), |z| z[i]) })
                 .collect(),
         )
+    }
+
+    /// `(scale, zero)` of group `i` of an integer tensor as f32, whatever the zeros' storage.
+    #[inline]
+    fn affine(scheme: &crate::IntScheme, scales: &Scales, zeros: Option<&ZeroPoints>, i: usize) -> Affine {
+        Affine { scale: scales.get(i), zero: zeros.map_or(f32::from(scheme.bits.symmetric_zero()), |z| z.get(i)) }
     }
 
     /// Dequantizes to a new f32 buffer.
@@ -239,10 +298,7 @@ impl QTensor {
                 let row_bytes = cols * bits.get() as usize / 8;
                 let mut q = vec![0u8; cols];
                 unpack_into(&self.codes[r * row_bytes..(r + 1) * row_bytes], bits, &mut q);
-                let param = |p: usize| GroupParams {
-                    scale: scales.get(p),
-                    zero: zeros.as_ref().map_or(bits.symmetric_zero(), |z| z[p]),
-                };
+                let param = |p: usize| Self::affine(s, scales, zeros.as_ref(), p);
                 decode_row_with(&q, r, s.granularity, param, out);
                 return Ok(());
             }
@@ -258,8 +314,9 @@ impl QTensor {
             return Err(CoreError::shape("dequantize_into", numel, out.len()));
         }
         match (&self.scheme, &self.params) {
-            (Scheme::Int(s), QParams::Int { .. }) => {
-                let params = self.group_params().expect("integer tensor");
+            (Scheme::Int(s), QParams::Int { scales, zeros }) => {
+                let params: Vec<Affine> =
+                    (0..scales.len()).map(|i| Self::affine(s, scales, zeros.as_ref(), i)).collect();
                 let (rows, cols) = self.matrix_dims();
                 let bits = s.bits;
                 if (cols * bits.get() as usize) % 8 == 0 {

@@ -18,7 +18,7 @@ use crate::par;
 use crate::weight::{Weight, WeightKind};
 use half::{bf16, f16};
 use lowbit_core::pack::{code_at, unpack_into};
-use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme};
+use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme, ZeroPoints};
 
 /// Smallest `m` that takes the matrix-matrix path. Dequantizing and transposing the panels costs
 /// about as much as 10 to 12 matrix-vector passes (measured on INT4 1536x576 and 4096x4096), so
@@ -123,7 +123,8 @@ fn int_interleave<I: Isa>(bits: Bits) -> (usize, usize) {
     }
 }
 
-/// Scales (f32) and zeros of rows `r0..r1` of an integer tensor, in the layout of [`IntBlock`].
+/// Scales and zero points (f32) of rows `r0..r1` of an integer tensor, in the layout of
+/// [`IntBlock`]; `scratch` holds the scales, then the zeros when they vary per group.
 fn int_block<'a, I: Isa>(
     isa: I,
     s: &IntSrc<'a>,
@@ -135,20 +136,27 @@ fn int_block<'a, I: Isa>(
     let QParams::Int { scales, zeros } = s.q.params() else { unreachable!("integer scheme has integer params") };
     let gpr = cols.div_ceil(s.group);
     let n = (r1 - r0) * gpr;
+    let per_group_zeros = zeros.is_some() && !s.per_tensor;
     scratch.clear();
-    scratch.resize(n, 0.0);
+    scratch.resize(if per_group_zeros { 2 * n } else { n }, 0.0);
+    let (scale_buf, zero_buf) = scratch.split_at_mut(n);
+    let span = r0 * gpr..r1 * gpr;
     if s.per_tensor {
-        scratch.fill(scales.get(0));
+        scale_buf.fill(scales.get(0));
     } else {
-        match scales {
-            Scales::F16(v) => isa.widen_f16(&v[r0 * gpr..r1 * gpr], scratch),
-            Scales::F32(v) => scratch.copy_from_slice(&v[r0 * gpr..r1 * gpr]),
-        }
+        widen_floats(isa, scales, span.clone(), scale_buf);
     }
     let zeros = match zeros {
-        None => Zeros::Const(s.sym_zero),
-        Some(z) if s.per_tensor => Zeros::Const(z[0]),
-        Some(z) => Zeros::PerGroup(&z[r0 * gpr..r1 * gpr]),
+        None => Zeros::Const(f32::from(s.sym_zero)),
+        Some(z) if s.per_tensor => Zeros::Const(z.get(0)),
+        Some(ZeroPoints::Codes(z)) => {
+            zero_buf.iter_mut().zip(&z[span]).for_each(|(d, &z)| *d = f32::from(z));
+            Zeros::PerGroup(zero_buf)
+        }
+        Some(ZeroPoints::Float(z)) => {
+            widen_floats(isa, z, span, zero_buf);
+            Zeros::PerGroup(zero_buf)
+        }
     };
     let row_bytes = cols * s.bits.get() as usize / 8;
     IntBlock {
@@ -157,8 +165,16 @@ fn int_block<'a, I: Isa>(
         row_bytes,
         cols,
         group: s.group,
-        scales: scratch,
+        scales: scale_buf,
         zeros,
+    }
+}
+
+/// `dst = v[span]` as f32.
+fn widen_floats<I: Isa>(isa: I, v: &Scales, span: std::ops::Range<usize>, dst: &mut [f32]) {
+    match v {
+        Scales::F16(v) => isa.widen_f16(&v[span], dst),
+        Scales::F32(v) => dst.copy_from_slice(&v[span]),
     }
 }
 
@@ -195,7 +211,7 @@ fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32])
                     let c = col + j;
                     let run = (s.group - c % s.group).min(d.len() - j);
                     let p = if s.per_tensor { 0 } else { r * gpr + c / s.group };
-                    let z = f32::from(zeros.as_ref().map_or(s.sym_zero, |z| z[p]));
+                    let z = zeros.as_ref().map_or(f32::from(s.sym_zero), |z| z.get(p));
                     let scale = scales.get(p);
                     for (o, &q) in d[j..j + run].iter_mut().zip(&codes[j..j + run]) {
                         *o = (f32::from(q) - z) * scale;

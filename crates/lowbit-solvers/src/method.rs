@@ -18,6 +18,7 @@
 
 use crate::awq::{AwqMethod, HeadTie};
 use crate::gptq::GptqMethod;
+use crate::hqq::HqqMethod;
 use crate::llm_int8::LlmInt8Method;
 use crate::report::LayerReport;
 use crate::rtn::RtnMethod;
@@ -50,6 +51,8 @@ pub enum MethodConfig {
     /// LLM.int8() (Dettmers et al. 2022): vector-wise int8 weights, no calibration; the layers
     /// run per-token int8 activations with the mixed-precision decomposition of outlier columns.
     LlmInt8(LlmInt8Method),
+    /// HQQ (Badri & Shaji 2023): calibration-free, float zero points optimized for an lp error.
+    Hqq(HqqMethod),
 }
 
 impl Default for MethodConfig {
@@ -67,6 +70,7 @@ impl MethodConfig {
             MethodConfig::Awq(AwqMethod::default()),
             MethodConfig::SmoothQuant(SmoothQuantMethod::default()),
             MethodConfig::LlmInt8(LlmInt8Method::default()),
+            MethodConfig::Hqq(HqqMethod::default()),
         ]
     }
 
@@ -78,6 +82,7 @@ impl MethodConfig {
             MethodConfig::Awq(m) => m,
             MethodConfig::SmoothQuant(m) => m,
             MethodConfig::LlmInt8(m) => m,
+            MethodConfig::Hqq(m) => m,
         }
     }
 
@@ -88,11 +93,11 @@ impl MethodConfig {
             .into_iter()
             .find(|m| m.name() == lower || m.solver().aliases().contains(&lower.as_str()))
             .ok_or_else(|| {
-                SolverError::param("method", format!("{name:?}"), "use rtn, gptq, awq, smoothquant or llm-int8")
+                SolverError::param("method", format!("{name:?}"), "use rtn, gptq, awq, smoothquant, llm-int8 or hqq")
             })
     }
 
-    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`, `llm-int8`).
+    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`, `llm-int8`, `hqq`).
     pub fn name(&self) -> &'static str {
         self.solver().name()
     }
