@@ -5,7 +5,10 @@
 //! `forward_int8_reference` bit for bit.
 
 use half::{bf16, f16};
-use lowbit_core::{codebook, rtn, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype};
+use lowbit_core::{
+    codebook, rtn, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, QParams, QTensor, ScaleDtype,
+    Scales, ZeroPoints,
+};
 use lowbit_cpu::{Activations, KernelLevel, Linear, WeightKind};
 
 /// Allowed |fast - reference| / Σ|x·w| (as in lowbit-cpu's tests).
@@ -79,6 +82,21 @@ impl Checker {
         let lin = Linear::new(rows, cols, WeightKind::Quant(q)).map_err(|e| e.to_string())?;
         self.check(&lin, &dense, &format!("int{} sym={symmetric} {g:?} {dt:?}", bits.get()))
     }
+
+    /// [`Checker::int`] with float zero points (HQQ's): RTN's moved by up to half a step.
+    fn float_zeros(&mut self, rows: usize, cols: usize, bits: Bits, g: Granularity, dt: ScaleDtype) -> Result<(), String> {
+        let w = self.rng.vec(rows * cols, 1.0);
+        let scheme = IntScheme { bits, symmetric: false, granularity: g, scale_dtype: dt, clip: ClipSearch::MinMax };
+        let q = rtn::quantize(&w, &[rows, cols], scheme).map_err(|e| e.to_string())?;
+        let QParams::Int { scales, zeros: Some(z) } = q.params().clone() else { return Err("asymmetric RTN has zeros".into()) };
+        let moved: Vec<f32> = (0..z.len()).map(|i| z.get(i) + (self.rng.next() % 1024) as f32 / 1024.0 - 0.5).collect();
+        let zeros = ZeroPoints::Float(Scales::from_f32(moved.into_iter(), dt));
+        let parts = QParams::Int { scales, zeros: Some(zeros) };
+        let q = QTensor::from_parts(q.shape().to_vec(), *q.scheme(), q.codes().to_vec(), parts).map_err(|e| e.to_string())?;
+        let dense = q.dequantize();
+        let lin = Linear::new(rows, cols, WeightKind::Quant(q)).map_err(|e| e.to_string())?;
+        self.check(&lin, &dense, &format!("int{} float zeros {g:?} {dt:?}", bits.get()))
+    }
 }
 
 /// Runs the checks at the module's level; a summary, or the first mismatch.
@@ -117,6 +135,11 @@ pub(crate) fn run() -> Result<String, String> {
             // groups that are not a multiple of the kernel chunk take the generic path
             c.int(17, 48, bits, symmetric, Granularity::Group(16), ScaleDtype::F16)?;
         }
+        for (rows, cols, g) in [(3, 64, 32), (17, 256, 64), (33, 576, 128), (5, 120, 24)] {
+            let dt = if rows % 2 == 0 { ScaleDtype::F32 } else { ScaleDtype::F16 };
+            c.float_zeros(rows, cols, bits, Granularity::Group(g), dt)?;
+        }
+        c.float_zeros(17, 100, bits, Granularity::PerChannel, ScaleDtype::F16)?;
     }
     // long rows blocked over k, and a GEMM-sized m
     c.int(40, 4096 + 128, Bits::B4, false, Granularity::Group(128), ScaleDtype::F16)?;

@@ -164,7 +164,7 @@ fn gemv_int_rows<const BITS: u32, const R: usize>(s: Simd128, b: &IntBlock, x: &
     let xp = x.as_ptr();
     int_rows(s, b, r0, out, |gi, ks| {
         let mut acc = [f32x4_splat(0.0); R];
-        let z: [v128; R] = std::array::from_fn(|r| i32x4_splat(i32::from(b.zeros.get((r0 + r) * gpr + gi))));
+        let z: [v128; R] = std::array::from_fn(|r| f32x4_splat(b.zeros.get((r0 + r) * gpr + gi)));
         for k in ks.step_by(chunk) {
             // SAFETY: k + chunk <= cols: x and 4 code bytes per row at byte k / per_byte are in
             // bounds (asserted by check_gemv).
@@ -175,7 +175,7 @@ fn gemv_int_rows<const BITS: u32, const R: usize>(s: Simd128, b: &IntBlock, x: &
                     let xv = v128_load(xp.add(k + t * L).cast());
                     for r in 0..R {
                         let q = if BITS == 8 { v[r] } else { v128_and(v[r], mask) };
-                        acc[r] = madd(f32x4_convert_i32x4(i32x4_sub(q, z[r])), xv, acc[r]);
+                        acc[r] = madd(f32x4_sub(f32x4_convert_i32x4(q), z[r]), xv, acc[r]);
                         if BITS < 8 {
                             v[r] = u32x4_shr(v[r], BITS);
                         }
@@ -204,7 +204,7 @@ fn gemv_q3(b: &IntBlock, x: &[f32], out: &mut [f32]) {
         let mut tot = 0f32;
         for gi in 0..gpr {
             let p = r * gpr + gi;
-            let z = b.zeros.get(p) as f32;
+            let z = b.zeros.get(p);
             let mut acc = 0f32;
             let (k0, k1) = (gi * b.group, ((gi + 1) * b.group).min(b.cols));
             for k in (k0..k1).step_by(CHUNK) {
@@ -252,7 +252,7 @@ fn dequant_int(s: Simd128, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
         for (ci, d) in dst.chunks_exact_mut(CHUNK).enumerate() {
             let k = k0 + ci * CHUNK;
             let p = r * gpr + k / b.group;
-            let (z, sc) = (b.zeros.get(p) as f32, b.scales[p]);
+            let (z, sc) = (b.zeros.get(p), b.scales[p]);
             let c = &b.codes[r * b.row_bytes + k * 3 / 8..][..24];
             for t in 0..8 {
                 for j in 0..8 {
@@ -271,14 +271,14 @@ fn dequant_int(s: Simd128, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
     for c in (0..dst.len()).step_by(chunk) {
         let k = k0 + c;
         let p = r * gpr + k / b.group;
-        let z = i32x4_splat(i32::from(b.zeros.get(p)));
+        let z = f32x4_splat(b.zeros.get(p));
         let sc = f32x4_splat(b.scales[p]);
         // SAFETY: 4 code bytes of row r at k / per_byte and `chunk` f32 at dst[c..] are in bounds
         // (asserted by check_dequant).
         unsafe {
             let mut v = s.load_codes(b.codes.as_ptr().add(r * b.row_bytes + k / per_byte));
             for t in 0..per_byte {
-                let q = f32x4_convert_i32x4(i32x4_sub(v128_and(v, mask), z));
+                let q = f32x4_sub(f32x4_convert_i32x4(v128_and(v, mask)), z);
                 v128_store(dp.add(c + t * L).cast(), f32x4_mul(q, sc));
                 v = u32x4_shr(v, bits);
             }
