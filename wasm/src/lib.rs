@@ -163,7 +163,8 @@ impl Model {
         let list = v.as_array().ok_or_else(|| bad("not an array".into()))?;
         let mut messages = Vec::with_capacity(list.len());
         for m in list {
-            let field = |k: &str| m.get(k).and_then(|x| x.as_str()).ok_or_else(|| bad(format!("a message without {k}")));
+            let field =
+                |k: &str| m.get(k).and_then(|x| x.as_str()).ok_or_else(|| bad(format!("a message without {k}")));
             messages.push(ChatMessage::new(field("role")?, field("content")?));
         }
         Ok(self.tokenizer("chat")?.apply_chat_template(&messages, true)?)
@@ -196,7 +197,12 @@ impl Model {
         Ok(self.generate_inner(prompt, &opts, on_token)?)
     }
 
-    fn generate_inner(&self, prompt: &str, opts: &GenerateOptions, on_token: Option<js_sys::Function>) -> Result<String> {
+    fn generate_inner(
+        &self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        on_token: Option<js_sys::Function>,
+    ) -> Result<String> {
         let mut failure = None;
         let mut cb = |ev: lowbit_model::TokenEvent<'_>| -> bool {
             let Some(f) = &on_token else { return true };

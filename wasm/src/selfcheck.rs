@@ -62,10 +62,13 @@ impl Checker {
             lin.forward_activations(self.level, Activations::F32, &x, m, &mut got).map_err(|e| e.to_string())?;
             for i in 0..m {
                 for r in 0..rows {
-                    let mag: f32 = x[i * cols..][..cols].iter().zip(&dense[r * cols..][..cols]).map(|(a, b)| (a * b).abs()).sum();
+                    let mag: f32 =
+                        x[i * cols..][..cols].iter().zip(&dense[r * cols..][..cols]).map(|(a, b)| (a * b).abs()).sum();
                     let (g, w) = (got[i * rows + r], want[i * rows + r]);
                     if (g - w).abs() > F32_SUM_TOL * mag + f32::MIN_POSITIVE || g.is_nan() {
-                        return Err(format!("{what} [{rows}x{cols}] m={m} out[{i},{r}]: got {g}, want {w} (Σ|xw| {mag})"));
+                        return Err(format!(
+                            "{what} [{rows}x{cols}] m={m} out[{i},{r}]: got {g}, want {w} (Σ|xw| {mag})"
+                        ));
                     }
                 }
             }
@@ -74,7 +77,15 @@ impl Checker {
         Ok(())
     }
 
-    fn int(&mut self, rows: usize, cols: usize, bits: Bits, symmetric: bool, g: Granularity, dt: ScaleDtype) -> Result<(), String> {
+    fn int(
+        &mut self,
+        rows: usize,
+        cols: usize,
+        bits: Bits,
+        symmetric: bool,
+        g: Granularity,
+        dt: ScaleDtype,
+    ) -> Result<(), String> {
         let w = self.rng.vec(rows * cols, 1.0);
         let scheme = IntScheme { bits, symmetric, granularity: g, scale_dtype: dt, clip: ClipSearch::MinMax };
         let q = rtn::quantize(&w, &[rows, cols], scheme).map_err(|e| e.to_string())?;
@@ -84,15 +95,25 @@ impl Checker {
     }
 
     /// [`Checker::int`] with float zero points (HQQ's): RTN's moved by up to half a step.
-    fn float_zeros(&mut self, rows: usize, cols: usize, bits: Bits, g: Granularity, dt: ScaleDtype) -> Result<(), String> {
+    fn float_zeros(
+        &mut self,
+        rows: usize,
+        cols: usize,
+        bits: Bits,
+        g: Granularity,
+        dt: ScaleDtype,
+    ) -> Result<(), String> {
         let w = self.rng.vec(rows * cols, 1.0);
         let scheme = IntScheme { bits, symmetric: false, granularity: g, scale_dtype: dt, clip: ClipSearch::MinMax };
         let q = rtn::quantize(&w, &[rows, cols], scheme).map_err(|e| e.to_string())?;
-        let QParams::Int { scales, zeros: Some(z) } = q.params().clone() else { return Err("asymmetric RTN has zeros".into()) };
+        let QParams::Int { scales, zeros: Some(z) } = q.params().clone() else {
+            return Err("asymmetric RTN has zeros".into());
+        };
         let moved: Vec<f32> = (0..z.len()).map(|i| z.get(i) + (self.rng.next() % 1024) as f32 / 1024.0 - 0.5).collect();
         let zeros = ZeroPoints::Float(Scales::from_f32(moved.into_iter(), dt));
         let parts = QParams::Int { scales, zeros: Some(zeros) };
-        let q = QTensor::from_parts(q.shape().to_vec(), *q.scheme(), q.codes().to_vec(), parts).map_err(|e| e.to_string())?;
+        let q = QTensor::from_parts(q.shape().to_vec(), *q.scheme(), q.codes().to_vec(), parts)
+            .map_err(|e| e.to_string())?;
         let dense = q.dequantize();
         let lin = Linear::new(rows, cols, WeightKind::Quant(q)).map_err(|e| e.to_string())?;
         self.check(&lin, &dense, &format!("int{} float zeros {g:?} {dt:?}", bits.get()))
@@ -121,9 +142,10 @@ pub(crate) fn run() -> Result<String, String> {
     }
     for bits in [Bits::B2, Bits::B3, Bits::B4, Bits::B8] {
         for symmetric in [false, true] {
-            for (i, (rows, cols, g)) in [(1, 64, 32), (3, 128, 64), (17, 384, 128), (33, 576, 128), (16, 96, 64), (5, 192, 32)]
-                .into_iter()
-                .enumerate()
+            for (i, (rows, cols, g)) in
+                [(1, 64, 32), (3, 128, 64), (17, 384, 128), (33, 576, 128), (16, 96, 64), (5, 192, 32)]
+                    .into_iter()
+                    .enumerate()
             {
                 let dt = if i % 2 == 0 { ScaleDtype::F16 } else { ScaleDtype::F32 };
                 c.int(rows, cols, bits, symmetric, Granularity::Group(g), dt)?;

@@ -57,10 +57,10 @@ mod pool;
 mod q8;
 pub mod scalar;
 mod w8a8;
-mod weight;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[allow(unsafe_code)]
 mod wasm;
+mod weight;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod x86;
@@ -73,6 +73,6 @@ pub use linear::Linear;
 pub use llm_int8::OutlierCounts;
 pub use q8::{activations, Activations};
 pub use w8a8::W8A8_MAX_COLS;
-pub use weight::WeightKind;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub use wasm::check_fma;
+pub use weight::WeightKind;

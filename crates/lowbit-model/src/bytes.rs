@@ -36,7 +36,8 @@ pub const PACK_VERSION: u64 = 1;
 /// Longest index a pack may have (a directory's file list is a few hundred bytes).
 const MAX_INDEX: u64 = 1 << 20;
 /// The directory files a pack carries besides the weights.
-pub const PACKED_TEXT_FILES: [&str; 4] = ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
+pub const PACKED_TEXT_FILES: [&str; 4] =
+    ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
 /// The name messages give the in-memory file.
 const IN_MEMORY: &str = "<model in memory>";
 
@@ -50,7 +51,10 @@ pub enum BytesKind {
 }
 
 fn pack_error(reason: impl Into<String>) -> ModelError {
-    ModelError::Input { op: "Model::from_bytes", reason: format!("corrupt or truncated lowbit pack: {}", reason.into()) }
+    ModelError::Input {
+        op: "Model::from_bytes",
+        reason: format!("corrupt or truncated lowbit pack: {}", reason.into()),
+    }
 }
 
 /// The kind of model file `bytes` holds, or an error naming what was found.
@@ -76,7 +80,10 @@ pub fn pack_members(bytes: &[u8]) -> Result<BTreeMap<String, Range<usize>>> {
     if !bytes.starts_with(PACK_MAGIC) {
         return Err(pack_error("no LOWBITPK magic"));
     }
-    let n = bytes.get(8..16).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).ok_or_else(|| pack_error("no index length"))?;
+    let n = bytes
+        .get(8..16)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| pack_error("no index length"))?;
     if n > MAX_INDEX || 16 + n > bytes.len() as u64 {
         return Err(pack_error(format!("index of {n} bytes in a file of {}", bytes.len())));
     }
@@ -90,13 +97,19 @@ pub fn pack_members(bytes: &[u8]) -> Result<BTreeMap<String, Range<usize>>> {
     let mut out = BTreeMap::new();
     for f in files {
         let name = f.get("name").and_then(|v| v.as_str()).ok_or_else(|| pack_error("a file without a name"))?;
-        let (Some(off), Some(len)) = (f.get("offset").and_then(|v| v.as_u64()), f.get("len").and_then(|v| v.as_u64())) else {
+        let (Some(off), Some(len)) = (f.get("offset").and_then(|v| v.as_u64()), f.get("len").and_then(|v| v.as_u64()))
+        else {
             return Err(pack_error(format!("{name}: no offset or len")));
         };
         let end = (data as u64).checked_add(off).and_then(|s| s.checked_add(len));
         match end {
             Some(end) if end <= bytes.len() as u64 => {}
-            _ => return Err(pack_error(format!("{name}: bytes {off}+{len} beyond the end of the file ({} bytes)", bytes.len()))),
+            _ => {
+                return Err(pack_error(format!(
+                    "{name}: bytes {off}+{len} beyond the end of the file ({} bytes)",
+                    bytes.len()
+                )))
+            }
         }
         if name.contains('/') || name.contains('\\') || name.starts_with('.') {
             return Err(pack_error(format!("member name {name:?} must be a plain file name")));
@@ -190,7 +203,8 @@ impl Model {
                 };
                 let mut files = Vec::with_capacity(shards.len());
                 for name in shards {
-                    let r = members.get(&name).ok_or_else(|| pack_error(format!("no {name}, which the index lists")))?;
+                    let r =
+                        members.get(&name).ok_or_else(|| pack_error(format!("no {name}, which the index lists")))?;
                     files.push((PathBuf::from(&name), bytes[r.clone()].to_vec()));
                 }
                 drop(bytes);

@@ -69,7 +69,9 @@ pub fn check_fma(n: usize) -> Option<(f32, f32, f32)> {
     };
     for i in 0..n {
         let r = next();
-        let f = |r: u64, spread: u32| f32::from_bits((r as u32 & 0x807f_ffff) | ((((r >> 32) as u32) % spread + 127 - spread / 2) << 23));
+        let f = |r: u64, spread: u32| {
+            f32::from_bits((r as u32 & 0x807f_ffff) | ((((r >> 32) as u32) % spread + 127 - spread / 2) << 23))
+        };
         let (a, b) = (f(r, 40), f(next(), 40));
         // every fourth c cancels most of a * b, to reach the double-rounding cases
         let c = if i % 4 == 0 { -(a * b) * (1.0 + f32::EPSILON * ((r >> 8) % 7) as f32) } else { f(next(), 80) };
