@@ -26,14 +26,37 @@ pub(crate) mod simd;
 pub(crate) mod q8;
 pub(crate) mod simd128;
 
-/// `a * b + c` rounded once, as a fused multiply-add (finite results; an infinite or NaN sum
-/// passes through): the product is exact in f64, the sum is rounded to f64 *to odd* (the TwoSum
-/// error moves an even, inexact result one ulp towards the exact sum), and rounding to odd with
-/// 29 extra bits makes the final rounding to f32 correct (Boldo and Melquiond, 2008). About a
-/// dozen f64 operations, which the compiler vectorizes with the surrounding loop, against a
-/// call of libm's `fmaf` for `f32::mul_add`.
+/// Whether rounding the f64 value with bits `s` to f32 may differ from rounding the exact value
+/// it was rounded from: only when it sits exactly halfway between two f32 (low 29 of its 52
+/// significand bits `1 << 28`; rounding to nearest f64 is monotonic and such midpoints are f64
+/// values, so an inexact sum cannot cross one), or below f32's normal range (where f32 keeps
+/// fewer bits), zeros, infinities and NaNs included.
+#[inline(always)]
+pub(crate) fn f64_sum_suspect(s: u64) -> bool {
+    let exp = (s >> 52) & 0x7ff;
+    s & 0x1fff_ffff == 0x1000_0000 || exp < 1023 - 126 || exp == 0x7ff
+}
+
+/// `a * b + c` rounded once, as a fused multiply-add: the product is exact in f64 (24 + 24
+/// bits), so the f64 sum is the only other rounding, and it changes the f32 result only in the
+/// rare cases [`f64_sum_suspect`] names, which take [`fma_f32_exact`]. A few f64 operations
+/// against a call of libm's `fmaf` for `f32::mul_add`.
 #[inline(always)]
 pub(crate) fn fma_f32(a: f32, b: f32, c: f32) -> f32 {
+    let s = f64::from(a) * f64::from(b) + f64::from(c);
+    if f64_sum_suspect(s.to_bits()) {
+        fma_f32_exact(a, b, c)
+    } else {
+        s as f32
+    }
+}
+
+/// [`fma_f32`] in every case: the sum is rounded to f64 *to odd* (the TwoSum error moves an
+/// even, inexact result one ulp towards the exact sum), and rounding to odd with 29 extra bits
+/// makes the final rounding to f32 correct (Boldo and Melquiond, 2008). Infinite or NaN sums
+/// pass through.
+#[inline(never)]
+pub(crate) fn fma_f32_exact(a: f32, b: f32, c: f32) -> f32 {
     let p = f64::from(a) * f64::from(b);
     let c = f64::from(c);
     let s = p + c;
@@ -53,7 +76,8 @@ pub(crate) fn fma_f32(a: f32, b: f32, c: f32) -> f32 {
     f64::from_bits(odd) as f32
 }
 
-/// Checks [`fma_f32`] and the int8 kernels' vector `fma_exact` against libm's `fmaf`
+/// Checks [`fma_f32`], [`fma_f32_exact`] and the int8 kernels' vector `fma_exact` (both paths)
+/// against libm's `fmaf`
 /// (`f32::mul_add`, correct but slow here) on `n` random triples with wide exponents, ties and
 /// cancellations among them; the first disagreement, if any. For the browser tests, which cannot
 /// run `cargo test`.
@@ -77,7 +101,13 @@ pub fn check_fma(n: usize) -> Option<(f32, f32, f32)> {
         let c = if i % 4 == 0 { -(a * b) * (1.0 + f32::EPSILON * ((r >> 8) % 7) as f32) } else { f(next(), 80) };
         let want = a.mul_add(b, c);
         let v = q8::fma_exact(f32x4_splat(a), f32x4_splat(b), f32x4_splat(c));
-        if fma_f32(a, b, c).to_bits() != want.to_bits() || f32x4_extract_lane::<2>(v).to_bits() != want.to_bits() {
+        let (a2, b2, c2) = (f64x2_splat(f64::from(a)), f64x2_splat(f64::from(b)), f64x2_splat(f64::from(c)));
+        let slow = f32x4_demote_f64x2_zero(q8::fma_exact_f64x2(a2, b2, c2));
+        if fma_f32(a, b, c).to_bits() != want.to_bits()
+            || fma_f32_exact(a, b, c).to_bits() != want.to_bits()
+            || f32x4_extract_lane::<2>(v).to_bits() != want.to_bits()
+            || f32x4_extract_lane::<1>(slow).to_bits() != want.to_bits()
+        {
             return Some((a, b, c));
         }
     }

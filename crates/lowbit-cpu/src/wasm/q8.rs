@@ -2,11 +2,12 @@
 //! definition they equal bit for bit).
 //!
 //! A v128 of a packed line holds 4 rows x 4 codes, against 4 activation codes splat to every
-//! 32-bit lane. Baseline: codes and activations widened to i16 and multiplied with
-//! `i32x4_dot_i16x8` (two rows per product, pairs of columns per lane; the pairs are added at the
-//! end of each block). Relaxed build, 4-bit codes: `i32x4_relaxed_dot_i8x16_i7x16_add` with the
-//! activations as the i8 operand and the codes (0..15) as the 7-bit one, one instruction per
-//! 4 rows x 4 columns. The i32 sums are exact either way.
+//! 32-bit lane. Baseline: 4-bit codes multiplied as i8 (`i16x8_extmul_*_i8x16`, summed in i16
+//! over the block), 8-bit codes widened to i16 and multiplied with `i32x4_dot_i16x8` (two rows
+//! per product, pairs of columns per lane; the pairs are added at the end of each block).
+//! Relaxed build: `i32x4_relaxed_dot_i8x16_i7x16_add` with the activations as the i8 operand and
+//! 4-bit codes (0..15), or each nibble of 8-bit codes, as the 7-bit one: one instruction per
+//! 4 rows x 4 columns (per nibble). The i32 sums are exact either way.
 //!
 //! The definition's two fused multiply-adds per lane are computed exactly ([`fma_exact`]).
 
@@ -31,7 +32,7 @@ impl Simd128Q8 {
 /// rounding to odd with 29 extra bits before the final round to nearest makes that final
 /// rounding correct (Boldo and Melquiond). Finite inputs.
 #[inline(always)]
-fn fma_exact_f64x2(a: v128, b: v128, c: v128) -> v128 {
+pub(crate) fn fma_exact_f64x2(a: v128, b: v128, c: v128) -> v128 {
     let p = f64x2_mul(a, b);
     let s = f64x2_add(p, c);
     // TwoSum: s + e == p + c exactly.
@@ -44,13 +45,27 @@ fn fma_exact_f64x2(a: v128, b: v128, c: v128) -> v128 {
     i64x2_add(s, v128_and(dir, v128_and(inexact, even)))
 }
 
-/// `fma(a, b, c)` per lane of f32x4, correctly rounded (see [`fma_exact_f64x2`]).
+/// `fma(a, b, c)` per lane of f32x4, correctly rounded: the f64 sums of the exact products,
+/// unless one of them is a case [`super::f64_sum_suspect`] names (rare), then
+/// [`fma_exact_f64x2`] on all four lanes.
 #[inline(always)]
 pub(crate) fn fma_exact(a: v128, b: v128, c: v128) -> v128 {
     let hi = |v: v128| f64x2_promote_low_f32x4(i64x2_shuffle::<1, 1>(v, v));
-    let lo = fma_exact_f64x2(f64x2_promote_low_f32x4(a), f64x2_promote_low_f32x4(b), f64x2_promote_low_f32x4(c));
-    let hi = fma_exact_f64x2(hi(a), hi(b), hi(c));
-    i64x2_shuffle::<0, 2>(f32x4_demote_f64x2_zero(lo), f32x4_demote_f64x2_zero(hi))
+    let lo_ = |v: v128| f64x2_promote_low_f32x4(v);
+    let (al, bl, cl, ah, bh, ch) = (lo_(a), lo_(b), lo_(c), hi(a), hi(b), hi(c));
+    let (sl, sh) = (f64x2_add(f64x2_mul(al, bl), cl), f64x2_add(f64x2_mul(ah, bh), ch));
+    let suspect = |s: v128| {
+        let mid = i64x2_eq(v128_and(s, i64x2_splat(0x1fff_ffff)), i64x2_splat(0x1000_0000));
+        let exp = v128_and(u64x2_shr(s, 52), i64x2_splat(0x7ff));
+        let odd_range = v128_or(i64x2_lt(exp, i64x2_splat(1023 - 126)), i64x2_eq(exp, i64x2_splat(0x7ff)));
+        v128_or(mid, odd_range)
+    };
+    let (sl, sh) = if v128_any_true(v128_or(suspect(sl), suspect(sh))) {
+        (fma_exact_f64x2(al, bl, cl), fma_exact_f64x2(ah, bh, ch))
+    } else {
+        (sl, sh)
+    };
+    i64x2_shuffle::<0, 2>(f32x4_demote_f64x2_zero(sl), f32x4_demote_f64x2_zero(sh))
 }
 
 /// The four 32-bit activation quads `x[4l..4l + 4]` of a block, each splat to every lane.
@@ -95,18 +110,40 @@ fn block_dots(bits: u32, blk: &[u8], x: &[i8]) -> [v128; 4] {
         }
         return acc;
     }
+    #[cfg(target_feature = "relaxed-simd")]
+    if bits == 8 {
+        // 8-bit codes do not fit the 7-bit operand; their nibbles do: c = 16 h + l.
+        let (mut lo, mut hi) = ([i32x4_splat(0); 4], [i32x4_splat(0); 4]);
+        let low = u8x16_splat(15);
+        for l in 0..8 {
+            let xq = quad(x, l);
+            for g in 0..4 {
+                // SAFETY: line l < 8, rows 4g..4g + 4: 16 bytes at 64l + 16g < 512 (asserted).
+                let c = unsafe { v128_load(bp.add(l * 64 + 16 * g).cast()) };
+                lo[g] = i32x4_relaxed_dot_i8x16_i7x16_add(xq, v128_and(c, low), lo[g]);
+                hi[g] = i32x4_relaxed_dot_i8x16_i7x16_add(xq, u8x16_shr(c, 4), hi[g]);
+            }
+        }
+        return std::array::from_fn(|g| i32x4_add(lo[g], i32x4_shl(hi[g], 4)));
+    }
     let mut acc = [[i32x4_splat(0); 2]; 4];
     if bits == 4 {
+        // 4-bit codes are non-negative i8: i8 x i8 products into i16 lanes, 8 of them summed per
+        // lane over the block (at most 8 * 15 * 127 = 15240, no overflow), widened once.
         let low = u8x16_splat(15);
+        let mut acc16 = [[i16x8_splat(0); 2]; 4];
         for l in 0..4 {
-            let xl = i16x8_extend_low_i8x16(quad(x, l));
-            let xh = i16x8_extend_low_i8x16(quad(x, l + 4));
-            for (g, a) in acc.iter_mut().enumerate() {
+            let (xl, xh) = (quad(x, l), quad(x, l + 4));
+            for (g, a) in acc16.iter_mut().enumerate() {
                 // SAFETY: as above.
                 let c = unsafe { v128_load(bp.add(l * 64 + 16 * g).cast()) };
-                dot_wide(v128_and(c, low), xl, a);
-                dot_wide(u8x16_shr(c, 4), xh, a);
+                let (cl, ch) = (v128_and(c, low), u8x16_shr(c, 4));
+                a[0] = i16x8_add(a[0], i16x8_add(i16x8_extmul_low_i8x16(cl, xl), i16x8_extmul_low_i8x16(ch, xh)));
+                a[1] = i16x8_add(a[1], i16x8_add(i16x8_extmul_high_i8x16(cl, xl), i16x8_extmul_high_i8x16(ch, xh)));
             }
+        }
+        for (a, a16) in acc.iter_mut().zip(&acc16) {
+            *a = [i32x4_extadd_pairwise_i16x8(a16[0]), i32x4_extadd_pairwise_i16x8(a16[1])];
         }
     } else {
         for l in 0..8 {
