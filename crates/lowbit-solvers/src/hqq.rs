@@ -36,7 +36,8 @@ use serde_json::{Map, Value};
 use std::time::Instant;
 
 /// HQQ as a pipeline method; defaults are `hqq`'s (`lp_norm` 0.7, `beta` 10, `kappa` 1.01, 20
-/// iterations).
+/// iterations), plus the scale refit (on: SmolLM2 W4 g64 26.51 against 26.87 zero-only, see
+/// benches/README.md).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HqqMethod {
     /// The p of the sparsity-promoting lp error, in (0, 1].
@@ -48,13 +49,13 @@ pub struct HqqMethod {
     /// Most iterations (>= 1).
     pub iters: u32,
     /// Also refit each group's scale at every step (the least-squares line through the de-noised
-    /// weights), not only its zero as published.
+    /// weights), not only its zero as published (`false` is the published method).
     pub optimize_scale: bool,
 }
 
 impl Default for HqqMethod {
     fn default() -> Self {
-        HqqMethod { lp_norm: 0.7, beta: 10.0, kappa: 1.01, iters: 20, optimize_scale: false }
+        HqqMethod { lp_norm: 0.7, beta: 10.0, kappa: 1.01, iters: 20, optimize_scale: true }
     }
 }
 
@@ -376,7 +377,7 @@ mod tests {
         for (bits, g, seed) in [(Bits::B4, 8, 1), (Bits::B3, 16, 2), (Bits::B2, 32, 3), (Bits::B8, 16, 4)] {
             let (rows, cols) = (5, 64);
             let w = weights(rows * cols, seed);
-            let m = HqqMethod::default();
+            let m = HqqMethod { optimize_scale: false, ..HqqMethod::default() };
             let scheme = IntScheme { scale_dtype: ScaleDtype::F32, ..IntScheme::group(bits, g) };
             let q = hqq_quantize(&w, rows, cols, scheme, &m).unwrap();
             let (scale, zero) = textbook(&w, rows, cols, g, bits, &m);
@@ -411,10 +412,9 @@ mod tests {
         let start = HqqMethod { iters: 1, ..HqqMethod::default() };
         // one iteration evaluates the start and keeps it unless the update is better
         let minmax = abs_err(&hqq_quantize(&w, rows, cols, scheme, &HqqMethod { beta: 1e30, ..start }).unwrap());
-        let zero_only = abs_err(&hqq_quantize(&w, rows, cols, scheme, &HqqMethod::default()).unwrap());
-        let with_scale = abs_err(
-            &hqq_quantize(&w, rows, cols, scheme, &HqqMethod { optimize_scale: true, ..HqqMethod::default() }).unwrap(),
-        );
+        let published = HqqMethod { optimize_scale: false, ..HqqMethod::default() };
+        let zero_only = abs_err(&hqq_quantize(&w, rows, cols, scheme, &published).unwrap());
+        let with_scale = abs_err(&hqq_quantize(&w, rows, cols, scheme, &HqqMethod::default()).unwrap());
         assert!(zero_only < minmax, "{zero_only} vs {minmax}");
         assert!(with_scale <= minmax, "{with_scale} vs {minmax}");
     }
