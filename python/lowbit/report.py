@@ -365,7 +365,13 @@ def report(
     if include_fp32:
         configs.insert(0, Config("fp32", "fp32"))
     if include_llamacpp:
-        _llama_cpp()
+        import importlib.util
+
+        # found here, imported only by the children (its import leaves /dev/null handles open)
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise _lowbit.UnsupportedError(
+                "include_llamacpp needs llama-cpp-python: `make loaders` builds it into .venv"
+            )
         configs += [Config(f"llama.cpp-{t}", "llamacpp", {"type": t}) for t in llamacpp_types]
     text_path = Path(os.fspath(text))
     heldout_path = Path(os.fspath(heldout)) if heldout is not None else None
