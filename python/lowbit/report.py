@@ -348,7 +348,8 @@ def report(
     ``"rtn+format=nf4+double_quant=true+group_size=64"``), each crossed with ``bits``.
     ``text``: the evaluation text (or a ``.npy`` of token ids); ``windows`` of ``window`` tokens
     (all when None). ``heldout``: a second text scored the same way; when it is the calibration
-    file, only its windows that no calibration window touches. ``calib``: calibration for the
+    file, only its windows that no calibration window touches (the default ``nsamples``,
+    ``seqlen`` and ``seed``; a method item that changes them may see other windows). ``calib``: calibration for the
     calibrated methods (default ``$LOWBIT_CALIB_TEXT``). Failed configurations are reported as
     such and the others still run; Ctrl-C stops the current child and raises.
     """
