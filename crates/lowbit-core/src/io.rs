@@ -379,13 +379,18 @@ fn read_one(st: &SafeTensors<'_>, name: &str, meta: &TensorMeta) -> Result<QTens
     let params = match (scheme, meta.stats_bits, meta.stats_group) {
         (Scheme::Int(_), Some(bits), Some(group)) => read_stats(st, name, bits, group)?,
         (_, None, None) => plain_params(st, name, meta, scheme)?,
-        _ => return Err(CoreError::Corrupt(format!("tensor {name}: stats_bits and stats_group go together, on int tensors"))),
+        _ => {
+            return Err(CoreError::Corrupt(format!(
+                "tensor {name}: stats_bits and stats_group go together, on int tensors"
+            )))
+        }
     };
     let mut qt = QTensor::from_parts(meta.shape.clone(), scheme, codes, params)
         .map_err(|e| CoreError::Corrupt(format!("tensor {name}: {e}")))?;
     if let Some(nnz) = meta.outliers {
         let (rows, cols) = qt.matrix_dims();
-        let o = read_outliers(st, name, rows, cols, nnz).map_err(|e| CoreError::Corrupt(format!("tensor {name}: {e}")))?;
+        let o =
+            read_outliers(st, name, rows, cols, nnz).map_err(|e| CoreError::Corrupt(format!("tensor {name}: {e}")))?;
         qt = qt.with_outliers(o)?;
     }
     // The scale arrays must also have the documented shape, not only the right length.

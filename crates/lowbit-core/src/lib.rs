@@ -32,9 +32,9 @@ pub use element::{check_finite, first_non_finite, Element};
 pub use error::{CoreError, Result};
 pub use progress::{Cancelled, NoProgress, Progress};
 pub use qtensor::{QParams, QTensor, Scales};
+pub use scheme::{Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype, Scheme};
 pub use sparse::{ColumnIndex, SparseOutliers};
 pub use stats::QuantStats;
-pub use scheme::{Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype, Scheme};
 
 /// Quantizes `weights` (row-major `shape`; f32, f16 or bf16) with any scheme, round to nearest.
 pub fn quantize<T: Element>(weights: &[T], shape: &[usize], scheme: Scheme) -> Result<QTensor> {

@@ -127,7 +127,11 @@ impl SparseOutliers {
         let mut offsets = vec![0u32; rows + 1];
         for &(r, c, _) in &sorted {
             if r >= rows || c >= cols {
-                return Err(CoreError::shape("sparse outliers: entry", format!("< [{rows}, {cols}]"), format!("({r}, {c})")));
+                return Err(CoreError::shape(
+                    "sparse outliers: entry",
+                    format!("< [{rows}, {cols}]"),
+                    format!("({r}, {c})"),
+                ));
             }
             offsets[r + 1] += 1;
         }

@@ -106,7 +106,11 @@ impl QuantStats {
     /// (the stored order), in statistics groups of `group` rows.
     pub fn quantize(rows: usize, gpr: usize, bits: Bits, group: usize, scales: &[f32], zeros: &[f32]) -> Result<Self> {
         if group == 0 || scales.len() != rows * gpr || zeros.len() != rows * gpr {
-            return Err(CoreError::shape("QuantStats::quantize", format!("{} values, group >= 1", rows * gpr), scales.len()));
+            return Err(CoreError::shape(
+                "QuantStats::quantize",
+                format!("{} values, group >= 1", rows * gpr),
+                scales.len(),
+            ));
         }
         let one = |v: &[f32]| -> Result<StatCodes> {
             let mut codes = vec![0u8; v.len()];

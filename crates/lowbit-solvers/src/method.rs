@@ -22,6 +22,7 @@ use crate::llm_int8::LlmInt8Method;
 use crate::report::LayerReport;
 use crate::rtn::RtnMethod;
 use crate::smoothquant::SmoothQuantMethod;
+use crate::spqr::SpqrMethod;
 use crate::{Result, SolverError};
 use lowbit_core::{IntScheme, QTensor, Scheme};
 use serde_json::{Map, Value};
@@ -50,6 +51,9 @@ pub enum MethodConfig {
     /// LLM.int8() (Dettmers et al. 2022): vector-wise int8 weights, no calibration; the layers
     /// run per-token int8 activations with the mixed-precision decomposition of outlier columns.
     LlmInt8(LlmInt8Method),
+    /// SpQR (Dettmers et al. 2023): GPTQ with small groups, quantized group statistics and
+    /// sparse f16 outliers.
+    Spqr(SpqrMethod),
 }
 
 impl Default for MethodConfig {
@@ -67,6 +71,7 @@ impl MethodConfig {
             MethodConfig::Awq(AwqMethod::default()),
             MethodConfig::SmoothQuant(SmoothQuantMethod::default()),
             MethodConfig::LlmInt8(LlmInt8Method::default()),
+            MethodConfig::Spqr(SpqrMethod::default()),
         ]
     }
 
@@ -78,6 +83,7 @@ impl MethodConfig {
             MethodConfig::Awq(m) => m,
             MethodConfig::SmoothQuant(m) => m,
             MethodConfig::LlmInt8(m) => m,
+            MethodConfig::Spqr(m) => m,
         }
     }
 
@@ -88,11 +94,11 @@ impl MethodConfig {
             .into_iter()
             .find(|m| m.name() == lower || m.solver().aliases().contains(&lower.as_str()))
             .ok_or_else(|| {
-                SolverError::param("method", format!("{name:?}"), "use rtn, gptq, awq, smoothquant or llm-int8")
+                SolverError::param("method", format!("{name:?}"), "use rtn, gptq, awq, smoothquant, llm-int8 or spqr")
             })
     }
 
-    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`, `llm-int8`).
+    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`, `llm-int8`, `spqr`).
     pub fn name(&self) -> &'static str {
         self.solver().name()
     }
