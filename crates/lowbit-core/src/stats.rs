@@ -88,6 +88,13 @@ impl QuantStats {
         self.scales.nbytes() + self.zeros.nbytes()
     }
 
+    /// The f32 `(scale, zero)` of row `r`, column group `g`, of a tensor with `rows` rows.
+    #[inline]
+    pub fn get(&self, rows: usize, r: usize, g: usize) -> (f32, f32) {
+        let (i, sg) = (g * rows + r, g * rows.div_ceil(self.group) + r / self.group);
+        (decode(&self.scales, self.bits, i, sg), decode(&self.zeros, self.bits, i, sg))
+    }
+
     /// The f32 scale and zero of rows `r0..r1`, row-major `[(r1 - r0), gpr]` into `scales` and
     /// `zeros` (each `(r1 - r0) * gpr` long), of a tensor with `rows` rows.
     pub fn decode_rows(&self, rows: usize, gpr: usize, r0: usize, r1: usize, scales: &mut [f32], zeros: &mut [f32]) {
@@ -213,6 +220,7 @@ mod tests {
         let (mut s2, mut z2) = (vec![0f32; 5 * gpr], vec![0f32; 5 * gpr]);
         q.decode_rows(rows, gpr, 14, 19, &mut s2, &mut z2);
         assert_eq!(s2, s[14 * gpr..19 * gpr]);
+        assert_eq!(q.get(rows, 15, 2), (s[15 * gpr + 2], z[15 * gpr + 2]));
         assert_eq!(z2, z[14 * gpr..19 * gpr]);
         assert!(q.validate(rows + 1, gpr).is_err());
     }

@@ -18,7 +18,7 @@ use crate::par;
 use crate::weight::{Weight, WeightKind};
 use half::{bf16, f16};
 use lowbit_core::pack::{code_at, unpack_into};
-use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme};
+use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme, SparseOutliers};
 
 /// Smallest `m` that takes the matrix-matrix path. Dequantizing and transposing the panels costs
 /// about as much as 10 to 12 matrix-vector passes (measured on INT4 1536x576 and 4096x4096), so
@@ -85,7 +85,11 @@ impl<'a> Src<'a> {
                     let chunk = lanes * per_lane;
                     // Groups may end short at the row's end (docs/format.md): the fast kernels need
                     // every group, the last included, to be whole chunks.
-                    let fast = I::LANES > 0 && group.is_multiple_of(chunk) && cols.is_multiple_of(chunk);
+                    // Quantized statistics decode to float zeros, which the fast kernels lack.
+                    let fast = I::LANES > 0
+                        && !matches!(q.params(), QParams::IntStats(_))
+                        && group.is_multiple_of(chunk)
+                        && cols.is_multiple_of(chunk);
                     Src::Int(IntSrc {
                         q,
                         bits: s.bits,
@@ -101,6 +105,15 @@ impl<'a> Src<'a> {
                     Src::Cb(CbSrc { q, absmax: lin.absmax_f32(), table: s.codebook.table(), block: s.block_size, fast })
                 }
             },
+        }
+    }
+
+    /// The sparse outliers added to the product, if any.
+    fn outliers(&self) -> Option<&'a SparseOutliers> {
+        match self {
+            Src::Int(s) => s.q.outliers(),
+            Src::Cb(s) => s.q.outliers(),
+            _ => None,
         }
     }
 
@@ -182,9 +195,17 @@ fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32])
         Src::F16(w) => dst.iter_mut().zip(&w[first..]).for_each(|(d, s)| *d = s.to_f32()),
         Src::Bf16(w) => dst.iter_mut().zip(&w[first..]).for_each(|(d, s)| *d = s.to_f32()),
         Src::Int(s) => {
-            let QParams::Int { scales, zeros } = s.q.params() else { unreachable!() };
             let bits = s.bits;
             let gpr = cols.div_ceil(s.group);
+            let rows = s.q.matrix_dims().0;
+            // (scale, zero) of group p of row r.
+            let param = |p: usize| match s.q.params() {
+                QParams::Int { scales, zeros } => {
+                    (scales.get(p), f32::from(zeros.as_ref().map_or(s.sym_zero, |z| z[p])))
+                }
+                QParams::IntStats(st) => st.get(rows, r, p % gpr),
+                QParams::Codebook { .. } => unreachable!("integer scheme"),
+            };
             for (step, d) in dst.chunks_mut(GENERIC_STEP).enumerate() {
                 let start = first + step * GENERIC_STEP;
                 let col = k0 + step * GENERIC_STEP;
@@ -194,9 +215,7 @@ fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32])
                 while j < d.len() {
                     let c = col + j;
                     let run = (s.group - c % s.group).min(d.len() - j);
-                    let p = if s.per_tensor { 0 } else { r * gpr + c / s.group };
-                    let z = f32::from(zeros.as_ref().map_or(s.sym_zero, |z| z[p]));
-                    let scale = scales.get(p);
+                    let (scale, z) = param(if s.per_tensor { 0 } else { r * gpr + c / s.group });
                     for (o, &q) in d[j..j + run].iter_mut().zip(&codes[j..j + run]) {
                         *o = (f32::from(q) - z) * scale;
                     }
@@ -229,8 +248,15 @@ fn read_codes(packed: &[u8], bits: Bits, start: usize, out: &mut [u8]) {
 }
 
 /// `out[r - r0] = x · W[r]` for `r` in `r0..r0 + out.len()`; `x` is interleaved when the source
-/// runs fast kernels.
-fn gemv_rows<I: Isa>(isa: I, src: &Src, cols: usize, x: &[f32], r0: usize, out: &mut [f32]) {
+/// runs fast kernels, `xn` is `x` in natural order (for the sparse outliers).
+fn gemv_rows<I: Isa>(isa: I, src: &Src, cols: usize, x: &[f32], xn: &[f32], r0: usize, out: &mut [f32]) {
+    gemv_dense(isa, src, cols, x, r0, out);
+    if let Some(o) = src.outliers() {
+        o.spmv_rows(r0, xn, out);
+    }
+}
+
+fn gemv_dense<I: Isa>(isa: I, src: &Src, cols: usize, x: &[f32], r0: usize, out: &mut [f32]) {
     let r1 = r0 + out.len();
     match src {
         Src::F32(w) => isa.gemv_f32(x, &w[r0 * cols..r1 * cols], out),
@@ -328,6 +354,7 @@ fn gemm_block<I: Isa>(
     src: &Src,
     cols: usize,
     x: &[f32],
+    xn: &[f32],
     mi: usize,
     r0: usize,
     r1: usize,
@@ -358,6 +385,12 @@ fn gemm_block<I: Isa>(
             }
         }
     }
+    if let Some(o) = src.outliers() {
+        for i in 0..mi {
+            let out = &mut out[i * ostride + r0 - col_base..][..r1 - r0];
+            o.spmv_rows(r0, &xn[i * cols..(i + 1) * cols], out);
+        }
+    }
 }
 
 /// Threads for a product: matrix-vector products on the pool (crate `pool` module) unless tiny;
@@ -377,6 +410,7 @@ fn threads(lin: &Weight, m: usize) -> usize {
 pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &mut [f32]) {
     let (rows, cols) = (lin.rows(), lin.cols());
     let src = Src::new::<I>(lin);
+    let xn = x;
     // The permuted rows of x go to this thread's buffer, kept from call to call (a prefill
     // would otherwise allocate and fault in megabytes per product); a nested call on the same
     // thread (rayon runs other jobs while this one waits) finds it taken and allocates.
@@ -403,11 +437,11 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &m
     if m < GEMM_MIN_M {
         // Equal chunks, a multiple of 4 rows, a few per thread so a slow thread is not the tail.
         let per = if par { rows.div_ceil(nthreads * 4).next_multiple_of(4) } else { rows };
-        for (xi, oi) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
+        for ((xi, xni), oi) in x.chunks_exact(cols).zip(xn.chunks_exact(cols)).zip(out.chunks_exact_mut(rows)) {
             if par {
-                crate::pool::for_each_chunk(oi, per, |c, o| gemv_rows(isa, &src, cols, xi, c * per, o));
+                crate::pool::for_each_chunk(oi, per, |c, o| gemv_rows(isa, &src, cols, xi, xni, c * per, o));
             } else {
-                gemv_rows(isa, &src, cols, xi, 0, oi);
+                gemv_rows(isa, &src, cols, xi, xni, 0, oi);
             }
         }
     } else if !par || m >= ROW_SPLIT_MIN * nthreads {
@@ -415,7 +449,7 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &m
         let per = if par { m.div_ceil(nthreads) } else { m };
         par::for_each_chunk(out, per * rows, par, |c, o| {
             let mi = o.len() / rows;
-            gemm_block(isa, &src, cols, &x[c * per * cols..], mi, 0, rows, o, rows, 0);
+            gemm_block(isa, &src, cols, &x[c * per * cols..], &xn[c * per * cols..], mi, 0, rows, o, rows, 0);
         });
     } else {
         // Few rows of x: split by panels of W into per-panel outputs, then scatter.
@@ -424,7 +458,7 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &m
         par::for_each_chunk(&mut parts, m * per, par, |c, o| {
             let r0 = c * per;
             if r0 < rows {
-                gemm_block(isa, &src, cols, x, m, r0, (r0 + per).min(rows), o, per, r0);
+                gemm_block(isa, &src, cols, x, xn, m, r0, (r0 + per).min(rows), o, per, r0);
             }
         });
         for (c, part) in parts.chunks_exact(m * per).enumerate() {

@@ -174,6 +174,10 @@ impl PackedInt {
     pub(crate) fn from_qtensor(q: &QTensor) -> Option<Self> {
         let Scheme::Int(s) = q.scheme() else { return None };
         let QParams::Int { scales, zeros } = q.params() else { return None };
+        // Outliers are added on the f32 path only.
+        if q.outliers().is_some() {
+            return None;
+        }
         let (rows, cols) = q.matrix_dims();
         if !matches!(s.bits, Bits::B4 | Bits::B8) || cols % QK != 0 || rows == 0 {
             return None;
