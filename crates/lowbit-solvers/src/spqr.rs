@@ -542,11 +542,14 @@ impl QuantMethod for SpqrMethod {
     }
     fn params(&self, _calib: CalibShape) -> Map<String, Value> {
         let t = self.outlier_threshold;
+        // The f32's shortest decimal (0.2, not 0.200000003); inf is JSON null.
+        let t_json =
+            if t.is_finite() { format!("{t}").parse::<f64>().map_or(Value::Null, Value::from) } else { Value::Null };
         Map::from_iter([
             ("stats_bits".to_string(), self.stats_bits.into()),
             ("stats_group".to_string(), self.stats_group.into()),
             // Not `outlier_threshold`: the loader reads that key as LLM.int8()'s.
-            ("outlier_relative_threshold".to_string(), if t.is_finite() { f64::from(t).into() } else { Value::Null }),
+            ("outlier_relative_threshold".to_string(), t_json),
             ("outlier_max_percent".to_string(), self.outlier_max_percent.into()),
             ("desc_act".to_string(), self.act_order.into()),
             ("damp_percent".to_string(), self.percdamp.into()),
