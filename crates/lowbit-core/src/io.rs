@@ -9,7 +9,7 @@ use crate::sparse::{ColumnIndex, SparseOutliers};
 use crate::stats::{QuantStats, StatCodes};
 use crate::{
     Bits, ClipSearch, Codebook, CodebookScheme, CoreError, Granularity, IntScheme, QParams, QTensor, Result,
-    ScaleDtype, Scales, Scheme,
+    ScaleDtype, Scales, Scheme, ZeroPoints,
 };
 pub use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -174,8 +174,17 @@ fn parts_of(name: &str, qt: &QTensor) -> Parts {
                 Scales::F32(v) => (Dtype::F32, bytemuck::cast_slice(v).to_vec()),
             };
             tensors.push((format!("{name}.scales"), dtype, scale_shape.clone(), bytes));
-            if let Some(z) = zeros {
-                tensors.push((format!("{name}.zeros"), Dtype::U8, scale_shape, z.clone()));
+            match zeros {
+                Some(ZeroPoints::Codes(z)) => {
+                    tensors.push((format!("{name}.zeros"), Dtype::U8, scale_shape, z.clone()))
+                }
+                Some(ZeroPoints::Float(Scales::F16(z))) => {
+                    tensors.push((format!("{name}.zeros"), Dtype::F16, scale_shape, bytemuck::cast_slice(z).to_vec()))
+                }
+                Some(ZeroPoints::Float(Scales::F32(z))) => {
+                    tensors.push((format!("{name}.zeros"), Dtype::F32, scale_shape, bytemuck::cast_slice(z).to_vec()))
+                }
+                None => {}
             }
         }
         QParams::IntStats(st) => {
@@ -337,6 +346,19 @@ fn bytes_of<'a>(st: &'a SafeTensors<'a>, name: &str, dtype: Dtype, shape: Option
     Ok(view.data())
 }
 
+/// A stored f16 or f32 tensor (scales, float zero points).
+fn read_floats(st: &SafeTensors<'_>, name: &str, dtype: ScaleDtype) -> Result<Scales> {
+    Ok(match dtype {
+        ScaleDtype::F16 => Scales::F16(
+            bytes_of(st, name, Dtype::F16, None)?
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+        ScaleDtype::F32 => Scales::F32(read_f32(bytes_of(st, name, Dtype::F32, None)?)),
+    })
+}
+
 fn read_f32(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
@@ -402,19 +424,19 @@ fn plain_params(st: &SafeTensors<'_>, name: &str, meta: &TensorMeta, scheme: Sch
     let params = match scheme {
         Scheme::Int(s) => {
             let scales_name = format!("{name}.scales");
-            let scales = match s.scale_dtype {
-                ScaleDtype::F16 => Scales::F16(
-                    bytes_of(st, &scales_name, Dtype::F16, None)?
-                        .chunks_exact(2)
-                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
-                        .collect(),
-                ),
-                ScaleDtype::F32 => Scales::F32(read_f32(bytes_of(st, &scales_name, Dtype::F32, None)?)),
-            };
+            let scales = read_floats(st, &scales_name, s.scale_dtype)?;
             let zeros = if s.symmetric {
                 None
             } else {
-                Some(bytes_of(st, &format!("{name}.zeros"), Dtype::U8, None)?.to_vec())
+                // The stored dtype says which: u8 codes, or f16/f32 float zero points.
+                let zeros_name = format!("{name}.zeros");
+                let view =
+                    st.tensor(&zeros_name).map_err(|_| CoreError::Corrupt(format!("missing tensor {zeros_name}")))?;
+                Some(match view.dtype() {
+                    Dtype::F16 => ZeroPoints::Float(read_floats(st, &zeros_name, ScaleDtype::F16)?),
+                    Dtype::F32 => ZeroPoints::Float(read_floats(st, &zeros_name, ScaleDtype::F32)?),
+                    _ => ZeroPoints::Codes(bytes_of(st, &zeros_name, Dtype::U8, None)?.to_vec()),
+                })
             };
             QParams::Int { scales, zeros }
         }
@@ -505,6 +527,9 @@ mod tests {
                 out.push((format!("{codebook:?}_{double_quant}"), codebook::quantize(&w, &[4, 64], s).unwrap()));
             }
         }
+        for dtype in [ScaleDtype::F16, ScaleDtype::F32] {
+            out.push((format!("float_zeros_{dtype:?}"), float_zeros(&w, dtype)));
+        }
         out
     }
 
@@ -522,6 +547,16 @@ mod tests {
         QTensor::from_parts(vec![rows, cols], *rtn.scheme(), rtn.codes().to_vec(), QParams::IntStats(stats))
             .unwrap()
             .with_outliers(outliers)
+            .unwrap()
+    }
+
+    /// An int4 g32 tensor whose zero points are floats (HQQ's), stored in `dtype`.
+    fn float_zeros(w: &[f32], dtype: ScaleDtype) -> QTensor {
+        let q = rtn::quantize(w, &[4, 64], IntScheme { scale_dtype: dtype, ..IntScheme::group(Bits::B4, 32) }).unwrap();
+        let QParams::Int { scales, zeros: Some(z) } = q.params().clone() else { unreachable!() };
+        let zeros =
+            ZeroPoints::Float(Scales::from_f32((0..z.len()).map(|i| z.get(i) + 0.375 - i as f32 / 16.0), dtype));
+        QTensor::from_parts(vec![4, 64], *q.scheme(), q.codes().to_vec(), QParams::Int { scales, zeros: Some(zeros) })
             .unwrap()
     }
 
@@ -551,6 +586,33 @@ mod tests {
         }
         assert_eq!(q.nbytes(), 128 + 2 * (6 + 2 * 2 * 8) + (5 * 4 + 3 * 2 + 3 * 2));
         assert!(q.group_params().is_none(), "plain group parameters do not describe it");
+    }
+
+    #[test]
+    fn float_zero_points_dequantize_and_are_validated() {
+        let w: Vec<f32> = (0..4 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
+        let q = float_zeros(&w, ScaleDtype::F32);
+        let (QParams::Int { scales, zeros: Some(z) }, Some(codes)) =
+            (q.params(), crate::pack::unpack(q.codes(), Bits::B4, 256).ok())
+        else {
+            unreachable!()
+        };
+        let want: Vec<f32> =
+            codes.iter().enumerate().map(|(i, &c)| (f32::from(c) - z.get(i / 32)) * scales.get(i / 32)).collect();
+        assert_eq!(q.dequantize(), want);
+        assert_eq!(q.nbytes(), 128 + 8 * 4 + 8 * 4, "codes, f32 scales, f32 zeros");
+        assert!(q.group_params().is_none(), "no integer group params for float zeros");
+        let mut row = vec![0f32; 64];
+        q.dequantize_row(2, &mut row).unwrap();
+        assert_eq!(row, want[128..192]);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let zeros = ZeroPoints::Float(Scales::F32(vec![bad; 8]));
+            let params = QParams::Int { scales: scales.clone(), zeros: Some(zeros) };
+            let err = QTensor::from_parts(vec![4, 64], *q.scheme(), q.codes().to_vec(), params).unwrap_err();
+            assert!(err.to_string().contains("non-finite zero point"), "{err}");
+        }
+        let short = QParams::Int { scales: scales.clone(), zeros: Some(ZeroPoints::Float(Scales::F32(vec![1.0; 7]))) };
+        assert!(QTensor::from_parts(vec![4, 64], *q.scheme(), q.codes().to_vec(), short).is_err());
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub use codebook::Absmax;
 pub use element::{check_finite, first_non_finite, Element};
 pub use error::{CoreError, Result};
 pub use progress::{Cancelled, NoProgress, Progress};
-pub use qtensor::{QParams, QTensor, Scales};
+pub use qtensor::{QParams, QTensor, Scales, ZeroPoints};
 pub use scheme::{Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype, Scheme};
 pub use sparse::{ColumnIndex, SparseOutliers};
 pub use stats::QuantStats;

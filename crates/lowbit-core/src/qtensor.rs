@@ -3,7 +3,7 @@
 use crate::codebook::{self, Absmax};
 use crate::pack::{packed_len, unpack_into};
 use crate::par::{self, for_each_chunk};
-use crate::rtn::{decode_row, decode_row_with, matrix_dims, GroupParams};
+use crate::rtn::{decode_row, decode_row_with, matrix_dims, Affine, GroupParams};
 use crate::sparse::SparseOutliers;
 use crate::stats::QuantStats;
 use crate::{CoreError, Granularity, Result, ScaleDtype, Scheme};
@@ -58,6 +58,52 @@ impl Scales {
     }
 }
 
+/// Zero points of an asymmetric integer tensor, in code units: `w = (q - zero) * scale`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ZeroPoints {
+    /// Integer codes in `0..=maxq` (what RTN, GPTQ and AWQ produce, and what GPTQ/AWQ files hold).
+    Codes(Vec<u8>),
+    /// Floats in f16 or f32 (HQQ's optimized zeros; also second-level-quantized statistics once
+    /// decoded). Kernels that need integer zeros (the int8-activation path) decline these.
+    Float(Scales),
+}
+
+impl ZeroPoints {
+    /// Zero point `i` as f32.
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            ZeroPoints::Codes(z) => f32::from(z[i]),
+            ZeroPoints::Float(z) => z.get(i),
+        }
+    }
+    /// Number of zero points.
+    pub fn len(&self) -> usize {
+        match self {
+            ZeroPoints::Codes(z) => z.len(),
+            ZeroPoints::Float(z) => z.len(),
+        }
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The integer codes, or `None` for float zero points.
+    pub fn codes(&self) -> Option<&[u8]> {
+        match self {
+            ZeroPoints::Codes(z) => Some(z),
+            ZeroPoints::Float(_) => None,
+        }
+    }
+    /// Bytes of storage.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            ZeroPoints::Codes(z) => z.len(),
+            ZeroPoints::Float(z) => z.nbytes(),
+        }
+    }
+}
+
 /// The per-group parameters of a `QTensor`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum QParams {
@@ -66,7 +112,7 @@ pub enum QParams {
         /// One scale per group.
         scales: Scales,
         /// One zero point per group (asymmetric only).
-        zeros: Option<Vec<u8>>,
+        zeros: Option<ZeroPoints>,
     },
     /// Integer schemes whose scales and (float) zeros are themselves quantized (SpQR's
     /// second-level statistics, [`crate::stats`]); asymmetric, groups or per channel.
@@ -133,9 +179,14 @@ impl QTensor {
                 }
                 match (s.symmetric, zeros) {
                     (true, None) => {}
-                    (false, Some(z)) if z.len() == groups => {
+                    (false, Some(ZeroPoints::Codes(z))) if z.len() == groups => {
                         if let Some(bad) = z.iter().find(|&&z| z > s.bits.maxq()) {
                             return Err(CoreError::shape("QTensor zeros", format!("<= {}", s.bits.maxq()), bad));
+                        }
+                    }
+                    (false, Some(ZeroPoints::Float(z))) if z.len() == groups => {
+                        if (0..z.len()).any(|i| !z.get(i).is_finite()) {
+                            return Err(CoreError::Corrupt("non-finite zero point".into()));
                         }
                     }
                     (sym, z) => {
@@ -230,7 +281,7 @@ impl QTensor {
     pub fn nbytes(&self) -> usize {
         self.codes.len()
             + match &self.params {
-                QParams::Int { scales, zeros } => scales.nbytes() + zeros.as_ref().map_or(0, Vec::len),
+                QParams::Int { scales, zeros } => scales.nbytes() + zeros.as_ref().map_or(0, ZeroPoints::nbytes),
                 QParams::IntStats(stats) => stats.nbytes(),
                 QParams::Codebook { absmax } => absmax.nbytes(),
             }
@@ -240,9 +291,10 @@ impl QTensor {
     pub fn bits_per_weight(&self) -> f64 {
         self.nbytes() as f64 * 8.0 / self.numel() as f64
     }
-    /// Group parameters of an integer tensor (scale, zero), row-major; `None` for codebooks,
-    /// quantized statistics and tensors with outliers (which plain group parameters do not
-    /// describe: exporters that read them refuse such tensors).
+    /// Group parameters of an integer tensor with integer zero points (scale, zero), row-major;
+    /// `None` for codebooks, float zero points, quantized statistics and tensors with outliers
+    /// (which plain group parameters do not describe: exporters that read them refuse such
+    /// tensors).
     pub fn group_params(&self) -> Option<Vec<GroupParams>> {
         if self.outliers.is_some() {
             return None;
@@ -254,14 +306,21 @@ impl QTensor {
         let (Scheme::Int(s), QParams::Int { scales, zeros }) = (&self.scheme, &self.params) else {
             return None;
         };
+        let codes = match zeros {
+            Some(z) => Some(z.codes()?),
+            None => None,
+        };
         Some(
             (0..scales.len())
-                .map(|i| GroupParams {
-                    scale: scales.get(i),
-                    zero: zeros.as_ref().map_or(s.bits.symmetric_zero(), |z| z[i]),
-                })
+                .map(|i| GroupParams { scale: scales.get(i), zero: codes.map_or(s.bits.symmetric_zero(), |z| z[i]) })
                 .collect(),
         )
+    }
+
+    /// `(scale, zero)` of group `i` of an integer tensor as f32, whatever the zeros' storage.
+    #[inline]
+    fn affine(scheme: &crate::IntScheme, scales: &Scales, zeros: Option<&ZeroPoints>, i: usize) -> Affine {
+        Affine { scale: scales.get(i), zero: zeros.map_or(f32::from(scheme.bits.symmetric_zero()), |z| z.get(i)) }
     }
 
     /// Dequantizes to a new f32 buffer.
@@ -289,10 +348,7 @@ impl QTensor {
                 let row_bytes = cols * bits.get() as usize / 8;
                 let mut q = vec![0u8; cols];
                 unpack_into(&self.codes[r * row_bytes..(r + 1) * row_bytes], bits, &mut q);
-                let param = |p: usize| GroupParams {
-                    scale: scales.get(p),
-                    zero: zeros.as_ref().map_or(bits.symmetric_zero(), |z| z[p]),
-                };
+                let param = |p: usize| Self::affine(s, scales, zeros.as_ref(), p);
                 decode_row_with(&q, r, s.granularity, param, out);
                 if let Some(o) = &self.outliers {
                     o.add_to_rows(r, out);
@@ -311,8 +367,9 @@ impl QTensor {
             return Err(CoreError::shape("dequantize_into", numel, out.len()));
         }
         match (&self.scheme, &self.params) {
-            (Scheme::Int(s), QParams::Int { .. }) => {
-                let params = self.int_group_params().expect("integer tensor");
+            (Scheme::Int(s), QParams::Int { scales, zeros }) => {
+                let params: Vec<Affine> =
+                    (0..scales.len()).map(|i| Self::affine(s, scales, zeros.as_ref(), i)).collect();
                 let (rows, cols) = self.matrix_dims();
                 let bits = s.bits;
                 if (cols * bits.get() as usize) % 8 == 0 {

@@ -9,7 +9,7 @@ use crate::par::{self, for_each_chunk, try_for_each_row};
 use crate::Element;
 use crate::{
     check_finite, Bits, ClipSearch, CoreError, Granularity, IntScheme, QParams, QTensor, Result, ScaleDtype, Scales,
-    Scheme,
+    Scheme, ZeroPoints,
 };
 
 /// Scale and zero point of one group, as stored.
@@ -48,6 +48,31 @@ impl GroupParams {
     #[inline]
     pub fn dequantize(self, q: u8) -> f32 {
         (f32::from(q) - f32::from(self.zero)) * self.scale
+    }
+}
+
+/// Scale and zero point of one group as the decoder uses them: `w = (q - zero) * scale`, the zero
+/// an integer code or a float (see [`crate::ZeroPoints`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Affine {
+    /// Step between codes.
+    pub scale: f32,
+    /// Zero point in code units.
+    pub zero: f32,
+}
+
+impl Affine {
+    /// Values of a run of codes that share these parameters.
+    pub fn dequantize_slice(self, codes: &[u8], out: &mut [f32]) {
+        for (o, &q) in out.iter_mut().zip(codes) {
+            *o = (f32::from(q) - self.zero) * self.scale;
+        }
+    }
+}
+
+impl From<GroupParams> for Affine {
+    fn from(p: GroupParams) -> Self {
+        Affine { scale: p.scale, zero: f32::from(p.zero) }
     }
 }
 
@@ -349,7 +374,7 @@ fn encode_row(row: &[f32], r: usize, scheme: IntScheme, params: &[GroupParams], 
 }
 
 /// Values of row `r` from its unpacked codes.
-pub(crate) fn decode_row(codes: &[u8], r: usize, granularity: Granularity, params: &[GroupParams], out: &mut [f32]) {
+pub(crate) fn decode_row(codes: &[u8], r: usize, granularity: Granularity, params: &[Affine], out: &mut [f32]) {
     decode_row_with(codes, r, granularity, |p| params[p], out);
 }
 
@@ -358,7 +383,7 @@ pub(crate) fn decode_row_with(
     codes: &[u8],
     r: usize,
     granularity: Granularity,
-    param: impl Fn(usize) -> GroupParams,
+    param: impl Fn(usize) -> Affine,
     out: &mut [f32],
 ) {
     for_each_segment(granularity, out.len(), r, |p, a, b| param(p).dequantize_slice(&codes[a..b], &mut out[a..b]));
@@ -389,9 +414,9 @@ pub fn encode(weights: &[f32], cols: usize, scheme: IntScheme, params: &[GroupPa
 }
 
 /// Stores group parameters as the scheme's scales and (asymmetric only) zeros.
-pub(crate) fn store_params(scheme: IntScheme, params: &[GroupParams]) -> QParams {
+pub fn store_params(scheme: IntScheme, params: &[GroupParams]) -> QParams {
     let scales = Scales::from_f32(params.iter().map(|p| p.scale), scheme.scale_dtype);
-    let zeros = (!scheme.symmetric).then(|| params.iter().map(|p| p.zero).collect());
+    let zeros = (!scheme.symmetric).then(|| ZeroPoints::Codes(params.iter().map(|p| p.zero).collect()));
     QParams::Int { scales, zeros }
 }
 

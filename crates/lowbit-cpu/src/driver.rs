@@ -18,7 +18,7 @@ use crate::par;
 use crate::weight::{Weight, WeightKind};
 use half::{bf16, f16};
 use lowbit_core::pack::{code_at, unpack_into};
-use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme, SparseOutliers};
+use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme, SparseOutliers, ZeroPoints};
 
 /// Smallest `m` that takes the matrix-matrix path. Dequantizing and transposing the panels costs
 /// about as much as 10 to 12 matrix-vector passes (measured on INT4 1536x576 and 4096x4096), so
@@ -85,11 +85,7 @@ impl<'a> Src<'a> {
                     let chunk = lanes * per_lane;
                     // Groups may end short at the row's end (docs/format.md): the fast kernels need
                     // every group, the last included, to be whole chunks.
-                    // Quantized statistics decode to float zeros, which the fast kernels lack.
-                    let fast = I::LANES > 0
-                        && !matches!(q.params(), QParams::IntStats(_))
-                        && group.is_multiple_of(chunk)
-                        && cols.is_multiple_of(chunk);
+                    let fast = I::LANES > 0 && group.is_multiple_of(chunk) && cols.is_multiple_of(chunk);
                     Src::Int(IntSrc {
                         q,
                         bits: s.bits,
@@ -136,7 +132,8 @@ fn int_interleave<I: Isa>(bits: Bits) -> (usize, usize) {
     }
 }
 
-/// Scales (f32) and zeros of rows `r0..r1` of an integer tensor, in the layout of [`IntBlock`].
+/// Scales and zero points (f32) of rows `r0..r1` of an integer tensor, in the layout of
+/// [`IntBlock`]; `scratch` holds the scales, then the zeros when they vary per group.
 fn int_block<'a, I: Isa>(
     isa: I,
     s: &IntSrc<'a>,
@@ -145,33 +142,61 @@ fn int_block<'a, I: Isa>(
     r1: usize,
     scratch: &'a mut Vec<f32>,
 ) -> IntBlock<'a> {
-    let QParams::Int { scales, zeros } = s.q.params() else { unreachable!("integer scheme has integer params") };
     let gpr = cols.div_ceil(s.group);
     let n = (r1 - r0) * gpr;
-    scratch.clear();
-    scratch.resize(n, 0.0);
-    if s.per_tensor {
-        scratch.fill(scales.get(0));
-    } else {
-        match scales {
-            Scales::F16(v) => isa.widen_f16(&v[r0 * gpr..r1 * gpr], scratch),
-            Scales::F32(v) => scratch.copy_from_slice(&v[r0 * gpr..r1 * gpr]),
-        }
-    }
-    let zeros = match zeros {
-        None => Zeros::Const(s.sym_zero),
-        Some(z) if s.per_tensor => Zeros::Const(z[0]),
-        Some(z) => Zeros::PerGroup(&z[r0 * gpr..r1 * gpr]),
-    };
     let row_bytes = cols * s.bits.get() as usize / 8;
-    IntBlock {
+    let block = |scales, zeros| IntBlock {
         bits: s.bits.get(),
         codes: &s.q.codes()[r0 * row_bytes..r1 * row_bytes],
         row_bytes,
         cols,
         group: s.group,
-        scales: scratch,
+        scales,
         zeros,
+    };
+    let zeros = match s.q.params() {
+        QParams::Int { zeros, .. } => zeros,
+        // SpQR: the block's scales and zeros decoded from their 3-bit codes, here, once per block.
+        QParams::IntStats(st) => {
+            scratch.clear();
+            scratch.resize(2 * n, 0.0);
+            let (scale_buf, zero_buf) = scratch.split_at_mut(n);
+            st.decode_rows(s.q.matrix_dims().0, gpr, r0, r1, scale_buf, zero_buf);
+            return block(scale_buf, Zeros::PerGroup(zero_buf));
+        }
+        QParams::Codebook { .. } => unreachable!("integer scheme has integer params"),
+    };
+    let QParams::Int { scales, .. } = s.q.params() else { unreachable!() };
+    let per_group_zeros = zeros.is_some() && !s.per_tensor;
+    scratch.clear();
+    scratch.resize(if per_group_zeros { 2 * n } else { n }, 0.0);
+    let (scale_buf, zero_buf) = scratch.split_at_mut(n);
+    let span = r0 * gpr..r1 * gpr;
+    if s.per_tensor {
+        scale_buf.fill(scales.get(0));
+    } else {
+        widen_floats(isa, scales, span.clone(), scale_buf);
+    }
+    let zeros = match zeros {
+        None => Zeros::Const(f32::from(s.sym_zero)),
+        Some(z) if s.per_tensor => Zeros::Const(z.get(0)),
+        Some(ZeroPoints::Codes(z)) => {
+            zero_buf.iter_mut().zip(&z[span]).for_each(|(d, &z)| *d = f32::from(z));
+            Zeros::PerGroup(zero_buf)
+        }
+        Some(ZeroPoints::Float(z)) => {
+            widen_floats(isa, z, span, zero_buf);
+            Zeros::PerGroup(zero_buf)
+        }
+    };
+    block(scale_buf, zeros)
+}
+
+/// `dst = v[span]` as f32.
+fn widen_floats<I: Isa>(isa: I, v: &Scales, span: std::ops::Range<usize>, dst: &mut [f32]) {
+    match v {
+        Scales::F16(v) => isa.widen_f16(&v[span], dst),
+        Scales::F32(v) => dst.copy_from_slice(&v[span]),
     }
 }
 
@@ -201,7 +226,7 @@ fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32])
             // (scale, zero) of group p of row r.
             let param = |p: usize| match s.q.params() {
                 QParams::Int { scales, zeros } => {
-                    (scales.get(p), f32::from(zeros.as_ref().map_or(s.sym_zero, |z| z[p])))
+                    (scales.get(p), zeros.as_ref().map_or(f32::from(s.sym_zero), |z| z.get(p)))
                 }
                 QParams::IntStats(st) => st.get(rows, r, p % gpr),
                 QParams::Codebook { .. } => unreachable!("integer scheme"),

@@ -14,21 +14,22 @@
 
 use half::{bf16, f16};
 
-/// Zero points of a block of integer groups.
+/// Zero points of a block of integer groups, in code units (integer codes or HQQ-style floats,
+/// both as f32: `w = (q - zero) * scale`).
 // Read only by the SIMD levels, which exist on x86-64 only for now.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Zeros<'a> {
     /// One per group, `rows * groups_per_row` in the block.
-    PerGroup(&'a [u8]),
+    PerGroup(&'a [f32]),
     /// The same for every group (symmetric schemes, per-tensor asymmetric).
-    Const(u8),
+    Const(f32),
 }
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Zeros<'_> {
     #[inline]
-    pub(crate) fn get(&self, i: usize) -> u8 {
+    pub(crate) fn get(&self, i: usize) -> f32 {
         match self {
             Zeros::PerGroup(z) => z[i],
             Zeros::Const(z) => *z,

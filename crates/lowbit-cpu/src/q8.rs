@@ -171,6 +171,7 @@ impl PackedInt {
         Self::from_qtensor(q)
     }
 
+    /// Float zero points (HQQ) are declined: the exact i32 sums need integer zeros.
     pub(crate) fn from_qtensor(q: &QTensor) -> Option<Self> {
         let Scheme::Int(s) = q.scheme() else { return None };
         let QParams::Int { scales, zeros } = q.params() else { return None };
@@ -178,6 +179,10 @@ impl PackedInt {
         if q.outliers().is_some() {
             return None;
         }
+        let zeros = match zeros {
+            Some(z) => Some(z.codes()?),
+            None => None,
+        };
         let (rows, cols) = q.matrix_dims();
         if !matches!(s.bits, Bits::B4 | Bits::B8) || cols % QK != 0 || rows == 0 {
             return None;
@@ -234,7 +239,7 @@ impl PackedInt {
 
 fn zeros_of(q: &QTensor) -> Option<&[u8]> {
     match q.params() {
-        QParams::Int { zeros: Some(z), .. } => Some(z),
+        QParams::Int { zeros: Some(z), .. } => z.codes(),
         _ => None,
     }
 }
@@ -296,7 +301,9 @@ pub(crate) fn gemv_reference(q: &QTensor, a: &Acts, out: &mut [f32]) {
             let mut y = 0f32;
             for g in 0..gpr {
                 let pi = if per_tensor { 0 } else { r * gpr + g };
-                let z = i32::from(zeros.as_ref().map_or(s.bits.symmetric_zero(), |z| z[pi]));
+                let z = zeros.as_ref().map_or(i32::from(s.bits.symmetric_zero()), |z| {
+                    i32::from(z.codes().expect("the int8-activation path has integer zeros")[pi])
+                });
                 let mut ga = 0f32;
                 for b in g * group / QK..((g + 1) * group / QK).min(nb) {
                     let dot: i32 = (b * QK..(b + 1) * QK)

@@ -10,7 +10,10 @@ mod common;
 
 use common::{levels, Rng};
 use half::{bf16, f16};
-use lowbit_core::{codebook, rtn, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype};
+use lowbit_core::{
+    codebook, rtn, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, QParams, QTensor, ScaleDtype,
+    Scales, ZeroPoints,
+};
 use lowbit_cpu::{Activations, KernelLevel, Linear, WeightKind};
 
 /// Allowed |fast - reference| / Σ|x·w| for f32 accumulation in another order. Both sides round
@@ -90,6 +93,42 @@ fn int_case(
     let dense = q.dequantize();
     let lin = Linear::new(rows, cols, WeightKind::Quant(q)).unwrap();
     check(&lin, &dense, rng, &format!("int{} sym={symmetric} {granularity:?} {scale_dtype:?}", bits.get()));
+}
+
+/// [`int_case`] with float zero points (HQQ's): RTN's integer zeros moved by a fraction of a step
+/// in `[-0.5, 0.5)`, stored as f16 or f32 like the scales.
+fn float_zero_case(rng: &mut Rng, rows: usize, cols: usize, bits: Bits, granularity: Granularity, dt: ScaleDtype) {
+    let w = rng.vec(rows * cols);
+    let scheme = IntScheme { bits, symmetric: false, granularity, scale_dtype: dt, clip: ClipSearch::MinMax };
+    let q = rtn::quantize(&w, &[rows, cols], scheme).unwrap();
+    let QParams::Int { scales, zeros: Some(z) } = q.params().clone() else { unreachable!("asymmetric") };
+    let moved = (0..z.len()).map(|i| z.get(i) + (rng.next() % 1024) as f32 / 1024.0 - 0.5);
+    let zeros = ZeroPoints::Float(Scales::from_f32(moved, dt));
+    let q = QTensor::from_parts(
+        q.shape().to_vec(),
+        *q.scheme(),
+        q.codes().to_vec(),
+        QParams::Int { scales, zeros: Some(zeros) },
+    )
+    .unwrap();
+    let dense = q.dequantize();
+    let lin = Linear::new(rows, cols, WeightKind::Quant(q)).unwrap();
+    let mut out = vec![0.0; rows];
+    assert!(lin.forward_int8_reference(&rng.vec(cols), 1, &mut out).is_err(), "float zeros have no int8 path");
+    check(&lin, &dense, rng, &format!("int{} float zeros {granularity:?} {dt:?}", bits.get()));
+}
+
+#[test]
+fn int_float_zero_points() {
+    let mut rng = Rng(7);
+    for bits in [Bits::B2, Bits::B3, Bits::B4, Bits::B8] {
+        for (rows, cols, g) in [(3, 64, 32), (17, 256, 64), (33, 576, 128), (5, 120, 24), (100, 224, 96)] {
+            let dt = if rows % 2 == 0 { ScaleDtype::F32 } else { ScaleDtype::F16 };
+            float_zero_case(&mut rng, rows, cols, bits, Granularity::Group(g), dt);
+        }
+        float_zero_case(&mut rng, 17, 100, bits, Granularity::PerChannel, ScaleDtype::F16);
+        float_zero_case(&mut rng, 3, 96, bits, Granularity::PerTensor, ScaleDtype::F32);
+    }
 }
 
 /// Every integer width, asymmetric then symmetric.
@@ -215,8 +254,16 @@ fn int_quantized_statistics_with_outliers() {
     use lowbit_core::{QParams, QTensor, QuantStats, Scheme};
     let mut rng = Rng(11);
     for bits in [Bits::B3, Bits::B4] {
-        for (rows, cols) in [(1usize, 16usize), (3, 40), (17, 48), (33, 100), (100, 64), (40, 576)] {
-            let g = 16;
+        // Groups of 16 (SpQR's; fast at 4 bits on AVX2), and 64 (fast at every width and level).
+        for (rows, cols, g) in [
+            (1usize, 16usize, 16usize),
+            (3, 40, 16),
+            (17, 48, 16),
+            (33, 100, 16),
+            (100, 64, 16),
+            (40, 576, 16),
+            (19, 192, 64),
+        ] {
             let gpr = cols.div_ceil(g);
             let codes: Vec<u8> = (0..rows * cols).map(|_| (rng.next() % (u64::from(bits.maxq()) + 1)) as u8).collect();
             let scales: Vec<f32> = (0..rows * gpr).map(|_| 0.01 + 0.05 * rng.f().abs()).collect();

@@ -232,7 +232,7 @@ fn random_w4(rows: usize, cols: usize, seed: u64) -> Res<QTensor> {
     let codes: Vec<u8> = (0..rows * cols / 2).map(|_| next() as u8).collect();
     let groups = rows * cols.div_ceil(128);
     let scales = Scales::F16((0..groups).map(|_| half::f16::from_f32(0.001 + (next() % 1000) as f32 * 1e-5)).collect());
-    let zeros = Some((0..groups).map(|_| (next() % 16) as u8).collect());
+    let zeros = Some(lowbit_core::ZeroPoints::Codes((0..groups).map(|_| (next() % 16) as u8).collect()));
     let scheme = Scheme::Int(IntScheme::group(Bits::B4, 128));
     Ok(QTensor::from_parts(vec![rows, cols], scheme, codes, QParams::Int { scales, zeros })?)
 }

@@ -199,7 +199,7 @@ impl Packed {
         let implied = f32::from(s.bits.maxq() / 2 + 1);
         let pair = |r: usize, gi: usize| {
             let i = s.granularity.param_index(cols, r * cols + (gi * group).min(cols.saturating_sub(1)));
-            let z = zeros.as_ref().map_or(implied, |z| f32::from(z[i]));
+            let z = zeros.as_ref().map_or(implied, |z| z.get(i));
             (i, z)
         };
         let params = match scales {

@@ -19,7 +19,7 @@ use crate::tensors::{le_bf16, le_f16, le_f32, TensorSource};
 use crate::{ModelError, Result};
 use half::f16;
 use lowbit_core::pack::{pack, unpack};
-use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, QParams, QTensor, ScaleDtype, Scales, Scheme};
+use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme, QParams, QTensor, ScaleDtype, Scales, Scheme, ZeroPoints};
 use lowbit_cpu::{Linear, WeightKind};
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::Value;
@@ -224,7 +224,11 @@ impl LinearParts<'_> {
             )));
         }
         let groups = inn / gs;
-        let params = q.group_params().unwrap_or_default();
+        let params = q.group_params().ok_or_else(|| {
+            refuse(format!(
+                "{prefix}: float zero points (HQQ) have no exact {format} form, which stores integer zeros: quantize with --method rtn, gptq or awq to export to {format}"
+            ))
+        })?;
         let (mut scales, mut zeros) = (Vec::with_capacity(out * groups), Vec::with_capacity(out * groups));
         for n in 0..out {
             for g in 0..groups {
@@ -512,6 +516,6 @@ pub(crate) fn int_tensor(
         _ => (ScaleDtype::F32, Scales::F32(scales)),
     };
     let scheme = IntScheme { bits, symmetric, granularity, scale_dtype, clip: ClipSearch::MinMax };
-    let params = QParams::Int { scales, zeros: (!symmetric).then_some(zeros) };
+    let params = QParams::Int { scales, zeros: (!symmetric).then_some(ZeroPoints::Codes(zeros)) };
     QTensor::from_parts(vec![out, inn], Scheme::Int(scheme), pack(codes, bits)?, params)
 }

@@ -4,7 +4,7 @@ use crate::arrays::{float_input, FloatArray};
 use crate::errors::{PyLowbitResult, ShapeError, UnsupportedError};
 use lowbit_core::{
     codebook, io, pack, Absmax, Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, QParams, QTensor,
-    ScaleDtype, Scales, Scheme,
+    ScaleDtype, Scales, Scheme, ZeroPoints,
 };
 use numpy::{IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods};
 use pyo3::prelude::*;
@@ -121,13 +121,17 @@ impl PyQTensor {
             }
         })
     }
-    /// Integer zero points (asymmetric schemes), else None.
+    /// Zero points of asymmetric schemes in their storage dtype (uint8 codes, or float16/float32
+    /// for HQQ's float zeros), else None.
     #[getter]
-    fn zeros<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyArrayDyn<u8>>>> {
-        match self.inner.params() {
-            QParams::Int { zeros: Some(z), .. } => Ok(Some(to_shaped(py, z.clone(), &self.inner.scale_shape())?)),
-            _ => Ok(None),
-        }
+    fn zeros<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let shape = self.inner.scale_shape();
+        let QParams::Int { zeros: Some(z), .. } = self.inner.params() else { return Ok(None) };
+        Ok(Some(match z {
+            ZeroPoints::Codes(v) => to_shaped(py, v.clone(), &shape)?.into_any(),
+            ZeroPoints::Float(Scales::F16(v)) => to_shaped(py, v.clone(), &shape)?.into_any(),
+            ZeroPoints::Float(Scales::F32(v)) => to_shaped(py, v.clone(), &shape)?.into_any(),
+        }))
     }
     /// The codes, unpacked to one uint8 per element, in the tensor's shape.
     fn codes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArrayDyn<u8>>> {

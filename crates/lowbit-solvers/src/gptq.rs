@@ -43,9 +43,7 @@ use faer::{Accum, Mat, MatMut, MatRef};
 use lowbit_core::codebook::Absmax;
 use lowbit_core::pack::pack;
 use lowbit_core::rtn::{choose_params, GroupParams};
-use lowbit_core::{
-    check_finite, Bits, Codebook, CodebookScheme, Granularity, IntScheme, QParams, QTensor, Scales, Scheme,
-};
+use lowbit_core::{check_finite, Bits, Codebook, CodebookScheme, Granularity, IntScheme, QParams, QTensor, Scheme};
 use serde_json::{Map, Value};
 use std::time::Instant;
 
@@ -506,7 +504,10 @@ pub(crate) fn assemble(
     params: &[GroupParams],
 ) -> Result<QTensor> {
     let packed = pack(codes, scheme.bits)?;
-    let scales = Scales::from_f32(params.iter().map(|p| p.scale), scheme.scale_dtype);
-    let zeros = (!scheme.symmetric).then(|| params.iter().map(|p| p.zero).collect());
-    Ok(QTensor::from_parts(vec![rows, cols], Scheme::Int(scheme), packed, QParams::Int { scales, zeros })?)
+    Ok(QTensor::from_parts(
+        vec![rows, cols],
+        Scheme::Int(scheme),
+        packed,
+        lowbit_core::rtn::store_params(scheme, params),
+    )?)
 }

@@ -2,8 +2,8 @@
 //!
 //! Integer codes: 8 code bytes are widened to 8 u32 lanes (`vpmovzxbd`); lane `j` shifted right
 //! by `bits * t` and masked gives element `c * j + t` (the interleaved order of [`crate::isa`]).
-//! The zero point is subtracted as an integer, the difference converted to f32, multiplied by x and
-//! summed; the group's scale multiplies the sum once. NF4/FP4 codes index a 16-entry table held in
+//! The codes are converted to f32 and the zero point subtracted (exact for integer zeros), the
+//! differences multiplied by x and summed; the group's scale multiplies the sum once. NF4/FP4 codes index a 16-entry table held in
 //! two registers (`vpermps` on the low 3 bits, a blend on bit 3). 3-bit codes: 24 bytes hold 8
 //! lanes of 8 codes; a dword permute and variable shifts put each lane's 24 bits in place and an
 //! 8-entry `(i - zero) * scale` table decodes them (this part serves the AVX-512 level too).
@@ -136,7 +136,7 @@ unsafe fn gemv_int_rows<const BITS: i32, const R: usize>(s: Avx2, b: &IntBlock, 
     let xp = x.as_ptr();
     int_rows(s, b, r0, out, |gi, ks| {
         let mut acc = [_mm256_setzero_ps(); R];
-        let z: [__m256i; R] = std::array::from_fn(|r| _mm256_set1_epi32(i32::from(b.zeros.get((r0 + r) * gpr + gi))));
+        let z: [__m256; R] = std::array::from_fn(|r| _mm256_set1_ps(b.zeros.get((r0 + r) * gpr + gi)));
         for k in ks.step_by(chunk) {
             // SAFETY: k + chunk <= cols: x and 8 code bytes per row at byte k / per_byte are in
             // bounds (asserted).
@@ -147,7 +147,7 @@ unsafe fn gemv_int_rows<const BITS: i32, const R: usize>(s: Avx2, b: &IntBlock, 
                     let xv = _mm256_loadu_ps(xp.add(k + t * L));
                     for r in 0..R {
                         let q = if BITS == 8 { v[r] } else { _mm256_and_si256(v[r], mask) };
-                        let wv = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, z[r]));
+                        let wv = _mm256_sub_ps(_mm256_cvtepi32_ps(q), z[r]);
                         acc[r] = _mm256_fmadd_ps(wv, xv, acc[r]);
                         if BITS < 8 {
                             v[r] = _mm256_srli_epi32::<BITS>(v[r]);
@@ -192,13 +192,13 @@ unsafe fn dequant_int(_: Avx2, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32
     for c in (0..dst.len()).step_by(chunk) {
         let k = k0 + c;
         let p = r * gpr + k / b.group;
-        let z = _mm256_set1_epi32(i32::from(b.zeros.get(p)));
+        let z = _mm256_set1_ps(b.zeros.get(p));
         let s = _mm256_set1_ps(b.scales[p]);
         // SAFETY: 8 code bytes of row r at k / per_byte and `chunk` f32 at dst[c..] are in bounds.
         unsafe {
             let mut v = widen8(b.codes.as_ptr().add(r * b.row_bytes + k / per_byte));
             for t in 0..per_byte {
-                let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v, mask), z));
+                let q = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, mask)), z);
                 _mm256_storeu_ps(dp.add(c + t * L), _mm256_mul_ps(q, s));
                 v = _mm256_srl_epi32(v, shift);
             }
@@ -237,9 +237,9 @@ pub(super) unsafe fn gather3(p: *const u8, end: *const u8) -> __m256i {
 /// 8-entry table `(i - zero) * scale` for 3-bit codes.
 #[target_feature(enable = "avx2")]
 #[inline]
-fn q3_lut(zero: u8, scale: f32) -> __m256 {
-    let q = _mm256_sub_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(i32::from(zero)));
-    _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(scale))
+fn q3_lut(zero: f32, scale: f32) -> __m256 {
+    let q = _mm256_sub_ps(_mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0), _mm256_set1_ps(zero));
+    _mm256_mul_ps(q, _mm256_set1_ps(scale))
 }
 
 /// `out[r] = x · row r` for 3-bit codes in chunks of 64 (24 bytes): gather, then 8 table lookups

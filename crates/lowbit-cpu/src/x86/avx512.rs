@@ -2,13 +2,13 @@
 //!
 //! 4-bit and 2-bit codes are decoded with a 16-entry f32 lookup table in one register
 //! (`vpermps` reads the low 4 bits of each lane, so no mask is needed): the matrix-vector kernel's
-//! table holds `i - zero` (one precomputed table per zero point) and the group's scale multiplies
+//! table holds `i - zero` (built per group, so float zero points cost nothing extra) and the group's scale multiplies
 //! the group's partial sum once; the panel dequantizer's holds `(i - zero) * scale`, the same f32
 //! the scalar reference computes; NF4/FP4 tables hold `table[i] * absmax` per block. 16 code bytes
 //! are widened to 16 lanes with `vpmovzxbd`; lane `j` shifted right by `bits * t` decodes element
 //! `c * j + t` (the interleaved order of [`crate::isa`]). (A mask/shift/integer-subtract decode
-//! measured 20% slower than the table.) 8-bit codes are widened, have the zero subtracted as
-//! integers, are converted and scaled once per group. 3-bit codes: 48 bytes (two 64-code chunks
+//! measured 20% slower than the table.) 8-bit codes are widened, converted, have the zero
+//! subtracted and are scaled once per group. 3-bit codes: 48 bytes (two 64-code chunks
 //! of the AVX2 layout) are gathered into 16 lanes of 8 codes with dword permutes and variable
 //! shifts, then decoded with the same table (entries repeat every 8).
 
@@ -92,19 +92,18 @@ unsafe impl Simd for Avx512 {
     }
 }
 
-/// 16-entry lookup table `(i mod 2^bits - zero) * scale` for integer codes.
+/// Lane `i` holds `i mod 2^bits` as f32: the codes a 16-entry table is indexed by.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn int_lut<const BITS: u32>(zero: u8, scale: f32) -> __m512 {
+fn code_values<const BITS: u32>() -> __m512 {
     let mask = _mm512_set1_epi32((1 << BITS) - 1);
-    let iota = _mm512_and_si512(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), mask);
-    let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(iota, _mm512_set1_epi32(i32::from(zero))));
-    _mm512_mul_ps(q, _mm512_set1_ps(scale))
+    _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), mask))
 }
 
-/// `int_lut(z, 1.0)` for every zero point `z < 16`.
+/// 16-entry lookup table `(i mod 2^bits - zero) * scale` for integer codes (exact for integer
+/// zeros: small integers convert and subtract exactly).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn zero_luts<const BITS: u32>() -> [__m512; 16] {
-    std::array::from_fn(|z| int_lut::<BITS>(z as u8, 1.0))
+fn int_lut<const BITS: u32>(zero: f32, scale: f32) -> __m512 {
+    _mm512_mul_ps(_mm512_sub_ps(code_values::<BITS>(), _mm512_set1_ps(zero)), _mm512_set1_ps(scale))
 }
 
 /// Widens 16 code bytes at `p` to 16 u32 lanes.
@@ -127,7 +126,7 @@ unsafe fn gemv_lut_rows<const BITS: u32, const R: usize>(
     r0: usize,
     out: &mut [f32],
 ) {
-    let zero_luts = zero_luts::<BITS>();
+    let codes = code_values::<BITS>();
     let per_byte = (8 / BITS) as usize;
     let chunk = L * per_byte;
     b.check_gemv(x, r0, R, out, chunk);
@@ -135,7 +134,8 @@ unsafe fn gemv_lut_rows<const BITS: u32, const R: usize>(
     let xp = x.as_ptr();
     int_rows(s, b, r0, out, |gi, ks| {
         // The table gives `i - zero`; the group's scale multiplies its partial sum once.
-        let lut: [__m512; R] = std::array::from_fn(|r| zero_luts[usize::from(b.zeros.get((r0 + r) * gpr + gi) & 15)]);
+        let lut: [__m512; R] =
+            std::array::from_fn(|r| _mm512_sub_ps(codes, _mm512_set1_ps(b.zeros.get((r0 + r) * gpr + gi))));
         let mut acc = [_mm512_setzero_ps(); R];
         for k in ks.step_by(chunk) {
             // SAFETY: k + chunk <= cols, so the x loads and the 16 code bytes of each row at
@@ -191,13 +191,14 @@ unsafe fn gather3x2(p: *const u8, end: *const u8) -> __m512i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn gemv_q3_rows<const R: usize>(s: Avx512, b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
     const CHUNK: usize = 64;
-    let zero_luts = zero_luts::<3>();
+    let codes = code_values::<3>();
     b.check_gemv(x, r0, R, out, CHUNK);
     let gpr = b.gpr();
     let xp = x.as_ptr();
     let end_ptr = b.codes.as_ptr_range().end;
     int_rows(s, b, r0, out, |gi, ks| {
-        let lut: [__m512; R] = std::array::from_fn(|r| zero_luts[usize::from(b.zeros.get((r0 + r) * gpr + gi) & 7)]);
+        let lut: [__m512; R] =
+            std::array::from_fn(|r| _mm512_sub_ps(codes, _mm512_set1_ps(b.zeros.get((r0 + r) * gpr + gi))));
         let mut acc = [_mm512_setzero_ps(); R];
         let (mut k, end) = (ks.start, ks.end);
         while k + 2 * CHUNK <= end {
@@ -247,7 +248,7 @@ unsafe fn gemv_q3_rows<const R: usize>(s: Avx512, b: &IntBlock, x: &[f32], r0: u
     });
 }
 
-/// `out[r] = x · row r` for 8-bit codes: integer zero subtraction, one scale per group.
+/// `out[r] = x · row r` for 8-bit codes: zero subtraction, one scale per group.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn gemv_q8_rows<const R: usize>(s: Avx512, b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
     b.check_gemv(x, r0, R, out, L);
@@ -255,14 +256,14 @@ unsafe fn gemv_q8_rows<const R: usize>(s: Avx512, b: &IntBlock, x: &[f32], r0: u
     let xp = x.as_ptr();
     int_rows(s, b, r0, out, |gi, ks| {
         let mut acc = [_mm512_setzero_ps(); R];
-        let z: [__m512i; R] = std::array::from_fn(|r| _mm512_set1_epi32(i32::from(b.zeros.get((r0 + r) * gpr + gi))));
+        let z: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(b.zeros.get((r0 + r) * gpr + gi)));
         for k in ks.step_by(L) {
             // SAFETY: k + 16 <= cols; x and 16 code bytes per row are in bounds (asserted).
             unsafe {
                 let xv = _mm512_loadu_ps(xp.add(k));
                 for r in 0..R {
                     let q = widen16(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k));
-                    let wv = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, z[r]));
+                    let wv = _mm512_sub_ps(_mm512_cvtepi32_ps(q), z[r]);
                     acc[r] = _mm512_fmadd_ps(wv, xv, acc[r]);
                 }
             }
@@ -319,7 +320,7 @@ unsafe fn dequant_rows<const BITS: u32>(b: &IntBlock, r: usize, k0: usize, dst: 
         let p = r * gpr + gi;
         let (zero, scale) = (b.zeros.get(p), b.scales[p]);
         let lut = int_lut::<BITS>(zero, scale);
-        let (zv, sv) = (_mm512_set1_epi32(i32::from(zero)), _mm512_set1_ps(scale));
+        let (zv, sv) = (_mm512_set1_ps(zero), _mm512_set1_ps(scale));
         while c < gend {
             let k = k0 + c;
             // SAFETY: 16 code bytes at byte k / per_byte of row r and `chunk` f32 at dst[c..] are
@@ -327,7 +328,7 @@ unsafe fn dequant_rows<const BITS: u32>(b: &IntBlock, r: usize, k0: usize, dst: 
             unsafe {
                 let mut v = widen16(row.add(r * b.row_bytes + k / per_byte));
                 if BITS == 8 {
-                    let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, zv));
+                    let q = _mm512_sub_ps(_mm512_cvtepi32_ps(v), zv);
                     _mm512_storeu_ps(dp.add(c), _mm512_mul_ps(q, sv));
                 } else {
                     for t in 0..per_byte {

@@ -17,7 +17,7 @@ pub(crate) use tokenizer::tokenizer_from_gguf;
 use crate::config::{Architecture, ModelConfig};
 use crate::tensors::{Tensor, TensorData, TensorSource};
 use crate::{ModelError, Result};
-use lowbit_core::{Bits, IntScheme, QParams, QTensor, Scales, Scheme};
+use lowbit_core::{Bits, IntScheme, QParams, QTensor, Scales, Scheme, ZeroPoints};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -136,7 +136,11 @@ fn unpermute_quant(q: &QTensor, n_head: usize) -> Result<QTensor> {
         Scales::F16(v) => Scales::F16(unpermute_rows(v, n_head, gpr)),
         Scales::F32(v) => Scales::F32(unpermute_rows(v, n_head, gpr)),
     };
-    let zeros = zeros.as_ref().map(|z| unpermute_rows(z, n_head, gpr));
+    let zeros = zeros.as_ref().map(|z| match z {
+        ZeroPoints::Codes(z) => ZeroPoints::Codes(unpermute_rows(z, n_head, gpr)),
+        ZeroPoints::Float(Scales::F16(z)) => ZeroPoints::Float(Scales::F16(unpermute_rows(z, n_head, gpr))),
+        ZeroPoints::Float(Scales::F32(z)) => ZeroPoints::Float(Scales::F32(unpermute_rows(z, n_head, gpr))),
+    });
     let codes = unpermute_rows(q.codes(), n_head, row_bytes);
     Ok(QTensor::from_parts(vec![rows, cols], Scheme::Int(s), codes, QParams::Int { scales, zeros })?)
 }
@@ -167,7 +171,7 @@ pub(crate) fn packed(ty: GgmlType, raw: &[u8], rows: usize, cols: usize) -> lowb
             let Some(z) = d.iter().zip(&m).map(|(d, m)| q4_1_zero(d.to_f32(), m.to_f32())).collect() else {
                 return Ok(None);
             };
-            (n, d, Some(z), scheme(Bits::B4, false))
+            (n, d, Some(ZeroPoints::Codes(z)), scheme(Bits::B4, false))
         }
         _ => return Ok(None),
     };
@@ -267,7 +271,7 @@ mod tests {
         let q = packed(GgmlType::Q4_1, &raw, 2, 32).unwrap().expect("whole zeros pack");
         assert_eq!(q.dequantize(), lowbit_gguf::dequantize_to_vec(GgmlType::Q4_1, &raw, 64).unwrap());
         let QParams::Int { zeros: Some(z), .. } = q.params() else { panic!("asymmetric") };
-        assert_eq!(z, &[3, 15]);
+        assert_eq!(z.codes(), Some(&[3, 15][..]));
         // A minimum between codes, a zero beyond 15, and d = 0 with m != 0 stay dequantized.
         for (d1, m1) in [(0.375, -1.0), (0.375, -6.0), (0.0, 0.5)] {
             let raw = pack_q4_1(&n, &[d[0], f16::from_f32(d1)], &[m[0], f16::from_f32(m1)]).unwrap();
