@@ -98,14 +98,40 @@ impl QuantStats {
     /// The f32 scale and zero of rows `r0..r1`, row-major `[(r1 - r0), gpr]` into `scales` and
     /// `zeros` (each `(r1 - r0) * gpr` long), of a tensor with `rows` rows.
     pub fn decode_rows(&self, rows: usize, gpr: usize, r0: usize, r1: usize, scales: &mut [f32], zeros: &mut [f32]) {
+        // This runs once per row block of every product, so it must cost little against the
+        // product itself: statistics group by statistics group (its rows' outputs stay in L1),
+        // and within it, per column group, the rows' codes are one contiguous run, read as one
+        // little-endian word where it fits.
         let spc = rows.div_ceil(self.group);
-        for g in 0..gpr {
-            for r in r0..r1 {
-                let (i, sg) = (g * rows + r, g * spc + r / self.group);
-                let o = (r - r0) * gpr + g;
-                scales[o] = decode(&self.scales, self.bits, i, sg);
-                zeros[o] = decode(&self.zeros, self.bits, i, sg);
+        let bits = self.bits.get() as usize;
+        let mask = u64::from(self.bits.maxq());
+        let mut r = r0;
+        while r < r1 {
+            let end = ((r / self.group + 1) * self.group).min(r1);
+            let n = end - r;
+            for g in 0..gpr {
+                let sg = g * spc + r / self.group;
+                for (st, out) in [(&self.scales, &mut *scales), (&self.zeros, &mut *zeros)] {
+                    let (s2, z2) = (st.scale[sg].to_f32(), st.zero[sg].to_f32());
+                    let start = g * rows + r;
+                    let value = |c: u64| (c as f32 - z2) * s2;
+                    if (start * bits).is_multiple_of(8) && n * bits <= 64 {
+                        let byte = start * bits / 8;
+                        let avail = st.codes.len().saturating_sub(byte).min(8);
+                        let mut word = [0u8; 8];
+                        word[..avail].copy_from_slice(&st.codes[byte..byte + avail]);
+                        let word = u64::from_le_bytes(word);
+                        for k in 0..n {
+                            out[(r - r0 + k) * gpr + g] = value((word >> (k * bits)) & mask);
+                        }
+                    } else {
+                        for k in 0..n {
+                            out[(r - r0 + k) * gpr + g] = value(u64::from(code_at(&st.codes, self.bits, start + k)));
+                        }
+                    }
+                }
             }
+            r = end;
         }
     }
 
@@ -167,9 +193,10 @@ impl StatParams {
         if !(scale > 0.0) {
             scale = 1.0;
         }
-        let scale = f16::from_f32(scale);
+        // Values beyond f16 (never from a sane first level) saturate: wrong but finite codes.
+        let scale = f16::from_f32(scale.min(f16::MAX.to_f32()));
         let scale = if scale.to_f32() > 0.0 { scale } else { f16::MIN_POSITIVE_SUBNORMAL };
-        let zero = f16::from_f32(-lo / scale.to_f32());
+        let zero = f16::from_f32((-lo / scale.to_f32()).clamp(f16::MIN.to_f32(), f16::MAX.to_f32()));
         StatParams { scale, zero }
     }
 

@@ -44,6 +44,8 @@ fn main() {
         let x: Vec<f32> = w[..cols].iter().map(|v| v * 10.0).collect();
         let cases = [
             ("int4 g128", rtn::quantize(&w, &[rows, cols], IntScheme::group(Bits::B4, 128)).unwrap()),
+            ("int4 g16", rtn::quantize(&w, &[rows, cols], IntScheme::group(Bits::B4, 16)).unwrap()),
+            ("int3 g16", rtn::quantize(&w, &[rows, cols], IntScheme::group(Bits::B3, 16)).unwrap()),
             ("spqr int3 g16 +1%", spqr_like(&w, rows, cols, Bits::B3, 1.0)),
             ("spqr int4 g16 +1%", spqr_like(&w, rows, cols, Bits::B4, 1.0)),
             ("spqr int4 g16 +0%", spqr_like(&w, rows, cols, Bits::B4, 0.0001)),

@@ -212,7 +212,9 @@ fn cb_block<'a>(s: &CbSrc<'a>, cols: usize, r0: usize, r1: usize) -> CbBlock<'a>
 }
 
 /// Dequantizes elements `k0..k0 + dst.len()` of row `r` in natural order (portable code).
-fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32]) {
+///
+/// `stats`: for quantized statistics, row `r`'s decoded `(scales, zeros)` ([`stats_rows`]).
+fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32], stats: Option<(&[f32], &[f32])>) {
     let mut codes = [0u8; GENERIC_STEP];
     let first = r * cols + k0;
     match src {
@@ -228,7 +230,10 @@ fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32])
                 QParams::Int { scales, zeros } => {
                     (scales.get(p), zeros.as_ref().map_or(f32::from(s.sym_zero), |z| z.get(p)))
                 }
-                QParams::IntStats(st) => st.get(rows, r, p % gpr),
+                QParams::IntStats(st) => match stats {
+                    Some((sc, z)) => (sc[p % gpr], z[p % gpr]),
+                    None => st.get(rows, r, p % gpr),
+                },
                 QParams::Codebook { .. } => unreachable!("integer scheme"),
             };
             for (step, d) in dst.chunks_mut(GENERIC_STEP).enumerate() {
@@ -295,11 +300,14 @@ fn gemv_dense<I: Isa>(isa: I, src: &Src, cols: usize, x: &[f32], r0: usize, out:
         Src::Cb(s) if s.fast => isa.gemv_cb(&cb_block(s, cols, r0, r1), x, out),
         _ => {
             let mut buf = [0f32; GENERIC_STEP];
+            let mut scratch = Vec::new();
+            let stats = stats_rows(src, cols, r0, r1, &mut scratch);
             for (i, o) in out.iter_mut().enumerate() {
                 let mut sum = 0.0;
+                let st = stats.map(|(sc, z, gpr)| (&sc[i * gpr..(i + 1) * gpr], &z[i * gpr..(i + 1) * gpr]));
                 for k0 in (0..cols).step_by(GENERIC_STEP) {
                     let len = GENERIC_STEP.min(cols - k0);
-                    dequant_generic(src, cols, r0 + i, k0, &mut buf[..len]);
+                    dequant_generic(src, cols, r0 + i, k0, &mut buf[..len], st);
                     sum += isa.dot(&x[k0..k0 + len], &buf[..len]);
                 }
                 *o = sum;
@@ -360,12 +368,34 @@ fn panel<'p, I: Isa>(
             }
         }
         _ => {
+            let stats = stats_rows(src, cols, r0, r0 + nr, scratch);
             for (r, d) in buf.chunks_exact_mut(kc).enumerate() {
-                dequant_generic(src, cols, r0 + r, k0, d);
+                let st = stats.map(|(sc, z, gpr)| (&sc[r * gpr..(r + 1) * gpr], &z[r * gpr..(r + 1) * gpr]));
+                dequant_generic(src, cols, r0 + r, k0, d, st);
             }
         }
     }
     (&*buf, kc)
+}
+
+/// For quantized statistics, the decoded scales and zeros of rows `r0..r1`, row-major, and the
+/// groups per row: decoded once per block of rows, not once per group and row.
+fn stats_rows<'s>(
+    src: &Src,
+    cols: usize,
+    r0: usize,
+    r1: usize,
+    scratch: &'s mut Vec<f32>,
+) -> Option<(&'s [f32], &'s [f32], usize)> {
+    let Src::Int(s) = src else { return None };
+    let QParams::IntStats(st) = s.q.params() else { return None };
+    let gpr = cols.div_ceil(s.group);
+    let n = (r1 - r0) * gpr;
+    scratch.clear();
+    scratch.resize(2 * n, 0.0);
+    let (sc, z) = scratch.split_at_mut(n);
+    st.decode_rows(s.q.matrix_dims().0, gpr, r0, r1, sc, z);
+    Some((sc, z, gpr))
 }
 
 /// `out[i * ostride + (r - col_base)] = x[i] · W[r]` for `i < mi`, `r` in `r0..r1`.

@@ -158,6 +158,10 @@ pub struct SpqrOutput {
     pub tau: f64,
 }
 
+/// Smallest first-level range relative to the group's largest magnitude (bounds the zero point
+/// to `maxq / MIN_RELATIVE_RANGE`).
+pub const MIN_RELATIVE_RANGE: f32 = 1.0 / 256.0;
+
 /// A first-level group's scale and float zero, as the sweep uses them (decoded).
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Affine {
@@ -166,12 +170,12 @@ struct Affine {
 }
 
 impl Affine {
-    /// Min-max over `v`; a constant run gets a step of its magnitude (1e-6 at least).
+    /// Min-max over `v`, the range widened to at least [`MIN_RELATIVE_RANGE`] of the values'
+    /// magnitude (and 1e-6): a (nearly) constant group would otherwise get a zero point
+    /// `-lo / scale` too large for the f16 second level.
     fn fit(v: impl Iterator<Item = f32>, maxq: f32) -> Self {
-        let (lo, mut hi) = v.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
-        if hi <= lo {
-            hi = lo + lo.abs().max(1e-6);
-        }
+        let (lo, hi) = v.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
+        let hi = hi.max(lo + (lo.abs().max(hi.abs()) * MIN_RELATIVE_RANGE).max(1e-6));
         let scale = (hi - lo) / maxq;
         Affine { scale, zero: -lo / scale }
     }

@@ -13,10 +13,8 @@ use lowbit_solvers::{output_error, spqr_quantize, Hessian, MethodConfig, QuantMe
 
 fn fit(v: &[f32], maxq: f32) -> (f32, f32) {
     let lo = v.iter().copied().fold(f32::INFINITY, f32::min);
-    let mut hi = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if hi <= lo {
-        hi = lo + lo.abs().max(1e-6);
-    }
+    let hi = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let hi = hi.max(lo + (lo.abs().max(hi.abs()) * lowbit_solvers::spqr::MIN_RELATIVE_RANGE).max(1e-6));
     let s = (hi - lo) / maxq;
     (s, -lo / s)
 }
@@ -268,4 +266,25 @@ fn bad_settings_are_refused() {
     assert!(SpqrMethod { stats_bits: 5, ..m }.validate(&scheme(false, Granularity::Group(16))).is_err());
     assert!(SpqrMethod { outlier_threshold: f32::NAN, ..m }.validate(&scheme(false, Granularity::Group(16))).is_err());
     assert_eq!(MethodConfig::from_name("SpQR").unwrap().name(), "spqr");
+}
+
+#[test]
+fn constant_and_nearly_constant_groups_stay_finite() {
+    // Rows of equal weights, one ulp apart, and zeros: the zero point stays within f16.
+    let (rows, cols) = (32, 64);
+    let (mut w, h) = problem(9, rows, cols);
+    for c in 0..cols {
+        w[c] = 0.3;
+        w[cols + c] = if c % 2 == 0 { 0.02 } else { f32::from_bits(0.02f32.to_bits() + 1) };
+        w[2 * cols + c] = 0.0;
+    }
+    for bits in [Bits::B3, Bits::B4] {
+        let out = spqr_quantize(&w, rows, cols, &h, &SpqrConfig::new(bits)).unwrap();
+        let d = out.qtensor.dequantize();
+        assert!(d.iter().all(|v| v.is_finite()));
+        // GPTQ moves weights to cancel output error, so compare outputs: far better than nothing.
+        let e = output_error(&w, &d, rows, cols, &h).unwrap();
+        let e0 = output_error(&w, &vec![0.0; rows * cols], rows, cols, &h).unwrap();
+        assert!(e < 0.1 * e0, "{e} against {e0}");
+    }
 }
