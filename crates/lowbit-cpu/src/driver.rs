@@ -461,6 +461,17 @@ fn threads(lin: &Weight, m: usize) -> usize {
     }
 }
 
+/// Whether `lin` is a quantized weight with fast kernels at AVX2 but not at AVX-512 (whose
+/// chunks are twice as long).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn fast_only_at_avx2(lin: &Weight) -> bool {
+    use crate::x86::{avx2::Avx2, avx512::Avx512};
+    fn fast<I: Isa>(lin: &Weight) -> bool {
+        Src::new::<I>(lin).interleave::<I>().is_some()
+    }
+    matches!(lin.kind(), WeightKind::Quant(_)) && !fast::<Avx512>(lin) && fast::<Avx2>(lin)
+}
+
 /// `out[m, rows] = x[m, cols] · Wᵀ` at level `isa`. Shapes are checked by the caller.
 pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &mut [f32]) {
     let (rows, cols) = (lin.rows(), lin.cols());
