@@ -22,16 +22,17 @@ def test_spqr_from_python_counts_every_byte(tiny_model: Path, tmp_path: Path) ->
     assert report.params["method"] == "spqr"
     assert report.params["group_size"] == 16
     assert len(report.layers) == 7 * LAYERS
-    # 3-bit codes, 2 x 3 bits of statistics per 16 weights, 2 x 2 f16 per 256: 3.625, plus outliers.
-    assert 3.625 < report.bits_per_weight < 4.5
+    # 3-bit codes, 2 x 3 bits of statistics per 16 weights, 2 x 2 f16 per 256: 3.625, plus the
+    # outliers (a u32 row offset costs a whole bit per weight on these 32-wide rows).
+    assert 3.625 < report.bits_per_weight < 5.5
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
     assert cfg["stats_bits"] == 3 and cfg["outlier_relative_threshold"] == 0.1
     names: list[str] = []
     for f in out.glob("*.safetensors"):
         with safe_open(f, "np") as st:
             names += list(st.keys())
-    assert any(n.endswith("q_proj.outlier_values") for n in names)
-    assert any(n.endswith("q_proj.scale_codes") for n in names)
+    assert any(n.endswith("q_proj.weight.outlier_values") for n in names)
+    assert any(n.endswith("q_proj.weight.scale_codes") for n in names)
 
     m = lowbit.Model.load(out)
     assert m.weight_bytes < lowbit.Model.load(tiny_model).weight_bytes
