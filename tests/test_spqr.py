@@ -26,7 +26,8 @@ def test_spqr_from_python_counts_every_byte(tiny_model: Path, tmp_path: Path) ->
     # outliers (a u32 row offset costs a whole bit per weight on these 32-wide rows).
     assert 3.625 < report.bits_per_weight < 5.5
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert cfg["stats_bits"] == 3 and cfg["outlier_relative_threshold"] == 0.1
+    assert cfg["stats_bits"] == 3
+    assert cfg["outlier_relative_threshold"] == 0.1
     names: list[str] = []
     for f in out.glob("*.safetensors"):
         with safe_open(f, "np") as st:
@@ -49,14 +50,17 @@ def test_spqr_cli_and_bad_settings(tiny_model: Path, tmp_path: Path) -> None:  #
             "--nsamples", "4", "--seqlen", "16"]  # fmt: skip
     assert main([*args, "-o", str(tmp_path / "q"), "--stats-bits", "4", "--outlier-max-percent", "0.5"]) == 0
     cfg = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
-    assert cfg["stats_bits"] == 4 and cfg["outlier_max_percent"] == 0.5
+    assert cfg["stats_bits"] == 4
+    assert cfg["outlier_max_percent"] == 0.5
     for kw, match in [
         ({"outlier_max_percent": 150.0}, "outlier_max_percent"),
         ({"outlier_threshold": float("nan")}, "outlier_threshold"),
         ({"sym": True}, "asymmetric"),
     ]:
         with pytest.raises(lowbit.LowbitError, match=match):
-            lowbit.quantize_model(tiny_model, tmp_path / "bad", method="spqr", calib=tiny_model / "ids.npy", **kw)
+            lowbit.quantize_model(
+                tiny_model, tmp_path / "bad", method="spqr", calib=tiny_model / "ids.npy", **kw
+            )
         assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="stats_bits applies to spqr, not gptq"):
         lowbit.quantize_model(tiny_model, tmp_path / "bad", method="gptq", stats_bits=3)
