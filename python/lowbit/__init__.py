@@ -27,6 +27,7 @@ from .convert import convert
 from .export import ExportReport, TensorExport, export, imatrix
 from .model import Generation, LoadWarning, Model, PerplexityResult, import_gguf, smollm2_gguf
 from .pipeline import LayerResult, QuantizeReport, calibration_windows, quantize_model
+from .report import Report, report
 
 __all__ = [
     "CorruptFileError",
@@ -40,6 +41,7 @@ __all__ = [
     "PerplexityResult",
     "QTensor",
     "QuantizeReport",
+    "Report",
     "ShapeError",
     "SolverFailedError",
     "TensorExport",
@@ -54,6 +56,7 @@ __all__ = [
     "load_tensors",
     "quantize",
     "quantize_model",
+    "report",
     "save",
     "smollm2_gguf",
 ]

@@ -120,6 +120,12 @@ def load_metadata(path: PathLike) -> dict[str, str]:
     return _lowbit.load_tensors(os.fspath(path))[1]
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see
     a partial file."""
@@ -130,6 +136,7 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is not what a user expects
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

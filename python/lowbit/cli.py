@@ -185,6 +185,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    try:
+        bits = [int(b) for b in args.bits.split(",") if b]
+    except ValueError as e:
+        raise UsageError(f"--bits: expected comma-separated integers, got {args.bits!r}") from e
+    result = report(
+        resolve_model(args.model),
+        args.out,
+        methods=[m for m in args.methods.split(",") if m],
+        bits=bits,
+        group_size=args.group_size,
+        text=args.text,
+        heldout=args.heldout,
+        calib=args.calib,
+        window=args.window,
+        windows=None if args.windows <= 0 else args.windows,
+        include_fp32=not args.no_fp32,
+        include_llamacpp=args.include_llamacpp,
+        decode_tokens=args.decode_tokens,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(result.markdown.read_text(), end="")
+    print(
+        f"wrote {result.markdown}, {result.html}, {result.results}"
+        + (f", {result.plot}" if result.plot else "")
+    )
+    return 0 if all(r.get("status") in ("ok", "cached") for r in result.rows) else 1
+
+
 def cmd_import_gguf(args: argparse.Namespace) -> int:
     out = import_gguf(resolve_model(args.file), args.out)
     print(f"wrote {out}")
@@ -480,8 +511,37 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
 
+    rp = sub.add_parser(
+        "report",
+        help="measure size, speed and perplexity of several quantizations; write a table and a plot",
+    )
+    rp.add_argument("model", help=model_help)
+    rp.add_argument("--out", required=True, help="output directory (results are cached in OUT/runs)")
+    rp.add_argument(
+        "--methods",
+        default="rtn,gptq,awq",
+        help="comma-separated methods, each optionally with +option=value (e.g. gptq+act_order=true)",
+    )
+    rp.add_argument("--bits", default="2,3,4,8", help="comma-separated code widths each method is run at")
+    rp.add_argument("--group-size", type=group_size, default=128, help="group size (or 'channel')")
+    rp.add_argument("--text", required=True, help="evaluation text (or .npy token ids)")
+    rp.add_argument(
+        "--heldout", help="a second text scored the same way (the calibration file: unused windows only)"
+    )
+    rp.add_argument("--calib", help=f"calibration text for gptq/awq/... (default ${CALIB_ENV})")
+    rp.add_argument("--window", type=int, default=2048)
+    rp.add_argument("--windows", type=int, default=32, help="windows to score (0 = all)")
+    rp.add_argument("--decode-tokens", type=int, default=64, help="greedy tokens timed for decode speed")
+    rp.add_argument("--no-fp32", action="store_true", help="leave out the FP32 point")
+    rp.add_argument(
+        "--include-llamacpp",
+        action="store_true",
+        help="also llama.cpp's Q2_K..Q8_0 of the same model (needs llama-cpp-python: make loaders)",
+    )
+    rp.set_defaults(func=cmd_report)
+
     qz = sub.add_parser(
-        "quantize", help="quantize a model layer by layer (RTN, GPTQ, AWQ, SmoothQuant, LLM.int8())"
+        "quantize", help="quantize a model layer by layer (RTN, GPTQ, AWQ, SmoothQuant, LLM.int8(), HQQ)"
     )
     qz.add_argument("model", help=model_help)
     qz.add_argument("-o", "--out", required=True, help="output directory (must not exist or be empty)")

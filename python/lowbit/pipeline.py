@@ -90,9 +90,9 @@ def quantize_model(
     ``out`` (atomically: nothing appears on error).
 
     ``options`` are those of :func:`option_specs` (the same as the flags of ``lowbit quantize``):
-    ``method`` (``"rtn"``, ``"gptq"``, ``"awq"``, or the W8A8 ones ``"smoothquant"`` and
-    ``"llm-int8"``, which take ``bits=8, group_size="channel", sym=True``, or ``"spqr"``, whose
-    group size is 16 unless given),
+    ``method`` (``"rtn"``, ``"gptq"``, ``"awq"``, ``"hqq"`` (calibration-free, float zero
+    points), ``"spqr"`` (group size 16 unless given), or the W8A8 ones ``"smoothquant"`` and
+    ``"llm-int8"``, which take ``bits=8, group_size="channel", sym=True``),
     ``bits``, ``group_size`` (a positive int, or
     ``"channel"``/``None`` for one scale per output channel), ``sym``, ``scale_dtype``
     (``"f16"`` or ``"f32"``), ``embed`` and ``lm_head`` (storage of the token embedding and the
@@ -109,7 +109,8 @@ def quantize_model(
     spqr: weights whose saliency exceeds it times the layer's mean are kept in f16, 0.2;
     ``float("inf")`` keeps none), ``outlier_max_percent``, ``stats_bits``, ``stats_group``
     (spqr: at most that percent of outliers, 1; bits of the quantized group scales and zeros,
-    3, in groups of that many output rows, 16).
+    3, in groups of that many output rows, 16), ``hqq_lp_norm`` and ``hqq_iters`` (hqq: the p
+    of its lp error, 0.7, and the most iterations, 20).
 
     ``calib``: a text file, a ``.jsonl`` (field ``text``), a ``.npy``/``.json`` of token ids, or
     token ids in memory; ``None`` uses the text file named by ``$LOWBIT_CALIB_TEXT``;

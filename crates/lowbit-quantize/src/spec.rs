@@ -171,7 +171,7 @@ fn gptq_mut(o: &mut QuantizeOptions) -> std::result::Result<&mut GptqMethod, Str
 }
 
 /// The methods' names, as [`MethodConfig::all`] lists them (a test checks).
-const METHODS: &[&str] = &["rtn", "gptq", "awq", "smoothquant", "llm-int8", "spqr"];
+const METHODS: &[&str] = &["rtn", "gptq", "awq", "smoothquant", "llm-int8", "hqq", "spqr"];
 
 /// The table. `method` comes first: setting it resets the method's own settings.
 pub const OPTIONS: &[OptionSpec] = &[
@@ -179,7 +179,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         name: "method",
         kind: OptionKind::Choice(METHODS),
         optional: false,
-        help: "rtn, gptq, awq, smoothquant, llm-int8 (the last two W8A8: bits 8, per-channel, symmetric) or spqr (group size 16 unless given)",
+        help: "rtn, gptq, awq, smoothquant, llm-int8 (these two W8A8: bits 8, per-channel, symmetric), hqq (calibration-free, float zero points) or spqr (group size 16 unless given)",
         methods: &[],
         cli: Some("--method"),
         cli_aliases: &[],
@@ -505,6 +505,66 @@ pub const OPTIONS: &[OptionSpec] = &[
         set: |o, v| {
             spqr_mut(o)?.stats_group = usize_of(v)?;
             Ok(())
+        },
+    },
+    OptionSpec {
+        name: "hqq_lp_norm",
+        kind: OptionKind::Float,
+        optional: false,
+        help: "HQQ: p of the lp error the zero points minimize, in (0, 1] (0.7)",
+        methods: &["hqq"],
+        cli: Some("--hqq-lp-norm"),
+        cli_aliases: &[],
+        get: |o| match &o.method {
+            MethodConfig::Hqq(m) => OptionValue::Float(f64::from(m.lp_norm)),
+            _ => OptionValue::None,
+        },
+        set: |o, v| match &mut o.method {
+            MethodConfig::Hqq(m) => {
+                m.lp_norm = float_of(v)? as f32;
+                Ok(())
+            }
+            _ => Err("applies to hqq only".into()),
+        },
+    },
+    OptionSpec {
+        name: "hqq_iters",
+        kind: OptionKind::Int,
+        optional: false,
+        help: "HQQ: most half-quadratic iterations (20; it stops early once the error stops falling)",
+        methods: &["hqq"],
+        cli: Some("--hqq-iters"),
+        cli_aliases: &[],
+        get: |o| match &o.method {
+            MethodConfig::Hqq(m) => OptionValue::Int(i64::from(m.iters)),
+            _ => OptionValue::None,
+        },
+        set: |o, v| match &mut o.method {
+            MethodConfig::Hqq(m) => {
+                m.iters = u32::try_from(int_of(v)?).map_err(|_| "expected a positive integer".to_string())?;
+                Ok(())
+            }
+            _ => Err("applies to hqq only".into()),
+        },
+    },
+    OptionSpec {
+        name: "hqq_optimize_scale",
+        kind: OptionKind::Bool,
+        optional: false,
+        help: "HQQ: also refit each group's scale at every step (least squares on the de-noised weights); off: zeros only, as published",
+        methods: &["hqq"],
+        cli: Some("--hqq-optimize-scale"),
+        cli_aliases: &[],
+        get: |o| match &o.method {
+            MethodConfig::Hqq(m) => OptionValue::Bool(m.optimize_scale),
+            _ => OptionValue::None,
+        },
+        set: |o, v| match &mut o.method {
+            MethodConfig::Hqq(m) => {
+                m.optimize_scale = bool_of(v)?;
+                Ok(())
+            }
+            _ => Err("applies to hqq only".into()),
         },
     },
     OptionSpec {

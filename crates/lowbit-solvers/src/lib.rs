@@ -9,12 +9,14 @@
 //! * [`smoothquant`]: SmoothQuant's smoothing factors and W8A8 reference (Xiao et al. 2022).
 //! * [`llm_int8`]: LLM.int8()'s vector-wise int8 weights (Dettmers et al. 2022); its
 //!   mixed-precision decomposition runs in lowbit-cpu.
+//! * [`hqq`]: HQQ's calibration-free zero-point optimization (Badri & Shaji 2023), float zeros.
 //! * [`spqr`]: SpQR (Dettmers et al. 2023): GPTQ with small groups, 3-bit quantized group
 //!   statistics and f16 sparse outliers.
 //! * [`rtn`]: round-to-nearest behind the same report.
 //! * [`method`]: the seam a whole-model pipeline drives: [`MethodConfig`], one arm per method,
 //!   each with its own settings ([`RtnMethod`], [`GptqMethod`], [`AwqMethod`],
-//!   [`SmoothQuantMethod`], [`LlmInt8Method`], [`SpqrMethod`]) implementing [`QuantMethod`].
+//!   [`SmoothQuantMethod`], [`LlmInt8Method`], [`HqqMethod`], [`SpqrMethod`]) implementing
+//!   [`QuantMethod`].
 //!
 //! Every solver returns a [`LayerReport`]; none prints. Outputs are plain lowbit
 //! [`lowbit_core::QTensor`]s in the original column order.
@@ -25,6 +27,7 @@ pub mod awq;
 mod error;
 pub mod gptq;
 pub mod hessian;
+pub mod hqq;
 pub mod linalg;
 pub mod llm_int8;
 pub mod method;
@@ -38,6 +41,7 @@ pub use awq::AwqMethod;
 pub use error::{Result, SolverError};
 pub use gptq::{gptq_quantize, GptqConfig, GptqMethod, GptqOutput};
 pub use hessian::{Hessian, HessianPrecision};
+pub use hqq::HqqMethod;
 pub use linalg::{Damping, DampingConfig};
 pub use llm_int8::LlmInt8Method;
 pub use method::{

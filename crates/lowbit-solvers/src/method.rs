@@ -18,6 +18,7 @@
 
 use crate::awq::{AwqMethod, HeadTie};
 use crate::gptq::GptqMethod;
+use crate::hqq::HqqMethod;
 use crate::llm_int8::LlmInt8Method;
 use crate::report::LayerReport;
 use crate::rtn::RtnMethod;
@@ -51,6 +52,8 @@ pub enum MethodConfig {
     /// LLM.int8() (Dettmers et al. 2022): vector-wise int8 weights, no calibration; the layers
     /// run per-token int8 activations with the mixed-precision decomposition of outlier columns.
     LlmInt8(LlmInt8Method),
+    /// HQQ (Badri & Shaji 2023): calibration-free, float zero points optimized for an lp error.
+    Hqq(HqqMethod),
     /// SpQR (Dettmers et al. 2023): GPTQ with small groups, quantized group statistics and
     /// sparse f16 outliers.
     Spqr(SpqrMethod),
@@ -71,6 +74,7 @@ impl MethodConfig {
             MethodConfig::Awq(AwqMethod::default()),
             MethodConfig::SmoothQuant(SmoothQuantMethod::default()),
             MethodConfig::LlmInt8(LlmInt8Method::default()),
+            MethodConfig::Hqq(HqqMethod::default()),
             MethodConfig::Spqr(SpqrMethod::default()),
         ]
     }
@@ -83,6 +87,7 @@ impl MethodConfig {
             MethodConfig::Awq(m) => m,
             MethodConfig::SmoothQuant(m) => m,
             MethodConfig::LlmInt8(m) => m,
+            MethodConfig::Hqq(m) => m,
             MethodConfig::Spqr(m) => m,
         }
     }
@@ -94,11 +99,15 @@ impl MethodConfig {
             .into_iter()
             .find(|m| m.name() == lower || m.solver().aliases().contains(&lower.as_str()))
             .ok_or_else(|| {
-                SolverError::param("method", format!("{name:?}"), "use rtn, gptq, awq, smoothquant, llm-int8 or spqr")
+                SolverError::param(
+                    "method",
+                    format!("{name:?}"),
+                    "use rtn, gptq, awq, smoothquant, llm-int8, hqq or spqr",
+                )
             })
     }
 
-    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`, `llm-int8`, `spqr`).
+    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`, `llm-int8`, `hqq`, `spqr`).
     pub fn name(&self) -> &'static str {
         self.solver().name()
     }
