@@ -116,7 +116,7 @@ pub enum QParams {
     },
     /// Integer schemes whose scales and (float) zeros are themselves quantized (SpQR's
     /// second-level statistics, [`crate::stats`]); asymmetric, groups or per channel.
-    IntStats(QuantStats),
+    IntStats(Box<QuantStats>),
     /// Codebook schemes.
     Codebook {
         /// One absmax per block.
@@ -133,7 +133,7 @@ pub struct QTensor {
     codes: Vec<u8>,
     params: QParams,
     /// Weights kept exactly beside the codes, added to the dequantized matrix.
-    outliers: Option<SparseOutliers>,
+    outliers: Option<Box<SparseOutliers>>,
 }
 
 impl QTensor {
@@ -235,13 +235,13 @@ impl QTensor {
                 format!("[{}, {}]", outliers.rows(), outliers.cols()),
             ));
         }
-        self.outliers = Some(outliers);
+        self.outliers = Some(Box::new(outliers));
         Ok(self)
     }
 
     /// The sparse outliers added to the dequantized codes, if any.
     pub fn outliers(&self) -> Option<&SparseOutliers> {
-        self.outliers.as_ref()
+        self.outliers.as_deref()
     }
 
     /// Logical shape.
@@ -285,7 +285,7 @@ impl QTensor {
                 QParams::IntStats(stats) => stats.nbytes(),
                 QParams::Codebook { absmax } => absmax.nbytes(),
             }
-            + self.outliers.as_ref().map_or(0, SparseOutliers::nbytes)
+            + self.outliers.as_ref().map_or(0, |o| o.nbytes())
     }
     /// Storage bits per weight, everything included.
     pub fn bits_per_weight(&self) -> f64 {
