@@ -27,7 +27,7 @@ def test_table_keeps_the_names_and_defaults() -> None:
     assert specs["method"]["default"] == "gptq"
     assert specs["group_size"]["default"] == 128
     assert specs["mse_clip"]["default"] is None  # on for gptq, off for rtn
-    assert specs["act_order"]["methods"] == ["gptq"]
+    assert specs["act_order"]["methods"] == ["gptq", "spqr"]
     assert specs["embed"]["default"] == "int8"
     assert specs["lm_head"]["default"] is None  # as the embedding
     assert specs["lm_head"]["choices"] == ["embed", *specs["embed"]["choices"]]
@@ -42,7 +42,7 @@ def test_bad_keywords_are_refused_before_any_work(tmp_path: Path) -> None:
         check_options({"bits": "4"})
     with pytest.raises(TypeError, match="sym: expected bool"):
         check_options({"sym": 1})
-    with pytest.raises(ValueError, match="act_order applies to gptq, not awq"):
+    with pytest.raises(ValueError, match="act_order applies to gptq, spqr, not awq"):
         check_options({"method": "awq", "act_order": True})
     with pytest.raises(ValueError, match="scale_dtype: expected one of f16, f32"):
         check_options({"scale_dtype": "bf16"})
@@ -52,7 +52,7 @@ def test_bad_keywords_are_refused_before_any_work(tmp_path: Path) -> None:
     # The native function checks too (types and applicability), not only the Python layer.
     with pytest.raises(TypeError, match="unexpected keyword argument"):
         lowbit._lowbit.quantize_model(str(tmp_path), str(tmp_path / "q"), nope=1)
-    with pytest.raises(lowbit.LowbitError, match="applies to gptq, not awq"):
+    with pytest.raises(lowbit.LowbitError, match="applies to gptq, spqr, not awq"):
         lowbit._lowbit.quantize_model(str(tmp_path), str(tmp_path / "q"), method="awq", act_order=True)
     assert not (tmp_path / "q").exists()
 

@@ -91,8 +91,8 @@ def quantize_model(
 
     ``options`` are those of :func:`option_specs` (the same as the flags of ``lowbit quantize``):
     ``method`` (``"rtn"``, ``"gptq"``, ``"awq"``, ``"hqq"`` (calibration-free, float zero
-    points), or the W8A8 ones ``"smoothquant"`` and ``"llm-int8"``, which take ``bits=8,
-    group_size="channel", sym=True``),
+    points), ``"spqr"`` (group size 16 unless given), or the W8A8 ones ``"smoothquant"`` and
+    ``"llm-int8"``, which take ``bits=8, group_size="channel", sym=True``),
     ``bits``, ``group_size`` (a positive int, or
     ``"channel"``/``None`` for one scale per output channel), ``sym``, ``scale_dtype``
     (``"f16"`` or ``"f32"``), ``embed`` and ``lm_head`` (storage of the token embedding and the
@@ -102,11 +102,15 @@ def quantize_model(
     ``embed``), ``nsamples``,
     ``seqlen``, ``seed``, ``resume`` (continue from
     ``<out>.partial`` after an interrupted run, same bytes as an uninterrupted one), and each
-    method's own: ``act_order``, ``static_groups``, ``percdamp`` (gptq), ``mse_clip`` (gptq,
+    method's own: ``act_order``, ``percdamp`` (gptq, spqr), ``static_groups`` (gptq), ``mse_clip`` (gptq,
     rtn: ranges by least squared error; ``None`` is on for gptq, off for rtn), ``awq_samples``
     (awq), ``sq_alpha`` (smoothquant), ``outlier_threshold`` (llm-int8: input columns with any
-    ``|x| >=`` it in a batch run in f32, 6.0; ``float("inf")`` turns the decomposition off),
-    ``hqq_lp_norm`` and ``hqq_iters`` (hqq: the p of its lp error, 0.7, and the most iterations, 20).
+    ``|x| >=`` it in a batch run in f32, 6.0; ``float("inf")`` turns the decomposition off;
+    spqr: weights whose saliency exceeds it times the layer's mean are kept in f16, 0.2;
+    ``float("inf")`` keeps none), ``outlier_max_percent``, ``stats_bits``, ``stats_group``
+    (spqr: at most that percent of outliers, 1; bits of the quantized group scales and zeros,
+    3, in groups of that many output rows, 16), ``hqq_lp_norm`` and ``hqq_iters`` (hqq: the p
+    of its lp error, 0.7, and the most iterations, 20).
 
     ``calib``: a text file, a ``.jsonl`` (field ``text``), a ``.npy``/``.json`` of token ids, or
     token ids in memory; ``None`` uses the text file named by ``$LOWBIT_CALIB_TEXT``;

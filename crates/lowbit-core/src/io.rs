@@ -5,6 +5,8 @@
 //! header metadata under `lowbit.NAME`. Files are written atomically (temp file + rename).
 
 use crate::codebook::Absmax;
+use crate::sparse::{ColumnIndex, SparseOutliers};
+use crate::stats::{QuantStats, StatCodes};
 use crate::{
     Bits, ClipSearch, Codebook, CodebookScheme, CoreError, Granularity, IntScheme, QParams, QTensor, Result,
     ScaleDtype, Scales, Scheme, ZeroPoints,
@@ -58,9 +60,27 @@ struct TensorMeta {
     double_quant: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dq_offset: Option<f32>,
+    /// Quantized statistics: their code width and rows per statistics group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stats_bits: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stats_group: Option<usize>,
+    /// Sparse outliers: how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outliers: Option<usize>,
 }
 
 fn meta_of(qt: &QTensor) -> TensorMeta {
+    let mut meta = scheme_meta(qt);
+    if let QParams::IntStats(st) = qt.params() {
+        meta.stats_bits = Some(st.bits.get());
+        meta.stats_group = Some(st.group);
+    }
+    meta.outliers = qt.outliers().map(SparseOutliers::nnz);
+    meta
+}
+
+fn scheme_meta(qt: &QTensor) -> TensorMeta {
     let shape = qt.shape().to_vec();
     match (qt.scheme(), qt.params()) {
         (Scheme::Int(s), _) => {
@@ -80,6 +100,9 @@ fn meta_of(qt: &QTensor) -> TensorMeta {
                 block_size: None,
                 double_quant: None,
                 dq_offset: None,
+                stats_bits: None,
+                stats_group: None,
+                outliers: None,
             }
         }
         (Scheme::Codebook(s), params) => TensorMeta {
@@ -100,6 +123,9 @@ fn meta_of(qt: &QTensor) -> TensorMeta {
                 QParams::Codebook { absmax: Absmax::Double { offset, .. } } => Some(*offset),
                 _ => None,
             },
+            stats_bits: None,
+            stats_group: None,
+            outliers: None,
         },
     }
 }
@@ -161,6 +187,15 @@ fn parts_of(name: &str, qt: &QTensor) -> Parts {
                 None => {}
             }
         }
+        QParams::IntStats(st) => {
+            for (what, c) in [("scale", &st.scales), ("zero", &st.zeros)] {
+                tensors.push((format!("{name}.{what}_codes"), Dtype::U8, vec![c.codes.len()], c.codes.clone()));
+                for (part, v) in [("scales", &c.scale), ("zeros", &c.zero)] {
+                    let bytes = bytemuck::cast_slice(v).to_vec();
+                    tensors.push((format!("{name}.{what}_{part}"), Dtype::F16, vec![v.len()], bytes));
+                }
+            }
+        }
         QParams::Codebook { absmax } => match absmax {
             Absmax::F32(v) => {
                 tensors.push((format!("{name}.scales"), Dtype::F32, scale_shape, bytemuck::cast_slice(v).to_vec()))
@@ -180,6 +215,17 @@ fn parts_of(name: &str, qt: &QTensor) -> Parts {
                 ));
             }
         },
+    }
+    if let Some(o) = qt.outliers() {
+        let offsets = bytemuck::cast_slice(o.offsets()).to_vec();
+        tensors.push((format!("{name}.outlier_offsets"), Dtype::U32, vec![o.offsets().len()], offsets));
+        let (dtype, columns) = match o.columns() {
+            ColumnIndex::U16(v) => (Dtype::U16, bytemuck::cast_slice(v).to_vec()),
+            ColumnIndex::U32(v) => (Dtype::U32, bytemuck::cast_slice(v).to_vec()),
+        };
+        tensors.push((format!("{name}.outlier_columns"), dtype, vec![o.nnz()], columns));
+        let values = bytemuck::cast_slice(o.values()).to_vec();
+        tensors.push((format!("{name}.outlier_values"), Dtype::F16, vec![o.nnz()], values));
     }
     let meta = serde_json::to_string(&meta_of(qt)).expect("metadata serializes");
     Parts { tensors, meta: (format!("{META_PREFIX}{name}"), meta) }
@@ -317,9 +363,69 @@ fn read_f32(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
+fn read_f16(bytes: &[u8]) -> Vec<half::f16> {
+    bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect()
+}
+
+fn read_u32(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn read_stats(st: &SafeTensors<'_>, name: &str, bits: u32, group: usize) -> Result<QParams> {
+    let one = |what: &str| -> Result<StatCodes> {
+        Ok(StatCodes {
+            codes: bytes_of(st, &format!("{name}.{what}_codes"), Dtype::U8, None)?.to_vec(),
+            scale: read_f16(bytes_of(st, &format!("{name}.{what}_scales"), Dtype::F16, None)?),
+            zero: read_f16(bytes_of(st, &format!("{name}.{what}_zeros"), Dtype::F16, None)?),
+        })
+    };
+    Ok(QParams::IntStats(Box::new(QuantStats {
+        bits: Bits::try_from(bits)?,
+        group,
+        scales: one("scale")?,
+        zeros: one("zero")?,
+    })))
+}
+
+fn read_outliers(st: &SafeTensors<'_>, name: &str, rows: usize, cols: usize, nnz: usize) -> Result<SparseOutliers> {
+    let offsets = read_u32(bytes_of(st, &format!("{name}.outlier_offsets"), Dtype::U32, Some(&[rows + 1]))?);
+    let columns_name = format!("{name}.outlier_columns");
+    let columns = if SparseOutliers::narrow_columns(cols) {
+        let b = bytes_of(st, &columns_name, Dtype::U16, Some(&[nnz]))?;
+        ColumnIndex::U16(b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+    } else {
+        ColumnIndex::U32(read_u32(bytes_of(st, &columns_name, Dtype::U32, Some(&[nnz]))?))
+    };
+    let values = read_f16(bytes_of(st, &format!("{name}.outlier_values"), Dtype::F16, Some(&[nnz]))?);
+    SparseOutliers::new(rows, cols, offsets, columns, values)
+}
+
 fn read_one(st: &SafeTensors<'_>, name: &str, meta: &TensorMeta) -> Result<QTensor> {
     let scheme = scheme_of(meta, name)?;
     let codes = bytes_of(st, &format!("{name}.qweight"), Dtype::U8, None)?.to_vec();
+    let params = match (scheme, meta.stats_bits, meta.stats_group) {
+        (Scheme::Int(_), Some(bits), Some(group)) => read_stats(st, name, bits, group)?,
+        (_, None, None) => plain_params(st, name, meta, scheme)?,
+        _ => {
+            return Err(CoreError::Corrupt(format!(
+                "tensor {name}: stats_bits and stats_group go together, on int tensors"
+            )))
+        }
+    };
+    let mut qt = QTensor::from_parts(meta.shape.clone(), scheme, codes, params)
+        .map_err(|e| CoreError::Corrupt(format!("tensor {name}: {e}")))?;
+    if let Some(nnz) = meta.outliers {
+        let (rows, cols) = qt.matrix_dims();
+        let o =
+            read_outliers(st, name, rows, cols, nnz).map_err(|e| CoreError::Corrupt(format!("tensor {name}: {e}")))?;
+        qt = qt.with_outliers(o)?;
+    }
+    // The scale arrays must also have the documented shape, not only the right length.
+    bytes_of(st, &format!("{name}.qweight"), Dtype::U8, Some(&[qt.codes().len()]))?;
+    Ok(qt)
+}
+
+fn plain_params(st: &SafeTensors<'_>, name: &str, meta: &TensorMeta, scheme: Scheme) -> Result<QParams> {
     let params = match scheme {
         Scheme::Int(s) => {
             let scales_name = format!("{name}.scales");
@@ -353,11 +459,7 @@ fn read_one(st: &SafeTensors<'_>, name: &str, meta: &TensorMeta) -> Result<QTens
             QParams::Codebook { absmax }
         }
     };
-    let qt = QTensor::from_parts(meta.shape.clone(), scheme, codes, params)
-        .map_err(|e| CoreError::Corrupt(format!("tensor {name}: {e}")))?;
-    // The scale arrays must also have the documented shape, not only the right length.
-    bytes_of(st, &format!("{name}.qweight"), Dtype::U8, Some(&[qt.codes().len()]))?;
-    Ok(qt)
+    Ok(params)
 }
 
 /// Parses safetensors bytes written by [`to_bytes`].
@@ -421,6 +523,9 @@ mod tests {
                 }
             }
         }
+        for bits in [Bits::B3, Bits::B4] {
+            out.push((format!("stats{}", bits.get()), stats_sample(&w, bits)));
+        }
         for codebook in [Codebook::Nf4, Codebook::Fp4] {
             for double_quant in [false, true] {
                 let s = CodebookScheme { codebook, block_size: 64, double_quant };
@@ -433,6 +538,23 @@ mod tests {
         out
     }
 
+    /// A SpQR-shaped tensor: codes of `w` at group 16, 3-bit statistics in groups of 2 rows,
+    /// three outliers.
+    fn stats_sample(w: &[f32], bits: Bits) -> QTensor {
+        let (rows, cols, gpr) = (4, 64, 4);
+        let rtn = rtn::quantize(w, &[rows, cols], IntScheme::group(bits, 16)).unwrap();
+        let p = rtn.group_params().unwrap();
+        // Stored order: g * rows + r.
+        let scales: Vec<f32> = (0..rows * gpr).map(|i| p[(i % rows) * gpr + i / rows].scale).collect();
+        let zeros: Vec<f32> = (0..rows * gpr).map(|i| f32::from(p[(i % rows) * gpr + i / rows].zero) + 0.25).collect();
+        let stats = QuantStats::quantize(rows, gpr, Bits::B3, 2, &scales, &zeros).unwrap();
+        let outliers = SparseOutliers::from_entries(rows, cols, &[(0, 5, 3.5), (3, 63, -1.25), (3, 0, 0.5)]).unwrap();
+        QTensor::from_parts(vec![rows, cols], *rtn.scheme(), rtn.codes().to_vec(), QParams::IntStats(Box::new(stats)))
+            .unwrap()
+            .with_outliers(outliers)
+            .unwrap()
+    }
+
     /// An int4 g32 tensor whose zero points are floats (HQQ's), stored in `dtype`.
     fn float_zeros(w: &[f32], dtype: ScaleDtype) -> QTensor {
         let q = rtn::quantize(w, &[4, 64], IntScheme { scale_dtype: dtype, ..IntScheme::group(Bits::B4, 32) }).unwrap();
@@ -441,6 +563,34 @@ mod tests {
             ZeroPoints::Float(Scales::from_f32((0..z.len()).map(|i| z.get(i) + 0.375 - i as f32 / 16.0), dtype));
         QTensor::from_parts(vec![4, 64], *q.scheme(), q.codes().to_vec(), QParams::Int { scales, zeros: Some(zeros) })
             .unwrap()
+    }
+
+    #[test]
+    fn stats_and_outliers_dequantize_as_documented() {
+        let w: Vec<f32> = (0..4 * 64).map(|i| ((i * 7919) % 113) as f32 / 17.0 - 3.0).collect();
+        let q = stats_sample(&w, Bits::B4);
+        let QParams::IntStats(st) = q.params() else { panic!() };
+        let (mut s, mut z) = (vec![0f32; 16], vec![0f32; 16]);
+        st.decode_rows(4, 4, 0, 4, &mut s, &mut z);
+        let codes = crate::pack::unpack(q.codes(), Bits::B4, 256).unwrap();
+        let d = q.dequantize();
+        for r in 0..4 {
+            let mut row = vec![0f32; 64];
+            q.dequantize_row(r, &mut row).unwrap();
+            assert_eq!(row, d[r * 64..(r + 1) * 64]);
+            for c in 0..64 {
+                let p = r * 4 + c / 16;
+                let extra = match (r, c) {
+                    (0, 5) => 3.5,
+                    (3, 63) => -1.25,
+                    (3, 0) => 0.5,
+                    _ => 0.0,
+                };
+                assert_eq!(d[r * 64 + c], (f32::from(codes[r * 64 + c]) - z[p]) * s[p] + extra, "{r} {c}");
+            }
+        }
+        assert_eq!(q.nbytes(), 128 + 2 * (6 + 2 * 2 * 8) + (5 * 4 + 3 * 2 + 3 * 2));
+        assert!(q.group_params().is_none(), "plain group parameters do not describe it");
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub mod progress;
 mod qtensor;
 pub mod rtn;
 pub mod scheme;
+pub mod sparse;
+pub mod stats;
 
 pub use codebook::Absmax;
 pub use element::{check_finite, first_non_finite, Element};
@@ -31,6 +33,8 @@ pub use error::{CoreError, Result};
 pub use progress::{Cancelled, NoProgress, Progress};
 pub use qtensor::{QParams, QTensor, Scales, ZeroPoints};
 pub use scheme::{Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype, Scheme};
+pub use sparse::{ColumnIndex, SparseOutliers};
+pub use stats::QuantStats;
 
 /// Quantizes `weights` (row-major `shape`; f32, f16 or bf16) with any scheme, round to nearest.
 pub fn quantize<T: Element>(weights: &[T], shape: &[usize], scheme: Scheme) -> Result<QTensor> {

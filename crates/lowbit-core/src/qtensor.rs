@@ -4,6 +4,8 @@ use crate::codebook::{self, Absmax};
 use crate::pack::{packed_len, unpack_into};
 use crate::par::{self, for_each_chunk};
 use crate::rtn::{decode_row, decode_row_with, matrix_dims, Affine, GroupParams};
+use crate::sparse::SparseOutliers;
+use crate::stats::QuantStats;
 use crate::{CoreError, Granularity, Result, ScaleDtype, Scheme};
 use half::f16;
 
@@ -112,6 +114,9 @@ pub enum QParams {
         /// One zero point per group (asymmetric only).
         zeros: Option<ZeroPoints>,
     },
+    /// Integer schemes whose scales and (float) zeros are themselves quantized (SpQR's
+    /// second-level statistics, [`crate::stats`]); asymmetric, groups or per channel.
+    IntStats(Box<QuantStats>),
     /// Codebook schemes.
     Codebook {
         /// One absmax per block.
@@ -127,6 +132,8 @@ pub struct QTensor {
     scheme: Scheme,
     codes: Vec<u8>,
     params: QParams,
+    /// Weights kept exactly beside the codes, added to the dequantized matrix.
+    outliers: Option<Box<SparseOutliers>>,
 }
 
 impl QTensor {
@@ -140,7 +147,7 @@ impl QTensor {
     pub const MAX_ELEMENTS: u64 = 1 << 40;
 
     pub(crate) fn from_parts_unchecked(shape: Vec<usize>, scheme: Scheme, codes: Vec<u8>, params: QParams) -> Self {
-        QTensor { shape, scheme, codes, params }
+        QTensor { shape, scheme, codes, params, outliers: None }
     }
 
     /// Builds a tensor from its parts, checking that every size agrees with the scheme.
@@ -195,6 +202,17 @@ impl QTensor {
                     return Err(CoreError::Corrupt("non-finite scale".into()));
                 }
             }
+            (Scheme::Int(s), QParams::IntStats(stats)) => {
+                s.granularity.validate(cols, s.bits)?;
+                if s.symmetric || s.granularity == Granularity::PerTensor {
+                    return Err(CoreError::shape(
+                        "QTensor with quantized statistics",
+                        "an asymmetric group-wise or per-channel scheme",
+                        format!("{:?}", s.granularity),
+                    ));
+                }
+                stats.validate(rows, s.granularity.groups_per_row(cols))?;
+            }
             (Scheme::Codebook(s), QParams::Codebook { absmax }) => {
                 if s.block_size == 0 {
                     return Err(CoreError::BlockSize(0));
@@ -203,7 +221,27 @@ impl QTensor {
             }
             _ => return Err(CoreError::shape("QTensor params", "params matching the scheme", "the other kind")),
         }
-        Ok(QTensor { shape, scheme, codes, params })
+        Ok(QTensor { shape, scheme, codes, params, outliers: None })
+    }
+
+    /// Adds sparse outliers (their shape must be the tensor's matrix shape); the tensor's value
+    /// becomes the dequantized codes plus the outliers.
+    pub fn with_outliers(mut self, outliers: SparseOutliers) -> Result<Self> {
+        let (rows, cols) = self.matrix_dims();
+        if (outliers.rows(), outliers.cols()) != (rows, cols) {
+            return Err(CoreError::shape(
+                "QTensor outliers",
+                format!("[{rows}, {cols}]"),
+                format!("[{}, {}]", outliers.rows(), outliers.cols()),
+            ));
+        }
+        self.outliers = Some(Box::new(outliers));
+        Ok(self)
+    }
+
+    /// The sparse outliers added to the dequantized codes, if any.
+    pub fn outliers(&self) -> Option<&SparseOutliers> {
+        self.outliers.as_deref()
     }
 
     /// Logical shape.
@@ -238,21 +276,33 @@ impl QTensor {
             Scheme::Codebook(s) => vec![self.numel().div_ceil(s.block_size)],
         }
     }
-    /// Bytes of storage: codes plus scales, zeros and absmax values.
+    /// Bytes of storage: codes plus scales, zeros, absmax values, quantized statistics and
+    /// outliers (offsets, indices and values).
     pub fn nbytes(&self) -> usize {
         self.codes.len()
             + match &self.params {
                 QParams::Int { scales, zeros } => scales.nbytes() + zeros.as_ref().map_or(0, ZeroPoints::nbytes),
+                QParams::IntStats(stats) => stats.nbytes(),
                 QParams::Codebook { absmax } => absmax.nbytes(),
             }
+            + self.outliers.as_ref().map_or(0, |o| o.nbytes())
     }
     /// Storage bits per weight, everything included.
     pub fn bits_per_weight(&self) -> f64 {
         self.nbytes() as f64 * 8.0 / self.numel() as f64
     }
     /// Group parameters of an integer tensor with integer zero points (scale, zero), row-major;
-    /// `None` for codebooks and float zero points.
+    /// `None` for codebooks, float zero points, quantized statistics and tensors with outliers
+    /// (which plain group parameters do not describe: exporters that read them refuse such
+    /// tensors).
     pub fn group_params(&self) -> Option<Vec<GroupParams>> {
+        if self.outliers.is_some() {
+            return None;
+        }
+        self.int_group_params()
+    }
+
+    fn int_group_params(&self) -> Option<Vec<GroupParams>> {
         let (Scheme::Int(s), QParams::Int { scales, zeros }) = (&self.scheme, &self.params) else {
             return None;
         };
@@ -300,6 +350,9 @@ impl QTensor {
                 unpack_into(&self.codes[r * row_bytes..(r + 1) * row_bytes], bits, &mut q);
                 let param = |p: usize| Self::affine(s, scales, zeros.as_ref(), p);
                 decode_row_with(&q, r, s.granularity, param, out);
+                if let Some(o) = &self.outliers {
+                    o.add_to_rows(r, out);
+                }
                 return Ok(());
             }
         }
@@ -336,10 +389,29 @@ impl QTensor {
                     }
                 }
             }
+            (Scheme::Int(s), QParams::IntStats(stats)) => {
+                let (rows, cols) = self.matrix_dims();
+                let gpr = s.granularity.groups_per_row(cols);
+                let mut q = vec![0u8; numel];
+                unpack_into(&self.codes, s.bits, &mut q);
+                let (mut scales, mut zeros) = (vec![0f32; rows * gpr], vec![0f32; rows * gpr]);
+                stats.decode_rows(rows, gpr, 0, rows, &mut scales, &mut zeros);
+                let g = match s.granularity {
+                    Granularity::Group(g) => g,
+                    Granularity::PerChannel | Granularity::PerTensor => cols,
+                };
+                for (i, (o, &c)) in out.iter_mut().zip(&q).enumerate() {
+                    let p = (i / cols) * gpr + (i % cols) / g;
+                    *o = (f32::from(c) - zeros[p]) * scales[p];
+                }
+            }
             (Scheme::Codebook(s), QParams::Codebook { absmax }) => {
                 codebook::dequantize_into(s, &self.codes, absmax, out);
             }
             _ => unreachable!("from_parts pairs schemes with their params"),
+        }
+        if let Some(o) = &self.outliers {
+            o.add_to_rows(0, out);
         }
         Ok(())
     }

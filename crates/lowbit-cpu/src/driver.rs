@@ -18,7 +18,7 @@ use crate::par;
 use crate::weight::{Weight, WeightKind};
 use half::{bf16, f16};
 use lowbit_core::pack::{code_at, unpack_into};
-use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme, ZeroPoints};
+use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme, SparseOutliers, ZeroPoints};
 
 /// Smallest `m` that takes the matrix-matrix path. Dequantizing and transposing the panels costs
 /// about as much as 10 to 12 matrix-vector passes (measured on INT4 1536x576 and 4096x4096), so
@@ -104,6 +104,15 @@ impl<'a> Src<'a> {
         }
     }
 
+    /// The sparse outliers added to the product, if any.
+    fn outliers(&self) -> Option<&'a SparseOutliers> {
+        match self {
+            Src::Int(s) => s.q.outliers(),
+            Src::Cb(s) => s.q.outliers(),
+            _ => None,
+        }
+    }
+
     /// `(lanes, codes per lane)` of the interleaved order the fast kernels expect, if they run.
     fn interleave<I: Isa>(&self) -> Option<(usize, usize)> {
         match self {
@@ -133,9 +142,31 @@ fn int_block<'a, I: Isa>(
     r1: usize,
     scratch: &'a mut Vec<f32>,
 ) -> IntBlock<'a> {
-    let QParams::Int { scales, zeros } = s.q.params() else { unreachable!("integer scheme has integer params") };
     let gpr = cols.div_ceil(s.group);
     let n = (r1 - r0) * gpr;
+    let row_bytes = cols * s.bits.get() as usize / 8;
+    let block = |scales, zeros| IntBlock {
+        bits: s.bits.get(),
+        codes: &s.q.codes()[r0 * row_bytes..r1 * row_bytes],
+        row_bytes,
+        cols,
+        group: s.group,
+        scales,
+        zeros,
+    };
+    let zeros = match s.q.params() {
+        QParams::Int { zeros, .. } => zeros,
+        // SpQR: the block's scales and zeros decoded from their 3-bit codes, here, once per block.
+        QParams::IntStats(st) => {
+            scratch.clear();
+            scratch.resize(2 * n, 0.0);
+            let (scale_buf, zero_buf) = scratch.split_at_mut(n);
+            st.decode_rows(s.q.matrix_dims().0, gpr, r0, r1, scale_buf, zero_buf);
+            return block(scale_buf, Zeros::PerGroup(zero_buf));
+        }
+        QParams::Codebook { .. } => unreachable!("integer scheme has integer params"),
+    };
+    let QParams::Int { scales, .. } = s.q.params() else { unreachable!() };
     let per_group_zeros = zeros.is_some() && !s.per_tensor;
     scratch.clear();
     scratch.resize(if per_group_zeros { 2 * n } else { n }, 0.0);
@@ -158,16 +189,7 @@ fn int_block<'a, I: Isa>(
             Zeros::PerGroup(zero_buf)
         }
     };
-    let row_bytes = cols * s.bits.get() as usize / 8;
-    IntBlock {
-        bits: s.bits.get(),
-        codes: &s.q.codes()[r0 * row_bytes..r1 * row_bytes],
-        row_bytes,
-        cols,
-        group: s.group,
-        scales: scale_buf,
-        zeros,
-    }
+    block(scale_buf, zeros)
 }
 
 /// `dst = v[span]` as f32.
@@ -190,7 +212,9 @@ fn cb_block<'a>(s: &CbSrc<'a>, cols: usize, r0: usize, r1: usize) -> CbBlock<'a>
 }
 
 /// Dequantizes elements `k0..k0 + dst.len()` of row `r` in natural order (portable code).
-fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32]) {
+///
+/// `stats`: for quantized statistics, row `r`'s decoded `(scales, zeros)` ([`stats_rows`]).
+fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32], stats: Option<(&[f32], &[f32])>) {
     let mut codes = [0u8; GENERIC_STEP];
     let first = r * cols + k0;
     match src {
@@ -198,9 +222,20 @@ fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32])
         Src::F16(w) => dst.iter_mut().zip(&w[first..]).for_each(|(d, s)| *d = s.to_f32()),
         Src::Bf16(w) => dst.iter_mut().zip(&w[first..]).for_each(|(d, s)| *d = s.to_f32()),
         Src::Int(s) => {
-            let QParams::Int { scales, zeros } = s.q.params() else { unreachable!() };
             let bits = s.bits;
             let gpr = cols.div_ceil(s.group);
+            let rows = s.q.matrix_dims().0;
+            // (scale, zero) of group p of row r.
+            let param = |p: usize| match s.q.params() {
+                QParams::Int { scales, zeros } => {
+                    (scales.get(p), zeros.as_ref().map_or(f32::from(s.sym_zero), |z| z.get(p)))
+                }
+                QParams::IntStats(st) => match stats {
+                    Some((sc, z)) => (sc[p % gpr], z[p % gpr]),
+                    None => st.get(rows, r, p % gpr),
+                },
+                QParams::Codebook { .. } => unreachable!("integer scheme"),
+            };
             for (step, d) in dst.chunks_mut(GENERIC_STEP).enumerate() {
                 let start = first + step * GENERIC_STEP;
                 let col = k0 + step * GENERIC_STEP;
@@ -210,9 +245,7 @@ fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32])
                 while j < d.len() {
                     let c = col + j;
                     let run = (s.group - c % s.group).min(d.len() - j);
-                    let p = if s.per_tensor { 0 } else { r * gpr + c / s.group };
-                    let z = zeros.as_ref().map_or(f32::from(s.sym_zero), |z| z.get(p));
-                    let scale = scales.get(p);
+                    let (scale, z) = param(if s.per_tensor { 0 } else { r * gpr + c / s.group });
                     for (o, &q) in d[j..j + run].iter_mut().zip(&codes[j..j + run]) {
                         *o = (f32::from(q) - z) * scale;
                     }
@@ -245,8 +278,15 @@ fn read_codes(packed: &[u8], bits: Bits, start: usize, out: &mut [u8]) {
 }
 
 /// `out[r - r0] = x · W[r]` for `r` in `r0..r0 + out.len()`; `x` is interleaved when the source
-/// runs fast kernels.
-fn gemv_rows<I: Isa>(isa: I, src: &Src, cols: usize, x: &[f32], r0: usize, out: &mut [f32]) {
+/// runs fast kernels, `xn` is `x` in natural order (for the sparse outliers).
+fn gemv_rows<I: Isa>(isa: I, src: &Src, cols: usize, x: &[f32], xn: &[f32], r0: usize, out: &mut [f32]) {
+    gemv_dense(isa, src, cols, x, r0, out);
+    if let Some(o) = src.outliers() {
+        o.spmv_rows(r0, xn, out);
+    }
+}
+
+fn gemv_dense<I: Isa>(isa: I, src: &Src, cols: usize, x: &[f32], r0: usize, out: &mut [f32]) {
     let r1 = r0 + out.len();
     match src {
         Src::F32(w) => isa.gemv_f32(x, &w[r0 * cols..r1 * cols], out),
@@ -260,11 +300,14 @@ fn gemv_rows<I: Isa>(isa: I, src: &Src, cols: usize, x: &[f32], r0: usize, out: 
         Src::Cb(s) if s.fast => isa.gemv_cb(&cb_block(s, cols, r0, r1), x, out),
         _ => {
             let mut buf = [0f32; GENERIC_STEP];
+            let mut scratch = Vec::new();
+            let stats = stats_rows(src, cols, r0, r1, &mut scratch);
             for (i, o) in out.iter_mut().enumerate() {
                 let mut sum = 0.0;
+                let st = stats.map(|(sc, z, gpr)| (&sc[i * gpr..(i + 1) * gpr], &z[i * gpr..(i + 1) * gpr]));
                 for k0 in (0..cols).step_by(GENERIC_STEP) {
                     let len = GENERIC_STEP.min(cols - k0);
-                    dequant_generic(src, cols, r0 + i, k0, &mut buf[..len]);
+                    dequant_generic(src, cols, r0 + i, k0, &mut buf[..len], st);
                     sum += isa.dot(&x[k0..k0 + len], &buf[..len]);
                 }
                 *o = sum;
@@ -325,12 +368,34 @@ fn panel<'p, I: Isa>(
             }
         }
         _ => {
+            let stats = stats_rows(src, cols, r0, r0 + nr, scratch);
             for (r, d) in buf.chunks_exact_mut(kc).enumerate() {
-                dequant_generic(src, cols, r0 + r, k0, d);
+                let st = stats.map(|(sc, z, gpr)| (&sc[r * gpr..(r + 1) * gpr], &z[r * gpr..(r + 1) * gpr]));
+                dequant_generic(src, cols, r0 + r, k0, d, st);
             }
         }
     }
     (&*buf, kc)
+}
+
+/// For quantized statistics, the decoded scales and zeros of rows `r0..r1`, row-major, and the
+/// groups per row: decoded once per block of rows, not once per group and row.
+fn stats_rows<'s>(
+    src: &Src,
+    cols: usize,
+    r0: usize,
+    r1: usize,
+    scratch: &'s mut Vec<f32>,
+) -> Option<(&'s [f32], &'s [f32], usize)> {
+    let Src::Int(s) = src else { return None };
+    let QParams::IntStats(st) = s.q.params() else { return None };
+    let gpr = cols.div_ceil(s.group);
+    let n = (r1 - r0) * gpr;
+    scratch.clear();
+    scratch.resize(2 * n, 0.0);
+    let (sc, z) = scratch.split_at_mut(n);
+    st.decode_rows(s.q.matrix_dims().0, gpr, r0, r1, sc, z);
+    Some((sc, z, gpr))
 }
 
 /// `out[i * ostride + (r - col_base)] = x[i] · W[r]` for `i < mi`, `r` in `r0..r1`.
@@ -344,6 +409,7 @@ fn gemm_block<I: Isa>(
     src: &Src,
     cols: usize,
     x: &[f32],
+    xn: &[f32],
     mi: usize,
     r0: usize,
     r1: usize,
@@ -374,6 +440,12 @@ fn gemm_block<I: Isa>(
             }
         }
     }
+    if let Some(o) = src.outliers() {
+        for i in 0..mi {
+            let out = &mut out[i * ostride + r0 - col_base..][..r1 - r0];
+            o.spmv_rows(r0, &xn[i * cols..(i + 1) * cols], out);
+        }
+    }
 }
 
 /// Threads for a product: matrix-vector products on the pool (crate `pool` module) unless tiny;
@@ -389,10 +461,22 @@ fn threads(lin: &Weight, m: usize) -> usize {
     }
 }
 
+/// Whether `lin` is a quantized weight with fast kernels at AVX2 but not at AVX-512 (whose
+/// chunks are twice as long).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn fast_only_at_avx2(lin: &Weight) -> bool {
+    use crate::x86::{avx2::Avx2, avx512::Avx512};
+    fn fast<I: Isa>(lin: &Weight) -> bool {
+        Src::new::<I>(lin).interleave::<I>().is_some()
+    }
+    matches!(lin.kind(), WeightKind::Quant(_)) && !fast::<Avx512>(lin) && fast::<Avx2>(lin)
+}
+
 /// `out[m, rows] = x[m, cols] · Wᵀ` at level `isa`. Shapes are checked by the caller.
 pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &mut [f32]) {
     let (rows, cols) = (lin.rows(), lin.cols());
     let src = Src::new::<I>(lin);
+    let xn = x;
     // The permuted rows of x go to this thread's buffer, kept from call to call (a prefill
     // would otherwise allocate and fault in megabytes per product); a nested call on the same
     // thread (rayon runs other jobs while this one waits) finds it taken and allocates.
@@ -419,11 +503,11 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &m
     if m < GEMM_MIN_M {
         // Equal chunks, a multiple of 4 rows, a few per thread so a slow thread is not the tail.
         let per = if par { rows.div_ceil(nthreads * 4).next_multiple_of(4) } else { rows };
-        for (xi, oi) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
+        for ((xi, xni), oi) in x.chunks_exact(cols).zip(xn.chunks_exact(cols)).zip(out.chunks_exact_mut(rows)) {
             if par {
-                crate::pool::for_each_chunk(oi, per, |c, o| gemv_rows(isa, &src, cols, xi, c * per, o));
+                crate::pool::for_each_chunk(oi, per, |c, o| gemv_rows(isa, &src, cols, xi, xni, c * per, o));
             } else {
-                gemv_rows(isa, &src, cols, xi, 0, oi);
+                gemv_rows(isa, &src, cols, xi, xni, 0, oi);
             }
         }
     } else if !par || m >= ROW_SPLIT_MIN * nthreads {
@@ -431,7 +515,7 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &m
         let per = if par { m.div_ceil(nthreads) } else { m };
         par::for_each_chunk(out, per * rows, par, |c, o| {
             let mi = o.len() / rows;
-            gemm_block(isa, &src, cols, &x[c * per * cols..], mi, 0, rows, o, rows, 0);
+            gemm_block(isa, &src, cols, &x[c * per * cols..], &xn[c * per * cols..], mi, 0, rows, o, rows, 0);
         });
     } else {
         // Few rows of x: split by panels of W into per-panel outputs, then scatter.
@@ -440,7 +524,7 @@ pub(crate) fn forward<I: Isa>(isa: I, lin: &Weight, x: &[f32], m: usize, out: &m
         par::for_each_chunk(&mut parts, m * per, par, |c, o| {
             let r0 = c * per;
             if r0 < rows {
-                gemm_block(isa, &src, cols, x, m, r0, (r0 + per).min(rows), o, per, r0);
+                gemm_block(isa, &src, cols, x, xn, m, r0, (r0 + per).min(rows), o, per, r0);
             }
         });
         for (c, part) in parts.chunks_exact(m * per).enumerate() {

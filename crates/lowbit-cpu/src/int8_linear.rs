@@ -58,6 +58,9 @@ impl Int8Linear {
             return Err(unsupported());
         }
         let QParams::Int { scales, .. } = q.params() else { return Err(unsupported()) };
+        if q.outliers().is_some() {
+            return Err(CpuError::Unsupported { op: OP, what: "a weight with sparse outliers".into() });
+        }
         let (rows, cols) = q.matrix_dims();
         let scales: Vec<f32> = match s.granularity {
             Granularity::PerTensor => vec![scales.get(0); rows],

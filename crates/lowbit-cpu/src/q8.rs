@@ -175,6 +175,10 @@ impl PackedInt {
     pub(crate) fn from_qtensor(q: &QTensor) -> Option<Self> {
         let Scheme::Int(s) = q.scheme() else { return None };
         let QParams::Int { scales, zeros } = q.params() else { return None };
+        // Outliers are added on the f32 path only.
+        if q.outliers().is_some() {
+            return None;
+        }
         let zeros = match zeros {
             Some(z) => Some(z.codes()?),
             None => None,

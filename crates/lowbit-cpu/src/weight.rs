@@ -93,7 +93,7 @@ impl Weight {
             WeightKind::F16(v) => 2 * v.len(),
             WeightKind::Bf16(v) => 2 * v.len(),
             WeightKind::Quant(q) => match q.params() {
-                QParams::Int { .. } => q.nbytes(),
+                QParams::Int { .. } | QParams::IntStats(_) => q.nbytes(),
                 QParams::Codebook { .. } => q.codes().len() + 4 * self.absmax.len(),
             },
         }

@@ -231,3 +231,80 @@ fn shape_errors_and_levels() {
         assert!(lin.forward_with(KernelLevel::Avx512, &[1.0; 3], 1, &mut out).is_err());
     }
 }
+
+/// Random sparse outliers of a `[rows, cols]` matrix, about one weight in `every`.
+fn random_outliers(rng: &mut Rng, rows: usize, cols: usize, every: u64) -> lowbit_core::SparseOutliers {
+    let mut entries = vec![];
+    for r in 0..rows {
+        for c in 0..cols {
+            if rng.next().is_multiple_of(every) {
+                entries.push((r, c, 4.0 * rng.f()));
+            }
+        }
+    }
+    lowbit_core::SparseOutliers::from_entries(rows, cols, &entries).unwrap()
+}
+
+/// SpQR's dense-and-sparse weights: codes with 3-bit quantized scales and float zeros (groups
+/// of 16, statistics groups of 16 rows) plus f16 outliers, at every level and every m, against
+/// the dequantized reference (codes, decoded statistics and outliers).
+#[test]
+fn int_quantized_statistics_with_outliers() {
+    use lowbit_core::pack::pack;
+    use lowbit_core::{QParams, QTensor, QuantStats, Scheme};
+    let mut rng = Rng(11);
+    for bits in [Bits::B3, Bits::B4] {
+        // Groups of 16 (SpQR's; fast at 4 bits on AVX2), and 64 (fast at every width and level).
+        for (rows, cols, g) in [
+            (1usize, 16usize, 16usize),
+            (3, 40, 16),
+            (17, 48, 16),
+            (33, 100, 16),
+            (100, 64, 16),
+            (40, 576, 16),
+            (19, 192, 64),
+        ] {
+            let gpr = cols.div_ceil(g);
+            let codes: Vec<u8> = (0..rows * cols).map(|_| (rng.next() % (u64::from(bits.maxq()) + 1)) as u8).collect();
+            let scales: Vec<f32> = (0..rows * gpr).map(|_| 0.01 + 0.05 * rng.f().abs()).collect();
+            let zeros: Vec<f32> = (0..rows * gpr).map(|_| 7.0 + 3.0 * rng.f()).collect();
+            let stats = QuantStats::quantize(rows, gpr, Bits::B3, 16, &scales, &zeros).unwrap();
+            let scheme = IntScheme { symmetric: false, ..IntScheme::group(bits, g) };
+            let q = QTensor::from_parts(
+                vec![rows, cols],
+                Scheme::Int(scheme),
+                pack(&codes, bits).unwrap(),
+                QParams::IntStats(Box::new(stats)),
+            )
+            .unwrap();
+            for with in [false, true] {
+                let q = if with {
+                    q.clone().with_outliers(random_outliers(&mut rng, rows, cols, 50)).unwrap()
+                } else {
+                    q.clone()
+                };
+                let dense = q.dequantize();
+                let lin = Linear::new(rows, cols, WeightKind::Quant(q)).unwrap();
+                check(&lin, &dense, &mut rng, &format!("spqr int{} outliers={with}", bits.get()));
+            }
+        }
+    }
+}
+
+/// Outliers beside weights on the fast kernels (x interleaved there, natural for the sparse part)
+/// and the int8-activation ones (which leave outlier weights to the f32 path).
+#[test]
+fn outliers_beside_fast_and_generic_int_kernels() {
+    let mut rng = Rng(12);
+    for (bits, g, rows, cols) in
+        [(Bits::B4, 32, 33, 128), (Bits::B3, 64, 17, 192), (Bits::B8, 32, 5, 96), (Bits::B4, 24, 3, 120)]
+    {
+        let w = rng.vec(rows * cols);
+        let q = rtn::quantize(&w, &[rows, cols], IntScheme::group(bits, g)).unwrap();
+        let q = q.with_outliers(random_outliers(&mut rng, rows, cols, 30)).unwrap();
+        let dense = q.dequantize();
+        let lin = Linear::new(rows, cols, WeightKind::Quant(q)).unwrap();
+        assert!(lin.forward_int8_reference(&rng.vec(cols), 1, &mut vec![0.0; rows]).is_err());
+        check(&lin, &dense, &mut rng, &format!("int{} g{g} + outliers", bits.get()));
+    }
+}

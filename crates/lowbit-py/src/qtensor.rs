@@ -108,6 +108,13 @@ impl PyQTensor {
         Ok(match self.inner.params() {
             QParams::Int { scales: Scales::F16(v), .. } => to_shaped(py, v.clone(), &shape)?.into_any(),
             QParams::Int { scales: Scales::F32(v), .. } => to_shaped(py, v.clone(), &shape)?.into_any(),
+            // SpQR's quantized statistics: the decoded f32 scales.
+            QParams::IntStats(st) => {
+                let (rows, gpr) = (shape[0], shape.get(1).copied().unwrap_or(1));
+                let (mut scales, mut zeros) = (vec![0f32; rows * gpr], vec![0f32; rows * gpr]);
+                st.decode_rows(rows, gpr, 0, rows, &mut scales, &mut zeros);
+                to_shaped(py, scales, &shape)?.into_any()
+            }
             QParams::Codebook { absmax } => {
                 let values: Vec<f32> = (0..shape[0]).map(|i| absmax.get(i)).collect();
                 to_shaped(py, values, &shape)?.into_any()

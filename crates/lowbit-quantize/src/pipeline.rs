@@ -423,8 +423,8 @@ fn fold_into_rows(lin: &mut Linear, s: &[f32]) -> Result<()> {
         WeightKind::Quant(q) => {
             let (scales, zeros) = match q.params() {
                 QParams::Int { scales, zeros } => (scales, zeros.clone()),
-                QParams::Codebook { .. } => {
-                    return Err(QuantizeError::input("quantize", "cannot fold into a codebook layer"))
+                QParams::Codebook { .. } | QParams::IntStats(_) => {
+                    return Err(QuantizeError::input("quantize", "cannot fold into a codebook or spqr layer"))
                 }
             };
             let per_row = scales.len() / rows;

@@ -10,7 +10,7 @@ use crate::options::{QuantizeOptions, WeightFormat};
 use crate::roles::{TensorScheme, HEAD_SCHEME_NAMES, SAME_AS_EMBED, TENSOR_SCHEME_NAMES};
 use crate::{QuantizeError, Result};
 use lowbit_core::ScaleDtype;
-use lowbit_solvers::{GptqMethod, MethodConfig, RtnMethod};
+use lowbit_solvers::{GptqMethod, MethodConfig, RtnMethod, SpqrMethod};
 
 /// The type of an option's value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +149,20 @@ fn gptq(o: &QuantizeOptions) -> Option<&GptqMethod> {
     }
 }
 
+fn spqr(o: &QuantizeOptions) -> Option<&SpqrMethod> {
+    match &o.method {
+        MethodConfig::Spqr(m) => Some(m),
+        _ => None,
+    }
+}
+
+fn spqr_mut(o: &mut QuantizeOptions) -> std::result::Result<&mut SpqrMethod, String> {
+    match &mut o.method {
+        MethodConfig::Spqr(m) => Ok(m),
+        _ => Err("applies to spqr only".into()),
+    }
+}
+
 fn gptq_mut(o: &mut QuantizeOptions) -> std::result::Result<&mut GptqMethod, String> {
     match &mut o.method {
         MethodConfig::Gptq(g) => Ok(g),
@@ -157,7 +171,7 @@ fn gptq_mut(o: &mut QuantizeOptions) -> std::result::Result<&mut GptqMethod, Str
 }
 
 /// The methods' names, as [`MethodConfig::all`] lists them (a test checks).
-const METHODS: &[&str] = &["rtn", "gptq", "awq", "smoothquant", "llm-int8", "hqq"];
+const METHODS: &[&str] = &["rtn", "gptq", "awq", "smoothquant", "llm-int8", "hqq", "spqr"];
 
 /// The table. `method` comes first: setting it resets the method's own settings.
 pub const OPTIONS: &[OptionSpec] = &[
@@ -165,13 +179,18 @@ pub const OPTIONS: &[OptionSpec] = &[
         name: "method",
         kind: OptionKind::Choice(METHODS),
         optional: false,
-        help: "rtn, gptq, awq, smoothquant, llm-int8 (these two W8A8: bits 8, per-channel, symmetric) or hqq (calibration-free, float zero points)",
+        help: "rtn, gptq, awq, smoothquant, llm-int8 (these two W8A8: bits 8, per-channel, symmetric), hqq (calibration-free, float zero points) or spqr (group size 16 unless given)",
         methods: &[],
         cli: Some("--method"),
         cli_aliases: &[],
         get: |o| OptionValue::Str(o.method.name().into()),
         set: |o, v| {
             o.method = MethodConfig::from_name(str_of(v)?).map_err(|e| e.to_string())?;
+            // SpQR's small groups: its default where the group size is still everyone's (the
+            // method is set first, so a group size given with it still applies).
+            if matches!(o.method, MethodConfig::Spqr(_)) && o.group_size == QuantizeOptions::default().group_size {
+                o.group_size = Some(lowbit_solvers::spqr::DEFAULT_GROUP_SIZE);
+            }
             Ok(())
         },
     },
@@ -306,13 +325,20 @@ pub const OPTIONS: &[OptionSpec] = &[
         name: "act_order",
         kind: OptionKind::Bool,
         optional: false,
-        help: "GPTQ: quantize columns by descending Hessian diagonal (with static groups)",
-        methods: &["gptq"],
+        help: "GPTQ, SpQR: quantize columns by descending Hessian diagonal (GPTQ: with static groups)",
+        methods: &["gptq", "spqr"],
         cli: Some("--act-order"),
         cli_aliases: &[],
-        get: |o| some_or_none(gptq(o), |g| OptionValue::Bool(g.act_order)),
+        get: |o| match &o.method {
+            MethodConfig::Gptq(g) => OptionValue::Bool(g.act_order),
+            MethodConfig::Spqr(m) => OptionValue::Bool(m.act_order),
+            _ => OptionValue::None,
+        },
         set: |o, v| {
-            gptq_mut(o)?.act_order = bool_of(v)?;
+            match &mut o.method {
+                MethodConfig::Spqr(m) => m.act_order = bool_of(v)?,
+                _ => gptq_mut(o)?.act_order = bool_of(v)?,
+            }
             Ok(())
         },
     },
@@ -357,13 +383,20 @@ pub const OPTIONS: &[OptionSpec] = &[
         name: "percdamp",
         kind: OptionKind::Float,
         optional: false,
-        help: "GPTQ: damping relative to the Hessian's mean diagonal",
-        methods: &["gptq"],
+        help: "GPTQ, SpQR: damping relative to the Hessian's mean diagonal",
+        methods: &["gptq", "spqr"],
         cli: Some("--percdamp"),
         cli_aliases: &[],
-        get: |o| some_or_none(gptq(o), |g| OptionValue::Float(g.percdamp)),
+        get: |o| match &o.method {
+            MethodConfig::Gptq(g) => OptionValue::Float(g.percdamp),
+            MethodConfig::Spqr(m) => OptionValue::Float(m.percdamp),
+            _ => OptionValue::None,
+        },
         set: |o, v| {
-            gptq_mut(o)?.percdamp = float_of(v)?;
+            match &mut o.method {
+                MethodConfig::Spqr(m) => m.percdamp = float_of(v)?,
+                _ => gptq_mut(o)?.percdamp = float_of(v)?,
+            }
             Ok(())
         },
     },
@@ -411,12 +444,13 @@ pub const OPTIONS: &[OptionSpec] = &[
         name: "outlier_threshold",
         kind: OptionKind::Float,
         optional: false,
-        help: "LLM.int8(): input columns with any |x| >= this in a batch run in f32 (6.0; inf: plain W8A8)",
-        methods: &["llm-int8"],
+        help: "LLM.int8(): input columns with any |x| >= this in a batch run in f32 (6.0; inf: plain W8A8); SpQR: weights whose error^2 / [H^-1]_cc exceeds this times the layer's mean are kept in f16 (0.2; inf: none)",
+        methods: &["llm-int8", "spqr"],
         cli: Some("--outlier-threshold"),
         cli_aliases: &[],
         get: |o| match &o.method {
             MethodConfig::LlmInt8(m) => OptionValue::Float(f64::from(m.outlier_threshold)),
+            MethodConfig::Spqr(m) => OptionValue::Float(f64::from(m.outlier_threshold)),
             _ => OptionValue::None,
         },
         set: |o, v| match &mut o.method {
@@ -424,7 +458,53 @@ pub const OPTIONS: &[OptionSpec] = &[
                 m.outlier_threshold = float_of(v)? as f32;
                 Ok(())
             }
-            _ => Err("applies to llm-int8 only".into()),
+            MethodConfig::Spqr(m) => {
+                m.outlier_threshold = float_of(v)? as f32;
+                Ok(())
+            }
+            _ => Err("applies to llm-int8 and spqr".into()),
+        },
+    },
+    OptionSpec {
+        name: "outlier_max_percent",
+        kind: OptionKind::Float,
+        optional: false,
+        help: "SpQR: most outlier weights, percent of each layer's (0 to 100)",
+        methods: &["spqr"],
+        cli: Some("--outlier-max-percent"),
+        cli_aliases: &[],
+        get: |o| some_or_none(spqr(o), |m| OptionValue::Float(m.outlier_max_percent)),
+        set: |o, v| {
+            spqr_mut(o)?.outlier_max_percent = float_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "stats_bits",
+        kind: OptionKind::Int,
+        optional: false,
+        help: "SpQR: bits of the quantized group scales and zeros (2, 3, 4 or 8)",
+        methods: &["spqr"],
+        cli: Some("--stats-bits"),
+        cli_aliases: &[],
+        get: |o| some_or_none(spqr(o), |m| OptionValue::Int(m.stats_bits.into())),
+        set: |o, v| {
+            spqr_mut(o)?.stats_bits = u32::try_from(int_of(v)?).map_err(|_| "expected 2, 3, 4 or 8".to_string())?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "stats_group",
+        kind: OptionKind::Int,
+        optional: false,
+        help: "SpQR: output rows per second-level group of the quantized scales and zeros",
+        methods: &["spqr"],
+        cli: Some("--stats-group"),
+        cli_aliases: &[],
+        get: |o| some_or_none(spqr(o), |m| OptionValue::Int(m.stats_group as i64)),
+        set: |o, v| {
+            spqr_mut(o)?.stats_group = usize_of(v)?;
+            Ok(())
         },
     },
     OptionSpec {
@@ -628,7 +708,23 @@ mod tests {
         assert_eq!(o.lm_head, None);
         assert_eq!(d("awq_samples"), OptionValue::Int(AwqMethod::default().samples as i64));
         assert_eq!(d("sq_alpha"), OptionValue::Float(f64::from(SmoothQuantMethod::default().alpha)));
-        assert_eq!(d("outlier_threshold"), OptionValue::Float(6.0));
+        assert_eq!(d("outlier_threshold"), OptionValue::None, "6.0 for llm-int8, 0.2 for spqr");
+        assert_eq!(d("stats_bits"), OptionValue::Int(3));
+        let spqr = |pairs: &[(&str, OptionValue)]| {
+            let pairs: Vec<(String, OptionValue)> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            QuantizeOptions::from_pairs(&pairs)
+        };
+        let o = spqr(&[("method", OptionValue::Str("spqr".into()))]).unwrap();
+        assert_eq!(o.group_size, Some(16));
+        let o = spqr(&[("group_size", OptionValue::Int(32)), ("method", OptionValue::Str("spqr".into()))]).unwrap();
+        assert_eq!(o.group_size, Some(32));
+        for (k, v) in
+            [("outlier_max_percent", 101.0), ("outlier_max_percent", f64::NAN), ("outlier_threshold", f64::NAN)]
+        {
+            let o = spqr(&[("method", OptionValue::Str("spqr".into())), (k, OptionValue::Float(v))]).unwrap();
+            let e = o.scheme().unwrap_err().to_string();
+            assert!(e.contains(k), "{k}={v}: {e}");
+        }
         assert_eq!(d("mse_clip"), OptionValue::None, "depends on the method");
         assert_eq!(d("static_groups"), OptionValue::None);
     }
@@ -646,7 +742,7 @@ mod tests {
             ("act_order".into(), OptionValue::Bool(true)),
         ])
         .unwrap_err();
-        assert!(e.to_string().contains("applies to gptq, not awq"), "{e}");
+        assert!(e.to_string().contains("applies to gptq, spqr, not awq"), "{e}");
         assert!(QuantizeOptions::from_pairs(&[("bitz".into(), OptionValue::Int(4))]).is_err());
         assert!(QuantizeOptions::from_pairs(&[("bits".into(), OptionValue::None)]).is_err());
     }

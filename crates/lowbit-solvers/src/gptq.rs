@@ -485,7 +485,7 @@ pub(crate) fn group_layout(granularity: Granularity, cols: usize) -> (usize, usi
 }
 
 /// `cols_block[:, j] -= e * coef(j)` for each column `j` of a column-major block.
-fn update_block_columns(cols_block: &mut [f64], rows: usize, e: &[f64], coef: impl Fn(usize) -> f64 + Sync) {
+pub(crate) fn update_block_columns(cols_block: &mut [f64], rows: usize, e: &[f64], coef: impl Fn(usize) -> f64 + Sync) {
     let body = |j: usize, col: &mut [f64]| {
         let a = coef(j);
         for (v, &x) in col.iter_mut().zip(e) {

@@ -10,10 +10,13 @@
 //! * [`llm_int8`]: LLM.int8()'s vector-wise int8 weights (Dettmers et al. 2022); its
 //!   mixed-precision decomposition runs in lowbit-cpu.
 //! * [`hqq`]: HQQ's calibration-free zero-point optimization (Badri & Shaji 2023), float zeros.
+//! * [`spqr`]: SpQR (Dettmers et al. 2023): GPTQ with small groups, 3-bit quantized group
+//!   statistics and f16 sparse outliers.
 //! * [`rtn`]: round-to-nearest behind the same report.
 //! * [`method`]: the seam a whole-model pipeline drives: [`MethodConfig`], one arm per method,
 //!   each with its own settings ([`RtnMethod`], [`GptqMethod`], [`AwqMethod`],
-//!   [`SmoothQuantMethod`], [`LlmInt8Method`], [`HqqMethod`]) implementing [`QuantMethod`].
+//!   [`SmoothQuantMethod`], [`LlmInt8Method`], [`HqqMethod`], [`SpqrMethod`]) implementing
+//!   [`QuantMethod`].
 //!
 //! Every solver returns a [`LayerReport`]; none prints. Outputs are plain lowbit
 //! [`lowbit_core::QTensor`]s in the original column order.
@@ -32,6 +35,7 @@ mod par;
 pub mod report;
 pub mod rtn;
 pub mod smoothquant;
+pub mod spqr;
 
 pub use awq::AwqMethod;
 pub use error::{Result, SolverError};
@@ -47,6 +51,7 @@ pub use method::{
 pub use report::LayerReport;
 pub use rtn::{rtn_quantize, RtnMethod, RtnOutput};
 pub use smoothquant::SmoothQuantMethod;
+pub use spqr::{spqr_quantize, SpqrConfig, SpqrMethod, SpqrOutput};
 
 /// `tr((W - Q) H (W - Q)^T)`: the GPTQ objective `(2/N) ||W X - Q X||_F^2` of a quantized
 /// layer, for any method (`w`, `q` row-major `[rows, cols]`, e.g. `q` a dequantized tensor).

@@ -23,6 +23,7 @@ use crate::llm_int8::LlmInt8Method;
 use crate::report::LayerReport;
 use crate::rtn::RtnMethod;
 use crate::smoothquant::SmoothQuantMethod;
+use crate::spqr::SpqrMethod;
 use crate::{Result, SolverError};
 use lowbit_core::{IntScheme, QTensor, Scheme};
 use serde_json::{Map, Value};
@@ -53,6 +54,9 @@ pub enum MethodConfig {
     LlmInt8(LlmInt8Method),
     /// HQQ (Badri & Shaji 2023): calibration-free, float zero points optimized for an lp error.
     Hqq(HqqMethod),
+    /// SpQR (Dettmers et al. 2023): GPTQ with small groups, quantized group statistics and
+    /// sparse f16 outliers.
+    Spqr(SpqrMethod),
 }
 
 impl Default for MethodConfig {
@@ -71,6 +75,7 @@ impl MethodConfig {
             MethodConfig::SmoothQuant(SmoothQuantMethod::default()),
             MethodConfig::LlmInt8(LlmInt8Method::default()),
             MethodConfig::Hqq(HqqMethod::default()),
+            MethodConfig::Spqr(SpqrMethod::default()),
         ]
     }
 
@@ -83,6 +88,7 @@ impl MethodConfig {
             MethodConfig::SmoothQuant(m) => m,
             MethodConfig::LlmInt8(m) => m,
             MethodConfig::Hqq(m) => m,
+            MethodConfig::Spqr(m) => m,
         }
     }
 
@@ -93,11 +99,15 @@ impl MethodConfig {
             .into_iter()
             .find(|m| m.name() == lower || m.solver().aliases().contains(&lower.as_str()))
             .ok_or_else(|| {
-                SolverError::param("method", format!("{name:?}"), "use rtn, gptq, awq, smoothquant, llm-int8 or hqq")
+                SolverError::param(
+                    "method",
+                    format!("{name:?}"),
+                    "use rtn, gptq, awq, smoothquant, llm-int8, hqq or spqr",
+                )
             })
     }
 
-    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`, `llm-int8`, `hqq`).
+    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`, `llm-int8`, `hqq`, `spqr`).
     pub fn name(&self) -> &'static str {
         self.solver().name()
     }
