@@ -125,6 +125,17 @@ def _label(options: dict[str, Any]) -> str:
     return f"{options['method']}-{width}{group}{extra}"
 
 
+def _resolved_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the default of every other option that applies to its method (the table
+    gives the defaults of the method's own settings)."""
+    method = options["method"]
+    return {
+        name: options.get(name, spec["default"])
+        for name, spec in option_specs().items()
+        if not spec["methods"] or method in spec["methods"] or name in options
+    }
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -349,9 +360,10 @@ def report(
     ``text``: the evaluation text (or a ``.npy`` of token ids); ``windows`` of ``window`` tokens
     (all when None). ``heldout``: a second text scored the same way; when it is the calibration
     file, only its windows that no calibration window touches (the default ``nsamples``,
-    ``seqlen`` and ``seed``; a method item that changes them may see other windows). ``calib``: calibration for the
-    calibrated methods (default ``$LOWBIT_CALIB_TEXT``). Failed configurations are reported as
-    such and the others still run; Ctrl-C stops the current child and raises.
+    ``seqlen`` and ``seed``; a method item that changes them may see other windows).
+    ``calib``: calibration for the calibrated methods (default ``$LOWBIT_CALIB_TEXT``). Failed
+    configurations are reported as such and the others still run; Ctrl-C stops the current child
+    and raises.
     """
     model_path = Path(os.fspath(model))
     if str(model_path) == "smollm2":
@@ -416,9 +428,10 @@ def report(
     f32_gguf = runs / "fp32.gguf"
     rows: list[dict[str, Any]] = []
     for i, cfg in enumerate(configs, 1):
-        key = hashlib.sha256(
-            json.dumps({**identity, "config": cfg.__dict__}, sort_keys=True).encode()
-        ).hexdigest()
+        # every option the method reads, defaults included, so a changed default is a new key
+        resolved = _resolved_options(cfg.options) if cfg.kind == "lowbit" else cfg.options
+        config = {**cfg.__dict__, "options": resolved}
+        key = hashlib.sha256(json.dumps({**identity, "config": config}, sort_keys=True).encode()).hexdigest()
         cached = runs / f"{cfg.label}.{key[:12]}.json"
         if cached.is_file():
             row = json.loads(cached.read_text())
