@@ -154,8 +154,8 @@ fn int_block<'a, I: Isa>(
         scales,
         zeros,
     };
-    let zeros = match s.q.params() {
-        QParams::Int { zeros, .. } => zeros,
+    let (scales, zeros) = match s.q.params() {
+        QParams::Int { scales, zeros } => (scales, zeros),
         // SpQR: the block's scales and zeros decoded from their 3-bit codes, here, once per block.
         QParams::IntStats(st) => {
             scratch.clear();
@@ -166,7 +166,6 @@ fn int_block<'a, I: Isa>(
         }
         QParams::Codebook { .. } => unreachable!("integer scheme has integer params"),
     };
-    let QParams::Int { scales, .. } = s.q.params() else { unreachable!() };
     let per_group_zeros = zeros.is_some() && !s.per_tensor;
     scratch.clear();
     scratch.resize(if per_group_zeros { 2 * n } else { n }, 0.0);
