@@ -30,14 +30,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def first(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, lowbit.Report, list[str]]:
-    out = tmp_path_factory.mktemp("report")
-    lines: list[str] = []
-    r = lowbit.report(
+def tiny_report(tiny: Path, out: Path, methods: list[str], lines: list[str]) -> lowbit.Report:
+    """The report both runs of the cache test make: widths 4 and 8, the tiny model's ids as test,
+    held-out and calibration text."""
+    return lowbit.report(
         tiny,
         out,
-        methods=["rtn", "hqq", GPTQ],
+        methods=methods,
         bits=[4, 8],
         group_size=GROUP,
         text=tiny / "text.npy",
@@ -48,6 +47,13 @@ def first(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, l
         decode_tokens=8,
         log=lines.append,
     )
+
+
+@pytest.fixture(scope="module")
+def first(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, lowbit.Report, list[str]]:
+    out = tmp_path_factory.mktemp("report")
+    lines: list[str] = []
+    r = tiny_report(tiny, out, ["rtn", "hqq", GPTQ], lines)
     return out, r, lines
 
 
@@ -108,21 +114,7 @@ def test_plot_is_a_png(first: tuple[Path, lowbit.Report, list[str]]) -> None:
 
 def test_second_report_reuses_the_cache(tiny: Path, first: tuple[Path, lowbit.Report, list[str]]) -> None:
     out, r, _ = first
-    lines: list[str] = []
-    again = lowbit.report(
-        tiny,
-        out,
-        methods=["rtn", "hqq", GPTQ, "rtn+format=nf4"],
-        bits=[4, 8],
-        group_size=GROUP,
-        text=tiny / "text.npy",
-        heldout=tiny / "text.npy",
-        calib=tiny / "ids.npy",
-        window=WINDOW,
-        windows=WINDOWS,
-        decode_tokens=8,
-        log=lines.append,
-    )
+    again = tiny_report(tiny, out, ["rtn", "hqq", GPTQ, "rtn+format=nf4"], [])
     status = {row["label"]: row["status"] for row in again.rows}
     assert status.pop("rtn-nf4-g16") == "ok"  # the one new configuration (bits 4 only)
     assert set(status.values()) == {"cached"}
