@@ -150,7 +150,10 @@ impl QuantMethod for GptqMethod {
     fn info(&self) -> MethodInfo {
         MethodInfo { name: "gptq", aliases: &[], calibrated: true }
     }
-    fn validate(&self, _scheme: &Scheme) -> Result<()> {
+    fn validate(&self, scheme: &Scheme) -> Result<()> {
+        if matches!(scheme, Scheme::RowLut(_)) {
+            return Err(crate::method::no_row_codebooks("gptq"));
+        }
         if !(self.percdamp.is_finite() && self.percdamp >= 0.0) {
             return Err(SolverError::param("percdamp", self.percdamp, "it must be finite and >= 0"));
         }
@@ -178,6 +181,7 @@ impl QuantMethod for GptqMethod {
         let cfg = match group.scheme {
             Scheme::Int(s) => self.config(s),
             Scheme::Codebook(c) => self.codebook_config(c),
+            Scheme::RowLut(_) => return Err(crate::method::no_row_codebooks("gptq")),
         };
         // The layers of a group (q/k/v, gate/up) are independent sweeps: solved side by side,
         // since one sweep's column loop keeps only one core busy.
