@@ -238,6 +238,13 @@ pub fn weighted_kmeans_1d(values: &[f32], weights: &[f32], k: usize, iters: usiz
             // Ties go to the lower centroid, as `rowlut::nearest` does.
             next[j] = values.partition_point(|&v| v <= mid).max(next[j - 1]);
         }
+        // A centroid equal to the one below it gets nothing (ties to the lower): its cluster is
+        // empty, so its start moves to the next one's.
+        for j in (1..k).rev() {
+            if c[j] == c[j - 1] {
+                next[j] = next[j + 1];
+            }
+        }
         for j in 0..k {
             c[j] = mean(next[j], next[j + 1], c[j]);
         }
@@ -304,7 +311,7 @@ pub fn squeezellm_quantize(
 fn sparse_mask(w: &[f32], cols: usize, s: &[f32], m: &SqueezeLlmMethod, numel: usize) -> Vec<bool> {
     let count = |p: f64| ((p / 100.0 * numel as f64).round() as usize).min(numel);
     let mut mask = vec![false; numel];
-    let mut take = |score: &dyn Fn(usize) -> f32, n: usize, mask: &mut Vec<bool>| {
+    let take = |score: &dyn Fn(usize) -> f32, n: usize, mask: &mut Vec<bool>| {
         if n == 0 {
             return;
         }
