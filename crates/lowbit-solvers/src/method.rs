@@ -295,7 +295,13 @@ pub trait QuantMethod: Debug + Send + Sync {
     fn calibrated(&self) -> bool {
         self.info().calibrated
     }
-    /// Checks the method's settings and the common scheme it is asked to produce.
+    /// The scheme the method stores, given the common one the options describe (integer codes
+    /// or NF4/FP4): the same by default; squeezellm stores per-row codebooks of its code width.
+    fn scheme(&self, common: Scheme) -> Scheme {
+        common
+    }
+    /// Checks the method's settings and the scheme it is asked to produce
+    /// ([`QuantMethod::scheme`] of the common one).
     fn validate(&self, scheme: &Scheme) -> Result<()>;
     /// The method's parameters for the manifest and `quantization_config` (beyond the common
     /// bits, group size, symmetry, scale dtype and calibration).

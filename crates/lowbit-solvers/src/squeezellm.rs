@@ -23,7 +23,8 @@
 //!    the index of its nearest entry; a sparse weight stores `w - table[code]` (its dense part is
 //!    the nearest entry, so the sum reproduces `w` to f16 precision of the residual).
 //!
-//! The common group size is ignored (one codebook per row).
+//! The common group size, symmetry and scale dtype do not apply (one codebook per row): the
+//! method's [`QuantMethod::scheme`] turns the common integer scheme into a row-codebook one.
 
 use crate::hessian::check_finite_activations;
 use crate::method::{CalibShape, Group, GroupSolution, MethodInfo, QuantMethod, SolvedLayer, Statistics};
@@ -92,6 +93,12 @@ fn row_scheme(scheme: &Scheme) -> Result<RowLutScheme> {
 impl QuantMethod for SqueezeLlmMethod {
     fn info(&self) -> MethodInfo {
         MethodInfo { name: "squeezellm", aliases: &["squeeze"], calibrated: true }
+    }
+    fn scheme(&self, common: Scheme) -> Scheme {
+        match common {
+            Scheme::Int(s) => Scheme::RowLut(RowLutScheme { bits: s.bits }),
+            other => other,
+        }
     }
     fn validate(&self, scheme: &Scheme) -> Result<()> {
         self.check()?;
