@@ -54,7 +54,7 @@ def dequantized(name: str, q: lowbit.QTensor, raw: dict[str, np.ndarray]) -> np.
 def test_row_codebooks_run_packed_with_the_dense_logits(tiny: Path, tmp_path: Path, bits: int) -> None:
     out = tmp_path / "sq"
     kw: dict[str, Any] = {"calib": tiny / "ids.npy", "nsamples": 8, "seqlen": 16}
-    report = lowbit.quantize_model(tiny, out, method="squeezellm", bits=bits, **kw)
+    report = lowbit.quantize_model(tiny, out, method="squeezellm", bits=bits, embed="keep", **kw)
     assert report.params["method"] == "squeezellm"
     assert report.params["weight_format"] == "rowlut"
     assert "not Fisher" in report.params["sensitivity"]
@@ -76,7 +76,10 @@ def test_row_codebooks_run_packed_with_the_dense_logits(tiny: Path, tmp_path: Pa
         # Codes + [rows, 2^bits] f16 tables + u32 offsets, u16 columns and f16 values.
         rows = q.shape[0]
         assert q.nbytes == q.numel * bits // 8 + 2 * rows * 2**bits + 4 * (rows + 1) + 4 * n, name
-        assert np.abs(ref - original[name]).max() < np.abs(original[name]).max() / 2**bits, name
+        # Near the Lloyd-Max error of a Gaussian at 8/16 levels (0.19/0.10 of its rms; the
+        # weighting trades some plain error for weighted error).
+        rms = float(np.sqrt(np.mean(np.square(original[name]))))
+        assert float(np.sqrt(np.mean(np.square(ref - original[name])))) < 0.5 ** (bits - 1) * rms, name
     assert sparse > 0
 
     # The same weights as a dense f32 model give the same logits: the row-LUT kernels run packed.
