@@ -34,7 +34,9 @@ pub use element::{check_finite, first_non_finite, Element};
 pub use error::{CoreError, Result};
 pub use progress::{Cancelled, NoProgress, Progress};
 pub use qtensor::{QParams, QTensor, Scales, ZeroPoints};
-pub use scheme::{Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, RowLutScheme, ScaleDtype, Scheme};
+pub use scheme::{
+    Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, RowLutScheme, ScaleDtype, Scheme,
+};
 pub use sparse::{ColumnIndex, SparseOutliers};
 pub use stats::QuantStats;
 

@@ -49,7 +49,9 @@ pub fn encode(w: &[f32], rows: usize, cols: usize, scheme: RowLutScheme, tables:
     }
     let rounded: Vec<f32> = stored.iter().map(|t| t.to_f32()).collect();
     let mut codes = vec![0u8; rows * cols];
-    for ((crow, wrow), t) in codes.chunks_exact_mut(cols.max(1)).zip(w.chunks_exact(cols.max(1))).zip(rounded.chunks_exact(n)) {
+    for ((crow, wrow), t) in
+        codes.chunks_exact_mut(cols.max(1)).zip(w.chunks_exact(cols.max(1))).zip(rounded.chunks_exact(n))
+    {
         for (c, &x) in crow.iter_mut().zip(wrow) {
             *c = nearest(t, x);
         }

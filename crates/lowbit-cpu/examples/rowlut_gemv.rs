@@ -49,7 +49,12 @@ fn main() {
             })
             .collect();
         let x: Vec<f32> = w[..cols].iter().map(|v| v * 10.0).collect();
-        let int4 = Linear::new(rows, cols, WeightKind::Quant(rtn::quantize(&w, &[rows, cols], IntScheme::group(Bits::B4, 128)).unwrap())).unwrap();
+        let int4 = Linear::new(
+            rows,
+            cols,
+            WeightKind::Quant(rtn::quantize(&w, &[rows, cols], IntScheme::group(Bits::B4, 128)).unwrap()),
+        )
+        .unwrap();
         let cases = [
             ("rowlut4", rowlut_like(&w, rows, cols, Bits::B4, 0.0)),
             ("rowlut4 +0.5%", rowlut_like(&w, rows, cols, Bits::B4, 0.5)),

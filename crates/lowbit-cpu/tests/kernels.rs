@@ -326,7 +326,11 @@ fn row_codebooks_with_and_without_outliers() {
             let tables: Vec<f32> = (0..rows * n).map(|_| 2.0 * rng.f()).collect();
             let q = rowlut::encode(&w, rows, cols, RowLutScheme { bits }, &tables).unwrap();
             for with in [false, true] {
-                let q = if with { q.clone().with_outliers(random_outliers(&mut rng, rows, cols, 40)).unwrap() } else { q.clone() };
+                let q = if with {
+                    q.clone().with_outliers(random_outliers(&mut rng, rows, cols, 40)).unwrap()
+                } else {
+                    q.clone()
+                };
                 let dense = q.dequantize();
                 let lin = Linear::new(rows, cols, WeightKind::Quant(q)).unwrap();
                 check(&lin, &dense, &mut rng, &format!("rowlut{} [{rows}x{cols}] outliers={with}", bits.get()));

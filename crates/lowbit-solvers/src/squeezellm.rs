@@ -393,7 +393,10 @@ mod tests {
                 let ours = weighted_kmeans_1d(&values, &weights, k, iters);
                 let theirs = textbook(&values, &weights, &init, iters);
                 for (a, b) in ours.iter().zip(&theirs) {
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "seed {seed} iters {iters}: {ours:?} vs {theirs:?}");
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "seed {seed} iters {iters}: {ours:?} vs {theirs:?}"
+                    );
                 }
                 // Lloyd never increases the weighted error.
                 assert!(weighted_sse(&values, &weights, &ours) <= weighted_sse(&values, &weights, &init) + 1e-9);
@@ -454,8 +457,12 @@ mod tests {
             let scheme = RowLutScheme { bits };
             let out = squeezellm_quantize(&w, rows, cols, &s, scheme, &SqueezeLlmMethod::default()).unwrap();
             let uniform = rowlut::quantize(&w, &[rows, cols], scheme).unwrap().dequantize();
-            let eu: f64 =
-                w.iter().zip(&uniform).enumerate().map(|(i, (a, b))| f64::from(s[i % cols]) * f64::from(a - b).powi(2)).sum();
+            let eu: f64 = w
+                .iter()
+                .zip(&uniform)
+                .enumerate()
+                .map(|(i, (a, b))| f64::from(s[i % cols]) * f64::from(a - b).powi(2))
+                .sum();
             assert!(out.weighted_error < eu, "{bits:?}: {} vs uniform {eu}", out.weighted_error);
             let bytes = lowbit_core::io::to_bytes([("t", &out.qtensor)], &Default::default()).unwrap();
             let back = lowbit_core::io::from_bytes(&bytes).unwrap();
