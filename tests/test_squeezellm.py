@@ -37,7 +37,7 @@ def raw_arrays(d: Path) -> dict[str, np.ndarray]:
 
 def dequantized(name: str, q: lowbit.QTensor, raw: dict[str, np.ndarray]) -> np.ndarray:
     """``table[row][code]`` plus the CSR outliers, from the stored arrays (numpy, not lowbit)."""
-    rows, cols = q.shape
+    rows = q.shape[0]
     table = raw[f"{name}.lut"].astype(np.float32)
     assert table.shape == (rows, 2**q.bits)
     w = np.take_along_axis(table, q.codes().astype(np.int64), axis=1)
@@ -65,8 +65,10 @@ def test_row_codebooks_run_packed_with_the_dense_logits(tiny: Path, tmp_path: Pa
     original = load_file(tiny / "model.safetensors")
     sparse = 0
     for name, q in qs.items():
-        assert q.format == "rowlut" and q.bits == bits, name
-        assert q.scales.shape == (q.shape[0], 2**bits) and q.scales.dtype == np.float16, name
+        assert q.format == "rowlut", name
+        assert q.bits == bits, name
+        assert q.scales.shape == (q.shape[0], 2**bits), name
+        assert q.scales.dtype == np.float16, name
         ref = dequantized(name, q, raw)
         np.testing.assert_array_equal(q.dequantize(), ref, err_msg=name)
         # The 0.45% largest and 0.05% most sensitive weights are reproduced to f16 precision.
@@ -103,10 +105,13 @@ def test_weighted_codebooks_beat_uniform_ones(tiny: Path, tmp_path: Path) -> Non
                           squeeze_sensitive_percent=0.0, **kw)  # fmt: skip
     lowbit.quantize_model(tiny, tmp_path / "rtn", method="rtn", bits=3, group_size=None)
     original = load_file(tiny / "model.safetensors")
-    err = {
-        m: sum(float(np.square(original[n] - q.dequantize()).sum()) for n, q in quantized_linears(tmp_path / m).items())
-        for m in ("sq", "rtn")
-    }
+
+    def sq_err(d: Path) -> float:
+        return sum(
+            float(np.square(original[n] - q.dequantize()).sum()) for n, q in quantized_linears(d).items()
+        )
+
+    err = {m: sq_err(tmp_path / m) for m in ("sq", "rtn")}
     assert err["sq"] < 0.8 * err["rtn"], err
 
 
@@ -130,7 +135,9 @@ def test_cli_reports_every_stored_byte_and_refuses_bad_settings(tiny: Path, tmp_
         ({"bits": 8}, "3- or 4-bit"),
     ]:
         with pytest.raises(lowbit.LowbitError, match=message):
-            lowbit.quantize_model(tiny, tmp_path / "bad", method="squeezellm", calib=tiny / "ids.npy", **options)
+            lowbit.quantize_model(
+                tiny, tmp_path / "bad", method="squeezellm", calib=tiny / "ids.npy", **options
+            )
         assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="squeeze_outlier_percent applies to squeezellm, not gptq"):
         lowbit.quantize_model(tiny, tmp_path / "bad", method="gptq", squeeze_outlier_percent=1.0)

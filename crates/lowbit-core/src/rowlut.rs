@@ -61,6 +61,17 @@ pub fn encode(w: &[f32], rows: usize, cols: usize, scheme: RowLutScheme, tables:
     QTensor::from_parts(vec![rows, cols], Scheme::RowLut(scheme), packed, QParams::RowLut { tables: stored })
 }
 
+/// Stores given codes (`rows * cols`, each `< 2^bits`) with given tables (`rows * 2^bits`,
+/// rounded to f16): for solvers that choose codes other than the nearest (GPTQ's sweep).
+pub fn from_codes(codes: &[u8], rows: usize, cols: usize, scheme: RowLutScheme, tables: &[f32]) -> Result<QTensor> {
+    if codes.len() != rows * cols {
+        return Err(CoreError::shape("row codebook codes", rows * cols, codes.len()));
+    }
+    let stored: Vec<f16> = tables.iter().map(|&t| f16::from_f32(t)).collect();
+    let packed = crate::pack::pack(codes, scheme.bits)?;
+    QTensor::from_parts(vec![rows, cols], Scheme::RowLut(scheme), packed, QParams::RowLut { tables: stored })
+}
+
 /// The calibration-free reference: each row's table is `2^bits` evenly spaced values from its
 /// minimum to its maximum (a constant row gets one repeated value), each weight its nearest entry.
 pub fn quantize<T: Element>(weights: &[T], shape: &[usize], scheme: RowLutScheme) -> Result<QTensor> {

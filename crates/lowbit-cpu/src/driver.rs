@@ -247,6 +247,17 @@ fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32],
         Src::Bf16(w) => dst.iter_mut().zip(&w[first..]).for_each(|(d, s)| *d = s.to_f32()),
         Src::Int(s) => {
             let bits = s.bits;
+            // A row codebook: the row's table entry of each code.
+            if let Some(t) = s.tables {
+                let t = &t[r * ROW_TABLE..(r + 1) * ROW_TABLE];
+                for (step, d) in dst.chunks_mut(GENERIC_STEP).enumerate() {
+                    read_codes(s.q.codes(), bits, first + step * GENERIC_STEP, &mut codes[..d.len()]);
+                    for (o, &q) in d.iter_mut().zip(&codes) {
+                        *o = t[usize::from(q)];
+                    }
+                }
+                return;
+            }
             let gpr = cols.div_ceil(s.group);
             let rows = s.q.matrix_dims().0;
             // (scale, zero) of group p of row r.
@@ -258,18 +269,8 @@ fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32],
                     Some((sc, z)) => (sc[p % gpr], z[p % gpr]),
                     None => st.get(rows, r, p % gpr),
                 },
-                QParams::Codebook { .. } | QParams::RowLut { .. } => unreachable!("integer scheme"),
+                QParams::Codebook { .. } | QParams::RowLut { .. } => unreachable!("integer scheme, no row tables"),
             };
-            if let Some(t) = s.tables {
-                let t = &t[r * ROW_TABLE..(r + 1) * ROW_TABLE];
-                for (step, d) in dst.chunks_mut(GENERIC_STEP).enumerate() {
-                    read_codes(s.q.codes(), bits, first + step * GENERIC_STEP, &mut codes[..d.len()]);
-                    for (o, &q) in d.iter_mut().zip(&codes) {
-                        *o = t[usize::from(q)];
-                    }
-                }
-                return;
-            }
             for (step, d) in dst.chunks_mut(GENERIC_STEP).enumerate() {
                 let start = first + step * GENERIC_STEP;
                 let col = k0 + step * GENERIC_STEP;

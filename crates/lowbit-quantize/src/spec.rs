@@ -550,6 +550,20 @@ pub const OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        name: "squeeze_error_feedback",
+        kind: OptionKind::Bool,
+        optional: false,
+        help: "SqueezeLLM: choose the codes by GPTQ's sweep onto the fitted codebooks (full Hessian, act-order; not in the paper)",
+        methods: &["squeezellm"],
+        cli: Some("--squeeze-error-feedback"),
+        cli_aliases: &[],
+        get: |o| some_or_none(squeeze(o), |m| OptionValue::Bool(m.error_feedback)),
+        set: |o, v| {
+            squeeze_mut(o)?.error_feedback = bool_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
         name: "hqq_lp_norm",
         kind: OptionKind::Float,
         optional: false,

@@ -23,14 +23,20 @@
 //!    the index of its nearest entry; a sparse weight stores `w - table[code]` (its dense part is
 //!    the nearest entry, so the sum reproduces `w` to f16 precision of the residual).
 //!
+//! **Error feedback** ([`SqueezeLlmMethod::error_feedback`], off by default; not in the paper):
+//! the codebooks are fitted as above, then the codes are chosen by GPTQ's sweep (act-order,
+//! the full layer Hessian) instead of nearest rounding, so each column's rounding error moves
+//! the columns after it; the sparse weights keep their swept values exactly.
+//!
 //! The common group size, symmetry and scale dtype do not apply (one codebook per row): the
 //! method's [`QuantMethod::scheme`] turns the common integer scheme into a row-codebook one.
 
-use crate::hessian::check_finite_activations;
-use crate::method::{CalibShape, Group, GroupSolution, MethodInfo, QuantMethod, SolvedLayer, Statistics};
+use crate::gptq::{gptq_row_tables, GptqConfig};
+use crate::hessian::{check_finite_activations, Hessian, HessianPrecision};
+use crate::method::{downcast, CalibShape, Group, GroupSolution, MethodInfo, QuantMethod, SolvedLayer, Statistics};
 use crate::report::LayerReport;
 use crate::{Result, SolverError};
-use lowbit_core::{check_finite, rowlut, Bits, QTensor, RowLutScheme, Scheme, SparseOutliers};
+use lowbit_core::{check_finite, rowlut, Bits, IntScheme, QTensor, RowLutScheme, ScaleDtype, Scheme, SparseOutliers};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 use std::time::Instant;
@@ -49,11 +55,17 @@ pub struct SqueezeLlmMethod {
     pub outlier_percent: f64,
     /// Then the most sensitive weights (largest `s_c * w^2`) kept in f16, percent of each layer's.
     pub sensitive_percent: f64,
+    /// Choose the codes by GPTQ's sweep onto the fitted codebooks (lowbit's addition).
+    pub error_feedback: bool,
 }
 
 impl Default for SqueezeLlmMethod {
     fn default() -> Self {
-        SqueezeLlmMethod { outlier_percent: DEFAULT_OUTLIER_PERCENT, sensitive_percent: DEFAULT_SENSITIVE_PERCENT }
+        SqueezeLlmMethod {
+            outlier_percent: DEFAULT_OUTLIER_PERCENT,
+            sensitive_percent: DEFAULT_SENSITIVE_PERCENT,
+            error_feedback: false,
+        }
     }
 }
 
@@ -114,24 +126,36 @@ impl QuantMethod for SqueezeLlmMethod {
                 "hessian diagonal (activation second moments), not Fisher (lowbit has no gradients)".into(),
             ),
             ("kmeans".to_string(), format!("weighted Lloyd, weighted-quantile init, <= {KMEANS_ITERS} iters").into()),
+            ("error_feedback".to_string(), Value::from(self.error_feedback)),
         ])
     }
     fn statistics(&self, cols: usize, _calib: CalibShape) -> Box<dyn Statistics> {
-        Box::new(DiagStats::new(cols))
+        if self.error_feedback {
+            Box::new(Hessian::with_precision(cols, HessianPrecision::F32Chunks))
+        } else {
+            Box::new(DiagStats::new(cols))
+        }
     }
     fn solve_group(&self, group: &Group, stats: &dyn Statistics) -> Result<GroupSolution> {
         let scheme = row_scheme(&group.scheme)?;
-        let diag = crate::method::downcast::<DiagStats>(stats, "squeezellm")?;
-        if diag.sum_sq.len() != group.cols {
-            return Err(SolverError::shape("squeezellm statistics", group.cols, diag.sum_sq.len()));
+        let hessian = if self.error_feedback { Some(downcast::<Hessian>(stats, "squeezellm")?) } else { None };
+        let s = match hessian {
+            // The same weighting up to a factor (H = 2/n X^T X): k-means does not see the scale.
+            Some(h) => h.diag().iter().map(|&v| v as f32).collect(),
+            None => downcast::<DiagStats>(stats, "squeezellm")?.sensitivity(),
+        };
+        if s.len() != group.cols {
+            return Err(SolverError::shape("squeezellm statistics", group.cols, s.len()));
         }
-        let s = diag.sensitivity();
         let layers = group
             .layers
             .iter()
             .map(|l| {
                 let start = Instant::now();
-                let out = squeezellm_quantize(l.w, l.rows, group.cols, &s, scheme, self)?;
+                let out = match hessian {
+                    Some(h) => squeezellm_feedback(l.w, l.rows, group.cols, h, scheme, self)?,
+                    None => squeezellm_quantize(l.w, l.rows, group.cols, &s, scheme, self)?,
+                };
                 let report = LayerReport {
                     method: "squeezellm",
                     loss: out.weighted_error,
@@ -274,6 +298,59 @@ pub fn squeezellm_quantize(
     scheme: RowLutScheme,
     m: &SqueezeLlmMethod,
 ) -> Result<SqueezeLlmOutput> {
+    let (sparse, tables) = fit(w, rows, cols, s, scheme, m)?;
+    let mut qtensor = rowlut::encode(w, rows, cols, scheme, &tables)?;
+    let dense = qtensor.dequantize();
+    let entries: Vec<(usize, usize, f32)> =
+        (0..rows * cols).filter(|&i| sparse[i]).map(|i| (i / cols, i % cols, w[i] - dense[i])).collect();
+    let nsparse = entries.len();
+    if nsparse > 0 {
+        qtensor = qtensor.with_outliers(SparseOutliers::from_entries(rows, cols, &entries)?)?;
+    }
+    Ok(finish(qtensor, w, s, nsparse))
+}
+
+/// [`squeezellm_quantize`] with the codes chosen by GPTQ's sweep onto the fitted codebooks (act
+/// order, the reference damping), against the layer Hessian `h`; sensitivities are its diagonal.
+pub fn squeezellm_feedback(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &Hessian,
+    scheme: RowLutScheme,
+    m: &SqueezeLlmMethod,
+) -> Result<SqueezeLlmOutput> {
+    let s: Vec<f32> = h.diag().iter().map(|&v| v as f32).collect();
+    let (sparse, tables) = fit(w, rows, cols, &s, scheme, m)?;
+    // The values the file holds.
+    let tables: Vec<f32> = tables.iter().map(|&t| ScaleDtype::F16.round(t)).collect();
+    let cfg = GptqConfig { act_order: true, ..GptqConfig::new(IntScheme::per_channel_sym(scheme.bits)) };
+    let (codes, residuals, _, _) = gptq_row_tables(w, rows, cols, h, &cfg, &tables, scheme.entries(), &sparse)?;
+    let mut qtensor = rowlut::from_codes(&codes, rows, cols, scheme, &tables)?;
+    let nsparse = residuals.len();
+    if nsparse > 0 {
+        qtensor = qtensor.with_outliers(SparseOutliers::from_entries(rows, cols, &residuals)?)?;
+    }
+    Ok(finish(qtensor, w, &s, nsparse))
+}
+
+fn finish(qtensor: QTensor, w: &[f32], s: &[f32], sparse: usize) -> SqueezeLlmOutput {
+    let cols = s.len();
+    let d = qtensor.dequantize();
+    let weighted_error =
+        w.iter().zip(&d).enumerate().map(|(i, (a, b))| f64::from(s[i % cols]) * f64::from(a - b).powi(2)).sum();
+    SqueezeLlmOutput { qtensor, weighted_error, sparse }
+}
+
+/// The sparse mask and the per-row codebooks (`rows * 2^bits`, f32) of a layer.
+fn fit(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    s: &[f32],
+    scheme: RowLutScheme,
+    m: &SqueezeLlmMethod,
+) -> Result<(Vec<bool>, Vec<f32>)> {
     m.check()?;
     let scheme = RowLutScheme::new(scheme.bits)?;
     if w.len() != rows * cols || s.len() != cols {
@@ -299,18 +376,7 @@ pub fn squeezellm_quantize(
         let weights: Vec<f32> = idx.iter().map(|&c| s[c]).collect();
         t.copy_from_slice(&weighted_kmeans_1d(&values, &weights, k, KMEANS_ITERS));
     });
-    let mut qtensor = rowlut::encode(w, rows, cols, scheme, &tables)?;
-    let dense = qtensor.dequantize();
-    let entries: Vec<(usize, usize, f32)> =
-        (0..numel).filter(|&i| sparse[i]).map(|i| (i / cols, i % cols, w[i] - dense[i])).collect();
-    let nsparse = entries.len();
-    if nsparse > 0 {
-        qtensor = qtensor.with_outliers(SparseOutliers::from_entries(rows, cols, &entries)?)?;
-    }
-    let d = qtensor.dequantize();
-    let weighted_error =
-        w.iter().zip(&d).enumerate().map(|(i, (a, b))| f64::from(s[i % cols]) * f64::from(a - b).powi(2)).sum();
-    Ok(SqueezeLlmOutput { qtensor, weighted_error, sparse: nsparse })
+    Ok((sparse, tables))
 }
 
 /// Which weights go to the sparse part: the `outlier_percent` largest `|w|`, then among the rest
@@ -428,7 +494,11 @@ mod tests {
         let mut s = vec![0.5f32; cols];
         s[20] = 1000.0;
         // 2 of 512 = 0.39% outliers, then 1 sensitive: the largest |w| in column 20.
-        let m = SqueezeLlmMethod { outlier_percent: 2.0 / 512.0 * 100.0, sensitive_percent: 1.0 / 512.0 * 100.0 };
+        let m = SqueezeLlmMethod {
+            outlier_percent: 2.0 / 512.0 * 100.0,
+            sensitive_percent: 1.0 / 512.0 * 100.0,
+            error_feedback: false,
+        };
         let mask = sparse_mask(&w, cols, &s, &m, rows * cols);
         let picked: Vec<usize> = (0..rows * cols).filter(|&i| mask[i]).collect();
         let col20 = (0..rows).map(|r| r * cols + 20).max_by(|&a, &b| w[a].abs().total_cmp(&w[b].abs())).unwrap();
@@ -442,7 +512,7 @@ mod tests {
             assert!((d[i] - w[i]).abs() < 1e-2, "sparse weight {i}: {} vs {}", d[i], w[i]);
         }
         // The outliers did not stretch the codebooks: the dense rows fit better than without the split.
-        let none = SqueezeLlmMethod { outlier_percent: 0.0, sensitive_percent: 0.0 };
+        let none = SqueezeLlmMethod { outlier_percent: 0.0, sensitive_percent: 0.0, error_feedback: false };
         let plain = squeezellm_quantize(&w, rows, cols, &s, RowLutScheme { bits: Bits::B3 }, &none).unwrap();
         assert!(out.weighted_error < plain.weighted_error, "{} vs {}", out.weighted_error, plain.weighted_error);
         assert_eq!(out.qtensor.nbytes(), 3 * 512 / 8 + 2 * 8 * 8 + (4 * 9 + 2 * 3 + 2 * 3));
@@ -472,13 +542,52 @@ mod tests {
         }
     }
 
+    /// `sum over tokens of |(W - Q) x|^2`: the layer's output error on the calibration inputs.
+    fn output_error(w: &[f32], q: &[f32], x: &[f32], rows: usize, cols: usize) -> f64 {
+        let mut e = 0.0;
+        for xt in x.chunks(cols) {
+            for r in 0..rows {
+                let d: f64 = (0..cols).map(|c| f64::from(w[r * cols + c] - q[r * cols + c]) * f64::from(xt[c])).sum();
+                e += d * d;
+            }
+        }
+        e
+    }
+
+    #[test]
+    fn error_feedback_lowers_the_output_error_on_the_same_codebooks() {
+        let (rows, cols, tokens) = (24, 64, 256);
+        let w = rand(31, rows * cols);
+        // Correlated inputs with uneven scales: what GPTQ's feedback exploits.
+        let base = rand(32, tokens * cols);
+        let x: Vec<f32> =
+            (0..tokens * cols).map(|i| (base[i] + 0.8 * base[i - i % cols]) * (1.0 + (i % cols) as f32 / 16.0)).collect();
+        let mut h = Hessian::new(cols);
+        h.add_batch(&x, tokens).unwrap();
+        let s: Vec<f32> = h.diag().iter().map(|&v| v as f32).collect();
+        for bits in [Bits::B3, Bits::B4] {
+            let scheme = RowLutScheme { bits };
+            let m = SqueezeLlmMethod { error_feedback: true, ..Default::default() };
+            let fed = squeezellm_feedback(&w, rows, cols, &h, scheme, &m).unwrap();
+            let near = squeezellm_quantize(&w, rows, cols, &s, scheme, &m).unwrap();
+            // The same tables and the same sparse positions; only the codes (and residuals) differ.
+            assert_eq!(fed.qtensor.params(), near.qtensor.params());
+            assert_eq!(fed.sparse, near.sparse);
+            let (ef, en) = (
+                output_error(&w, &fed.qtensor.dequantize(), &x, rows, cols),
+                output_error(&w, &near.qtensor.dequantize(), &x, rows, cols),
+            );
+            assert!(ef < 0.9 * en, "{bits:?}: feedback {ef} vs nearest {en}");
+        }
+    }
+
     #[test]
     fn bad_settings_are_refused() {
         let bad = [
             SqueezeLlmMethod { outlier_percent: f64::NAN, ..Default::default() },
             SqueezeLlmMethod { outlier_percent: 101.0, ..Default::default() },
             SqueezeLlmMethod { sensitive_percent: -1.0, ..Default::default() },
-            SqueezeLlmMethod { outlier_percent: 60.0, sensitive_percent: 50.0 },
+            SqueezeLlmMethod { outlier_percent: 60.0, sensitive_percent: 50.0, error_feedback: false },
         ];
         let scheme = Scheme::Int(lowbit_core::IntScheme::group(Bits::B3, 128));
         for m in bad {
