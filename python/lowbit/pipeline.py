@@ -114,7 +114,9 @@ def quantize_model(
     3, in groups of that many output rows, 16), ``hqq_lp_norm`` and ``hqq_iters`` (hqq: the p
     of its lp error, 0.7, and the most iterations, 20), ``squeeze_outlier_percent`` and
     ``squeeze_sensitive_percent`` (squeezellm: percent of each layer's weights kept in f16, the
-    largest in magnitude, 0.45, then the most sensitive, 0.05).
+    largest in magnitude, 0.45, then the most sensitive, 0.05), ``squeeze_error_feedback``
+    (squeezellm: choose the codes by GPTQ's sweep onto the fitted codebooks, not in the paper;
+    False).
 
     ``calib``: a text file, a ``.jsonl`` (field ``text``), a ``.npy``/``.json`` of token ids, or
     token ids in memory; ``None`` uses the text file named by ``$LOWBIT_CALIB_TEXT``;
