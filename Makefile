@@ -80,3 +80,48 @@ demo: develop
 
 clean:
 	rm -rf $(VENV) target
+
+# ---- lowbit in the browser (wasm/README.md) ----
+# Two builds of wasm/ (crate lowbit-wasm): SIMD128 (every engine) and SIMD128 + relaxed SIMD
+# (Chromium; Safari rejects the module), bound by the wasm-bindgen CLI at the crate's version in
+# Cargo.lock, then the npm package `lowbit` packed into target/web.
+WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"/\1/p;}' Cargo.lock)
+WEB_OUT := $(CURDIR)/target/web
+WASM_FEATURES_simd128 := +simd128
+WASM_FEATURES_relaxed := +simd128,+relaxed-simd
+
+.PHONY: web-deps web serve-web test-browser bench-browser
+
+web-deps:
+	rustup target add wasm32-unknown-unknown
+	wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $(WASM_BINDGEN_VERSION)" || \
+		cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --locked || \
+		cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+	cd wasm && npm ci --no-audit --no-fund
+
+web: web-deps
+	for v in simd128:$(WASM_FEATURES_simd128) relaxed:$(WASM_FEATURES_relaxed); do \
+		f=$${v#*:}; v=$${v%%:*}; \
+		RUSTFLAGS="-C target-feature=$$f" CARGO_TARGET_DIR=$(CURDIR)/target/wasm-$$v \
+			cargo build --release -p lowbit-wasm --target wasm32-unknown-unknown || exit 1; \
+		wasm-bindgen --target web --out-dir wasm/pkg/$$v --out-name lowbit_wasm \
+			target/wasm-$$v/wasm32-unknown-unknown/release/lowbit_wasm.wasm || exit 1; \
+	done
+	mkdir -p $(WEB_OUT)
+	cd wasm && npm pack --silent --pack-destination $(WEB_OUT)
+
+# The package and its test page on http://127.0.0.1:8080/ (COOP/COEP set, .wasm as application/wasm).
+serve-web: web
+	node wasm/serve.mjs wasm 8080
+
+# Headless Chromium (Debian's /usr/bin/chromium): kernels of both builds against the scalar
+# reference, SmolLM2 W4 greedy tokens and perplexity against this checkout's native build, bad
+# files refused. The native side (quantize, pack, reference outputs) runs first.
+test-browser: web develop
+	LOWBIT_SHARED=$(SHARED_DIR) $(PY) wasm/test/prepare.py $(WEB_OUT)/fixtures
+	node wasm/test/run.mjs --fixtures $(WEB_OUT)/fixtures
+
+# One JSON line per configuration: lowbit-wasm-st (each build) and lowbit-native (1 thread).
+bench-browser: web develop
+	LOWBIT_SHARED=$(SHARED_DIR) $(PY) wasm/test/prepare.py $(WEB_OUT)/fixtures --bench
+	node wasm/test/run.mjs --fixtures $(WEB_OUT)/fixtures --bench

@@ -78,14 +78,14 @@ def test_hqq_lowers_the_weight_error_of_min_max_rounding(tiny: Path, tmp_path: P
 def test_cli_reports_every_stored_byte(tiny: Path, tmp_path: Path) -> None:
     out, report = tmp_path / "cli", tmp_path / "report.json"
     args = ["quantize", str(tiny), "-o", str(out), "--method", "hqq", "--group-size", str(GROUP)]
-    assert main([*args, "--hqq-iters", "5", "--no-hqq-optimize-scale", "--json", str(report), "-q"]) == 0
+    assert main([*args, "--hqq-iters", "5", "--hqq-optimize-scale", "--json", str(report), "-q"]) == 0
     r = json.loads(report.read_text())
     # 4-bit codes plus an f16 scale and an f16 zero per group of 16
     assert r["bits_per_weight"] == pytest.approx(4 + 32 / GROUP)
     manifest = json.loads((out / "config.json").read_text())["quantization_config"]
     assert manifest["method"] == "hqq"
     assert manifest["iters"] == 5
-    assert manifest["optimize_scale"] is False
+    assert manifest["optimize_scale"] is True
     ids = np.load(tiny / "ids.npy").reshape(-1)[:48].tolist()
     assert lowbit.Model.load(out).perplexity(ids=ids, window=16).windows == 3
 

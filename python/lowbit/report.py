@@ -125,6 +125,17 @@ def _label(options: dict[str, Any]) -> str:
     return f"{options['method']}-{width}{group}{extra}"
 
 
+def _resolved_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the default of every other option that applies to its method (the table
+    gives the defaults of the method's own settings)."""
+    method = options["method"]
+    return {
+        name: options.get(name, spec["default"])
+        for name, spec in option_specs().items()
+        if not spec["methods"] or method in spec["methods"] or name in options
+    }
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -348,9 +359,11 @@ def report(
     ``"rtn+format=nf4+double_quant=true+group_size=64"``), each crossed with ``bits``.
     ``text``: the evaluation text (or a ``.npy`` of token ids); ``windows`` of ``window`` tokens
     (all when None). ``heldout``: a second text scored the same way; when it is the calibration
-    file, only its windows that no calibration window touches. ``calib``: calibration for the
-    calibrated methods (default ``$LOWBIT_CALIB_TEXT``). Failed configurations are reported as
-    such and the others still run; Ctrl-C stops the current child and raises.
+    file, only its windows that no calibration window touches (the default ``nsamples``,
+    ``seqlen`` and ``seed``; a method item that changes them may see other windows).
+    ``calib``: calibration for the calibrated methods (default ``$LOWBIT_CALIB_TEXT``). Failed
+    configurations are reported as such and the others still run; Ctrl-C stops the current child
+    and raises.
     """
     model_path = Path(os.fspath(model))
     if str(model_path) == "smollm2":
@@ -365,7 +378,13 @@ def report(
     if include_fp32:
         configs.insert(0, Config("fp32", "fp32"))
     if include_llamacpp:
-        _llama_cpp()
+        import importlib.util
+
+        # found here, imported only by the children (its import leaves /dev/null handles open)
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise _lowbit.UnsupportedError(
+                "include_llamacpp needs llama-cpp-python: `make loaders` builds it into .venv"
+            )
         configs += [Config(f"llama.cpp-{t}", "llamacpp", {"type": t}) for t in llamacpp_types]
     text_path = Path(os.fspath(text))
     heldout_path = Path(os.fspath(heldout)) if heldout is not None else None
@@ -409,9 +428,10 @@ def report(
     f32_gguf = runs / "fp32.gguf"
     rows: list[dict[str, Any]] = []
     for i, cfg in enumerate(configs, 1):
-        key = hashlib.sha256(
-            json.dumps({**identity, "config": cfg.__dict__}, sort_keys=True).encode()
-        ).hexdigest()
+        # every option the method reads, defaults included, so a changed default is a new key
+        resolved = _resolved_options(cfg.options) if cfg.kind == "lowbit" else cfg.options
+        config = {**cfg.__dict__, "options": resolved}
+        key = hashlib.sha256(json.dumps({**identity, "config": config}, sort_keys=True).encode()).hexdigest()
         cached = runs / f"{cfg.label}.{key[:12]}.json"
         if cached.is_file():
             row = json.loads(cached.read_text())

@@ -398,7 +398,12 @@ fn read_stats(st: &SafeTensors<'_>, name: &str, bits: u32, group: usize) -> Resu
             zero: read_f16(bytes_of(st, &format!("{name}.{what}_zeros"), Dtype::F16, None)?),
         })
     };
-    Ok(QParams::IntStats(QuantStats { bits: Bits::try_from(bits)?, group, scales: one("scale")?, zeros: one("zero")? }))
+    Ok(QParams::IntStats(Box::new(QuantStats {
+        bits: Bits::try_from(bits)?,
+        group,
+        scales: one("scale")?,
+        zeros: one("zero")?,
+    })))
 }
 
 fn read_outliers(st: &SafeTensors<'_>, name: &str, rows: usize, cols: usize, nnz: usize) -> Result<SparseOutliers> {
@@ -599,7 +604,7 @@ mod tests {
         let zeros: Vec<f32> = (0..rows * gpr).map(|i| f32::from(p[(i % rows) * gpr + i / rows].zero) + 0.25).collect();
         let stats = QuantStats::quantize(rows, gpr, Bits::B3, 2, &scales, &zeros).unwrap();
         let outliers = SparseOutliers::from_entries(rows, cols, &[(0, 5, 3.5), (3, 63, -1.25), (3, 0, 0.5)]).unwrap();
-        QTensor::from_parts(vec![rows, cols], *rtn.scheme(), rtn.codes().to_vec(), QParams::IntStats(stats))
+        QTensor::from_parts(vec![rows, cols], *rtn.scheme(), rtn.codes().to_vec(), QParams::IntStats(Box::new(stats)))
             .unwrap()
             .with_outliers(outliers)
             .unwrap()

@@ -116,7 +116,7 @@ pub enum QParams {
     },
     /// Integer schemes whose scales and (float) zeros are themselves quantized (SpQR's
     /// second-level statistics, [`crate::stats`]); asymmetric, groups or per channel.
-    IntStats(QuantStats),
+    IntStats(Box<QuantStats>),
     /// Codebook schemes.
     Codebook {
         /// One absmax per block.
@@ -138,7 +138,7 @@ pub struct QTensor {
     codes: Vec<u8>,
     params: QParams,
     /// Weights kept exactly beside the codes, added to the dequantized matrix.
-    outliers: Option<SparseOutliers>,
+    outliers: Option<Box<SparseOutliers>>,
 }
 
 impl QTensor {
@@ -253,13 +253,13 @@ impl QTensor {
                 format!("[{}, {}]", outliers.rows(), outliers.cols()),
             ));
         }
-        self.outliers = Some(outliers);
+        self.outliers = Some(Box::new(outliers));
         Ok(self)
     }
 
     /// The sparse outliers added to the dequantized codes, if any.
     pub fn outliers(&self) -> Option<&SparseOutliers> {
-        self.outliers.as_ref()
+        self.outliers.as_deref()
     }
 
     /// Logical shape.
@@ -305,7 +305,7 @@ impl QTensor {
                 QParams::Codebook { absmax } => absmax.nbytes(),
                 QParams::RowLut { tables } => 2 * tables.len(),
             }
-            + self.outliers.as_ref().map_or(0, SparseOutliers::nbytes)
+            + self.outliers.as_ref().map_or(0, |o| o.nbytes())
     }
     /// Storage bits per weight, everything included.
     pub fn bits_per_weight(&self) -> f64 {

@@ -115,7 +115,7 @@ impl QuantStats {
                     let (s2, z2) = (st.scale[sg].to_f32(), st.zero[sg].to_f32());
                     let start = g * rows + r;
                     let value = |c: u64| (c as f32 - z2) * s2;
-                    if (start * bits).is_multiple_of(8) && n * bits <= 64 {
+                    if (start * bits) % 8 == 0 && n * bits <= 64 {
                         let byte = start * bits / 8;
                         let avail = st.codes.len().saturating_sub(byte).min(8);
                         let mut word = [0u8; 8];
@@ -190,7 +190,7 @@ impl StatParams {
         // Keep |zero| = |lo| / scale within f16's exact-ish range: a range tiny against the
         // values themselves gets a wider step instead of a zero that overflows f16.
         let mut scale = ((hi - lo) / maxq).max(big / 2048.0);
-        if !(scale > 0.0) {
+        if scale.is_nan() || scale <= 0.0 {
             scale = 1.0;
         }
         // Values beyond f16 (never from a sane first level) saturate: wrong but finite codes.

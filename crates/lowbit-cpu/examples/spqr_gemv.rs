@@ -17,8 +17,13 @@ fn spqr_like(w: &[f32], rows: usize, cols: usize, bits: Bits, pct: f64) -> QTens
     let zeros: Vec<f32> = (0..rows * gpr).map(|i| f32::from(p[(i % rows) * gpr + i / rows].zero)).collect();
     let stats = QuantStats::quantize(rows, gpr, Bits::B3, 16, &scales, &zeros).unwrap();
     let codes = lowbit_core::pack::unpack(q.codes(), bits, rows * cols).unwrap();
-    let t = QTensor::from_parts(vec![rows, cols], *q.scheme(), pack(&codes, bits).unwrap(), QParams::IntStats(stats))
-        .unwrap();
+    let t = QTensor::from_parts(
+        vec![rows, cols],
+        *q.scheme(),
+        pack(&codes, bits).unwrap(),
+        QParams::IntStats(Box::new(stats)),
+    )
+    .unwrap();
     let every = (100.0 / pct) as usize;
     let entries: Vec<(usize, usize, f32)> =
         (0..rows * cols).step_by(every).map(|i| (i / cols, (i * 7) % cols, 0.01)).collect();

@@ -252,6 +252,11 @@ fn attend_block<const FMA: bool>(
 #[inline(always)]
 fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
+        // wasm has no fused multiply-add (libm's `fmaf` is a call): the exact emulation keeps
+        // the simd128 level's attention bit-identical to the FMA levels'.
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return crate::wasm::fma_f32(a, b, c);
+        #[allow(unreachable_code)]
         a.mul_add(b, c)
     } else {
         a * b + c

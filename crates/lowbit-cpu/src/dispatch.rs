@@ -12,6 +12,10 @@ pub enum KernelLevel {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL (+VNNI where present).
     Avx512,
+    /// wasm32 SIMD128 (and relaxed SIMD when the module is built with it); chosen when the
+    /// module is built, as a wasm module has no run-time feature detection.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    Simd128,
 }
 
 impl KernelLevel {
@@ -21,6 +25,10 @@ impl KernelLevel {
             KernelLevel::Scalar => "scalar",
             KernelLevel::Avx2 => "avx2",
             KernelLevel::Avx512 => "avx512",
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(target_feature = "relaxed-simd")))]
+            KernelLevel::Simd128 => "simd128",
+            #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+            KernelLevel::Simd128 => "relaxed-simd",
         }
     }
 
@@ -45,6 +53,9 @@ impl KernelLevel {
                 return KernelLevel::Avx2;
             }
         }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return KernelLevel::Simd128;
+        #[allow(unreachable_code)]
         KernelLevel::Scalar
     }
 
@@ -54,6 +65,8 @@ impl KernelLevel {
             "scalar" => KernelLevel::Scalar,
             "avx2" => KernelLevel::Avx2,
             "avx512" => KernelLevel::Avx512,
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            "simd128" | "relaxed-simd" => KernelLevel::Simd128,
             _ => return Err(crate::CpuError::KernelLevel(value.to_string())),
         };
         if wanted > KernelLevel::detect() {
@@ -142,6 +155,10 @@ macro_rules! leveled {
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
                 $crate::KernelLevel::Avx512 => unsafe { avx512($($a),*) },
+                // The module is compiled with simd128 throughout; fused multiply-adds are exact
+                // emulations there (`wasm::fma_f32`), so results equal the FMA levels'.
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                $crate::KernelLevel::Simd128 => body::<true>($($a),*),
                 #[cfg(not(target_arch = "x86_64"))]
                 _ => body::<false>($($a),*),
             }

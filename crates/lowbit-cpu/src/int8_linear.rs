@@ -238,6 +238,9 @@ impl Int8Linear {
                     (None, None) => Err(CpuError::KernelLevel(level.name().into())),
                 }
             }
+            // W8A8 has no wasm kernels yet: the portable ones, bit-identical by definition.
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            KernelLevel::Simd128 => w8a8::forward(crate::isa::Portable, &self.panels(), x, m, out),
             #[cfg(not(target_arch = "x86_64"))]
             _ => Err(CpuError::KernelLevel(level.name().into())),
         }

@@ -3,7 +3,8 @@
 //! [`Linear`] owns a weight matrix `W[rows, cols]` (`rows` = out features) in a kernel-ready
 //! layout and computes `Y[m, rows] = X[m, cols] · Wᵀ`. The scalar kernels in [`scalar`] are the
 //! reference every SIMD path is tested against; [`dispatch`] picks the fastest path the running
-//! CPU supports (override with `LOWBIT_KERNELS=scalar|avx2|avx512`).
+//! CPU supports (override with `LOWBIT_KERNELS=scalar|avx2|avx512`); a wasm32 module built with
+//! `+simd128` runs the `simd128` level.
 //!
 //! [`Int8Linear`] is the W8A8 path (SmoothQuant): 8-bit symmetric per-channel weights times
 //! activations quantized per token to int8, summed exactly in i32 (`vpdpbusd` with AVX512-VNNI,
@@ -35,7 +36,7 @@
 //! too.
 
 #![deny(missing_docs)]
-// `unsafe` lives in the x86 kernel modules and at the dispatch points that call them, each block
+// `unsafe` lives in the x86 and wasm kernel modules and at the dispatch points that call them, each block
 // with a `// SAFETY:` comment saying why it holds.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -56,6 +57,9 @@ mod pool;
 mod q8;
 pub mod scalar;
 mod w8a8;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[allow(unsafe_code)]
+mod wasm;
 mod weight;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
@@ -69,4 +73,6 @@ pub use linear::Linear;
 pub use llm_int8::OutlierCounts;
 pub use q8::{activations, Activations};
 pub use w8a8::W8A8_MAX_COLS;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub use wasm::check_fma;
 pub use weight::WeightKind;

@@ -213,6 +213,11 @@ impl Linear {
                 Some(isa) => driver::forward(isa, &self.weight, x, m, out),
                 None => return Err(CpuError::KernelLevel(level.name().into())),
             },
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            KernelLevel::Simd128 => match crate::wasm::simd128::Simd128::new() {
+                Some(isa) => driver::forward(isa, &self.weight, x, m, out),
+                None => return Err(CpuError::KernelLevel(level.name().into())),
+            },
             #[cfg(not(target_arch = "x86_64"))]
             _ => return Err(CpuError::KernelLevel(level.name().into())),
         }

@@ -429,6 +429,10 @@ pub(crate) enum Q8Level {
     /// AVX512-VNNI (512-bit `vpdpbusd`).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
+    /// wasm32 SIMD128 (`i32x4_dot_i16x8`; relaxed SIMD's `i32x4_relaxed_dot_i8x16_i7x16_add`
+    /// for 4-bit codes in the relaxed build).
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    Simd128,
 }
 
 /// Whether `LOWBIT_VNNI=0` turned the VNNI kernels off (to measure the `vpmaddubsw` ones on a
@@ -458,6 +462,10 @@ impl Q8Level {
                 }
             }
         }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if level == KernelLevel::Simd128 {
+            return Q8Level::Simd128;
+        }
         let _ = level;
         Q8Level::Portable
     }
@@ -479,6 +487,8 @@ impl Q8Level {
                 v.push(Q8Level::Avx512Vnni);
             }
         }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        v.push(Q8Level::Simd128);
         v
     }
 }
@@ -504,6 +514,11 @@ macro_rules! with_q8 {
             #[cfg(target_arch = "x86_64")]
             Q8Level::Avx512Vnni => {
                 let $isa = crate::x86::q8_avx512::Vnni512::new().expect("checked by Q8Level::of");
+                $body
+            }
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Q8Level::Simd128 => {
+                let $isa = crate::wasm::q8::Simd128Q8::new().expect("always in a +simd128 module");
                 $body
             }
         }

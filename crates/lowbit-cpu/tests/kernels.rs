@@ -237,7 +237,7 @@ fn random_outliers(rng: &mut Rng, rows: usize, cols: usize, every: u64) -> lowbi
     let mut entries = vec![];
     for r in 0..rows {
         for c in 0..cols {
-            if rng.next() % every == 0 {
+            if rng.next().is_multiple_of(every) {
                 entries.push((r, c, 4.0 * rng.f()));
             }
         }
@@ -274,7 +274,7 @@ fn int_quantized_statistics_with_outliers() {
                 vec![rows, cols],
                 Scheme::Int(scheme),
                 pack(&codes, bits).unwrap(),
-                QParams::IntStats(stats),
+                QParams::IntStats(Box::new(stats)),
             )
             .unwrap();
             for with in [false, true] {

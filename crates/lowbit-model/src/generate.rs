@@ -260,10 +260,10 @@ impl<B: Backend> Model<B> {
         let mut text = String::new();
         let mut progress = phase(progress, "generate", opts.max_new_tokens as u64);
         progress.check()?;
-        let t0 = std::time::Instant::now();
+        let t0 = crate::clock::Instant::now();
         let mut logits = self.forward(prompt, &mut cache, LogitsMode::Last)?.data;
         let prefill_seconds = t0.elapsed().as_secs_f64();
-        let t1 = std::time::Instant::now();
+        let t1 = crate::clock::Instant::now();
         let mut reason = StopReason::MaxTokens;
         while out.len() < opts.max_new_tokens {
             progress.check()?;
@@ -375,7 +375,7 @@ impl<B: Backend> Model<B> {
             })
             .collect();
         progress.check()?;
-        let t0 = std::time::Instant::now();
+        let t0 = crate::clock::Instant::now();
         // The prompts as one batch (prefill), then one token of every live sequence per step.
         let feed = |seqs: &mut [Decoding<B>], prefill: bool| -> Result<()> {
             let mut live: Vec<&mut Decoding<B>> = seqs.iter_mut().filter(|s| prefill || s.stop.is_none()).collect();
@@ -398,7 +398,7 @@ impl<B: Backend> Model<B> {
         };
         feed(&mut seqs, true)?;
         let prefill_seconds = t0.elapsed().as_secs_f64();
-        let t1 = std::time::Instant::now();
+        let t1 = crate::clock::Instant::now();
         while seqs.iter().any(|s| s.stop.is_none()) {
             progress.check()?;
             // Sampling sorts or sums over the vocabulary per sequence: side by side.

@@ -4,6 +4,8 @@
 //! * [`Model::load`]: a Hugging Face directory (safetensors, single or sharded, f32/f16/bf16 and
 //!   lowbit-quantized tensors, memory-mapped) or a `.gguf` file; [`import_gguf`] converts a GGUF
 //!   to a directory.
+//! * [`Model::from_bytes`]: the same from memory (a GGUF, or a single-file lowbit model, see
+//!   [`bytes`]): the wasm build's loader.
 //! * [`Model::forward`] / [`Model::forward_batch`]: prefill and decode with a [`KvCache`]. The
 //!   model talks to kernels only through a `lowbit_core::backend::Backend` (`Model<B>`, `Layer<B>`,
 //!   `KvCache<B>`); loading builds the CPU one (`lowbit_cpu::Cpu`, the default type parameter),
@@ -20,6 +22,8 @@
 
 mod awq;
 pub mod block;
+pub mod bytes;
+mod clock;
 mod compressed_tensors;
 pub mod config;
 mod convert;

@@ -86,7 +86,7 @@ impl<B: Backend> Model<B> {
         if windows == 0 {
             return Err(ModelError::input("perplexity", format!("{} tokens do not fill one window of {w}", ids.len())));
         }
-        let start = std::time::Instant::now();
+        let start = crate::clock::Instant::now();
         let mut progress = phase(progress, "perplexity", windows as u64);
         let mut total = 0f64;
         let mut window_nll = Vec::with_capacity(windows);

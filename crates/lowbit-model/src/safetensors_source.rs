@@ -85,6 +85,15 @@ impl SafetensorsSource {
         Ok(src)
     }
 
+    /// Indexes files held in memory (their paths are only used in messages).
+    pub(crate) fn from_byte_files(files: Vec<(PathBuf, Vec<u8>)>) -> Result<Self> {
+        let mut src = SafetensorsSource { files: vec![], entries: HashMap::new(), quant: HashMap::new() };
+        for (path, bytes) in files {
+            src.add(path, Bytes::Owned(bytes))?;
+        }
+        Ok(src)
+    }
+
     /// Indexes one file held in memory (`path` is only used in messages).
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn from_bytes(path: PathBuf, bytes: Vec<u8>) -> Result<Self> {

@@ -607,7 +607,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         name: "hqq_optimize_scale",
         kind: OptionKind::Bool,
         optional: false,
-        help: "HQQ: also refit each group's scale at every step (least squares on the de-noised weights); off: zeros only, as published",
+        help: "HQQ: also refit each group's scale at every step (least squares on the de-noised weights), not only its zero as published",
         methods: &["hqq"],
         cli: Some("--hqq-optimize-scale"),
         cli_aliases: &[],

@@ -207,10 +207,10 @@ fn leave_one_out(v: &[f32], inv_d2: &[f64], maxq: f32, tau: f64, mask: &mut [boo
     };
     let base_p = Affine::fit(v.iter().copied(), maxq);
     let base: f64 = (0..n).map(|i| err(base_p, i)).sum();
-    for j in 0..n {
+    for (j, m) in mask.iter_mut().enumerate().take(n) {
         let p = Affine::fit(v.iter().enumerate().filter(|&(i, _)| i != j).map(|(_, &x)| x), maxq);
         let loo: f64 = (0..n).filter(|&i| i != j).map(|i| err(p, i)).sum();
-        mask[j] = base - loo > tau;
+        *m = base - loo > tau;
     }
 }
 
@@ -309,8 +309,12 @@ pub fn spqr_quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &Spq
     if used.iter().zip(ds.iter().zip(&dz)).any(|(a, (&s, &z))| a.scale != s || a.zero != z) {
         return Err(SolverError::shape("spqr", "stored statistics equal to those the sweep used", "different ones"));
     }
-    let mut qtensor =
-        QTensor::from_parts(vec![rows, cols], Scheme::Int(scheme), pack(&codes, cfg.bits)?, QParams::IntStats(stats))?;
+    let mut qtensor = QTensor::from_parts(
+        vec![rows, cols],
+        Scheme::Int(scheme),
+        pack(&codes, cfg.bits)?,
+        QParams::IntStats(Box::new(stats)),
+    )?;
     if !entries.is_empty() {
         qtensor = qtensor.with_outliers(SparseOutliers::from_entries(rows, cols, &entries)?)?;
     }

@@ -1,0 +1,98 @@
+"""Native side of the browser tests and benchmark: quantizes the SmolLM2 GGUF with RTN to INT4
+(lowbit's defaults, group 128), packs the directory into one file for the wasm build, and records
+what the native build gives for the same inputs (greedy tokens, perplexity, single-thread decode
+speed) in ``native.json``.
+
+    python wasm/test/prepare.py OUT_DIR [--bench]
+
+Needs the ``lowbit`` package (this checkout's build) and node (for ``bin/lowbit-pack.mjs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROMPT = "The capital of France is"
+MAX_NEW_TOKENS = 24
+WINDOW = 128
+WINDOWS = 2
+BENCH_TOKENS = 64
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--text", type=Path, help="perplexity text (default: the shared WikiText-2 test split)")
+    ap.add_argument("--bench", action="store_true", help="also time single-thread native decode")
+    args = ap.parse_args()
+    import lowbit
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = out / "smollm2-w4"
+    if not (model_dir / "config.json").is_file():
+        lowbit.quantize_model(lowbit.smollm2_gguf(), model_dir, method="rtn", bits=4, group_size=128)
+    pack = out / "smollm2-w4.lowbit"
+    subprocess.run(
+        ["node", str(HERE.parent / "bin" / "lowbit-pack.mjs"), str(model_dir), str(pack)], check=True
+    )
+    text_path = (
+        args.text
+        or Path(os.environ.get("LOWBIT_SHARED", HERE.parents[2] / "shared")) / "data/wikitext2/test.txt"
+    )
+    text = text_path.read_text(encoding="utf-8")[:20000]
+    model = lowbit.Model.load(model_dir)
+    g = model.generate(PROMPT, max_new_tokens=MAX_NEW_TOKENS)
+    ppl = model.perplexity(text, window=WINDOW, windows=WINDOWS)
+    native = {
+        "prompt": PROMPT,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "tokens": list(g.tokens),
+        "text": g.text,
+        "perplexity_text": text,
+        "window": WINDOW,
+        "windows": WINDOWS,
+        "perplexity": ppl.perplexity,
+        "nll": ppl.nll,
+        "bench_tokens": BENCH_TOKENS,
+    }
+    if args.bench:
+        native["bench"] = bench(model_dir)
+    (out / "native.json").write_text(json.dumps(native))
+    print(json.dumps({k: v for k, v in native.items() if k != "perplexity_text"}))
+    return 0
+
+
+def bench(model_dir: Path) -> dict[str, float]:
+    """Single-thread native decode, prefill and first-token time, in a child process (the thread
+    count is fixed when the pools start)."""
+    code = f"""
+import json, time, lowbit
+m = lowbit.Model.load({str(model_dir)!r})
+prompt = {PROMPT!r} * 8
+m.generate(prompt, max_new_tokens=4)  # warm up
+t0 = time.perf_counter()
+g = m.generate(prompt, max_new_tokens={BENCH_TOKENS}, stop_on_eos=False)
+t1 = time.perf_counter()
+n = len(g.tokens)
+print(json.dumps({{
+    "decode_tok_s": (n - 1) / g.decode_seconds,
+    "prefill_tok_s": g.prompt_tokens / g.prefill_seconds,
+    "first_token_s": g.prefill_seconds,
+    "wall_s": t1 - t0,
+    "prompt_tokens": g.prompt_tokens,
+}}))
+"""
+    env = dict(os.environ, RAYON_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
