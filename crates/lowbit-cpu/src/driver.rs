@@ -102,7 +102,7 @@ impl<'a> Src<'a> {
                 // table in place of the group's `(i - zero)` table.
                 Scheme::RowLut(s) => {
                     let (lanes, per_lane) = int_interleave::<I>(s.bits);
-                    let fast = I::LANES > 0 && cols.is_multiple_of(lanes * per_lane);
+                    let fast = I::ROW_TABLES && I::LANES > 0 && cols.is_multiple_of(lanes * per_lane);
                     Src::Int(IntSrc {
                         q,
                         bits: s.bits,

@@ -136,6 +136,9 @@ pub(crate) struct MicroTile<'a> {
 pub(crate) trait Isa: Copy + Send + Sync {
     /// f32 lanes of the vectors the fast code kernels unpack into (0: no fast code kernels).
     const LANES: usize;
+    /// Whether `gemv_int` and `dequant_int` read [`IntBlock::tables`] (row codebooks); levels
+    /// without it run row codebooks on the generic path.
+    const ROW_TABLES: bool = false;
 
     /// `Σ x[k] * w[k]`.
     fn dot(self, x: &[f32], w: &[f32]) -> f32;

@@ -560,8 +560,9 @@ mod tests {
         let w = rand(31, rows * cols);
         // Correlated inputs with uneven scales: what GPTQ's feedback exploits.
         let base = rand(32, tokens * cols);
-        let x: Vec<f32> =
-            (0..tokens * cols).map(|i| (base[i] + 0.8 * base[i - i % cols]) * (1.0 + (i % cols) as f32 / 16.0)).collect();
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|i| (base[i] + 0.8 * base[i - i % cols]) * (1.0 + (i % cols) as f32 / 16.0))
+            .collect();
         let mut h = Hessian::new(cols);
         h.add_batch(&x, tokens).unwrap();
         let s: Vec<f32> = h.diag().iter().map(|&v| v as f32).collect();
