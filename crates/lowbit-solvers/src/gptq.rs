@@ -361,7 +361,7 @@ struct Swept {
     params: Vec<GroupParams>,
     loss: f64,
     /// `(row, col, value - table entry)` of the exact weights of [`Grid::RowTables`].
-    residuals: Vec<(usize, usize, f32)>,
+    residuals: Residuals,
 }
 
 /// GPTQ's column sweep over `rows` rows of `w` (row-major, original column order): columns in the
@@ -496,32 +496,44 @@ fn sweep(
     Ok(Swept { codes, params, loss, residuals })
 }
 
-/// GPTQ's sweep onto fixed per-row tables (`[rows * k]`, the values the file will hold), with
-/// its error feedback: each weight goes to its row's nearest entry given the errors of the
-/// columns before it, except the `exact` ones (`[rows * cols]`), which keep their current value.
-/// Returns the codes (row-major), the exact weights' residuals over their entries, the loss and
-/// the damping. Per-channel layout (`cfg.scheme` gives only the act-order and damping context).
+/// Weights kept exactly beside row tables: `(row, col, value - table entry)`.
+pub(crate) type Residuals = Vec<(usize, usize, f32)>;
+
+/// Fixed per-row tables for [`gptq_row_tables`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowTables<'a> {
+    /// `rows * k` values (those the file will hold).
+    pub tables: &'a [f32],
+    /// Entries per row.
+    pub k: usize,
+    /// `rows * cols`: weights that keep their swept value (the sparse part).
+    pub exact: &'a [bool],
+}
+
+/// GPTQ's sweep onto fixed per-row tables, with its error feedback: each weight goes to its
+/// row's nearest entry given the errors of the columns before it, except the exact ones, which
+/// keep their current value. Returns the codes (row-major) and the exact weights' residuals over
+/// their entries. Per-channel layout (`cfg` gives the act-order, block and damping settings).
 pub(crate) fn gptq_row_tables(
     w: &[f32],
     rows: usize,
     cols: usize,
     h: &Hessian,
     cfg: &GptqConfig,
-    tables: &[f32],
-    k: usize,
-    exact: &[bool],
-) -> Result<(Vec<u8>, Vec<(usize, usize, f32)>, f64, Damping)> {
+    t: RowTables,
+) -> Result<(Vec<u8>, Residuals)> {
     let cfg = GptqConfig {
         scheme: IntScheme { granularity: Granularity::PerChannel, ..cfg.scheme },
         codebook: None,
         static_groups: false,
         ..*cfg
     };
-    let Prepared { perm, u, w, damping, .. } = prepare(w, rows, cols, h, &cfg)?;
+    let Prepared { perm, u, w, .. } = prepare(w, rows, cols, h, &cfg)?;
     let blocks: Vec<(usize, usize)> =
         (0..rows).step_by(SWEEP_ROWS).map(|r0| (r0, (r0 + SWEEP_ROWS).min(rows))).collect();
+    let k = t.k;
     let run = |&(r0, r1): &(usize, usize)| {
-        let grid = Grid::RowTables { tables: &tables[r0 * k..r1 * k], k, exact: &exact[r0 * cols..r1 * cols] };
+        let grid = Grid::RowTables { tables: &t.tables[r0 * k..r1 * k], k, exact: &t.exact[r0 * cols..r1 * cols] };
         sweep(&w[r0 * cols..r1 * cols], r1 - r0, cols, &perm, &u, &cfg, grid).map(|s| (r0, s))
     };
     let swept: Vec<Result<(usize, Swept)>> = if lowbit_core::par::ENABLED {
@@ -530,14 +542,13 @@ pub(crate) fn gptq_row_tables(
     } else {
         blocks.iter().map(run).collect()
     };
-    let (mut codes, mut residuals, mut loss) = (Vec::with_capacity(rows * cols), Vec::new(), 0.0);
+    let (mut codes, mut residuals) = (Vec::with_capacity(rows * cols), Vec::new());
     for part in swept {
         let (r0, part) = part?;
         codes.extend_from_slice(&part.codes);
         residuals.extend(part.residuals.into_iter().map(|(r, c, v)| (r0 + r, c, v)));
-        loss += part.loss;
     }
-    Ok((codes, residuals, loss, damping))
+    Ok((codes, residuals))
 }
 
 /// `(g, groups)`: columns per group (the last one may be shorter, the GPTQ convention) and groups

@@ -31,7 +31,7 @@
 //! The common group size, symmetry and scale dtype do not apply (one codebook per row): the
 //! method's [`QuantMethod::scheme`] turns the common integer scheme into a row-codebook one.
 
-use crate::gptq::{gptq_row_tables, GptqConfig};
+use crate::gptq::{gptq_row_tables, GptqConfig, RowTables};
 use crate::hessian::{check_finite_activations, Hessian, HessianPrecision};
 use crate::method::{downcast, CalibShape, Group, GroupSolution, MethodInfo, QuantMethod, SolvedLayer, Statistics};
 use crate::report::LayerReport;
@@ -325,7 +325,8 @@ pub fn squeezellm_feedback(
     // The values the file holds.
     let tables: Vec<f32> = tables.iter().map(|&t| ScaleDtype::F16.round(t)).collect();
     let cfg = GptqConfig { act_order: true, ..GptqConfig::new(IntScheme::per_channel_sym(scheme.bits)) };
-    let (codes, residuals, _, _) = gptq_row_tables(w, rows, cols, h, &cfg, &tables, scheme.entries(), &sparse)?;
+    let grid = RowTables { tables: &tables, k: scheme.entries(), exact: &sparse };
+    let (codes, residuals) = gptq_row_tables(w, rows, cols, h, &cfg, grid)?;
     let mut qtensor = rowlut::from_codes(&codes, rows, cols, scheme, &tables)?;
     let nsparse = residuals.len();
     if nsparse > 0 {
