@@ -135,13 +135,14 @@ def test_cli_reports_every_stored_byte_and_refuses_bad_settings(tiny: Path, tmp_
     manifest = json.loads((out / "config.json").read_text())["quantization_config"]
     assert manifest["outlier_percent"] == 1.0
     assert manifest["sensitive_percent"] == 0.05
-    for options, message in [
+    bad: list[tuple[dict[str, Any], str]] = [
         ({"squeeze_outlier_percent": math.nan}, "outlier_percent"),
         ({"squeeze_outlier_percent": 150.0}, "outlier_percent"),
         ({"squeeze_sensitive_percent": -1.0}, "sensitive_percent"),
         ({"bits": 2}, "3- or 4-bit"),
         ({"bits": 8}, "3- or 4-bit"),
-    ]:
+    ]
+    for options, message in bad:
         with pytest.raises(lowbit.LowbitError, match=message):
             lowbit.quantize_model(
                 tiny, tmp_path / "bad", method="squeezellm", calib=tiny / "ids.npy", **options
