@@ -173,13 +173,14 @@ fn int_block<'a, I: Isa>(
         zeros,
         tables: s.tables.map(|t| &t[r0 * ROW_TABLE..r1 * ROW_TABLE]),
     };
-    let zeros = match s.q.params() {
+    let (scales, zeros) = match s.q.params() {
+        // A row codebook: scales 1 and zeros 0 (the row's table holds the values).
         QParams::RowLut { .. } => {
             scratch.clear();
             scratch.resize(n, 1.0);
             return block(scratch, Zeros::Const(0.0));
         }
-        QParams::Int { zeros, .. } => zeros,
+        QParams::Int { scales, zeros } => (scales, zeros),
         // SpQR: the block's scales and zeros decoded from their 3-bit codes, here, once per block.
         QParams::IntStats(st) => {
             scratch.clear();
@@ -190,7 +191,6 @@ fn int_block<'a, I: Isa>(
         }
         QParams::Codebook { .. } => unreachable!("integer scheme has integer params"),
     };
-    let QParams::Int { scales, .. } = s.q.params() else { unreachable!() };
     let per_group_zeros = zeros.is_some() && !s.per_tensor;
     scratch.clear();
     scratch.resize(if per_group_zeros { 2 * n } else { n }, 0.0);
