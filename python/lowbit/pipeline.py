@@ -91,7 +91,9 @@ def quantize_model(
 
     ``options`` are those of :func:`option_specs` (the same as the flags of ``lowbit quantize``):
     ``method`` (``"rtn"``, ``"gptq"``, ``"awq"``, ``"hqq"`` (calibration-free, float zero
-    points), ``"spqr"`` (group size 16 unless given), or the W8A8 ones ``"smoothquant"`` and
+    points), ``"spqr"`` (group size 16 unless given), ``"squeezellm"`` (``bits`` 3 or 4: a codebook
+    of ``2**bits`` f16 values per output row from k-means weighted by the Hessian diagonal, not
+    the paper's Fisher information; no groups), or the W8A8 ones ``"smoothquant"`` and
     ``"llm-int8"``, which take ``bits=8, group_size="channel", sym=True``),
     ``bits``, ``group_size`` (a positive int, or
     ``"channel"``/``None`` for one scale per output channel), ``sym``, ``scale_dtype``
@@ -110,7 +112,11 @@ def quantize_model(
     ``float("inf")`` keeps none), ``outlier_max_percent``, ``stats_bits``, ``stats_group``
     (spqr: at most that percent of outliers, 1; bits of the quantized group scales and zeros,
     3, in groups of that many output rows, 16), ``hqq_lp_norm`` and ``hqq_iters`` (hqq: the p
-    of its lp error, 0.7, and the most iterations, 20).
+    of its lp error, 0.7, and the most iterations, 20), ``squeeze_outlier_percent`` and
+    ``squeeze_sensitive_percent`` (squeezellm: percent of each layer's weights kept in f16, the
+    largest in magnitude, 0.45, then the most sensitive, 0.05), ``squeeze_error_feedback``
+    (squeezellm: choose the codes by GPTQ's sweep onto the fitted codebooks, not in the paper;
+    False).
 
     ``calib``: a text file, a ``.jsonl`` (field ``text``), a ``.npy``/``.json`` of token ids, or
     token ids in memory; ``None`` uses the text file named by ``$LOWBIT_CALIB_TEXT``;

@@ -9,7 +9,7 @@ use crate::sparse::{ColumnIndex, SparseOutliers};
 use crate::stats::{QuantStats, StatCodes};
 use crate::{
     Bits, ClipSearch, Codebook, CodebookScheme, CoreError, Granularity, IntScheme, QParams, QTensor, Result,
-    ScaleDtype, Scales, Scheme, ZeroPoints,
+    RowLutScheme, ScaleDtype, Scales, Scheme, ZeroPoints,
 };
 pub use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -127,6 +127,21 @@ fn scheme_meta(qt: &QTensor) -> TensorMeta {
             stats_group: None,
             outliers: None,
         },
+        (Scheme::RowLut(s), _) => TensorMeta {
+            format: "rowlut".into(),
+            bits: s.bits.get(),
+            shape,
+            granularity: None,
+            group_size: None,
+            symmetric: None,
+            scale_dtype: None,
+            block_size: None,
+            double_quant: None,
+            dq_offset: None,
+            stats_bits: None,
+            stats_group: None,
+            outliers: None,
+        },
     }
 }
 
@@ -154,6 +169,7 @@ fn scheme_of(meta: &TensorMeta, name: &str) -> Result<Scheme> {
             block_size: meta.block_size.ok_or_else(|| corrupt("missing `block_size`"))?,
             double_quant: meta.double_quant.ok_or_else(|| corrupt("missing `double_quant`"))?,
         })),
+        "rowlut" => Ok(Scheme::RowLut(RowLutScheme::new(Bits::try_from(meta.bits)?)?)),
         other => Err(corrupt(&format!("unknown format {other:?}"))),
     }
 }
@@ -215,6 +231,9 @@ fn parts_of(name: &str, qt: &QTensor) -> Parts {
                 ));
             }
         },
+        QParams::RowLut { tables } => {
+            tensors.push((format!("{name}.lut"), Dtype::F16, scale_shape, bytemuck::cast_slice(tables).to_vec()));
+        }
     }
     if let Some(o) = qt.outliers() {
         let offsets = bytemuck::cast_slice(o.offsets()).to_vec();
@@ -458,6 +477,12 @@ fn plain_params(st: &SafeTensors<'_>, name: &str, meta: &TensorMeta, scheme: Sch
             };
             QParams::Codebook { absmax }
         }
+        Scheme::RowLut(s) => {
+            // The table's shape is checked here: a codebook of the wrong size is a clear error.
+            let rows = crate::rtn::matrix_dims(&meta.shape)?.0;
+            let lut_name = format!("{name}.lut");
+            QParams::RowLut { tables: read_f16(bytes_of(st, &lut_name, Dtype::F16, Some(&[rows, s.entries()]))?) }
+        }
     };
     Ok(params)
 }
@@ -535,7 +560,37 @@ mod tests {
         for dtype in [ScaleDtype::F16, ScaleDtype::F32] {
             out.push((format!("float_zeros_{dtype:?}"), float_zeros(&w, dtype)));
         }
+        for bits in [Bits::B3, Bits::B4] {
+            let q = crate::rowlut::quantize(&w, &[4, 64], RowLutScheme { bits }).unwrap();
+            out.push((format!("rowlut{}", bits.get()), q.clone()));
+            let o = SparseOutliers::from_entries(4, 64, &[(1, 2, 0.75), (2, 63, -2.5)]).unwrap();
+            out.push((format!("rowlut{}_sparse", bits.get()), q.with_outliers(o).unwrap()));
+        }
         out
+    }
+
+    #[test]
+    fn row_codebooks_of_the_wrong_size_or_width_are_refused() {
+        let w: Vec<f32> = (0..4 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
+        let q = crate::rowlut::quantize(&w, &[4, 64], RowLutScheme { bits: Bits::B4 }).unwrap();
+        let QParams::RowLut { tables } = q.params().clone() else { unreachable!() };
+        let short = QParams::RowLut { tables: tables[..63].to_vec() };
+        let err = QTensor::from_parts(vec![4, 64], *q.scheme(), q.codes().to_vec(), short).unwrap_err();
+        assert!(err.to_string().contains("row codebooks"), "{err}");
+        let two = Scheme::RowLut(RowLutScheme { bits: Bits::B2 });
+        assert!(QTensor::from_parts(vec![4, 64], two, vec![0; 64], QParams::RowLut { tables: vec![] }).is_err());
+        // On load: a table of 8 entries per row where the metadata says 4 bits.
+        let bytes = to_bytes([("t", &q)], &BTreeMap::new()).unwrap();
+        let lut = bytemuck::cast_slice(&tables[..32]).to_vec();
+        let mut raw: Vec<RawTensor> = vec![("t.qweight".into(), Dtype::U8, vec![128], q.codes().to_vec())];
+        raw.push(("t.lut".into(), Dtype::F16, vec![4, 8], lut));
+        from_bytes(&bytes).unwrap();
+        let header = BTreeMap::from([
+            (VERSION_KEY.to_string(), FORMAT_VERSION.to_string()),
+            ("lowbit.t".to_string(), serde_json::to_string(&meta_of(&q)).unwrap()),
+        ]);
+        let err = from_bytes(&serialize(&raw, &header).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("t.lut has shape [4, 8], expected [4, 16]"), "{err}");
     }
 
     /// A SpQR-shaped tensor: codes of `w` at group 16, 3-bit statistics in groups of 2 rows,

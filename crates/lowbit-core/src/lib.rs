@@ -1,8 +1,9 @@
 //! lowbit-core: the specification of lowbit's quantized formats.
 //!
 //! Everything here is safe, scalar Rust: the quantization schemes ([`scheme`]), the bit packing of
-//! codes ([`pack`]), round-to-nearest quantization for integer formats ([`rtn`]) and for the QLoRA
-//! codebooks ([`codebook`]), the [`QTensor`] container and its safetensors serialization ([`io`]).
+//! codes ([`pack`]), round-to-nearest quantization for integer formats ([`rtn`]), for the QLoRA
+//! codebooks ([`codebook`]) and for per-row codebooks ([`rowlut`]), the [`QTensor`] container and
+//! its safetensors serialization ([`io`]).
 //! The byte layout is documented in `docs/format.md`; the convention used throughout is
 //!
 //! ```text
@@ -22,6 +23,7 @@ pub mod pack;
 pub mod par;
 pub mod progress;
 mod qtensor;
+pub mod rowlut;
 pub mod rtn;
 pub mod scheme;
 pub mod sparse;
@@ -32,7 +34,9 @@ pub use element::{check_finite, first_non_finite, Element};
 pub use error::{CoreError, Result};
 pub use progress::{Cancelled, NoProgress, Progress};
 pub use qtensor::{QParams, QTensor, Scales, ZeroPoints};
-pub use scheme::{Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, ScaleDtype, Scheme};
+pub use scheme::{
+    Bits, ClipSearch, Codebook, CodebookScheme, Granularity, IntScheme, RowLutScheme, ScaleDtype, Scheme,
+};
 pub use sparse::{ColumnIndex, SparseOutliers};
 pub use stats::QuantStats;
 
@@ -41,5 +45,6 @@ pub fn quantize<T: Element>(weights: &[T], shape: &[usize], scheme: Scheme) -> R
     match scheme {
         Scheme::Int(s) => rtn::quantize(weights, shape, s),
         Scheme::Codebook(s) => codebook::quantize(weights, shape, s),
+        Scheme::RowLut(s) => rowlut::quantize(weights, shape, s),
     }
 }

@@ -122,6 +122,11 @@ pub enum QParams {
         /// One absmax per block.
         absmax: Absmax,
     },
+    /// Per-row codebooks ([`crate::rowlut`]).
+    RowLut {
+        /// `rows * 2^bits` f16 values, row-major: row r's table at `r * 2^bits`.
+        tables: Vec<f16>,
+    },
 }
 
 /// A quantized tensor. Construct it with [`crate::rtn::quantize`], [`crate::codebook::quantize`],
@@ -219,6 +224,19 @@ impl QTensor {
                 }
                 absmax.validate(numel.div_ceil(s.block_size), s.double_quant)?;
             }
+            (Scheme::RowLut(s), QParams::RowLut { tables }) => {
+                crate::RowLutScheme::new(s.bits)?;
+                if tables.len() != rows * s.entries() {
+                    return Err(CoreError::shape(
+                        "QTensor row codebooks",
+                        format!("{rows} rows x {} entries = {} values", s.entries(), rows * s.entries()),
+                        tables.len(),
+                    ));
+                }
+                if let Some(i) = tables.iter().position(|t| !t.is_finite()) {
+                    return Err(CoreError::Corrupt(format!("non-finite row codebook value at {i}")));
+                }
+            }
             _ => return Err(CoreError::shape("QTensor params", "params matching the scheme", "the other kind")),
         }
         Ok(QTensor { shape, scheme, codes, params, outliers: None })
@@ -274,16 +292,18 @@ impl QTensor {
         match &self.scheme {
             Scheme::Int(s) => s.granularity.scale_shape(rows, cols),
             Scheme::Codebook(s) => vec![self.numel().div_ceil(s.block_size)],
+            Scheme::RowLut(s) => vec![rows, s.entries()],
         }
     }
-    /// Bytes of storage: codes plus scales, zeros, absmax values, quantized statistics and
-    /// outliers (offsets, indices and values).
+    /// Bytes of storage: codes plus scales, zeros, absmax values, quantized statistics, row
+    /// codebooks and outliers (offsets, indices and values).
     pub fn nbytes(&self) -> usize {
         self.codes.len()
             + match &self.params {
                 QParams::Int { scales, zeros } => scales.nbytes() + zeros.as_ref().map_or(0, ZeroPoints::nbytes),
                 QParams::IntStats(stats) => stats.nbytes(),
                 QParams::Codebook { absmax } => absmax.nbytes(),
+                QParams::RowLut { tables } => 2 * tables.len(),
             }
             + self.outliers.as_ref().map_or(0, |o| o.nbytes())
     }
@@ -407,6 +427,9 @@ impl QTensor {
             }
             (Scheme::Codebook(s), QParams::Codebook { absmax }) => {
                 codebook::dequantize_into(s, &self.codes, absmax, out);
+            }
+            (Scheme::RowLut(s), QParams::RowLut { tables }) => {
+                crate::rowlut::dequantize_into(*s, &self.codes, tables, self.matrix_dims().1, out);
             }
             _ => unreachable!("from_parts pairs schemes with their params"),
         }

@@ -268,6 +268,29 @@ pub struct CodebookScheme {
     pub double_quant: bool,
 }
 
+/// A per-output-channel codebook (SqueezeLLM's non-uniform quantization): each row has its own
+/// table of `2^bits` f16 values, and a weight is stored as a 3- or 4-bit index into its row's
+/// table (layout in [`crate::rowlut`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RowLutScheme {
+    /// Code width: [`Bits::B3`] or [`Bits::B4`].
+    pub bits: Bits,
+}
+
+impl RowLutScheme {
+    /// The scheme for `bits`, refusing widths other than 3 and 4.
+    pub fn new(bits: Bits) -> Result<Self> {
+        match bits {
+            Bits::B3 | Bits::B4 => Ok(RowLutScheme { bits }),
+            b => Err(CoreError::shape("row codebook bits", "3 or 4", b.get())),
+        }
+    }
+    /// Table entries per row, `2^bits`.
+    pub const fn entries(self) -> usize {
+        1 << self.bits.get()
+    }
+}
+
 /// Any lowbit quantization scheme.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Scheme {
@@ -275,6 +298,8 @@ pub enum Scheme {
     Int(IntScheme),
     /// NF4 / FP4 codebooks.
     Codebook(CodebookScheme),
+    /// Per-row codebooks of `2^bits` f16 values (SqueezeLLM).
+    RowLut(RowLutScheme),
 }
 
 impl Scheme {
@@ -283,6 +308,7 @@ impl Scheme {
         match self {
             Scheme::Int(s) => s.bits,
             Scheme::Codebook(_) => Bits::B4,
+            Scheme::RowLut(s) => s.bits,
         }
     }
 }

@@ -77,6 +77,7 @@ fn golden_fields_equal_the_numpy_readers() {
                 checked.push(if zeros.is_some() { "scales+zeros" } else { "scales" });
             }
             QParams::IntStats(_) => panic!("{name}: the golden file holds no quantized statistics"),
+            QParams::RowLut { .. } => panic!("{name}: the golden file holds no row codebooks"),
             QParams::Codebook { absmax } => {
                 let n = f32s(&t["absmax"]).len();
                 let decoded: Vec<f32> = (0..n).map(|i| absmax.get(i)).collect();

@@ -15,7 +15,7 @@
 
 use crate::isa::{interleave, CbBlock, IntBlock, Isa, MicroTile, Zeros};
 use crate::par;
-use crate::weight::{Weight, WeightKind};
+use crate::weight::{Weight, WeightKind, ROW_TABLE};
 use half::{bf16, f16};
 use lowbit_core::pack::{code_at, unpack_into};
 use lowbit_core::{Bits, Granularity, QParams, QTensor, Scales, Scheme, SparseOutliers, ZeroPoints};
@@ -58,6 +58,8 @@ struct IntSrc<'a> {
     per_tensor: bool,
     sym_zero: u8,
     fast: bool,
+    /// Row codebooks: each row's 16-entry f32 table (one group per row, no scales or zeros).
+    tables: Option<&'a [f32]>,
 }
 
 struct CbSrc<'a> {
@@ -93,6 +95,22 @@ impl<'a> Src<'a> {
                         per_tensor: s.granularity == Granularity::PerTensor,
                         sym_zero: s.bits.symmetric_zero(),
                         fast,
+                        tables: None,
+                    })
+                }
+                // A row codebook runs the integer kernels with one group per row and the row's
+                // table in place of the group's `(i - zero)` table.
+                Scheme::RowLut(s) => {
+                    let (lanes, per_lane) = int_interleave::<I>(s.bits);
+                    let fast = I::ROW_TABLES && I::LANES > 0 && cols.is_multiple_of(lanes * per_lane);
+                    Src::Int(IntSrc {
+                        q,
+                        bits: s.bits,
+                        group: cols,
+                        per_tensor: false,
+                        sym_zero: 0,
+                        fast,
+                        tables: Some(lin.row_tables()),
                     })
                 }
                 Scheme::Codebook(s) => {
@@ -153,8 +171,15 @@ fn int_block<'a, I: Isa>(
         group: s.group,
         scales,
         zeros,
+        tables: s.tables.map(|t| &t[r0 * ROW_TABLE..r1 * ROW_TABLE]),
     };
     let (scales, zeros) = match s.q.params() {
+        // A row codebook: scales 1 and zeros 0 (the row's table holds the values).
+        QParams::RowLut { .. } => {
+            scratch.clear();
+            scratch.resize(n, 1.0);
+            return block(scratch, Zeros::Const(0.0));
+        }
         QParams::Int { scales, zeros } => (scales, zeros),
         // SpQR: the block's scales and zeros decoded from their 3-bit codes, here, once per block.
         QParams::IntStats(st) => {
@@ -222,6 +247,17 @@ fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32],
         Src::Bf16(w) => dst.iter_mut().zip(&w[first..]).for_each(|(d, s)| *d = s.to_f32()),
         Src::Int(s) => {
             let bits = s.bits;
+            // A row codebook: the row's table entry of each code.
+            if let Some(t) = s.tables {
+                let t = &t[r * ROW_TABLE..(r + 1) * ROW_TABLE];
+                for (step, d) in dst.chunks_mut(GENERIC_STEP).enumerate() {
+                    read_codes(s.q.codes(), bits, first + step * GENERIC_STEP, &mut codes[..d.len()]);
+                    for (o, &q) in d.iter_mut().zip(&codes) {
+                        *o = t[usize::from(q)];
+                    }
+                }
+                return;
+            }
             let gpr = cols.div_ceil(s.group);
             let rows = s.q.matrix_dims().0;
             // (scale, zero) of group p of row r.
@@ -233,7 +269,7 @@ fn dequant_generic(src: &Src, cols: usize, r: usize, k0: usize, dst: &mut [f32],
                     Some((sc, z)) => (sc[p % gpr], z[p % gpr]),
                     None => st.get(rows, r, p % gpr),
                 },
-                QParams::Codebook { .. } => unreachable!("integer scheme"),
+                QParams::Codebook { .. } | QParams::RowLut { .. } => unreachable!("integer scheme, no row tables"),
             };
             for (step, d) in dst.chunks_mut(GENERIC_STEP).enumerate() {
                 let start = first + step * GENERIC_STEP;

@@ -42,7 +42,7 @@ impl Zeros<'_> {
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct IntBlock<'a> {
-    /// Bits per code: 2, 4 or 8 on the fast path.
+    /// Bits per code: 2, 3, 4 or 8 on the fast path (3 or 4 with row codebooks).
     pub bits: u32,
     /// Packed codes of the block's rows; row `r` starts at `r * row_bytes`.
     pub codes: &'a [u8],
@@ -57,6 +57,9 @@ pub(crate) struct IntBlock<'a> {
     pub scales: &'a [f32],
     /// Zero points, same indexing as `scales`.
     pub zeros: Zeros<'a>,
+    /// Row codebooks (SqueezeLLM): 16 f32 per row of the block, row `r`'s at `16 * r`, replacing
+    /// the `(i - zero)` table; the block then has one group per row, scales 1 and zeros 0.
+    pub tables: Option<&'a [f32]>,
 }
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -72,6 +75,7 @@ impl IntBlock<'_> {
     pub(crate) fn check_gemv(&self, x: &[f32], r0: usize, rows: usize, out: &[f32], chunk: usize) {
         let end = (r0 + rows) * self.gpr();
         assert!(x.len() >= self.cols && self.codes.len() >= (r0 + rows) * self.row_bytes && self.scales.len() >= end);
+        assert!(self.tables.is_none_or(|t| t.len() >= 16 * (r0 + rows)));
         assert!(self.group.is_multiple_of(chunk) && self.cols.is_multiple_of(chunk) && out.len() >= r0 + rows);
     }
     /// Asserts the bounds a kernel relies on to dequantize elements `k0..k0 + n` of row `r`,
@@ -80,6 +84,7 @@ impl IntBlock<'_> {
     pub(crate) fn check_dequant(&self, r: usize, k0: usize, n: usize, chunk: usize) {
         assert!(k0.is_multiple_of(chunk) && n.is_multiple_of(chunk) && k0 + n <= self.cols);
         assert!(self.codes.len() >= (r + 1) * self.row_bytes && self.scales.len() >= (r + 1) * self.gpr());
+        assert!(self.tables.is_none_or(|t| t.len() >= 16 * (r + 1)));
     }
 }
 
@@ -131,6 +136,9 @@ pub(crate) struct MicroTile<'a> {
 pub(crate) trait Isa: Copy + Send + Sync {
     /// f32 lanes of the vectors the fast code kernels unpack into (0: no fast code kernels).
     const LANES: usize;
+    /// Whether `gemv_int` and `dequant_int` read [`IntBlock::tables`] (row codebooks); levels
+    /// without it run row codebooks on the generic path.
+    const ROW_TABLES: bool = false;
 
     /// `Σ x[k] * w[k]`.
     fn dot(self, x: &[f32], w: &[f32]) -> f32;

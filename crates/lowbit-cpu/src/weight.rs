@@ -1,6 +1,9 @@
 //! The stored weight matrix: what a [`crate::Linear`] holds and the kernel driver reads.
 
 use crate::{CpuError, Result};
+
+/// f32 entries of a widened row table (one AVX-512 register, two AVX2 ones).
+pub(crate) const ROW_TABLE: usize = 16;
 use half::{bf16, f16};
 use lowbit_core::{QParams, QTensor, Scheme};
 
@@ -31,13 +34,15 @@ impl WeightKind {
 
 /// A weight `W[rows, cols]` exactly as given, plus the one derived datum the kernels need: for
 /// NF4/FP4, the per-block absmax decoded to f32 once (double quantization undone, 4 bytes per
-/// block).
+/// block); for row codebooks, each row's table widened to 16 f32 once (a 3-bit table of 8
+/// repeated twice, so a lookup on the low 4 bits of a code lane reads the right entry).
 #[derive(Clone, Debug)]
 pub(crate) struct Weight {
     rows: usize,
     cols: usize,
     kind: WeightKind,
     absmax: Vec<f32>,
+    row_tables: Vec<f32>,
 }
 
 impl Weight {
@@ -66,7 +71,17 @@ impl Weight {
             },
             _ => Vec::new(),
         };
-        Ok(Weight { rows, cols, kind, absmax })
+        let row_tables = match &kind {
+            WeightKind::Quant(q) => match q.params() {
+                QParams::RowLut { tables } => {
+                    let n = tables.len() / rows;
+                    (0..rows * ROW_TABLE).map(|i| tables[(i / ROW_TABLE) * n + i % n].to_f32()).collect()
+                }
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        Ok(Weight { rows, cols, kind, absmax, row_tables })
     }
 
     /// Output features.
@@ -85,8 +100,13 @@ impl Weight {
     pub(crate) fn absmax_f32(&self) -> &[f32] {
         &self.absmax
     }
+    /// Each row's codebook as [`ROW_TABLE`] f32 (empty for other weights).
+    pub(crate) fn row_tables(&self) -> &[f32] {
+        &self.row_tables
+    }
     /// Bytes a forward pass reads: codes, scales and zeros as stored; for NF4/FP4 the f32 absmax
-    /// the kernels read (4 bytes per block, also with double quantization).
+    /// the kernels read (4 bytes per block, also with double quantization); for row codebooks
+    /// the f32 tables and the outliers.
     pub(crate) fn nbytes(&self) -> usize {
         match &self.kind {
             WeightKind::F32(v) => 4 * v.len(),
@@ -95,6 +115,7 @@ impl Weight {
             WeightKind::Quant(q) => match q.params() {
                 QParams::Int { .. } | QParams::IntStats(_) => q.nbytes(),
                 QParams::Codebook { .. } => q.codes().len() + 4 * self.absmax.len(),
+                QParams::RowLut { tables } => q.nbytes() - 2 * tables.len() + 4 * self.row_tables.len(),
             },
         }
     }

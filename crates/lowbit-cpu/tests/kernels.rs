@@ -308,3 +308,33 @@ fn outliers_beside_fast_and_generic_int_kernels() {
         check(&lin, &dense, &mut rng, &format!("int{} g{g} + outliers", bits.get()));
     }
 }
+
+/// SqueezeLLM's row codebooks (3- and 4-bit codes into a random, unsorted f16 table per row),
+/// with and without sparse outliers, at every level and every m: fast shapes (rows a multiple
+/// of the kernels' chunks: 16/32 at 4 bits, 64 at 3 bits), odd ones on the generic path, and
+/// long rows blocked over k.
+#[test]
+fn row_codebooks_with_and_without_outliers() {
+    use lowbit_core::{rowlut, RowLutScheme};
+    let mut rng = Rng(13);
+    for bits in [Bits::B3, Bits::B4] {
+        let n = 1usize << bits.get();
+        for (rows, cols) in
+            [(1usize, 64usize), (3, 16), (17, 32), (33, 192), (100, 64), (5, 576), (7, 100), (4, 7), (9, 2048 + 64)]
+        {
+            let w = rng.vec(rows * cols);
+            let tables: Vec<f32> = (0..rows * n).map(|_| 2.0 * rng.f()).collect();
+            let q = rowlut::encode(&w, rows, cols, RowLutScheme { bits }, &tables).unwrap();
+            for with in [false, true] {
+                let q = if with {
+                    q.clone().with_outliers(random_outliers(&mut rng, rows, cols, 40)).unwrap()
+                } else {
+                    q.clone()
+                };
+                let dense = q.dequantize();
+                let lin = Linear::new(rows, cols, WeightKind::Quant(q)).unwrap();
+                check(&lin, &dense, &mut rng, &format!("rowlut{} [{rows}x{cols}] outliers={with}", bits.get()));
+            }
+        }
+    }
+}

@@ -38,16 +38,18 @@ impl PyQTensor {
     fn bits(&self) -> u32 {
         self.inner.scheme().code_bits().get()
     }
-    /// "int", "nf4" or "fp4".
+    /// "int", "nf4", "fp4" or "rowlut" (a codebook per output row, SqueezeLLM).
     #[getter]
     fn format(&self) -> &'static str {
         match self.inner.scheme() {
             Scheme::Int(_) => "int",
             Scheme::Codebook(s) if s.codebook == Codebook::Nf4 => "nf4",
             Scheme::Codebook(_) => "fp4",
+            Scheme::RowLut(_) => "rowlut",
         }
     }
-    /// "tensor", "channel", "group" (integer formats) or "block" (codebooks).
+    /// "tensor", "channel", "group" (integer formats), "block" (codebooks) or "channel" (row
+    /// codebooks).
     #[getter]
     fn granularity(&self) -> &'static str {
         match self.inner.scheme() {
@@ -57,6 +59,7 @@ impl PyQTensor {
                 Granularity::Group(_) => "group",
             },
             Scheme::Codebook(_) => "block",
+            Scheme::RowLut(_) => "channel",
         }
     }
     /// Elements per group (or per codebook block); None for per-tensor and per-channel.
@@ -65,7 +68,7 @@ impl PyQTensor {
         match self.inner.scheme() {
             Scheme::Int(IntScheme { granularity: Granularity::Group(g), .. }) => Some(*g),
             Scheme::Codebook(s) => Some(s.block_size),
-            Scheme::Int(_) => None,
+            Scheme::Int(_) | Scheme::RowLut(_) => None,
         }
     }
     /// True when there is no stored zero point.
@@ -73,7 +76,7 @@ impl PyQTensor {
     fn symmetric(&self) -> bool {
         match self.inner.scheme() {
             Scheme::Int(s) => s.symmetric,
-            Scheme::Codebook(_) => true,
+            Scheme::Codebook(_) | Scheme::RowLut(_) => true,
         }
     }
     /// Whether codebook absmax values are double-quantized.
@@ -101,7 +104,8 @@ impl PyQTensor {
     fn packed<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u8>> {
         self.inner.codes().to_vec().into_pyarray(py)
     }
-    /// Scales in their storage dtype (float16 or float32); absmax values for codebooks.
+    /// Scales in their storage dtype (float16 or float32); absmax values for codebooks; the
+    /// float16 tables `[rows, 2^bits]` for row codebooks.
     #[getter]
     fn scales<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shape = self.inner.scale_shape();
@@ -119,6 +123,7 @@ impl PyQTensor {
                 let values: Vec<f32> = (0..shape[0]).map(|i| absmax.get(i)).collect();
                 to_shaped(py, values, &shape)?.into_any()
             }
+            QParams::RowLut { tables } => to_shaped(py, tables.clone(), &shape)?.into_any(),
         })
     }
     /// Zero points of asymmetric schemes in their storage dtype (uint8 codes, or float16/float32
@@ -161,6 +166,7 @@ impl PyQTensor {
             Scheme::Codebook(s) => {
                 format!("{} block {}{}", self.format(), s.block_size, if s.double_quant { " double-quant" } else { "" })
             }
+            Scheme::RowLut(s) => format!("rowlut{} ({} f16 values per row)", s.bits.get(), s.entries()),
         };
         format!("QTensor(shape={:?}, {scheme}, {:.3} bits/weight)", self.inner.shape(), self.bits_per_weight())
     }

@@ -127,6 +127,7 @@ impl QuantizeOptions {
                 Scheme::Codebook(CodebookScheme { codebook, block_size, double_quant })
             }
         };
+        let scheme = self.method.solver().scheme(scheme);
         self.method.solver().validate(&scheme).map_err(|e| QuantizeError::input("quantize", e.to_string()))?;
         Ok(scheme)
     }
@@ -199,6 +200,13 @@ impl QuantizeOptions {
             for k in ["sym", "scale_dtype", "clip"] {
                 params.remove(k);
             }
+        }
+        if let (Ok(Scheme::RowLut(_)), Some(params)) = (self.scheme(), v.as_object_mut()) {
+            // One codebook per row: no groups, zero points or scales.
+            for k in ["group_size", "sym", "scale_dtype"] {
+                params.remove(k);
+            }
+            params.insert("weight_format".into(), "rowlut".into());
         }
         if solver.calibrated() {
             v["nsamples"] = self.nsamples.into();

@@ -135,7 +135,7 @@ fn run(
             Scheme::Codebook(c) if cols % c.block_size != 0 => {
                 Err(format!("{cols} is not a multiple of the block size {}", c.block_size))
             }
-            Scheme::Codebook(_) => Ok(()),
+            Scheme::Codebook(_) | Scheme::RowLut(_) => Ok(()),
         };
         fits.map_err(|e| {
             QuantizeError::input("quantize", format!("group size does not fit the model's {what} of {cols}: {e}"))
@@ -423,7 +423,7 @@ fn fold_into_rows(lin: &mut Linear, s: &[f32]) -> Result<()> {
         WeightKind::Quant(q) => {
             let (scales, zeros) = match q.params() {
                 QParams::Int { scales, zeros } => (scales, zeros.clone()),
-                QParams::Codebook { .. } | QParams::IntStats(_) => {
+                QParams::Codebook { .. } | QParams::IntStats(_) | QParams::RowLut { .. } => {
                     return Err(QuantizeError::input("quantize", "cannot fold into a codebook or spqr layer"))
                 }
             };

@@ -10,7 +10,7 @@ use crate::options::{QuantizeOptions, WeightFormat};
 use crate::roles::{TensorScheme, HEAD_SCHEME_NAMES, SAME_AS_EMBED, TENSOR_SCHEME_NAMES};
 use crate::{QuantizeError, Result};
 use lowbit_core::ScaleDtype;
-use lowbit_solvers::{GptqMethod, MethodConfig, RtnMethod, SpqrMethod};
+use lowbit_solvers::{GptqMethod, MethodConfig, RtnMethod, SpqrMethod, SqueezeLlmMethod};
 
 /// The type of an option's value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +163,20 @@ fn spqr_mut(o: &mut QuantizeOptions) -> std::result::Result<&mut SpqrMethod, Str
     }
 }
 
+fn squeeze(o: &QuantizeOptions) -> Option<&SqueezeLlmMethod> {
+    match &o.method {
+        MethodConfig::SqueezeLlm(m) => Some(m),
+        _ => None,
+    }
+}
+
+fn squeeze_mut(o: &mut QuantizeOptions) -> std::result::Result<&mut SqueezeLlmMethod, String> {
+    match &mut o.method {
+        MethodConfig::SqueezeLlm(m) => Ok(m),
+        _ => Err("applies to squeezellm only".into()),
+    }
+}
+
 fn gptq_mut(o: &mut QuantizeOptions) -> std::result::Result<&mut GptqMethod, String> {
     match &mut o.method {
         MethodConfig::Gptq(g) => Ok(g),
@@ -171,7 +185,7 @@ fn gptq_mut(o: &mut QuantizeOptions) -> std::result::Result<&mut GptqMethod, Str
 }
 
 /// The methods' names, as [`MethodConfig::all`] lists them (a test checks).
-const METHODS: &[&str] = &["rtn", "gptq", "awq", "smoothquant", "llm-int8", "hqq", "spqr"];
+const METHODS: &[&str] = &["rtn", "gptq", "awq", "smoothquant", "llm-int8", "hqq", "spqr", "squeezellm"];
 
 /// The table. `method` comes first: setting it resets the method's own settings.
 pub const OPTIONS: &[OptionSpec] = &[
@@ -179,7 +193,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         name: "method",
         kind: OptionKind::Choice(METHODS),
         optional: false,
-        help: "rtn, gptq, awq, smoothquant, llm-int8 (these two W8A8: bits 8, per-channel, symmetric), hqq (calibration-free, float zero points) or spqr (group size 16 unless given)",
+        help: "rtn, gptq, awq, smoothquant, llm-int8 (these two W8A8: bits 8, per-channel, symmetric), hqq (calibration-free, float zero points), spqr (group size 16 unless given) or squeezellm (3/4-bit codebook per output row, dense-and-sparse; no groups)",
         methods: &[],
         cli: Some("--method"),
         cli_aliases: &[],
@@ -504,6 +518,48 @@ pub const OPTIONS: &[OptionSpec] = &[
         get: |o| some_or_none(spqr(o), |m| OptionValue::Int(m.stats_group as i64)),
         set: |o, v| {
             spqr_mut(o)?.stats_group = usize_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "squeeze_outlier_percent",
+        kind: OptionKind::Float,
+        optional: false,
+        help: "SqueezeLLM: largest-magnitude weights kept in f16, percent of each layer's (0 to 100; the paper's 0.45)",
+        methods: &["squeezellm"],
+        cli: Some("--squeeze-outlier-percent"),
+        cli_aliases: &[],
+        get: |o| some_or_none(squeeze(o), |m| OptionValue::Float(m.outlier_percent)),
+        set: |o, v| {
+            squeeze_mut(o)?.outlier_percent = float_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "squeeze_sensitive_percent",
+        kind: OptionKind::Float,
+        optional: false,
+        help: "SqueezeLLM: then the most sensitive weights (Hessian diagonal x w^2) kept in f16, percent of each layer's",
+        methods: &["squeezellm"],
+        cli: Some("--squeeze-sensitive-percent"),
+        cli_aliases: &[],
+        get: |o| some_or_none(squeeze(o), |m| OptionValue::Float(m.sensitive_percent)),
+        set: |o, v| {
+            squeeze_mut(o)?.sensitive_percent = float_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "squeeze_error_feedback",
+        kind: OptionKind::Bool,
+        optional: false,
+        help: "SqueezeLLM: choose the codes by GPTQ's sweep onto the fitted codebooks (full Hessian, act-order; not in the paper)",
+        methods: &["squeezellm"],
+        cli: Some("--squeeze-error-feedback"),
+        cli_aliases: &[],
+        get: |o| some_or_none(squeeze(o), |m| OptionValue::Bool(m.error_feedback)),
+        set: |o, v| {
+            squeeze_mut(o)?.error_feedback = bool_of(v)?;
             Ok(())
         },
     },

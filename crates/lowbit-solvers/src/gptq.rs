@@ -150,7 +150,10 @@ impl QuantMethod for GptqMethod {
     fn info(&self) -> MethodInfo {
         MethodInfo { name: "gptq", aliases: &[], calibrated: true }
     }
-    fn validate(&self, _scheme: &Scheme) -> Result<()> {
+    fn validate(&self, scheme: &Scheme) -> Result<()> {
+        if matches!(scheme, Scheme::RowLut(_)) {
+            return Err(crate::method::no_row_codebooks("gptq"));
+        }
         if !(self.percdamp.is_finite() && self.percdamp >= 0.0) {
             return Err(SolverError::param("percdamp", self.percdamp, "it must be finite and >= 0"));
         }
@@ -178,6 +181,7 @@ impl QuantMethod for GptqMethod {
         let cfg = match group.scheme {
             Scheme::Int(s) => self.config(s),
             Scheme::Codebook(c) => self.codebook_config(c),
+            Scheme::RowLut(_) => return Err(crate::method::no_row_codebooks("gptq")),
         };
         // The layers of a group (q/k/v, gate/up) are independent sweeps: solved side by side,
         // since one sweep's column loop keeps only one core busy.
@@ -345,6 +349,10 @@ enum Grid<'a> {
     Int(Option<&'a [GroupParams]>),
     /// The codebook's entries times each block's absmax (`[rows * groups]`, fixed).
     Codebook(Codebook, &'a [f32]),
+    /// Per-row tables of `k` entries (`[rows * k]`, fixed: squeezellm's codebooks); where `exact`
+    /// (`[rows * cols]`) is set the weight keeps its current value (no error to feed forward) and
+    /// its residual over the nearest entry goes to the sparse part.
+    RowTables { tables: &'a [f32], k: usize, exact: &'a [bool] },
 }
 
 /// What one block of rows' sweep produced.
@@ -352,6 +360,8 @@ struct Swept {
     codes: Vec<u8>,
     params: Vec<GroupParams>,
     loss: f64,
+    /// `(row, col, value - table entry)` of the exact weights of [`Grid::RowTables`].
+    residuals: Residuals,
 }
 
 /// GPTQ's column sweep over `rows` rows of `w` (row-major, original column order): columns in the
@@ -381,7 +391,7 @@ fn sweep(
             params.copy_from_slice(p);
             ready.fill(true);
         }
-        Grid::Codebook(..) => ready.fill(true),
+        Grid::Codebook(..) | Grid::RowTables { .. } => ready.fill(true),
         Grid::Int(None) => {}
     }
 
@@ -393,6 +403,7 @@ fn sweep(
         }
     }
     let mut codes = vec![0u8; rows * cols];
+    let mut residuals = Vec::new();
     let mut loss = 0.0f64;
     let bs = cfg.block_size;
     let mut err1 = vec![0.0f64; rows * bs.min(cols)];
@@ -447,6 +458,16 @@ fn sweep(
                         let q = book.nearest(if a == 0.0 { 0.0 } else { x as f32 / a });
                         (q, book.table()[usize::from(q)] * a)
                     }
+                    Grid::RowTables { tables, k, exact } => {
+                        let t = &tables[r * k..(r + 1) * k];
+                        let q = lowbit_core::rowlut::nearest(t, x as f32);
+                        if exact[r * cols + c] {
+                            residuals.push((r, c, x as f32 - t[usize::from(q)]));
+                            (q, x as f32)
+                        } else {
+                            (q, t[usize::from(q)])
+                        }
+                    }
                 };
                 codes[r * cols + c] = q;
                 let e = (x - f64::from(dq)) / d;
@@ -472,7 +493,62 @@ fn sweep(
             );
         }
     }
-    Ok(Swept { codes, params, loss })
+    Ok(Swept { codes, params, loss, residuals })
+}
+
+/// Weights kept exactly beside row tables: `(row, col, value - table entry)`.
+pub(crate) type Residuals = Vec<(usize, usize, f32)>;
+
+/// Fixed per-row tables for [`gptq_row_tables`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowTables<'a> {
+    /// `rows * k` values (those the file will hold).
+    pub tables: &'a [f32],
+    /// Entries per row.
+    pub k: usize,
+    /// `rows * cols`: weights that keep their swept value (the sparse part).
+    pub exact: &'a [bool],
+}
+
+/// GPTQ's sweep onto fixed per-row tables, with its error feedback: each weight goes to its
+/// row's nearest entry given the errors of the columns before it, except the exact ones, which
+/// keep their current value. Returns the codes (row-major) and the exact weights' residuals over
+/// their entries. Per-channel layout (`cfg` gives the act-order, block and damping settings).
+pub(crate) fn gptq_row_tables(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &Hessian,
+    cfg: &GptqConfig,
+    t: RowTables,
+) -> Result<(Vec<u8>, Residuals)> {
+    let cfg = GptqConfig {
+        scheme: IntScheme { granularity: Granularity::PerChannel, ..cfg.scheme },
+        codebook: None,
+        static_groups: false,
+        ..*cfg
+    };
+    let Prepared { perm, u, w, .. } = prepare(w, rows, cols, h, &cfg)?;
+    let blocks: Vec<(usize, usize)> =
+        (0..rows).step_by(SWEEP_ROWS).map(|r0| (r0, (r0 + SWEEP_ROWS).min(rows))).collect();
+    let k = t.k;
+    let run = |&(r0, r1): &(usize, usize)| {
+        let grid = Grid::RowTables { tables: &t.tables[r0 * k..r1 * k], k, exact: &t.exact[r0 * cols..r1 * cols] };
+        sweep(&w[r0 * cols..r1 * cols], r1 - r0, cols, &perm, &u, &cfg, grid).map(|s| (r0, s))
+    };
+    let swept: Vec<Result<(usize, Swept)>> = if lowbit_core::par::ENABLED {
+        use rayon::prelude::*;
+        blocks.par_iter().map(run).collect()
+    } else {
+        blocks.iter().map(run).collect()
+    };
+    let (mut codes, mut residuals) = (Vec::with_capacity(rows * cols), Vec::new());
+    for part in swept {
+        let (r0, part) = part?;
+        codes.extend_from_slice(&part.codes);
+        residuals.extend(part.residuals.into_iter().map(|(r, c, v)| (r0 + r, c, v)));
+    }
+    Ok((codes, residuals))
 }
 
 /// `(g, groups)`: columns per group (the last one may be shorter, the GPTQ convention) and groups

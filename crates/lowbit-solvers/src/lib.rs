@@ -36,6 +36,7 @@ pub mod report;
 pub mod rtn;
 pub mod smoothquant;
 pub mod spqr;
+pub mod squeezellm;
 
 pub use awq::AwqMethod;
 pub use error::{Result, SolverError};
@@ -52,6 +53,7 @@ pub use report::LayerReport;
 pub use rtn::{rtn_quantize, RtnMethod, RtnOutput};
 pub use smoothquant::SmoothQuantMethod;
 pub use spqr::{spqr_quantize, SpqrConfig, SpqrMethod, SpqrOutput};
+pub use squeezellm::{squeezellm_quantize, SqueezeLlmMethod, SqueezeLlmOutput};
 
 /// `tr((W - Q) H (W - Q)^T)`: the GPTQ objective `(2/N) ||W X - Q X||_F^2` of a quantized
 /// layer, for any method (`w`, `q` row-major `[rows, cols]`, e.g. `q` a dequantized tensor).

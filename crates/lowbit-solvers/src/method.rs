@@ -24,6 +24,7 @@ use crate::report::LayerReport;
 use crate::rtn::RtnMethod;
 use crate::smoothquant::SmoothQuantMethod;
 use crate::spqr::SpqrMethod;
+use crate::squeezellm::SqueezeLlmMethod;
 use crate::{Result, SolverError};
 use lowbit_core::{IntScheme, QTensor, Scheme};
 use serde_json::{Map, Value};
@@ -57,6 +58,9 @@ pub enum MethodConfig {
     /// SpQR (Dettmers et al. 2023): GPTQ with small groups, quantized group statistics and
     /// sparse f16 outliers.
     Spqr(SpqrMethod),
+    /// SqueezeLLM (Kim et al. 2023): per-row codebooks from sensitivity-weighted k-means (the
+    /// Hessian diagonal standing in for the Fisher information), dense-and-sparse.
+    SqueezeLlm(SqueezeLlmMethod),
 }
 
 impl Default for MethodConfig {
@@ -76,6 +80,7 @@ impl MethodConfig {
             MethodConfig::LlmInt8(LlmInt8Method::default()),
             MethodConfig::Hqq(HqqMethod::default()),
             MethodConfig::Spqr(SpqrMethod::default()),
+            MethodConfig::SqueezeLlm(SqueezeLlmMethod::default()),
         ]
     }
 
@@ -89,6 +94,7 @@ impl MethodConfig {
             MethodConfig::LlmInt8(m) => m,
             MethodConfig::Hqq(m) => m,
             MethodConfig::Spqr(m) => m,
+            MethodConfig::SqueezeLlm(m) => m,
         }
     }
 
@@ -102,12 +108,13 @@ impl MethodConfig {
                 SolverError::param(
                     "method",
                     format!("{name:?}"),
-                    "use rtn, gptq, awq, smoothquant, llm-int8, hqq or spqr",
+                    "use rtn, gptq, awq, smoothquant, llm-int8, hqq, spqr or squeezellm",
                 )
             })
     }
 
-    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`, `llm-int8`, `hqq`, `spqr`).
+    /// The lowercase name (`rtn`, `gptq`, `awq`, `smoothquant`, `llm-int8`, `hqq`, `spqr`,
+    /// `squeezellm`).
     pub fn name(&self) -> &'static str {
         self.solver().name()
     }
@@ -200,7 +207,13 @@ pub(crate) fn int_scheme(scheme: &Scheme, method: &'static str) -> Result<IntSch
             format!("{} with method {method}", format!("{:?}", c.codebook).to_lowercase()),
             "this method produces integer codes; nf4 and fp4 work with rtn and gptq",
         )),
+        Scheme::RowLut(_) => Err(no_row_codebooks(method)),
     }
+}
+
+/// The error of a method that cannot produce per-row codebooks (only squeezellm does).
+pub(crate) fn no_row_codebooks(method: &'static str) -> SolverError {
+    SolverError::param("format", format!("row codebooks with method {method}"), "row codebooks come from squeezellm")
 }
 
 /// One solved layer.
@@ -282,7 +295,13 @@ pub trait QuantMethod: Debug + Send + Sync {
     fn calibrated(&self) -> bool {
         self.info().calibrated
     }
-    /// Checks the method's settings and the common scheme it is asked to produce.
+    /// The scheme the method stores, given the common one the options describe (integer codes
+    /// or NF4/FP4): the same by default; squeezellm stores per-row codebooks of its code width.
+    fn scheme(&self, common: Scheme) -> Scheme {
+        common
+    }
+    /// Checks the method's settings and the scheme it is asked to produce
+    /// ([`QuantMethod::scheme`] of the common one).
     fn validate(&self, scheme: &Scheme) -> Result<()>;
     /// The method's parameters for the manifest and `quantization_config` (beyond the common
     /// bits, group size, symmetry, scale dtype and calibration).

@@ -34,6 +34,9 @@ impl QuantMethod for RtnMethod {
         MethodInfo { name: "rtn", aliases: &[], calibrated: false }
     }
     fn validate(&self, scheme: &Scheme) -> Result<()> {
+        if matches!(scheme, Scheme::RowLut(_)) {
+            return Err(crate::method::no_row_codebooks("rtn"));
+        }
         if self.mse_clip && matches!(scheme, Scheme::Codebook(_)) {
             return Err(SolverError::param(
                 "mse_clip",
@@ -53,6 +56,7 @@ impl QuantMethod for RtnMethod {
         let layers = match group.scheme {
             Scheme::Int(s) => rtn_layers(group, with_clip(s, self.mse_clip))?,
             Scheme::Codebook(c) => codebook_layers(group, c)?,
+            Scheme::RowLut(_) => return Err(crate::method::no_row_codebooks("rtn")),
         };
         Ok(GroupSolution { layers, fold: None, int8_activations: false })
     }

@@ -160,10 +160,53 @@ unsafe fn gemv_int_rows<const BITS: i32, const R: usize>(s: Avx2, b: &IntBlock, 
     });
 }
 
+/// The 16-entry row codebook of row `r` as two registers.
+///
+/// # Safety
+/// 16 table values for row `r` (the kernels assert them).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn row_table16(t: &[f32], r: usize) -> (__m256, __m256) {
+    // SAFETY: the caller's contract.
+    unsafe { (_mm256_loadu_ps(t.as_ptr().add(16 * r)), _mm256_loadu_ps(t.as_ptr().add(16 * r + 8))) }
+}
+
+/// `out[r] = x · row r` for 4-bit codes indexing per-row codebooks (`vpermps` on the low 3 bits,
+/// a blend on bit 3), R rows per pass.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_lut4_rows<const R: usize>(s: Avx2, b: &IntBlock, x: &[f32], r0: usize, out: &mut [f32]) {
+    const CHUNK: usize = 2 * L;
+    b.check_gemv(x, r0, R, out, CHUNK);
+    let t = b.tables.expect("row codebooks");
+    let xp = x.as_ptr();
+    // SAFETY: 16 table values per row of the block (asserted).
+    let lut: [(__m256, __m256); R] = std::array::from_fn(|r| unsafe { row_table16(t, r0 + r) });
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for k in (0..b.cols).step_by(CHUNK) {
+        // SAFETY: k + 16 <= cols: x[k..k + 16] and 8 code bytes per row at byte k / 2 are in
+        // bounds (asserted).
+        unsafe {
+            let x0 = _mm256_loadu_ps(xp.add(k));
+            let x1 = _mm256_loadu_ps(xp.add(k + L));
+            for r in 0..R {
+                let v = widen8(b.codes.as_ptr().add((r0 + r) * b.row_bytes + k / 2));
+                acc[r][0] = _mm256_fmadd_ps(s.lookup16(v, lut[r]), x0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(s.lookup16(_mm256_srli_epi32::<4>(v), lut[r]), x1, acc[r][1]);
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        out[r0 + r] = hsum(_mm256_add_ps(a[0], a[1]));
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv_int(s: Avx2, b: &IntBlock, x: &[f32], out: &mut [f32]) {
     // SAFETY: each call covers rows r..r+R < rows of the block, which the kernels assert.
     unsafe {
+        if b.tables.is_some() && b.bits == 4 {
+            return row_blocks!(out.len(), 4, r => gemv_lut4_rows(s, b, x, r, out));
+        }
         match b.bits {
             4 => row_blocks!(out.len(), 2, r => gemv_int_rows::<4>(s, b, x, r, out)),
             2 => row_blocks!(out.len(), 2, r => gemv_int_rows::<2>(s, b, x, r, out)),
@@ -176,7 +219,7 @@ unsafe fn gemv_int(s: Avx2, b: &IntBlock, x: &[f32], out: &mut [f32]) {
 
 /// Row `r`, elements `k0..k0 + dst.len()` (chunk aligned) of an integer block, interleaved.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dequant_int(_: Avx2, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
+unsafe fn dequant_int(s: Avx2, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32]) {
     if b.bits == 3 {
         // SAFETY: same contract.
         return unsafe { dequant_q3(b, r, k0, dst) };
@@ -185,6 +228,21 @@ unsafe fn dequant_int(_: Avx2, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32
     let per_byte = 8 / bits;
     let chunk = L * per_byte;
     b.check_dequant(r, k0, dst.len(), chunk);
+    if let Some(t) = b.tables {
+        // 4-bit codes into the row's codebook.
+        let dp = dst.as_mut_ptr();
+        // SAFETY: 16 table values for row r, 8 code bytes of row r at k / 2 and 16 f32 at
+        // dst[c..] are in bounds (asserted).
+        unsafe {
+            let lut = row_table16(t, r);
+            for c in (0..dst.len()).step_by(chunk) {
+                let v = widen8(b.codes.as_ptr().add(r * b.row_bytes + (k0 + c) / 2));
+                _mm256_storeu_ps(dp.add(c), s.lookup16(v, lut));
+                _mm256_storeu_ps(dp.add(c + L), s.lookup16(_mm256_srli_epi32::<4>(v), lut));
+            }
+        }
+        return;
+    }
     let gpr = b.gpr();
     let mask = _mm256_set1_epi32(((1u32 << bits) - 1) as i32);
     let shift = _mm_cvtsi32_si128(bits as i32);
@@ -193,13 +251,13 @@ unsafe fn dequant_int(_: Avx2, b: &IntBlock, r: usize, k0: usize, dst: &mut [f32
         let k = k0 + c;
         let p = r * gpr + k / b.group;
         let z = _mm256_set1_ps(b.zeros.get(p));
-        let s = _mm256_set1_ps(b.scales[p]);
+        let sc = _mm256_set1_ps(b.scales[p]);
         // SAFETY: 8 code bytes of row r at k / per_byte and `chunk` f32 at dst[c..] are in bounds.
         unsafe {
             let mut v = widen8(b.codes.as_ptr().add(r * b.row_bytes + k / per_byte));
             for t in 0..per_byte {
                 let q = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, mask)), z);
-                _mm256_storeu_ps(dp.add(c + t * L), _mm256_mul_ps(q, s));
+                _mm256_storeu_ps(dp.add(c + t * L), _mm256_mul_ps(q, sc));
                 v = _mm256_srl_epi32(v, shift);
             }
         }
@@ -242,6 +300,18 @@ fn q3_lut(zero: f32, scale: f32) -> __m256 {
     _mm256_mul_ps(q, _mm256_set1_ps(scale))
 }
 
+/// The 3-bit table of row `r`: the first 8 entries of its row codebook, else `(i - zero) * scale`
+/// of group `p`.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn row_or_q3_lut(b: &IntBlock, r: usize, p: usize) -> __m256 {
+    match b.tables {
+        // SAFETY: the kernels assert 16 table values per row of the block.
+        Some(t) => unsafe { _mm256_loadu_ps(t[16 * r..16 * r + 8].as_ptr()) },
+        None => q3_lut(b.zeros.get(p), b.scales[p]),
+    }
+}
+
 /// `out[r] = x · row r` for 3-bit codes in chunks of 64 (24 bytes): gather, then 8 table lookups
 /// (`vpermps` on the low 3 bits) per lane. Used by the AVX2 and AVX-512 levels alike.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -255,7 +325,7 @@ unsafe fn gemv_q3_rows<const R: usize>(b: &IntBlock, x: &[f32], r0: usize, out: 
     for gi in 0..gpr {
         let lut: [__m256; R] = std::array::from_fn(|r| {
             let p = (r0 + r) * gpr + gi;
-            q3_lut(b.zeros.get(p), b.scales[p])
+            row_or_q3_lut(b, r0 + r, p)
         });
         let mut k = gi * b.group;
         let end = (k + b.group).min(b.cols);
@@ -292,7 +362,7 @@ pub(super) unsafe fn dequant_q3(b: &IntBlock, r: usize, k0: usize, dst: &mut [f3
     for c in (0..dst.len()).step_by(CHUNK) {
         let k = k0 + c;
         let p = r * gpr + k / b.group;
-        let lut = q3_lut(b.zeros.get(p), b.scales[p]);
+        let lut = row_or_q3_lut(b, r, p);
         // SAFETY: 24 code bytes of row r at k * 3 / 8 and 64 f32 at dst[c..] are in bounds.
         unsafe {
             let mut v = gather3(b.codes.as_ptr().add(r * b.row_bytes + k * 3 / 8), end_ptr);

@@ -106,6 +106,18 @@ fn int_lut<const BITS: u32>(zero: f32, scale: f32) -> __m512 {
     _mm512_mul_ps(_mm512_sub_ps(code_values::<BITS>(), _mm512_set1_ps(zero)), _mm512_set1_ps(scale))
 }
 
+/// The table of row `r` of the block: its row codebook, else `i - zero` of group `p` (the
+/// matrix-vector form: the scale multiplies the group's sum).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+fn row_or_group_lut(b: &IntBlock, codes: __m512, r: usize, p: usize) -> __m512 {
+    match b.tables {
+        // SAFETY: the kernels assert 16 table values per row of the block.
+        Some(t) => unsafe { _mm512_loadu_ps(t[16 * r..16 * r + 16].as_ptr()) },
+        None => _mm512_sub_ps(codes, _mm512_set1_ps(b.zeros.get(p))),
+    }
+}
+
 /// Widens 16 code bytes at `p` to 16 u32 lanes.
 ///
 /// # Safety
@@ -133,9 +145,9 @@ unsafe fn gemv_lut_rows<const BITS: u32, const R: usize>(
     let gpr = b.gpr();
     let xp = x.as_ptr();
     int_rows(s, b, r0, out, |gi, ks| {
-        // The table gives `i - zero`; the group's scale multiplies its partial sum once.
-        let lut: [__m512; R] =
-            std::array::from_fn(|r| _mm512_sub_ps(codes, _mm512_set1_ps(b.zeros.get((r0 + r) * gpr + gi))));
+        // The table gives `i - zero` (or the row's codebook); the group's scale multiplies its
+        // partial sum once.
+        let lut: [__m512; R] = std::array::from_fn(|r| row_or_group_lut(b, codes, r0 + r, (r0 + r) * gpr + gi));
         let mut acc = [_mm512_setzero_ps(); R];
         for k in ks.step_by(chunk) {
             // SAFETY: k + chunk <= cols, so the x loads and the 16 code bytes of each row at
@@ -197,8 +209,7 @@ unsafe fn gemv_q3_rows<const R: usize>(s: Avx512, b: &IntBlock, x: &[f32], r0: u
     let xp = x.as_ptr();
     let end_ptr = b.codes.as_ptr_range().end;
     int_rows(s, b, r0, out, |gi, ks| {
-        let lut: [__m512; R] =
-            std::array::from_fn(|r| _mm512_sub_ps(codes, _mm512_set1_ps(b.zeros.get((r0 + r) * gpr + gi))));
+        let lut: [__m512; R] = std::array::from_fn(|r| row_or_group_lut(b, codes, r0 + r, (r0 + r) * gpr + gi));
         let mut acc = [_mm512_setzero_ps(); R];
         let (mut k, end) = (ks.start, ks.end);
         while k + 2 * CHUNK <= end {
@@ -319,7 +330,11 @@ unsafe fn dequant_rows<const BITS: u32>(b: &IntBlock, r: usize, k0: usize, dst: 
         let gend = ((gi + 1) * b.group).min(k0 + dst.len()) - k0;
         let p = r * gpr + gi;
         let (zero, scale) = (b.zeros.get(p), b.scales[p]);
-        let lut = int_lut::<BITS>(zero, scale);
+        let lut = match b.tables {
+            // SAFETY: 16 table values for row r (asserted).
+            Some(t) => unsafe { _mm512_loadu_ps(t[16 * r..16 * r + 16].as_ptr()) },
+            None => int_lut::<BITS>(zero, scale),
+        };
         let (zv, sv) = (_mm512_set1_ps(zero), _mm512_set1_ps(scale));
         while c < gend {
             let k = k0 + c;

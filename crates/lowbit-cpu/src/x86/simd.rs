@@ -405,6 +405,7 @@ macro_rules! simd_isa {
         // enable (see `new`); the kernels check their slice bounds themselves.
         impl crate::isa::Isa for $tok {
             const LANES: usize = <$tok as crate::x86::simd::Simd>::L;
+            const ROW_TABLES: bool = true;
             const PANEL: usize = 2 * Self::LANES;
             const MR: usize = [$($m),*].len();
 

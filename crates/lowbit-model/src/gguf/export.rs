@@ -503,6 +503,7 @@ pub(crate) fn describe(q: &QTensor) -> String {
         Scheme::Codebook(c) => {
             format!("{:?} b{}{}", c.codebook, c.block_size, if c.double_quant { " dq" } else { "" }).to_lowercase()
         }
+        Scheme::RowLut(s) => format!("rowlut{}", s.bits.get()),
     }
 }
 
