@@ -8,11 +8,15 @@
 //! (`lowbit_core` quantize, then dequantize), and the gradients with respect to those weights are
 //! applied to the f32 originals (the straight-through estimator).
 //!
+//! [`train`] runs the first stage of QAT on one block: block-wise reconstruction of the
+//! full-precision block's outputs with AdamW.
+//!
 //! Everything is f32, row-major, `[tokens, features]`. The tests check every gradient against
 //! central finite differences.
 
 pub mod block;
 pub mod ops;
+pub mod train;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

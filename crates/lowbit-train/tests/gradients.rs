@@ -3,8 +3,8 @@
 //! both the truncation error (step^2) and the rounding error (1e-7 / step) near 1e-4, far below
 //! what a wrong formula would give.
 
-use lowbit_core::{Bits, Granularity, IntScheme};
-use lowbit_train::block::{backward, forward, BlockConfig, BlockWeights};
+use lowbit_core::{Bits, IntScheme};
+use lowbit_train::block::{backward, forward, BlockConfig, BlockGrids, BlockWeights};
 use lowbit_train::ops::{
     attention_backward, attention_forward, rms_norm_backward, rms_norm_forward, rope, rope_tables, swiglu_backward,
     swiglu_forward, AttentionShape,
@@ -115,13 +115,13 @@ fn tiny() -> BlockConfig {
     BlockConfig { hidden: 8, ffn: 12, heads: 4, kv_heads: 2, head_dim: 2, rope_theta: 10000.0, eps: 1e-5 }
 }
 
-fn random_block(rng: &mut Xoshiro256PlusPlus, c: &BlockConfig) -> BlockWeights {
+fn random_block(rng: &mut Xoshiro256PlusPlus, c: &BlockConfig, scale: f32) -> BlockWeights {
     let mut w = BlockWeights::zeros(c);
     w.attn_norm = rand(rng, c.hidden, 0.3).iter().map(|v| 1.0 + v).collect();
     w.mlp_norm = rand(rng, c.hidden, 0.3).iter().map(|v| 1.0 + v).collect();
     for buf in [&mut w.q, &mut w.k, &mut w.v, &mut w.o, &mut w.gate, &mut w.up, &mut w.down] {
         let n = buf.len();
-        *buf = rand(rng, n, 0.6);
+        *buf = rand(rng, n, scale);
     }
     w
 }
@@ -130,7 +130,7 @@ fn random_block(rng: &mut Xoshiro256PlusPlus, c: &BlockConfig) -> BlockWeights {
 fn block_gradients_match_finite_differences() {
     let c = tiny();
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(6);
-    let w = random_block(&mut rng, &c);
+    let w = random_block(&mut rng, &c, 0.6);
     let t = 5;
     let mut x = rand(&mut rng, t * c.hidden, 1.0);
     let r = rand(&mut rng, t * c.hidden, 1.0);
@@ -167,19 +167,56 @@ fn block_gradients_match_finite_differences() {
 fn fake_quantized_weights_are_what_lowbit_stores() {
     let c = tiny();
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
-    let w = random_block(&mut rng, &c);
-    let scheme = IntScheme::group(Bits::B4, 4);
-    let fq = w.fake_quantized(&c, scheme).unwrap();
-    let want = lowbit_core::rtn::quantize(w.down.as_slice(), &[c.hidden, c.ffn], scheme).unwrap().dequantize();
-    assert_eq!(fq.down, want);
-    assert_ne!(fq.down, w.down);
-    assert_eq!(fq.attn_norm, w.attn_norm);
+    let w = random_block(&mut rng, &c, 0.6);
+    for scheme in [IntScheme::group(Bits::B4, 4), IntScheme::group(Bits::B3, 8), IntScheme::per_channel_sym(Bits::B2)] {
+        let grids = BlockGrids::fit(&c, &w, scheme).unwrap();
+        let fq = w.on_grids(&c, &grids).unwrap();
+        let rtn = lowbit_core::rtn::quantize(w.down.as_slice(), &[c.hidden, c.ffn], scheme).unwrap();
+        assert_eq!(fq.down, rtn.dequantize());
+        assert_eq!(grids.0[6].qtensor(&w.down).unwrap(), rtn);
+        assert_ne!(fq.down, w.down);
+        assert_eq!(fq.attn_norm, w.attn_norm);
+        // Moved weights keep the grid: their QTensor dequantizes to what the forward pass used.
+        let moved: Vec<f32> = w.down.iter().map(|v| v * 0.9 + 0.01).collect();
+        assert_eq!(grids.0[6].qtensor(&moved).unwrap().dequantize(), grids.0[6].fake(&moved));
+    }
     // Bad shapes and weights are refused.
+    let scheme = IntScheme::group(Bits::B4, 4);
     let mut bad = w.clone();
     bad.q.pop();
-    assert!(bad.fake_quantized(&c, scheme).is_err());
+    assert!(BlockGrids::fit(&c, &bad, scheme).is_err());
     let mut nan = w;
     nan.up[3] = f32::NAN;
-    assert!(nan.fake_quantized(&c, scheme).is_err());
-    assert!(matches!(scheme.granularity, Granularity::Group(4)));
+    assert!(BlockGrids::fit(&c, &nan, scheme).is_err());
+}
+
+#[test]
+fn block_reconstruction_beats_round_to_nearest_on_held_out_windows() {
+    use lowbit_train::train::{mse, reconstruct_block, ReconstructOptions};
+    let c = BlockConfig { hidden: 16, ffn: 24, heads: 4, kv_heads: 2, head_dim: 4, rope_theta: 10000.0, eps: 1e-5 };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(8);
+    let fp = random_block(&mut rng, &c, 0.3);
+    let windows = |rng: &mut Xoshiro256PlusPlus, n: usize| -> Vec<Vec<f32>> {
+        (0..n).map(|_| rand(rng, 12 * c.hidden, 1.0)).collect()
+    };
+    let (train_x, held_x) = (windows(&mut rng, 16), windows(&mut rng, 4));
+    let target = |xs: &[Vec<f32>]| -> Vec<Vec<f32>> { xs.iter().map(|x| forward(&c, &fp, x).unwrap().0).collect() };
+    let (train_y, held_y) = (target(&train_x), target(&held_x));
+    let scheme = IntScheme::group(Bits::B3, 8);
+    let held_loss = |w: &BlockWeights, grids: &BlockGrids| -> f64 {
+        let fq = w.on_grids(&c, grids).unwrap();
+        held_x.iter().zip(&held_y).map(|(x, y)| mse(&forward(&c, &fq, x).unwrap().0, y)).sum::<f64>() / 4.0
+    };
+    let opts = ReconstructOptions { scheme, epochs: 30, lr: 3e-4, weight_decay: 0.0 };
+    let (trained, grids, losses) = reconstruct_block(&c, &fp, &train_x, &train_y, &opts).unwrap();
+    let rtn_grids = BlockGrids::fit(&c, &fp, scheme).unwrap();
+    assert_eq!(grids, rtn_grids);
+    let (rtn, after) = (held_loss(&fp, &rtn_grids), held_loss(&trained, &grids));
+    assert!(losses.last().unwrap() < &(0.9 * losses[0]), "training loss {losses:?}");
+    assert!(after < 0.9 * rtn, "held-out: RTN {rtn}, trained {after}");
+    eprintln!("held-out mse: RTN {rtn:.5}, block reconstruction {after:.5}");
+    // Deterministic: the same inputs give the same weights.
+    assert_eq!(reconstruct_block(&c, &fp, &train_x, &train_y, &opts).unwrap().0, trained);
+    // Mismatched windows are refused.
+    assert!(reconstruct_block(&c, &fp, &train_x, &train_y[1..], &opts).is_err());
 }
