@@ -123,6 +123,20 @@ impl LinearGrid {
         Ok(LinearGrid { scheme, rows, cols, params: rtn::choose_params(w, rows, cols, scheme)? })
     }
 
+    /// A grid with given parameters (`[rows * groups]`, or one per tensor), e.g. those another
+    /// method (GPTQ, AWQ) chose: its dequantized weights lie on this grid exactly.
+    pub fn from_params(rows: usize, cols: usize, scheme: IntScheme, params: Vec<GroupParams>) -> Result<Self> {
+        scheme.granularity.validate(cols, scheme.bits)?;
+        let expected = match scheme.granularity {
+            Granularity::PerTensor => 1,
+            g => rows * g.groups_per_row(cols),
+        };
+        if params.len() != expected {
+            return Err(crate::TrainError::Shape { what: "grid parameters", expected, got: params.len() });
+        }
+        Ok(LinearGrid { scheme, rows, cols, params })
+    }
+
     fn group_len(&self) -> usize {
         match self.scheme.granularity {
             Granularity::Group(g) => g.min(self.cols),

@@ -207,16 +207,20 @@ fn block_reconstruction_beats_round_to_nearest_on_held_out_windows() {
         let fq = w.on_grids(&c, grids).unwrap();
         held_x.iter().zip(&held_y).map(|(x, y)| mse(&forward(&c, &fq, x).unwrap().0, y)).sum::<f64>() / 4.0
     };
-    let opts = ReconstructOptions { scheme, epochs: 30, lr: 3e-4, weight_decay: 0.0 };
-    let (trained, grids, losses) = reconstruct_block(&c, &fp, &train_x, &train_y, &opts).unwrap();
-    let rtn_grids = BlockGrids::fit(&c, &fp, scheme).unwrap();
-    assert_eq!(grids, rtn_grids);
-    let (rtn, after) = (held_loss(&fp, &rtn_grids), held_loss(&trained, &grids));
+    let opts = ReconstructOptions { epochs: 30, lr: 3e-4, weight_decay: 0.0, batch: 1 };
+    let grids = BlockGrids::fit(&c, &fp, scheme).unwrap();
+    let (trained, losses) = reconstruct_block(&c, &fp, &grids, &train_x, &train_y, &opts).unwrap();
+    let (rtn, after) = (held_loss(&fp, &grids), held_loss(&trained, &grids));
     assert!(losses.last().unwrap() < &(0.9 * losses[0]), "training loss {losses:?}");
     assert!(after < 0.9 * rtn, "held-out: RTN {rtn}, trained {after}");
     eprintln!("held-out mse: RTN {rtn:.5}, block reconstruction {after:.5}");
-    // Deterministic: the same inputs give the same weights.
-    assert_eq!(reconstruct_block(&c, &fp, &train_x, &train_y, &opts).unwrap().0, trained);
+    // Deterministic: the same inputs give the same weights, with batches computed side by side
+    // in any thread count.
+    assert_eq!(reconstruct_block(&c, &fp, &grids, &train_x, &train_y, &opts).unwrap().0, trained);
+    let batched = ReconstructOptions { batch: 4, ..opts };
+    let once = reconstruct_block(&c, &fp, &grids, &train_x, &train_y, &batched).unwrap().0;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    assert_eq!(pool.install(|| reconstruct_block(&c, &fp, &grids, &train_x, &train_y, &batched)).unwrap().0, once);
     // Mismatched windows are refused.
-    assert!(reconstruct_block(&c, &fp, &train_x, &train_y[1..], &opts).is_err());
+    assert!(reconstruct_block(&c, &fp, &grids, &train_x, &train_y[1..], &opts).is_err());
 }
