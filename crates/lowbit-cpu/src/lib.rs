@@ -67,6 +67,7 @@ mod x86;
 
 pub use backend::Cpu;
 pub use dispatch::{kernel_level, KernelLevel};
+pub use pool::{set_thread_spawner, start as start_thread_pool, ThreadSpawner};
 pub use error::{CpuError, Result};
 pub use int8_linear::Int8Linear;
 pub use linear::Linear;

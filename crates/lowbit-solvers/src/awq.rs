@@ -39,7 +39,7 @@ use crate::{Result, SolverError};
 use faer::{Accum, Mat, MatRef};
 use lowbit_core::{check_finite, rtn, IntScheme, QTensor, Scheme};
 use serde_json::{Map, Value};
-use std::time::Instant;
+use lowbit_core::clock::Instant;
 
 /// AWQ settings (llm-awq defaults).
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -33,7 +33,7 @@ use lowbit_core::{
 };
 use rayon::prelude::*;
 use serde_json::{Map, Value};
-use std::time::Instant;
+use lowbit_core::clock::Instant;
 
 /// HQQ as a pipeline method; defaults are `hqq`'s (`lp_norm` 0.7, `beta` 10, `kappa` 1.01, 20
 /// iterations, zeros only). The optional scale refit lowers the weights' squared error but is no

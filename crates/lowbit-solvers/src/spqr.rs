@@ -48,7 +48,7 @@ use lowbit_core::{
     Bits, ClipSearch, Granularity, IntScheme, QParams, QTensor, QuantStats, ScaleDtype, Scheme, SparseOutliers,
 };
 use serde_json::{Map, Value};
-use std::time::Instant;
+use lowbit_core::clock::Instant;
 
 /// The paper's first-level group size.
 pub const DEFAULT_GROUP_SIZE: usize = 16;

@@ -39,7 +39,7 @@ use crate::{Result, SolverError};
 use lowbit_core::{check_finite, rowlut, Bits, IntScheme, QTensor, RowLutScheme, ScaleDtype, Scheme, SparseOutliers};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
-use std::time::Instant;
+use lowbit_core::clock::Instant;
 
 /// Most Lloyd iterations per row.
 pub const KMEANS_ITERS: usize = 100;
