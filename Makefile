@@ -132,9 +132,12 @@ web: web-deps
 	mkdir -p $(WEB_OUT)
 	cd wasm && npm pack --silent --pack-destination $(WEB_OUT)
 
-# The package and its test page on http://127.0.0.1:8080/ (COOP/COEP set, .wasm as application/wasm).
+# The package and the demo page (wasm/www/) on http://127.0.0.1:8080/ (COOP/COEP set, so the
+# demo's worker runs the threaded build; .wasm as application/wasm); models under /models/ from
+# target/web/fixtures (make test-browser writes SmolLM2 INT4 and f32 there).
 serve-web: web
-	node wasm/serve.mjs wasm 8080
+	mkdir -p $(WEB_OUT)/fixtures
+	node wasm/serve.mjs wasm 8080 --mount /models=$(WEB_OUT)/fixtures
 
 # Headless Chromium (Debian's /usr/bin/chromium): kernels of both builds against the scalar
 # reference, SmolLM2 W4 greedy tokens and perplexity against this checkout's native build, bad

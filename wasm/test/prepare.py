@@ -77,6 +77,12 @@ def main() -> int:
     native["quantize"] = quantize_references(lowbit, out, calib_text, text)
     if args.bench:
         native["bench"] = bench(model_dir)
+        # The same model for llama.cpp in wasm (wllama): Q4_0 (llama.cpp's reference quantizer)
+        # of the f32 GGUF, every weight but the embedding (Q6_K... as llama.cpp's fallbacks do).
+        q4 = out / "smollm2-q4_0.gguf"
+        if not q4.is_file():
+            lowbit.export(out / native["quantize"]["input"], q4, dense_type="Q4_0")
+        native["bench_gguf"] = q4.name
     (out / "native.json").write_text(json.dumps(native))
     print(json.dumps({k: v for k, v in native.items() if k not in ("perplexity_text", "quantize")}))
     return 0
