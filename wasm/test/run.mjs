@@ -428,7 +428,7 @@ async function main() {
       }
       // llama.cpp in wasm (wllama) on the Q4_0 GGUF of the same model, same prompt and tokens.
       if (native.bench_gguf) {
-        for (const threads of [1, 2, 4]) {
+        for (const threads of [1, 2]) {
           const wp = await browser.newPage();
           try {
             await wp.goto(`${base}/test/wllama.html`);

@@ -256,8 +256,7 @@ impl Model {
     pub fn save_with_last(&self, dir: &Path, extras: &SaveExtras, last: Option<LastFile<'_>>) -> Result<u64> {
         let mut total = 0u64;
         write_dir_atomically(dir, |tmp| {
-            let mut sink = Sink::Dir(tmp);
-            total = self.save_files(&mut sink, extras, last)?;
+            total = self.save_files(&mut DirSink(tmp), extras, last)?;
             // safetensors writes through a private (0600) temporary file: give the dense shard
             // the mode every other file gets.
             let config_path = tmp.join("config.json");
@@ -276,16 +275,13 @@ impl Model {
     /// The files [`Model::save_with_last`] writes, in memory (name -> bytes): where there is no
     /// file system (the browser). The same bytes as the directory's files.
     pub fn save_to_memory(&self, extras: &SaveExtras, last: Option<LastFile<'_>>) -> Result<BTreeMap<String, Vec<u8>>> {
-        let mut sink = Sink::Memory(BTreeMap::new());
+        let mut sink = MemorySink(BTreeMap::new());
         self.save_files(&mut sink, extras, last)?;
-        match sink {
-            Sink::Memory(files) => Ok(files),
-            Sink::Dir(_) => unreachable!("a memory sink stays one"),
-        }
+        Ok(sink.0)
     }
 
     /// Puts every file of the saved model into `sink`; returns their bytes, the last included.
-    fn save_files(&self, sink: &mut Sink<'_>, extras: &SaveExtras, last: Option<LastFile<'_>>) -> Result<u64> {
+    fn save_files(&self, sink: &mut dyn Sink, extras: &SaveExtras, last: Option<LastFile<'_>>) -> Result<u64> {
         let mut total = 0u64;
         // Dense tensors are borrowed, not copied, and streamed to the file: an f32 embedding
         // alone is most of a small model.
@@ -346,39 +342,46 @@ impl Model {
 }
 
 /// Where [`Model::save_files`] puts each file: a directory, or a map in memory.
-enum Sink<'a> {
-    Dir(&'a Path),
-    Memory(BTreeMap<String, Vec<u8>>),
+trait Sink {
+    /// Stores `name`; returns its length.
+    fn put(&mut self, name: &str, bytes: &[u8]) -> Result<u64>;
+    /// Stores a safetensors file of `views`; returns its length.
+    fn put_safetensors(&mut self, name: &str, views: Vec<(String, TensorView<'_>)>) -> Result<u64>;
 }
 
-impl Sink<'_> {
-    /// Stores `name`; returns its length.
+fn safetensors_error(name: &str, e: safetensors::SafeTensorError) -> ModelError {
+    ModelError::Safetensors { path: name.to_string(), reason: e.to_string() }
+}
+
+struct DirSink<'a>(&'a Path);
+
+impl Sink for DirSink<'_> {
     fn put(&mut self, name: &str, bytes: &[u8]) -> Result<u64> {
-        match self {
-            Sink::Dir(dir) => write(&dir.join(name), bytes)?,
-            Sink::Memory(files) => {
-                files.insert(name.to_string(), bytes.to_vec());
-            }
-        }
+        write(&self.0.join(name), bytes)?;
         Ok(bytes.len() as u64)
     }
 
-    /// Stores a safetensors file of `views` (streamed to disk for a directory).
+    /// Streamed to the file: the tensors are not copied.
     fn put_safetensors(&mut self, name: &str, views: Vec<(String, TensorView<'_>)>) -> Result<u64> {
-        let err = |e: safetensors::SafeTensorError| ModelError::Safetensors { path: name.to_string(), reason: e.to_string() };
-        match self {
-            Sink::Dir(dir) => {
-                let path = dir.join(name);
-                safetensors::serialize_to_file(views, None, &path).map_err(err)?;
-                Ok(std::fs::metadata(&path).map_err(|e| ModelError::io(&path, e))?.len())
-            }
-            Sink::Memory(files) => {
-                let bytes = safetensors::serialize(views, None).map_err(err)?;
-                let n = bytes.len() as u64;
-                files.insert(name.to_string(), bytes);
-                Ok(n)
-            }
-        }
+        let path = self.0.join(name);
+        safetensors::serialize_to_file(views, None, &path).map_err(|e| safetensors_error(name, e))?;
+        Ok(std::fs::metadata(&path).map_err(|e| ModelError::io(&path, e))?.len())
+    }
+}
+
+struct MemorySink(BTreeMap<String, Vec<u8>>);
+
+impl Sink for MemorySink {
+    fn put(&mut self, name: &str, bytes: &[u8]) -> Result<u64> {
+        self.0.insert(name.to_string(), bytes.to_vec());
+        Ok(bytes.len() as u64)
+    }
+
+    fn put_safetensors(&mut self, name: &str, views: Vec<(String, TensorView<'_>)>) -> Result<u64> {
+        let bytes = safetensors::serialize(views, None).map_err(|e| safetensors_error(name, e))?;
+        let n = bytes.len() as u64;
+        self.0.insert(name.to_string(), bytes);
+        Ok(n)
     }
 }
 
