@@ -125,7 +125,11 @@ pub fn quantize(
     Ok(quantize_inner(input, options_json, on_progress)?)
 }
 
-fn quantize_inner(input: Vec<u8>, options_json: &str, on_progress: Option<js_sys::Function>) -> crate::Result<Quantized> {
+fn quantize_inner(
+    input: Vec<u8>,
+    options_json: &str,
+    on_progress: Option<js_sys::Function>,
+) -> crate::Result<Quantized> {
     let v: serde_json::Value = serde_json::from_str(options_json)
         .map_err(|e| WasmError::Argument { name: "options", reason: e.to_string() })?;
     let mut opts = QuantizeOptions::from_pairs(&option_pairs(&v)?)?;

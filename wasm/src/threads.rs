@@ -33,7 +33,10 @@ fn spawn(task: Task) -> std::io::Result<()> {
     tasks().insert(id, task);
     spawn_thread(id).map_err(|e| {
         tasks().remove(&id);
-        std::io::Error::other(format!("no worker for a lowbit thread: {}", e.as_string().unwrap_or_else(|| format!("{e:?}"))))
+        std::io::Error::other(format!(
+            "no worker for a lowbit thread: {}",
+            e.as_string().unwrap_or_else(|| format!("{e:?}"))
+        ))
     })
 }
 

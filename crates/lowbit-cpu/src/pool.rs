@@ -22,12 +22,12 @@
 //! A panicking chunk is caught, the job still completes, and the caller re-panics after every
 //! chunk is done, so no thread is left holding borrowed data.
 
+use lowbit_core::clock::Instant;
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
-use lowbit_core::clock::Instant;
 use std::time::Duration;
 
 /// How long an idle worker spins before it starts yielding.

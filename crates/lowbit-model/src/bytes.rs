@@ -240,12 +240,10 @@ pub fn pack_files(files: &BTreeMap<String, Vec<u8>>) -> Result<Vec<u8>> {
     let shards: Vec<String> = if files.contains_key("model.safetensors") {
         vec!["model.safetensors".into()]
     } else {
-        let index = files
-            .get("model.safetensors.index.json")
-            .ok_or_else(|| ModelError::Input {
-                op: "pack_files",
-                reason: "no model.safetensors or model.safetensors.index.json".into(),
-            })?;
+        let index = files.get("model.safetensors.index.json").ok_or_else(|| ModelError::Input {
+            op: "pack_files",
+            reason: "no model.safetensors or model.safetensors.index.json".into(),
+        })?;
         let index = std::str::from_utf8(index)
             .map_err(|e| ModelError::Input { op: "pack_files", reason: format!("index: {e}") })?;
         names.push("model.safetensors.index.json");
@@ -306,6 +304,7 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>> {
         let p = dir.join(name);
         contents.push(std::fs::read(&p).map_err(|e| ModelError::io(&p, e))?);
     }
-    let members: Vec<(&str, &[u8])> = names.iter().map(|n| n.as_str()).zip(contents.iter().map(|c| c.as_slice())).collect();
+    let members: Vec<(&str, &[u8])> =
+        names.iter().map(|n| n.as_str()).zip(contents.iter().map(|c| c.as_slice())).collect();
     pack_members_into(&members)
 }

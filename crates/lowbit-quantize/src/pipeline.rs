@@ -25,6 +25,7 @@ use crate::options::{peak_rss_bytes, LayerStat, QuantizeOptions, QuantizeReport}
 use crate::output::{write_output, write_output_to_memory};
 use crate::stash::Stash;
 use crate::{QuantizeError, Result};
+use lowbit_core::clock::Instant;
 use lowbit_core::progress::{phase, Progress};
 use lowbit_core::{QParams, QTensor, Scales, Scheme};
 use lowbit_cpu::Cpu;
@@ -36,7 +37,6 @@ use lowbit_solvers::{FoldTarget, Group, GroupLayer, QuantMethod, Role, SolvedLay
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use lowbit_core::clock::Instant;
 
 /// Quantizes every linear layer inside the transformer blocks of the model at `model_path` (an HF
 /// directory or a `.gguf`) and writes a lowbit checkpoint directory to `out` (atomically: on any
@@ -114,7 +114,10 @@ pub fn quantize_bytes(
         return Err(QuantizeError::input("quantize", "resume and stop_after_block need an output directory"));
     }
     if matches!(opts.calib, Some(CalibSource::DataFree)) && opts.method.solver().calibrated() {
-        return Err(QuantizeError::input("quantize", "data-free calibration needs the model file: give calibration text"));
+        return Err(QuantizeError::input(
+            "quantize",
+            "data-free calibration needs the model file: give calibration text",
+        ));
     }
     let mut files = BTreeMap::new();
     let mut target = Target {

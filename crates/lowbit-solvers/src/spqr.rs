@@ -42,13 +42,13 @@ use crate::par::faer_par;
 use crate::report::LayerReport;
 use crate::{Result, SolverError};
 use faer::{Accum, Mat, MatMut, MatRef};
+use lowbit_core::clock::Instant;
 use lowbit_core::pack::pack;
 use lowbit_core::stats::StatParams;
 use lowbit_core::{
     Bits, ClipSearch, Granularity, IntScheme, QParams, QTensor, QuantStats, ScaleDtype, Scheme, SparseOutliers,
 };
 use serde_json::{Map, Value};
-use lowbit_core::clock::Instant;
 
 /// The paper's first-level group size.
 pub const DEFAULT_GROUP_SIZE: usize = 16;
