@@ -1,7 +1,7 @@
 //! In-browser quantization (crate feature `quantize`, a separate wasm module that `lowbit.js`
 //! loads only when `quantize` is called, so the inference modules carry neither the solvers nor
 //! faer). The native pipeline runs as it is: `lowbit_quantize::quantize_bytes` reads the model from
-//! memory and returns the checkpoint's files, packed here into one file (`pack_files`, the same
+//! memory and returns the output directory's files, packed here into one file (`pack_files`, the same
 //! bytes as `lowbit-pack` of the directory `lowbit quantize` writes).
 
 use crate::WasmError;

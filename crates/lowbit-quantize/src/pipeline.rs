@@ -101,7 +101,7 @@ pub fn quantize_model(
 }
 
 /// [`quantize_model`] with the model file in memory (a GGUF or a single-file lowbit model, see
-/// [`lowbit_model::bytes`]) and the checkpoint's files returned in memory (name -> bytes, the
+/// [`lowbit_model::bytes`]) and the output directory's files returned in memory (name -> bytes, the
 /// same bytes `quantize_model` writes): the browser's entry, where there is no file system.
 /// No checkpoints (so no `resume`), and no data-free calibration (it reloads the model).
 pub fn quantize_bytes(
