@@ -89,11 +89,20 @@ WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version 
 WEB_OUT := $(CURDIR)/target/web
 WASM_FEATURES_simd128 := +simd128
 WASM_FEATURES_relaxed := +simd128,+relaxed-simd
+# The threaded build's toolchain: a pinned nightly (the one whose rust-src builds std with
+# atomics here; wasm/README.md) and its flags (../shared/TOOLCHAIN.md, "Rust to wasm32").
+WASM_NIGHTLY := nightly-2026-05-20
+WASM_THREADS_RUSTFLAGS := -C target-feature=+simd128,+relaxed-simd,+atomics,+bulk-memory,+mutable-globals \
+	-C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
+	-C link-arg=--export=__heap_base -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
+	-C link-arg=--export=__tls_align -C link-arg=--export=__tls_base
 
 .PHONY: web-deps web serve-web test-browser bench-browser
 
 web-deps:
 	rustup target add wasm32-unknown-unknown
+	rustup toolchain list | grep -q "^$(WASM_NIGHTLY)" || \
+		rustup toolchain install $(WASM_NIGHTLY) --profile minimal --component rust-src
 	wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $(WASM_BINDGEN_VERSION)" || \
 		cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --locked || \
 		cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
@@ -107,12 +116,28 @@ web: web-deps
 		wasm-bindgen --target web --out-dir wasm/pkg/$$v --out-name lowbit_wasm \
 			target/wasm-$$v/wasm32-unknown-unknown/release/lowbit_wasm.wasm || exit 1; \
 	done
+	# The quantization module (feature quantize: the pipeline, solvers and faer), loaded by
+	# lowbit.js only when quantize() is called; baseline SIMD128, sharing the simd128 build's deps.
+	RUSTFLAGS="-C target-feature=$(WASM_FEATURES_simd128)" CARGO_TARGET_DIR=$(CURDIR)/target/wasm-simd128 \
+		cargo build --release -p lowbit-wasm --features quantize --target wasm32-unknown-unknown
+	wasm-bindgen --target web --out-dir wasm/pkg/quantize --out-name lowbit_wasm \
+		target/wasm-simd128/wasm32-unknown-unknown/release/lowbit_wasm.wasm
+	# The threaded build: nightly (pinned) with rust-src rebuilds std with atomics; shared memory
+	# imported by every worker (wasm/src/threads.rs, wasm/thread.js).
+	RUSTFLAGS="$(WASM_THREADS_RUSTFLAGS)" CARGO_TARGET_DIR=$(CURDIR)/target/wasm-threads \
+		cargo +$(WASM_NIGHTLY) build --release -p lowbit-wasm --features threads \
+		--target wasm32-unknown-unknown -Zbuild-std=panic_abort,std
+	wasm-bindgen --target web --out-dir wasm/pkg/threads --out-name lowbit_wasm \
+		target/wasm-threads/wasm32-unknown-unknown/release/lowbit_wasm.wasm
 	mkdir -p $(WEB_OUT)
 	cd wasm && npm pack --silent --pack-destination $(WEB_OUT)
 
-# The package and its test page on http://127.0.0.1:8080/ (COOP/COEP set, .wasm as application/wasm).
+# The package and the demo page (wasm/www/) on http://127.0.0.1:8080/ (COOP/COEP set, so the
+# demo's worker runs the threaded build; .wasm as application/wasm); models under /models/ from
+# target/web/fixtures (make test-browser writes SmolLM2 INT4 and f32 there).
 serve-web: web
-	node wasm/serve.mjs wasm 8080
+	mkdir -p $(WEB_OUT)/fixtures
+	node wasm/serve.mjs wasm 8080 --mount /models=$(WEB_OUT)/fixtures
 
 # Headless Chromium (Debian's /usr/bin/chromium): kernels of both builds against the scalar
 # reference, SmolLM2 W4 greedy tokens and perplexity against this checkout's native build, bad

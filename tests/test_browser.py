@@ -1,6 +1,8 @@
 """The browser tests of the wasm build (wasm/test/run.mjs in headless Chromium), from pytest: the
-kernels of both builds against the scalar reference, SmolLM2 W4 greedy tokens and perplexity
-against this build's native outputs, bad files refused.
+kernels of both builds against the scalar reference, SmolLM2 W4 greedy tokens (single-thread and
+threaded builds) and perplexity against this build's native outputs, bad files refused, loading
+through the Cache API (and its quota fallback), in-browser RTN byte-identical to native and GPTQ
+close to it, and the demo page (chat and the quantize tab in its worker).
 
 They need the wasm builds and npm packages (``make web``), Debian's Chromium and node; where one
 is missing the test is skipped naming it, and under ``LOWBIT_REQUIRE_REFERENCES=1`` (``.ci/run``)
@@ -30,7 +32,7 @@ def _require_browser_setup() -> str:
         missing_reference("node (Node.js 18 or newer)")
     if not CHROMIUM.is_file():
         missing_reference(f"Chromium at {CHROMIUM} (apt-get install -y chromium chromium-driver)")
-    for variant in ("simd128", "relaxed"):
+    for variant in ("simd128", "relaxed", "threads", "quantize"):
         if not (WASM / "pkg" / variant / "lowbit_wasm_bg.wasm").is_file():
             missing_reference(f"the {variant} wasm build (make web)")
     if not (WASM / "node_modules" / "playwright-core").is_dir():
@@ -76,4 +78,9 @@ def test_browser(fixtures: tuple[str, Path]) -> None:
         "refuses-bad-files",
         "smollm2-w4-simd128",
         "smollm2-w4-relaxed",
+        "smollm2-w4-threads",
+        "model-cache",
+        "quantize-rtn",
+        "quantize-gptq",
+        "demo-page",
     } <= passed

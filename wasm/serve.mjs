@@ -14,12 +14,19 @@ const TYPES = {
   ".json": "application/json",
   ".wasm": "application/wasm",
   ".ts": "text/plain; charset=utf-8",
+  ".css": "text/css; charset=utf-8",
 };
 
 /** Serves `root` (and each `mounts[prefix] = dir`) on 127.0.0.1:`port` (0: any free port). */
 export function serve(root, port = 0, mounts = {}) {
   const server = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url, "http://127.0.0.1").pathname);
+    let path = decodeURIComponent(new URL(req.url, "http://127.0.0.1").pathname);
+    // The demo page is the site's front page; a directory serves its index.html.
+    if (path === "/") {
+      res.writeHead(302, { Location: "/www/" }).end();
+      return;
+    }
+    if (path.endsWith("/")) path += "index.html";
     let base = resolve(root);
     let rel = path;
     for (const [prefix, dir] of Object.entries(mounts)) {
@@ -64,5 +71,5 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
   }
   const root = pos[0] ?? fileURLToPath(new URL(".", import.meta.url));
   const server = await serve(root, Number(pos[1] ?? 8080), mounts);
-  console.log(`serving ${root} on http://127.0.0.1:${server.address().port}/`);
+  console.log(`serving ${root} on http://127.0.0.1:${server.address().port}/ (the demo: /www/)`);
 }

@@ -11,7 +11,11 @@ use lowbit_model::bytes::runtime_bytes_estimate;
 use lowbit_model::{ChatMessage, GenerateOptions, LoadOptions, ModelError, PerplexityOptions, StopReason};
 use wasm_bindgen::prelude::*;
 
+#[cfg(feature = "quantize")]
+mod quantize;
 mod selfcheck;
+#[cfg(feature = "threads")]
+mod threads;
 
 /// What can go wrong in a call from JS.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,10 @@ pub enum WasmError {
         /// What is wrong.
         reason: String,
     },
+    /// The quantization pipeline refused (bad options, no calibration text, ...).
+    #[cfg(feature = "quantize")]
+    #[error(transparent)]
+    Quantize(#[from] lowbit_quantize::QuantizeError),
     /// A kernel level disagrees with the scalar reference ([`kernel_self_check`]).
     #[error("kernel check failed: {0}")]
     KernelMismatch(String),

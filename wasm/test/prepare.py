@@ -11,6 +11,7 @@ Needs the ``lowbit`` package (this checkout's build) and node (for ``bin/lowbit-
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -23,6 +24,15 @@ MAX_NEW_TOKENS = 24
 WINDOW = 128
 WINDOWS = 2
 BENCH_TOKENS = 64
+# In-browser quantization: the f32 GGUF of SmolLM2 quantized natively with RTN (the browser must
+# give the same files) and with GPTQ on a short calibration text (the browser's must score a
+# close perplexity: the solvers' reductions may run in another order).
+QUANT_BITS = 4
+QUANT_GROUP = 128
+GPTQ_NSAMPLES = 4
+GPTQ_SEQLEN = 128
+# Manifest fields that differ from run to run (timings, memory).
+VOLATILE = ("timings", "peak_rss_bytes")
 
 
 def main() -> int:
@@ -46,7 +56,9 @@ def main() -> int:
         args.text
         or Path(os.environ.get("LOWBIT_SHARED", HERE.parents[2] / "shared")) / "data/wikitext2/test.txt"
     )
-    text = text_path.read_text(encoding="utf-8")[:20000]
+    full_text = text_path.read_text(encoding="utf-8")
+    text = full_text[:20000]
+    calib_text = full_text[20000:26000]
     model = lowbit.Model.load(model_dir)
     g = model.generate(PROMPT, max_new_tokens=MAX_NEW_TOKENS)
     ppl = model.perplexity(text, window=WINDOW, windows=WINDOWS)
@@ -62,11 +74,63 @@ def main() -> int:
         "nll": ppl.nll,
         "bench_tokens": BENCH_TOKENS,
     }
+    native["quantize"] = quantize_references(lowbit, out, calib_text, text)
     if args.bench:
         native["bench"] = bench(model_dir)
+        # The same model for llama.cpp in wasm (wllama): Q4_0 (llama.cpp's reference quantizer)
+        # of the f32 GGUF, every weight but the embedding (Q6_K... as llama.cpp's fallbacks do).
+        q4 = out / "smollm2-q4_0.gguf"
+        if not q4.is_file():
+            lowbit.export(out / native["quantize"]["input"], q4, dense_type="Q4_0")
+        native["bench_gguf"] = q4.name
     (out / "native.json").write_text(json.dumps(native))
-    print(json.dumps({k: v for k, v in native.items() if k != "perplexity_text"}))
+    print(json.dumps({k: v for k, v in native.items() if k not in ("perplexity_text", "quantize")}))
     return 0
+
+
+def stable_manifest(manifest: dict) -> dict:
+    """The manifest without what changes from run to run (timings, memory, per-layer seconds, and
+    the sizes that count the manifest's own bytes)."""
+    m = {k: v for k, v in manifest.items() if k not in VOLATILE}
+    m["layers"] = [{k: v for k, v in layer.items() if k != "seconds"} for layer in m.get("layers", [])]
+    # The manifest's own length, hence the directory's, depends on those timings' digits.
+    m["sizes"] = {k: v for k, v in m["sizes"].items() if k not in ("out_bytes", "file_bits_per_weight")}
+    return m
+
+
+def quantize_references(lowbit, out: Path, calib_text: str, text: str) -> dict:
+    """The f32 GGUF the browser quantizes, and the native results it is checked against."""
+    f32 = out / "smollm2-f32.gguf"
+    if not f32.is_file():
+        lowbit.export(lowbit.smollm2_gguf(), f32, dense_type="F32")
+    (out / "calib.txt").write_text(calib_text, encoding="utf-8")
+    rtn_dir = out / "smollm2-f32-rtn"
+    if not (rtn_dir / "config.json").is_file():
+        lowbit.quantize_model(f32, rtn_dir, method="rtn", bits=QUANT_BITS, group_size=QUANT_GROUP)
+    files = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(rtn_dir.iterdir())
+        if p.is_file() and p.name != "lowbit_manifest.json"
+    }
+    manifest = json.loads((rtn_dir / "lowbit_manifest.json").read_text(encoding="utf-8"))
+    gptq_dir = out / "smollm2-f32-gptq"
+    gptq = {"method": "gptq", "bits": QUANT_BITS, "group_size": QUANT_GROUP}
+    gptq |= {"nsamples": GPTQ_NSAMPLES, "seqlen": GPTQ_SEQLEN}
+    if not (gptq_dir / "config.json").is_file():
+        lowbit.quantize_model(f32, gptq_dir, calib=out / "calib.txt", **gptq)
+    g_manifest = json.loads((gptq_dir / "lowbit_manifest.json").read_text(encoding="utf-8"))
+    g_ppl = lowbit.Model.load(gptq_dir).perplexity(text, window=WINDOW, windows=WINDOWS)
+    return {
+        "input": f32.name,
+        "bits": QUANT_BITS,
+        "group_size": QUANT_GROUP,
+        "rtn_files": files,
+        "rtn_manifest": stable_manifest(manifest),
+        "calib_text": calib_text,
+        "gptq": gptq,
+        "gptq_calibration": g_manifest["calibration"],
+        "gptq_perplexity": g_ppl.perplexity,
+    }
 
 
 def bench(model_dir: Path) -> dict[str, float]:

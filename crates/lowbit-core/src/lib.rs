@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod clock;
 pub mod codebook;
 mod element;
 mod error;

@@ -71,6 +71,7 @@ pub use error::{CpuError, Result};
 pub use int8_linear::Int8Linear;
 pub use linear::Linear;
 pub use llm_int8::OutlierCounts;
+pub use pool::{set_thread_spawner, start as start_thread_pool, ThreadSpawner};
 pub use q8::{activations, Activations};
 pub use w8a8::W8A8_MAX_COLS;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]

@@ -22,12 +22,13 @@
 //! A panicking chunk is caught, the job still completes, and the caller re-panics after every
 //! chunk is done, so no thread is left holding borrowed data.
 
+use lowbit_core::clock::Instant;
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long an idle worker spins before it starts yielding.
 const SPIN: Duration = Duration::from_micros(100);
@@ -68,7 +69,8 @@ struct Shared {
     alone_until: Line<AtomicU64>,
     /// Per worker: parked (or about to park) waiting for a job.
     sleeping: Vec<Line<AtomicBool>>,
-    threads: OnceLock<Vec<Thread>>,
+    /// Per worker: its thread, set by the worker itself when it starts (to unpark it).
+    handles: Vec<OnceLock<Thread>>,
 }
 
 // SAFETY: `job` is written only by the holder of `busy` while no chunk of a job is claimable
@@ -121,6 +123,8 @@ impl Shared {
     }
 
     fn worker(&self, me: usize) {
+        // Before the worker can park (`sleeping`), so a sleeping worker always has its handle.
+        let _ = self.handles[me].set(std::thread::current());
         let mut seen = 0u32;
         loop {
             let start = Instant::now();
@@ -155,6 +159,26 @@ impl Shared {
     }
 }
 
+/// How a thread is started: std's spawn, or what [`set_thread_spawner`] installed.
+pub type ThreadSpawner = fn(Box<dyn FnOnce() + Send>) -> std::io::Result<()>;
+
+static SPAWNER: OnceLock<ThreadSpawner> = OnceLock::new();
+
+/// Installs the function that starts lowbit's threads where std cannot (the browser's threaded
+/// build: wasm32 with atomics, where JS starts a Web Worker on the same memory). Call it before
+/// the first parallel product; returns false if one was installed already.
+pub fn set_thread_spawner(spawner: ThreadSpawner) -> bool {
+    SPAWNER.set(spawner).is_ok()
+}
+
+/// Starts a thread running `f`.
+fn spawn(name: String, f: Box<dyn FnOnce() + Send>) -> std::io::Result<()> {
+    match SPAWNER.get() {
+        Some(s) => s(f),
+        None => std::thread::Builder::new().name(name).spawn(f).map(|_| ()),
+    }
+}
+
 struct Pool {
     shared: &'static Shared,
     /// Threads of a job, the caller included.
@@ -175,22 +199,24 @@ fn pool() -> &'static Pool {
             jobs: Line(AtomicU64::new(0)),
             alone_until: Line(AtomicU64::new(0)),
             sleeping: (0..workers).map(|_| Line(AtomicBool::new(false))).collect(),
-            threads: OnceLock::new(),
+            handles: (0..workers).map(|_| OnceLock::new()).collect(),
         }));
-        let mut handles = Vec::with_capacity(workers);
+        let mut started = 0;
         for me in 0..workers {
-            let spawned =
-                std::thread::Builder::new().name(format!("lowbit-pool-{me}")).spawn(move || shared.worker(me));
-            match spawned {
-                Ok(h) => handles.push(h.thread().clone()),
+            match spawn(format!("lowbit-pool-{me}"), Box::new(move || shared.worker(me))) {
+                Ok(()) => started += 1,
                 // Without its workers the pool still runs every job on the caller.
                 Err(_) => break,
             }
         }
-        let threads = handles.len() + 1;
-        let _ = shared.threads.set(handles);
-        Pool { shared, threads }
+        Pool { shared, threads: started + 1 }
     })
+}
+
+/// Starts the pool now (rather than at the first parallel product); returns its threads, the
+/// caller included.
+pub fn start() -> usize {
+    threads()
 }
 
 /// Threads a job of the pool runs on, the caller included.
@@ -234,9 +260,9 @@ pub(crate) fn run(chunks: usize, f: &(dyn Fn(usize) + Sync)) {
     sh.panicked.0.store(false, Ordering::Relaxed);
     let epoch = epoch_of(sh.state.0.load(Ordering::Relaxed)).wrapping_add(1);
     sh.state.0.store(pack(epoch, chunks, 0), Ordering::SeqCst);
-    if let Some(handles) = sh.threads.get() {
-        for (flag, t) in sh.sleeping.iter().zip(handles) {
-            if flag.0.load(Ordering::SeqCst) {
+    for (flag, t) in sh.sleeping.iter().zip(&sh.handles) {
+        if flag.0.load(Ordering::SeqCst) {
+            if let Some(t) = t.get() {
                 t.unpark();
             }
         }

@@ -338,10 +338,12 @@ impl GgufFileWriter {
     pub fn finish(mut self) -> Result<()> {
         let data = self.data.take().ok_or_else(|| GgufError::WriterState { reason: "already finished".into() })?;
         let tmp = self.tmp.clone().unwrap_or_default();
-        let file = data.finish().map_err(|e| self.with_path(e))?;
-        let file = file.into_inner().map_err(|e| GgufError::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| GgufError::io(&tmp, e))?;
-        drop(file);
+        {
+            // Closed at the end of the block, before the rename.
+            let file = data.finish().map_err(|e| self.with_path(e))?;
+            let file = file.into_inner().map_err(|e| GgufError::io(&tmp, e.into_error()))?;
+            file.sync_all().map_err(|e| GgufError::io(&tmp, e))?;
+        }
         std::fs::rename(&tmp, &self.dest).map_err(|e| GgufError::io(&self.dest, e))?;
         self.tmp = None;
         Ok(())

@@ -21,6 +21,7 @@ use crate::gguf::{config_from_gguf, gguf_error, tokenizer_from_gguf, GgufSource}
 use crate::load::LoadOptions;
 use crate::model::Model;
 use crate::safetensors_source::{index_shards, SafetensorsSource};
+use crate::tensors::TensorSource;
 use crate::tokenizer::Tokenizer;
 use crate::{ModelError, Result};
 use lowbit_core::progress::Progress;
@@ -152,69 +153,129 @@ pub fn runtime_bytes_estimate(bytes: &[u8]) -> Result<u64> {
     }
 }
 
+/// Runs `f` on the config, tensor source and tokenizer of a model file in memory (a GGUF or a
+/// pack), as `load::with_source` does for a path.
+pub(crate) fn with_bytes_source<R>(
+    bytes: Vec<u8>,
+    opts: &LoadOptions,
+    f: impl FnOnce(ModelConfig, &mut dyn TensorSource, Option<Tokenizer>) -> Result<R>,
+) -> Result<R> {
+    opts.device.check_available()?;
+    match bytes_kind(&bytes)? {
+        BytesKind::Gguf => {
+            let file = GgufFile::from_vec(bytes).map_err(|e| gguf_error(Path::new(IN_MEMORY), e))?;
+            let config = config_from_gguf(&file)?;
+            let tokenizer = if opts.skip_tokenizer { None } else { Some(tokenizer_from_gguf(&file)?) };
+            let mut src = GgufSource::new(&file, &config);
+            f(config, &mut src, tokenizer)
+        }
+        BytesKind::Pack => {
+            let members = pack_members(&bytes)?;
+            let text = |name: &str| -> Result<Option<&str>> {
+                members
+                    .get(name)
+                    .map(|r| std::str::from_utf8(&bytes[r.clone()]).map_err(|e| pack_error(format!("{name}: {e}"))))
+                    .transpose()
+            };
+            let cfg_text = text("config.json")?.ok_or_else(|| pack_error("no config.json"))?;
+            let config = ModelConfig::from_json_str(cfg_text)?;
+            let raw: serde_json::Value =
+                serde_json::from_str(cfg_text).map_err(|e| ModelError::config("config.json", e.to_string()))?;
+            let tokenizer = match text("tokenizer.json")? {
+                Some(json) if !opts.skip_tokenizer => {
+                    let cfg = match text("tokenizer_config.json")? {
+                        Some(t) => Some(
+                            serde_json::from_str(t)
+                                .map_err(|e| ModelError::Tokenizer(format!("tokenizer_config.json: {e}")))?,
+                        ),
+                        None => None,
+                    };
+                    let mut tok = Tokenizer::from_json_str(json, cfg.as_ref())?;
+                    if tok.chat_template().is_none() {
+                        tok.set_chat_template(text("chat_template.jinja")?.map(str::to_string));
+                    }
+                    Some(tok)
+                }
+                _ => None,
+            };
+            let shards: Vec<String> = if members.contains_key("model.safetensors") {
+                vec!["model.safetensors".into()]
+            } else {
+                let index = text("model.safetensors.index.json")?
+                    .ok_or_else(|| pack_error("no model.safetensors or model.safetensors.index.json"))?;
+                index_shards(index, Path::new("model.safetensors.index.json"))?.into_iter().collect()
+            };
+            let mut files = Vec::with_capacity(shards.len());
+            for name in shards {
+                let r = members.get(&name).ok_or_else(|| pack_error(format!("no {name}, which the index lists")))?;
+                files.push((PathBuf::from(&name), bytes[r.clone()].to_vec()));
+            }
+            drop(bytes);
+            let src = SafetensorsSource::from_byte_files(files)?;
+            // No directory: a GPTQ checkpoint's quantize_config.json fallback finds nothing.
+            let mut src = crate::hf_quant::quantized_source(Path::new(IN_MEMORY), &raw, src)?;
+            f(config, src.as_mut(), tokenizer)
+        }
+    }
+}
+
 impl Model {
     /// Loads a model held in memory: a GGUF file or a single-file lowbit model (module docs).
     /// A GGUF's tensors are read from `bytes` as they are; a pack's members are copied out.
     pub fn from_bytes(bytes: Vec<u8>, opts: &LoadOptions, progress: &mut dyn Progress) -> Result<Model> {
-        opts.device.check_available()?;
-        match bytes_kind(&bytes)? {
-            BytesKind::Gguf => {
-                let file = GgufFile::from_vec(bytes).map_err(|e| gguf_error(Path::new(IN_MEMORY), e))?;
-                let config = config_from_gguf(&file)?;
-                let tokenizer = if opts.skip_tokenizer { None } else { Some(tokenizer_from_gguf(&file)?) };
-                let mut src = GgufSource::new(&file, &config);
-                Model::build(config, &mut src, tokenizer, opts.device, progress)
-            }
-            BytesKind::Pack => {
-                let members = pack_members(&bytes)?;
-                let text = |name: &str| -> Result<Option<&str>> {
-                    members
-                        .get(name)
-                        .map(|r| std::str::from_utf8(&bytes[r.clone()]).map_err(|e| pack_error(format!("{name}: {e}"))))
-                        .transpose()
-                };
-                let cfg_text = text("config.json")?.ok_or_else(|| pack_error("no config.json"))?;
-                let config = ModelConfig::from_json_str(cfg_text)?;
-                let raw: serde_json::Value =
-                    serde_json::from_str(cfg_text).map_err(|e| ModelError::config("config.json", e.to_string()))?;
-                let tokenizer = match text("tokenizer.json")? {
-                    Some(json) if !opts.skip_tokenizer => {
-                        let cfg = match text("tokenizer_config.json")? {
-                            Some(t) => Some(
-                                serde_json::from_str(t)
-                                    .map_err(|e| ModelError::Tokenizer(format!("tokenizer_config.json: {e}")))?,
-                            ),
-                            None => None,
-                        };
-                        let mut tok = Tokenizer::from_json_str(json, cfg.as_ref())?;
-                        if tok.chat_template().is_none() {
-                            tok.set_chat_template(text("chat_template.jinja")?.map(str::to_string));
-                        }
-                        Some(tok)
-                    }
-                    _ => None,
-                };
-                let shards: Vec<String> = if members.contains_key("model.safetensors") {
-                    vec!["model.safetensors".into()]
-                } else {
-                    let index = text("model.safetensors.index.json")?
-                        .ok_or_else(|| pack_error("no model.safetensors or model.safetensors.index.json"))?;
-                    index_shards(index, Path::new("model.safetensors.index.json"))?.into_iter().collect()
-                };
-                let mut files = Vec::with_capacity(shards.len());
-                for name in shards {
-                    let r =
-                        members.get(&name).ok_or_else(|| pack_error(format!("no {name}, which the index lists")))?;
-                    files.push((PathBuf::from(&name), bytes[r.clone()].to_vec()));
-                }
-                drop(bytes);
-                let src = SafetensorsSource::from_byte_files(files)?;
-                // No directory: a GPTQ checkpoint's quantize_config.json fallback finds nothing.
-                let mut src = crate::hf_quant::quantized_source(Path::new(IN_MEMORY), &raw, src)?;
-                Model::build(config, src.as_mut(), tokenizer, opts.device, progress)
-            }
-        }
+        with_bytes_source(bytes, opts, |config, src, tokenizer| {
+            Model::build(config, src, tokenizer, opts.device, progress)
+        })
     }
+}
+
+/// Packs files held in memory (name -> bytes, e.g. [`Model::save_to_memory`]'s) into one file,
+/// picking and ordering the members as [`pack_dir`] does, so a directory and its in-memory twin
+/// give the same bytes.
+pub fn pack_files(files: &BTreeMap<String, Vec<u8>>) -> Result<Vec<u8>> {
+    let mut names: Vec<&str> = PACKED_TEXT_FILES.iter().copied().filter(|n| files.contains_key(*n)).collect();
+    if !files.contains_key("config.json") {
+        return Err(ModelError::Input { op: "pack_files", reason: "no config.json".into() });
+    }
+    let shards: Vec<String> = if files.contains_key("model.safetensors") {
+        vec!["model.safetensors".into()]
+    } else {
+        let index = files.get("model.safetensors.index.json").ok_or_else(|| ModelError::Input {
+            op: "pack_files",
+            reason: "no model.safetensors or model.safetensors.index.json".into(),
+        })?;
+        let index = std::str::from_utf8(index)
+            .map_err(|e| ModelError::Input { op: "pack_files", reason: format!("index: {e}") })?;
+        names.push("model.safetensors.index.json");
+        index_shards(index, Path::new("model.safetensors.index.json"))?.into_iter().collect()
+    };
+    let mut members: Vec<(&str, &[u8])> = names.iter().map(|n| (*n, files[*n].as_slice())).collect();
+    for s in &shards {
+        let bytes = files
+            .get(s)
+            .ok_or_else(|| ModelError::Input { op: "pack_files", reason: format!("no {s}, which the index lists") })?;
+        members.push((s, bytes));
+    }
+    pack_members_into(&members)
+}
+
+/// The pack of `members` (name, bytes), in this order.
+fn pack_members_into(members: &[(&str, &[u8])]) -> Result<Vec<u8>> {
+    let mut index = Vec::new();
+    let mut data: Vec<u8> = Vec::new();
+    for (name, bytes) in members {
+        data.resize(data.len().next_multiple_of(8), 0);
+        index.push(serde_json::json!({"name": name, "offset": data.len(), "len": bytes.len()}));
+        data.extend_from_slice(bytes);
+    }
+    let index = serde_json::to_vec(&serde_json::json!({"version": PACK_VERSION, "files": index}))
+        .map_err(|e| ModelError::Input { op: "pack", reason: e.to_string() })?;
+    let mut out = Vec::with_capacity(16 + index.len() + data.len());
+    out.extend_from_slice(PACK_MAGIC);
+    out.extend_from_slice(&(index.len() as u64).to_le_bytes());
+    out.extend_from_slice(&index);
+    out.extend_from_slice(&data);
+    Ok(out)
 }
 
 /// Packs a model directory into one file (module docs): `config.json`, the weights
@@ -238,21 +299,12 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>> {
     for f in files {
         names.push(f.file_name().and_then(|n| n.to_str()).expect("checkpoint files have plain names").to_string());
     }
-    let mut index = Vec::new();
-    let mut data: Vec<u8> = Vec::new();
-    for name in names {
-        let p = dir.join(&name);
-        let bytes = std::fs::read(&p).map_err(|e| ModelError::io(&p, e))?;
-        data.resize(data.len().next_multiple_of(8), 0);
-        index.push(serde_json::json!({"name": name, "offset": data.len(), "len": bytes.len()}));
-        data.extend_from_slice(&bytes);
+    let mut contents = Vec::with_capacity(names.len());
+    for name in &names {
+        let p = dir.join(name);
+        contents.push(std::fs::read(&p).map_err(|e| ModelError::io(&p, e))?);
     }
-    let index = serde_json::to_vec(&serde_json::json!({"version": PACK_VERSION, "files": index}))
-        .map_err(|e| ModelError::Input { op: "pack_dir", reason: e.to_string() })?;
-    let mut out = Vec::with_capacity(16 + index.len() + data.len());
-    out.extend_from_slice(PACK_MAGIC);
-    out.extend_from_slice(&(index.len() as u64).to_le_bytes());
-    out.extend_from_slice(&index);
-    out.extend_from_slice(&data);
-    Ok(out)
+    let members: Vec<(&str, &[u8])> =
+        names.iter().map(|n| n.as_str()).zip(contents.iter().map(|c| c.as_slice())).collect();
+    pack_members_into(&members)
 }

@@ -256,74 +256,132 @@ impl Model {
     pub fn save_with_last(&self, dir: &Path, extras: &SaveExtras, last: Option<LastFile<'_>>) -> Result<u64> {
         let mut total = 0u64;
         write_dir_atomically(dir, |tmp| {
-            // Dense tensors are borrowed, not copied, and streamed to the file: an f32 embedding
-            // alone is most of a small model.
-            let (mats, vecs) = self.named_tensors();
-            let mut dense: Vec<DenseEntry<'_>> = vec![];
-            let mut quant: Vec<(String, &QTensor)> = vec![];
-            for (name, lin) in mats {
-                match lin.weight() {
-                    WeightKind::Quant(q) => quant.push((name, q)),
-                    w => dense.push(dense_entry(name, vec![lin.rows(), lin.cols()], w)),
-                }
-            }
-            for (name, v) in vecs {
-                dense.push((name, Dtype::F32, vec![v.len()], Cow::Borrowed(bytemuck::cast_slice(v))));
-            }
-            let mut weight_map = serde_json::Map::new();
-            let shards = if quant.is_empty() { 1 } else { 2 };
-            let dense_file = format!("model-00001-of-0000{shards}.safetensors");
-            let views = dense
-                .iter()
-                .map(|(n, dt, shape, data)| {
-                    weight_map.insert(n.clone(), dense_file.clone().into());
-                    TensorView::new(*dt, shape.clone(), data).map(|v| (n.clone(), v))
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| ModelError::Safetensors { path: dense_file.clone(), reason: e.to_string() })?;
-            safetensors::serialize_to_file(views, None, &tmp.join(&dense_file))
-                .map_err(|e| ModelError::Safetensors { path: dense_file.clone(), reason: e.to_string() })?;
-            if !quant.is_empty() {
-                let qfile = "model-00002-of-00002.safetensors".to_string();
-                for (n, _) in &quant {
-                    weight_map.insert(n.clone(), qfile.clone().into());
-                }
-                let bytes = lowbit_core::io::to_bytes(quant.iter().map(|(n, q)| (n.as_str(), *q)), &BTreeMap::new())?;
-                write(&tmp.join(&qfile), &bytes)?;
-            }
-            let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-            write(&tmp.join("model.safetensors.index.json"), index.to_string().as_bytes())?;
-            let mut config = self.config().to_hf_json();
-            if let Some(obj) = config.as_object_mut() {
-                obj.extend(extras.config.iter().map(|(k, v)| (k.clone(), v.clone())));
-            }
+            total = self.save_files(&mut DirSink(tmp), extras, last)?;
+            // safetensors writes through a private (0600) temporary file: give the dense shard
+            // the mode every other file gets.
             let config_path = tmp.join("config.json");
-            write(&config_path, serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes())?;
-            // safetensors writes through a private (0600) temporary file: give the shard the
-            // mode every other file gets.
             let mode = std::fs::metadata(&config_path).map_err(|e| ModelError::io(&config_path, e))?.permissions();
-            let dense_path = tmp.join(&dense_file);
-            std::fs::set_permissions(&dense_path, mode).map_err(|e| ModelError::io(&dense_path, e))?;
-            if let Some(t) = self.tokenizer() {
-                write_tokenizer_files(tmp, t)?;
-            }
-            for (name, bytes) in &extras.files {
-                check_file_name(name)?;
-                write(&tmp.join(name), bytes)?;
-            }
-            for e in std::fs::read_dir(tmp).map_err(|e| ModelError::io(tmp, e))? {
-                let e = e.map_err(|e| ModelError::io(tmp, e))?;
-                total += e.metadata().map_err(|err| ModelError::io(e.path(), err))?.len();
-            }
-            if let Some((name, contents)) = last {
-                check_file_name(name)?;
-                let bytes = contents(total);
-                write(&tmp.join(name), &bytes)?;
-                total += bytes.len() as u64;
+            for name in ["model-00001-of-00001.safetensors", "model-00001-of-00002.safetensors"] {
+                let p = tmp.join(name);
+                if p.is_file() {
+                    std::fs::set_permissions(&p, mode.clone()).map_err(|e| ModelError::io(&p, e))?;
+                }
             }
             Ok(())
         })?;
         Ok(total)
+    }
+
+    /// The files [`Model::save_with_last`] writes, in memory (name -> bytes): where there is no
+    /// file system (the browser). The same bytes as the directory's files.
+    pub fn save_to_memory(&self, extras: &SaveExtras, last: Option<LastFile<'_>>) -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut sink = MemorySink(BTreeMap::new());
+        self.save_files(&mut sink, extras, last)?;
+        Ok(sink.0)
+    }
+
+    /// Puts every file of the saved model into `sink`; returns their bytes, the last included.
+    fn save_files(&self, sink: &mut dyn Sink, extras: &SaveExtras, last: Option<LastFile<'_>>) -> Result<u64> {
+        let mut total = 0u64;
+        // Dense tensors are borrowed, not copied, and streamed to the file: an f32 embedding
+        // alone is most of a small model.
+        let (mats, vecs) = self.named_tensors();
+        let mut dense: Vec<DenseEntry<'_>> = vec![];
+        let mut quant: Vec<(String, &QTensor)> = vec![];
+        for (name, lin) in mats {
+            match lin.weight() {
+                WeightKind::Quant(q) => quant.push((name, q)),
+                w => dense.push(dense_entry(name, vec![lin.rows(), lin.cols()], w)),
+            }
+        }
+        for (name, v) in vecs {
+            dense.push((name, Dtype::F32, vec![v.len()], Cow::Borrowed(bytemuck::cast_slice(v))));
+        }
+        let mut weight_map = serde_json::Map::new();
+        let shards = if quant.is_empty() { 1 } else { 2 };
+        let dense_file = format!("model-00001-of-0000{shards}.safetensors");
+        let views = dense
+            .iter()
+            .map(|(n, dt, shape, data)| {
+                weight_map.insert(n.clone(), dense_file.clone().into());
+                TensorView::new(*dt, shape.clone(), data).map(|v| (n.clone(), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| ModelError::Safetensors { path: dense_file.clone(), reason: e.to_string() })?;
+        total += sink.put_safetensors(&dense_file, views)?;
+        if !quant.is_empty() {
+            let qfile = "model-00002-of-00002.safetensors".to_string();
+            for (n, _) in &quant {
+                weight_map.insert(n.clone(), qfile.clone().into());
+            }
+            let bytes = lowbit_core::io::to_bytes(quant.iter().map(|(n, q)| (n.as_str(), *q)), &BTreeMap::new())?;
+            total += sink.put(&qfile, &bytes)?;
+        }
+        let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+        total += sink.put("model.safetensors.index.json", index.to_string().as_bytes())?;
+        let mut config = self.config().to_hf_json();
+        if let Some(obj) = config.as_object_mut() {
+            obj.extend(extras.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        total += sink.put("config.json", serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes())?;
+        if let Some(t) = self.tokenizer() {
+            for (name, bytes) in tokenizer_files(t) {
+                total += sink.put(name, &bytes)?;
+            }
+        }
+        for (name, bytes) in &extras.files {
+            check_file_name(name)?;
+            total += sink.put(name, bytes)?;
+        }
+        if let Some((name, contents)) = last {
+            check_file_name(name)?;
+            total += sink.put(name, &contents(total))?;
+        }
+        Ok(total)
+    }
+}
+
+/// Where [`Model::save_files`] puts each file: a directory, or a map in memory.
+trait Sink {
+    /// Stores `name`; returns its length.
+    fn put(&mut self, name: &str, bytes: &[u8]) -> Result<u64>;
+    /// Stores a safetensors file of `views`; returns its length.
+    fn put_safetensors(&mut self, name: &str, views: Vec<(String, TensorView<'_>)>) -> Result<u64>;
+}
+
+fn safetensors_error(name: &str, e: safetensors::SafeTensorError) -> ModelError {
+    ModelError::Safetensors { path: name.to_string(), reason: e.to_string() }
+}
+
+struct DirSink<'a>(&'a Path);
+
+impl Sink for DirSink<'_> {
+    fn put(&mut self, name: &str, bytes: &[u8]) -> Result<u64> {
+        write(&self.0.join(name), bytes)?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Streamed to the file: the tensors are not copied.
+    fn put_safetensors(&mut self, name: &str, views: Vec<(String, TensorView<'_>)>) -> Result<u64> {
+        let path = self.0.join(name);
+        safetensors::serialize_to_file(views, None, &path).map_err(|e| safetensors_error(name, e))?;
+        Ok(std::fs::metadata(&path).map_err(|e| ModelError::io(&path, e))?.len())
+    }
+}
+
+struct MemorySink(BTreeMap<String, Vec<u8>>);
+
+impl Sink for MemorySink {
+    fn put(&mut self, name: &str, bytes: &[u8]) -> Result<u64> {
+        self.0.insert(name.to_string(), bytes.to_vec());
+        Ok(bytes.len() as u64)
+    }
+
+    fn put_safetensors(&mut self, name: &str, views: Vec<(String, TensorView<'_>)>) -> Result<u64> {
+        let bytes = safetensors::serialize(views, None).map_err(|e| safetensors_error(name, e))?;
+        let n = bytes.len() as u64;
+        self.0.insert(name.to_string(), bytes);
+        Ok(n)
     }
 }
 
@@ -362,7 +420,14 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// `tokenizer.json` and a `tokenizer_config.json` with the special tokens and chat template.
 pub(crate) fn write_tokenizer_files(dir: &Path, t: &Tokenizer) -> Result<()> {
-    write(&dir.join("tokenizer.json"), t.to_json_string().as_bytes())?;
+    for (name, bytes) in tokenizer_files(t) {
+        write(&dir.join(name), &bytes)?;
+    }
+    Ok(())
+}
+
+/// The contents of [`write_tokenizer_files`]'s two files.
+fn tokenizer_files(t: &Tokenizer) -> [(&'static str, Vec<u8>); 2] {
     let mut cfg = serde_json::json!({"add_bos_token": false, "clean_up_tokenization_spaces": false});
     if let Some(b) = t.bos_token() {
         cfg["bos_token"] = b.into();
@@ -373,7 +438,10 @@ pub(crate) fn write_tokenizer_files(dir: &Path, t: &Tokenizer) -> Result<()> {
     if let Some(c) = t.chat_template() {
         cfg["chat_template"] = c.into();
     }
-    write(&dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&cfg).unwrap_or_default().as_bytes())
+    [
+        ("tokenizer.json", t.to_json_string().as_bytes().to_vec()),
+        ("tokenizer_config.json", serde_json::to_string_pretty(&cfg).unwrap_or_default().into_bytes()),
+    ]
 }
 
 /// Fills a fresh temporary sibling of `dir` with `fill`, then renames it to `dir`. `dir` must not

@@ -379,6 +379,21 @@ impl Model {
         inner.map_err(E::from)?
     }
 
+    /// [`Model::open_blocks`] for a model file in memory (a GGUF or a pack, as
+    /// [`Model::from_bytes`] reads): the quantization pipeline's entry where there is no file
+    /// system (the browser).
+    pub fn open_blocks_from_bytes<R, E: From<ModelError>>(
+        bytes: Vec<u8>,
+        opts: &crate::LoadOptions,
+        f: impl FnOnce(Model, &mut BlockReader<'_>) -> std::result::Result<R, E>,
+    ) -> std::result::Result<R, E> {
+        let inner = crate::bytes::with_bytes_source(bytes, opts, |config, src, tokenizer| {
+            let model = Model::build_without_layers(config.clone(), src, tokenizer, opts.device)?;
+            Ok(f(model, &mut BlockReader { src, config }))
+        });
+        inner.map_err(E::from)?
+    }
+
     /// Appends the next decoder block (see [`Model::open_blocks`]); an error when the model
     /// already has all its blocks or the block's shapes do not fit the config.
     pub fn push_layer(&mut self, layer: Layer) -> Result<()> {

@@ -37,6 +37,8 @@ pub enum CalibSource {
     TokenFile(PathBuf),
     /// A token stream already in memory (windows are drawn from it as from a text's ids).
     Tokens(Vec<u32>),
+    /// Text in memory (the browser's calibration text), read as a [`CalibSource::Text`] file's.
+    InlineText(String),
     /// No data: sequences sampled from the model itself, from its BOS token (see
     /// [`data_free_windows`]), seeded.
     DataFree,
@@ -61,6 +63,7 @@ impl CalibSource {
             CalibSource::Jsonl { path, field } => format!("jsonl:{}#{field}", path.display()),
             CalibSource::TokenFile(p) => format!("tokens:{}", p.display()),
             CalibSource::Tokens(v) => format!("tokens:<{} in memory>", v.len()),
+            CalibSource::InlineText(t) => format!("text:<{} bytes in memory>", t.len()),
             CalibSource::DataFree => "data-free".into(),
         }
     }
@@ -97,6 +100,7 @@ pub(crate) fn calibration_windows(
         CalibSource::Text(p) => tokenize(model, &read_text(p)?)?,
         CalibSource::Jsonl { path, field } => tokenize(model, &read_jsonl(path, field)?)?,
         CalibSource::Tokens(v) => v.clone(),
+        CalibSource::InlineText(t) => tokenize(model, &normalize_newlines(t.strip_prefix('\u{feff}').unwrap_or(t)))?,
         CalibSource::TokenFile(p) => match read_token_file(p)? {
             TokenArray::Stream(v) => v,
             TokenArray::Windows { rows, cols, ids } => {

@@ -27,5 +27,5 @@ pub use error::{QuantizeError, Result};
 pub use lowbit_solvers::MethodConfig;
 pub use options::{peak_rss_bytes, LayerStat, QuantizeOptions, QuantizeReport, WeightFormat};
 pub use output::MANIFEST_FILE;
-pub use pipeline::{partial_dir, quantize_model, CHECKPOINT_INTERVAL};
+pub use pipeline::{partial_dir, quantize_bytes, quantize_model, CHECKPOINT_INTERVAL};
 pub use roles::TensorScheme;

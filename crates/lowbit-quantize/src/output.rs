@@ -6,6 +6,7 @@ use crate::options::QuantizeReport;
 use crate::Result;
 use lowbit_model::{Model, SaveExtras, LINEAR_NAMES};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The manifest's file name.
@@ -13,15 +14,28 @@ pub const MANIFEST_FILE: &str = "lowbit_manifest.json";
 
 /// Writes the checkpoint; returns its size in bytes.
 pub(crate) fn write_output(model: &Model, out: &Path, report: &QuantizeReport) -> Result<u64> {
+    let extras = extras(report);
+    // The manifest records the directory's bytes, its own included.
+    let contents = |others: u64| sized(|own| manifest(report, others + own));
+    Ok(model.save_with_last(out, &extras, Some((MANIFEST_FILE, &contents)))?)
+}
+
+/// [`write_output`]'s files in memory (name -> bytes).
+pub(crate) fn write_output_to_memory(model: &Model, report: &QuantizeReport) -> Result<BTreeMap<String, Vec<u8>>> {
+    let extras = extras(report);
+    let contents = |others: u64| sized(|own| manifest(report, others + own));
+    Ok(model.save_to_memory(&extras, Some((MANIFEST_FILE, &contents)))?)
+}
+
+/// `quantization_config` in `config.json`.
+fn extras(report: &QuantizeReport) -> SaveExtras {
     let mut qc = report.params.clone();
     qc["quant_method"] = "lowbit".into();
     qc["format"] = "lowbit safetensors v1 (docs/format.md)".into();
     qc["modules"] = json!(LINEAR_NAMES);
     let mut extras = SaveExtras::default();
     extras.config.insert("quantization_config".into(), qc);
-    // The manifest records the directory's bytes, its own included.
-    let contents = |others: u64| sized(|own| manifest(report, others + own));
-    Ok(model.save_with_last(out, &extras, Some((MANIFEST_FILE, &contents)))?)
+    extras
 }
 
 /// The pretty JSON of `render(n)` where `n` is the length of the result: `n` grows until the

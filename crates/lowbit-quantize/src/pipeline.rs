@@ -22,9 +22,10 @@
 use crate::calib::{calibration_windows, int8_sampler, CalibSource};
 use crate::checkpoint::{Checkpoint, CheckpointState, Saver};
 use crate::options::{peak_rss_bytes, LayerStat, QuantizeOptions, QuantizeReport};
-use crate::output::write_output;
+use crate::output::{write_output, write_output_to_memory};
 use crate::stash::Stash;
 use crate::{QuantizeError, Result};
+use lowbit_core::clock::Instant;
 use lowbit_core::progress::{phase, Progress};
 use lowbit_core::{QParams, QTensor, Scales, Scheme};
 use lowbit_cpu::Cpu;
@@ -35,8 +36,8 @@ use lowbit_solvers::awq::HeadTie;
 use lowbit_solvers::{FoldTarget, Group, GroupLayer, QuantMethod, Role, SolvedLayer, Statistics};
 use lowbit_train::train::ReconstructOptions;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// Quantizes every linear layer inside the transformer blocks of the model at `model_path` (an HF
 /// directory or a `.gguf`) and writes a lowbit checkpoint directory to `out` (atomically: on any
@@ -80,8 +81,15 @@ pub fn quantize_model(
     let ckpt = Checkpoint::new(partial_dir(out));
     let mut stopped = false;
     // The blocks stream in one at a time from the (memory-mapped) checkpoint.
+    let mut target = Target {
+        model_path: Some(model_path),
+        input_bytes: path_bytes(model_path),
+        out: out.display().to_string(),
+        ckpt: Some(&ckpt),
+        write: &mut |model, report| write_output(model, out, report),
+    };
     let result = Model::open_blocks(model_path, &LoadOptions::default(), |model, blocks| {
-        run(model, blocks, model_path, out, opts, &ckpt, progress, &mut stopped)
+        run(model, blocks, &mut target, opts, progress, &mut stopped)
     });
     match &result {
         Ok(_) => ckpt.remove(),
@@ -91,6 +99,57 @@ pub fn quantize_model(
         Err(_) => ckpt.remove(),
     }
     result
+}
+
+/// [`quantize_model`] with the model file in memory (a GGUF or a single-file lowbit model, see
+/// [`lowbit_model::bytes`]) and the output directory's files returned in memory (name -> bytes, the
+/// same bytes `quantize_model` writes): the browser's entry, where there is no file system.
+/// No checkpoints (so no `resume`), and no data-free calibration (it reloads the model).
+pub fn quantize_bytes(
+    input: Vec<u8>,
+    opts: &QuantizeOptions,
+    progress: &mut dyn Progress,
+) -> Result<(BTreeMap<String, Vec<u8>>, QuantizeReport)> {
+    opts.validate()?;
+    if opts.resume || opts.stop_after_block.is_some() {
+        return Err(QuantizeError::input("quantize", "resume and stop_after_block need an output directory"));
+    }
+    if matches!(opts.calib, Some(CalibSource::DataFree)) && opts.method.solver().calibrated() {
+        return Err(QuantizeError::input(
+            "quantize",
+            "data-free calibration needs the model file: give calibration text",
+        ));
+    }
+    let mut files = BTreeMap::new();
+    let mut target = Target {
+        model_path: None,
+        input_bytes: input.len() as u64,
+        out: "<in memory>".into(),
+        ckpt: None,
+        write: &mut |model, report| {
+            files = write_output_to_memory(model, report)?;
+            Ok(files.values().map(|f| f.len() as u64).sum())
+        },
+    };
+    let mut stopped = false;
+    let report = Model::open_blocks_from_bytes(input, &LoadOptions::default(), |model, blocks| {
+        run(model, blocks, &mut target, opts, progress, &mut stopped)
+    })?;
+    Ok((files, report))
+}
+
+/// Where a run reads its model and puts its results.
+struct Target<'a> {
+    /// The model's path (data-free calibration reloads it); `None` for a model in memory.
+    model_path: Option<&'a Path>,
+    /// The input's size, for the manifest.
+    input_bytes: u64,
+    /// The output, for the report.
+    out: String,
+    /// Checkpoints: none for a model in memory.
+    ckpt: Option<&'a Checkpoint>,
+    /// Writes the quantized model; returns its bytes.
+    write: &'a mut dyn FnMut(&Model, &QuantizeReport) -> Result<u64>,
 }
 
 /// Least time between two checkpoints after the first block: each writes the blocks done and
@@ -113,14 +172,11 @@ struct Ctx<'a> {
     notes: Vec<String>,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run(
     mut model: Model,
     blocks: &mut BlockReader<'_>,
-    model_path: &Path,
-    out: &Path,
+    target: &mut Target<'_>,
     opts: &QuantizeOptions,
-    ckpt: &Checkpoint,
     progress: &mut dyn Progress,
     stopped: &mut bool,
 ) -> Result<QuantizeReport> {
@@ -159,6 +215,9 @@ fn run(
         let w = if matches!(calib, CalibSource::DataFree) {
             // Sampling runs every block: it gets the whole model (an int8 copy, a quarter of the
             // bytes per step), dropped before the blocks stream in.
+            let model_path = target
+                .model_path
+                .ok_or_else(|| QuantizeError::input("quantize", "data-free calibration needs the model file"))?;
             let whole = int8_sampler(Model::load_with_progress(model_path, &LoadOptions::default(), progress)?)?;
             calibration_windows(&whole, calib, opts.nsamples, opts.seqlen, opts.seed, progress)?
         } else {
@@ -172,7 +231,7 @@ fn run(
     // Resume or start.
     let fingerprint = sha256_hex(
         serde_json::json!({
-            "params": params, "calib": calib_sha, "model": model_path.display().to_string(),
+            "params": params, "calib": calib_sha, "model": target.model_path.map(|p| p.display().to_string()),
             "config": cfg.to_hf_json(),
         })
         .to_string()
@@ -183,7 +242,10 @@ fn run(
     let mut first = 0;
     let mut x: Vec<f32> = vec![];
     if calibrated {
-        let resumed = if opts.resume { ckpt.load(&fingerprint, &mut model, |b| Ok(blocks.block(b)?))? } else { None };
+        let resumed = match target.ckpt {
+            Some(ckpt) if opts.resume => ckpt.load(&fingerprint, &mut model, |b| Ok(blocks.block(b)?))?,
+            _ => None,
+        };
         match resumed {
             Some((state, saved_x)) => {
                 first = state.next_block;
@@ -192,7 +254,7 @@ fn run(
                 x = saved_x;
             }
             None => {
-                ckpt.remove();
+                target.ckpt.inspect(|c| c.remove());
                 x = vec![0f32; windows.len() * h];
                 model.embed(&windows, &mut x)?;
             }
@@ -239,7 +301,7 @@ fn run(
             }
             // The run's first block, then at most every CHECKPOINT_INTERVAL, and where it stops.
             let due = b == first || last_save.elapsed() >= CHECKPOINT_INTERVAL || opts.stop_after_block == Some(b);
-            if due && b + 1 < nblocks {
+            if let (true, Some(ckpt)) = (due && b + 1 < nblocks, target.ckpt) {
                 let state = CheckpointState {
                     fingerprint: fingerprint.clone(),
                     next_block: b + 1,
@@ -269,7 +331,7 @@ fn run(
     let _write = phase(progress, "write", 0);
     let size = model.stored_size();
     let mut report = QuantizeReport {
-        out: out.display().to_string(),
+        out: target.out.clone(),
         params,
         layers: layers_stats,
         calib_sha256: calib_sha,
@@ -282,7 +344,7 @@ fn run(
         linear_bytes_after: size.linear_bytes,
         bits_per_weight: size.linear_bits_per_weight(),
         out_bytes: 0,
-        input_bytes: path_bytes(model_path),
+        input_bytes: target.input_bytes,
         num_params: size.params,
         tensor_bytes: size.tensor_bytes,
         bits_per_weight_all: size.bits_per_weight(),
@@ -293,7 +355,7 @@ fn run(
     };
     report.wall_seconds = start.elapsed().as_secs_f64();
     report.peak_rss_bytes = peak_rss_bytes();
-    report.out_bytes = write_output(&model, out, &report)?;
+    report.out_bytes = (target.write)(&model, &report)?;
     report.wall_seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

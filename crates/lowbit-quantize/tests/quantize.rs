@@ -677,3 +677,40 @@ fn qat_refines_the_blocks_on_the_base_methods_grids() {
     let mut hqq = QuantizeOptions { method: MethodConfig::from_name("hqq").unwrap(), ..QuantizeOptions::default() };
     assert!(hqq.set_option("qat_epochs", &OptionValue::Int(2)).is_err());
 }
+
+/// The browser's entry: the model from memory (a pack of the directory), the files back in
+/// memory; the same files as `quantize_model` writes (the manifest differing only in timings and
+/// the input's size, a pack's rather than the directory's).
+#[test]
+fn quantize_bytes_gives_the_files_of_quantize_model() {
+    let (model, _) = tiny("bytes-in", 2);
+    let out = temp_dir("bytes-in-out");
+    let o = opts("gptq");
+    run(&model, &out, &o).unwrap();
+    let pack = lowbit_model::bytes::pack_dir(&model).unwrap();
+    let pack_len = pack.len() as u64;
+    let (mut files, report) = lowbit_quantize::quantize_bytes(pack, &o, &mut lowbit_core::NoProgress).unwrap();
+    let manifest = files.remove(lowbit_quantize::MANIFEST_FILE).unwrap();
+    // Packed in memory as the directory is packed from disk.
+    assert_eq!(lowbit_model::bytes::pack_files(&files).unwrap(), lowbit_model::bytes::pack_dir(&out).unwrap());
+    let in_memory: Vec<(String, Vec<u8>)> = files.into_iter().collect();
+    assert_eq!(in_memory, model_files(&out));
+    let mut a = manifest_sans_timings(&out);
+    let dir = temp_dir("bytes-in-manifest");
+    std::fs::write(dir.join("lowbit_manifest.json"), manifest).unwrap();
+    let mut b = manifest_sans_timings(&dir);
+    assert_eq!(b["sizes"]["input_bytes"].as_u64(), Some(pack_len));
+    for m in [&mut a, &mut b] {
+        m["sizes"].as_object_mut().unwrap().remove("input_bytes");
+    }
+    assert_eq!(a, b);
+    assert_eq!(report.out, "<in memory>");
+    // Files in memory cannot resume or stop, and data-free calibration needs the model's file.
+    let refused = |o: &QuantizeOptions| {
+        lowbit_quantize::quantize_bytes(lowbit_model::bytes::pack_dir(&model).unwrap(), o, &mut lowbit_core::NoProgress)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(refused(&QuantizeOptions { resume: true, ..opts("gptq") }).contains("output directory"));
+    assert!(refused(&QuantizeOptions { calib: Some(CalibSource::DataFree), ..opts("gptq") }).contains("data-free"));
+}

@@ -37,9 +37,9 @@ use crate::par::faer_par;
 use crate::report::LayerReport;
 use crate::{Result, SolverError};
 use faer::{Accum, Mat, MatRef};
+use lowbit_core::clock::Instant;
 use lowbit_core::{check_finite, rtn, IntScheme, QTensor, Scheme};
 use serde_json::{Map, Value};
-use std::time::Instant;
 
 /// AWQ settings (llm-awq defaults).
 #[derive(Clone, Copy, Debug, PartialEq)]

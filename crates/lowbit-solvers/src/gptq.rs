@@ -40,12 +40,12 @@ use crate::report::LayerReport;
 use crate::rtn::{clip_param, with_clip};
 use crate::{Result, SolverError};
 use faer::{Accum, Mat, MatMut, MatRef};
+use lowbit_core::clock::Instant;
 use lowbit_core::codebook::Absmax;
 use lowbit_core::pack::pack;
 use lowbit_core::rtn::{choose_params, GroupParams};
 use lowbit_core::{check_finite, Bits, Codebook, CodebookScheme, Granularity, IntScheme, QParams, QTensor, Scheme};
 use serde_json::{Map, Value};
-use std::time::Instant;
 
 /// GPTQ's lazy-batch block size (128 in the reference).
 pub const DEFAULT_BLOCK_SIZE: usize = 128;

@@ -202,12 +202,14 @@ impl Hessian {
 /// Calls `f(j, column j)` for every column of `m`, on all threads with the `parallel` feature:
 /// the f64 updates of the lower triangle cost about a fifth of the f32 rank-k product they add.
 fn for_each_lower_col(m: &mut Mat<f64>, f: impl Fn(usize, ColMut<'_, f64>) + Sync + Send) {
+    // (faer's parallel iterators are not built on wasm32: no thread pool there)
+    #[cfg(not(target_arch = "wasm32"))]
     if lowbit_core::par::ENABLED {
         use rayon::prelude::*;
         m.as_mut().par_col_iter_mut().enumerate().for_each(|(j, col)| f(j, col));
-    } else {
-        m.as_mut().col_iter_mut().enumerate().for_each(|(j, col)| f(j, col));
+        return;
     }
+    m.as_mut().col_iter_mut().enumerate().for_each(|(j, col)| f(j, col));
 }
 
 /// Rejects NaN/Inf in a row-major `[tokens, cols]` activation batch, naming the first.

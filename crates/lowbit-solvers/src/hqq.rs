@@ -26,6 +26,7 @@ use crate::method::{
 use crate::report::LayerReport;
 use crate::rtn::squared_error;
 use crate::{Result, SolverError};
+use lowbit_core::clock::Instant;
 use lowbit_core::pack::pack;
 use lowbit_core::rtn::round_ties_even_small;
 use lowbit_core::{
@@ -33,7 +34,6 @@ use lowbit_core::{
 };
 use rayon::prelude::*;
 use serde_json::{Map, Value};
-use std::time::Instant;
 
 /// HQQ as a pipeline method; defaults are `hqq`'s (`lp_norm` 0.7, `beta` 10, `kappa` 1.01, 20
 /// iterations, zeros only). The optional scale refit lowers the weights' squared error but is no

@@ -2,11 +2,12 @@
 
 use faer::Par;
 
-/// The faer parallelism used for the heavy GEMMs: all cores with `parallel`, sequential without.
+/// The faer parallelism used for the heavy GEMMs: all cores with `parallel`, sequential without
+/// (and on wasm32, where faer is built without its thread pool).
 pub(crate) fn faer_par() -> Par {
+    #[cfg(not(target_arch = "wasm32"))]
     if lowbit_core::par::ENABLED {
-        Par::rayon(0)
-    } else {
-        Par::Seq
+        return Par::rayon(0);
     }
+    Par::Seq
 }

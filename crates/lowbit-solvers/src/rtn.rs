@@ -4,9 +4,9 @@
 use crate::method::{CalibShape, Group, GroupSolution, MethodInfo, NoStatistics, QuantMethod, SolvedLayer, Statistics};
 use crate::report::LayerReport;
 use crate::{Result, SolverError};
+use lowbit_core::clock::Instant;
 use lowbit_core::{codebook, rtn, ClipSearch, CodebookScheme, IntScheme, QTensor, Scheme};
 use serde_json::{Map, Value};
-use std::time::Instant;
 
 /// The range search of GPTQ's reference `mse` quantizer: 100 steps down to 20% of the range.
 pub const MSE_CLIP: ClipSearch = ClipSearch::Mse { grid: 100, max_shrink: 0.8 };

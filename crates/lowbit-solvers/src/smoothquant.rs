@@ -18,10 +18,10 @@ use crate::method::{
 use crate::report::LayerReport;
 use crate::rtn::rtn_layers;
 use crate::{Result, SolverError};
+use lowbit_core::clock::Instant;
 use lowbit_core::pack::unpack;
 use lowbit_core::{check_finite, rtn, Bits, ClipSearch, Granularity, IntScheme, QParams, QTensor, ScaleDtype, Scheme};
 use serde_json::{Map, Value};
-use std::time::Instant;
 
 /// The reference code's floor for activation/weight maxima and for `s`.
 const FLOOR: f32 = 1e-5;

@@ -41,13 +41,13 @@ use crate::method::{
 use crate::report::LayerReport;
 use crate::{Result, SolverError};
 use faer::Mat;
+use lowbit_core::clock::Instant;
 use lowbit_core::pack::pack;
 use lowbit_core::stats::StatParams;
 use lowbit_core::{
     Bits, ClipSearch, Granularity, IntScheme, QParams, QTensor, QuantStats, ScaleDtype, Scheme, SparseOutliers,
 };
 use serde_json::{Map, Value};
-use std::time::Instant;
 
 /// The paper's first-level group size.
 pub const DEFAULT_GROUP_SIZE: usize = 16;

@@ -36,10 +36,10 @@ use crate::hessian::{check_finite_activations, Hessian, HessianPrecision};
 use crate::method::{downcast, CalibShape, Group, GroupSolution, MethodInfo, QuantMethod, SolvedLayer, Statistics};
 use crate::report::LayerReport;
 use crate::{Result, SolverError};
+use lowbit_core::clock::Instant;
 use lowbit_core::{check_finite, rowlut, Bits, IntScheme, QTensor, RowLutScheme, ScaleDtype, Scheme, SparseOutliers};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
-use std::time::Instant;
 
 /// Most Lloyd iterations per row.
 pub const KMEANS_ITERS: usize = 100;
