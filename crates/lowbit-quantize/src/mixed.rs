@@ -1,0 +1,412 @@
+//! Mixed precision to a byte budget (`target_bpw` / `max_size`): bits and group size per block
+//! linear, chosen from measured sensitivity by the exact knapsack of [`crate::allocate`].
+//!
+//! Before the blocks are quantized, a sensitivity pass runs the full-precision model over the
+//! first [`SENSITIVITY_WINDOWS`] calibration windows, block by block, and builds the Hessian
+//! `H = 2/N X^T X` of each of the block's four inputs (the ones GPTQ builds). For every layer and
+//! every candidate scheme ([`CANDIDATE_BITS`] x [`CANDIDATE_GROUPS`]) it quantizes the weight
+//! with round-to-nearest and takes
+//!
+//! * the **exact stored bytes**: `QTensor::nbytes` of that tensor, the number the writer and
+//!   the report count (codes, scales, zero points);
+//! * the **predicted error** `sum_r g_r (dW H dW^T)_rr`: the layer's output error per output
+//!   channel, weighted by how much of that channel reaches the residual stream, so that layers
+//!   are comparable: `g_r = 1` for o_proj and down_proj (they add to the residual directly);
+//!   for q/k/v the squared norm of the o_proj columns their channel feeds (every query head of a
+//!   KV head for k and v), for gate/up that of down_proj's column. This linearization ignores
+//!   the softmax and the SiLU gate; RMSNorm makes an error in the residual matter in proportion
+//!   to the same final normalization for every block, so the weighted errors add up.
+//!
+//! The knapsack minimizes the summed predicted error subject to the bytes of the block linears
+//! fitting the budget; the pipeline then quantizes each layer with the base method (RTN or
+//! GPTQ) at its chosen scheme.
+
+use crate::allocate::{self, Choice};
+use crate::calib::CalibSource;
+use crate::{QuantizeError, Result};
+use lowbit_core::progress::{phase, Progress};
+use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme};
+use lowbit_cpu::Cpu;
+use lowbit_model::block::{Block, Scratch, Span};
+use lowbit_model::{BlockReader, Model, ModelConfig};
+use lowbit_solvers::{Hessian, HessianPrecision};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Calibration windows of the sensitivity pass (the first ones of the run's windows): a quarter
+/// of the protocol's 128, enough to rank the candidates and a fraction of the run's time.
+pub const SENSITIVITY_WINDOWS: usize = 32;
+/// Code widths the allocation chooses from.
+pub const CANDIDATE_BITS: [Bits; 4] = [Bits::B2, Bits::B3, Bits::B4, Bits::B8];
+/// Group sizes the allocation chooses from (`None`: one scale per output channel).
+pub const CANDIDATE_GROUPS: [Option<usize>; 4] = [Some(32), Some(64), Some(128), None];
+/// Bytes held back per block linear under `max_size` for what the sizes of the tensors do not
+/// count (its safetensors header entries, its manifest rows): generous, so the directory fits.
+const FILE_SLACK_PER_LINEAR: u64 = 1536;
+/// Bytes held back once under `max_size` (index and config growth, manifest fields).
+const FILE_SLACK: u64 = 64 * 1024;
+
+/// The budget asked for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    /// Stored bits per block-linear weight (the report's `bits_per_weight`).
+    BitsPerWeight(f64),
+    /// Bytes of the whole output directory (the report's `out_bytes`).
+    MaxSize(u64),
+}
+
+/// One layer's chosen scheme.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerAllocation {
+    /// Block index.
+    pub block: usize,
+    /// Name inside the block (`self_attn.q_proj`, ...).
+    pub name: String,
+    /// Code width.
+    pub bits: u32,
+    /// Group size; `None`: per output channel.
+    pub group_size: Option<usize>,
+    /// Stored bytes (codes, scales, zeros).
+    pub bytes: usize,
+    /// The sensitivity pass's weighted output error of this choice.
+    pub predicted_error: f64,
+}
+
+/// The allocation: the budget, what was chosen, what it predicts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// `target_bpw` as given.
+    pub target_bpw: Option<f64>,
+    /// `max_size` as given (bytes of the whole directory).
+    pub max_size: Option<u64>,
+    /// Bytes the block linears may take.
+    pub budget_bytes: usize,
+    /// Under `max_size`: the bytes held for everything but the block linears (tensors, tokenizer,
+    /// config, headers, manifest, with a margin).
+    pub other_bytes_estimate: Option<u64>,
+    /// Bytes of the chosen block linears (exact: what the writer stores).
+    pub predicted_linear_bytes: usize,
+    /// `predicted_linear_bytes` in bits per block-linear weight.
+    pub predicted_bits_per_weight: f64,
+    /// Summed predicted error of the choice.
+    pub predicted_error: f64,
+    /// Calibration windows of the sensitivity pass.
+    pub sensitivity_windows: usize,
+    /// The knapsack's grid unit in bytes (1: the exact optimum).
+    pub grid_unit_bytes: usize,
+    /// Seconds of the sensitivity pass and the knapsack.
+    pub seconds: f64,
+    /// `(bits, group_size)` candidates, as `"3/g128"`, `"8/channel"`.
+    pub candidates: Vec<String>,
+    /// Per block linear, in block then layer order.
+    pub layers: Vec<LayerAllocation>,
+}
+
+impl Allocation {
+    /// The scheme of layer `name` of block `block`: `base` with the chosen bits and groups.
+    pub fn scheme(&self, block: usize, name: &str, base: IntScheme) -> Result<IntScheme> {
+        let l = self
+            .layers
+            .iter()
+            .find(|l| l.block == block && l.name == name)
+            .ok_or_else(|| QuantizeError::input("mixed precision", format!("no allocation for block {block} {name}")))?;
+        Ok(candidate_scheme(base, Bits::try_from(l.bits)?, l.group_size))
+    }
+
+    /// How many layers got each `bits/group` (for summaries).
+    pub fn histogram(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = vec![];
+        for l in &self.layers {
+            let k = label(l.bits, l.group_size);
+            match out.iter_mut().find(|(n, _)| *n == k) {
+                Some((_, c)) => *c += 1,
+                None => out.push((k, 1)),
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn label(bits: u32, group: Option<usize>) -> String {
+    match group {
+        Some(g) => format!("{bits}/g{g}"),
+        None => format!("{bits}/channel"),
+    }
+}
+
+fn candidate_scheme(base: IntScheme, bits: Bits, group: Option<usize>) -> IntScheme {
+    let granularity = group.map_or(Granularity::PerChannel, Granularity::Group);
+    IntScheme { bits, granularity, clip: ClipSearch::MinMax, ..base }
+}
+
+/// Checks a budget's value (a clear error for NaN, infinities, zero or negative).
+pub fn check_budget(target_bpw: Option<f64>, max_size: Option<u64>) -> Result<Option<Budget>> {
+    let bad = |r: String| Err(QuantizeError::input("mixed precision", r));
+    match (target_bpw, max_size) {
+        (Some(_), Some(_)) => bad("give target_bpw or max_size, not both".into()),
+        (Some(t), None) if !t.is_finite() || t <= 0.0 => {
+            bad(format!("target_bpw must be a positive number of bits per weight, got {t}"))
+        }
+        (Some(t), None) => Ok(Some(Budget::BitsPerWeight(t))),
+        (None, Some(0)) => bad("max_size must be a positive number of bytes".into()),
+        (None, Some(m)) => Ok(Some(Budget::MaxSize(m))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// One block linear's candidates.
+struct LayerChoices {
+    block: usize,
+    name: &'static str,
+    options: Vec<(Bits, Option<usize>, Choice)>,
+}
+
+/// The sensitivity pass (see the module docs) and the knapsack. `other_bytes` is what the
+/// directory holds besides the block linears (for `max_size`); `linear_params` the weights of
+/// the block linears.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn allocate_model(
+    model: &Model,
+    blocks: &mut BlockReader<'_>,
+    windows: &[u32],
+    seqlen: usize,
+    batch_tokens: usize,
+    base: IntScheme,
+    budget: Budget,
+    other_bytes: u64,
+    progress: &mut dyn Progress,
+) -> Result<Allocation> {
+    let start = Instant::now();
+    let cfg = model.config().clone();
+    let nwin = (windows.len() / seqlen).min(SENSITIVITY_WINDOWS);
+    if nwin == 0 {
+        return Err(QuantizeError::input("mixed precision", "the sensitivity pass needs calibration windows"));
+    }
+    let windows = &windows[..nwin * seqlen];
+    let mut layers = vec![];
+    let mut done = phase(progress, "sensitivity", cfg.num_hidden_layers as u64);
+    let h = cfg.hidden_size;
+    let mut x = vec![0f32; windows.len() * h];
+    model.embed(windows, &mut x)?;
+    for b in 0..cfg.num_hidden_layers {
+        done.check()?;
+        let layer = blocks.block(b)?;
+        let hs = block_hessians(model, &layer, &mut x, seqlen, batch_tokens, &mut *done)?;
+        layers.extend(block_choices(&cfg, b, &layer, &hs, base)?);
+        done.advance(1);
+    }
+    drop(done);
+    let linear_params: usize = layers_params(&cfg);
+    let (budget_bytes, other) = match budget {
+        Budget::BitsPerWeight(t) => ((t * linear_params as f64 / 8.0).floor() as usize, None),
+        Budget::MaxSize(m) => {
+            let other = other_bytes + FILE_SLACK + FILE_SLACK_PER_LINEAR * layers.len() as u64;
+            let b = m.checked_sub(other).ok_or_else(|| {
+                QuantizeError::input(
+                    "mixed precision",
+                    format!("max_size {m} bytes leaves nothing for the block linears: the rest of the directory takes about {other} bytes"),
+                )
+            })?;
+            (usize::try_from(b).unwrap_or(usize::MAX), Some(other))
+        }
+    };
+    let items: Vec<Vec<Choice>> = layers.iter().map(|l| l.options.iter().map(|o| o.2).collect()).collect();
+    let (lo, hi) = allocate::byte_range(&items);
+    let what = |bytes: usize| match budget {
+        Budget::BitsPerWeight(_) => format!("{:.4} bits per weight", bytes as f64 * 8.0 / linear_params as f64),
+        Budget::MaxSize(_) => format!("a directory of {} bytes", bytes as u64 + other.unwrap_or(0)),
+    };
+    if budget_bytes < lo {
+        return Err(QuantizeError::input(
+            "mixed precision",
+            format!("the budget is below the smallest allocation ({}, every layer at its fewest bytes)", what(lo)),
+        ));
+    }
+    if budget_bytes > hi {
+        return Err(QuantizeError::input(
+            "mixed precision",
+            format!("the budget is above the largest allocation ({}, every layer at 8 bits): quantize uniformly at 8 bits instead", what(hi)),
+        ));
+    }
+    let sol = allocate::solve(&items, budget_bytes)?;
+    let chosen: Vec<LayerAllocation> = layers
+        .iter()
+        .zip(&sol.choice)
+        .map(|(l, &k)| {
+            let (bits, group, c) = l.options[k];
+            LayerAllocation {
+                block: l.block,
+                name: l.name.to_string(),
+                bits: bits.get(),
+                group_size: group,
+                bytes: c.bytes,
+                predicted_error: c.cost,
+            }
+        })
+        .collect();
+    let candidates =
+        CANDIDATE_BITS.iter().flat_map(|b| CANDIDATE_GROUPS.iter().map(move |g| label(b.get(), *g))).collect();
+    Ok(Allocation {
+        target_bpw: match budget {
+            Budget::BitsPerWeight(t) => Some(t),
+            Budget::MaxSize(_) => None,
+        },
+        max_size: match budget {
+            Budget::MaxSize(m) => Some(m),
+            Budget::BitsPerWeight(_) => None,
+        },
+        budget_bytes,
+        other_bytes_estimate: other,
+        predicted_linear_bytes: sol.bytes,
+        predicted_bits_per_weight: sol.bytes as f64 * 8.0 / linear_params as f64,
+        predicted_error: sol.cost,
+        sensitivity_windows: nwin,
+        grid_unit_bytes: sol.unit,
+        seconds: start.elapsed().as_secs_f64(),
+        candidates,
+        layers: chosen,
+    })
+}
+
+/// Weights of every block linear.
+fn layers_params(cfg: &ModelConfig) -> usize {
+    let (h, qd, kvd, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+    cfg.num_hidden_layers * (2 * qd * h + 2 * kvd * h + 3 * ff * h)
+}
+
+/// The Hessians of the block's four inputs (q/k/v, o, gate/up, down) on the full-precision
+/// block; `x` becomes the block's output.
+fn block_hessians(
+    model: &Model,
+    layer: &lowbit_model::Layer,
+    x: &mut [f32],
+    seqlen: usize,
+    batch_tokens: usize,
+    progress: &mut dyn Progress,
+) -> Result<[Hessian; 4]> {
+    let cfg = model.config();
+    let (h, qd, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size);
+    let m = x.len() / h;
+    let rows_per_batch = (batch_tokens / seqlen).max(1) * seqlen;
+    let be = Cpu::unsplit();
+    let mut sc = Scratch::new(&be, cfg, rows_per_batch.min(m))?;
+    let p = HessianPrecision::F32Chunks;
+    let mut hs = [
+        Hessian::with_precision(h, p),
+        Hessian::with_precision(qd, p),
+        Hessian::with_precision(h, p),
+        Hessian::with_precision(ff, p),
+    ];
+    let err = |e: lowbit_solvers::SolverError| QuantizeError::input("mixed precision", e.to_string());
+    for s in (0..m).step_by(rows_per_batch) {
+        progress.check()?;
+        let e = (s + rows_per_batch).min(m);
+        let rows = e - s;
+        sc.resize(&be, cfg, rows)?;
+        let blk = Block::with_backend(&be, cfg, layer);
+        let sp: Vec<Span> = Span::fresh(rows / seqlen, seqlen).collect();
+        sc.set_positions(&be, model.rope(), &sp)?;
+        blk.attn_input(&x[s * h..e * h], &mut sc);
+        hs[0].add_batch(sc.normed(&be), rows).map_err(err)?;
+        blk.qkv(&mut sc)?;
+        blk.attend_fresh(&sp, &mut sc)?;
+        hs[1].add_batch(sc.attn_out(&be), rows).map_err(err)?;
+        blk.o_residual(&mut x[s * h..e * h], None, &mut sc)?;
+        blk.mlp_input(&x[s * h..e * h], &mut sc);
+        hs[2].add_batch(sc.normed(&be), rows).map_err(err)?;
+        blk.gate_up(&mut sc)?;
+        hs[3].add_batch(sc.mlp_act(&be), rows).map_err(err)?;
+        blk.down_residual(&mut x[s * h..e * h], None, &mut sc)?;
+    }
+    Ok(hs)
+}
+
+/// Squared norms of the columns of a row-major `[rows, cols]` matrix.
+fn column_norms(w: &[f32], cols: usize) -> Vec<f64> {
+    let mut n = vec![0f64; cols];
+    for row in w.chunks_exact(cols) {
+        n.iter_mut().zip(row).for_each(|(n, &v)| *n += f64::from(v) * f64::from(v));
+    }
+    n
+}
+
+/// Every candidate of every linear of block `b`: exact bytes and weighted output error.
+fn block_choices(
+    cfg: &ModelConfig,
+    b: usize,
+    layer: &lowbit_model::Layer,
+    hs: &[Hessian; 4],
+    base: IntScheme,
+) -> Result<Vec<LayerChoices>> {
+    let (qd, kvd, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+    let group = cfg.num_attention_heads / cfg.num_key_value_heads.max(1);
+    let o_cols = column_norms(&layer.o_proj.weight().to_f32(), qd);
+    let down_cols = column_norms(&layer.down_proj.weight().to_f32(), cfg.intermediate_size);
+    // KV lane (kv head k, lane d) feeds query heads k*group..(k+1)*group at lane d.
+    let kv_gain: Vec<f64> = (0..kvd)
+        .map(|r| {
+            let (k, d) = (r / hd, r % hd);
+            (0..group).map(|g| o_cols[(k * group + g) * hd + d]).sum()
+        })
+        .collect();
+    let mut out = vec![];
+    for (i, (name, lin)) in layer.linears().into_iter().enumerate() {
+        let (rows, cols) = (lin.rows(), lin.cols());
+        let (hess, gain): (&Hessian, Option<&[f64]>) = match i {
+            0 => (&hs[0], Some(&o_cols)),
+            1 | 2 => (&hs[0], Some(&kv_gain)),
+            3 => (&hs[1], None),
+            4 | 5 => (&hs[2], Some(&down_cols)),
+            _ => (&hs[3], None),
+        };
+        let w = lin.weight().to_f32();
+        let mut options = vec![];
+        for bits in CANDIDATE_BITS {
+            for group in CANDIDATE_GROUPS {
+                let scheme = candidate_scheme(base, bits, group);
+                if scheme.granularity.validate(cols, bits).is_err() {
+                    continue;
+                }
+                let qt = lowbit_core::rtn::quantize(&w, &[rows, cols], scheme)?;
+                let per_row = lowbit_solvers::output_error_rows(&w, &qt.dequantize(), rows, cols, hess)
+                    .map_err(|e| QuantizeError::Solver { block: b, layer: name.to_string(), source: e })?;
+                let cost = match gain {
+                    Some(g) => per_row.iter().zip(g).map(|(e, g)| e * g).sum(),
+                    None => per_row.iter().sum(),
+                };
+                // Rounding can leave a tiny negative from a near-singular H: clamp to 0.
+                options.push((bits, group, Choice { bytes: qt.nbytes(), cost: f64::max(cost, 0.0) }));
+            }
+        }
+        out.push(LayerChoices { block: b, name, options });
+    }
+    Ok(out)
+}
+
+/// The calibrated windows are required: mixed precision measures sensitivity on them.
+pub(crate) fn require_calibration(calib: Option<&CalibSource>) -> Result<()> {
+    if calib.is_none() {
+        return Err(QuantizeError::input(
+            "mixed precision",
+            "target_bpw / max_size measure each layer's sensitivity on calibration data: give calibration data",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_are_checked() {
+        assert!(check_budget(Some(3.5), Some(10)).unwrap_err().to_string().contains("not both"));
+        for t in [f64::NAN, f64::INFINITY, 0.0, -1.0] {
+            assert!(check_budget(Some(t), None).unwrap_err().to_string().contains("target_bpw"), "{t}");
+        }
+        assert!(check_budget(None, Some(0)).is_err());
+        assert_eq!(check_budget(Some(3.5), None).unwrap(), Some(Budget::BitsPerWeight(3.5)));
+        assert_eq!(check_budget(None, None).unwrap(), None);
+    }
+}
