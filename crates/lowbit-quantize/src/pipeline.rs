@@ -177,8 +177,12 @@ fn run(
             Budget::MaxSize(_) => other_bytes(&model, out, &cfg)?,
             Budget::BitsPerWeight(_) => 0,
         };
-        let alloc =
-            allocate_model(&model, blocks, &windows, opts.seqlen, opts.batch_tokens, base, budget, other, progress)?;
+        // The blocks are read once each (the reader hands out their weights): the sensitivity
+        // pass reads its own from a second opening of the checkpoint; it embeds the windows with
+        // the run's model, quantized embedding included.
+        let alloc = Model::open_blocks(model_path, &LoadOptions::default(), |_, fp_blocks| {
+            allocate_model(&model, fp_blocks, &windows, opts.seqlen, opts.batch_tokens, base, budget, other, progress)
+        })?;
         ctx.alloc = Some(alloc);
     }
 
