@@ -155,3 +155,22 @@ fn bad_budgets_are_clear_errors() {
     assert!(e.contains("calibration data"), "{e}");
     assert!(!dir.join("x").exists());
 }
+
+#[test]
+fn exporters_handle_or_refuse_a_mixed_model() {
+    let dir = tiny("mixed-export");
+    let out = dir.join("out");
+    let rep = run(&dir, &out, &QuantizeOptions { target_bpw: Some(3.5), ..opts("gptq") }).unwrap();
+    let schemes: std::collections::BTreeSet<_> =
+        rep.allocation.unwrap().layers.iter().map(|l| (l.bits, l.group_size)).collect();
+    assert!(schemes.len() > 1);
+    // GGUF picks a block type per tensor: every layer gets one.
+    let gguf = dir.join("mixed.gguf");
+    lowbit_model::export_gguf(&out, &gguf, &lowbit_model::GgufExportOptions::default()).unwrap();
+    assert!(Model::load(&gguf).is_ok());
+    // The HF formats hold one bit width and group size in their config: a clear refusal.
+    for format in [lowbit_model::HfFormat::Gptq, lowbit_model::HfFormat::Awq, lowbit_model::HfFormat::CompressedTensors] {
+        let e = lowbit_model::export_hf(&out, dir.join(format!("{format:?}")), format).unwrap_err().to_string();
+        assert!(e.contains("one bit width and group size"), "{format:?}: {e}");
+    }
+}
