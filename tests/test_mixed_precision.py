@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 
 import lowbit
 from lowbit.cli import byte_size, main
+from test_export_gguf import write_tokenizer
 from test_pipeline import quantized_linears
 from tiny_llama import write_safetensors, write_tiny_llama
 
@@ -143,3 +144,21 @@ def test_cli_bad_budgets_exit_with_one_line(tiny: Path, tmp_path: Path, capsys: 
     with pytest.raises(SystemExit) as e:
         main([*base, "--max-size", "70XB"])
     assert e.value.code == 2
+
+
+def test_exports_handle_or_refuse_a_mixed_model(tiny: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(tiny, src)
+    write_tokenizer(src)
+    out = tmp_path / "q"
+    mixed(src, out, target_bpw=3.5)
+    # GGUF picks a block type per tensor: every layer gets one, and llama.cpp's reader loads it.
+    gguf = tmp_path / "m.gguf"
+    lowbit.export(out, gguf, format="gguf")
+    ids = np.load(tiny / "ids.npy").reshape(-1)[:24].tolist()
+    assert np.isfinite(lowbit.Model.load(gguf).logits(ids)).all()
+    # The HF formats hold one bit width and group size in their config: a clear refusal.
+    for fmt in ("gptq", "awq", "compressed-tensors"):
+        with pytest.raises(ValueError, match="one bit width and group size"):
+            lowbit.export(out, tmp_path / fmt, format=fmt)
+        assert not (tmp_path / fmt).exists()

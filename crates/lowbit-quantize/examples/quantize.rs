@@ -80,7 +80,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             a.histogram()
         );
         for l in &a.layers {
-            println!("  block {:2} {:18} {}/{}", l.block, l.name, l.bits, l.group_size.map_or("channel".into(), |g| g.to_string()));
+            let group = l.group_size.map_or("channel".into(), |g| g.to_string());
+            println!("  block {:2} {:18} {}/{} gain {:.4}", l.block, l.name, l.bits, group, l.gain);
         }
     }
     for n in &rep.notes {

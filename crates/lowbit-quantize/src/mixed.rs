@@ -9,13 +9,16 @@
 //!
 //! * the **exact stored bytes**: `QTensor::nbytes` of that tensor, the number the writer and
 //!   the report count (codes, scales, zero points);
-//! * the **predicted error** `sum_r g_r (dW H dW^T)_rr`: the layer's output error per output
-//!   channel, weighted by how much of that channel reaches the residual stream, so that layers
-//!   are comparable: `g_r = 1` for o_proj and down_proj (they add to the residual directly);
-//!   for q/k/v the squared norm of the o_proj columns their channel feeds (every query head of a
-//!   KV head for k and v), for gate/up that of down_proj's column. This linearization ignores
-//!   the softmax and the SiLU gate; RMSNorm makes an error in the residual matter in proportion
-//!   to the same final normalization for every block, so the weighted errors add up.
+//! * the **predicted error** `g_l tr(dW H dW^T) / 2`: the layer's mean squared output error per
+//!   token, times the layer's measured gain `g_l` to the block output, so that layers are
+//!   comparable. The gain is measured, not modelled: the block is run on the first
+//!   [`GAIN_WINDOWS`] windows once as it is and once per linear with only that linear at RTN
+//!   3-bit g128, and `g_l` is the mean squared change of the block's output over that layer's
+//!   own predicted output error at the same scheme. It captures what a linear model of the block
+//!   cannot: the softmax after q and k, the averaging over tokens after v, the SiLU gate after
+//!   gate/up; o_proj and down_proj add to the residual directly (gain near 1). Errors in the
+//!   residual stream then count alike whatever the block: the final RMSNorm scales them all
+//!   the same.
 //!
 //! The knapsack minimizes the summed predicted error subject to the bytes of the block linears
 //! fitting the budget; the pipeline then quantizes each layer with the base method (RTN or
@@ -28,7 +31,8 @@ use lowbit_core::progress::{phase, Progress};
 use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme};
 use lowbit_cpu::Cpu;
 use lowbit_model::block::{Block, Scratch, Span};
-use lowbit_model::{BlockReader, Model, ModelConfig};
+use lowbit_cpu::{Linear, WeightKind};
+use lowbit_model::{BlockReader, Layer, Model, ModelConfig};
 use lowbit_solvers::{Hessian, HessianPrecision};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -36,6 +40,9 @@ use std::time::Instant;
 /// Calibration windows of the sensitivity pass (the first ones of the run's windows): a quarter
 /// of the protocol's 128, enough to rank the candidates and a fraction of the run's time.
 pub const SENSITIVITY_WINDOWS: usize = 32;
+/// Windows (of the sensitivity pass's) on which each layer's gain to the block output is
+/// measured.
+pub const GAIN_WINDOWS: usize = 8;
 /// Code widths the allocation chooses from.
 pub const CANDIDATE_BITS: [Bits; 4] = [Bits::B2, Bits::B3, Bits::B4, Bits::B8];
 /// Group sizes the allocation chooses from (`None`: one scale per output channel).
@@ -68,8 +75,10 @@ pub struct LayerAllocation {
     pub group_size: Option<usize>,
     /// Stored bytes (codes, scales, zeros).
     pub bytes: usize,
-    /// The sensitivity pass's weighted output error of this choice.
+    /// The sensitivity pass's predicted error of this choice (gain times output error).
     pub predicted_error: f64,
+    /// The layer's measured gain from its output error to the block output.
+    pub gain: f64,
 }
 
 /// The allocation: the budget, what was chosen, what it predicts.
@@ -159,6 +168,7 @@ pub fn check_budget(target_bpw: Option<f64>, max_size: Option<u64>) -> Result<Op
 struct LayerChoices {
     block: usize,
     name: &'static str,
+    gain: f64,
     options: Vec<(Bits, Option<usize>, Choice)>,
 }
 
@@ -184,6 +194,7 @@ pub(crate) fn allocate_model(
         return Err(QuantizeError::input("mixed precision", "the sensitivity pass needs calibration windows"));
     }
     let windows = &windows[..nwin * seqlen];
+    let gain_windows = nwin.min(GAIN_WINDOWS);
     let mut layers = vec![];
     let mut done = phase(progress, "sensitivity", cfg.num_hidden_layers as u64);
     let h = cfg.hidden_size;
@@ -192,8 +203,10 @@ pub(crate) fn allocate_model(
     for b in 0..cfg.num_hidden_layers {
         done.check()?;
         let layer = blocks.block(b)?;
+        let x_in = x[..gain_windows * seqlen * h].to_vec();
         let hs = block_hessians(model, &layer, &mut x, seqlen, batch_tokens, &mut *done)?;
-        layers.extend(block_choices(&cfg, b, &layer, &hs, base)?);
+        let gains = block_gains(model, &layer, &x_in, &hs, base, seqlen, batch_tokens, &mut *done)?;
+        layers.extend(block_choices(b, &layer, &hs, &gains, base)?);
         done.advance(1);
     }
     drop(done);
@@ -242,6 +255,7 @@ pub(crate) fn allocate_model(
                 group_size: group,
                 bytes: c.bytes,
                 predicted_error: c.cost,
+                gain: l.gain,
             }
         })
         .collect();
@@ -275,30 +289,24 @@ fn layers_params(cfg: &ModelConfig) -> usize {
     cfg.num_hidden_layers * (2 * qd * h + 2 * kvd * h + 3 * ff * h)
 }
 
-/// The Hessians of the block's four inputs (q/k/v, o, gate/up, down) on the full-precision
-/// block; `x` becomes the block's output.
-fn block_hessians(
+/// Runs the full-precision block over `x` (whole windows), handing each of the block's four
+/// linear inputs (q/k/v, o, gate/up, down) to `sink(input, values, rows)`; `x` becomes the
+/// block's output.
+fn forward_block(
     model: &Model,
-    layer: &lowbit_model::Layer,
+    layer: &Layer,
     x: &mut [f32],
     seqlen: usize,
     batch_tokens: usize,
     progress: &mut dyn Progress,
-) -> Result<[Hessian; 4]> {
+    mut sink: impl FnMut(usize, &[f32], usize) -> Result<()>,
+) -> Result<()> {
     let cfg = model.config();
-    let (h, qd, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size);
+    let h = cfg.hidden_size;
     let m = x.len() / h;
     let rows_per_batch = (batch_tokens / seqlen).max(1) * seqlen;
     let be = Cpu::unsplit();
     let mut sc = Scratch::new(&be, cfg, rows_per_batch.min(m))?;
-    let p = HessianPrecision::F32Chunks;
-    let mut hs = [
-        Hessian::with_precision(h, p),
-        Hessian::with_precision(qd, p),
-        Hessian::with_precision(h, p),
-        Hessian::with_precision(ff, p),
-    ];
-    let err = |e: lowbit_solvers::SolverError| QuantizeError::input("mixed precision", e.to_string());
     for s in (0..m).step_by(rows_per_batch) {
         progress.check()?;
         let e = (s + rows_per_batch).min(m);
@@ -308,58 +316,107 @@ fn block_hessians(
         let sp: Vec<Span> = Span::fresh(rows / seqlen, seqlen).collect();
         sc.set_positions(&be, model.rope(), &sp)?;
         blk.attn_input(&x[s * h..e * h], &mut sc);
-        hs[0].add_batch(sc.normed(&be), rows).map_err(err)?;
+        sink(0, sc.normed(&be), rows)?;
         blk.qkv(&mut sc)?;
         blk.attend_fresh(&sp, &mut sc)?;
-        hs[1].add_batch(sc.attn_out(&be), rows).map_err(err)?;
+        sink(1, sc.attn_out(&be), rows)?;
         blk.o_residual(&mut x[s * h..e * h], None, &mut sc)?;
         blk.mlp_input(&x[s * h..e * h], &mut sc);
-        hs[2].add_batch(sc.normed(&be), rows).map_err(err)?;
+        sink(2, sc.normed(&be), rows)?;
         blk.gate_up(&mut sc)?;
-        hs[3].add_batch(sc.mlp_act(&be), rows).map_err(err)?;
+        sink(3, sc.mlp_act(&be), rows)?;
         blk.down_residual(&mut x[s * h..e * h], None, &mut sc)?;
     }
+    Ok(())
+}
+
+/// The Hessians of the block's four inputs on the full-precision block; `x` becomes the
+/// block's output.
+fn block_hessians(
+    model: &Model,
+    layer: &Layer,
+    x: &mut [f32],
+    seqlen: usize,
+    batch_tokens: usize,
+    progress: &mut dyn Progress,
+) -> Result<[Hessian; 4]> {
+    let cfg = model.config();
+    let (h, qd, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size);
+    let p = HessianPrecision::F32Chunks;
+    let mut hs = [
+        Hessian::with_precision(h, p),
+        Hessian::with_precision(qd, p),
+        Hessian::with_precision(h, p),
+        Hessian::with_precision(ff, p),
+    ];
+    forward_block(model, layer, x, seqlen, batch_tokens, progress, |i, v, rows| {
+        hs[i].add_batch(v, rows).map_err(|e| QuantizeError::input("mixed precision", e.to_string()))
+    })?;
     Ok(hs)
 }
 
-/// Squared norms of the columns of a row-major `[rows, cols]` matrix.
-fn column_norms(w: &[f32], cols: usize) -> Vec<f64> {
-    let mut n = vec![0f64; cols];
-    for row in w.chunks_exact(cols) {
-        n.iter_mut().zip(row).for_each(|(n, &v)| *n += f64::from(v) * f64::from(v));
+/// The Hessian of each block linear's input, in [`Layer::linears`] order.
+fn input_of(i: usize) -> usize {
+    match i {
+        0..=2 => 0,
+        3 => 1,
+        4 | 5 => 2,
+        _ => 3,
     }
-    n
 }
 
-/// Every candidate of every linear of block `b`: exact bytes and weighted output error.
-fn block_choices(
-    cfg: &ModelConfig,
-    b: usize,
-    layer: &lowbit_model::Layer,
+/// Per block linear, the measured gain from its output error to the block's output: the block
+/// is run on `x_in` (the first [`GAIN_WINDOWS`] windows of its input) with that one layer
+/// replaced by its RTN 3-bit g128 weights, and the mean squared change of the block output per
+/// token is divided by the layer's own mean squared output error per token
+/// (`tr(dW H dW^T) / 2`, `H = 2/N X^T X`).
+#[allow(clippy::too_many_arguments)]
+fn block_gains(
+    model: &Model,
+    layer: &Layer,
+    x_in: &[f32],
     hs: &[Hessian; 4],
     base: IntScheme,
-) -> Result<Vec<LayerChoices>> {
-    let (qd, kvd, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
-    let group = cfg.num_attention_heads / cfg.num_key_value_heads.max(1);
-    let o_cols = column_norms(&layer.o_proj.weight().to_f32(), qd);
-    let down_cols = column_norms(&layer.down_proj.weight().to_f32(), cfg.intermediate_size);
-    // KV lane (kv head k, lane d) feeds query heads k*group..(k+1)*group at lane d.
-    let kv_gain: Vec<f64> = (0..kvd)
-        .map(|r| {
-            let (k, d) = (r / hd, r % hd);
-            (0..group).map(|g| o_cols[(k * group + g) * hd + d]).sum()
-        })
-        .collect();
+    seqlen: usize,
+    batch_tokens: usize,
+    progress: &mut dyn Progress,
+) -> Result<[f64; 7]> {
+    let h = model.config().hidden_size;
+    let tokens = (x_in.len() / h) as f64;
+    let mut reference = x_in.to_vec();
+    forward_block(model, layer, &mut reference, seqlen, batch_tokens, progress, |_, _, _| Ok(()))?;
+    let mut gains = [1f64; 7];
+    for (i, gain) in gains.iter_mut().enumerate() {
+        let mut probe = layer.clone();
+        let (name, lin) = probe.linears_mut().into_iter().nth(i).expect("seven linears");
+        let (rows, cols) = (lin.rows(), lin.cols());
+        let w = lin.weight().to_f32();
+        let mut scheme = candidate_scheme(base, Bits::B3, Some(128));
+        if scheme.granularity.validate(cols, Bits::B3).is_err() {
+            scheme = candidate_scheme(base, Bits::B3, None);
+        }
+        let dq = lowbit_core::rtn::quantize(&w, &[rows, cols], scheme)?.dequantize();
+        let predicted = lowbit_solvers::output_error(&w, &dq, rows, cols, &hs[input_of(i)])
+            .map_err(|e| QuantizeError::Solver { block: 0, layer: name.to_string(), source: e })?
+            / 2.0;
+        *lin = Linear::new(rows, cols, WeightKind::F32(dq))?;
+        let mut out = x_in.to_vec();
+        forward_block(model, &probe, &mut out, seqlen, batch_tokens, progress, |_, _, _| Ok(()))?;
+        let measured = lowbit_solvers::rtn::squared_error(&out, &reference) / tokens;
+        if predicted > 0.0 && measured.is_finite() {
+            *gain = measured / predicted;
+        }
+    }
+    Ok(gains)
+}
+
+/// Every candidate of every linear of block `b`: exact bytes and output error times the
+/// layer's measured gain.
+fn block_choices(b: usize, layer: &Layer, hs: &[Hessian; 4], gains: &[f64; 7], base: IntScheme) -> Result<Vec<LayerChoices>> {
     let mut out = vec![];
     for (i, (name, lin)) in layer.linears().into_iter().enumerate() {
         let (rows, cols) = (lin.rows(), lin.cols());
-        let (hess, gain): (&Hessian, Option<&[f64]>) = match i {
-            0 => (&hs[0], Some(&o_cols)),
-            1 | 2 => (&hs[0], Some(&kv_gain)),
-            3 => (&hs[1], None),
-            4 | 5 => (&hs[2], Some(&down_cols)),
-            _ => (&hs[3], None),
-        };
+        let hess = &hs[input_of(i)];
         let w = lin.weight().to_f32();
         let mut options = vec![];
         for bits in CANDIDATE_BITS {
@@ -369,17 +426,14 @@ fn block_choices(
                     continue;
                 }
                 let qt = lowbit_core::rtn::quantize(&w, &[rows, cols], scheme)?;
-                let per_row = lowbit_solvers::output_error_rows(&w, &qt.dequantize(), rows, cols, hess)
+                let err = lowbit_solvers::output_error(&w, &qt.dequantize(), rows, cols, hess)
                     .map_err(|e| QuantizeError::Solver { block: b, layer: name.to_string(), source: e })?;
-                let cost = match gain {
-                    Some(g) => per_row.iter().zip(g).map(|(e, g)| e * g).sum(),
-                    None => per_row.iter().sum(),
-                };
                 // Rounding can leave a tiny negative from a near-singular H: clamp to 0.
-                options.push((bits, group, Choice { bytes: qt.nbytes(), cost: f64::max(cost, 0.0) }));
+                let cost = f64::max(gains[i] * err / 2.0, 0.0);
+                options.push((bits, group, Choice { bytes: qt.nbytes(), cost }));
             }
         }
-        out.push(LayerChoices { block: b, name, options });
+        out.push(LayerChoices { block: b, name, gain: gains[i], options });
     }
     Ok(out)
 }
