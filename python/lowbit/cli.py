@@ -351,8 +351,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             if alloc["target_bpw"] is not None
             else f"max size {_mib(alloc['max_size'])}"
         )
-        rows.append(("mixed precision", f"{budget}: block linears {_mib(alloc['predicted_linear_bytes'])} "
-                     f"({alloc['predicted_bits_per_weight']:.3f} bpw) of {_mib(alloc['budget_bytes'])}"))
+        rows.append(
+            (
+                "mixed precision",
+                f"{budget}: block linears {_mib(alloc['predicted_linear_bytes'])} "
+                f"({alloc['predicted_bits_per_weight']:.3f} bpw) of {_mib(alloc['budget_bytes'])}",
+            )
+        )
         rows.append(("allocation (bits/group: layers)", allocation_summary(alloc["layers"])))
     if before is not None and after is not None:
         rows.append(("perplexity before", f"{before.perplexity:.4f}"))
