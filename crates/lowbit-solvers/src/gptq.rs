@@ -297,24 +297,15 @@ pub fn gptq_quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &Gpt
         None => None,
     };
     let absmax_values: Vec<f32> = absmax.as_ref().map_or(vec![], |a| (0..rows * groups).map(|i| a.get(i)).collect());
-    let blocks: Vec<(usize, usize)> =
-        (0..rows).step_by(SWEEP_ROWS).map(|r0| (r0, (r0 + SWEEP_ROWS).min(rows))).collect();
-    let run = |&(r0, r1): &(usize, usize)| {
+    let swept = over_row_blocks(rows, SWEEP_ROWS, |r0, r1| {
         let grid = match cfg.codebook {
             Some(c) => Grid::Codebook(c.codebook, &absmax_values[r0 * groups..r1 * groups]),
             None => Grid::Int(chosen.as_ref().map(|p| &p[r0 * groups..r1 * groups])),
         };
         sweep(&w[r0 * cols..r1 * cols], r1 - r0, cols, &perm, &u, cfg, grid)
-    };
-    let swept: Vec<Result<Swept>> = if lowbit_core::par::ENABLED {
-        use rayon::prelude::*;
-        blocks.par_iter().map(run).collect()
-    } else {
-        blocks.iter().map(run).collect()
-    };
+    })?;
     let (mut codes, mut params, mut loss) = (Vec::with_capacity(rows * cols), Vec::with_capacity(rows * groups), 0.0);
-    for part in swept {
-        let part = part?;
+    for (_, _, part) in swept {
         codes.extend_from_slice(&part.codes);
         params.extend_from_slice(&part.params);
         loss += part.loss;
@@ -364,37 +355,47 @@ struct Swept {
     residuals: Residuals,
 }
 
-/// GPTQ's column sweep over `rows` rows of `w` (row-major, original column order): columns in the
-/// order `perm` with `U` of the permuted `H^-1`, each weight rounded on `grid`.
-fn sweep(
+/// The rounding a method does inside GPTQ's column sweep. The sweep itself ([`lazy_sweep`]:
+/// column order, a group's current weights read with the deferred updates applied, the rank-1
+/// and lazy batch updates) is the same for GPTQ, SpQR and SqueezeLLM's error feedback.
+pub(crate) trait ColumnRule {
+    /// Whether groups' parameters are chosen in the sweep ([`ColumnRule::fit_group`]) rather
+    /// than before it.
+    fn fits_groups(&self) -> bool;
+    /// Chooses group `grp`'s parameters from its current weights (row-major `[rows, glen]`), as
+    /// the sweep first reaches one of its columns.
+    fn fit_group(&mut self, grp: usize, current: &[f32]) -> Result<()>;
+    /// Rounds column `c`, whose current weights are `wcol`, and writes each row's
+    /// `(w - q) / d` (the error the sweep feeds forward) into `err`.
+    fn round_column(&mut self, c: usize, wcol: &[f64], d: f64, err: &mut [f64]);
+}
+
+/// The order and grouping of a sweep: columns in the order `perm` with `u` the upper Cholesky
+/// factor of the permuted `H^-1`, groups of `group` consecutive original columns, updates beyond
+/// the current block of `block_size` columns deferred to one GEMM per block.
+#[derive(Clone, Copy)]
+pub(crate) struct SweepPlan<'a> {
+    pub perm: &'a [usize],
+    pub u: &'a Mat<f64>,
+    pub block_size: usize,
+    pub group: usize,
+}
+
+/// GPTQ's column sweep over `rows` rows of `w` (row-major, original column order), each column
+/// rounded by `rule`.
+pub(crate) fn lazy_sweep(
     w: &[f32],
     rows: usize,
     cols: usize,
-    perm: &[usize],
-    u: &Mat<f64>,
-    cfg: &GptqConfig,
-    grid: Grid,
-) -> Result<Swept> {
-    let scheme = cfg.scheme;
-    let (g, groups) = group_layout(scheme.granularity, cols);
-    let maxq = scheme.bits.maxq();
+    plan: SweepPlan,
+    rule: &mut impl ColumnRule,
+) -> Result<()> {
+    let SweepPlan { perm, u, block_size: bs, group: g } = plan;
     let mut invperm = vec![0usize; cols];
     for (k, &c) in perm.iter().enumerate() {
         invperm[c] = k;
     }
-
-    // params[r * groups + G]; `ready[G]` once group G's parameters are chosen.
-    let mut params = vec![GroupParams { scale: 1.0, zero: 0 }; rows * groups];
-    let mut ready = vec![false; groups];
-    match grid {
-        Grid::Int(Some(p)) => {
-            params.copy_from_slice(p);
-            ready.fill(true);
-        }
-        Grid::Codebook(..) | Grid::RowTables { .. } => ready.fill(true),
-        Grid::Int(None) => {}
-    }
-
+    let mut fitted = vec![!rule.fits_groups(); cols.div_ceil(g)];
     // Working weights in f64, column-major in permuted order: column k = original perm[k].
     let mut wp = vec![0.0f64; rows * cols];
     for (k, &c) in perm.iter().enumerate() {
@@ -402,10 +403,6 @@ fn sweep(
             wp[k * rows + r] = f64::from(w[r * cols + c]);
         }
     }
-    let mut codes = vec![0u8; rows * cols];
-    let mut residuals = Vec::new();
-    let mut loss = 0.0f64;
-    let bs = cfg.block_size;
     let mut err1 = vec![0.0f64; rows * bs.min(cols)];
     let mut group_buf = vec![0.0f32; rows * g];
 
@@ -416,7 +413,7 @@ fn sweep(
             let k = i1 + i;
             let c = perm[k];
             let grp = c / g;
-            if !ready[grp] {
+            if !fitted[grp] {
                 // The group's current weights, deferred updates of later blocks included.
                 let (gstart, gend) = (grp * g, (grp * g + g).min(cols));
                 let glen = gend - gstart;
@@ -433,47 +430,11 @@ fn sweep(
                         group_buf[r * glen + jj] = v as f32;
                     }
                 }
-                let gs = IntScheme { granularity: Granularity::PerChannel, ..scheme };
-                let gp = choose_params(&group_buf[..rows * glen], rows, glen, gs)?;
-                for (r, p) in gp.into_iter().enumerate() {
-                    params[r * groups + grp] = p;
-                }
-                ready[grp] = true;
+                rule.fit_group(grp, &group_buf[..rows * glen])?;
+                fitted[grp] = true;
             }
-            let d = u[(k, k)];
             let (done, rest) = wp.split_at_mut((k + 1) * rows);
-            let wcol = &done[k * rows..];
-            let ecol = &mut err1[i * rows..(i + 1) * rows];
-            for r in 0..rows {
-                let x = wcol[r];
-                let (q, dq) = match grid {
-                    Grid::Int(_) => {
-                        let p = params[r * groups + grp];
-                        let q = p.quantize(x as f32, maxq);
-                        (q, p.dequantize(q))
-                    }
-                    // lowbit-core's codebook rule: nearest entry to w / absmax, in f32.
-                    Grid::Codebook(book, absmax) => {
-                        let a = absmax[r * groups + grp];
-                        let q = book.nearest(if a == 0.0 { 0.0 } else { x as f32 / a });
-                        (q, book.table()[usize::from(q)] * a)
-                    }
-                    Grid::RowTables { tables, k, exact } => {
-                        let t = &tables[r * k..(r + 1) * k];
-                        let q = lowbit_core::rowlut::nearest(t, x as f32);
-                        if exact[r * cols + c] {
-                            residuals.push((r, c, x as f32 - t[usize::from(q)]));
-                            (q, x as f32)
-                        } else {
-                            (q, t[usize::from(q)])
-                        }
-                    }
-                };
-                codes[r * cols + c] = q;
-                let e = (x - f64::from(dq)) / d;
-                loss += e * e / 2.0;
-                ecol[r] = e;
-            }
+            rule.round_column(c, &done[k * rows..], u[(k, k)], &mut err1[i * rows..(i + 1) * rows]);
             // Rank-1 update of the rest of the block.
             let ecol = &err1[i * rows..(i + 1) * rows];
             let block_rest = &mut rest[..(i2 - k - 1) * rows];
@@ -493,7 +454,106 @@ fn sweep(
             );
         }
     }
-    Ok(Swept { codes, params, loss, residuals })
+    Ok(())
+}
+
+/// Runs `run(r0, r1)` over consecutive blocks of `per` rows, side by side where lowbit-core's
+/// pool is on; the blocks do not depend on the number of threads, nor do the results.
+pub(crate) fn over_row_blocks<T: Send>(
+    rows: usize,
+    per: usize,
+    run: impl Fn(usize, usize) -> Result<T> + Sync,
+) -> Result<Vec<(usize, usize, T)>> {
+    let blocks: Vec<(usize, usize)> = (0..rows).step_by(per).map(|r0| (r0, (r0 + per).min(rows))).collect();
+    let one = |&(r0, r1): &(usize, usize)| run(r0, r1).map(|t| (r0, r1, t));
+    if lowbit_core::par::ENABLED {
+        use rayon::prelude::*;
+        blocks.par_iter().map(one).collect()
+    } else {
+        blocks.iter().map(one).collect()
+    }
+}
+
+/// GPTQ's rounding: each weight to its group's integer grid, the codebook's nearest entry, or
+/// its row's table.
+struct GridRule<'a> {
+    grid: Grid<'a>,
+    scheme: IntScheme,
+    rows: usize,
+    cols: usize,
+    g: usize,
+    out: Swept,
+}
+
+impl ColumnRule for GridRule<'_> {
+    fn fits_groups(&self) -> bool {
+        matches!(self.grid, Grid::Int(None))
+    }
+
+    fn fit_group(&mut self, grp: usize, current: &[f32]) -> Result<()> {
+        let groups = self.cols.div_ceil(self.g);
+        let gs = IntScheme { granularity: Granularity::PerChannel, ..self.scheme };
+        let rows = self.rows;
+        for (r, p) in choose_params(current, rows, current.len() / rows, gs)?.into_iter().enumerate() {
+            self.out.params[r * groups + grp] = p;
+        }
+        Ok(())
+    }
+
+    fn round_column(&mut self, c: usize, wcol: &[f64], d: f64, err: &mut [f64]) {
+        let (cols, groups, grp) = (self.cols, self.cols.div_ceil(self.g), c / self.g);
+        let maxq = self.scheme.bits.maxq();
+        for (r, (&x, e)) in wcol.iter().zip(err.iter_mut()).enumerate() {
+            let (q, dq) = match self.grid {
+                Grid::Int(_) => {
+                    let p = self.out.params[r * groups + grp];
+                    let q = p.quantize(x as f32, maxq);
+                    (q, p.dequantize(q))
+                }
+                // lowbit-core's codebook rule: nearest entry to w / absmax, in f32.
+                Grid::Codebook(book, absmax) => {
+                    let a = absmax[r * groups + grp];
+                    let q = book.nearest(if a == 0.0 { 0.0 } else { x as f32 / a });
+                    (q, book.table()[usize::from(q)] * a)
+                }
+                Grid::RowTables { tables, k, exact } => {
+                    let t = &tables[r * k..(r + 1) * k];
+                    let q = lowbit_core::rowlut::nearest(t, x as f32);
+                    if exact[r * cols + c] {
+                        self.out.residuals.push((r, c, x as f32 - t[usize::from(q)]));
+                        (q, x as f32)
+                    } else {
+                        (q, t[usize::from(q)])
+                    }
+                }
+            };
+            self.out.codes[r * cols + c] = q;
+            *e = (x - f64::from(dq)) / d;
+            self.out.loss += *e * *e / 2.0;
+        }
+    }
+}
+
+/// GPTQ's sweep over `rows` rows of `w` (row-major, original column order), each weight rounded
+/// on `grid`.
+fn sweep(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    perm: &[usize],
+    u: &Mat<f64>,
+    cfg: &GptqConfig,
+    grid: Grid,
+) -> Result<Swept> {
+    let (g, groups) = group_layout(cfg.scheme.granularity, cols);
+    let mut params = vec![GroupParams { scale: 1.0, zero: 0 }; rows * groups];
+    if let Grid::Int(Some(p)) = grid {
+        params.copy_from_slice(p);
+    }
+    let out = Swept { codes: vec![0u8; rows * cols], params, loss: 0.0, residuals: Vec::new() };
+    let mut rule = GridRule { grid, scheme: cfg.scheme, rows, cols, g, out };
+    lazy_sweep(w, rows, cols, SweepPlan { perm, u, block_size: cfg.block_size, group: g }, &mut rule)?;
+    Ok(rule.out)
 }
 
 /// Weights kept exactly beside row tables: `(row, col, value - table entry)`.
@@ -529,22 +589,13 @@ pub(crate) fn gptq_row_tables(
         ..*cfg
     };
     let Prepared { perm, u, w, .. } = prepare(w, rows, cols, h, &cfg)?;
-    let blocks: Vec<(usize, usize)> =
-        (0..rows).step_by(SWEEP_ROWS).map(|r0| (r0, (r0 + SWEEP_ROWS).min(rows))).collect();
     let k = t.k;
-    let run = |&(r0, r1): &(usize, usize)| {
+    let swept = over_row_blocks(rows, SWEEP_ROWS, |r0, r1| {
         let grid = Grid::RowTables { tables: &t.tables[r0 * k..r1 * k], k, exact: &t.exact[r0 * cols..r1 * cols] };
-        sweep(&w[r0 * cols..r1 * cols], r1 - r0, cols, &perm, &u, &cfg, grid).map(|s| (r0, s))
-    };
-    let swept: Vec<Result<(usize, Swept)>> = if lowbit_core::par::ENABLED {
-        use rayon::prelude::*;
-        blocks.par_iter().map(run).collect()
-    } else {
-        blocks.iter().map(run).collect()
-    };
+        sweep(&w[r0 * cols..r1 * cols], r1 - r0, cols, &perm, &u, &cfg, grid)
+    })?;
     let (mut codes, mut residuals) = (Vec::with_capacity(rows * cols), Vec::new());
-    for part in swept {
-        let (r0, part) = part?;
+    for (r0, _, part) in swept {
         codes.extend_from_slice(&part.codes);
         residuals.extend(part.residuals.into_iter().map(|(r, c, v)| (r0 + r, c, v)));
     }

@@ -32,16 +32,15 @@
 //! the reference groups consecutive permuted columns. Rows are swept in blocks that are whole
 //! statistics groups, side by side; the result does not depend on the number of threads.
 
-use crate::gptq::{group_layout, prepare, update_block_columns, GptqConfig, Prepared};
+use crate::gptq::{group_layout, lazy_sweep, over_row_blocks, prepare, ColumnRule, GptqConfig, Prepared, SweepPlan};
 use crate::hessian::{Hessian, HessianPrecision};
 use crate::linalg::DampingConfig;
 use crate::method::{
     downcast, int_scheme, CalibShape, Group, GroupSolution, MethodInfo, QuantMethod, SolvedLayer, Statistics,
 };
-use crate::par::faer_par;
 use crate::report::LayerReport;
 use crate::{Result, SolverError};
-use faer::{Accum, Mat, MatMut, MatRef};
+use faer::Mat;
 use lowbit_core::pack::pack;
 use lowbit_core::stats::StatParams;
 use lowbit_core::{
@@ -278,20 +277,13 @@ pub fn spqr_quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &Spq
     let (_, gpr) = group_layout(scheme.granularity, cols);
     // Whole statistics groups per block, so that each is fitted by one sweep.
     let per = cfg.stats_group * SWEEP_ROWS.div_ceil(cfg.stats_group);
-    let blocks: Vec<(usize, usize)> = (0..rows).step_by(per).map(|r0| (r0, (r0 + per).min(rows))).collect();
-    let run = |&(r0, r1): &(usize, usize)| sweep(&w[r0 * cols..r1 * cols], r1 - r0, cols, &perm, &u, cfg, tau);
-    let swept: Vec<Result<Swept>> = if lowbit_core::par::ENABLED {
-        use rayon::prelude::*;
-        blocks.par_iter().map(run).collect()
-    } else {
-        blocks.iter().map(run).collect()
-    };
+    let swept =
+        over_row_blocks(rows, per, |r0, r1| sweep(&w[r0 * cols..r1 * cols], r1 - r0, cols, &perm, &u, cfg, tau))?;
     let (mut codes, mut scales, mut zeros) =
         (Vec::with_capacity(rows * cols), vec![0f32; rows * gpr], vec![0f32; rows * gpr]);
     let mut used = Vec::with_capacity(rows * gpr);
     let (mut entries, mut loss) = (Vec::new(), 0.0);
-    for (&(r0, r1), part) in blocks.iter().zip(swept) {
-        let part = part?;
+    for (r0, r1, part) in swept {
         codes.extend_from_slice(&part.codes);
         let n = r1 - r0;
         for g in 0..gpr {
@@ -331,6 +323,105 @@ pub fn spqr_quantize(w: &[f32], rows: usize, cols: usize, h: &Hessian, cfg: &Spq
 /// Weight rows per independent sweep (rounded up to whole statistics groups).
 const SWEEP_ROWS: usize = 96;
 
+/// SpQR's rounding inside GPTQ's sweep over one block of rows: first-level groups fitted
+/// without their likely outliers and rounded against their 3-bit-quantized statistics, weights
+/// whose saliency exceeds `tau` kept as f16 residuals within the layer's budget.
+struct SpqrRule<'a> {
+    cfg: &'a SpqrConfig,
+    u: &'a Mat<f64>,
+    invperm: Vec<usize>,
+    rows: usize,
+    cols: usize,
+    g: usize,
+    gpr: usize,
+    maxq: f32,
+    tau: f64,
+    /// Most outliers of this block.
+    cap: usize,
+    /// Weights left out of their group's fit, not yet swept (`promised[r * cols + c]`).
+    promised: Vec<bool>,
+    n_promised: usize,
+    mask: Vec<bool>,
+    inv_d2: Vec<f64>,
+    candidates: Vec<(bool, f64, usize, f32)>,
+    out: Swept,
+}
+
+impl ColumnRule for SpqrRule<'_> {
+    fn fits_groups(&self) -> bool {
+        true
+    }
+
+    fn fit_group(&mut self, grp: usize, current: &[f32]) -> Result<()> {
+        let (rows, gpr, cfg) = (self.rows, self.gpr, self.cfg);
+        let gstart = grp * self.g;
+        let glen = current.len() / rows;
+        for jj in 0..glen {
+            let p = self.invperm[gstart + jj];
+            let d = self.u[(p, p)];
+            self.inv_d2[jj] = 1.0 / (d * d);
+        }
+        for (r, v) in current.chunks_exact(glen).enumerate() {
+            let room = self.cap.saturating_sub(self.out.outliers.len() + self.n_promised);
+            let mask = &mut self.mask[..glen];
+            let a = fit_group(v, &self.inv_d2[..glen], self.maxq, self.tau, room, mask);
+            for (jj, _) in mask.iter().enumerate().filter(|(_, &m)| m) {
+                self.promised[r * self.cols + gstart + jj] = true;
+                self.n_promised += 1;
+            }
+            self.out.scales[grp * rows + r] = a.scale;
+            self.out.zeros[grp * rows + r] = a.zero;
+        }
+        // Second level, now: the sweep must round against the stored statistics.
+        let col = grp * rows;
+        for r0 in (0..rows).step_by(cfg.stats_group) {
+            let r1 = (r0 + cfg.stats_group).min(rows);
+            let ps = StatParams::fit(&self.out.scales[col + r0..col + r1], cfg.stats_bits);
+            let pz = StatParams::fit(&self.out.zeros[col + r0..col + r1], cfg.stats_bits);
+            for r in r0..r1 {
+                self.out.used[r * gpr + grp] = Affine {
+                    scale: ps.value(ps.code(self.out.scales[col + r], cfg.stats_bits)),
+                    zero: pz.value(pz.code(self.out.zeros[col + r], cfg.stats_bits)),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn round_column(&mut self, c: usize, wcol: &[f64], d: f64, err: &mut [f64]) {
+        let (cols, grp) = (self.cols, c / self.g);
+        self.candidates.clear();
+        for (r, (&x, e)) in wcol.iter().zip(err.iter_mut()).enumerate() {
+            let a = self.out.used[r * self.gpr + grp];
+            let q = a.code(x as f32, self.maxq);
+            self.out.codes[r * cols + c] = q;
+            let dq = a.value(q);
+            *e = (x - f64::from(dq)) / d;
+            let was_promised = self.tau.is_finite() && std::mem::take(&mut self.promised[r * cols + c]);
+            self.n_promised -= usize::from(was_promised);
+            if *e * *e > self.tau {
+                self.candidates.push((was_promised, *e * *e, r, dq));
+            }
+        }
+        if !self.candidates.is_empty() {
+            // What the budget leaves after the promises of other columns: promised weights
+            // first, then the largest saliencies (ties: lower row).
+            let allowed = self.cap.saturating_sub(self.out.outliers.len() + self.n_promised);
+            self.candidates.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)));
+            for &(_, _, r, dq) in self.candidates.iter().take(allowed) {
+                let x = wcol[r];
+                let resid = ScaleDtype::F16.round((x - f64::from(dq)) as f32);
+                if resid == 0.0 || !resid.is_finite() {
+                    continue;
+                }
+                self.out.outliers.push((r, c, resid));
+                err[r] = (x - f64::from(dq + resid)) / d;
+            }
+        }
+        self.out.loss += err.iter().map(|e| e * e / 2.0).sum::<f64>();
+    }
+}
+
 /// The SpQR sweep over `rows` rows of `w` (row-major, original column order).
 fn sweep(
     w: &[f32],
@@ -342,139 +433,40 @@ fn sweep(
     tau: f64,
 ) -> Result<Swept> {
     let (g, gpr) = group_layout(Granularity::Group(cfg.group_size), cols);
-    let maxq = f32::from(cfg.bits.maxq());
     let mut invperm = vec![0usize; cols];
     for (k, &c) in perm.iter().enumerate() {
         invperm[c] = k;
     }
     let cap = (cfg.outlier_max_percent / 100.0 * (rows * cols) as f64).floor() as usize;
     let tau = if cap > 0 { tau } else { f64::INFINITY };
-    // Weights left out of their group's fit, not yet swept (`promised[r * cols + c]`).
-    let mut promised = vec![false; if tau.is_finite() { rows * cols } else { 0 }];
-    let mut n_promised = 0usize;
-
-    let mut used = vec![Affine { scale: 1.0, zero: 0.0 }; rows * gpr];
-    let (mut raw_scales, mut raw_zeros) = (vec![0f32; rows * gpr], vec![0f32; rows * gpr]);
-    let mut ready = vec![false; gpr];
-    let mut wp = vec![0.0f64; rows * cols];
-    for (k, &c) in perm.iter().enumerate() {
-        for r in 0..rows {
-            wp[k * rows + r] = f64::from(w[r * cols + c]);
-        }
-    }
-    let mut codes = vec![0u8; rows * cols];
-    let mut outliers = Vec::new();
-    let mut loss = 0.0f64;
-    let bs = cfg.block_size;
-    let mut err1 = vec![0.0f64; rows * bs.min(cols)];
-    let mut group_buf = vec![0.0f32; g];
-    let mut mask = vec![false; g];
-    let mut inv_d2 = vec![0.0f64; g];
-    let mut candidates: Vec<(bool, f64, usize, f32)> = Vec::new();
-
-    for i1 in (0..cols).step_by(bs) {
-        let i2 = (i1 + bs).min(cols);
-        let count = i2 - i1;
-        for i in 0..count {
-            let k = i1 + i;
-            let c = perm[k];
-            let grp = c / g;
-            if !ready[grp] {
-                let (gstart, gend) = (grp * g, (grp * g + g).min(cols));
-                let glen = gend - gstart;
-                for (jj, cc) in (gstart..gend).enumerate() {
-                    let d = u[(invperm[cc], invperm[cc])];
-                    inv_d2[jj] = 1.0 / (d * d);
-                }
-                for r in 0..rows {
-                    for (jj, cc) in (gstart..gend).enumerate() {
-                        let p = invperm[cc];
-                        let mut v = wp[p * rows + r];
-                        // Deferred updates of later blocks, as GPTQ's group fit does.
-                        if p >= i2 {
-                            for t in 0..i {
-                                v -= err1[t * rows + r] * u[(i1 + t, p)];
-                            }
-                        }
-                        group_buf[jj] = v as f32;
-                    }
-                    let room = cap.saturating_sub(outliers.len() + n_promised);
-                    let a = fit_group(&group_buf[..glen], &inv_d2[..glen], maxq, tau, room, &mut mask[..glen]);
-                    for (jj, _) in mask[..glen].iter().enumerate().filter(|(_, &m)| m) {
-                        promised[r * cols + gstart + jj] = true;
-                        n_promised += 1;
-                    }
-                    raw_scales[grp * rows + r] = a.scale;
-                    raw_zeros[grp * rows + r] = a.zero;
-                }
-                // Second level, now: the sweep must round against the stored statistics.
-                let col = grp * rows;
-                for r0 in (0..rows).step_by(cfg.stats_group) {
-                    let r1 = (r0 + cfg.stats_group).min(rows);
-                    let ps = StatParams::fit(&raw_scales[col + r0..col + r1], cfg.stats_bits);
-                    let pz = StatParams::fit(&raw_zeros[col + r0..col + r1], cfg.stats_bits);
-                    for r in r0..r1 {
-                        used[r * gpr + grp] = Affine {
-                            scale: ps.value(ps.code(raw_scales[col + r], cfg.stats_bits)),
-                            zero: pz.value(pz.code(raw_zeros[col + r], cfg.stats_bits)),
-                        };
-                    }
-                }
-                ready[grp] = true;
-            }
-            let d = u[(k, k)];
-            let (done, rest) = wp.split_at_mut((k + 1) * rows);
-            let wcol = &done[k * rows..];
-            let ecol = &mut err1[i * rows..(i + 1) * rows];
-            candidates.clear();
-            for r in 0..rows {
-                let x = wcol[r];
-                let a = used[r * gpr + grp];
-                let q = a.code(x as f32, maxq);
-                codes[r * cols + c] = q;
-                let dq = a.value(q);
-                let e = (x - f64::from(dq)) / d;
-                ecol[r] = e;
-                let was_promised = tau.is_finite() && std::mem::take(&mut promised[r * cols + c]);
-                n_promised -= usize::from(was_promised);
-                if e * e > tau {
-                    candidates.push((was_promised, e * e, r, dq));
-                }
-            }
-            if !candidates.is_empty() {
-                // What the budget leaves after the promises of other columns: promised weights
-                // first, then the largest saliencies (ties: lower row).
-                let allowed = cap.saturating_sub(outliers.len() + n_promised);
-                candidates.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)));
-                for &(_, _, r, dq) in candidates.iter().take(allowed) {
-                    let x = wcol[r];
-                    let resid = ScaleDtype::F16.round((x - f64::from(dq)) as f32);
-                    if resid == 0.0 || !resid.is_finite() {
-                        continue;
-                    }
-                    outliers.push((r, c, resid));
-                    ecol[r] = (x - f64::from(dq + resid)) / d;
-                }
-            }
-            loss += ecol.iter().map(|e| e * e / 2.0).sum::<f64>();
-            let ecol = &err1[i * rows..(i + 1) * rows];
-            let block_rest = &mut rest[..(i2 - k - 1) * rows];
-            update_block_columns(block_rest, rows, ecol, |j| u[(k, k + 1 + j)]);
-        }
-        if i2 < cols {
-            let right = MatMut::from_column_major_slice_mut(&mut wp[i2 * rows..], rows, cols - i2);
-            let e = MatRef::from_column_major_slice(&err1[..count * rows], rows, count);
-            faer::linalg::matmul::matmul(
-                right,
-                Accum::Add,
-                e,
-                u.as_ref().submatrix(i1, i2, count, cols - i2),
-                -1.0,
-                faer_par(),
-            );
-        }
-    }
-    Ok(Swept { codes, scales: raw_scales, zeros: raw_zeros, used, outliers, loss })
+    let out = Swept {
+        codes: vec![0u8; rows * cols],
+        scales: vec![0f32; rows * gpr],
+        zeros: vec![0f32; rows * gpr],
+        used: vec![Affine { scale: 1.0, zero: 0.0 }; rows * gpr],
+        outliers: Vec::new(),
+        loss: 0.0,
+    };
+    let mut rule = SpqrRule {
+        cfg,
+        u,
+        invperm,
+        rows,
+        cols,
+        g,
+        gpr,
+        maxq: f32::from(cfg.bits.maxq()),
+        tau,
+        cap,
+        promised: vec![false; if tau.is_finite() { rows * cols } else { 0 }],
+        n_promised: 0,
+        mask: vec![false; g],
+        inv_d2: vec![0.0f64; g],
+        candidates: Vec::new(),
+        out,
+    };
+    lazy_sweep(w, rows, cols, SweepPlan { perm, u, block_size: cfg.block_size, group: g }, &mut rule)?;
+    Ok(rule.out)
 }
 
 /// SpQR as a pipeline method: one Hessian per group input, each layer solved against it. The
