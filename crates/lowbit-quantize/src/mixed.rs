@@ -16,9 +16,11 @@
 //!   3-bit g128, and `g_l` is the mean squared change of the block's output over that layer's
 //!   own predicted output error at the same scheme. It captures what a linear model of the block
 //!   cannot: the softmax after q and k, the averaging over tokens after v, the SiLU gate after
-//!   gate/up; o_proj and down_proj add to the residual directly (gain near 1). Errors in the
-//!   residual stream then count alike whatever the block: the final RMSNorm scales them all
-//!   the same.
+//!   gate/up; o_proj and down_proj add to the residual directly (gain near 1). The change is
+//!   taken relative to the block output's mean squared norm: every later block reads the
+//!   residual stream through an RMSNorm, so what an error does downstream scales with its size
+//!   relative to the stream, which grows with depth (a first protocol run with absolute errors
+//!   gave block 0, where the stream is small, 2 bits everywhere).
 //!
 //! The knapsack minimizes the summed predicted error subject to the bytes of the block linears
 //! fitting the budget; the pipeline then quantizes each layer with the base method (RTN or
@@ -40,6 +42,12 @@ use std::time::Instant;
 /// Calibration windows of the sensitivity pass (the first ones of the run's windows): a quarter
 /// of the protocol's 128, enough to rank the candidates and a fraction of the run's time.
 pub const SENSITIVITY_WINDOWS: usize = 32;
+/// Whether 2-bit candidates are dropped when the budget lets every layer have 3 bits or more.
+/// The knapsack adds the layers' predicted errors, which holds for small errors; a 2-bit layer's
+/// error is large, and GPTQ's true-sequential pass builds every later layer on it. On SmolLM2 at
+/// 3.2 bits per weight, allocations with 48 and 81 two-bit layers (of 210) scored 58.4 and 86.0
+/// against uniform 3-bit g128's 39.0 (benches/README.md).
+pub const TWO_BITS_ONLY_WHEN_FORCED: bool = true;
 /// Windows (of the sensitivity pass's) on which each layer's gain to the block output is
 /// measured.
 pub const GAIN_WINDOWS: usize = 8;
@@ -77,7 +85,8 @@ pub struct LayerAllocation {
     pub bytes: usize,
     /// The sensitivity pass's predicted error of this choice (gain times output error).
     pub predicted_error: f64,
-    /// The layer's measured gain from its output error to the block output.
+    /// The layer's measured gain from its output error to the block output, relative to the
+    /// block output's mean squared norm.
     pub gain: f64,
 }
 
@@ -226,6 +235,16 @@ pub(crate) fn allocate_model(
     };
     let items: Vec<Vec<Choice>> = layers.iter().map(|l| l.options.iter().map(|o| o.2).collect()).collect();
     let (lo, hi) = allocate::byte_range(&items);
+    // 2-bit codes only where the budget forces them: see TWO_BITS_ONLY_WHEN_FORCED.
+    let no_two: Vec<Vec<(Bits, Option<usize>, Choice)>> =
+        layers.iter().map(|l| l.options.iter().copied().filter(|o| o.0 != Bits::B2).collect()).collect();
+    let without_two: Vec<Vec<Choice>> = no_two.iter().map(|o| o.iter().map(|c| c.2).collect()).collect();
+    if TWO_BITS_ONLY_WHEN_FORCED && budget_bytes >= allocate::byte_range(&without_two).0 {
+        for (l, o) in layers.iter_mut().zip(no_two) {
+            l.options = o;
+        }
+    }
+    let items: Vec<Vec<Choice>> = layers.iter().map(|l| l.options.iter().map(|o| o.2).collect()).collect();
     let what = |bytes: usize| match budget {
         Budget::BitsPerWeight(_) => format!("{:.4} bits per weight", bytes as f64 * 8.0 / linear_params as f64),
         Budget::MaxSize(_) => format!("a directory of {} bytes", bytes as u64 + other.unwrap_or(0)),
@@ -365,11 +384,12 @@ fn input_of(i: usize) -> usize {
     }
 }
 
-/// Per block linear, the measured gain from its output error to the block's output: the block
-/// is run on `x_in` (the first [`GAIN_WINDOWS`] windows of its input) with that one layer
-/// replaced by its RTN 3-bit g128 weights, and the mean squared change of the block output per
-/// token is divided by the layer's own mean squared output error per token
-/// (`tr(dW H dW^T) / 2`, `H = 2/N X^T X`).
+/// Per block linear, the measured gain from its output error to the block's output, relative
+/// to the residual stream there: the block is run on `x_in` (the first [`GAIN_WINDOWS`] windows
+/// of its input) with that one layer replaced by its RTN 3-bit g128 weights, and the mean
+/// squared change of the block output per token is divided by the layer's own mean squared
+/// output error per token (`tr(dW H dW^T) / 2`, `H = 2/N X^T X`) and by the mean squared norm
+/// of the block's output per token.
 #[allow(clippy::too_many_arguments)]
 fn block_gains(
     model: &Model,
@@ -385,6 +405,8 @@ fn block_gains(
     let tokens = (x_in.len() / h) as f64;
     let mut reference = x_in.to_vec();
     forward_block(model, layer, &mut reference, seqlen, batch_tokens, progress, |_, _, _| Ok(()))?;
+    // Relative to the residual stream there: every later block reads it through an RMSNorm.
+    let energy = reference.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / tokens;
     let mut gains = [1f64; 7];
     for (i, gain) in gains.iter_mut().enumerate() {
         let mut probe = layer.clone();
@@ -403,8 +425,8 @@ fn block_gains(
         let mut out = x_in.to_vec();
         forward_block(model, &probe, &mut out, seqlen, batch_tokens, progress, |_, _, _| Ok(()))?;
         let measured = lowbit_solvers::rtn::squared_error(&out, &reference) / tokens;
-        if predicted > 0.0 && measured.is_finite() {
-            *gain = measured / predicted;
+        if predicted > 0.0 && energy > 0.0 && measured.is_finite() {
+            *gain = measured / predicted / energy;
         }
     }
     Ok(gains)

@@ -110,6 +110,8 @@ fn gptq_and_rtn_fit_the_budget_and_load_packed_per_layer() {
         let (_, alloc) = check_run(method, 3.5);
         let distinct: std::collections::BTreeSet<_> = alloc.layers.iter().map(|l| (l.bits, l.group_size)).collect();
         assert!(distinct.len() > 1, "{method}: a mixed budget gives mixed schemes: {distinct:?}");
+        // Every layer can have 3 bits at 3.5 bits per weight: no 2-bit codes then.
+        assert!(alloc.layers.iter().all(|l| l.bits >= 3), "{method}: {distinct:?}");
     }
 }
 
@@ -119,6 +121,8 @@ fn more_bits_never_predict_more_error() {
     let (_, hi) = check_run("gptq", 5.0);
     assert!(hi.predicted_error <= lo.predicted_error, "{} > {}", hi.predicted_error, lo.predicted_error);
     assert!(hi.predicted_linear_bytes > lo.predicted_linear_bytes);
+    // 2.6 bits per weight is below every layer at 3 bits: 2-bit codes are back in the set.
+    assert!(lo.layers.iter().any(|l| l.bits == 2));
 }
 
 #[test]
