@@ -32,8 +32,8 @@ use crate::{QuantizeError, Result};
 use lowbit_core::progress::{phase, Progress};
 use lowbit_core::{Bits, ClipSearch, Granularity, IntScheme};
 use lowbit_cpu::Cpu;
-use lowbit_model::block::{Block, Scratch, Span};
 use lowbit_cpu::{Linear, WeightKind};
+use lowbit_model::block::{Block, Scratch, Span};
 use lowbit_model::{BlockReader, Layer, Model, ModelConfig};
 use lowbit_solvers::{Hessian, HessianPrecision};
 use serde::{Deserialize, Serialize};
@@ -123,11 +123,9 @@ pub struct Allocation {
 impl Allocation {
     /// The scheme of layer `name` of block `block`: `base` with the chosen bits and groups.
     pub fn scheme(&self, block: usize, name: &str, base: IntScheme) -> Result<IntScheme> {
-        let l = self
-            .layers
-            .iter()
-            .find(|l| l.block == block && l.name == name)
-            .ok_or_else(|| QuantizeError::input("mixed precision", format!("no allocation for block {block} {name}")))?;
+        let l = self.layers.iter().find(|l| l.block == block && l.name == name).ok_or_else(|| {
+            QuantizeError::input("mixed precision", format!("no allocation for block {block} {name}"))
+        })?;
         Ok(candidate_scheme(base, Bits::try_from(l.bits)?, l.group_size))
     }
 
@@ -434,7 +432,13 @@ fn block_gains(
 
 /// Every candidate of every linear of block `b`: exact bytes and output error times the
 /// layer's measured gain.
-fn block_choices(b: usize, layer: &Layer, hs: &[Hessian; 4], gains: &[f64; 7], base: IntScheme) -> Result<Vec<LayerChoices>> {
+fn block_choices(
+    b: usize,
+    layer: &Layer,
+    hs: &[Hessian; 4],
+    gains: &[f64; 7],
+    base: IntScheme,
+) -> Result<Vec<LayerChoices>> {
     let mut out = vec![];
     for (i, (name, lin)) in layer.linears().into_iter().enumerate() {
         let (rows, cols) = (lin.rows(), lin.cols());

@@ -529,8 +529,12 @@ fn layer_scheme(ctx: &Ctx, b: usize, name: &str) -> Result<Scheme> {
 /// independently anyway and fold nothing).
 fn solve_group(ctx: &Ctx, b: usize, names: &[&str], lins: Vec<&mut Linear>, fold: Fold, st: &Stats) -> Result<Solved> {
     let ws: Vec<Vec<f32>> = lins.iter().map(|l| l.weight().to_f32()).collect();
-    let layers: Vec<GroupLayer> =
-        names.iter().zip(&ws).zip(&lins).map(|((name, w), l)| GroupLayer { role: role(name), w, rows: l.rows() }).collect();
+    let layers: Vec<GroupLayer> = names
+        .iter()
+        .zip(&ws)
+        .zip(&lins)
+        .map(|((name, w), l)| GroupLayer { role: role(name), w, rows: l.rows() })
+        .collect();
     let method = ctx.opts.method.solver();
     let solve = |layers: Vec<GroupLayer>, scheme: Scheme| {
         let group = Group { layers, cols: st.cols, fold: fold.target(), scheme };

@@ -75,7 +75,9 @@ fn check_run(method: &str, target: f64) -> (QuantizeReport, Allocation) {
         serde_json::from_str(&std::fs::read_to_string(out.join("lowbit_manifest.json")).unwrap()).unwrap();
     let saved: Allocation = serde_json::from_value(manifest["allocation"].clone()).unwrap();
     // (serde_json's float parsing may move the predicted errors by an ulp.)
-    let key = |a: &Allocation| a.layers.iter().map(|l| (l.block, l.name.clone(), l.bits, l.group_size, l.bytes)).collect::<Vec<_>>();
+    let key = |a: &Allocation| {
+        a.layers.iter().map(|l| (l.block, l.name.clone(), l.bits, l.group_size, l.bytes)).collect::<Vec<_>>()
+    };
     assert_eq!(key(&saved), key(&alloc));
     assert!((saved.predicted_error - alloc.predicted_error).abs() <= 1e-9 * alloc.predicted_error);
     assert_eq!(manifest["parameters"]["target_bpw"], target);
@@ -170,7 +172,8 @@ fn hf_exporters_refuse_a_mixed_model() {
     assert!(schemes.len() > 1);
     // (The GGUF export, which picks a block type per tensor, needs a tokenizer: tested from Python.)
     // The HF formats hold one bit width and group size in their config: a clear refusal.
-    for format in [lowbit_model::HfFormat::Gptq, lowbit_model::HfFormat::Awq, lowbit_model::HfFormat::CompressedTensors] {
+    for format in [lowbit_model::HfFormat::Gptq, lowbit_model::HfFormat::Awq, lowbit_model::HfFormat::CompressedTensors]
+    {
         let e = lowbit_model::export_hf(&out, dir.join(format!("{format:?}")), format).unwrap_err().to_string();
         assert!(e.contains("one bit width and group size"), "{format:?}: {e}");
     }
