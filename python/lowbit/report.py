@@ -221,7 +221,9 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
         from .pipeline import quantize_model
 
         out = work / "model"
-        calib = job["calib"] if _lowbit.method_calibrated(cfg.options["method"]) else None
+        # quantization-aware refinement calibrates whatever the method
+        needs_calib = _lowbit.method_calibrated(cfg.options["method"]) or cfg.options.get("qat_epochs")
+        calib = job["calib"] if needs_calib else None
         q = quantize_model(model_path, out, calib=calib, **cfg.options)
         model = Model.load(out)
         row.update(

@@ -20,6 +20,7 @@ mod numpy_rng;
 mod options;
 mod output;
 mod pipeline;
+mod qat;
 pub mod roles;
 pub mod spec;
 mod stash;

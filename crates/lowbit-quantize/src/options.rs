@@ -86,6 +86,13 @@ pub struct QuantizeOptions {
     pub target_bpw: Option<f64>,
     /// Mixed precision: as `target_bpw`, the whole output directory at most this many bytes.
     pub max_size: Option<u64>,
+    /// Quantization-aware refinement of every block after the method solved it (`crate::qat`):
+    /// passes over the calibration windows; `None` = off.
+    pub qat_epochs: Option<usize>,
+    /// Its AdamW peak learning rate (cosine decay).
+    pub qat_lr: f32,
+    /// Its calibration windows per AdamW step.
+    pub qat_batch: usize,
 }
 
 impl Default for QuantizeOptions {
@@ -109,6 +116,9 @@ impl Default for QuantizeOptions {
             stop_after_block: None,
             target_bpw: None,
             max_size: None,
+            qat_epochs: None,
+            qat_lr: 1e-4,
+            qat_batch: 2,
         }
     }
 }
@@ -157,6 +167,11 @@ impl QuantizeOptions {
         })
     }
 
+    /// Whether the run needs calibration data: the method's, or quantization-aware refinement.
+    pub fn calibrated(&self) -> bool {
+        self.method.solver().calibrated() || self.qat_epochs.is_some()
+    }
+
     /// What the method's statistics need to know about the calibration data.
     pub fn calib_shape(&self) -> CalibShape {
         CalibShape { nsamples: self.nsamples, seqlen: self.seqlen }
@@ -189,12 +204,27 @@ impl QuantizeOptions {
                 return bad(format!("nsamples and seqlen must be positive, got {} x {}", self.nsamples, self.seqlen));
             }
         }
-        if self.method.solver().calibrated() {
+        if let Some(epochs) = self.qat_epochs {
+            if epochs == 0 {
+                return bad("qat_epochs must be at least 1 (leave it unset for no training)".into());
+            }
+            if !(self.qat_lr.is_finite() && self.qat_lr > 0.0) {
+                return bad(format!("qat_lr must be a positive number, got {}", self.qat_lr));
+            }
+            if self.qat_batch == 0 {
+                return bad("qat_batch must be at least 1".into());
+            }
+            if !matches!(self.scheme()?, Scheme::Int(_)) {
+                return bad("qat trains integer codes: use format int".into());
+            }
+        }
+        if self.calibrated() {
             if self.nsamples == 0 || self.seqlen == 0 {
                 return bad(format!("nsamples and seqlen must be positive, got {} x {}", self.nsamples, self.seqlen));
             }
             if self.calib.is_none() {
-                return bad(format!("{} needs calibration data (a file, token ids, or data-free)", self.method.name()));
+                let who = if self.qat_epochs.is_some() { "qat" } else { self.method.name() };
+                return bad(format!("{who} needs calibration data (a file, token ids, or data-free)"));
             }
         }
         if self.batch_tokens == 0 {
@@ -217,6 +247,9 @@ impl QuantizeOptions {
             "embed": self.embed.name(),
             "lm_head": self.lm_head.map_or("embed", TensorScheme::name),
         });
+        if let Some(epochs) = self.qat_epochs {
+            v["qat"] = json!({ "epochs": epochs, "lr": self.qat_lr, "batch": self.qat_batch, "stage": "block reconstruction" });
+        }
         if self.format != WeightFormat::Int {
             // Only where set: integer runs keep the manifests (and resume fingerprints) they had.
             v["weight_format"] = self.format.name().into();

@@ -34,6 +34,7 @@ use lowbit_model::block::{Block, Scratch, Span};
 use lowbit_model::{BlockReader, Layer, LoadOptions, Model, ModelConfig, ModelError};
 use lowbit_solvers::awq::HeadTie;
 use lowbit_solvers::{FoldTarget, Group, GroupLayer, QuantMethod, Role, SolvedLayer, Statistics};
+use lowbit_train::train::ReconstructOptions;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -154,7 +155,7 @@ fn run(
 
     // Calibration (mixed precision measures sensitivity on it, whatever the method).
     let calib_start = Instant::now();
-    let calibrated = opts.method.solver().calibrated();
+    let calibrated = opts.calibrated();
     let (windows, calib_sha) = if !calibrated && budget.is_none() {
         (Vec::new(), None)
     } else {
@@ -224,11 +225,25 @@ fn run(
     for b in first..nblocks {
         done.check()?;
         let mut layer = blocks.block(b)?;
-        let stats = if calibrated {
+        // Quantization-aware refinement starts from the method's result: keep what it needs.
+        let qat = match opts.qat_epochs {
+            Some(_) => {
+                Some((crate::qat::block_config(&cfg, &layer).map(|_| crate::qat::block_weights(&layer))?, x.clone()))
+            }
+            None => None,
+        };
+        let stats = if opts.method.solver().calibrated() {
             quantize_block_calibrated(&mut ctx, &model, b, &mut layer, &mut x, &mut *done)?
         } else {
             quantize_block_alone(&ctx, b, &mut layer, &mut *done)?
         };
+        if let (Some((fp, x_in)), Some(epochs)) = (qat, opts.qat_epochs) {
+            let train = ReconstructOptions { epochs, lr: opts.qat_lr, weight_decay: 0.0, batch: opts.qat_batch };
+            let r =
+                crate::qat::refine(&cfg, &model, b, &fp, &mut layer, &x_in, &mut x, ctx.seqlen, &train, &mut *done)?;
+            ctx.notes.push(format!("block {b}: qat output error {:.4e} -> {:.4e}", r.first_loss, r.last_loss));
+            done.metric("qat loss", r.last_loss);
+        }
         let loss = stats.iter().map(|s| s.loss).sum::<f64>() / stats.len().max(1) as f64;
         layers_stats.extend(stats);
         if calibrated {

@@ -708,6 +708,48 @@ pub const OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        name: "qat_epochs",
+        kind: OptionKind::Int,
+        optional: true,
+        help: "quantization-aware refinement: after the method solves each block, train its weights on the method's grids for this many passes over the calibration windows to reproduce the full-precision block's output (lowbit-train; off by default)",
+        methods: &["rtn", "gptq", "awq"],
+        cli: Some("--qat-epochs"),
+        cli_aliases: &[],
+        get: |o| some_or_none(o.qat_epochs, |e| OptionValue::Int(e as i64)),
+        set: |o, v| {
+            o.qat_epochs = opt(v, usize_of)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "qat_lr",
+        kind: OptionKind::Float,
+        optional: false,
+        help: "quantization-aware refinement: AdamW's peak learning rate (cosine decay to 0)",
+        methods: &["rtn", "gptq", "awq"],
+        cli: Some("--qat-lr"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Float(f64::from(o.qat_lr)),
+        set: |o, v| {
+            o.qat_lr = float_of(v)? as f32;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "qat_batch",
+        kind: OptionKind::Int,
+        optional: false,
+        help: "quantization-aware refinement: calibration windows per AdamW step (computed side by side)",
+        methods: &["rtn", "gptq", "awq"],
+        cli: Some("--qat-batch"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Int(o.qat_batch as i64),
+        set: |o, v| {
+            o.qat_batch = usize_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
         name: "stop_after_block",
         kind: OptionKind::Int,
         optional: true,

@@ -618,3 +618,62 @@ fn dense_embedding_options_and_a_tied_head_conflict() {
     assert!(e.to_string().contains("ties its embedding and LM head"), "{e}");
     assert!(!dir.join("tied-conflict").exists());
 }
+
+#[test]
+fn qat_refines_the_blocks_on_the_base_methods_grids() {
+    // GPTQ W3, then each block trained towards the original block's output on the calibration
+    // windows (lowbit-train), codes re-chosen on GPTQ's fixed scales and zeros.
+    let (dir, _) = tiny("qat", 2);
+    let toks = tokens(4 * 8, 9);
+    let base = staged_logits(&Model::load(&dir).unwrap(), &toks, 8).unwrap();
+    let err = |out: &Path| {
+        let l = staged_logits(&Model::load(out).unwrap(), &toks, 8).unwrap();
+        l.iter().zip(&base).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>()
+    };
+    let gptq = QuantizeOptions { bits: 3, nsamples: 40, ..opts("gptq") };
+    let qat = QuantizeOptions { qat_epochs: Some(8), qat_lr: 2e-3, ..gptq.clone() };
+    run(&dir, &dir.join("gptq"), &gptq).unwrap();
+    let report = run(&dir, &dir.join("qat"), &qat).unwrap();
+    let (e_gptq, e_qat) = (err(&dir.join("gptq")), err(&dir.join("qat")));
+    assert!(e_qat < e_gptq, "logit error: gptq {e_gptq}, gptq + qat {e_qat}; {:?}", report.notes);
+    eprintln!("logit error: gptq {e_gptq}, gptq + qat {e_qat}; {:?}", report.notes);
+    assert!(report.notes.iter().any(|n| n.starts_with("block 0: qat output error")), "{:?}", report.notes);
+    let manifest = manifest_sans_timings(&dir.join("qat"));
+    assert_eq!(manifest["parameters"]["qat"]["epochs"], 8, "{manifest}");
+    // Block 0 sees the same inputs in both runs: GPTQ's grids there are the same, the codes differ.
+    let (a, b) = (Model::load(dir.join("gptq")).unwrap(), Model::load(dir.join("qat")).unwrap());
+    let quant = |lin: &lowbit_cpu::Linear| match lin.weight() {
+        WeightKind::Quant(q) => q.clone(),
+        other => panic!("stored as {other:?}"),
+    };
+    let (la, lb) = (&a.layers()[0], &b.layers()[0]);
+    let pairs = [
+        (&la.q_proj, &lb.q_proj),
+        (&la.o_proj, &lb.o_proj),
+        (&la.up_proj, &lb.up_proj),
+        (&la.down_proj, &lb.down_proj),
+    ];
+    let mut moved = 0;
+    for (x, y) in pairs {
+        let (qa, qb) = (quant(x), quant(y));
+        assert_eq!(qa.params(), qb.params());
+        moved += qa.codes().iter().zip(qb.codes()).filter(|(u, v)| u != v).count();
+    }
+    assert!(moved > 0, "training changed no code of block 0");
+    // Bad settings are refused before anything is written.
+    for bad in [
+        QuantizeOptions { qat_epochs: Some(0), ..qat.clone() },
+        QuantizeOptions { qat_lr: f32::NAN, ..qat.clone() },
+        QuantizeOptions { qat_batch: 0, ..qat.clone() },
+        QuantizeOptions {
+            calib: None,
+            ..QuantizeOptions { method: MethodConfig::from_name("rtn").unwrap(), ..qat.clone() }
+        },
+    ] {
+        let out = dir.join("bad");
+        assert!(matches!(run(&dir, &out, &bad), Err(QuantizeError::Input { .. })));
+        assert!(!out.exists());
+    }
+    let mut hqq = QuantizeOptions { method: MethodConfig::from_name("hqq").unwrap(), ..QuantizeOptions::default() };
+    assert!(hqq.set_option("qat_epochs", &OptionValue::Int(2)).is_err());
+}

@@ -1,0 +1,220 @@
+//! One Llama operation per function pair: `*_forward` computes the output (and keeps what the
+//! backward pass needs), `*_backward` maps the output's gradient to the inputs' gradients.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// `a[m, k] · b[n, k]^T` (a linear layer: `x W^T`).
+pub fn matmul_nt(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m * n];
+    let (a, b) = (MatRef::from_row_major_slice(a, m, k), MatRef::from_row_major_slice(b, n, k));
+    matmul(MatMut::from_row_major_slice_mut(&mut out, m, n), Accum::Replace, a, b.transpose(), 1.0, Par::Seq);
+    out
+}
+
+/// `a[m, k] · b[k, n]` (the input gradient of a linear layer: `dy W`).
+pub fn matmul_nn(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m * n];
+    let (a, b) = (MatRef::from_row_major_slice(a, m, k), MatRef::from_row_major_slice(b, k, n));
+    matmul(MatMut::from_row_major_slice_mut(&mut out, m, n), Accum::Replace, a, b, 1.0, Par::Seq);
+    out
+}
+
+/// `a[k, m]^T · b[k, n]` (the weight gradient of a linear layer: `dy^T x`).
+pub fn matmul_tn(a: &[f32], b: &[f32], k: usize, m: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m * n];
+    let (a, b) = (MatRef::from_row_major_slice(a, k, m), MatRef::from_row_major_slice(b, k, n));
+    matmul(MatMut::from_row_major_slice_mut(&mut out, m, n), Accum::Replace, a.transpose(), b, 1.0, Par::Seq);
+    out
+}
+
+/// `y = x / rms(x) * g` per row of `x[t, h]`; returns `y` and each row's `1 / rms`.
+pub fn rms_norm_forward(x: &[f32], g: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let h = g.len();
+    let mut y = vec![0.0f32; x.len()];
+    let mut inv = Vec::with_capacity(x.len() / h);
+    for (row, out) in x.chunks_exact(h).zip(y.chunks_exact_mut(h)) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &w) in out.iter_mut().zip(row).zip(g) {
+            *o = v * r * w;
+        }
+        inv.push(r);
+    }
+    (y, inv)
+}
+
+/// Gradients of [`rms_norm_forward`]: `(dx, dg)`.
+pub fn rms_norm_backward(x: &[f32], g: &[f32], inv_rms: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let h = g.len();
+    let mut dx = vec![0.0f32; x.len()];
+    let mut dg = vec![0.0f32; h];
+    for (((row, d), out), &r) in x.chunks_exact(h).zip(dy.chunks_exact(h)).zip(dx.chunks_exact_mut(h)).zip(inv_rms) {
+        // xhat = x r, y = xhat g: dxhat = dy g, dx = r (dxhat - xhat mean(dxhat xhat)).
+        let mut dot = 0.0f32;
+        for j in 0..h {
+            let xhat = row[j] * r;
+            dg[j] += d[j] * xhat;
+            dot += d[j] * g[j] * xhat;
+        }
+        let mean = dot / h as f32;
+        for j in 0..h {
+            out[j] = r * (d[j] * g[j] - row[j] * r * mean);
+        }
+    }
+    (dx, dg)
+}
+
+/// Rotate-half RoPE tables for positions `0..t`: `cos[p * d/2 + i]`, `sin[...]` of
+/// `p * theta^(-2i/d)`, as Hugging Face's Llama computes them.
+pub fn rope_tables(t: usize, head_dim: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+    let mut cos = Vec::with_capacity(t * half);
+    let mut sin = Vec::with_capacity(t * half);
+    for p in 0..t {
+        for &f in &inv_freq {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    (cos, sin)
+}
+
+/// Rotates every head of `x[t, heads * head_dim]` in place (`inverse`: by the opposite angle,
+/// which is the backward pass: the rotation's transpose).
+pub fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], inverse: bool) {
+    let half = head_dim / 2;
+    let width = x.len() / (cos.len() / half);
+    let sign = if inverse { -1.0 } else { 1.0 };
+    for (p, row) in x.chunks_exact_mut(width).enumerate() {
+        let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+        for head in row.chunks_exact_mut(head_dim) {
+            for i in 0..half {
+                let (x1, x2, si) = (head[i], head[i + half], sign * s[i]);
+                head[i] = x1 * c[i] - x2 * si;
+                head[i + half] = x2 * c[i] + x1 * si;
+            }
+        }
+    }
+}
+
+/// Shape of a grouped-query attention: `heads` query heads share `kv_heads` key/value heads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub tokens: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    fn kv_of(&self, h: usize) -> usize {
+        h / (self.heads / self.kv_heads)
+    }
+}
+
+/// Causal attention `softmax(q k^T / sqrt(d)) v` per head; `q[t, heads * d]`, `k`/`v[t, kv_heads
+/// * d]`. Returns the output and the probabilities `p[head][i][j]` (`j <= i`, row-major `t x t`).
+pub fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape) -> (Vec<f32>, Vec<f32>) {
+    let AttentionShape { tokens: t, heads, kv_heads, head_dim: d } = s;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0.0f32; t * heads * d];
+    let mut probs = vec![0.0f32; heads * t * t];
+    for h in 0..heads {
+        let kv = s.kv_of(h);
+        for i in 0..t {
+            let qi = &q[i * heads * d + h * d..][..d];
+            let p = &mut probs[(h * t + i) * t..][..t];
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..=i {
+                let kj = &k[j * kv_heads * d + kv * d..][..d];
+                p[j] = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                max = max.max(p[j]);
+            }
+            let mut sum = 0.0f32;
+            for pj in p[..=i].iter_mut() {
+                *pj = (*pj - max).exp();
+                sum += *pj;
+            }
+            let o = &mut out[i * heads * d + h * d..][..d];
+            for j in 0..=i {
+                p[j] /= sum;
+                let vj = &v[j * kv_heads * d + kv * d..][..d];
+                for (oo, &vv) in o.iter_mut().zip(vj) {
+                    *oo += p[j] * vv;
+                }
+            }
+        }
+    }
+    (out, probs)
+}
+
+/// Gradients of [`attention_forward`]: `(dq, dk, dv)`.
+pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    probs: &[f32],
+    dout: &[f32],
+    s: AttentionShape,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let AttentionShape { tokens: t, heads, kv_heads, head_dim: d } = s;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (mut dq, mut dk, mut dv) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()], vec![0.0f32; v.len()]);
+    let mut dp = vec![0.0f32; t];
+    for h in 0..heads {
+        let kv = s.kv_of(h);
+        for i in 0..t {
+            let p = &probs[(h * t + i) * t..][..t];
+            let doi = &dout[i * heads * d + h * d..][..d];
+            // dp_j = do_i . v_j; dv_j += p_j do_i; ds_j = p_j (dp_j - sum_l p_l dp_l).
+            let mut dot = 0.0f32;
+            for j in 0..=i {
+                let vj = &v[j * kv_heads * d + kv * d..][..d];
+                dp[j] = doi.iter().zip(vj).map(|(a, b)| a * b).sum();
+                dot += p[j] * dp[j];
+                let dvj = &mut dv[j * kv_heads * d + kv * d..][..d];
+                for (a, &b) in dvj.iter_mut().zip(doi) {
+                    *a += p[j] * b;
+                }
+            }
+            let qi = &q[i * heads * d + h * d..][..d];
+            for j in 0..=i {
+                let ds = p[j] * (dp[j] - dot) * scale;
+                let kj = &k[j * kv_heads * d + kv * d..][..d];
+                let dqi = &mut dq[i * heads * d + h * d..][..d];
+                for (a, &b) in dqi.iter_mut().zip(kj) {
+                    *a += ds * b;
+                }
+                let dkj = &mut dk[j * kv_heads * d + kv * d..][..d];
+                for (a, &b) in dkj.iter_mut().zip(qi) {
+                    *a += ds * b;
+                }
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The SiLU-gated product `silu(gate) * up`, elementwise.
+pub fn swiglu_forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter().zip(up).map(|(&g, &u)| g * sigmoid(g) * u).collect()
+}
+
+/// Gradients of [`swiglu_forward`]: `(dgate, dup)`.
+pub fn swiglu_backward(gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut dg = Vec::with_capacity(gate.len());
+    let mut du = Vec::with_capacity(gate.len());
+    for ((&g, &u), &d) in gate.iter().zip(up).zip(dy) {
+        let s = sigmoid(g);
+        dg.push(d * u * s * (1.0 + g * (1.0 - s)));
+        du.push(d * g * s);
+    }
+    (dg, du)
+}
