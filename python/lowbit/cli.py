@@ -286,6 +286,21 @@ def _roles(report: QuantizeReport) -> str:
     return f"{embed} / {report.params['embed'] if head == 'embed' else head} {_mib(report.lm_head_bytes)}"
 
 
+def allocation_summary(layers: list[dict[str, Any]]) -> str:
+    """``3/g128: 120, 4/g64: 60, ...`` over a mixed-precision allocation's layers, most first,
+    then the names that got the most bits on average."""
+    counts: dict[str, int] = {}
+    by_name: dict[str, list[int]] = {}
+    for layer in layers:
+        group = layer["group_size"]
+        key = f"{layer['bits']}/{'channel' if group is None else f'g{group}'}"
+        counts[key] = counts.get(key, 0) + 1
+        by_name.setdefault(layer["name"].rsplit(".", 1)[-1], []).append(layer["bits"])
+    mix = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    mean = sorted(((sum(b) / len(b), n) for n, b in by_name.items()), reverse=True)
+    return mix + "; mean bits " + ", ".join(f"{n} {m:.2f}" for m, n in mean)
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     import json
 
@@ -329,6 +344,21 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         ("mean layer loss", f"{report.mean_loss:.5g}"),
         ("worst layer loss", f"{worst.loss:.5g} (block {worst.block} {worst.name})" if worst else "-"),
     ]
+    alloc = report.to_dict().get("allocation")
+    if alloc:
+        budget = (
+            f"target {alloc['target_bpw']} bits per weight"
+            if alloc["target_bpw"] is not None
+            else f"max size {_mib(alloc['max_size'])}"
+        )
+        rows.append(
+            (
+                "mixed precision",
+                f"{budget}: block linears {_mib(alloc['predicted_linear_bytes'])} "
+                f"({alloc['predicted_bits_per_weight']:.3f} bpw) of {_mib(alloc['budget_bytes'])}",
+            )
+        )
+        rows.append(("allocation (bits/group: layers)", allocation_summary(alloc["layers"])))
     if before is not None and after is not None:
         rows.append(("perplexity before", f"{before.perplexity:.4f}"))
         rows.append(("perplexity after", f"{after.perplexity:.4f}"))
@@ -361,6 +391,23 @@ def group_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(
             f"expected a positive integer or 'channel', got {value} (for one scale per row write 'channel')"
         )
+    return value
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def byte_size(text: str) -> int:
+    """``--max-size``: bytes, optionally with a unit (``70MB`` = 70e6, ``64MiB`` = 64 * 2^20)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).upper() if m else ""
+    if m is None or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"expected a size such as 70MB, 64MiB or 70000000, got {text!r}")
+    value = int(float(m.group(1)) * _SIZE_UNITS[unit])
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
     return value
 
 
@@ -405,6 +452,9 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         elif spec["name"] == "group_size":
             kw["type"] = group_size
             kw["metavar"] = "N|channel"
+        elif spec["name"] == "max_size":
+            kw["type"] = byte_size
+            kw["metavar"] = "SIZE"
         else:
             kw["type"] = _cli_value(spec)
             words = [*spec["cli_aliases"], *(spec["choices"] or [])]

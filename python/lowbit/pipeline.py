@@ -116,7 +116,11 @@ def quantize_model(
     ``squeeze_sensitive_percent`` (squeezellm: percent of each layer's weights kept in f16, the
     largest in magnitude, 0.45, then the most sensitive, 0.05), ``squeeze_error_feedback``
     (squeezellm: choose the codes by GPTQ's sweep onto the fitted codebooks, not in the paper;
-    False).
+    False); ``target_bpw`` or ``max_size`` (rtn, gptq: mixed precision, bits and group size per
+    block linear chosen from measured sensitivity by an exact knapsack so that the block linears
+    take that many stored bits per weight, or the whole output directory at most ``max_size``
+    bytes; ``bits`` and ``group_size`` are then unused, calibration data is required, and
+    ``report.to_dict()["allocation"]`` holds each layer's scheme).
 
     ``calib``: a text file, a ``.jsonl`` (field ``text``), a ``.npy``/``.json`` of token ids, or
     token ids in memory; ``None`` uses the text file named by ``$LOWBIT_CALIB_TEXT``;

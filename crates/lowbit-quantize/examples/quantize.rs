@@ -1,7 +1,8 @@
 //! Quantize a model with the pipeline and optionally evaluate it (protocol perplexity).
 //!
 //! `cargo run --release -p lowbit-quantize --example quantize -- MODEL OUT METHOD BITS GROUP|0
-//!  [--sym] [--act-order] [--mse|--minmax] [--f32-scales] [--calib FILE] [--nsamples N] [--awq-samples N] [--eval FILE] [--eval-base]`
+//!  [--sym] [--act-order] [--mse|--minmax] [--f32-scales] [--calib FILE] [--nsamples N] [--awq-samples N] [--eval FILE] [--eval-base]
+//!  [--target-bpw BITS | --max-size BYTES]`
 use lowbit_model::{perplexity::read_text_file, Model, PerplexityOptions};
 use lowbit_quantize::spec::OptionValue;
 use lowbit_quantize::{quantize_model, CalibSource, QuantizeOptions};
@@ -36,6 +37,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = val("--awq-samples") {
         pairs.push(("awq_samples".into(), OptionValue::Int(n.parse()?)));
     }
+    if let Some(t) = val("--target-bpw") {
+        pairs.push(("target_bpw".into(), OptionValue::Float(t.parse()?)));
+    }
+    if let Some(m) = val("--max-size") {
+        pairs.push(("max_size".into(), OptionValue::Int(m.parse()?)));
+    }
     let mut opts = QuantizeOptions::from_pairs(&pairs)?;
     // gptq, awq and smoothquant need --calib (the protocol's valid.txt).
     opts.calib = val("--calib").map(CalibSource::from_path);
@@ -62,6 +69,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rep.embed_bytes,
         rep.lm_head_bytes.map_or("tied".to_string(), |b| format!("{b} bytes")),
     );
+    if let Some(a) = &rep.allocation {
+        println!(
+            "allocation: budget {} bytes, block linears {} bytes ({:.4} bpw), sensitivity {:.1}s on {} windows, {:?}",
+            a.budget_bytes,
+            a.predicted_linear_bytes,
+            a.predicted_bits_per_weight,
+            a.seconds,
+            a.sensitivity_windows,
+            a.histogram()
+        );
+        for l in &a.layers {
+            let group = l.group_size.map_or("channel".into(), |g| g.to_string());
+            println!("  block {:2} {:18} {}/{} gain {:.4}", l.block, l.name, l.bits, group, l.gain);
+        }
+    }
     for n in &rep.notes {
         println!("note: {n}");
     }

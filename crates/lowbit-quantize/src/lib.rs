@@ -5,14 +5,17 @@
 //! * [`quantize_model`]: model path in, lowbit checkpoint directory out, with a report.
 //! * [`calib`]: calibration windows (the protocol's by default), data-free sampling.
 //! * [`spec`]: every option declared once, for Python and the CLI.
+//! * [`mixed`] + [`allocate`]: mixed precision to a byte budget (sensitivity, exact knapsack).
 //! * [`imatrix`]: llama.cpp's importance matrix over calibration windows (GGUF export).
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod allocate;
 pub mod calib;
 mod checkpoint;
 mod error;
 pub mod imatrix;
+pub mod mixed;
 mod numpy_rng;
 mod options;
 mod output;

@@ -80,6 +80,12 @@ pub struct QuantizeOptions {
     /// Testing and interruption hook: stop with an error after checkpointing this block
     /// (0-based), leaving the checkpoint for `resume`.
     pub stop_after_block: Option<usize>,
+    /// Mixed precision: choose bits and group size per block linear so that the block linears
+    /// take this many stored bits per weight (`bits` and `group_size` are then not used; see
+    /// [`crate::mixed`]).
+    pub target_bpw: Option<f64>,
+    /// Mixed precision: as `target_bpw`, the whole output directory at most this many bytes.
+    pub max_size: Option<u64>,
     /// Quantization-aware refinement of every block after the method solved it (`crate::qat`):
     /// passes over the calibration windows; `None` = off.
     pub qat_epochs: Option<usize>,
@@ -108,6 +114,8 @@ impl Default for QuantizeOptions {
             batch_tokens: 4096,
             resume: false,
             stop_after_block: None,
+            target_bpw: None,
+            max_size: None,
             qat_epochs: None,
             qat_lr: 1e-4,
             qat_batch: 2,
@@ -169,9 +177,33 @@ impl QuantizeOptions {
         CalibShape { nsamples: self.nsamples, seqlen: self.seqlen }
     }
 
+    /// The mixed-precision budget, checked; `None`: one scheme for every layer.
+    pub fn budget(&self) -> Result<Option<crate::mixed::Budget>> {
+        let budget = crate::mixed::check_budget(self.target_bpw, self.max_size)?;
+        if budget.is_some() {
+            let bad = |r: String| Err(QuantizeError::input("mixed precision", r));
+            if !matches!(self.method, MethodConfig::Rtn(_) | MethodConfig::Gptq(_)) {
+                return bad(format!(
+                    "target_bpw / max_size work with rtn and gptq (one scheme per layer), not {}",
+                    self.method.name()
+                ));
+            }
+            if self.format != WeightFormat::Int {
+                return bad(format!("target_bpw / max_size choose integer schemes, not {}", self.format.name()));
+            }
+        }
+        Ok(budget)
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         self.scheme()?;
         let bad = |r: String| Err(QuantizeError::input("quantize", r));
+        if self.budget()?.is_some() {
+            crate::mixed::require_calibration(self.calib.as_ref())?;
+            if self.nsamples == 0 || self.seqlen == 0 {
+                return bad(format!("nsamples and seqlen must be positive, got {} x {}", self.nsamples, self.seqlen));
+            }
+        }
         if let Some(epochs) = self.qat_epochs {
             if epochs == 0 {
                 return bad("qat_epochs must be at least 1 (leave it unset for no training)".into());
@@ -241,7 +273,18 @@ impl QuantizeOptions {
             }
             params.insert("weight_format".into(), "rowlut".into());
         }
-        if solver.calibrated() {
+        if let Some(t) = self.target_bpw {
+            v["target_bpw"] = t.into();
+        }
+        if let Some(m) = self.max_size {
+            v["max_size"] = m.into();
+        }
+        if self.target_bpw.is_some() || self.max_size.is_some() {
+            // Per layer in the allocation: the common bits and group size were not used.
+            v["bits"] = "mixed".into();
+            v["group_size"] = "mixed".into();
+        }
+        if solver.calibrated() || self.target_bpw.is_some() || self.max_size.is_some() {
             v["nsamples"] = self.nsamples.into();
             v["seqlen"] = self.seqlen.into();
             v["seed"] = self.seed.into();
@@ -320,6 +363,8 @@ pub struct QuantizeReport {
     pub resumed_from_block: usize,
     /// Caveats (e.g. AWQ o_proj scales skipped under GQA).
     pub notes: Vec<String>,
+    /// Mixed precision (`target_bpw` / `max_size`): the budget and the scheme of every layer.
+    pub allocation: Option<crate::mixed::Allocation>,
 }
 
 impl QuantizeReport {

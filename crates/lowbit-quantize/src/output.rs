@@ -53,8 +53,8 @@ fn sized(render: impl Fn(u64) -> Value) -> Vec<u8> {
     }
 }
 
-/// The manifest: method and parameters, calibration hash, per-layer results, sizes, timings,
-/// memory. Everything but `timings`, `peak_rss_bytes` and the layers' `seconds` is
+/// The manifest: method and parameters, calibration hash, per-layer results, sizes, the
+/// mixed-precision allocation (null without one), timings, memory. Everything but `timings`, `peak_rss_bytes` and the layers' `seconds` is
 /// deterministic. `out_bytes` is the whole directory's, this file included.
 fn manifest(r: &QuantizeReport, out_bytes: u64) -> Value {
     json!({
@@ -79,6 +79,7 @@ fn manifest(r: &QuantizeReport, out_bytes: u64) -> Value {
             "lm_head": {"scheme": r.params["lm_head"], "bytes": r.lm_head_bytes, "tied": r.lm_head_bytes.is_none()},
         },
         "notes": r.notes,
+        "allocation": r.allocation,
         "timings": {"calibration_seconds": r.calib_seconds, "quantize_seconds": r.quantize_seconds, "wall_seconds": r.wall_seconds, "resumed_from_block": r.resumed_from_block},
         "peak_rss_bytes": r.peak_rss_bytes,
     })

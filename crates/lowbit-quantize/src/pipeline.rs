@@ -21,6 +21,7 @@
 
 use crate::calib::{calibration_windows, int8_sampler, CalibSource};
 use crate::checkpoint::{Checkpoint, CheckpointState, Saver};
+use crate::mixed::{allocate_model, Allocation, Budget};
 use crate::options::{peak_rss_bytes, LayerStat, QuantizeOptions, QuantizeReport};
 use crate::output::{write_output, write_output_to_memory};
 use crate::stash::Stash;
@@ -167,6 +168,8 @@ pub fn partial_dir(out: &Path) -> PathBuf {
 struct Ctx<'a> {
     opts: &'a QuantizeOptions,
     scheme: Scheme,
+    /// Mixed precision: each layer's scheme.
+    alloc: Option<Allocation>,
     cfg: ModelConfig,
     seqlen: usize,
     notes: Vec<String>,
@@ -203,12 +206,13 @@ fn run(
     let nblocks = cfg.num_hidden_layers;
     let before = nblocks * f32_block_linear_bytes(&cfg);
     let params = opts.params_json();
-    let mut ctx = Ctx { opts, scheme, cfg: cfg.clone(), seqlen: opts.seqlen, notes: vec![] };
+    let budget = opts.budget()?;
+    let mut ctx = Ctx { opts, scheme, alloc: None, cfg: cfg.clone(), seqlen: opts.seqlen, notes: vec![] };
 
-    // Calibration.
+    // Calibration (mixed precision measures sensitivity on it, whatever the method).
     let calib_start = Instant::now();
     let calibrated = opts.calibrated();
-    let (windows, calib_sha) = if !calibrated {
+    let (windows, calib_sha) = if !calibrated && budget.is_none() {
         (Vec::new(), None)
     } else {
         let calib = opts.calib.as_ref().ok_or_else(|| QuantizeError::input("quantize", "no calibration data"))?;
@@ -227,6 +231,24 @@ fn run(
         (w, Some(sha))
     };
     let calib_seconds = calib_start.elapsed().as_secs_f64();
+
+    if let (Some(budget), Scheme::Int(base)) = (budget, scheme) {
+        // The sensitivity pass reads the full-precision blocks again: the model must be a file.
+        let model_path = target.model_path.ok_or_else(|| {
+            QuantizeError::input("quantize", "a byte budget (target_bpw, max_size) needs the model on disk")
+        })?;
+        let other = match budget {
+            Budget::MaxSize(_) => other_bytes(&model, Path::new(&target.out), &cfg)?,
+            Budget::BitsPerWeight(_) => 0,
+        };
+        // The blocks are read once each (the reader hands out their weights): the sensitivity
+        // pass reads its own from a second opening of the checkpoint; it embeds the windows with
+        // the run's model, quantized embedding included.
+        let alloc = Model::open_blocks(model_path, &LoadOptions::default(), |_, fp_blocks| {
+            allocate_model(&model, fp_blocks, &windows, opts.seqlen, opts.batch_tokens, base, budget, other, progress)
+        })?;
+        ctx.alloc = Some(alloc);
+    }
 
     // Resume or start.
     let fingerprint = sha256_hex(
@@ -352,12 +374,39 @@ fn run(
         lm_head_bytes: size.lm_head_bytes,
         resumed_from_block: first,
         notes: ctx.notes,
+        allocation: ctx.alloc,
     };
     report.wall_seconds = start.elapsed().as_secs_f64();
     report.peak_rss_bytes = peak_rss_bytes();
     report.out_bytes = (target.write)(&model, &report)?;
     report.wall_seconds = start.elapsed().as_secs_f64();
+    if let Some(a) = &report.allocation {
+        if a.predicted_linear_bytes != report.linear_bytes_after {
+            // The candidates' bytes come from the writer's own tensors: a mismatch is a bug.
+            return Err(QuantizeError::input(
+                "mixed precision",
+                format!(
+                    "stored {} bytes of block linears, the allocation predicted {}",
+                    report.linear_bytes_after, a.predicted_linear_bytes
+                ),
+            ));
+        }
+    }
     Ok(report)
+}
+
+/// What the output directory holds besides the block linears (under `max_size`): the model as
+/// it is now (embedding, LM head, final norm, config, tokenizer), saved once to a scratch
+/// directory beside `out` and measured, plus the blocks' norms.
+fn other_bytes(model: &Model, out: &Path, cfg: &ModelConfig) -> Result<u64> {
+    let mut scratch = out.as_os_str().to_owned();
+    scratch.push(".sizing");
+    let scratch = PathBuf::from(scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let bytes = model.save_with(&scratch, &lowbit_model::SaveExtras::default());
+    let _ = std::fs::remove_dir_all(&scratch);
+    let norms = cfg.num_hidden_layers * 2 * cfg.hidden_size * 4;
+    Ok(bytes? + norms as u64)
 }
 
 /// Bytes of a file, or of the files of a directory (0 where unreadable: it was just read).
@@ -441,7 +490,7 @@ fn quantize_block_alone(ctx: &Ctx, b: usize, layer: &mut Layer, progress: &mut d
             layers: vec![GroupLayer { role: role(name), w: &w, rows: lin.rows() }],
             cols: lin.cols(),
             fold: FoldTarget::None,
-            scheme: ctx.scheme,
+            scheme: layer_scheme(ctx, b, name)?,
         };
         let solved = method.solve_group(&group, stats.as_ref()).map_err(|e| solver_err(b, name, e))?;
         for sl in solved.layers {
@@ -546,27 +595,45 @@ fn solve_norm_group(
     Ok(solve_group(ctx, b, names, lins, Fold::Norm(norm), st)?.stats)
 }
 
+/// The scheme of layer `name` of block `b`: the allocation's under mixed precision, else the
+/// common one.
+fn layer_scheme(ctx: &Ctx, b: usize, name: &str) -> Result<Scheme> {
+    match (&ctx.alloc, ctx.scheme) {
+        (Some(a), Scheme::Int(base)) => Ok(Scheme::Int(a.scheme(b, name, base)?)),
+        _ => Ok(ctx.scheme),
+    }
+}
+
 /// Solves one group of layers sharing an input through the method, installs the results and
-/// applies the fold the method asked for.
+/// applies the fold the method asked for. Under mixed precision each layer is solved on its own
+/// with its own scheme (the methods allowed there, RTN and GPTQ, solve a group's layers
+/// independently anyway and fold nothing).
 fn solve_group(ctx: &Ctx, b: usize, names: &[&str], lins: Vec<&mut Linear>, fold: Fold, st: &Stats) -> Result<Solved> {
     let ws: Vec<Vec<f32>> = lins.iter().map(|l| l.weight().to_f32()).collect();
-    let group = Group {
-        layers: names
-            .iter()
-            .zip(&ws)
-            .zip(&lins)
-            .map(|((name, w), l)| GroupLayer { role: role(name), w, rows: l.rows() })
-            .collect(),
-        cols: st.cols,
-        fold: fold.target(),
-        scheme: ctx.scheme,
+    let layers: Vec<GroupLayer> = names
+        .iter()
+        .zip(&ws)
+        .zip(&lins)
+        .map(|((name, w), l)| GroupLayer { role: role(name), w, rows: l.rows() })
+        .collect();
+    let method = ctx.opts.method.solver();
+    let solve = |layers: Vec<GroupLayer>, scheme: Scheme| {
+        let group = Group { layers, cols: st.cols, fold: fold.target(), scheme };
+        method.solve_group(&group, st.inner.as_ref()).map_err(|e| solver_err(b, &names.join(", "), e))
     };
-    let solution = ctx
-        .opts
-        .method
-        .solver()
-        .solve_group(&group, st.inner.as_ref())
-        .map_err(|e| solver_err(b, &names.join(", "), e))?;
+    let solution = if ctx.alloc.is_some() {
+        let mut all: Option<lowbit_solvers::GroupSolution> = None;
+        for (name, l) in names.iter().zip(layers) {
+            let s = solve(vec![l], layer_scheme(ctx, b, name)?)?;
+            match &mut all {
+                None => all = Some(s),
+                Some(a) => a.layers.extend(s.layers),
+            }
+        }
+        all.ok_or_else(|| QuantizeError::input("quantize", "an empty group"))?
+    } else {
+        solve(layers, ctx.scheme)?
+    };
     let mut stats = vec![];
     for ((name, lin), solved) in names.iter().zip(lins).zip(solution.layers) {
         stats.push(stat(b, name, &solved));

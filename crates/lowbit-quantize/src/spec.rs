@@ -624,6 +624,34 @@ pub const OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        name: "target_bpw",
+        kind: OptionKind::Float,
+        optional: true,
+        help: "mixed precision (rtn, gptq): bits and group size per layer from measured sensitivity so the block linears take this many stored bits per weight (bits and group_size are then unused)",
+        methods: &["rtn", "gptq"],
+        cli: Some("--target-bpw"),
+        cli_aliases: &[],
+        get: |o| some_or_none(o.target_bpw, OptionValue::Float),
+        set: |o, v| {
+            o.target_bpw = opt(v, float_of)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "max_size",
+        kind: OptionKind::Int,
+        optional: true,
+        help: "mixed precision (rtn, gptq): as target_bpw, with the whole output directory at most this many bytes (the CLI takes 70MB, 64MiB, ...)",
+        methods: &["rtn", "gptq"],
+        cli: Some("--max-size"),
+        cli_aliases: &[],
+        get: |o| some_or_none(o.max_size, |m| OptionValue::Int(i64::try_from(m).unwrap_or(i64::MAX))),
+        set: |o, v| {
+            o.max_size = opt(v, |v| u64::try_from(int_of(v)?).map_err(|_| "expected a positive number of bytes".to_string()))?;
+            Ok(())
+        },
+    },
+    OptionSpec {
         name: "nsamples",
         kind: OptionKind::Int,
         optional: false,

@@ -58,6 +58,12 @@ pub use squeezellm::{squeezellm_quantize, SqueezeLlmMethod, SqueezeLlmOutput};
 /// `tr((W - Q) H (W - Q)^T)`: the GPTQ objective `(2/N) ||W X - Q X||_F^2` of a quantized
 /// layer, for any method (`w`, `q` row-major `[rows, cols]`, e.g. `q` a dequantized tensor).
 pub fn output_error(w: &[f32], q: &[f32], rows: usize, cols: usize, h: &Hessian) -> Result<f64> {
+    Ok(output_error_rows(w, q, rows, cols, h)?.iter().sum())
+}
+
+/// [`output_error`] per output row: `(w_r - q_r) H (w_r - q_r)^T` (mixed precision weights
+/// each row by how its output error reaches the residual stream).
+pub fn output_error_rows(w: &[f32], q: &[f32], rows: usize, cols: usize, h: &Hessian) -> Result<Vec<f64>> {
     if w.len() != rows * cols || q.len() != rows * cols || h.cols() != cols {
         return Err(SolverError::shape(
             "output_error",
@@ -67,5 +73,5 @@ pub fn output_error(w: &[f32], q: &[f32], rows: usize, cols: usize, h: &Hessian)
     }
     let delta = faer::Mat::<f64>::from_fn(cols, rows, |c, r| f64::from(w[r * cols + c]) - f64::from(q[r * cols + c]));
     let hd = h.matrix() * &delta;
-    Ok((0..rows).map(|r| delta.col(r).iter().zip(hd.col(r).iter()).map(|(a, b)| a * b).sum::<f64>()).sum())
+    Ok((0..rows).map(|r| delta.col(r).iter().zip(hd.col(r).iter()).map(|(a, b)| a * b).sum::<f64>()).collect())
 }
