@@ -46,6 +46,11 @@ impl Checkpoint {
         Checkpoint { dir }
     }
 
+    /// The checkpoint's directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub(crate) fn remove(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }

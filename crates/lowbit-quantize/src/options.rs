@@ -91,8 +91,18 @@ pub struct QuantizeOptions {
     pub qat_epochs: Option<usize>,
     /// Its AdamW peak learning rate (cosine decay).
     pub qat_lr: f32,
-    /// Its calibration windows per AdamW step.
+    /// Its calibration windows per AdamW step (both stages).
     pub qat_batch: usize,
+    /// Its learning rate of the grids' scales and zero points (LSQ); 0 keeps the base method's.
+    pub qat_scale_lr: f32,
+    /// The end-to-end stage after every block is done (`crate::qat::distill`): passes over its
+    /// windows, tuning only the scales towards the full-precision model's next-token
+    /// distributions (KL); `None` = off.
+    pub qat_distill_epochs: Option<usize>,
+    /// Its AdamW peak learning rate (cosine decay).
+    pub qat_distill_lr: f32,
+    /// Its calibration windows (the first of the run's).
+    pub qat_distill_windows: usize,
 }
 
 impl Default for QuantizeOptions {
@@ -119,6 +129,10 @@ impl Default for QuantizeOptions {
             qat_epochs: None,
             qat_lr: 1e-4,
             qat_batch: 2,
+            qat_scale_lr: 0.0,
+            qat_distill_epochs: None,
+            qat_distill_lr: 1e-4,
+            qat_distill_windows: 32,
         }
     }
 }
@@ -169,7 +183,7 @@ impl QuantizeOptions {
 
     /// Whether the run needs calibration data: the method's, or quantization-aware refinement.
     pub fn calibrated(&self) -> bool {
-        self.method.solver().calibrated() || self.qat_epochs.is_some()
+        self.method.solver().calibrated() || self.qat_epochs.is_some() || self.qat_distill_epochs.is_some()
     }
 
     /// What the method's statistics need to know about the calibration data.
@@ -204,12 +218,20 @@ impl QuantizeOptions {
                 return bad(format!("nsamples and seqlen must be positive, got {} x {}", self.nsamples, self.seqlen));
             }
         }
-        if let Some(epochs) = self.qat_epochs {
-            if epochs == 0 {
-                return bad("qat_epochs must be at least 1 (leave it unset for no training)".into());
+        if self.qat_epochs.is_some() || self.qat_distill_epochs.is_some() {
+            if self.qat_epochs == Some(0) || self.qat_distill_epochs == Some(0) {
+                return bad("qat_epochs and qat_distill_epochs must be at least 1 (leave them unset for no training)".into());
             }
-            if !(self.qat_lr.is_finite() && self.qat_lr > 0.0) {
-                return bad(format!("qat_lr must be a positive number, got {}", self.qat_lr));
+            for (name, lr) in [("qat_lr", self.qat_lr), ("qat_distill_lr", self.qat_distill_lr)] {
+                if !(lr.is_finite() && lr > 0.0) {
+                    return bad(format!("{name} must be a positive number, got {lr}"));
+                }
+            }
+            if !(self.qat_scale_lr.is_finite() && self.qat_scale_lr >= 0.0) {
+                return bad(format!("qat_scale_lr must be 0 or a positive number, got {}", self.qat_scale_lr));
+            }
+            if self.qat_distill_windows == 0 {
+                return bad("qat_distill_windows must be at least 1".into());
             }
             if self.qat_batch == 0 {
                 return bad("qat_batch must be at least 1".into());
@@ -223,7 +245,7 @@ impl QuantizeOptions {
                 return bad(format!("nsamples and seqlen must be positive, got {} x {}", self.nsamples, self.seqlen));
             }
             if self.calib.is_none() {
-                let who = if self.qat_epochs.is_some() { "qat" } else { self.method.name() };
+                let who = if self.method.solver().calibrated() { self.method.name() } else { "qat" };
                 return bad(format!("{who} needs calibration data (a file, token ids, or data-free)"));
             }
         }
@@ -247,8 +269,16 @@ impl QuantizeOptions {
             "embed": self.embed.name(),
             "lm_head": self.lm_head.map_or("embed", TensorScheme::name),
         });
-        if let Some(epochs) = self.qat_epochs {
-            v["qat"] = json!({ "epochs": epochs, "lr": self.qat_lr, "batch": self.qat_batch, "stage": "block reconstruction" });
+        if self.qat_epochs.is_some() || self.qat_distill_epochs.is_some() {
+            v["qat"] = json!({
+                "block_epochs": self.qat_epochs,
+                "lr": self.qat_lr,
+                "scale_lr": self.qat_scale_lr,
+                "batch": self.qat_batch,
+                "distill_epochs": self.qat_distill_epochs,
+                "distill_lr": self.qat_distill_lr,
+                "distill_windows": self.qat_distill_windows,
+            });
         }
         if self.format != WeightFormat::Int {
             // Only where set: integer runs keep the manifests (and resume fingerprints) they had.

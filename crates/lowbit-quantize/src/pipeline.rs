@@ -304,7 +304,8 @@ fn run(
             quantize_block_alone(&ctx, b, &mut layer, &mut *done)?
         };
         if let (Some((fp, x_in)), Some(epochs)) = (qat, opts.qat_epochs) {
-            let train = ReconstructOptions { epochs, lr: opts.qat_lr, weight_decay: 0.0, batch: opts.qat_batch };
+            let grid_lr = (opts.qat_scale_lr > 0.0).then_some(opts.qat_scale_lr);
+            let train = ReconstructOptions { epochs, lr: opts.qat_lr, weight_decay: 0.0, grid_lr, batch: opts.qat_batch };
             let r =
                 crate::qat::refine(&cfg, &model, b, &fp, &mut layer, &x_in, &mut x, ctx.seqlen, &train, &mut *done)?;
             ctx.notes.push(format!("block {b}: qat output error {:.4e} -> {:.4e}", r.first_loss, r.last_loss));
@@ -322,8 +323,13 @@ fn run(
                 });
             }
             // The run's first block, then at most every CHECKPOINT_INTERVAL, and where it stops.
-            let due = b == first || last_save.elapsed() >= CHECKPOINT_INTERVAL || opts.stop_after_block == Some(b);
-            if let (true, Some(ckpt)) = (due && b + 1 < nblocks, target.ckpt) {
+            // The end-to-end stage resumes from the last block's checkpoint.
+            let distill = opts.qat_distill_epochs.is_some();
+            let due = b == first
+                || last_save.elapsed() >= CHECKPOINT_INTERVAL
+                || opts.stop_after_block == Some(b)
+                || (distill && b + 1 == nblocks);
+            if let (true, Some(ckpt)) = (due && (b + 1 < nblocks || distill), target.ckpt) {
                 let state = CheckpointState {
                     fingerprint: fingerprint.clone(),
                     next_block: b + 1,
@@ -348,6 +354,27 @@ fn run(
     saver.finish()?;
     drop(x);
     drop(done);
+    if let Some(epochs) = opts.qat_distill_epochs {
+        // The teacher's blocks are read again from the file (one at a time).
+        let model_path = target.model_path.ok_or_else(|| {
+            QuantizeError::input("qat", "the end-to-end stage (qat_distill_epochs) needs the model on disk")
+        })?;
+        let n = opts.qat_distill_windows.min(windows.len() / ctx.seqlen);
+        let run = crate::qat::DistillRun {
+            tokens: &windows[..n * ctx.seqlen],
+            seqlen: ctx.seqlen,
+            opts: lowbit_train::distill::DistillOptions { epochs, lr: opts.qat_distill_lr, batch: opts.qat_batch },
+            state_path: target.ckpt.map(|c| c.dir().join("distill.safetensors")),
+            resume: opts.resume,
+        };
+        let d = Model::open_blocks(model_path, &LoadOptions::default(), |_, fp_blocks| {
+            crate::qat::distill(&mut model, fp_blocks, &run, progress)
+        })?;
+        ctx.notes.push(format!(
+            "qat distillation: KL to the full-precision model {:.4e} -> {:.4e} per position ({} windows, {} steps)",
+            d.first_kl, d.last_kl, n, d.steps
+        ));
+    }
     let quantize_seconds = blocks_start.elapsed().as_secs_f64();
 
     let _write = phase(progress, "write", 0);

@@ -12,7 +12,12 @@ use lowbit_core::{QParams, Scheme, ZeroPoints};
 use lowbit_cpu::{Cpu, Linear, WeightKind};
 use lowbit_model::block::{Block, Scratch, Span};
 use lowbit_model::{Layer, Model, ModelConfig};
-use lowbit_train::block::{forward, BlockConfig, BlockGrids, BlockWeights, LinearGrid};
+use lowbit_core::clock::Instant;
+use lowbit_core::progress::phase;
+use lowbit_model::BlockReader;
+use lowbit_train::block::{forward, BlockConfig, BlockWeights};
+use lowbit_train::distill::{distill_loss, distill_scales, DistillOptions, DistillState, Head, QuantBlock};
+use lowbit_train::grid::{BlockGrids, LinearGrid};
 use lowbit_train::train::{reconstruct_block, ReconstructOptions};
 use rayon::prelude::*;
 
@@ -94,6 +99,12 @@ fn grid_of(block: usize, lin: &Linear) -> Result<LinearGrid> {
     LinearGrid::from_params(lin.rows(), lin.cols(), *scheme, params).map_err(|e| train_err(block, e))
 }
 
+/// The grids the base method chose for `layer`'s seven linears.
+fn block_grids(block: usize, layer: &Layer) -> Result<BlockGrids> {
+    let grids = linears(layer).map(|l| grid_of(block, l)).into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(BlockGrids(grids.try_into().expect("seven linears")))
+}
+
 /// Trains the block `layer` (already solved by the base method) towards `fp` (its
 /// full-precision weights) on the inputs `x_in` (`[windows * seqlen, hidden]`), installs the
 /// trained codes and norms, and writes the quantized block's output on `x_in` into `x_out`.
@@ -111,9 +122,7 @@ pub(crate) fn refine(
     progress: &mut dyn Progress,
 ) -> Result<Refined> {
     let c = block_config(cfg, layer)?;
-    let grids = BlockGrids(
-        linears(layer).map(|l| grid_of(block, l)).into_iter().collect::<Result<Vec<_>>>()?.try_into().expect("seven"),
-    );
+    let mut grids = block_grids(block, layer)?;
     let init = block_weights(layer);
     let window = seqlen * c.hidden;
     let inputs: Vec<Vec<f32>> = x_in.chunks(window).map(<[f32]>::to_vec).collect();
@@ -125,7 +134,7 @@ pub(crate) fn refine(
         .map_err(|e| train_err(block, e))?;
     progress.check()?;
     let (trained, losses) =
-        reconstruct_block(&c, &init, &grids, &inputs, &targets, opts).map_err(|e| train_err(block, e))?;
+        reconstruct_block(&c, &init, &mut grids, &inputs, &targets, opts).map_err(|e| train_err(block, e))?;
     progress.check()?;
     let lins = [
         &mut layer.q_proj,
@@ -175,4 +184,192 @@ fn block_forward(
         blk.down_residual(x, None, &mut sc)?;
     }
     Ok(())
+}
+
+/// What the end-to-end stage did: the mean KL per position before and after, and its steps.
+pub(crate) struct Distilled {
+    pub first_kl: f64,
+    pub last_kl: f64,
+    pub steps: usize,
+}
+
+/// Settings of the end-to-end stage.
+pub(crate) struct DistillRun<'a> {
+    /// The windows' token ids (`[windows * seqlen]`) it trains on.
+    pub tokens: &'a [u32],
+    pub seqlen: usize,
+    pub opts: DistillOptions,
+    /// Where its state is saved (`<out>.partial/distill.safetensors`) and resumed from.
+    pub state_path: Option<std::path::PathBuf>,
+    pub resume: bool,
+}
+
+/// The end-to-end stage on `model` (all blocks quantized): tunes every linear's scales, codes
+/// fixed, towards the next-token distributions of the full-precision blocks read again from
+/// `fp_blocks`, then installs the new scales. The teacher and the student share the embedding,
+/// the final norm and the LM head as the run stores them.
+pub(crate) fn distill(
+    model: &mut Model,
+    fp_blocks: &mut BlockReader<'_>,
+    run: &DistillRun<'_>,
+    progress: &mut dyn Progress,
+) -> Result<Distilled> {
+    let cfg = model.config().clone();
+    let nblocks = cfg.num_hidden_layers;
+    let c = block_config(&cfg, &model.layers()[0])?;
+    let h = cfg.hidden_size;
+    let mut embedded = vec![0f32; run.tokens.len() * h];
+    model.embed(run.tokens, &mut embedded)?;
+    let inputs: Vec<Vec<f32>> = embedded.chunks(run.seqlen * h).map(<[f32]>::to_vec).collect();
+    drop(embedded);
+    // The teacher: the full-precision blocks, one at a time.
+    let mut teach = phase(progress, "teacher", nblocks as u64);
+    let mut teacher = inputs.clone();
+    for b in 0..nblocks {
+        teach.check()?;
+        let fp = block_weights(&fp_blocks.block(b)?);
+        teacher = teacher
+            .par_iter()
+            .map(|x| forward(&c, &fp, x).map(|(y, _)| y))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| train_err(b, e))?;
+        teach.advance(1);
+    }
+    drop(teach);
+    let mut blocks = model
+        .layers()
+        .iter()
+        .enumerate()
+        .map(|(b, layer)| quant_block(b, layer))
+        .collect::<Result<Vec<QuantBlock>>>()?;
+    let head_weight = model.lm_head().weight().to_f32();
+    let norm = model.final_norm().clone();
+    let head = Head { norm: &norm, weight: &head_weight, vocab: cfg.vocab_size };
+    let resume = match (&run.state_path, run.resume) {
+        (Some(p), true) if p.is_file() => Some(load_state(p, &mut blocks)?),
+        _ => None,
+    };
+    let first_kl = distill_loss(&c, &blocks, &head, &inputs, &teacher).map_err(|e| train_err(0, e))?;
+    let steps_per_epoch = inputs.len().div_ceil(run.opts.batch.max(1));
+    let mut bar = phase(progress, "distill", (run.opts.epochs * steps_per_epoch) as u64);
+    bar.advance(resume.as_ref().map_or(0, |s| s.step) as u64);
+    let mut last_save = Instant::now();
+    let mut window_kl = Vec::new();
+    let mut on_step = |state: &DistillState, blocks: &[QuantBlock], total: usize| -> lowbit_train::Result<()> {
+        bar.advance(1);
+        let epoch = state.loss_sums.len() - 1;
+        let done_in_epoch = state.step - epoch * steps_per_epoch;
+        window_kl.push(state.loss_sums[epoch] / (done_in_epoch * run.opts.batch.max(1) * run.seqlen) as f64);
+        bar.metric("kl", *window_kl.last().expect("pushed"));
+        let stop = bar.check();
+        if let Some(p) = &run.state_path {
+            if (stop.is_err() || last_save.elapsed() >= crate::pipeline::CHECKPOINT_INTERVAL) && state.step < total {
+                save_state(p, state, blocks).map_err(|e| lowbit_train::TrainError::Interrupted(e.to_string()))?;
+                last_save = Instant::now();
+            }
+        }
+        stop.map_err(|e| lowbit_train::TrainError::Interrupted(e.to_string()))
+    };
+    let result = distill_scales(&c, &mut blocks, &head, &inputs, &teacher, &run.opts, resume, &mut on_step);
+    drop(bar);
+    if let Err(lowbit_train::TrainError::Interrupted(_)) = &result {
+        progress.check()?;
+    }
+    result.map_err(|e| train_err(0, e))?;
+    let last_kl = distill_loss(&c, &blocks, &head, &inputs, &teacher).map_err(|e| train_err(0, e))?;
+    for (layer, block) in model.layers_mut().iter_mut().zip(&blocks) {
+        let lins = [
+            &mut layer.q_proj,
+            &mut layer.k_proj,
+            &mut layer.v_proj,
+            &mut layer.o_proj,
+            &mut layer.gate_proj,
+            &mut layer.up_proj,
+            &mut layer.down_proj,
+        ];
+        for ((lin, grid), codes) in lins.into_iter().zip(&block.grids.0).zip(&block.codes) {
+            let qt = grid.qtensor_of_codes(codes).map_err(|e| train_err(0, e))?;
+            *lin = Linear::new(lin.rows(), lin.cols(), WeightKind::Quant(qt))?;
+        }
+    }
+    Ok(Distilled { first_kl, last_kl, steps: run.opts.epochs * steps_per_epoch })
+}
+
+/// A quantized block's codes, grids and norms.
+fn quant_block(b: usize, layer: &Layer) -> Result<QuantBlock> {
+    let grids = block_grids(b, layer)?;
+    let codes = linears(layer).map(|l| match l.weight() {
+        WeightKind::Quant(q) => match q.scheme() {
+            Scheme::Int(s) => lowbit_core::pack::unpack(q.codes(), s.bits, l.rows() * l.cols()),
+            _ => unreachable!("block_grids accepted only integer codes"),
+        },
+        _ => unreachable!("block_grids accepted only quantized weights"),
+    });
+    let [a, b2, c, d, e, f, g] = codes;
+    Ok(QuantBlock {
+        codes: [a?, b2?, c?, d?, e?, f?, g?],
+        grids,
+        attn_norm: layer.input_norm.clone(),
+        mlp_norm: layer.post_attention_norm.clone(),
+    })
+}
+
+/// Saves the stage's state: every master scale, the optimizer's moments, the step and losses.
+fn save_state(path: &std::path::Path, state: &DistillState, blocks: &[QuantBlock]) -> Result<()> {
+    let f32_tensor = |name: String, v: &[f32]| -> lowbit_core::io::RawTensor {
+        (name, safetensors::tensor::Dtype::F32, vec![v.len()], bytemuck::cast_slice(v).to_vec())
+    };
+    let mut tensors = vec![];
+    for (b, block) in blocks.iter().enumerate() {
+        for (l, grid) in block.grids.0.iter().enumerate() {
+            tensors.push(f32_tensor(format!("scale.{b}.{l}"), grid.scales()));
+        }
+    }
+    for (k, (m, v)) in state.adam.m.iter().zip(&state.adam.v).enumerate() {
+        tensors.push(f32_tensor(format!("adam_m.{k}"), m));
+        tensors.push(f32_tensor(format!("adam_v.{k}"), v));
+    }
+    let meta = std::collections::BTreeMap::from([
+        ("step".to_string(), state.step.to_string()),
+        ("adam_step".to_string(), state.adam.step.to_string()),
+        ("loss_sums".to_string(), serde_json::to_string(&state.loss_sums).expect("f64s")),
+    ]);
+    lowbit_core::io::write_atomic(path, &lowbit_core::io::serialize(&tensors, &meta)?)?;
+    Ok(())
+}
+
+/// Loads [`save_state`]'s file into `blocks`' master scales and returns the state.
+fn load_state(path: &std::path::Path, blocks: &mut [QuantBlock]) -> Result<DistillState> {
+    let corrupt = |what: String| QuantizeError::input("resume", format!("{} is unusable: {what}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| QuantizeError::io(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
+        let t = st.tensor(name).map_err(|e| corrupt(e.to_string()))?;
+        let v: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        if v.len() != len {
+            return Err(corrupt(format!("{name} has {} values, expected {len}", v.len())));
+        }
+        Ok(v)
+    };
+    let mut adam = lowbit_train::train::AdamW { weight_decay: 0.0, ..lowbit_train::train::AdamW::new(0.0) };
+    let mut k = 0;
+    for (b, block) in blocks.iter_mut().enumerate() {
+        for (l, grid) in block.grids.0.iter_mut().enumerate() {
+            let n = grid.scales().len();
+            *grid.masters_mut().0 = vector(&format!("scale.{b}.{l}"), n)?;
+            grid.sync();
+            if st.tensor(&format!("adam_m.{k}")).is_ok() {
+                adam.m.push(vector(&format!("adam_m.{k}"), n)?);
+                adam.v.push(vector(&format!("adam_v.{k}"), n)?);
+            }
+            k += 1;
+        }
+    }
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let field = |k: &str| meta.get(k).cloned().ok_or_else(|| corrupt(format!("no {k}")));
+    adam.step = field("adam_step")?.parse().map_err(|_| corrupt("adam_step".into()))?;
+    let step = field("step")?.parse().map_err(|_| corrupt("step".into()))?;
+    let loss_sums = serde_json::from_str(&field("loss_sums")?).map_err(|e| corrupt(e.to_string()))?;
+    Ok(DistillState { step, loss_sums, adam })
 }

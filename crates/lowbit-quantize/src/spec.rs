@@ -750,6 +750,62 @@ pub const OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        name: "qat_scale_lr",
+        kind: OptionKind::Float,
+        optional: false,
+        help: "quantization-aware refinement: learning rate of the grids' scales and zero points, trained with the weights (LSQ straight-through gradients); 0 keeps the method's grids",
+        methods: &["rtn", "gptq", "awq"],
+        cli: Some("--qat-scale-lr"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Float(f64::from(o.qat_scale_lr)),
+        set: |o, v| {
+            o.qat_scale_lr = float_of(v)? as f32;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "qat_distill_epochs",
+        kind: OptionKind::Int,
+        optional: true,
+        help: "quantization-aware training's end-to-end stage: after every block is quantized, tune only the scales for this many passes so the model's next-token distributions approach the full-precision model's (KL distillation; needs the model on disk; off by default)",
+        methods: &["rtn", "gptq", "awq"],
+        cli: Some("--qat-distill-epochs"),
+        cli_aliases: &[],
+        get: |o| some_or_none(o.qat_distill_epochs, |e| OptionValue::Int(e as i64)),
+        set: |o, v| {
+            o.qat_distill_epochs = opt(v, usize_of)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "qat_distill_lr",
+        kind: OptionKind::Float,
+        optional: false,
+        help: "quantization-aware training's end-to-end stage: AdamW's peak learning rate on the scales (cosine decay to 0)",
+        methods: &["rtn", "gptq", "awq"],
+        cli: Some("--qat-distill-lr"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Float(f64::from(o.qat_distill_lr)),
+        set: |o, v| {
+            o.qat_distill_lr = float_of(v)? as f32;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "qat_distill_windows",
+        kind: OptionKind::Int,
+        optional: false,
+        help: "quantization-aware training's end-to-end stage: how many of the calibration windows it trains on (the first ones)",
+        methods: &["rtn", "gptq", "awq"],
+        cli: Some("--qat-distill-windows"),
+        cli_aliases: &[],
+        get: |o| OptionValue::Int(o.qat_distill_windows as i64),
+        set: |o, v| {
+            o.qat_distill_windows = usize_of(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
         name: "stop_after_block",
         kind: OptionKind::Int,
         optional: true,

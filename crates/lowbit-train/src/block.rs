@@ -6,8 +6,7 @@ use crate::ops::{
     rope_tables, swiglu_backward, swiglu_forward, AttentionShape,
 };
 use crate::{check_len, Result};
-use lowbit_core::rtn::{self, GroupParams};
-use lowbit_core::{check_finite, Granularity, IntScheme, QTensor, Scheme};
+use crate::grid::BlockGrids;
 
 /// Sizes of a block (a Llama `config.json`'s).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -39,17 +38,17 @@ pub struct BlockWeights {
 pub type BlockGrads = BlockWeights;
 
 /// The linear weights' names, `[out, in]` shapes and fields, in the block's order.
-fn linears(c: &BlockConfig) -> [(&'static str, usize, usize); 7] {
+pub(crate) fn linears(c: &BlockConfig) -> [(&'static str, usize, usize); 7] {
     let (h, f, qd, kvd) = (c.hidden, c.ffn, c.heads * c.head_dim, c.kv_heads * c.head_dim);
     [("q", qd, h), ("k", kvd, h), ("v", kvd, h), ("o", h, qd), ("gate", f, h), ("up", f, h), ("down", h, f)]
 }
 
 impl BlockWeights {
-    fn linears_mut(&mut self) -> [&mut Vec<f32>; 7] {
+    pub(crate) fn linears_mut(&mut self) -> [&mut Vec<f32>; 7] {
         [&mut self.q, &mut self.k, &mut self.v, &mut self.o, &mut self.gate, &mut self.up, &mut self.down]
     }
 
-    fn linears(&self) -> [&Vec<f32>; 7] {
+    pub(crate) fn linears(&self) -> [&Vec<f32>; 7] {
         [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
     }
 
@@ -102,99 +101,6 @@ impl BlockWeights {
             *w = grid.fake(w);
         }
         Ok(out)
-    }
-}
-
-/// A linear weight's fixed quantization grid: its scheme and each group's scale and zero.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LinearGrid {
-    scheme: IntScheme,
-    rows: usize,
-    cols: usize,
-    params: Vec<GroupParams>,
-}
-
-impl LinearGrid {
-    /// The grid round-to-nearest chooses for `w` (`[rows, cols]`): `lowbit_core`'s rule.
-    pub fn fit(w: &[f32], rows: usize, cols: usize, scheme: IntScheme) -> Result<Self> {
-        check_len("weight", w, rows * cols)?;
-        scheme.granularity.validate(cols, scheme.bits)?;
-        check_finite(w)?;
-        Ok(LinearGrid { scheme, rows, cols, params: rtn::choose_params(w, rows, cols, scheme)? })
-    }
-
-    /// A grid with given parameters (`[rows * groups]`, or one per tensor), e.g. those another
-    /// method (GPTQ, AWQ) chose: its dequantized weights lie on this grid exactly.
-    pub fn from_params(rows: usize, cols: usize, scheme: IntScheme, params: Vec<GroupParams>) -> Result<Self> {
-        scheme.granularity.validate(cols, scheme.bits)?;
-        let expected = match scheme.granularity {
-            Granularity::PerTensor => 1,
-            g => rows * g.groups_per_row(cols),
-        };
-        if params.len() != expected {
-            return Err(crate::TrainError::Shape { what: "grid parameters", expected, got: params.len() });
-        }
-        Ok(LinearGrid { scheme, rows, cols, params })
-    }
-
-    fn group_len(&self) -> usize {
-        match self.scheme.granularity {
-            Granularity::Group(g) => g.min(self.cols),
-            Granularity::PerChannel | Granularity::PerTensor => self.cols,
-        }
-    }
-
-    fn param(&self, r: usize, group: usize) -> GroupParams {
-        match self.scheme.granularity {
-            Granularity::PerTensor => self.params[0],
-            _ => self.params[r * self.cols.div_ceil(self.group_len()) + group],
-        }
-    }
-
-    /// Codes of `w` on this grid, row-major.
-    pub fn codes(&self, w: &[f32]) -> Vec<u8> {
-        let (g, maxq) = (self.group_len(), self.scheme.bits.maxq());
-        let mut codes = vec![0u8; w.len()];
-        for (r, (row, out)) in w.chunks_exact(self.cols).zip(codes.chunks_exact_mut(self.cols)).enumerate() {
-            for (k, (seg, o)) in row.chunks(g).zip(out.chunks_mut(g)).enumerate() {
-                self.param(r, k).quantize_slice(seg, maxq, o);
-            }
-        }
-        codes
-    }
-
-    /// `w` rounded on this grid and dequantized.
-    pub fn fake(&self, w: &[f32]) -> Vec<f32> {
-        let g = self.group_len();
-        let mut out = vec![0.0f32; w.len()];
-        for (r, (codes, o)) in self.codes(w).chunks_exact(self.cols).zip(out.chunks_exact_mut(self.cols)).enumerate() {
-            for (k, (seg, o)) in codes.chunks(g).zip(o.chunks_mut(g)).enumerate() {
-                self.param(r, k).dequantize_slice(seg, o);
-            }
-        }
-        out
-    }
-
-    /// `w` on this grid as the [`QTensor`] lowbit stores; its dequantization is [`LinearGrid::fake`].
-    pub fn qtensor(&self, w: &[f32]) -> Result<QTensor> {
-        let packed = lowbit_core::pack::pack(&self.codes(w), self.scheme.bits)?;
-        let params = rtn::store_params(self.scheme, &self.params);
-        Ok(QTensor::from_parts(vec![self.rows, self.cols], Scheme::Int(self.scheme), packed, params)?)
-    }
-}
-
-/// The seven linear weights' grids, in the block's order (q, k, v, o, gate, up, down).
-#[derive(Clone, Debug, PartialEq)]
-pub struct BlockGrids(pub [LinearGrid; 7]);
-
-impl BlockGrids {
-    /// Round-to-nearest's grids for `w`'s linear weights.
-    pub fn fit(c: &BlockConfig, w: &BlockWeights, scheme: IntScheme) -> Result<Self> {
-        w.check(c)?;
-        let l = linears(c);
-        let ws = w.linears();
-        let grid = |i: usize| LinearGrid::fit(ws[i], l[i].1, l[i].2, scheme);
-        Ok(BlockGrids([grid(0)?, grid(1)?, grid(2)?, grid(3)?, grid(4)?, grid(5)?, grid(6)?]))
     }
 }
 

@@ -8,13 +8,18 @@
 //! (`lowbit_core` quantize, then dequantize), and the gradients with respect to those weights are
 //! applied to the f32 originals (the straight-through estimator).
 //!
-//! [`train`] runs the first stage of QAT on one block: block-wise reconstruction of the
-//! full-precision block's outputs with AdamW.
+//! [`grid`] holds the quantization grids whose scales and zero points training moves (LSQ's
+//! straight-through gradients). [`train`] runs the first stage of QAT on one block: block-wise
+//! reconstruction of the full-precision block's outputs with AdamW, weights and grids together.
+//! [`distill`] runs the second: end-to-end tuning of only the scales, with the KL divergence to
+//! the full-precision model's next-token distribution, under gradient checkpointing.
 //!
 //! Everything is f32, row-major, `[tokens, features]`. The tests check every gradient against
 //! central finite differences.
 
 pub mod block;
+pub mod distill;
+pub mod grid;
 pub mod ops;
 pub mod train;
 
@@ -24,6 +29,9 @@ pub enum TrainError {
     /// A buffer of the wrong length.
     #[error("{what}: expected {expected} values, got {got}")]
     Shape { what: &'static str, expected: usize, got: usize },
+    /// The caller stopped the training (Ctrl-C, or its checkpoint failed).
+    #[error("{0}")]
+    Interrupted(String),
     /// The quantization of a weight failed (non-finite values, a scheme that does not fit).
     #[error(transparent)]
     Core(#[from] lowbit_core::CoreError),

@@ -3,7 +3,8 @@
 //! the full-precision block's outputs on calibration inputs. The deployed weights are then the
 //! round-to-nearest of the trained ones: exactly those the training computed with.
 
-use crate::block::{backward, forward, BlockConfig, BlockGrads, BlockGrids, BlockWeights};
+use crate::block::{backward, forward, BlockConfig, BlockGrads, BlockWeights};
+use crate::grid::BlockGrids;
 use crate::{check_len, Result, TrainError};
 use rayon::prelude::*;
 
@@ -15,9 +16,11 @@ pub struct AdamW {
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
-    step: i32,
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    /// Steps taken (the bias corrections' exponent).
+    pub step: i32,
+    /// First and second moments, one buffer per parameter buffer (empty before the first step).
+    pub m: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
 }
 
 impl AdamW {
@@ -56,6 +59,9 @@ pub struct ReconstructOptions {
     pub lr: f32,
     /// AdamW's decoupled weight decay (0 keeps the weights where the grid was fitted).
     pub weight_decay: f32,
+    /// The scales' and zero points' peak learning rate (the same cosine; no weight decay);
+    /// `None` keeps the grids fixed.
+    pub grid_lr: Option<f32>,
     /// Windows per step; their gradients are computed side by side and averaged in order.
     pub batch: usize,
 }
@@ -65,15 +71,15 @@ pub fn mse(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| f64::from(x - y).powi(2)).sum::<f64>() / a.len().max(1) as f64
 }
 
-/// Trains `w` so that the block, computed with its weights rounded on `grids`, maps each
-/// `inputs[i]` (`[tokens, hidden]`, one sequence from position 0) to `targets[i]`. The grids
-/// (scales and zeros) stay fixed; the weights move, and with them their codes. Windows in the
-/// given order, `batch` per AdamW step (deterministic whatever the thread count). Returns the
-/// trained f32 weights and the mean loss of each epoch, measured before each step.
+/// Trains `w` (and, with `grid_lr`, the grids' scales and zeros) so that the block, computed
+/// with its weights rounded on `grids`, maps each `inputs[i]` (`[tokens, hidden]`, one sequence
+/// from position 0) to `targets[i]`. Windows in the given order, `batch` per AdamW step
+/// (deterministic whatever the thread count). Returns the trained f32 weights (the grids are
+/// trained in place) and the mean loss of each epoch, measured before each step.
 pub fn reconstruct_block(
     c: &BlockConfig,
     w: &BlockWeights,
-    grids: &BlockGrids,
+    grids: &mut BlockGrids,
     inputs: &[Vec<f32>],
     targets: &[Vec<f32>],
     opts: &ReconstructOptions,
@@ -88,6 +94,7 @@ pub fn reconstruct_block(
     let batch = opts.batch.max(1);
     let mut w = w.clone();
     let mut adam = AdamW { weight_decay: opts.weight_decay, ..AdamW::new(opts.lr) };
+    let mut grid_adam = AdamW { weight_decay: 0.0, ..AdamW::new(opts.grid_lr.unwrap_or(0.0)) };
     let mut losses = Vec::with_capacity(opts.epochs);
     let steps_per_epoch = inputs.len().div_ceil(batch);
     let total_steps = (opts.epochs * steps_per_epoch) as f32;
@@ -95,13 +102,13 @@ pub fn reconstruct_block(
         let mut total = 0.0f64;
         for (i, (xs, ys)) in inputs.chunks(batch).zip(targets.chunks(batch)).enumerate() {
             let done = (epoch * steps_per_epoch + i) as f32 / total_steps;
-            adam.lr = opts.lr * 0.5 * (1.0 + (std::f32::consts::PI * done).cos());
+            let decay = 0.5 * (1.0 + (std::f32::consts::PI * done).cos());
+            adam.lr = opts.lr * decay;
             let fq = w.on_grids(c, grids)?;
             let one = |(x, target): (&Vec<f32>, &Vec<f32>)| -> Result<(f64, BlockGrads)> {
                 let (y, tape) = forward(c, &fq, x)?;
                 let n = (y.len() * xs.len()) as f32;
                 let dy: Vec<f32> = y.iter().zip(target).map(|(a, b)| 2.0 * (a - b) / n).collect();
-                // Straight-through: the gradient at the rounded weights moves the f32 ones.
                 Ok((mse(&y, target), backward(c, &fq, &tape, &dy)?.1))
             };
             let parts: Vec<Result<(f64, BlockGrads)>> = xs.par_iter().zip(ys.par_iter()).map(one).collect();
@@ -113,7 +120,24 @@ pub fn reconstruct_block(
                     acc.iter_mut().zip(g).for_each(|(a, b)| *a += b);
                 }
             }
+            // Through the rounding (straight-through, LSQ): the rounded weights' gradients move
+            // the f32 weights inside the range and the grid's masters.
+            let through: Vec<_> =
+                grids.0.par_iter().zip(w.linears()).zip(grad.linears()).map(|((grid, w), g)| grid.backward(w, g)).collect();
+            let mut grid_grads = Vec::with_capacity(14);
+            for (dst, gg) in grad.linears_mut().into_iter().zip(through) {
+                *dst = gg.weight;
+                grid_grads.push(gg.scale);
+                grid_grads.push(gg.offset);
+            }
             adam.step(&mut w.params_mut(), &grad.params());
+            if opts.grid_lr.is_some() {
+                grid_adam.lr = opts.grid_lr.unwrap_or(0.0) * decay;
+                let mut masters: Vec<&mut Vec<f32>> =
+                    grids.0.iter_mut().flat_map(|g| { let (s, o) = g.masters_mut(); [s, o] }).collect();
+                grid_adam.step(&mut masters, &grid_grads.iter().collect::<Vec<_>>());
+                grids.sync();
+            }
         }
         losses.push(total / inputs.len() as f64);
     }

@@ -4,7 +4,8 @@
 //! what a wrong formula would give.
 
 use lowbit_core::{Bits, IntScheme};
-use lowbit_train::block::{backward, forward, BlockConfig, BlockGrids, BlockWeights};
+use lowbit_train::block::{backward, forward, BlockConfig, BlockWeights};
+use lowbit_train::grid::BlockGrids;
 use lowbit_train::ops::{
     attention_backward, attention_forward, rms_norm_backward, rms_norm_forward, rope, rope_tables, swiglu_backward,
     swiglu_forward, AttentionShape,
@@ -207,20 +208,33 @@ fn block_reconstruction_beats_round_to_nearest_on_held_out_windows() {
         let fq = w.on_grids(&c, grids).unwrap();
         held_x.iter().zip(&held_y).map(|(x, y)| mse(&forward(&c, &fq, x).unwrap().0, y)).sum::<f64>() / 4.0
     };
-    let opts = ReconstructOptions { epochs: 30, lr: 3e-4, weight_decay: 0.0, batch: 1 };
-    let grids = BlockGrids::fit(&c, &fp, scheme).unwrap();
-    let (trained, losses) = reconstruct_block(&c, &fp, &grids, &train_x, &train_y, &opts).unwrap();
+    let opts = ReconstructOptions { epochs: 30, lr: 3e-4, weight_decay: 0.0, grid_lr: None, batch: 1 };
+    let fitted = BlockGrids::fit(&c, &fp, scheme).unwrap();
+    let mut grids = fitted.clone();
+    let (trained, losses) = reconstruct_block(&c, &fp, &mut grids, &train_x, &train_y, &opts).unwrap();
+    assert_eq!(grids, fitted, "grid_lr None keeps the grids");
     let (rtn, after) = (held_loss(&fp, &grids), held_loss(&trained, &grids));
     assert!(losses.last().unwrap() < &(0.9 * losses[0]), "training loss {losses:?}");
     assert!(after < 0.9 * rtn, "held-out: RTN {rtn}, trained {after}");
-    eprintln!("held-out mse: RTN {rtn:.5}, block reconstruction {after:.5}");
+    // Training the scales and zeros too (LSQ) does better still.
+    let mut moved = fitted.clone();
+    let with_grids = ReconstructOptions { grid_lr: Some(3e-4), ..opts };
+    let (trained_ap, losses_ap) = reconstruct_block(&c, &fp, &mut moved, &train_x, &train_y, &with_grids).unwrap();
+    assert_ne!(moved, fitted);
+    let after_ap = held_loss(&trained_ap, &moved);
+    assert!(losses_ap.last() < losses.last(), "training loss: weights only {losses:?}, with grids {losses_ap:?}");
+    assert!(after_ap < after, "held-out: weights only {after}, weights and grids {after_ap}");
+    eprintln!("held-out mse: RTN {rtn:.5}, block reconstruction {after:.5}, with grids {after_ap:.5}");
     // Deterministic: the same inputs give the same weights, with batches computed side by side
     // in any thread count.
-    assert_eq!(reconstruct_block(&c, &fp, &grids, &train_x, &train_y, &opts).unwrap().0, trained);
-    let batched = ReconstructOptions { batch: 4, ..opts };
-    let once = reconstruct_block(&c, &fp, &grids, &train_x, &train_y, &batched).unwrap().0;
+    let mut again = fitted.clone();
+    assert_eq!(reconstruct_block(&c, &fp, &mut again, &train_x, &train_y, &with_grids).unwrap().0, trained_ap);
+    assert_eq!(again, moved);
+    let batched = ReconstructOptions { batch: 4, ..with_grids };
+    let once = reconstruct_block(&c, &fp, &mut fitted.clone(), &train_x, &train_y, &batched).unwrap().0;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-    assert_eq!(pool.install(|| reconstruct_block(&c, &fp, &grids, &train_x, &train_y, &batched)).unwrap().0, once);
+    let threaded = pool.install(|| reconstruct_block(&c, &fp, &mut fitted.clone(), &train_x, &train_y, &batched));
+    assert_eq!(threaded.unwrap().0, once);
     // Mismatched windows are refused.
-    assert!(reconstruct_block(&c, &fp, &grids, &train_x, &train_y[1..], &opts).is_err());
+    assert!(reconstruct_block(&c, &fp, &mut grids, &train_x, &train_y[1..], &opts).is_err());
 }

@@ -1,0 +1,256 @@
+//! The second stage of quantization-aware training: end-to-end tuning of only the scales
+//! (EfficientQAT's E2E-QP), with a distillation loss: the KL divergence from the full-precision
+//! teacher's next-token distribution to the quantized model's (Apprentice / KD-QAT).
+//!
+//! The codes stay fixed (`ŵ = s (q - z)`), so the result is the same quantized model with
+//! better scales. Memory stays bounded by gradient checkpointing: the forward pass keeps only
+//! each block's input, and the backward pass recomputes one block's tape at a time.
+
+use crate::block::{backward, forward, BlockConfig, BlockWeights};
+use crate::grid::BlockGrids;
+use crate::ops::{matmul_nn, matmul_nt, rms_norm_backward, rms_norm_forward};
+use crate::train::AdamW;
+use crate::{check_len, Result, TrainError};
+use rayon::prelude::*;
+
+/// A quantized block as this stage sees it: fixed codes on trainable grids, fixed norm gains.
+#[derive(Clone, Debug)]
+pub struct QuantBlock {
+    /// The seven linears' codes (q, k, v, o, gate, up, down), row-major `[out, in]`.
+    pub codes: [Vec<u8>; 7],
+    /// Their grids; the scales are trained.
+    pub grids: BlockGrids,
+    pub attn_norm: Vec<f32>,
+    pub mlp_norm: Vec<f32>,
+}
+
+impl QuantBlock {
+    /// The weights the block computes with: each code dequantized on its grid.
+    pub fn weights(&self) -> BlockWeights {
+        let [q, k, v, o, gate, up, down] =
+            std::array::from_fn(|i| self.grids.0[i].dequantize(&self.codes[i]));
+        BlockWeights { attn_norm: self.attn_norm.clone(), mlp_norm: self.mlp_norm.clone(), q, k, v, o, gate, up, down }
+    }
+}
+
+/// The final norm and the LM head (`[vocab, hidden]`), shared by the teacher and the student.
+#[derive(Clone, Copy, Debug)]
+pub struct Head<'a> {
+    pub norm: &'a [f32],
+    pub weight: &'a [f32],
+    pub vocab: usize,
+}
+
+/// Settings of [`distill_scales`].
+#[derive(Clone, Copy, Debug)]
+pub struct DistillOptions {
+    /// Passes over the windows.
+    pub epochs: usize,
+    /// AdamW's peak learning rate on the scales (cosine decay to 0, no weight decay).
+    pub lr: f32,
+    /// Windows per step.
+    pub batch: usize,
+}
+
+/// Where a run stands: what [`distill_scales`] hands its callback after each step, and what it
+/// continues from. Together with the blocks' master scales it is the whole training state.
+#[derive(Clone, Debug)]
+pub struct DistillState {
+    /// Steps done.
+    pub step: usize,
+    /// Sum of the windows' losses in each epoch begun.
+    pub loss_sums: Vec<f64>,
+    /// The optimizer, moments included.
+    pub adam: AdamW,
+}
+
+/// Log-softmax of each row of `logits[t, vocab]`, in place.
+fn log_softmax(logits: &mut [f32], vocab: usize) {
+    for row in logits.chunks_exact_mut(vocab) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+        let log_sum = max + sum.ln() as f32;
+        row.iter_mut().for_each(|v| *v -= log_sum);
+    }
+}
+
+/// Log-probabilities of the next token after each position of `hidden` (the last block's output).
+fn head_log_probs(c: &BlockConfig, head: &Head, hidden: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let t = hidden.len() / c.hidden;
+    let (normed, inv) = rms_norm_forward(hidden, head.norm, c.eps);
+    let mut logp = matmul_nt(&normed, head.weight, t, c.hidden, head.vocab);
+    log_softmax(&mut logp, head.vocab);
+    (logp, normed, inv)
+}
+
+/// `KL(teacher || student)` summed over one window's positions, and the gradient of
+/// `scale * KL` with respect to the student's last hidden state; accumulates each linear's
+/// scale gradient into `ds[block][linear]`.
+fn window_gradients(
+    c: &BlockConfig,
+    weights: &[BlockWeights],
+    blocks: &[QuantBlock],
+    head: &Head,
+    input: &[f32],
+    teacher_hidden: &[f32],
+    scale: f32,
+) -> Result<(f64, Vec<[Vec<f32>; 7]>)> {
+    // Forward, keeping only each block's input (the checkpoints).
+    let mut xs = Vec::with_capacity(weights.len() + 1);
+    xs.push(input.to_vec());
+    for w in weights {
+        let (y, _) = forward(c, w, xs.last().expect("input"))?;
+        xs.push(y);
+    }
+    let last = xs.pop().expect("output");
+    let (student, _, inv) = head_log_probs(c, head, &last);
+    let (teacher, _, _) = head_log_probs(c, head, teacher_hidden);
+    let mut kl = 0.0f64;
+    let dlogits: Vec<f32> = student
+        .iter()
+        .zip(&teacher)
+        .map(|(&s, &t)| {
+            let p = t.exp();
+            kl += f64::from(p) * f64::from(t - s);
+            // d KL / d logit = softmax(student) - p.
+            scale * (s.exp() - p)
+        })
+        .collect();
+    let t = last.len() / c.hidden;
+    let dnormed = matmul_nn(&dlogits, head.weight, t, head.vocab, c.hidden);
+    drop(dlogits);
+    let (mut dx, _) = rms_norm_backward(&last, head.norm, &inv, &dnormed);
+    // Backward, one block at a time from its checkpointed input.
+    let mut ds: Vec<[Vec<f32>; 7]> = Vec::with_capacity(weights.len());
+    for ((w, block), x) in weights.iter().zip(blocks).zip(&xs).rev() {
+        let (_, tape) = forward(c, w, x)?;
+        let (dx_in, g) = backward(c, w, &tape, &dx)?;
+        let grads = g.linears();
+        ds.push(std::array::from_fn(|i| block.grids.0[i].scale_backward(&block.codes[i], grads[i])));
+        dx = dx_in;
+    }
+    ds.reverse();
+    Ok((kl, ds))
+}
+
+/// The summed KL over `inputs`' positions, and the gradient of `scale` times it with respect to
+/// every master scale (block-major, then the block's linears in order).
+fn summed_gradients(
+    c: &BlockConfig,
+    blocks: &[QuantBlock],
+    head: &Head,
+    inputs: &[Vec<f32>],
+    teacher_hidden: &[Vec<f32>],
+    scale: f32,
+) -> Result<(f64, Vec<Vec<f32>>)> {
+    let weights: Vec<BlockWeights> = blocks.par_iter().map(QuantBlock::weights).collect();
+    let parts = inputs
+        .par_iter()
+        .zip(teacher_hidden.par_iter())
+        .map(|(x, th)| window_gradients(c, &weights, blocks, head, x, th, scale))
+        .collect::<Result<Vec<_>>>()?;
+    let mut grads: Vec<Vec<f32>> =
+        blocks.iter().flat_map(|b| b.grids.0.iter().map(|g| vec![0.0; g.scales().len()])).collect();
+    let mut kl = 0.0;
+    for (window_kl, ds) in parts {
+        kl += window_kl;
+        for (acc, d) in grads.iter_mut().zip(ds.iter().flatten()) {
+            acc.iter_mut().zip(d).for_each(|(a, b)| *a += b);
+        }
+    }
+    Ok((kl, grads))
+}
+
+/// The mean `KL(teacher || student)` per position over `inputs` and its gradient with respect to
+/// every master scale (block-major, then the block's linears in order).
+pub fn scale_gradients(
+    c: &BlockConfig,
+    blocks: &[QuantBlock],
+    head: &Head,
+    inputs: &[Vec<f32>],
+    teacher_hidden: &[Vec<f32>],
+) -> Result<(f64, Vec<Vec<f32>>)> {
+    let positions: usize = inputs.iter().map(|x| x.len() / c.hidden).sum();
+    let (kl, grads) = summed_gradients(c, blocks, head, inputs, teacher_hidden, 1.0 / positions.max(1) as f32)?;
+    Ok((kl / positions.max(1) as f64, grads))
+}
+
+/// Mean `KL(teacher || student)` per position over `inputs` with the blocks as they are.
+pub fn distill_loss(
+    c: &BlockConfig,
+    blocks: &[QuantBlock],
+    head: &Head,
+    inputs: &[Vec<f32>],
+    teacher_hidden: &[Vec<f32>],
+) -> Result<f64> {
+    let weights: Vec<BlockWeights> = blocks.par_iter().map(QuantBlock::weights).collect();
+    let per_window = inputs
+        .par_iter()
+        .zip(teacher_hidden.par_iter())
+        .map(|(x, th)| {
+            let mut x = x.clone();
+            for w in &weights {
+                x = forward(c, w, &x)?.0;
+            }
+            let (s, _, _) = head_log_probs(c, head, &x);
+            let (t, _, _) = head_log_probs(c, head, th);
+            Ok(s.iter().zip(&t).map(|(&s, &t)| f64::from(t.exp()) * f64::from(t - s)).sum::<f64>())
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    let positions: usize = inputs.iter().map(|x| x.len() / c.hidden).sum();
+    Ok(per_window.iter().sum::<f64>() / positions.max(1) as f64)
+}
+
+/// Tunes the blocks' scales (in place) so that the quantized model's next-token distributions on
+/// `inputs` (each window's embeddings, `[tokens, hidden]`) approach the teacher's, whose last
+/// hidden states are `teacher_hidden`. Continues from `resume` (with the blocks' scales as they
+/// were saved with it); `on_step` sees the state after every step, to report, checkpoint or stop.
+/// Returns the mean KL per position of each epoch, measured before each step.
+pub fn distill_scales(
+    c: &BlockConfig,
+    blocks: &mut [QuantBlock],
+    head: &Head,
+    inputs: &[Vec<f32>],
+    teacher_hidden: &[Vec<f32>],
+    opts: &DistillOptions,
+    resume: Option<DistillState>,
+    on_step: &mut dyn FnMut(&DistillState, &[QuantBlock], usize) -> Result<()>,
+) -> Result<Vec<f64>> {
+    if inputs.is_empty() || inputs.len() != teacher_hidden.len() {
+        return Err(TrainError::Shape { what: "teacher windows", expected: inputs.len(), got: teacher_hidden.len() });
+    }
+    check_len("final norm", head.norm, c.hidden)?;
+    check_len("LM head", head.weight, head.vocab * c.hidden)?;
+    for (x, th) in inputs.iter().zip(teacher_hidden) {
+        check_len("teacher hidden state", th, x.len())?;
+    }
+    let batch = opts.batch.max(1);
+    let steps_per_epoch = inputs.len().div_ceil(batch);
+    let total = opts.epochs * steps_per_epoch;
+    let mut state = resume.unwrap_or_else(|| DistillState {
+        step: 0,
+        loss_sums: Vec::new(),
+        adam: AdamW { weight_decay: 0.0, ..AdamW::new(opts.lr) },
+    });
+    let positions_per_epoch: usize = inputs.iter().map(|x| x.len() / c.hidden).sum();
+    while state.step < total {
+        let (epoch, i) = (state.step / steps_per_epoch, state.step % steps_per_epoch);
+        if state.loss_sums.len() <= epoch {
+            state.loss_sums.push(0.0);
+        }
+        let window = i * batch..((i + 1) * batch).min(inputs.len());
+        let positions: usize = inputs[window.clone()].iter().map(|x| x.len() / c.hidden).sum();
+        let scale = 1.0 / positions as f32;
+        let (kl, grads) = summed_gradients(c, blocks, head, &inputs[window.clone()], &teacher_hidden[window], scale)?;
+        state.loss_sums[epoch] += kl;
+        let done = state.step as f32 / total as f32;
+        state.adam.lr = opts.lr * 0.5 * (1.0 + (std::f32::consts::PI * done).cos());
+        let mut scales: Vec<&mut Vec<f32>> =
+            blocks.iter_mut().flat_map(|b| b.grids.0.iter_mut().map(|g| g.masters_mut().0)).collect();
+        state.adam.step(&mut scales, &grads.iter().collect::<Vec<_>>());
+        blocks.iter_mut().for_each(|b| b.grids.sync());
+        state.step += 1;
+        on_step(&state, blocks, total)?;
+    }
+    Ok(state.loss_sums.iter().map(|s| s / positions_per_epoch.max(1) as f64).collect())
+}
