@@ -19,6 +19,7 @@ __all__ = [
     "UnsupportedError",
     "__version__",
     "awq_search",
+    "block_gradients",
     "calibration_windows",
     "codebook_table",
     "convert",
@@ -199,6 +200,24 @@ def awq_search(
     max_shrink: float = 0.5,
     clip_grid: int = 20,
 ) -> dict[str, Any]: ...
+
+class _BlockConfig(TypedDict):
+    hidden: int
+    ffn: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    rope_theta: float
+    eps: float
+
+# Testing and inspection hook into lowbit-train (not a public API): one Llama block's output,
+# input gradient and parameter gradients (attn_norm, q, k, v, o, mlp_norm, gate, up, down).
+def block_gradients(
+    config: _BlockConfig,
+    weights: dict[str, npt.NDArray[np.float32]],
+    x: npt.NDArray[np.float32],
+    dy: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], dict[str, npt.NDArray[np.float32]]]: ...
 
 @final
 class LayerResult:

@@ -5,6 +5,7 @@ use lowbit_cpu::CpuError;
 use lowbit_model::ModelError;
 use lowbit_quantize::QuantizeError;
 use lowbit_solvers::SolverError;
+use lowbit_train::TrainError;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyFileExistsError, PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -91,6 +92,13 @@ fn solver_exception(e: &SolverError, msg: String) -> PyErr {
     }
 }
 
+fn train_exception(e: &TrainError, msg: String) -> PyErr {
+    match e {
+        TrainError::Core(core) => core_exception(core, msg),
+        TrainError::Shape { .. } => ShapeError::new_err(msg),
+    }
+}
+
 fn quantize_exception(e: &QuantizeError, msg: String) -> PyErr {
     match e {
         QuantizeError::Model(model) => model_exception(model, msg),
@@ -148,6 +156,7 @@ convert!(
     SolverError => solver_exception,
     ModelError => model_exception,
     QuantizeError => quantize_exception,
+    TrainError => train_exception,
 );
 
 /// Result of binding code.

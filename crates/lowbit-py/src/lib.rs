@@ -12,6 +12,7 @@ mod pipeline;
 mod progress;
 mod qtensor;
 mod solvers;
+mod train;
 
 use pyo3::prelude::*;
 
@@ -24,5 +25,6 @@ fn _lowbit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     solvers::register(m)?;
     pipeline::register(m)?;
     export::register(m)?;
+    train::register(m)?;
     Ok(())
 }
