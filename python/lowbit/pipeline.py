@@ -52,11 +52,17 @@ def option_specs() -> dict[str, dict[str, Any]]:
     return {spec["name"]: spec for spec in _lowbit.quantize_option_specs()}
 
 
+def solver_method(options: dict[str, Any]) -> str:
+    """The method whose own options apply: ``method``, or for ``qat`` the one it starts from."""
+    method = str(options.get("method", option_specs()["method"]["default"]))
+    return str(options.get("qat_init") or "gptq") if method == "qat" else method
+
+
 def check_options(options: dict[str, Any]) -> None:
     """Raise ``TypeError`` for an unknown option or a value of the wrong type and ``ValueError``
     for a value outside its choices or an option that does not apply to the method."""
     specs = option_specs()
-    method = options.get("method", specs["method"]["default"])
+    method = solver_method(options)
     for name, value in options.items():
         spec = specs.get(name)
         if spec is None:

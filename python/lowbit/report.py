@@ -128,7 +128,9 @@ def _label(options: dict[str, Any]) -> str:
 def _resolved_options(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` with the default of every other option that applies to its method (the table
     gives the defaults of the method's own settings)."""
-    method = options["method"]
+    from .pipeline import solver_method
+
+    method = solver_method(options)
     return {
         name: options.get(name, spec["default"])
         for name, spec in option_specs().items()
@@ -222,7 +224,11 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
 
         out = work / "model"
         # quantization-aware refinement calibrates whatever the method
-        needs_calib = _lowbit.method_calibrated(cfg.options["method"]) or cfg.options.get("qat_epochs")
+        needs_calib = (
+            _lowbit.method_calibrated(cfg.options["method"])
+            or cfg.options.get("qat_epochs")
+            or cfg.options.get("qat_distill_epochs")
+        )
         calib = job["calib"] if needs_calib else None
         q = quantize_model(model_path, out, calib=calib, **cfg.options)
         model = Model.load(out)

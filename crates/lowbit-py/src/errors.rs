@@ -96,6 +96,7 @@ fn train_exception(e: &TrainError, msg: String) -> PyErr {
     match e {
         TrainError::Core(core) => core_exception(core, msg),
         TrainError::Shape { .. } => ShapeError::new_err(msg),
+        TrainError::Interrupted(_) => LowbitError::new_err(msg),
     }
 }
 

@@ -44,8 +44,11 @@ impl WeightFormat {
 /// Python and the CLI set them through the table in [`crate::spec`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizeOptions {
-    /// The method and its settings.
+    /// The method and its settings (with `qat`: the method training starts from).
     pub method: MethodConfig,
+    /// `method="qat"`: quantization-aware training (both stages on by default) from `method`'s
+    /// result.
+    pub qat: bool,
     /// Code width: 2, 3, 4 or 8 (SmoothQuant: 8).
     pub bits: u32,
     /// Group size along the input dimension; `None` = one scale per output channel.
@@ -109,6 +112,7 @@ impl Default for QuantizeOptions {
     fn default() -> Self {
         QuantizeOptions {
             method: MethodConfig::default(),
+            qat: false,
             bits: 4,
             group_size: Some(128),
             sym: false,
@@ -258,7 +262,7 @@ impl QuantizeOptions {
     /// The method's parameters as JSON (manifest, `quantization_config`, resume fingerprint).
     pub fn params_json(&self) -> Value {
         let mut v = json!({
-            "method": self.method.name(),
+            "method": if self.qat { "qat" } else { self.method.name() },
             "bits": self.bits,
             "group_size": self.group_size.map_or(-1, |g| g as i64),
             "sym": self.sym,
@@ -271,6 +275,7 @@ impl QuantizeOptions {
         });
         if self.qat_epochs.is_some() || self.qat_distill_epochs.is_some() {
             v["qat"] = json!({
+                "init": self.method.name(),
                 "block_epochs": self.qat_epochs,
                 "lr": self.qat_lr,
                 "scale_lr": self.qat_scale_lr,

@@ -185,21 +185,44 @@ fn gptq_mut(o: &mut QuantizeOptions) -> std::result::Result<&mut GptqMethod, Str
 }
 
 /// The methods' names, as [`MethodConfig::all`] lists them (a test checks).
+#[cfg(test)]
 const METHODS: &[&str] = &["rtn", "gptq", "awq", "smoothquant", "llm-int8", "hqq", "spqr", "squeezellm"];
+
+/// What `method` accepts: the methods, and `qat` (quantization-aware training from one of them).
+const METHOD_CHOICES: &[&str] = &["rtn", "gptq", "awq", "smoothquant", "llm-int8", "hqq", "spqr", "squeezellm", "qat"];
+
+/// The methods quantization-aware training starts from.
+const QAT_INITS: &[&str] = &["rtn", "gptq", "awq"];
+
+/// `method="qat"`'s training defaults: one pass of block-wise training (weights, scales and
+/// zeros), then one pass of end-to-end distillation.
+const QAT_BLOCK_EPOCHS: usize = 1;
+const QAT_SCALE_LR: f32 = 1e-5;
+const QAT_DISTILL_EPOCHS: usize = 1;
 
 /// The table. `method` comes first: setting it resets the method's own settings.
 pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         name: "method",
-        kind: OptionKind::Choice(METHODS),
+        kind: OptionKind::Choice(METHOD_CHOICES),
         optional: false,
-        help: "rtn, gptq, awq, smoothquant, llm-int8 (these two W8A8: bits 8, per-channel, symmetric), hqq (calibration-free, float zero points), spqr (group size 16 unless given) or squeezellm (3/4-bit codebook per output row, dense-and-sparse; no groups)",
+        help: "rtn, gptq, awq, smoothquant, llm-int8 (these two W8A8: bits 8, per-channel, symmetric), hqq (calibration-free, float zero points), spqr (group size 16 unless given), squeezellm (3/4-bit codebook per output row, dense-and-sparse; no groups) or qat (quantization-aware training without PyTorch: qat_init's result, then block-wise training of weights, scales and zeros, then end-to-end distillation of the scales)",
         methods: &[],
         cli: Some("--method"),
         cli_aliases: &[],
-        get: |o| OptionValue::Str(o.method.name().into()),
+        get: |o| OptionValue::Str(if o.qat { "qat" } else { o.method.name() }.into()),
         set: |o, v| {
-            o.method = MethodConfig::from_name(str_of(v)?).map_err(|e| e.to_string())?;
+            let name = str_of(v)?;
+            o.qat = name == "qat";
+            if o.qat {
+                // Both stages on, from GPTQ unless qat_init says otherwise.
+                o.method = MethodConfig::from_name("gptq").map_err(|e| e.to_string())?;
+                o.qat_epochs = Some(QAT_BLOCK_EPOCHS);
+                o.qat_scale_lr = QAT_SCALE_LR;
+                o.qat_distill_epochs = Some(QAT_DISTILL_EPOCHS);
+                return Ok(());
+            }
+            o.method = MethodConfig::from_name(name).map_err(|e| e.to_string())?;
             // SpQR's small groups: its default where the group size is still everyone's (the
             // method is set first, so a group size given with it still applies).
             if matches!(o.method, MethodConfig::Spqr(_)) && o.group_size == QuantizeOptions::default().group_size {
@@ -708,6 +731,30 @@ pub const OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        name: "qat_init",
+        kind: OptionKind::Choice(QAT_INITS),
+        optional: true,
+        help: "method qat: the post-training method it starts from (gptq by default); its own options apply",
+        methods: &[],
+        cli: Some("--qat-init"),
+        cli_aliases: &[],
+        get: |o| if o.qat { OptionValue::Str(o.method.name().into()) } else { OptionValue::None },
+        set: |o, v| {
+            if *v == OptionValue::None {
+                return Ok(());
+            }
+            if !o.qat {
+                return Err("applies to method qat only".into());
+            }
+            let name = str_of(v)?;
+            if !QAT_INITS.contains(&name) {
+                return Err(format!("qat starts from {}, not {name:?}", QAT_INITS.join(", ")));
+            }
+            o.method = MethodConfig::from_name(name).map_err(|e| e.to_string())?;
+            Ok(())
+        },
+    },
+    OptionSpec {
         name: "qat_epochs",
         kind: OptionKind::Int,
         optional: true,
@@ -846,8 +893,10 @@ impl QuantizeOptions {
     /// first wherever it appears.
     pub fn from_pairs(pairs: &[(String, OptionValue)]) -> Result<Self> {
         let mut o = QuantizeOptions::default();
+        // The method, then qat's starting method (each resets the method's own settings).
         let (method, rest): (Vec<_>, Vec<_>) = pairs.iter().partition(|(k, _)| k == "method");
-        for (k, v) in method.into_iter().chain(rest) {
+        let (init, rest): (Vec<_>, Vec<_>) = rest.into_iter().partition(|(k, _)| k == "qat_init");
+        for (k, v) in method.into_iter().chain(init).chain(rest) {
             o.set_option(k, v)?;
         }
         Ok(o)
@@ -877,6 +926,42 @@ mod tests {
         }
         let names: Vec<_> = MethodConfig::all().iter().map(|m| m.name()).collect();
         assert_eq!(names, METHODS);
+    }
+
+    #[test]
+    fn method_qat_starts_from_a_method_with_both_stages_on() {
+        let pair = |k: &str, v: OptionValue| (k.to_string(), v);
+        let o = QuantizeOptions::from_pairs(&[pair("method", OptionValue::Str("qat".into()))]).unwrap();
+        assert!(o.qat && o.method.name() == "gptq");
+        assert_eq!((o.qat_epochs, o.qat_distill_epochs), (Some(QAT_BLOCK_EPOCHS), Some(QAT_DISTILL_EPOCHS)));
+        assert!(o.qat_scale_lr > 0.0);
+        assert_eq!(o.params_json()["method"], "qat");
+        assert_eq!(o.params_json()["qat"]["init"], "gptq");
+        // qat_init's own options apply, wherever they come in the list; qat's settings can be changed.
+        let o = QuantizeOptions::from_pairs(&[
+            pair("percdamp", OptionValue::Float(0.05)),
+            pair("qat_distill_epochs", OptionValue::None),
+            pair("method", OptionValue::Str("qat".into())),
+            pair("qat_init", OptionValue::Str("gptq".into())),
+        ])
+        .unwrap();
+        assert_eq!(o.qat_distill_epochs, None);
+        assert_eq!(option_spec("percdamp").map(|s| (s.get)(&o)), Some(OptionValue::Float(0.05)));
+        assert_eq!(option_spec("qat_init").map(|s| (s.get)(&o)), Some(OptionValue::Str("gptq".into())));
+        let awq = QuantizeOptions::from_pairs(&[
+            pair("method", OptionValue::Str("qat".into())),
+            pair("qat_init", OptionValue::Str("awq".into())),
+        ])
+        .unwrap();
+        assert_eq!(awq.method.name(), "awq");
+        assert!(QuantizeOptions::from_pairs(&[
+            pair("method", OptionValue::Str("qat".into())),
+            pair("qat_init", OptionValue::Str("hqq".into())),
+        ])
+        .is_err());
+        // qat_init belongs to qat.
+        let err = QuantizeOptions::from_pairs(&[pair("qat_init", OptionValue::Str("rtn".into()))]).unwrap_err();
+        assert!(err.to_string().contains("method qat"), "{err}");
     }
 
     #[test]
