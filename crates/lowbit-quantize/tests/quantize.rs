@@ -639,7 +639,7 @@ fn qat_refines_the_blocks_on_the_base_methods_grids() {
     eprintln!("logit error: gptq {e_gptq}, gptq + qat {e_qat}; {:?}", report.notes);
     assert!(report.notes.iter().any(|n| n.starts_with("block 0: qat output error")), "{:?}", report.notes);
     let manifest = manifest_sans_timings(&dir.join("qat"));
-    assert_eq!(manifest["parameters"]["qat"]["epochs"], 8, "{manifest}");
+    assert_eq!(manifest["parameters"]["qat"]["block_epochs"], 8, "{manifest}");
     // Block 0 sees the same inputs in both runs: GPTQ's grids there are the same, the codes differ.
     let (a, b) = (Model::load(dir.join("gptq")).unwrap(), Model::load(dir.join("qat")).unwrap());
     let quant = |lin: &lowbit_cpu::Linear| match lin.weight() {
@@ -676,6 +676,88 @@ fn qat_refines_the_blocks_on_the_base_methods_grids() {
     }
     let mut hqq = QuantizeOptions { method: MethodConfig::from_name("hqq").unwrap(), ..QuantizeOptions::default() };
     assert!(hqq.set_option("qat_epochs", &OptionValue::Int(2)).is_err());
+}
+
+/// Cancels once `steps` steps of phase `phase` are done.
+struct CancelIn {
+    phase: &'static str,
+    steps: u64,
+    current: String,
+    done: u64,
+}
+
+impl lowbit_core::Progress for CancelIn {
+    fn start(&mut self, name: &str, _total: u64) {
+        self.current = name.to_string();
+        self.done = 0;
+    }
+    fn advance(&mut self, n: u64) {
+        self.done += n;
+    }
+    fn check(&mut self) -> Result<(), lowbit_core::Cancelled> {
+        if self.current == self.phase && self.done >= self.steps {
+            return Err(lowbit_core::Cancelled);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn method_qat_trains_both_stages_and_resumes_the_distillation() {
+    // GPTQ W3, then block-wise training of weights, scales and zeros, then the scales tuned end to
+    // end towards the full-precision model's next-token distributions.
+    let (dir, _) = tiny("qat-method", 2);
+    let toks = tokens(4 * 8, 9);
+    let base = staged_logits(&Model::load(&dir).unwrap(), &toks, 8).unwrap();
+    let err = |out: &Path| {
+        let l = staged_logits(&Model::load(out).unwrap(), &toks, 8).unwrap();
+        l.iter().zip(&base).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>()
+    };
+    let gptq = QuantizeOptions { bits: 3, nsamples: 40, ..opts("gptq") };
+    let mut qat = QuantizeOptions::from_pairs(&[("method".into(), OptionValue::Str("qat".into()))]).unwrap();
+    qat = QuantizeOptions {
+        qat_epochs: Some(4),
+        qat_lr: 2e-3,
+        qat_scale_lr: 1e-4,
+        qat_distill_epochs: Some(4),
+        qat_distill_lr: 2e-4,
+        qat_distill_windows: 40,
+        ..QuantizeOptions { qat: qat.qat, ..gptq.clone() }
+    };
+    run(&dir, &dir.join("gptq"), &gptq).unwrap();
+    let whole = dir.join("qat");
+    let report = run(&dir, &whole, &qat).unwrap();
+    let (e_gptq, e_qat) = (err(&dir.join("gptq")), err(&whole));
+    eprintln!("logit error: gptq {e_gptq}, qat {e_qat}; {:?}", report.notes);
+    assert!(e_qat < e_gptq, "logit error: gptq {e_gptq}, qat {e_qat}; {:?}", report.notes);
+    let note = report.notes.iter().find(|n| n.starts_with("qat distillation: KL")).expect("distillation note");
+    let kl: Vec<f64> = note.split(' ').filter_map(|w| w.parse().ok()).take(2).collect();
+    assert!(kl[1] < kl[0], "{note}");
+    let manifest = manifest_sans_timings(&whole);
+    assert_eq!(manifest["parameters"]["method"], "qat", "{manifest}");
+    assert_eq!(manifest["parameters"]["qat"]["init"], "gptq", "{manifest}");
+    assert_eq!(manifest["parameters"]["qat"]["distill_epochs"], 4, "{manifest}");
+    // Ctrl-C in the middle of the distillation keeps its state; resuming gives the same bytes.
+    let out = dir.join("qat-cancelled");
+    let mut sink = CancelIn { phase: "distill", steps: 37, current: String::new(), done: 0 };
+    let e = quantize_model(&dir, &out, &qat, &mut sink).unwrap_err();
+    assert!(matches!(e, QuantizeError::Model(lowbit_model::ModelError::Cancelled(_))), "{e}");
+    assert!(!out.exists());
+    assert!(partial_dir(&out).join("distill.safetensors").is_file());
+    let rep = run(&dir, &out, &QuantizeOptions { resume: true, ..qat.clone() }).unwrap();
+    assert_eq!(rep.resumed_from_block, 2, "the blocks came from the checkpoint");
+    assert_eq!(model_files(&whole), model_files(&out));
+    // The distillation needs the model's file for its teacher; bad settings are refused.
+    for bad in [
+        QuantizeOptions { qat_distill_epochs: Some(0), ..qat.clone() },
+        QuantizeOptions { qat_distill_lr: -1.0, ..qat.clone() },
+        QuantizeOptions { qat_scale_lr: f32::INFINITY, ..qat.clone() },
+        QuantizeOptions { qat_distill_windows: 0, ..qat.clone() },
+    ] {
+        let out = dir.join("bad");
+        assert!(matches!(run(&dir, &out, &bad), Err(QuantizeError::Input { .. })));
+        assert!(!out.exists());
+    }
 }
 
 /// The browser's entry: the model from memory (a pack of the directory), the files back in
