@@ -371,8 +371,8 @@ fn run(
             crate::qat::distill(&mut model, fp_blocks, &run, progress)
         })?;
         ctx.notes.push(format!(
-            "qat distillation: KL to the full-precision model {:.4e} -> {:.4e} per position ({} windows, {} steps)",
-            d.first_kl, d.last_kl, n, d.steps
+            "qat distillation: KL to the full-precision model {:.4e} -> {:.4e} per position on its first {} windows ({} windows, {} steps)",
+            d.first_kl, d.last_kl, d.probe_windows, n, d.steps
         ));
     }
     let quantize_seconds = blocks_start.elapsed().as_secs_f64();

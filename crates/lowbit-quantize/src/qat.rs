@@ -186,8 +186,13 @@ fn block_forward(
     Ok(())
 }
 
-/// What the end-to-end stage did: the mean KL per position before and after, and its steps.
+/// Windows on which the end-to-end stage measures its KL before and after.
+const KL_PROBE_WINDOWS: usize = 4;
+
+/// What the end-to-end stage did: the mean KL per position on its first windows before and
+/// after (on resume: from where it resumed), and its steps.
 pub(crate) struct Distilled {
+    pub probe_windows: usize,
     pub first_kl: f64,
     pub last_kl: f64,
     pub steps: usize,
@@ -249,7 +254,12 @@ pub(crate) fn distill(
         (Some(p), true) if p.is_file() => Some(load_state(p, &mut blocks)?),
         _ => None,
     };
-    let first_kl = distill_loss(&c, &blocks, &head, &inputs, &teacher).map_err(|e| train_err(0, e))?;
+    // Before and after on a few windows: a full pass costs a quarter of a training epoch.
+    let probe = inputs.len().min(KL_PROBE_WINDOWS);
+    let probe_kl = |blocks: &[QuantBlock]| {
+        distill_loss(&c, blocks, &head, &inputs[..probe], &teacher[..probe]).map_err(|e| train_err(0, e))
+    };
+    let first_kl = probe_kl(&blocks)?;
     let steps_per_epoch = inputs.len().div_ceil(run.opts.batch.max(1));
     let mut bar = phase(progress, "distill", (run.opts.epochs * steps_per_epoch) as u64);
     bar.advance(resume.as_ref().map_or(0, |s| s.step) as u64);
@@ -276,7 +286,7 @@ pub(crate) fn distill(
         progress.check()?;
     }
     result.map_err(|e| train_err(0, e))?;
-    let last_kl = distill_loss(&c, &blocks, &head, &inputs, &teacher).map_err(|e| train_err(0, e))?;
+    let last_kl = probe_kl(&blocks)?;
     for (layer, block) in model.layers_mut().iter_mut().zip(&blocks) {
         let lins = [
             &mut layer.q_proj,
@@ -292,7 +302,7 @@ pub(crate) fn distill(
             *lin = Linear::new(lin.rows(), lin.cols(), WeightKind::Quant(qt))?;
         }
     }
-    Ok(Distilled { first_kl, last_kl, steps: run.opts.epochs * steps_per_epoch })
+    Ok(Distilled { probe_windows: probe, first_kl, last_kl, steps: run.opts.epochs * steps_per_epoch })
 }
 
 /// A quantized block's codes, grids and norms.
