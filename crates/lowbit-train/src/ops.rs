@@ -115,38 +115,44 @@ impl AttentionShape {
     }
 }
 
+/// Head `h`'s columns of `x[t, heads * d]`, contiguous (`[t, d]`).
+fn head_of(x: &[f32], h: usize, heads: usize, d: usize) -> Vec<f32> {
+    x.chunks_exact(heads * d).flat_map(|row| &row[h * d..(h + 1) * d]).copied().collect()
+}
+
+/// Adds `src[t, d]` into head `h`'s columns of `x[t, heads * d]`.
+fn add_head(x: &mut [f32], src: &[f32], h: usize, heads: usize, d: usize) {
+    for (row, s) in x.chunks_exact_mut(heads * d).zip(src.chunks_exact(d)) {
+        row[h * d..(h + 1) * d].iter_mut().zip(s).for_each(|(a, b)| *a += b);
+    }
+}
+
 /// Causal attention `softmax(q k^T / sqrt(d)) v` per head; `q[t, heads * d]`, `k`/`v[t, kv_heads
-/// * d]`. Returns the output and the probabilities `p[head][i][j]` (`j <= i`, row-major `t x t`).
+/// * d]`. Returns the output and the probabilities `p[head][i][j]` (row-major `t x t`, zero for
+/// `j > i`). Each head's products are matrix products (the masked half is computed and
+/// discarded: still far faster than a scalar loop over the causal half).
 pub fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape) -> (Vec<f32>, Vec<f32>) {
     let AttentionShape { tokens: t, heads, kv_heads, head_dim: d } = s;
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0.0f32; t * heads * d];
-    let mut probs = vec![0.0f32; heads * t * t];
+    let mut probs = Vec::with_capacity(heads * t * t);
+    let kvs: Vec<(Vec<f32>, Vec<f32>)> =
+        (0..kv_heads).map(|kv| (head_of(k, kv, kv_heads, d), head_of(v, kv, kv_heads, d))).collect();
     for h in 0..heads {
-        let kv = s.kv_of(h);
-        for i in 0..t {
-            let qi = &q[i * heads * d + h * d..][..d];
-            let p = &mut probs[(h * t + i) * t..][..t];
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..=i {
-                let kj = &k[j * kv_heads * d + kv * d..][..d];
-                p[j] = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                max = max.max(p[j]);
-            }
+        let (kh, vh) = &kvs[s.kv_of(h)];
+        let mut p = matmul_nt(&head_of(q, h, heads, d), kh, t, d, t);
+        for (i, row) in p.chunks_exact_mut(t).enumerate() {
+            let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
             let mut sum = 0.0f32;
-            for pj in p[..=i].iter_mut() {
-                *pj = (*pj - max).exp();
-                sum += *pj;
+            for x in row[..=i].iter_mut() {
+                *x = (*x * scale - max).exp();
+                sum += *x;
             }
-            let o = &mut out[i * heads * d + h * d..][..d];
-            for j in 0..=i {
-                p[j] /= sum;
-                let vj = &v[j * kv_heads * d + kv * d..][..d];
-                for (oo, &vv) in o.iter_mut().zip(vj) {
-                    *oo += p[j] * vv;
-                }
-            }
+            row[..=i].iter_mut().for_each(|x| *x /= sum);
+            row[i + 1..].fill(0.0);
         }
+        add_head(&mut out, &matmul_nn(&p, vh, t, t, d), h, heads, d);
+        probs.extend_from_slice(&p);
     }
     (out, probs)
 }
@@ -163,37 +169,22 @@ pub fn attention_backward(
     let AttentionShape { tokens: t, heads, kv_heads, head_dim: d } = s;
     let scale = 1.0 / (d as f32).sqrt();
     let (mut dq, mut dk, mut dv) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()], vec![0.0f32; v.len()]);
-    let mut dp = vec![0.0f32; t];
+    let kvs: Vec<(Vec<f32>, Vec<f32>)> =
+        (0..kv_heads).map(|kv| (head_of(k, kv, kv_heads, d), head_of(v, kv, kv_heads, d))).collect();
     for h in 0..heads {
         let kv = s.kv_of(h);
-        for i in 0..t {
-            let p = &probs[(h * t + i) * t..][..t];
-            let doi = &dout[i * heads * d + h * d..][..d];
-            // dp_j = do_i . v_j; dv_j += p_j do_i; ds_j = p_j (dp_j - sum_l p_l dp_l).
-            let mut dot = 0.0f32;
-            for j in 0..=i {
-                let vj = &v[j * kv_heads * d + kv * d..][..d];
-                dp[j] = doi.iter().zip(vj).map(|(a, b)| a * b).sum();
-                dot += p[j] * dp[j];
-                let dvj = &mut dv[j * kv_heads * d + kv * d..][..d];
-                for (a, &b) in dvj.iter_mut().zip(doi) {
-                    *a += p[j] * b;
-                }
-            }
-            let qi = &q[i * heads * d + h * d..][..d];
-            for j in 0..=i {
-                let ds = p[j] * (dp[j] - dot) * scale;
-                let kj = &k[j * kv_heads * d + kv * d..][..d];
-                let dqi = &mut dq[i * heads * d + h * d..][..d];
-                for (a, &b) in dqi.iter_mut().zip(kj) {
-                    *a += ds * b;
-                }
-                let dkj = &mut dk[j * kv_heads * d + kv * d..][..d];
-                for (a, &b) in dkj.iter_mut().zip(qi) {
-                    *a += ds * b;
-                }
-            }
+        let (kh, vh) = &kvs[kv];
+        let p = &probs[h * t * t..(h + 1) * t * t];
+        let (qh, doh) = (head_of(q, h, heads, d), head_of(dout, h, heads, d));
+        // dv += p^T do; dp = do v^T; ds = p (dp - sum_l p_l dp_l) / sqrt(d).
+        add_head(&mut dv, &matmul_tn(p, &doh, t, t, d), kv, kv_heads, d);
+        let mut ds = matmul_nt(&doh, vh, t, d, t);
+        for (prow, dsrow) in p.chunks_exact(t).zip(ds.chunks_exact_mut(t)) {
+            let dot: f32 = prow.iter().zip(dsrow.iter()).map(|(a, b)| a * b).sum();
+            dsrow.iter_mut().zip(prow).for_each(|(x, &pj)| *x = pj * (*x - dot) * scale);
         }
+        add_head(&mut dq, &matmul_nn(&ds, kh, t, t, d), h, heads, d);
+        add_head(&mut dk, &matmul_tn(&ds, &qh, t, t, d), kv, kv_heads, d);
     }
     (dq, dk, dv)
 }

@@ -200,15 +200,15 @@ fn block_reconstruction_beats_round_to_nearest_on_held_out_windows() {
     let windows = |rng: &mut Xoshiro256PlusPlus, n: usize| -> Vec<Vec<f32>> {
         (0..n).map(|_| rand(rng, 12 * c.hidden, 1.0)).collect()
     };
-    let (train_x, held_x) = (windows(&mut rng, 16), windows(&mut rng, 4));
+    let (train_x, held_x) = (windows(&mut rng, 64), windows(&mut rng, 8));
     let target = |xs: &[Vec<f32>]| -> Vec<Vec<f32>> { xs.iter().map(|x| forward(&c, &fp, x).unwrap().0).collect() };
     let (train_y, held_y) = (target(&train_x), target(&held_x));
     let scheme = IntScheme::group(Bits::B3, 8);
     let held_loss = |w: &BlockWeights, grids: &BlockGrids| -> f64 {
         let fq = w.on_grids(&c, grids).unwrap();
-        held_x.iter().zip(&held_y).map(|(x, y)| mse(&forward(&c, &fq, x).unwrap().0, y)).sum::<f64>() / 4.0
+        held_x.iter().zip(&held_y).map(|(x, y)| mse(&forward(&c, &fq, x).unwrap().0, y)).sum::<f64>() / 8.0
     };
-    let opts = ReconstructOptions { epochs: 30, lr: 3e-4, weight_decay: 0.0, grid_lr: None, batch: 1 };
+    let opts = ReconstructOptions { epochs: 8, lr: 1e-4, weight_decay: 0.0, grid_lr: None, batch: 1 };
     let fitted = BlockGrids::fit(&c, &fp, scheme).unwrap();
     let mut grids = fitted.clone();
     let (trained, losses) = reconstruct_block(&c, &fp, &mut grids, &train_x, &train_y, &opts).unwrap();
