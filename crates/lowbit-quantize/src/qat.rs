@@ -21,7 +21,8 @@ use lowbit_train::grid::{BlockGrids, LinearGrid};
 use lowbit_train::train::{reconstruct_block, ReconstructOptions};
 use rayon::prelude::*;
 
-/// What the refinement of one block did: the mean output error before and after.
+/// What the refinement of one block did: the mean output error over the first epoch (from the
+/// base method's result on) and of the block as saved.
 pub(crate) struct Refined {
     pub first_loss: f64,
     pub last_loss: f64,
@@ -153,7 +154,10 @@ pub(crate) fn refine(
     layer.input_norm = trained.attn_norm;
     layer.post_attention_norm = trained.mlp_norm;
     block_forward(cfg, model, layer, x_in, x_out, seqlen)?;
-    Ok(Refined { first_loss: losses.first().copied().unwrap_or(0.0), last_loss: losses.last().copied().unwrap_or(0.0) })
+    // The saved block's error, from the output the next block starts from.
+    let last_loss = x_out.chunks(window).zip(&targets).map(|(y, t)| lowbit_train::train::mse(y, t)).sum::<f64>()
+        / targets.len() as f64;
+    Ok(Refined { first_loss: losses.first().copied().unwrap_or(0.0), last_loss })
 }
 
 /// `x_out = block(x_in)` with lowbit-model's block (the kernels the saved model runs), window by
