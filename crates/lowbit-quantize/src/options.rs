@@ -135,8 +135,8 @@ impl Default for QuantizeOptions {
             qat_batch: 2,
             qat_scale_lr: 0.0,
             qat_distill_epochs: None,
-            qat_distill_lr: 1e-4,
-            qat_distill_windows: 32,
+            qat_distill_lr: 1.5e-4,
+            qat_distill_windows: 64,
         }
     }
 }
@@ -224,7 +224,9 @@ impl QuantizeOptions {
         }
         if self.qat_epochs.is_some() || self.qat_distill_epochs.is_some() {
             if self.qat_epochs == Some(0) || self.qat_distill_epochs == Some(0) {
-                return bad("qat_epochs and qat_distill_epochs must be at least 1 (leave them unset for no training)".into());
+                return bad(
+                    "qat_epochs and qat_distill_epochs must be at least 1 (leave them unset for no training)".into()
+                );
             }
             for (name, lr) in [("qat_lr", self.qat_lr), ("qat_distill_lr", self.qat_distill_lr)] {
                 if !(lr.is_finite() && lr > 0.0) {

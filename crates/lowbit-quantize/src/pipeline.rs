@@ -305,7 +305,8 @@ fn run(
         };
         if let (Some((fp, x_in)), Some(epochs)) = (qat, opts.qat_epochs) {
             let grid_lr = (opts.qat_scale_lr > 0.0).then_some(opts.qat_scale_lr);
-            let train = ReconstructOptions { epochs, lr: opts.qat_lr, weight_decay: 0.0, grid_lr, batch: opts.qat_batch };
+            let train =
+                ReconstructOptions { epochs, lr: opts.qat_lr, weight_decay: 0.0, grid_lr, batch: opts.qat_batch };
             let r =
                 crate::qat::refine(&cfg, &model, b, &fp, &mut layer, &x_in, &mut x, ctx.seqlen, &train, &mut *done)?;
             ctx.notes.push(format!("block {b}: qat output error {:.4e} -> {:.4e}", r.first_loss, r.last_loss));
@@ -363,7 +364,12 @@ fn run(
         let run = crate::qat::DistillRun {
             tokens: &windows[..n * ctx.seqlen],
             seqlen: ctx.seqlen,
-            opts: lowbit_train::distill::DistillOptions { epochs, lr: opts.qat_distill_lr, batch: opts.qat_batch },
+            opts: lowbit_train::distill::DistillOptions {
+                epochs,
+                lr: opts.qat_distill_lr,
+                batch: opts.qat_batch,
+                tape_budget: lowbit_train::distill::TAPE_BUDGET,
+            },
             state_path: target.ckpt.map(|c| c.dir().join("distill.safetensors")),
             resume: opts.resume,
         };

@@ -6,15 +6,15 @@
 //! exactly what the training computed with.
 
 use crate::{QuantizeError, Result};
+use lowbit_core::clock::Instant;
+use lowbit_core::progress::phase;
 use lowbit_core::progress::Progress;
 use lowbit_core::rtn::GroupParams;
 use lowbit_core::{QParams, Scheme, ZeroPoints};
 use lowbit_cpu::{Cpu, Linear, WeightKind};
 use lowbit_model::block::{Block, Scratch, Span};
-use lowbit_model::{Layer, Model, ModelConfig};
-use lowbit_core::clock::Instant;
-use lowbit_core::progress::phase;
 use lowbit_model::BlockReader;
+use lowbit_model::{Layer, Model, ModelConfig};
 use lowbit_train::block::{forward, BlockConfig, BlockWeights};
 use lowbit_train::distill::{distill_loss, distill_scales, DistillOptions, DistillState, Head, QuantBlock};
 use lowbit_train::grid::{BlockGrids, LinearGrid};

@@ -1,12 +1,12 @@
 //! A Llama decoder block (pre-norm attention and SiLU-gated MLP, both residual): forward pass
 //! with a tape, backward pass to the input, the weights and the norm gains.
 
+use crate::grid::BlockGrids;
 use crate::ops::{
     attention_backward, attention_forward, matmul_nn, matmul_nt, matmul_tn, rms_norm_backward, rms_norm_forward, rope,
     rope_tables, swiglu_backward, swiglu_forward, AttentionShape,
 };
 use crate::{check_len, Result};
-use crate::grid::BlockGrids;
 
 /// Sizes of a block (a Llama `config.json`'s).
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -3,8 +3,9 @@
 //! teacher's next-token distribution to the quantized model's (Apprentice / KD-QAT).
 //!
 //! The codes stay fixed (`ŵ = s (q - z)`), so the result is the same quantized model with
-//! better scales. Memory stays bounded by gradient checkpointing: the forward pass keeps only
-//! each block's input, and the backward pass recomputes one block's tape at a time.
+//! better scales. Memory stays bounded by gradient checkpointing: where every block's tape would
+//! take more than `TAPE_BUDGET` (long windows, many blocks), the forward pass keeps only each
+//! block's input and the backward pass recomputes one block's tape at a time.
 
 use crate::block::{backward, forward, BlockConfig, BlockWeights};
 use crate::grid::BlockGrids;
@@ -27,8 +28,7 @@ pub struct QuantBlock {
 impl QuantBlock {
     /// The weights the block computes with: each code dequantized on its grid.
     pub fn weights(&self) -> BlockWeights {
-        let [q, k, v, o, gate, up, down] =
-            std::array::from_fn(|i| self.grids.0[i].dequantize(&self.codes[i]));
+        let [q, k, v, o, gate, up, down] = std::array::from_fn(|i| self.grids.0[i].dequantize(&self.codes[i]));
         BlockWeights { attn_norm: self.attn_norm.clone(), mlp_norm: self.mlp_norm.clone(), q, k, v, o, gate, up, down }
     }
 }
@@ -50,6 +50,9 @@ pub struct DistillOptions {
     pub lr: f32,
     /// Windows per step.
     pub batch: usize,
+    /// Most bytes of block tapes kept between the forward and the backward pass (the default
+    /// [`TAPE_BUDGET`]); beyond it each block's tape is recomputed from its input.
+    pub tape_budget: usize,
 }
 
 /// Where a run stands: what [`distill_scales`] hands its callback after each step, and what it
@@ -63,6 +66,19 @@ pub struct DistillState {
     /// The optimizer, moments included.
     pub adam: AdamW,
 }
+
+/// Most bytes of tapes the stage keeps by default instead of recomputing them.
+pub const TAPE_BUDGET: usize = 2 << 30;
+
+/// Bytes of one block's tape for `tokens` positions (see `block::Tape`).
+fn tape_bytes(c: &BlockConfig, tokens: usize) -> usize {
+    let (qd, kvd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+    let per_token = 5 * c.hidden + 2 * qd + 2 * kvd + 3 * c.ffn + c.head_dim + 2;
+    4 * (tokens * per_token + c.heads * tokens * tokens)
+}
+
+/// What [`distill_scales`] calls after each step: the state, the blocks, the steps in all.
+pub type OnStep<'a> = dyn FnMut(&DistillState, &[QuantBlock], usize) -> Result<()> + 'a;
 
 /// Log-softmax of each row of `logits[t, vocab]`, in place.
 fn log_softmax(logits: &mut [f32], vocab: usize) {
@@ -86,6 +102,7 @@ fn head_log_probs(c: &BlockConfig, head: &Head, hidden: &[f32]) -> (Vec<f32>, Ve
 /// `KL(teacher || student)` summed over one window's positions, and the gradient of
 /// `scale * KL` with respect to the student's last hidden state; accumulates each linear's
 /// scale gradient into `ds[block][linear]`.
+#[allow(clippy::too_many_arguments)]
 fn window_gradients(
     c: &BlockConfig,
     weights: &[BlockWeights],
@@ -94,12 +111,17 @@ fn window_gradients(
     input: &[f32],
     teacher_hidden: &[f32],
     scale: f32,
+    keep_tapes: bool,
 ) -> Result<(f64, Vec<[Vec<f32>; 7]>)> {
-    // Forward, keeping only each block's input (the checkpoints).
+    // Forward, keeping each block's input (the checkpoints), and its tape where they fit.
     let mut xs = Vec::with_capacity(weights.len() + 1);
+    let mut tapes = Vec::with_capacity(if keep_tapes { weights.len() } else { 0 });
     xs.push(input.to_vec());
     for w in weights {
-        let (y, _) = forward(c, w, xs.last().expect("input"))?;
+        let (y, tape) = forward(c, w, xs.last().expect("input"))?;
+        if keep_tapes {
+            tapes.push(tape);
+        }
         xs.push(y);
     }
     let last = xs.pop().expect("output");
@@ -122,8 +144,16 @@ fn window_gradients(
     let (mut dx, _) = rms_norm_backward(&last, head.norm, &inv, &dnormed);
     // Backward, one block at a time from its checkpointed input.
     let mut ds: Vec<[Vec<f32>; 7]> = Vec::with_capacity(weights.len());
-    for ((w, block), x) in weights.iter().zip(blocks).zip(&xs).rev() {
-        let (_, tape) = forward(c, w, x)?;
+    for (i, ((w, block), x)) in weights.iter().zip(blocks).zip(&xs).enumerate().rev() {
+        let recomputed;
+        let tape = match tapes.pop() {
+            Some(t) => t,
+            None => {
+                recomputed = forward(c, w, x)?.1;
+                recomputed
+            }
+        };
+        debug_assert!(tapes.len() == i || !keep_tapes);
         let (dx_in, g) = backward(c, w, &tape, &dx)?;
         let grads = g.linears();
         ds.push(std::array::from_fn(|i| block.grids.0[i].scale_backward(&block.codes[i], grads[i])));
@@ -142,12 +172,18 @@ fn summed_gradients(
     inputs: &[Vec<f32>],
     teacher_hidden: &[Vec<f32>],
     scale: f32,
+    tape_budget: usize,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
     let weights: Vec<BlockWeights> = blocks.par_iter().map(QuantBlock::weights).collect();
+    // Every block's tape for the windows computed side by side, or (gradient checkpointing) each
+    // block's recomputed from its input during the backward pass.
+    let tokens = inputs.iter().map(|x| x.len() / c.hidden).max().unwrap_or(0);
+    let side_by_side = inputs.len().min(rayon::current_num_threads());
+    let keep_tapes = side_by_side * blocks.len() * tape_bytes(c, tokens) <= tape_budget;
     let parts = inputs
         .par_iter()
         .zip(teacher_hidden.par_iter())
-        .map(|(x, th)| window_gradients(c, &weights, blocks, head, x, th, scale))
+        .map(|(x, th)| window_gradients(c, &weights, blocks, head, x, th, scale, keep_tapes))
         .collect::<Result<Vec<_>>>()?;
     let mut grads: Vec<Vec<f32>> =
         blocks.iter().flat_map(|b| b.grids.0.iter().map(|g| vec![0.0; g.scales().len()])).collect();
@@ -162,16 +198,19 @@ fn summed_gradients(
 }
 
 /// The mean `KL(teacher || student)` per position over `inputs` and its gradient with respect to
-/// every master scale (block-major, then the block's linears in order).
+/// every master scale (block-major, then the block's linears in order), keeping at most
+/// `tape_budget` bytes of tapes (0: recompute every block's).
 pub fn scale_gradients(
     c: &BlockConfig,
     blocks: &[QuantBlock],
     head: &Head,
     inputs: &[Vec<f32>],
     teacher_hidden: &[Vec<f32>],
+    tape_budget: usize,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
     let positions: usize = inputs.iter().map(|x| x.len() / c.hidden).sum();
-    let (kl, grads) = summed_gradients(c, blocks, head, inputs, teacher_hidden, 1.0 / positions.max(1) as f32)?;
+    let scale = 1.0 / positions.max(1) as f32;
+    let (kl, grads) = summed_gradients(c, blocks, head, inputs, teacher_hidden, scale, tape_budget)?;
     Ok((kl / positions.max(1) as f64, grads))
 }
 
@@ -206,6 +245,7 @@ pub fn distill_loss(
 /// hidden states are `teacher_hidden`. Continues from `resume` (with the blocks' scales as they
 /// were saved with it); `on_step` sees the state after every step, to report, checkpoint or stop.
 /// Returns the mean KL per position of each epoch, measured before each step.
+#[allow(clippy::too_many_arguments)]
 pub fn distill_scales(
     c: &BlockConfig,
     blocks: &mut [QuantBlock],
@@ -214,7 +254,7 @@ pub fn distill_scales(
     teacher_hidden: &[Vec<f32>],
     opts: &DistillOptions,
     resume: Option<DistillState>,
-    on_step: &mut dyn FnMut(&DistillState, &[QuantBlock], usize) -> Result<()>,
+    on_step: &mut OnStep<'_>,
 ) -> Result<Vec<f64>> {
     if inputs.is_empty() || inputs.len() != teacher_hidden.len() {
         return Err(TrainError::Shape { what: "teacher windows", expected: inputs.len(), got: teacher_hidden.len() });
@@ -241,7 +281,15 @@ pub fn distill_scales(
         let window = i * batch..((i + 1) * batch).min(inputs.len());
         let positions: usize = inputs[window.clone()].iter().map(|x| x.len() / c.hidden).sum();
         let scale = 1.0 / positions as f32;
-        let (kl, grads) = summed_gradients(c, blocks, head, &inputs[window.clone()], &teacher_hidden[window], scale)?;
+        let (kl, grads) = summed_gradients(
+            c,
+            blocks,
+            head,
+            &inputs[window.clone()],
+            &teacher_hidden[window],
+            scale,
+            opts.tape_budget,
+        )?;
         state.loss_sums[epoch] += kl;
         let done = state.step as f32 / total as f32;
         state.adam.lr = opts.lr * 0.5 * (1.0 + (std::f32::consts::PI * done).cos());

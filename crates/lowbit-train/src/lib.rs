@@ -3,7 +3,7 @@
 //! [`ops`] holds each operation of a Llama block with its backward pass (linear, RMSNorm,
 //! rotate-half RoPE, causal grouped-query attention, the SiLU-gated product); [`block`] chains
 //! them into a block's forward pass, which records what the backward pass needs, and its
-//! backward pass. Quantization enters through the weights: [`block::BlockWeights::fake_quantized`]
+//! backward pass. Quantization enters through the weights: [`block::BlockWeights::on_grids`]
 //! replaces every linear weight by exactly what lowbit stores and the kernels compute with
 //! (`lowbit_core` quantize, then dequantize), and the gradients with respect to those weights are
 //! applied to the f32 originals (the straight-through estimator).

@@ -127,10 +127,10 @@ fn add_head(x: &mut [f32], src: &[f32], h: usize, heads: usize, d: usize) {
     }
 }
 
-/// Causal attention `softmax(q k^T / sqrt(d)) v` per head; `q[t, heads * d]`, `k`/`v[t, kv_heads
-/// * d]`. Returns the output and the probabilities `p[head][i][j]` (row-major `t x t`, zero for
-/// `j > i`). Each head's products are matrix products (the masked half is computed and
-/// discarded: still far faster than a scalar loop over the causal half).
+/// Causal attention `softmax(q k^T / sqrt(d)) v` per head; `q` is `[t, heads * d]`, `k` and `v`
+/// are `[t, kv_heads * d]`. Returns the output and the probabilities `p[head][i][j]` (row-major
+/// `t x t`, zero for `j > i`). Each head's products are matrix products: the masked half is
+/// computed and discarded, still far faster than a scalar loop over the causal half.
 pub fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape) -> (Vec<f32>, Vec<f32>) {
     let AttentionShape { tokens: t, heads, kv_heads, head_dim: d } = s;
     let scale = 1.0 / (d as f32).sqrt();

@@ -122,8 +122,13 @@ pub fn reconstruct_block(
             }
             // Through the rounding (straight-through, LSQ): the rounded weights' gradients move
             // the f32 weights inside the range and the grid's masters.
-            let through: Vec<_> =
-                grids.0.par_iter().zip(w.linears()).zip(grad.linears()).map(|((grid, w), g)| grid.backward(w, g)).collect();
+            let through: Vec<_> = grids
+                .0
+                .par_iter()
+                .zip(w.linears())
+                .zip(grad.linears())
+                .map(|((grid, w), g)| grid.backward(w, g))
+                .collect();
             let mut grid_grads = Vec::with_capacity(14);
             for (dst, gg) in grad.linears_mut().into_iter().zip(through) {
                 *dst = gg.weight;
@@ -133,8 +138,14 @@ pub fn reconstruct_block(
             adam.step(&mut w.params_mut(), &grad.params());
             if opts.grid_lr.is_some() {
                 grid_adam.lr = opts.grid_lr.unwrap_or(0.0) * decay;
-                let mut masters: Vec<&mut Vec<f32>> =
-                    grids.0.iter_mut().flat_map(|g| { let (s, o) = g.masters_mut(); [s, o] }).collect();
+                let mut masters: Vec<&mut Vec<f32>> = grids
+                    .0
+                    .iter_mut()
+                    .flat_map(|g| {
+                        let (s, o) = g.masters_mut();
+                        [s, o]
+                    })
+                    .collect();
                 grid_adam.step(&mut masters, &grid_grads.iter().collect::<Vec<_>>());
                 grids.sync();
             }

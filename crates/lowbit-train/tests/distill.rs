@@ -4,7 +4,9 @@
 
 use lowbit_core::{Bits, IntScheme, ScaleDtype};
 use lowbit_train::block::{forward, BlockConfig, BlockWeights};
-use lowbit_train::distill::{distill_loss, distill_scales, scale_gradients, DistillOptions, Head, QuantBlock};
+use lowbit_train::distill::{
+    distill_loss, distill_scales, scale_gradients, DistillOptions, Head, QuantBlock, TAPE_BUDGET,
+};
 use lowbit_train::grid::{BlockGrids, LinearGrid};
 use lowbit_train::TrainError;
 use rand_core::{RngCore, SeedableRng};
@@ -117,10 +119,7 @@ fn setup(scheme: IntScheme) -> Setup {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(13);
     let fp: Vec<BlockWeights> = (0..2).map(|_| random_block(&mut rng, &c)).collect();
     let inputs: Vec<Vec<f32>> = (0..4).map(|_| rand(&mut rng, 7 * c.hidden, 1.0)).collect();
-    let teacher = inputs
-        .iter()
-        .map(|x| fp.iter().fold(x.clone(), |x, w| forward(&c, w, &x).unwrap().0))
-        .collect();
+    let teacher = inputs.iter().map(|x| fp.iter().fold(x.clone(), |x, w| forward(&c, w, &x).unwrap().0)).collect();
     let blocks = fp
         .iter()
         .map(|w| {
@@ -149,7 +148,10 @@ impl Linears for BlockWeights {
 fn distillation_gradients_match_finite_differences_of_the_kl() {
     let s = setup(f32_scales(Bits::B4, 4, false));
     let head = Head { norm: &s.norm, weight: &s.head, vocab: s.vocab };
-    let (kl, grads) = scale_gradients(&s.c, &s.blocks, &head, &s.inputs, &s.teacher).unwrap();
+    let (kl, grads) = scale_gradients(&s.c, &s.blocks, &head, &s.inputs, &s.teacher, TAPE_BUDGET).unwrap();
+    // Gradient checkpointing (every tape recomputed) changes nothing.
+    let recomputed = scale_gradients(&s.c, &s.blocks, &head, &s.inputs, &s.teacher, 0).unwrap();
+    assert_eq!((kl, &grads), (recomputed.0, &recomputed.1));
     assert!(kl > 0.0);
     assert!((kl - distill_loss(&s.c, &s.blocks, &head, &s.inputs, &s.teacher).unwrap()).abs() < 1e-9 * kl.max(1.0));
     let mut checked = 0;
@@ -179,7 +181,7 @@ fn distillation_gradients_match_finite_differences_of_the_kl() {
 fn distillation_lowers_the_kl_and_resumes_exactly() {
     let s = setup(IntScheme::group(Bits::B2, 4));
     let head = Head { norm: &s.norm, weight: &s.head, vocab: s.vocab };
-    let opts = DistillOptions { epochs: 6, lr: 2e-3, batch: 2 };
+    let opts = DistillOptions { epochs: 6, lr: 2e-3, batch: 2, tape_budget: 0 };
     let before = distill_loss(&s.c, &s.blocks, &head, &s.inputs, &s.teacher).unwrap();
     let mut trained = s.blocks.clone();
     let mut seen = vec![];
@@ -221,5 +223,7 @@ fn distillation_lowers_the_kl_and_resumes_exactly() {
     }
     // Mismatched teacher windows are refused.
     let mut b = s.blocks.clone();
-    assert!(distill_scales(&s.c, &mut b, &head, &s.inputs, &s.teacher[1..], &opts, None, &mut |_, _, _| Ok(())).is_err());
+    assert!(
+        distill_scales(&s.c, &mut b, &head, &s.inputs, &s.teacher[1..], &opts, None, &mut |_, _, _| Ok(())).is_err()
+    );
 }
