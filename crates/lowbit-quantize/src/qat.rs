@@ -137,17 +137,8 @@ pub(crate) fn refine(
     let (trained, losses) =
         reconstruct_block(&c, &init, &mut grids, &inputs, &targets, opts).map_err(|e| train_err(block, e))?;
     progress.check()?;
-    let lins = [
-        &mut layer.q_proj,
-        &mut layer.k_proj,
-        &mut layer.v_proj,
-        &mut layer.o_proj,
-        &mut layer.gate_proj,
-        &mut layer.up_proj,
-        &mut layer.down_proj,
-    ];
     let weights = [&trained.q, &trained.k, &trained.v, &trained.o, &trained.gate, &trained.up, &trained.down];
-    for ((lin, grid), w) in lins.into_iter().zip(&grids.0).zip(weights) {
+    for (((_, lin), grid), w) in layer.linears_mut().into_iter().zip(&grids.0).zip(weights) {
         let qt = grid.qtensor(w).map_err(|e| train_err(block, e))?;
         *lin = Linear::new(lin.rows(), lin.cols(), WeightKind::Quant(qt))?;
     }
@@ -292,16 +283,7 @@ pub(crate) fn distill(
     result.map_err(|e| train_err(0, e))?;
     let last_kl = probe_kl(&blocks)?;
     for (layer, block) in model.layers_mut().iter_mut().zip(&blocks) {
-        let lins = [
-            &mut layer.q_proj,
-            &mut layer.k_proj,
-            &mut layer.v_proj,
-            &mut layer.o_proj,
-            &mut layer.gate_proj,
-            &mut layer.up_proj,
-            &mut layer.down_proj,
-        ];
-        for ((lin, grid), codes) in lins.into_iter().zip(&block.grids.0).zip(&block.codes) {
+        for (((_, lin), grid), codes) in layer.linears_mut().into_iter().zip(&block.grids.0).zip(&block.codes) {
             let qt = grid.qtensor_of_codes(codes).map_err(|e| train_err(0, e))?;
             *lin = Linear::new(lin.rows(), lin.cols(), WeightKind::Quant(qt))?;
         }
