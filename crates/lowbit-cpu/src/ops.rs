@@ -164,32 +164,58 @@ const NLL_LANES: usize = 16;
 /// Elements summed in f32 lanes before the partial sums move to f64.
 const NLL_CHUNK: usize = 1024;
 
+/// `log Σ exp(x)` over a row: the max and the exponentials in f32 lanes ([`exp_approx`]),
+/// partial sums of [`NLL_CHUNK`] elements carried in f64.
+#[inline(always)]
+fn log_sum_exp(logits: &[f32]) -> f64 {
+    let mut mx = [f32::NEG_INFINITY; NLL_LANES];
+    let chunks = logits.chunks_exact(NLL_LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in mx.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
+    }
+    let max = tail.iter().fold(mx.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b));
+    let mut total = 0f64;
+    for block in logits.chunks(NLL_CHUNK) {
+        let mut acc = [0f32; NLL_LANES];
+        let chunks = block.chunks_exact(NLL_LANES);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += exp_approx(v - max);
+            }
+        }
+        let t: f32 = tail.iter().map(|&v| exp_approx(v - max)).sum();
+        total += (sum_lanes(&acc) + t) as f64;
+    }
+    max as f64 + total.ln()
+}
+
 leveled! {
     /// [`nll`] at `level`.
     fn nll_at(logits: &[f32], target: usize) -> f64 {
-        let mut mx = [f32::NEG_INFINITY; NLL_LANES];
-        let chunks = logits.chunks_exact(NLL_LANES);
-        let tail = chunks.remainder();
-        for c in chunks {
-            for (m, &v) in mx.iter_mut().zip(c) {
-                *m = m.max(v);
-            }
+        log_sum_exp(logits) - logits[target] as f64
+    }
+}
+
+leveled! {
+    /// [`log_softmax`] at `level`.
+    fn log_softmax_at(row: &mut [f32]) {
+        let lse = log_sum_exp(row) as f32;
+        for v in row.iter_mut() {
+            *v -= lse;
         }
-        let max = tail.iter().fold(mx.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b));
-        let mut total = 0f64;
-        for block in logits.chunks(NLL_CHUNK) {
-            let mut acc = [0f32; NLL_LANES];
-            let chunks = block.chunks_exact(NLL_LANES);
-            let tail = chunks.remainder();
-            for c in chunks {
-                for (a, &v) in acc.iter_mut().zip(c) {
-                    *a += exp_approx(v - max);
-                }
-            }
-            let t: f32 = tail.iter().map(|&v| exp_approx(v - max)).sum();
-            total += (sum_lanes(&acc) + t) as f64;
+    }
+}
+
+leveled! {
+    /// [`exp_inplace`] at `level`.
+    fn exp_inplace_at(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = exp_approx(*v);
         }
-        max as f64 + total.ln() - logits[target] as f64
     }
 }
 
@@ -253,6 +279,28 @@ pub fn nll(logits: &[f32], target: usize) -> f64 {
 /// [`nll`] at `level` (see [`rms_norm_with`]).
 pub fn nll_with(level: KernelLevel, logits: &[f32], target: usize) -> Result<f64> {
     Ok(nll_at(Level::new(level)?, logits, target))
+}
+
+/// `x - log Σ exp(x)` of a row, in place: [`nll`]'s reduction, so within [`NLL_TOL`] of an f64
+/// log-softmax.
+pub fn log_softmax(row: &mut [f32]) {
+    log_softmax_at(Level::current(), row)
+}
+/// [`log_softmax`] at `level` (see [`rms_norm_with`]).
+pub fn log_softmax_with(level: KernelLevel, row: &mut [f32]) -> Result<()> {
+    log_softmax_at(Level::new(level)?, row);
+    Ok(())
+}
+
+/// `exp` of every element, in place ([`exp_approx`] in the level's lanes: within
+/// [`EXP_APPROX_TOL`] of libm, the same bits at every level).
+pub fn exp_inplace(x: &mut [f32]) {
+    exp_inplace_at(Level::current(), x)
+}
+/// [`exp_inplace`] at `level` (see [`rms_norm_with`]).
+pub fn exp_inplace_with(level: KernelLevel, x: &mut [f32]) -> Result<()> {
+    exp_inplace_at(Level::new(level)?, x);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ mod common;
 
 use common::{levels, Rng};
 use lowbit_cpu::attention::{attention_with, AttnShape, ATTENTION_TOL};
-use lowbit_cpu::ops::{self, NLL_TOL, RMS_NORM_TOL, SWIGLU_TOL};
+use lowbit_cpu::ops::{self, EXP_APPROX_TOL, NLL_TOL, RMS_NORM_TOL, SWIGLU_TOL};
 use lowbit_cpu::{scalar, KernelLevel};
 
 /// Lengths with awkward tails for every lane width (8, 16, 32).
@@ -213,4 +213,48 @@ fn nll_matches_reference_at_every_level() {
         }
     }
     assert!((scalar::nll(&[0.0; 4], 2) - 4f64.ln()).abs() < 1e-12);
+}
+
+#[test]
+fn exp_inplace_matches_libm_and_levels_agree() {
+    let mut rng = Rng(16);
+    for n in LENS {
+        // From below the underflow threshold (exactly 0) to large positives.
+        let x: Vec<f32> = rng.vec(n).iter().map(|v| v * 100.0).collect();
+        let mut base = x.clone();
+        ops::exp_inplace_with(KernelLevel::Scalar, &mut base).unwrap();
+        for (&xi, &e) in x.iter().zip(&base) {
+            if xi < -87.34 {
+                assert_eq!(e, 0.0, "exp({xi})");
+            } else if xi < 88.0 {
+                let want = xi.exp();
+                assert!((e - want).abs() <= EXP_APPROX_TOL * want, "exp({xi}) = {e}, libm {want}");
+            }
+        }
+        for level in levels() {
+            let mut got = x.clone();
+            ops::exp_inplace_with(level, &mut got).unwrap();
+            assert_eq!(got, base, "exp_inplace {} n {n}", level.name());
+        }
+    }
+}
+
+#[test]
+fn log_softmax_matches_an_f64_reference_and_levels_agree() {
+    for (n, spread) in [(1usize, 1.0f32), (17, 3.0), (33, 5.0), (1000, 10.0), (49152, 20.0)] {
+        let logits: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.7) * spread).collect();
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let lse = max + logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        let mut base = logits.clone();
+        ops::log_softmax_with(KernelLevel::Scalar, &mut base).unwrap();
+        for (&got, &v) in base.iter().zip(&logits) {
+            let want = v as f64 - lse;
+            assert!((got as f64 - want).abs() <= NLL_TOL * want.abs().max(1.0), "n {n}: {got} vs {want}");
+        }
+        for level in levels() {
+            let mut got = logits.clone();
+            ops::log_softmax_with(level, &mut got).unwrap();
+            assert_eq!(got, base, "log_softmax {} n {n}", level.name());
+        }
+    }
 }

@@ -12,6 +12,7 @@ use crate::grid::BlockGrids;
 use crate::ops::{matmul_nn, matmul_nt, rms_norm_backward, rms_norm_forward};
 use crate::train::AdamW;
 use crate::{check_len, Result, TrainError};
+use lowbit_cpu::ops::exp_inplace;
 use rayon::prelude::*;
 
 /// A quantized block as this stage sees it: fixed codes on trainable grids, fixed norm gains.
@@ -82,12 +83,19 @@ pub type OnStep<'a> = dyn FnMut(&DistillState, &[QuantBlock], usize) -> Result<(
 
 /// Log-softmax of each row of `logits[t, vocab]`, in place.
 fn log_softmax(logits: &mut [f32], vocab: usize) {
-    for row in logits.chunks_exact_mut(vocab) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
-        let log_sum = max + sum.ln() as f32;
-        row.iter_mut().for_each(|v| *v -= log_sum);
-    }
+    logits.chunks_exact_mut(vocab).for_each(lowbit_cpu::ops::log_softmax);
+}
+
+/// `exp` of a copy of `log_probs`.
+fn probs(log_probs: &[f32]) -> Vec<f32> {
+    let mut p = log_probs.to_vec();
+    exp_inplace(&mut p);
+    p
+}
+
+/// `Σ p_teacher (log p_teacher - log p_student)` over every position.
+fn summed_kl(teacher_probs: &[f32], teacher: &[f32], student: &[f32]) -> f64 {
+    teacher_probs.iter().zip(teacher).zip(student).map(|((&p, &t), &s)| f64::from(p * (t - s))).sum()
 }
 
 /// Log-probabilities of the next token after each position of `hidden` (the last block's output).
@@ -127,17 +135,14 @@ fn window_gradients(
     let last = xs.pop().expect("output");
     let (student, _, inv) = head_log_probs(c, head, &last);
     let (teacher, _, _) = head_log_probs(c, head, teacher_hidden);
-    let mut kl = 0.0f64;
-    let dlogits: Vec<f32> = student
-        .iter()
-        .zip(&teacher)
-        .map(|(&s, &t)| {
-            let p = t.exp();
-            kl += f64::from(p) * f64::from(t - s);
-            // d KL / d logit = softmax(student) - p.
-            scale * (s.exp() - p)
-        })
-        .collect();
+    let teacher_probs = probs(&teacher);
+    let kl = summed_kl(&teacher_probs, &teacher, &student);
+    drop(teacher);
+    // d KL / d logit = softmax(student) - p_teacher.
+    let mut dlogits = probs(&student);
+    drop(student);
+    dlogits.iter_mut().zip(&teacher_probs).for_each(|(d, &p)| *d = scale * (*d - p));
+    drop(teacher_probs);
     let t = last.len() / c.hidden;
     let dnormed = matmul_nn(&dlogits, head.weight, t, head.vocab, c.hidden);
     drop(dlogits);
@@ -233,7 +238,7 @@ pub fn distill_loss(
             }
             let (s, _, _) = head_log_probs(c, head, &x);
             let (t, _, _) = head_log_probs(c, head, th);
-            Ok(s.iter().zip(&t).map(|(&s, &t)| f64::from(t.exp()) * f64::from(t - s)).sum::<f64>())
+            Ok(summed_kl(&probs(&t), &t, &s))
         })
         .collect::<Result<Vec<f64>>>()?;
     let positions: usize = inputs.iter().map(|x| x.len() / c.hidden).sum();

@@ -3,6 +3,7 @@
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
+use lowbit_cpu::ops::exp_inplace;
 
 /// `a[m, k] · b[n, k]^T` (a linear layer: `x W^T`).
 pub fn matmul_nt(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
@@ -143,11 +144,9 @@ pub fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape) -> 
         let mut p = matmul_nt(&head_of(q, h, heads, d), kh, t, d, t);
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
             let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
-            let mut sum = 0.0f32;
-            for x in row[..=i].iter_mut() {
-                *x = (*x * scale - max).exp();
-                sum += *x;
-            }
+            row[..=i].iter_mut().for_each(|x| *x = *x * scale - max);
+            exp_inplace(&mut row[..=i]);
+            let sum: f32 = row[..=i].iter().sum();
             row[..=i].iter_mut().for_each(|x| *x /= sum);
             row[i + 1..].fill(0.0);
         }
@@ -189,23 +188,31 @@ pub fn attention_backward(
     (dq, dk, dv)
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+/// `1 / (1 + exp(-x))` of every element (vectorized exponentials).
+fn sigmoid(x: &[f32]) -> Vec<f32> {
+    let mut s: Vec<f32> = x.iter().map(|v| -v).collect();
+    exp_inplace(&mut s);
+    s.iter_mut().for_each(|e| *e = 1.0 / (1.0 + *e));
+    s
 }
 
 /// The SiLU-gated product `silu(gate) * up`, elementwise.
 pub fn swiglu_forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    gate.iter().zip(up).map(|(&g, &u)| g * sigmoid(g) * u).collect()
+    let mut out = sigmoid(gate);
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g * *o * u;
+    }
+    out
 }
 
 /// Gradients of [`swiglu_forward`]: `(dgate, dup)`.
 pub fn swiglu_backward(gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let mut dg = Vec::with_capacity(gate.len());
-    let mut du = Vec::with_capacity(gate.len());
-    for ((&g, &u), &d) in gate.iter().zip(up).zip(dy) {
-        let s = sigmoid(g);
-        dg.push(d * u * s * (1.0 + g * (1.0 - s)));
-        du.push(d * g * s);
+    let mut dg = sigmoid(gate);
+    let mut du = vec![0.0f32; gate.len()];
+    for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(&mut du).zip(gate).zip(up).zip(dy) {
+        let s = *dg;
+        *dg = d * u * s * (1.0 + g * (1.0 - s));
+        *du = d * g * s;
     }
     (dg, du)
 }
