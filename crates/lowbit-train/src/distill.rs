@@ -81,9 +81,16 @@ fn tape_bytes(c: &BlockConfig, tokens: usize) -> usize {
 /// What [`distill_scales`] calls after each step: the state, the blocks, the steps in all.
 pub type OnStep<'a> = dyn FnMut(&DistillState, &[QuantBlock], usize) -> Result<()> + 'a;
 
-/// Log-softmax of each row of `logits[t, vocab]`, in place.
-fn log_softmax(logits: &mut [f32], vocab: usize) {
-    logits.chunks_exact_mut(vocab).for_each(lowbit_cpu::ops::log_softmax);
+/// Positions whose logits are materialized at once: a few MiB of `[rows, vocab]` buffers instead
+/// of a window's hundreds (allocating those afresh each step cost a quarter of the step in page
+/// faults).
+const HEAD_ROWS: usize = 64;
+
+/// Log-probabilities of the next token at each row of `normed` (final-normed hidden states).
+fn log_probs(head: &Head, normed: &[f32], hidden: usize) -> Vec<f32> {
+    let mut logp = matmul_nt(normed, head.weight, normed.len() / hidden, hidden, head.vocab);
+    logp.chunks_exact_mut(head.vocab).for_each(lowbit_cpu::ops::log_softmax);
+    logp
 }
 
 /// `exp` of a copy of `log_probs`.
@@ -98,13 +105,25 @@ fn summed_kl(teacher_probs: &[f32], teacher: &[f32], student: &[f32]) -> f64 {
     teacher_probs.iter().zip(teacher).zip(student).map(|((&p, &t), &s)| f64::from(p * (t - s))).sum()
 }
 
-/// Log-probabilities of the next token after each position of `hidden` (the last block's output).
-fn head_log_probs(c: &BlockConfig, head: &Head, hidden: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let t = hidden.len() / c.hidden;
-    let (normed, inv) = rms_norm_forward(hidden, head.norm, c.eps);
-    let mut logp = matmul_nt(&normed, head.weight, t, c.hidden, head.vocab);
-    log_softmax(&mut logp, head.vocab);
-    (logp, normed, inv)
+/// `KL(teacher || student)` summed over the positions of the final-normed hidden states, and,
+/// when `grad_scale` is given, the gradient of `grad_scale * KL` with respect to the student's
+/// normed states. Runs over [`HEAD_ROWS`] positions at a time.
+fn head_kl(head: &Head, student: &[f32], teacher: &[f32], hidden: usize, grad_scale: Option<f32>) -> (f64, Vec<f32>) {
+    let mut kl = 0.0;
+    let mut dnormed = Vec::with_capacity(if grad_scale.is_some() { student.len() } else { 0 });
+    for (s_rows, t_rows) in student.chunks(HEAD_ROWS * hidden).zip(teacher.chunks(HEAD_ROWS * hidden)) {
+        let (s, t) = (log_probs(head, s_rows, hidden), log_probs(head, t_rows, hidden));
+        let p_teacher = probs(&t);
+        kl += summed_kl(&p_teacher, &t, &s);
+        if let Some(scale) = grad_scale {
+            // d KL / d logit = softmax(student) - p_teacher.
+            let mut dlogits = probs(&s);
+            dlogits.iter_mut().zip(&p_teacher).for_each(|(d, &p)| *d = scale * (*d - p));
+            let rows = s_rows.len() / hidden;
+            dnormed.extend(matmul_nn(&dlogits, head.weight, rows, head.vocab, hidden));
+        }
+    }
+    (kl, dnormed)
 }
 
 /// `KL(teacher || student)` summed over one window's positions, and the gradient of
@@ -133,19 +152,9 @@ fn window_gradients(
         xs.push(y);
     }
     let last = xs.pop().expect("output");
-    let (student, _, inv) = head_log_probs(c, head, &last);
-    let (teacher, _, _) = head_log_probs(c, head, teacher_hidden);
-    let teacher_probs = probs(&teacher);
-    let kl = summed_kl(&teacher_probs, &teacher, &student);
-    drop(teacher);
-    // d KL / d logit = softmax(student) - p_teacher.
-    let mut dlogits = probs(&student);
-    drop(student);
-    dlogits.iter_mut().zip(&teacher_probs).for_each(|(d, &p)| *d = scale * (*d - p));
-    drop(teacher_probs);
-    let t = last.len() / c.hidden;
-    let dnormed = matmul_nn(&dlogits, head.weight, t, head.vocab, c.hidden);
-    drop(dlogits);
+    let (student, inv) = rms_norm_forward(&last, head.norm, c.eps);
+    let (teacher, _) = rms_norm_forward(teacher_hidden, head.norm, c.eps);
+    let (kl, dnormed) = head_kl(head, &student, &teacher, c.hidden, Some(scale));
     let (mut dx, _) = rms_norm_backward(&last, head.norm, &inv, &dnormed);
     // Backward, one block at a time from its checkpointed input.
     let mut ds: Vec<[Vec<f32>; 7]> = Vec::with_capacity(weights.len());
@@ -236,9 +245,9 @@ pub fn distill_loss(
             for w in &weights {
                 x = forward(c, w, &x)?.0;
             }
-            let (s, _, _) = head_log_probs(c, head, &x);
-            let (t, _, _) = head_log_probs(c, head, th);
-            Ok(summed_kl(&probs(&t), &t, &s))
+            let (student, _) = rms_norm_forward(&x, head.norm, c.eps);
+            let (teacher, _) = rms_norm_forward(th, head.norm, c.eps);
+            Ok(head_kl(head, &student, &teacher, c.hidden, None).0)
         })
         .collect::<Result<Vec<f64>>>()?;
     let positions: usize = inputs.iter().map(|x| x.len() / c.hidden).sum();
@@ -306,4 +315,30 @@ pub fn distill_scales(
         on_step(&state, blocks, total)?;
     }
     Ok(state.loss_sums.iter().map(|s| s / positions_per_epoch.max(1) as f64).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_in_chunks_equals_the_head_row_by_row() {
+        let (hidden, vocab, rows) = (6, 11, 2 * HEAD_ROWS + 5);
+        let wave = |n: usize, k: usize| (0..n).map(|i| ((i * k % 97) as f32 / 97.0 - 0.5) * 3.0).collect::<Vec<f32>>();
+        let (norm, weight) = (vec![1.0; hidden], wave(vocab * hidden, 31));
+        let head = Head { norm: &norm, weight: &weight, vocab };
+        let (student, teacher) = (wave(rows * hidden, 7), wave(rows * hidden, 13));
+        let (kl, dnormed) = head_kl(&head, &student, &teacher, hidden, Some(0.5));
+        assert_eq!(dnormed.len(), student.len());
+        let mut want_kl = 0.0;
+        for (r, (s, t)) in student.chunks(hidden).zip(teacher.chunks(hidden)).enumerate() {
+            let (row_kl, row_d) = head_kl(&head, s, t, hidden, Some(0.5));
+            want_kl += row_kl;
+            for (got, want) in dnormed[r * hidden..(r + 1) * hidden].iter().zip(&row_d) {
+                assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "row {r}: {got} vs {want}");
+            }
+        }
+        assert!(kl > 0.0 && (kl - want_kl).abs() <= 1e-6 * kl, "{kl} vs {want_kl}");
+        assert_eq!(head_kl(&head, &student, &teacher, hidden, None), (kl, Vec::new()));
+    }
 }

@@ -103,7 +103,8 @@ fn random_block(rng: &mut Xoshiro256PlusPlus, c: &BlockConfig) -> BlockWeights {
     }
 }
 
-/// A two-block model quantized by RTN, its teacher's last hidden states, and a head.
+/// A two-block model quantized by RTN, windows of `lengths` tokens, the teacher's last hidden
+/// states on them, and a head.
 struct Setup {
     c: BlockConfig,
     blocks: Vec<QuantBlock>,
@@ -114,11 +115,16 @@ struct Setup {
     teacher: Vec<Vec<f32>>,
 }
 
-fn setup(scheme: IntScheme) -> Setup {
+/// Windows of 7 tokens: short enough that finite differences of the mean KL stay above f32 noise.
+const SHORT: [usize; 4] = [7; 4];
+/// Window lengths on both sides of the head's 64-position chunks.
+const MIXED: [usize; 4] = [7, 150, 64, 65];
+
+fn setup(scheme: IntScheme, lengths: &[usize]) -> Setup {
     let c = tiny();
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(13);
     let fp: Vec<BlockWeights> = (0..2).map(|_| random_block(&mut rng, &c)).collect();
-    let inputs: Vec<Vec<f32>> = (0..4).map(|_| rand(&mut rng, 7 * c.hidden, 1.0)).collect();
+    let inputs: Vec<Vec<f32>> = lengths.iter().map(|t| rand(&mut rng, t * c.hidden, 1.0)).collect();
     let teacher = inputs.iter().map(|x| fp.iter().fold(x.clone(), |x, w| forward(&c, w, &x).unwrap().0)).collect();
     let blocks = fp
         .iter()
@@ -146,14 +152,9 @@ impl Linears for BlockWeights {
 
 #[test]
 fn distillation_gradients_match_finite_differences_of_the_kl() {
-    let s = setup(f32_scales(Bits::B4, 4, false));
+    let s = setup(f32_scales(Bits::B4, 4, false), &SHORT);
     let head = Head { norm: &s.norm, weight: &s.head, vocab: s.vocab };
-    let (kl, grads) = scale_gradients(&s.c, &s.blocks, &head, &s.inputs, &s.teacher, TAPE_BUDGET).unwrap();
-    // Gradient checkpointing (every tape recomputed) changes nothing.
-    let recomputed = scale_gradients(&s.c, &s.blocks, &head, &s.inputs, &s.teacher, 0).unwrap();
-    assert_eq!((kl, &grads), (recomputed.0, &recomputed.1));
-    assert!(kl > 0.0);
-    assert!((kl - distill_loss(&s.c, &s.blocks, &head, &s.inputs, &s.teacher).unwrap()).abs() < 1e-9 * kl.max(1.0));
+    let (_, grads) = scale_gradients(&s.c, &s.blocks, &head, &s.inputs, &s.teacher, TAPE_BUDGET).unwrap();
     let mut checked = 0;
     for b in 0..2 {
         for l in 0..7 {
@@ -178,8 +179,20 @@ fn distillation_gradients_match_finite_differences_of_the_kl() {
 }
 
 #[test]
+fn kept_tapes_and_recomputed_ones_give_the_same_gradients() {
+    let s = setup(f32_scales(Bits::B4, 6, false), &MIXED);
+    let head = Head { norm: &s.norm, weight: &s.head, vocab: s.vocab };
+    let (kl, grads) = scale_gradients(&s.c, &s.blocks, &head, &s.inputs, &s.teacher, TAPE_BUDGET).unwrap();
+    // Gradient checkpointing (every tape recomputed) changes nothing.
+    let recomputed = scale_gradients(&s.c, &s.blocks, &head, &s.inputs, &s.teacher, 0).unwrap();
+    assert_eq!((kl, &grads), (recomputed.0, &recomputed.1));
+    assert!(kl > 0.0);
+    assert!((kl - distill_loss(&s.c, &s.blocks, &head, &s.inputs, &s.teacher).unwrap()).abs() < 1e-9 * kl.max(1.0));
+}
+
+#[test]
 fn distillation_lowers_the_kl_and_resumes_exactly() {
-    let s = setup(IntScheme::group(Bits::B2, 4));
+    let s = setup(IntScheme::group(Bits::B2, 4), &MIXED);
     let head = Head { norm: &s.norm, weight: &s.head, vocab: s.vocab };
     let opts = DistillOptions { epochs: 6, lr: 2e-3, batch: 2, tape_budget: 0 };
     let before = distill_loss(&s.c, &s.blocks, &head, &s.inputs, &s.teacher).unwrap();
