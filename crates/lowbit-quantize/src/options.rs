@@ -136,7 +136,7 @@ impl Default for QuantizeOptions {
             qat_scale_lr: 0.0,
             qat_distill_epochs: None,
             qat_distill_lr: 1.5e-4,
-            qat_distill_windows: 64,
+            qat_distill_windows: 128,
         }
     }
 }

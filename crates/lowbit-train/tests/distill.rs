@@ -117,7 +117,7 @@ struct Setup {
 
 /// Windows of 7 tokens: short enough that finite differences of the mean KL stay above f32 noise.
 const SHORT: [usize; 4] = [7; 4];
-/// Window lengths on both sides of the head's 64-position chunks.
+/// Windows of different lengths, side by side in one step.
 const MIXED: [usize; 4] = [7, 150, 64, 65];
 
 fn setup(scheme: IntScheme, lengths: &[usize]) -> Setup {
